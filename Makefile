@@ -1,0 +1,53 @@
+# ringedge — every target installs what it needs first, so a fresh clone works with
+# `make run` and `make test` alone.
+SHELL := /bin/bash
+NODE  ?= node
+TSX   := $(NODE) --import tsx
+# Debian packages the end-to-end tests drive as real peers.
+SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare
+
+.PHONY: run test unit e2e bench demo deps sysdeps typecheck clean help
+
+help:
+	@echo "make run      start the agent on embedded defaults (lowdb store under ./data, SIP UDP+TCP)"
+	@echo "make test     install what is missing, typecheck, run every test (node:test)"
+	@echo "make bench    run the benchmarks; figures go to bench/results/"
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	@touch $@
+
+deps: node_modules/.installed
+
+# Installs each missing Debian package; `apt-get update` runs once, only if something is missing.
+sysdeps:
+	@missing=""; for p in $(SYSPKGS); do pkg=$${p%%:*}; bin=$${p##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+run: deps
+	$(NODE) bin/ringedge.js run
+
+typecheck: deps
+	npx tsc --noEmit -p .
+
+# Tests run inside a private network namespace holding only loopback where the kernel
+# allows it, so no test can ever reach a foreign host named inside a SIP message.
+test: deps sysdeps typecheck
+	bash test/run-tests.sh
+
+unit: deps
+	$(TSX) --test $$(find test/unit -name '*.test.ts' | sort)
+
+e2e: deps sysdeps
+	bash test/run-tests.sh test/e2e
+
+bench: deps sysdeps
+	bash bench/run.sh
+
+clean:
+	rm -rf node_modules .tmp

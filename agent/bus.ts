@@ -1,0 +1,43 @@
+// The agent's internal event bus: features (registrar, presence, routing, sync) publish
+// typed events here and never call each other's internals (Zigbee2MQTT's extension lesson).
+import { EventEmitter } from "node:events";
+
+export type PresenceReason = "registered" | "unregistered" | "expired" | "keepalive-timeout" | "keepalive-ok" | "restored";
+
+export interface AgentEvents {
+  /** A device's reachability changed (registration and OPTIONS keep-alive combined). */
+  "device.presence": { deviceId: string; username: string; online: boolean; reason: PresenceReason; at: number };
+  /** A REGISTER changed a device's bindings (added, refreshed or removed). */
+  "device.bindings": { deviceId: string; aor: string; contacts: number; at: number };
+  /** An authentication failure, for counters and logs (never carries secrets). */
+  "auth.failure": { source: string; username: string | undefined; reason: string; at: number };
+  /** A source address was silently banned after repeated failures. */
+  "auth.ban": { source: string; until: number };
+}
+
+export type EventName = keyof AgentEvents;
+
+export class EventBus {
+  private readonly emitter = new EventEmitter();
+
+  constructor() {
+    // Every feature subscribes a handful of listeners; no leak warning for that.
+    this.emitter.setMaxListeners(100);
+  }
+
+  on<K extends EventName>(name: K, listener: (event: AgentEvents[K]) => void): () => void {
+    this.emitter.on(name, listener);
+    return () => this.emitter.off(name, listener);
+  }
+
+  emit<K extends EventName>(name: K, event: AgentEvents[K]): void {
+    // A failing listener must not break the publisher (often the SIP hot path).
+    for (const listener of this.emitter.listeners(name)) {
+      try {
+        (listener as (e: AgentEvents[K]) => void)(event);
+      } catch (err) {
+        process.emitWarning(`event listener for ${name} threw: ${(err as Error).message}`);
+      }
+    }
+  }
+}
