@@ -373,6 +373,8 @@ export class DigestAuthenticator {
   private readonly maxTrackedNonces: number;
   /** nonce → highest nonce-count accepted with it; Map order is least recently used first. */
   private readonly highestNc = new Map<string, number>();
+  /** Walks highestNc oldest first; everything behind it has been evicted. */
+  private evictCursor: Iterator<string> = this.highestNc.keys();
   /** Newest timestamp of a nonce evicted from highestNc: older untracked nonces are unknown. */
   private evictedUpTo = -Infinity;
   /** Random password for unknown users so they cost exactly what known users cost. */
@@ -560,8 +562,14 @@ export class DigestAuthenticator {
     this.highestNc.delete(nonce); // re-insert: most recently used goes last
     this.highestNc.set(nonce, nc);
     while (this.highestNc.size > this.maxTrackedNonces) {
-      const oldest = this.highestNc.keys().next();
-      if (oldest.done === true) break;
+      // A persistent cursor: a fresh keys().next() would rescan the deleted entries at the
+      // front of V8's table on every eviction.
+      let oldest = this.evictCursor.next();
+      if (oldest.done === true) {
+        this.evictCursor = this.highestNc.keys();
+        oldest = this.evictCursor.next();
+        if (oldest.done === true) break;
+      }
       this.highestNc.delete(oldest.value);
       const ts = Buffer.from(oldest.value, "base64url").readUIntBE(0, TS_BYTES);
       if (ts > this.evictedUpTo) this.evictedUpTo = ts;

@@ -517,3 +517,20 @@ test("verify never throws on random Authorization values (fuzz)", () => {
   const junk = randomBytes(2000).toString("latin1");
   assert.ok(["missing", "malformed"].includes(auth.verify({ method: "REGISTER", authorization: junk, lookup }).kind));
 });
+
+test("nonce tracking is least-recently-used: a nonce in use survives eviction", () => {
+  const { auth, clock } = setup({ maxTrackedNonces: 3 });
+  const ch = (): string => { clock.t += 10; return firstChallenge(auth); };
+  const [a, b, c, d] = [ch(), ch(), ch(), ch()];
+  const v = (challenge: string, nc: number) =>
+    auth.verify({ method: "REGISTER", authorization: answer(challenge, "100", "secret-100", { nc }), lookup });
+  assert.equal(v(a, 1).kind, "ok");
+  assert.equal(v(b, 1).kind, "ok");
+  assert.equal(v(c, 1).kind, "ok");
+  assert.equal(v(a, 2).kind, "ok"); // a becomes most recently used
+  assert.equal(v(d, 1).kind, "ok"); // evicts b, the least recently used
+  assert.equal(v(a, 3).kind, "ok");
+  assert.deepEqual(v(a, 3), { kind: "stale", reason: "replay" });
+  assert.deepEqual(v(b, 2), { kind: "stale", reason: "unknown-nonce" });
+  assert.equal(auth.trackedNonces(), 3);
+});
