@@ -1,0 +1,115 @@
+// Schema migrations of the store file. Mechanism: an ordered list of steps, each taking the
+// data of version `from` and returning the data of version `to`; opening an older file runs
+// them in order (Store.open keeps `<file>.v<old>.bak` first). Pure functions, no I/O.
+//
+// To introduce schema version 2:
+//   1. change the types and validateStoreData in schema.ts, set CURRENT_SCHEMA_VERSION = 2;
+//   2. append `{ from: 1, to: 2, description, migrate(data) { ...return v2 data } }` to MIGRATIONS.
+// Nothing else changes; files at version 0 or 1 then migrate 0→1→2 on open.
+import { checkId, checkPassword, checkUsername, normalizeMac, type DeviceRecord, type StoreData } from "./schema.ts";
+
+export interface MigrationContext {
+  /** Time stamped on records the old format did not date. */
+  now: Date;
+}
+
+export interface Migration {
+  from: number;
+  to: number;
+  description: string;
+  /** Throws MigrationError when the old data cannot be converted. */
+  migrate(data: unknown, ctx: MigrationContext): unknown;
+}
+
+export class MigrationError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "MigrationError";
+  }
+}
+
+// --- Version 0: the legacy prototype format ---------------------------------------------------
+// The first prototype of the agent saved a plain JSON object with no envelope and no checksum:
+//   { "siteId"?: "site-1",
+//     "devices": [ { "id"?: "d1", "username": "1001", "secret": "pw", "displayName"?: "...",
+//                    "mac"?: "00:11:22:33:44:55", "model"?: "...", "owner"?: "..." } ] }
+// Differences from version 1: `secret` is now `password`; `kind` did not exist (a device with a
+// MAC is a desk phone, one without is a soft client); `id` was optional (derived from the
+// username); no createdAt; bindings and routing state were kept in memory only.
+
+const LEGACY_V0_KEYS = new Set(["devices", "siteId"]);
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Whether an envelope-less JSON object is a version-0 (legacy prototype) store. */
+export function isLegacyV0(value: unknown): boolean {
+  if (!isRecord(value) || !Array.isArray(value.devices)) return false;
+  return Object.keys(value).every((k) => LEGACY_V0_KEYS.has(k));
+}
+
+function migrateV0toV1(data: unknown, ctx: MigrationContext): StoreData {
+  if (!isLegacyV0(data)) throw new MigrationError('not a version-0 layout (expected an object with "devices" and optionally "siteId")');
+  const v0 = data as { devices: unknown[]; siteId?: unknown };
+  const createdAt = ctx.now.toISOString();
+  const devices: DeviceRecord[] = v0.devices.map((d, i) => {
+    const at = `devices[${i}]`;
+    if (!isRecord(d)) throw new MigrationError(`${at} is not an object`);
+    const username = d.username;
+    const userReason = checkUsername(username);
+    if (userReason) throw new MigrationError(`${at}.username ${userReason}`);
+    const id = d.id === undefined ? `dev-${String(username)}` : d.id;
+    const idReason = checkId(id);
+    if (idReason) throw new MigrationError(`${at}.id ${idReason}`);
+    const pwReason = checkPassword(d.secret);
+    if (pwReason) throw new MigrationError(`${at}.secret ${pwReason}`);
+    const dev: DeviceRecord = { id: id as string, username: username as string, password: d.secret as string, kind: "soft", createdAt };
+    if (d.mac !== undefined) {
+      const mac = normalizeMac(d.mac);
+      if (mac === null) throw new MigrationError(`${at}.mac ${JSON.stringify(d.mac)} is not a MAC address`);
+      dev.mac = mac;
+      dev.kind = "physical";
+    }
+    if (typeof d.displayName === "string") dev.displayName = d.displayName;
+    if (typeof d.model === "string") dev.model = d.model;
+    if (typeof d.owner === "string") dev.owner = d.owner;
+    return dev;
+  });
+  const out: StoreData = {
+    devices,
+    bindings: [],
+    meta: { createdAt },
+    routing: { evenlyLastOffered: {} },
+  };
+  if (typeof v0.siteId === "string") out.meta.siteId = v0.siteId;
+  return out;
+}
+
+/** Every migration, in order. The last one's `to` is CURRENT_SCHEMA_VERSION. */
+export const MIGRATIONS: readonly Migration[] = [
+  { from: 0, to: 1, description: "legacy prototype format: secret → password, add kind, createdAt, bindings, routing", migrate: migrateV0toV1 },
+];
+
+export type MigrationResult = { ok: true; data: unknown; applied: Migration[] } | { ok: false; error: string };
+
+/** Runs the chain from `from` to `to`. Never throws: a failing step is reported with its versions. */
+export function runMigrations(data: unknown, from: number, to: number, ctx: MigrationContext, migrations: readonly Migration[] = MIGRATIONS): MigrationResult {
+  if (from > to) return { ok: false, error: `cannot migrate backwards from ${from} to ${to}` };
+  let version = from;
+  let current = data;
+  const applied: Migration[] = [];
+  while (version < to) {
+    const step = migrations.find((m) => m.from === version);
+    if (!step) return { ok: false, error: `no migration from schemaVersion ${version}` };
+    if (step.to <= step.from || step.to > to) return { ok: false, error: `migration ${step.from}→${step.to} does not lead towards ${to}` };
+    try {
+      current = step.migrate(current, ctx);
+    } catch (e) {
+      return { ok: false, error: `step ${step.from}→${step.to}: ${e instanceof Error ? e.message : String(e)}` };
+    }
+    applied.push(step);
+    version = step.to;
+  }
+  return { ok: true, data: current, applied };
+}

@@ -1,0 +1,266 @@
+// The persisted data model of the agent (what survives a restart or a power cut), schema
+// version 1, and the validators that check data read from disk or handed in by callers.
+// Pure: no I/O here. A change of shape means a new CURRENT_SCHEMA_VERSION plus one entry in
+// migrations.ts (see the header there).
+
+/** Version of the StoreData layout this code reads and writes. */
+export const CURRENT_SCHEMA_VERSION = 1;
+
+export type DeviceKind = "physical" | "soft";
+
+export interface DeviceRecord {
+  /** Stable id chosen by the console or the installer (e.g. "dev-1001"). */
+  id: string;
+  /** SIP digest username (RFC 3261 §22.4); the extension by default. Case-sensitive. */
+  username: string;
+  /** SIP digest password in clear: the registrar needs it to compute HA1 for any algorithm. */
+  password: string;
+  displayName?: string;
+  /** User / operator id the device belongs to (console's id). */
+  owner?: string;
+  /** Physical desk phones count toward the 10-phone ring cap; soft clients do not. */
+  kind: DeviceKind;
+  /** Normalised MAC: 12 lower-case hex digits, no separators. */
+  mac?: string;
+  /** Device-profile model id (device-profiles/<vendor>/...). */
+  model?: string;
+  createdAt: string;
+}
+
+export interface BindingFlow {
+  transport: "udp" | "tcp";
+  remoteAddress: string;
+  remotePort: number;
+  localAddress: string;
+  localPort: number;
+}
+
+export interface BindingRecord {
+  deviceId: string;
+  /** Address-of-record key (the device's SIP username). */
+  aor: string;
+  /** Full Contact URI incl. params as received (RFC 3261 §10.3 step 7). */
+  contact: string;
+  /** Epoch ms. */
+  expiresAt: number;
+  callId: string;
+  cseq: number;
+  q?: number;
+  flow: BindingFlow;
+  userAgent?: string;
+  /** +sip.instance (RFC 5626 §4.1). */
+  instance?: string;
+}
+
+export interface StoreMeta {
+  createdAt: string;
+  siteId?: string;
+}
+
+export interface RoutingState {
+  /** "evenly" strategy memory: group id → member id → epoch ms of the member's last offer. */
+  evenlyLastOffered: Record<string, Record<string, number>>;
+}
+
+export interface StoreData {
+  devices: DeviceRecord[];
+  bindings: BindingRecord[];
+  meta: StoreMeta;
+  routing: RoutingState;
+}
+
+export function emptyStoreData(now: Date, siteId?: string): StoreData {
+  const meta: StoreMeta = { createdAt: now.toISOString() };
+  if (siteId !== undefined) meta.siteId = siteId;
+  return { devices: [], bindings: [], meta, routing: { evenlyLastOffered: Object.create(null) as Record<string, Record<string, number>> } };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field checks. Each returns null when the value is acceptable, else a reason a person can act on.
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$/;
+/** Conservative subset of RFC 3261 §25.1 `user` (unreserved chars): no escapes, no ';' or '='
+ *  so a username is safe in a URI, a Digest quoted-string and a file name alike. */
+const USERNAME_RE = /^[A-Za-z0-9._~+-]{1,64}$/;
+// Printable ASCII only (no control chars, no DEL): the password is typed on phones.
+const PASSWORD_RE = /^[\x20-\x7e]{1,128}$/;
+const MAC_RE = /^[0-9a-f]{12}$/;
+const ISO_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?(Z|[+-]\d{2}:\d{2})$/;
+
+export function checkId(v: unknown): string | null {
+  if (typeof v !== "string") return "must be a string";
+  return ID_RE.test(v) ? null : "must be 1-128 characters of letters, digits and . _ : @ - (starting with a letter or digit)";
+}
+
+export function checkUsername(v: unknown): string | null {
+  if (typeof v !== "string") return "must be a string";
+  return USERNAME_RE.test(v) ? null : "must be 1-64 characters of letters, digits and . _ ~ + -";
+}
+
+export function checkPassword(v: unknown): string | null {
+  if (typeof v !== "string") return "must be a string";
+  return PASSWORD_RE.test(v) ? null : "must be 1-128 printable ASCII characters";
+}
+
+/** Accepts "001122AABBCC", "00:11:22:aa:bb:cc", "00-11-22-AA-BB-CC", "0011.22aa.bbcc". */
+export function normalizeMac(v: unknown): string | null {
+  if (typeof v !== "string") return null;
+  const hex = v.trim().toLowerCase().replace(/[:.-]/g, "");
+  return MAC_RE.test(hex) ? hex : null;
+}
+
+function checkText(v: unknown, max: number): string | null {
+  if (typeof v !== "string") return "must be a string";
+  if (v.length > max) return `must be at most ${max} characters`;
+  // Control characters would break log lines and phone displays.
+  return /[\x00-\x1f\x7f]/.test(v) ? "must not contain control characters" : null;
+}
+
+function checkIso(v: unknown): string | null {
+  if (typeof v !== "string" || !ISO_RE.test(v) || Number.isNaN(Date.parse(v))) return "must be an ISO 8601 timestamp";
+  return null;
+}
+
+function checkPort(v: unknown): string | null {
+  return Number.isInteger(v) && (v as number) >= 0 && (v as number) <= 65535 ? null : "must be an integer 0-65535";
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/** Checks one device; `at` names it in the reason ("devices[3]"). */
+export function checkDevice(v: unknown, at: string): string | null {
+  if (!isPlainObject(v)) return `${at} must be an object`;
+  const fields: Array<[string, string | null]> = [
+    ["id", checkId(v.id)],
+    ["username", checkUsername(v.username)],
+    ["password", checkPassword(v.password)],
+    ["kind", v.kind === "physical" || v.kind === "soft" ? null : 'must be "physical" or "soft"'],
+    ["createdAt", checkIso(v.createdAt)],
+  ];
+  if (v.displayName !== undefined) fields.push(["displayName", checkText(v.displayName, 128)]);
+  if (v.owner !== undefined) fields.push(["owner", checkId(v.owner)]);
+  if (v.model !== undefined) fields.push(["model", checkText(v.model, 128)]);
+  if (v.mac !== undefined) fields.push(["mac", typeof v.mac === "string" && MAC_RE.test(v.mac) ? null : "must be 12 lower-case hex digits"]);
+  for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
+  return null;
+}
+
+export function checkBinding(v: unknown, at: string): string | null {
+  if (!isPlainObject(v)) return `${at} must be an object`;
+  const f = v.flow;
+  const fields: Array<[string, string | null]> = [
+    ["deviceId", checkId(v.deviceId)],
+    ["aor", checkUsername(v.aor)],
+    ["contact", typeof v.contact === "string" && v.contact.length > 0 ? checkText(v.contact, 2048) : "must be a non-empty string"],
+    ["expiresAt", Number.isSafeInteger(v.expiresAt) && (v.expiresAt as number) >= 0 ? null : "must be epoch milliseconds"],
+    ["callId", typeof v.callId === "string" && v.callId.length > 0 ? checkText(v.callId, 1024) : "must be a non-empty string"],
+    ["cseq", Number.isInteger(v.cseq) && (v.cseq as number) >= 0 && (v.cseq as number) < 2 ** 32 ? null : "must be an integer below 2**32 (RFC 3261 §8.1.1.5)"],
+    ["flow", isPlainObject(f) ? null : "must be an object"],
+  ];
+  if (v.q !== undefined) fields.push(["q", typeof v.q === "number" && v.q >= 0 && v.q <= 1 ? null : "must be a number 0-1 (RFC 3261 §20.10)"]);
+  if (v.userAgent !== undefined) fields.push(["userAgent", checkText(v.userAgent, 512)]);
+  if (v.instance !== undefined) fields.push(["instance", checkText(v.instance, 512)]);
+  if (isPlainObject(f)) {
+    fields.push(
+      ["flow.transport", f.transport === "udp" || f.transport === "tcp" ? null : 'must be "udp" or "tcp"'],
+      ["flow.remoteAddress", typeof f.remoteAddress === "string" && f.remoteAddress.length > 0 ? checkText(f.remoteAddress, 64) : "must be a non-empty string"],
+      ["flow.remotePort", checkPort(f.remotePort)],
+      ["flow.localAddress", typeof f.localAddress === "string" && f.localAddress.length > 0 ? checkText(f.localAddress, 64) : "must be a non-empty string"],
+      ["flow.localPort", checkPort(f.localPort)],
+    );
+  }
+  for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
+  return null;
+}
+
+/** A copy holding only the fields of DeviceRecord (unknown keys and undefined optionals dropped). */
+export function toDeviceRecord(d: DeviceRecord): DeviceRecord {
+  const out: DeviceRecord = { id: d.id, username: d.username, password: d.password, kind: d.kind, createdAt: d.createdAt };
+  if (d.displayName !== undefined) out.displayName = d.displayName;
+  if (d.owner !== undefined) out.owner = d.owner;
+  if (d.mac !== undefined) out.mac = d.mac;
+  if (d.model !== undefined) out.model = d.model;
+  return out;
+}
+
+/** A copy holding only the fields of BindingRecord (drops e.g. a live TCP connectionId and
+ *  undefined optionals), so the file never carries process-local state. */
+export function toBindingRecord(b: BindingRecord): BindingRecord {
+  const out: BindingRecord = {
+    deviceId: b.deviceId,
+    aor: b.aor,
+    contact: b.contact,
+    expiresAt: b.expiresAt,
+    callId: b.callId,
+    cseq: b.cseq,
+    flow: {
+      transport: b.flow.transport,
+      remoteAddress: b.flow.remoteAddress,
+      remotePort: b.flow.remotePort,
+      localAddress: b.flow.localAddress,
+      localPort: b.flow.localPort,
+    },
+  };
+  if (b.q !== undefined) out.q = b.q;
+  if (b.userAgent !== undefined) out.userAgent = b.userAgent;
+  if (b.instance !== undefined) out.instance = b.instance;
+  return out;
+}
+
+export type ValidationResult = { ok: true; data: StoreData } | { ok: false; error: string };
+
+/**
+ * Checks a whole StoreData read from disk (after its checksum matched) and returns a copy whose
+ * string-keyed maps have no prototype, so an id such as "__proto__" is just a key.
+ */
+export function validateStoreData(v: unknown): ValidationResult {
+  if (!isPlainObject(v)) return { ok: false, error: "data must be an object" };
+  if (!Array.isArray(v.devices)) return { ok: false, error: "data.devices must be an array" };
+  if (!Array.isArray(v.bindings)) return { ok: false, error: "data.bindings must be an array" };
+  if (!isPlainObject(v.meta)) return { ok: false, error: "data.meta must be an object" };
+  if (!isPlainObject(v.routing) || !isPlainObject(v.routing.evenlyLastOffered)) {
+    return { ok: false, error: "data.routing.evenlyLastOffered must be an object" };
+  }
+  const ids = new Set<string>();
+  const usernames = new Set<string>();
+  const macs = new Set<string>();
+  const devices: DeviceRecord[] = [];
+  for (const [i, d] of v.devices.entries()) {
+    const reason = checkDevice(d, `devices[${i}]`);
+    if (reason) return { ok: false, error: reason };
+    const dev = d as DeviceRecord;
+    if (ids.has(dev.id)) return { ok: false, error: `devices[${i}].id "${dev.id}" is a duplicate` };
+    if (usernames.has(dev.username)) return { ok: false, error: `devices[${i}].username "${dev.username}" is a duplicate` };
+    if (dev.mac !== undefined && macs.has(dev.mac)) return { ok: false, error: `devices[${i}].mac "${dev.mac}" is a duplicate` };
+    ids.add(dev.id);
+    usernames.add(dev.username);
+    if (dev.mac !== undefined) macs.add(dev.mac);
+    devices.push(toDeviceRecord(dev));
+  }
+  const bindings: BindingRecord[] = [];
+  for (const [i, b] of v.bindings.entries()) {
+    const reason = checkBinding(b, `bindings[${i}]`);
+    if (reason) return { ok: false, error: reason };
+    const rec = b as BindingRecord;
+    if (!ids.has(rec.deviceId)) return { ok: false, error: `bindings[${i}].deviceId "${rec.deviceId}" names no device` };
+    bindings.push(toBindingRecord(rec));
+  }
+  const meta = v.meta;
+  const metaReason = checkIso(meta.createdAt) ? `meta.createdAt ${checkIso(meta.createdAt)}` : meta.siteId !== undefined && typeof meta.siteId !== "string" ? "meta.siteId must be a string" : null;
+  if (metaReason) return { ok: false, error: metaReason };
+  const evenly = Object.create(null) as Record<string, Record<string, number>>;
+  for (const [group, members] of Object.entries(v.routing.evenlyLastOffered)) {
+    if (!isPlainObject(members)) return { ok: false, error: `routing.evenlyLastOffered["${group}"] must be an object` };
+    const copy = Object.create(null) as Record<string, number>;
+    for (const [member, at] of Object.entries(members)) {
+      if (!Number.isFinite(at)) return { ok: false, error: `routing.evenlyLastOffered["${group}"]["${member}"] must be epoch milliseconds` };
+      copy[member] = at as number;
+    }
+    evenly[group] = copy;
+  }
+  const outMeta: StoreMeta = { createdAt: meta.createdAt as string };
+  if (typeof meta.siteId === "string") outMeta.siteId = meta.siteId;
+  return { ok: true, data: { devices, bindings, meta: outMeta, routing: { evenlyLastOffered: evenly } } };
+}

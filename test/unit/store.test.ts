@@ -1,0 +1,525 @@
+import { test, describe } from "node:test";
+import assert from "node:assert/strict";
+import * as fs from "node:fs";
+import * as os from "node:os";
+import * as path from "node:path";
+import {
+  Store,
+  inspect,
+  storeFilePath,
+  StoreCorruptError,
+  StoreVersionError,
+  StoreMigrationError,
+  StoreLockedError,
+  StoreError,
+  type BindingRecord,
+} from "../../agent/store/store.ts";
+import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
+import { runMigrations, isLegacyV0, type Migration } from "../../agent/store/migrations.ts";
+import { validateStoreData } from "../../agent/store/schema.ts";
+
+const FIXED = new Date("2024-05-01T10:00:00.000Z");
+
+function tmpDir(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-store-"));
+}
+
+function binding(over: Partial<BindingRecord> = {}): BindingRecord {
+  return {
+    deviceId: "dev-1001",
+    aor: "1001",
+    contact: "<sip:1001@192.0.2.10:5062;transport=udp;line=abc>",
+    expiresAt: FIXED.getTime() + 3600_000,
+    callId: "a84b4c76e66710@pc33",
+    cseq: 7,
+    q: 0.5,
+    flow: { transport: "udp", remoteAddress: "192.0.2.10", remotePort: 5062, localAddress: "192.0.2.1", localPort: 5060 },
+    userAgent: "Yealink SIP-T46U",
+    ...over,
+  };
+}
+
+const DEV = { id: "dev-1001", username: "1001", password: "s3cret-1001", kind: "physical" as const, mac: "00:15:65:AA:BB:01", model: "yealink-t46u", displayName: "Front desk" };
+
+/** A store whose .bak holds one device and whose main file holds two. */
+async function storeWithBackup(dir: string): Promise<void> {
+  const s = await Store.open(dir, { now: () => FIXED });
+  assert.ok(s.addDevice(DEV).ok);
+  await s.flush(); // main: 1 device, .bak: the initial empty store
+  assert.ok(s.addDevice({ id: "dev-1002", username: "1002", password: "pw-1002", kind: "soft" }).ok);
+  await s.close(); // main: 2 devices, .bak: 1 device
+}
+
+function filesIn(dir: string): string[] {
+  return fs.readdirSync(dir).sort();
+}
+
+describe("Store: round trip and files", () => {
+  test("creates the data dir and a 0600 envelope file; data survives close/reopen", async () => {
+    const dir = path.join(tmpDir(), "nested", "data");
+    const s = await Store.open(dir, { now: () => FIXED, siteId: "site-7" });
+    assert.equal(s.writeCount, 1, "initial file written at open");
+    const added = s.addDevice(DEV);
+    assert.ok(added.ok);
+    assert.equal(added.value.mac, "001565aabb01", "MAC normalised");
+    assert.deepEqual(s.replaceBindings("1001", [{ ...binding(), flow: { ...binding().flow, connectionId: 42 } } as BindingRecord]), { ok: true, value: 1 });
+    s.recordEvenlyOffer("g1", "m1", 1000);
+    s.recordEvenlyOffer("__proto__", "m2", 2000);
+    await s.close();
+
+    const file = storeFilePath(dir);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(`${file}.bak`).mode & 0o777, 0o600);
+    const raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    assert.equal(raw.format, "ringedge-store");
+    assert.equal(raw.schemaVersion, 1);
+    assert.equal(raw.sha256, sha256Hex(canonicalJson(raw.data)));
+    assert.equal("connectionId" in raw.data.bindings[0].flow, false, "process-local state not persisted");
+
+    const r = await Store.open(dir);
+    assert.equal(r.meta.siteId, "site-7");
+    assert.equal(r.meta.createdAt, FIXED.toISOString());
+    assert.equal(r.findDeviceByUsername("1001")?.password, "s3cret-1001");
+    assert.equal(r.findDeviceByMac("00-15-65-aa-bb-01")?.id, "dev-1001");
+    assert.deepEqual(r.bindingsFor("1001"), [binding()]);
+    assert.deepEqual({ ...r.evenlyLastOffered("g1") }, { m1: 1000 });
+    assert.deepEqual({ ...r.evenlyLastOffered("__proto__") }, { m2: 2000 });
+    assert.equal(Object.getPrototypeOf({}), Object.prototype, "no prototype pollution");
+    await r.close();
+  });
+
+  test("writes leave no temp files; the lock goes away on close", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir, { saveDelayMs: 1 });
+    for (let i = 0; i < 5; i++) {
+      s.addDevice({ id: `d${i}`, username: `10${i}`, password: "pw", kind: "soft" });
+      await s.flush();
+    }
+    assert.deepEqual(filesIn(dir), ["ringedge.json", "ringedge.json.bak", "ringedge.json.lock"]);
+    await s.close();
+    assert.deepEqual(filesIn(dir), ["ringedge.json", "ringedge.json.bak"]);
+  });
+
+  test("stale temp files of a crashed writer are removed at open", async () => {
+    const dir = tmpDir();
+    await (await Store.open(dir)).close();
+    fs.writeFileSync(path.join(dir, "ringedge.json.tmp-99999"), "{half");
+    fs.writeFileSync(path.join(dir, "ringedge.json.bak.tmp-99999"), "x");
+    const s = await Store.open(dir);
+    await s.close();
+    assert.deepEqual(filesIn(dir), ["ringedge.json"]);
+  });
+
+  test("the .bak is the previous good version", async () => {
+    const dir = tmpDir();
+    await storeWithBackup(dir);
+    const bak = await readStoreFile(`${storeFilePath(dir)}.bak`);
+    assert.equal(bak.kind, "envelope");
+    if (bak.kind === "envelope") assert.equal((bak.envelope.data as { devices: unknown[] }).devices.length, 1);
+  });
+
+  test("a second open of the same store is refused; a stale lock is taken over", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir);
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreLockedError && e.holderPid === process.pid);
+    await s.close();
+    // A lock left by a process that no longer exists.
+    fs.writeFileSync(path.join(dir, "ringedge.json.lock"), JSON.stringify({ pid: 2 ** 22 + 12345, bootId: "" }));
+    const again = await Store.open(dir);
+    await again.close();
+  });
+});
+
+describe("AtomicJsonFile", () => {
+  test("concurrent writes coalesce into one follow-up write with the latest data", async () => {
+    const file = path.join(tmpDir(), "x.json");
+    const a = new AtomicJsonFile<{ n: number }>(file, { schemaVersion: 1 });
+    const done = [];
+    for (let n = 1; n <= 10; n++) done.push(a.write({ n }));
+    await Promise.all(done);
+    assert.equal(a.writes, 2, "first write + one coalesced write");
+    assert.deepEqual(await a.read(), { n: 10 });
+  });
+
+  test("read() returns null for a missing file and rejects other versions", async () => {
+    const file = path.join(tmpDir(), "x.json");
+    const a = new AtomicJsonFile<{ n: number }>(file, { schemaVersion: 1 });
+    assert.equal(await a.read(), null);
+    fs.writeFileSync(file, encodeEnvelope({ n: 1 }, 3, FIXED));
+    await assert.rejects(a.read(), StoreCorruptError);
+  });
+
+  for (const step of ["tmp-synced", "backup-rotated", "renamed"] as WriteStep[]) {
+    test(`a crash after step "${step}" leaves a complete file and a complete .bak`, async () => {
+      const file = path.join(tmpDir(), "x.json");
+      const good = new AtomicJsonFile<{ n: number }>(file, { schemaVersion: 1 });
+      await good.write({ n: 1 });
+      await good.write({ n: 2 });
+      const crashing = new AtomicJsonFile<{ n: number }>(file, {
+        schemaVersion: 1,
+        onStep: (s) => {
+          if (s === step) throw new Error("power cut");
+        },
+      });
+      await assert.rejects(crashing.write({ n: 3 }), /power cut/);
+      const main = await readStoreFile(file);
+      const bak = await readStoreFile(`${file}.bak`);
+      assert.equal(main.kind, "envelope");
+      assert.equal(bak.kind, "envelope");
+      if (main.kind === "envelope") assert.equal((main.envelope.data as { n: number }).n, step === "renamed" ? 3 : 2);
+      if (bak.kind === "envelope") assert.equal((bak.envelope.data as { n: number }).n, step === "tmp-synced" ? 1 : 2);
+    });
+  }
+
+  test("writeSync supersedes an async write still in flight", async () => {
+    const file = path.join(tmpDir(), "x.json");
+    const a = new AtomicJsonFile<{ n: number }>(file, { schemaVersion: 1 });
+    await a.write({ n: 1 });
+    const pending = a.write({ n: 2 });
+    a.writeSync({ n: 3 });
+    await pending;
+    assert.deepEqual(await a.read(), { n: 3 });
+    assert.deepEqual(filesIn(path.dirname(file)), ["x.json", "x.json.bak"]);
+  });
+
+  test("a damaged current file is never rotated into .bak", async () => {
+    const file = path.join(tmpDir(), "x.json");
+    const a = new AtomicJsonFile<{ n: number }>(file, { schemaVersion: 1 });
+    await a.write({ n: 1 });
+    await a.write({ n: 2 });
+    fs.writeFileSync(file, "garbage");
+    await a.write({ n: 3 });
+    const bak = await readStoreFile(`${file}.bak`);
+    assert.ok(bak.kind === "envelope" && (bak.envelope.data as { n: number }).n === 1);
+  });
+
+  test("decodeEnvelope never throws on hostile bytes", () => {
+    const samples = ["", " ", "{", "[]", "null", "1", '"x"', "{}", '{"format":1}', '{"__proto__":{"a":1}}', "\u0000\u0001", '{"data":null,"format":"ringedge-store","schemaVersion":-1,"savedAt":"x","sha256":"y"}'];
+    let seed = 7;
+    for (let i = 0; i < 200; i++) {
+      let s = "";
+      for (let j = 0; j < 40; j++) {
+        seed = (seed * 1103515245 + 12345) % 2 ** 31;
+        s += '{}[]":,0aZ-\\ \n'.charAt(seed % 15);
+      }
+      samples.push(s);
+    }
+    for (const s of samples) {
+      const r = decodeEnvelope(s);
+      assert.ok(["corrupt", "bare", "envelope"].includes(r.kind));
+    }
+  });
+
+  test("canonicalJson sorts keys at every depth and drops undefined", () => {
+    assert.equal(canonicalJson({ b: 1, a: { d: [1, undefined], c: "x" }, u: undefined }), '{"a":{"c":"x","d":[1,null]},"b":1}');
+  });
+});
+
+describe("Store: corruption is detected and never silently replaced", () => {
+  const cases: Array<[string, (text: string) => string, RegExp]> = [
+    ["truncated file", (t) => t.slice(0, Math.floor(t.length / 2)), /truncated/],
+    ["flipped bit in the data", (t) => {
+      const i = t.indexOf("pw-1002");
+      return t.slice(0, i) + String.fromCharCode(t.charCodeAt(i) ^ 0x01) + t.slice(i + 1);
+    }, /checksum mismatch/],
+    ["empty file", () => "", /empty/],
+    ["not JSON", () => "this is not json\n", /not valid JSON/],
+    ["wrong format", (t) => t.replace('"ringedge-store"', '"something-else"'), /wrong format/],
+    ["missing envelope field", (t) => t.replace(/"sha256": "[0-9a-f]+",\n/, ""), /no "sha256" field/],
+    ["JSON without an envelope", () => '{"hello": "world"}', /envelope/],
+    ["data not matching the schema", (t) => {
+      const env = JSON.parse(t);
+      env.data.devices[0].kind = "fax";
+      return encodeEnvelope(env.data, 1, FIXED);
+    }, /does not match schema/],
+  ];
+  for (const [name, damage, reason] of cases) {
+    test(name, async () => {
+      const dir = tmpDir();
+      await storeWithBackup(dir);
+      const file = storeFilePath(dir);
+      const damaged = damage(fs.readFileSync(file, "utf8"));
+      fs.writeFileSync(file, damaged);
+      await assert.rejects(Store.open(dir), (e: unknown) => {
+        assert.ok(e instanceof StoreCorruptError, String(e));
+        assert.match(e.reason, reason);
+        assert.ok(e.message.includes(file), "names the file");
+        assert.ok(e.message.includes(`${file}.bak`), "names the last good copy");
+        assert.ok(e.message.includes(FIXED.toISOString()), "gives its savedAt");
+        assert.ok(e.message.includes("ringedge store recover"), "gives the command");
+        assert.equal(e.backup.usable, true);
+        return true;
+      });
+      assert.equal(fs.readFileSync(file, "utf8"), damaged, "damaged file left untouched");
+      assert.equal(fs.existsSync(`${file}.lock`), false, "lock released after a refused open");
+    });
+  }
+
+  test("the error says when the .bak is unusable too", async () => {
+    const dir = tmpDir();
+    await storeWithBackup(dir);
+    const file = storeFilePath(dir);
+    fs.writeFileSync(file, "{");
+    fs.rmSync(`${file}.bak`);
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreCorruptError && /ringedge\.json\.bak is missing/.test(e.message) && !e.backup.usable);
+  });
+
+  test("a missing file next to a .bak is not a fresh install", async () => {
+    const dir = tmpDir();
+    await storeWithBackup(dir);
+    fs.rmSync(storeFilePath(dir));
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreCorruptError && /missing but a last good copy exists/.test(e.reason));
+    assert.equal(fs.existsSync(storeFilePath(dir)), false);
+  });
+
+  test("recover() promotes .bak and keeps the damaged file", async () => {
+    const dir = tmpDir();
+    await storeWithBackup(dir);
+    const file = storeFilePath(dir);
+    fs.writeFileSync(file, "{\"format\": \"ringedge-st");
+    const res = await Store.recover(dir, { now: () => FIXED });
+    assert.equal(res.restoredFrom, `${file}.bak`);
+    assert.equal(res.corruptKeptAs, `${file}.corrupt-2024-05-01T10-00-00-000Z`);
+    assert.equal(fs.readFileSync(res.corruptKeptAs, "utf8"), "{\"format\": \"ringedge-st");
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    const s = await Store.open(dir);
+    assert.deepEqual(s.listDevices().map((d) => d.id), ["dev-1001"], "state of the last good copy");
+    await s.close();
+  });
+
+  test("recover() refuses a healthy file unless forced, and needs a usable .bak", async () => {
+    const dir = tmpDir();
+    await storeWithBackup(dir);
+    await assert.rejects(Store.recover(dir), /not damaged/);
+    const forced = await Store.recover(dir, { force: true });
+    assert.ok(forced.corruptKeptAs !== null);
+    fs.writeFileSync(`${storeFilePath(dir)}.bak`, "nope");
+    fs.writeFileSync(storeFilePath(dir), "nope");
+    await assert.rejects(Store.recover(dir), (e: unknown) => e instanceof StoreError && /No usable last good copy/.test(e.message));
+    assert.equal(fs.readFileSync(storeFilePath(dir), "utf8"), "nope");
+  });
+
+  test("inspect() reports health without opening", async () => {
+    const dir = tmpDir();
+    const fresh = await inspect(dir);
+    assert.equal(fresh.ok, true);
+    assert.equal(fresh.exists, false);
+    await storeWithBackup(dir);
+    const good = await inspect(dir);
+    assert.equal(good.ok, true);
+    assert.equal(good.schemaVersion, 1);
+    assert.deepEqual(good.counts, { devices: 2, bindings: 0, groups: 0 });
+    assert.equal(good.backup.usable, true);
+    fs.writeFileSync(storeFilePath(dir), "");
+    const bad = await inspect(dir);
+    assert.equal(bad.ok, false);
+    assert.match(bad.error ?? "", /empty/);
+  });
+});
+
+describe("Store: migrations", () => {
+  const legacy = {
+    siteId: "hq",
+    devices: [
+      { id: "d1", username: "1001", secret: "old-pw-1", displayName: "Desk", mac: "00:11:22:33:44:55", model: "yealink-t46u" },
+      { username: "2001", secret: "old-pw-2" },
+    ],
+  };
+
+  test("a version-0 (legacy prototype) file is migrated, with a .v0.bak kept first", async () => {
+    const dir = tmpDir();
+    const file = storeFilePath(dir);
+    const original = JSON.stringify(legacy, null, 2);
+    fs.writeFileSync(file, original, { mode: 0o644 });
+    const s = await Store.open(dir, { now: () => FIXED });
+    assert.equal(s.openedFromVersion, 0);
+    assert.equal(s.migrationBackup, `${file}.v0.bak`);
+    assert.equal(fs.readFileSync(`${file}.v0.bak`, "utf8"), original);
+    assert.deepEqual(s.getDevice("d1"), { id: "d1", username: "1001", password: "old-pw-1", kind: "physical", mac: "001122334455", model: "yealink-t46u", displayName: "Desk", createdAt: FIXED.toISOString() });
+    assert.equal(s.findDeviceByUsername("2001")?.id, "dev-2001");
+    assert.equal(s.findDeviceByUsername("2001")?.kind, "soft");
+    assert.equal(s.meta.siteId, "hq");
+    await s.close();
+    const raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    assert.equal(raw.schemaVersion, 1);
+    assert.equal(fs.statSync(file).mode & 0o777, 0o600);
+    assert.equal(fs.statSync(`${file}.v0.bak`).mode & 0o777, 0o600);
+    const info = await inspect(dir);
+    assert.equal(info.needsMigration, false);
+  });
+
+  test("inspect() sees a pending migration", async () => {
+    const dir = tmpDir();
+    fs.writeFileSync(storeFilePath(dir), JSON.stringify(legacy));
+    const info = await inspect(dir);
+    assert.equal(info.ok, true);
+    assert.equal(info.schemaVersion, 0);
+    assert.equal(info.needsMigration, true);
+    assert.equal(info.counts?.devices, 2);
+  });
+
+  test("a version-0 file that cannot be migrated is left as it was", async () => {
+    const dir = tmpDir();
+    const file = storeFilePath(dir);
+    const text = JSON.stringify({ devices: [{ username: "1001" }] });
+    fs.writeFileSync(file, text);
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreMigrationError && /devices\[0\]\.secret/.test(e.message));
+    assert.equal(fs.readFileSync(file, "utf8"), text);
+    assert.equal(fs.existsSync(`${file}.v0.bak`), false);
+  });
+
+  test("a file from a newer release is refused, not downgraded", async () => {
+    const dir = tmpDir();
+    const file = storeFilePath(dir);
+    const text = encodeEnvelope({ devices: [], something: "new" }, 2, FIXED);
+    fs.writeFileSync(file, text);
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreVersionError && e.found === 2 && e.supported === 1 && /newer release/.test(e.message));
+    assert.equal(fs.readFileSync(file, "utf8"), text);
+    const info = await inspect(dir);
+    assert.equal(info.ok, false);
+    assert.equal(info.schemaVersion, 2);
+  });
+
+  test("runMigrations chains steps in order and reports gaps and failures", () => {
+    const steps: Migration[] = [
+      { from: 1, to: 2, description: "add b", migrate: (d) => ({ ...(d as object), b: 2 }) },
+      { from: 2, to: 3, description: "add c", migrate: (d) => ({ ...(d as object), c: 3 }) },
+    ];
+    const ok = runMigrations({ a: 1 }, 1, 3, { now: FIXED }, steps);
+    assert.deepEqual(ok, { ok: true, data: { a: 1, b: 2, c: 3 }, applied: steps });
+    assert.deepEqual(runMigrations({}, 0, 3, { now: FIXED }, steps), { ok: false, error: "no migration from schemaVersion 0" });
+    const failing: Migration[] = [{ from: 1, to: 2, description: "x", migrate: () => { throw new Error("bad row 3"); } }];
+    assert.deepEqual(runMigrations({}, 1, 2, { now: FIXED }, failing), { ok: false, error: "step 1→2: bad row 3" });
+    assert.equal(isLegacyV0({ devices: [] }), true);
+    assert.equal(isLegacyV0({ devices: [], other: 1 }), false);
+  });
+});
+
+describe("Store: batching and write errors", () => {
+  test("many scheduleSave calls within the window make few writes", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir, { saveDelayMs: 30 });
+    s.addDevice(DEV);
+    const before = s.writeCount;
+    for (let i = 0; i < 500; i++) s.recordEvenlyOffer("g1", `m${i % 7}`, i);
+    assert.equal(s.writeCount, before, "nothing written synchronously");
+    await new Promise((r) => setTimeout(r, 80));
+    assert.equal(s.writeCount - before, 1, "one batched write");
+    await s.flush();
+    assert.equal(s.writeCount - before, 1, "flush with nothing pending writes nothing");
+    const env = await readStoreFile(storeFilePath(dir));
+    assert.ok(env.kind === "envelope");
+    assert.equal((env.envelope.data as { routing: { evenlyLastOffered: Record<string, Record<string, number>> } }).routing.evenlyLastOffered.g1?.m6, 496);
+    await s.close();
+  });
+
+  test("a failed background write is reported and retried; flush reports a failure", async () => {
+    const dir = tmpDir();
+    let failures = 0;
+    const errors: Error[] = [];
+    const s = await Store.open(dir, {
+      saveDelayMs: 1,
+      retryDelayMs: 5,
+      onError: (e) => errors.push(e),
+      onWriteStep: (step) => {
+        if (step === "tmp-synced" && failures > 0) {
+          failures--;
+          throw new Error("disk full");
+        }
+      },
+    });
+    failures = 1;
+    s.addDevice(DEV);
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(errors.length, 1);
+    assert.match(errors[0]!.message, /disk full/);
+    assert.equal((await inspect(dir)).counts?.devices, 1, "retried and written");
+    failures = 1;
+    s.removeDevice("dev-1001");
+    await assert.rejects(s.flush(), /disk full/);
+    await s.flush(); // the next attempt succeeds
+    assert.equal((await inspect(dir)).counts?.devices, 0);
+    await s.close();
+  });
+
+  test("closeSync writes pending changes synchronously", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir, { saveDelayMs: 10_000 });
+    s.addDevice(DEV);
+    s.closeSync();
+    assert.equal((await inspect(dir)).counts?.devices, 1);
+    assert.equal(fs.existsSync(`${storeFilePath(dir)}.lock`), false);
+    assert.throws(() => s.addDevice(DEV), StoreError);
+  });
+});
+
+describe("Store: devices and bindings", () => {
+  test("device validation and uniqueness; bad input changes nothing", async () => {
+    const s = await Store.open(tmpDir());
+    assert.ok(s.addDevice(DEV).ok);
+    const dupId = s.addDevice({ ...DEV, username: "1009", mac: undefined });
+    assert.ok(!dupId.ok && dupId.error.code === "duplicate" && dupId.error.field === "id");
+    const dupUser = s.addDevice({ ...DEV, id: "other", mac: undefined });
+    assert.ok(!dupUser.ok && dupUser.error.field === "username");
+    const dupMac = s.addDevice({ ...DEV, id: "other", username: "1009", mac: "001565aabb01" });
+    assert.ok(!dupMac.ok && dupMac.error.field === "mac");
+    const badUser = s.addDevice({ ...DEV, id: "other", username: "10 01", mac: undefined });
+    assert.ok(!badUser.ok && badUser.error.code === "invalid" && badUser.error.field === "username");
+    const badMac = s.addDevice({ ...DEV, id: "other", username: "1009", mac: "zz:zz" });
+    assert.ok(!badMac.ok && badMac.error.field === "mac");
+    const badPw = s.addDevice({ ...DEV, id: "other", username: "1009", mac: undefined, password: "" });
+    assert.ok(!badPw.ok && badPw.error.field === "password");
+    const badKind = s.addDevice({ ...DEV, id: "other", username: "1009", mac: undefined, kind: "fax" as "soft" });
+    assert.ok(!badKind.ok && badKind.error.field === "kind");
+    assert.ok(!s.addDevice(null as unknown as typeof DEV).ok);
+    assert.equal(s.listDevices().length, 1);
+    await s.close();
+  });
+
+  test("updateDevice re-indexes; a username change drops the old AOR's bindings", async () => {
+    const s = await Store.open(tmpDir());
+    s.addDevice(DEV);
+    s.replaceBindings("1001", [binding()]);
+    assert.ok(!s.updateDevice("nope", { displayName: "x" }).ok);
+    assert.ok(!s.updateDevice("dev-1001", { id: "x" } as never).ok);
+    const up = s.updateDevice("dev-1001", { username: "1011", password: "new-pw" });
+    assert.ok(up.ok);
+    assert.equal(s.findDeviceByUsername("1001"), undefined);
+    assert.equal(s.findDeviceByUsername("1011")?.password, "new-pw");
+    assert.deepEqual(s.bindingsFor("1001"), []);
+    assert.equal(s.removeDevice("dev-1001"), true);
+    assert.equal(s.removeDevice("dev-1001"), false);
+    assert.equal(s.findDeviceByMac("001565aabb01"), undefined);
+    await s.close();
+  });
+
+  test("bindings: replace, remove, purge, device removal; bad bindings rejected", async () => {
+    const s = await Store.open(tmpDir());
+    s.addDevice(DEV);
+    const b2 = binding({ contact: "<sip:1001@192.0.2.11>", expiresAt: 1000 });
+    assert.deepEqual(s.replaceBindings("1001", [binding(), b2]), { ok: true, value: 2 });
+    const wrongAor = s.replaceBindings("1002", [binding()]);
+    assert.ok(!wrongAor.ok && wrongAor.error.field === "aor");
+    const noDevice = s.replaceBindings("1001", [binding({ deviceId: "ghost" })]);
+    assert.ok(!noDevice.ok && noDevice.error.code === "not-found");
+    const badPort = s.replaceBindings("1001", [binding({ flow: { ...binding().flow, remotePort: 70000 } })]);
+    assert.ok(!badPort.ok && /remotePort/.test(badPort.error.message));
+    assert.equal(s.bindingsFor("1001").length, 2, "rejected replace changed nothing");
+    assert.equal(s.purgeExpiredBindings(5000), 1);
+    assert.equal(s.removeBinding("1001", "<sip:nobody@x>"), false);
+    assert.equal(s.removeBinding("1001", binding().contact), true);
+    assert.deepEqual(s.listBindings(), []);
+    s.replaceBindings("1001", [binding()]);
+    s.removeDevice("dev-1001");
+    assert.deepEqual(s.listBindings(), []);
+    await s.close();
+  });
+
+  test("validateStoreData rejects duplicates and dangling bindings", () => {
+    const base = { devices: [], bindings: [], meta: { createdAt: FIXED.toISOString() }, routing: { evenlyLastOffered: {} } };
+    assert.equal(validateStoreData(base).ok, true);
+    const dev = { id: "a", username: "1", password: "p", kind: "soft", createdAt: FIXED.toISOString() };
+    assert.match((validateStoreData({ ...base, devices: [dev, { ...dev, id: "b" }] }) as { error: string }).error, /username "1" is a duplicate/);
+    assert.match((validateStoreData({ ...base, bindings: [binding()] }) as { error: string }).error, /names no device/);
+  });
+});
