@@ -1,0 +1,557 @@
+// "Who rings now": the pure decision core of call distribution (DESIGN principle 2).
+// A pure function of (group, presence snapshot, counters, call state, now) → ring plan. No
+// sockets, no timers, no clock: the engine (agent/routing/engine.ts) owns those, calls
+// planStep at the start of a call and again at plan.nextStepAt, and drives the SIP branches.
+//
+// Decisions this module makes (the product reference leaves them open):
+// - Eligibility. A member rings when the user exists, has at least one online device, is below
+//   callLimit (0 = unlimited; activeCalls counts the dialogs the proxy tracks), and — only when
+//   group.checkAvailability — is "available" (away and dnd are skipped). Ineligible members are
+//   reported in plan.skipped with the reason.
+// - Devices. A member rings on all online devices at once, in the order the console listed
+//   them. Soft devices always ring. Physical devices ring while the cap has room; a member's
+//   physical devices beyond the cap are left out. A member left with nothing to ring is skipped
+//   with reason "cap".
+// - The cap (maxPhysical, default 10) is a hard limit on physical devices ringing for one call
+//   at any moment, in every strategy. simultaneous fills it in member order; cumulative stops
+//   adding physical devices once it is full but keeps adding members who have soft devices.
+// - Turns. sequential / evenly / cumulative make one pass: a member who was offered, or
+//   skipped because ineligible when their turn came, has had their turn for this call
+//   (CallState.passed). Members later in the order are judged when their turn comes, so a phone
+//   that registers mid-call still gets its turn.
+// - Steps. Each step lasts ringCount × ringUnitMs from the moment it is planned. The step after
+//   the last member's turn is the exhausted one: everything stops and the engine applies the
+//   group's no-answer action (pickNoAnswer). A step that finds nobody to ring is exhausted at
+//   once; allOffline says whether that is because no member has any online device (an empty
+//   group counts as all offline), which makes overflow immediate.
+// - Early moves. The engine may call planStep before nextStepAt (e.g. every branch of the
+//   ringing member failed with 486/603): the call simply moves to its next step.
+// - Presence between steps. Members already ringing are not re-judged mid-step; the engine
+//   cancels branches of devices that drop.
+
+import type { DeviceRef, FinalNoAnswerAction, Group, HangupStatus, NoAnswerAction, User } from "./model.ts";
+import { EXTENSION_RE, MAX_PHYSICAL_RINGING, RING_COUNT_MAX, RING_COUNT_MIN, RING_UNIT_MS } from "./model.ts";
+
+/** What presence knows now. Both collections are kept incrementally by their owners; read only here. */
+export interface PresenceSnapshot {
+  /** Ids of devices with a live registration. */
+  readonly onlineDevices: ReadonlySet<string>;
+  /** Keyed by user id: calls (dialogs) the user is in now. Absent means 0. */
+  readonly activeCalls: ReadonlyMap<string, number>;
+}
+
+/** One call being distributed in one group. Never mutated: each step returns a new one. */
+export interface CallState {
+  readonly startedAt: number;
+  /** Steps planned so far (0 before the first planStep). */
+  readonly steps: number;
+  /** Member ids that had their turn (offered or skipped); sequential, evenly, cumulative. */
+  readonly passed: ReadonlySet<string>;
+  /** Keyed by member id: members ringing now → how many of their physical devices ring. */
+  readonly ringing: ReadonlyMap<string, number>;
+  /** The member offered most recently (in simultaneous: the first in list order). */
+  readonly lastOffered: string | undefined;
+  /** No more steps; the no-answer action applies. */
+  readonly exhausted: boolean;
+}
+
+export type SkipReason =
+  /** The member id names no user (config pushed mid-call). */
+  | "unknown-user"
+  /** No online device. */
+  | "offline"
+  /** activeCalls >= callLimit. */
+  | "busy"
+  /** away or dnd while the group checks availability. */
+  | "unavailable"
+  /** Only physical devices online and the physical cap is full. */
+  | "cap";
+
+export interface MemberRing {
+  memberId: string;
+  /** Devices to fork to now: all the member's online soft devices and the physical ones that fit. */
+  deviceIds: string[];
+  /** How many of deviceIds are physical (they count toward the cap). */
+  physical: number;
+}
+
+export interface SkippedMember {
+  memberId: string;
+  reason: SkipReason;
+}
+
+export interface RingPlan {
+  /** Members to start ringing now. */
+  ring: MemberRing[];
+  /** Members to stop ringing now (cumulative keeps earlier members until exhausted). */
+  stop: string[];
+  /** When to call planStep again; undefined when exhausted. */
+  nextStepAt: number | undefined;
+  /** No more steps: the engine applies the no-answer action (pickNoAnswer). */
+  exhausted: boolean;
+  /** Exhausted because no member has an online device: overflow at once. */
+  allOffline: boolean;
+  /** Members offered in this step; for evenly the engine sets evenlyLastOffered[m] = now. */
+  offeredMembers: string[];
+  /** Members passed over in this step, with why. */
+  skipped: SkippedMember[];
+  /** The call state after this step; pass it to the next planStep. */
+  call: CallState;
+}
+
+export interface PlanInput {
+  group: Group;
+  usersById: ReadonlyMap<string, User>;
+  /** Keyed by user id; the devices in console order. */
+  devicesByOwner: ReadonlyMap<string, readonly DeviceRef[]>;
+  presence: PresenceSnapshot;
+  /** This group's bookkeeping, keyed by member id: epoch ms of the member's last offer. */
+  evenlyLastOffered: ReadonlyMap<string, number>;
+  call: CallState;
+  now: number;
+  /** One ring; default RING_UNIT_MS (5 s). Tests shorten it. */
+  ringUnitMs?: number;
+  /** Physical devices that may ring at once for this call; default MAX_PHYSICAL_RINGING (10). */
+  maxPhysical?: number;
+}
+
+const NO_STRINGS: readonly string[] = Object.freeze([]);
+const NO_PASSED: ReadonlySet<string> = new Set();
+const NO_RINGING: ReadonlyMap<string, number> = new Map();
+
+/** The state of a call that has not rung yet. */
+export function startCall(now: number): CallState {
+  return { startedAt: now, steps: 0, passed: NO_PASSED, ringing: NO_RINGING, lastOffered: undefined, exhausted: false };
+}
+
+/** The call after every branch of one member ended (rejected, failed, device gone): frees its cap share. */
+export function withMemberEnded(call: CallState, memberId: string): CallState {
+  if (!call.ringing.has(memberId)) return call;
+  const ringing = new Map(call.ringing);
+  ringing.delete(memberId);
+  return { ...call, ringing };
+}
+
+/** Step length: ringCount × ringUnitMs, ringCount clamped to the valid range. */
+export function stepLengthMs(group: Group, ringUnitMs: number = RING_UNIT_MS): number {
+  const count = Number.isFinite(group.ringCount) ? Math.min(RING_COUNT_MAX, Math.max(RING_COUNT_MIN, Math.trunc(group.ringCount))) : RING_COUNT_MIN;
+  const unit = Number.isFinite(ringUnitMs) && ringUnitMs > 0 ? ringUnitMs : RING_UNIT_MS;
+  return count * unit;
+}
+
+/** Decides what rings now for one call in one group. */
+export function planStep(input: PlanInput): RingPlan {
+  const { group, call } = input;
+  if (call.exhausted) return exhaustedPlan(input, call, undefined);
+  const cap = physicalCap(input.maxPhysical);
+  if (group.strategy === "simultaneous") return call.steps === 0 ? ringEveryone(input, cap) : exhaustedPlan(input, call, undefined);
+  return ringNext(input, cap);
+}
+
+/** True when no member of the group has an online device (an empty group too). */
+export function groupAllOffline(group: Group, devicesByOwner: ReadonlyMap<string, readonly DeviceRef[]>, presence: PresenceSnapshot): boolean {
+  const members = group.members;
+  for (let i = 0; i < members.length; i++) {
+    const devices = devicesByOwner.get(members[i] as string);
+    if (devices === undefined) continue;
+    for (let k = 0; k < devices.length; k++) if (presence.onlineDevices.has((devices[k] as DeviceRef).id)) return false;
+  }
+  return true;
+}
+
+// --- strategies ------------------------------------------------------------------------------
+
+/** simultaneous, first step: everyone eligible at once; the cap is filled in member order. */
+function ringEveryone(input: PlanInput, cap: number): RingPlan {
+  const { group, call, now } = input;
+  const members = group.members;
+  const ring: MemberRing[] = [];
+  const offered: string[] = [];
+  let skipped: SkippedMember[] | undefined;
+  let slots = cap;
+  for (let i = 0; i < members.length; i++) {
+    const m = members[i] as string;
+    const reason = skipReason(input, m, slots);
+    if (reason !== undefined) {
+      (skipped ??= []).push({ memberId: m, reason });
+      continue;
+    }
+    const r = memberRing(input, m, slots);
+    slots -= r.physical;
+    ring.push(r);
+    offered.push(m);
+  }
+  if (ring.length === 0) return exhaustedPlan(input, call, skipped);
+  const ringing = new Map<string, number>();
+  for (let i = 0; i < ring.length; i++) {
+    const r = ring[i] as MemberRing;
+    ringing.set(r.memberId, r.physical);
+  }
+  const next: CallState = { ...call, steps: call.steps + 1, ringing, lastOffered: offered[0] };
+  return { ring, stop: [], nextStepAt: now + stepLengthMs(group, input.ringUnitMs), exhausted: false, allOffline: false, offeredMembers: offered, skipped: skipped ?? [], call: next };
+}
+
+/**
+ * sequential, evenly, cumulative: the next member whose turn it is. sequential and evenly stop
+ * the member ringing before; cumulative keeps everyone ringing and shares the cap.
+ */
+function ringNext(input: PlanInput, cap: number): RingPlan {
+  const { group, call, now } = input;
+  const cumulative = group.strategy === "cumulative";
+  let slots = cap;
+  if (cumulative) for (const physical of call.ringing.values()) slots -= physical;
+
+  const members = group.members;
+  // Index in members of the member chosen to ring, or -1.
+  let chosen = -1;
+  if (group.strategy === "evenly") {
+    let bestKey = Infinity;
+    for (let i = 0; i < members.length; i++) {
+      const m = members[i] as string;
+      if (call.passed.has(m)) continue;
+      const key = input.evenlyLastOffered.get(m) ?? -Infinity;
+      // Strictly smaller: ties keep list order.
+      if ((chosen === -1 || key < bestKey) && skipReason(input, m, slots) === undefined) {
+        chosen = i;
+        bestKey = key;
+      }
+    }
+  } else {
+    for (let i = 0; i < members.length; i++) {
+      const m = members[i] as string;
+      if (call.passed.has(m)) continue;
+      if (skipReason(input, m, slots) === undefined) {
+        chosen = i;
+        break;
+      }
+    }
+  }
+
+  // Members whose turn came before the chosen one (all remaining ones when nobody is chosen)
+  // were ineligible: they are passed over for this call.
+  let skipped: SkippedMember[] | undefined;
+  let passed: Set<string> | undefined;
+  const chosenKey = chosen === -1 ? Infinity : (input.evenlyLastOffered.get(members[chosen] as string) ?? -Infinity);
+  for (let i = 0; i < members.length; i++) {
+    if (i === chosen) continue;
+    const m = members[i] as string;
+    if (call.passed.has(m)) continue;
+    if (chosen !== -1) {
+      if (group.strategy !== "evenly") {
+        if (i > chosen) break;
+      } else {
+        const key = input.evenlyLastOffered.get(m) ?? -Infinity;
+        if (key > chosenKey || (key === chosenKey && i > chosen)) continue;
+      }
+    }
+    (skipped ??= []).push({ memberId: m, reason: skipReason(input, m, slots) ?? "cap" });
+    (passed ??= new Set(call.passed)).add(m);
+  }
+
+  if (chosen === -1) {
+    const after: CallState = passed === undefined ? call : { ...call, passed };
+    return exhaustedPlan(input, after, skipped);
+  }
+
+  const m = members[chosen] as string;
+  const r = memberRing(input, m, slots);
+  (passed ??= new Set(call.passed)).add(m);
+  let ringing: Map<string, number>;
+  let stop: string[];
+  if (cumulative) {
+    ringing = new Map(call.ringing);
+    stop = [];
+  } else {
+    ringing = new Map();
+    stop = [...call.ringing.keys()];
+  }
+  ringing.set(m, r.physical);
+  const next: CallState = { ...call, steps: call.steps + 1, passed, ringing, lastOffered: m };
+  return { ring: [r], stop, nextStepAt: now + stepLengthMs(group, input.ringUnitMs), exhausted: false, allOffline: false, offeredMembers: [m], skipped: skipped ?? [], call: next };
+}
+
+/** The end of distribution: stop everything still ringing. */
+function exhaustedPlan(input: PlanInput, call: CallState, skipped: SkippedMember[] | undefined): RingPlan {
+  const stop = call.ringing.size === 0 ? [] : [...call.ringing.keys()];
+  const next: CallState = call.exhausted && call.ringing.size === 0 ? call : { ...call, steps: call.steps + 1, ringing: NO_RINGING, exhausted: true };
+  return {
+    ring: [],
+    stop,
+    nextStepAt: undefined,
+    exhausted: true,
+    allOffline: groupAllOffline(input.group, input.devicesByOwner, input.presence),
+    offeredMembers: [],
+    skipped: skipped ?? [],
+    call: next,
+  };
+}
+
+// --- members ---------------------------------------------------------------------------------
+
+type EligibilityInput = Pick<PlanInput, "group" | "usersById" | "devicesByOwner" | "presence">;
+
+/** Why the member cannot ring now with `slots` physical devices left under the cap; undefined = can. */
+function skipReason(input: EligibilityInput, memberId: string, slots: number): SkipReason | undefined {
+  const user = input.usersById.get(memberId);
+  if (user === undefined) return "unknown-user";
+  const devices = input.devicesByOwner.get(memberId);
+  let soft = 0;
+  let physical = 0;
+  if (devices !== undefined) {
+    const online = input.presence.onlineDevices;
+    for (let k = 0; k < devices.length; k++) {
+      const d = devices[k] as DeviceRef;
+      if (!online.has(d.id)) continue;
+      if (d.kind === "soft") soft++;
+      else physical++;
+    }
+  }
+  if (soft === 0 && physical === 0) return "offline";
+  if (user.callLimit > 0 && (input.presence.activeCalls.get(memberId) ?? 0) >= user.callLimit) return "busy";
+  if (input.group.checkAvailability && user.availability !== "available") return "unavailable";
+  if (soft === 0 && slots <= 0) return "cap";
+  return undefined;
+}
+
+/** The member's online devices: every soft one, physical ones while `slots` last. */
+function memberRing(input: EligibilityInput, memberId: string, slots: number): MemberRing {
+  const deviceIds: string[] = [];
+  let physical = 0;
+  const devices = input.devicesByOwner.get(memberId);
+  if (devices !== undefined) {
+    const online = input.presence.onlineDevices;
+    for (let k = 0; k < devices.length; k++) {
+      const d = devices[k] as DeviceRef;
+      if (!online.has(d.id)) continue;
+      if (d.kind === "physical") {
+        if (physical >= slots) continue;
+        physical++;
+      }
+      deviceIds.push(d.id);
+    }
+  }
+  return { memberId, deviceIds, physical };
+}
+
+function physicalCap(maxPhysical: number | undefined): number {
+  if (maxPhysical === undefined || !Number.isFinite(maxPhysical)) return MAX_PHYSICAL_RINGING;
+  return Math.max(0, Math.trunc(maxPhysical));
+}
+
+// --- no answer -------------------------------------------------------------------------------
+
+export type NoAnswerDecision =
+  | { kind: "voicemail"; uri: string; fromGroupId: string }
+  | { kind: "forward"; number: string; source: "mobile"; memberId: string; fromGroupId: string }
+  | { kind: "forward"; number: string; source: "number"; fromGroupId: string }
+  /** Hold the caller; offer the call to selectFreeOperator's pick; at `until` resolve `then`. */
+  | { kind: "wait-for-operator"; until: number; then: FinalNoAnswerAction; fromGroupId: string }
+  /** Distribute the call in another group; pass `visited` to that group's pickNoAnswer. */
+  | { kind: "overflow-group"; groupId: string; visited: ReadonlySet<string>; fromGroupId: string }
+  | { kind: "hangup"; status: HangupStatus; cause: HangupCause; fromGroupId: string };
+
+export type HangupCause =
+  /** The group's action is hangup. */
+  | "configured"
+  /** The overflow chain came back to a group this call already went through. */
+  | "overflow-loop"
+  /** The overflow target does not exist (config pushed mid-call). */
+  | "unknown-group"
+  /** forward-mobile found no member with a mobile number. */
+  | "no-mobile";
+
+export interface NoAnswerInput {
+  group: Group;
+  groupsById: ReadonlyMap<string, Group>;
+  usersById: ReadonlyMap<string, User>;
+  devicesByOwner: ReadonlyMap<string, readonly DeviceRef[]>;
+  presence: PresenceSnapshot;
+  /** The call in `group`, for forward-mobile's "member offered last". */
+  call?: CallState;
+  /** From the exhausted RingPlan: no member had an online device. */
+  allOffline: boolean;
+  /** The action to resolve; default group.noAnswer. After a wait the engine passes its `then`. */
+  action?: NoAnswerAction;
+  /** Groups this call already went through (from an earlier overflow decision); `group` is added. */
+  visited?: ReadonlySet<string>;
+  now: number;
+}
+
+/** Default status for hangup: 480 Temporarily Unavailable (RFC 3261 §21.4.18). */
+const DEFAULT_HANGUP: HangupStatus = 480;
+
+/**
+ * Resolves a group's no-answer action into one concrete instruction.
+ * - wait-for-operator is skipped straight to its `then` when every member is offline: nobody
+ *   could become free (3CX / FreeSWITCH max-wait-time-with-no-agent behave the same).
+ * - overflow-group follows the chain at once through target groups whose members are all
+ *   offline (product reference: "another group, at once when every member is offline"); a group
+ *   met twice is a loop and ends the call with 480, whatever validateSite let through.
+ */
+export function pickNoAnswer(input: NoAnswerInput): NoAnswerDecision {
+  const visited = new Set(input.visited ?? NO_STRINGS);
+  let group = input.group;
+  visited.add(group.id);
+  let action: NoAnswerAction = input.action ?? group.noAnswer;
+  let allOffline = input.allOffline;
+  let lastOffered = input.call?.lastOffered;
+  // Each turn either returns or moves to a group not visited before: at most groupsById.size turns.
+  for (;;) {
+    const fromGroupId = group.id;
+    switch (action.kind) {
+      case "voicemail":
+        return { kind: "voicemail", uri: action.uri, fromGroupId };
+      case "forward-number":
+        return { kind: "forward", number: action.number, source: "number", fromGroupId };
+      case "hangup":
+        return { kind: "hangup", status: action.status ?? DEFAULT_HANGUP, cause: "configured", fromGroupId };
+      case "forward-mobile": {
+        const memberId = mobileMember(group, action.memberId, lastOffered, input.usersById);
+        const mobile = memberId === undefined ? undefined : input.usersById.get(memberId)?.mobile;
+        if (memberId === undefined || mobile === undefined) return { kind: "hangup", status: DEFAULT_HANGUP, cause: "no-mobile", fromGroupId };
+        return { kind: "forward", number: mobile, source: "mobile", memberId, fromGroupId };
+      }
+      case "wait-for-operator":
+        if (!allOffline) return { kind: "wait-for-operator", until: input.now + action.maxWaitS * 1000, then: action.then, fromGroupId };
+        action = action.then;
+        continue;
+      case "overflow-group": {
+        const target = input.groupsById.get(action.groupId);
+        if (target === undefined) return { kind: "hangup", status: DEFAULT_HANGUP, cause: "unknown-group", fromGroupId };
+        if (visited.has(target.id)) return { kind: "hangup", status: DEFAULT_HANGUP, cause: "overflow-loop", fromGroupId };
+        visited.add(target.id);
+        if (!groupAllOffline(target, input.devicesByOwner, input.presence)) {
+          return { kind: "overflow-group", groupId: target.id, visited, fromGroupId };
+        }
+        group = target;
+        action = target.noAnswer;
+        allOffline = true;
+        lastOffered = undefined;
+        continue;
+      }
+    }
+  }
+}
+
+/**
+ * forward-mobile's member: the designated one if set and it has a mobile; else the member offered
+ * last in this call if it has one; else the first member in list order with a mobile.
+ */
+function mobileMember(group: Group, designated: string | undefined, lastOffered: string | undefined, usersById: ReadonlyMap<string, User>): string | undefined {
+  if (designated !== undefined && usersById.get(designated)?.mobile !== undefined) return designated;
+  if (lastOffered !== undefined && usersById.get(lastOffered)?.mobile !== undefined) return lastOffered;
+  for (const m of group.members) if (usersById.get(m)?.mobile !== undefined) return m;
+  return undefined;
+}
+
+// --- wait for a free operator ----------------------------------------------------------------
+
+export interface FreeOperatorInput {
+  group: Group;
+  usersById: ReadonlyMap<string, User>;
+  devicesByOwner: ReadonlyMap<string, readonly DeviceRef[]>;
+  presence: PresenceSnapshot;
+  /** This group's evenly bookkeeping (used only by evenly groups). */
+  evenlyLastOffered: ReadonlyMap<string, number>;
+  /** Members not to pick (e.g. already ringing for this or another waiting call). */
+  exclude?: ReadonlySet<string>;
+  maxPhysical?: number;
+}
+
+/**
+ * Which member gets a waiting call now that someone may be free: the first eligible member in
+ * list order; in evenly groups the eligible member offered longest ago (never offered first,
+ * ties in list order). "Free" is planStep's eligibility: online, below callLimit, and available
+ * when the group checks availability. Undefined when nobody is free.
+ */
+export function selectFreeOperator(input: FreeOperatorInput): MemberRing | undefined {
+  const { group } = input;
+  const cap = physicalCap(input.maxPhysical);
+  const members = group.members;
+  let chosen: string | undefined;
+  let bestKey = Infinity;
+  for (let i = 0; i < members.length; i++) {
+    const m = members[i] as string;
+    if (input.exclude?.has(m)) continue;
+    if (skipReason(input, m, cap) !== undefined) continue;
+    if (group.strategy !== "evenly") {
+      chosen = m;
+      break;
+    }
+    const key = input.evenlyLastOffered.get(m) ?? -Infinity;
+    if (chosen === undefined || key < bestKey) {
+      chosen = m;
+      bestKey = key;
+    }
+  }
+  return chosen === undefined ? undefined : memberRing(input, chosen, cap);
+}
+
+// --- call pickup -----------------------------------------------------------------------------
+
+/** Group pickup feature code; "*8" alone picks up in one's groups, "*8<ext>" is directed. */
+export const PICKUP_CODE = "*8";
+
+export type PickupRequest = { kind: "group" } | { kind: "directed"; extension: string };
+
+/** Reads a dialled string as a pickup request; undefined when it is not one. */
+export function parsePickupCode(dialled: string, code: string = PICKUP_CODE): PickupRequest | undefined {
+  if (!dialled.startsWith(code)) return undefined;
+  const rest = dialled.slice(code.length);
+  if (rest.length === 0) return { kind: "group" };
+  return EXTENSION_RE.test(rest) ? { kind: "directed", extension: rest } : undefined;
+}
+
+export interface RingingCall {
+  callId: string;
+  /** Group the call is distributed in; undefined for a call to one extension. */
+  groupId: string | undefined;
+  /** User ids whose devices ring for this call now. */
+  ringingMembers: readonly string[];
+  startedAt: number;
+}
+
+export interface PickupInput {
+  ringingCalls: readonly RingingCall[];
+  pickerUserId: string;
+  /** Directed pickup (*8<ext>): a user's extension or a group number. Absent: group pickup. */
+  targetExtension?: string;
+  groupsById: ReadonlyMap<string, Group>;
+  groupsByNumber: ReadonlyMap<string, Group>;
+  usersByExtension: ReadonlyMap<string, User>;
+}
+
+export type PickupResult =
+  | { ok: true; call: RingingCall }
+  | { ok: false; reason: "unknown-extension" | "nothing-to-pick-up" };
+
+/**
+ * The ringing call a member's pickup takes, oldest first (ties: first listed).
+ * - Group pickup: calls ringing in a group that has pickup enabled and lists the picker.
+ * - Directed to a user's extension: calls ringing at that user, either directly or through a
+ *   group with pickup enabled. Directed to a group number: calls ringing in that group, if it
+ *   has pickup enabled. Directed pickup does not require the picker to be a member.
+ */
+export function findPickupTarget(input: PickupInput): PickupResult {
+  const { ringingCalls, targetExtension } = input;
+  let targetUser: User | undefined;
+  let targetGroup: Group | undefined;
+  if (targetExtension !== undefined) {
+    targetUser = input.usersByExtension.get(targetExtension);
+    targetGroup = targetUser === undefined ? input.groupsByNumber.get(targetExtension) : undefined;
+    if (targetUser === undefined && targetGroup === undefined) return { ok: false, reason: "unknown-extension" };
+  }
+  let best: RingingCall | undefined;
+  for (let i = 0; i < ringingCalls.length; i++) {
+    const c = ringingCalls[i] as RingingCall;
+    if (best !== undefined && c.startedAt >= best.startedAt) continue;
+    const group = c.groupId === undefined ? undefined : input.groupsById.get(c.groupId);
+    const pickable = group !== undefined && group.pickup?.enabled === true;
+    let eligible: boolean;
+    if (targetUser !== undefined) eligible = (c.groupId === undefined || pickable) && c.ringingMembers.includes(targetUser.id);
+    else if (targetGroup !== undefined) eligible = pickable && group === targetGroup;
+    else eligible = pickable && (group as Group).members.includes(input.pickerUserId);
+    if (eligible) best = c;
+  }
+  return best === undefined ? { ok: false, reason: "nothing-to-pick-up" } : { ok: true, call: best };
+}
