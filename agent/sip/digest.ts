@@ -208,7 +208,7 @@ export function parseAuthorization(value: string): ParsedAuthorization | { error
       if (i === valStart) return { error: `empty value for ${name}` };
       val = s.slice(valStart, i);
     }
-    // RFC 7616 §3.4: each directive at most once; a duplicate makes the meaning ambiguous.
+    // RFC 7235 §2.1: a parameter name occurs once per challenge; a duplicate is ambiguous.
     if (params.has(name)) return { error: `duplicate parameter ${name}` };
     if (params.size >= MAX_AUTH_PARAMS) return { error: "too many parameters" };
     params.set(name, val);
@@ -316,8 +316,11 @@ export type VerifyResult =
    * with stale=true (RFC 7616 §3.3) so the UA retries without asking its user.
    */
   | { kind: "stale"; reason: "expired" | "replay" | "unknown-nonce" }
-  /** Wrong password, unknown user, unoffered algorithm... Answer every one the same way. */
-  | { kind: "failed"; reason: string }
+  /**
+   * Wrong password, unknown user, unoffered algorithm... Answer every one the same way.
+   * `username` is the name the UA claimed (known or not), for the guard's account counter.
+   */
+  | { kind: "failed"; reason: string; username: string }
   /** Syntactically unusable credentials (RFC 2617 §3.2.2: 400 Bad Request). */
   | { kind: "malformed"; reason: string };
 
@@ -459,10 +462,10 @@ export class DigestAuthenticator {
     const algToken = p.get("algorithm");
     const algorithm = algToken === undefined ? "MD5" : algorithmFromToken(algToken);
     if (algorithm === undefined || !this.algorithms.includes(algorithm)) {
-      return { kind: "failed", reason: `algorithm ${algToken ?? "MD5 (default)"} not offered` };
+      return { kind: "failed", reason: `algorithm ${algToken ?? "MD5 (default)"} not offered`, username };
     }
     if (this.opaque !== undefined && p.has("opaque") && p.get("opaque") !== this.opaque) {
-      return { kind: "failed", reason: "opaque mismatch" };
+      return { kind: "failed", reason: "opaque mismatch", username };
     }
 
     // Unknown users take the same path with a dummy password (sip-security.md: same timing).
@@ -496,7 +499,7 @@ export class DigestAuthenticator {
     const matches = expected !== undefined && constantTimeEqual(expected, response.toLowerCase());
     if (!matches || !known) {
       const reason = creds === undefined ? "unknown user" : known ? "wrong response" : `no credential for ${algorithm}`;
-      return { kind: "failed", reason };
+      return { kind: "failed", reason, username };
     }
 
     // The UA knows the password; now decide whether this nonce may still be used with it.

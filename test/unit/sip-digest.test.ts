@@ -349,6 +349,8 @@ test("wrong password and unknown user fail identically", () => {
   const unknown = auth.verify({ method: "REGISTER", authorization: answer(firstChallenge(auth), "999", "guess"), lookup });
   assert.equal(wrong.kind, "failed");
   assert.equal(unknown.kind, "failed");
+  assert.equal(wrong.kind === "failed" && wrong.username, "100");
+  assert.equal(unknown.kind === "failed" && unknown.username, "999");
   // Only the log reason differs; the kind (what the caller answers) is the same.
   assert.deepEqual(Object.keys(wrong).sort(), Object.keys(unknown).sort());
 });
@@ -463,7 +465,7 @@ test("algorithm not offered, opaque mismatch fail; uppercase hex response accept
   assert.equal(auth.verify({ method: "REGISTER", authorization: answer(md5Ch, "100", "secret-100"), lookup }).kind, "failed");
   const ch = firstChallenge(auth);
   const wrongOpaque = answer(ch.replace('opaque="op1"', 'opaque="op2"'), "100", "secret-100");
-  assert.deepEqual(auth.verify({ method: "REGISTER", authorization: wrongOpaque, lookup }), { kind: "failed", reason: "opaque mismatch" });
+  assert.deepEqual(auth.verify({ method: "REGISTER", authorization: wrongOpaque, lookup }), { kind: "failed", reason: "opaque mismatch", username: "100" });
   const upper = answer(ch, "100", "secret-100").replace(/response="([0-9a-f]+)"/, (_m, h: string) => `response="${h.toUpperCase()}"`);
   assert.equal(auth.verify({ method: "REGISTER", authorization: upper, lookup }).kind, "ok");
 });
