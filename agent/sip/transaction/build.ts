@@ -1,0 +1,96 @@
+// Messages the transaction layer builds itself: the ACK for a non-2xx final response
+// (RFC 3261 §17.1.1.3), a CANCEL for a pending INVITE (§9.1), the 100 (Trying) of an INVITE
+// server transaction (§17.2.1) and the 408 a client transaction reports on timeout
+// (§17.1.1.2, §17.1.2.2). Pure functions over plain data; responses via createResponse().
+import { createResponse } from "../serialize.ts";
+import type { NameAddr, SipHeader, SipRequest, SipResponse, Via } from "../types.ts";
+
+function h(name: string, value: string): SipHeader {
+  return { name, value };
+}
+
+/** RFC 3261 §8.1.1.6: a UAC MUST insert Max-Forwards; 70 is the recommended value. */
+const MAX_FORWARDS = 70;
+
+function headerLines(msg: SipRequest | SipResponse, name: string): SipHeader[] {
+  return msg.headers.filter((x) => x.name === name).map((x) => h(x.name, x.value));
+}
+
+function copyNameAddr(n: NameAddr): NameAddr {
+  return { displayName: n.displayName, uri: n.uri, params: new Map(n.params), tag: n.tag, raw: n.raw };
+}
+
+function copyVia(v: Via): Via {
+  return { transport: v.transport, host: v.host, port: v.port, params: new Map(v.params), branch: v.branch, raw: v.raw };
+}
+
+/**
+ * A request carrying exactly one Via (the original's top one), used by ACK and CANCEL.
+ * Returns undefined when the original has no Via, which a request we sent never lacks.
+ */
+function hopRequest(original: SipRequest, method: string, to: NameAddr): SipRequest | undefined {
+  const top = original.via[0];
+  if (top === undefined) return undefined;
+  const headers: SipHeader[] = [
+    h("via", top.raw),
+    // §17.1.1.3 / §9.1: Route header fields of the original request MUST appear again.
+    ...headerLines(original, "route"),
+    h("max-forwards", String(MAX_FORWARDS)),
+    h("from", original.from.raw),
+    h("to", to.raw),
+    h("call-id", original.callId),
+    h("cseq", `${original.cseq.seq} ${method}`),
+    h("content-length", "0"),
+  ];
+  return {
+    kind: "request",
+    method,
+    uri: original.uri,
+    maxForwards: MAX_FORWARDS,
+    headers,
+    body: Buffer.alloc(0),
+    via: [copyVia(top)],
+    callId: original.callId,
+    cseq: { seq: original.cseq.seq, method },
+    from: copyNameAddr(original.from),
+    to: copyNameAddr(to),
+  };
+}
+
+/**
+ * RFC 3261 §17.1.1.3: the ACK for a 300-699 response. "The ACK request constructed by the
+ * client transaction MUST contain values for the Call-ID, From, and Request-URI that are equal
+ * to the values of those header fields in the request passed to the transport by the client
+ * transaction ... The To header field in the ACK MUST equal the To header field in the
+ * response being acknowledged ... The ACK MUST contain a single Via header field, and this MUST
+ * be equal to the top Via header field of the original request. The CSeq header field in the
+ * ACK MUST contain the same value for the sequence number as was present in the original
+ * request, but the method parameter MUST be equal to "ACK"."
+ */
+export function buildAck(invite: SipRequest, response: SipResponse): SipRequest | undefined {
+  return hopRequest(invite, "ACK", response.to);
+}
+
+/**
+ * RFC 3261 §9.1: "The Request-URI, Call-ID, To, the numeric part of CSeq, and From header
+ * fields in the CANCEL request MUST be identical to those in the request being cancelled,
+ * including tags. A CANCEL constructed by a client MUST have only a single Via header field
+ * value matching the top Via value in the request being cancelled." The CANCEL travels in its
+ * own client transaction (same branch, CSeq method CANCEL — §17.1.3 keeps them apart).
+ */
+export function buildCancel(request: SipRequest): SipRequest | undefined {
+  return hopRequest(request, "CANCEL", request.to);
+}
+
+/** RFC 3261 §17.2.1 100 (Trying); createResponse copies Timestamp into it (§8.2.6.1). */
+export function buildTrying(req: SipRequest): SipResponse {
+  return createResponse(req, 100, "Trying");
+}
+
+/**
+ * The 408 (Request Timeout) a client transaction hands its TU when Timer B, F or C fires.
+ * It never goes on the wire, so it gets no To tag.
+ */
+export function buildTimeout(req: SipRequest): SipResponse {
+  return createResponse(req, 408, "Request Timeout");
+}

@@ -1,0 +1,73 @@
+// What every transaction shares: the state enum, the context the layer hands it, and the
+// guarded call into TU code (a throwing callback must not corrupt a state machine or escape
+// from a timer and crash the process).
+import type { Flow, SipMessage, Transport } from "../types.ts";
+import type { TimerValues } from "./timers.ts";
+
+/**
+ * States of RFC 3261 §17.1.1 / §17.1.2 / §17.2.1 / §17.2.2, with "Accepted" from RFC 6026 §7.
+ * Each transaction class allows only its own subset (see its stateTransition()).
+ */
+export enum TransactionState {
+  Calling = "Calling",
+  Trying = "Trying",
+  Proceeding = "Proceeding",
+  Completed = "Completed",
+  Confirmed = "Confirmed",
+  Accepted = "Accepted",
+  Terminated = "Terminated",
+}
+
+/** What a transaction needs from its layer. */
+export interface TransactionContext {
+  readonly transport: Transport;
+  encode(msg: SipMessage): Buffer;
+  timers(reliable: boolean): TimerValues;
+  /** INVITE server transactions send 100 (Trying) themselves after this many ms; false: never. */
+  readonly tryingDelay: number | false;
+  /** Called once when a transaction reaches Terminated, so the layer drops it from its maps. */
+  terminated(tx: object): void;
+  /** A TU callback threw; the transaction carried on. */
+  callbackError(error: unknown, where: string): void;
+}
+
+/** Sends bytes on a flow; a transport that throws counts as a failed send (§17.1.4, §17.2.4). */
+export function sendOn(ctx: TransactionContext, flow: Flow, data: Buffer): boolean {
+  try {
+    return ctx.transport.send(flow, data);
+  } catch {
+    return false;
+  }
+}
+
+/** Whether the flow is reliable; a transport that throws is treated as unreliable (more timers, never fewer). */
+export function isReliable(ctx: TransactionContext, flow: Flow): boolean {
+  try {
+    return ctx.transport.isReliable(flow);
+  } catch {
+    return false;
+  }
+}
+
+/** Encodes a message; undefined when the encoder refuses it. */
+export function encodeSafely(ctx: TransactionContext, msg: SipMessage): Buffer | undefined {
+  try {
+    return ctx.encode(msg);
+  } catch {
+    return undefined;
+  }
+}
+
+export function invokeTu(ctx: TransactionContext, where: string, fn: () => void): void {
+  try {
+    fn();
+  } catch (error) {
+    ctx.callbackError(error, where);
+  }
+}
+
+export class IllegalTransition extends Error {
+  constructor(kind: string, from: TransactionState, to: TransactionState) {
+    super(`${kind}: illegal state transition ${from} -> ${to}`);
+  }
+}
