@@ -202,50 +202,46 @@ function ringNext(input: PlanInput, cap: number): RingPlan {
   if (cumulative) for (const physical of call.ringing.values()) slots -= physical;
 
   const members = group.members;
-  // Index in members of the member chosen to ring, or -1.
+  const evenly = group.strategy === "evenly";
+  // Index in members of the member chosen to ring (-1: nobody), and its evenly key.
   let chosen = -1;
-  if (group.strategy === "evenly") {
-    let bestKey = Infinity;
-    for (let i = 0; i < members.length; i++) {
-      const m = members[i] as string;
-      if (call.passed.has(m)) continue;
-      const key = input.evenlyLastOffered.get(m) ?? -Infinity;
-      // Strictly smaller: ties keep list order.
-      if ((chosen === -1 || key < bestKey) && skipReason(input, m, slots) === undefined) {
-        chosen = i;
-        bestKey = key;
-      }
-    }
-  } else {
-    for (let i = 0; i < members.length; i++) {
-      const m = members[i] as string;
-      if (call.passed.has(m)) continue;
-      if (skipReason(input, m, slots) === undefined) {
-        chosen = i;
-        break;
-      }
+  let chosenKey = Infinity;
+  // Ineligible members met on the way and their indexes (allocated only when there are some).
+  let ineligible: SkippedMember[] | undefined;
+  let ineligibleAt: number[] | undefined;
+  for (let i = 0; i < members.length; i++) {
+    const m = members[i] as string;
+    if (call.passed.has(m)) continue;
+    // evenly: a key never offered sorts first; a key not below the best so far is behind it
+    // (ties keep list order), so its turn has not come and it need not be judged.
+    const key = evenly ? (input.evenlyLastOffered.get(m) ?? -Infinity) : 0;
+    if (evenly && chosen !== -1 && key >= chosenKey) continue;
+    const reason = skipReason(input, m, slots);
+    if (reason === undefined) {
+      chosen = i;
+      chosenKey = key;
+      if (!evenly) break;
+    } else {
+      (ineligible ??= []).push({ memberId: m, reason });
+      (ineligibleAt ??= []).push(i);
     }
   }
 
-  // Members whose turn came before the chosen one (all remaining ones when nobody is chosen)
-  // were ineligible: they are passed over for this call.
+  // Ineligible members whose turn came before the chosen one (all of them when nobody is
+  // chosen) are passed over for this call. In list order that is every one met; in evenly
+  // order only those ahead of the chosen one.
   let skipped: SkippedMember[] | undefined;
   let passed: Set<string> | undefined;
-  const chosenKey = chosen === -1 ? Infinity : (input.evenlyLastOffered.get(members[chosen] as string) ?? -Infinity);
-  for (let i = 0; i < members.length; i++) {
-    if (i === chosen) continue;
-    const m = members[i] as string;
-    if (call.passed.has(m)) continue;
-    if (chosen !== -1) {
-      if (group.strategy !== "evenly") {
-        if (i > chosen) break;
-      } else {
-        const key = input.evenlyLastOffered.get(m) ?? -Infinity;
-        if (key > chosenKey || (key === chosenKey && i > chosen)) continue;
+  if (ineligible !== undefined && ineligibleAt !== undefined) {
+    for (let k = 0; k < ineligible.length; k++) {
+      const s = ineligible[k] as SkippedMember;
+      if (evenly && chosen !== -1) {
+        const key = input.evenlyLastOffered.get(s.memberId) ?? -Infinity;
+        if (key > chosenKey || (key === chosenKey && (ineligibleAt[k] as number) > chosen)) continue;
       }
+      (skipped ??= []).push(s);
+      (passed ??= new Set(call.passed)).add(s.memberId);
     }
-    (skipped ??= []).push({ memberId: m, reason: skipReason(input, m, slots) ?? "cap" });
-    (passed ??= new Set(call.passed)).add(m);
   }
 
   if (chosen === -1) {
@@ -273,7 +269,7 @@ function ringNext(input: PlanInput, cap: number): RingPlan {
 /** The end of distribution: stop everything still ringing. */
 function exhaustedPlan(input: PlanInput, call: CallState, skipped: SkippedMember[] | undefined): RingPlan {
   const stop = call.ringing.size === 0 ? [] : [...call.ringing.keys()];
-  const next: CallState = call.exhausted && call.ringing.size === 0 ? call : { ...call, steps: call.steps + 1, ringing: NO_RINGING, exhausted: true };
+  const next: CallState = call.exhausted ? call : { ...call, steps: call.steps + 1, ringing: NO_RINGING, exhausted: true };
   return {
     ring: [],
     stop,

@@ -579,6 +579,26 @@ describe("planStep evenly", () => {
     p = step(w, g, p.call, T0 + 300);
     assert.deepEqual(ringed(p), ["u3"], "u3's turn had not come, so it rings once back online; u1's had");
   });
+
+  it("an ineligible member listed before the chosen one but behind it in rotation keeps its turn", () => {
+    const w = world(3);
+    w.lastOffered.set("u1", T0 - 1000); // last in rotation, listed first, offline
+    w.lastOffered.set("u2", T0 - 3000);
+    w.lastOffered.set("u3", T0 - 2000);
+    w.online.delete("p1");
+    const g = group({ strategy: "evenly", members: ids(3) });
+    let p = step(w, g, startCall(T0), T0);
+    assert.deepEqual(ringed(p), ["u2"]);
+    assert.deepEqual(p.skipped, []);
+    p = step(w, g, p.call, T0 + 300);
+    assert.deepEqual(ringed(p), ["u3"]);
+    assert.deepEqual(p.skipped, []);
+    const whenStillOffline = step(w, g, p.call, T0 + 600);
+    assert.equal(whenStillOffline.exhausted, true);
+    assert.deepEqual(whenStillOffline.skipped, [{ memberId: "u1", reason: "offline" }]);
+    w.online.add("p1");
+    assert.deepEqual(ringed(step(w, g, p.call, T0 + 600)), ["u1"]);
+  });
 });
 
 // --- planStep: cumulative ------------------------------------------------------------------
