@@ -167,6 +167,7 @@ function ringEveryone(input: PlanInput, cap: number): RingPlan {
   const members = group.members;
   const ring: MemberRing[] = [];
   const offered: string[] = [];
+  const ringing = new Map<string, number>();
   let skipped: SkippedMember[] | undefined;
   let slots = cap;
   for (let i = 0; i < members.length; i++) {
@@ -180,13 +181,9 @@ function ringEveryone(input: PlanInput, cap: number): RingPlan {
     slots -= r.physical;
     ring.push(r);
     offered.push(m);
+    ringing.set(m, r.physical);
   }
   if (ring.length === 0) return exhaustedPlan(input, call, skipped);
-  const ringing = new Map<string, number>();
-  for (let i = 0; i < ring.length; i++) {
-    const r = ring[i] as MemberRing;
-    ringing.set(r.memberId, r.physical);
-  }
   const next: CallState = { ...call, steps: call.steps + 1, ringing, lastOffered: offered[0] };
   return { ring, stop: [], nextStepAt: now + stepLengthMs(group, input.ringUnitMs), exhausted: false, allOffline: false, offeredMembers: offered, skipped: skipped ?? [], call: next };
 }
