@@ -458,6 +458,18 @@ describe("Timer C (proxy INVITE client transaction)", () => {
     assert.deepEqual(firedC, [300]);
   });
 
+  test("a 100 alone counts as a provisional response for §16.8 (CANCEL is allowed)", () => {
+    const layer = makeLayer({ timers });
+    let fired = 0;
+    const rec = recorder({ onTimerC: () => fired++ });
+    const req = request();
+    sendOk(layer, req, tcp, rec);
+    layer.receiveResponse(responseTo(req, 100, "Trying"), tcp);
+    advance(1000);
+    assert.equal(fired, 1);
+    assert.deepEqual(rec.timeouts, []);
+  });
+
   test("after a provisional, without onTimerC the transaction times out with a 408", () => {
     const layer = makeLayer({ timers });
     const rec = recorder();
@@ -707,6 +719,36 @@ describe("INVITE server transaction", () => {
     assert.equal(tx.state, TransactionState.Terminated, "Timer L = 64*T1");
     assert.equal(layer.counts().server, 0);
     assert.equal(layer.receiveRequest(inv, udp).kind, "new", "after Timer L a copy is a new request");
+  });
+
+  test("a retransmission on a new TCP connection gets the response there", () => {
+    const layer = makeLayer({ tryingDelay: false });
+    const inv = request();
+    const r = layer.receiveRequest(inv, tcp);
+    if (r.kind !== "new") return assert.fail(r.kind);
+    r.tx.respond(createResponse(inv, 180, "Ringing", { toTag: "u" }));
+    const reconnected: Flow = { ...tcp, remotePort: 40001, connectionId: 8 };
+    assert.equal(layer.receiveRequest(inv, reconnected).kind, "absorbed");
+    assert.deepEqual(transport.sent.map((x) => x.flow.connectionId), [7, 8]);
+    assert.equal(r.tx.flow, reconnected);
+  });
+
+  test("Timer G retransmission that cannot be sent: TU told, transaction ends", () => {
+    const layer = makeLayer({ tryingDelay: false });
+    const inv = request();
+    const r = layer.receiveRequest(inv, udp);
+    if (r.kind !== "new") return assert.fail(r.kind);
+    let errors = 0;
+    let timeouts = 0;
+    r.tx.listener = { onTransportError: () => errors++, onTimeout: () => timeouts++ };
+    r.tx.respond(createResponse(inv, 486, "Busy Here", { toTag: "u" }));
+    transport.failing = true;
+    advance(500);
+    assert.equal(errors, 1);
+    assert.equal(r.tx.state, TransactionState.Terminated);
+    advance(40000);
+    assert.equal(errors, 1);
+    assert.equal(timeouts, 0, "Timer H went with the transaction");
   });
 
   test("respond() refuses bad status codes and answers after the end", () => {

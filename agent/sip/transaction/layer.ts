@@ -139,6 +139,7 @@ export class TransactionLayer {
     const key3261 = serverKey(req);
     const existing = key3261 !== undefined ? this.servers.get(key3261) : this.match2543(req);
     if (existing !== undefined) {
+      existing.noteFlow(flow);
       const outcome = existing.receive(req);
       if (outcome === "ack-2xx" && existing instanceof InviteServerTransaction) return { kind: "ack-2xx", tx: existing };
       return { kind: "absorbed", tx: existing };

@@ -39,6 +39,8 @@ function validStatus(status: number): boolean {
 abstract class ServerTransactionBase {
   listener: ServerTransactionListener = {};
   protected stateValue: TransactionState;
+  /** Where responses go: the flow of the latest copy of the request. */
+  private flowValue: Flow;
   protected readonly reliable: boolean;
   protected readonly timerValues: TimerValues;
   /** Wire bytes of the most recent provisional response, resent on request retransmission. */
@@ -51,9 +53,10 @@ abstract class ServerTransactionBase {
   constructor(
     protected readonly ctx: TransactionContext,
     readonly request: SipRequest,
-    readonly flow: Flow,
+    flow: Flow,
     initial: TransactionState,
   ) {
+    this.flowValue = flow;
     this.stateValue = initial;
     this.reliable = isReliable(ctx, flow);
     this.timerValues = ctx.timers(this.reliable);
@@ -67,6 +70,20 @@ abstract class ServerTransactionBase {
     return this.request.method;
   }
 
+  get flow(): Flow {
+    return this.flowValue;
+  }
+
+  /**
+   * A retransmission arrived on this flow. Responses follow the latest one: a phone that lost
+   * its TCP connection retransmits on a new one (§18.2.2 sends responses back over the
+   * connection the request came on), and a UDP copy tells where the peer is now.
+   * Reliability is fixed at creation (its timers are already running).
+   */
+  noteFlow(flow: Flow): void {
+    if (flow.transport === this.flowValue.transport) this.flowValue = flow;
+  }
+
   /** RFC 2543 ACK matching: whether a final response with this To tag went out. */
   sentFinalWithToTag(tag: string | undefined): boolean {
     return this.finalToTags.has(tag ?? "");
@@ -78,7 +95,7 @@ abstract class ServerTransactionBase {
   abstract receive(req: SipRequest): ServerReceiveOutcome;
 
   protected send(data: Buffer): boolean {
-    return sendOn(this.ctx, this.flow, data);
+    return sendOn(this.ctx, this.flowValue, data);
   }
 
   protected encode(res: SipResponse): Buffer | undefined {
