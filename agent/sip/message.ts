@@ -72,6 +72,12 @@ function skipLws(s: string, i: number): number {
   return i;
 }
 
+/** Index of char code c in s[from, to), or -1; bounded so lines without it stay linear. */
+function indexInLine(s: string, c: number, from: number, to: number): number {
+  for (let i = from; i < to; i++) if (s.charCodeAt(i) === c) return i;
+  return -1;
+}
+
 function isAllToken(s: string): boolean {
   if (s.length === 0) return false;
   for (let i = 0; i < s.length; i++) if (!isToken(s.charCodeAt(i))) return false;
@@ -538,8 +544,8 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
   while (pos < len) {
     let e = head.indexOf("\r\n", pos);
     if (e < 0) e = len;
-    const colon = head.indexOf(":", pos);
-    if (colon < 0 || colon > e) {
+    const colon = indexInLine(head, 58 /* : */, pos, e);
+    if (colon < 0) {
       fail(400, "Header line without colon"); // RFC 4475 test.dat
       pos = e + 2;
       while (pos < len && isLws(head.charCodeAt(pos))) {
@@ -726,8 +732,8 @@ export function frameStream(buf: Buffer, limits: ParseLimits = DEFAULT_LIMITS): 
     let value: string | undefined;
     // Only lines starting with c/C/l/L can be Content-Length.
     if (c === 99 || c === 67 || c === 108 || c === 76) {
-      const colon = head.indexOf(":", pos);
-      if (colon > 0 && colon < e) {
+      const colon = indexInLine(head, 58 /* : */, pos, e);
+      if (colon > 0) {
         const name = head.slice(pos, colon).trimEnd();
         if (name.length === 1 ? name === "l" || name === "L" : name.length === 14 && name.toLowerCase() === "content-length") {
           value = head.slice(colon + 1, e);
