@@ -360,6 +360,11 @@ export class Store {
     }
   }
 
+  /** Same as the module-level inspect(): read-only health of the store file. */
+  static inspect(dataDir: string): Promise<StoreInspection> {
+    return inspect(dataDir);
+  }
+
   // --- devices ---------------------------------------------------------------------------------
 
   listDevices(): readonly Readonly<DeviceRecord>[] {
@@ -462,6 +467,11 @@ export class Store {
     return { ok: true, value: records.length };
   }
 
+  /** Alias of replaceBindings (the name the location service's write-behind uses). */
+  setBindings(aor: string, bindings: readonly BindingRecord[]): StoreResult<number> {
+    return this.replaceBindings(aor, bindings);
+  }
+
   /** Removes one contact of an AOR. False if it was not bound. */
   removeBinding(aor: string, contact: string): boolean {
     this.assertOpen();
@@ -562,6 +572,11 @@ export class Store {
   /** Number of completed file writes since open (the initial/migration write included). */
   get writeCount(): number {
     return this.adapter.writes;
+  }
+
+  /** True while a change is not yet on disk (scheduled, being written, or a failed write). */
+  hasPendingWrites(): boolean {
+    return this.dirty || this.saving !== null || this.lastSaveError !== null;
   }
 
   /** Marks the data changed; a write follows within saveDelayMs. Never waits, never throws. */

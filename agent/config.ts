@@ -1,0 +1,598 @@
+// The agent's settings: built-in defaults < settings file (JSON) < environment (RINGEDGE_*) <
+// overrides (command-line flags). Every setting is declared once in SPECS (type, default,
+// meaning); parsing, validation, error messages and the README table all come from it.
+//
+// The settings file is JSON, e.g. /etc/ringedge/ringedge.conf.json given with --config or
+// RINGEDGE_CONFIG; without either, /etc/ringedge/ringedge.json is read if it exists. (Not to be
+// confused with the data store <dataDir>/ringedge.json, which the agent writes itself.)
+import * as fs from "node:fs";
+import * as net from "node:net";
+import type { LogLevel } from "./log.ts";
+
+export const DEFAULT_CONFIG_PATH = "/etc/ringedge/ringedge.json";
+export const CONFIG_ENV = "RINGEDGE_CONFIG";
+const ENV_PREFIX = "RINGEDGE_";
+
+export type SipTransportName = "udp" | "tcp";
+/** RFC 8760 §2 algorithm names, in the order challenges offer them. */
+export type AuthAlgorithm = "SHA-256" | "SHA-512-256" | "MD5";
+
+export interface Settings {
+  dataDir: string;
+  sipListen: string[];
+  sipTransports: SipTransportName[];
+  httpListen: string;
+  mqttUrl: string;
+  siteId: string;
+  realm: string;
+  minExpires: number;
+  maxExpires: number;
+  defaultExpires: number;
+  keepaliveIntervalS: number;
+  keepaliveMisses: number;
+  nonceTtlS: number;
+  logLevel: LogLevel;
+  authAlgorithms: AuthAlgorithm[];
+  maxMessageBytes: number;
+  maxHeaders: number;
+  guardSourceMaxFailures: number;
+  guardAccountMaxFailures: number;
+  guardWindowS: number;
+  guardBanS: number;
+  guardRequestRateMax: number;
+  guardRequestRateWindowS: number;
+  guardAllowlist: string[];
+}
+
+export type SettingName = keyof Settings;
+export type SettingSource = "default" | "file" | "env" | "override";
+
+export class SettingsError extends Error {
+  constructor(
+    message: string,
+    /** The setting concerned, when there is one. */
+    readonly setting: string | undefined,
+    readonly source: SettingSource,
+    /** The env var name or the file path. */
+    readonly origin: string,
+    readonly reason: string,
+  ) {
+    super(message);
+    this.name = "SettingsError";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// host:port
+
+export interface HostPort {
+  /** IPv6 without brackets. */
+  host: string;
+  port: number;
+  family: 4 | 6;
+}
+
+export type HostPortResult = { ok: true; value: HostPort } | { ok: false; reason: string };
+
+const PORT_RE = /^(0|[1-9][0-9]{0,4})$/;
+
+/**
+ * Parses "192.0.2.1:5060" or "[2001:db8::1]:5060". Hosts must be IP literals: a listen address
+ * is never resolved through DNS. Port 0 (OS chooses) only with allowPortZero. Never throws.
+ */
+export function tryParseHostPort(s: unknown, opts: { allowPortZero?: boolean } = {}): HostPortResult {
+  const bad = (why: string): HostPortResult => ({ ok: false, reason: `is not a valid host:port (${why})` });
+  if (typeof s !== "string") return { ok: false, reason: "is not a string" };
+  let host: string;
+  let portText: string;
+  if (s.startsWith("[")) {
+    const close = s.indexOf("]");
+    if (close < 0) return bad("missing ']' after the IPv6 address");
+    host = s.slice(1, close);
+    if (s[close + 1] !== ":") return bad("missing :port after ']'");
+    portText = s.slice(close + 2);
+    if (!net.isIPv6(host)) return bad(`"${host}" is not an IPv6 address`);
+  } else {
+    const colon = s.lastIndexOf(":");
+    if (colon < 0) return bad("missing :port");
+    host = s.slice(0, colon);
+    portText = s.slice(colon + 1);
+    if (host.includes(":")) return bad("write IPv6 addresses in brackets, e.g. [::1]:5060");
+    if (!net.isIPv4(host)) return bad(host === "" ? "missing host" : `host must be an IPv4 address or a bracketed IPv6 address; names are not resolved`);
+  }
+  const min = opts.allowPortZero ? 0 : 1;
+  const portRange = `port must be ${min}-65535${opts.allowPortZero ? "; 0 lets the OS choose" : ""}`;
+  if (!PORT_RE.test(portText)) return bad(portText === "" ? "missing port number" : portRange);
+  const port = Number(portText);
+  if (port < min || port > 65535) return bad(portRange);
+  return { ok: true, value: { host, port, family: net.isIPv6(host) ? 6 : 4 } };
+}
+
+/** Throwing form for values already validated by loadSettings (e.g. settings.sipListen items). */
+export function parseHostPort(s: string, opts: { allowPortZero?: boolean } = { allowPortZero: true }): HostPort {
+  const r = tryParseHostPort(s, opts);
+  if (!r.ok) throw new SettingsError(`${JSON.stringify(s)} ${r.reason}`, undefined, "override", "parseHostPort", r.reason);
+  return r.value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value codecs: how a setting's type reads from an env string and from a JSON value.
+
+/** A failure: `shown` is the offending value (or list item) as the person wrote it. */
+type Parsed<T> = { ok: true; value: T } | { ok: false; shown: unknown; reason: string; index?: number };
+
+interface Codec<T> {
+  /** Type as shown in the docs. */
+  type: string;
+  fromEnv(raw: string): Parsed<T>;
+  /** Also used for overrides (typed values from flags): same rules as the file. */
+  fromJson(v: unknown): Parsed<T>;
+  /** The value as written in docs (env form). */
+  show(v: T): string;
+}
+
+const ok = <T>(value: T): Parsed<T> => ({ ok: true, value });
+const no = <T>(shown: unknown, reason: string): Parsed<T> => ({ ok: false, shown, reason });
+
+function stringCodec(type: string, check: (s: string) => string | null): Codec<string> {
+  const parse = (s: string): Parsed<string> => {
+    const why = check(s);
+    return why ? no(s, why) : ok(s);
+  };
+  return {
+    type,
+    fromEnv: parse,
+    fromJson: (v) => (typeof v === "string" ? parse(v) : no(v, "must be a string")),
+    show: (v) => JSON.stringify(v),
+  };
+}
+
+const INT_RE = /^-?(0|[1-9][0-9]*)$/;
+
+function intCodec(min: number, max: number): Codec<number> {
+  const range = (n: number, shown: unknown): Parsed<number> => (n >= min && n <= max ? ok(n) : no(shown, `is out of range (must be ${min}-${max})`));
+  return {
+    type: `integer ${min}-${max}`,
+    fromEnv: (raw) => (INT_RE.test(raw) && Number.isSafeInteger(Number(raw)) ? range(Number(raw), raw) : no(raw, "is not an integer")),
+    fromJson: (v) => (typeof v === "number" && Number.isSafeInteger(v) ? range(v, v) : no(v, "must be an integer number")),
+    show: (v) => String(v),
+  };
+}
+
+function enumCodec<T extends string>(values: readonly T[]): Codec<T> {
+  // Case-insensitive on input (operators type "sha-256"), canonical spelling on output.
+  const parse = (s: string): Parsed<T> => {
+    const hit = values.find((v) => v.toLowerCase() === s.toLowerCase());
+    return hit !== undefined ? ok(hit) : no(s, `must be one of ${values.join(", ")}`);
+  };
+  return {
+    type: values.join(" | "),
+    fromEnv: parse,
+    fromJson: (v) => (typeof v === "string" ? parse(v) : no(v, "must be a string")),
+    show: (v) => v,
+  };
+}
+
+function hostPortCodec(allowPortZero: boolean): Codec<string> {
+  const parse = (s: string): Parsed<string> => {
+    const r = tryParseHostPort(s, { allowPortZero });
+    return r.ok ? ok(s) : no(s, r.reason);
+  };
+  return { type: "host:port", fromEnv: parse, fromJson: (v) => (typeof v === "string" ? parse(v) : no(v, "must be a string")), show: (v) => v };
+}
+
+/** Env form: comma-separated; JSON form: an array. */
+function listCodec<T>(item: Codec<T>, opts: { minItems: number; unique: boolean }): Codec<T[]> {
+  const items = (list: unknown[], fromEnv: boolean): Parsed<T[]> => {
+    if (list.length < opts.minItems) return no(fromEnv ? list.join(",") : list, opts.minItems === 1 ? "must name at least one item" : `must have at least ${opts.minItems} items`);
+    const out: T[] = [];
+    for (const [i, raw] of list.entries()) {
+      if (fromEnv && raw === "") return { ok: false, shown: list.join(","), reason: "has an empty item (check the commas)" };
+      const r = fromEnv ? item.fromEnv(raw as string) : item.fromJson(raw);
+      if (!r.ok) return { ...r, index: i };
+      if (opts.unique && out.includes(r.value)) return { ok: false, shown: raw, reason: "is listed twice", index: i };
+      out.push(r.value);
+    }
+    return ok(out);
+  };
+  return {
+    type: `list of ${item.type}`,
+    fromEnv: (raw) => (raw.trim() === "" ? items([], true) : items(raw.split(",").map((s) => s.trim()), true)),
+    fromJson: (v) => (Array.isArray(v) ? items(v, false) : no(v, "must be a JSON array")),
+    show: (v) => v.map((x) => item.show(x)).join(","),
+  };
+}
+
+const MQTT_SCHEMES = ["mqtt:", "mqtts:", "ws:", "wss:"];
+
+/** URLs may carry a password: never echo it back in an error. */
+function redactUrl(s: string): string {
+  return s.replace(/^([a-z][a-z0-9+.-]*:\/\/)[^@/]*@/i, "$1***@");
+}
+
+const mqttUrlCodec: Codec<string> = (() => {
+  const parse = (s: string): Parsed<string> => {
+    if (s === "") return ok(s);
+    let u: URL;
+    try {
+      u = new URL(s);
+    } catch {
+      return no(redactUrl(s), "is not a URL (e.g. mqtt://192.0.2.5:1883 or mqtts://console.example:8883)");
+    }
+    if (!MQTT_SCHEMES.includes(u.protocol)) return no(redactUrl(s), `must use one of the schemes ${MQTT_SCHEMES.map((x) => x.slice(0, -1)).join(", ")}`);
+    if (u.hostname === "") return no(redactUrl(s), "has no host");
+    return ok(s);
+  };
+  return { type: 'URL or ""', fromEnv: parse, fromJson: (v) => (typeof v === "string" ? parse(v) : no(v, "must be a string")), show: (v) => JSON.stringify(redactUrl(v)) };
+})();
+
+const SITE_ID_RE = /^[a-z0-9-]{1,64}$/;
+const ipCodec = stringCodec("IP address", (s) => (net.isIP(s) ? null : "is not an IP address"));
+
+// ---------------------------------------------------------------------------------------------
+// The table.
+
+interface Spec<T> {
+  codec: Codec<T>;
+  default: T;
+  /** Default computed from the other settings when nothing sets this one (realm = siteId). */
+  derive?: (s: Settings) => T;
+  /** Shown instead of the default value in docs when derived. */
+  defaultDoc?: string;
+  doc: string;
+}
+
+type Specs = { [K in SettingName]: Spec<Settings[K]> };
+
+const LOG_LEVELS: readonly LogLevel[] = ["debug", "info", "warn", "error", "silent"];
+
+const SPECS: Specs = {
+  dataDir: {
+    codec: stringCodec("path", (s) => (s === "" ? "must not be empty" : s.includes("\0") ? "must not contain NUL" : null)),
+    default: "./data",
+    doc: "Directory of the data store (ringedge.json: devices, SIP passwords, bindings) and the control socket. Relative to the working directory.",
+  },
+  sipListen: {
+    codec: listCodec(hostPortCodec(false), { minItems: 1, unique: true }),
+    default: ["0.0.0.0:5060"],
+    doc: "SIP listen addresses; each opens every transport in sipTransports. IPv6 as [::1]:5060.",
+  },
+  sipTransports: {
+    codec: listCodec(enumCodec<SipTransportName>(["udp", "tcp"]), { minItems: 1, unique: true }),
+    default: ["udp", "tcp"],
+    doc: "SIP transports opened on each sipListen address (RFC 3261 §18: UDP and TCP are mandatory).",
+  },
+  httpListen: {
+    codec: hostPortCodec(true),
+    default: "0.0.0.0:8080",
+    doc: "Phone provisioning HTTP server address (port 0: the OS chooses, for tests).",
+  },
+  mqttUrl: {
+    codec: mqttUrlCodec,
+    default: "",
+    doc: 'Broker of the central console (mqtt://, mqtts://, ws://, wss://); "" runs the site without a console.',
+  },
+  siteId: {
+    codec: stringCodec("[a-z0-9-]{1,64}", (s) => (SITE_ID_RE.test(s) ? null : "must be 1-64 characters of a-z, 0-9 and -")),
+    default: "site-1",
+    doc: "This site's id in the console's topics and records.",
+  },
+  realm: {
+    codec: stringCodec("string", (s) => (s === "" ? "must not be empty" : s.length > 128 ? "must be at most 128 characters" : /["\\\x00-\x1f\x7f]/.test(s) ? 'must not contain ", \\ or control characters' : null)),
+    default: "",
+    derive: (s) => s.siteId,
+    defaultDoc: "= siteId",
+    doc: "Digest authentication realm (RFC 3261 §22.1). Changing it invalidates cached credentials on phones.",
+  },
+  minExpires: {
+    codec: intCodec(1, 86_400),
+    default: 60,
+    doc: "Shortest registration accepted, seconds; shorter requests get 423 Interval Too Brief (RFC 3261 §10.3 step 7).",
+  },
+  maxExpires: {
+    codec: intCodec(1, 604_800),
+    default: 3600,
+    doc: "Longest registration granted, seconds; longer requests are shortened.",
+  },
+  defaultExpires: {
+    codec: intCodec(1, 604_800),
+    default: 3600,
+    doc: "Registration length when a REGISTER names none, seconds. minExpires <= defaultExpires <= maxExpires.",
+  },
+  keepaliveIntervalS: {
+    codec: intCodec(1, 3600),
+    default: 30,
+    doc: "Seconds between OPTIONS keep-alive probes to each registered phone.",
+  },
+  keepaliveMisses: {
+    codec: intCodec(1, 100),
+    default: 3,
+    doc: "Unanswered keep-alives in a row after which a phone counts as offline.",
+  },
+  nonceTtlS: {
+    codec: intCodec(5, 86_400),
+    default: 300,
+    doc: "Lifetime of a digest nonce, seconds; an older one gets stale=true (RFC 7616 §3.3).",
+  },
+  logLevel: {
+    codec: enumCodec<LogLevel>(LOG_LEVELS),
+    default: "info",
+    doc: "Least severe log level written to stderr.",
+  },
+  authAlgorithms: {
+    codec: listCodec(enumCodec<AuthAlgorithm>(["SHA-256", "SHA-512-256", "MD5"]), { minItems: 1, unique: true }),
+    default: ["SHA-256", "MD5"],
+    doc: "Digest algorithms offered, in order of preference (RFC 8760 §2.4: one challenge per algorithm). MD5 for older phones.",
+  },
+  maxMessageBytes: {
+    codec: intCodec(1024, 1_048_576),
+    default: 65535,
+    doc: "Largest SIP message accepted, bytes; larger ones get 513 or are dropped (RFC 3261 §18.1.1).",
+  },
+  maxHeaders: {
+    codec: intCodec(10, 1000),
+    default: 100,
+    doc: "Most header lines accepted in one SIP message.",
+  },
+  guardSourceMaxFailures: {
+    codec: intCodec(1, 10_000),
+    default: 10,
+    doc: "Authentication failures from one source address within guardWindowS that ban it silently.",
+  },
+  guardAccountMaxFailures: {
+    codec: intCodec(1, 10_000),
+    default: 20,
+    doc: "Authentication failures for one account within guardWindowS that lock it against unknown sources.",
+  },
+  guardWindowS: {
+    codec: intCodec(1, 86_400),
+    default: 60,
+    doc: "Sliding window for the failure counters, seconds.",
+  },
+  guardBanS: {
+    codec: intCodec(1, 604_800),
+    default: 300,
+    doc: "Length of a source ban or account lock, seconds (Kamailio's ipban: 300).",
+  },
+  guardRequestRateMax: {
+    codec: intCodec(1, 1_000_000),
+    default: 16,
+    doc: "Requests one source may send within guardRequestRateWindowS before it is banned (Kamailio pike: 16 per 2 s).",
+  },
+  guardRequestRateWindowS: {
+    codec: intCodec(1, 3600),
+    default: 2,
+    doc: "Window of the per-source request rate limit, seconds.",
+  },
+  guardAllowlist: {
+    codec: listCodec(ipCodec, { minItems: 0, unique: true }),
+    default: [],
+    doc: "Source addresses never banned or rate-limited (e.g. the SIP trunk, a local SBC).",
+  },
+};
+
+export const SETTING_NAMES = Object.keys(SPECS) as SettingName[];
+
+/** "keepaliveIntervalS" → "RINGEDGE_KEEPALIVE_INTERVAL_S". */
+export function envName(setting: string): string {
+  return ENV_PREFIX + setting.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toUpperCase();
+}
+
+export interface SettingDoc {
+  name: SettingName;
+  env: string;
+  type: string;
+  default: string;
+  meaning: string;
+}
+
+export const SETTINGS_DOC: readonly SettingDoc[] = SETTING_NAMES.map((name) => {
+  const spec = SPECS[name] as Spec<unknown>;
+  return { name, env: envName(name), type: spec.codec.type, default: spec.defaultDoc ?? spec.codec.show(spec.default), meaning: spec.doc };
+});
+
+/** The settings table as Markdown, for README/docs and `ringedge config`. */
+export function renderSettingsDoc(): string {
+  const cell = (s: string): string => s.replace(/\|/g, "\\|");
+  const rows = SETTINGS_DOC.map((d) => `| \`${d.name}\` | \`${d.env}\` | ${cell(d.type)} | \`${cell(d.default === "" ? '""' : d.default)}\` | ${cell(d.meaning)} |`);
+  return [
+    "Precedence: built-in default < settings file (JSON, `--config <path>` or `RINGEDGE_CONFIG`; default `" + DEFAULT_CONFIG_PATH + "` if present) < environment < command-line flags.",
+    "Lists are JSON arrays in the file and comma-separated in the environment. Unknown keys in the file are errors.",
+    "",
+    "| Setting | Environment | Type | Default | Meaning |",
+    "|---|---|---|---|---|",
+    ...rows,
+  ].join("\n");
+}
+
+export function defaultSettings(): Settings {
+  const s = {} as Record<SettingName, unknown>;
+  for (const name of SETTING_NAMES) s[name] = structuredClone(SPECS[name].default);
+  const out = s as unknown as Settings;
+  out.realm = out.siteId;
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv;
+  /** From --config; wins over RINGEDGE_CONFIG. A given path must exist. */
+  configPath?: string;
+  /** Command-line flags: highest precedence, validated like the rest. */
+  overrides?: Partial<Settings>;
+  /** Path tried when neither configPath nor RINGEDGE_CONFIG is given (tests pass null). */
+  defaultConfigPath?: string | null;
+}
+
+export interface LoadedSettings {
+  settings: Settings;
+  /** Where each setting's value came from. */
+  sources: Record<SettingName, SettingSource>;
+  /** The settings file read, if any. */
+  configFile: string | null;
+  /** Non-fatal findings, e.g. an unknown RINGEDGE_* variable (maybe a typo). */
+  warnings: string[];
+}
+
+function levenshtein(a: string, b: string): number {
+  const row = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    let prev = row[0]!;
+    row[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const cur = row[j]!;
+      row[j] = Math.min(row[j]! + 1, row[j - 1]! + 1, prev + (a[i - 1] === b[j - 1] ? 0 : 1));
+      prev = cur;
+    }
+  }
+  return row[b.length]!;
+}
+
+function suggest(word: string, candidates: readonly string[]): string {
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const c of candidates) {
+    const d = levenshtein(word.toLowerCase(), c.toLowerCase());
+    if (d < bestD) {
+      bestD = d;
+      best = c;
+    }
+  }
+  return best !== undefined && bestD <= Math.max(2, Math.floor(word.length / 4)) ? ` (did you mean "${best}"?)` : "";
+}
+
+function showValue(v: unknown): string {
+  let s: string;
+  try {
+    s = JSON.stringify(v) ?? String(v);
+  } catch {
+    s = String(v);
+  }
+  return s.length > 120 ? s.slice(0, 117) + "..." : s;
+}
+
+function readConfigFile(file: string): Record<string, unknown> {
+  const fileErr = (reason: string, setting?: string): SettingsError => new SettingsError(`${file}: ${reason}`, setting, "file", file, reason);
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    const code = (e as { code?: string }).code;
+    throw fileErr(code === "ENOENT" ? "settings file not found" : `cannot read the settings file (${(e as Error).message})`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw fileErr(`not valid JSON (${(e as Error).message})`);
+  }
+  if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw fileErr("must be a JSON object of settings");
+  const obj = parsed as Record<string, unknown>;
+  if (obj.format === "ringedge-store") throw fileErr("this is a ringedge data store, not a settings file (settings files are usually named ringedge.conf.json)");
+  for (const key of Object.keys(obj)) {
+    if (key === "$schema") continue;
+    if (!Object.prototype.hasOwnProperty.call(SPECS, key)) throw fileErr(`unknown setting "${key}"${suggest(key, SETTING_NAMES)}`, key);
+  }
+  return obj;
+}
+
+/** Loads and validates settings; throws SettingsError naming the setting, its origin, the value and the reason. */
+export function loadSettings(opts: LoadOptions = {}): Settings {
+  return loadSettingsDetailed(opts).settings;
+}
+
+export function loadSettingsDetailed(opts: LoadOptions = {}): LoadedSettings {
+  const env = opts.env ?? {};
+  const values = {} as Record<SettingName, unknown>;
+  const sources = {} as Record<SettingName, SettingSource>;
+  const origins = {} as Record<SettingName, string>;
+  for (const name of SETTING_NAMES) {
+    values[name] = structuredClone(SPECS[name].default);
+    sources[name] = "default";
+    origins[name] = "default";
+  }
+
+  // 1. settings file
+  let configFile: string | null = null;
+  const envConfig = env[CONFIG_ENV];
+  if (opts.configPath !== undefined) configFile = opts.configPath;
+  else if (envConfig !== undefined && envConfig !== "") configFile = envConfig;
+  else {
+    const dflt = opts.defaultConfigPath === undefined ? DEFAULT_CONFIG_PATH : opts.defaultConfigPath;
+    if (dflt !== null && fs.existsSync(dflt)) configFile = dflt;
+  }
+  if (configFile !== null) {
+    const obj = readConfigFile(configFile);
+    for (const name of SETTING_NAMES) {
+      if (!Object.prototype.hasOwnProperty.call(obj, name)) continue;
+      const r = (SPECS[name].codec as Codec<unknown>).fromJson(obj[name]);
+      if (!r.ok) {
+        const at = r.index === undefined ? name : `${name}[${r.index}]`;
+        throw new SettingsError(`${configFile}: ${at}: ${showValue(r.shown)} ${r.reason}`, name, "file", configFile, r.reason);
+      }
+      values[name] = r.value;
+      sources[name] = "file";
+      origins[name] = configFile;
+    }
+  }
+
+  // 2. environment
+  const warnings: string[] = [];
+  const envNames = new Map(SETTING_NAMES.map((n) => [envName(n), n]));
+  for (const [key, raw] of Object.entries(env)) {
+    if (!key.startsWith(ENV_PREFIX) || raw === undefined) continue;
+    const name = envNames.get(key);
+    if (name === undefined) {
+      if (key !== CONFIG_ENV) {
+        const hint = suggest(key, [...envNames.keys()]);
+        if (hint) warnings.push(`${key} is not a ringedge setting${hint}; ignored`);
+      }
+      continue;
+    }
+    const r = (SPECS[name].codec as Codec<unknown>).fromEnv(raw);
+    if (!r.ok) throw new SettingsError(`${key}: ${showValue(r.shown)} ${r.reason}`, name, "env", key, r.reason);
+    values[name] = r.value;
+    sources[name] = "env";
+    origins[name] = key;
+  }
+
+  // 3. overrides (flags), checked with the file rules
+  for (const [name, v] of Object.entries(opts.overrides ?? {})) {
+    if (v === undefined) continue;
+    if (!Object.prototype.hasOwnProperty.call(SPECS, name)) {
+      throw new SettingsError(`unknown setting "${name}"${suggest(name, SETTING_NAMES)}`, name, "override", "override", "unknown setting");
+    }
+    const key = name as SettingName;
+    const r = (SPECS[key].codec as Codec<unknown>).fromJson(v);
+    if (!r.ok) throw new SettingsError(`--${key}: ${showValue(r.shown)} ${r.reason}`, key, "override", `--${key}`, r.reason);
+    values[key] = r.value;
+    sources[key] = "override";
+    origins[key] = `--${key}`;
+  }
+
+  const settings = values as unknown as Settings;
+  for (const name of SETTING_NAMES) {
+    const derive = SPECS[name].derive as ((s: Settings) => unknown) | undefined;
+    if (derive && sources[name] === "default") values[name] = derive(settings);
+  }
+
+  // 4. rules across settings
+  const describe = (n: SettingName): string => (sources[n] === "default" ? `${n} (default ${showValue(values[n])})` : `${n} (${showValue(values[n])} from ${origins[n]})`);
+  const order = (lo: SettingName, hi: SettingName): void => {
+    if ((values[lo] as number) <= (values[hi] as number)) return;
+    // Blame the one set most explicitly: override > env > file > default.
+    const rank: Record<SettingSource, number> = { default: 0, file: 1, env: 2, override: 3 };
+    const blamed = rank[sources[lo]] >= rank[sources[hi]] ? lo : hi;
+    const other = blamed === lo ? hi : lo;
+    const reason = blamed === lo ? `must not exceed ${describe(other)}` : `must not be below ${describe(other)}`;
+    const where = sources[blamed] === "env" ? origins[blamed] : sources[blamed] === "file" ? `${origins[blamed]}: ${blamed}` : origins[blamed];
+    throw new SettingsError(`${where}: ${showValue(values[blamed])} ${reason}`, blamed, sources[blamed], origins[blamed], reason);
+  };
+  order("minExpires", "defaultExpires");
+  order("defaultExpires", "maxExpires");
+  order("minExpires", "maxExpires");
+
+  return { settings, sources, configFile, warnings };
+}
