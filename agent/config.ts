@@ -143,7 +143,7 @@ function stringCodec(type: string, check: (s: string) => string | null): Codec<s
     type,
     fromEnv: parse,
     fromJson: (v) => (typeof v === "string" ? parse(v) : no(v, "must be a string")),
-    show: (v) => JSON.stringify(v),
+    show: (v) => v,
   };
 }
 
@@ -223,7 +223,7 @@ const mqttUrlCodec: Codec<string> = (() => {
     if (u.hostname === "") return no(redactUrl(s), "has no host");
     return ok(s);
   };
-  return { type: 'URL or ""', fromEnv: parse, fromJson: (v) => (typeof v === "string" ? parse(v) : no(v, "must be a string")), show: (v) => JSON.stringify(redactUrl(v)) };
+  return { type: 'URL or ""', fromEnv: parse, fromJson: (v) => (typeof v === "string" ? parse(v) : no(v, "must be a string")), show: (v) => redactUrl(v) };
 })();
 
 const SITE_ID_RE = /^[a-z0-9-]{1,64}$/;

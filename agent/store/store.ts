@@ -215,7 +215,8 @@ async function removeStaleTemps(file: string): Promise<void> {
   const base = path.basename(file);
   const names = await fsp.readdir(dir).catch(() => [] as string[]);
   for (const n of names) {
-    if (n.startsWith(`${base}.tmp-`) || n.startsWith(`${base}.bak.tmp-`)) await fsp.rm(path.join(dir, n), { force: true });
+    // <file>.tmp-*, <file>.bak.tmp-*, <file>.v0.bak.tmp-*-w, ...
+    if (n.startsWith(`${base}.`) && n.includes(".tmp-")) await fsp.rm(path.join(dir, n), { force: true });
   }
 }
 
@@ -288,7 +289,9 @@ export class Store {
   static async open(dataDir: string, opts: StoreOptions = {}): Promise<Store> {
     const dir = path.resolve(dataDir);
     const now = opts.now ?? (() => new Date());
-    await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    const created = await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+    // A new directory's own entry must be durable too, or a power cut can lose the whole store.
+    if (created !== undefined) await fsyncDir(path.dirname(created));
     const file = storeFilePath(dir);
     const releaseLock = acquireLock(file);
     try {

@@ -282,15 +282,15 @@ describe("documentation table", () => {
     const md = renderSettingsDoc();
     assert.match(md, /\| `sipListen` \| `RINGEDGE_SIP_LISTEN` \| list of host:port \| `0\.0\.0\.0:5060` \|/);
     assert.match(md, /\| `realm` \| `RINGEDGE_REALM` \| string \| `= siteId` \|/);
+    assert.match(md, /\| `dataDir` \| `RINGEDGE_DATA_DIR` \| path \| `\.\/data` \|/);
     assert.match(md, /\| `mqttUrl` \| `RINGEDGE_MQTT_URL` \| URL or "" \| `""` \|/);
     assert.equal(md.split("\n").filter((l) => l.startsWith("| `")).length, SETTING_NAMES.length);
   });
 
   test("documented defaults round-trip through the env parser", () => {
     for (const d of SETTINGS_DOC) {
-      if (d.default.startsWith("=") || d.default === '""' || d.default === "") continue;
-      const raw = d.default.startsWith('"') ? (JSON.parse(d.default) as string) : d.default;
-      const s = loadSettings({ ...NO_FILE, env: { [d.env]: raw } });
+      if (d.default.startsWith("=")) continue;
+      const s = loadSettings({ ...NO_FILE, env: { [d.env]: d.default } });
       assert.deepEqual(s[d.name], defaultSettings()[d.name], d.name);
     }
   });

@@ -105,6 +105,7 @@ describe("Store: round trip and files", () => {
     await (await Store.open(dir)).close();
     fs.writeFileSync(path.join(dir, "ringedge.json.tmp-99999"), "{half");
     fs.writeFileSync(path.join(dir, "ringedge.json.bak.tmp-99999"), "x");
+    fs.writeFileSync(path.join(dir, "ringedge.json.v0.bak.tmp-99999-w"), "x");
     const s = await Store.open(dir);
     await s.close();
     assert.deepEqual(filesIn(dir), ["ringedge.json"]);
@@ -270,6 +271,11 @@ describe("Store: corruption is detected and never silently replaced", () => {
     fs.rmSync(storeFilePath(dir));
     await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreCorruptError && /missing but a last good copy exists/.test(e.reason));
     assert.equal(fs.existsSync(storeFilePath(dir)), false);
+    const res = await Store.recover(dir);
+    assert.equal(res.corruptKeptAs, null);
+    const s = await Store.open(dir);
+    assert.equal(s.listDevices().length, 1);
+    await s.close();
   });
 
   test("recover() promotes .bak and keeps the damaged file", async () => {
