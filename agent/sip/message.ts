@@ -14,6 +14,8 @@
 // - Unquoted display names may hold UTF-8 as well as tokens; a comma there is an error.
 // - Content-Length given twice with the same value is accepted; different values are not.
 // - Max-Forwards is any decimal up to 2^32-1 (RFC 3261 §20.22 sets no upper bound).
+// - The header block is decoded as UTF-8 (RFC 3261 §7.3.1); invalid sequences become U+FFFD,
+//   so a forwarded message may differ from the received bytes only in such malformed text.
 
 import type { CSeq, NameAddr, SipHeader, SipMessage, SipRequest, SipResponse, Via } from "./types.ts";
 

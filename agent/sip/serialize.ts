@@ -239,8 +239,12 @@ export function forwardRequest(req: SipRequest, opts: ForwardOptions): SipReques
     }
   }
   if (!viaPlaced) headers.unshift(viaHeader);
-  if (!maxForwardsPlaced) headers.splice(1, 0, { name: "max-forwards", value: String(maxForwards) });
-  if (!recordRoutePlaced) headers.splice(1, 0, { name: "record-route", value: opts.recordRoute! });
+  // Headers this request lacked go right after the Via block (position is not significant
+  // between different header names, RFC 3261 §7.3.1, but it keeps the output readable).
+  let after = headers.indexOf(viaHeader) + 1;
+  while (after < headers.length && headers[after]!.name === "via") after++;
+  if (!recordRoutePlaced) headers.splice(after, 0, { name: "record-route", value: opts.recordRoute! });
+  if (!maxForwardsPlaced) headers.splice(after, 0, { name: "max-forwards", value: String(maxForwards) });
   return {
     kind: "request",
     method: req.method,

@@ -528,7 +528,8 @@ test("forwardRequest: Via on top, Max-Forwards, Request-URI, Record-Route, Route
   const parsed = req(parseDatagram(serialize(g)));
   assert.equal(parsed.maxForwards, 70);
   assert.equal(parsed.via[0]!.branch, "z9hG4bKx");
-  assert.deepEqual(getHeaders(parsed, "record-route")[0], "<sip:10.0.0.1;lr>");
+  assert.deepEqual(getHeaders(parsed, "record-route"), ["<sip:10.0.0.1;lr>", "<sip:UserB@example.com;maddr=ss1.example.com>"]);
+  assert.deepEqual(parsed.headers.slice(0, 3).map((h) => h.name), ["via", "via", "max-forwards"]);
   assert.throws(() => forwardRequest(old, { via: "not a via" }), TypeError);
 });
 
