@@ -8,6 +8,7 @@
 import * as fs from "node:fs";
 import { promises as fsp } from "node:fs";
 import * as path from "node:path";
+import { randomBytes } from "node:crypto";
 import { Low } from "lowdb";
 import { AtomicJsonFile, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
@@ -57,7 +58,8 @@ export interface StoreOptions {
 }
 
 export interface NewDevice {
-  id: string;
+  /** Omitted: "dev-<username>" (or a random id if that is taken). */
+  id?: string;
   username: string;
   password: string;
   kind: DeviceKind;
@@ -391,7 +393,8 @@ export class Store {
   addDevice(input: NewDevice): StoreResult<Readonly<DeviceRecord>> {
     this.assertOpen();
     if (typeof input !== "object" || input === null) return fail("invalid", "device must be an object");
-    const built = this.buildDevice(input, this.now().toISOString());
+    const withId = input.id === undefined ? { ...input, id: this.freshId(input.username) } : input;
+    const built = this.buildDevice(withId, this.now().toISOString());
     if (!built.ok) return built;
     const dev = built.value;
     if (this.byId.has(dev.id)) return fail("duplicate", `a device with id "${dev.id}" already exists`, "id");
@@ -706,6 +709,15 @@ export class Store {
     this.byId.delete(d.id);
     this.byUsername.delete(d.username);
     if (d.mac !== undefined) this.byMac.delete(d.mac);
+  }
+
+  private freshId(username: unknown): string {
+    const preferred = `dev-${String(username)}`;
+    if (!this.byId.has(preferred)) return preferred; // an invalid username fails validation later
+    let id: string;
+    do id = `dev-${randomBytes(4).toString("hex")}`;
+    while (this.byId.has(id));
+    return id;
   }
 
   private buildDevice(input: NewDevice, createdAt: string): StoreResult<DeviceRecord> {

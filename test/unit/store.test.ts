@@ -478,6 +478,13 @@ describe("Store: devices and bindings", () => {
     const badKind = s.addDevice({ ...DEV, id: "other", username: "1009", mac: undefined, kind: "fax" as "soft" });
     assert.ok(!badKind.ok && badKind.error.field === "kind");
     assert.ok(!s.addDevice(null as unknown as typeof DEV).ok);
+    const auto = s.addDevice({ username: "2001", password: "pw", kind: "soft" });
+    assert.ok(auto.ok && auto.value.id === "dev-2001");
+    s.updateDevice("dev-2001", { username: "2002" });
+    const again = s.addDevice({ username: "2001", password: "pw", kind: "soft" });
+    assert.ok(again.ok && /^dev-[0-9a-f]{8}$/.test(again.value.id), "generated id when dev-<username> is taken");
+    s.removeDevice("dev-2001");
+    s.removeDevice(again.value.id);
     assert.equal(s.listDevices().length, 1);
     await s.close();
   });
