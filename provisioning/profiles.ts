@@ -168,7 +168,7 @@ export function templateFor(model: ModelProfile, name: string): string {
   return model.templates[name] ?? name;
 }
 
-function compileClue(vendor: string, where: string, raw: { regex: string; example?: string; note?: string }, errors: string[]): ClueRegex | undefined {
+function compileClue(where: string, raw: { regex: string; example?: string; note?: string }, errors: string[]): ClueRegex | undefined {
   let regex: RegExp;
   try {
     regex = new RegExp(raw.regex);
@@ -177,7 +177,6 @@ function compileClue(vendor: string, where: string, raw: { regex: string; exampl
     return undefined;
   }
   if (raw.example !== undefined && !regex.test(raw.example)) errors.push(`${where}: regex does not match its own example ${JSON.stringify(raw.example)}`);
-  void vendor;
   const clue: ClueRegex = { source: raw.regex, regex };
   if (raw.example !== undefined) clue.example = raw.example;
   if (raw.note !== undefined) clue.note = raw.note;
@@ -225,8 +224,8 @@ export function loadProfile(folder: string, vendorId: string, schema: Schema): {
     }
   }
 
-  const userAgents = p.userAgents.map((u, i) => compileClue(vendorId, `userAgents/${i}`, u, problems)).filter((c): c is ClueRegex => c !== undefined);
-  const dhcpVendorClass = (p.dhcpVendorClass ?? []).map((u, i) => compileClue(vendorId, `dhcpVendorClass/${i}`, u, problems)).filter((c): c is ClueRegex => c !== undefined);
+  const userAgents = p.userAgents.map((u, i) => compileClue(`userAgents/${i}`, u, problems)).filter((c): c is ClueRegex => c !== undefined);
+  const dhcpVendorClass = (p.dhcpVendorClass ?? []).map((u, i) => compileClue(`dhcpVendorClass/${i}`, u, problems)).filter((c): c is ClueRegex => c !== undefined);
 
   // Every placeholder must be resolvable: MAC placeholders always, others by at least one model.
   for (const f of p.files) {
