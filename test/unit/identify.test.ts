@@ -2,6 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { loadProfiles } from "../../provisioning/profiles.ts";
 import { identify, requestedFileName, type Identification, type IdentifyInput } from "../../provisioning/identify.ts";
+import { renderConfig } from "../../provisioning/render.ts";
 
 const { profiles, errors } = loadProfiles("device-profiles");
 
@@ -175,4 +176,19 @@ test("hostile inputs never throw", () => {
     const r = identify(profiles, input as IdentifyInput);
     assert.equal(typeof r.identified, "boolean");
   }
+});
+
+test("identify() feeds renderConfig(): the identified file, model and template are what gets rendered", () => {
+  const r = id({ path: "/cfgc074ad0b63ee.xml", userAgent: UA.grandstreamGrp });
+  assert.ok(r.identified && r.vendor && r.model && r.fileKind && r.file && r.mac);
+  const profile = profiles.get(r.vendor)!;
+  const model = profile.models.find((m) => m.id === r.model)!;
+  const out = renderConfig({
+    profile, model, fileKind: r.fileKind, file: r.file, bootstrap: true,
+    device: { mac: r.mac, extension: "201", displayName: "Ann", sipUsername: "u201", sipPassword: "x", provisioningUser: "p201", provisioningPassword: "pw201" },
+    site: { sipServer: "10.0.0.5", sipPort: 5060, transport: "udp", ntpServer: "10.0.0.1", timeZone: "UTC", provisioningUrl: "http://10.0.0.5/prov", resyncIntervalMin: 60, firmwareBaseUrl: "http://10.0.0.5/fw" },
+  });
+  assert.ok(out.ok, out.ok ? "" : out.error.message);
+  assert.equal(out.template, r.bootstrapTemplate);
+  assert.match(out.body, /<mac>c074ad0b63ee<\/mac>/);
 });
