@@ -3,13 +3,13 @@
 // meaning); parsing, validation, error messages and the README table all come from it.
 //
 // The settings file is JSON, e.g. /etc/ringedge/ringedge.conf.json given with --config or
-// RINGEDGE_CONFIG; without either, /etc/ringedge/ringedge.json is read if it exists. (Not to be
+// RINGEDGE_CONFIG; without either, /etc/ringedge/ringedge.conf.json is read if it exists. (Not to be
 // confused with the data store <dataDir>/ringedge.json, which the agent writes itself.)
 import * as fs from "node:fs";
 import * as net from "node:net";
 import type { LogLevel } from "./log.ts";
 
-export const DEFAULT_CONFIG_PATH = "/etc/ringedge/ringedge.json";
+export const DEFAULT_CONFIG_PATH = "/etc/ringedge/ringedge.conf.json";
 export const CONFIG_ENV = "RINGEDGE_CONFIG";
 const ENV_PREFIX = "RINGEDGE_";
 
@@ -356,8 +356,8 @@ const SPECS: Specs = {
   },
   guardRequestRateMax: {
     codec: intCodec(1, 1_000_000),
-    default: 16,
-    doc: "Requests one source may send within guardRequestRateWindowS before it is banned (Kamailio pike: 16 per 2 s).",
+    default: 100,
+    doc: "Requests one source may send within guardRequestRateWindowS before it is banned (Kamailio pike uses 16 per 2 s; phones behind one NAT need more).",
   },
   guardRequestRateWindowS: {
     codec: intCodec(1, 3600),

@@ -1,0 +1,322 @@
+// The agent: wires the mechanisms (transport, transactions, location, registrar, presence,
+// store) together and dispatches requests by method. The place to read first to see how a
+// request flows; docs/architecture.md tells the same story in prose.
+import path from "node:path";
+import { EventBus } from "./bus.ts";
+import type { Settings } from "./config.ts";
+import { parseHostPort } from "./config.ts";
+import type { Logger } from "./log.ts";
+import { PresenceTracker } from "./presence/presence.ts";
+import { Store } from "./store/store.ts";
+import type { BindingRecord, DeviceRecord } from "./store/schema.ts";
+import { DigestAuthenticator } from "./sip/digest.ts";
+import { AuthGuard } from "./sip/guard.ts";
+import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
+import { Registrar } from "./sip/registrar.ts";
+import { buildRequest, hostPort } from "./sip/requests.ts";
+import { createResponse, serialize } from "./sip/serialize.ts";
+import { TransactionLayer } from "./sip/transaction.ts";
+import { SipTransport } from "./sip/transport.ts";
+import { checkRequest } from "./sip/validate.ts";
+import type { Flow, SipRequest, SipResponse } from "./sip/types.ts";
+import { ControlServer } from "./console/control.ts";
+import { agentCommands, type AgentView } from "./console/commands.ts";
+
+/** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
+const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
+/** Option tags we implement (RFC 3261 §8.2.2.3); Require with any other gets 420. */
+const SUPPORTED_EXTENSIONS: ReadonlySet<string> = new Set(["path", "outbound", "gruu", "replaces", "timer", "100rel"]);
+const ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, NOTIFY";
+
+export interface AgentStatus {
+  siteId: string;
+  pid: number;
+  startedAt: string;
+  uptimeS: number;
+  sip: Array<{ transport: string; address: string; port: number }>;
+  devices: { total: number; physical: number; soft: number; registered: number; online: number };
+  bindings: number;
+  transactions: { server: number; client: number };
+  transport: ReturnType<SipTransport["stats"]>;
+  guard: ReturnType<AuthGuard["stats"]>;
+  store: { file: string; pendingWrites: boolean };
+}
+
+export class Agent {
+  readonly bus = new EventBus();
+  store!: Store;
+  transport!: SipTransport;
+  transactions!: TransactionLayer;
+  location!: LocationService;
+  registrar!: Registrar;
+  presence!: PresenceTracker;
+  guard!: AuthGuard;
+  private control: ControlServer | undefined;
+  private readonly startedAt = Date.now();
+  /** Devices keyed by SIP username: the registrar's credential lookup, rebuilt on change. */
+  private devicesByUsername = new Map<string, DeviceRecord>();
+
+  constructor(readonly settings: Settings, readonly log: Logger) {}
+
+  async start(): Promise<void> {
+    const s = this.settings;
+    // The store takes the data directory's lock: one agent (or offline CLI command) at a time.
+    this.store = await Store.open(s.dataDir, {
+      siteId: s.siteId,
+      onError: (err) => this.log.error("store write failed; retrying", { err: err.message }),
+    });
+    this.refreshDevices();
+
+    this.guard = new AuthGuard({
+      perSource: { maxFailures: s.guardSourceMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 },
+      perAccount: { maxFailures: s.guardAccountMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 },
+      perSourceRequestRate: { max: s.guardRequestRateMax, windowMs: s.guardRequestRateWindowS * 1000 },
+      allowlist: s.guardAllowlist,
+      maxTracked: 100_000,
+    });
+    this.guard.onBan = (source, until) => {
+      this.log.warn("source banned after repeated authentication failures", { source, until: new Date(until).toISOString() });
+      this.bus.emit("auth.ban", { source, until });
+    };
+
+    this.location = new LocationService((change) => this.onBindings(change));
+    this.presence = new PresenceTracker({
+      intervalMs: s.keepaliveIntervalS * 1000,
+      misses: s.keepaliveMisses,
+      bus: this.bus,
+      location: this.location,
+      probe: (b) => this.probe(b),
+      username: (id) => this.store.getDevice(id)?.username,
+      log: this.log.child("presence"),
+    });
+
+    this.transport = new SipTransport(
+      {
+        listen: s.sipListen.map((a) => parseHostPort(a)),
+        transports: s.sipTransports,
+        limits: { maxMessageBytes: s.maxMessageBytes, maxHeaders: s.maxHeaders },
+        acceptSource: (addr) => !this.guard.isBanned(addr),
+        log: this.log.child("sip"),
+      },
+      { onRequest: (req, flow) => this.onRequest(req, flow), onResponse: (res, flow) => this.onResponse(res, flow) },
+    );
+    this.transactions = new TransactionLayer({ transport: this.transport });
+    this.registrar = new Registrar({
+      realm: s.realm,
+      minExpires: s.minExpires,
+      maxExpires: s.maxExpires,
+      defaultExpires: s.defaultExpires,
+      maxContactsPerAor: 10,
+      authenticator: new DigestAuthenticator({ realm: s.realm, algorithms: s.authAlgorithms, nonceTtlMs: s.nonceTtlS * 1000 }),
+      guard: this.guard,
+      credentials: (username) => {
+        const d = this.devicesByUsername.get(username);
+        return d ? { deviceId: d.id, username: d.username, password: d.password } : undefined;
+      },
+      location: this.location,
+      bus: this.bus,
+      log: this.log.child("registrar"),
+    });
+
+    // Bindings survive restarts: restore what was stored, then keep-alives confirm them.
+    this.location.restore(this.store.listBindings().map(fromRecord));
+    await this.transport.start();
+    this.location.startSweeping();
+    this.presence.start();
+
+    this.control = new ControlServer(path.join(s.dataDir, "control.sock"), agentCommands(this.view()), this.log.child("control"));
+    await this.control.start();
+    const addrs = this.transport.addresses().map((a) => `${a.transport}:${hostPort(a.address, a.port)}`).join(" ");
+    this.log.info("ringedge started", { site: s.siteId, sip: addrs, data: s.dataDir, devices: this.devicesByUsername.size });
+  }
+
+  async stop(): Promise<void> {
+    this.presence?.stop();
+    this.location?.stopSweeping();
+    await this.control?.stop();
+    this.transactions?.close();
+    await this.transport?.stop();
+    await this.store?.close();
+    this.log.info("ringedge stopped");
+  }
+
+  /** The read/write surface the console commands get (CLI over the control socket). */
+  view(): AgentView {
+    return {
+      store: this.store,
+      status: () => this.status(),
+      presence: () => this.presence.snapshot(),
+      bindings: () => this.location.all(),
+      devicesChanged: (removedId) => {
+        if (removedId) this.location.removeDevice(removedId);
+        this.refreshDevices();
+      },
+    };
+  }
+
+  status(): AgentStatus {
+    const devices = this.store.listDevices();
+    const pres = this.presence.snapshot();
+    return {
+      siteId: this.settings.siteId,
+      pid: process.pid,
+      startedAt: new Date(this.startedAt).toISOString(),
+      uptimeS: Math.round((Date.now() - this.startedAt) / 1000),
+      sip: this.transport.addresses().map((a) => ({ transport: a.transport, address: a.address, port: a.port })),
+      devices: {
+        total: devices.length,
+        physical: devices.filter((d) => d.kind === "physical").length,
+        soft: devices.filter((d) => d.kind === "soft").length,
+        registered: pres.filter((p) => p.registered).length,
+        online: pres.filter((p) => p.online).length,
+      },
+      bindings: this.location.count(),
+      transactions: this.transactions.counts(),
+      transport: this.transport.stats(),
+      guard: this.guard.stats(),
+      store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
+    };
+  }
+
+  private refreshDevices(): void {
+    this.devicesByUsername = new Map(this.store.listDevices().map((d) => [d.username, d]));
+  }
+
+  private onBindings(change: BindingChange): void {
+    this.presence.onBindings(change);
+    // Write-behind: the REGISTER's 200 never waits for the disk (DESIGN principle 3).
+    if (change.reason !== "restored") {
+      this.store.setBindings(change.aor, change.bindings.map(toRecord));
+      this.store.scheduleSave();
+    }
+    this.bus.emit("device.bindings", { deviceId: change.deviceId, aor: change.aor, contacts: change.bindings.length, at: Date.now() });
+  }
+
+  // --- request dispatch ----------------------------------------------------------------
+
+  private onRequest(req: SipRequest, flow: Flow): void {
+    // A source over its REGISTER rate is ignored silently, before any state is created
+    // (Kamailio pike-like); the transport already drops sources that are banned.
+    if (req.method === "REGISTER" && this.guard.noteRequest(flow.remoteAddress) === "ban") return;
+    const r = this.transactions.receiveRequest(req, flow);
+    switch (r.kind) {
+      case "absorbed":
+      case "stray-ack":
+      case "ack-2xx":
+        return;
+      case "invalid":
+        this.log.debug("request refused by the transaction layer", { reason: r.reason, from: flow.remoteAddress });
+        return;
+      case "overload":
+        this.sendStateless(flow, createResponse(req, 503, "Service Unavailable", { headers: [{ name: "retry-after", value: "5" }] }));
+        return;
+      case "cancel": {
+        // No call is proxied before the routing issue lands: nothing to cancel but the answer.
+        r.tx.respond(createResponse(req, r.inviteTx ? 200 : 481, r.inviteTx ? "OK" : "Call/Transaction Does Not Exist", { toTag: "cancel" }));
+        return;
+      }
+      case "new":
+        break;
+    }
+    const tx = r.tx;
+    // Only methods we implement are routed anywhere (RFC 3261 §8.2.1; RFC 4475 intmeth, esc02).
+    if (!SUPPORTED_METHODS.has(req.method)) {
+      tx.respond(createResponse(req, 501, "Not Implemented", { toTag: "ni", headers: [{ name: "allow", value: ALLOW }] }));
+      return;
+    }
+    // The agent is the registrar for REGISTER and the UAS for OPTIONS; everything else it
+    // would route onward, so it checks those as a proxy (no 415/406 on others' bodies).
+    const role = req.method === "REGISTER" ? "registrar" : req.method === "OPTIONS" ? "uas" : "proxy";
+    const rejection = checkRequest(req, { role, supportedMethods: SUPPORTED_METHODS, supportedExtensions: SUPPORTED_EXTENSIONS });
+    if (rejection) {
+      tx.respond(createResponse(req, rejection.status, rejection.reason, { toTag: "rej", headers: rejection.headers }));
+      return;
+    }
+    switch (req.method) {
+      case "REGISTER": {
+        tx.respond(this.registrar.handle(req, flow));
+        return;
+      }
+      case "OPTIONS":
+        // RFC 3261 §11.2: capabilities. Phones use it as a keep-alive toward us too.
+        tx.respond(
+          createResponse(req, 200, "OK", {
+            toTag: "opt",
+            headers: [
+              { name: "allow", value: ALLOW },
+              { name: "accept", value: "application/sdp" },
+              { name: "supported", value: "path, outbound" },
+            ],
+          }),
+        );
+        return;
+      default:
+        // Calls to groups and users arrive with the routing issue; until then nothing is routable.
+        tx.respond(createResponse(req, 404, "Not Found", { toTag: "nf" }));
+    }
+  }
+
+  private onResponse(res: SipResponse, flow: Flow): void {
+    // Responses to our own client transactions (keep-alives); stray ones are dropped
+    // (RFC 3261 §18.1.2) — the forking proxy of the routing issue forwards stray 2xx.
+    this.transactions.receiveResponse(res, flow);
+  }
+
+  private sendStateless(flow: Flow, res: SipResponse): void {
+    this.transport.send(flow, serialize(res));
+  }
+
+  /** OPTIONS keep-alive to a binding, over the flow it registered from. */
+  private probe(b: Binding): Promise<boolean> {
+    return new Promise((resolve) => {
+      let req: SipRequest;
+      try {
+        req = buildRequest({ method: "OPTIONS", requestUri: b.contact, flow: b.flow, branch: this.transactions.createBranch() });
+      } catch {
+        resolve(false);
+        return;
+      }
+      let settled = false;
+      const done = (ok: boolean): void => {
+        if (!settled) resolve(ok);
+        settled = true;
+      };
+      this.transactions.sendRequest(req, b.flow, {
+        onProvisional: () => undefined,
+        onFinal: () => done(true),
+        onTimeout: () => done(false),
+        onTransportError: () => done(false),
+      });
+    });
+  }
+}
+
+function toRecord(b: Binding): BindingRecord {
+  return {
+    deviceId: b.deviceId,
+    aor: b.aor,
+    contact: b.contact,
+    expiresAt: b.expiresAt,
+    callId: b.callId,
+    cseq: b.cseq,
+    ...(b.q !== undefined ? { q: b.q } : {}),
+    flow: { transport: b.flow.transport, remoteAddress: b.flow.remoteAddress, remotePort: b.flow.remotePort, localAddress: b.flow.localAddress, localPort: b.flow.localPort },
+    ...(b.userAgent !== undefined ? { userAgent: b.userAgent } : {}),
+    ...(b.instance !== undefined ? { instance: b.instance } : {}),
+  };
+}
+
+function fromRecord(r: BindingRecord): Binding {
+  return {
+    deviceId: r.deviceId,
+    aor: r.aor,
+    contact: r.contact,
+    expiresAt: r.expiresAt,
+    callId: r.callId,
+    cseq: r.cseq,
+    q: r.q,
+    flow: { ...r.flow },
+    userAgent: r.userAgent,
+    instance: r.instance,
+  };
+}

@@ -1,0 +1,292 @@
+// The `ringedge` command line. Commands run through a running agent's control socket; with
+// no agent running, installer commands work directly on the store (the pid lock keeps an
+// agent from starting meanwhile).
+import path from "node:path";
+import { Agent } from "./agent.ts";
+import { loadSettings, SettingsError, renderSettingsDoc, type Settings } from "./config.ts";
+import { createLogger } from "./log.ts";
+import { Store } from "./store/store.ts";
+import { callAgent, runCommand, socketAnswers } from "./console/control.ts";
+import { agentCommands, type DeviceView } from "./console/commands.ts";
+
+interface Parsed {
+  positional: string[];
+  flags: Map<string, string | true>;
+}
+
+/** --name value, --name=value, --flag; "--" ends options. Value-taking flags are declared. */
+export function parseArgs(argv: string[], valueFlags: ReadonlySet<string>): Parsed {
+  const positional: string[] = [];
+  const flags = new Map<string, string | true>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === "--") {
+      positional.push(...argv.slice(i + 1));
+      break;
+    }
+    if (a.startsWith("--")) {
+      const eq = a.indexOf("=");
+      const name = eq > 0 ? a.slice(2, eq) : a.slice(2);
+      if (eq > 0) flags.set(name, a.slice(eq + 1));
+      else if (valueFlags.has(name)) {
+        const v = argv[i + 1];
+        if (v === undefined) throw new UsageError(`--${name} needs a value`);
+        flags.set(name, v);
+        i++;
+      } else flags.set(name, true);
+    } else if (a === "-h") flags.set("help", true);
+    else positional.push(a);
+  }
+  return { positional, flags };
+}
+
+class UsageError extends Error {}
+
+const HELP: Record<string, string> = {
+  main: `ringedge — edge call-routing agent
+
+usage: ringedge <command> [options]
+
+commands:
+  run                      start the agent (foreground)
+  status [--json]          what a running agent is doing
+  device add|list|show|remove   manage SIP devices (credentials, owner, physical or soft)
+  store check|recover      check the store file, or promote its last good copy
+  settings                 list every setting, its environment variable and default
+
+common options:
+  --config <file>          settings file (JSON; default /etc/ringedge/ringedge.conf.json if present,
+                           or RINGEDGE_CONFIG)
+  --help                   help for a command`,
+  run: `usage: ringedge run [--config <file>]
+
+Starts the agent in the foreground on the configured settings (see 'ringedge settings').
+Stops cleanly on SIGINT/SIGTERM, flushing the store.`,
+  status: `usage: ringedge status [--json]
+
+Shows the running agent's SIP addresses, devices online, bindings, transactions, bans.`,
+  device: `usage:
+  ringedge device add <username> [--password <p>] [--kind physical|soft] [--name <display name>]
+                      [--owner <user id>] [--show-password] [--json]
+  ringedge device list [--json]
+  ringedge device show <username|id> [--show-password] [--json]
+  ringedge device remove <username|id> [--json]
+
+A device is one set of SIP credentials: a desk phone (physical; counts against the ring cap)
+or a soft client (soft). Without --password a strong random one is generated; it is printed
+only with --show-password.`,
+  store: `usage:
+  ringedge store check      verify the store file (envelope, checksum, schema version)
+  ringedge store recover    keep the corrupt file aside and promote the last good copy (.bak)`,
+  settings: `usage: ringedge settings [--json]
+
+Lists every setting with its environment variable, default and meaning, then the effective values.`,
+};
+
+const VALUE_FLAGS = new Set(["config", "password", "kind", "name", "owner"]);
+
+export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s), err: (s: string) => void = (s) => process.stderr.write(s)): Promise<number> {
+  let parsed: Parsed;
+  try {
+    parsed = parseArgs(argv, VALUE_FLAGS);
+  } catch (e) {
+    err(`ringedge: ${(e as Error).message}\n`);
+    return 2;
+  }
+  const [command, sub, ...rest] = parsed.positional;
+  const flags = parsed.flags;
+  if (!command) {
+    out(HELP.main + "\n");
+    return flags.has("help") ? 0 : 2;
+  }
+  if (flags.has("help")) {
+    const h = HELP[command];
+    if (!h) {
+      err(`ringedge: unknown command '${command}'\n`);
+      return 2;
+    }
+    out(h + "\n");
+    return 0;
+  }
+  let settings: Settings;
+  try {
+    const configFlag = flags.get("config");
+    settings = loadSettings({ env: process.env, ...(typeof configFlag === "string" ? { configPath: configFlag } : {}) });
+  } catch (e) {
+    if (e instanceof SettingsError) {
+      err(`ringedge: invalid setting: ${e.message}\n`);
+      return 78; // EX_CONFIG
+    }
+    throw e;
+  }
+  const json = flags.has("json");
+  try {
+    switch (command) {
+      case "run":
+        return await runAgent(settings, err);
+      case "status":
+        return await statusCommand(settings, json, out, err);
+      case "device":
+        return await deviceCommand(settings, sub, rest, flags, json, out, err);
+      case "store":
+        return await storeCommand(settings, sub, out, err);
+      case "settings":
+        out(renderSettingsDoc() + "\n\neffective:\n" + JSON.stringify(settings, null, 2) + "\n");
+        return 0;
+      default:
+        err(`ringedge: unknown command '${command}' (see ringedge --help)\n`);
+        return 2;
+    }
+  } catch (e) {
+    if (e instanceof UsageError) {
+      err(`ringedge: ${e.message}\n`);
+      return 2;
+    }
+    err(`ringedge: ${(e as Error).message}\n`);
+    return 1;
+  }
+}
+
+async function runAgent(settings: Settings, err: (s: string) => void): Promise<number> {
+  const log = createLogger(settings.logLevel);
+  const agent = new Agent(settings, log);
+  try {
+    await agent.start();
+  } catch (e) {
+    err(`ringedge: cannot start: ${(e as Error).message}\n`);
+    return 1;
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      log.info("stopping", { signal: sig });
+      resolve();
+    };
+    process.once("SIGINT", () => stop("SIGINT"));
+    process.once("SIGTERM", () => stop("SIGTERM"));
+  });
+  await agent.stop();
+  return 0;
+}
+
+function controlPath(settings: Settings): string {
+  return path.join(settings.dataDir, "control.sock");
+}
+
+/** Run a command on the live agent, or on the store directly when none runs. */
+async function execute(settings: Settings, cmd: string, args: Record<string, unknown>): Promise<unknown> {
+  const sock = controlPath(settings);
+  if (await socketAnswers(sock)) {
+    const reply = await callAgent(sock, cmd, args);
+    if (!reply.ok) throw new Error(reply.error);
+    return reply.result;
+  }
+  if (cmd === "status") throw new Error(`no agent is running on data directory ${settings.dataDir}`);
+  // No agent: work on the store directly; its lock keeps an agent from starting meanwhile.
+  const store = await Store.open(settings.dataDir, { siteId: settings.siteId });
+  try {
+    const reply = await runCommand(agentCommands({ store }), JSON.stringify({ cmd, args }));
+    if (!reply.ok) throw new Error(reply.error);
+    return reply.result;
+  } finally {
+    await store.close();
+  }
+}
+
+async function statusCommand(settings: Settings, json: boolean, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  let status: Record<string, any>;
+  try {
+    status = (await execute(settings, "status", {})) as Record<string, any>;
+  } catch (e) {
+    err(`ringedge: ${(e as Error).message}\n`);
+    return 3;
+  }
+  if (json) {
+    out(JSON.stringify(status, null, 2) + "\n");
+    return 0;
+  }
+  const d = status.devices;
+  const lines = [
+    `site ${status.siteId}  pid ${status.pid}  up ${status.uptimeS}s`,
+    `sip      ${(status.sip as Array<{ transport: string; address: string; port: number }>).map((a) => `${a.transport}:${a.address}:${a.port}`).join("  ")}`,
+    `devices  ${d.total} (${d.physical} physical, ${d.soft} soft)  registered ${d.registered}  online ${d.online}  bindings ${status.bindings}`,
+    `sip tx   server ${status.transactions.server}  client ${status.transactions.client}  in ${status.transport.received}  out ${status.transport.sent}  parse errors ${status.transport.parseErrors}`,
+    `guard    banned sources ${status.guard.bannedSources ?? status.guard.banned?.length ?? 0}`,
+    `store    ${status.store.file}${status.store.pendingWrites ? " (write pending)" : ""}`,
+  ];
+  out(lines.join("\n") + "\n");
+  return 0;
+}
+
+async function deviceCommand(
+  settings: Settings,
+  sub: string | undefined,
+  rest: string[],
+  flags: Map<string, string | true>,
+  json: boolean,
+  out: (s: string) => void,
+  err: (s: string) => void,
+): Promise<number> {
+  const flagStr = (name: string): string | undefined => {
+    const v = flags.get(name);
+    if (v === true) throw new UsageError(`--${name} needs a value`);
+    return v;
+  };
+  const print = (v: unknown, text: string): void => out(json ? JSON.stringify(v, null, 2) + "\n" : text + "\n");
+  switch (sub) {
+    case "add": {
+      const username = rest[0];
+      if (!username) throw new UsageError("device add needs a username (see ringedge device --help)");
+      const args: Record<string, unknown> = { username, showPassword: flags.has("show-password") };
+      for (const [flag, key] of [["password", "password"], ["kind", "kind"], ["name", "displayName"], ["owner", "owner"]] as const) {
+        const v = flagStr(flag);
+        if (v !== undefined) args[key] = v;
+      }
+      const d = (await execute(settings, "device.add", args)) as DeviceView;
+      print(d, `added device ${d.username} (${d.kind}) id ${d.id}${d.password ? `\npassword: ${d.password}` : ""}`);
+      return 0;
+    }
+    case "list": {
+      const list = (await execute(settings, "device.list", {})) as DeviceView[];
+      if (json) return print(list, ""), 0;
+      const rows = list.map((d) => `${d.username.padEnd(12)} ${d.kind.padEnd(8)} ${(d.online === undefined ? "-" : d.online ? "online" : d.registered ? "no-answer" : "offline").padEnd(9)} ${(d.displayName ?? "").slice(0, 24).padEnd(24)} ${d.id}`);
+      out(["USERNAME     KIND     STATE     NAME                     ID", ...rows].join("\n") + "\n");
+      return 0;
+    }
+    case "show": {
+      const ref = rest[0];
+      if (!ref) throw new UsageError("device show needs a username or id");
+      const d = (await execute(settings, "device.show", { ref, showPassword: flags.has("show-password") })) as DeviceView;
+      print(d, Object.entries(d).map(([k, v]) => `${k.padEnd(12)} ${typeof v === "object" ? JSON.stringify(v) : String(v)}`).join("\n"));
+      return 0;
+    }
+    case "remove": {
+      const ref = rest[0];
+      if (!ref) throw new UsageError("device remove needs a username or id");
+      const r = (await execute(settings, "device.remove", { ref })) as { removed: string; id: string };
+      print(r, `removed device ${r.removed}`);
+      return 0;
+    }
+    default:
+      err(HELP.device + "\n");
+      return 2;
+  }
+}
+
+async function storeCommand(settings: Settings, sub: string | undefined, out: (s: string) => void, err: (s: string) => void): Promise<number> {
+  switch (sub) {
+    case "check": {
+      const r = await Store.inspect(settings.dataDir);
+      out(JSON.stringify(r, null, 2) + "\n");
+      return r.ok ? 0 : 1;
+    }
+    case "recover": {
+      if (await socketAnswers(controlPath(settings))) throw new Error("stop the agent before recovering its store");
+      const r = await Store.recover(settings.dataDir);
+      out(`${typeof r === "string" ? r : JSON.stringify(r)}\n`);
+      return 0;
+    }
+    default:
+      err(HELP.store + "\n");
+      return 2;
+  }
+}

@@ -1,0 +1,200 @@
+// End-to-end harness: runs the real agent as a child process on free loopback ports with a
+// temporary data directory, and drives real peers (SIPp) against it. Everything is bounded
+// in time; every process started here is killed when the test ends.
+import { spawn, type ChildProcess } from "node:child_process";
+import dgram from "node:dgram";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const SIPP_DIR = path.join(ROOT, "test/sipp");
+const BIN = path.join(ROOT, "bin/ringedge.js");
+
+/** A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both). */
+export async function freePort(): Promise<number> {
+  for (let attempt = 0; attempt < 20; attempt++) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const s = net.createServer();
+      s.once("error", reject);
+      s.listen(0, "127.0.0.1", () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const udpFree = await new Promise<boolean>((resolve) => {
+      const u = dgram.createSocket("udp4");
+      u.once("error", () => resolve(false));
+      u.bind(port, "127.0.0.1", () => u.close(() => resolve(true)));
+    });
+    if (udpFree) return port;
+  }
+  throw new Error("no free port found");
+}
+
+export function tempDir(prefix = "ringedge-test-"): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+}
+
+export interface RunningAgent {
+  port: number;
+  dataDir: string;
+  proc: ChildProcess;
+  /** Everything the agent logged so far. */
+  log(): string;
+  /** Resolves when a log line matches (bounded). */
+  waitForLog(re: RegExp, timeoutMs?: number): Promise<string>;
+  /** Run the ringedge CLI against this agent's data directory. */
+  cli(args: string[], timeoutMs?: number): Promise<{ code: number; stdout: string; stderr: string }>;
+  stop(): Promise<number | null>;
+  kill(): Promise<void>;
+}
+
+export interface AgentOptions {
+  dataDir?: string;
+  port?: number;
+  env?: Record<string, string>;
+}
+
+export function agentEnv(dataDir: string, port: number, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const k of Object.keys(env)) if (k.startsWith("RINGEDGE_")) delete env[k];
+  return {
+    ...env,
+    RINGEDGE_DATA_DIR: dataDir,
+    RINGEDGE_SIP_LISTEN: `127.0.0.1:${port}`,
+    RINGEDGE_HTTP_LISTEN: "127.0.0.1:0",
+    RINGEDGE_LOG_LEVEL: "debug",
+    ...extra,
+  };
+}
+
+export function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 20_000): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [BIN, ...args], { env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d) => (stdout += d));
+    p.stderr.on("data", (d) => (stderr += d));
+    const t = setTimeout(() => {
+      p.kill("SIGKILL");
+      reject(new Error(`ringedge ${args.join(" ")} timed out; stderr: ${stderr}`));
+    }, timeoutMs);
+    p.on("close", (code) => {
+      clearTimeout(t);
+      resolve({ code: code ?? -1, stdout, stderr });
+    });
+  });
+}
+
+export async function startAgent(opts: AgentOptions = {}): Promise<RunningAgent> {
+  const dataDir = opts.dataDir ?? tempDir();
+  const port = opts.port ?? (await freePort());
+  const env = agentEnv(dataDir, port, opts.env);
+  const proc = spawn(process.execPath, [BIN, "run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  let log = "";
+  const waiters: Array<{ re: RegExp; resolve: (l: string) => void }> = [];
+  proc.stderr!.setEncoding("utf8");
+  proc.stderr!.on("data", (chunk: string) => {
+    log += chunk;
+    for (const w of [...waiters]) {
+      const m = log.split("\n").find((l) => w.re.test(l));
+      if (m) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(m);
+      }
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => proc.on("exit", (code) => resolve(code)));
+  const waitForLog = (re: RegExp, timeoutMs = 10_000): Promise<string> => {
+    const hit = log.split("\n").find((l) => re.test(l));
+    if (hit) return Promise.resolve(hit);
+    return new Promise((resolve, reject) => {
+      const w = { re, resolve: (l: string) => (clearTimeout(t), resolve(l)) };
+      const t = setTimeout(() => {
+        waiters.splice(waiters.indexOf(w), 1);
+        reject(new Error(`agent log never matched ${re} within ${timeoutMs} ms; log:\n${log.slice(-3000)}`));
+      }, timeoutMs);
+      waiters.push(w);
+    });
+  };
+  const started = waitForLog(/ringedge started/, 15_000);
+  const early = exited.then((code) => {
+    throw new Error(`agent exited early with code ${code}; log:\n${log}`);
+  });
+  await Promise.race([started, early]);
+  early.catch(() => undefined);
+  return {
+    port,
+    dataDir,
+    proc,
+    log: () => log,
+    waitForLog,
+    cli: (args, timeoutMs) => runCli(args, env, timeoutMs),
+    stop: async () => {
+      if (proc.exitCode === null) proc.kill("SIGTERM");
+      const t = setTimeout(() => proc.kill("SIGKILL"), 10_000);
+      const code = await exited;
+      clearTimeout(t);
+      return code;
+    },
+    kill: async () => {
+      if (proc.exitCode === null) proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+export interface SippResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+  /** Parsed from -trace_stat's final CSV row where requested. */
+  successful?: number;
+  failed?: number;
+}
+
+/**
+ * Run SIPp against 127.0.0.1:port. Returns its exit code (0 = every call succeeded,
+ * 1 = some failed; RFC: sipp(1)). Killed after timeoutMs.
+ */
+export function runSipp(args: string[], timeoutMs = 30_000): Promise<SippResult> & { proc: ChildProcess } {
+  const proc = spawn("sipp", args, { cwd: SIPP_DIR, stdio: ["ignore", "pipe", "pipe"] });
+  const promise = new Promise<SippResult>((resolve) => {
+    let stdout = "";
+    let stderr = "";
+    proc.stdout!.on("data", (d) => (stdout += d));
+    proc.stderr!.on("data", (d) => (stderr += d));
+    const t = setTimeout(() => proc.kill("SIGKILL"), timeoutMs);
+    proc.on("close", (code) => {
+      clearTimeout(t);
+      const succ = /Successful call\s*\|\s*\d+\s*\|\s*(\d+)/.exec(stdout);
+      const fail = /Failed call\s*\|\s*\d+\s*\|\s*(\d+)/.exec(stdout);
+      resolve({ code, stdout, stderr, ...(succ ? { successful: Number(succ[1]) } : {}), ...(fail ? { failed: Number(fail[1]) } : {}) });
+    });
+  }) as Promise<SippResult> & { proc: ChildProcess };
+  promise.proc = proc;
+  return promise;
+}
+
+/** Write a SIPp injection CSV (SEQUENTIAL) of username;password rows. */
+export function writeUsersCsv(dir: string, users: Array<[string, string]>): string {
+  const file = path.join(dir, `users-${process.pid}-${Math.random().toString(36).slice(2)}.csv`);
+  fs.writeFileSync(file, ["SEQUENTIAL", ...users.map(([u, p]) => `${u};${p}`)].join("\n") + "\n");
+  return file;
+}
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Poll until fn returns a truthy value (bounded). */
+export async function until<T>(fn: () => Promise<T | undefined | false> | T | undefined | false, timeoutMs = 10_000, stepMs = 100): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await sleep(stepMs);
+  }
+}

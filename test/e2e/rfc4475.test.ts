@@ -1,0 +1,230 @@
+// RFC 4475 torture messages against a running agent, over UDP and over TCP. Each file's
+// outcome must match INDEX.md: valid messages are processed (answered by the layer above
+// the parser), invalid ones answered 400/505/501/416/420 or dropped, responses dropped.
+// The top Via of each file is rewritten to 127.0.0.1 with rport so that every answer comes
+// back here (the suite also runs inside a loopback-only network namespace, see
+// test/run-tests.sh); nothing else in the files changes, body and Content-Length included.
+import { after, before, describe, test } from "node:test";
+import assert from "node:assert/strict";
+import dgram from "node:dgram";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { ROOT, startAgent, type RunningAgent } from "./harness.ts";
+import { computeAuthorization } from "../../agent/sip/digest.ts";
+
+const DIR = path.resolve(ROOT, "../shared/testdata/rfc4475");
+
+/**
+ * What the agent answers for each file. "drop": no answer at all. For TCP, "close" means
+ * the framing is unrecoverable and the agent closes the connection; "wait" means a stream
+ * peer would simply wait for more bytes (Content-Length beyond what was sent).
+ * Several statuses are listed where INDEX.md allows either (e.g. an OPTIONS an endpoint
+ * answers 200 where a proxy would answer 483).
+ */
+const EXPECT: Record<string, { udp: number[] | "drop"; tcp?: number[] | "drop" | "close" | "wait"; why: string }> = {
+  "wsinv.dat": { udp: [404], why: "valid INVITE; no such user or group here" },
+  "intmeth.dat": { udp: [501], why: "unknown method token" },
+  "esc01.dat": { udp: [404], why: "valid INVITE; its escaped sips: user is no user here" },
+  "escnull.dat": { udp: [401], why: "valid REGISTER; challenged like every REGISTER without credentials" },
+  "esc02.dat": { udp: [501], why: "RE%47IST%45R is an unknown method, not REGISTER" },
+  "lwsdisp.dat": { udp: [200], why: "valid OPTIONS" },
+  "longreq.dat": { udp: [404], why: "valid INVITE with long values" },
+  "dblreq.dat": { udp: [401], why: "the REGISTER is processed, trailing octets ignored" },
+  "semiuri.dat": { udp: [200], why: "valid OPTIONS" },
+  "transports.dat": { udp: [200], why: "valid OPTIONS with unknown transports in Via" },
+  "mpart01.dat": { udp: [404], why: "valid MESSAGE framed by Content-Length; no such target" },
+  "unreason.dat": { udp: "drop", why: "a response matching no transaction is dropped" },
+  "noreason.dat": { udp: "drop", why: "a response matching no transaction is dropped" },
+  "badinv01.dat": { udp: [400], why: "extraneous header separators" },
+  "clerr.dat": { udp: [400], tcp: "wait", why: "Content-Length larger than the datagram" },
+  "ncl.dat": { udp: [400], tcp: "close", why: "negative Content-Length" },
+  "scalar02.dat": { udp: [400], why: "CSeq beyond 2^32-1" },
+  "scalarlg.dat": { udp: "drop", why: "invalid response is discarded" },
+  "quotbal.dat": { udp: [400], why: "unterminated quoted string" },
+  "ltgtruri.dat": { udp: [400], why: "<> around the Request-URI" },
+  "lwsruri.dat": { udp: [400], why: "LWS inside the Request-URI" },
+  "lwsstart.dat": { udp: [400], why: "multiple SP in the request line" },
+  "trws.dat": { udp: [400], why: "trailing SP in the request line" },
+  "escruri.dat": { udp: [400], why: "escaped headers in the Request-URI" },
+  "baddate.dat": { udp: [404], why: "Date is ignored; valid INVITE otherwise" },
+  "regbadct.dat": { udp: [401, 400], why: "authentication comes first (RFC 3261 §10.3 step 3)" },
+  "badaspec.dat": { udp: [400], why: "spaces inside an addr-spec" },
+  "baddn.dat": { udp: [400], tcp: "wait", why: "unquoted non-token display name; no blank line ends the headers, so a stream waits for more" },
+  "badvers.dat": { udp: [505], why: "SIP/7.0" },
+  "mismatch01.dat": { udp: [400], why: "CSeq method differs from the request method" },
+  "mismatch02.dat": { udp: [501], why: "unknown method with CSeq mismatch" },
+  "bigcode.dat": { udp: "drop", why: "overlarge status code, response dropped" },
+  "badbranch.dat": { udp: [200, 400], why: "branch=z9hG4bK alone must not break anything" },
+  "insuf.dat": { udp: [400], why: "no Call-ID, From or To" },
+  "unkscm.dat": { udp: [416], why: "Request-URI scheme unknown" },
+  "novelsc.dat": { udp: [416], why: "soap.beep Request-URI never acceptable here" },
+  "unksm2.dat": { udp: [400], why: "a registrar's To must be a SIP or SIPS AOR" },
+  "bext01.dat": { udp: [420], why: "Require with unknown option tags" },
+  "invut.dat": { udp: [404, 415], why: "unknown Content-Type; no such target anyway" },
+  "regaut01.dat": { udp: [401], why: "unknown Authorization scheme: challenged in one we know" },
+  "multi01.dat": { udp: [400], why: "multiple single-valued headers" },
+  "mcl01.dat": { udp: [400], tcp: "close", why: "conflicting Content-Length values" },
+  "bcast.dat": { udp: "drop", why: "response with a broadcast Via is never forwarded" },
+  "zeromf.dat": { udp: [200, 483], why: "Max-Forwards 0 on an OPTIONS the agent answers itself" },
+  "cparam01.dat": { udp: [401], why: "valid REGISTER, challenged" },
+  "cparam02.dat": { udp: [401], why: "valid REGISTER, challenged" },
+  "regescrt.dat": { udp: [401], why: "valid REGISTER, challenged" },
+  "sdp01.dat": { udp: [404, 406], why: "Accept lacks application/sdp; no such target anyway" },
+  "inv2543.dat": { udp: [404], tcp: "close", why: "RFC 2543 INVITE accepted on UDP; a stream needs Content-Length" },
+  "test.dat": { udp: "drop", why: "no SIP-Version on the request line: malformed, no Via to answer" },
+};
+
+/**
+ * Rewrite the top Via's sent-protocol and sent-by to reach us back; keep everything else.
+ * Many files share a branch (z9hG4bKkdjuw): each exchange uses its own loopback source
+ * address, so the sent-by differs and the agent never takes one file for a retransmission
+ * of another (RFC 3261 §17.2.3 matches on branch + sent-by + method).
+ */
+export function pointTopViaAt(msg: Buffer, transport: "UDP" | "TCP", host: string, port: number): Buffer {
+  const text = msg.toString("latin1"); // byte-preserving round trip
+  // The first Via line; its sent-protocol may be folded over lines (RFC 4475 wsinv).
+  const re = /^(via|v)([ \t]*:\s*)SIP\s*\/\s*2\.0\s*\/\s*[!-~]+?(\s+)([^\s;,]+)/im;
+  const m = re.exec(text);
+  if (!m) return msg;
+  const replaced = `${m[1]}${m[2]}SIP/2.0/${transport} ${host}:${port};rport`;
+  return Buffer.from(text.slice(0, m.index) + replaced + text.slice(m.index + m[0].length), "latin1");
+}
+
+function statusOf(reply: Buffer): number {
+  const m = /^SIP\/2\.0 (\d{3})/.exec(reply.toString("latin1"));
+  return m ? Number(m[1]) : -1;
+}
+
+let nextSource = 0;
+/** A fresh loopback address per exchange (127.0.1.1, 127.0.1.2, ...). */
+function sourceAddress(): string {
+  nextSource++;
+  return `127.0.${1 + Math.floor(nextSource / 250)}.${1 + (nextSource % 250)}`;
+}
+
+function udpExchange(port: number, raw: Buffer, waitMs: number, rewrite = true): Promise<Buffer[]> {
+  return new Promise((resolve) => {
+    const sock = dgram.createSocket("udp4");
+    const got: Buffer[] = [];
+    sock.on("message", (m) => got.push(m));
+    const host = sourceAddress();
+    sock.bind(0, host, () => {
+      sock.send(rewrite ? pointTopViaAt(raw, "UDP", host, sock.address().port) : raw, port, "127.0.0.1");
+      setTimeout(() => sock.close(() => resolve(got)), waitMs);
+    });
+  });
+}
+
+function tcpExchange(port: number, raw: Buffer, waitMs: number): Promise<{ replies: Buffer; closed: boolean }> {
+  return new Promise((resolve) => {
+    const host = sourceAddress();
+    const sock = net.connect({ port, host: "127.0.0.1", localAddress: host });
+    const chunks: Buffer[] = [];
+    let closed = false;
+    sock.on("data", (d) => chunks.push(d));
+    sock.on("close", () => (closed = true));
+    sock.on("error", () => (closed = true));
+    sock.on("connect", () => sock.write(pointTopViaAt(raw, "TCP", host, sock.localPort ?? 0)));
+    setTimeout(() => {
+      resolve({ replies: Buffer.concat(chunks), closed });
+      sock.destroy();
+    }, waitMs);
+  });
+}
+
+describe("RFC 4475 torture messages against a running agent", () => {
+  let agent: RunningAgent;
+  const files = fs.readdirSync(DIR).filter((f) => f.endsWith(".dat")).sort();
+
+  before(async () => {
+    agent = await startAgent();
+  });
+  after(async () => {
+    await agent?.stop();
+  });
+
+  test("the archive holds the 50 files INDEX.md lists, each with an expectation", () => {
+    assert.equal(files.length, 50);
+    assert.deepEqual(files, Object.keys(EXPECT).sort());
+  });
+
+  for (const file of Object.keys(EXPECT).sort()) {
+    const exp = EXPECT[file]!;
+    test(`UDP ${file}: ${exp.udp === "drop" ? "dropped" : exp.udp.join(" or ")} (${exp.why})`, async () => {
+      const raw = fs.readFileSync(path.join(DIR, file));
+      const replies = await udpExchange(agent.port, raw, exp.udp === "drop" ? 400 : 700);
+      if (exp.udp === "drop") {
+        assert.equal(replies.length, 0, `expected no answer, got: ${replies[0]?.toString("latin1").split("\r\n")[0]}`);
+        return;
+      }
+      assert.ok(replies.length >= 1, "expected an answer, got none");
+      const statuses = new Set(replies.map(statusOf));
+      // Retransmissions of the same final answer are fine (Timer G); one status only.
+      assert.equal(statuses.size, 1, `answers differ: ${[...statuses].join(",")}`);
+      const status = statusOf(replies[0]!);
+      assert.ok(exp.udp.includes(status), `got ${status}, expected ${exp.udp.join(" or ")}: ${replies[0]!.toString("latin1").split("\r\n")[0]}`);
+      const text = replies[0]!.toString("latin1");
+      if (status === 420) assert.match(text, /^Unsupported:.*nothingSupportsThis/im, "420 lists the unsupported option tags");
+      if (status === 401) assert.match(text, /^WWW-Authenticate: Digest /im);
+      assert.doesNotMatch(text, /^(Server|User-Agent):.*\d+\.\d+/im, "no product version in Server/User-Agent");
+    });
+  }
+
+  for (const file of Object.keys(EXPECT).sort()) {
+    const exp = EXPECT[file]!;
+    const tcp = exp.tcp ?? exp.udp;
+    test(`TCP ${file}: ${typeof tcp === "string" ? tcp : tcp.join(" or ")}`, async () => {
+      const raw = fs.readFileSync(path.join(DIR, file));
+      const { replies, closed } = await tcpExchange(agent.port, raw, tcp === "drop" || tcp === "wait" || tcp === "close" ? 400 : 700);
+      if (tcp === "close") {
+        assert.ok(closed, "the agent closes a connection whose framing is lost");
+        return;
+      }
+      if (tcp === "drop" || tcp === "wait") {
+        assert.equal(replies.length, 0, `expected no answer, got: ${replies.toString("latin1").split("\r\n")[0]}`);
+        assert.equal(closed, false, "the connection stays open");
+        return;
+      }
+      const status = statusOf(replies);
+      assert.ok(tcp.includes(status), `got ${status}, expected ${tcp.join(" or ")}: ${replies.toString("latin1").split("\r\n")[0]}`);
+    });
+  }
+
+  test("REGISTERs from the suite succeed once authenticated; contact and URI parameters kept as RFC 4475 §3.3.12-14 require", async () => {
+    // cparam01/02 register watson, regescrt registers user: give them devices and answer the challenge.
+    for (const user of ["watson", "user"]) {
+      const r = await agent.cli(["device", "add", user, "--password", "torture-test-pw"]);
+      assert.equal(r.code, 0, r.stderr);
+    }
+    const cases: Array<[string, RegExp]> = [
+      ["cparam01.dat", /^Contact: <sip:\+19725552222@gw1\.example\.net>;expires=\d+/im],
+      ["cparam02.dat", /^Contact: <sip:\+19725552222@gw1\.example\.net;unknownparam>;expires=\d+/im],
+      ["regescrt.dat", /^Contact: <sip:user@example\.com\?Route=%3Csip:sip\.example\.com%3E>;expires=\d+/im],
+    ];
+    for (const [file, contact] of cases) {
+      const raw = fs.readFileSync(path.join(DIR, file));
+      const [challenge] = await udpExchange(agent.port, raw, 500);
+      assert.ok(challenge, `${file}: challenged`);
+      const www = /^WWW-Authenticate: (.*)$/im.exec(challenge.toString("latin1"))?.[1];
+      assert.ok(www);
+      const user = file === "regescrt.dat" ? "user" : "watson";
+      const auth = computeAuthorization(www, { method: "REGISTER", uri: "sip:example.com", username: user, password: "torture-test-pw" });
+      const text = raw.toString("latin1");
+      // A new CSeq for the authenticated retry, as a client does (RFC 3261 §22.2).
+      const withAuth = text.replace(/^(CSeq:\s*)(\d+)/im, (_m, p: string, n: string) => `${p}${Number(n) + 1}`).replace(/\r\n\r\n/, `\r\nAuthorization: ${auth}\r\n\r\n`);
+      const [ok] = await udpExchange(agent.port, Buffer.from(withAuth, "latin1"), 500);
+      assert.ok(ok, `${file}: answered`);
+      assert.equal(statusOf(ok), 200, `${file}: ${ok.toString("latin1").split("\r\n")[0]}`);
+      assert.match(ok.toString("latin1"), contact, `${file}: binding as registered`);
+    }
+  });
+
+  test("after the whole suite the agent still runs and answers", async () => {
+    assert.equal(agent.proc.exitCode, null);
+    const status = await agent.cli(["status", "--json"]);
+    assert.equal(status.code, 0, status.stderr);
+    const s = JSON.parse(status.stdout) as { transport: { parseErrors: number } };
+    assert.ok(s.transport.parseErrors > 0, "parse errors were counted");
+  });
+});
