@@ -265,7 +265,7 @@ const SPECS: Specs = {
   httpListen: {
     codec: hostPortCodec(true),
     default: "0.0.0.0:8080",
-    doc: "Phone provisioning HTTP server address (port 0: the OS chooses, for tests).",
+    doc: "Phone provisioning HTTP server address (port 0: the OS chooses, for tests). Read and validated now; the provisioning server that listens on it is not built yet.",
   },
   mqttUrl: {
     codec: mqttUrlCodec,
@@ -357,7 +357,7 @@ const SPECS: Specs = {
   guardRequestRateMax: {
     codec: intCodec(1, 1_000_000),
     default: 100,
-    doc: "Requests one source may send within guardRequestRateWindowS before it is banned (Kamailio pike uses 16 per 2 s; phones behind one NAT need more).",
+    doc: "REGISTER requests one source may send within guardRequestRateWindowS before it is ignored for guardBanS (Kamailio pike uses 16 per 2 s; phones behind one NAT need more).",
   },
   guardRequestRateWindowS: {
     codec: intCodec(1, 3600),
