@@ -36,7 +36,8 @@ export interface AgentStatus {
   sip: Array<{ transport: string; address: string; port: number }>;
   devices: { total: number; physical: number; soft: number; registered: number; online: number };
   bindings: number;
-  transactions: { server: number; client: number };
+  /** Live transactions, and requests absorbed by one (retransmissions, ACKs for non-2xx; RFC 3261 §17.2.3) since start. */
+  transactions: { server: number; client: number; absorbed: number };
   transport: ReturnType<SipTransport["stats"]>;
   guard: ReturnType<AuthGuard["stats"]>;
   store: { file: string; pendingWrites: boolean };
@@ -55,6 +56,8 @@ export class Agent {
   private readonly startedAt = Date.now();
   /** Devices keyed by SIP username: the registrar's credential lookup, rebuilt on change. */
   private devicesByUsername = new Map<string, DeviceRecord>();
+  /** Requests matched to an existing server transaction: answered by it, never seen by the TU. */
+  private absorbedRequests = 0;
 
   constructor(readonly settings: Settings, readonly log: Logger) {}
 
@@ -100,7 +103,8 @@ export class Agent {
       },
       { onRequest: (req, flow) => this.onRequest(req, flow), onResponse: (res, flow) => this.onResponse(res, flow) },
     );
-    this.transactions = new TransactionLayer({ transport: this.transport });
+    // RFC 3261 §17.1.1.1: T1 is configurable; T2/T4 keep their defaults.
+    this.transactions = new TransactionLayer({ transport: this.transport, timers: { T1: s.sipT1Ms } });
     this.registrar = new Registrar({
       realm: s.realm,
       minExpires: s.minExpires,
@@ -171,7 +175,7 @@ export class Agent {
         online: pres.filter((p) => p.online).length,
       },
       bindings: this.location.count(),
-      transactions: this.transactions.counts(),
+      transactions: { ...this.transactions.counts(), absorbed: this.absorbedRequests },
       transport: this.transport.stats(),
       guard: this.guard.stats(),
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
@@ -201,6 +205,8 @@ export class Agent {
     const r = this.transactions.receiveRequest(req, flow);
     switch (r.kind) {
       case "absorbed":
+        this.absorbedRequests++;
+        return;
       case "stray-ack":
       case "ack-2xx":
         return;

@@ -30,6 +30,7 @@ export interface Settings {
   defaultExpires: number;
   keepaliveIntervalS: number;
   keepaliveMisses: number;
+  sipT1Ms: number;
   nonceTtlS: number;
   logLevel: LogLevel;
   authAlgorithms: AuthAlgorithm[];
@@ -308,6 +309,11 @@ const SPECS: Specs = {
     codec: intCodec(1, 100),
     default: 3,
     doc: "Unanswered keep-alives in a row after which a phone counts as offline.",
+  },
+  sipT1Ms: {
+    codec: intCodec(50, 5000),
+    default: 500,
+    doc: "SIP timer T1 (RTT estimate), ms; every transaction timer derives from it (RFC 3261 §17.1.1.1: retransmissions at T1, 2*T1...; timeouts at 64*T1, so a keep-alive OPTIONS to a silent phone gives up after 64*T1). Lower it only on a LAN with a known short RTT, or in tests.",
   },
   nonceTtlS: {
     codec: intCodec(5, 86_400),

@@ -198,3 +198,21 @@ export async function until<T>(fn: () => Promise<T | undefined | false> | T | un
     await sleep(stepMs);
   }
 }
+
+/**
+ * Put devices into a data directory's store before the agent starts: one store write instead
+ * of one CLI process per device (fast enough for tens of phones).
+ */
+export async function seedDevices(dataDir: string, users: Array<[string, string]>): Promise<void> {
+  const { Store } = await import("../../agent/store/store.ts");
+  const store = await Store.open(dataDir);
+  try {
+    for (const [username, password] of users) {
+      const r = store.addDevice({ username, password, kind: "physical" });
+      if (!r.ok) throw new Error(`seedDevices: ${username}: ${r.error.message}`);
+    }
+    await store.flush();
+  } finally {
+    await store.close();
+  }
+}
