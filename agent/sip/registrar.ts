@@ -42,6 +42,23 @@ function toTag(): string {
   return randomBytes(6).toString("hex");
 }
 
+/** RFC 3261 §25.1: qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] ). */
+const QVALUE = /^(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)$/;
+
+/**
+ * Longest values a binding keeps (the store's limits, agent/store/schema.ts checkBinding): a
+ * binding answered 200 must also survive a restart, so longer ones are refused up front.
+ */
+const MAX_CONTACT_CHARS = 2048;
+const MAX_CALL_ID_CHARS = 1024;
+const MAX_INSTANCE_CHARS = 512;
+const MAX_USER_AGENT_CHARS = 512;
+
+/** User-Agent is informational: tabs (legal inside a value) and overlong text are evened out. */
+function storableUserAgent(v: string | undefined): string | undefined {
+  return v === undefined ? undefined : v.replace(/[\x00-\x1f\x7f]/g, " ").slice(0, MAX_USER_AGENT_CHARS);
+}
+
 function parseDelta(v: string | null | undefined): number | undefined {
   if (v === null || v === undefined) return undefined;
   const t = v.trim();
@@ -170,6 +187,11 @@ export class Registrar {
       }
       const expires = Math.min(contactExpires, this.o.maxExpires);
       const q = na.params.get("q");
+      if (q !== undefined && (q === null || !QVALUE.test(q))) return this.reply(req, 400, "Bad Request (Contact q)");
+      const instance = na.params.get("+sip.instance") ?? undefined;
+      if (na.uri.length > MAX_CONTACT_CHARS || req.callId.length > MAX_CALL_ID_CHARS || (instance?.length ?? 0) > MAX_INSTANCE_CHARS) {
+        return this.reply(req, 400, "Bad Request (Contact, Call-ID or +sip.instance too long)");
+      }
       next.set(key, {
         deviceId: device.deviceId,
         aor,
@@ -179,8 +201,8 @@ export class Registrar {
         cseq: req.cseq.seq,
         q: q ? Number(q) : undefined,
         flow: { ...flow },
-        userAgent: getHeader(req, "user-agent"),
-        instance: na.params.get("+sip.instance") ?? undefined,
+        userAgent: storableUserAgent(getHeader(req, "user-agent")),
+        instance,
       });
     }
     const bindings = [...next.values()];

@@ -251,6 +251,18 @@ describe("hand-built REGISTERs (RFC 3261 §10.3, RFC 7616)", () => {
     assert.equal(okay.final.status, 200, "exactly the minimum is accepted");
   });
 
+  test("a contact whose q is not an RFC 3261 qvalue is refused (400), not accepted and then left unsaved", async () => {
+    // Before the fix these got 200 while the store refused to persist them: gone after a restart.
+    const c = await client(agent);
+    for (const q of ["1.5", "abc", "-0.1", "0.1234"]) {
+      const x = await reg(c, "judy", { password: pw("judy"), contacts: [`<sip:judy@${c.localAddress}:${c.localPort}>;q=${q}`] });
+      assert.equal(x.final.statusLine, "SIP/2.0 400 Bad Request (Contact q)", `q=${q}`);
+    }
+    assert.deepEqual((await deviceShow(agent, "judy")).contacts, []);
+    const ok = await reg(c, "judy", { password: pw("judy"), contacts: [`<sip:judy@${c.localAddress}:${c.localPort}>;q=1.000`] });
+    assert.equal(ok.final.status, 200);
+  });
+
   test("an authenticated user may not register another user's address-of-record (403)", async () => {
     const c = await client(agent);
     const x = await reg(c, "dave", { password: pw("erin"), authUser: "erin" });
@@ -365,14 +377,19 @@ describe("bindings survive a restart", () => {
       const [u, p] = phones[i]!;
       assert.equal((await registerWithAuth(c, u, { password: p, expires: 3600 })).final.status, 200);
     }
+    // What the store must keep too: a q-value, and a User-Agent with a tab in it (legal SIP).
+    const [u3, p3] = phones[2]!;
+    const extra = await registerWithAuth(udp, u3, { password: p3, contacts: [`<sip:${u3}@${udp.localAddress}:7000>;q=0.5`], userAgent: "Desk\tPhone 1" });
+    assert.equal(extra.final.status, 200);
+    assert.equal(extra.final.all("Contact").length, 2);
     const beforeStop = await contactsOf(agent);
-    assert.equal((await status(agent)).bindings, 3);
+    assert.equal((await status(agent)).bindings, 4);
     assert.equal(await agent.stop(), 0, "clean exit on SIGTERM");
 
     agent = await startAgent({ dataDir: dir, port });
     assert.deepEqual(await contactsOf(agent), beforeStop);
     const s = await status(agent);
-    assert.equal(s.bindings, 3);
+    assert.equal(s.bindings, 4);
     assert.equal(s.devices.total, 4);
     assert.equal(s.devices.registered, 3);
   });
@@ -390,6 +407,6 @@ describe("bindings survive a restart", () => {
 
     agent = await startAgent({ dataDir: dir, port });
     assert.deepEqual(await contactsOf(agent), beforeKill);
-    assert.equal((await status(agent)).bindings, 4);
+    assert.equal((await status(agent)).bindings, 5);
   });
 });

@@ -90,6 +90,8 @@ export interface RegisterSpec {
   authorization?: string;
   /** Extra header lines, "Name: value". */
   extra?: string[];
+  /** User-Agent value (default "e2e-sipclient"). */
+  userAgent?: string;
 }
 
 export function registerUri(agentPort: number): string {
@@ -111,7 +113,7 @@ export function buildRegister(s: RegisterSpec): string {
     ...(s.expires !== undefined ? [`Expires: ${s.expires}`] : []),
     ...(s.authorization !== undefined ? [`Authorization: ${s.authorization}`] : []),
     ...(s.extra ?? []),
-    "User-Agent: e2e-sipclient",
+    `User-Agent: ${s.userAgent ?? "e2e-sipclient"}`,
     "Content-Length: 0",
     "",
     "",
@@ -247,6 +249,7 @@ export interface RegisterOptions {
   /** CSeq of the first (unauthenticated) REGISTER; the authenticated one uses cseq + 1. */
   cseq?: number;
   extra?: string[];
+  userAgent?: string;
   /** Challenge to prefer, by algorithm (default MD5, then the first offered). */
   algorithm?: string;
 }
@@ -301,6 +304,7 @@ export async function registerWithAuth(c: SipClient, user: string, o: RegisterOp
     ...(o.contacts !== undefined ? { contacts: o.contacts } : {}),
     ...(o.expires !== undefined ? { expires: o.expires } : {}),
     ...(o.extra !== undefined ? { extra: o.extra } : {}),
+    ...(o.userAgent !== undefined ? { userAgent: o.userAgent } : {}),
   });
   const challenge = await c.request(buildRegister(base));
   if (challenge.status !== 401) throw new Error(`expected a 401 challenge, got ${challenge.statusLine}`);
