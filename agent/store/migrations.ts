@@ -2,11 +2,19 @@
 // data of version `from` and returning the data of version `to`; opening an older file runs
 // them in order (Store.open keeps `<file>.v<old>.bak` first). Pure functions, no I/O.
 //
-// To introduce schema version 2:
-//   1. change the types and validateStoreData in schema.ts, set CURRENT_SCHEMA_VERSION = 2;
-//   2. append `{ from: 1, to: 2, description, migrate(data) { ...return v2 data } }` to MIGRATIONS.
-// Nothing else changes; files at version 0 or 1 then migrate 0→1→2 on open.
-import { checkId, checkPassword, checkUsername, normalizeMac, type DeviceRecord, type StoreData } from "./schema.ts";
+// To introduce schema version N+1 (version 2 was added this way):
+//   1. change the types and validateStoreData in schema.ts, set CURRENT_SCHEMA_VERSION = N+1;
+//   2. append `{ from: N, to: N+1, description, migrate(data) { ...return new data } }` to MIGRATIONS.
+// Nothing else changes; older files then migrate step by step (0→1→2→...) on open.
+import { checkId, checkPassword, checkUsername, normalizeMac, type DeviceRecord } from "./schema.ts";
+
+/** Version-1 data (the layout before the site file existed). */
+interface StoreDataV1 {
+  devices: DeviceRecord[];
+  bindings: unknown[];
+  meta: { createdAt: string; siteId?: string };
+  routing: { evenlyLastOffered: Record<string, Record<string, number>> };
+}
 
 export interface MigrationContext {
   /** Time stamped on records the old format did not date. */
@@ -49,7 +57,7 @@ export function isLegacyV0(value: unknown): boolean {
   return Object.keys(value).every((k) => LEGACY_V0_KEYS.has(k));
 }
 
-function migrateV0toV1(data: unknown, ctx: MigrationContext): StoreData {
+function migrateV0toV1(data: unknown, ctx: MigrationContext): StoreDataV1 {
   if (!isLegacyV0(data)) throw new MigrationError('not a version-0 layout (expected an object with "devices" and optionally "siteId")');
   const v0 = data as { devices: unknown[]; siteId?: unknown };
   const createdAt = ctx.now.toISOString();
@@ -76,7 +84,7 @@ function migrateV0toV1(data: unknown, ctx: MigrationContext): StoreData {
     if (typeof d.owner === "string") dev.owner = d.owner;
     return dev;
   });
-  const out: StoreData = {
+  const out: StoreDataV1 = {
     devices,
     bindings: [],
     meta: { createdAt },
@@ -86,9 +94,30 @@ function migrateV0toV1(data: unknown, ctx: MigrationContext): StoreData {
   return out;
 }
 
+// --- Version 1 → 2 ------------------------------------------------------------------------------
+// Version 2 adds the site file / console configuration. Every device of a version-1 store was
+// added by an installer, so it becomes "local" (a site apply never touches it). The applied site
+// starts empty (null), as do the phones seen by provisioning and the call log. Provisioning
+// credentials are not invented here (migrations stay deterministic): the store creates them on
+// first use (Store.ensureProvisioningCredentials).
+
+function migrateV1toV2(data: unknown): unknown {
+  if (!isRecord(data)) throw new MigrationError("version-1 data is not an object");
+  if (!Array.isArray(data.devices)) throw new MigrationError("version-1 data.devices is not an array");
+  for (const k of ["site", "seenPhones", "callLog"]) {
+    if (k in data) throw new MigrationError(`version-1 data already has "${k}" (a version-2 file with a wrong version number?)`);
+  }
+  const devices = data.devices.map((d, i) => {
+    if (!isRecord(d)) throw new MigrationError(`devices[${i}] is not an object`);
+    return { ...d, origin: "local" };
+  });
+  return { ...data, devices, site: null, seenPhones: [], callLog: [] };
+}
+
 /** Every migration, in order. The last one's `to` is CURRENT_SCHEMA_VERSION. */
 export const MIGRATIONS: readonly Migration[] = [
   { from: 0, to: 1, description: "legacy prototype format: secret → password, add kind, createdAt, bindings, routing", migrate: migrateV0toV1 },
+  { from: 1, to: 2, description: "site configuration: device origin (existing devices are local), site, seenPhones, callLog", migrate: migrateV1toV2 },
 ];
 
 export type MigrationResult = { ok: true; data: unknown; applied: Migration[] } | { ok: false; error: string };

@@ -1,10 +1,19 @@
 // The persisted data model of the agent (what survives a restart or a power cut), schema
-// version 1, and the validators that check data read from disk or handed in by callers.
+// version 2, and the validators that check data read from disk or handed in by callers.
 // Pure: no I/O here. A change of shape means a new CURRENT_SCHEMA_VERSION plus one entry in
 // migrations.ts (see the header there).
+//
+// Version 2 added: device origin ("site" file / console vs "local" CLI) and per-device
+// provisioning credentials; the applied site (users, groups, settings); phones seen by the
+// provisioning server; the call log.
+import { parseSite, type Group, type User } from "../routing/model.ts";
+import type { SiteRecord, SiteSettings } from "../site/types.ts";
+import { validatePayload } from "../contract.ts";
+
+export type { SiteRecord, SiteSettings } from "../site/types.ts";
 
 /** Version of the StoreData layout this code reads and writes. */
-export const CURRENT_SCHEMA_VERSION = 1;
+export const CURRENT_SCHEMA_VERSION = 2;
 
 export type DeviceKind = "physical" | "soft";
 
@@ -25,6 +34,56 @@ export interface DeviceRecord {
   /** Device-profile model id (device-profiles/<vendor>/...). */
   model?: string;
   createdAt: string;
+  /** Who manages it: the site file / console ("site", replaced on every apply) or an installer's
+   *  CLI command ("local", never touched by a site apply). Absent reads as "local". */
+  origin?: DeviceOrigin;
+  /** Per-device HTTP digest credentials and URL token for the provisioning server. */
+  provisioning?: ProvisioningCredentials;
+}
+
+export type DeviceOrigin = "site" | "local";
+
+export interface ProvisioningCredentials {
+  user: string;
+  password: string;
+  token: string;
+}
+
+/** A phone that asked the provisioning server for its configuration. */
+export interface SeenPhone {
+  /** Normalised MAC: 12 lower-case hex digits. */
+  mac: string;
+  vendor?: string;
+  model?: string;
+  firmware?: string;
+  ip: string;
+  userAgent?: string;
+  firstSeen: string;
+  lastSeen: string;
+  requests: number;
+}
+
+/** Most phones kept in seenPhones; the one seen longest ago goes first. */
+export const MAX_SEEN_PHONES = 1000;
+/** Calls kept in callLog (a ring: the oldest goes first). */
+export const MAX_CALL_LOG = 5000;
+
+export type CallOutcome = "answered" | "missed" | "busy" | "rejected" | "cancelled" | "forwarded" | "voicemail" | "overflow";
+export const CALL_OUTCOMES: readonly CallOutcome[] = ["answered", "missed", "busy", "rejected", "cancelled", "forwarded", "voicemail", "overflow"];
+
+export interface CallRecord {
+  id: string;
+  /** Epoch ms the call arrived. */
+  at: number;
+  caller: string;
+  target: string;
+  groupId?: string;
+  outcome: CallOutcome;
+  /** Member (user) ids offered the call, in offer order. */
+  offered: string[];
+  answeredBy?: string;
+  answerAfterMs?: number;
+  durationMs?: number;
 }
 
 export interface BindingFlow {
@@ -67,12 +126,24 @@ export interface StoreData {
   bindings: BindingRecord[];
   meta: StoreMeta;
   routing: RoutingState;
+  /** The applied site configuration; null until a site file or console push is applied. */
+  site: SiteRecord | null;
+  seenPhones: SeenPhone[];
+  callLog: CallRecord[];
 }
 
 export function emptyStoreData(now: Date, siteId?: string): StoreData {
   const meta: StoreMeta = { createdAt: now.toISOString() };
   if (siteId !== undefined) meta.siteId = siteId;
-  return { devices: [], bindings: [], meta, routing: { evenlyLastOffered: Object.create(null) as Record<string, Record<string, number>> } };
+  return {
+    devices: [],
+    bindings: [],
+    meta,
+    routing: { evenlyLastOffered: Object.create(null) as Record<string, Record<string, number>> },
+    site: null,
+    seenPhones: [],
+    callLog: [],
+  };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,8 +214,91 @@ export function checkDevice(v: unknown, at: string): string | null {
   if (v.owner !== undefined) fields.push(["owner", checkId(v.owner)]);
   if (v.model !== undefined) fields.push(["model", checkText(v.model, 128)]);
   if (v.mac !== undefined) fields.push(["mac", typeof v.mac === "string" && MAC_RE.test(v.mac) ? null : "must be 12 lower-case hex digits"]);
+  if (v.origin !== undefined) fields.push(["origin", v.origin === "site" || v.origin === "local" ? null : 'must be "site" or "local"']);
+  if (v.provisioning !== undefined) fields.push(["provisioning", checkProvisioning(v.provisioning)]);
   for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
   return null;
+}
+
+/** Provisioning credentials travel in HTTP digest headers and URL paths: a safe alphabet only. */
+const PROV_CRED_RE = /^[A-Za-z0-9._~-]{1,128}$/;
+
+function checkProvisioning(v: unknown): string | null {
+  if (!isPlainObject(v)) return "must be an object";
+  for (const k of ["user", "password", "token"] as const) {
+    if (typeof v[k] !== "string" || !PROV_CRED_RE.test(v[k] as string)) return `.${k} must be 1-128 characters of letters, digits and . _ ~ -`;
+  }
+  return null;
+}
+
+export function checkSeenPhone(v: unknown, at: string): string | null {
+  if (!isPlainObject(v)) return `${at} must be an object`;
+  const fields: Array<[string, string | null]> = [
+    ["mac", typeof v.mac === "string" && MAC_RE.test(v.mac) ? null : "must be 12 lower-case hex digits"],
+    ["ip", typeof v.ip === "string" && v.ip.length > 0 ? checkText(v.ip, 64) : "must be a non-empty string"],
+    ["firstSeen", checkIso(v.firstSeen)],
+    ["lastSeen", checkIso(v.lastSeen)],
+    ["requests", Number.isSafeInteger(v.requests) && (v.requests as number) >= 0 ? null : "must be a non-negative integer"],
+  ];
+  for (const k of ["vendor", "model", "firmware"] as const) if (v[k] !== undefined) fields.push([k, checkText(v[k], 128)]);
+  if (v.userAgent !== undefined) fields.push(["userAgent", checkText(v.userAgent, 512)]);
+  for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
+  return null;
+}
+
+function checkMs(v: unknown): string | null {
+  return typeof v === "number" && Number.isFinite(v) && v >= 0 ? null : "must be a non-negative number of milliseconds";
+}
+
+export function checkCallRecord(v: unknown, at: string): string | null {
+  if (!isPlainObject(v)) return `${at} must be an object`;
+  const fields: Array<[string, string | null]> = [
+    ["id", typeof v.id === "string" && v.id.length > 0 ? checkText(v.id, 128) : "must be a non-empty string"],
+    ["at", checkMs(v.at)],
+    ["caller", checkText(v.caller, 256)],
+    ["target", checkText(v.target, 256)],
+    ["outcome", CALL_OUTCOMES.includes(v.outcome as CallOutcome) ? null : `must be one of ${CALL_OUTCOMES.join(", ")}`],
+    ["offered", Array.isArray(v.offered) && v.offered.length <= 1000 && v.offered.every((m) => typeof m === "string" && m.length > 0 && m.length <= 128) ? null : "must be an array of member ids"],
+  ];
+  if (v.groupId !== undefined) fields.push(["groupId", typeof v.groupId === "string" && v.groupId.length > 0 ? checkText(v.groupId, 128) : "must be a non-empty string"]);
+  if (v.answeredBy !== undefined) fields.push(["answeredBy", typeof v.answeredBy === "string" && v.answeredBy.length > 0 ? checkText(v.answeredBy, 128) : "must be a non-empty string"]);
+  if (v.answerAfterMs !== undefined) fields.push(["answerAfterMs", checkMs(v.answerAfterMs)]);
+  if (v.durationMs !== undefined) fields.push(["durationMs", checkMs(v.durationMs)]);
+  for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
+  return null;
+}
+
+const SHA256_HEX_RE = /^[0-9a-f]{64}$/;
+
+/** Checks the stored site: settings against the contract, users and groups by the routing model. */
+export function checkSiteRecord(v: unknown, at: string): { ok: true; value: SiteRecord } | { ok: false; error: string } {
+  const no = (error: string): { ok: false; error: string } => ({ ok: false, error });
+  if (!isPlainObject(v)) return no(`${at} must be an object or null`);
+  if (!Number.isSafeInteger(v.version) || (v.version as number) < 1) return no(`${at}.version must be an integer from 1`);
+  if (typeof v.hash !== "string" || !SHA256_HEX_RE.test(v.hash)) return no(`${at}.hash must be 64 lower-case hex digits (sha256)`);
+  const iso = checkIso(v.appliedAt);
+  if (iso) return no(`${at}.appliedAt ${iso}`);
+  if (v.source !== "file" && v.source !== "console") return no(`${at}.source must be "file" or "console"`);
+  const settings = validatePayload("settings", v.settings);
+  if (!settings.ok) return no(`${at}.settings${settings.errors[0]?.path === "$" ? "" : `.${settings.errors[0]?.path ?? ""}`} ${settings.errors[0]?.message ?? "is invalid"}`);
+  if (typeof (v.settings as Record<string, unknown>).pickupCode !== "string") return no(`${at}.settings.pickupCode is required`);
+  const parsed = parseSite({ users: v.users, devices: [], groups: v.groups });
+  if (!parsed.ok) {
+    const e = parsed.errors[0];
+    return no(`${at}.${e?.path ?? "users"} ${e?.message ?? "is invalid"}`);
+  }
+  return {
+    ok: true,
+    value: {
+      version: v.version as number,
+      hash: v.hash,
+      appliedAt: v.appliedAt as string,
+      source: v.source,
+      settings: structuredClone(v.settings) as SiteSettings,
+      users: parsed.site.users as User[],
+      groups: parsed.site.groups as Group[],
+    },
+  };
 }
 
 export function checkBinding(v: unknown, at: string): string | null {
@@ -182,6 +336,26 @@ export function toDeviceRecord(d: DeviceRecord): DeviceRecord {
   if (d.owner !== undefined) out.owner = d.owner;
   if (d.mac !== undefined) out.mac = d.mac;
   if (d.model !== undefined) out.model = d.model;
+  if (d.origin !== undefined) out.origin = d.origin;
+  if (d.provisioning !== undefined) out.provisioning = { user: d.provisioning.user, password: d.provisioning.password, token: d.provisioning.token };
+  return out;
+}
+
+export function toSeenPhone(p: SeenPhone): SeenPhone {
+  const out: SeenPhone = { mac: p.mac, ip: p.ip, firstSeen: p.firstSeen, lastSeen: p.lastSeen, requests: p.requests };
+  if (p.vendor !== undefined) out.vendor = p.vendor;
+  if (p.model !== undefined) out.model = p.model;
+  if (p.firmware !== undefined) out.firmware = p.firmware;
+  if (p.userAgent !== undefined) out.userAgent = p.userAgent;
+  return out;
+}
+
+export function toCallRecord(r: CallRecord): CallRecord {
+  const out: CallRecord = { id: r.id, at: r.at, caller: r.caller, target: r.target, outcome: r.outcome, offered: [...r.offered] };
+  if (r.groupId !== undefined) out.groupId = r.groupId;
+  if (r.answeredBy !== undefined) out.answeredBy = r.answeredBy;
+  if (r.answerAfterMs !== undefined) out.answerAfterMs = r.answerAfterMs;
+  if (r.durationMs !== undefined) out.durationMs = r.durationMs;
   return out;
 }
 
@@ -223,6 +397,11 @@ export function validateStoreData(v: unknown): ValidationResult {
   if (!isPlainObject(v.routing) || !isPlainObject(v.routing.evenlyLastOffered)) {
     return { ok: false, error: "data.routing.evenlyLastOffered must be an object" };
   }
+  if (!Array.isArray(v.seenPhones)) return { ok: false, error: "data.seenPhones must be an array" };
+  if (v.seenPhones.length > MAX_SEEN_PHONES) return { ok: false, error: `data.seenPhones has more than ${MAX_SEEN_PHONES} entries` };
+  if (!Array.isArray(v.callLog)) return { ok: false, error: "data.callLog must be an array" };
+  if (v.callLog.length > MAX_CALL_LOG) return { ok: false, error: `data.callLog has more than ${MAX_CALL_LOG} entries` };
+  if (!("site" in v)) return { ok: false, error: "data.site must be an object or null" };
   const ids = new Set<string>();
   const usernames = new Set<string>();
   const macs = new Set<string>();
@@ -262,5 +441,27 @@ export function validateStoreData(v: unknown): ValidationResult {
   }
   const outMeta: StoreMeta = { createdAt: meta.createdAt as string };
   if (typeof meta.siteId === "string") outMeta.siteId = meta.siteId;
-  return { ok: true, data: { devices, bindings, meta: outMeta, routing: { evenlyLastOffered: evenly } } };
+  let site: SiteRecord | null = null;
+  if (v.site !== null) {
+    const r = checkSiteRecord(v.site, "site");
+    if (!r.ok) return { ok: false, error: r.error };
+    site = r.value;
+  }
+  const seenPhones: SeenPhone[] = [];
+  const seenMacs = new Set<string>();
+  for (const [i, p] of v.seenPhones.entries()) {
+    const reason = checkSeenPhone(p, `seenPhones[${i}]`);
+    if (reason) return { ok: false, error: reason };
+    const phone = p as SeenPhone;
+    if (seenMacs.has(phone.mac)) return { ok: false, error: `seenPhones[${i}].mac "${phone.mac}" is a duplicate` };
+    seenMacs.add(phone.mac);
+    seenPhones.push(toSeenPhone(phone));
+  }
+  const callLog: CallRecord[] = [];
+  for (const [i, c] of v.callLog.entries()) {
+    const reason = checkCallRecord(c, `callLog[${i}]`);
+    if (reason) return { ok: false, error: reason };
+    callLog.push(toCallRecord(c as CallRecord));
+  }
+  return { ok: true, data: { devices, bindings, meta: outMeta, routing: { evenlyLastOffered: evenly }, site, seenPhones, callLog } };
 }

@@ -1,5 +1,6 @@
-// The agent's persistent store: devices (SIP credentials), registrar bindings and routing memory
-// in `<dataDir>/ringedge.json`, through lowdb with the AtomicJsonFile adapter.
+// The agent's persistent store: devices (SIP credentials), registrar bindings, routing memory,
+// the applied site configuration, phones seen by provisioning and the call log, in
+// `<dataDir>/ringedge.json`, through lowdb with the AtomicJsonFile adapter.
 //
 // Reads are in memory (Maps indexed for the registrar's lookups). Mutations change memory at
 // once and schedule a batched background write (DESIGN principle 3: the call path never waits
@@ -10,30 +11,57 @@ import { promises as fsp } from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Low } from "lowdb";
-import { AtomicJsonFile, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
+import { AtomicJsonFile, canonicalJson, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
 import { MIGRATIONS, isLegacyV0, runMigrations, type Migration } from "./migrations.ts";
 import {
   CURRENT_SCHEMA_VERSION,
+  MAX_CALL_LOG,
+  MAX_SEEN_PHONES,
   checkBinding,
+  checkCallRecord,
   checkDevice,
+  checkSeenPhone,
+  checkSiteRecord,
   emptyStoreData,
   normalizeMac,
   toBindingRecord,
+  toCallRecord,
   toDeviceRecord,
+  toSeenPhone,
   validateStoreData,
   type BindingRecord,
+  type CallRecord,
   type DeviceKind,
+  type DeviceOrigin,
   type DeviceRecord,
+  type ProvisioningCredentials,
   type RoutingState,
+  type SeenPhone,
+  type SiteRecord,
   type StoreData,
   type StoreMeta,
 } from "./schema.ts";
 
 export { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, RECOVER_COMMAND } from "./errors.ts";
 export type { BackupInfo } from "./errors.ts";
-export type { BindingFlow, BindingRecord, DeviceKind, DeviceRecord, RoutingState, StoreData, StoreMeta } from "./schema.ts";
-export { CURRENT_SCHEMA_VERSION } from "./schema.ts";
+export type {
+  BindingFlow,
+  BindingRecord,
+  CallOutcome,
+  CallRecord,
+  DeviceKind,
+  DeviceOrigin,
+  DeviceRecord,
+  ProvisioningCredentials,
+  RoutingState,
+  SeenPhone,
+  SiteRecord,
+  SiteSettings,
+  StoreData,
+  StoreMeta,
+} from "./schema.ts";
+export { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES } from "./schema.ts";
 
 export const STORE_FILE_NAME = "ringedge.json";
 
@@ -68,6 +96,33 @@ export interface NewDevice {
   /** Any common notation; stored as 12 lower-case hex digits. */
   mac?: string;
   model?: string;
+  /** Default "local" (an installer's command); site applies create "site" devices. */
+  origin?: DeviceOrigin;
+  /** Default: generated when the device has a MAC (it will fetch a configuration). */
+  provisioning?: ProvisioningCredentials;
+}
+
+/** A device of a site snapshot: the id is required; without a password the existing one is kept
+ *  (or, for a new device, one is generated). */
+export type SiteDeviceInput = Omit<NewDevice, "id" | "password" | "origin"> & { id: string; password?: string };
+
+/** What Store.applySite changed, by device id. */
+export interface SiteDeviceChanges {
+  added: string[];
+  updated: string[];
+  removed: string[];
+  unchanged: string[];
+}
+
+/** What the provisioning server reports about a phone that asked for its configuration. */
+export interface SeenPhoneInput {
+  /** Any common notation. */
+  mac: string;
+  ip: string;
+  vendor?: string;
+  model?: string;
+  firmware?: string;
+  userAgent?: string;
 }
 
 export type DevicePatch = Partial<Omit<DeviceRecord, "id" | "createdAt">>;
@@ -393,7 +448,9 @@ export class Store {
   addDevice(input: NewDevice): StoreResult<Readonly<DeviceRecord>> {
     this.assertOpen();
     if (typeof input !== "object" || input === null) return fail("invalid", "device must be an object");
-    const withId = input.id === undefined ? { ...input, id: this.freshId(input.username) } : input;
+    const withId: NewDevice = { origin: "local", ...input, id: input.id ?? this.freshId(input.username) };
+    // A desk phone will fetch its configuration: give it provisioning credentials now.
+    if (withId.mac !== undefined && withId.mac !== null && withId.provisioning === undefined) withId.provisioning = newProvisioningCredentials();
     const built = this.buildDevice(withId, this.now().toISOString());
     if (!built.ok) return built;
     const dev = built.value;
@@ -417,15 +474,13 @@ export class Store {
       if (k === "id" || k === "createdAt") return fail("invalid", `${k} cannot be changed`, k);
       if (v !== undefined) (merged as unknown as Record<string, unknown>)[k] = v;
     }
+    if (merged.mac !== undefined && merged.mac !== null && merged.provisioning === undefined) merged.provisioning = newProvisioningCredentials();
     const built = this.buildDevice(merged, old.createdAt);
     if (!built.ok) return built;
     const dev = built.value;
     const clash = this.clash(dev, old);
     if (clash) return clash;
-    this.unindex(old);
-    const i = this.db.data.devices.indexOf(old);
-    this.db.data.devices[i] = dev;
-    this.index(dev);
+    this.replaceRecord(old, dev);
     if (dev.username !== old.username) this.removeBindingsOfDevice(id);
     this.changed();
     return { ok: true, value: dev };
@@ -441,6 +496,189 @@ export class Store {
     this.removeBindingsOfDevice(id);
     this.changed();
     return true;
+  }
+
+  /**
+   * The device's provisioning credentials, created (crypto-random) and saved if it has none yet:
+   * devices migrated from schema version 1, or soft clients that now fetch a configuration.
+   */
+  ensureProvisioningCredentials(deviceId: string): StoreResult<Readonly<ProvisioningCredentials>> {
+    this.assertOpen();
+    const old = this.byId.get(deviceId);
+    if (!old) return fail("not-found", `no device with id "${deviceId}"`, "id");
+    if (old.provisioning) return { ok: true, value: old.provisioning };
+    const dev: DeviceRecord = { ...old, provisioning: newProvisioningCredentials() };
+    this.replaceRecord(old, dev);
+    this.changed();
+    return { ok: true, value: dev.provisioning! };
+  }
+
+  // --- site configuration ----------------------------------------------------------------------
+
+  /** The applied site configuration, or null before the first apply. */
+  get site(): Readonly<SiteRecord> | null {
+    return this.db.data.site;
+  }
+
+  /**
+   * Makes a site snapshot the current one, all or nothing: replaces the site record, upserts the
+   * snapshot's devices as origin "site" (keeping an existing device's password, creation time and
+   * provisioning credentials unless the snapshot changes them), removes site devices the snapshot
+   * no longer lists (with their bindings), and never touches local devices. Checks everything in
+   * memory first; on any problem nothing changes. One save follows (flush() to wait for it).
+   */
+  applySite(record: SiteRecord, devices: readonly SiteDeviceInput[]): StoreResult<SiteDeviceChanges> {
+    this.assertOpen();
+    const checked = checkSiteRecord(record, "site");
+    if (!checked.ok) return fail("invalid", checked.error);
+    if (!Array.isArray(devices)) return fail("invalid", "devices must be an array");
+    const now = this.now().toISOString();
+    const local = this.db.data.devices.filter((d) => d.origin !== "site");
+    const localIds = new Set(local.map((d) => d.id));
+    /** Site devices before this apply, keyed by id. */
+    const before = new Map(this.db.data.devices.filter((d) => d.origin === "site").map((d) => [d.id, d]));
+    const next: DeviceRecord[] = [];
+    // Keyed by id / username / MAC: the device (index in `devices`, or a local device) holding it.
+    const ids = new Set<string>();
+    const usernames = new Map<string, string>(local.map((d) => [d.username, `local device "${d.id}"`]));
+    const macs = new Map<string, string>(local.flatMap((d) => (d.mac ? [[d.mac, `local device "${d.id}"`] as [string, string]] : [])));
+    const changes: SiteDeviceChanges = { added: [], updated: [], removed: [], unchanged: [] };
+    for (const [i, input] of devices.entries()) {
+      const at = `devices[${i}]`;
+      if (typeof input !== "object" || input === null || typeof input.id !== "string") return fail("invalid", `${at}.id must be a string`, "id");
+      if (localIds.has(input.id)) return fail("duplicate", `${at}.id "${input.id}" is the id of a local device`, "id");
+      if (ids.has(input.id)) return fail("duplicate", `${at}.id "${input.id}" is listed twice`, "id");
+      ids.add(input.id);
+      const old = before.get(input.id);
+      const mac = input.mac === undefined || input.mac === null ? undefined : normalizeMac(input.mac);
+      const candidate: NewDevice = {
+        id: input.id,
+        username: input.username,
+        password: input.password ?? old?.password ?? generateSipPassword(),
+        kind: input.kind,
+        origin: "site",
+      };
+      if (input.displayName !== undefined) candidate.displayName = input.displayName;
+      if (input.owner !== undefined) candidate.owner = input.owner;
+      if (input.mac !== undefined && input.mac !== null) candidate.mac = input.mac;
+      if (input.model !== undefined) candidate.model = input.model;
+      // Credentials a phone already holds stay valid across applies (also for a replacement
+      // phone in the same slot); a device without a MAC fetches no configuration.
+      if (mac !== undefined && mac !== null) candidate.provisioning = input.provisioning ?? old?.provisioning ?? newProvisioningCredentials();
+      const built = this.buildDevice(candidate, old?.createdAt ?? now);
+      if (!built.ok) return fail(built.error.code, `${at}: ${built.error.message}`, built.error.field);
+      const dev = built.value;
+      const userHolder = usernames.get(dev.username);
+      if (userHolder) return fail("duplicate", `${at}.username "${dev.username}" is already used by ${userHolder}`, "username");
+      usernames.set(dev.username, at);
+      if (dev.mac !== undefined) {
+        const macHolder = macs.get(dev.mac);
+        if (macHolder) return fail("duplicate", `${at}.mac ${dev.mac} is already used by ${macHolder}`, "mac");
+        macs.set(dev.mac, at);
+      }
+      next.push(dev);
+      if (!old) changes.added.push(dev.id);
+      else if (canonicalDevice(old) === canonicalDevice(dev)) changes.unchanged.push(dev.id);
+      else changes.updated.push(dev.id);
+    }
+    for (const id of before.keys()) if (!ids.has(id)) changes.removed.push(id);
+
+    // Everything checked: commit in memory (nothing below can fail).
+    const dropBindingsOf = new Set<string>(changes.removed);
+    for (const dev of next) {
+      const old = before.get(dev.id);
+      if (old && old.username !== dev.username) dropBindingsOf.add(dev.id);
+    }
+    this.db.data.devices = [...local, ...next];
+    this.byId.clear();
+    this.byUsername.clear();
+    this.byMac.clear();
+    for (const d of this.db.data.devices) this.index(d);
+    for (const id of dropBindingsOf) this.removeBindingsOfDevice(id);
+    this.db.data.site = checked.value;
+    // "evenly" memory of groups the snapshot no longer has is meaningless now.
+    const groupIds = new Set(checked.value.groups.map((g) => g.id));
+    for (const g of Object.keys(this.db.data.routing.evenlyLastOffered)) if (!groupIds.has(g)) delete this.db.data.routing.evenlyLastOffered[g];
+    this.changed();
+    return { ok: true, value: changes };
+  }
+
+  // --- phones seen by the provisioning server ---------------------------------------------------
+
+  /** Records a configuration request from a phone (upsert by MAC). At most MAX_SEEN_PHONES are
+   *  kept: a new phone beyond that evicts the one seen longest ago. */
+  noteSeenPhone(p: SeenPhoneInput): StoreResult<Readonly<SeenPhone>> {
+    this.assertOpen();
+    if (typeof p !== "object" || p === null) return fail("invalid", "phone must be an object");
+    const mac = normalizeMac(p.mac);
+    if (mac === null) return fail("invalid", `mac ${JSON.stringify(String(p.mac)).slice(0, 40)} is not a MAC address`, "mac");
+    const now = this.now().toISOString();
+    const list = this.db.data.seenPhones;
+    const i = list.findIndex((x) => x.mac === mac);
+    const old = i >= 0 ? list[i] : undefined;
+    const next: SeenPhone = { mac, ip: p.ip, firstSeen: old?.firstSeen ?? now, lastSeen: now, requests: (old?.requests ?? 0) + 1 };
+    // A request that omits a clue (no User-Agent this time) keeps what an earlier one told.
+    for (const k of ["vendor", "model", "firmware", "userAgent"] as const) {
+      const v = p[k] ?? old?.[k];
+      if (v !== undefined) next[k] = v;
+    }
+    const reason = checkSeenPhone(next, "phone");
+    if (reason) return fail("invalid", reason, reason.split(" ")[0]?.split(".")[1]);
+    if (old) list[i] = next;
+    else {
+      if (list.length >= MAX_SEEN_PHONES) {
+        let oldest = 0;
+        for (let k = 1; k < list.length; k++) if (list[k]!.lastSeen < list[oldest]!.lastSeen) oldest = k;
+        list.splice(oldest, 1);
+      }
+      list.push(next);
+    }
+    this.changed();
+    return { ok: true, value: next };
+  }
+
+  /** Phones seen by provisioning, the most recently seen first. */
+  listSeenPhones(): Readonly<SeenPhone>[] {
+    return [...this.db.data.seenPhones].sort((a, b) => (a.lastSeen < b.lastSeen ? 1 : a.lastSeen > b.lastSeen ? -1 : 0));
+  }
+
+  /** Forgets a seen phone (any MAC notation). False if it was not there. */
+  removeSeenPhone(mac: string): boolean {
+    this.assertOpen();
+    const m = normalizeMac(mac);
+    if (m === null) return false;
+    const before = this.db.data.seenPhones.length;
+    this.db.data.seenPhones = this.db.data.seenPhones.filter((p) => p.mac !== m);
+    if (this.db.data.seenPhones.length === before) return false;
+    this.changed();
+    return true;
+  }
+
+  // --- call log --------------------------------------------------------------------------------
+
+  /** Appends a finished call; the log keeps the last MAX_CALL_LOG calls. Saved in the background. */
+  appendCall(r: CallRecord): StoreResult<Readonly<CallRecord>> {
+    this.assertOpen();
+    const reason = checkCallRecord(r, "call");
+    if (reason) return fail("invalid", reason, reason.split(" ")[0]?.split(".")[1]);
+    const rec = toCallRecord(r);
+    const log = this.db.data.callLog;
+    log.push(rec);
+    if (log.length > MAX_CALL_LOG) log.splice(0, log.length - MAX_CALL_LOG);
+    this.changed();
+    return { ok: true, value: rec };
+  }
+
+  /** The most recent calls first, at most `limit` (default 100), optionally of one group. */
+  listCalls(opts: { limit?: number; groupId?: string } = {}): Readonly<CallRecord>[] {
+    const limit = Number.isInteger(opts.limit) && (opts.limit as number) >= 0 ? (opts.limit as number) : 100;
+    const out: CallRecord[] = [];
+    const log = this.db.data.callLog;
+    for (let i = log.length - 1; i >= 0 && out.length < limit; i--) {
+      const c = log[i]!;
+      if (opts.groupId === undefined || c.groupId === opts.groupId) out.push(c);
+    }
+    return out;
   }
 
   // --- bindings --------------------------------------------------------------------------------
@@ -699,6 +937,13 @@ export class Store {
     if (this.closed) throw new StoreError(`store ${this.file} is closed`, this.file);
   }
 
+  private replaceRecord(old: DeviceRecord, dev: DeviceRecord): void {
+    this.unindex(old);
+    const i = this.db.data.devices.indexOf(old);
+    this.db.data.devices[i] = dev;
+    this.index(dev);
+  }
+
   private index(d: DeviceRecord): void {
     this.byId.set(d.id, d);
     this.byUsername.set(d.username, d);
@@ -745,6 +990,21 @@ export class Store {
   }
 }
 
+/** 144-bit random SIP password, URL-safe (same strength as the CLI's generated passwords). */
+function generateSipPassword(): string {
+  return randomBytes(18).toString("base64url");
+}
+
+/** Provisioning server credentials: random user, password and URL token (base64url / hex, which
+ *  fit HTTP digest quoted-strings and URL paths unescaped). */
+function newProvisioningCredentials(): ProvisioningCredentials {
+  return { user: `p${randomBytes(6).toString("hex")}`, password: randomBytes(18).toString("base64url"), token: randomBytes(16).toString("hex") };
+}
+
+function canonicalDevice(d: DeviceRecord): string {
+  return canonicalJson(toDeviceRecord(d));
+}
+
 export interface RecoverResult {
   restoredFrom: string;
   savedAt: string;
@@ -784,7 +1044,7 @@ export async function inspect(dataDir: string): Promise<StoreInspection> {
       schemaVersion: loaded.fromVersion,
       savedAt: loaded.savedAt,
       needsMigration: loaded.fromVersion < CURRENT_SCHEMA_VERSION,
-      counts: { devices: d.devices.length, bindings: d.bindings.length, groups: Object.keys(d.routing.evenlyLastOffered).length },
+      counts: { devices: d.devices.length, bindings: d.bindings.length, groups: d.site?.groups.length ?? 0 },
       error: null,
     };
   } catch (e) {

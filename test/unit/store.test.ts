@@ -16,7 +16,7 @@ import {
 } from "../../agent/store/store.ts";
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
 import { runMigrations, isLegacyV0, type Migration } from "../../agent/store/migrations.ts";
-import { validateStoreData } from "../../agent/store/schema.ts";
+import { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES, validateStoreData } from "../../agent/store/schema.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
 
@@ -72,7 +72,7 @@ describe("Store: round trip and files", () => {
     assert.equal(fs.statSync(`${file}.bak`).mode & 0o777, 0o600);
     const raw = JSON.parse(fs.readFileSync(file, "utf8"));
     assert.equal(raw.format, "ringedge-store");
-    assert.equal(raw.schemaVersion, 1);
+    assert.equal(raw.schemaVersion, CURRENT_SCHEMA_VERSION);
     assert.equal(raw.sha256, sha256Hex(canonicalJson(raw.data)));
     assert.equal("connectionId" in raw.data.bindings[0].flow, false, "process-local state not persisted");
 
@@ -231,7 +231,7 @@ describe("Store: corruption is detected and never silently replaced", () => {
     ["data not matching the schema", (t) => {
       const env = JSON.parse(t);
       env.data.devices[0].kind = "fax";
-      return encodeEnvelope(env.data, 1, FIXED);
+      return encodeEnvelope(env.data, CURRENT_SCHEMA_VERSION, FIXED);
     }, /does not match schema/],
   ];
   for (const [name, damage, reason] of cases) {
@@ -313,7 +313,7 @@ describe("Store: corruption is detected and never silently replaced", () => {
     await storeWithBackup(dir);
     const good = await inspect(dir);
     assert.equal(good.ok, true);
-    assert.equal(good.schemaVersion, 1);
+    assert.equal(good.schemaVersion, CURRENT_SCHEMA_VERSION);
     assert.deepEqual(good.counts, { devices: 2, bindings: 0, groups: 0 });
     assert.equal(good.backup.usable, true);
     fs.writeFileSync(storeFilePath(dir), "");
@@ -341,13 +341,13 @@ describe("Store: migrations", () => {
     assert.equal(s.openedFromVersion, 0);
     assert.equal(s.migrationBackup, `${file}.v0.bak`);
     assert.equal(fs.readFileSync(`${file}.v0.bak`, "utf8"), original);
-    assert.deepEqual(s.getDevice("d1"), { id: "d1", username: "1001", password: "old-pw-1", kind: "physical", mac: "001122334455", model: "yealink-t46u", displayName: "Desk", createdAt: FIXED.toISOString() });
+    assert.deepEqual(s.getDevice("d1"), { id: "d1", username: "1001", password: "old-pw-1", kind: "physical", mac: "001122334455", model: "yealink-t46u", displayName: "Desk", createdAt: FIXED.toISOString(), origin: "local" });
     assert.equal(s.findDeviceByUsername("2001")?.id, "dev-2001");
     assert.equal(s.findDeviceByUsername("2001")?.kind, "soft");
     assert.equal(s.meta.siteId, "hq");
     await s.close();
     const raw = JSON.parse(fs.readFileSync(file, "utf8"));
-    assert.equal(raw.schemaVersion, 1);
+    assert.equal(raw.schemaVersion, CURRENT_SCHEMA_VERSION);
     assert.equal(fs.statSync(file).mode & 0o777, 0o600);
     assert.equal(fs.statSync(`${file}.v0.bak`).mode & 0o777, 0o600);
     const info = await inspect(dir);
@@ -377,13 +377,14 @@ describe("Store: migrations", () => {
   test("a file from a newer release is refused, not downgraded", async () => {
     const dir = tmpDir();
     const file = storeFilePath(dir);
-    const text = encodeEnvelope({ devices: [], something: "new" }, 2, FIXED);
+    const newer = CURRENT_SCHEMA_VERSION + 1;
+    const text = encodeEnvelope({ devices: [], something: "new" }, newer, FIXED);
     fs.writeFileSync(file, text);
-    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreVersionError && e.found === 2 && e.supported === 1 && /newer release/.test(e.message));
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreVersionError && e.found === newer && e.supported === CURRENT_SCHEMA_VERSION && /newer release/.test(e.message));
     assert.equal(fs.readFileSync(file, "utf8"), text);
     const info = await inspect(dir);
     assert.equal(info.ok, false);
-    assert.equal(info.schemaVersion, 2);
+    assert.equal(info.schemaVersion, newer);
   });
 
   test("runMigrations chains steps in order and reports gaps and failures", () => {
@@ -529,10 +530,234 @@ describe("Store: devices and bindings", () => {
   });
 
   test("validateStoreData rejects duplicates and dangling bindings", () => {
-    const base = { devices: [], bindings: [], meta: { createdAt: FIXED.toISOString() }, routing: { evenlyLastOffered: {} } };
+    const base = { devices: [], bindings: [], meta: { createdAt: FIXED.toISOString() }, routing: { evenlyLastOffered: {} }, site: null, seenPhones: [], callLog: [] };
     assert.equal(validateStoreData(base).ok, true);
     const dev = { id: "a", username: "1", password: "p", kind: "soft", createdAt: FIXED.toISOString() };
     assert.match((validateStoreData({ ...base, devices: [dev, { ...dev, id: "b" }] }) as { error: string }).error, /username "1" is a duplicate/);
     assert.match((validateStoreData({ ...base, bindings: [binding()] }) as { error: string }).error, /names no device/);
+  });
+});
+
+describe("Store: schema version 2", () => {
+  const v1Data = {
+    devices: [
+      { id: "dev-1001", username: "1001", password: "pw-1001-x", kind: "physical", mac: "001565aabb01", createdAt: FIXED.toISOString() },
+      { id: "dev-2001", username: "2001", password: "pw-2001-x", kind: "soft", createdAt: FIXED.toISOString() },
+    ],
+    bindings: [],
+    meta: { createdAt: FIXED.toISOString(), siteId: "hq" },
+    routing: { evenlyLastOffered: { sales: { anna: 5 } } },
+  };
+
+  test("a version-1 file migrates to 2 (devices local, empty site/seenPhones/callLog), keeping .v1.bak", async () => {
+    const dir = tmpDir();
+    const file = storeFilePath(dir);
+    const original = encodeEnvelope(v1Data, 1, FIXED);
+    fs.writeFileSync(file, original);
+    const s = await Store.open(dir, { now: () => FIXED });
+    assert.equal(s.openedFromVersion, 1);
+    assert.equal(s.migrationBackup, `${file}.v1.bak`);
+    assert.equal(fs.readFileSync(`${file}.v1.bak`, "utf8"), original);
+    assert.deepEqual(s.listDevices().map((d) => [d.id, d.origin, d.provisioning]), [["dev-1001", "local", undefined], ["dev-2001", "local", undefined]]);
+    assert.equal(s.site, null);
+    assert.deepEqual(s.listSeenPhones(), []);
+    assert.deepEqual(s.listCalls(), []);
+    assert.deepEqual({ ...s.evenlyLastOffered("sales") }, { anna: 5 });
+    await s.close();
+    const raw = JSON.parse(fs.readFileSync(file, "utf8"));
+    assert.equal(raw.schemaVersion, 2);
+    assert.equal(raw.data.site, null);
+    assert.deepEqual(raw.data.seenPhones, []);
+    // Reopening reads version 2 as is.
+    const again = await Store.open(dir, { now: () => FIXED });
+    assert.equal(again.openedFromVersion, 2);
+    assert.equal(again.migrationBackup, null);
+    await again.close();
+  });
+
+  test("a version-0 file migrates 0→1→2 in one open", async () => {
+    const dir = tmpDir();
+    const file = storeFilePath(dir);
+    fs.writeFileSync(file, JSON.stringify({ devices: [{ username: "3001", secret: "legacy-pw", mac: "00-11-22-33-44-66" }] }));
+    const s = await Store.open(dir, { now: () => FIXED });
+    assert.equal(s.openedFromVersion, 0);
+    assert.equal(s.migrationBackup, `${file}.v0.bak`);
+    const d = s.findDeviceByUsername("3001");
+    assert.equal(d?.origin, "local");
+    assert.equal(d?.mac, "001122334466");
+    assert.equal(s.site, null);
+    await s.close();
+    assert.equal(JSON.parse(fs.readFileSync(file, "utf8")).schemaVersion, 2);
+  });
+
+  test("a version-1 file that already carries v2 fields is refused and left as it was", async () => {
+    const dir = tmpDir();
+    const file = storeFilePath(dir);
+    const text = encodeEnvelope({ ...v1Data, callLog: [] }, 1, FIXED);
+    fs.writeFileSync(file, text);
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreMigrationError && /callLog/.test(e.message));
+    assert.equal(fs.readFileSync(file, "utf8"), text);
+  });
+
+  test("addDevice: origin local by default; a device with a MAC gets random provisioning credentials", async () => {
+    const s = await Store.open(tmpDir(), { now: () => FIXED });
+    const phone = s.addDevice(DEV);
+    assert.ok(phone.ok);
+    assert.equal(phone.value.origin, "local");
+    const p = phone.value.provisioning;
+    assert.ok(p);
+    assert.match(p.user, /^[A-Za-z0-9._~-]{8,}$/);
+    assert.match(p.password, /^[A-Za-z0-9_-]{24}$/);
+    assert.match(p.token, /^[0-9a-f]{32}$/);
+    const other = s.addDevice({ ...DEV, id: "dev-1009", username: "1009", mac: "00:15:65:AA:BB:09" });
+    assert.ok(other.ok);
+    assert.notEqual(other.value.provisioning?.password, p.password);
+    assert.notEqual(other.value.provisioning?.token, p.token);
+    const soft = s.addDevice({ username: "2001", password: "pw-2001-x", kind: "soft" });
+    assert.ok(soft.ok);
+    assert.equal(soft.value.provisioning, undefined);
+    // ensureProvisioningCredentials: creates once, then returns the same.
+    const made = s.ensureProvisioningCredentials(soft.value.id);
+    assert.ok(made.ok);
+    assert.deepEqual(s.ensureProvisioningCredentials(soft.value.id), made);
+    assert.deepEqual(s.getDevice(soft.value.id)?.provisioning, made.value);
+    assert.deepEqual(s.ensureProvisioningCredentials("nope"), { ok: false, error: { code: "not-found", field: "id", message: 'no device with id "nope"' } });
+    // Bad credentials are refused by validation.
+    const bad = s.addDevice({ username: "2002", password: "pw-2002-x", kind: "soft", provisioning: { user: "a b", password: "x", token: "y" } });
+    assert.equal(bad.ok, false);
+    await s.close();
+    const again = await Store.open(s.dataDir);
+    assert.deepEqual(again.getDevice(soft.value.id)?.provisioning, made.value);
+    await again.close();
+  });
+
+  test("seen phones: upsert by MAC, clues kept, bounded with the oldest evicted", async () => {
+    let t = FIXED.getTime();
+    const s = await Store.open(tmpDir(), { now: () => new Date(t), saveDelayMs: 10_000 });
+    const first = s.noteSeenPhone({ mac: "80:5E:C0:11:22:33", ip: "192.0.2.20", vendor: "yealink", userAgent: "Yealink SIP-T46U 66.86.0.15" });
+    assert.ok(first.ok);
+    t += 1000;
+    const second = s.noteSeenPhone({ mac: "805ec0112233", ip: "192.0.2.21" });
+    assert.ok(second.ok);
+    assert.deepEqual(second.value, {
+      mac: "805ec0112233", ip: "192.0.2.21", vendor: "yealink", userAgent: "Yealink SIP-T46U 66.86.0.15",
+      firstSeen: FIXED.toISOString(), lastSeen: new Date(t).toISOString(), requests: 2,
+    });
+    assert.equal(s.noteSeenPhone({ mac: "not-a-mac", ip: "192.0.2.1" }).ok, false);
+    assert.equal(s.noteSeenPhone({ mac: "805ec0112244", ip: "" }).ok, false);
+    assert.equal(s.listSeenPhones().length, 1);
+    for (let i = 0; i < MAX_SEEN_PHONES; i++) {
+      t += 1000;
+      assert.ok(s.noteSeenPhone({ mac: `aa0000${i.toString(16).padStart(6, "0")}`, ip: "192.0.2.30" }).ok);
+    }
+    const list = s.listSeenPhones();
+    assert.equal(list.length, MAX_SEEN_PHONES);
+    assert.equal(list.some((p) => p.mac === "805ec0112233"), false, "the phone seen longest ago was evicted");
+    assert.equal(list[0]?.mac, `aa0000${(MAX_SEEN_PHONES - 1).toString(16).padStart(6, "0")}`, "newest first");
+    assert.equal(s.removeSeenPhone("aa:00:00:00:00:00"), true);
+    assert.equal(s.removeSeenPhone("aa:00:00:00:00:00"), false);
+    assert.equal(s.listSeenPhones().length, MAX_SEEN_PHONES - 1);
+    await s.close();
+  });
+
+  test("call log: validated, newest first, filtered by group, a ring of the last MAX_CALL_LOG", async () => {
+    const s = await Store.open(tmpDir(), { now: () => FIXED, saveDelayMs: 10_000 });
+    const call = (i: number, groupId?: string) => ({ id: `c${i}`, at: FIXED.getTime() + i, caller: "0301234", target: "600", outcome: "answered" as const, offered: ["anna"], answeredBy: "anna", answerAfterMs: 3200, ...(groupId ? { groupId } : {}) });
+    for (let i = 0; i < MAX_CALL_LOG + 10; i++) assert.ok(s.appendCall(call(i, i % 2 === 0 ? "sales" : "support")).ok);
+    const all = s.listCalls({ limit: MAX_CALL_LOG + 100 });
+    assert.equal(all.length, MAX_CALL_LOG);
+    assert.equal(all[0]?.id, `c${MAX_CALL_LOG + 9}`);
+    assert.equal(all.at(-1)?.id, "c10", "the ten oldest went first");
+    assert.deepEqual(s.listCalls({ limit: 2, groupId: "sales" }).map((c) => c.id), [`c${MAX_CALL_LOG + 8}`, `c${MAX_CALL_LOG + 6}`]);
+    assert.equal(s.listCalls().length, 100, "default limit");
+    const bad = s.appendCall({ ...call(1), outcome: "exploded" as never });
+    assert.equal(bad.ok, false);
+    assert.equal(s.appendCall({ ...call(1), offered: "anna" as never }).ok, false);
+    assert.equal(s.listCalls({ limit: MAX_CALL_LOG + 100 }).length, MAX_CALL_LOG);
+    await s.close();
+    const again = await Store.open(s.dataDir);
+    assert.equal(again.listCalls({ limit: 1 })[0]?.id, `c${MAX_CALL_LOG + 9}`);
+    await again.close();
+  });
+
+  const site = (version: number, groups: unknown[] = []) => ({
+    version,
+    hash: "a".repeat(64),
+    appliedAt: FIXED.toISOString(),
+    source: "file" as const,
+    settings: { pickupCode: "*8" },
+    users: [{ id: "anna", extension: "1001", name: "Anna", availability: "available" as const, callLimit: 1 }],
+    groups: groups as never[],
+  });
+
+  test("applySite: upserts site devices, keeps passwords, removes absent site devices and their bindings, never touches local ones", async () => {
+    const s = await Store.open(tmpDir(), { now: () => FIXED });
+    assert.ok(s.addDevice({ id: "local-1", username: "9001", password: "local-pw-1", kind: "soft" }).ok);
+    const first = s.applySite(site(1), [
+      { id: "anna-desk", username: "1001", kind: "physical", owner: "anna", mac: "80:5e:c0:00:00:01" },
+      { id: "anna-soft", username: "anna-soft", password: "given-pw-1", kind: "soft", owner: "anna" },
+    ]);
+    assert.ok(first.ok, JSON.stringify(first));
+    assert.deepEqual(first.value, { added: ["anna-desk", "anna-soft"], updated: [], removed: [], unchanged: [] });
+    const desk = s.getDevice("anna-desk")!;
+    assert.equal(desk.origin, "site");
+    assert.match(desk.password, /^[A-Za-z0-9_-]{24}$/, "generated");
+    assert.ok(desk.provisioning);
+    assert.equal(s.getDevice("anna-soft")?.password, "given-pw-1");
+    assert.equal(s.site?.version, 1);
+    assert.ok(s.replaceBindings("anna-soft", [binding({ deviceId: "anna-soft", aor: "anna-soft" })]).ok);
+
+    const second = s.applySite(site(2), [{ id: "anna-desk", username: "1001", kind: "physical", owner: "anna", mac: "80:5e:c0:00:00:01", displayName: "Anna desk" }]);
+    assert.ok(second.ok);
+    assert.deepEqual(second.value, { added: [], updated: ["anna-desk"], removed: ["anna-soft"], unchanged: [] });
+    assert.equal(s.getDevice("anna-desk")?.password, desk.password, "password kept");
+    assert.deepEqual(s.getDevice("anna-desk")?.provisioning, desk.provisioning, "provisioning kept");
+    assert.equal(s.getDevice("anna-soft"), undefined);
+    assert.equal(s.findDeviceByUsername("anna-soft"), undefined);
+    assert.deepEqual(s.bindingsFor("anna-soft"), [], "bindings of a removed site device go too");
+    assert.equal(s.getDevice("local-1")?.password, "local-pw-1");
+    assert.equal(s.site?.version, 2);
+    await s.close();
+  });
+
+  test("applySite: any problem changes nothing", async () => {
+    const s = await Store.open(tmpDir(), { now: () => FIXED });
+    assert.ok(s.addDevice({ id: "local-1", username: "9001", password: "local-pw-1", kind: "physical", mac: "80:5e:c0:00:00:09" }).ok);
+    assert.ok(s.applySite(site(1), [{ id: "anna-desk", username: "1001", kind: "physical", owner: "anna" }]).ok);
+    const before = JSON.stringify({ d: s.listDevices(), site: s.site });
+    const cases: Array<[string, Parameters<Store["applySite"]>[1], RegExp]> = [
+      ["username of a local device", [{ id: "x", username: "9001", kind: "soft", owner: "anna" }], /username "9001" is already used by local device "local-1"/],
+      ["MAC of a local device", [{ id: "x", username: "1002", kind: "physical", owner: "anna", mac: "805ec0000009" }], /mac 805ec0000009 is already used by local device/],
+      ["id of a local device", [{ id: "local-1", username: "1002", kind: "soft", owner: "anna" }], /id of a local device/],
+      ["username twice in the snapshot", [{ id: "a", username: "1002", kind: "soft", owner: "anna" }, { id: "b", username: "1002", kind: "soft", owner: "anna" }], /devices\[1\]\.username "1002" is already used by devices\[0\]/],
+      ["bad password", [{ id: "a", username: "1002", password: "\u0001", kind: "soft", owner: "anna" }], /password/],
+    ];
+    for (const [name, devices, re] of cases) {
+      const r = s.applySite(site(2), devices);
+      assert.equal(r.ok, false, name);
+      assert.match((r as { error: { message: string } }).error.message, re, name);
+      assert.equal(JSON.stringify({ d: s.listDevices(), site: s.site }), before, `${name}: nothing changed`);
+    }
+    const badRecord = s.applySite({ ...site(2), users: [{ id: "anna" } as never] }, []);
+    assert.equal(badRecord.ok, false);
+    assert.equal(JSON.stringify({ d: s.listDevices(), site: s.site }), before);
+    await s.close();
+  });
+
+  test("the applied site survives reopening; a damaged site record is refused as corrupt", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir, { now: () => FIXED });
+    const group = { id: "sales", number: "600", name: "Sales", strategy: "evenly", members: ["anna"], ringCount: 3, checkAvailability: false, noAnswer: { kind: "hangup" }, pickup: { enabled: true } };
+    assert.ok(s.applySite(site(4, [group]), []).ok);
+    await s.close();
+    const again = await Store.open(dir);
+    assert.equal(again.site?.version, 4);
+    assert.deepEqual(again.site?.groups, [group]);
+    await again.close();
+    const file = storeFilePath(dir);
+    const env = JSON.parse(fs.readFileSync(file, "utf8"));
+    env.data.site.groups[0].members = ["ghost"];
+    fs.writeFileSync(file, encodeEnvelope(env.data, CURRENT_SCHEMA_VERSION, FIXED));
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreCorruptError && /site\.groups\[0\]\.members\[0\]/.test(e.reason));
   });
 });

@@ -1,0 +1,89 @@
+// Types of the site configuration (contract $defs/siteConfig) as the agent holds it. The JSON
+// Schema in contract/ringedge.schema.json is the authority on shape; these mirror it.
+import type { DeviceKind, Group, User, ValidationCode } from "../routing/model.ts";
+
+export const SITE_SCHEMA_ID = "ringedge.site/1";
+/** Feature code for group call pickup when the site file names none. */
+export const DEFAULT_PICKUP_CODE = "*8";
+
+export interface TrunkSettings {
+  /** IP literal of the trunk peer (PBX or carrier gateway). */
+  host: string;
+  port: number;
+  transport: "udp" | "tcp";
+  /** Source addresses calls from the trunk may come from. */
+  allowedSources: string[];
+  /** Digits the trunk prepends to internal numbers. */
+  prefix?: string;
+}
+
+export interface ProvisioningSettings {
+  ntpServer?: string;
+  timeZone?: string;
+  /** Minutes between configuration re-fetches by phones; 0 = never. */
+  resyncIntervalMin?: number;
+}
+
+export interface SiteSettings {
+  /** Group call pickup feature code, "*8" by default. */
+  pickupCode: string;
+  trunk?: TrunkSettings;
+  provisioning?: ProvisioningSettings;
+}
+
+/** A device as the site file lists it. */
+export interface SiteDeviceConfig {
+  id: string;
+  /** User id. */
+  owner: string;
+  kind: DeviceKind;
+  username?: string;
+  password?: string;
+  displayName?: string;
+  mac?: string;
+  model?: string;
+}
+
+/** The site file / console push: a full snapshot (contract $defs/siteConfig). */
+export interface SiteConfig {
+  schema: typeof SITE_SCHEMA_ID;
+  version: number;
+  settings: Partial<SiteSettings>;
+  users: User[];
+  devices: SiteDeviceConfig[];
+  groups: Group[];
+}
+
+/** The applied site as the store keeps it (devices live in the store's device table). */
+export interface SiteRecord {
+  version: number;
+  /** sha256 (hex) of the canonical JSON of the applied snapshot. */
+  hash: string;
+  appliedAt: string;
+  source: "file" | "console";
+  settings: SiteSettings;
+  users: User[];
+  groups: Group[];
+}
+
+export type SiteErrorCode =
+  | ValidationCode
+  /** The JSON Schema of the contract refused the value. */
+  | "schema"
+  /** Two devices (in the file, or a file device and a local one) share a SIP username. */
+  | "duplicate-username"
+  /** Two devices share a MAC address. */
+  | "duplicate-mac"
+  /** A file device has the id of a device added locally (the file never touches those). */
+  | "local-device-id"
+  /** The file could not be read or is not JSON. */
+  | "unreadable"
+  /** Valid, but the store could not make it durable; nothing was applied. */
+  | "persist-failed";
+
+/** One problem with a site snapshot, named by its JSON path (e.g. "groups[2].members[0]"). */
+export interface SiteError {
+  code: SiteErrorCode;
+  path: string;
+  message: string;
+}
