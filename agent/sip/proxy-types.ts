@@ -5,6 +5,8 @@
 // proxy makes it happen and reports back.
 import type { Flow, SipHeader, SipRequest, SipResponse } from "./types.ts";
 import type { ServerTransaction } from "./transaction.ts";
+import type { ProxyDialogInfo } from "./dialogs.ts";
+export type { ProxyDialogInfo } from "./dialogs.ts";
 
 /** One place a forked INVITE goes: a device binding, the trunk, voicemail. */
 export interface BranchTarget {
@@ -17,6 +19,12 @@ export interface BranchTarget {
   memberId?: string;
   /** Extra headers on this branch only (e.g. Call-Info answer-after=0 for pickup). */
   headers?: SipHeader[];
+  /**
+   * Timer C of this branch in ms (RFC 3261 §16.6 step 11), e.g. the ring step length; default:
+   * the proxy's. When it fires the branch is cancelled (or 408 without a provisional) and
+   * reported through onBranchFailed(…, 408).
+   */
+  timerC?: number;
 }
 
 export type BranchState = "calling" | "ringing" | "answered" | "failed" | "cancelled" | "timeout";
@@ -69,6 +77,17 @@ export interface ProxyCall {
   readonly answered: Branch | undefined;
   /** A final response has been sent upstream (2xx relayed or a rejection). */
   readonly finished: boolean;
+  /** The dialog once a branch answered (until BYE): for the engine's busy tracking. */
+  readonly dialog?: ProxyDialogInfo;
+}
+
+export interface RejectOptions {
+  /**
+   * Send exactly the engine's status. Default false: when every branch is done, the response
+   * sent is the best of the engine's and the branches' final responses (RFC 3261 §16.7 step 6:
+   * a 6xx first, else the lowest class; within a class the engine's own).
+   */
+  exact?: boolean;
 }
 
 export interface StatefulProxyApi {
@@ -85,7 +104,27 @@ export interface StatefulProxyApi {
   /** Send a provisional response upstream (182 Queued while waiting for an operator). */
   provisional(call: ProxyCall, status: number, reason: string, headers?: SipHeader[]): void;
   /** Final failure upstream; every branch still alive is cancelled first. */
-  reject(call: ProxyCall, status: number, reason: string, headers?: SipHeader[]): void;
+  reject(call: ProxyCall, status: number, reason: string, headers?: SipHeader[], options?: RejectOptions): void;
   /** Branches not yet in a final state. */
   activeBranches(call: ProxyCall): Branch[];
+}
+
+export interface ProxyStats {
+  /** Calls not yet finished (ringing). */
+  calls: number;
+  /** Confirmed dialogs (answered calls not yet ended by BYE). */
+  dialogs: number;
+  earlyDialogs: number;
+  /** INVITE client transactions alive. */
+  branches: number;
+  /** 2xx from a second branch after the call was answered (or finished): ACKed and BYEd. */
+  lateAnswersReleased: number;
+  /** Responses matching no transaction, dropped (RFC 6026 §7.2). */
+  strayResponses: number;
+}
+
+/** Read-only views beside the contract (status, busy tracking). */
+export interface ProxyStatusApi {
+  dialogCount(): number;
+  stats(): ProxyStats;
 }

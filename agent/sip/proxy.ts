@@ -1,0 +1,789 @@
+// The stateful forking proxy, RFC 3261 §16: the mechanism the routing engine drives through
+// StatefulProxyApi (proxy-types.ts). It takes over an INVITE server transaction, forks client
+// transactions toward the targets the engine names, relays provisional responses, picks the
+// answer (first 2xx wins, RFC 3326 Reason on the CANCELs of the others), handles CANCEL from
+// the caller, Timer C, and routes in-dialog requests between the two flows of each dialog
+// (Record-Route with ;lr, §16.4 / §16.12). It knows nothing about groups or members.
+//
+// Hot path (DESIGN principle 3): startCall() and fork() do no I/O but the sends, no awaits,
+// no logging with string building; 100 Trying goes out in a microtask so that forks made in
+// the same tick by the engine leave first.
+//
+// Decisions where the RFCs leave room (documented here once):
+// - A 2xx from a second branch after the call was answered (or after it ended upstream) is
+//   not relayed (a departure from §16.7 step 5, which forwards every 2xx): the proxy ACKs it
+//   and sends BYE to that branch itself, so no callee is left half-connected and the caller
+//   never sees a second dialog it would have to tear down (distribution-peers.md (b) 1).
+// - Stray responses (no client transaction) are dropped, per RFC 6026 §7.2, which replaced
+//   §16.7's stateless forwarding of stray 2xx. 2xx retransmissions of the answering branch
+//   still reach the proxy through the client transaction's "Accepted" state (Timer M) and are
+//   relayed upstream, statelessly once the server transaction has gone (RFC 6026 §8.4, §8.7).
+// - Loop detection (§16.3 step 4) hashes the §16.6 step 8 fields except the top Via: a request
+//   that comes back through another hop always has a different top Via, which would make
+//   every loop look like a spiral.
+import { createHash } from "node:crypto";
+import { getHeader, getHeaders, parseDatagram, parseNameAddr, splitList } from "./message.ts";
+import type {
+  Branch,
+  BranchState,
+  BranchTarget,
+  ProxyCall,
+  ProxyCallEvents,
+  ProxyStats,
+  ProxyStatusApi,
+  RejectOptions,
+  StatefulProxyApi,
+} from "./proxy-types.ts";
+import { DialogTable, type Dialog, type ProxyDialogInfo } from "./dialogs.ts";
+import { hostPort, randomToken } from "./requests.ts";
+import { createResponse, forwardRequest, serialize } from "./serialize.ts";
+import {
+  MAGIC_COOKIE,
+  TransactionState,
+  buildCancel,
+  createBranch,
+  type ClientTransactionCallbacks,
+  type InviteClientTransaction,
+  type InviteServerTransaction,
+  type NonInviteServerTransaction,
+  type ServerTransaction,
+  type TransactionLayer,
+} from "./transaction.ts";
+import type { Flow, SipHeader, SipRequest, SipResponse, Transport } from "./types.ts";
+import { parseUri, uriHostPort } from "./uri.ts";
+import { checkRequest } from "./validate.ts";
+import type { Logger } from "../log.ts";
+
+/** RFC 3326: the Reason on CANCELs sent because another branch answered. */
+export const ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"';
+
+const DEFAULT_EXTENSIONS: ReadonlySet<string> = new Set(["path", "outbound", "gruu", "replaces", "timer", "100rel"]);
+const DEFAULT_METHODS: ReadonlySet<string> = new Set(["INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
+
+export interface StatefulProxyOptions {
+  transactions: TransactionLayer;
+  /** For what goes outside a transaction: ACK for 2xx, 2xx relayed after the server transaction ended. */
+  transport: Transport;
+  /** Timer C of every branch in ms unless the target sets its own; default: the transaction layer's (180 s). */
+  timerC?: number;
+  /** How long a branch cancelled by Timer C may take to send its 487 before the proxy gives up (§16.8). Default 32 s. */
+  cancelWait?: number;
+  /** Option tags accepted in Proxy-Require (§16.3 step 5). */
+  supportedExtensions?: ReadonlySet<string>;
+  supportedMethods?: ReadonlySet<string>;
+  /** host:port this element puts in Via and Record-Route for a flow; default the flow's local address. */
+  advertise?: (flow: Flow) => string;
+  /** Whether host:port names this element (Route popping, loop detection), beyond the flow's own local address. */
+  isOwnAddress?: (host: string, port: number) => boolean;
+  log?: Logger;
+}
+
+const LIVE: ReadonlySet<BranchState> = new Set<BranchState>(["calling", "ringing"]);
+
+class BranchImpl implements Branch {
+  state: BranchState = "calling";
+  lastStatus: number | undefined = undefined;
+  sentAt = 0;
+  tx: InviteClientTransaction | undefined;
+  /** Any 1xx seen (100 included): a CANCEL may be sent (§9.1). */
+  provisional = false;
+  /** A CANCEL waiting for the first provisional response (§9.1); null when none is queued. */
+  pendingCancel: string | null = null;
+  cancelSent = false;
+  failureReported = false;
+  /** The final non-2xx received (for the best-response choice, §16.7 step 6). */
+  final: SipResponse | undefined;
+  /** To tags of early dialogs this branch created. */
+  readonly earlyTags = new Set<string>();
+
+  constructor(
+    readonly id: string,
+    readonly target: BranchTarget,
+    readonly call: CallImpl,
+    /** The INVITE as forwarded on this branch. */
+    readonly request: SipRequest,
+  ) {}
+}
+
+class CallImpl implements ProxyCall {
+  firstForkAt: number | undefined = undefined;
+  readonly branches: BranchImpl[] = [];
+  answered: BranchImpl | undefined = undefined;
+  finished = false;
+  dialog: Dialog<DialogData> | undefined = undefined;
+  /** An ended dialog or upstream failure has been reported through onEnded. */
+  ended = false;
+  /** To tags of 2xx legs the proxy ACKed and sent BYE to (key: branch id + To tag). */
+  readonly releasedLegs = new Set<string>();
+  private toTagValue: string | undefined;
+
+  constructor(
+    readonly id: string,
+    readonly request: SipRequest,
+    readonly flow: Flow,
+    readonly receivedAt: number,
+    readonly tx: InviteServerTransaction,
+    readonly events: ProxyCallEvents,
+    /** §16.6 step 8 / §16.3 step 4 loop-detection hash of the request as received. */
+    readonly loopHash: string,
+    /** Leading Route values that named this element (§16.4: removed before forwarding). */
+    readonly ownRoutes: number,
+  ) {}
+
+  /** The To tag of responses this element generates itself (487, rejections, 182). */
+  get toTag(): string {
+    this.toTagValue ??= randomToken(6);
+    return this.toTagValue;
+  }
+}
+
+interface DialogData {
+  call: CallImpl;
+  branch: BranchImpl;
+}
+
+let callCounter = 0;
+
+export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
+  private readonly transactions: TransactionLayer;
+  private readonly transport: Transport;
+  private readonly timerC: number | undefined;
+  private readonly cancelWait: number;
+  private readonly extensions: ReadonlySet<string>;
+  private readonly methods: ReadonlySet<string>;
+  private readonly advertise: (flow: Flow) => string;
+  private readonly isOwnAddress: ((host: string, port: number) => boolean) | undefined;
+  private readonly log: Logger | undefined;
+  /** Calls keyed by their INVITE server transaction (CANCEL matching, §9.2); removed when it terminates. */
+  private readonly callsByTx = new Map<InviteServerTransaction, CallImpl>();
+  /** Calls not yet finished. */
+  private readonly ringing = new Set<CallImpl>();
+  private readonly dialogs = new DialogTable<DialogData>();
+  private liveBranches = 0;
+  private lateAnswers = 0;
+  private strays = 0;
+
+  constructor(options: StatefulProxyOptions) {
+    this.transactions = options.transactions;
+    this.transport = options.transport;
+    this.timerC = options.timerC;
+    this.cancelWait = options.cancelWait ?? 32_000;
+    this.extensions = options.supportedExtensions ?? DEFAULT_EXTENSIONS;
+    this.methods = options.supportedMethods ?? DEFAULT_METHODS;
+    this.advertise = options.advertise ?? ((flow) => hostPort(flow.localAddress, flow.localPort));
+    this.isOwnAddress = options.isOwnAddress;
+    this.log = options.log;
+  }
+
+  // --- StatefulProxyApi ----------------------------------------------------------------
+
+  startCall(tx: ServerTransaction, req: SipRequest, flow: Flow, events: ProxyCallEvents): ProxyCall | undefined {
+    const receivedAt = performance.now();
+    if (tx.kind !== "invite" || req.method !== "INVITE") {
+      tx.respond(createResponse(req, 500, "Server Internal Error", { toTag: randomToken(6) }));
+      return undefined;
+    }
+    // §16.3 steps 1-3, 5 (URI scheme, Max-Forwards 0 → 483, Proxy-Require → 420): validate.ts.
+    const rejection = checkRequest(req, { role: "proxy", supportedMethods: this.methods, supportedExtensions: this.extensions });
+    if (rejection !== undefined) {
+      tx.respond(createResponse(req, rejection.status, rejection.reason, { toTag: randomToken(6), headers: rejection.headers }));
+      return undefined;
+    }
+    const ownRoutes = this.countOwnRoutes(req, flow);
+    const loopHash = loopDetectionHash(req, ownRoutes);
+    // §16.3 step 4: a Via of ours whose branch carries the same hash means the request looped.
+    for (let i = 0; i < req.via.length; i++) {
+      const v = req.via[i]!;
+      if (v.branch !== undefined && v.branch.endsWith(`.${loopHash}`) && this.isOwn(v.host, v.port ?? 5060, flow)) {
+        tx.respond(createResponse(req, 482, "Loop Detected", { toTag: randomToken(6) }));
+        return undefined;
+      }
+    }
+    const call = new CallImpl(`c${++callCounter}`, req, flow, receivedAt, tx, events, loopHash, ownRoutes);
+    this.callsByTx.set(tx, call);
+    this.ringing.add(call);
+    tx.listener = {
+      onTerminated: () => this.callsByTx.delete(tx),
+      // The caller is unreachable: nobody will ever hear an answer (§17.2.4).
+      onTransportError: () => this.abandon(call),
+    };
+    // §16.2: "the proxy ... MUST send a 100 (Trying)"-equivalent promptly (§17.2.1: within
+    // 200 ms); in a microtask so the engine's synchronous forks go out first.
+    queueMicrotask(() => {
+      if (!call.finished && tx.state === TransactionState.Proceeding) tx.respond(createResponse(req, 100, "Trying"));
+    });
+    return call;
+  }
+
+  fork(callApi: ProxyCall, target: BranchTarget): Branch | undefined {
+    const call = this.own(callApi);
+    if (call === undefined || call.finished) return undefined;
+    const out = target.flow;
+    // §16.6 step 8: a Via of our own with a new branch; the loop hash rides in it (§16.3 step 4).
+    const id = `${createBranch()}.${call.loopHash}`;
+    const here = this.advertise(out);
+    const tcp = out.transport === "tcp";
+    const via = `SIP/2.0/${tcp ? "TCP" : "UDP"} ${here};branch=${id};rport`;
+    // §16.6 step 4: Record-Route so every in-dialog request comes through us; two entries when
+    // the two sides reach us on different addresses or transports (RFC 5658 double route).
+    let recordRoute = `<sip:${here}${tcp ? ";transport=tcp" : ""};lr>`;
+    const inbound = call.flow;
+    const there = this.advertise(inbound);
+    if (there !== here || inbound.transport !== out.transport) {
+      recordRoute += `, <sip:${there}${inbound.transport === "tcp" ? ";transport=tcp" : ""};lr>`;
+    }
+    const base = call.ownRoutes > 0 ? removeLeadingRoutes(call.request, call.ownRoutes) : call.request;
+    // §16.6 steps 2, 3: Request-URI of the target, Max-Forwards decremented (forwardRequest).
+    const request = forwardRequest(base, { via, requestUri: target.uri, recordRoute });
+    if (target.headers !== undefined) for (const h of target.headers) request.headers.push({ name: h.name.toLowerCase(), value: h.value });
+    const branch = new BranchImpl(id, target, call, request);
+    call.branches.push(branch);
+    const timerC = target.timerC ?? this.timerC;
+    const sent = this.transactions.sendRequest(request, out, this.branchCallbacks(branch), timerC !== undefined ? { timerC } : {});
+    branch.sentAt = performance.now();
+    call.firstForkAt ??= branch.sentAt;
+    if (!sent.ok) {
+      // §16.9: a transport error is treated as a 503; reported after fork() returns.
+      branch.state = "failed";
+      branch.lastStatus = 503;
+      queueMicrotask(() => this.reportFailure(branch, 503));
+      return branch;
+    }
+    branch.tx = sent.tx as InviteClientTransaction;
+    this.liveBranches++;
+    return branch;
+  }
+
+  cancelBranch(callApi: ProxyCall, branchApi: Branch, reason?: string): void {
+    const call = this.own(callApi);
+    const branch = call?.branches.find((b) => b === branchApi);
+    if (branch === undefined || !LIVE.has(branch.state)) return;
+    branch.state = "cancelled";
+    this.cancel(branch, reason);
+  }
+
+  provisional(callApi: ProxyCall, status: number, reason: string, headers?: SipHeader[]): void {
+    const call = this.own(callApi);
+    if (call === undefined || call.finished || !Number.isInteger(status) || status < 101 || status > 199) return;
+    call.tx.respond(createResponse(call.request, status, reason, { toTag: call.toTag, ...(headers ? { headers } : {}) }));
+  }
+
+  reject(callApi: ProxyCall, status: number, reason: string, headers?: SipHeader[], options: RejectOptions = {}): void {
+    const call = this.own(callApi);
+    if (call === undefined || call.finished) return;
+    if (!Number.isInteger(status) || status < 300 || status > 699) {
+      status = 500;
+      reason = "Server Internal Error";
+    }
+    const allDone = call.branches.every((b) => !LIVE.has(b.state));
+    this.cancelAll(call, undefined);
+    let res: SipResponse = createResponse(call.request, status, reason, { toTag: call.toTag, ...(headers ? { headers } : {}) });
+    if (options.exact !== true && allDone) {
+      const best = chooseBestResponse([status, ...call.branches.map((b) => b.final?.status ?? 0)]);
+      const chosen = best > 0 ? call.branches[best - 1]?.final : undefined;
+      if (chosen !== undefined) {
+        res = stripTopVia(chosen);
+        // §16.7 step 6: "If the selected response is 503 ... the proxy MUST ... forward a 500".
+        if (res.status === 503) res = { ...res, status: 500, reason: "Server Internal Error" };
+      }
+    }
+    this.finish(call);
+    call.tx.respond(res);
+    this.ended(call, { answered: false, by: "proxy", status: res.status });
+  }
+
+  activeBranches(callApi: ProxyCall): Branch[] {
+    const call = this.own(callApi);
+    return call === undefined ? [] : call.branches.filter((b) => LIVE.has(b.state));
+  }
+
+  // --- ProxyStatusApi ------------------------------------------------------------------
+
+  dialogCount(): number {
+    return this.dialogs.confirmed();
+  }
+
+  stats(): ProxyStats {
+    return {
+      calls: this.ringing.size,
+      dialogs: this.dialogs.confirmed(),
+      earlyDialogs: this.dialogs.early(),
+      branches: this.liveBranches,
+      lateAnswersReleased: this.lateAnswers,
+      strayResponses: this.strays,
+    };
+  }
+
+  // --- dispatch entry points (agent.ts) ------------------------------------------------
+
+  /**
+   * A CANCEL (§9.2, §16.10). Returns false when it cancels none of our calls (the caller then
+   * answers 481). Otherwise: 200 to the CANCEL, CANCEL on every live branch (the caller's
+   * Reason copied, RFC 3326), 487 upstream, onCallerCancelled then onEnded.
+   */
+  handleCancel(cancelTx: NonInviteServerTransaction, inviteTx: InviteServerTransaction | undefined, req: SipRequest): boolean {
+    const call = inviteTx === undefined ? undefined : this.callsByTx.get(inviteTx);
+    if (call === undefined) return false;
+    // §9.2: the To tag of the 200 to the CANCEL SHOULD equal that of the response to the INVITE.
+    cancelTx.respond(createResponse(req, 200, "OK", { toTag: call.toTag }));
+    // §16.10: once the INVITE has a final response, the CANCEL changes nothing.
+    if (call.finished) return true;
+    this.cancelAll(call, getHeader(req, "reason"));
+    this.finish(call);
+    call.tx.respond(createResponse(call.request, 487, "Request Terminated", { toTag: call.toTag }));
+    this.emit(call, "onCallerCancelled", (e) => e.onCallerCancelled?.(call));
+    this.ended(call, { answered: false, by: "caller", status: 487 });
+    return true;
+  }
+
+  /**
+   * A request inside a dialog (it has a To tag): loose routing, §16.4 / §16.12. Our Route
+   * values are removed and the request goes over the flow of the other side of the dialog,
+   * statefully (a new client transaction; responses relayed back). Unknown dialog: 481.
+   */
+  handleInDialog(tx: ServerTransaction, req: SipRequest, flow: Flow): void {
+    const match = this.dialogs.lookup(req.callId, req.from.tag, req.to.tag);
+    if (match === undefined) {
+      tx.respond(createResponse(req, 481, "Call/Transaction Does Not Exist"));
+      return;
+    }
+    const { dialog, fromCaller } = match;
+    const out = fromCaller ? dialog.calleeFlow : dialog.callerFlow;
+    // The side's flow may have moved (a phone reconnected over TCP): requests follow the latest.
+    if (fromCaller) dialog.callerFlow = flow;
+    else dialog.calleeFlow = flow;
+    const fwd = this.forwardInDialog(req, flow, out, createBranch());
+    const sent = this.transactions.sendRequest(fwd, out, relayCallbacks(tx, req), this.timerC !== undefined && req.method === "INVITE" ? { timerC: this.timerC } : {});
+    if (!sent.ok) tx.respond(createResponse(req, 503, "Service Unavailable"));
+    if (req.method === "BYE") {
+      // RFC 3261 §15: BYE ends the dialog; the engine frees the member now, not when the far
+      // end gets round to answering it.
+      this.dialogs.remove(dialog);
+      const { call } = dialog.data;
+      if (call.dialog === dialog) this.ended(call, { answered: true, by: fromCaller ? "caller" : "callee" });
+    }
+  }
+
+  /**
+   * An ACK that matched no transaction or matched an "Accepted" one: the ACK for a 2xx
+   * (§13.2.2.4), forwarded statelessly (§16.11) inside its dialog. False when no dialog of
+   * ours matches (the caller drops it).
+   */
+  handleAck(req: SipRequest, flow: Flow): boolean {
+    const match = this.dialogs.lookup(req.callId, req.from.tag, req.to.tag);
+    if (match === undefined) return false;
+    if (req.maxForwards === 0) return true;
+    const out = match.fromCaller ? match.dialog.calleeFlow : match.dialog.callerFlow;
+    // §16.11: a stateless proxy's branch is the same for retransmissions of the same request.
+    const fwd = this.forwardInDialog(req, flow, out, statelessBranch(req));
+    this.transport.send(out, serialize(fwd));
+    return true;
+  }
+
+  /** A response that matched no client transaction: dropped (RFC 6026 §7.2), counted. */
+  strayResponse(_res: SipResponse, _flow: Flow): void {
+    this.strays++;
+  }
+
+  // --- branches ------------------------------------------------------------------------
+
+  private branchCallbacks(branch: BranchImpl): ClientTransactionCallbacks {
+    return {
+      onProvisional: (res) => this.onBranchProvisional(branch, res),
+      onFinal: (res) => this.onBranchFinal(branch, res),
+      onTimeout: () => this.onBranchTimeout(branch),
+      onTransportError: () => {
+        // §16.9: behave as if a 503 had arrived.
+        branch.lastStatus = 503;
+        if (LIVE.has(branch.state)) {
+          branch.state = "failed";
+          this.reportFailure(branch, 503);
+        }
+      },
+      onTimerC: (tx) => this.onTimerC(branch, tx),
+      onTerminated: () => {
+        branch.tx = undefined;
+        this.liveBranches--;
+      },
+    };
+  }
+
+  private onBranchProvisional(branch: BranchImpl, res: SipResponse): void {
+    branch.provisional = true;
+    if (branch.pendingCancel !== null) {
+      // §9.1: the CANCEL waited for this provisional response.
+      const reason = branch.pendingCancel;
+      branch.pendingCancel = null;
+      this.sendCancel(branch, reason === "" ? undefined : reason);
+    }
+    const status = res.status;
+    if (status === 100) return;
+    const call = branch.call;
+    const first = branch.state === "calling";
+    if (first) branch.state = "ringing";
+    if (branch.state === "ringing") branch.lastStatus = status;
+    if (call.finished) return;
+    const tag = res.to.tag;
+    if (tag !== undefined && !branch.earlyTags.has(tag)) {
+      branch.earlyTags.add(tag);
+      this.dialogs.add(call.request.callId, call.request.from.tag ?? "", tag, call.tx.flow, branch.target.flow, "early", { call, branch }, performance.now());
+    }
+    // §16.7 step 5: "Any provisional response other than a 100 (Trying) MUST be forwarded
+    // upstream immediately."
+    call.tx.respond(stripTopVia(res));
+    if (first && branch.state === "ringing" && (status === 180 || status === 183)) {
+      this.emit(call, "onRinging", (e) => e.onRinging?.(call, branch, res));
+    }
+  }
+
+  private onBranchFinal(branch: BranchImpl, res: SipResponse): void {
+    const call = branch.call;
+    const status = res.status;
+    if (status >= 200 && status < 300) {
+      if (call.answered === branch && res.to.tag === call.dialog?.calleeTag) {
+        // RFC 6026 §8.4 / §8.7: a retransmission of the answer goes upstream again.
+        this.relayAnswerRetransmission(call, res);
+        return;
+      }
+      if (call.finished) {
+        this.releaseLateAnswer(branch, res);
+        return;
+      }
+      this.answer(call, branch, res);
+      return;
+    }
+    branch.lastStatus = status;
+    branch.final = res;
+    for (const tag of branch.earlyTags) this.dropEarly(call, tag);
+    if (LIVE.has(branch.state)) {
+      branch.state = "failed";
+      this.reportFailure(branch, status);
+    }
+  }
+
+  private onBranchTimeout(branch: BranchImpl): void {
+    // Timer B, or Timer C without a provisional: "as if ... a 408" (§16.8).
+    branch.lastStatus = 408;
+    if (LIVE.has(branch.state)) {
+      branch.state = "timeout";
+      this.reportFailure(branch, 408);
+    }
+  }
+
+  /**
+   * §16.8: "If timer C should fire ... If the client transaction has received a provisional
+   * response, the proxy MUST generate a CANCEL request matching that transaction." The timer is
+   * reset to bound the wait for the 487; if it fires again, the transaction is dropped.
+   */
+  private onTimerC(branch: BranchImpl, tx: InviteClientTransaction): void {
+    if (branch.cancelSent || !LIVE.has(branch.state)) {
+      tx.terminate();
+      return;
+    }
+    branch.state = "timeout";
+    branch.lastStatus = 408;
+    this.sendCancel(branch, undefined);
+    tx.restartTimerC(this.cancelWait);
+    this.reportFailure(branch, 408);
+  }
+
+  private answer(call: CallImpl, branch: BranchImpl, res: SipResponse): void {
+    // A 2xx wins even on a branch already being cancelled: the CANCEL lost the race (§9.1).
+    branch.state = "answered";
+    branch.lastStatus = res.status;
+    branch.pendingCancel = null;
+    call.answered = branch;
+    this.finish(call);
+    const calleeTag = res.to.tag ?? "";
+    for (const b of call.branches) for (const tag of b.earlyTags) if (b !== branch || tag !== calleeTag) this.dropEarly(call, tag);
+    call.dialog = this.dialogs.add(call.request.callId, call.request.from.tag ?? "", calleeTag, call.tx.flow, branch.target.flow, "confirmed", { call, branch }, performance.now());
+    // §16.7 step 5: "any 2xx response ... MUST be forwarded immediately".
+    call.tx.respond(stripTopVia(res));
+    // §16.7 step 10 / RFC 3326: every other branch is cancelled, saying why.
+    this.cancelAll(call, ANSWERED_ELSEWHERE);
+    this.emit(call, "onAnswered", (e) => e.onAnswered?.(call, branch));
+  }
+
+  private relayAnswerRetransmission(call: CallImpl, res: SipResponse): void {
+    const up = stripTopVia(res);
+    const r = call.tx.respond(up);
+    if (!r.ok) this.transport.send(call.tx.flow, serialize(up));
+  }
+
+  /**
+   * A 2xx after the call was answered elsewhere or ended upstream: never relayed; the proxy is
+   * the UAC of that leg and closes it (§13.2.2.4 ACK, then BYE), so no phone stays off-hook on
+   * a dead call. Retransmissions of the same 2xx are ACKed again but get no second BYE.
+   */
+  private releaseLateAnswer(branch: BranchImpl, res: SipResponse): void {
+    const call = branch.call;
+    const legKey = `${branch.id}\n${res.to.tag ?? ""}`;
+    const ack = buildInDialogRequest(branch, res, "ACK", branch.request.cseq.seq, this.viaFor(branch.target.flow, createBranch()), this);
+    if (ack !== undefined) this.transport.send(branch.target.flow, serialize(ack));
+    if (call.releasedLegs.has(legKey)) return;
+    call.releasedLegs.add(legKey);
+    this.lateAnswers++;
+    if (LIVE.has(branch.state) || branch.state === "cancelled") branch.lastStatus = res.status;
+    const bye = buildInDialogRequest(branch, res, "BYE", branch.request.cseq.seq + 1, this.viaFor(branch.target.flow, createBranch()), this, [
+      { name: "reason", value: call.answered !== undefined ? ANSWERED_ELSEWHERE : 'SIP;cause=487;text="Call cancelled"' },
+    ]);
+    if (bye !== undefined) {
+      const r = this.transactions.sendRequest(bye, branch.target.flow, { onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
+      if (!r.ok) this.log?.debug("BYE to a late-answering branch not sent", { error: r.error, branch: branch.id });
+    }
+  }
+
+  private cancelAll(call: CallImpl, reason: string | undefined): void {
+    for (const b of call.branches) {
+      if (!LIVE.has(b.state)) continue;
+      b.state = "cancelled";
+      this.cancel(b, reason);
+    }
+  }
+
+  /** §9.1: "a CANCEL request SHOULD NOT be sent ... before a provisional response": queue it. */
+  private cancel(branch: BranchImpl, reason: string | undefined): void {
+    if (branch.tx === undefined || branch.cancelSent) return;
+    if (branch.provisional) this.sendCancel(branch, reason);
+    else branch.pendingCancel = reason ?? "";
+  }
+
+  private sendCancel(branch: BranchImpl, reason: string | undefined): void {
+    const tx = branch.tx;
+    if (branch.cancelSent || tx === undefined || (tx.state !== TransactionState.Calling && tx.state !== TransactionState.Proceeding)) return;
+    const cancel = buildCancel(branch.request);
+    if (cancel === undefined) return;
+    if (reason !== undefined) cancel.headers.splice(cancel.headers.length - 1, 0, { name: "reason", value: reason });
+    branch.cancelSent = true;
+    // The CANCEL is its own non-INVITE transaction (§9.1); its 200 tells nothing we need.
+    this.transactions.sendRequest(cancel, branch.target.flow, { onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
+  }
+
+  private reportFailure(branch: BranchImpl, status: number): void {
+    const call = branch.call;
+    if (branch.failureReported || call.finished) return;
+    branch.failureReported = true;
+    this.emit(call, "onBranchFailed", (e) => e.onBranchFailed?.(call, branch, status));
+  }
+
+  private dropEarly(call: CallImpl, tag: string): void {
+    const m = this.dialogs.lookup(call.request.callId, call.request.from.tag, tag);
+    if (m !== undefined && m.fromCaller && m.dialog.state === "early") this.dialogs.remove(m.dialog);
+  }
+
+  private finish(call: CallImpl): void {
+    call.finished = true;
+    this.ringing.delete(call);
+  }
+
+  private ended(call: CallImpl, info: { answered: boolean; by: "caller" | "callee" | "proxy"; status?: number }): void {
+    if (call.ended) return;
+    call.ended = true;
+    this.emit(call, "onEnded", (e) => e.onEnded?.(call, info));
+  }
+
+  /** The caller's flow failed before any final answer: stop ringing everyone. */
+  private abandon(call: CallImpl): void {
+    if (call.finished) return;
+    this.cancelAll(call, undefined);
+    this.finish(call);
+    this.ended(call, { answered: false, by: "caller", status: 503 });
+  }
+
+  private emit(call: CallImpl, where: string, fn: (e: ProxyCallEvents) => void): void {
+    try {
+      fn(call.events);
+    } catch (err) {
+      this.log?.error("proxy event handler threw", { where, call: call.id, err: err instanceof Error ? err.message : String(err) });
+    }
+  }
+
+  private own(call: ProxyCall): CallImpl | undefined {
+    return call instanceof CallImpl ? call : undefined;
+  }
+
+  // --- in-dialog forwarding ------------------------------------------------------------
+
+  /** §16.12: remove our Route values, add our Via, Max-Forwards - 1; the Request-URI is kept. */
+  private forwardInDialog(req: SipRequest, inbound: Flow, out: Flow, branchId: string): SipRequest {
+    const own = this.countOwnRoutes(req, inbound);
+    const base = own > 0 ? removeLeadingRoutes(req, own) : req;
+    return forwardRequest(base, { via: this.viaFor(out, branchId) });
+  }
+
+  viaFor(out: Flow, branchId: string): string {
+    return `SIP/2.0/${out.transport === "tcp" ? "TCP" : "UDP"} ${this.advertise(out)};branch=${branchId};rport`;
+  }
+
+  /** How many leading Route values name this element (§16.4; two after a double Record-Route). */
+  private countOwnRoutes(req: SipRequest, flow: Flow): number {
+    let n = 0;
+    for (const value of routeValues(req)) {
+      const na = parseNameAddr(value);
+      const uri = na === undefined ? undefined : parseUri(na.uri);
+      if (uri === undefined) break;
+      const { host, port } = uriHostPort(uri);
+      if (!this.isOwn(host, port, flow)) break;
+      n++;
+    }
+    return n;
+  }
+
+  /** Whether host:port is this element: the flow's local address, what we advertise, or the configured check. */
+  isOwn(host: string, port: number, flow: Flow): boolean {
+    const h = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
+    if (port === flow.localPort && h.toLowerCase() === flow.localAddress.toLowerCase()) return true;
+    if (hostPort(h, port).toLowerCase() === this.advertise(flow).toLowerCase()) return true;
+    return this.isOwnAddress?.(h, port) ?? false;
+  }
+}
+
+// --- pure helpers -------------------------------------------------------------------------
+
+/**
+ * RFC 3261 §16.7 step 6, over final statuses (0 = none): "the proxy MUST choose from the 6xx
+ * class responses if any exist ... If no 6xx class responses are present, the proxy SHOULD
+ * choose from the lowest response class". Ties go to the earliest entry. Returns the index,
+ * or -1 when there is no final status.
+ */
+export function chooseBestResponse(statuses: readonly number[]): number {
+  let best = -1;
+  let bestRank = Infinity;
+  for (let i = 0; i < statuses.length; i++) {
+    const s = statuses[i]!;
+    if (!(s >= 300 && s <= 699)) continue;
+    const cls = Math.floor(s / 100);
+    const rank = cls === 6 ? 0 : cls;
+    if (rank < bestRank) {
+      best = i;
+      bestRank = rank;
+    }
+  }
+  return best;
+}
+
+/**
+ * §16.6 step 8's loop-detection input minus the top Via (see the header comment): Request-URI,
+ * Call-ID, From and To tags, CSeq number, Proxy-Require, Proxy-Authorization and the Route
+ * values left after ours. 72 bits, base64url (no "." so it can follow a branch after one).
+ */
+export function loopDetectionHash(req: SipRequest, ownRoutes: number): string {
+  const h = createHash("sha1");
+  h.update(req.uri).update("\n").update(req.callId).update("\n").update(req.from.tag ?? "").update("\n").update(req.to.tag ?? "");
+  h.update("\n").update(String(req.cseq.seq));
+  for (const v of getHeaders(req, "proxy-require")) h.update("\nPR").update(v);
+  for (const v of getHeaders(req, "proxy-authorization")) h.update("\nPA").update(v);
+  const routes = routeValues(req);
+  for (let i = ownRoutes; i < routes.length; i++) h.update("\nR").update(routes[i]!);
+  return h.digest("base64url").slice(0, 12);
+}
+
+/** §16.11: a stateless branch, equal for retransmissions: a hash of the incoming top Via and request line. */
+function statelessBranch(req: SipRequest): string {
+  const top = req.via[0];
+  const h = createHash("sha1").update(top?.raw ?? "").update("\n").update(req.uri).update("\n").update(req.callId).update(String(req.cseq.seq));
+  return `${MAGIC_COOKIE}-sl${h.digest("base64url").slice(0, 16)}`;
+}
+
+/** Every Route value in order (comma-joined lines split). */
+function routeValues(req: SipRequest): string[] {
+  const out: string[] = [];
+  for (const h of req.headers) if (h.name === "route") splitList(h.value, out);
+  return out;
+}
+
+/** A copy of req without its first n Route values (§16.4: those named this element). */
+export function removeLeadingRoutes(req: SipRequest, n: number): SipRequest {
+  const headers: SipHeader[] = [];
+  let left = n;
+  for (const h of req.headers) {
+    if (h.name !== "route" || left === 0) {
+      headers.push(h);
+      continue;
+    }
+    const values = splitList(h.value);
+    const keep = values.slice(Math.min(left, values.length));
+    left -= values.length - keep.length;
+    if (keep.length > 0) headers.push({ name: "route", value: keep.join(", ") });
+  }
+  return { ...req, headers };
+}
+
+/** §16.7 step 3: "The proxy removes the topmost Via header field value from the response." */
+export function stripTopVia(res: SipResponse): SipResponse {
+  const headers = res.headers.slice();
+  for (let i = 0; i < headers.length; i++) {
+    const h = headers[i]!;
+    if (h.name !== "via") continue;
+    const values = splitList(h.value);
+    if (values.length > 1) headers[i] = { name: "via", value: values.slice(1).join(", ") };
+    else headers.splice(i, 1);
+    break;
+  }
+  return { ...res, headers, via: res.via.slice(1) };
+}
+
+/** Callbacks that relay a forwarded in-dialog request's responses back to its server transaction (§16.7). */
+function relayCallbacks(tx: ServerTransaction, req: SipRequest): ClientTransactionCallbacks {
+  return {
+    onProvisional: (res) => {
+      if (res.status > 100) tx.respond(stripTopVia(res));
+    },
+    onFinal: (res) => {
+      tx.respond(stripTopVia(res));
+    },
+    // §16.8 / §16.9: no answer is a 408, an unreachable next hop a 503.
+    onTimeout: () => {
+      tx.respond(createResponse(req, 408, "Request Timeout"));
+    },
+    onTransportError: () => {
+      tx.respond(createResponse(req, 503, "Service Unavailable"));
+    },
+  };
+}
+
+/**
+ * The ACK (§13.2.2.4) or BYE (§15.1.1) the proxy sends as the UAC of a late-answering leg:
+ * Request-URI the 2xx's Contact, the Record-Route values downstream of ours reversed as the
+ * route set (§12.1.2), From/Call-ID of the branch INVITE, To of the 2xx. Built as text and
+ * parsed like every other request the agent originates (cold path).
+ */
+function buildInDialogRequest(
+  branch: BranchImpl,
+  res: SipResponse,
+  method: string,
+  seq: number,
+  via: string,
+  proxy: StatefulProxy,
+  extra: SipHeader[] = [],
+): SipRequest | undefined {
+  const invite = branch.request;
+  const contact = parseNameAddr(getHeader(res, "contact") ?? "");
+  const target = contact?.uri ?? invite.uri;
+  const rr = getHeaders(res, "record-route");
+  const ownIndex = rr.findIndex((v) => {
+    const u = parseUri(parseNameAddr(v)?.uri ?? "");
+    if (u === undefined) return false;
+    const { host, port } = uriHostPort(u);
+    return proxy.isOwn(host, port, branch.target.flow);
+  });
+  const routes = (ownIndex >= 0 ? rr.slice(0, ownIndex) : rr).reverse();
+  const lines = [
+    `${method} ${target} SIP/2.0`,
+    `Via: ${via}`,
+    ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
+    "Max-Forwards: 70",
+    `From: ${invite.from.raw}`,
+    `To: ${res.to.raw}`,
+    `Call-ID: ${invite.callId}`,
+    `CSeq: ${seq} ${method}`,
+    ...extra.map((h) => `${h.name}: ${h.value}`),
+    "Content-Length: 0",
+    "",
+    "",
+  ];
+  const parsed = parseDatagram(Buffer.from(lines.join("\r\n")));
+  return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
+}
+
+export type { ProxyDialogInfo };
