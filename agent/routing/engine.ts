@@ -1,0 +1,1167 @@
+// The routing engine: call-distribution POLICY on top of the forking proxy MECHANISM
+// (DESIGN principle 1; Kamailio's "routing script" — the place to read first for what happens
+// to a call). It admits each new INVITE (who calls, where to, toll-fraud rules), asks the pure
+// core (plan.ts) who rings now, forks branches through StatefulProxyApi, keeps the step,
+// queue and pickup timers, counts calls per operator from the dialogs it sees, and records
+// every call when it ends. It knows nothing about sockets: targets are bindings' flows.
+//
+// Decisions (issue 3; plan.ts's header holds the ones about who rings):
+// - Admission: see classify.ts. Unknown sources get 407 (RFC 3261 §22.3) whatever they dial,
+//   so a scan learns nothing about which numbers exist; the retry is verified with the
+//   proxy-authenticate DigestAuthenticator and failures feed the auth guard like REGISTERs do.
+// - Forks: a ring entry's device rings on every live binding it has (one branch each,
+//   target.flow = the binding's flow, RFC 5626 spirit). The caller's own device never rings.
+// - Hot path order (DESIGN principle 3): forks first; then evenly bookkeeping
+//   (store.recordEvenlyOffer, write-behind), bus events; call records only when a call ends.
+// - Member failures: a branch's final non-2xx ends that binding; 603 Decline ends the member
+//   for this call (their other devices are cancelled); when a member has no live branch left,
+//   the member is done (withMemberEnded). When nothing rings any more the next step is planned
+//   at once (sequential moves on after 486/603 without waiting for the step to run out).
+// - Busy: operators' concurrent calls are counted from answered dialogs (+1 on answer for the
+//   answering member and for a calling device's operator, -1 when the dialog ends), never
+//   inferred from a 486.
+// - No answer (plan.ts pickNoAnswer): voicemail — a sip: URI with an IP-literal host is
+//   forked to directly, anything else goes through the trunk; forward-mobile / forward-number
+//   go through the trunk with its prefix; wait-for-operator sends 182 Queued (RFC 3261
+//   §21.1.3) and offers the call to selectFreeOperator's pick whenever a member of the group
+//   becomes free (a dialog of theirs ended, a device of theirs came online); one offer rings
+//   for one step and then the call waits again; after maxWaitS `then` applies.
+// - Direct calls (a user's extension): 480 when none of their devices is online, 486 at their
+//   call limit; otherwise every online device rings until someone answers, the caller gives
+//   up, or every branch fails (then the best failure: 6xx, else 486, else 480).
+// - Pickup (*8, *8<ext>): the picker's *8 INVITE gets a final "480" with a Warning at once,
+//   THEN the ringing call gets a new branch to the picker's dialling device with auto-answer
+//   headers (Call-Info answer-after=0, Alert-Info info=alert-autoanswer) that the device
+//   profiles enable. Answering first leaves the phone idle, so it auto-answers even without
+//   call waiting; the proxy cancels the other branches when the picker's branch answers
+//   (Reason cause=200). While a pickup branch is live, the call's step and queue timers wait.
+import type { EventBus } from "../bus.ts";
+import type { Logger } from "../log.ts";
+import type { DigestAuthenticator } from "../sip/digest.ts";
+import type { Binding } from "../sip/location.ts";
+import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../sip/proxy-types.ts";
+import { randomToken } from "../sip/requests.ts";
+import { createResponse } from "../sip/serialize.ts";
+import type { ServerTransaction } from "../sip/transaction.ts";
+import type { Flow, SipHeader, SipRequest } from "../sip/types.ts";
+import { parseUri, unescapeUser } from "../sip/uri.ts";
+import {
+  admit,
+  classifyCaller,
+  deviceRef,
+  flowKey,
+  resolveDestination,
+  trunkUri,
+  voicemailRoute,
+  type Caller,
+  type TrunkSettings,
+} from "./classify.ts";
+import { LatencyHistogram, type LatencySummary } from "./latency.ts";
+import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
+import {
+  findPickupTarget,
+  pickNoAnswer,
+  planStep,
+  selectFreeOperator,
+  startCall,
+  stepLengthMs,
+  withMemberEnded,
+  PICKUP_CODE,
+  type CallState,
+  type PresenceSnapshot,
+  type RingingCall,
+} from "./plan.ts";
+
+// --- contracts with the rest of the agent ------------------------------------------------------
+
+/** The site settings routing reads (a subset of agent/site SiteSettings). */
+export interface RoutingSettings {
+  pickupCode: string;
+  trunk?: TrunkSettings;
+}
+
+/** The current site: re-read for every call and step, so a push applies to the next decision. */
+export interface RoutingSite {
+  index: SiteIndex;
+  settings: RoutingSettings;
+}
+
+export type CallOutcome =
+  /** A member (or, for outbound calls, the far end) answered. */
+  | "answered"
+  /** Nobody answered: the caller gave up, or the no-answer action hung up. */
+  | "missed"
+  /** Refused because the target was at its call limit, or every member was busy. */
+  | "busy"
+  /** No member answered; the call went to voicemail. */
+  | "voicemail"
+  /** No member answered; the call was forwarded (mobile or number) through the trunk. */
+  | "forwarded"
+  /** An outbound (trunk) call that was not answered. */
+  | "unanswered";
+
+/** One finished call, for the call log (store.appendCall). Caller text is display-only: never trusted. */
+export interface RoutedCallRecord {
+  /** SIP Call-ID of the caller's INVITE. */
+  callId: string;
+  /** Epoch ms. */
+  startedAt: number;
+  endedAt: number;
+  outcome: CallOutcome;
+  kind: "group" | "direct" | "outbound";
+  /** Caller as shown: a local device's username, else the From user part (untrusted, bounded). */
+  caller: string;
+  /** Device id when the caller is a known local device. */
+  callerDeviceId?: string;
+  /** What was dialled (Request-URI user part). */
+  target: string;
+  /** The group dialled; `groups` lists every group the call went through (overflow). */
+  groupId?: string;
+  groups?: string[];
+  /** Members offered the call, in order, without repeats. */
+  offered: string[];
+  answeredBy?: string;
+  answeredDevice?: string;
+  /** INVITE received → answer, ms. */
+  answerAfterMs?: number;
+  /** Final status when the call failed (e.g. 480, 486, 487). */
+  status?: number;
+}
+
+export interface EngineClock {
+  /** Epoch milliseconds. */
+  now(): number;
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+export interface EngineDeps {
+  proxy: StatefulProxyApi;
+  site: () => RoutingSite;
+  location: { lookup(aor: string): readonly Binding[]; all(): readonly Binding[] };
+  presence: { snapshot(): ReadonlyArray<{ deviceId: string; online: boolean }> };
+  /** SIP usernames (AORs) and digest credentials of the store's devices. */
+  devices: {
+    username(deviceId: string): string | undefined;
+    credentials(username: string): { deviceId: string; username: string; password: string } | undefined;
+  };
+  store: {
+    evenlyLastOffered(groupId: string): Readonly<Record<string, number>>;
+    recordEvenlyOffer(groupId: string, memberId: string, atMs: number): void;
+    appendCall(record: RoutedCallRecord): void;
+  };
+  bus: EventBus;
+  /** Built with header "proxy-authenticate" (RFC 3261 §22.3). */
+  authenticator: DigestAuthenticator;
+  guard?: {
+    noteFailure(source: string, account: string | undefined): void;
+    noteSuccess(source: string, account: string): void;
+    isLockedOut(source: string, account: string): boolean;
+  };
+  log: Logger;
+  /** One ring, ms (default 5000). */
+  ringUnitMs?: number;
+  /** First-fork latency budget, ms (default 2). */
+  latencyBudgetMs?: number;
+  /** Physical desk phones ringing at once per call (default 10). */
+  maxPhysical?: number;
+  clock?: EngineClock;
+}
+
+export interface EngineStats {
+  /** Calls the engine is handling (ringing, queued, forwarded or answered). */
+  activeCalls: number;
+  /** Calls waiting for a free operator. */
+  queued: number;
+  latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number };
+}
+
+const SYSTEM_CLOCK: EngineClock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => {
+    const t = setTimeout(fn, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
+
+/** From user parts are attacker-controlled: keep at most this much for display. */
+const CALLER_LABEL_MAX = 64;
+
+const REASONS: Record<number, string> = {
+  403: "Forbidden",
+  404: "Not Found",
+  480: "Temporarily Unavailable",
+  486: "Busy Here",
+  487: "Request Terminated",
+  500: "Server Internal Error",
+  503: "Service Unavailable",
+  600: "Busy Everywhere",
+  603: "Decline",
+};
+
+export function reasonPhrase(status: number): string {
+  return REASONS[status] ?? "Call Failed";
+}
+
+/**
+ * The failure to send upstream when every branch failed (RFC 3261 §16.7 step 6, simplified for
+ * a policy that already knows nobody else will ring): any 6xx wins; else 486 when a device was
+ * busy; else 480. 401/407 from a device never reach the caller (they are not its credentials).
+ */
+export function bestFailure(statuses: readonly number[]): number {
+  let six: number | undefined;
+  let busy = false;
+  for (const s of statuses) {
+    if (s >= 600 && s < 700) six ??= s;
+    if (s === 486) busy = true;
+  }
+  return six ?? (busy ? 486 : 480);
+}
+
+// --- per-call state -----------------------------------------------------------------------------
+
+type Phase = "ringing" | "queued" | "forwarded" | "answered" | "done";
+
+interface QueueState {
+  /** Group whose wait-for-operator holds the call. */
+  groupId: string;
+  then: FinalNoAnswerAction;
+  /** Member a waiting call is being offered to now, if any. */
+  offering: string | undefined;
+  offerTimer: unknown;
+  queuedAt: number;
+}
+
+interface EngineCall {
+  readonly pc: ProxyCall;
+  readonly kind: "group" | "direct" | "outbound";
+  readonly caller: Caller;
+  readonly callerLabel: string;
+  readonly target: string;
+  /** Epoch ms at admission. */
+  readonly startedAt: number;
+  phase: Phase;
+  /** Group distributing the call now (group calls). */
+  groupId: string | undefined;
+  readonly firstGroupId: string | undefined;
+  readonly groups: string[];
+  visited: ReadonlySet<string>;
+  plan: CallState | undefined;
+  /** Direct calls: the user dialled. */
+  readonly directUserId: string | undefined;
+  stepTimer: unknown;
+  queue: QueueState | undefined;
+  queueTimer: unknown;
+  /** Keyed by member id: that member's live branches for this call. */
+  readonly memberBranches: Map<string, Branch[]>;
+  /** Branches with no member: voicemail, forward, trunk. */
+  readonly otherBranches: Branch[];
+  /** Pickup branches (auto-answer) still alive. */
+  readonly pickupBranches: Branch[];
+  /** Ids of branches we cancelled or gave up on: their later failure is not news. */
+  readonly writtenOff: Set<string>;
+  readonly failStatuses: number[];
+  readonly offered: string[];
+  readonly offeredSet: Set<string>;
+  readonly busyMembers: Set<string>;
+  /** User ids whose activeCalls this call incremented (decremented once when it ends). */
+  readonly counted: string[];
+  forwardedAs: "voicemail" | "forwarded" | undefined;
+  answeredBy: string | undefined;
+  answeredDevice: string | undefined;
+  answerAfterMs: number | undefined;
+  latencyRecorded: boolean;
+}
+
+function isLive(b: Branch): boolean {
+  return b.state === "calling" || b.state === "ringing";
+}
+
+// --- the engine ---------------------------------------------------------------------------------
+
+export class RoutingEngine {
+  private readonly proxy: StatefulProxyApi;
+  private readonly clock: EngineClock;
+  private readonly ringUnitMs: number;
+  private readonly maxPhysical: number;
+  private readonly histogram: LatencyHistogram;
+  /** Calls keyed by ProxyCall.id. */
+  private readonly calls = new Map<string, EngineCall>();
+  /** Calls waiting for a free operator, oldest first. */
+  private readonly queue: EngineCall[] = [];
+  /** Ids of devices online now (kept from "device.presence"). */
+  private readonly online = new Set<string>();
+  /** Keyed by user id: answered dialogs the user is in now. */
+  private readonly activeCalls = new Map<string, number>();
+  private readonly snapshot: PresenceSnapshot = { onlineDevices: this.online, activeCalls: this.activeCalls };
+  /** Keyed by flowKey(transport, address, port): the device whose binding uses that flow. */
+  private readonly deviceByFlow = new Map<string, { deviceId: string; username: string }>();
+  /** Keyed by device id: the flow keys of its bindings (to drop them on change). */
+  private readonly flowKeysByDevice = new Map<string, string[]>();
+  /** Keyed by group id: member id → epoch ms of last offer (loaded from the store once). */
+  private readonly evenly = new Map<string, Map<string, number>>();
+  private readonly unsubscribe: Array<() => void> = [];
+  private readonly events: ProxyCallEvents;
+
+  constructor(private readonly deps: EngineDeps) {
+    this.proxy = deps.proxy;
+    this.clock = deps.clock ?? SYSTEM_CLOCK;
+    this.ringUnitMs = deps.ringUnitMs !== undefined && deps.ringUnitMs > 0 ? deps.ringUnitMs : RING_UNIT_MS;
+    this.maxPhysical = deps.maxPhysical ?? MAX_PHYSICAL_RINGING;
+    this.histogram = new LatencyHistogram((deps.latencyBudgetMs ?? 2) * 1000);
+    // One events object for every call, dispatching by id: nothing allocated per call for it.
+    this.events = {
+      onBranchFailed: (pc, branch, status) => this.guarded(() => this.onBranchFailed(pc, branch, status)),
+      onAnswered: (pc, branch) => this.guarded(() => this.onAnswered(pc, branch)),
+      onCallerCancelled: (pc) => this.guarded(() => this.onCallerCancelled(pc)),
+      onEnded: (pc, info) => this.guarded(() => this.onEnded(pc, info)),
+    };
+  }
+
+  /** Seeds presence and the flow index, and listens to presence and binding changes. */
+  start(): void {
+    for (const p of this.deps.presence.snapshot()) if (p.online) this.online.add(p.deviceId);
+    for (const b of this.deps.location.all()) this.indexBinding(b);
+    this.unsubscribe.push(
+      this.deps.bus.on("device.presence", (e) => this.guarded(() => this.onPresence(e.deviceId, e.online))),
+      this.deps.bus.on("device.bindings", (e) => this.guarded(() => this.onBindingsChanged(e.deviceId, e.aor))),
+    );
+  }
+
+  /** Stops listening and drops every timer (calls themselves belong to the proxy). */
+  stop(): void {
+    for (const u of this.unsubscribe.splice(0)) u();
+    for (const call of this.calls.values()) this.clearTimers(call);
+  }
+
+  stats(): EngineStats {
+    const s: LatencySummary = this.histogram.summary();
+    return { activeCalls: this.calls.size, queued: this.queue.length, latency: { p50Us: s.p50Us, p99Us: s.p99Us, maxUs: s.maxUs, count: s.count, overBudget: s.overBudget, budgetUs: s.budgetUs } };
+  }
+
+  /** Calls an operator is in now (for status and tests). */
+  activeCallsOf(userId: string): number {
+    return this.activeCalls.get(userId) ?? 0;
+  }
+
+  /**
+   * A new INVITE (not a retransmission, not in-dialog). Always answers or hands the request to
+   * the proxy; never throws.
+   */
+  onInvite(tx: ServerTransaction, req: SipRequest, flow: Flow): void {
+    try {
+      this.admitInvite(tx, req, flow);
+    } catch (err) {
+      this.deps.log.error("routing failed on an INVITE", { err: (err as Error).message, callId: req.callId });
+      respond(tx, req, 500, "Server Internal Error");
+    }
+  }
+
+  // --- admission ----------------------------------------------------------------------------------
+
+  private admitInvite(tx: ServerTransaction, req: SipRequest, flow: Flow): void {
+    const site = this.deps.site();
+    const trunk = site.settings.trunk;
+    let caller = classifyCaller({
+      flow,
+      trunk,
+      deviceByFlow: (k) => this.deviceByFlow.get(k),
+      ownerOf: (id) => deviceRef(site.index, id)?.ownerId,
+    });
+    if (caller.kind === "unknown") {
+      const proven = this.authenticate(tx, req, flow, site.index);
+      if (proven === undefined) return; // answered: 407, 403 or 400
+      caller = proven;
+    }
+    const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined);
+    const admission = admit(caller, dest);
+    if (!admission.ok) {
+      this.deps.log.debug("INVITE refused", { status: admission.status, from: flow.remoteAddress, caller: caller.kind, dest: dest.kind });
+      respond(tx, req, admission.status, admission.reason);
+      return;
+    }
+    const target = dialledText(req.uri);
+    switch (dest.kind) {
+      case "group":
+        this.startGroupCall(tx, req, flow, caller, target, dest.group);
+        return;
+      case "user":
+        this.startDirectCall(tx, req, flow, caller, target, dest.user, site.index);
+        return;
+      case "outbound":
+        this.startOutboundCall(tx, req, flow, caller, target, dest.number, trunk);
+        return;
+      case "pickup":
+        if (caller.kind === "device" && caller.userId !== undefined) this.pickup(tx, req, caller.deviceId, caller.userId, dest.request.kind === "directed" ? dest.request.extension : undefined, site.index);
+        else respond(tx, req, 403, "Forbidden");
+        return;
+      case "unroutable":
+        respond(tx, req, 404, "Not Found");
+        return;
+    }
+  }
+
+  /** RFC 3261 §22.3 proxy authentication; answers and returns undefined unless proven. */
+  private authenticate(tx: ServerTransaction, req: SipRequest, flow: Flow, index: SiteIndex): Caller | undefined {
+    const source = flow.remoteAddress;
+    const authorization = req.headers.filter((h) => h.name === "proxy-authorization").map((h) => h.value);
+    const auth = this.deps.authenticator;
+    const guard = this.deps.guard;
+    const verdict = auth.verify({
+      method: req.method,
+      authorization: authorization.length > 0 ? authorization : undefined,
+      lookup: (username) => {
+        const c = this.deps.devices.credentials(username);
+        return c === undefined ? undefined : { username: c.username, password: c.password };
+      },
+    });
+    const refuse = (username: string | undefined, reason: string): undefined => {
+      guard?.noteFailure(source, username);
+      this.deps.bus.emit("auth.failure", { source, username, reason, at: this.clock.now() });
+      respond(tx, req, 403, "Forbidden");
+      return undefined;
+    };
+    switch (verdict.kind) {
+      case "missing":
+        respond(tx, req, 407, "Proxy Authentication Required", auth.challenge());
+        return undefined;
+      case "stale":
+        respond(tx, req, 407, "Proxy Authentication Required", auth.challenge({ stale: true }));
+        return undefined;
+      case "malformed":
+        respond(tx, req, 400, `Bad Request (${verdict.reason})`);
+        return undefined;
+      case "failed":
+        return refuse(verdict.username, verdict.reason);
+      case "ok":
+        break;
+    }
+    if (guard?.isLockedOut(source, verdict.username) === true) return refuse(verdict.username, "account locked out");
+    const device = this.deps.devices.credentials(verdict.username);
+    if (device === undefined) return refuse(verdict.username, "device removed");
+    guard?.noteSuccess(source, verdict.username);
+    return { kind: "device", deviceId: device.deviceId, username: device.username, userId: deviceRef(index, device.deviceId)?.ownerId, proof: "digest" };
+  }
+
+  private newCall(pc: ProxyCall, kind: EngineCall["kind"], caller: Caller, req: SipRequest, target: string, groupId?: string, directUserId?: string): EngineCall {
+    const call: EngineCall = {
+      pc,
+      kind,
+      caller,
+      callerLabel: callerLabel(caller, req),
+      target,
+      startedAt: this.clock.now(),
+      phase: "ringing",
+      groupId,
+      firstGroupId: groupId,
+      groups: groupId === undefined ? [] : [groupId],
+      visited: new Set(),
+      plan: undefined,
+      directUserId,
+      stepTimer: undefined,
+      queue: undefined,
+      queueTimer: undefined,
+      memberBranches: new Map(),
+      otherBranches: [],
+      pickupBranches: [],
+      writtenOff: new Set(),
+      failStatuses: [],
+      offered: [],
+      offeredSet: new Set(),
+      busyMembers: new Set(),
+      counted: [],
+      forwardedAs: undefined,
+      answeredBy: undefined,
+      answeredDevice: undefined,
+      answerAfterMs: undefined,
+      latencyRecorded: false,
+    };
+    this.calls.set(pc.id, call);
+    return call;
+  }
+
+  // --- group calls -------------------------------------------------------------------------------
+
+  private startGroupCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, target: string, group: Group): void {
+    const pc = this.proxy.startCall(tx, req, flow, this.events);
+    if (pc === undefined) return; // the proxy answered itself (483, 482)
+    const call = this.newCall(pc, "group", caller, req, target, group.id);
+    call.plan = startCall(this.clock.now());
+    this.runStep(call);
+  }
+
+  /** planStep for the call's group, then make the plan happen. */
+  private runStep(call: EngineCall): void {
+    this.clearStepTimer(call);
+    if (call.phase !== "ringing" || call.plan === undefined) return;
+    const site = this.deps.site();
+    const group = call.groupId === undefined ? undefined : site.index.groupsById.get(call.groupId);
+    if (group === undefined) {
+      // The group was removed by a push mid-call.
+      this.rejectCall(call, 480);
+      return;
+    }
+    const now = this.clock.now();
+    const plan = planStep({
+      group,
+      usersById: site.index.usersById,
+      devicesByOwner: site.index.devicesByOwner,
+      presence: this.snapshot,
+      evenlyLastOffered: this.evenlyOf(group.id),
+      call: call.plan,
+      now,
+      ringUnitMs: this.ringUnitMs,
+      maxPhysical: this.maxPhysical,
+    });
+    call.plan = plan.call;
+    for (const m of plan.stop) this.stopMember(call, m, "step ended");
+    const offeredNow: Array<{ memberId: string; deviceIds: string[] }> = [];
+    const deadMembers: string[] = [];
+    for (const r of plan.ring) {
+      if (this.forkMember(call, r.memberId, r.deviceIds) > 0) offeredNow.push(r);
+      else deadMembers.push(r.memberId);
+    }
+    this.noteFirstFork(call);
+
+    // The forks are out: now the bookkeeping (principle 3).
+    if (group.strategy === "evenly") for (const o of offeredNow) this.recordEvenly(group.id, o.memberId, now);
+    for (const o of offeredNow) this.noteOffered(call, o.memberId, o.deviceIds);
+    const busy = plan.skipped.filter((s) => s.reason === "busy").map((s) => s.memberId);
+    if (busy.length > 0) {
+      for (const m of busy) call.busyMembers.add(m);
+      this.deps.bus.emit("call.busy", { callId: call.pc.request.callId, groupId: group.id, memberIds: busy, caller: call.callerLabel, at: now });
+    }
+    for (const m of deadMembers) call.plan = withMemberEnded(call.plan, m);
+
+    if (plan.exhausted) {
+      this.noAnswer(call, plan.allOffline);
+      return;
+    }
+    if (!this.hasLiveBranches(call)) {
+      // Every fork of this step failed at once (no usable binding): move on now. Each step
+      // passes at least one member, so this recursion is bounded by the group's size.
+      this.runStep(call);
+      return;
+    }
+    if (plan.nextStepAt !== undefined) call.stepTimer = this.clock.setTimeout(() => this.guarded(() => this.onStepTimer(call)), Math.max(0, plan.nextStepAt - now));
+  }
+
+  private onStepTimer(call: EngineCall): void {
+    call.stepTimer = undefined;
+    if (call.phase !== "ringing") return;
+    if (call.pickupBranches.some(isLive)) {
+      // A pickup is being delivered: do not stop anything under it.
+      call.stepTimer = this.clock.setTimeout(() => this.guarded(() => this.onStepTimer(call)), this.ringUnitMs);
+      return;
+    }
+    this.runStep(call);
+  }
+
+  /** The no-answer action of the call's group (or `action`, after a wait). */
+  private noAnswer(call: EngineCall, allOffline: boolean, action?: NoAnswerAction): void {
+    const site = this.deps.site();
+    const group = call.groupId === undefined ? undefined : site.index.groupsById.get(call.groupId);
+    if (group === undefined) {
+      this.rejectCall(call, 480);
+      return;
+    }
+    const now = this.clock.now();
+    const d = pickNoAnswer({
+      group,
+      groupsById: site.index.groupsById,
+      usersById: site.index.usersById,
+      devicesByOwner: site.index.devicesByOwner,
+      presence: this.snapshot,
+      call: call.plan,
+      allOffline,
+      action,
+      visited: call.visited,
+      now,
+    });
+    if (d.fromGroupId !== call.groupId) {
+      call.groupId = d.fromGroupId;
+      call.groups.push(d.fromGroupId);
+    }
+    switch (d.kind) {
+      case "voicemail": {
+        const t = this.voicemailTarget(call, d.uri, site.settings.trunk);
+        this.forwardTo(call, t, "voicemail");
+        return;
+      }
+      case "forward": {
+        const trunk = site.settings.trunk;
+        this.forwardTo(call, trunk === undefined ? undefined : this.trunkTarget(call, trunk, trunkUri(trunk, d.number)), "forwarded");
+        return;
+      }
+      case "wait-for-operator":
+        this.enqueue(call, d.fromGroupId, d.until, d.then, now);
+        return;
+      case "overflow-group":
+        call.groupId = d.groupId;
+        call.groups.push(d.groupId);
+        call.visited = d.visited;
+        call.plan = startCall(now);
+        this.runStep(call);
+        return;
+      case "hangup":
+        this.deps.log.debug("no answer: hanging up", { callId: call.pc.request.callId, status: d.status, cause: d.cause });
+        this.rejectCall(call, d.status);
+        return;
+    }
+  }
+
+  /** Ends member distribution and sends the call to one target (voicemail, a forward). */
+  private forwardTo(call: EngineCall, target: BranchTarget | undefined, as: "voicemail" | "forwarded"): void {
+    this.cancelAllMembers(call, "no answer");
+    if (target === undefined) {
+      this.deps.log.warn("no-answer target unreachable (no trunk configured?)", { callId: call.pc.request.callId, action: as });
+      this.rejectCall(call, 480);
+      return;
+    }
+    call.phase = "forwarded";
+    call.forwardedAs = as;
+    const b = this.proxy.fork(call.pc, target);
+    if (b === undefined) {
+      this.rejectCall(call, 480);
+      return;
+    }
+    call.otherBranches.push(b);
+    this.noteFirstFork(call);
+  }
+
+  private voicemailTarget(call: EngineCall, uri: string, trunk: TrunkSettings | undefined): BranchTarget | undefined {
+    const r = voicemailRoute(uri);
+    if (r.direct) return { uri, flow: this.flowTo(call, r.transport, r.host, r.port) };
+    if (trunk === undefined) return undefined;
+    return this.trunkTarget(call, trunk, uri);
+  }
+
+  private trunkTarget(call: EngineCall, trunk: TrunkSettings, uri: string): BranchTarget {
+    return { uri, flow: this.flowTo(call, trunk.transport, trunk.host, trunk.port) };
+  }
+
+  /**
+   * A flow toward a peer outside the location service. For UDP the caller's local socket is
+   * reused when the transport matches; otherwise the transport picks one (connectionId unset:
+   * the proxy opens or reuses a connection, RFC 3261 §18.1.1).
+   */
+  private flowTo(call: EngineCall, transport: "udp" | "tcp", host: string, port: number): Flow {
+    const f = call.pc.flow;
+    const same = f.transport === transport;
+    return { transport, remoteAddress: host, remotePort: port, localAddress: same ? f.localAddress : "", localPort: same ? f.localPort : 0 };
+  }
+
+  // --- wait for a free operator ---------------------------------------------------------------------
+
+  private enqueue(call: EngineCall, groupId: string, until: number, then: FinalNoAnswerAction, now: number): void {
+    this.cancelAllMembers(call, "queued");
+    call.phase = "queued";
+    call.queue = { groupId, then, offering: undefined, offerTimer: undefined, queuedAt: now };
+    this.queue.push(call);
+    // RFC 3261 §21.1.3: 182 Queued; the caller keeps its ringback.
+    this.proxy.provisional(call.pc, 182, "Queued");
+    call.queueTimer = this.clock.setTimeout(() => this.guarded(() => this.onQueueTimeout(call)), Math.max(0, until - now));
+  }
+
+  private onQueueTimeout(call: EngineCall): void {
+    call.queueTimer = undefined;
+    if (call.phase !== "queued" || call.queue === undefined) return;
+    if (call.pickupBranches.some(isLive)) {
+      call.queueTimer = this.clock.setTimeout(() => this.guarded(() => this.onQueueTimeout(call)), this.ringUnitMs);
+      return;
+    }
+    const then = call.queue.then;
+    this.leaveQueue(call);
+    this.cancelAllMembers(call, "max wait");
+    call.phase = "ringing";
+    call.groupId = call.queue?.groupId ?? call.groupId;
+    this.noAnswer(call, false, then);
+  }
+
+  private leaveQueue(call: EngineCall): void {
+    const i = this.queue.indexOf(call);
+    if (i >= 0) this.queue.splice(i, 1);
+    if (call.queue !== undefined) {
+      if (call.queue.offerTimer !== undefined) this.clock.clearTimeout(call.queue.offerTimer);
+      call.queue.offerTimer = undefined;
+    }
+    if (call.queueTimer !== undefined) this.clock.clearTimeout(call.queueTimer);
+    call.queueTimer = undefined;
+  }
+
+  /**
+   * Someone may have become free: offer waiting calls (oldest first) to selectFreeOperator's
+   * pick. `userId` narrows it to the groups that user is in.
+   */
+  private offerQueued(userId: string | undefined): void {
+    if (this.queue.length === 0) return;
+    const site = this.deps.site();
+    // Members already ringing for a waiting call are not offered a second one.
+    const busyWithOffer = new Set<string>();
+    for (const c of this.queue) if (c.queue?.offering !== undefined) busyWithOffer.add(c.queue.offering);
+    for (const call of [...this.queue]) {
+      const q = call.queue;
+      if (q === undefined || q.offering !== undefined) continue;
+      const group = site.index.groupsById.get(q.groupId);
+      if (group === undefined) continue;
+      if (userId !== undefined && !group.members.includes(userId)) continue;
+      const pick = selectFreeOperator({
+        group,
+        usersById: site.index.usersById,
+        devicesByOwner: site.index.devicesByOwner,
+        presence: this.snapshot,
+        evenlyLastOffered: this.evenlyOf(group.id),
+        exclude: busyWithOffer,
+        maxPhysical: this.maxPhysical,
+      });
+      if (pick === undefined) continue;
+      if (this.forkMember(call, pick.memberId, pick.deviceIds) === 0) continue;
+      q.offering = pick.memberId;
+      busyWithOffer.add(pick.memberId);
+      const now = this.clock.now();
+      if (group.strategy === "evenly") this.recordEvenly(group.id, pick.memberId, now);
+      this.noteOffered(call, pick.memberId, pick.deviceIds);
+      // One offer rings for one step; then the call waits again for the next free member.
+      q.offerTimer = this.clock.setTimeout(() => this.guarded(() => this.onOfferTimeout(call)), stepLengthMs(group, this.ringUnitMs));
+    }
+  }
+
+  private onOfferTimeout(call: EngineCall): void {
+    const q = call.queue;
+    if (q === undefined || call.phase !== "queued") return;
+    q.offerTimer = undefined;
+    if (call.pickupBranches.some(isLive)) {
+      q.offerTimer = this.clock.setTimeout(() => this.guarded(() => this.onOfferTimeout(call)), this.ringUnitMs);
+      return;
+    }
+    if (q.offering !== undefined) this.stopMember(call, q.offering, "offer timed out");
+    q.offering = undefined;
+  }
+
+  // --- direct and outbound calls -------------------------------------------------------------------
+
+  private startDirectCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, target: string, user: User, index: SiteIndex): void {
+    const devices = index.devicesByOwner.get(user.id) ?? [];
+    const deviceIds: string[] = [];
+    let physical = 0;
+    for (const d of devices) {
+      if (!this.online.has(d.id) || (caller.kind === "device" && caller.deviceId === d.id)) continue;
+      if (d.kind === "physical") {
+        if (physical >= this.maxPhysical) continue;
+        physical++;
+      }
+      deviceIds.push(d.id);
+    }
+    const now = this.clock.now();
+    const label = callerLabel(caller, req);
+    const base = { callId: req.callId, startedAt: now, endedAt: now, kind: "direct" as const, caller: label, target, offered: [] as string[], ...callerDevice(caller) };
+    if (deviceIds.length === 0) {
+      respond(tx, req, 480, reasonPhrase(480));
+      this.deps.bus.emit("call.missed", { callId: req.callId, groupId: undefined, caller: label, target, offered: [], outcome: "missed", at: now });
+      this.deps.store.appendCall({ ...base, outcome: "missed", status: 480 });
+      return;
+    }
+    if (user.callLimit > 0 && (this.activeCalls.get(user.id) ?? 0) >= user.callLimit) {
+      respond(tx, req, 486, reasonPhrase(486));
+      this.deps.bus.emit("call.busy", { callId: req.callId, groupId: undefined, memberIds: [user.id], caller: label, at: now });
+      this.deps.store.appendCall({ ...base, outcome: "busy", status: 486 });
+      return;
+    }
+    const pc = this.proxy.startCall(tx, req, flow, this.events);
+    if (pc === undefined) return;
+    const call = this.newCall(pc, "direct", caller, req, target, undefined, user.id);
+    const forked = this.forkMember(call, user.id, deviceIds);
+    this.noteFirstFork(call);
+    if (forked === 0) {
+      this.rejectCall(call, 480);
+      return;
+    }
+    this.noteOffered(call, user.id, deviceIds);
+  }
+
+  private startOutboundCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, target: string, number: string, trunk: TrunkSettings | undefined): void {
+    if (trunk === undefined) {
+      respond(tx, req, 404, "Not Found");
+      return;
+    }
+    const pc = this.proxy.startCall(tx, req, flow, this.events);
+    if (pc === undefined) return;
+    const call = this.newCall(pc, "outbound", caller, req, target);
+    call.phase = "forwarded";
+    const b = this.proxy.fork(pc, this.trunkTarget(call, trunk, trunkUri(trunk, number)));
+    this.noteFirstFork(call);
+    if (b === undefined) {
+      this.rejectCall(call, 503);
+      return;
+    }
+    call.otherBranches.push(b);
+  }
+
+  // --- pickup -----------------------------------------------------------------------------------------
+
+  private pickup(tx: ServerTransaction, req: SipRequest, pickerDeviceId: string, pickerUserId: string, targetExtension: string | undefined, index: SiteIndex): void {
+    const ringingCalls: RingingCall[] = [];
+    for (const c of this.calls.values()) {
+      if ((c.phase !== "ringing" && c.phase !== "queued") || c.kind === "outbound") continue;
+      const ringingMembers = [...c.memberBranches.keys()];
+      ringingCalls.push({ callId: c.pc.id, groupId: c.kind === "group" ? c.groupId : undefined, ringingMembers, startedAt: c.startedAt });
+    }
+    const found = findPickupTarget({
+      ringingCalls,
+      pickerUserId,
+      targetExtension,
+      groupsById: index.groupsById,
+      groupsByNumber: index.groupsByNumber,
+      usersByExtension: index.usersByExtension,
+    });
+    if (!found.ok) {
+      if (found.reason === "unknown-extension") respond(tx, req, 404, "Not Found");
+      else respond(tx, req, 480, "Temporarily Unavailable", [{ name: "warning", value: '399 ringedge "Nothing to pick up"' }]);
+      return;
+    }
+    const call = this.calls.get(found.call.callId);
+    const bindings = this.bindingsOf(pickerDeviceId);
+    if (call === undefined || bindings.length === 0) {
+      respond(tx, req, 480, "Temporarily Unavailable", [{ name: "warning", value: '399 ringedge "Picker device not registered"' }]);
+      return;
+    }
+    // The *8 request is answered first so the phone is idle when the call arrives (see header).
+    respond(tx, req, 480, "Temporarily Unavailable", [{ name: "warning", value: '399 ringedge "Picked-up call arrives as a new call"' }]);
+    const headers: SipHeader[] = [
+      { name: "call-info", value: `<sip:${hostOf(call.pc.flow)}>;answer-after=0` },
+      { name: "alert-info", value: "<http://127.0.0.1/>;info=alert-autoanswer" },
+    ];
+    for (const b of bindings) {
+      const branch = this.proxy.fork(call.pc, { uri: b.contact, flow: b.flow, deviceId: pickerDeviceId, memberId: pickerUserId, headers });
+      if (branch !== undefined) call.pickupBranches.push(branch);
+    }
+    this.deps.log.debug("pickup", { callId: call.pc.request.callId, picker: pickerUserId, branches: call.pickupBranches.length });
+  }
+
+  // --- proxy events --------------------------------------------------------------------------------
+
+  private onBranchFailed(pc: ProxyCall, branch: Branch, status: number): void {
+    const call = this.calls.get(pc.id);
+    if (call === undefined || call.phase === "done" || call.phase === "answered") return;
+    if (call.writtenOff.delete(branch.id)) return;
+    call.failStatuses.push(status);
+
+    const pi = call.pickupBranches.indexOf(branch);
+    if (pi >= 0) {
+      call.pickupBranches.splice(pi, 1);
+      this.afterBranchGone(call);
+      return;
+    }
+    const oi = call.otherBranches.indexOf(branch);
+    if (oi >= 0) {
+      call.otherBranches.splice(oi, 1);
+      if (call.phase === "forwarded" && !call.otherBranches.some(isLive)) {
+        // 401/407 from a gateway challenge the agent, not the caller: never relayed.
+        this.rejectCall(call, status === 401 || status === 407 ? 503 : status >= 300 ? status : 480);
+      }
+      return;
+    }
+    const memberId = branch.target.memberId;
+    if (memberId === undefined) return;
+    const list = call.memberBranches.get(memberId);
+    if (list === undefined) return;
+    const i = list.indexOf(branch);
+    if (i >= 0) list.splice(i, 1);
+    if (status === 603) {
+      // RFC 3261 §21.6.2 Decline: the person said no; their other devices stop too.
+      for (const b of list) this.writeOff(call, b, "declined");
+      list.length = 0;
+    }
+    if (list.length === 0) this.memberEnded(call, memberId);
+  }
+
+  /** Every branch of a member is gone without an answer. */
+  private memberEnded(call: EngineCall, memberId: string): void {
+    call.memberBranches.delete(memberId);
+    if (call.plan !== undefined) call.plan = withMemberEnded(call.plan, memberId);
+    if (call.phase === "queued" && call.queue?.offering === memberId) {
+      call.queue.offering = undefined;
+      if (call.queue.offerTimer !== undefined) this.clock.clearTimeout(call.queue.offerTimer);
+      call.queue.offerTimer = undefined;
+      return;
+    }
+    this.afterBranchGone(call);
+  }
+
+  /** Nothing rings any more: move the call on now rather than at the step's end. */
+  private afterBranchGone(call: EngineCall): void {
+    if (call.phase !== "ringing" || this.hasLiveBranches(call)) return;
+    if (call.kind === "group") this.runStep(call);
+    else if (call.kind === "direct") this.rejectCall(call, bestFailure(call.failStatuses));
+  }
+
+  private onAnswered(pc: ProxyCall, branch: Branch): void {
+    const call = this.calls.get(pc.id);
+    if (call === undefined || call.phase === "done") return;
+    const wasQueued = call.phase === "queued";
+    call.phase = "answered";
+    this.clearTimers(call);
+    if (wasQueued) this.leaveQueue(call);
+    const now = this.clock.now();
+    call.answeredBy = branch.target.memberId;
+    call.answeredDevice = branch.target.deviceId;
+    call.answerAfterMs = now - call.startedAt;
+    // The proxy cancelled the other branches itself (Reason cause=200): forget them.
+    call.memberBranches.clear();
+    call.pickupBranches.length = 0;
+    if (call.answeredBy !== undefined) this.countCall(call, call.answeredBy);
+    if (call.caller.kind === "device" && call.caller.userId !== undefined) this.countCall(call, call.caller.userId);
+    this.deps.bus.emit("call.answered", {
+      callId: pc.request.callId,
+      groupId: call.kind === "group" ? call.groupId : undefined,
+      memberId: call.answeredBy,
+      deviceId: call.answeredDevice,
+      caller: call.callerLabel,
+      answerAfterMs: call.answerAfterMs,
+      at: now,
+    });
+  }
+
+  private onCallerCancelled(pc: ProxyCall): void {
+    const call = this.calls.get(pc.id);
+    if (call !== undefined) this.finish(call, 487);
+  }
+
+  private onEnded(pc: ProxyCall, info: { answered: boolean; status?: number }): void {
+    const call = this.calls.get(pc.id);
+    if (call !== undefined) this.finish(call, info.answered ? undefined : info.status);
+  }
+
+  // --- presence and bindings ---------------------------------------------------------------------------
+
+  private onPresence(deviceId: string, online: boolean): void {
+    if (online) {
+      this.online.add(deviceId);
+      const owner = deviceRef(this.deps.site().index, deviceId)?.ownerId;
+      if (owner !== undefined) this.offerQueued(owner);
+      return;
+    }
+    this.online.delete(deviceId);
+    // Its branches cannot be answered: cancel them (plan.ts leaves this to the engine).
+    for (const call of [...this.calls.values()]) {
+      if (call.phase !== "ringing" && call.phase !== "queued") continue;
+      for (const [memberId, list] of [...call.memberBranches]) {
+        const keep = list.filter((b) => b.target.deviceId !== deviceId);
+        if (keep.length === list.length) continue;
+        for (const b of list) if (b.target.deviceId === deviceId) this.writeOff(call, b, "device offline");
+        if (keep.length > 0) call.memberBranches.set(memberId, keep);
+        else this.memberEnded(call, memberId);
+      }
+    }
+  }
+
+  private onBindingsChanged(deviceId: string, aor: string): void {
+    for (const k of this.flowKeysByDevice.get(deviceId) ?? []) {
+      if (this.deviceByFlow.get(k)?.deviceId === deviceId) this.deviceByFlow.delete(k);
+    }
+    this.flowKeysByDevice.delete(deviceId);
+    for (const b of this.deps.location.lookup(aor)) if (b.deviceId === deviceId) this.indexBinding(b);
+  }
+
+  private indexBinding(b: Binding): void {
+    const k = flowKey(b.flow.transport, b.flow.remoteAddress, b.flow.remotePort);
+    this.deviceByFlow.set(k, { deviceId: b.deviceId, username: b.aor });
+    const keys = this.flowKeysByDevice.get(b.deviceId);
+    if (keys === undefined) this.flowKeysByDevice.set(b.deviceId, [k]);
+    else if (!keys.includes(k)) keys.push(k);
+  }
+
+  // --- helpers ----------------------------------------------------------------------------------------
+
+  private bindingsOf(deviceId: string): Binding[] {
+    const aor = this.deps.devices.username(deviceId);
+    if (aor === undefined) return [];
+    return this.deps.location.lookup(aor).filter((b) => b.deviceId === deviceId);
+  }
+
+  /** Forks to every binding of the member's devices; returns how many branches went out. */
+  private forkMember(call: EngineCall, memberId: string, deviceIds: readonly string[]): number {
+    const callerDeviceId = call.caller.kind === "device" ? call.caller.deviceId : undefined;
+    let list = call.memberBranches.get(memberId);
+    let n = 0;
+    for (const deviceId of deviceIds) {
+      if (deviceId === callerDeviceId) continue;
+      for (const b of this.bindingsOf(deviceId)) {
+        const branch = this.proxy.fork(call.pc, { uri: b.contact, flow: b.flow, deviceId, memberId });
+        if (branch === undefined) continue;
+        if (list === undefined) {
+          list = [];
+          call.memberBranches.set(memberId, list);
+        }
+        list.push(branch);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** CANCEL a member's branches (their step ended). */
+  private stopMember(call: EngineCall, memberId: string, reason: string): void {
+    const list = call.memberBranches.get(memberId);
+    call.memberBranches.delete(memberId);
+    if (list !== undefined) for (const b of list) this.writeOff(call, b, reason);
+    if (call.plan !== undefined) call.plan = withMemberEnded(call.plan, memberId);
+  }
+
+  private cancelAllMembers(call: EngineCall, reason: string): void {
+    for (const m of [...call.memberBranches.keys()]) this.stopMember(call, m, reason);
+  }
+
+  private writeOff(call: EngineCall, b: Branch, reason: string): void {
+    if (!isLive(b)) return;
+    call.writtenOff.add(b.id);
+    this.proxy.cancelBranch(call.pc, b, reason);
+  }
+
+  private hasLiveBranches(call: EngineCall): boolean {
+    for (const list of call.memberBranches.values()) if (list.some(isLive)) return true;
+    return call.pickupBranches.some(isLive) || call.otherBranches.some(isLive);
+  }
+
+  private noteFirstFork(call: EngineCall): void {
+    if (call.latencyRecorded) return;
+    const at = call.pc.firstForkAt;
+    if (at === undefined) return;
+    call.latencyRecorded = true;
+    this.histogram.record((at - call.pc.receivedAt) * 1000);
+  }
+
+  private noteOffered(call: EngineCall, memberId: string, deviceIds: string[]): void {
+    if (!call.offeredSet.has(memberId)) {
+      call.offeredSet.add(memberId);
+      call.offered.push(memberId);
+    }
+    this.deps.bus.emit("call.offered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId, deviceIds, caller: call.callerLabel, at: this.clock.now() });
+  }
+
+  private evenlyOf(groupId: string): Map<string, number> {
+    let m = this.evenly.get(groupId);
+    if (m === undefined) {
+      m = new Map(Object.entries(this.deps.store.evenlyLastOffered(groupId)));
+      this.evenly.set(groupId, m);
+    }
+    return m;
+  }
+
+  private recordEvenly(groupId: string, memberId: string, at: number): void {
+    this.evenlyOf(groupId).set(memberId, at);
+    this.deps.store.recordEvenlyOffer(groupId, memberId, at);
+  }
+
+  private countCall(call: EngineCall, userId: string): void {
+    if (call.counted.includes(userId)) return;
+    call.counted.push(userId);
+    this.activeCalls.set(userId, (this.activeCalls.get(userId) ?? 0) + 1);
+  }
+
+  private rejectCall(call: EngineCall, status: number): void {
+    this.proxy.reject(call.pc, status, reasonPhrase(status));
+    this.finish(call, status);
+  }
+
+  private clearStepTimer(call: EngineCall): void {
+    if (call.stepTimer !== undefined) this.clock.clearTimeout(call.stepTimer);
+    call.stepTimer = undefined;
+  }
+
+  private clearTimers(call: EngineCall): void {
+    this.clearStepTimer(call);
+    if (call.queueTimer !== undefined) this.clock.clearTimeout(call.queueTimer);
+    call.queueTimer = undefined;
+    if (call.queue?.offerTimer !== undefined) this.clock.clearTimeout(call.queue.offerTimer);
+    if (call.queue !== undefined) call.queue.offerTimer = undefined;
+  }
+
+  /** The call is over: free its operators, record it, and offer waiting calls to whoever got free. */
+  private finish(call: EngineCall, status: number | undefined): void {
+    if (call.phase === "done") return;
+    const answered = call.phase === "answered";
+    call.phase = "done";
+    this.clearTimers(call);
+    this.leaveQueue(call);
+    this.calls.delete(call.pc.id);
+    for (const u of call.counted) {
+      const n = (this.activeCalls.get(u) ?? 0) - 1;
+      if (n > 0) this.activeCalls.set(u, n);
+      else this.activeCalls.delete(u);
+    }
+    const now = this.clock.now();
+    const outcome = outcomeOf(call, answered);
+    const record: RoutedCallRecord = {
+      callId: call.pc.request.callId,
+      startedAt: call.startedAt,
+      endedAt: now,
+      outcome,
+      kind: call.kind,
+      caller: call.callerLabel,
+      ...callerDevice(call.caller),
+      target: call.target,
+      offered: [...call.offered],
+    };
+    if (call.firstGroupId !== undefined) {
+      record.groupId = call.firstGroupId;
+      record.groups = [...call.groups];
+    }
+    if (call.answeredBy !== undefined) record.answeredBy = call.answeredBy;
+    if (call.answeredDevice !== undefined) record.answeredDevice = call.answeredDevice;
+    if (call.answerAfterMs !== undefined) record.answerAfterMs = call.answerAfterMs;
+    if (!answered && status !== undefined) record.status = status;
+    if (call.kind !== "outbound" && call.answeredBy === undefined) {
+      this.deps.bus.emit("call.missed", { callId: record.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, at: now });
+    }
+    this.deps.store.appendCall(record);
+    for (const u of call.counted) this.offerQueued(u);
+  }
+
+  private guarded(fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.deps.log.error("routing engine error", { err: (err as Error).message, stack: (err as Error).stack });
+    }
+  }
+}
+
+function outcomeOf(call: EngineCall, answered: boolean): CallOutcome {
+  if (call.kind === "outbound") return answered ? "answered" : "unanswered";
+  if (call.answeredBy !== undefined) return "answered";
+  if (answered && call.forwardedAs !== undefined) return call.forwardedAs;
+  if (call.offered.length === 0 && call.busyMembers.size > 0) return "busy";
+  return "missed";
+}
+
+function callerDevice(caller: Caller): { callerDeviceId?: string } {
+  return caller.kind === "device" ? { callerDeviceId: caller.deviceId } : {};
+}
+
+/** Display text for the caller: a verified device's username, else From's user part (bounded). */
+function callerLabel(caller: Caller, req: SipRequest): string {
+  if (caller.kind === "device") return caller.username;
+  const uri = parseUri(req.from.uri);
+  const text = uri?.user !== undefined ? unescapeUser(uri.user) : req.from.uri;
+  return text.replace(/[\x00-\x1f\x7f]/g, "").slice(0, CALLER_LABEL_MAX);
+}
+
+/** The Request-URI user part as dialled (bounded; for records only). */
+function dialledText(requestUri: string): string {
+  const uri = parseUri(requestUri);
+  return (uri?.user !== undefined ? unescapeUser(uri.user) : requestUri).replace(/[\x00-\x1f\x7f]/g, "").slice(0, 64);
+}
+
+function hostOf(flow: Flow): string {
+  const a = flow.localAddress.includes(":") ? `[${flow.localAddress}]` : flow.localAddress;
+  return `${a}:${flow.localPort}`;
+}
+
+/** A final response from the engine itself (before or instead of the proxy). */
+function respond(tx: ServerTransaction, req: SipRequest, status: number, reason: string, headers?: SipHeader[]): void {
+  const r = tx.respond(createResponse(req, status, reason, { toTag: randomToken(6), ...(headers !== undefined ? { headers } : {}) }));
+  if (!r.ok) return; // the transaction is gone (transport error): nothing more to do
+}

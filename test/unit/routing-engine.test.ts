@@ -1,0 +1,853 @@
+// The routing engine's policy, driven apart from the SIP mechanism: a recording fake of
+// StatefulProxyApi stands in for agent/sip/proxy.ts, and a fake clock drives the step, queue
+// and offer timers. Each test reads as a timeline: which branches were forked when, which
+// were cancelled, what the caller got, what was recorded.
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { EventBus, type AgentEvents } from "../../agent/bus.ts";
+import { createLogger } from "../../agent/log.ts";
+import { RoutingEngine, bestFailure, type EngineClock, type RoutedCallRecord, type RoutingSettings } from "../../agent/routing/engine.ts";
+import { indexSite, parseSite, type DeviceRef, type Group, type SiteIndex, type User } from "../../agent/routing/model.ts";
+import { computeAuthorization, DigestAuthenticator } from "../../agent/sip/digest.ts";
+import type { Binding } from "../../agent/sip/location.ts";
+import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
+import type { Branch, BranchState, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../../agent/sip/proxy-types.ts";
+import type { ServerTransaction } from "../../agent/sip/transaction.ts";
+import type { Flow, SipHeader, SipRequest, SipResponse } from "../../agent/sip/types.ts";
+
+// --- fakes -----------------------------------------------------------------------------------------
+
+const T0 = 1_700_000_000_000;
+const UNIT = 1000; // one ring in these tests
+
+class FakeClock implements EngineClock {
+  t = T0;
+  private seq = 0;
+  private timers: Array<{ id: number; at: number; fn: () => void }> = [];
+  now(): number {
+    return this.t;
+  }
+  setTimeout(fn: () => void, ms: number): unknown {
+    const id = ++this.seq;
+    this.timers.push({ id, at: this.t + ms, fn });
+    return id;
+  }
+  clearTimeout(h: unknown): void {
+    this.timers = this.timers.filter((x) => x.id !== h);
+  }
+  /** Moves time forward, running due timers in time order (each at its own instant). */
+  advance(ms: number): void {
+    const end = this.t + ms;
+    for (;;) {
+      this.timers.sort((a, b) => a.at - b.at || a.id - b.id);
+      const next = this.timers[0];
+      if (next === undefined || next.at > end) break;
+      this.timers.shift();
+      this.t = next.at;
+      next.fn();
+    }
+    this.t = end;
+  }
+  pending(): number {
+    return this.timers.length;
+  }
+}
+
+interface FakeBranch extends Branch {
+  state: BranchState;
+  lastStatus: number | undefined;
+}
+interface FakeCall extends ProxyCall {
+  events: ProxyCallEvents;
+  branches: FakeBranch[];
+  answered: FakeBranch | undefined;
+  finished: boolean;
+  firstForkAt: number | undefined;
+  provisionals: number[];
+  rejected: number | undefined;
+}
+type Op = { at: number; op: "fork" | "cancel"; call: string; device: string | undefined; member: string | undefined; uri: string; headers?: SipHeader[] };
+
+/** Records what the engine asks of the proxy; tests play the phones' side through it. */
+class FakeProxy implements StatefulProxyApi {
+  readonly calls: FakeCall[] = [];
+  readonly ops: Op[] = [];
+  /** Shared with the store fake so tests can check the order "forks, then persistence". */
+  constructor(private readonly clock: FakeClock, private readonly journal: string[], private readonly forkLatencyMs = 0.05) {}
+  private n = 0;
+
+  startCall(_tx: ServerTransaction, req: SipRequest, flow: Flow, events: ProxyCallEvents): ProxyCall | undefined {
+    const c: FakeCall = { id: `pc${++this.n}`, request: req, flow, receivedAt: 1000, firstForkAt: undefined, branches: [], answered: undefined, finished: false, events, provisionals: [], rejected: undefined };
+    this.calls.push(c);
+    return c;
+  }
+  fork(call: ProxyCall, target: BranchTarget): Branch | undefined {
+    const c = call as FakeCall;
+    if (c.finished) return undefined;
+    const b: FakeBranch = { id: `b${++this.n}`, target, state: "calling", lastStatus: undefined, sentAt: 0 };
+    c.branches.push(b);
+    c.firstForkAt ??= c.receivedAt + this.forkLatencyMs;
+    this.ops.push({ at: this.clock.now() - T0, op: "fork", call: c.id, device: target.deviceId, member: target.memberId, uri: target.uri, ...(target.headers ? { headers: target.headers } : {}) });
+    this.journal.push(`fork ${target.deviceId ?? target.uri}`);
+    return b;
+  }
+  cancelBranch(call: ProxyCall, branch: Branch): void {
+    const b = branch as FakeBranch;
+    if (b.state !== "calling" && b.state !== "ringing") return;
+    b.state = "cancelled";
+    this.ops.push({ at: this.clock.now() - T0, op: "cancel", call: call.id, device: b.target.deviceId, member: b.target.memberId, uri: b.target.uri });
+  }
+  provisional(call: ProxyCall, status: number): void {
+    (call as FakeCall).provisionals.push(status);
+  }
+  reject(call: ProxyCall, status: number): void {
+    const c = call as FakeCall;
+    for (const b of this.activeBranches(c)) this.cancelBranch(c, b);
+    c.finished = true;
+    c.rejected = status;
+    c.events.onEnded?.(c, { answered: false, by: "proxy", status });
+  }
+  activeBranches(call: ProxyCall): Branch[] {
+    return (call as FakeCall).branches.filter((b) => b.state === "calling" || b.state === "ringing");
+  }
+
+  // --- the phones' side ---
+  answer(b: Branch): void {
+    const c = this.callOf(b);
+    const fb = b as FakeBranch;
+    fb.state = "answered";
+    c.answered = fb;
+    c.finished = true;
+    for (const o of this.activeBranches(c)) (o as FakeBranch).state = "cancelled"; // "Call completed elsewhere"
+    c.events.onAnswered?.(c, b);
+  }
+  fail(b: Branch, status: number): void {
+    const c = this.callOf(b);
+    const fb = b as FakeBranch;
+    fb.state = "failed";
+    fb.lastStatus = status;
+    c.events.onBranchFailed?.(c, b, status);
+  }
+  hangup(c: FakeCall): void {
+    c.events.onEnded?.(c, { answered: true, by: "caller" });
+  }
+  callerCancel(c: FakeCall): void {
+    for (const b of this.activeBranches(c)) (b as FakeBranch).state = "cancelled";
+    c.finished = true;
+    c.events.onCallerCancelled?.(c);
+    c.events.onEnded?.(c, { answered: false, by: "caller", status: 487 });
+  }
+  callOf(b: Branch): FakeCall {
+    const c = this.calls.find((x) => x.branches.includes(b as FakeBranch));
+    if (c === undefined) throw new Error("unknown branch");
+    return c;
+  }
+  live(c: FakeCall): FakeBranch[] {
+    return c.branches.filter((b) => b.state === "calling" || b.state === "ringing");
+  }
+  /** Live branches ringing a device. */
+  ringing(c: FakeCall, deviceId: string): FakeBranch[] {
+    return this.live(c).filter((b) => b.target.deviceId === deviceId);
+  }
+  /** "t device" for every fork / cancel, in order. */
+  timeline(op: "fork" | "cancel", call?: FakeCall): string[] {
+    return this.ops.filter((o) => o.op === op && (call === undefined || o.call === call.id)).map((o) => `${o.at} ${o.device ?? o.uri}`);
+  }
+}
+
+class FakeTx {
+  readonly responses: SipResponse[] = [];
+  respond(res: SipResponse): { ok: true } {
+    this.responses.push(res);
+    return { ok: true };
+  }
+  get status(): number | undefined {
+    return this.responses.at(-1)?.status;
+  }
+}
+
+// --- site fixtures ----------------------------------------------------------------------------------
+
+const LOCAL: Pick<Flow, "localAddress" | "localPort"> = { localAddress: "10.0.0.1", localPort: 5060 };
+const TRUNK_IP = "192.0.2.10";
+
+function user(id: string, extension: string, over: Partial<User> = {}): User {
+  return { id, extension, name: id, availability: "available", callLimit: 1, ...over };
+}
+function group(over: Partial<Group>): Group {
+  return { id: "g1", number: "100", name: "G", strategy: "sequential", members: [], ringCount: 1, checkAvailability: false, noAnswer: { kind: "hangup" }, ...over };
+}
+
+interface World {
+  clock: FakeClock;
+  proxy: FakeProxy;
+  engine: RoutingEngine;
+  bus: EventBus;
+  index: SiteIndex;
+  settings: RoutingSettings;
+  journal: string[];
+  records: RoutedCallRecord[];
+  events: Array<{ name: string; e: unknown }>;
+  /** Device id → its flow (each device registered from its own port). */
+  flowOf(deviceId: string): Flow;
+  setOnline(deviceId: string, online: boolean): void;
+  /** A new INVITE from a device (or any flow) to a number. */
+  call(to: string, from: string | Flow, headers?: string[]): { tx: FakeTx; pc: FakeCall | undefined };
+}
+
+/**
+ * users u1..uN (extension 201..) with one physical phone p<i> each (plus extra devices given),
+ * all online unless listed in `offline`.
+ */
+function world(opts: {
+  users: number | User[];
+  groups: Group[];
+  extraDevices?: DeviceRef[];
+  offline?: string[];
+  settings?: Partial<RoutingSettings>;
+  evenly?: Record<string, Record<string, number>>;
+  forkLatencyMs?: number;
+  maxPhysical?: number;
+}): World {
+  const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
+  const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
+  devices.push(...(opts.extraDevices ?? []));
+  const parsed = parseSite({ users, devices, groups: opts.groups });
+  if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+  const index = indexSite(parsed.site);
+  const settings: RoutingSettings = { pickupCode: "*8", trunk: { host: TRUNK_IP, port: 5070, transport: "udp", allowedSources: [TRUNK_IP], prefix: "0" }, ...opts.settings };
+  const clock = new FakeClock();
+  const journal: string[] = [];
+  const proxy = new FakeProxy(clock, journal, opts.forkLatencyMs);
+  const bus = new EventBus();
+  const events: Array<{ name: string; e: unknown }> = [];
+  for (const name of ["call.offered", "call.answered", "call.missed", "call.busy"] as const) bus.on(name, (e) => events.push({ name, e }));
+  const flows = new Map<string, Flow>();
+  const bindings: Binding[] = devices.map((d, i) => {
+    const flow: Flow = { transport: "udp", remoteAddress: "10.0.1.5", remotePort: 6000 + i, ...LOCAL };
+    flows.set(d.id, flow);
+    return { deviceId: d.id, aor: `sip-${d.id}`, contact: `sip:sip-${d.id}@10.0.1.5:${6000 + i}`, expiresAt: T0 + 3_600_000, callId: `r-${d.id}`, cseq: 1, q: undefined, flow, userAgent: undefined, instance: undefined };
+  });
+  const online = new Set(devices.map((d) => d.id).filter((id) => !(opts.offline ?? []).includes(id)));
+  const records: RoutedCallRecord[] = [];
+  const evenly = opts.evenly ?? {};
+  const engine = new RoutingEngine({
+    proxy,
+    site: () => ({ index, settings }),
+    location: { lookup: (aor) => bindings.filter((b) => b.aor === aor), all: () => bindings },
+    presence: { snapshot: () => devices.map((d) => ({ deviceId: d.id, online: online.has(d.id) })) },
+    devices: {
+      username: (id) => (devices.some((d) => d.id === id) ? `sip-${id}` : undefined),
+      credentials: (username) => {
+        const d = devices.find((x) => `sip-${x.id}` === username);
+        return d === undefined ? undefined : { deviceId: d.id, username, password: `pw-${d.id}` };
+      },
+    },
+    store: {
+      evenlyLastOffered: (g) => evenly[g] ?? {},
+      recordEvenlyOffer: (g, m, at) => {
+        journal.push(`evenly ${m}`);
+        (evenly[g] ??= {})[m] = at;
+      },
+      appendCall: (r) => records.push(r),
+    },
+    bus,
+    authenticator: new DigestAuthenticator({ realm: "site", algorithms: ["MD5"], header: "proxy-authenticate", now: () => clock.now() }),
+    log: createLogger("silent"),
+    ringUnitMs: UNIT,
+    clock,
+    ...(opts.maxPhysical !== undefined ? { maxPhysical: opts.maxPhysical } : {}),
+  });
+  engine.start();
+  let seq = 0;
+  return {
+    clock,
+    proxy,
+    engine,
+    bus,
+    index,
+    settings,
+    journal,
+    records,
+    events,
+    flowOf: (id) => flows.get(id)!,
+    setOnline: (deviceId, on) => {
+      if (on) online.add(deviceId);
+      else online.delete(deviceId);
+      bus.emit("device.presence", { deviceId, username: `sip-${deviceId}`, online: on, reason: on ? "registered" : "keepalive-timeout", at: clock.now() });
+    },
+    call: (to, from, headers = []) => {
+      const flow: Flow = typeof from === "string" ? flows.get(from)! : from;
+      const req = invite(`sip:${to}@10.0.0.1`, `c${++seq}`, headers);
+      const tx = new FakeTx();
+      const before = proxy.calls.length;
+      engine.onInvite(tx as unknown as ServerTransaction, req, flow);
+      return { tx, pc: proxy.calls.length > before ? proxy.calls.at(-1) : undefined };
+    },
+  };
+}
+
+function invite(ruri: string, callId: string, extra: string[] = []): SipRequest {
+  const text = [
+    `INVITE ${ruri} SIP/2.0`,
+    "Via: SIP/2.0/UDP 10.0.1.5:5999;branch=z9hG4bK-" + callId,
+    "Max-Forwards: 70",
+    "From: <sip:555@10.0.1.5>;tag=f1",
+    `To: <${ruri}>`,
+    `Call-ID: ${callId}`,
+    "CSeq: 1 INVITE",
+    "Contact: <sip:555@10.0.1.5:5999>",
+    ...extra,
+    "Content-Length: 0",
+    "",
+    "",
+  ].join("\r\n");
+  const r = parseDatagram(Buffer.from(text));
+  if (!r.ok || r.message.kind !== "request") throw new Error("bad test INVITE");
+  return r.message;
+}
+
+const trunkFlow: Flow = { transport: "udp", remoteAddress: TRUNK_IP, remotePort: 5070, ...LOCAL };
+const strangerFlow: Flow = { transport: "udp", remoteAddress: "203.0.113.9", remotePort: 5060, ...LOCAL };
+
+function events<K extends keyof AgentEvents>(w: World, name: K): Array<AgentEvents[K]> {
+  return w.events.filter((x) => x.name === name).map((x) => x.e as AgentEvents[K]);
+}
+
+// --- strategies over time ---------------------------------------------------------------------------
+
+describe("strategies over time", () => {
+  it("sequential: one member per step, the previous one cancelled, then the no-answer action", () => {
+    const w = world({ users: 3, groups: [group({ members: ["u1", "u2", "u3"], ringCount: 2 })] });
+    const { pc } = w.call("100", trunkFlow);
+    assert.ok(pc);
+    w.clock.advance(10 * UNIT);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "2000 p2", "4000 p3"]);
+    assert.deepEqual(w.proxy.timeline("cancel"), ["2000 p1", "4000 p2", "6000 p3"]);
+    assert.equal(pc.rejected, 480);
+    assert.equal(w.records.length, 1);
+    assert.deepEqual({ outcome: w.records[0]!.outcome, offered: w.records[0]!.offered, groupId: w.records[0]!.groupId }, { outcome: "missed", offered: ["u1", "u2", "u3"], groupId: "g1" });
+    assert.deepEqual(events(w, "call.missed").map((e) => e.offered), [["u1", "u2", "u3"]]);
+    assert.equal(w.clock.pending(), 0);
+  });
+
+  it("simultaneous: everyone at once, all cancelled together when the step runs out", () => {
+    const w = world({ users: 3, groups: [group({ strategy: "simultaneous", members: ["u1", "u2", "u3"], ringCount: 3 })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(2999);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "0 p2", "0 p3"]);
+    assert.deepEqual(w.proxy.timeline("cancel"), []);
+    w.clock.advance(1);
+    assert.deepEqual(w.proxy.timeline("cancel"), ["3000 p1", "3000 p2", "3000 p3"]);
+    assert.equal(pc!.rejected, 480);
+  });
+
+  it("cumulative: earlier members keep ringing while the next is added", () => {
+    const w = world({ users: 3, groups: [group({ strategy: "cumulative", members: ["u1", "u2", "u3"] })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(2500);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "1000 p2", "2000 p3"]);
+    assert.deepEqual(w.proxy.timeline("cancel"), []);
+    assert.equal(w.proxy.live(pc!).length, 3);
+    w.clock.advance(500);
+    assert.deepEqual(w.proxy.timeline("cancel"), ["3000 p1", "3000 p2", "3000 p3"]);
+  });
+
+  it("evenly: the member offered longest ago first; offers persisted only after the forks", () => {
+    const w = world({
+      users: 3,
+      groups: [group({ strategy: "evenly", members: ["u1", "u2", "u3"] })],
+      evenly: { g1: { u1: T0 - 10, u2: T0 - 30, u3: T0 - 20 } },
+    });
+    w.call("100", trunkFlow);
+    assert.deepEqual(w.journal, ["fork p2", "evenly u2"]);
+    w.clock.advance(3000);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p2", "1000 p3", "2000 p1"]);
+    assert.deepEqual(w.journal, ["fork p2", "evenly u2", "fork p3", "evenly u3", "fork p1", "evenly u1"]);
+    // The next call starts with the one offered longest ago: u2 again.
+    w.call("100", trunkFlow);
+    assert.equal(w.proxy.ops.at(-1)!.device, "p2");
+  });
+
+  it("a member rings on every online device at once (phone + soft client)", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"] })], extraDevices: [{ id: "s1", ownerId: "u1", kind: "soft" }, { id: "s1b", ownerId: "u1", kind: "soft" }], offline: ["s1b"] });
+    w.call("100", trunkFlow);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "0 s1"]);
+  });
+});
+
+describe("the 10-phone cap", () => {
+  it("simultaneous with 12 desk phones and 3 soft clients: the first 10 phones plus every soft client", () => {
+    const members = Array.from({ length: 12 }, (_, i) => `u${i + 1}`);
+    const extra: DeviceRef[] = [
+      { id: "s2", ownerId: "u2", kind: "soft" },
+      { id: "s11", ownerId: "u11", kind: "soft" },
+      { id: "s12", ownerId: "u12", kind: "soft" },
+    ];
+    const w = world({ users: 12, groups: [group({ strategy: "simultaneous", members })], extraDevices: extra });
+    w.call("100", trunkFlow);
+    const forked = w.proxy.ops.filter((o) => o.op === "fork").map((o) => o.device!);
+    assert.deepEqual(forked.filter((d) => d.startsWith("p")), ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9", "p10"]);
+    assert.deepEqual(forked.filter((d) => d.startsWith("s")).sort(), ["s11", "s12", "s2"]);
+  });
+
+  it("cumulative stops adding desk phones at the cap but keeps adding soft clients", () => {
+    const members = Array.from({ length: 12 }, (_, i) => `u${i + 1}`);
+    const w = world({ users: 12, groups: [group({ strategy: "cumulative", members })], extraDevices: [{ id: "s12", ownerId: "u12", kind: "soft" }] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(10_500); // u11 (desk phone only) passed over for the cap; u12 rings its soft client at 10000
+    const live = w.proxy.live(pc!).map((b) => b.target.deviceId);
+    assert.equal(live.filter((d) => d!.startsWith("p")).length, 10);
+    assert.ok(live.includes("s12"));
+    assert.ok(!live.includes("p11") && !live.includes("p12"));
+  });
+});
+
+// --- failures, busy, presence -------------------------------------------------------------------------
+
+describe("member failures and busy members", () => {
+  it("486 from the ringing member moves a sequential group on at once", () => {
+    const w = world({ users: 3, groups: [group({ members: ["u1", "u2", "u3"], ringCount: 5 })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(300);
+    w.proxy.fail(w.proxy.ringing(pc!, "p1")[0]!, 486);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "300 p2"]);
+    // The new step has its full length from now.
+    w.clock.advance(4999);
+    assert.equal(w.proxy.timeline("fork").length, 2);
+    w.clock.advance(1);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "300 p2", "5300 p3"]);
+  });
+
+  it("603 from one device ends the member: their other devices are cancelled", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"], ringCount: 5 })], extraDevices: [{ id: "s1", ownerId: "u1", kind: "soft" }] });
+    const { pc } = w.call("100", trunkFlow);
+    w.proxy.fail(w.proxy.ringing(pc!, "p1")[0]!, 603);
+    assert.deepEqual(w.proxy.timeline("cancel"), ["0 s1"]);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "0 s1", "0 p2"]);
+  });
+
+  it("486 from one of two devices: the member keeps ringing on the other", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"], ringCount: 5 })], extraDevices: [{ id: "s1", ownerId: "u1", kind: "soft" }] });
+    const { pc } = w.call("100", trunkFlow);
+    w.proxy.fail(w.proxy.ringing(pc!, "p1")[0]!, 486);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "0 s1"]);
+    assert.equal(w.proxy.ringing(pc!, "s1").length, 1);
+  });
+
+  it("simultaneous: when every member rejected, the no-answer action applies at once", () => {
+    const w = world({ users: 2, groups: [group({ strategy: "simultaneous", members: ["u1", "u2"], ringCount: 5 })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.proxy.fail(w.proxy.ringing(pc!, "p1")[0]!, 486);
+    assert.equal(pc!.rejected, undefined);
+    w.proxy.fail(w.proxy.ringing(pc!, "p2")[0]!, 603);
+    assert.equal(pc!.rejected, 480);
+  });
+
+  it("members at their call limit are skipped (counted from answered dialogs), and freed when the dialog ends", () => {
+    const w = world({ users: 3, groups: [group({ members: ["u1", "u2", "u3"] })] });
+    const first = w.call("100", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(first, "p1")[0]!);
+    assert.equal(w.engine.activeCallsOf("u1"), 1);
+    const second = w.call("100", trunkFlow).pc!;
+    assert.deepEqual(w.proxy.timeline("fork", second), ["0 p2"]);
+    assert.deepEqual(events(w, "call.busy").map((e) => e.memberIds), [["u1"]]);
+    w.proxy.hangup(first);
+    assert.equal(w.engine.activeCallsOf("u1"), 0);
+    const third = w.call("100", trunkFlow).pc!;
+    assert.deepEqual(w.proxy.timeline("fork", third), ["0 p1"]);
+  });
+
+  it("a 486 does not make a member busy: only dialogs count", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"] })] });
+    const a = w.call("100", trunkFlow).pc!;
+    w.proxy.fail(w.proxy.ringing(a, "p1")[0]!, 486);
+    const b = w.call("100", trunkFlow).pc!;
+    assert.deepEqual(w.proxy.timeline("fork", b), ["0 p1"]);
+  });
+
+  it("a device going offline mid-ring is cancelled, and sequential moves on", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"], ringCount: 5 })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(200);
+    w.setOnline("p1", false);
+    assert.deepEqual(w.proxy.timeline("cancel"), ["200 p1"]);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "200 p2"]);
+    // The cancelled branch's 487 later is not news.
+    w.proxy.fail(pc!.branches[0]!, 487);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "200 p2"]);
+  });
+
+  it("the caller's own device never rings for its own group call", () => {
+    const w = world({ users: 2, groups: [group({ strategy: "simultaneous", members: ["u1", "u2"] })] });
+    w.call("100", "p1");
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p2"]);
+  });
+});
+
+// --- no answer -------------------------------------------------------------------------------------------
+
+describe("no-answer actions", () => {
+  const two = (noAnswer: Group["noAnswer"], extra: Partial<Group> = {}) => group({ members: ["u1", "u2"], noAnswer, ...extra });
+
+  it("voicemail at an IP-literal URI is forked to directly; its answer records outcome voicemail", () => {
+    const w = world({ users: 2, groups: [two({ kind: "voicemail", uri: "sip:vm@10.0.0.50:5090" })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(2000);
+    const vm = pc!.branches.at(-1)!;
+    assert.equal(vm.target.uri, "sip:vm@10.0.0.50:5090");
+    assert.deepEqual([vm.target.flow.remoteAddress, vm.target.flow.remotePort], ["10.0.0.50", 5090]);
+    assert.equal(vm.target.memberId, undefined);
+    w.proxy.answer(vm);
+    w.proxy.hangup(pc!);
+    assert.equal(w.records[0]!.outcome, "voicemail");
+    assert.deepEqual(w.records[0]!.offered, ["u1", "u2"]);
+    assert.equal(events(w, "call.missed").length, 1);
+  });
+
+  it("voicemail as tel: goes through the trunk", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"], noAnswer: { kind: "voicemail", uri: "tel:+4930999" } })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(1000);
+    const vm = pc!.branches.at(-1)!;
+    assert.equal(vm.target.uri, "tel:+4930999");
+    assert.equal(vm.target.flow.remoteAddress, TRUNK_IP);
+  });
+
+  it("forward-mobile: the last offered member's mobile through the trunk with its prefix", () => {
+    const users = [user("u1", "201", { mobile: "+491701" }), user("u2", "202", { mobile: "+491702" })];
+    const w = world({ users, groups: [two({ kind: "forward-mobile" })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(2000);
+    const fwd = pc!.branches.at(-1)!;
+    assert.equal(fwd.target.uri, `sip:0+491702@${TRUNK_IP}:5070`);
+    assert.deepEqual([fwd.target.flow.remoteAddress, fwd.target.flow.remotePort, fwd.target.flow.transport], [TRUNK_IP, 5070, "udp"]);
+    w.proxy.fail(fwd, 404);
+    assert.equal(pc!.rejected, 404);
+    assert.equal(w.records[0]!.outcome, "missed");
+  });
+
+  it("forward-number through the trunk; without a trunk the call ends 480", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"], noAnswer: { kind: "forward-number", number: "0301234" } })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(1000);
+    assert.equal(pc!.branches.at(-1)!.target.uri, `sip:00301234@${TRUNK_IP}:5070`);
+    w.proxy.answer(pc!.branches.at(-1)!);
+    w.proxy.hangup(pc!);
+    assert.equal(w.records[0]!.outcome, "forwarded");
+
+    const noTrunk = world({ users: 1, groups: [group({ members: ["u1"], noAnswer: { kind: "forward-number", number: "0301234" } })], settings: { trunk: undefined } });
+    const { pc: pc2 } = noTrunk.call("100", "p1"); // p1 is u1's own phone: nobody else rings
+    assert.equal(pc2!.rejected, 480);
+  });
+
+  it("hangup with the configured status", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"], noAnswer: { kind: "hangup", status: 603 } })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(1000);
+    assert.equal(pc!.rejected, 603);
+  });
+
+  it("overflow-group after the group's own steps, with the offered list spanning both groups", () => {
+    const w = world({
+      users: 3,
+      groups: [two({ kind: "overflow-group", groupId: "g2" }), group({ id: "g2", number: "200", members: ["u3"], noAnswer: { kind: "hangup" } })],
+    });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(5000);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "1000 p2", "2000 p3"]);
+    assert.equal(pc!.rejected, 480);
+    assert.deepEqual(w.records[0]!.offered, ["u1", "u2", "u3"]);
+    assert.deepEqual(w.records[0]!.groups, ["g1", "g2"]);
+  });
+
+  it("overflow at once when every member is offline", () => {
+    const w = world({
+      users: 3,
+      offline: ["p1", "p2"],
+      groups: [two({ kind: "overflow-group", groupId: "g2" }), group({ id: "g2", number: "200", members: ["u3"] })],
+    });
+    w.call("100", trunkFlow);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p3"]);
+  });
+
+  it("the overflow target distributes afresh (a member of both rings again) and applies its own action", () => {
+    const w = world({
+      users: 2,
+      groups: [two({ kind: "overflow-group", groupId: "g2" }), group({ id: "g2", number: "200", members: ["u1"], noAnswer: { kind: "hangup", status: 486 } })],
+    });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(10_000);
+    assert.equal(pc!.rejected, 486);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "1000 p2", "2000 p1"]);
+  });
+});
+
+describe("wait for a free operator", () => {
+  const waiting = (then: Group["noAnswer"] = { kind: "hangup" }) =>
+    group({ strategy: "sequential", members: ["u1", "u2"], noAnswer: { kind: "wait-for-operator", maxWaitS: 30, then: then as never } });
+
+  it("all busy: 182 Queued, then the first member whose call ends gets the call", () => {
+    const w = world({ users: 4, groups: [waiting(), group({ id: "g9", number: "900", strategy: "simultaneous", members: ["u1", "u2"] })] });
+    // u1 and u2 each take a call through g9.
+    const busy1 = w.call("900", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(busy1, "p1")[0]!);
+    const busy2 = w.call("900", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(busy2, "p2")[0]!);
+    const { pc } = w.call("100", trunkFlow);
+    assert.deepEqual(pc!.provisionals, [182]);
+    assert.equal(pc!.branches.length, 0);
+    assert.equal(w.engine.stats().queued, 1);
+    w.clock.advance(5000);
+    w.proxy.hangup(busy2); // u2 is free first
+    assert.deepEqual(w.proxy.timeline("fork", pc), ["5000 p2"]);
+    w.proxy.answer(pc!.branches[0]!);
+    assert.equal(w.engine.stats().queued, 0);
+    w.proxy.hangup(pc!);
+    const rec = w.records.find((r) => r.callId === pc!.request.callId)!;
+    assert.equal(rec.answeredBy, "u2");
+    assert.equal(rec.answerAfterMs, 5000);
+  });
+
+  it("a member coming online gets the waiting call", () => {
+    const w = world({ users: 2, offline: ["p1"], groups: [waiting()] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(1000); // u1 offline (passed over), u2 rang one step, nobody answered → queued
+    assert.deepEqual(pc!.provisionals, [182]);
+    w.clock.advance(1000);
+    w.setOnline("p1", true);
+    assert.deepEqual(w.proxy.timeline("fork", pc), ["0 p2", "2000 p1"]);
+    w.proxy.answer(w.proxy.ringing(pc!, "p1")[0]!);
+    assert.equal(w.engine.activeCallsOf("u1"), 1);
+  });
+
+  it("after maxWaitS the final action applies", () => {
+    const w = world({ users: 2, groups: [waiting({ kind: "hangup", status: 486 })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(2000);
+    assert.deepEqual(pc!.provisionals, [182]);
+    w.clock.advance(29_999);
+    assert.equal(pc!.rejected, undefined);
+    w.clock.advance(1);
+    assert.equal(pc!.rejected, 486);
+    assert.equal(w.engine.stats().queued, 0);
+    assert.equal(w.engine.stats().activeCalls, 0);
+  });
+
+  it("an offer that is not answered rings one step, then the call waits again", () => {
+    const w = world({ users: 2, groups: [waiting()] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(2000);
+    w.setOnline("p1", false);
+    w.setOnline("p1", true); // offered to u1 at 2000
+    w.clock.advance(1000);
+    assert.deepEqual(w.proxy.timeline("cancel", pc).slice(-1), ["3000 p1"]);
+    assert.equal(w.proxy.live(pc!).length, 0);
+    assert.equal(w.engine.stats().queued, 1);
+  });
+
+  it("all members offline: no wait, the final action at once", () => {
+    const w = world({ users: 2, offline: ["p1", "p2"], groups: [waiting({ kind: "hangup", status: 603 })] });
+    const { pc } = w.call("100", trunkFlow);
+    assert.equal(pc!.rejected, 603);
+    assert.deepEqual(pc!.provisionals, []);
+  });
+});
+
+// --- direct calls and outbound --------------------------------------------------------------------------
+
+describe("direct calls to an extension", () => {
+  it("ring every online device of the user; 480 when none; 486 at the call limit", () => {
+    const w = world({ users: 3, groups: [], extraDevices: [{ id: "s1", ownerId: "u1", kind: "soft" }] });
+    const { pc } = w.call("201", "p2");
+    assert.deepEqual(w.proxy.timeline("fork", pc), ["0 p1", "0 s1"]);
+    w.proxy.answer(pc!.branches[0]!);
+    assert.equal(w.engine.activeCallsOf("u1"), 1);
+    assert.equal(w.engine.activeCallsOf("u2"), 1); // the caller's operator is in a call too
+    const again = w.call("201", "p3");
+    assert.equal(again.pc, undefined);
+    assert.equal(again.tx.status, 486);
+    assert.deepEqual(events(w, "call.busy").at(-1)!.memberIds, ["u1"]);
+    w.setOnline("p3", false);
+    const off = w.call("203", trunkFlow);
+    assert.equal(off.tx.status, 480);
+    assert.equal(w.records.at(-1)!.outcome, "missed");
+  });
+
+  it("every branch failing ends the call with the best failure", () => {
+    const w = world({ users: 2, groups: [], extraDevices: [{ id: "s1", ownerId: "u1", kind: "soft" }] });
+    const { pc } = w.call("201", trunkFlow);
+    w.proxy.fail(pc!.branches[0]!, 486);
+    assert.equal(pc!.rejected, undefined);
+    w.proxy.fail(pc!.branches[1]!, 408);
+    assert.equal(pc!.rejected, 486);
+    assert.equal(bestFailure([408, 480, 603, 486]), 603);
+    assert.equal(bestFailure([408]), 480);
+  });
+});
+
+// --- admission: toll-fraud rules ------------------------------------------------------------------------
+
+describe("admission and toll-fraud rules", () => {
+  it("the trunk may reach local numbers only", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"] })] });
+    assert.ok(w.call("100", trunkFlow).pc);
+    assert.ok(w.call("201", trunkFlow).pc);
+    const relay = w.call("004930123", trunkFlow);
+    assert.equal(relay.pc, undefined);
+    assert.equal(relay.tx.status, 403);
+    assert.equal(relay.tx.responses[0]!.reason, "Not relaying");
+    assert.equal(w.call("*8", trunkFlow).tx.status, 403);
+  });
+
+  it("the trunk prefix is stripped from inbound numbers it puts before ours", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"] })] });
+    assert.ok(w.call("0100", trunkFlow).pc);
+  });
+
+  it("a registered device's flow reaches the trunk with the prefix; only its exact flow counts", () => {
+    const w = world({ users: 1, groups: [] });
+    const { pc } = w.call("0301234", "p1");
+    assert.equal(pc!.branches[0]!.target.uri, `sip:00301234@${TRUNK_IP}:5070`);
+    // Same address, other port: not the registered flow → challenged.
+    const other = w.call("0301234", { ...w.flowOf("p1"), remotePort: 7777 });
+    assert.equal(other.tx.status, 407);
+    // Same address and port over TCP: not the flow either.
+    assert.equal(w.call("0301234", { ...w.flowOf("p1"), transport: "tcp" }).tx.status, 407);
+  });
+
+  it("unknown sources are challenged with 407 whatever they dial; the right credentials make them a device", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"] })] });
+    for (const n of ["100", "0301234", "999", "alice"]) {
+      const r = w.call(n, strangerFlow);
+      assert.equal(r.tx.status, 407, n);
+      assert.equal(r.pc, undefined);
+    }
+    const challenge = getHeader(w.call("0301234", strangerFlow).tx.responses[0]!, "proxy-authenticate");
+    assert.ok(challenge?.startsWith("Digest "));
+    const good = computeAuthorization(challenge!, { method: "INVITE", uri: "sip:0301234@10.0.0.1", username: "sip-p1", password: "pw-p1" });
+    assert.equal(typeof good, "string");
+    const ok = w.call("0301234", strangerFlow, [`Proxy-Authorization: ${good as string}`]);
+    assert.equal(ok.pc!.branches[0]!.target.flow.remoteAddress, TRUNK_IP);
+    assert.equal(w.records.length, 0);
+
+    const bad = computeAuthorization(challenge!, { method: "INVITE", uri: "sip:0301234@10.0.0.1", username: "sip-p1", password: "wrong" });
+    const refused = w.call("0301234", strangerFlow, [`Proxy-Authorization: ${bad as string}`]);
+    assert.equal(refused.tx.status, 403);
+    assert.equal(refused.pc, undefined);
+  });
+
+  it("From is never trusted: a stranger claiming a local From is still challenged", () => {
+    const w = world({ users: 1, groups: [] });
+    const r = w.call("0301234", strangerFlow, []);
+    assert.equal(r.tx.status, 407);
+  });
+
+  it("devices dialling something that is not a number get 404", () => {
+    const w = world({ users: 1, groups: [] });
+    assert.equal(w.call("alice", "p1").tx.status, 404);
+    assert.equal(w.call("12ab", "p1").tx.status, 404);
+  });
+});
+
+// --- pickup -------------------------------------------------------------------------------------------------
+
+describe("call pickup", () => {
+  it("group pickup: the picker's *8 is answered first, then a new auto-answer branch of the ringing call", () => {
+    const w = world({ users: 3, groups: [group({ members: ["u1", "u2", "u3"], ringCount: 5, pickup: { enabled: true } })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(100);
+    const star = w.call("*8", "p3");
+    assert.equal(star.pc, undefined);
+    assert.equal(star.tx.status, 480);
+    assert.match(getHeader(star.tx.responses[0]!, "warning") ?? "", /^399 ringedge "/);
+    const pick = pc!.branches.at(-1)!;
+    assert.equal(pick.target.deviceId, "p3");
+    assert.deepEqual(pick.target.headers?.map((h) => h.name), ["call-info", "alert-info"]);
+    assert.match(pick.target.headers![0]!.value, /;answer-after=0$/);
+    assert.equal(pick.target.headers![1]!.value, "<http://127.0.0.1/>;info=alert-autoanswer");
+    w.proxy.answer(pick);
+    w.proxy.hangup(pc!);
+    const rec = w.records.find((r) => r.callId === pc!.request.callId)!;
+    assert.equal(rec.answeredBy, "u3");
+    assert.equal(rec.outcome, "answered");
+  });
+
+  it("the step timer does not cut a pickup branch that is being delivered", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1"], ringCount: 1, pickup: { enabled: true } }), group({ id: "g2", number: "300", members: ["u2"], pickup: { enabled: true } })] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(900);
+    const star = w.call("*8201", "p2"); // directed at u1's extension; u2 is not in g1
+    assert.equal(star.tx.status, 480);
+    w.clock.advance(500); // the step would have ended at 1000
+    assert.equal(pc!.rejected, undefined);
+    assert.equal(w.proxy.live(pc!).some((b) => b.target.deviceId === "p2"), true);
+  });
+
+  it("nothing to pick up, unknown extension, pickup disabled, or not a member", () => {
+    const w = world({ users: 3, groups: [group({ members: ["u1", "u2"] }), group({ id: "g2", number: "300", members: ["u3"], pickup: { enabled: true } })] });
+    assert.equal(w.call("*8", "p1").tx.status, 480);
+    w.call("100", trunkFlow); // g1 has no pickup
+    assert.equal(w.call("*8", "p2").tx.status, 480);
+    assert.equal(w.call("*8999", "p2").tx.status, 404);
+    w.call("300", trunkFlow);
+    // u1 is not in g2: group pickup finds nothing for them.
+    assert.equal(w.call("*8", "p1").tx.status, 480);
+    assert.equal(w.proxy.ops.filter((o) => o.headers !== undefined).length, 0);
+  });
+
+  it("directed pickup of a direct call to a user", () => {
+    const w = world({ users: 2, groups: [] });
+    const { pc } = w.call("201", trunkFlow);
+    w.call("*8201", "p2");
+    assert.equal(pc!.branches.at(-1)!.target.deviceId, "p2");
+  });
+});
+
+// --- records, events, latency ------------------------------------------------------------------------------
+
+describe("call records and events", () => {
+  it("an answered call records who answered and after how long; a cancelled one who was offered", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"], ringCount: 2 })] });
+    const a = w.call("100", trunkFlow).pc!;
+    w.clock.advance(2500);
+    w.proxy.answer(w.proxy.ringing(a, "p2")[0]!);
+    w.clock.advance(60_000);
+    w.proxy.hangup(a);
+    const b = w.call("100", trunkFlow).pc!;
+    w.clock.advance(1200);
+    w.proxy.callerCancel(b);
+    assert.equal(w.records.length, 2);
+    const [ans, miss] = w.records as [RoutedCallRecord, RoutedCallRecord];
+    assert.deepEqual(
+      { outcome: ans.outcome, answeredBy: ans.answeredBy, answeredDevice: ans.answeredDevice, answerAfterMs: ans.answerAfterMs, offered: ans.offered, caller: ans.caller, target: ans.target },
+      { outcome: "answered", answeredBy: "u2", answeredDevice: "p2", answerAfterMs: 2500, offered: ["u1", "u2"], caller: "555", target: "100" },
+    );
+    assert.deepEqual({ outcome: miss.outcome, offered: miss.offered, status: miss.status, answeredBy: miss.answeredBy }, { outcome: "missed", offered: ["u1"], status: 487, answeredBy: undefined });
+    assert.deepEqual(events(w, "call.offered").map((e) => e.memberId), ["u1", "u2", "u1"]);
+    assert.deepEqual(events(w, "call.answered").map((e) => [e.memberId, e.answerAfterMs]), [["u2", 2500]]);
+    assert.deepEqual(events(w, "call.missed").map((e) => e.offered), [["u1"]]);
+    assert.equal(w.engine.stats().activeCalls, 0);
+  });
+
+  it("a group where everyone is busy records outcome busy", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"] }), group({ id: "g2", number: "200", members: ["u1"] })] });
+    const a = w.call("100", trunkFlow).pc!;
+    w.proxy.answer(a.branches[0]!);
+    const b = w.call("200", trunkFlow).pc!;
+    assert.equal(b.rejected, 480);
+    assert.equal(w.records.at(-1)!.outcome, "busy");
+  });
+
+  it("first-fork latency goes into the histogram once per call, with the over-budget count", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"] })], forkLatencyMs: 3.5 });
+    const pc = w.call("100", trunkFlow).pc!;
+    w.clock.advance(1000);
+    assert.equal(pc.rejected, 480);
+    const s = w.engine.stats();
+    assert.equal(s.latency.count, 1);
+    assert.equal(s.latency.maxUs, 3500);
+    assert.equal(s.latency.overBudget, 1);
+    assert.ok(Math.abs(s.latency.p50Us - 3500) <= 3500 / 32);
+  });
+});
