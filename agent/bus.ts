@@ -13,6 +13,16 @@ export interface AgentEvents {
   "auth.failure": { source: string; username: string | undefined; reason: string; at: number };
   /** A source address was silently banned after repeated failures. */
   "auth.ban": { source: string; until: number };
+  /** A site configuration snapshot (site file or console push) was applied and saved. */
+  "site.applied": { version: number; source: "file" | "console" };
+  /** A member's devices started ringing for a call (routing engine, after the forks went out). */
+  "call.offered": { callId: string; groupId: string | undefined; memberId: string; deviceIds: string[]; caller: string; at: number };
+  /** A call was answered; memberId undefined when no member did (voicemail, a forward, the trunk). */
+  "call.answered": { callId: string; groupId: string | undefined; memberId: string | undefined; deviceId: string | undefined; caller: string; answerAfterMs: number; at: number };
+  /** A call ended with no member answering; `offered` lists who was offered, in order. */
+  "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number };
+  /** Members passed over because they were at their call limit (or a direct call refused 486). */
+  "call.busy": { callId: string; groupId: string | undefined; memberIds: string[]; caller: string; at: number };
 }
 
 export type EventName = keyof AgentEvents;
