@@ -323,7 +323,8 @@ export class ProvisioningServer {
       transport: d.transport,
       ntpServer: sp.ntpServer ?? d.ntpServer,
       timeZone: sp.timeZone ?? d.timeZone,
-      resyncIntervalMin: sp.resyncIntervalMin ?? d.resyncIntervalMin,
+      // The site's 0 means "never": the longest interval the vendors' settings take (30 days).
+      resyncIntervalMin: sp.resyncIntervalMin === 0 ? 43_200 : sp.resyncIntervalMin ?? d.resyncIntervalMin,
       provisioningUrl: base,
       firmwareBaseUrl: `${base}/firmware`,
     };

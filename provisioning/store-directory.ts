@@ -1,0 +1,56 @@
+// The agent's Store seen through the provisioning PhoneDirectory interface.
+import type { Store } from "../agent/store/store.ts";
+import type { DeviceRecord } from "../agent/store/schema.ts";
+import type { PhoneDirectory, PhoneRecord, SeenPhoneNote, SiteProvisioning } from "./directory.ts";
+
+export function phoneRecord(d: Readonly<DeviceRecord>): PhoneRecord | undefined {
+  if (d.mac === undefined) return undefined;
+  const p: PhoneRecord = {
+    deviceId: d.id,
+    mac: d.mac,
+    extension: d.username,
+    displayName: d.displayName ?? d.username,
+    sipUsername: d.username,
+    sipPassword: d.password,
+    createdAt: d.createdAt,
+  };
+  if (d.model !== undefined) p.model = d.model;
+  if (d.provisioning !== undefined) p.provisioning = { ...d.provisioning };
+  if (d.owner !== undefined) p.owner = d.owner;
+  if (d.origin !== undefined) p.origin = d.origin;
+  return p;
+}
+
+export class StoreDirectory implements PhoneDirectory {
+  constructor(private readonly store: Store, private readonly onError: (message: string) => void = () => undefined) {}
+
+  phoneByMac(mac: string): PhoneRecord | undefined {
+    let d = this.store.findDeviceByMac(mac);
+    if (d && d.provisioning === undefined) {
+      // A phone stored before provisioning credentials existed gets them on first contact.
+      const r = this.store.ensureProvisioningCredentials(d.id);
+      if (!r.ok) this.onError(r.error.message);
+      d = this.store.getDevice(d.id);
+    }
+    return d ? phoneRecord(d) : undefined;
+  }
+
+  phoneByToken(token: string): PhoneRecord | undefined {
+    // Linear: tokens are only looked up on the /p/<token>/ path, and a site has hundreds of phones.
+    for (const d of this.store.listDevices()) if (d.provisioning?.token === token) return phoneRecord(d);
+    return undefined;
+  }
+
+  noteSeen(p: SeenPhoneNote): void {
+    const r = this.store.noteSeenPhone(p);
+    if (!r.ok) this.onError(`seen phone not recorded: ${r.error.message}`);
+  }
+
+  siteProvisioning(): SiteProvisioning {
+    return this.store.site?.settings.provisioning ?? {};
+  }
+
+  phones(): PhoneRecord[] {
+    return this.store.listDevices().flatMap((d) => phoneRecord(d) ?? []);
+  }
+}
