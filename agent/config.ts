@@ -31,6 +31,8 @@ export interface Settings {
   keepaliveIntervalS: number;
   keepaliveMisses: number;
   sipT1Ms: number;
+  ringUnitMs: number;
+  latencyBudgetMs: number;
   nonceTtlS: number;
   logLevel: LogLevel;
   authAlgorithms: AuthAlgorithm[];
@@ -314,6 +316,16 @@ const SPECS: Specs = {
     codec: intCodec(50, 5000),
     default: 500,
     doc: "SIP timer T1 (RTT estimate), ms; every transaction timer derives from it (RFC 3261 §17.1.1.1: retransmissions at T1, 2*T1...; timeouts at 64*T1, so a keep-alive OPTIONS to a silent phone gives up after 64*T1). Lower it only on a LAN with a known short RTT, or in tests.",
+  },
+  ringUnitMs: {
+    codec: intCodec(50, 60_000),
+    default: 5000,
+    doc: "Length of one ring, ms; a group's step rings ringCount × ringUnitMs (product reference: one ring is 5 s). Shorten it only in tests.",
+  },
+  latencyBudgetMs: {
+    codec: intCodec(1, 10_000),
+    default: 2,
+    doc: "Budget for INVITE received → first forked INVITE sent, ms; calls over it are counted in `ringedge status`.",
   },
   nonceTtlS: {
     codec: intCodec(5, 86_400),
