@@ -41,6 +41,8 @@ export interface AgentStatus {
   transport: ReturnType<SipTransport["stats"]>;
   guard: ReturnType<AuthGuard["stats"]>;
   store: { file: string; pendingWrites: boolean };
+  /** Bytes, from process.memoryUsage() (rss, heapTotal, heapUsed, external, arrayBuffers). */
+  memory: NodeJS.MemoryUsage;
 }
 
 export class Agent {
@@ -179,6 +181,7 @@ export class Agent {
       transport: this.transport.stats(),
       guard: this.guard.stats(),
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
+      memory: process.memoryUsage(),
     };
   }
 

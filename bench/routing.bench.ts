@@ -1,19 +1,18 @@
 // Hot-path benchmark of the pure routing core: µs per planStep, median and p99, for groups of
 // 10 / 50 / 200 members in every strategy. Run: node --import tsx bench/routing.bench.ts
-// Writes bench/results/routing.json (temp file + rename, so a killed run leaves no torn file).
+// Writes bench/results/routing.json (temp file + rename via bench/lib.ts, so a killed run leaves
+// no torn file).
 //
 // Each member has a desk phone and a soft client. Presence is mixed the way a real site is:
 // every 5th member is offline and every 7th is on a call, so the skip paths are exercised.
 // "first" is the step at call arrival (the latency budget that matters); "next" is a step in
 // the middle of the call (half the members already had their turn; for simultaneous, the end).
 
-import { mkdirSync, renameSync, writeFileSync } from "node:fs";
-import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import type { DeviceRef, Group, Strategy, User } from "../agent/routing/model.ts";
 import { indexSite } from "../agent/routing/model.ts";
 import type { CallState, PlanInput } from "../agent/routing/plan.ts";
 import { planStep, startCall } from "../agent/routing/plan.ts";
+import { machine, quantileSorted, round, writeResult } from "./lib.ts";
 
 const SIZES = [10, 50, 200] as const;
 const STRATEGY_LIST: readonly Strategy[] = ["sequential", "simultaneous", "evenly", "cumulative"];
@@ -72,12 +71,7 @@ function measure(input: PlanInput): { medianUs: number; p99Us: number } {
   }
   if (sink < 0) console.log(sink); // keeps the result observable so the call is not optimised away
   samples.sort();
-  const at = (q: number) => samples[Math.min(SAMPLES - 1, Math.floor(q * SAMPLES))] as number;
-  return { medianUs: round(at(0.5)), p99Us: round(at(0.99)) };
-}
-
-function round(us: number): number {
-  return Math.round(us * 1000) / 1000;
+  return { medianUs: round(quantileSorted(samples, 0.5)), p99Us: round(quantileSorted(samples, 0.99)) };
 }
 
 const rows: Row[] = [];
@@ -115,16 +109,14 @@ for (const r of rows) {
 const worst50 = Math.max(...rows.filter((r) => r.members === 50).map((r) => r.medianUs));
 console.log(`50-member worst median: ${worst50.toFixed(3)} µs (target < ${TARGET_US_50} µs): ${worst50 < TARGET_US_50 ? "met" : "MISSED"}`);
 
-const out = join(dirname(fileURLToPath(import.meta.url)), "results", "routing.json");
-mkdirSync(dirname(out), { recursive: true });
 const report = {
   benchmark: "routing.planStep",
-  node: process.version,
+  ...machine(),
   samples: SAMPLES,
   presence: "desk phone + soft client per member; every 5th member offline, every 7th busy",
   targetUs50: TARGET_US_50,
+  worst50MedianUs: worst50,
+  met: worst50 < TARGET_US_50,
   rows,
 };
-writeFileSync(`${out}.tmp`, JSON.stringify(report, null, 2) + "\n");
-renameSync(`${out}.tmp`, out);
-console.log(`wrote ${out}`);
+console.log(`wrote ${writeResult("routing", report)}`);

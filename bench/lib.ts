@@ -1,0 +1,214 @@
+// Shared helpers for the benchmarks: order statistics, number formatting, the machine
+// description every result carries, and an atomic write of bench/results/<name>.json
+// (temp file + rename, so a run killed half-way never leaves a torn file behind).
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import os from "node:os";
+import { dirname, join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
+export const RESULTS_DIR = join(BENCH_DIR, "results");
+
+/** Value at quantile q (0..1) of an ascending-sorted sample, nearest-rank; NaN when empty. */
+export function quantileSorted(sorted: ArrayLike<number>, q: number): number {
+  const n = sorted.length;
+  if (n === 0) return Number.NaN;
+  const rank = Math.ceil(Math.min(1, Math.max(0, q)) * n);
+  return sorted[Math.min(n - 1, Math.max(0, rank - 1))] as number;
+}
+
+function sortedCopy(xs: ArrayLike<number>): Float64Array {
+  return Float64Array.from(xs).sort();
+}
+
+export function median(xs: ArrayLike<number>): number {
+  return quantileSorted(sortedCopy(xs), 0.5);
+}
+
+export function p99(xs: ArrayLike<number>): number {
+  return quantileSorted(sortedCopy(xs), 0.99);
+}
+
+/** Median, p99 and max in one sort, for large samples. */
+export function summarize(xs: ArrayLike<number>): { n: number; median: number; p99: number; max: number } {
+  const s = sortedCopy(xs);
+  return { n: s.length, median: quantileSorted(s, 0.5), p99: quantileSorted(s, 0.99), max: s.length ? (s[s.length - 1] as number) : Number.NaN };
+}
+
+/** Rounds to `digits` decimals (for JSON figures that should stay readable). */
+export function round(x: number, digits = 3): number {
+  if (!Number.isFinite(x)) return x;
+  const f = 10 ** digits;
+  return Math.round(x * f) / f;
+}
+
+/** A figure for a table: thousands grouped, `digits` decimals. */
+export function fmt(x: number, digits = 0): string {
+  if (!Number.isFinite(x)) return "n/a";
+  return x.toLocaleString("en-US", { minimumFractionDigits: digits, maximumFractionDigits: digits });
+}
+
+/** Left column padded, the others right-aligned: a plain-text table for the console. */
+export function table(header: readonly string[], rows: ReadonlyArray<readonly string[]>): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, c) => Math.max(...all.map((r) => (r[c] ?? "").length)));
+  const line = (r: readonly string[]): string =>
+    r.map((cell, c) => (c === 0 ? cell.padEnd(widths[c] ?? 0) : cell.padStart(widths[c] ?? 0))).join("  ");
+  return [line(header), widths.map((w) => "-".repeat(w)).join("  "), ...rows.map(line)].join("\n");
+}
+
+export interface Machine {
+  date: string;
+  node: string;
+  cpus: number;
+  cpuModel: string;
+  platform: string;
+  loadAvg1m: number;
+}
+
+/** The machine a figure was taken on; the box is shared, so figures are only comparable within a run. */
+export function machine(): Machine {
+  const cpus = os.cpus();
+  return {
+    date: new Date().toISOString(),
+    node: process.version,
+    cpus: os.availableParallelism?.() ?? cpus.length,
+    cpuModel: cpus[0]?.model.trim() ?? "unknown",
+    platform: `${os.platform()} ${os.release()}`,
+    loadAvg1m: round(os.loadavg()[0] ?? 0, 2),
+  };
+}
+
+/** Writes bench/results/<name>.json atomically; returns the path. */
+export function writeResult(name: string, result: unknown): string {
+  const out = join(RESULTS_DIR, `${name}.json`);
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  writeFileSync(`${out}.tmp`, JSON.stringify(result, null, 2) + "\n");
+  renameSync(`${out}.tmp`, out);
+  return out;
+}
+
+/** Reads a result written by writeResult; undefined if absent or unreadable. */
+export function readResult(name: string): Record<string, unknown> | undefined {
+  try {
+    const v: unknown = JSON.parse(readFileSync(join(RESULTS_DIR, `${name}.json`), "utf8"));
+    return typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+// --- summary.md (run.sh calls: node --import tsx bench/lib.ts summary <startEpochS> name=status:rc:secs…)
+
+type Json = Record<string, unknown>;
+const num = (v: unknown): number => (typeof v === "number" ? v : Number.NaN);
+const obj = (v: unknown): Json => (typeof v === "object" && v !== null && !Array.isArray(v) ? (v as Json) : {});
+const arr = (v: unknown): Json[] => (Array.isArray(v) ? v.map(obj) : []);
+const yes = (b: unknown): string => (b === true ? "met" : b === false ? "**missed**" : "n/a");
+
+function parserSection(r: Json): string[] {
+  const ours = obj(r.ringedge);
+  const theirs = obj(r.sipjs);
+  const target = obj(r.target);
+  return [
+    `| scanner parses/s | µs per INVITE | sip.js parses/s | speedup | target > ${fmt(num(target.parsesPerSec))}/s |`,
+    "|---:|---:|---:|---:|---|",
+    `| ${fmt(num(ours.parsesPerSec))} | ${fmt(num(ours.usPerInvite), 2)} | ${fmt(num(theirs.parsesPerSec))} | ${fmt(num(r.speedup), 0)}× | ${yes(target.met)} |`,
+  ];
+}
+
+function routingSection(r: Json): string[] {
+  const rows = arr(r.rows);
+  const sizes = [...new Set(rows.map((x) => num(x.members)))];
+  const out = [`| strategy | ${sizes.map((n) => `${n} first / next µs (median)`).join(" | ")} |`, `|---|${sizes.map(() => "---:").join("|")}|`];
+  for (const strategy of [...new Set(rows.map((x) => String(x.strategy)))]) {
+    const cell = (n: number, phase: string): string => fmt(num(rows.find((x) => x.strategy === strategy && x.members === n && x.phase === phase)?.medianUs), 2);
+    out.push(`| ${strategy} | ${sizes.map((n) => `${cell(n, "first")} / ${cell(n, "next")}`).join(" | ")} |`);
+  }
+  const worst = num(r.worst50MedianUs);
+  out.push("", `Worst 50-member median ${fmt(worst, 2)} µs, target < ${fmt(num(r.targetUs50))} µs: ${yes(r.met)}.`);
+  return out;
+}
+
+function registerSection(r: Json): string[] {
+  const targets = obj(r.targets);
+  const met = obj(r.met);
+  const out = [
+    `| registrations | wall ms | reg/s | failed | RSS MB after burst | HWM MB | heap used MB | steady RSS MB | agent CPU µs/reg (paced) |`,
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    `| ${fmt(num(r.registrations))} | ${fmt(num(r.wallMs))} | ${fmt(num(r.perSecond))} | ${fmt(num(r.failed))} | ${fmt(num(r.rssMB), 1)} | ${fmt(num(r.hwmMB), 1)} | ${fmt(num(r.heapUsedMB), 1)} | ${fmt(num(r.steadyRssMB), 1)} | ${fmt(num(r.cpuUsPerRegistration))} |`,
+    "",
+    `Targets (bin/ringedge.js as shipped): ${fmt(num(targets.registrations))} registered ${yes(met.registrations)}; under ${fmt(num(targets.wallMsMax))} ms ${yes(met.wallMs)}; no failure ${yes(met.failed)}; RSS under ${fmt(num(targets.rssMBMax))} MB ${yes(met.rssMB)}.`,
+    "",
+    "| runtime | run | rate/s | ok | failed | retrans | wall ms | reg/s | 401 ms med / p99 | 200 ms med / p99 | agent CPU µs/reg |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  const variants = arr(r.variants);
+  for (const v of variants) {
+    for (const run of arr(v.runs)) {
+      const c = obj(run.challengeResponseMs);
+      const g = obj(run.registerResponseMs);
+      out.push(
+        `| ${String(v.runtime)} | ${String(run.label).replace(`${String(v.runtime)}-`, "")} | ${fmt(num(run.rate))} | ${fmt(num(run.successful))} | ${fmt(num(run.failed))} | ${fmt(num(run.retransmissions))} | ${fmt(num(run.wallMs))} | ${fmt(num(run.perSecond))} | ${fmt(num(c.median))} / ${fmt(num(c.p99))} | ${fmt(num(g.median))} / ${fmt(num(g.p99))} | ${fmt(num(run.agentCpuUsPerRegistration))} |`,
+      );
+    }
+  }
+  out.push("", "| runtime | RSS MB idle | after burst | after paced | steady (Timer J drained) | HWM MB | heap used MB steady |", "|---|---:|---:|---:|---:|---:|---:|");
+  for (const v of variants) {
+    const m = obj(v.memory);
+    const [idle, burst, paced, steady] = [obj(m.idle), obj(m.afterBurst), obj(m.afterPaced), obj(m.steady)];
+    out.push(`| ${String(v.runtime)} | ${fmt(num(idle.rssMB), 1)} | ${fmt(num(burst.rssMB), 1)} | ${fmt(num(paced.rssMB), 1)} | ${fmt(num(steady.rssMB), 1)} | ${fmt(num(steady.hwmMB), 1)} | ${fmt(num(steady.heapUsedMB), 1)} |`);
+  }
+  return out;
+}
+
+const SECTIONS: ReadonlyArray<{ name: string; title: string; render: (r: Json) => string[] }> = [
+  { name: "parser", title: "SIP parser (bench/parser.bench.ts)", render: parserSection },
+  { name: "routing", title: "Routing core planStep (bench/routing.bench.ts)", render: routingSection },
+  { name: "register", title: "Registration with digest auth, 2,000 phones (bench/register.bench.ts)", render: registerSection },
+];
+
+/** Builds summary.md from the result files; a result older than this run is marked stale. */
+export function renderSummary(startedAtS: number, statuses: ReadonlyMap<string, { status: string; rc: string; secs: string }>): string {
+  const m = machine();
+  const lines = [
+    "# Benchmark summary",
+    "",
+    `Written by bench/run.sh on ${m.date}. Machine: ${m.cpus} CPUs (${m.cpuModel}), ${m.platform}, node ${m.node}, load average (1 min) ${m.loadAvg1m}.`,
+    "The machine is shared and noisy: compare figures taken in the same run, and read ratios rather than absolutes.",
+    "",
+    "| bench | status | seconds |",
+    "|---|---|---:|",
+    ...SECTIONS.map((s) => {
+      const st = statuses.get(s.name);
+      return `| ${s.name} | ${st ? `${st.status}${st.status === "ok" ? "" : ` (exit ${st.rc})`}` : "not run"} | ${st?.secs ?? ""} |`;
+    }),
+  ];
+  for (const s of SECTIONS) {
+    lines.push("", `## ${s.title}`, "");
+    const r = readResult(s.name);
+    if (!r) {
+      lines.push("No result file.");
+      continue;
+    }
+    const date = typeof r.date === "string" ? Date.parse(r.date) : Number.NaN;
+    if (!(date >= startedAtS * 1000)) lines.push(`_Stale: this result is from ${typeof r.date === "string" ? r.date : "an unknown date"}, not from this run._`, "");
+    lines.push(...s.render(r));
+  }
+  return lines.join("\n") + "\n";
+}
+
+if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.argv[1]).href && process.argv[2] === "summary") {
+  const started = Number(process.argv[3]);
+  const statuses = new Map<string, { status: string; rc: string; secs: string }>();
+  for (const arg of process.argv.slice(4)) {
+    const [name, rest] = arg.split("=");
+    const [status, rc, secs] = (rest ?? "").split(":");
+    if (name) statuses.set(name, { status: status ?? "?", rc: rc ?? "?", secs: secs ?? "" });
+  }
+  const out = join(RESULTS_DIR, "summary.md");
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  writeFileSync(`${out}.tmp`, renderSummary(Number.isFinite(started) ? started : 0, statuses));
+  renameSync(`${out}.tmp`, out);
+  console.log(`wrote ${out}`);
+}
