@@ -526,12 +526,15 @@ export class Store {
    * provisioning credentials unless the snapshot changes them), removes site devices the snapshot
    * no longer lists (with their bindings), and never touches local devices. Checks everything in
    * memory first; on any problem nothing changes. One save follows (flush() to wait for it).
+   * A null record (with no devices) removes the site: the state before the first apply.
    */
-  applySite(record: SiteRecord, devices: readonly SiteDeviceInput[]): StoreResult<SiteDeviceChanges> {
+  applySite(record: SiteRecord | null, devices: readonly SiteDeviceInput[]): StoreResult<SiteDeviceChanges> {
     this.assertOpen();
-    const checked = checkSiteRecord(record, "site");
+    let checked: { ok: true; value: SiteRecord | null } | { ok: false; error: string } = { ok: true, value: null };
+    if (record !== null) checked = checkSiteRecord(record, "site");
     if (!checked.ok) return fail("invalid", checked.error);
     if (!Array.isArray(devices)) return fail("invalid", "devices must be an array");
+    if (record === null && devices.length > 0) return fail("invalid", "devices need a site record");
     const now = this.now().toISOString();
     const local = this.db.data.devices.filter((d) => d.origin !== "site");
     const localIds = new Set(local.map((d) => d.id));
@@ -597,7 +600,7 @@ export class Store {
     for (const id of dropBindingsOf) this.removeBindingsOfDevice(id);
     this.db.data.site = checked.value;
     // "evenly" memory of groups the snapshot no longer has is meaningless now.
-    const groupIds = new Set(checked.value.groups.map((g) => g.id));
+    const groupIds = new Set(checked.value?.groups.map((g) => g.id) ?? []);
     for (const g of Object.keys(this.db.data.routing.evenlyLastOffered)) if (!groupIds.has(g)) delete this.db.data.routing.evenlyLastOffered[g];
     this.changed();
     return { ok: true, value: changes };

@@ -1,0 +1,319 @@
+// The site configuration feature: checks a site snapshot (the local site file, or later a console
+// push, both the contract's siteConfig payload), applies it to the store all or nothing, and
+// keeps the routing lookups (SiteIndex) the call path reads. One class with start()/stop(); the
+// call hot path only ever reads `current()`, a single reference swapped after each apply.
+//
+// A snapshot is checked in three layers, each error named by its JSON path:
+//   1. shape: the contract's JSON Schema ($defs/siteConfig, agent/contract.ts);
+//   2. meaning: the routing model (unique numbers, members exist, overflow chains do not loop…);
+//   3. store: SIP usernames and MACs unique among all devices, local ones included, and no file
+//      device taking the id of a local device.
+import * as fs from "node:fs";
+import type { EventBus } from "../bus.ts";
+import { validatePayload } from "../contract.ts";
+import type { Logger } from "../log.ts";
+import { indexSite, parseSite, type DeviceRef, type Site, type SiteIndex, type ValidationCode } from "../routing/model.ts";
+import { canonicalJson, sha256Hex } from "../store/atomic-file.ts";
+import { normalizeMac } from "../store/schema.ts";
+import type { DeviceRecord, SiteDeviceChanges, SiteDeviceInput, Store } from "../store/store.ts";
+import { DEFAULT_PICKUP_CODE, type SiteConfig, type SiteDeviceConfig, type SiteError, type SiteRecord, type SiteSettings } from "./types.ts";
+
+export type SiteSource = SiteRecord["source"];
+
+/** A snapshot that passed every check, ready for the store. */
+export interface CheckedSite {
+  version: number;
+  hash: string;
+  settings: SiteSettings;
+  site: Site;
+  devices: SiteDeviceInput[];
+}
+
+export type CheckResult = { ok: true; value: CheckedSite } | { ok: false; errors: SiteError[] };
+
+export type ApplyResult =
+  | {
+      ok: true;
+      version: number;
+      /** False when the snapshot was not newer than the applied one (nothing was done). */
+      changed: boolean;
+      /** Why nothing changed, for people (e.g. "version 3 is already applied"). */
+      note?: string;
+      devices?: SiteDeviceChanges;
+    }
+  | { ok: false; errors: SiteError[] };
+
+/** Codes of the routing model that compare records with each other; the rest repeat shape
+ *  checks the JSON Schema already made, so they are dropped when the schema failed. */
+const CROSS_REFERENCE_CODES: ReadonlySet<ValidationCode> = new Set([
+  "duplicate-id",
+  "duplicate-extension",
+  "duplicate-number",
+  "unknown-owner",
+  "unknown-member",
+  "duplicate-member",
+  "mobile-member-not-in-group",
+  "mobile-member-has-no-mobile",
+  "unknown-overflow-target",
+  "overflow-loop",
+  "too-many-errors",
+]);
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Checks a snapshot as a whole against the contract, the routing model and the devices already in
+ * the store (`existing`; site-origin ones are the snapshot's own previous devices and may be
+ * replaced). Pure; never throws; lists every problem found.
+ */
+export function checkSiteConfig(input: unknown, existing: readonly Readonly<DeviceRecord>[]): CheckResult {
+  const errors: SiteError[] = [];
+  const shape = validatePayload("siteConfig", input);
+  if (!shape.ok) errors.push(...shape.errors);
+  if (!isRecord(input)) return { ok: false, errors };
+
+  // The model names a device's owner "ownerId"; the file says "owner".
+  const rawDevices = input.devices;
+  const modelInput = {
+    users: input.users,
+    devices: Array.isArray(rawDevices) ? rawDevices.map((d: unknown) => (isRecord(d) ? { id: d.id, ownerId: d.owner, kind: d.kind } : d)) : rawDevices,
+    groups: input.groups,
+  };
+  const meaning = parseSite(modelInput);
+  if (!meaning.ok) {
+    for (const e of meaning.errors) {
+      if (!shape.ok && !CROSS_REFERENCE_CODES.has(e.code)) continue;
+      const path = e.path.replace(/^(devices\[\d+\])\.ownerId$/, "$1.owner");
+      // Both layers may see the same fault (e.g. a device whose owner is missing): say it once.
+      if (errors.some((x) => x.path === path)) continue;
+      errors.push({ ...e, path });
+    }
+  }
+
+  const devices = checkDevices(input, existing, errors);
+  if (errors.length > 0 || !meaning.ok || devices === null) return { ok: false, errors };
+  const config = input as unknown as SiteConfig;
+  const settings: SiteSettings = { ...structuredClone(config.settings), pickupCode: config.settings.pickupCode ?? DEFAULT_PICKUP_CODE };
+  return {
+    ok: true,
+    value: { version: config.version, hash: sha256Hex(canonicalJson(input)), settings, site: meaning.site, devices },
+  };
+}
+
+/** Store-level checks of the snapshot's devices; returns the devices for the store, or null when
+ *  the list could not be read (the schema reported why). */
+function checkDevices(input: Record<string, unknown>, existing: readonly Readonly<DeviceRecord>[], errors: SiteError[]): SiteDeviceInput[] | null {
+  if (!Array.isArray(input.devices)) return null;
+  const extensionOf = new Map<string, string>();
+  if (Array.isArray(input.users)) {
+    for (const u of input.users) if (isRecord(u) && typeof u.id === "string" && typeof u.extension === "string" && !extensionOf.has(u.id)) extensionOf.set(u.id, u.extension);
+  }
+  const local = existing.filter((d) => d.origin !== "site");
+  const localIds = new Set(local.map((d) => d.id));
+  // Keyed by username / MAC: who holds it (a path in the file, or a local device).
+  const usernames = new Map<string, string>(local.map((d) => [d.username, `local device "${d.id}"`]));
+  const macs = new Map<string, string>(local.flatMap((d) => (d.mac ? [[d.mac, `local device "${d.id}"`] as [string, string]] : [])));
+  /** Owners whose first device took the extension as username. */
+  const ownersWithDevice = new Set<string>();
+  const out: SiteDeviceInput[] = [];
+  let readable = true;
+  input.devices.forEach((raw: unknown, i: number) => {
+    const at = `devices[${i}]`;
+    if (!isRecord(raw) || typeof raw.id !== "string" || typeof raw.owner !== "string" || (raw.kind !== "physical" && raw.kind !== "soft")) {
+      readable = false;
+      return;
+    }
+    const d = raw as unknown as SiteDeviceConfig;
+    if (localIds.has(d.id)) errors.push({ code: "local-device-id", path: `${at}.id`, message: `"${d.id}" is the id of a device added locally (ringedge device add); remove that device or choose another id` });
+    let username = typeof d.username === "string" ? d.username : undefined;
+    let how = "";
+    if (username === undefined) {
+      const ext = extensionOf.get(d.owner);
+      if (ext !== undefined && !ownersWithDevice.has(d.owner)) {
+        username = ext;
+        how = ` (the default: extension of user "${d.owner}")`;
+      } else {
+        username = d.id;
+        how = " (the default: the device id)";
+      }
+    }
+    ownersWithDevice.add(d.owner);
+    const holder = usernames.get(username);
+    if (holder !== undefined) errors.push({ code: "duplicate-username", path: `${at}.username`, message: `SIP username "${username}"${how} is already used by ${holder}` });
+    else usernames.set(username, at);
+    if (typeof d.mac === "string") {
+      const mac = normalizeMac(d.mac);
+      if (mac !== null) {
+        const macHolder = macs.get(mac);
+        if (macHolder !== undefined) errors.push({ code: "duplicate-mac", path: `${at}.mac`, message: `MAC ${mac} is already used by ${macHolder}` });
+        else macs.set(mac, at);
+      }
+    }
+    const dev: SiteDeviceInput = { id: d.id, username, kind: d.kind, owner: d.owner };
+    for (const k of ["password", "displayName", "mac", "model"] as const) if (typeof d[k] === "string") dev[k] = d[k];
+    out.push(dev);
+  });
+  return readable ? out : null;
+}
+
+/** Reads and parses a site file; a problem is a SiteError at "$" (never throws). */
+export function readSiteFile(file: string): { ok: true; value: unknown } | { ok: false; errors: SiteError[] } {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, "utf8");
+  } catch (e) {
+    return { ok: false, errors: [{ code: "unreadable", path: "$", message: `cannot read ${file}: ${(e as Error).message}` }] };
+  }
+  try {
+    return { ok: true, value: JSON.parse(text) as unknown };
+  } catch (e) {
+    return { ok: false, errors: [{ code: "unreadable", path: "$", message: `${file} is not valid JSON: ${(e as Error).message}` }] };
+  }
+}
+
+/** Errors as a person reads them: one "path: message" per line. */
+export function formatSiteErrors(errors: readonly SiteError[]): string {
+  return errors.map((e) => `${e.path}: ${e.message}`).join("\n");
+}
+
+export interface SiteServiceOptions {
+  store: Store;
+  bus?: EventBus;
+  log?: Logger;
+  now?: () => Date;
+  /** Called after an apply removed devices or changed their SIP username (their registrations
+   *  are void), and after any device change, so the registrar's lookups follow. */
+  onDevicesChanged?: (voided: readonly string[]) => void;
+}
+
+/** What the call path reads: swapped as one reference after each apply. */
+export interface SiteState {
+  record: Readonly<SiteRecord> | null;
+  index: SiteIndex;
+}
+
+export class SiteService {
+  private readonly store: Store;
+  private readonly bus: EventBus | undefined;
+  private readonly log: Logger | undefined;
+  private readonly now: () => Date;
+  private readonly onDevicesChanged: ((voided: readonly string[]) => void) | undefined;
+  private state: SiteState;
+  /** Applies run one after another (a console push and a CLI apply may race). */
+  private queue: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: SiteServiceOptions) {
+    this.store = opts.store;
+    this.bus = opts.bus;
+    this.log = opts.log;
+    this.now = opts.now ?? (() => new Date());
+    this.onDevicesChanged = opts.onDevicesChanged;
+    this.state = this.build();
+  }
+
+  /** Loads the applied site from the store. */
+  start(): void {
+    this.state = this.build();
+  }
+
+  stop(): void {
+    // Nothing runs in the background; an apply in progress finishes on its own.
+  }
+
+  /** The applied site and its routing lookups. Cheap: returns the current reference. */
+  current(): SiteState {
+    return this.state;
+  }
+
+  /** Rebuilds the lookups after a local device change (ringedge device add/remove). */
+  refresh(): void {
+    this.state = this.build();
+  }
+
+  /** Checks a snapshot against everything apply() would, without changing anything. */
+  check(input: unknown): ApplyResult {
+    const r = checkSiteConfig(input, this.store.listDevices());
+    if (!r.ok) return r;
+    return this.staleness(r.value) ?? { ok: true, version: r.value.version, changed: true };
+  }
+
+  /**
+   * Applies a snapshot as a whole: every check passes and the store has it on disk before this
+   * resolves ok, or nothing changes. A version not newer than the applied one changes nothing
+   * (`changed: false`). Never rejects.
+   */
+  apply(input: unknown, source: SiteSource): Promise<ApplyResult> {
+    const run = this.queue.then(() => this.applyNow(input, source));
+    this.queue = run.catch(() => undefined);
+    return run.catch((e: unknown) => ({ ok: false, errors: [{ code: "persist-failed", path: "$", message: `internal error: ${(e as Error).message}` }] }) as ApplyResult);
+  }
+
+  private staleness(c: CheckedSite): ApplyResult | null {
+    const cur = this.store.site;
+    if (cur === null || c.version > cur.version) return null;
+    const note =
+      c.version === cur.version && c.hash === cur.hash
+        ? `version ${c.version} is already applied`
+        : c.version === cur.version
+          ? `version ${c.version} is already applied with different content; raise "version" to apply this one`
+          : `version ${c.version} is older than the applied version ${cur.version}`;
+    return { ok: true, version: cur.version, changed: false, note };
+  }
+
+  private async applyNow(input: unknown, source: SiteSource): Promise<ApplyResult> {
+    const checked = checkSiteConfig(input, this.store.listDevices());
+    if (!checked.ok) return checked;
+    const c = checked.value;
+    const stale = this.staleness(c);
+    if (stale) return stale;
+
+    const record: SiteRecord = { version: c.version, hash: c.hash, appliedAt: this.now().toISOString(), source, settings: c.settings, users: c.site.users, groups: c.site.groups };
+    // What to put back if the disk refuses the new snapshot.
+    const prevRecord = this.store.site;
+    const prevDevices = this.store.listDevices().filter((d) => d.origin === "site");
+    const prevUsernames = new Map(prevDevices.map((d) => [d.id, d.username]));
+    const applied = this.store.applySite(record, c.devices);
+    if (!applied.ok) return { ok: false, errors: [{ code: "schema", path: applied.error.field ? `devices.${applied.error.field}` : "$", message: applied.error.message }] };
+    try {
+      await this.store.flush();
+    } catch (e) {
+      const undo = this.store.applySite(prevRecord === null ? null : structuredClone(prevRecord) as SiteRecord, prevRecord === null ? [] : prevDevices.map(toInput));
+      if (!undo.ok) this.log?.error("could not restore the previous site after a failed write", { err: undo.error.message });
+      this.log?.error("site not applied: the store could not save it", { version: c.version, err: (e as Error).message });
+      return { ok: false, errors: [{ code: "persist-failed", path: "$", message: `the store could not save the site: ${(e as Error).message}; nothing was applied` }] };
+    }
+    this.state = this.build();
+    const voided = [
+      ...applied.value.removed,
+      ...applied.value.updated.filter((id) => prevUsernames.get(id) !== this.store.getDevice(id)?.username),
+    ];
+    this.onDevicesChanged?.(voided);
+    this.log?.info("site applied", { version: c.version, source, users: record.users.length, groups: record.groups.length, added: applied.value.added.length, updated: applied.value.updated.length, removed: applied.value.removed.length });
+    this.bus?.emit("site.applied", { version: c.version, source });
+    return { ok: true, version: c.version, changed: true, devices: applied.value };
+  }
+
+  private build(): SiteState {
+    const record = this.store.site;
+    if (record === null) return { record: null, index: indexSite({ users: [], devices: [], groups: [] }) };
+    const users = new Set(record.users.map((u) => u.id));
+    // Local devices with a site user as owner ring for that user too.
+    const devices: DeviceRef[] = this.store
+      .listDevices()
+      .filter((d) => d.owner !== undefined && users.has(d.owner))
+      .map((d) => ({ id: d.id, ownerId: d.owner as string, kind: d.kind }));
+    return { record, index: indexSite({ users: record.users, devices, groups: record.groups }) };
+  }
+}
+
+function toInput(d: Readonly<DeviceRecord>): SiteDeviceInput {
+  const out: SiteDeviceInput = { id: d.id, username: d.username, password: d.password, kind: d.kind };
+  if (d.owner !== undefined) out.owner = d.owner;
+  if (d.displayName !== undefined) out.displayName = d.displayName;
+  if (d.mac !== undefined) out.mac = d.mac;
+  if (d.model !== undefined) out.model = d.model;
+  if (d.provisioning !== undefined) out.provisioning = { ...d.provisioning };
+  return out;
+}
