@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { EventBus, type AgentEvents } from "../../agent/bus.ts";
 import { createLogger } from "../../agent/log.ts";
 import { RoutingEngine, bestFailure, type EngineClock, type RoutedCallRecord, type RoutingSettings } from "../../agent/routing/engine.ts";
+import { admit, classifyCaller, flowKey, resolveDestination, trunkUri, voicemailRoute, type Caller } from "../../agent/routing/classify.ts";
 import { indexSite, parseSite, type DeviceRef, type Group, type SiteIndex, type User } from "../../agent/routing/model.ts";
 import { computeAuthorization, DigestAuthenticator } from "../../agent/sip/digest.ts";
 import type { Binding } from "../../agent/sip/location.ts";
@@ -849,5 +850,67 @@ describe("call records and events", () => {
     assert.equal(s.latency.maxUs, 3500);
     assert.equal(s.latency.overBudget, 1);
     assert.ok(Math.abs(s.latency.p50Us - 3500) <= 3500 / 32);
+  });
+});
+
+// --- classify.ts: the pure admission pieces ------------------------------------------------------------------
+
+describe("resolveDestination and admit", () => {
+  const w = world({ users: 2, groups: [group({ members: ["u1"] })] });
+  const dest = (uri: string, prefix?: string) => resolveDestination(uri, w.index, "*8", prefix);
+
+  it("reads the Request-URI user part into a destination", () => {
+    assert.equal(dest("sip:100@10.0.0.1").kind, "group");
+    assert.equal(dest("sip:201@anything.example;user=phone").kind, "user");
+    assert.deepEqual(dest("sip:*8@10.0.0.1"), { kind: "pickup", request: { kind: "group" } });
+    assert.deepEqual(dest("sip:*8202@10.0.0.1"), { kind: "pickup", request: { kind: "directed", extension: "202" } });
+    assert.deepEqual(dest("sip:+4930123@10.0.0.1"), { kind: "outbound", number: "+4930123" });
+    assert.deepEqual(dest("tel:+49-30-123"), { kind: "outbound", number: "+4930123" });
+    assert.deepEqual(dest("sip:%31%30%30@10.0.0.1").kind, "group");
+    for (const bad of ["sip:10.0.0.1", "sip:alice@10.0.0.1", "http://x/", "garbage", "", `sip:${"1".repeat(40)}@h`, "sip:%00%01@h"]) {
+      assert.equal(dest(bad).kind, "unroutable", bad);
+    }
+  });
+
+  it("strips the trunk prefix only when a local number follows", () => {
+    assert.equal(dest("sip:0100@h", "0").kind, "group");
+    assert.deepEqual(dest("sip:0999@h", "0"), { kind: "outbound", number: "0999" });
+  });
+
+  it("admits by the toll-fraud rules", () => {
+    const device: Caller = { kind: "device", deviceId: "p1", username: "x", userId: "u1", proof: "flow" };
+    const ownerless: Caller = { ...device, userId: undefined };
+    const trunk: Caller = { kind: "trunk" };
+    const group = dest("sip:100@h");
+    const out = dest("sip:0301@h");
+    const pick = dest("sip:*8@h");
+    assert.deepEqual(admit(trunk, group), { ok: true });
+    assert.deepEqual(admit(trunk, out), { ok: false, status: 403, reason: "Not relaying" });
+    assert.deepEqual(admit(trunk, pick), { ok: false, status: 403, reason: "Not relaying" });
+    assert.deepEqual(admit(device, out), { ok: true });
+    assert.deepEqual(admit(device, pick), { ok: true });
+    assert.equal(admit(ownerless, pick).ok, false);
+    assert.equal(admit({ kind: "unknown" }, group).ok, false);
+    assert.deepEqual(admit(device, dest("sip:alice@h")), { ok: false, status: 404, reason: "Not Found" });
+  });
+
+  it("classifies sources: a binding's exact flow, then the trunk's addresses, else unknown", () => {
+    const trunkSettings = w.settings.trunk!;
+    const byFlow = (k: string) => (k === flowKey("udp", "10.0.1.5", 6000) ? { deviceId: "p1", username: "sip-p1" } : undefined);
+    const c = (flow: Flow) => classifyCaller({ flow, trunk: trunkSettings, deviceByFlow: byFlow, ownerOf: () => "u1" }).kind;
+    assert.equal(c(w.flowOf("p1")), "device");
+    assert.equal(c({ ...w.flowOf("p1"), remoteAddress: "::ffff:10.0.1.5" }), "device");
+    assert.equal(c(trunkFlow), "trunk");
+    assert.equal(c({ ...trunkFlow, remoteAddress: `::ffff:${TRUNK_IP}` }), "trunk");
+    assert.equal(c(strangerFlow), "unknown");
+    assert.equal(classifyCaller({ flow: trunkFlow, trunk: undefined, deviceByFlow: byFlow, ownerOf: () => undefined }).kind, "unknown");
+  });
+
+  it("routes voicemail URIs: IP literal direct, anything else through the trunk", () => {
+    assert.deepEqual(voicemailRoute("sip:vm@10.0.0.9"), { direct: true, host: "10.0.0.9", port: 5060, transport: "udp" });
+    assert.deepEqual(voicemailRoute("sip:vm@[2001:db8::1]:5070;transport=tcp"), { direct: true, host: "2001:db8::1", port: 5070, transport: "tcp" });
+    assert.deepEqual(voicemailRoute("sip:vm@voicemail.example"), { direct: false, number: "vm" });
+    assert.deepEqual(voicemailRoute("tel:+4930999"), { direct: false, number: "+4930999" });
+    assert.equal(trunkUri({ host: "2001:db8::2", port: 5080, transport: "tcp", allowedSources: [], prefix: "9" }, "12#"), "sip:912%23@[2001:db8::2]:5080;transport=tcp");
   });
 });
