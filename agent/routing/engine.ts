@@ -38,6 +38,7 @@
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import type { DigestAuthenticator } from "../sip/digest.ts";
+import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
 import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../sip/proxy-types.ts";
 import { randomToken } from "../sip/requests.ts";
@@ -86,47 +87,7 @@ export interface RoutingSite {
   settings: RoutingSettings;
 }
 
-export type CallOutcome =
-  /** A member (or, for outbound calls, the far end) answered. */
-  | "answered"
-  /** Nobody answered: the caller gave up, or the no-answer action hung up. */
-  | "missed"
-  /** Refused because the target was at its call limit, or every member was busy. */
-  | "busy"
-  /** No member answered; the call went to voicemail. */
-  | "voicemail"
-  /** No member answered; the call was forwarded (mobile or number) through the trunk. */
-  | "forwarded"
-  /** An outbound (trunk) call that was not answered. */
-  | "unanswered";
-
-/** One finished call, for the call log (store.appendCall). Caller text is display-only: never trusted. */
-export interface RoutedCallRecord {
-  /** SIP Call-ID of the caller's INVITE. */
-  callId: string;
-  /** Epoch ms. */
-  startedAt: number;
-  endedAt: number;
-  outcome: CallOutcome;
-  kind: "group" | "direct" | "outbound";
-  /** Caller as shown: a local device's username, else the From user part (untrusted, bounded). */
-  caller: string;
-  /** Device id when the caller is a known local device. */
-  callerDeviceId?: string;
-  /** What was dialled (Request-URI user part). */
-  target: string;
-  /** The group dialled; `groups` lists every group the call went through (overflow). */
-  groupId?: string;
-  groups?: string[];
-  /** Members offered the call, in order, without repeats. */
-  offered: string[];
-  answeredBy?: string;
-  answeredDevice?: string;
-  /** INVITE received → answer, ms. */
-  answerAfterMs?: number;
-  /** Final status when the call failed (e.g. 480, 486, 487). */
-  status?: number;
-}
+export type { CallOutcome, CallRecord } from "../store/schema.ts";
 
 export interface EngineClock {
   /** Epoch milliseconds. */
@@ -148,7 +109,8 @@ export interface EngineDeps {
   store: {
     evenlyLastOffered(groupId: string): Readonly<Record<string, number>>;
     recordEvenlyOffer(groupId: string, memberId: string, atMs: number): void;
-    appendCall(record: RoutedCallRecord): void;
+    /** The call log (store.appendCall); called once per call, after it ended. */
+    appendCall(record: CallRecord): unknown;
   };
   bus: EventBus;
   /** Built with header "proxy-authenticate" (RFC 3261 §22.3). */
@@ -756,17 +718,17 @@ export class RoutingEngine {
     }
     const now = this.clock.now();
     const label = callerLabel(caller, req);
-    const base = { callId: req.callId, startedAt: now, endedAt: now, kind: "direct" as const, caller: label, target, offered: [] as string[], ...callerDevice(caller) };
+    const base: CallRecord = { id: recordId(req.callId), at: now, caller: label, target, outcome: "missed", offered: [] };
     if (deviceIds.length === 0) {
       respond(tx, req, 480, reasonPhrase(480));
       this.deps.bus.emit("call.missed", { callId: req.callId, groupId: undefined, caller: label, target, offered: [], outcome: "missed", at: now });
-      this.deps.store.appendCall({ ...base, outcome: "missed", status: 480 });
+      this.deps.store.appendCall(base);
       return;
     }
     if (user.callLimit > 0 && (this.activeCalls.get(user.id) ?? 0) >= user.callLimit) {
       respond(tx, req, 486, reasonPhrase(486));
       this.deps.bus.emit("call.busy", { callId: req.callId, groupId: undefined, memberIds: [user.id], caller: label, at: now });
-      this.deps.store.appendCall({ ...base, outcome: "busy", status: 486 });
+      this.deps.store.appendCall({ ...base, outcome: "busy" });
       return;
     }
     const pc = this.proxy.startCall(tx, req, flow, this.events);
@@ -1093,28 +1055,16 @@ export class RoutingEngine {
       else this.activeCalls.delete(u);
     }
     const now = this.clock.now();
-    const outcome = outcomeOf(call, answered);
-    const record: RoutedCallRecord = {
-      callId: call.pc.request.callId,
-      startedAt: call.startedAt,
-      endedAt: now,
-      outcome,
-      kind: call.kind,
-      caller: call.callerLabel,
-      ...callerDevice(call.caller),
-      target: call.target,
-      offered: [...call.offered],
-    };
-    if (call.firstGroupId !== undefined) {
-      record.groupId = call.firstGroupId;
-      record.groups = [...call.groups];
-    }
+    const outcome = outcomeOf(call, answered, status);
+    const record: CallRecord = { id: recordId(call.pc.request.callId), at: call.startedAt, caller: call.callerLabel, target: call.target, outcome, offered: [...call.offered] };
+    if (call.firstGroupId !== undefined) record.groupId = call.firstGroupId;
     if (call.answeredBy !== undefined) record.answeredBy = call.answeredBy;
-    if (call.answeredDevice !== undefined) record.answeredDevice = call.answeredDevice;
-    if (call.answerAfterMs !== undefined) record.answerAfterMs = call.answerAfterMs;
-    if (!answered && status !== undefined) record.status = status;
+    if (call.answerAfterMs !== undefined) {
+      record.answerAfterMs = call.answerAfterMs;
+      if (answered) record.durationMs = Math.max(0, now - call.startedAt - call.answerAfterMs);
+    }
     if (call.kind !== "outbound" && call.answeredBy === undefined) {
-      this.deps.bus.emit("call.missed", { callId: record.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, at: now });
+      this.deps.bus.emit("call.missed", { callId: call.pc.request.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, at: now });
     }
     this.deps.store.appendCall(record);
     for (const u of call.counted) this.offerQueued(u);
@@ -1129,16 +1079,24 @@ export class RoutingEngine {
   }
 }
 
-function outcomeOf(call: EngineCall, answered: boolean): CallOutcome {
-  if (call.kind === "outbound") return answered ? "answered" : "unanswered";
+/**
+ * The call log's outcome. A call no member answered is "missed" whether the caller gave up or the
+ * no-answer action hung up (that is what an operator's missed-call list means); "busy" when
+ * nobody could be offered because everyone was at their limit; outbound calls that failed are
+ * "cancelled" when the caller gave up, else "rejected".
+ */
+function outcomeOf(call: EngineCall, answered: boolean, status: number | undefined): CallOutcome {
+  if (call.kind === "outbound") return answered ? "answered" : status === 487 ? "cancelled" : "rejected";
   if (call.answeredBy !== undefined) return "answered";
   if (answered && call.forwardedAs !== undefined) return call.forwardedAs;
   if (call.offered.length === 0 && call.busyMembers.size > 0) return "busy";
   return "missed";
 }
 
-function callerDevice(caller: Caller): { callerDeviceId?: string } {
-  return caller.kind === "device" ? { callerDeviceId: caller.deviceId } : {};
+/** The record id: the SIP Call-ID, made safe for the log (bounded, no control characters). */
+function recordId(callId: string): string {
+  const id = callId.replace(/[\x00-\x1f\x7f]/g, "").slice(0, 128);
+  return id.length > 0 ? id : "unknown";
 }
 
 /** Display text for the caller: a verified device's username, else From's user part (bounded). */

@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { EventBus, type AgentEvents } from "../../agent/bus.ts";
 import { createLogger } from "../../agent/log.ts";
-import { RoutingEngine, bestFailure, type EngineClock, type RoutedCallRecord, type RoutingSettings } from "../../agent/routing/engine.ts";
+import { RoutingEngine, bestFailure, type EngineClock, type CallRecord, type RoutingSettings } from "../../agent/routing/engine.ts";
 import { admit, classifyCaller, flowKey, resolveDestination, trunkUri, voicemailRoute, type Caller } from "../../agent/routing/classify.ts";
 import { indexSite, parseSite, type DeviceRef, type Group, type SiteIndex, type User } from "../../agent/routing/model.ts";
 import { computeAuthorization, DigestAuthenticator } from "../../agent/sip/digest.ts";
@@ -14,6 +14,7 @@ import type { Binding } from "../../agent/sip/location.ts";
 import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
 import type { Branch, BranchState, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../../agent/sip/proxy-types.ts";
 import type { ServerTransaction } from "../../agent/sip/transaction.ts";
+import { checkCallRecord } from "../../agent/store/schema.ts";
 import type { Flow, SipHeader, SipRequest, SipResponse } from "../../agent/sip/types.ts";
 
 // --- fakes -----------------------------------------------------------------------------------------
@@ -187,7 +188,7 @@ interface World {
   index: SiteIndex;
   settings: RoutingSettings;
   journal: string[];
-  records: RoutedCallRecord[];
+  records: CallRecord[];
   events: Array<{ name: string; e: unknown }>;
   /** Device id → its flow (each device registered from its own port). */
   flowOf(deviceId: string): Flow;
@@ -230,7 +231,7 @@ function world(opts: {
     return { deviceId: d.id, aor: `sip-${d.id}`, contact: `sip:sip-${d.id}@10.0.1.5:${6000 + i}`, expiresAt: T0 + 3_600_000, callId: `r-${d.id}`, cseq: 1, q: undefined, flow, userAgent: undefined, instance: undefined };
   });
   const online = new Set(devices.map((d) => d.id).filter((id) => !(opts.offline ?? []).includes(id)));
-  const records: RoutedCallRecord[] = [];
+  const records: CallRecord[] = [];
   const evenly = opts.evenly ?? {};
   const engine = new RoutingEngine({
     proxy,
@@ -559,7 +560,7 @@ describe("no-answer actions", () => {
     assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "1000 p2", "2000 p3"]);
     assert.equal(pc!.rejected, 480);
     assert.deepEqual(w.records[0]!.offered, ["u1", "u2", "u3"]);
-    assert.deepEqual(w.records[0]!.groups, ["g1", "g2"]);
+    assert.equal(w.records[0]!.groupId, "g1");
   });
 
   it("overflow at once when every member is offline", () => {
@@ -605,7 +606,7 @@ describe("wait for a free operator", () => {
     w.proxy.answer(pc!.branches[0]!);
     assert.equal(w.engine.stats().queued, 0);
     w.proxy.hangup(pc!);
-    const rec = w.records.find((r) => r.callId === pc!.request.callId)!;
+    const rec = w.records.find((r) => r.id === pc!.request.callId)!;
     assert.equal(rec.answeredBy, "u2");
     assert.equal(rec.answerAfterMs, 5000);
   });
@@ -769,7 +770,7 @@ describe("call pickup", () => {
     assert.equal(pick.target.headers![1]!.value, "<http://127.0.0.1/>;info=alert-autoanswer");
     w.proxy.answer(pick);
     w.proxy.hangup(pc!);
-    const rec = w.records.find((r) => r.callId === pc!.request.callId)!;
+    const rec = w.records.find((r) => r.id === pc!.request.callId)!;
     assert.equal(rec.answeredBy, "u3");
     assert.equal(rec.outcome, "answered");
   });
@@ -819,12 +820,13 @@ describe("call records and events", () => {
     w.clock.advance(1200);
     w.proxy.callerCancel(b);
     assert.equal(w.records.length, 2);
-    const [ans, miss] = w.records as [RoutedCallRecord, RoutedCallRecord];
+    const [ans, miss] = w.records as [CallRecord, CallRecord];
     assert.deepEqual(
-      { outcome: ans.outcome, answeredBy: ans.answeredBy, answeredDevice: ans.answeredDevice, answerAfterMs: ans.answerAfterMs, offered: ans.offered, caller: ans.caller, target: ans.target },
-      { outcome: "answered", answeredBy: "u2", answeredDevice: "p2", answerAfterMs: 2500, offered: ["u1", "u2"], caller: "555", target: "100" },
+      { id: ans.id, at: ans.at, outcome: ans.outcome, answeredBy: ans.answeredBy, answerAfterMs: ans.answerAfterMs, durationMs: ans.durationMs, offered: ans.offered, caller: ans.caller, target: ans.target, groupId: ans.groupId },
+      { id: a.request.callId, at: T0, outcome: "answered", answeredBy: "u2", answerAfterMs: 2500, durationMs: 60_000, offered: ["u1", "u2"], caller: "555", target: "100", groupId: "g1" },
     );
-    assert.deepEqual({ outcome: miss.outcome, offered: miss.offered, status: miss.status, answeredBy: miss.answeredBy }, { outcome: "missed", offered: ["u1"], status: 487, answeredBy: undefined });
+    assert.deepEqual({ outcome: miss.outcome, offered: miss.offered, answeredBy: miss.answeredBy, durationMs: miss.durationMs }, { outcome: "missed", offered: ["u1"], answeredBy: undefined, durationMs: undefined });
+    for (const r of w.records) assert.equal(checkCallRecord(r, "call"), null);
     assert.deepEqual(events(w, "call.offered").map((e) => e.memberId), ["u1", "u2", "u1"]);
     assert.deepEqual(events(w, "call.answered").map((e) => [e.memberId, e.answerAfterMs]), [["u2", 2500]]);
     assert.deepEqual(events(w, "call.missed").map((e) => e.offered), [["u1"]]);
