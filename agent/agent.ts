@@ -13,9 +13,11 @@ import { DigestAuthenticator } from "./sip/digest.ts";
 import { AuthGuard } from "./sip/guard.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
+import { StatefulProxy } from "./sip/proxy.ts";
+import type { ProxyStats } from "./sip/proxy-types.ts";
 import { buildRequest, hostPort } from "./sip/requests.ts";
 import { createResponse, serialize } from "./sip/serialize.ts";
-import { TransactionLayer } from "./sip/transaction.ts";
+import { TransactionLayer, type InviteServerTransaction } from "./sip/transaction.ts";
 import { SipTransport } from "./sip/transport.ts";
 import { checkRequest } from "./sip/validate.ts";
 import type { Flow, SipRequest, SipResponse } from "./sip/types.ts";
@@ -40,6 +42,8 @@ export interface AgentStatus {
   transactions: { server: number; client: number; absorbed: number };
   transport: ReturnType<SipTransport["stats"]>;
   guard: ReturnType<AuthGuard["stats"]>;
+  /** The forking proxy: calls ringing, dialogs up, branches alive (agent/sip/proxy.ts). */
+  proxy: ProxyStats;
   store: { file: string; pendingWrites: boolean };
   /** Bytes, from process.memoryUsage() (rss, heapTotal, heapUsed, external, arrayBuffers). */
   memory: NodeJS.MemoryUsage;
@@ -52,6 +56,12 @@ export class Agent {
   transactions!: TransactionLayer;
   location!: LocationService;
   registrar!: Registrar;
+  proxy!: StatefulProxy;
+  /**
+   * New INVITEs (outside any dialog) go here once set; unset, they get 404. Set in-process only
+   * (the routing engine, or a test fixture): no setting or message can turn it on.
+   */
+  onInvite: ((tx: InviteServerTransaction, req: SipRequest, flow: Flow) => void) | undefined;
   presence!: PresenceTracker;
   guard!: AuthGuard;
   private control: ControlServer | undefined;
@@ -107,6 +117,14 @@ export class Agent {
     );
     // RFC 3261 §17.1.1.1: T1 is configurable; T2/T4 keep their defaults.
     this.transactions = new TransactionLayer({ transport: this.transport, timers: { T1: s.sipT1Ms } });
+    this.proxy = new StatefulProxy({
+      transactions: this.transactions,
+      transport: this.transport,
+      supportedMethods: SUPPORTED_METHODS,
+      supportedExtensions: SUPPORTED_EXTENSIONS,
+      isOwnAddress: (host, port) => this.transport.addresses().some((a) => a.port === port && a.address === host),
+      log: this.log.child("proxy"),
+    });
     this.registrar = new Registrar({
       realm: s.realm,
       minExpires: s.minExpires,
@@ -180,6 +198,7 @@ export class Agent {
       transactions: { ...this.transactions.counts(), absorbed: this.absorbedRequests },
       transport: this.transport.stats(),
       guard: this.guard.stats(),
+      proxy: this.proxy.stats(),
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       memory: process.memoryUsage(),
     };
@@ -212,6 +231,8 @@ export class Agent {
         return;
       case "stray-ack":
       case "ack-2xx":
+        // The ACK for a 2xx: forwarded statelessly inside its dialog, else dropped (§16.11, §17.1.1.3).
+        this.proxy.handleAck(req, flow);
         return;
       case "invalid":
         this.log.debug("request refused by the transaction layer", { reason: r.reason, from: flow.remoteAddress });
@@ -220,6 +241,7 @@ export class Agent {
         this.sendStateless(flow, createResponse(req, 503, "Service Unavailable", { headers: [{ name: "retry-after", value: "5" }] }));
         return;
       case "cancel": {
+        if (this.proxy.handleCancel(r.tx, r.inviteTx, req)) return;
         // No call is proxied before the routing issue lands: nothing to cancel but the answer.
         r.tx.respond(createResponse(req, r.inviteTx ? 200 : 481, r.inviteTx ? "OK" : "Call/Transaction Does Not Exist", { toTag: "cancel" }));
         return;
@@ -241,6 +263,11 @@ export class Agent {
       tx.respond(createResponse(req, rejection.status, rejection.reason, { toTag: "rej", headers: rejection.headers }));
       return;
     }
+    // Requests inside a dialog (To tag) follow its route set through the proxy (§16.12).
+    if (req.to.tag !== undefined && req.method !== "REGISTER") {
+      this.proxy.handleInDialog(tx, req, flow);
+      return;
+    }
     switch (req.method) {
       case "REGISTER": {
         tx.respond(this.registrar.handle(req, flow));
@@ -260,15 +287,19 @@ export class Agent {
         );
         return;
       default:
+        if (req.method === "INVITE" && tx.kind === "invite" && this.onInvite !== undefined) {
+          this.onInvite(tx, req, flow);
+          return;
+        }
         // Calls to groups and users arrive with the routing issue; until then nothing is routable.
         tx.respond(createResponse(req, 404, "Not Found", { toTag: "nf" }));
     }
   }
 
   private onResponse(res: SipResponse, flow: Flow): void {
-    // Responses to our own client transactions (keep-alives); stray ones are dropped
-    // (RFC 3261 §18.1.2) — the forking proxy of the routing issue forwards stray 2xx.
-    this.transactions.receiveResponse(res, flow);
+    // Responses to our client transactions (keep-alives, proxy branches); stray ones are
+    // dropped and counted (RFC 6026 §7.2 replaced §16.7's stateless forwarding of stray 2xx).
+    if (this.transactions.receiveResponse(res, flow).kind === "stray") this.proxy.strayResponse(res, flow);
   }
 
   private sendStateless(flow: Flow, res: SipResponse): void {

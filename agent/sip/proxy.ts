@@ -281,7 +281,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     if (options.exact !== true && allDone) {
       const best = chooseBestResponse([status, ...call.branches.map((b) => b.final?.status ?? 0)]);
       const chosen = best > 0 ? call.branches[best - 1]?.final : undefined;
-      if (chosen !== undefined) {
+      // A branch response that lost the caller's Via values cannot be relayed; the engine's goes.
+      if (chosen !== undefined && chosen.via.length > 1) {
         res = stripTopVia(chosen);
         // §16.7 step 6: "If the selected response is 503 ... the proxy MUST ... forward a 500".
         if (res.status === 503) res = { ...res, status: 500, reason: "Server Internal Error" };
