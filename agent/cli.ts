@@ -8,6 +8,8 @@ import { createLogger } from "./log.ts";
 import { Store } from "./store/store.ts";
 import { callAgent, runCommand, socketAnswers } from "./console/control.ts";
 import { agentCommands, type DeviceView } from "./console/commands.ts";
+import { SITE_HELP, siteCli } from "./console/site-cli.ts";
+import { PHONE_HELP, PROVISION_HELP, phoneCli, provisionCli } from "../provisioning/installer.ts";
 
 interface Parsed {
   positional: string[];
@@ -53,6 +55,11 @@ commands:
   device add|list|show|remove   manage SIP devices (credentials, owner, physical or soft)
   store check|recover      check the store file, or promote its last good copy
   settings                 list every setting, its environment variable and default
+  phone add|adopt|remove|list|show|seen|import|resync|export|firmware   desk phones (provisioning)
+  provision dhcp-hints     DHCP options that point phones at this appliance
+  site apply|show          apply a site file (users, devices, groups; --dry-run checks only)
+  group list|show          call groups of the applied site, members and who is online
+  user list                operators of the applied site
 
 common options:
   --config <file>          settings file (JSON; default /etc/ringedge/ringedge.conf.json if present,
@@ -78,12 +85,15 @@ only with --show-password.`,
   store: `usage:
   ringedge store check      verify the store file (envelope, checksum, schema version)
   ringedge store recover    keep the corrupt file aside and promote the last good copy (.bak)`,
+  ...SITE_HELP,
+  phone: PHONE_HELP,
+  provision: PROVISION_HELP,
   settings: `usage: ringedge settings [--json]
 
 Lists every setting with its environment variable, default and meaning, then the effective values.`,
 };
 
-const VALUE_FLAGS = new Set(["config", "password", "kind", "name", "owner"]);
+const VALUE_FLAGS = new Set(["config", "password", "kind", "name", "owner", "model", "extension", "group", "host"]);
 
 export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s), err: (s: string) => void = (s) => process.stderr.write(s)): Promise<number> {
   let parsed: Parsed;
@@ -130,6 +140,19 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         return await deviceCommand(settings, sub, rest, flags, json, out, err);
       case "store":
         return await storeCommand(settings, sub, out, err);
+      case "site":
+      case "group":
+      case "user": {
+        const code = await siteCli(command, sub, rest, flags, { exec: (cmd, args) => execute(settings, cmd, args), json, out, err });
+        if (code !== null) return code;
+        err(SITE_HELP[command] + "\n");
+        return 2;
+      }
+      case "phone":
+      case "provision": {
+        const ctx = { sub, rest, flags, json, out, err, settings, execute: (cmd: string, args: Record<string, unknown>) => execute(settings, cmd, args), progress: process.stderr };
+        return await (command === "phone" ? phoneCli(ctx) : provisionCli(ctx));
+      }
       case "settings":
         out(renderSettingsDoc() + "\n\neffective:\n" + JSON.stringify(settings, null, 2) + "\n");
         return 0;
@@ -212,7 +235,14 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     `sip tx   server ${status.transactions.server}  client ${status.transactions.client}  in ${status.transport.received}  out ${status.transport.sent}  parse errors ${status.transport.parseErrors}`,
     `guard    banned sources ${status.guard.bannedSources ?? status.guard.banned?.length ?? 0}`,
     `store    ${status.store.file}${status.store.pendingWrites ? " (write pending)" : ""}`,
+    `site     ${status.site ? `version ${status.site.version} from ${status.site.source} (${status.site.users} users, ${status.site.groups} groups)` : "none applied"}`,
   ];
+  const r = status.routing;
+  if (r !== undefined && r !== null) {
+    // INVITE received → first fork (issue 3 latency budget), from the engine's histogram.
+    const l = r.latency;
+    lines.push(`routing  calls ${r.activeCalls}  queued ${r.queued}  first fork p50 ${l.p50Us}µs p99 ${l.p99Us}µs max ${l.maxUs}µs  over ${l.budgetUs / 1000}ms budget ${l.overBudget} of ${l.count}`);
+  }
   out(lines.join("\n") + "\n");
   return 0;
 }
