@@ -23,6 +23,8 @@ import { checkRequest } from "./sip/validate.ts";
 import type { Flow, SipRequest, SipResponse } from "./sip/types.ts";
 import { ControlServer } from "./console/control.ts";
 import { agentCommands, type AgentView } from "./console/commands.ts";
+import { SiteService, formatSiteErrors, readSiteFile } from "./site/site.ts";
+import type { SiteRecord } from "./site/types.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -45,6 +47,8 @@ export interface AgentStatus {
   /** The forking proxy: calls ringing, dialogs up, branches alive (agent/sip/proxy.ts). */
   proxy: ProxyStats;
   store: { file: string; pendingWrites: boolean };
+  /** The applied site configuration; null before the first site file or console push. */
+  site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
   /** Bytes, from process.memoryUsage() (rss, heapTotal, heapUsed, external, arrayBuffers). */
   memory: NodeJS.MemoryUsage;
 }
@@ -64,6 +68,8 @@ export class Agent {
   onInvite: ((tx: InviteServerTransaction, req: SipRequest, flow: Flow) => void) | undefined;
   presence!: PresenceTracker;
   guard!: AuthGuard;
+  /** The applied site configuration (users, groups, settings) and its routing lookups. */
+  site!: SiteService;
   private control: ControlServer | undefined;
   private readonly startedAt = Date.now();
   /** Devices keyed by SIP username: the registrar's credential lookup, rebuilt on change. */
@@ -80,6 +86,17 @@ export class Agent {
       siteId: s.siteId,
       onError: (err) => this.log.error("store write failed; retrying", { err: err.message }),
     });
+    this.site = new SiteService({
+      store: this.store,
+      bus: this.bus,
+      log: this.log.child("site"),
+      onDevicesChanged: (voided) => {
+        for (const id of voided) this.location?.removeDevice(id);
+        this.refreshDevices();
+      },
+    });
+    this.site.start();
+    if (s.siteFile !== "") await this.applySiteFile(s.siteFile);
     this.refreshDevices();
 
     this.guard = new AuthGuard({
@@ -164,6 +181,17 @@ export class Agent {
     this.log.info("ringedge stopped");
   }
 
+  /** Applies the configured site file at start-up; a bad file stops the start, listing every error. */
+  private async applySiteFile(file: string): Promise<void> {
+    const read = readSiteFile(file);
+    const r = read.ok ? await this.site.apply(read.value, "file") : read;
+    if (!r.ok) {
+      await this.store.close();
+      throw new Error(`site file ${file} was not applied:\n${formatSiteErrors(r.errors)}`);
+    }
+    this.log.info(r.changed ? "site file applied" : "site file already applied", { file, version: r.version, note: r.changed ? undefined : r.note });
+  }
+
   /** The read/write surface the console commands get (CLI over the control socket). */
   view(): AgentView {
     return {
@@ -174,7 +202,9 @@ export class Agent {
       devicesChanged: (removedId) => {
         if (removedId) this.location.removeDevice(removedId);
         this.refreshDevices();
+        this.site.refresh();
       },
+      site: this.site,
     };
   }
 
@@ -200,6 +230,7 @@ export class Agent {
       guard: this.guard.stats(),
       proxy: this.proxy.stats(),
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
+      site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
     };
   }
@@ -359,4 +390,8 @@ function fromRecord(r: BindingRecord): Binding {
     userAgent: r.userAgent,
     instance: r.instance,
   };
+}
+
+function siteStatus(r: Readonly<SiteRecord> | null): AgentStatus["site"] {
+  return r === null ? null : { version: r.version, source: r.source, appliedAt: r.appliedAt, hash: r.hash, users: r.users.length, groups: r.groups.length };
 }

@@ -24,6 +24,7 @@ export interface Settings {
   httpListen: string;
   mqttUrl: string;
   siteId: string;
+  siteFile: string;
   realm: string;
   minExpires: number;
   maxExpires: number;
@@ -274,6 +275,11 @@ const SPECS: Specs = {
     codec: mqttUrlCodec,
     default: "",
     doc: 'Broker of the central console (mqtt://, mqtts://, ws://, wss://); "" runs the site without a console.',
+  },
+  siteFile: {
+    codec: stringCodec('path or ""', (s) => (s.includes("\0") ? "must not contain NUL" : null)),
+    default: "",
+    doc: 'Site file (JSON, contract $defs/siteConfig: users, devices, groups, settings; see docs/contract.md) applied at start-up; a bad file stops the start with every error listed by path. "" = none (the console or `ringedge site apply` configures the site).',
   },
   siteId: {
     codec: stringCodec("[a-z0-9-]{1,64}", (s) => (SITE_ID_RE.test(s) ? null : "must be 1-64 characters of a-z, 0-9 and -")),

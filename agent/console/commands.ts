@@ -5,6 +5,8 @@ import { randomBytes } from "node:crypto";
 import type { Store } from "../store/store.ts";
 import type { DeviceRecord } from "../store/schema.ts";
 import { CommandError, type CommandTable } from "./control.ts";
+import type { SiteService } from "../site/site.ts";
+import { siteCommands } from "./site-commands.ts";
 
 /** What a running agent exposes to commands; offline commands get only the store. */
 export interface AgentView {
@@ -14,6 +16,8 @@ export interface AgentView {
   bindings?: () => Array<{ deviceId: string; contact: string; expiresAt: number; flow: { transport: string; remoteAddress: string; remotePort: number }; userAgent: string | undefined }>;
   /** Tell the running agent its device table changed (credential lookup, bindings of a removed device). */
   devicesChanged?: (removedId?: string) => void;
+  /** The running agent's site service (offline, site commands build one over the store). */
+  site?: SiteService;
 }
 
 export const USERNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
@@ -86,6 +90,7 @@ export function agentCommands(view: AgentView): CommandTable {
     return d;
   };
   return {
+    ...siteCommands(view),
     status: () => {
       if (!view.status) throw new CommandError("the agent is not running");
       return view.status();
