@@ -280,6 +280,9 @@ async function benchAgent(runtime: string, entry: string, workDir: string): Prom
     RINGEDGE_LOG_LEVEL: "warn",
     RINGEDGE_AUTH_ALGORITHMS: "MD5,SHA-256",
     RINGEDGE_GUARD_ALLOWLIST: "127.0.0.1",
+    // SIPp is gone after each run, so keep-alive OPTIONS (every 30 s by default) would all time
+    // out and fill the steady-state figure with 2,000 retransmitting probes to dead phones.
+    RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
   });
   const agent = spawn(process.execPath, [entry, "run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
   let agentLog = "";
