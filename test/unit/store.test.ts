@@ -437,7 +437,8 @@ describe("Store: batching and write errors", () => {
     });
     failures = 1;
     s.addDevice(DEV);
-    await new Promise((r) => setTimeout(r, 60));
+    // Wait for the failed write and its retry (polling: a loaded machine may be slow).
+    for (let i = 0; i < 200 && (s.hasPendingWrites() || errors.length === 0); i++) await new Promise((r) => setTimeout(r, 10));
     assert.equal(errors.length, 1);
     assert.match(errors[0]!.message, /disk full/);
     assert.equal((await inspect(dir)).counts?.devices, 1, "retried and written");
