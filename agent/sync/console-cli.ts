@@ -1,0 +1,319 @@
+// Reference console: what the central console does, small enough to read, so an operator can
+// drive a site without writing code and tests can too. `ringedge console push|watch|status|resync`.
+// It speaks the same contract as the agent (docs/mqtt.md) and validates what it sends.
+import { randomBytes } from "node:crypto";
+import * as fs from "node:fs";
+import { connect, type IClientOptions, type MqttClient } from "mqtt";
+import { validatePayload } from "../contract.ts";
+import { configHash, DESIRED_SCHEMA, type AckPayload, type SyncError } from "./mqtt-sync.ts";
+import { commandTopic, COMMAND_NAMES, replyTopic, SITE_ID_RE, siteTopic, TOPIC_ROOT } from "./topics.ts";
+
+export interface ConsoleOptions {
+  url: string;
+  consoleId?: string;
+  username?: string;
+  password?: string;
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  connectTimeoutMs?: number;
+}
+
+export interface CommandReply {
+  command: string;
+  status: "ok" | "error" | "not-available";
+  result?: unknown;
+  errors?: SyncError[];
+}
+
+/** A desired envelope from a file holding either the envelope or a bare site snapshot. */
+export function desiredFrom(siteId: string, doc: unknown): { ok: true; desired: Record<string, unknown>; version: number } | { ok: false; errors: SyncError[] } {
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc)) return { ok: false, errors: [{ code: "schema", path: "$", message: "must be a JSON object (a site snapshot or a desired envelope)" }] };
+  const o = doc as Record<string, unknown>;
+  const desired = o.schema === DESIRED_SCHEMA ? { ...o, siteId } : { schema: DESIRED_SCHEMA, siteId, version: o.version, hash: configHash(o), config: o };
+  const check = validatePayload("desired", desired);
+  if (!check.ok) return { ok: false, errors: check.errors };
+  return { ok: true, desired, version: desired.version as number };
+}
+
+export class ConsoleClient {
+  readonly consoleId: string;
+  /** Desired messages not yet acknowledged, by "<site>\0<version>": republished after a reconnect (the broker may have lost retained state). */
+  private pendingPushes = new Map<string, { topic: string; payload: string }>();
+
+  private constructor(
+    readonly client: MqttClient,
+    consoleId: string,
+  ) {
+    this.consoleId = consoleId;
+    client.on("connect", () => {
+      (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+      for (const p of this.pendingPushes.values()) client.publish(p.topic, p.payload, { qos: 1, retain: true });
+    });
+  }
+
+  static connect(opts: ConsoleOptions): Promise<ConsoleClient> {
+    const consoleId = opts.consoleId ?? `console-${randomBytes(4).toString("hex")}`;
+    const options: IClientOptions = {
+      protocolVersion: 5,
+      clientId: consoleId,
+      clean: true,
+      reconnectPeriod: 200,
+      connectTimeout: opts.connectTimeoutMs ?? 5000,
+      reconnectOnConnackError: true,
+      ...(opts.username ? { username: opts.username } : {}),
+      ...(opts.password ? { password: opts.password } : {}),
+      ...(opts.ca ? { ca: opts.ca } : {}),
+      ...(opts.cert ? { cert: opts.cert } : {}),
+      ...(opts.key ? { key: opts.key } : {}),
+    };
+    const client = connect(opts.url, options);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => {
+        client.end(true);
+        reject(new Error(`cannot reach the broker at ${opts.url}`));
+      }, opts.connectTimeoutMs ?? 5000);
+      client.once("connect", () => {
+        clearTimeout(t);
+        (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+        resolve(new ConsoleClient(client, consoleId));
+      });
+      client.on("error", () => undefined);
+    });
+  }
+
+  /**
+   * Publishes a desired envelope (retained, QoS 1) and waits for the site's ack of that version.
+   * Republished on every reconnect until acknowledged. Rejects on timeout.
+   */
+  async pushDesired(siteId: string, desired: Record<string, unknown> | string | Buffer, version: number | null, timeoutMs = 10_000): Promise<AckPayload> {
+    const ackTopic = siteTopic(siteId, "ack");
+    const topic = siteTopic(siteId, "desired");
+    const payload = typeof desired === "string" || Buffer.isBuffer(desired) ? desired.toString() : JSON.stringify(desired);
+    const key = `${siteId}\u0000${version}\u0000${randomBytes(4).toString("hex")}`;
+    await this.client.subscribeAsync(ackTopic, { qos: 1 });
+    return new Promise<AckPayload>((resolve, reject) => {
+      const onMessage = (t: string, buf: Buffer): void => {
+        if (t !== ackTopic) return;
+        let ack: AckPayload;
+        try {
+          ack = JSON.parse(buf.toString()) as AckPayload;
+        } catch {
+          return;
+        }
+        if (!validatePayload("ack", ack).ok) return;
+        if (ack.version !== version && !(version === null || ack.version === null)) return;
+        done();
+        resolve(ack);
+      };
+      const done = (): void => {
+        clearTimeout(timer);
+        this.pendingPushes.delete(key);
+        this.client.removeListener("message", onMessage);
+      };
+      const timer = setTimeout(() => {
+        done();
+        reject(new Error(`no ack for version ${version} from site ${siteId} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.client.on("message", onMessage);
+      this.pendingPushes.set(key, { topic, payload });
+      this.client.publish(topic, payload, { qos: 1, retain: true });
+    });
+  }
+
+  /** Sends cmd/<name> with responseTopic + correlationData and waits for the reply. */
+  async command(siteId: string, name: string, args: Record<string, unknown> = {}, timeoutMs = 10_000): Promise<CommandReply> {
+    const rt = replyTopic(siteId, this.consoleId);
+    const correlation = randomBytes(8);
+    await this.client.subscribeAsync(rt, { qos: 1 });
+    return new Promise((resolve, reject) => {
+      const onMessage = (t: string, buf: Buffer, packet: { properties?: { correlationData?: Buffer } }): void => {
+        if (t !== rt || !packet.properties?.correlationData?.equals(correlation)) return;
+        clearTimeout(timer);
+        this.client.removeListener("message", onMessage);
+        try {
+          resolve(JSON.parse(buf.toString()) as CommandReply);
+        } catch (err) {
+          reject(err as Error);
+        }
+      };
+      const timer = setTimeout(() => {
+        this.client.removeListener("message", onMessage);
+        reject(new Error(`no reply to ${name} from site ${siteId} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.client.on("message", onMessage);
+      this.client.publish(commandTopic(siteId, name), JSON.stringify({ args }), { qos: 1, properties: { responseTopic: rt, correlationData: correlation } });
+    });
+  }
+
+  /** Everything a site publishes (status, reported, presence, events, acks, statistics). */
+  async watch(siteId: string, onMessage: (leaf: string, payload: unknown, retained: boolean) => void): Promise<void> {
+    const prefix = `${TOPIC_ROOT}/${siteId}/`;
+    this.client.on("message", (t, buf, packet) => {
+      if (!t.startsWith(prefix)) return;
+      const leaf = t.slice(prefix.length);
+      if (leaf === "desired" || leaf.startsWith("cmd/") || leaf.startsWith("reply/")) return;
+      let v: unknown;
+      try {
+        v = JSON.parse(buf.toString());
+      } catch {
+        v = buf.toString();
+      }
+      onMessage(leaf, v, packet.retain);
+    });
+    await this.client.subscribeAsync(["status", "reported", "presence", "events", "ack", "statistics"].map((l) => `${prefix}${l}`), { qos: 1 });
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => this.client.end(false, {}, () => resolve()));
+  }
+}
+
+// --- the CLI -------------------------------------------------------------------------------
+
+export const CONSOLE_HELP = `usage:
+  ringedge console push <site> <config.json> [--url mqtt://host:1883] [--timeout <ms>]
+  ringedge console watch <site> [--url ...] [--count <n>]
+  ringedge console status <site> [--url ...]
+  ringedge console resync <site> [<device id>...] [--url ...]
+  ringedge console republish <site> [--url ...]
+
+A reference central console. push publishes the snapshot (a site file, or a full desired
+envelope) as the site's retained desired config, waits for the agent's ack and prints it
+(exit 1 when rejected). watch prints one line per presence snapshot, event, ack and status.
+--url defaults to the mqttUrl setting; --username/--password/--ca/--cert/--key as the mqtt*
+settings.`;
+
+type Out = (s: string) => void;
+
+export interface ConsoleCliSettings {
+  mqttUrl: string;
+  mqttUsername: string;
+  mqttPassword: string;
+  mqttCa: string;
+  mqttCert: string;
+  mqttKey: string;
+}
+
+export const CONSOLE_VALUE_FLAGS = ["url", "timeout", "count", "username", "password", "ca", "cert", "key"] as const;
+
+/** `ringedge console <sub> ...`: returns the exit code. */
+export async function consoleCommand(sub: string | undefined, rest: string[], flags: Map<string, string | true>, settings: ConsoleCliSettings, out: Out, err: Out): Promise<number> {
+  const flag = (name: string, fallback = ""): string => {
+    const v = flags.get(name);
+    return typeof v === "string" ? v : fallback;
+  };
+  const site = rest[0];
+  if (!sub || !["push", "watch", "status", "resync", "republish"].includes(sub) || !site) {
+    err(CONSOLE_HELP + "\n");
+    return 2;
+  }
+  if (!SITE_ID_RE.test(site)) {
+    err(`ringedge: site id "${site}" must be 1-64 characters of a-z, 0-9 and -\n`);
+    return 2;
+  }
+  const url = flag("url", settings.mqttUrl);
+  if (!url) {
+    err("ringedge: no broker: pass --url mqtt://host:port or set mqttUrl\n");
+    return 2;
+  }
+  const readPem = (name: string, setting: string): Buffer | undefined => {
+    const p = flag(name, setting);
+    return p ? fs.readFileSync(p) : undefined;
+  };
+  const timeoutMs = Number(flag("timeout", "10000"));
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
+    err("ringedge: --timeout must be a positive number of ms\n");
+    return 2;
+  }
+
+  // Validate the push before touching the network.
+  let push: { desired: Record<string, unknown>; version: number } | undefined;
+  if (sub === "push") {
+    const file = rest[1];
+    if (!file) {
+      err("ringedge: console push needs <site> <config.json>\n");
+      return 2;
+    }
+    let doc: unknown;
+    try {
+      doc = JSON.parse(fs.readFileSync(file, "utf8"));
+    } catch (e) {
+      err(`ringedge: ${file}: ${(e as Error).message}\n`);
+      return 1;
+    }
+    const d = desiredFrom(site, doc);
+    if (!d.ok) {
+      err(`ringedge: ${file} is not a valid site snapshot; not sent:\n${d.errors.map((e) => `  ${e.path}: ${e.message}`).join("\n")}\n`);
+      return 1;
+    }
+    push = d;
+  }
+
+  const tls = { ca: readPem("ca", settings.mqttCa), cert: readPem("cert", settings.mqttCert), key: readPem("key", settings.mqttKey) };
+  const c = await ConsoleClient.connect({
+    url,
+    username: flag("username", settings.mqttUsername),
+    password: flag("password", settings.mqttPassword),
+    ...(tls.ca ? { ca: tls.ca } : {}),
+    ...(tls.cert ? { cert: tls.cert } : {}),
+    ...(tls.key ? { key: tls.key } : {}),
+  });
+  try {
+    switch (sub) {
+      case "push": {
+        const ack = await c.pushDesired(site, push!.desired, push!.version, timeoutMs);
+        out(JSON.stringify(ack, null, 2) + "\n");
+        return ack.status === "rejected" ? 1 : 0;
+      }
+      case "status":
+      case "republish":
+      case "resync": {
+        const name = sub === "status" ? "get-status" : sub;
+        const args = sub === "resync" && rest.length > 1 ? { devices: rest.slice(1) } : {};
+        if (!(COMMAND_NAMES as readonly string[]).includes(name)) throw new Error(`unknown command ${name}`);
+        const reply = await c.command(site, name, args, timeoutMs);
+        out(JSON.stringify(reply, null, 2) + "\n");
+        return reply.status === "ok" ? 0 : 1;
+      }
+      case "watch": {
+        const max = Number(flag("count", "0"));
+        let seen = 0;
+        await new Promise<void>((resolve) => {
+          void c.watch(site, (leaf, v, retained) => {
+            out(formatWatchLine(leaf, v, retained) + "\n");
+            if (max > 0 && ++seen >= max) resolve();
+          });
+          process.once("SIGINT", () => resolve());
+          process.once("SIGTERM", () => resolve());
+        });
+        return 0;
+      }
+    }
+    return 2;
+  } finally {
+    await c.close();
+  }
+}
+
+/** One line per message, for `console watch`. */
+export function formatWatchLine(leaf: string, v: unknown, retained: boolean): string {
+  const o = (typeof v === "object" && v !== null ? v : {}) as Record<string, any>;
+  const r = retained ? " (retained)" : "";
+  switch (leaf) {
+    case "events":
+      return `event #${o.seq} ${o.type} ${JSON.stringify(o.data)}`;
+    case "presence": {
+      const devs = (Array.isArray(o.devices) ? o.devices : []) as Array<{ deviceId: string; online: boolean }>;
+      return `presence${r} ${devs.filter((d) => d.online).length}/${devs.length} online: ${devs.map((d) => `${d.deviceId}=${d.online ? "on" : "off"}`).join(" ")}`;
+    }
+    case "status":
+      return `status${r} ${o.online ? "online" : "offline"} boot ${o.bootId} conn ${o.connSeq}${o.reason ? ` (${o.reason})` : ""}`;
+    case "reported":
+      return `reported${r} version ${o.appliedVersion} ${o.appliedHash ?? ""}`.trimEnd();
+    case "ack":
+      return `ack version ${o.version} ${o.status}${Array.isArray(o.errors) && o.errors.length ? ": " + o.errors.map((e: SyncError) => `${e.path} ${e.message}`).join("; ") : ""}`;
+    default:
+      return `${leaf}${r} ${JSON.stringify(v)}`;
+  }
+}

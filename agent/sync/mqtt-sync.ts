@@ -1,0 +1,699 @@
+// Central console sync over MQTT 5: one feature with start()/stop(), listening on the agent's
+// bus (Zigbee2MQTT's extension shape). The contract is docs/mqtt.md and $defs in
+// contract/ringedge.schema.json; every payload is validated in both directions.
+//
+// Flows (shadow model, mqtt-sync.md):
+//   desired (retained) → validate → version > applied ? SiteService.apply (persisted with fsync
+//   before it returns) → ack applied + reported (retained) : ack unchanged + reported.
+//   A bad message gets a rejected ack listing every error and changes nothing.
+//   Events (presence, calls) → persistent outbox (fsync'd) → events topic, in seq order, removed
+//   on PUBACK. Presence snapshot retained; statistics every statsIntervalS; status birth on every
+//   connect, last will offline, offline published before a clean end().
+//   Commands cmd/<name> with MQTT 5 responseTopic + correlationData → reply/<consoleId>.
+import { randomBytes, createHash } from "node:crypto";
+import * as fs from "node:fs";
+import { connect, type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from "mqtt";
+import type { EventBus } from "../bus.ts";
+import { validatePayload, type PayloadResult } from "../contract.ts";
+import type { Logger } from "../log.ts";
+import { canonicalJson } from "../store/atomic-file.ts";
+import { Outbox, type OutboxEvent } from "./outbox.ts";
+import { CallStatistics } from "./stats.ts";
+import { agentSubscriptions, isOwnReplyTopic, parseTopic, siteTopic, type CommandName } from "./topics.ts";
+
+export const DESIRED_SCHEMA = "ringedge.desired/1";
+
+/** One problem with a console message (contract $defs/syncError). */
+export interface SyncError {
+  code: string;
+  path: string;
+  message: string;
+}
+
+export type AckStatus = "applied" | "rejected" | "unchanged";
+
+export interface AckPayload {
+  version: number | null;
+  status: AckStatus;
+  errors: SyncError[];
+  appliedVersion?: number;
+  at?: number;
+}
+
+export interface ReportedPayload {
+  appliedVersion: number;
+  appliedHash: string | null;
+  bootId: string;
+  lastResult?: { version: number | null; status: AckStatus; at?: number };
+}
+
+export interface StatusPayload {
+  online: boolean;
+  bootId: string;
+  connSeq: number;
+  at?: number;
+  reason?: string;
+}
+
+/** The result SiteService.apply returns (agent/site/site.ts). */
+export type ApplyOutcome = { ok: true; version: number; changed: boolean } | { ok: false; errors: SyncError[] };
+
+/**
+ * What sync needs of the site service: apply a snapshot atomically (persisted before it
+ * resolves) and tell what is applied now. SiteService satisfies it.
+ */
+export interface SiteApplier {
+  apply(input: unknown, source: "console"): Promise<ApplyOutcome> | ApplyOutcome;
+  /** The applied snapshot's version and hash (sha256 hex of its canonical JSON), if any. */
+  applied(): { version: number; hash: string } | undefined;
+}
+
+/** Adapts the site service (agent/site/site.ts), whose current().record holds the applied snapshot. */
+export function siteApplier(site: {
+  apply(input: unknown, source: "console"): Promise<ApplyOutcome>;
+  current(): { record: { version: number; hash: string } | null };
+}): SiteApplier {
+  return {
+    apply: (input, source) => site.apply(input, source),
+    applied: () => {
+      const r = site.current().record;
+      return r ? { version: r.version, hash: r.hash } : undefined;
+    },
+  };
+}
+
+export interface PresenceEntry {
+  deviceId: string;
+  online: boolean;
+  registered: boolean;
+  lastSeen?: number | undefined;
+}
+
+/** Handler of cmd/resync (provided by provisioning); its result goes into the reply. */
+export type ResyncHandler = (args: Record<string, unknown>) => Promise<unknown> | unknown;
+
+export interface MqttSyncOptions {
+  siteId: string;
+  url: string;
+  dataDir: string;
+  clientId?: string;
+  username?: string;
+  password?: string;
+  /** PEM contents (already read from the files named in the settings). */
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  statsIntervalS: number;
+  outboxMax: number;
+  bus: EventBus;
+  site: SiteApplier;
+  status: () => unknown;
+  presence: () => PresenceEntry[];
+  log: Logger;
+  bootId?: string;
+  timers?: Partial<SyncTimers>;
+  /** Largest desired/command payload handled, bytes; larger ones are rejected unread. */
+  maxPayloadBytes?: number;
+  now?: () => number;
+}
+
+export interface SyncTimers {
+  /** A QoS 1 publish not acknowledged within this is given up (mqtt-sync.md pitfall 5). */
+  publishTimeoutMs: number;
+  /** Reconnect back-off: base, doubled per failed attempt up to max, then jittered. */
+  reconnectMinMs: number;
+  reconnectMaxMs: number;
+  connectTimeoutMs: number;
+  keepaliveS: number;
+  /** Presence snapshots are coalesced: at most one per this many ms. */
+  presenceDebounceMs: number;
+  /** Events published and not yet acknowledged at once (order is kept: one topic, one connection). */
+  eventWindow: number;
+  /** Outbox fsync batching. */
+  outboxBatchMs: number;
+}
+
+const DEFAULT_TIMERS: SyncTimers = {
+  publishTimeoutMs: 10_000,
+  // 1 s doubling to 60 s, with ±50 % jitter: 10,000 sites losing one broker must not come back
+  // in lock-step (reconnect storms are the real scaling risk, mqtt-sync.md).
+  reconnectMinMs: 1_000,
+  reconnectMaxMs: 60_000,
+  connectTimeoutMs: 10_000,
+  keepaliveS: 30,
+  presenceDebounceMs: 250,
+  eventWindow: 64,
+  outboxBatchMs: 2,
+};
+
+/** 1 MB: budget for a full site snapshot with room to spare (a 500-user site is ~150 KB). */
+export const DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20;
+
+export interface SyncStatus {
+  connected: boolean;
+  connSeq: number;
+  bootId: string;
+  appliedVersion: number;
+  outbox: ReturnType<Outbox["stats"]>;
+  rejectedMessages: number;
+  invalidOutgoing: number;
+}
+
+/** sha256 of the canonical JSON of a value, in the contract's "sha256:<hex>" form. */
+export function configHash(config: unknown): string {
+  return "sha256:" + createHash("sha256").update(canonicalJson(config)).digest("hex");
+}
+
+/** Jittered exponential back-off: attempt 0 → about min; each failure doubles, capped at max; ×[0.5, 1.5). */
+export function backoffMs(attempt: number, minMs: number, maxMs: number, random: () => number = Math.random): number {
+  const base = Math.min(maxMs, minMs * 2 ** Math.min(attempt, 30));
+  return Math.max(1, Math.round(base * (0.5 + random())));
+}
+
+/**
+ * Reads a desired message as far as it can and says what to do. Pure: the caller applies.
+ * `kind: "apply"` carries the config; "unchanged" when version ≤ applied; "reject" with every
+ * error found. Never throws.
+ */
+export function judgeDesired(
+  payload: Buffer,
+  ctx: { siteId: string; appliedVersion: number; maxBytes: number },
+  validate: (def: string, v: unknown) => PayloadResult = validatePayload,
+): { kind: "apply"; version: number; hash: string; config: Record<string, unknown> } | { kind: "unchanged"; version: number } | { kind: "reject"; version: number | null; errors: SyncError[] } {
+  if (payload.length > ctx.maxBytes) {
+    return { kind: "reject", version: null, errors: [{ code: "too-large", path: "$", message: `payload of ${payload.length} bytes exceeds the limit of ${ctx.maxBytes}` }] };
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString("utf8"));
+  } catch (err) {
+    return { kind: "reject", version: null, errors: [{ code: "bad-json", path: "$", message: `not valid JSON: ${(err as Error).message}` }] };
+  }
+  const obj = typeof value === "object" && value !== null && !Array.isArray(value) ? (value as Record<string, unknown>) : undefined;
+  const claimed = obj && Number.isSafeInteger(obj.version) && (obj.version as number) >= 0 ? (obj.version as number) : null;
+  const errors: SyncError[] = [];
+  // Another site's id is refused first and on its own: nothing else of it matters here.
+  if (obj && typeof obj.siteId === "string" && obj.siteId !== ctx.siteId) {
+    return { kind: "reject", version: claimed, errors: [{ code: "site-mismatch", path: "siteId", message: `for site "${obj.siteId.slice(0, 64)}", this is "${ctx.siteId}"` }] };
+  }
+  const schema = validate("desired", value);
+  if (!schema.ok) errors.push(...schema.errors);
+  if (errors.length > 0 || !obj) return { kind: "reject", version: claimed, errors };
+  const version = obj.version as number;
+  const config = obj.config as Record<string, unknown>;
+  if (config.version !== version) errors.push({ code: "version-mismatch", path: "config.version", message: `config.version ${String(config.version)} differs from version ${version}` });
+  const hash = configHash(config);
+  if (typeof obj.hash === "string" && obj.hash !== hash) errors.push({ code: "hash-mismatch", path: "hash", message: `config hashes to ${hash}` });
+  if (errors.length > 0) return { kind: "reject", version, errors };
+  if (version <= ctx.appliedVersion) return { kind: "unchanged", version };
+  return { kind: "apply", version, hash, config };
+}
+
+export class MqttSync {
+  readonly bootId: string;
+  private readonly t: SyncTimers;
+  private readonly maxPayload: number;
+  private readonly now: () => number;
+  private client: MqttClient | undefined;
+  private outbox: Outbox | undefined;
+  private stats: CallStatistics;
+  /** Bus subscriptions to undo on stop. */
+  private unsubscribe: Array<() => void> = [];
+  private statsTimer: NodeJS.Timeout | undefined;
+  private presenceTimer: NodeJS.Timeout | undefined;
+  /** Connection attempts in this boot; carried by the birth and the will (Sparkplug bdSeq). */
+  private connSeq = 0;
+  /** Failed attempts since the last successful connect, for the back-off. */
+  private failures = 0;
+  /** Increments on every connect: callbacks of an older connection only count on success. */
+  private connGen = 0;
+  /** Desired messages are handled one at a time, in arrival order. */
+  private desiredChain: Promise<void> = Promise.resolve();
+  private lastResult: ReportedPayload["lastResult"];
+  private resync: ResyncHandler | undefined;
+  private rejectedMessages = 0;
+  private invalidOutgoing = 0;
+  private stopping = false;
+
+  constructor(private readonly opts: MqttSyncOptions) {
+    this.bootId = opts.bootId ?? randomBytes(6).toString("base64url");
+    this.t = { ...DEFAULT_TIMERS, ...opts.timers };
+    this.maxPayload = opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
+    this.now = opts.now ?? Date.now;
+    this.stats = new CallStatistics(this.now());
+  }
+
+  /** Installs the cmd/resync handler (provisioning); without one resync replies "not-available". */
+  setResyncHandler(handler: ResyncHandler | undefined): void {
+    this.resync = handler;
+  }
+
+  /** Opens the outbox (draining what a previous run left) and starts connecting; never waits for the broker. */
+  start(): void {
+    const o = this.opts;
+    this.outbox = Outbox.open({
+      dataDir: o.dataDir,
+      bootId: this.bootId,
+      max: o.outboxMax,
+      batchMs: this.t.outboxBatchMs,
+      onDurable: () => this.pump(),
+      onError: (err) => o.log.error("outbox write failed; events kept in memory, retrying", { err: err.message }),
+    });
+    const left = this.outbox.stats().pending;
+    if (left > 0) o.log.info("outbox has undelivered events from an earlier run", { events: left });
+    this.listen();
+    this.statsTimer = setInterval(() => this.publishStatistics(), o.statsIntervalS * 1000);
+    this.statsTimer.unref();
+    this.connect();
+  }
+
+  private listen(): void {
+    const bus = this.opts.bus;
+    this.unsubscribe.push(
+      bus.on("device.presence", (e) => {
+        this.event("presence", { deviceId: e.deviceId, username: e.username, online: e.online, reason: e.reason }, e.at);
+        this.presenceChanged();
+      }),
+      // A site file applied locally changes what runs: the console must see it.
+      bus.on("site.applied", () => void this.publishReported()),
+      bus.on("call.offered", (e) => {
+        this.stats.offered(e);
+        this.event("call.offered", compact({ callId: e.callId, groupId: e.groupId, memberId: e.memberId, deviceIds: e.deviceIds, caller: e.caller }), e.at);
+      }),
+      bus.on("call.answered", (e) => {
+        this.stats.answered(e);
+        this.event("call.answered", compact({ callId: e.callId, groupId: e.groupId, memberId: e.memberId, deviceId: e.deviceId, caller: e.caller, answerAfterMs: Math.max(0, Math.round(e.answerAfterMs)) }), e.at);
+      }),
+      bus.on("call.missed", (e) => {
+        this.stats.missed(e);
+        this.event("call.missed", compact({ callId: e.callId, groupId: e.groupId, caller: e.caller, target: e.target, offered: e.offered, outcome: e.outcome }), e.at);
+      }),
+      bus.on("call.busy", (e) => {
+        this.stats.busy(e);
+        this.event("call.busy", compact({ callId: e.callId, groupId: e.groupId, memberIds: e.memberIds, caller: e.caller }), e.at);
+      }),
+    );
+  }
+
+  /** Queues an event for the console: validated, then written to the outbox (published once fsync'd). */
+  event(type: string, data: Record<string, unknown>, at = this.now()): OutboxEvent | undefined {
+    if (!this.outbox) return undefined;
+    const check = validatePayload("event", { bootId: this.bootId, seq: 1, type, at, data });
+    if (!check.ok) {
+      this.invalidOutgoing++;
+      this.opts.log.error("outgoing event does not match the contract; not sent", { type, errors: check.errors });
+      return undefined;
+    }
+    return this.outbox.append(type, data, at);
+  }
+
+  // --- connection --------------------------------------------------------------------------
+
+  private statusPayload(online: boolean, reason?: string): StatusPayload {
+    return { online, bootId: this.bootId, connSeq: this.connSeq, at: this.now(), ...(reason ? { reason } : {}) };
+  }
+
+  private connect(): void {
+    const o = this.opts;
+    this.connSeq++;
+    const options: IClientOptions = {
+      protocolVersion: 5,
+      clientId: o.clientId || `ringedge-${o.siteId}`,
+      clean: true,
+      keepalive: this.t.keepaliveS,
+      connectTimeout: this.t.connectTimeoutMs,
+      reconnectPeriod: backoffMs(0, this.t.reconnectMinMs, this.t.reconnectMaxMs),
+      // A refused CONNACK must not stop retries (mqtt-sync.md pitfall 2).
+      reconnectOnConnackError: true,
+      // Subscriptions are made explicitly on every connect (pitfall 9).
+      resubscribe: false,
+      queueQoSZero: false,
+      properties: { sessionExpiryInterval: 0, maximumPacketSize: this.maxPayload * 4 },
+      will: { topic: siteTopic(o.siteId, "status"), qos: 1, retain: true, payload: Buffer.from(JSON.stringify(this.statusPayload(false))) },
+      ...(o.username ? { username: o.username } : {}),
+      ...(o.password ? { password: o.password } : {}),
+      ...(o.ca ? { ca: o.ca } : {}),
+      ...(o.cert ? { cert: o.cert } : {}),
+      ...(o.key ? { key: o.key } : {}),
+    };
+    const client = connect(o.url, options);
+    this.client = client;
+    client.on("connect", (connack) => this.onConnect(connack.sessionPresent));
+    client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet));
+    // MQTT.js has no back-off (pitfall 1): its retry timer reads reconnectPeriod when the link
+    // drops ('offline' is emitted just before) and when an attempt fails ('close' after the
+    // 'reconnect' that started it), so the period is re-drawn at both points.
+    client.on("offline", () => {
+      client.options.reconnectPeriod = backoffMs(this.failures, this.t.reconnectMinMs, this.t.reconnectMaxMs);
+      this.onOffline();
+    });
+    client.on("reconnect", () => {
+      // Each attempt carries a new connSeq, in its will too (the console ignores an older LWT).
+      this.connSeq++;
+      if (client.options.will) client.options.will.payload = Buffer.from(JSON.stringify(this.statusPayload(false)));
+      client.options.reconnectPeriod = backoffMs(++this.failures, this.t.reconnectMinMs, this.t.reconnectMaxMs);
+    });
+    client.on("error", (err) => o.log.warn("mqtt error", { err: err.message }));
+  }
+
+  private onOffline(): void {
+    this.opts.log.info("console broker unreachable; working on the last applied config", { retryInMs: this.client?.options.reconnectPeriod });
+  }
+
+  private onConnect(sessionPresent: boolean): void {
+    const client = this.client;
+    if (!client || this.stopping) return;
+    this.failures = 0;
+    this.connGen++;
+    // Nagle's algorithm alone costs 40-90 ms per push → ack on loopback (mqtt-sync.md).
+    const stream = client.stream as { setNoDelay?: (on: boolean) => void };
+    stream.setNoDelay?.(true);
+    this.opts.log.info("connected to the console broker", { connSeq: this.connSeq, sessionPresent });
+    void this.publish("status", siteTopic(this.opts.siteId, "status"), this.statusPayload(true), { retain: true });
+    client.subscribe(agentSubscriptions(this.opts.siteId), { qos: 1 }, (err, granted) => {
+      if (err) this.opts.log.warn("subscribe failed", { err: err.message });
+      else if (granted?.some((g) => g.qos >= 0x80)) this.opts.log.warn("broker refused a subscription (ACL?)", { granted: granted.map((g) => `${g.topic}:${g.qos}`) });
+    });
+    this.publishReported();
+    this.publishPresence();
+    // Whatever was in flight on the old connection counts as not sent: deliver again, in order.
+    this.outbox?.releaseAll();
+    this.pump();
+  }
+
+  /** Publishes a validated payload with QoS 1 and a timeout; resolves true on PUBACK. Never throws. */
+  private publish(def: string, topic: string, value: unknown, extra: IClientPublishOptions = {}): Promise<boolean> {
+    const check = validatePayload(def, value);
+    if (!check.ok) {
+      this.invalidOutgoing++;
+      this.opts.log.error("outgoing payload does not match the contract; not sent (a bug)", { def, topic, errors: check.errors });
+      return Promise.resolve(false);
+    }
+    return this.publishRaw(topic, JSON.stringify(value), { qos: 1, ...extra });
+  }
+
+  private publishRaw(topic: string, payload: string | Buffer, opts: IClientPublishOptions): Promise<boolean> {
+    const client = this.client;
+    // Offline: skip rather than queue inside MQTT.js; status, reported and presence are all
+    // published again on connect, and a lost ack is answered again when the retained desired
+    // is redelivered (its version is then "unchanged").
+    if (!client?.connected) return Promise.resolve(false);
+    return new Promise((resolve) => {
+      let done = false;
+      const timer = setTimeout(() => finish(false, "timeout"), this.t.publishTimeoutMs);
+      const finish = (ok: boolean, why?: string): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        if (!ok) this.opts.log.debug("publish not acknowledged", { topic, why });
+        resolve(ok);
+      };
+      try {
+        client.publish(topic, payload, opts, (err) => finish(!err, err?.message));
+      } catch (err) {
+        finish(false, (err as Error).message);
+      }
+    });
+  }
+
+  // --- events ------------------------------------------------------------------------------
+
+  /** Publishes durable outbox events in order while connected, keeping at most eventWindow in flight. */
+  private pump(): void {
+    const client = this.client;
+    const box = this.outbox;
+    if (!client?.connected || !box || this.stopping) return;
+    const room = this.t.eventWindow - box.inFlightCount();
+    if (room <= 0) return;
+    const gen = this.connGen;
+    const topic = siteTopic(this.opts.siteId, "events");
+    for (const ev of box.take(room)) {
+      void this.publishEvent(topic, ev).then((r) => {
+        if (r === "delivered") box.delivered(ev.seq);
+        else if (r === "refused") {
+          // The broker refused it (PUBACK reason ≥ 0x80, e.g. ACL): it can never be delivered;
+          // replaying it forever would stall every later event (pitfall 10).
+          this.opts.log.error("broker refused an event; dropped", { seq: ev.seq, type: ev.type });
+          box.delivered(ev.seq);
+        } else if (gen === this.connGen) box.release(ev.seq);
+        this.pump();
+      });
+    }
+  }
+
+  private publishEvent(topic: string, ev: OutboxEvent): Promise<"delivered" | "refused" | "failed"> {
+    const client = this.client;
+    if (!client) return Promise.resolve("failed");
+    return new Promise((resolve) => {
+      let done = false;
+      const timer = setTimeout(() => finish("failed"), this.t.publishTimeoutMs);
+      const finish = (r: "delivered" | "refused" | "failed"): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        resolve(r);
+      };
+      try {
+        client.publish(topic, JSON.stringify(ev), { qos: 1 }, (err) => {
+          if (!err) return finish("delivered");
+          const code = (err as { code?: unknown }).code;
+          finish(typeof code === "number" && code >= 0x80 ? "refused" : "failed");
+        });
+      } catch {
+        finish("failed");
+      }
+    });
+  }
+
+  // --- presence and statistics ---------------------------------------------------------------
+
+  private presenceChanged(): void {
+    if (this.presenceTimer) return;
+    this.presenceTimer = setTimeout(() => {
+      this.presenceTimer = undefined;
+      this.publishPresence();
+    }, this.t.presenceDebounceMs);
+  }
+
+  private publishPresence(): void {
+    if (!this.client?.connected) return;
+    let devices: PresenceEntry[];
+    try {
+      devices = this.opts.presence();
+    } catch (err) {
+      this.opts.log.error("presence snapshot failed", { err: (err as Error).message });
+      return;
+    }
+    const payload = {
+      bootId: this.bootId,
+      at: this.now(),
+      devices: devices.map((d) => ({ deviceId: d.deviceId, online: d.online, registered: d.registered, ...(d.lastSeen !== undefined ? { lastSeen: d.lastSeen } : {}) })),
+    };
+    void this.publish("presence", siteTopic(this.opts.siteId, "presence"), payload, { retain: true });
+  }
+
+  /** Publishes the interval's counters when anything happened; kept (not reset) while offline. */
+  publishStatistics(): void {
+    if (!this.client?.connected || this.stats.isEmpty()) return;
+    const now = this.now();
+    const r = this.stats.report(now);
+    this.stats.reset(now);
+    void this.publish("statistics", siteTopic(this.opts.siteId, "statistics"), { bootId: this.bootId, intervalS: this.opts.statsIntervalS, ...r });
+  }
+
+  // --- inbound -------------------------------------------------------------------------------
+
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    try {
+      const t = parseTopic(topic);
+      if (t.kind === "site" && t.siteId === this.opts.siteId && t.leaf === "desired") {
+        // An empty retained message clears the topic (the console withdrew it): nothing to do.
+        if (payload.length === 0) return;
+        this.desiredChain = this.desiredChain.then(() => this.onDesired(payload)).catch((err) => this.opts.log.error("desired handling failed", { err: (err as Error).message }));
+        return;
+      }
+      if (t.kind === "cmd" && t.siteId === this.opts.siteId) {
+        void this.onCommand(t.name, payload, packet).catch((err) => this.opts.log.error("command handling failed", { err: (err as Error).message }));
+        return;
+      }
+      this.opts.log.debug("message on an unexpected topic ignored", { topic: topic.slice(0, 200) });
+    } catch (err) {
+      // Hostile input never crashes the agent (DESIGN principle 6).
+      this.opts.log.error("message handling threw", { err: (err as Error).message });
+    }
+  }
+
+  private appliedNow(): { version: number; hash: string | null } {
+    try {
+      const a = this.opts.site.applied();
+      return a ? { version: a.version, hash: a.hash.startsWith("sha256:") ? a.hash : `sha256:${a.hash}` } : { version: 0, hash: null };
+    } catch {
+      return { version: 0, hash: null };
+    }
+  }
+
+  private async onDesired(payload: Buffer): Promise<void> {
+    const applied = this.appliedNow();
+    const verdict = judgeDesired(payload, { siteId: this.opts.siteId, appliedVersion: applied.version, maxBytes: this.maxPayload });
+    if (verdict.kind === "reject") return this.finishDesired(verdict.version, "rejected", verdict.errors);
+    if (verdict.kind === "unchanged") return this.finishDesired(verdict.version, "unchanged", []);
+    let outcome: ApplyOutcome;
+    try {
+      outcome = await this.opts.site.apply(verdict.config, "console");
+    } catch (err) {
+      outcome = { ok: false, errors: [{ code: "apply-failed", path: "$", message: (err as Error).message }] };
+    }
+    if (!outcome.ok) {
+      // Paths from the site service are relative to the snapshot; the console sent it under "config".
+      const errors = outcome.errors.map((e) => ({ code: e.code, path: e.path === "$" || e.path === "" ? "config" : `config.${e.path.replace(/^\$\.?/, "")}`.replace(/\.\[/g, "["), message: e.message }));
+      return this.finishDesired(verdict.version, "rejected", errors);
+    }
+    this.opts.log.info("console config applied", { version: outcome.version, changed: outcome.changed });
+    return this.finishDesired(verdict.version, "applied", []);
+  }
+
+  private async finishDesired(version: number | null, status: AckStatus, errors: SyncError[]): Promise<void> {
+    if (status === "rejected") {
+      this.rejectedMessages++;
+      this.opts.log.warn("console config rejected", { version, errors: errors.length, first: errors[0] ? `${errors[0].path}: ${errors[0].message}` : undefined });
+    }
+    const appliedVersion = this.appliedNow().version;
+    this.lastResult = { version, status, at: this.now() };
+    const ack: AckPayload = { version, status, errors: errors.slice(0, 1000).map(clipError), appliedVersion, at: this.now() };
+    // Ack first: the console waits on it; reported (retained) is the durable truth.
+    await Promise.all([this.publish("ack", siteTopic(this.opts.siteId, "ack"), ack), this.publishReported()]);
+  }
+
+  private publishReported(): Promise<boolean> {
+    const a = this.appliedNow();
+    const reported: ReportedPayload = { appliedVersion: a.version, appliedHash: a.hash, bootId: this.bootId, ...(this.lastResult ? { lastResult: this.lastResult } : {}) };
+    return this.publish("reported", siteTopic(this.opts.siteId, "reported"), reported, { retain: true });
+  }
+
+  private async onCommand(name: string, payload: Buffer, packet: IPublishPacket): Promise<void> {
+    const props = packet.properties ?? {};
+    const responseTopic = props.responseTopic;
+    const correlationData = props.correlationData;
+    if (responseTopic === undefined || !isOwnReplyTopic(this.opts.siteId, responseTopic)) {
+      // Replies go only to this site's reply subtree; anything else would be a write elsewhere.
+      this.rejectedMessages++;
+      this.opts.log.warn("command without a reply topic of this site ignored", { command: name.slice(0, 64), responseTopic: responseTopic?.slice(0, 200) });
+      return;
+    }
+    const reply = (status: "ok" | "error" | "not-available", result?: unknown, errors?: SyncError[]): Promise<boolean> =>
+      this.publish("commandReply", responseTopic, { command: name.slice(0, 64), status, ...(result !== undefined ? { result } : {}), ...(errors ? { errors } : {}) }, correlationData ? { properties: { correlationData } } : {});
+    if (payload.length > this.maxPayload) return void (await reply("error", undefined, [{ code: "too-large", path: "$", message: `payload of ${payload.length} bytes exceeds ${this.maxPayload}` }]));
+    let req: unknown = {};
+    if (payload.length > 0) {
+      try {
+        req = JSON.parse(payload.toString("utf8"));
+      } catch (err) {
+        return void (await reply("error", undefined, [{ code: "bad-json", path: "$", message: (err as Error).message }]));
+      }
+    }
+    const check = validatePayload("commandRequest", req);
+    if (!check.ok) return void (await reply("error", undefined, check.errors));
+    const args = ((req as { args?: Record<string, unknown> }).args ?? {}) as Record<string, unknown>;
+    switch (name as CommandName) {
+      case "get-status":
+        await reply("ok", this.statusReport());
+        return;
+      case "republish":
+        await this.republish();
+        await reply("ok", { republished: ["status", "reported", "presence"] });
+        return;
+      case "resync": {
+        if (!this.resync) return void (await reply("not-available", undefined, [{ code: "not-available", path: "$", message: "this agent has no phone re-sync handler" }]));
+        try {
+          const result = await this.resync(args);
+          await reply("ok", result ?? null);
+        } catch (err) {
+          await reply("error", undefined, [{ code: "resync-failed", path: "args", message: (err as Error).message }]);
+        }
+        return;
+      }
+      default:
+        await reply("error", undefined, [{ code: "unknown-command", path: "$", message: `unknown command "${name.slice(0, 64)}" (resync, get-status, republish)` }]);
+    }
+  }
+
+  /** Birth, reported and presence again (cmd/republish; also useful when a console restarts). */
+  async republish(): Promise<void> {
+    await Promise.all([this.publish("status", siteTopic(this.opts.siteId, "status"), this.statusPayload(true), { retain: true }), this.publishReported()]);
+    this.publishPresence();
+  }
+
+  private statusReport(): unknown {
+    let agent: unknown;
+    try {
+      agent = this.opts.status();
+    } catch (err) {
+      agent = { error: (err as Error).message };
+    }
+    // JSON round trip: the reply is data only (no functions, no bigint).
+    return JSON.parse(JSON.stringify({ agent, sync: this.syncStatus() }));
+  }
+
+  syncStatus(): SyncStatus {
+    return {
+      connected: this.client?.connected ?? false,
+      connSeq: this.connSeq,
+      bootId: this.bootId,
+      appliedVersion: this.appliedNow().version,
+      outbox: this.outbox?.stats() ?? { pending: 0, durable: 0, inFlight: 0, nextSeq: 1, dropped: 0, fileBytes: 0, tornLines: 0 },
+      rejectedMessages: this.rejectedMessages,
+      invalidOutgoing: this.invalidOutgoing,
+    };
+  }
+
+  /** Resolves once every desired message received so far has been handled (tests, shutdown). */
+  idle(): Promise<void> {
+    return this.desiredChain;
+  }
+
+  /**
+   * Clean stop: offline status (retained) before a normal DISCONNECT, which discards the will
+   * (mqtt-sync.md); statistics flushed; outbox fsync'd and closed.
+   */
+  async stop(): Promise<void> {
+    if (this.stopping) return;
+    for (const u of this.unsubscribe) u();
+    this.unsubscribe = [];
+    if (this.statsTimer) clearInterval(this.statsTimer);
+    if (this.presenceTimer) clearTimeout(this.presenceTimer);
+    await this.desiredChain;
+    const client = this.client;
+    if (client?.connected) {
+      this.publishStatistics();
+      await this.publish("status", siteTopic(this.opts.siteId, "status"), this.statusPayload(false, "shutdown"), { retain: true });
+    }
+    this.stopping = true;
+    if (client) await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));
+    await this.outbox?.close();
+  }
+}
+
+/** Reads TLS material named by the settings; a missing file is an error naming the setting. */
+export function readTlsFiles(paths: { mqttCa: string; mqttCert: string; mqttKey: string }): { ca?: Buffer; cert?: Buffer; key?: Buffer } {
+  const out: { ca?: Buffer; cert?: Buffer; key?: Buffer } = {};
+  for (const [setting, key] of [["mqttCa", "ca"], ["mqttCert", "cert"], ["mqttKey", "key"]] as const) {
+    const p = paths[setting];
+    if (!p) continue;
+    try {
+      out[key] = fs.readFileSync(p);
+    } catch (err) {
+      throw new Error(`${setting}: cannot read ${p} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`);
+    }
+  }
+  return out;
+}
+
+function compact(o: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) if (v !== undefined) out[k] = v;
+  return out;
+}
+
+function clipError(e: SyncError): SyncError {
+  return { code: e.code.slice(0, 64), path: e.path.slice(0, 1024), message: e.message.slice(0, 2048) };
+}

@@ -1,0 +1,347 @@
+// Console sync against a real Mosquitto on a free loopback port. In-process agents (real Store,
+// SiteService and MqttSync, each with its own data dir) cover the protocol, hostile input and
+// broker crashes; a real agent child process covers SIGKILL/restart and the last will.
+import { after, before, describe, it } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import net from "node:net";
+import path from "node:path";
+import { connect, type MqttClient } from "mqtt";
+import { EventBus } from "../../agent/bus.ts";
+import { createLogger } from "../../agent/log.ts";
+import { Store } from "../../agent/store/store.ts";
+import { SiteService } from "../../agent/site/site.ts";
+import { MqttSync, siteApplier, configHash, type AckPayload } from "../../agent/sync/mqtt-sync.ts";
+import { ConsoleClient } from "../../agent/sync/console-cli.ts";
+import { siteTopic } from "../../agent/sync/topics.ts";
+import { startBroker, mosquittoAvailable, type Broker } from "./mosquitto.ts";
+import { desiredEnvelope, siteSnapshot } from "./mqtt-fixtures.ts";
+import { tempDir, until, sleep, startAgent, runCli, agentEnv, freePort, type RunningAgent } from "./harness.ts";
+
+const skip = mosquittoAvailable() ? false : "mosquitto not installed";
+const quiet = createLogger(process.env.SYNC_TEST_LOG ? "debug" : "silent");
+
+interface LocalAgent {
+  siteId: string;
+  dataDir: string;
+  bus: EventBus;
+  store: Store;
+  site: SiteService;
+  sync: MqttSync;
+  stop(): Promise<void>;
+}
+
+const FAST = { publishTimeoutMs: 2000, reconnectMinMs: 50, reconnectMaxMs: 400, connectTimeoutMs: 2000, presenceDebounceMs: 20 };
+
+async function localAgent(url: string, siteId: string, dataDir = tempDir("ringedge-sync-")): Promise<LocalAgent> {
+  const bus = new EventBus();
+  const store = await Store.open(dataDir, { siteId, saveDelayMs: 1 });
+  const site = new SiteService({ store, bus });
+  site.start();
+  const sync = new MqttSync({
+    siteId,
+    url,
+    dataDir,
+    statsIntervalS: 3600,
+    outboxMax: 10_000,
+    bus,
+    site: siteApplier(site),
+    status: () => ({ siteId, devices: store.listDevices().length }),
+    presence: () => store.listDevices().map((d) => ({ deviceId: d.id, online: false, registered: false })),
+    log: quiet,
+    timers: FAST,
+  });
+  sync.start();
+  return {
+    siteId,
+    dataDir,
+    bus,
+    store,
+    site,
+    sync,
+    stop: async () => {
+      await sync.stop();
+      await store.close();
+    },
+  };
+}
+
+/** A raw MQTT 5 client recording every message on the given filters; resubscribes explicitly on every connect. */
+async function recorder(url: string, filters: string[]): Promise<{ client: MqttClient; messages: Array<{ topic: string; payload: any; retain: boolean }>; subscriptions: () => number }> {
+  const client = connect(url, { protocolVersion: 5, clientId: `rec-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 20, resubscribe: false });
+  const messages: Array<{ topic: string; payload: any; retain: boolean }> = [];
+  let subscriptions = 0;
+  client.on("message", (topic, buf, packet) => {
+    let payload: unknown;
+    try {
+      payload = JSON.parse(buf.toString());
+    } catch {
+      payload = buf.toString();
+    }
+    messages.push({ topic, payload, retain: packet.retain });
+  });
+  client.on("error", () => undefined);
+  client.on("connect", () => {
+    (client.stream as { setNoDelay?: (b: boolean) => void }).setNoDelay?.(true);
+    client.subscribe(filters, { qos: 1 }, (err) => {
+      if (!err) subscriptions++;
+    });
+  });
+  await until(() => subscriptions > 0, 5000, 10);
+  return { client, messages, subscriptions: () => subscriptions };
+}
+
+/**
+ * A TCP relay in front of the broker that the test can cut and reopen: the agent's link drops
+ * (as on a network failure) and stays down until the test says so.
+ */
+async function gate(brokerPort: () => number): Promise<{ url: string; close(): void; open(): void; shutdown(): Promise<void> }> {
+  const socks = new Set<net.Socket>();
+  let isOpen = true;
+  const server = net.createServer((client) => {
+    if (!isOpen) return void client.destroy();
+    const upstream = net.connect({ host: "127.0.0.1", port: brokerPort() });
+    client.setNoDelay(true);
+    upstream.setNoDelay(true);
+    socks.add(client).add(upstream);
+    const drop = (): void => {
+      client.destroy();
+      upstream.destroy();
+      socks.delete(client);
+      socks.delete(upstream);
+    };
+    client.on("error", drop).on("close", drop);
+    upstream.on("error", drop).on("close", drop);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
+  const port = (server.address() as net.AddressInfo).port;
+  return {
+    url: `mqtt://127.0.0.1:${port}`,
+    close: () => {
+      isOpen = false;
+      for (const s of socks) s.destroy();
+      socks.clear();
+    },
+    open: () => {
+      isOpen = true;
+    },
+    shutdown: () => new Promise<void>((r) => {
+      isOpen = false;
+      for (const s of socks) s.destroy();
+      server.close(() => r());
+    }),
+  };
+}
+
+const end = (c: MqttClient): Promise<void> => new Promise((r) => c.end(true, {}, () => r()));
+
+describe("console sync over a real Mosquitto", { skip, timeout: 60_000 }, () => {
+  let broker: Broker;
+  let consoleC: ConsoleClient;
+  const cleanups: Array<() => Promise<unknown>> = [];
+
+  before(async () => {
+    broker = await startBroker();
+    consoleC = await ConsoleClient.connect({ url: broker.url, consoleId: "console-test" });
+  });
+  after(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+    await consoleC?.close().catch(() => undefined);
+    await broker?.kill();
+  });
+
+  it("push → applied ack, retained reported with version and hash; same version → unchanged", async () => {
+    const a = await localAgent(broker.url, "site-push");
+    cleanups.push(a.stop);
+    const config = siteSnapshot(3);
+    const ack = await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, config), 3);
+    assert.equal(ack.status, "applied");
+    assert.deepEqual(ack.errors, []);
+    assert.equal(ack.appliedVersion, 3);
+    assert.equal(a.store.site?.version, 3, "persisted in the store before the ack");
+    const rec = await recorder(broker.url, [siteTopic(a.siteId, "reported")]);
+    cleanups.push(() => end(rec.client));
+    const reported = await until(() => rec.messages.find((m) => m.retain)?.payload);
+    assert.equal(reported.appliedVersion, 3);
+    assert.equal(reported.appliedHash, configHash(config));
+    assert.equal(reported.bootId, a.sync.bootId);
+    const again = await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, config), 3);
+    assert.equal(again.status, "unchanged");
+    const older = await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(2)), 2);
+    assert.equal(older.status, "unchanged");
+    assert.equal(older.appliedVersion, 3);
+  });
+
+  it("every kind of bad push is rejected with its paths and changes nothing", async () => {
+    const a = await localAgent(broker.url, "site-bad");
+    cleanups.push(a.stop);
+    assert.equal((await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(5)), 5)).status, "applied");
+    const fileBefore = fs.readFileSync(a.store.file, "utf8");
+    const reject = async (payload: Record<string, unknown> | string | Buffer, version: number | null): Promise<AckPayload> => {
+      const ack = await consoleC.pushDesired(a.siteId, payload, version);
+      assert.equal(ack.status, "rejected", JSON.stringify(ack));
+      assert.equal(a.store.site?.version, 5);
+      return ack;
+    };
+    const paths = (ack: AckPayload): string[] => ack.errors.map((e) => e.path);
+
+    const badJson = await reject("{ not json", null);
+    assert.deepEqual(badJson.errors.map((e) => [e.code, e.path]), [["bad-json", "$"]]);
+
+    const wrongSchema = await reject({ schema: "ringedge.desired/9", siteId: a.siteId, version: 6, config: { nope: 1 } }, 6);
+    assert.ok(paths(wrongSchema).includes("schema"), JSON.stringify(wrongSchema));
+    assert.ok(paths(wrongSchema).includes("config.users"));
+    assert.ok(paths(wrongSchema).includes("config.nope"));
+
+    const bad = siteSnapshot(7);
+    (bad.groups as Array<Record<string, unknown>>)[0]!.members = ["u-0", "ghost"];
+    (bad.users as Array<Record<string, unknown>>)[1]!.extension = "1000"; // collides with group 1000
+    const semantic = await reject(desiredEnvelope(a.siteId, bad), 7);
+    assert.ok(paths(semantic).includes("config.groups[0].members[1]"), JSON.stringify(semantic));
+    assert.ok(semantic.errors.some((e) => e.code === "unknown-member"));
+    assert.ok(semantic.errors.some((e) => e.code === "duplicate-extension" || e.code === "duplicate-number"), JSON.stringify(semantic));
+
+    const foreign = await reject(desiredEnvelope("site-other", siteSnapshot(8)), 8);
+    assert.deepEqual(foreign.errors.map((e) => [e.code, e.path]), [["site-mismatch", "siteId"]]);
+
+    const mismatch = await reject({ ...desiredEnvelope(a.siteId, siteSnapshot(9)), version: 10 }, 10);
+    assert.deepEqual(paths(mismatch), ["config.version"]);
+
+    const badHash = await reject({ ...desiredEnvelope(a.siteId, siteSnapshot(11)), hash: "sha256:" + "0".repeat(64) }, 11);
+    assert.deepEqual(badHash.errors.map((e) => [e.code, e.path]), [["hash-mismatch", "hash"]]);
+
+    const huge = Buffer.alloc(1_200_000, 0x20);
+    huge.write('{"version":12,"x":"', 0);
+    const tooLarge = await reject(huge, null);
+    assert.deepEqual(tooLarge.errors.map((e) => [e.code, e.path]), [["too-large", "$"]]);
+
+    assert.equal(fs.readFileSync(a.store.file, "utf8"), fileBefore, "store file untouched by every rejected push");
+    // Still alive and applying.
+    assert.equal((await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(13)), 13)).status, "applied");
+  });
+
+  it("commands: get-status, republish, resync (not-available, then a handler); foreign reply topics ignored", async () => {
+    const a = await localAgent(broker.url, "site-cmd");
+    cleanups.push(a.stop);
+    await until(() => a.sync.syncStatus().connected);
+    const st = await consoleC.command(a.siteId, "get-status");
+    assert.equal(st.status, "ok");
+    assert.equal((st.result as any).agent.siteId, a.siteId);
+    assert.equal((st.result as any).sync.bootId, a.sync.bootId);
+    const rs = await consoleC.command(a.siteId, "resync", { devices: ["dev-1"] });
+    assert.equal(rs.status, "not-available");
+    a.sync.setResyncHandler((args) => ({ resynced: args.devices }));
+    const rs2 = await consoleC.command(a.siteId, "resync", { devices: ["dev-1"] });
+    assert.deepEqual(rs2, { command: "resync", status: "ok", result: { resynced: ["dev-1"] } });
+    const rec = await recorder(broker.url, [siteTopic(a.siteId, "status")]);
+    cleanups.push(() => end(rec.client));
+    await until(() => rec.messages.length >= 1);
+    const rp = await consoleC.command(a.siteId, "republish");
+    assert.equal(rp.status, "ok");
+    await until(() => rec.messages.filter((m) => !m.retain).length >= 1);
+    const unknown = await consoleC.command(a.siteId, "reboot");
+    assert.equal(unknown.status, "error");
+    assert.equal(unknown.errors?.[0]?.code, "unknown-command");
+    // A reply topic outside the site's subtree: no reply, no crash.
+    const spy = await recorder(broker.url, ["ringedge/v1/site-victim/#"]);
+    cleanups.push(() => end(spy.client));
+    await spy.client.publishAsync(`ringedge/v1/${a.siteId}/cmd/get-status`, "{}", { qos: 1, properties: { responseTopic: "ringedge/v1/site-victim/reply/x", correlationData: Buffer.from("c") } });
+    const bad = await consoleC.command(a.siteId, "get-status", { x: 1 }).catch((e: Error) => e);
+    assert.ok(!(bad instanceof Error));
+    await sleep(100);
+    assert.equal(spy.messages.length, 0);
+    assert.ok(a.sync.syncStatus().rejectedMessages >= 1);
+  });
+
+  it("events: presence and calls in seq order, retained presence snapshot, statistics per operator and group", async () => {
+    const a = await localAgent(broker.url, "site-ev");
+    cleanups.push(a.stop);
+    assert.equal((await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(1)), 1)).status, "applied");
+    const rec = await recorder(broker.url, [siteTopic(a.siteId, "events"), siteTopic(a.siteId, "statistics"), siteTopic(a.siteId, "presence")]);
+    cleanups.push(() => end(rec.client));
+    const t0 = Date.now();
+    a.bus.emit("device.presence", { deviceId: "dev-0", username: "ph0", online: true, reason: "registered", at: t0 });
+    a.bus.emit("call.offered", { callId: "c1", groupId: "g-0", memberId: "u-0", deviceIds: ["dev-0"], caller: "sip:100@x", at: t0 });
+    a.bus.emit("call.offered", { callId: "c1", groupId: "g-0", memberId: "u-1", deviceIds: ["dev-1"], caller: "sip:100@x", at: t0 });
+    a.bus.emit("call.answered", { callId: "c1", groupId: "g-0", memberId: "u-1", deviceId: "dev-1", caller: "sip:100@x", answerAfterMs: 1200, at: t0 });
+    a.bus.emit("call.missed", { callId: "c2", groupId: "g-0", caller: "sip:100@x", target: "hangup", offered: ["u-0", "u-2"], outcome: "hangup", at: t0 });
+    a.bus.emit("call.busy", { callId: "c3", groupId: "g-0", memberIds: ["u-2"], caller: "sip:100@x", at: t0 });
+    const events = await until(() => {
+      const ev = rec.messages.filter((m) => m.topic.endsWith("/events")).map((m) => m.payload);
+      return ev.length >= 6 ? ev : undefined;
+    });
+    assert.deepEqual(events.map((e) => e.type), ["presence", "call.offered", "call.offered", "call.answered", "call.missed", "call.busy"]);
+    const seqs = events.map((e) => e.seq);
+    assert.deepEqual(seqs, seqs.map((_, i) => seqs[0] + i));
+    assert.ok(events.every((e) => e.bootId === a.sync.bootId));
+    const presence = await until(() => rec.messages.find((m) => m.topic.endsWith("/presence") && m.payload.devices.length === 3)?.payload);
+    assert.ok(presence.devices.every((d: { deviceId: string }) => /^dev-/.test(d.deviceId)));
+    a.sync.publishStatistics();
+    const stats = await until(() => rec.messages.find((m) => m.topic.endsWith("/statistics"))?.payload);
+    assert.deepEqual(stats.groups, [{ groupId: "g-0", offered: 1, answered: 1, missed: 1, busy: 1, avgAnswerMs: 1200 }]);
+    const op = (id: string): unknown => stats.operators.find((o: { userId: string }) => o.userId === id);
+    assert.deepEqual(op("u-0"), { userId: "u-0", offered: 1, answered: 0, missed: 1, busy: 0, avgAnswerMs: null });
+    assert.deepEqual(op("u-1"), { userId: "u-1", offered: 1, answered: 1, missed: 0, busy: 0, avgAnswerMs: 1200 });
+    assert.deepEqual(op("u-2"), { userId: "u-2", offered: 0, answered: 0, missed: 1, busy: 1, avgAnswerMs: null });
+    await until(() => a.sync.syncStatus().outbox.pending === 0);
+  });
+
+  it("broker SIGKILLed and restarted during pushes and an event burst: final version applied, events in order with no gap", async () => {
+    // The agent reaches the broker through a relay the test cuts before each SIGKILL: the
+    // observer (a plain subscriber) must be back and subscribed before the agent is, or it
+    // would miss events the broker accepted (a subscriber-side loss no agent can prevent:
+    // events are not retained, and Mosquitto without persistence forgets sessions on SIGKILL).
+    let broker2 = await startBroker();
+    cleanups.push(() => broker2.kill());
+    const g = await gate(() => broker2.port);
+    cleanups.push(() => g.shutdown());
+    const a = await localAgent(g.url, "site-crash");
+    cleanups.push(a.stop);
+    const c = await ConsoleClient.connect({ url: broker2.url, consoleId: "console-crash" });
+    cleanups.push(() => c.close());
+    const rec = await recorder(broker2.url, [siteTopic(a.siteId, "events")]);
+    cleanups.push(() => end(rec.client));
+    assert.equal((await c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(1)), 1)).status, "applied");
+
+    const N = 600;
+    let emitted = 0;
+    const burst = setInterval(() => {
+      for (let i = 0; i < 20 && emitted < N; i++, emitted++) a.bus.emit("device.presence", { deviceId: `dev-${emitted % 3}`, username: "x", online: emitted % 2 === 0, reason: "keepalive-ok", at: Date.now() });
+    }, 5);
+    cleanups.push(async () => clearInterval(burst));
+    // Pushes racing the crashes: the console republishes until acked (retained state is lost on SIGKILL).
+    const pushes = [2, 3, 4].map((v) => c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(v)), v, 20_000).catch((e: Error) => e));
+    for (let round = 0; round < 2; round++) {
+      await sleep(40);
+      g.close();
+      await sleep(30);
+      const subs = rec.subscriptions();
+      await broker2.kill();
+      await sleep(50);
+      broker2 = await broker2.restart();
+      await until(() => rec.subscriptions() > subs, 5000, 10);
+      g.open();
+    }
+    await until(() => emitted >= N, 10_000);
+    clearInterval(burst);
+    const acks = await Promise.all(pushes);
+    for (const ack of acks) assert.ok(!(ack instanceof Error), String(ack));
+    const final = await c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(5)), 5, 20_000);
+    assert.equal(final.status, "applied");
+    assert.equal(a.store.site?.version, 5);
+    await until(() => a.sync.syncStatus().outbox.pending === 0, 20_000);
+    const seen = new Set<number>();
+    const firsts: number[] = [];
+    for (const m of rec.messages) {
+      if (!seen.has(m.payload.seq)) firsts.push(m.payload.seq);
+      seen.add(m.payload.seq);
+    }
+    // Every event once at least, first occurrences in increasing order, no gap.
+    assert.equal(seen.size, N, `${seen.size} distinct of ${N}`);
+    assert.deepEqual(firsts, [...firsts].sort((x, y) => x - y));
+    const min = Math.min(...seen);
+    assert.deepEqual([...seen].sort((x, y) => x - y), Array.from({ length: N }, (_, i) => min + i));
+  });
+});
