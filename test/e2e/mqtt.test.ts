@@ -345,3 +345,91 @@ describe("console sync over a real Mosquitto", { skip, timeout: 60_000 }, () => 
     assert.deepEqual([...seen].sort((x, y) => x - y), Array.from({ length: N }, (_, i) => min + i));
   });
 });
+
+describe("console sync with the real agent process", { skip, timeout: 60_000 }, () => {
+  let broker: Broker;
+  let agent: RunningAgent | undefined;
+  const cleanups: Array<() => Promise<unknown>> = [];
+  const siteId = "site-proc";
+
+  before(async () => {
+    broker = await startBroker();
+  });
+  after(async () => {
+    await agent?.kill().catch(() => undefined);
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+    await broker?.kill();
+  });
+
+  const env = (url: string): Record<string, string> => ({ RINGEDGE_SITE_ID: siteId, RINGEDGE_MQTT_URL: url, RINGEDGE_AUTH_ALGORITHMS: "MD5,SHA-256" });
+
+  it("console push via the CLI; events queued while the broker is down survive an agent SIGKILL and are drained after restart; config kept", async () => {
+    const dataDir = tempDir("ringedge-sync-proc-");
+    const port = await freePort();
+    agent = await startAgent({ dataDir, port, env: env(broker.url) });
+    await agent.waitForLog(/connected to the console broker/);
+    const file = path.join(dataDir, "..", `site-${process.pid}-${Date.now()}.json`);
+    fs.writeFileSync(file, JSON.stringify(siteSnapshot(4)));
+    cleanups.push(async () => fs.rmSync(file, { force: true }));
+    const push = await runCli(["console", "push", siteId, file, "--url", broker.url], agentEnv(dataDir, port));
+    assert.equal(push.code, 0, push.stderr);
+    assert.equal(JSON.parse(push.stdout).status, "applied");
+    const invalid = siteSnapshot(5);
+    delete (invalid as Record<string, unknown>).users;
+    fs.writeFileSync(file, JSON.stringify(invalid));
+    const refused = await runCli(["console", "push", siteId, file, "--url", broker.url], agentEnv(dataDir, port));
+    assert.equal(refused.code, 1, "an invalid snapshot is refused before it is sent");
+    assert.match(refused.stderr, /users: is required/);
+
+    // Broker gone: presence events go to the outbox on disk.
+    await broker.kill();
+    const { SipClient, registerWithAuth } = await import("./sipclient.ts");
+    for (const user of ["ph0", "ph1"]) {
+      const c = await SipClient.open(port, "udp");
+      const x = await registerWithAuth(c, user, { password: `secret-pass-${user.slice(2)}`, expires: 600 });
+      c.close();
+      assert.equal(x.final.status, 200);
+    }
+    const outboxFile = path.join(dataDir, "sync-outbox.jsonl");
+    await until(() => fs.existsSync(outboxFile) && (fs.readFileSync(outboxFile, "utf8").match(/"k":"e"/g) ?? []).length >= 2, 5000, 20);
+    await agent.kill();
+
+    broker = await broker.restart();
+    const rec = await recorder(broker.url, [siteTopic(siteId, "events"), siteTopic(siteId, "reported")]);
+    cleanups.push(() => end(rec.client));
+    agent = await startAgent({ dataDir, port, env: env(broker.url) });
+    const events = await until(() => {
+      const ev = rec.messages.filter((m) => m.topic.endsWith("/events")).map((m) => m.payload);
+      return ev.length >= 2 ? ev : undefined;
+    });
+    assert.deepEqual(events.slice(0, 2).map((e) => [e.type, e.data.online]), [["presence", true], ["presence", true]]);
+    assert.equal(events[1].seq, events[0].seq + 1);
+    const reported = await until(() => rec.messages.find((m) => m.topic.endsWith("/reported"))?.payload);
+    assert.equal(reported.appliedVersion, 4, "config kept across the SIGKILL");
+    assert.notEqual(reported.bootId, events[0].bootId, "the drained events carry the earlier run's bootId");
+    await until(() => (fs.readFileSync(outboxFile, "utf8").match(/"k":"d"/g) ?? []).length >= 2 || !/"k":"e"/.test(fs.readFileSync(outboxFile, "utf8")), 5000, 20);
+    const st = await runCli(["console", "status", siteId, "--url", broker.url], agentEnv(dataDir, port));
+    assert.equal(st.code, 0, st.stderr);
+    assert.equal(JSON.parse(st.stdout).result.sync.appliedVersion, 4);
+  });
+
+  it("last will on a crash, none on a clean stop (offline with reason shutdown instead)", async () => {
+    const rec = await recorder(broker.url, [siteTopic(siteId, "status")]);
+    cleanups.push(() => end(rec.client));
+    await agent?.kill();
+    const will = await until(() => rec.messages.map((m) => m.payload).find((p) => p.online === false && p.reason === undefined));
+    assert.equal(typeof will.connSeq, "number");
+    const dataDir = tempDir("ringedge-sync-lwt-");
+    agent = await startAgent({ dataDir, env: env(broker.url) });
+    await agent.waitForLog(/connected to the console broker/);
+    const birth = await until(() => rec.messages.map((m) => m.payload).find((p) => p.online === true && p.bootId !== will.bootId));
+    const from = rec.messages.length;
+    await agent.stop();
+    const offline = await until(() => rec.messages.slice(from).map((m) => m.payload).find((p) => p.online === false));
+    assert.equal(offline.reason, "shutdown");
+    assert.equal(offline.bootId, birth.bootId);
+    await sleep(300);
+    assert.equal(rec.messages.slice(from).filter((m) => m.payload.online === false).length, 1, "no last will after a clean stop");
+    agent = undefined;
+  });
+});
