@@ -96,6 +96,8 @@ export class Outbox {
   private fileBytes = 0;
   private dropped = 0;
   private tornLines = 0;
+  /** The file did not end with a complete line when replayed. */
+  private tornTail = false;
   private closed = false;
 
   private constructor(private readonly opts: OutboxOptions) {
@@ -108,7 +110,8 @@ export class Outbox {
     box.replay();
     box.fd = fs.openSync(box.file, "a", 0o600);
     box.fileBytes = fs.fstatSync(box.fd).size;
-    if (box.entries.length === 0) box.compact();
+    // A torn tail would glue the next append onto a broken line: rewrite the file cleanly.
+    if (box.entries.length === 0 || box.tornTail) box.compact();
     return box;
   }
 
@@ -120,6 +123,7 @@ export class Outbox {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return;
       throw err;
     }
+    this.tornTail = text.length > 0 && !text.endsWith("\n");
     const bySeq = new Map<number, OutboxEvent>();
     let maxSeq = 0;
     for (const raw of text.split("\n")) {

@@ -1,0 +1,92 @@
+// Payload validation in both directions, the desired verdict, topics, back-off and statistics.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { validatePayload } from "../../agent/contract.ts";
+import { backoffMs, configHash, judgeDesired } from "../../agent/sync/mqtt-sync.ts";
+import { desiredFrom } from "../../agent/sync/console-cli.ts";
+import { CallStatistics } from "../../agent/sync/stats.ts";
+import { isOwnReplyTopic, parseTopic } from "../../agent/sync/topics.ts";
+import { siteSnapshot } from "../e2e/mqtt-fixtures.ts";
+
+const ctx = { siteId: "s-1", appliedVersion: 3, maxBytes: 1 << 20 };
+const desired = (config: Record<string, unknown>, extra: Record<string, unknown> = {}): Buffer => Buffer.from(JSON.stringify({ schema: "ringedge.desired/1", siteId: "s-1", version: config.version, config, ...extra }));
+
+test("judgeDesired: apply newer, unchanged for equal or older, and every kind of rejection with paths", () => {
+  const v4 = judgeDesired(desired(siteSnapshot(4)), ctx);
+  assert.equal(v4.kind, "apply");
+  assert.equal(v4.kind === "apply" && v4.hash, configHash(siteSnapshot(4)));
+  assert.deepEqual(judgeDesired(desired(siteSnapshot(3)), ctx), { kind: "unchanged", version: 3 });
+  assert.deepEqual(judgeDesired(desired(siteSnapshot(2)), ctx), { kind: "unchanged", version: 2 });
+  const codes = (b: Buffer): Array<[string, string]> => {
+    const r = judgeDesired(b, ctx);
+    assert.equal(r.kind, "reject");
+    return r.kind === "reject" ? r.errors.map((e) => [e.code, e.path]) : [];
+  };
+  assert.deepEqual(codes(Buffer.from("{")), [["bad-json", "$"]]);
+  assert.deepEqual(codes(Buffer.from("[]")), [["schema", "$"]]);
+  assert.deepEqual(codes(Buffer.alloc(ctx.maxBytes + 1, 32)), [["too-large", "$"]]);
+  assert.deepEqual(codes(desired(siteSnapshot(5), { siteId: "s-2" })), [["site-mismatch", "siteId"]]);
+  assert.deepEqual(codes(desired(siteSnapshot(5), { version: 6 })), [["version-mismatch", "config.version"]]);
+  assert.deepEqual(codes(desired(siteSnapshot(5), { hash: "sha256:" + "a".repeat(64) })), [["hash-mismatch", "hash"]]);
+  assert.deepEqual(codes(desired(siteSnapshot(5), { extra: 1 })), [["schema", "extra"]]);
+  const bad = siteSnapshot(5);
+  (bad.groups as Array<Record<string, unknown>>)[0]!.number = "12345";
+  assert.deepEqual(codes(desired(bad)), [["schema", "config.groups[0].number"]]);
+  // The claimed version is echoed when it can be read.
+  const r = judgeDesired(desired(bad), ctx);
+  assert.equal(r.kind === "reject" && r.version, 5);
+});
+
+test("every outgoing payload shape is checked against the contract", () => {
+  assert.ok(validatePayload("ack", { version: null, status: "rejected", errors: [{ code: "bad-json", path: "$", message: "x" }] }).ok);
+  assert.ok(!validatePayload("ack", { version: 1, status: "done", errors: [] }).ok);
+  assert.ok(validatePayload("reported", { appliedVersion: 0, appliedHash: null, bootId: "b1" }).ok);
+  assert.ok(!validatePayload("reported", { appliedVersion: 1, appliedHash: "md5:x", bootId: "b1" }).ok);
+  assert.ok(validatePayload("status", { online: false, bootId: "b1", connSeq: 3 }).ok);
+  assert.ok(validatePayload("event", { bootId: "b", seq: 1, type: "gap", at: 1, data: { from: 1, to: 2, count: 2 } }).ok);
+  assert.ok(!validatePayload("event", { bootId: "b", seq: 0, type: "presence", at: 1, data: { deviceId: "d", online: true, reason: "x" } }).ok);
+  assert.ok(!validatePayload("event", { bootId: "b", seq: 1, type: "call.offered", at: 1, data: { memberId: "u" } }).ok, "callId required");
+  assert.ok(validatePayload("commandRequest", {}).ok);
+  assert.ok(!validatePayload("commandRequest", { args: [] }).ok);
+  assert.ok(validatePayload("commandReply", { command: "resync", status: "not-available", errors: [] }).ok);
+});
+
+test("the console CLI wraps a bare snapshot and refuses an invalid one before sending", () => {
+  const ok = desiredFrom("s-1", siteSnapshot(2));
+  assert.ok(ok.ok && ok.version === 2 && ok.desired.hash === configHash(siteSnapshot(2)));
+  const bad = desiredFrom("s-1", { ...siteSnapshot(2), users: "no" });
+  assert.ok(!bad.ok && bad.errors.some((e) => e.path === "config.users"));
+});
+
+test("topics: own subtree only; reply topics must be this site's", () => {
+  assert.deepEqual(parseTopic("ringedge/v1/s-1/desired"), { kind: "site", siteId: "s-1", leaf: "desired" });
+  assert.deepEqual(parseTopic("ringedge/v1/s-1/cmd/resync"), { kind: "cmd", siteId: "s-1", name: "resync" });
+  assert.equal(parseTopic("ringedge/v1/S_1/desired").kind, "foreign");
+  assert.equal(parseTopic("other/v1/s-1/desired").kind, "foreign");
+  assert.ok(isOwnReplyTopic("s-1", "ringedge/v1/s-1/reply/console-a"));
+  assert.ok(!isOwnReplyTopic("s-1", "ringedge/v1/s-2/reply/console-a"));
+  assert.ok(!isOwnReplyTopic("s-1", "ringedge/v1/s-1/reply/a/b"));
+  assert.ok(!isOwnReplyTopic("s-1", "ringedge/v1/s-1/reply/+"));
+});
+
+test("back-off doubles to the cap with ±50 % jitter", () => {
+  assert.equal(backoffMs(0, 1000, 60_000, () => 0.5), 1000);
+  assert.equal(backoffMs(3, 1000, 60_000, () => 0.5), 8000);
+  assert.equal(backoffMs(20, 1000, 60_000, () => 0.5), 60_000);
+  assert.equal(backoffMs(2, 1000, 60_000, () => 0), 2000);
+  assert.equal(backoffMs(2, 1000, 60_000, () => 0.999999), 6000);
+});
+
+test("statistics: group offers count once per call; averages only over answered calls", () => {
+  const s = new CallStatistics(0);
+  s.offered({ callId: "c", groupId: "g", memberId: "a", deviceIds: [], caller: "x", at: 1 });
+  s.offered({ callId: "c", groupId: "g", memberId: "b", deviceIds: [], caller: "x", at: 1 });
+  s.answered({ callId: "c", groupId: "g", memberId: "b", deviceId: "d", caller: "x", answerAfterMs: 300, at: 2 });
+  s.offered({ callId: "c2", groupId: "g", memberId: "a", deviceIds: [], caller: "x", at: 1 });
+  s.answered({ callId: "c2", groupId: "g", memberId: "a", deviceId: "d", caller: "x", answerAfterMs: 100, at: 2 });
+  const r = s.report(10);
+  assert.deepEqual(r.groups, [{ groupId: "g", offered: 2, answered: 2, missed: 0, busy: 0, avgAnswerMs: 200 }]);
+  assert.deepEqual(r.operators.map((o) => [o.userId, o.offered, o.answered, o.avgAnswerMs]), [["a", 2, 1, 100], ["b", 1, 1, 300]]);
+  s.reset(10);
+  assert.ok(s.isEmpty());
+});
