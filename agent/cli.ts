@@ -173,20 +173,23 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
 async function runAgent(settings: Settings, err: (s: string) => void): Promise<number> {
   const log = createLogger(settings.logLevel);
   const agent = new Agent(settings, log);
+  // Handlers go in before start(): a SIGTERM that arrives while the agent starts (or just
+  // as it reports "started") must stop it cleanly, flushing the store and releasing its lock,
+  // not kill the process by the default action. It takes effect once start() is done.
+  let requested!: (sig: NodeJS.Signals) => void;
+  const stopRequested = new Promise<NodeJS.Signals>((resolve) => (requested = resolve));
+  const onSignal = (sig: NodeJS.Signals): void => requested(sig);
+  process.once("SIGINT", onSignal);
+  process.once("SIGTERM", onSignal);
   try {
     await agent.start();
   } catch (e) {
+    process.off("SIGINT", onSignal);
+    process.off("SIGTERM", onSignal);
     err(`ringedge: cannot start: ${(e as Error).message}\n`);
     return 1;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string): void => {
-      log.info("stopping", { signal: sig });
-      resolve();
-    };
-    process.once("SIGINT", () => stop("SIGINT"));
-    process.once("SIGTERM", () => stop("SIGTERM"));
-  });
+  log.info("stopping", { signal: await stopRequested });
   await agent.stop();
   return 0;
 }

@@ -384,7 +384,7 @@ describe("bindings survive a restart", () => {
     assert.equal(extra.final.all("Contact").length, 2);
     const beforeStop = await contactsOf(agent);
     assert.equal((await status(agent)).bindings, 4);
-    assert.equal(await agent.stop(), 0, "clean exit on SIGTERM");
+    assert.equal(await agent.stop(), 0, `clean exit on SIGTERM; log:\n${agent.log().slice(-3000)}`);
 
     agent = await startAgent({ dataDir: dir, port });
     assert.deepEqual(await contactsOf(agent), beforeStop);

@@ -5,10 +5,11 @@
 // from a newer release is refused, and a second agent on the same data directory is locked out.
 import { after, describe, test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { Store } from "../../agent/store/store.ts";
-import { agentEnv, freePort, runCli, startAgent, tempDir, type RunningAgent } from "./harness.ts";
+import { agentEnv, freePort, ROOT, runCli, startAgent, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const running: RunningAgent[] = [];
 after(async () => {
@@ -101,7 +102,7 @@ describe("a damaged store stops the agent; store recover promotes the last good 
       const list = await agent.cli(["device", "list", "--json"]);
       assert.equal(list.code, 0, list.stderr);
       assert.deepEqual((JSON.parse(list.stdout) as Array<{ username: string }>).map((x) => x.username), ["d1"], "the devices of the last good copy");
-      assert.equal(await agent.stop(), 0);
+      assert.equal(await agent.stop(), 0, `clean exit; log:\n${agent.log().slice(-3000)}`);
     });
   }
 
@@ -155,10 +156,40 @@ describe("refusals that protect the data", () => {
     const status = await first.cli(["status", "--json"]);
     assert.equal(status.code, 0);
     assert.equal((JSON.parse(status.stdout) as { pid: number }).pid, first.proc.pid);
-    assert.equal(await first.stop(), 0);
+    assert.equal(await first.stop(), 0, `clean exit; log:\n${first.log().slice(-3000)}`);
     // Once it is gone the lock is released and the next agent starts.
     const next = await startAgent({ dataDir: dir });
     running.push(next);
-    assert.equal(await next.stop(), 0);
+    assert.equal(await next.stop(), 0, `clean exit; log:\n${next.log().slice(-3000)}`);
+  });
+
+  test("SIGTERM while the agent is still starting stops it cleanly once started (store closed, lock released)", async () => {
+    // Before the fix the signal handlers were installed only after start(): a SIGTERM in that
+    // window (a supervisor stopping a slow start, or one sent the moment "started" is logged)
+    // killed the process by the default action, leaving the lock and unsaved changes behind.
+    const dir = tempDir("ringedge-store-e2e-");
+    const store = await Store.open(dir, { siteId: "site-1" });
+    for (let i = 0; i < 3000; i++) store.addDevice({ username: `s${i}`, password: `pw-s${i}-secret`, kind: "physical" });
+    await store.close(); // a big store: start() spends a while reading and checking it
+    const lock = path.join(dir, "ringedge.json.lock");
+    const proc = spawn(process.execPath, [path.join(ROOT, "bin/ringedge.js"), "run"], { env: agentEnv(dir, await freePort()), cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+    let log = "";
+    proc.stderr!.on("data", (d) => (log += d));
+    const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) => proc.on("exit", (code, signal) => resolve({ code, signal })));
+    const guard = setTimeout(() => proc.kill("SIGKILL"), 15_000);
+    try {
+      // Store.open takes the lock first thing in start(): from then on the agent is starting.
+      await until(() => fs.existsSync(lock), 10_000, 1);
+      assert.doesNotMatch(log, /ringedge started/, "the signal goes in during start-up");
+      proc.kill("SIGTERM");
+      const end = await exited;
+      assert.deepEqual(end, { code: 0, signal: null }, `clean exit; log:\n${log}`);
+      assert.match(log, /stopping signal=SIGTERM/);
+      assert.match(log, /ringedge stopped/);
+      assert.ok(!fs.existsSync(lock), "the store lock was released");
+    } finally {
+      clearTimeout(guard);
+      proc.kill("SIGKILL");
+    }
   });
 });
