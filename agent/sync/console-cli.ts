@@ -46,6 +46,8 @@ export class ConsoleClient {
     consoleId: string,
   ) {
     this.consoleId = consoleId;
+    // One listener per outstanding push or command (a fleet push has hundreds at once).
+    client.setMaxListeners(0);
     client.on("connect", () => {
       (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
       for (const p of this.pendingPushes.values()) client.publish(p.topic, p.payload, { qos: 1, retain: true });
