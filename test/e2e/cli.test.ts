@@ -54,11 +54,11 @@ async function deviceSession(cli: Cli, live: boolean): Promise<void> {
   // A generated password: hidden by default, shown once with --show-password.
   const quiet = await cli(["device", "add", "1002"]);
   assert.equal(quiet.code, 0, quiet.stderr);
-  assert.match(quiet.stdout, /^added device 1002 \(physical\) id dev-1002\n$/);
+  assert.match(quiet.stdout, /^added device 1002 \(physical\) id dev-1002\n$/, quiet.stderr);
   const shown = await json<DeviceJson>(cli, ["device", "add", "1003", "--show-password"]);
   assert.match(shown.password ?? "", /^[A-Za-z0-9_-]{24}$/, "a strong generated password");
   const text = await cli(["device", "add", "1004", "--show-password"]);
-  assert.match(text.stdout, /^added device 1004 \(physical\) id dev-1004\npassword: [A-Za-z0-9_-]{24}\n$/);
+  assert.match(text.stdout, /^added device 1004 \(physical\) id dev-1004\npassword: [A-Za-z0-9_-]{24}\n$/, text.stderr);
 
   const list = await json<DeviceJson[]>(cli, ["device", "list"]);
   assert.deepEqual(list.map((d) => d.username), ["1001", "1002", "1003", "1004"]);
@@ -73,7 +73,7 @@ async function deviceSession(cli: Cli, live: boolean): Promise<void> {
     }
   }
   const table = await cli(["device", "list"]);
-  assert.equal(table.code, 0);
+  assert.equal(table.code, 0, table.stderr);
   assert.match(table.stdout, /^USERNAME +KIND +STATE +NAME +ID\n/);
   assert.match(table.stdout, new RegExp(`\\n1001 +soft +${live ? "offline" : "-"} +Front desk +dev-1001\\n`));
 
@@ -197,7 +197,7 @@ describe("device commands with a running agent (through the control socket)", ()
     assert.deepEqual(Object.keys(s.devices as object).sort(), ["online", "physical", "registered", "soft", "total"]);
     assert.equal((s.store as { file: string }).file, path.join(agent.dataDir, "ringedge.json"));
     const text = await agent.cli(["status"]);
-    assert.equal(text.code, 0);
+    assert.equal(text.code, 0, text.stderr);
     assert.match(text.stdout, new RegExp(`^site site-1  pid ${agent.proc.pid}  up \\d+s\\n`));
     assert.match(text.stdout, /\ndevices  3 \(2 physical, 1 soft\)  registered 0  online 0  bindings 0\n/);
   });
