@@ -979,7 +979,10 @@ export class RoutingEngine {
   private writeOff(call: EngineCall, b: Branch, reason: string): void {
     if (!isLive(b)) return;
     call.writtenOff.add(b.id);
-    this.proxy.cancelBranch(call.pc, b, reason);
+    // `reason` is for the log only: the proxy puts its argument in a Reason header, whose value
+    // must be RFC 3326 syntax. A step that ends is a plain CANCEL (the phone may list a missed call).
+    this.deps.log.debug("branch cancelled", { callId: call.pc.request.callId, branch: b.id, reason });
+    this.proxy.cancelBranch(call.pc, b);
   }
 
   private hasLiveBranches(call: EngineCall): boolean {
