@@ -20,16 +20,18 @@ const DIR = path.resolve(ROOT, "../shared/testdata/rfc4475");
  * the framing is unrecoverable and the agent closes the connection; "wait" means a stream
  * peer would simply wait for more bytes (Content-Length beyond what was sent).
  * Several statuses are listed where INDEX.md allows either (e.g. an OPTIONS an endpoint
- * answers 200 where a proxy would answer 483).
+ * answers 200 where a proxy would answer 483). A new INVITE from a source that is neither a
+ * registered phone nor the trunk is processed normally and answered 407: the toll-fraud
+ * rule challenges it before anything about the dialled number is revealed.
  */
 const EXPECT: Record<string, { udp: number[] | "drop"; tcp?: number[] | "drop" | "close" | "wait"; why: string }> = {
-  "wsinv.dat": { udp: [404], why: "valid INVITE; no such user or group here" },
+  "wsinv.dat": { udp: [481], why: "valid INVITE; its To tag makes it in-dialog, and no such dialog exists" },
   "intmeth.dat": { udp: [501], why: "unknown method token" },
-  "esc01.dat": { udp: [404], why: "valid INVITE; its escaped sips: user is no user here" },
+  "esc01.dat": { udp: [407], why: "valid INVITE; challenged like every call from an unknown source" },
   "escnull.dat": { udp: [401], why: "valid REGISTER; challenged like every REGISTER without credentials" },
   "esc02.dat": { udp: [501], why: "RE%47IST%45R is an unknown method, not REGISTER" },
   "lwsdisp.dat": { udp: [200], why: "valid OPTIONS" },
-  "longreq.dat": { udp: [404], why: "valid INVITE with long values" },
+  "longreq.dat": { udp: [407], why: "valid INVITE with long values; challenged" },
   "dblreq.dat": { udp: [401], why: "the REGISTER is processed, trailing octets ignored" },
   "semiuri.dat": { udp: [200], why: "valid OPTIONS" },
   "transports.dat": { udp: [200], why: "valid OPTIONS with unknown transports in Via" },
@@ -47,7 +49,7 @@ const EXPECT: Record<string, { udp: number[] | "drop"; tcp?: number[] | "drop" |
   "lwsstart.dat": { udp: [400], why: "multiple SP in the request line" },
   "trws.dat": { udp: [400], why: "trailing SP in the request line" },
   "escruri.dat": { udp: [400], why: "escaped headers in the Request-URI" },
-  "baddate.dat": { udp: [404], why: "Date is ignored; valid INVITE otherwise" },
+  "baddate.dat": { udp: [407], why: "Date is ignored; a valid INVITE otherwise, challenged" },
   "regbadct.dat": { udp: [401, 400], why: "authentication comes first (RFC 3261 §10.3 step 3)" },
   "badaspec.dat": { udp: [400], why: "spaces inside an addr-spec" },
   "baddn.dat": { udp: [400], tcp: "wait", why: "unquoted non-token display name; no blank line ends the headers, so a stream waits for more" },
@@ -61,7 +63,7 @@ const EXPECT: Record<string, { udp: number[] | "drop"; tcp?: number[] | "drop" |
   "novelsc.dat": { udp: [416], why: "soap.beep Request-URI never acceptable here" },
   "unksm2.dat": { udp: [400], why: "a registrar's To must be a SIP or SIPS AOR" },
   "bext01.dat": { udp: [420], why: "Require with unknown option tags" },
-  "invut.dat": { udp: [404, 415], why: "unknown Content-Type; no such target anyway" },
+  "invut.dat": { udp: [407], why: "unknown Content-Type is the UAS's business; the proxy challenges the unknown caller" },
   "regaut01.dat": { udp: [401], why: "unknown Authorization scheme: challenged in one we know" },
   "multi01.dat": { udp: [400], why: "multiple single-valued headers" },
   "mcl01.dat": { udp: [400], tcp: "close", why: "conflicting Content-Length values" },
@@ -70,8 +72,8 @@ const EXPECT: Record<string, { udp: number[] | "drop"; tcp?: number[] | "drop" |
   "cparam01.dat": { udp: [401], why: "valid REGISTER, challenged" },
   "cparam02.dat": { udp: [401], why: "valid REGISTER, challenged" },
   "regescrt.dat": { udp: [401], why: "valid REGISTER, challenged" },
-  "sdp01.dat": { udp: [404, 406], why: "Accept lacks application/sdp; no such target anyway" },
-  "inv2543.dat": { udp: [404], tcp: "close", why: "RFC 2543 INVITE accepted on UDP; a stream needs Content-Length" },
+  "sdp01.dat": { udp: [407], why: "Accept is the UAS's business; the proxy challenges the unknown caller" },
+  "inv2543.dat": { udp: [407], tcp: "close", why: "RFC 2543 INVITE accepted (and challenged) on UDP; a stream needs Content-Length" },
   "test.dat": { udp: "drop", why: "no SIP-Version on the request line: malformed, no Via to answer" },
 };
 
