@@ -109,7 +109,9 @@ export class PresenceTracker {
     await Promise.all(
       [...byDevice].map(async ([deviceId, bindings]) => {
         if (spread > 0) await new Promise((r) => setTimeout(r, Math.random() * spread).unref());
-        const answers = await Promise.all(bindings.map((b) => this.o.probe(b).catch(() => false)));
+        // A phone that has gone away would hold the round for the whole of Timer F (32 s):
+        // an unanswered probe counts as a miss once the interval is over.
+        const answers = await Promise.all(bindings.map((b) => withTimeout(this.o.probe(b).catch(() => false), this.o.intervalMs)));
         this.noteRound(deviceId, answers.some(Boolean));
       }),
     );
@@ -141,4 +143,15 @@ export class PresenceTracker {
     this.o.log.info(online ? "device online" : "device offline", { device: username, reason });
     this.o.bus.emit("device.presence", { deviceId, username, online, reason, at: this.now() });
   }
+}
+
+/** The probe's answer, or false once `ms` have passed without one. */
+function withTimeout(p: Promise<boolean>, ms: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => resolve(false), ms);
+    void p.then((v) => {
+      clearTimeout(t);
+      resolve(v);
+    });
+  });
 }

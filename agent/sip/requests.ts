@@ -18,8 +18,10 @@ export function hostPort(address: string, port: number): string {
 export interface OutOfDialogRequest {
   method: string;
   requestUri: string;
-  /** Our own address as the peer sees it: the flow's local side. */
+  /** The flow the request goes out on. */
   flow: Flow;
+  /** Our address for Via/From when the flow's local side is a wildcard (see advertise.ts). */
+  localAddress?: string;
   branch: string;
   fromUser?: string;
   to?: string;
@@ -28,7 +30,7 @@ export interface OutOfDialogRequest {
 }
 
 export function buildRequest(r: OutOfDialogRequest): SipRequest {
-  const local = hostPort(r.flow.localAddress || "127.0.0.1", r.flow.localPort);
+  const local = hostPort(r.localAddress ?? (r.flow.localAddress || "127.0.0.1"), r.flow.localPort);
   const transport = r.flow.transport.toUpperCase();
   const body = r.body?.data ?? "";
   const lines = [

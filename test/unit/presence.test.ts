@@ -128,3 +128,26 @@ test("removing a device drops its bindings and its presence entry", () => {
   assert.equal(s.presence.snapshot().length, 0);
   assert.equal(s.events.at(-1)!.online, false);
 });
+
+test("a probe that never answers counts as a miss after the interval, not after Timer F", async () => {
+  let now = 0;
+  const bus = new EventBus();
+  let presence!: PresenceTracker;
+  const location = new LocationService((c) => presence.onBindings(c), () => now);
+  presence = new PresenceTracker({
+    intervalMs: 50,
+    misses: 1,
+    bus,
+    location,
+    probe: () => new Promise<boolean>(() => undefined), // a dead phone: never settles
+    username: () => "x",
+    log: createLogger("silent"),
+    now: () => now,
+    jitter: false,
+  });
+  location.replace("201", "d1", [binding("d1", "201", 3600_000)]);
+  const started = Date.now();
+  await presence.round();
+  assert.ok(Date.now() - started < 1000, "the round ended with the interval");
+  assert.equal(presence.isOnline("d1"), false);
+});

@@ -1,0 +1,39 @@
+// Addresses we advertise in Via / Record-Route: never a wildcard.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { advertisedAddress, makeAdvertiser, primaryAddress } from "../../agent/sip/advertise.ts";
+import type { Flow } from "../../agent/sip/types.ts";
+
+const flow = (local: string, remote: string): Flow => ({ transport: "udp", localAddress: local, localPort: 5060, remoteAddress: remote, remotePort: 5062 });
+
+test("a concrete local address is advertised as is", () => {
+  assert.equal(advertisedAddress(flow("192.168.1.10", "192.168.1.20"), ""), "192.168.1.10");
+  assert.equal(makeAdvertiser("")(flow("::1", "::1")), "[::1]:5060");
+});
+
+test("a wildcard socket advertises the configured address of the right family", () => {
+  assert.equal(advertisedAddress(flow("0.0.0.0", "10.0.0.7"), "10.0.0.1"), "10.0.0.1");
+  assert.equal(makeAdvertiser("10.0.0.1")(flow("0.0.0.0", "10.0.0.7")), "10.0.0.1:5060");
+  // An IPv4 setting is not used for an IPv6 flow.
+  assert.notEqual(advertisedAddress(flow("::", "2001:db8::7"), "10.0.0.1"), "10.0.0.1");
+});
+
+test("a wildcard socket answering a loopback peer advertises loopback", () => {
+  assert.equal(advertisedAddress(flow("0.0.0.0", "127.0.0.9"), ""), "127.0.0.1");
+  assert.equal(advertisedAddress(flow("::", "::1"), ""), "::1");
+});
+
+test("without a setting, the first non-internal address of the family, else loopback", () => {
+  const ifaces = {
+    lo: [{ address: "127.0.0.1", family: "IPv4", internal: true }],
+    eth0: [
+      { address: "fe80::1", family: "IPv6", internal: false },
+      { address: "192.0.2.10", family: "IPv4", internal: false },
+      { address: "2001:db8::10", family: "IPv6", internal: false },
+    ],
+  } as unknown as ReturnType<typeof import("node:os").networkInterfaces>;
+  assert.equal(primaryAddress(4, ifaces), "192.0.2.10");
+  assert.equal(primaryAddress(6, ifaces), "2001:db8::10");
+  assert.equal(primaryAddress(4, {}), "127.0.0.1");
+  assert.equal(primaryAddress(6, {}), "::1");
+});
