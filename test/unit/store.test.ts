@@ -73,7 +73,8 @@ describe("Store: round trip and files", () => {
     const raw = JSON.parse(fs.readFileSync(file, "utf8"));
     assert.equal(raw.format, "ringedge-store");
     assert.equal(raw.schemaVersion, CURRENT_SCHEMA_VERSION);
-    assert.equal(raw.sha256, sha256Hex(canonicalJson(raw.data)));
+    // The checksum covers the data text exactly as written (V8's JSON.stringify order).
+    assert.equal(raw.sha256, sha256Hex(JSON.stringify(raw.data)));
     assert.equal("connectionId" in raw.data.bindings[0].flow, false, "process-local state not persisted");
 
     const r = await Store.open(dir);
@@ -192,6 +193,17 @@ describe("AtomicJsonFile", () => {
     await a.write({ n: 3 });
     const bak = await readStoreFile(`${file}.bak`);
     assert.ok(bak.kind === "envelope" && (bak.envelope.data as { n: number }).n === 1);
+  });
+
+  test("files checksummed over the canonical (sorted-key) data, as earlier versions wrote them, still read", () => {
+    const data = { z: 1, a: { y: [1, 2], b: "x" } };
+    const old = `{\n  "format": "ringedge-store",\n  "schemaVersion": 1,\n  "savedAt": "2026-01-01T00:00:00.000Z",\n  "sha256": "${sha256Hex(canonicalJson(data))}",\n  "data": ${canonicalJson(data)}\n}\n`;
+    assert.equal(decodeEnvelope(old).kind, "envelope");
+    const fresh = encodeEnvelope(data, 1, new Date(0));
+    assert.equal(decodeEnvelope(fresh).kind, "envelope");
+    // One changed byte in the data text is caught by either form of the checksum.
+    assert.equal(decodeEnvelope(fresh.replace('"x"', '"X"')).kind, "corrupt");
+    assert.equal(decodeEnvelope(old.replace('"x"', '"X"')).kind, "corrupt");
   });
 
   test("decodeEnvelope never throws on hostile bytes", () => {
