@@ -5,13 +5,16 @@ NODE  ?= node
 TSX   := $(NODE) --import tsx
 # Debian packages the end-to-end tests drive as real peers.
 SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare
+# Only the benchmarks need these (packet timestamps on loopback).
+BENCHPKGS := tshark:tshark
 
-.PHONY: run test unit e2e bench demo deps sysdeps typecheck clean help
+.PHONY: run test unit e2e bench benchdeps demo deps sysdeps typecheck clean help
 
 help:
 	@echo "make run      start the agent on embedded defaults (lowdb store under ./data, SIP UDP+TCP)"
 	@echo "make test     install what is missing, typecheck, run every test (node:test)"
 	@echo "make bench    run the benchmarks; figures go to bench/results/"
+	@echo "make demo     simulated phones and calls to one group per strategy, as a timeline"
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund
@@ -46,8 +49,22 @@ unit: deps
 e2e: deps sysdeps
 	bash test/run-tests.sh test/e2e
 
-bench: deps sysdeps
+# tshark asks whether non-root users may capture; the preseed answers "no" (the bench runs as root).
+benchdeps:
+	@missing=""; for p in $(BENCHPKGS); do pkg=$${p%%:*}; bin=$${p##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  echo "wireshark-common wireshark-common/install-setuid boolean false" | $$SUDO debconf-set-selections; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+bench: deps sysdeps benchdeps
 	bash bench/run.sh
+
+demo: deps sysdeps
+	$(TSX) demo/run.ts
 
 clean:
 	rm -rf node_modules .tmp
