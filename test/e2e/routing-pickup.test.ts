@@ -121,7 +121,7 @@ describe("busy operators and pickup through the real agent", () => {
   });
 
   test("group pickup *8: the picker's phone gets an auto-answer INVITE, the caller is connected to it, the ringing phone is cancelled with Reason cause=200", async () => {
-    const [p1, p2, p3] = await register([pk1, pk2, pk3]);
+    const [p1, , p3] = await register([pk1, pk2, pk3]);
     const caller = await sippCall(agent.port, "route-caller.xml", "730", { pauseMs: 200 });
     peers.push(caller);
     const id = callIdOf(caller);
@@ -140,7 +140,6 @@ describe("busy operators and pickup through the real agent", () => {
     assert.equal(c1.msg.header("reason"), ANSWERED_ELSEWHERE);
     const rec = await loggedCall(dataDir, id);
     assert.equal(rec.answeredBy, "pk3");
-    void p2;
   });
 
   test("directed pickup *8<extension>: a non-member takes the call ringing at that extension", async () => {
