@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// The `ringedge` command: loads the TypeScript sources through tsx (resolved from this
-// package, not the caller's cwd) and hands over to the CLI.
+// The `ringedge` command for development and tests: loads the TypeScript sources through tsx
+// (resolved from this package, not the caller's cwd). `make build` makes dist/ringedge.mjs,
+// the same program as one plain-JS bundle, which is what `make run` and the appliance use.
 import { register } from "tsx/esm/api";
 register();
-const { main } = await import("../agent/cli.ts");
-process.exitCode = await main(process.argv.slice(2));
+await import("../agent/main.ts");

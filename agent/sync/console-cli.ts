@@ -3,7 +3,7 @@
 // It speaks the same contract as the agent (docs/mqtt.md) and validates what it sends.
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
-import { connect, type IClientOptions, type MqttClient } from "mqtt";
+import type { IClientOptions, MqttClient } from "mqtt";
 import { validatePayload } from "../contract.ts";
 import { configHash, DESIRED_SCHEMA, type AckPayload, type SyncError } from "./mqtt-sync.ts";
 import { commandTopic, COMMAND_NAMES, replyTopic, SITE_ID_RE, siteTopic, TOPIC_ROOT } from "./topics.ts";
@@ -54,7 +54,9 @@ export class ConsoleClient {
     });
   }
 
-  static connect(opts: ConsoleOptions): Promise<ConsoleClient> {
+  static async connect(opts: ConsoleOptions): Promise<ConsoleClient> {
+    // Loaded on use: the agent process, which imports this module through the CLI, never pays for it.
+    const { connect } = await import("mqtt");
     const consoleId = opts.consoleId ?? `console-${randomBytes(4).toString("hex")}`;
     const options: IClientOptions = {
       protocolVersion: 5,

@@ -12,7 +12,9 @@
 //   Commands cmd/<name> with MQTT 5 responseTopic + correlationData → reply/<consoleId>.
 import { randomBytes, createHash } from "node:crypto";
 import * as fs from "node:fs";
-import { connect, type IClientOptions, type IClientPublishOptions, type IPublishPacket, type MqttClient } from "mqtt";
+// Types only: the mqtt package costs ~23 MB of RSS when loaded, so it is imported on the
+// first connect — an agent without a console never loads it.
+import type { IClientOptions, IClientPublishOptions, IPublishPacket, MqttClient } from "mqtt";
 import type { EventBus } from "../bus.ts";
 import { validatePayload, type PayloadResult } from "../contract.ts";
 import type { Logger } from "../log.ts";
@@ -234,6 +236,8 @@ export class MqttSync {
   private rejectedMessages = 0;
   private invalidOutgoing = 0;
   private stopping = false;
+  /** stop() was called: a connect still loading the mqtt module must not go ahead. */
+  private stopRequested = false;
 
   constructor(private readonly opts: MqttSyncOptions) {
     this.bootId = opts.bootId ?? randomBytes(6).toString("base64url");
@@ -336,8 +340,16 @@ export class MqttSync {
       ...(o.cert ? { cert: o.cert } : {}),
       ...(o.key ? { key: o.key } : {}),
     };
-    const client = connect(o.url, options);
-    this.client = client;
+    void import("mqtt").then(({ connect }) => {
+      if (this.stopRequested) return;
+      const client = connect(o.url, options);
+      this.client = client;
+      this.wire(client);
+    });
+  }
+
+  private wire(client: MqttClient): void {
+    const o = this.opts;
     client.on("connect", (connack) => this.onConnect(connack.sessionPresent));
     client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet));
     // MQTT.js has no back-off (pitfall 1): its retry timer reads reconnectPeriod when the link
@@ -657,6 +669,7 @@ export class MqttSync {
    */
   async stop(): Promise<void> {
     if (this.stopping) return;
+    this.stopRequested = true;
     for (const u of this.unsubscribe) u();
     this.unsubscribe = [];
     if (this.statsTimer) clearInterval(this.statsTimer);
