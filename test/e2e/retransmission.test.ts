@@ -106,10 +106,10 @@ describe("the agent retransmits what the network lost (Timers G and E)", () => {
     await agent?.stop();
   });
 
-  test("a 404 to an INVITE is resent every T1, 2*T1... until the ACK comes, then never again", async () => {
-    const traceFile = path.join(dir, "invite-404.trace");
+  test("a non-2xx final response to an INVITE is resent every T1, 2*T1... until the ACK comes, then never again", async () => {
+    const traceFile = path.join(dir, "invite-refused.trace");
     const r = await runSipp(
-      ["-sf", "loss-invite-404.xml", "-m", "1", "-p", String(await freePort()), "-timeout", "15", "-timeout_error", "-nd", "-trace_msg", "-message_file", traceFile, `127.0.0.1:${agent.port}`],
+      ["-sf", "loss-invite-refused.xml", "-m", "1", "-p", String(await freePort()), "-timeout", "15", "-timeout_error", "-nd", "-trace_msg", "-message_file", traceFile, `127.0.0.1:${agent.port}`],
       20_000,
     );
     assert.equal(r.code, 0, sippFailure(r));
@@ -120,17 +120,18 @@ describe("the agent retransmits what the network lost (Timers G and E)", () => {
     assert.ok(invite && ack, `INVITE and ACK in the trace:\n${shown}`);
     // §17.1.1.3: the ACK for a non-2xx belongs to the INVITE's transaction (same branch).
     assert.equal(ack.branch, invite.branch, shown);
-    const copies = trace.filter((m) => m.dir === "received" && m.startLine.startsWith("SIP/2.0 404"));
+    // The agent refuses this unknown caller (407) or the unknown user (404): a non-2xx either way.
+    const copies = trace.filter((m) => m.dir === "received" && /^SIP\/2\.0 [3-6]\d\d /.test(m.startLine));
     const beforeAck = copies.filter((m) => m.at <= ack.at);
-    assert.ok(beforeAck.length >= 2, `the 404 arrived at least twice before the ACK:\n${shown}`);
+    assert.ok(beforeAck.length >= 2, `the final response arrived at least twice before the ACK:\n${shown}`);
     // The copies are retransmissions of the one response (same bytes, same To tag), not new answers.
-    for (const c of copies) assert.equal(c.text, copies[0]!.text, "every copy is the same 404");
+    for (const c of copies) assert.equal(c.text, copies[0]!.text, "every copy is the same response");
     const gap = beforeAck[1]!.at - beforeAck[0]!.at;
     assert.ok(gap >= T1 / 2 && gap <= 2 * T1 + 50, `second copy ${gap} ms after the first; Timer G starts at T1 = ${T1} ms:\n${shown}`);
     // The ACK stops Timer G: within the 2.5 s watched after it, copies were due at 3*T1 and 7*T1.
     // One copy already in flight when the ACK left may still land just after it.
     const late = copies.filter((m) => m.at > ack.at + 100);
-    assert.equal(late.length, 0, `no 404 after the ACK:\n${shown}`);
+    assert.equal(late.length, 0, `no copy after the ACK:\n${shown}`);
   });
 
   test("a keep-alive OPTIONS the phone leaves unanswered is resent after T1; the answer to the copy keeps the phone online", async () => {
