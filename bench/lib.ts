@@ -162,10 +162,34 @@ function registerSection(r: Json): string[] {
   return out;
 }
 
+function callsSection(r: Json): string[] {
+  const targets = obj(r.targets);
+  const met = obj(r.met);
+  const out = [
+    "| run | phones | ringing at once | calls/s offered / achieved | ok | failed | first fork µs p50 / p99 (agent) | first fork µs p50 / p99 (packets) | to 180 ms p50 / p99 | agent CPU µs/call | RSS MB |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const run of arr(r.runs)) {
+    const a = obj(run.firstForkAgent);
+    const p = obj(run.firstForkPackets);
+    const t = obj(run.timeTo180Ms);
+    out.push(
+      `| ${String(run.label)} | ${fmt(num(run.phones))} | ${fmt(num(run.ringingAtOnce))} | ${fmt(num(run.rate))} / ${fmt(num(run.achievedCallRate), 1)} | ${fmt(num(run.successful))} | ${fmt(num(run.failed))} | ${fmt(num(a.p50Us))} / ${fmt(num(a.p99Us))} | ${run.firstForkPackets ? `${fmt(num(p.p50Us))} / ${fmt(num(p.p99Us))}` : "—"} | ${fmt(num(t.median))} / ${fmt(num(t.p99))} | ${fmt(num(run.agentCpuUsPerCall))} | ${fmt(num(run.rssMB), 1)} |`,
+    );
+  }
+  out.push(
+    "",
+    `Targets (10-phone simultaneous group at ${fmt(num(targets.atRate))} calls/s): first fork p50 ≤ ${fmt(num(targets.firstForkP50UsMax))} µs ${yes(met.firstForkP50)}; p99 ≤ ${fmt(num(targets.firstForkP99UsMax))} µs ${yes(met.firstForkP99)}; ${fmt(num(targets.sustainedRate))} calls/s with no failed call ${yes(met.sustained500)}. Highest rate run with no failure: ${fmt(num(r.maxCleanCallRate), 1)} calls/s.`,
+    "The agent's figure runs from the proxy taking the INVITE to the first fork leaving (warm-up calls included); the packet figure from the INVITE on the wire to the first fork on the wire (parse, transaction, 100 Trying and any queueing included).",
+  );
+  return out;
+}
+
 const SECTIONS: ReadonlyArray<{ name: string; title: string; render: (r: Json) => string[] }> = [
   { name: "parser", title: "SIP parser (bench/parser.bench.ts)", render: parserSection },
   { name: "routing", title: "Routing core planStep (bench/routing.bench.ts)", render: routingSection },
   { name: "register", title: "Registration with digest auth, 2,000 phones (bench/register.bench.ts)", render: registerSection },
+  { name: "calls", title: "Calls through the agent, SIPp callers to SIPp phones (bench/calls.bench.ts)", render: callsSection },
 ];
 
 /** Builds summary.md from the result files; a result older than this run is marked stale. */

@@ -33,6 +33,11 @@ command -v sipp >/dev/null 2>&1 || { echo "sipp is not installed (make sysdeps)"
 run_bench parser 90 bench/parser.bench.ts
 run_bench routing 60 bench/routing.bench.ts
 run_bench register 170 bench/register.bench.ts
+if command -v tshark >/dev/null 2>&1; then
+  run_bench calls 240 bench/calls.bench.ts
+else
+  echo "tshark is not installed (make benchdeps): calls bench skipped"
+fi
 
 "$NODE" --import tsx bench/lib.ts summary "$started" "${statuses[@]}" || failed=1
 echo "total $(( $(date +%s) - started )) s; summary in bench/results/summary.md"

@@ -1,0 +1,555 @@
+// Call benchmark (issue 3 "Latency budget"): SIPp callers through the real agent to SIPp phones.
+// Run: node --import tsx bench/calls.bench.ts   (writes bench/results/calls.json)
+//
+// Every run gets a fresh agent (child process, bin/ringedge.js, log level warn) with a site file
+// written here: N operators with one desk phone each, a simultaneous group (700) and a
+// sequential group (701), every operator without a call limit, and a trunk whose only allowed
+// source is the caller's address (127.0.0.60), so calls enter as trunk calls with no digest.
+// - Phones: ONE SIPp process registers the N users from a CSV (bench/sipp/phone-register.xml)
+//   and answers the forks with its out-of-call scenario (-oocsf bench/sipp/phone-ring.xml):
+//   180 at once; the user "answer-1" then answers 200; the others ring until the proxy's
+//   CANCEL. The answering member is placed where it rings last (10th of the simultaneous
+//   group, so every fork of a call is out before the answer; 1st of the sequential group).
+// - Caller: SIPp (bench/sipp/caller.xml) at a fixed rate; rtd "ring" = INVITE → first 180.
+// - Figures per run: the agent's own INVITE → first-fork histogram (status .routing.latency);
+//   the same latency from packet timestamps on loopback (tshark on lo, capture filter: the
+//   agent's UDP port and a payload starting "INVI", so only INVITEs are kept; each INVITE in
+//   is matched with the first forked INVITE out by Call-ID); caller-side time to 180; calls
+//   and failures; agent CPU per call (utime+stime delta from /proc/<pid>/stat); RSS.
+// Latency runs: 10 and 50 phones registered × simultaneous and sequential, at 100 calls/s.
+// Throughput runs: the 10-phone simultaneous group at 500 calls/s (and any BENCH_CALLS_RATES),
+// no packet capture (it would compete for the two CPUs).
+//
+// Knobs (env): BENCH_CALLS_SECONDS (10), BENCH_CALLS_LATENCY_RATE (100), BENCH_CALLS_RATES
+// ("500"), BENCH_CALLS_HOLD_MS (100), BENCH_CALLS_ONLY (run labels, comma-separated),
+// BENCH_CPU_PROF=1 (agent runs with node --cpu-prof; profiles kept under the temp dir),
+// BENCH_KEEP=1 (keep the temp dir: site file, SIPp stat/rtt files, pcaps, agent logs).
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import path from "node:path";
+import { promisify } from "node:util";
+import { callAgent, socketAnswers } from "../agent/console/control.ts";
+import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
+import { BENCH_DIR, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
+
+const SECONDS = envNum("BENCH_CALLS_SECONDS", 10);
+const LATENCY_RATE = envNum("BENCH_CALLS_LATENCY_RATE", 100);
+const THROUGHPUT_RATES = (process.env.BENCH_CALLS_RATES ?? "500").split(",").map(Number).filter((n) => Number.isFinite(n) && n > 0);
+const HOLD_MS = envNum("BENCH_CALLS_HOLD_MS", 100);
+const ONLY = process.env.BENCH_CALLS_ONLY?.split(",").filter((s) => s !== "");
+const CPU_PROF = process.env.BENCH_CPU_PROF === "1";
+/** Calls placed before each measured run (and counted in the agent's own histogram). */
+const WARMUP_CALLS = 100;
+const WARMUP_RATE = 50;
+/** The issue's targets for the 2-core appliance. */
+const TARGETS = { firstForkP50UsMax: 200, firstForkP99UsMax: 2000, atRate: 100, phones: 10, sustainedRate: 500, failedMax: 0 } as const;
+const CALLER_IP = "127.0.0.60";
+const execFileP = promisify(execFile);
+const PHONE_IP = "127.0.0.1";
+const GROUP_NUMBER = { simultaneous: "700", sequential: "701" } as const;
+const BIN = path.join(ROOT, "bin", "ringedge.js");
+const SIPP = path.join(BENCH_DIR, "sipp");
+/** USER_HZ of /proc/<pid>/stat. */
+const CLK_TCK = 100;
+
+function envNum(name: string, dflt: number): number {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v > 0 ? v : dflt;
+}
+
+type Strategy = "simultaneous" | "sequential";
+
+interface RunSpec {
+  label: string;
+  phones: number;
+  strategy: Strategy;
+  rate: number;
+  capture: boolean;
+}
+
+// --- processes ---------------------------------------------------------------------------------
+
+function procSample(pid: number): { rssMB: number; hwmMB: number; cpuMs: number } {
+  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
+  const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
+  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return { rssMB: kb("VmRSS") / 1024, hwmMB: kb("VmHWM") / 1024, cpuMs: ((Number(rest[11]) + Number(rest[12])) * 1000) / CLK_TCK };
+}
+
+interface Child {
+  proc: ChildProcess;
+  output(): string;
+  exited: Promise<number | null>;
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+const children = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
+});
+
+function start(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv }): Child {
+  const proc = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+  children.add(proc);
+  let out = "";
+  const keep = (d: string): void => {
+    out = (out + d).slice(-60_000);
+  };
+  proc.stdout!.setEncoding("utf8").on("data", keep);
+  proc.stderr!.setEncoding("utf8").on("data", keep);
+  const exited = new Promise<number | null>((resolve) => {
+    proc.once("error", (e) => {
+      keep(String(e));
+      resolve(-1);
+    });
+    proc.once("close", (c) => {
+      children.delete(proc);
+      resolve(c);
+    });
+  });
+  return {
+    proc,
+    output: () => out,
+    exited,
+    stop: async (signal = "SIGTERM") => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      const t = setTimeout(() => proc.kill("SIGKILL"), 8000);
+      const c = await exited;
+      clearTimeout(t);
+      return c;
+    },
+  };
+}
+
+async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs: number, stepMs = 100): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await Promise.resolve(fn()).catch(() => undefined);
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`${what} not reached within ${timeoutMs} ms`);
+    await sleep(stepMs);
+  }
+}
+
+// --- site file -----------------------------------------------------------------------------------
+
+interface Phone {
+  user: string;
+  username: string;
+  password: string;
+}
+
+/** N operators, one desk phone each; "answer-1" is the only phone that answers. */
+function phonesFor(n: number): Phone[] {
+  const out: Phone[] = [];
+  for (let i = 1; i <= n; i++) {
+    // The simultaneous group rings its first 10 members (the cap); the answerer is the 10th.
+    const username = i === Math.min(10, n) ? "answer-1" : `ring-${String(i).padStart(2, "0")}`;
+    out.push({ user: `op-${String(i).padStart(2, "0")}`, username, password: `bench-${username}-pw` });
+  }
+  return out;
+}
+
+function siteFile(phones: Phone[], callerPort: number): unknown {
+  const members = phones.map((p) => p.user);
+  const answerer = phones.find((p) => p.username === "answer-1")!.user;
+  return {
+    schema: "ringedge.site/1",
+    version: 1,
+    settings: { pickupCode: "*8", trunk: { host: CALLER_IP, port: callerPort, transport: "udp", allowedSources: [CALLER_IP] } },
+    users: phones.map((p, i) => ({ id: p.user, extension: String(2001 + i), name: `Operator ${i + 1}`, availability: "available", callLimit: 0 })),
+    devices: phones.map((p) => ({ id: `desk-${p.user}`, owner: p.user, kind: "physical", username: p.username, password: p.password })),
+    groups: [
+      { id: "bench-sim", number: GROUP_NUMBER.simultaneous, name: "Bench simultaneous", strategy: "simultaneous", members, ringCount: 6, checkAvailability: false, noAnswer: { kind: "hangup", status: 480 } },
+      // Sequential: the answering member first, so every call is one fork that is answered.
+      { id: "bench-seq", number: GROUP_NUMBER.sequential, name: "Bench sequential", strategy: "sequential", members: [answerer, ...members.filter((m) => m !== answerer)], ringCount: 6, checkAvailability: false, noAnswer: { kind: "hangup", status: 480 } },
+    ],
+  };
+}
+
+/**
+ * The phones that can ring (the first 10: the simultaneous group's cap) run one SIPp process
+ * each, ringing (phone-ring.xml) or answering (phone-answer.xml); the rest only register,
+ * together in one process. Resolves once every process is started (registration is awaited
+ * through the agent's status).
+ */
+async function startPhones(dir: string, phones: Phone[], agentPort: number): Promise<Child[]> {
+  const procs: Child[] = [];
+  const launch = async (name: string, group: Phone[], ooc: string): Promise<void> => {
+    const csv = path.join(dir, `${name}.csv`);
+    fs.writeFileSync(csv, ["SEQUENTIAL", ...group.map((p) => `${p.username};${p.password}`)].join("\n") + "\n");
+    const port = await freePort();
+    procs.push(
+      start("sipp", [
+        "-sf", path.join(SIPP, "phone-register.xml"), "-oocsf", path.join(SIPP, ooc),
+        "-inf", csv, "-i", PHONE_IP, "-p", String(port),
+        "-m", String(group.length), "-r", "200", "-d", "3600000", "-aa", "-nd",
+        `127.0.0.1:${agentPort}`,
+      ], { cwd: dir }),
+    );
+  };
+  const ringing = phones.slice(0, 10);
+  for (const p of ringing) await launch(p.username, [p], p.username === "answer-1" ? "phone-answer.xml" : "phone-ring.xml");
+  if (phones.length > ringing.length) await launch("idle-phones", phones.slice(ringing.length), "phone-ring.xml");
+  return procs;
+}
+
+// --- tshark --------------------------------------------------------------------------------------
+
+interface Capture {
+  file: string;
+  child: Child;
+}
+
+async function startCapture(dir: string, agentPort: number): Promise<Capture> {
+  const file = path.join(dir, "invites.pcapng");
+  // Kernel-side filter: only UDP datagrams to/from the agent whose payload starts "INVI".
+  const filter = `udp port ${agentPort}` + (process.env.BENCH_CAPTURE_ALL === "1" ? "" : " and udp[8:4] = 0x494e5649");
+  const child = start("tshark", ["-i", "lo", "-f", filter, "-w", file, "-q"], { cwd: dir });
+  await waitFor("tshark capturing", () => (/Capturing on/.test(child.output()) ? true : child.proc.exitCode !== null ? Promise.reject(new Error(child.output())) : undefined), 15_000, 50);
+  return { file, child };
+}
+
+interface PacketLatency {
+  invitesIn: number;
+  matched: number;
+  firstForkUs: number[];
+}
+
+/** INVITE in (caller → agent) against the first INVITE out (agent → phones), by Call-ID. */
+async function packetLatency(cap: Capture, agentPort: number, callerPort: number): Promise<PacketLatency> {
+  await sleep(300); // let dumpcap flush the last packets
+  await cap.child.stop("SIGINT");
+  const { stdout } = await execFileP("tshark", ["-r", cap.file, "-d", `udp.port==${agentPort},sip`, "-T", "fields", "-E", "separator=;", "-e", "frame.time_epoch", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "sip.Method", "-e", "sip.Call-ID"], { maxBuffer: 512 * 1024 * 1024, timeout: 60_000 });
+  const inAt = new Map<string, number>();
+  const outAt = new Map<string, number>();
+  for (const line of stdout.split("\n")) {
+    const [t, sport, dport, method, callId] = line.split(";");
+    if (method !== "INVITE" || callId === undefined || callId === "" || t === undefined) continue;
+    // µs from the epoch string without losing the nanoseconds to float rounding.
+    const [sec, frac = ""] = t.split(".");
+    const us = Number(sec) * 1e6 + Number((frac + "000000").slice(0, 6));
+    if (Number(dport) === agentPort && Number(sport) === callerPort) {
+      if (!inAt.has(callId)) inAt.set(callId, us);
+    } else if (Number(sport) === agentPort && Number(dport) !== callerPort && !outAt.has(callId)) outAt.set(callId, us);
+  }
+  const firstForkUs: number[] = [];
+  for (const [id, tin] of inAt) {
+    const tout = outAt.get(id);
+    if (tout !== undefined) firstForkUs.push(tout - tin);
+  }
+  return { invitesIn: inAt.size, matched: firstForkUs.length, firstForkUs };
+}
+
+// --- SIPp ----------------------------------------------------------------------------------------
+
+interface CallerRun {
+  exitCode: number | null;
+  calls: number;
+  successful: number;
+  failed: number;
+  retransmissions: number;
+  /** SIPp's cumulative call rate (calls started per second). */
+  callRate: number;
+  wallMs: number;
+  ringMs: number[];
+  tail: string;
+}
+
+function sippDurationMs(s: string): number {
+  const m = /(\d+):(\d+):(\d+):(\d+)/.exec(s);
+  return m ? ((Number(m[1]) * 60 + Number(m[2])) * 60 + Number(m[3])) * 1000 + Number(m[4]) / 1000 : NaN;
+}
+
+async function runCaller(dir: string, agentPort: number, callerPort: number, service: string, rate: number, calls: number): Promise<CallerRun> {
+  fs.mkdirSync(dir, { recursive: true });
+  const stat = path.join(dir, "caller-stat.csv");
+  const timeoutS = Math.ceil(calls / rate) + 25;
+  const args = [
+    "-sf", path.join(SIPP, "caller.xml"),
+    "-s", service,
+    "-i", CALLER_IP, "-p", String(callerPort),
+    "-r", String(rate), "-rp", "1000", "-m", String(calls), "-l", String(Math.max(200, rate * 4)),
+    "-d", String(HOLD_MS),
+    "-timeout", String(timeoutS), "-nd",
+    "-trace_stat", "-stf", stat, "-fd", "60",
+    "-trace_rtt", "-rtt_freq", "1",
+    `127.0.0.1:${agentPort}`,
+  ];
+  const t0 = process.hrtime.bigint();
+  const c = start("sipp", args, { cwd: dir });
+  const killer = setTimeout(() => c.proc.kill("SIGKILL"), (timeoutS + 10) * 1000);
+  const exitCode = await c.exited;
+  clearTimeout(killer);
+  const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  const out = c.output();
+  const cum = (name: string): number => Number(new RegExp(`${name}\\s*\\|\\s*\\d+\\s*\\|\\s*(\\d+)`).exec(out)?.[1] ?? NaN);
+  let successful = cum("Successful call");
+  let failed = cum("Failed call");
+  let retransmissions = NaN;
+  let callRate = NaN;
+  if (fs.existsSync(stat)) {
+    const lines = fs.readFileSync(stat, "utf8").trim().split("\n");
+    const head = (lines[0] ?? "").split(";");
+    const last = (lines[lines.length - 1] ?? "").split(";");
+    const col = (name: string): string | undefined => last[head.indexOf(name)];
+    retransmissions = Number(col("Retransmissions(C)") ?? NaN);
+    callRate = Number(col("CallRate(C)") ?? NaN);
+    if (!Number.isFinite(successful)) successful = Number(col("SuccessfulCall(C)") ?? NaN);
+    if (!Number.isFinite(failed)) failed = Number(col("FailedCall(C)") ?? NaN);
+    // The cumulative rate counts from SIPp's start to the last row: use the elapsed generation time.
+    const elapsed = sippDurationMs(col("ElapsedTime(C)") ?? "");
+    if (!Number.isFinite(callRate) && Number.isFinite(elapsed)) callRate = ((successful + failed) / elapsed) * 1000;
+  }
+  // SIPp killed (no final screen, or a stat file lagging behind): unfinished calls count as failed.
+  if (!Number.isFinite(successful)) successful = 0;
+  if (!Number.isFinite(failed) || exitCode === null) failed = Math.max(Number.isFinite(failed) ? failed : 0, calls - successful);
+  const ringMs: number[] = [];
+  for (const f of fs.readdirSync(dir).filter((n) => n.startsWith("caller_") && n.endsWith("_rtt.csv"))) {
+    for (const line of fs.readFileSync(path.join(dir, f), "utf8").split("\n")) {
+      const [, ms, rtd] = line.trim().split(";");
+      const v = Number(ms);
+      if (rtd === "ring" && ms !== undefined && ms !== "" && Number.isFinite(v)) ringMs.push(v);
+    }
+  }
+  return { exitCode, calls, successful, failed, retransmissions, callRate, wallMs, ringMs, tail: out.slice(-3000) };
+}
+
+// --- one run -----------------------------------------------------------------------------------------
+
+interface StatusView {
+  devices: { registered: number };
+  proxy: { calls: number; dialogs: number; branches: number };
+  routing: { activeCalls: number; latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number } };
+  memory?: { heapUsed: number };
+}
+
+async function status(sock: string): Promise<StatusView> {
+  const r = await callAgent(sock, "status");
+  if (!r.ok) throw new Error(`status: ${r.error}`);
+  return r.result as StatusView;
+}
+
+interface RunResult {
+  spec: RunSpec;
+  caller: CallerRun;
+  agentLatency: StatusView["routing"]["latency"];
+  packets: (PacketLatency & { p50Us: number; p99Us: number; maxUs: number }) | undefined;
+  cpuUsPerCall: number;
+  rssMB: number;
+  hwmMB: number;
+  heapUsedMB: number;
+  registerMs: number;
+  leftover: { calls: number; dialogs: number };
+  agentWarnings: number;
+  agentLogTail: string;
+  phoneTail: string;
+}
+
+async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
+  const dir = path.join(workDir, spec.label);
+  const dataDir = path.join(dir, "data");
+  fs.mkdirSync(dataDir, { recursive: true });
+  const [agentPort, callerPort] = [await freePort(), await freePort()];
+  const phones = phonesFor(spec.phones);
+  const site = path.join(dir, "site.json");
+  fs.writeFileSync(site, JSON.stringify(siteFile(phones, callerPort), null, 2));
+
+  const env = agentEnv(dataDir, agentPort, {
+    RINGEDGE_LOG_LEVEL: "warn",
+    RINGEDGE_SIP_TRANSPORTS: "udp",
+    RINGEDGE_AUTH_ALGORITHMS: "MD5,SHA-256",
+    RINGEDGE_GUARD_ALLOWLIST: `${PHONE_IP},${CALLER_IP}`,
+    RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
+    RINGEDGE_SITE_FILE: site,
+  });
+  const nodeArgs = CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.join(dir, "prof")}`] : [];
+  const agent = start(process.execPath, [...nodeArgs, BIN, "run"], { cwd: ROOT, env });
+  const sock = path.join(dataDir, "control.sock");
+  let phoneProcs: Child[] = [];
+  let cap: Capture | undefined;
+  try {
+    await Promise.race([
+      waitFor("agent control socket", async () => ((await socketAnswers(sock, 200)) ? true : undefined), 30_000),
+      agent.exited.then((c) => Promise.reject(new Error(`agent exited with ${c}:\n${agent.output()}`))),
+    ]);
+    const pid = agent.proc.pid!;
+
+    const tReg = Date.now();
+    phoneProcs = await startPhones(dir, phones, agentPort);
+    await waitFor("phones registered", async () => ((await status(sock)).devices.registered >= spec.phones ? true : undefined), 20_000);
+    const registerMs = Date.now() - tReg;
+    await sleep(300);
+
+    // Warm-up: the agent's first calls run cold code (tsx-compiled modules, JIT); the packet
+    // capture starts after it, the agent's histogram (cumulative since start) includes it.
+    const warm = await runCaller(path.join(dir, "warmup"), agentPort, callerPort, GROUP_NUMBER[spec.strategy], WARMUP_RATE, WARMUP_CALLS);
+    if (warm.failed > 0) console.log(`[${spec.label}] warm-up: ${warm.failed} failed calls\n${warm.tail}`);
+    if (spec.capture) cap = await startCapture(dir, agentPort);
+    const before = procSample(pid);
+    const calls = Math.round(spec.rate * SECONDS);
+    const caller = await runCaller(dir, agentPort, callerPort, GROUP_NUMBER[spec.strategy], spec.rate, calls);
+    const after = procSample(pid);
+    // Every call through the proxy should be over; a bounded wait tells leftovers apart.
+    const idle = await waitFor("agent idle", async () => {
+      const s = await status(sock);
+      return s.proxy.calls === 0 && s.proxy.dialogs === 0 ? s : undefined;
+    }, 5000).catch(async () => status(sock));
+    const packets = cap === undefined ? undefined : await packetLatency(cap, agentPort, callerPort);
+    const st = idle;
+    const agentLog = agent.output();
+    return {
+      spec,
+      caller,
+      agentLatency: st.routing.latency,
+      packets: packets === undefined ? undefined : (() => {
+        const s = summarize(packets.firstForkUs);
+        return { ...packets, firstForkUs: [], p50Us: round(s.median, 1), p99Us: round(s.p99, 1), maxUs: round(s.max, 1) };
+      })(),
+      cpuUsPerCall: ((after.cpuMs - before.cpuMs) * 1000) / Math.max(1, caller.calls),
+      rssMB: round(after.rssMB, 1),
+      hwmMB: round(after.hwmMB, 1),
+      heapUsedMB: round((st.memory?.heapUsed ?? NaN) / 1048576, 1),
+      registerMs,
+      leftover: { calls: st.proxy.calls, dialogs: st.proxy.dialogs },
+      agentWarnings: agentLog.split("\n").filter((l) => / (warn|error) /.test(l)).length,
+      agentLogTail: agentLog.slice(-2000),
+      phoneTail: "",
+    };
+  } finally {
+    if (cap !== undefined && cap.child.proc.exitCode === null) await cap.child.stop("SIGINT");
+    for (const p of phoneProcs) await p.stop("SIGKILL");
+    // SIGTERM: a clean stop writes the CPU profile when one was asked for.
+    await agent.stop("SIGTERM");
+  }
+}
+
+// --- main ------------------------------------------------------------------------------------------
+
+function specs(): RunSpec[] {
+  const all: RunSpec[] = [];
+  for (const phones of [10, 50]) {
+    for (const strategy of ["simultaneous", "sequential"] as const) {
+      all.push({ label: `${strategy === "simultaneous" ? "sim" : "seq"}-${phones}@${LATENCY_RATE}`, phones, strategy, rate: LATENCY_RATE, capture: true });
+    }
+  }
+  for (const rate of THROUGHPUT_RATES) all.push({ label: `sim-10@${rate}`, phones: 10, strategy: "simultaneous", rate, capture: false });
+  return ONLY === undefined ? all : all.filter((s) => ONLY.includes(s.label));
+}
+
+function runJson(r: RunResult): Record<string, unknown> {
+  const ring = summarize(r.caller.ringMs);
+  return {
+    label: r.spec.label,
+    phones: r.spec.phones,
+    strategy: r.spec.strategy,
+    ringingAtOnce: r.spec.strategy === "simultaneous" ? Math.min(10, r.spec.phones) : 1,
+    rate: r.spec.rate,
+    calls: r.caller.calls,
+    successful: r.caller.successful,
+    failed: r.caller.failed,
+    retransmissions: r.caller.retransmissions,
+    sippExitCode: r.caller.exitCode,
+    achievedCallRate: round(r.caller.callRate, 1),
+    wallMs: round(r.caller.wallMs, 0),
+    firstForkAgent: r.agentLatency,
+    firstForkPackets: r.packets ?? null,
+    timeTo180Ms: { n: ring.n, median: ring.median, p99: ring.p99, max: ring.max },
+    agentCpuUsPerCall: round(r.cpuUsPerCall, 0),
+    rssMB: r.rssMB,
+    hwmMB: r.hwmMB,
+    heapUsedMB: r.heapUsedMB,
+    registerMs: r.registerMs,
+    leftover: r.leftover,
+    agentWarnings: r.agentWarnings,
+  };
+}
+
+async function main(): Promise<number> {
+  for (const tool of ["sipp", "tshark"]) {
+    const ok = await new Promise<boolean>((resolve) => spawn(tool, ["-v"], { stdio: "ignore" }).once("error", () => resolve(false)).once("close", () => resolve(true)));
+    if (!ok) {
+      console.error(`${tool} is not installed (make benchdeps)`);
+      return 2;
+    }
+  }
+  const m = machine();
+  const workDir = tempDir("ringedge-bench-calls-");
+  const results: RunResult[] = [];
+  for (const spec of specs()) {
+    console.log(`[${spec.label}] ${spec.phones} phones registered, ${spec.strategy} group, ${spec.rate} calls/s for ${SECONDS} s${spec.capture ? ", tshark on lo" : ""}`);
+    const r = await runOne(spec, workDir);
+    results.push(r);
+    const p = r.packets;
+    console.log(
+      `[${spec.label}] ${r.caller.successful} ok, ${r.caller.failed} failed; first fork agent p50/p99 ${r.agentLatency.p50Us}/${r.agentLatency.p99Us} µs (n=${r.agentLatency.count})` +
+        (p ? `, packets p50/p99 ${fmt(p.p50Us)}/${fmt(p.p99Us)} µs (${p.matched}/${p.invitesIn} matched)` : "") +
+        `; CPU ${fmt(r.cpuUsPerCall)} µs/call; RSS ${r.rssMB} MB`,
+    );
+    if (r.caller.failed > 0 || r.caller.exitCode !== 0) console.log(`--- SIPp caller tail ---\n${r.caller.tail}\n--- agent log tail ---\n${r.agentLogTail}`);
+  }
+
+  const rows = results.map((r) => {
+    const ring = summarize(r.caller.ringMs);
+    return [
+      r.spec.label,
+      fmt(r.caller.successful),
+      fmt(r.caller.failed),
+      fmt(r.caller.callRate, 1),
+      `${fmt(r.agentLatency.p50Us)} / ${fmt(r.agentLatency.p99Us)}`,
+      r.packets ? `${fmt(r.packets.p50Us)} / ${fmt(r.packets.p99Us)}` : "—",
+      `${fmt(ring.median)} / ${fmt(ring.p99)}`,
+      fmt(r.cpuUsPerCall),
+      fmt(r.rssMB, 1),
+    ];
+  });
+  console.log("");
+  console.log(table(["run", "ok", "failed", "calls/s", "first fork µs p50/p99 (agent)", "(packets)", "to 180 ms p50/p99", "CPU µs/call", "RSS MB"], rows));
+
+  const headline = results.find((r) => r.spec.phones === TARGETS.phones && r.spec.strategy === "simultaneous" && r.spec.rate === TARGETS.atRate);
+  const sustained = results.filter((r) => r.spec.phones === TARGETS.phones && r.spec.strategy === "simultaneous" && r.spec.rate >= TARGETS.sustainedRate);
+  const maxClean = results.filter((r) => r.caller.failed === 0 && r.caller.exitCode === 0 && r.caller.successful === r.caller.calls).reduce((a, r) => Math.max(a, r.caller.callRate), 0);
+  const lat = headline?.packets ?? headline?.agentLatency;
+  const met = {
+    firstForkP50: headline ? headline.agentLatency.p50Us <= TARGETS.firstForkP50UsMax && (headline.packets?.p50Us ?? 0) <= TARGETS.firstForkP50UsMax : null,
+    firstForkP99: headline ? headline.agentLatency.p99Us <= TARGETS.firstForkP99UsMax && (headline.packets?.p99Us ?? 0) <= TARGETS.firstForkP99UsMax : null,
+    sustained500: sustained.length > 0 ? sustained.some((r) => r.caller.failed === 0 && r.caller.exitCode === 0 && r.caller.successful === r.caller.calls && r.caller.callRate >= TARGETS.sustainedRate * 0.95) : null,
+  };
+  const result = {
+    bench: "calls",
+    ...m,
+    secondsPerRun: SECONDS,
+    holdMs: HOLD_MS,
+    warmupCallsPerRun: WARMUP_CALLS,
+    headline: headline
+      ? {
+          run: headline.spec.label,
+          firstForkAgentP50Us: headline.agentLatency.p50Us,
+          firstForkAgentP99Us: headline.agentLatency.p99Us,
+          firstForkPacketsP50Us: headline.packets?.p50Us ?? null,
+          firstForkPacketsP99Us: headline.packets?.p99Us ?? null,
+          timeTo180P50Ms: summarize(headline.caller.ringMs).median,
+          cpuUsPerCall: round(headline.cpuUsPerCall, 0),
+          rssMB: headline.rssMB,
+        }
+      : null,
+    maxCleanCallRate: round(maxClean, 1),
+    targets: TARGETS,
+    met,
+    runs: results.map(runJson),
+  };
+  const out = writeResult("calls", result);
+  const v = (b: boolean | null): string => (b === null ? "not run" : b ? "met" : "MISSED");
+  console.log("");
+  console.log(`targets: first fork p50 ≤ ${TARGETS.firstForkP50UsMax} µs ${v(met.firstForkP50)}, p99 ≤ ${TARGETS.firstForkP99UsMax} µs ${v(met.firstForkP99)} (10-phone simultaneous at ${TARGETS.atRate}/s${lat ? "" : ", not run"}); ${TARGETS.sustainedRate} calls/s with no failed call ${v(met.sustained500)}`);
+  console.log(`wrote ${out}`);
+  if (CPU_PROF || process.env.BENCH_KEEP) console.log(`kept ${workDir}`);
+  else fs.rmSync(workDir, { recursive: true, force: true });
+  return 0;
+}
+
+process.exitCode = await main().catch((err: unknown) => {
+  console.error(`calls bench crashed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+  return 2;
+});
