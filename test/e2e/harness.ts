@@ -67,6 +67,8 @@ export function agentEnv(dataDir: string, port: number, extra: Record<string, st
     RINGEDGE_SIP_LISTEN: `127.0.0.1:${port}`,
     RINGEDGE_HTTP_LISTEN: "127.0.0.1:0",
     RINGEDGE_LOG_LEVEL: "debug",
+    // SIGTERM drains calls first (firmware-hooks/README.md); keep stop() quick for tests.
+    RINGEDGE_DRAIN_TIMEOUT_S: "3",
     ...extra,
   };
 }
