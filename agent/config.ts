@@ -46,6 +46,14 @@ export interface Settings {
   guardRequestRateMax: number;
   guardRequestRateWindowS: number;
   guardAllowlist: string[];
+  drainTimeoutS: number;
+  drainRetryAfterS: number;
+  healthOverBudgetPct: number;
+  serialDevice: string;
+  serialBaud: number;
+  serialPassword: string;
+  serialLockoutFailures: number;
+  serialLockoutS: number;
 }
 
 export type SettingName = keyof Settings;
@@ -392,6 +400,47 @@ const SPECS: Specs = {
     codec: listCodec(ipCodec, { minItems: 0, unique: true }),
     default: [],
     doc: "Source addresses never banned or rate-limited (e.g. the SIP trunk, a local SBC).",
+  },
+  // Appliance integration (firmware-hooks/README.md).
+  drainTimeoutS: {
+    codec: intCodec(0, 3600),
+    default: 30,
+    doc: "On SIGTERM (and `ringedge drain` without --timeout): seconds to let ringing and connected calls finish, refusing new ones with 503, before the agent stops anyway.",
+  },
+  drainRetryAfterS: {
+    codec: intCodec(1, 86_400),
+    default: 120,
+    doc: "Retry-After (RFC 3261 §20.33) on the 503 that refuses new calls while draining: about how long an upgrade takes.",
+  },
+  healthOverBudgetPct: {
+    codec: intCodec(0, 100),
+    default: 5,
+    doc: "`ringedge health` fails when more than this percentage of recent calls (at least 20) exceeded latencyBudgetMs to their first fork.",
+  },
+  serialDevice: {
+    codec: stringCodec('path or ""', (s) => (s.includes("\0") ? "must not contain NUL" : null)),
+    default: "",
+    doc: 'Serial device of the installer console, e.g. /dev/ttyS0 (8N1, no flow control); "" = no console. Reopened with back-off when the device disappears.',
+  },
+  serialBaud: {
+    codec: intCodec(1200, 4_000_000),
+    default: 115_200,
+    doc: "Baud rate of serialDevice.",
+  },
+  serialPassword: {
+    codec: stringCodec('scrypt hash or ""', (s) => (s === "" || /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/.test(s) ? null : "must be a hash made by `ringedge console-password`, never the password itself")),
+    default: "",
+    doc: 'scrypt hash of the installer password of the serial console, made by `ringedge console-password` ("" = nobody can log in). Reloaded on SIGHUP.',
+  },
+  serialLockoutFailures: {
+    codec: intCodec(1, 100),
+    default: 5,
+    doc: "Wrong serial-console passwords in a row that lock logins for serialLockoutS (doubling at every further lock-out).",
+  },
+  serialLockoutS: {
+    codec: intCodec(1, 86_400),
+    default: 60,
+    doc: "First serial-console lock-out, seconds; each further one doubles, up to a day, until a login succeeds.",
   },
 };
 
