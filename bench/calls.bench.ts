@@ -273,7 +273,7 @@ async function runCaller(dir: string, agentPort: number, callerPort: number, ser
     "-r", String(rate), "-rp", "1000", "-m", String(calls), "-l", String(Math.max(200, rate * 4)),
     "-d", String(HOLD_MS),
     "-timeout", String(timeoutS), "-nd",
-    "-trace_stat", "-stf", stat, "-fd", "60",
+    "-trace_stat", "-stf", stat, "-fd", "1", // a row a second: counts survive a killed SIPp
     "-trace_rtt", "-rtt_freq", "1",
     `127.0.0.1:${agentPort}`,
   ];
