@@ -142,6 +142,20 @@ describe("firmware hooks against the real agent", { concurrency: true }, () => {
       const st = await agent.cli(["status", "--json"]);
       assert.equal(st.code, 0);
       assert.equal((JSON.parse(st.stdout) as { devices: { total: number } }).devices.total, 1);
+
+      // console-password --write: only a scrypt hash lands in the file, and the agent reloads it.
+      const envConf = agentEnv(agent.dataDir, agent.port, { RINGEDGE_CONFIG: conf });
+      const short = await hook("../bin/ringedge.js", ["console-password"], envConf, "short\n");
+      assert.equal(short.code, 1);
+      assert.match(short.stderr, /8-128 characters/);
+      const set = await hook("../bin/ringedge.js", ["console-password", "--write"], envConf, "install-3r-Secret\n");
+      assert.equal(set.code, 0, set.stderr);
+      assert.match(set.stdout, /serialPassword written to .*\nagent \(pid \d+\) told to reload/);
+      const written = JSON.parse(fs.readFileSync(conf, "utf8")) as { keepaliveIntervalS: number; serialPassword: string };
+      assert.equal(written.keepaliveIntervalS, 5, "other settings kept");
+      assert.match(written.serialPassword, /^scrypt\$16384\$8\$1\$/);
+      assert.ok(!fs.readFileSync(conf, "utf8").includes("install-3r-Secret"));
+      await agent.waitForLog(/settings reloaded applied=guardBanS,serialPassword/);
       assert.equal(await agent.stop(), 0);
     });
   });
