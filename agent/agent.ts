@@ -6,7 +6,7 @@ import { EventBus } from "./bus.ts";
 import type { Settings } from "./config.ts";
 import { parseHostPort } from "./config.ts";
 import type { Logger } from "./log.ts";
-import { PresenceTracker } from "./presence/presence.ts";
+import { PresenceTracker, type PresenceOptions } from "./presence/presence.ts";
 import { Store } from "./store/store.ts";
 import type { BindingRecord, DeviceRecord } from "./store/schema.ts";
 import { DigestAuthenticator } from "./sip/digest.ts";
@@ -16,6 +16,7 @@ import { Registrar } from "./sip/registrar.ts";
 import { StatefulProxy } from "./sip/proxy.ts";
 import type { ProxyStats } from "./sip/proxy-types.ts";
 import { buildRequest, hostPort } from "./sip/requests.ts";
+import { advertisedAddress, makeAdvertiser } from "./sip/advertise.ts";
 import { createResponse, serialize } from "./sip/serialize.ts";
 import { TransactionLayer, type InviteServerTransaction } from "./sip/transaction.ts";
 import { SipTransport } from "./sip/transport.ts";
@@ -23,8 +24,21 @@ import { checkRequest } from "./sip/validate.ts";
 import type { Flow, SipRequest, SipResponse } from "./sip/types.ts";
 import { ControlServer } from "./console/control.ts";
 import { agentCommands, type AgentView } from "./console/commands.ts";
+import { ProvisioningService } from "../provisioning/service.ts";
 import { SiteService, formatSiteErrors, readSiteFile } from "./site/site.ts";
+import { MqttSync, readTlsFiles, siteApplier } from "./sync/mqtt-sync.ts";
+import { DEFAULT_PICKUP_CODE } from "./site/types.ts";
+import { RoutingEngine, type EngineStats } from "./routing/engine.ts";
 import type { SiteRecord } from "./site/types.ts";
+import { DrainController, type DrainReport } from "./appliance/drain.ts";
+import { judgeHealth, type HealthReport, type LatencyCounts } from "./appliance/health.ts";
+import { planReload, type ReloadPlan } from "./appliance/reload.ts";
+import { applianceCommands } from "./console/appliance-commands.ts";
+import { SerialConsole } from "./console/serial.ts";
+import { CallsNow, callCommands } from "./console/calls-now.ts";
+import { promises as fsp } from "node:fs";
+import type { Settings as LiveSettings } from "./config.ts";
+import type { GuardLimits } from "./sip/guard.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -46,6 +60,8 @@ export interface AgentStatus {
   guard: ReturnType<AuthGuard["stats"]>;
   /** The forking proxy: calls ringing, dialogs up, branches alive (agent/sip/proxy.ts). */
   proxy: ProxyStats;
+  /** Routing engine: calls in hand, queued calls, INVITE → first-fork latency (issue 3). */
+  routing: EngineStats;
   store: { file: string; pendingWrites: boolean };
   /** The applied site configuration; null before the first site file or console push. */
   site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
@@ -70,20 +86,57 @@ export class Agent {
   guard!: AuthGuard;
   /** The applied site configuration (users, groups, settings) and its routing lookups. */
   site!: SiteService;
+  /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
+  engine!: RoutingEngine;
   private control: ControlServer | undefined;
+  /** Console sync over MQTT; only when mqttUrl is set. */
+  sync: MqttSync | undefined;
+  provisioning: ProvisioningService | undefined;
   private readonly startedAt = Date.now();
+  /** Graceful drain (pre-upgrade hook, SIGTERM): refuses new INVITEs with 503 while set. */
+  readonly drainer: DrainController;
+  /** Installer console on settings.serialDevice, when set. */
+  serial: SerialConsole | undefined;
+  /** Calls ringing now, from the engine's events (installer console `calls`). */
+  readonly callsNow = new CallsNow();
+  /** Latency counters at the start of the health window (appliance/health.ts). */
+  private healthWindow: LatencyCounts = { count: 0, overBudget: 0 };
+  /** Option objects shared with running features, changed in place by reload() (SIGHUP). */
+  private readonly live = {
+    perSource: { maxFailures: 0, windowMs: 0, banMs: 0 } as GuardLimits,
+    perAccount: { maxFailures: 0, windowMs: 0, banMs: 0 } as GuardLimits,
+    rate: { max: 0, windowMs: 0 },
+    presence: { intervalMs: 0, misses: 0 },
+  };
   /** Devices keyed by SIP username: the registrar's credential lookup, rebuilt on change. */
   private devicesByUsername = new Map<string, DeviceRecord>();
   /** Requests matched to an existing server transaction: answered by it, never seen by the TU. */
   private absorbedRequests = 0;
 
-  constructor(readonly settings: Settings, readonly log: Logger) {}
+  constructor(readonly settings: Settings, readonly log: Logger) {
+    this.drainer = new DrainController({
+      activity: () => {
+        const p = this.proxy?.stats();
+        return { ringing: p?.calls ?? 0, connected: p?.dialogs ?? 0, queued: this.engine?.stats().queued ?? 0 };
+      },
+      flushStore: () => this.store.flush(),
+      outbox: () => {
+        if (!this.sync) return undefined;
+        const st = this.sync.syncStatus();
+        return { pending: st.outbox.pending, durable: st.outbox.durable, connected: st.connected };
+      },
+      log: log.child("drain"),
+    });
+    this.setLiveOptions(settings);
+  }
 
   async start(): Promise<void> {
     const s = this.settings;
     // The store takes the data directory's lock: one agent (or offline CLI command) at a time.
     this.store = await Store.open(s.dataDir, {
       siteId: s.siteId,
+      // Each save costs a few ms of event-loop time on a large site: batch them (principle 3).
+      saveDelayMs: s.storeSaveDelayMs,
       onError: (err) => this.log.error("store write failed; retrying", { err: err.message }),
     });
     this.site = new SiteService({
@@ -99,10 +152,11 @@ export class Agent {
     if (s.siteFile !== "") await this.applySiteFile(s.siteFile);
     this.refreshDevices();
 
+    // The guard and presence keep these objects by reference: reload() changes them in place.
     this.guard = new AuthGuard({
-      perSource: { maxFailures: s.guardSourceMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 },
-      perAccount: { maxFailures: s.guardAccountMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 },
-      perSourceRequestRate: { max: s.guardRequestRateMax, windowMs: s.guardRequestRateWindowS * 1000 },
+      perSource: this.live.perSource,
+      perAccount: this.live.perAccount,
+      perSourceRequestRate: this.live.rate,
       allowlist: s.guardAllowlist,
       maxTracked: 100_000,
     });
@@ -112,15 +166,14 @@ export class Agent {
     };
 
     this.location = new LocationService((change) => this.onBindings(change));
-    this.presence = new PresenceTracker({
-      intervalMs: s.keepaliveIntervalS * 1000,
-      misses: s.keepaliveMisses,
+    const presenceRest: Omit<PresenceOptions, "intervalMs" | "misses"> = {
       bus: this.bus,
       location: this.location,
       probe: (b) => this.probe(b),
       username: (id) => this.store.getDevice(id)?.username,
       log: this.log.child("presence"),
-    });
+    };
+    this.presence = new PresenceTracker(Object.assign(this.live.presence, presenceRest));
 
     this.transport = new SipTransport(
       {
@@ -140,6 +193,7 @@ export class Agent {
       supportedMethods: SUPPORTED_METHODS,
       supportedExtensions: SUPPORTED_EXTENSIONS,
       isOwnAddress: (host, port) => this.transport.addresses().some((a) => a.port === port && a.address === host),
+      advertise: makeAdvertiser(s.sipAdvertise),
       log: this.log.child("proxy"),
     });
     this.registrar = new Registrar({
@@ -164,21 +218,144 @@ export class Agent {
     await this.transport.start();
     this.location.startSweeping();
     this.presence.start();
+    this.engine = new RoutingEngine({
+      proxy: this.proxy,
+      site: () => {
+        const cur = this.site.current();
+        return { index: cur.index, settings: cur.record?.settings ?? { pickupCode: DEFAULT_PICKUP_CODE } };
+      },
+      location: this.location,
+      presence: this.presence,
+      devices: {
+        username: (id) => this.store.getDevice(id)?.username,
+        credentials: (username) => {
+          const d = this.devicesByUsername.get(username);
+          return d ? { deviceId: d.id, username: d.username, password: d.password } : undefined;
+        },
+      },
+      store: this.store,
+      bus: this.bus,
+      // RFC 3261 §22.3: a proxy challenges with 407 / Proxy-Authenticate.
+      authenticator: new DigestAuthenticator({ realm: s.realm, algorithms: s.authAlgorithms, nonceTtlMs: s.nonceTtlS * 1000, header: "proxy-authenticate" }),
+      guard: this.guard,
+      log: this.log.child("routing"),
+      ringUnitMs: s.ringUnitMs,
+      latencyBudgetMs: s.latencyBudgetMs,
+    });
+    this.engine.start();
+    this.onInvite ??= (tx, req, flow) => this.engine.onInvite(tx, req, flow);
 
-    this.control = new ControlServer(path.join(s.dataDir, "control.sock"), agentCommands(this.view()), this.log.child("control"));
+    // Phone provisioning (HTTP/S, PnP, re-sync); configs name the SIP address phones register to.
+    const sip0 = this.transport.addresses()[0];
+    const sipHost = sip0 && sip0.address !== "0.0.0.0" && sip0.address !== "::" ? sip0.address : undefined;
+    this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning") });
+    await this.provisioning.start();
+
+    this.callsNow.start(this.bus);
+    const installerCommands = { ...agentCommands(this.view()), ...callCommands(this.callsNow) };
+    this.control = new ControlServer(path.join(s.dataDir, "control.sock"), { ...installerCommands, ...applianceCommands(this) }, this.log.child("control"));
     await this.control.start();
+    if (s.serialDevice !== "") {
+      // Never awaited for the device: a missing cable must not stop the agent starting.
+      this.serial = new SerialConsole({ settings: s, table: installerCommands, log: this.log.child("serial") });
+      this.serial.start();
+    }
+    if (s.mqttUrl) {
+      // The site keeps working without the console: start() never waits for the broker.
+      this.sync = new MqttSync({
+        siteId: s.siteId, url: s.mqttUrl, dataDir: s.dataDir, clientId: s.mqttClientId, username: s.mqttUsername, password: s.mqttPassword,
+        ...readTlsFiles(s), statsIntervalS: s.statsIntervalS, outboxMax: s.outboxMax, bus: this.bus, site: siteApplier(this.site),
+        status: () => this.status(), presence: () => this.presence.snapshot(), log: this.log.child("sync"),
+      });
+      this.sync.start();
+    }
     const addrs = this.transport.addresses().map((a) => `${a.transport}:${hostPort(a.address, a.port)}`).join(" ");
     this.log.info("ringedge started", { site: s.siteId, sip: addrs, data: s.dataDir, devices: this.devicesByUsername.size });
   }
 
   async stop(): Promise<void> {
+    // Offline status published before a clean disconnect (a normal DISCONNECT discards the will).
+    await this.sync?.stop();
+    await this.serial?.stop();
+    this.callsNow.stop();
+    this.engine?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
     await this.control?.stop();
+    await this.provisioning?.stop();
     this.transactions?.close();
     await this.transport?.stop();
     await this.store?.close();
     this.log.info("ringedge stopped");
+  }
+
+  /** Stop taking new calls and wait for the current ones, up to timeoutMs (then flush). */
+  drain(timeoutMs: number = this.settings.drainTimeoutS * 1000): Promise<DrainReport> {
+    return this.drainer.drain(timeoutMs);
+  }
+
+  /** Watchdog health (firmware-hooks/health): SIP sockets, store writable, hot path, broker. */
+  async health(): Promise<HealthReport> {
+    const s = this.settings;
+    const addrs = this.transport.addresses();
+    const store = await this.storeWritable();
+    const l = this.engine.stats().latency;
+    const st = this.sync?.syncStatus();
+    const report = judgeHealth(
+      {
+        sip: { listening: addrs.length, expected: s.sipListen.length * s.sipTransports.length, addresses: addrs.map((a) => `${a.transport}:${hostPort(a.address, a.port)}`) },
+        store,
+        latency: { count: l.count, overBudget: l.overBudget, budgetUs: l.budgetUs },
+        windowStart: this.healthWindow,
+        ...(st ? { broker: { connected: st.connected, outboxPending: st.outbox.pending } } : {}),
+        draining: this.drainer.draining,
+      },
+      { maxOverBudgetPct: s.healthOverBudgetPct, minCalls: 20 },
+    );
+    // The next check judges the calls after this one: an old burst does not fail it forever.
+    if (report.windowJudged) this.healthWindow = { count: l.count, overBudget: l.overBudget };
+    return report;
+  }
+
+  private async storeWritable(): Promise<{ writable: boolean; error?: string }> {
+    const probe = path.join(this.settings.dataDir, ".health-probe");
+    const within = <T>(p: Promise<T>, what: string): Promise<T> =>
+      Promise.race([p, new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`${what} took over 2 s`)), 2000).unref())]);
+    try {
+      await within(fsp.writeFile(probe, String(Date.now()), { mode: 0o600 }), "probe write");
+      await fsp.rm(probe, { force: true });
+      await within(this.store.flush(), "store flush");
+      return { writable: true };
+    } catch (e) {
+      return { writable: false, error: (e as Error).message };
+    }
+  }
+
+  /**
+   * SIGHUP: takes the settings that can change live (appliance/reload.ts), keeps registrations,
+   * calls and sockets; the others are reported and wait for a restart.
+   */
+  async reload(next: LiveSettings): Promise<ReloadPlan & { errors: string[] }> {
+    const plan = planReload(this.settings, next);
+    const errors: string[] = [];
+    const mutable = this.settings as unknown as Record<string, unknown>;
+    for (const name of plan.live) mutable[name] = structuredClone(next[name]);
+    this.setLiveOptions(this.settings);
+    if (plan.live.includes("siteFile") && this.settings.siteFile !== "") {
+      const read = readSiteFile(this.settings.siteFile);
+      const r = read.ok ? await this.site.apply(read.value, "file") : read;
+      if (!r.ok) errors.push(`site file ${this.settings.siteFile} was not applied:\n${formatSiteErrors(r.errors)}`);
+      else this.refreshDevices();
+    }
+    this.log.info("settings reloaded", { applied: plan.live.join(",") || "none", needRestart: plan.restart.join(",") || undefined });
+    return { ...plan, errors };
+  }
+
+  private setLiveOptions(s: Settings): void {
+    Object.assign(this.live.perSource, { maxFailures: s.guardSourceMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 });
+    Object.assign(this.live.perAccount, { maxFailures: s.guardAccountMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 });
+    Object.assign(this.live.rate, { max: s.guardRequestRateMax, windowMs: s.guardRequestRateWindowS * 1000 });
+    Object.assign(this.live.presence, { intervalMs: s.keepaliveIntervalS * 1000, misses: s.keepaliveMisses });
   }
 
   /** Applies the configured site file at start-up; a bad file stops the start, listing every error. */
@@ -205,6 +382,7 @@ export class Agent {
         this.site.refresh();
       },
       site: this.site,
+      ...(this.provisioning ? { provisioning: this.provisioning.hooks() } : {}),
     };
   }
 
@@ -229,6 +407,7 @@ export class Agent {
       transport: this.transport.stats(),
       guard: this.guard.stats(),
       proxy: this.proxy.stats(),
+      routing: this.engine.stats(),
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
@@ -243,7 +422,8 @@ export class Agent {
     this.presence.onBindings(change);
     // Write-behind: the REGISTER's 200 never waits for the disk (DESIGN principle 3).
     if (change.reason !== "restored") {
-      this.store.setBindings(change.aor, change.bindings.map(toRecord));
+      const saved = this.store.setBindings(change.aor, change.bindings.map(toRecord));
+      if (!saved.ok) this.log.error("bindings not persisted", { aor: change.aor, reason: saved.error.message });
       this.store.scheduleSave();
     }
     this.bus.emit("device.bindings", { deviceId: change.deviceId, aor: change.aor, contacts: change.bindings.length, at: Date.now() });
@@ -318,6 +498,13 @@ export class Agent {
         );
         return;
       default:
+        if (req.method === "INVITE" && this.drainer.draining) {
+          // Draining for an upgrade or stop: RFC 3261 §21.5.4 503 with Retry-After (§20.33),
+          // so a trunk or phone retries elsewhere or later; calls in progress are untouched.
+          this.drainer.noteRefused();
+          tx.respond(createResponse(req, 503, "Service Unavailable", { toTag: "drain", headers: [{ name: "retry-after", value: String(this.settings.drainRetryAfterS) }] }));
+          return;
+        }
         if (req.method === "INVITE" && tx.kind === "invite" && this.onInvite !== undefined) {
           this.onInvite(tx, req, flow);
           return;
@@ -342,7 +529,7 @@ export class Agent {
     return new Promise((resolve) => {
       let req: SipRequest;
       try {
-        req = buildRequest({ method: "OPTIONS", requestUri: b.contact, flow: b.flow, branch: this.transactions.createBranch() });
+        req = buildRequest({ method: "OPTIONS", requestUri: b.contact, flow: b.flow, localAddress: advertisedAddress(b.flow, this.settings.sipAdvertise), branch: this.transactions.createBranch() });
       } catch {
         resolve(false);
         return;

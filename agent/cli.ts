@@ -2,14 +2,15 @@
 // no agent running, installer commands work directly on the store (the pid lock keeps an
 // agent from starting meanwhile).
 import path from "node:path";
-import { Agent } from "./agent.ts";
 import { loadSettings, SettingsError, renderSettingsDoc, type Settings } from "./config.ts";
-import { createLogger } from "./log.ts";
 import { Store } from "./store/store.ts";
 import { callAgent, runCommand, socketAnswers } from "./console/control.ts";
 import { agentCommands, type DeviceView } from "./console/commands.ts";
 import { SITE_HELP, siteCli } from "./console/site-cli.ts";
+import { CONSOLE_HELP, CONSOLE_VALUE_FLAGS, consoleCommand } from "./sync/console-cli.ts";
 import { PHONE_HELP, PROVISION_HELP, phoneCli, provisionCli } from "../provisioning/installer.ts";
+import { APPLIANCE_HELP, applianceCli, settingsFileFor } from "./appliance/cli.ts";
+import { runAgentProcess } from "./appliance/run.ts";
 
 interface Parsed {
   positional: string[];
@@ -54,7 +55,12 @@ commands:
   status [--json]          what a running agent is doing
   device add|list|show|remove   manage SIP devices (credentials, owner, physical or soft)
   store check|recover      check the store file, or promote its last good copy
+  drain [--timeout S]      stop taking calls, let current ones finish, flush (pre-upgrade)
+  resume                   take calls again after a drain
+  health                   watchdog check: exit 0 healthy, 1 not, with a one-line reason
+  console-password         set the serial console's installer password (stored as a hash)
   settings                 list every setting, its environment variable and default
+  console push|watch|status|resync|republish <site>   reference central console over MQTT
   phone add|adopt|remove|list|show|seen|import|resync|export|firmware   desk phones (provisioning)
   provision dhcp-hints     DHCP options that point phones at this appliance
   site apply|show          apply a site file (users, devices, groups; --dry-run checks only)
@@ -68,7 +74,9 @@ common options:
   run: `usage: ringedge run [--config <file>]
 
 Starts the agent in the foreground on the configured settings (see 'ringedge settings').
-Stops cleanly on SIGINT/SIGTERM, flushing the store.`,
+SIGTERM drains first (new calls 503, current calls finish up to drainTimeoutS), then stops;
+SIGINT or a second SIGTERM stops at once; SIGHUP reloads the settings that can change live.`,
+  ...APPLIANCE_HELP,
   status: `usage: ringedge status [--json]
 
 Shows the running agent's SIP addresses, devices online, bindings, transactions, bans.`,
@@ -88,12 +96,13 @@ only with --show-password.`,
   ...SITE_HELP,
   phone: PHONE_HELP,
   provision: PROVISION_HELP,
+  console: CONSOLE_HELP,
   settings: `usage: ringedge settings [--json]
 
 Lists every setting with its environment variable, default and meaning, then the effective values.`,
 };
 
-const VALUE_FLAGS = new Set(["config", "password", "kind", "name", "owner", "model", "extension", "group", "host"]);
+const VALUE_FLAGS = new Set(["config", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", ...CONSOLE_VALUE_FLAGS]);
 
 export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s), err: (s: string) => void = (s) => process.stderr.write(s)): Promise<number> {
   let parsed: Parsed;
@@ -132,8 +141,15 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
   const json = flags.has("json");
   try {
     switch (command) {
-      case "run":
-        return await runAgent(settings, err);
+      case "run": {
+        const configFlag = flags.get("config");
+        return await runAgentProcess(settings, { env: process.env, ...(typeof configFlag === "string" ? { configPath: configFlag } : {}), err });
+      }
+      case "drain":
+      case "resume":
+      case "health":
+      case "console-password":
+        return await applianceCli(command, { settings, flags, json, out, err, configPath: settingsFileFor(flags.get("config"), process.env) });
       case "status":
         return await statusCommand(settings, json, out, err);
       case "device":
@@ -153,6 +169,8 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         const ctx = { sub, rest, flags, json, out, err, settings, execute: (cmd: string, args: Record<string, unknown>) => execute(settings, cmd, args), progress: process.stderr };
         return await (command === "phone" ? phoneCli(ctx) : provisionCli(ctx));
       }
+      case "console":
+        return await consoleCommand(sub, rest, flags, settings, out, err);
       case "settings":
         out(renderSettingsDoc() + "\n\neffective:\n" + JSON.stringify(settings, null, 2) + "\n");
         return 0;
@@ -168,30 +186,6 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
     err(`ringedge: ${(e as Error).message}\n`);
     return 1;
   }
-}
-
-async function runAgent(settings: Settings, err: (s: string) => void): Promise<number> {
-  const log = createLogger(settings.logLevel);
-  const agent = new Agent(settings, log);
-  // Handlers go in before start(): a SIGTERM that arrives while the agent starts (or just
-  // as it reports "started") must stop it cleanly, flushing the store and releasing its lock,
-  // not kill the process by the default action. It takes effect once start() is done.
-  let requested!: (sig: NodeJS.Signals) => void;
-  const stopRequested = new Promise<NodeJS.Signals>((resolve) => (requested = resolve));
-  const onSignal = (sig: NodeJS.Signals): void => requested(sig);
-  process.once("SIGINT", onSignal);
-  process.once("SIGTERM", onSignal);
-  try {
-    await agent.start();
-  } catch (e) {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
-    err(`ringedge: cannot start: ${(e as Error).message}\n`);
-    return 1;
-  }
-  log.info("stopping", { signal: await stopRequested });
-  await agent.stop();
-  return 0;
 }
 
 function controlPath(settings: Settings): string {

@@ -21,8 +21,26 @@ export interface Settings {
   dataDir: string;
   sipListen: string[];
   sipTransports: SipTransportName[];
+  sipAdvertise: string;
+  storeSaveDelayMs: number;
   httpListen: string;
+  httpsListen: string;
+  httpsCert: string;
+  httpsKey: string;
+  firmwareDir: string;
+  provisioningBootstrapWindowS: number;
+  pnpEnabled: boolean;
+  pnpInterface: string;
+  pnpPort: number;
   mqttUrl: string;
+  mqttUsername: string;
+  mqttPassword: string;
+  mqttCa: string;
+  mqttCert: string;
+  mqttKey: string;
+  mqttClientId: string;
+  statsIntervalS: number;
+  outboxMax: number;
   siteId: string;
   siteFile: string;
   realm: string;
@@ -239,6 +257,19 @@ const mqttUrlCodec: Codec<string> = (() => {
 })();
 
 const SITE_ID_RE = /^[a-z0-9-]{1,64}$/;
+
+/** true/false (env also 1/0, yes/no, on/off). */
+const boolCodec: Codec<boolean> = (() => {
+  const parse = (s: string): Parsed<boolean> => {
+    const v = s.trim().toLowerCase();
+    if (["true", "1", "yes", "on"].includes(v)) return ok(true);
+    if (["false", "0", "no", "off"].includes(v)) return ok(false);
+    return no(s, "must be true or false");
+  };
+  return { type: "boolean", fromEnv: parse, fromJson: (v) => (typeof v === "boolean" ? ok(v) : no(v, "must be true or false")), show: (v) => String(v) };
+})();
+const optionalHostPortCodec = stringCodec('host:port or ""', (s) => (s === "" ? null : (() => { const r = tryParseHostPort(s, { allowPortZero: true }); return r.ok ? null : r.reason; })()));
+const pathCodec = stringCodec('path or ""', (s) => (s.includes("\0") ? "must not contain NUL" : null));
 const ipCodec = stringCodec("IP address", (s) => (net.isIP(s) ? null : "is not an IP address"));
 
 // ---------------------------------------------------------------------------------------------
@@ -274,15 +305,105 @@ const SPECS: Specs = {
     default: ["udp", "tcp"],
     doc: "SIP transports opened on each sipListen address (RFC 3261 §18: UDP and TCP are mandatory).",
   },
+  storeSaveDelayMs: {
+    codec: intCodec(10, 10_000),
+    default: 500,
+    doc: "Write-behind window of the store, ms: bindings, call records and rotation state reach the disk at most this long after they change (one save per window, off the call path). Installer and console changes are saved at once.",
+  },
+  sipAdvertise: {
+    codec: stringCodec('IP address or ""', (v) => (v === "" || net.isIP(v) ? null : "is not an IP address")),
+    default: "",
+    doc: "Address put in Via, Record-Route and Contact when listening on a wildcard (0.0.0.0 / ::). \"\": the first non-loopback address of this host.",
+  },
   httpListen: {
     codec: hostPortCodec(true),
     default: "0.0.0.0:8080",
-    doc: "Phone provisioning HTTP server address (port 0: the OS chooses, for tests). Read and validated now; the provisioning server that listens on it is not built yet.",
+    doc: "Phone provisioning HTTP server address (port 0: the OS chooses, for tests). Phones find it through DHCP option 66 (`ringedge provision dhcp-hints`) or SIP PnP.",
+  },
+  httpsListen: {
+    codec: optionalHostPortCodec,
+    default: "",
+    doc: 'Phone provisioning HTTPS server address ("" = off); needs httpsCert and httpsKey.',
+  },
+  httpsCert: {
+    codec: pathCodec,
+    default: "",
+    doc: "PEM certificate (chain) of the provisioning HTTPS server.",
+  },
+  httpsKey: {
+    codec: pathCodec,
+    default: "",
+    doc: "PEM private key of httpsCert.",
+  },
+  firmwareDir: {
+    codec: pathCodec,
+    default: "",
+    doc: 'Directory of phone firmware images served under /firmware/<file>, with optional pins.json ({"<model>": {"file", "version"}}) overriding the profiles\' pinned versions ("" = no firmware served). Configs name only images present here.',
+  },
+  provisioningBootstrapWindowS: {
+    codec: intCodec(60, 30 * 86_400),
+    default: 86_400,
+    doc: "How long after an installer adds a phone it may fetch its one-time bootstrap config (provisioning credentials, no SIP password) without authenticating (trust on first use).",
+  },
+  pnpEnabled: {
+    codec: boolCodec,
+    default: false,
+    doc: "Answer SIP PnP ua-profile SUBSCRIBEs multicast to 224.0.1.75 on pnpInterface with the provisioning URL. Off by default: any PnP responder on the LAN can steer phones.",
+  },
+  pnpInterface: {
+    codec: stringCodec('IPv4 address or ""', (s) => (s === "" || net.isIPv4(s) ? null : "must be the IPv4 address of the interface")),
+    default: "",
+    doc: "IPv4 address of the interface PnP listens on (joins 224.0.1.75 there); required with pnpEnabled.",
+  },
+  pnpPort: {
+    codec: intCodec(1, 65535),
+    default: 5060,
+    doc: "UDP port of SIP PnP (5060 on real networks; tests use another).",
   },
   mqttUrl: {
     codec: mqttUrlCodec,
     default: "",
     doc: 'Broker of the central console (mqtt://, mqtts://, ws://, wss://); "" runs the site without a console.',
+  },
+  mqttUsername: {
+    codec: stringCodec("string", (s) => (s.length > 256 ? "must be at most 256 characters" : null)),
+    default: "",
+    doc: 'MQTT username ("" = none). With client certificates, brokers usually take the certificate CN instead (Mosquitto use_identity_as_username).',
+  },
+  mqttPassword: {
+    codec: stringCodec("string", (s) => (s.length > 1024 ? "must be at most 1024 characters" : null)),
+    default: "",
+    doc: 'MQTT password ("" = none). Prefer the environment variable over the settings file.',
+  },
+  mqttCa: {
+    codec: stringCodec("path", (s) => (s.includes("\0") ? "must not contain NUL" : null)),
+    default: "",
+    doc: 'PEM file of the CA that signed the broker certificate, for mqtts:// and wss:// ("" = the system CAs).',
+  },
+  mqttCert: {
+    codec: stringCodec("path", (s) => (s.includes("\0") ? "must not contain NUL" : null)),
+    default: "",
+    doc: 'PEM client certificate for mutual TLS (CN = siteId, so the broker ACL confines the site) ("" = none).',
+  },
+  mqttKey: {
+    codec: stringCodec("path", (s) => (s.includes("\0") ? "must not contain NUL" : null)),
+    default: "",
+    doc: 'PEM private key of mqttCert ("" = none).',
+  },
+  mqttClientId: {
+    codec: stringCodec("string", (s) => (s.length > 128 ? "must be at most 128 characters" : /[\x00-\x1f]/.test(s) ? "must not contain control characters" : null)),
+    default: "",
+    doc: 'MQTT client id ("" = ringedge-<siteId>). Must be unique on the broker: two clients with one id take each other over endlessly.',
+  },
+  statsIntervalS: {
+    codec: intCodec(1, 86_400),
+    default: 60,
+    doc: "Seconds between call statistics (per operator and group) published to the console.",
+  },
+  outboxMax: {
+    codec: intCodec(1, 10_000_000),
+    default: 100_000,
+    doc: "Most undelivered console events kept on disk while the broker is unreachable; when full the oldest are dropped and replaced by one gap event (the console then resyncs).",
   },
   siteFile: {
     codec: stringCodec('path or ""', (s) => (s.includes("\0") ? "must not contain NUL" : null)),

@@ -7,6 +7,8 @@ import type { DeviceRecord } from "../store/schema.ts";
 import { CommandError, type CommandTable } from "./control.ts";
 import type { SiteService } from "../site/site.ts";
 import { siteCommands } from "./site-commands.ts";
+import { phoneCommands } from "../../provisioning/installer.ts";
+import type { ProvisioningHooks } from "../../provisioning/service.ts";
 
 /** What a running agent exposes to commands; offline commands get only the store. */
 export interface AgentView {
@@ -18,6 +20,8 @@ export interface AgentView {
   devicesChanged?: (removedId?: string) => void;
   /** The running agent's site service (offline, site commands build one over the store). */
   site?: SiteService;
+  /** Phone provisioning of the running agent (re-sync, firmware report, URLs). */
+  provisioning?: ProvisioningHooks;
 }
 
 export const USERNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
@@ -91,6 +95,7 @@ export function agentCommands(view: AgentView): CommandTable {
   };
   return {
     ...siteCommands(view),
+    ...phoneCommands(view),
     status: () => {
       if (!view.status) throw new CommandError("the agent is not running");
       return view.status();
