@@ -49,22 +49,32 @@ export interface SendRequestOptions {
 /** What a matching response did. */
 export type ClientReceiveOutcome = "delivered" | "absorbed";
 
+/** What a terminated transaction calls: nothing (the TU's callbacks are let go). */
+const NO_CALLBACKS: ClientTransactionCallbacks = Object.freeze({ onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
+
 abstract class ClientTransactionBase {
   protected stateValue: TransactionState;
   protected readonly reliable: boolean;
   protected readonly timerValues: TimerValues;
-  /** The request on the wire, kept for retransmission. */
-  protected readonly wire: Buffer;
+  readonly method: string;
+  /**
+   * The request on the wire, kept for retransmission while it may be retransmitted (Calling,
+   * Trying, Proceeding); released with the parsed request once the transaction only absorbs.
+   */
+  protected wire: Buffer | undefined;
+  private requestValue: SipRequest | undefined;
 
   constructor(
     protected readonly ctx: TransactionContext,
-    readonly request: SipRequest,
+    request: SipRequest,
     readonly flow: Flow,
     wire: Buffer,
-    protected readonly callbacks: ClientTransactionCallbacks,
+    protected callbacks: ClientTransactionCallbacks,
     initial: TransactionState,
   ) {
     this.stateValue = initial;
+    this.requestValue = request;
+    this.method = request.method;
     this.wire = wire;
     this.reliable = isReliable(ctx, flow);
     this.timerValues = ctx.timers(this.reliable);
@@ -74,8 +84,9 @@ abstract class ClientTransactionBase {
     return this.stateValue;
   }
 
-  get method(): string {
-    return this.request.method;
+  /** The request sent; undefined once the transaction has its final response or ended. */
+  get request(): SipRequest | undefined {
+    return this.requestValue;
   }
 
   /** Sends the request for the first time; false when the transport refused it. */
@@ -90,6 +101,19 @@ abstract class ClientTransactionBase {
 
   protected tu(where: string, fn: (cb: ClientTransactionCallbacks) => void): void {
     invokeTu(this.ctx, where, () => fn(this.callbacks));
+  }
+
+  /** Absorbing from now on: the parsed request and its bytes are never needed again. */
+  protected release(): void {
+    this.requestValue = undefined;
+    this.wire = undefined;
+  }
+
+  /** Terminated: tell the TU once, then let go of its callbacks (and what they hold). */
+  protected notifyTerminated(tx: ClientTransaction): void {
+    this.release();
+    this.tu("onTerminated", (cb) => cb.onTerminated?.(tx));
+    this.callbacks = NO_CALLBACKS;
   }
 }
 
@@ -133,7 +157,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
   }
 
   start(): boolean {
-    if (!this.send(this.wire)) return false;
+    if (this.wire === undefined || !this.send(this.wire)) return false;
     // §17.1.1.2: "If an unreliable transport is being used, the client transaction MUST start
     // timer A with a value of T1. ... For any transport, the client transaction MUST start
     // timer B with a value of 64*T1 seconds."
@@ -194,6 +218,8 @@ export class InviteClientTransaction extends ClientTransactionBase {
         // address, port, and transport to which the original request was sent."
         this.stateTransition(TransactionState.Completed);
         this.ack = this.buildAckBytes(res);
+        // Completed only resends this ACK (§17.1.1.2): the request is not needed any more.
+        this.release();
         const acked = this.ack === undefined || this.send(this.ack);
         this.tu("onFinal", (cb) => cb.onFinal(res, this));
         if (acked) this.enterCompletedTimers();
@@ -225,7 +251,8 @@ export class InviteClientTransaction extends ClientTransactionBase {
   }
 
   private buildAckBytes(res: SipResponse): Buffer | undefined {
-    const ack = buildAck(this.request, res);
+    const req = this.request;
+    const ack = req === undefined ? undefined : buildAck(req, res);
     return ack === undefined ? undefined : encodeSafely(this.ctx, ack);
   }
 
@@ -236,7 +263,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
 
   /** §17.1.1.2: Timer A retransmits the INVITE in "Calling", doubling each time. */
   private timerA(): void {
-    if (this.stateValue !== TransactionState.Calling) return;
+    if (this.stateValue !== TransactionState.Calling || this.wire === undefined) return;
     // "When timer A fires, the client transaction MUST retransmit the request by passing it to
     // the transport layer, and MUST reset the timer with a value of 2*T1. ... When timer A
     // fires 2*T1 seconds later, the request MUST be retransmitted again ... (4*T1)".
@@ -276,17 +303,20 @@ export class InviteClientTransaction extends ClientTransactionBase {
   }
 
   private timeout(timer: TimeoutTimer): void {
+    const req = this.request;
+    const res = req === undefined ? undefined : buildTimeout(req);
+    const callbacks = this.callbacks; // Terminated lets go of them
     this.stateTransition(TransactionState.Terminated);
-    const res = buildTimeout(this.request);
-    this.tu("onTimeout", (cb) => cb.onTimeout(res, this, timer));
+    if (res !== undefined) invokeTu(this.ctx, "onTimeout", () => callbacks.onTimeout(res, this, timer));
   }
 
   /** §17.1.4: "the client transaction SHOULD inform the TU ... and SHOULD transition directly
    *  to the "Terminated" state." */
   private transportError(): void {
     if (this.stateValue === TransactionState.Terminated) return;
+    const callbacks = this.callbacks; // Terminated lets go of them
     this.stateTransition(TransactionState.Terminated);
-    this.tu("onTransportError", (cb) => cb.onTransportError(this));
+    invokeTu(this.ctx, "onTransportError", () => callbacks.onTransportError(this));
   }
 
   /**
@@ -326,6 +356,8 @@ export class InviteClientTransaction extends ClientTransactionBase {
         break;
       case TransactionState.Accepted:
         this.timers.stopAll();
+        // Accepted passes further 2xx up and never retransmits: the request is not needed.
+        this.release();
         // RFC 6026 §8.4: Timer M "with a value of 64*T1" lets further 2xx from other forks
         // reach the TU.
         this.timers.start("M", this.timerValues.M, () => {
@@ -338,7 +370,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
       case TransactionState.Terminated:
         this.timers.stopAll();
         this.ctx.terminated(this);
-        this.tu("onTerminated", (cb) => cb.onTerminated?.(this));
+        this.notifyTerminated(this);
         break;
       default:
         break;
@@ -371,7 +403,7 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
   }
 
   start(): boolean {
-    if (!this.send(this.wire)) return false;
+    if (this.wire === undefined || !this.send(this.wire)) return false;
     // §17.1.2.2: "When entering this state, the client transaction SHOULD set timer F to fire
     // in 64*T1 seconds. ... If an unreliable transport is in use, the client transaction MUST
     // set timer E to fire in T1 seconds."
@@ -423,7 +455,7 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
   /** §17.1.2.2: Timer E, doubling up to T2 in "Trying", and at T2 in "Proceeding". */
   private timerE(): void {
     const state = this.stateValue;
-    if (state !== TransactionState.Trying && state !== TransactionState.Proceeding) return;
+    if ((state !== TransactionState.Trying && state !== TransactionState.Proceeding) || this.wire === undefined) return;
     if (!this.send(this.wire)) {
       this.transportError();
       return;
@@ -444,16 +476,19 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
   private timerF(): void {
     const state = this.stateValue;
     if (state !== TransactionState.Trying && state !== TransactionState.Proceeding) return;
+    const req = this.request;
+    const res = req === undefined ? undefined : buildTimeout(req);
+    const callbacks = this.callbacks; // Terminated lets go of them
     this.stateTransition(TransactionState.Terminated);
-    const res = buildTimeout(this.request);
-    this.tu("onTimeout", (cb) => cb.onTimeout(res, this, "F"));
+    if (res !== undefined) invokeTu(this.ctx, "onTimeout", () => callbacks.onTimeout(res, this, "F"));
   }
 
   /** §17.1.4: inform the TU, go to "Terminated". */
   private transportError(): void {
     if (this.stateValue === TransactionState.Terminated) return;
+    const callbacks = this.callbacks; // Terminated lets go of them
     this.stateTransition(TransactionState.Terminated);
-    this.tu("onTransportError", (cb) => cb.onTransportError(this));
+    invokeTu(this.ctx, "onTransportError", () => callbacks.onTransportError(this));
   }
 
   private stateTransition(next: TransactionState): void {
@@ -468,10 +503,12 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
 
     if (next === TransactionState.Completed) {
       this.timers.stopAll();
+      // §17.1.2.2: Completed only buffers response retransmissions.
+      this.release();
     } else if (next === TransactionState.Terminated) {
       this.timers.stopAll();
       this.ctx.terminated(this);
-      this.tu("onTerminated", (cb) => cb.onTerminated?.(this));
+      this.notifyTerminated(this);
     }
   }
 }

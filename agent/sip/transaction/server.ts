@@ -43,19 +43,28 @@ abstract class ServerTransactionBase {
   private flowValue: Flow;
   protected readonly reliable: boolean;
   protected readonly timerValues: TimerValues;
+  readonly method: string;
+  /**
+   * The request that created the transaction, until it reaches a state that only absorbs
+   * (Completed, Confirmed, Accepted): from then on only its matching key (in the layer) and the
+   * encoded bytes to resend are kept, so lingering transactions hold no parsed messages.
+   */
+  private requestValue: SipRequest | undefined;
   /** Wire bytes of the most recent provisional response, resent on request retransmission. */
   protected lastProvisional: Buffer | undefined;
   /** Wire bytes of the final response, resent on request retransmission (and Timer G). */
   protected lastFinal: Buffer | undefined;
-  /** To tags of every final response sent, for RFC 2543 ACK matching (§17.2.3). */
-  protected readonly finalToTags = new Set<string>();
+  /** To tags of every final response sent, for RFC 2543 ACK matching (§17.2.3); usually one. */
+  private finalToTags: string | Set<string> | undefined;
 
   constructor(
     protected readonly ctx: TransactionContext,
-    readonly request: SipRequest,
+    request: SipRequest,
     flow: Flow,
     initial: TransactionState,
   ) {
+    this.requestValue = request;
+    this.method = request.method;
     this.flowValue = flow;
     this.stateValue = initial;
     this.reliable = isReliable(ctx, flow);
@@ -66,8 +75,9 @@ abstract class ServerTransactionBase {
     return this.stateValue;
   }
 
-  get method(): string {
-    return this.request.method;
+  /** The request that created the transaction; undefined once it only absorbs retransmissions. */
+  get request(): SipRequest | undefined {
+    return this.requestValue;
   }
 
   get flow(): Flow {
@@ -86,7 +96,9 @@ abstract class ServerTransactionBase {
 
   /** RFC 2543 ACK matching: whether a final response with this To tag went out. */
   sentFinalWithToTag(tag: string | undefined): boolean {
-    return this.finalToTags.has(tag ?? "");
+    const t = tag ?? "";
+    const tags = this.finalToTags;
+    return tags === undefined ? false : typeof tags === "string" ? tags === t : tags.has(t);
   }
 
   /** The layer's close(): stop everything without telling anyone. */
@@ -104,7 +116,33 @@ abstract class ServerTransactionBase {
 
   protected rememberFinal(res: SipResponse, data: Buffer): void {
     this.lastFinal = data;
-    this.finalToTags.add(res.to.tag ?? "");
+    this.noteFinalTag(res);
+  }
+
+  protected noteFinalTag(res: SipResponse): void {
+    const tag = res.to.tag ?? "";
+    const tags = this.finalToTags;
+    if (tags === undefined) this.finalToTags = tag;
+    else if (typeof tags === "string") {
+      if (tags !== tag) this.finalToTags = new Set([tags, tag]);
+    } else tags.add(tag);
+  }
+
+  /** Tells the TU once, then lets go of its listener (and whatever the listener holds). */
+  protected notifyTerminated(): void {
+    const listener = this.listener;
+    this.listener = {};
+    invokeTu(this.ctx, "server onTerminated", () => listener.onTerminated?.(this as unknown as ServerTransaction));
+  }
+
+  /**
+   * The transaction now only absorbs: drop the parsed request and the provisional bytes
+   * (never resent again); `keepFinal` false also drops the final response's bytes.
+   */
+  protected release(keepFinal: boolean): void {
+    this.requestValue = undefined;
+    this.lastProvisional = undefined;
+    if (!keepFinal) this.lastFinal = undefined;
   }
 }
 
@@ -140,8 +178,9 @@ export class InviteServerTransaction extends ServerTransactionBase {
   }
 
   private sendTrying(): void {
-    if (this.stateValue !== TransactionState.Proceeding || this.lastProvisional !== undefined) return;
-    const data = this.encode(buildTrying(this.request));
+    const req = this.request;
+    if (this.stateValue !== TransactionState.Proceeding || this.lastProvisional !== undefined || req === undefined) return;
+    const data = this.encode(buildTrying(req));
     if (data === undefined) return;
     this.lastProvisional = data;
     if (!this.send(data)) this.transportError();
@@ -179,7 +218,8 @@ export class InviteServerTransaction extends ServerTransactionBase {
       // (A UAS core retransmitting its 2xx, or a proxy forwarding 2xx from other forks.)
       const data = this.encode(res);
       if (data === undefined) return { ok: false, error: "encode-failed" };
-      this.rememberFinal(res, data);
+      // Accepted never resends on its own (RFC 6026 §7.1): only the To tag is kept.
+      this.noteFinalTag(res);
       return this.sendOrFail(data);
     }
     return { ok: false, error: "invalid-state" };
@@ -266,8 +306,9 @@ export class InviteServerTransaction extends ServerTransactionBase {
    */
   private timerH(): void {
     if (this.stateValue !== TransactionState.Completed) return;
+    const listener = this.listener; // Terminated lets go of it
     this.stateTransition(TransactionState.Terminated);
-    invokeTu(this.ctx, "server onTimeout", () => this.listener.onTimeout?.(this));
+    invokeTu(this.ctx, "server onTimeout", () => listener.onTimeout?.(this));
   }
 
   private stateTransition(next: TransactionState): void {
@@ -282,12 +323,17 @@ export class InviteServerTransaction extends ServerTransactionBase {
 
     switch (next) {
       case TransactionState.Accepted:
+        // RFC 6026 §7.1: retransmissions of the INVITE are absorbed without a response, and
+        // further 2xx come encoded from the TU: nothing of the request is needed any more.
+        this.release(false);
         // RFC 6026 §8.7: "the server transaction MUST ... start timer L with a value of 64*T1".
         this.timers.start("L", this.timerValues.L, () => {
           if (this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
         });
         break;
       case TransactionState.Completed:
+        // Only the final response's bytes are resent from here on (request retransmissions, G).
+        this.release(true);
         // §17.2.1: "When the "Completed" state is entered, timer H MUST be set to fire in
         // 64*T1 seconds for all transports. ... For unreliable transports, timer G is set to
         // fire in T1 seconds, and is not set to fire for reliable transports."
@@ -296,9 +342,10 @@ export class InviteServerTransaction extends ServerTransactionBase {
         break;
       case TransactionState.Confirmed:
         // §17.2.1: "timer G is ignored ... timer I is set to fire in T4 seconds for unreliable
-        // transports, and zero seconds for reliable transports."
+        // transports, and zero seconds for reliable transports." Confirmed absorbs ACKs only.
         this.timers.stop("G");
         this.timers.stop("H");
+        this.release(false);
         if (this.timerValues.I === 0) {
           this.stateTransition(TransactionState.Terminated);
         } else {
@@ -309,8 +356,9 @@ export class InviteServerTransaction extends ServerTransactionBase {
         break;
       case TransactionState.Terminated:
         this.timers.stopAll();
+        this.release(false);
         this.ctx.terminated(this);
-        invokeTu(this.ctx, "server onTerminated", () => this.listener.onTerminated?.(this));
+        this.notifyTerminated();
         break;
       default:
         break;
@@ -411,17 +459,22 @@ export class NonInviteServerTransaction extends ServerTransactionBase {
     if (!legal) throw new IllegalTransition("non-INVITE server transaction", from, next);
     this.stateValue = next;
 
-    if (next === TransactionState.Completed && this.timerValues.J > 0) {
-      // §17.2.2: "When the server transaction enters the "Completed" state, it MUST set Timer
-      // J to fire in 64*T1 seconds for unreliable transports, and zero seconds for reliable
-      // transports." (Zero is handled by the caller once the response is on the wire.)
-      this.timers.start("J", this.timerValues.J, () => {
-        if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
-      });
+    if (next === TransactionState.Completed) {
+      // Completed only resends the final response's bytes (§17.2.2).
+      this.release(true);
+      if (this.timerValues.J > 0) {
+        // §17.2.2: "When the server transaction enters the "Completed" state, it MUST set Timer
+        // J to fire in 64*T1 seconds for unreliable transports, and zero seconds for reliable
+        // transports." (Zero is handled by the caller once the response is on the wire.)
+        this.timers.start("J", this.timerValues.J, () => {
+          if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
+        });
+      }
     } else if (next === TransactionState.Terminated) {
       this.timers.stopAll();
+      this.release(false);
       this.ctx.terminated(this);
-      invokeTu(this.ctx, "server onTerminated", () => this.listener.onTerminated?.(this));
+      this.notifyTerminated();
     }
   }
 }
