@@ -22,6 +22,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import v8 from "node:v8";
 import { Agent } from "../agent/agent.ts";
 import { defaultSettings } from "../agent/config.ts";
 import { createLogger } from "../agent/log.ts";
@@ -338,6 +339,8 @@ async function main(): Promise<void> {
     };
     await runCalls("warmup", 200, 50);
     result.calls = [await runCalls(`sim-10@${latencyRate}`, latencyCalls, latencyRate), await runCalls(`sim-10@${burstRate}`, burstCalls, burstRate)];
+    // BENCH_HP_SNAPSHOT=<file>: a heap snapshot with the last run's transactions still lingering.
+    if (process.env.BENCH_HP_SNAPSHOT) console.log("heap snapshot", v8.writeHeapSnapshot(process.env.BENCH_HP_SNAPSHOT));
   } finally {
     child.send({ cmd: "exit" });
     await agent.stop();

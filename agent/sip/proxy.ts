@@ -47,6 +47,7 @@ import {
   type InviteServerTransaction,
   type NonInviteServerTransaction,
   type ServerTransaction,
+  type ServerTransactionListener,
   type TransactionLayer,
 } from "./transaction.ts";
 import type { Flow, SipHeader, SipRequest, SipResponse, Transport } from "./types.ts";
@@ -91,22 +92,34 @@ class BranchImpl implements Branch {
   pendingCancel: string | null = null;
   cancelSent = false;
   failureReported = false;
-  /** The final non-2xx received (for the best-response choice, §16.7 step 6). */
+  /** The final non-2xx received (for the best-response choice, §16.7 step 6); only while the call is unfinished. */
   final: SipResponse | undefined;
   /** To tags of early dialogs this branch created. */
   readonly earlyTags = new Set<string>();
+  /**
+   * The INVITE as forwarded on this branch, kept while a CANCEL may still be built from it
+   * (§9.1); released once the branch has its final response, so a lingering call holds no
+   * parsed copies of it.
+   */
+  request: SipRequest | undefined;
+  /** What a late 2xx needs to ACK and BYE this leg (§13.2.2.4, §15.1.1), from the INVITE. */
+  readonly origin: { uri: string; fromRaw: string; callId: string; seq: number };
 
   constructor(
     readonly id: string,
     readonly target: BranchTarget,
     readonly call: CallImpl,
-    /** The INVITE as forwarded on this branch. */
-    readonly request: SipRequest,
-  ) {}
+    request: SipRequest,
+  ) {
+    this.request = request;
+    this.origin = { uri: request.uri, fromRaw: request.from.raw, callId: request.callId, seq: request.cseq.seq };
+  }
 }
 
 class CallImpl implements ProxyCall {
   firstForkAt: number | undefined = undefined;
+  /** The caller's INVITE; a husk of it (tags, Call-ID, CSeq) once the call has ended. */
+  request: SipRequest;
   readonly branches: BranchImpl[] = [];
   answered: BranchImpl | undefined = undefined;
   finished = false;
@@ -119,7 +132,7 @@ class CallImpl implements ProxyCall {
 
   constructor(
     readonly id: string,
-    readonly request: SipRequest,
+    request: SipRequest,
     readonly flow: Flow,
     readonly receivedAt: number,
     readonly tx: InviteServerTransaction,
@@ -128,7 +141,9 @@ class CallImpl implements ProxyCall {
     readonly loopHash: string,
     /** Leading Route values that named this element (§16.4: removed before forwarding). */
     readonly ownRoutes: number,
-  ) {}
+  ) {
+    this.request = request;
+  }
 
   /** The To tag of responses this element generates itself (487, rejections, 182). */
   get toTag(): string {
@@ -141,6 +156,71 @@ interface DialogData {
   call: CallImpl;
   branch: BranchImpl;
 }
+
+// Per-branch and per-call callbacks are small class instances over one shared handler object:
+// no closures allocated per call (each would also get its own property store under tsx's
+// keepNames), and nothing but the branch or call retained while a transaction lingers.
+
+interface BranchHandlers {
+  provisional(branch: BranchImpl, res: SipResponse): void;
+  final(branch: BranchImpl, res: SipResponse): void;
+  timeout(branch: BranchImpl): void;
+  transportError(branch: BranchImpl): void;
+  timerC(branch: BranchImpl, tx: InviteClientTransaction): void;
+  terminated(branch: BranchImpl): void;
+}
+
+class BranchCallbacks implements ClientTransactionCallbacks {
+  constructor(
+    private readonly handlers: BranchHandlers,
+    private readonly branch: BranchImpl,
+  ) {}
+  onProvisional(res: SipResponse): void {
+    this.handlers.provisional(this.branch, res);
+  }
+  onFinal(res: SipResponse): void {
+    this.handlers.final(this.branch, res);
+  }
+  onTimeout(): void {
+    this.handlers.timeout(this.branch);
+  }
+  onTransportError(): void {
+    this.handlers.transportError(this.branch);
+  }
+  onTimerC(tx: InviteClientTransaction): void {
+    this.handlers.timerC(this.branch, tx);
+  }
+  onTerminated(): void {
+    this.handlers.terminated(this.branch);
+  }
+}
+
+interface CallHandlers {
+  terminated(call: CallImpl): void;
+  transportError(call: CallImpl): void;
+}
+
+class CallListener implements ServerTransactionListener {
+  constructor(
+    private readonly handlers: CallHandlers,
+    private readonly call: CallImpl,
+  ) {}
+  onTerminated(): void {
+    this.handlers.terminated(this.call);
+  }
+  onTransportError(): void {
+    this.handlers.transportError(this.call);
+  }
+}
+
+/** For CANCEL and BYE the proxy sends on its own: their outcome changes nothing. */
+const IGNORE_OUTCOME: ClientTransactionCallbacks = Object.freeze({
+  onFinal: () => undefined,
+  onTimeout: () => undefined,
+  onTransportError: () => undefined,
+});
+
+const NO_OPTIONS = Object.freeze({});
 
 let callCounter = 0;
 
@@ -202,11 +282,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const call = new CallImpl(`c${++callCounter}`, req, flow, receivedAt, tx, events, loopHash, ownRoutes);
     this.callsByTx.set(tx, call);
     this.ringing.add(call);
-    tx.listener = {
-      onTerminated: () => this.callsByTx.delete(tx),
-      // The caller is unreachable: nobody will ever hear an answer (§17.2.4).
-      onTransportError: () => this.abandon(call),
-    };
+    tx.listener = new CallListener(this.callHandlers, call);
     // §16.2: "the proxy ... MUST send a 100 (Trying)"-equivalent promptly (§17.2.1: within
     // 200 ms); in a microtask so the engine's synchronous forks go out first.
     queueMicrotask(() => {
@@ -239,7 +315,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const branch = new BranchImpl(id, target, call, request);
     call.branches.push(branch);
     const timerC = target.timerC ?? this.timerC;
-    const sent = this.transactions.sendRequest(request, out, this.branchCallbacks(branch), timerC !== undefined ? { timerC } : {});
+    const sent = this.transactions.sendRequest(request, out, new BranchCallbacks(this.branchHandlers, branch), timerC !== undefined ? { timerC } : NO_OPTIONS);
     branch.sentAt = performance.now();
     call.firstForkAt ??= branch.sentAt;
     if (!sent.ok) {
@@ -354,7 +430,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     if (fromCaller) dialog.callerFlow = flow;
     else dialog.calleeFlow = flow;
     const fwd = this.forwardInDialog(req, flow, out, createBranch());
-    const sent = this.transactions.sendRequest(fwd, out, relayCallbacks(tx, req), this.timerC !== undefined && req.method === "INVITE" ? { timerC: this.timerC } : {});
+    const sent = this.transactions.sendRequest(fwd, out, new RelayCallbacks(tx, req), this.timerC !== undefined && req.method === "INVITE" ? { timerC: this.timerC } : {});
     if (!sent.ok) tx.respond(createResponse(req, 503, "Service Unavailable"));
     if (req.method === "BYE") {
       // RFC 3261 §15: BYE ends the dialog; the engine frees the member now, not when the far
@@ -388,26 +464,34 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
 
   // --- branches ------------------------------------------------------------------------
 
-  private branchCallbacks(branch: BranchImpl): ClientTransactionCallbacks {
-    return {
-      onProvisional: (res) => this.onBranchProvisional(branch, res),
-      onFinal: (res) => this.onBranchFinal(branch, res),
-      onTimeout: () => this.onBranchTimeout(branch),
-      onTransportError: () => {
-        // §16.9: behave as if a 503 had arrived.
-        branch.lastStatus = 503;
-        if (LIVE.has(branch.state)) {
-          branch.state = "failed";
-          this.reportFailure(branch, 503);
-        }
-      },
-      onTimerC: (tx) => this.onTimerC(branch, tx),
-      onTerminated: () => {
-        branch.tx = undefined;
-        this.liveBranches--;
-      },
-    };
-  }
+  /** What a branch's client transaction reports, dispatched here (one object for all branches). */
+  private readonly branchHandlers: BranchHandlers = {
+    provisional: (branch, res) => this.onBranchProvisional(branch, res),
+    final: (branch, res) => this.onBranchFinal(branch, res),
+    timeout: (branch) => this.onBranchTimeout(branch),
+    transportError: (branch) => {
+      // §16.9: behave as if a 503 had arrived.
+      branch.lastStatus = 503;
+      branch.request = undefined;
+      if (LIVE.has(branch.state)) {
+        branch.state = "failed";
+        this.reportFailure(branch, 503);
+      }
+    },
+    timerC: (branch, tx) => this.onTimerC(branch, tx),
+    terminated: (branch) => {
+      branch.tx = undefined;
+      branch.request = undefined;
+      this.liveBranches--;
+    },
+  };
+
+  /** What the caller's INVITE server transaction reports (one object for all calls). */
+  private readonly callHandlers: CallHandlers = {
+    terminated: (call) => this.callsByTx.delete(call.tx),
+    // The caller is unreachable: nobody will ever hear an answer (§17.2.4).
+    transportError: (call) => this.abandon(call),
+  };
 
   private onBranchProvisional(branch: BranchImpl, res: SipResponse): void {
     branch.provisional = true;
@@ -454,7 +538,9 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
       return;
     }
     branch.lastStatus = status;
-    branch.final = res;
+    branch.request = undefined;
+    // Kept for the best-response choice (§16.7 step 6), which only an unfinished call makes.
+    if (!call.finished) branch.final = res;
     for (const tag of branch.earlyTags) this.dropEarly(call, tag);
     if (LIVE.has(branch.state)) {
       branch.state = "failed";
@@ -465,6 +551,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private onBranchTimeout(branch: BranchImpl): void {
     // Timer B, or Timer C without a provisional: "as if ... a 408" (§16.8).
     branch.lastStatus = 408;
+    branch.request = undefined;
     if (LIVE.has(branch.state)) {
       branch.state = "timeout";
       this.reportFailure(branch, 408);
@@ -493,6 +580,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     branch.state = "answered";
     branch.lastStatus = res.status;
     branch.pendingCancel = null;
+    branch.request = undefined;
     call.answered = branch;
     this.finish(call);
     const calleeTag = res.to.tag ?? "";
@@ -519,17 +607,17 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private releaseLateAnswer(branch: BranchImpl, res: SipResponse): void {
     const call = branch.call;
     const legKey = `${branch.id}\n${res.to.tag ?? ""}`;
-    const ack = buildInDialogRequest(branch, res, "ACK", branch.request.cseq.seq, this.viaFor(branch.target.flow, createBranch()), this);
+    const ack = buildInDialogRequest(branch, res, "ACK", branch.origin.seq, this.viaFor(branch.target.flow, createBranch()), this);
     if (ack !== undefined) this.transport.send(branch.target.flow, serialize(ack));
     if (call.releasedLegs.has(legKey)) return;
     call.releasedLegs.add(legKey);
     this.lateAnswers++;
     if (LIVE.has(branch.state) || branch.state === "cancelled") branch.lastStatus = res.status;
-    const bye = buildInDialogRequest(branch, res, "BYE", branch.request.cseq.seq + 1, this.viaFor(branch.target.flow, createBranch()), this, [
+    const bye = buildInDialogRequest(branch, res, "BYE", branch.origin.seq + 1, this.viaFor(branch.target.flow, createBranch()), this, [
       { name: "reason", value: call.answered !== undefined ? ANSWERED_ELSEWHERE : 'SIP;cause=487;text="Call cancelled"' },
     ]);
     if (bye !== undefined) {
-      const r = this.transactions.sendRequest(bye, branch.target.flow, { onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
+      const r = this.transactions.sendRequest(bye, branch.target.flow, IGNORE_OUTCOME);
       if (!r.ok) this.log?.debug("BYE to a late-answering branch not sent", { error: r.error, branch: branch.id });
     }
   }
@@ -552,12 +640,12 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private sendCancel(branch: BranchImpl, reason: string | undefined): void {
     const tx = branch.tx;
     if (branch.cancelSent || tx === undefined || (tx.state !== TransactionState.Calling && tx.state !== TransactionState.Proceeding)) return;
-    const cancel = buildCancel(branch.request);
+    const cancel = branch.request === undefined ? undefined : buildCancel(branch.request);
     if (cancel === undefined) return;
     if (reason !== undefined) cancel.headers.splice(cancel.headers.length - 1, 0, { name: "reason", value: reason });
     branch.cancelSent = true;
     // The CANCEL is its own non-INVITE transaction (§9.1); its 200 tells nothing we need.
-    this.transactions.sendRequest(cancel, branch.target.flow, { onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
+    this.transactions.sendRequest(cancel, branch.target.flow, IGNORE_OUTCOME);
   }
 
   private reportFailure(branch: BranchImpl, status: number): void {
@@ -575,12 +663,17 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private finish(call: CallImpl): void {
     call.finished = true;
     this.ringing.delete(call);
+    // The best-response choice is over (§16.7 step 6): the branches' failures are not needed.
+    for (const b of call.branches) b.final = undefined;
   }
 
   private ended(call: CallImpl, info: { answered: boolean; by: "caller" | "callee" | "proxy"; status?: number }): void {
     if (call.ended) return;
     call.ended = true;
     this.emit(call, "onEnded", (e) => e.onEnded?.(call, info));
+    // The call lingers (server transaction Timer L, branches' Timers D and M) only to absorb
+    // retransmissions and close late legs: Call-ID and tags are all it still needs.
+    if (call.finished) call.request = requestHusk(call.request);
   }
 
   /** The caller's flow failed before any final answer: stop ringing everyone. */
@@ -686,6 +779,18 @@ function statelessBranch(req: SipRequest): string {
   return `${MAGIC_COOKIE}-sl${h.digest("base64url").slice(0, 16)}`;
 }
 
+/**
+ * What is left of an ended call's INVITE: the identifiers (Call-ID, tags, CSeq) without its
+ * headers, Vias and body, so the parsed message and its datagram can be collected.
+ */
+function requestHusk(req: SipRequest): SipRequest {
+  if (req.headers.length === 0) return req;
+  const tagOnly = (n: SipRequest["from"]): SipRequest["from"] => ({ displayName: undefined, uri: "", params: new Map(), tag: n.tag, raw: "" });
+  return { kind: "request", method: req.method, uri: "", maxForwards: req.maxForwards, headers: [], body: EMPTY_BODY, via: [], callId: req.callId, cseq: { seq: req.cseq.seq, method: req.cseq.method }, from: tagOnly(req.from), to: tagOnly(req.to) };
+}
+
+const EMPTY_BODY = Buffer.alloc(0);
+
 /** Every Route value in order (comma-joined lines split). */
 function routeValues(req: SipRequest): string[] {
   const out: string[] = [];
@@ -724,23 +829,31 @@ export function stripTopVia(res: SipResponse): SipResponse {
   return { ...res, headers, via: res.via.slice(1) };
 }
 
-/** Callbacks that relay a forwarded in-dialog request's responses back to its server transaction (§16.7). */
-function relayCallbacks(tx: ServerTransaction, req: SipRequest): ClientTransactionCallbacks {
-  return {
-    onProvisional: (res) => {
-      if (res.status > 100) tx.respond(stripTopVia(res));
-    },
-    onFinal: (res) => {
-      tx.respond(stripTopVia(res));
-    },
-    // §16.8 / §16.9: no answer is a 408, an unreachable next hop a 503.
-    onTimeout: () => {
-      tx.respond(createResponse(req, 408, "Request Timeout"));
-    },
-    onTransportError: () => {
-      tx.respond(createResponse(req, 503, "Service Unavailable"));
-    },
-  };
+/**
+ * Relays a forwarded in-dialog request's responses back to its server transaction (§16.7).
+ * Only the request's identifiers are kept for a synthesized 408/503, not the parsed request.
+ */
+class RelayCallbacks implements ClientTransactionCallbacks {
+  private req: SipRequest | undefined;
+  constructor(private readonly tx: ServerTransaction, req: SipRequest) {
+    this.req = req;
+  }
+  onProvisional(res: SipResponse): void {
+    if (res.status > 100) this.tx.respond(stripTopVia(res));
+  }
+  onFinal(res: SipResponse): void {
+    this.req = undefined;
+    this.tx.respond(stripTopVia(res));
+  }
+  // §16.8 / §16.9: no answer is a 408, an unreachable next hop a 503.
+  onTimeout(): void {
+    if (this.req !== undefined) this.tx.respond(createResponse(this.req, 408, "Request Timeout"));
+    this.req = undefined;
+  }
+  onTransportError(): void {
+    if (this.req !== undefined) this.tx.respond(createResponse(this.req, 503, "Service Unavailable"));
+    this.req = undefined;
+  }
 }
 
 /**
@@ -758,7 +871,7 @@ function buildInDialogRequest(
   proxy: StatefulProxy,
   extra: SipHeader[] = [],
 ): SipRequest | undefined {
-  const invite = branch.request;
+  const invite = branch.origin;
   const contact = parseNameAddr(getHeader(res, "contact") ?? "");
   const target = contact?.uri ?? invite.uri;
   const rr = getHeaders(res, "record-route");
@@ -774,7 +887,7 @@ function buildInDialogRequest(
     `Via: ${via}`,
     ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
     "Max-Forwards: 70",
-    `From: ${invite.from.raw}`,
+    `From: ${invite.fromRaw}`,
     `To: ${res.to.raw}`,
     `Call-ID: ${invite.callId}`,
     `CSeq: ${seq} ${method}`,

@@ -6,6 +6,7 @@ import { buildAck, buildTimeout } from "./build.ts";
 import {
   IllegalTransition,
   TransactionState,
+  compact,
   encodeSafely,
   invokeTu,
   isReliable,
@@ -217,7 +218,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
         // request, even if the transport is reliable ... The ACK MUST be sent to the same
         // address, port, and transport to which the original request was sent."
         this.stateTransition(TransactionState.Completed);
-        this.ack = this.buildAckBytes(res);
+        this.ack = compact(this.buildAckBytes(res));
         // Completed only resends this ACK (§17.1.1.2): the request is not needed any more.
         this.release();
         const acked = this.ack === undefined || this.send(this.ack);
@@ -433,18 +434,24 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
     // transaction MUST transition to the "Completed" state."
     this.stateTransition(TransactionState.Completed);
     this.tu("onFinal", (cb) => cb.onFinal(res, this));
-    // "Once the client transaction enters the "Completed" state, it MUST set Timer K to fire
-    // in T4 seconds for unreliable transports, and zero seconds for reliable transports."
-    if (this.stateValue === TransactionState.Completed) {
-      if (this.timerValues.K === 0) {
-        this.stateTransition(TransactionState.Terminated);
-      } else {
-        this.timers.start("K", this.timerValues.K, () => {
-          if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
-        });
-      }
-    }
+    this.enterCompletedTimers();
     return "delivered";
+  }
+
+  /**
+   * §17.1.2.2: "Once the client transaction enters the "Completed" state, it MUST set Timer K
+   * to fire in T4 seconds for unreliable transports, and zero seconds for reliable transports."
+   * (A method of its own so the timer's closure does not share a scope holding the response.)
+   */
+  private enterCompletedTimers(): void {
+    if (this.stateValue !== TransactionState.Completed) return;
+    if (this.timerValues.K === 0) {
+      this.stateTransition(TransactionState.Terminated);
+      return;
+    }
+    this.timers.start("K", this.timerValues.K, () => {
+      if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
+    });
   }
 
   dispose(): void {

@@ -58,6 +58,20 @@ export function encodeSafely(ctx: TransactionContext, msg: SipMessage): Buffer |
   }
 }
 
+/**
+ * Bytes a lingering transaction keeps (its last final response, its ACK) in a buffer of their
+ * own: a small Buffer from Buffer.from() is a slice of an 8 KB shared pool, and keeping the
+ * slice for Timer D/J (32 s) would keep the whole pool alive.
+ */
+export function compact(data: Buffer): Buffer;
+export function compact(data: Buffer | undefined): Buffer | undefined;
+export function compact(data: Buffer | undefined): Buffer | undefined {
+  if (data === undefined || data.byteLength === data.buffer.byteLength) return data;
+  const own = Buffer.allocUnsafeSlow(data.byteLength);
+  data.copy(own);
+  return own;
+}
+
 export function invokeTu(ctx: TransactionContext, where: string, fn: () => void): void {
   try {
     fn();

@@ -6,6 +6,7 @@ import { buildTrying } from "./build.ts";
 import {
   IllegalTransition,
   TransactionState,
+  compact,
   encodeSafely,
   invokeTu,
   isReliable,
@@ -142,7 +143,7 @@ abstract class ServerTransactionBase {
   protected release(keepFinal: boolean): void {
     this.requestValue = undefined;
     this.lastProvisional = undefined;
-    if (!keepFinal) this.lastFinal = undefined;
+    this.lastFinal = keepFinal ? compact(this.lastFinal) : undefined;
   }
 }
 
