@@ -117,7 +117,9 @@ export function decodeEnvelope(text: string): FileReading {
     parsed = JSON.parse(text);
   } catch (e) {
     const msg = e instanceof Error ? e.message : String(e);
-    const truncated = /end of (JSON )?input|Unterminated/i.test(msg);
+    // Every file we write ends with a line holding only "}": one that does not was cut short
+    // (a full disk, an interrupted copy), whatever token the cut happened to land in.
+    const truncated = /end of (JSON )?input|Unterminated/i.test(msg) || !/\n\}\s*$/.test(text);
     return { kind: "corrupt", reason: truncated ? `the JSON ends early (truncated file, ${Buffer.byteLength(text)} bytes): ${msg}` : `not valid JSON: ${msg}` };
   }
   if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) return { kind: "corrupt", reason: "the file is JSON but not an object" };

@@ -206,6 +206,15 @@ describe("AtomicJsonFile", () => {
     assert.equal(decodeEnvelope(old.replace('"x"', '"X"')).kind, "corrupt");
   });
 
+  test("a file cut anywhere is reported as truncated, whatever token the cut lands in", () => {
+    const full = encodeEnvelope({ devices: [{ id: "d1", n: 12345, s: "abc" }], x: [1, 2, 3] }, 2, new Date(0));
+    for (let cut = 1; cut < full.trimEnd().length; cut++) {
+      const r = decodeEnvelope(full.slice(0, cut));
+      assert.equal(r.kind, "corrupt", `cut at ${cut}`);
+      if (r.kind === "corrupt" && full.slice(0, cut).trim() !== "") assert.match(r.reason, /truncated|empty/, `cut at ${cut}: ${r.reason}`);
+    }
+  });
+
   test("decodeEnvelope never throws on hostile bytes", () => {
     const samples = ["", " ", "{", "[]", "null", "1", '"x"', "{}", '{"format":1}', '{"__proto__":{"a":1}}', "\u0000\u0001", '{"data":null,"format":"ringedge-store","schemaVersion":-1,"savedAt":"x","sha256":"y"}'];
     let seed = 7;
