@@ -2,6 +2,8 @@
 // agent's store, as a small interface: the mechanisms stay testable without a store file, and
 // provisioning/store-directory.ts adapts the real Store to it.
 
+import type { LineKeyInput } from "./render.ts";
+
 /** A phone an installer added (or the console pushed): a device with a MAC. */
 export interface PhoneRecord {
   deviceId: string;
@@ -20,6 +22,8 @@ export interface PhoneRecord {
   createdAt: string;
   owner?: string;
   origin?: "site" | "local";
+  /** BLF keys for the colleagues the owner shares groups with (provisioning/linekeys.ts). */
+  lineKeys?: LineKeyInput[];
 }
 
 /** One phone that fetched from us, keyed by MAC (store: StoreData.seenPhones). */

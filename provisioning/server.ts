@@ -349,6 +349,7 @@ export class ProvisioningServer {
               provisioningUser: phone.provisioning?.user ?? "",
               provisioningPassword: phone.provisioning?.password ?? "",
             },
+            ...(phone.lineKeys ? { lineKeys: phone.lineKeys } : {}),
           }
         : {}),
     });

@@ -1,9 +1,10 @@
 // The agent's Store seen through the provisioning PhoneDirectory interface.
 import type { Store } from "../agent/store/store.ts";
 import type { DeviceRecord } from "../agent/store/schema.ts";
+import { colleagueKeys } from "./linekeys.ts";
 import type { PhoneDirectory, PhoneRecord, SeenPhoneNote, SiteProvisioning } from "./directory.ts";
 
-export function phoneRecord(d: Readonly<DeviceRecord>): PhoneRecord | undefined {
+export function phoneRecord(d: Readonly<DeviceRecord>, site?: Store["site"]): PhoneRecord | undefined {
   if (d.mac === undefined) return undefined;
   const p: PhoneRecord = {
     deviceId: d.id,
@@ -18,6 +19,8 @@ export function phoneRecord(d: Readonly<DeviceRecord>): PhoneRecord | undefined 
   if (d.provisioning !== undefined) p.provisioning = { ...d.provisioning };
   if (d.owner !== undefined) p.owner = d.owner;
   if (d.origin !== undefined) p.origin = d.origin;
+  const keys = colleagueKeys(d.owner, site);
+  if (keys.length > 0) p.lineKeys = keys;
   return p;
 }
 
@@ -32,12 +35,12 @@ export class StoreDirectory implements PhoneDirectory {
       if (!r.ok) this.onError(r.error.message);
       d = this.store.getDevice(d.id);
     }
-    return d ? phoneRecord(d) : undefined;
+    return d ? phoneRecord(d, this.store.site) : undefined;
   }
 
   phoneByToken(token: string): PhoneRecord | undefined {
     // Linear: tokens are only looked up on the /p/<token>/ path, and a site has hundreds of phones.
-    for (const d of this.store.listDevices()) if (d.provisioning?.token === token) return phoneRecord(d);
+    for (const d of this.store.listDevices()) if (d.provisioning?.token === token) return phoneRecord(d, this.store.site);
     return undefined;
   }
 
