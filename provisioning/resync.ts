@@ -130,3 +130,36 @@ export function transactionSender(transactions: TransactionLayer): ResyncDeps["s
       if (!sent.ok) done({ error: "transport" });
     });
 }
+
+/**
+ * The console's cmd/resync over MQTT: `{ devices?: string[] (device id, username or MAC; all
+ * phones when absent), reboot?: boolean }`. Arguments are checked before anything is sent;
+ * an unknown device is an error naming it, and nothing is sent then.
+ */
+export function consoleResyncHandler(
+  resync: (deviceIds: readonly string[], reboot: boolean) => Promise<ResyncResult[]>,
+  devices: () => ReadonlyArray<{ id: string; username: string; mac?: string }>,
+): (args: Record<string, unknown>) => Promise<{ results: ResyncResult[] }> {
+  return async (args) => {
+    const reboot = args.reboot ?? false;
+    if (typeof reboot !== "boolean") throw new Error("args.reboot must be true or false");
+    const wanted = args.devices;
+    const all = devices();
+    let ids: string[];
+    if (wanted === undefined) {
+      ids = all.filter((d) => d.mac !== undefined).map((d) => d.id);
+    } else {
+      if (!Array.isArray(wanted) || wanted.length > 10_000 || !wanted.every((w) => typeof w === "string" && w.length > 0 && w.length <= 64)) {
+        throw new Error("args.devices must be a list of device ids, usernames or MACs");
+      }
+      ids = [];
+      for (const ref of wanted as string[]) {
+        const mac = ref.toLowerCase().replace(/[:.-]/g, "");
+        const d = all.find((x) => x.id === ref || x.username === ref || (x.mac !== undefined && x.mac === mac));
+        if (!d) throw new Error(`no device '${ref}'`);
+        ids.push(d.id);
+      }
+    }
+    return { results: await resync(ids, reboot) };
+  };
+}
