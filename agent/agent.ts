@@ -25,6 +25,7 @@ import type { Flow, SipRequest, SipResponse } from "./sip/types.ts";
 import { ControlServer } from "./console/control.ts";
 import { agentCommands, type AgentView } from "./console/commands.ts";
 import { ProvisioningService } from "../provisioning/service.ts";
+import { consoleResyncHandler } from "../provisioning/resync.ts";
 import { SiteService, formatSiteErrors, readSiteFile } from "./site/site.ts";
 import { MqttSync, readTlsFiles, siteApplier } from "./sync/mqtt-sync.ts";
 import { DEFAULT_PICKUP_CODE } from "./site/types.ts";
@@ -267,6 +268,9 @@ export class Agent {
         ...readTlsFiles(s), statsIntervalS: s.statsIntervalS, outboxMax: s.outboxMax, bus: this.bus, site: siteApplier(this.site),
         status: () => this.status(), presence: () => this.presence.snapshot(), log: this.log.child("sync"),
       });
+      // cmd/resync from the console re-syncs phones through provisioning (check-sync NOTIFY).
+      const hooks = this.provisioning?.hooks();
+      if (hooks) this.sync.setResyncHandler(consoleResyncHandler((ids, reboot) => hooks.resync(ids, reboot), () => this.store.listDevices()));
       this.sync.start();
     }
     const addrs = this.transport.addresses().map((a) => `${a.transport}:${hostPort(a.address, a.port)}`).join(" ");
