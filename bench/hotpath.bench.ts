@@ -289,14 +289,14 @@ async function main(): Promise<void> {
     // --- calls ---------------------------------------------------------------------------------
     // The bench's own span, the same for every version of the agent: from the entry of the
     // transport's datagram handler to the first fork of a call started inside it.
-    const transport = agent.transport as unknown as { onDatagram(data: Buffer, flow: Flow): void };
+    const transport = agent.transport as unknown as { onDatagram(...args: unknown[]): void };
     const onDatagram = transport.onDatagram.bind(agent.transport);
     let started: ProxyCall | undefined;
     const handlerSpan: number[] = [];
-    transport.onDatagram = (data, f) => {
+    transport.onDatagram = (...args) => {
       started = undefined;
       const t0 = performance.now();
-      onDatagram(data, f);
+      onDatagram(...args);
       const pc = started as ProxyCall | undefined;
       if (pc?.firstForkAt !== undefined) handlerSpan.push((pc.firstForkAt - t0) * 1000);
     };

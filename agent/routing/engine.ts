@@ -340,7 +340,7 @@ export class RoutingEngine {
     const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined);
     const admission = admit(caller, dest);
     if (!admission.ok) {
-      this.deps.log.debug("INVITE refused", { status: admission.status, from: flow.remoteAddress, caller: caller.kind, dest: dest.kind });
+      if (this.deps.log.enabled("debug")) this.deps.log.debug("INVITE refused", { status: admission.status, from: flow.remoteAddress, caller: caller.kind, dest: dest.kind });
       respond(tx, req, admission.status, admission.reason);
       return;
     }
@@ -568,7 +568,7 @@ export class RoutingEngine {
         this.runStep(call);
         return;
       case "hangup":
-        this.deps.log.debug("no answer: hanging up", { callId: call.pc.request.callId, status: d.status, cause: d.cause });
+        if (this.deps.log.enabled("debug")) this.deps.log.debug("no answer: hanging up", { callId: call.pc.request.callId, status: d.status, cause: d.cause });
         this.rejectCall(call, d.status);
         return;
     }
@@ -799,7 +799,7 @@ export class RoutingEngine {
       const branch = this.proxy.fork(call.pc, { uri: b.contact, flow: b.flow, deviceId: pickerDeviceId, memberId: pickerUserId, headers });
       if (branch !== undefined) call.pickupBranches.push(branch);
     }
-    this.deps.log.debug("pickup", { callId: call.pc.request.callId, picker: pickerUserId, branches: call.pickupBranches.length });
+    if (this.deps.log.enabled("debug")) this.deps.log.debug("pickup", { callId: call.pc.request.callId, picker: pickerUserId, branches: call.pickupBranches.length });
   }
 
   // --- proxy events --------------------------------------------------------------------------------
@@ -981,7 +981,7 @@ export class RoutingEngine {
     call.writtenOff.add(b.id);
     // `reason` is for the log only: the proxy puts its argument in a Reason header, whose value
     // must be RFC 3326 syntax. A step that ends is a plain CANCEL (the phone may list a missed call).
-    this.deps.log.debug("branch cancelled", { callId: call.pc.request.callId, branch: b.id, reason });
+    if (this.deps.log.enabled("debug")) this.deps.log.debug("branch cancelled", { callId: call.pc.request.callId, branch: b.id, reason });
     this.proxy.cancelBranch(call.pc, b);
   }
 

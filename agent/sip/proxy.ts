@@ -258,7 +258,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   // --- StatefulProxyApi ----------------------------------------------------------------
 
   startCall(tx: ServerTransaction, req: SipRequest, flow: Flow, events: ProxyCallEvents): ProxyCall | undefined {
-    const receivedAt = performance.now();
+    // Stamped by the transport when the datagram was read: parse, transaction and admission count.
+    const receivedAt = req.receivedAt ?? performance.now();
     if (tx.kind !== "invite" || req.method !== "INVITE") {
       tx.respond(createResponse(req, 500, "Server Internal Error", { toTag: randomToken(6) }));
       return undefined;

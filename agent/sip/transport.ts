@@ -4,6 +4,7 @@
 // §18.2.1, RFC 3581 §4) so that phones behind NAT are answered where they came from.
 // Mechanism only: it hands parsed messages up and knows nothing of registrars or groups.
 import dgram from "node:dgram";
+import dns from "node:dns";
 import net from "node:net";
 import { DEFAULT_LIMITS, frameStream, parseDatagram, parseStreamMessage, type ParseError, type ParseLimits } from "./message.ts";
 import { setViaReceived } from "./serialize.ts";
@@ -108,6 +109,17 @@ function rawViaLines(raw: Buffer): string[] {
   return out;
 }
 
+/**
+ * dgram's lookup for a send: an IP literal (every flow and binding address) is answered at
+ * once instead of through dns.lookup's process.nextTick, so a datagram leaves inside send() —
+ * the first fork of a call goes out before the others are built. Names still go to dns.lookup.
+ */
+function literalLookup(hostname: string, options: dns.LookupOneOptions, callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
+  const family = net.isIP(hostname);
+  if (family !== 0) callback(null, hostname, family);
+  else dns.lookup(hostname, options, callback);
+}
+
 export class SipTransport implements Transport {
   private readonly limits: ParseLimits;
   private readonly maxConnections: number;
@@ -151,7 +163,7 @@ export class SipTransport implements Transport {
 
   private bindUdp(host: string, port: number, family: 4 | 6): Promise<number> {
     return new Promise((resolve, reject) => {
-      const sock = dgram.createSocket({ type: family === 6 ? "udp6" : "udp4", ipv6Only: family === 6, recvBufferSize: 4 << 20 });
+      const sock = dgram.createSocket({ type: family === 6 ? "udp6" : "udp4", ipv6Only: family === 6, recvBufferSize: 4 << 20, lookup: literalLookup });
       sock.once("error", reject);
       sock.bind(port, host, () => {
         sock.off("error", reject);
@@ -160,8 +172,9 @@ export class SipTransport implements Transport {
         this.bound.push({ transport: "udp", address: a.address, port: a.port, family });
         sock.on("error", (err) => this.log.warn("udp socket error", { local: `${a.address}:${a.port}`, err }));
         sock.on("message", (data, rinfo) => {
+          const receivedAt = performance.now();
           const flow: Flow = { transport: "udp", remoteAddress: rinfo.address, remotePort: rinfo.port, localAddress: a.address, localPort: a.port };
-          this.onDatagram(data, flow);
+          this.onDatagram(data, flow, receivedAt);
         });
         resolve(a.port);
       });
@@ -183,7 +196,7 @@ export class SipTransport implements Transport {
     });
   }
 
-  private onDatagram(data: Buffer, flow: Flow): void {
+  private onDatagram(data: Buffer, flow: Flow, receivedAt: number = performance.now()): void {
     this.counters.received++;
     if (this.opts.acceptSource && !this.opts.acceptSource(flow.remoteAddress)) {
       this.counters.dropped++;
@@ -193,11 +206,12 @@ export class SipTransport implements Transport {
     if (data.length <= 4 && data.every((b) => b === 13 || b === 10)) return;
     if (data.length > this.limits.maxMessageBytes) {
       this.counters.dropped++;
-      this.log.debug("udp datagram over size limit dropped", { from: `${flow.remoteAddress}:${flow.remotePort}`, bytes: data.length });
+      if (this.log.enabled("debug")) this.log.debug("udp datagram over size limit dropped", { from: `${flow.remoteAddress}:${flow.remotePort}`, bytes: data.length });
       return;
     }
     const result = parseDatagram(data, this.limits);
     if (!result.ok) return this.onParseError(result.error, flow, data);
+    result.message.receivedAt = receivedAt;
     this.dispatch(result.message, flow);
   }
 
@@ -217,7 +231,7 @@ export class SipTransport implements Transport {
 
   private onParseError(err: ParseError, flow: Flow, raw: Buffer): void {
     this.counters.parseErrors++;
-    this.log.debug("unparseable message", { from: `${flow.remoteAddress}:${flow.remotePort}`, transport: flow.transport, status: err.status, reason: err.reason });
+    if (this.log.enabled("debug")) this.log.debug("unparseable message", { from: `${flow.remoteAddress}:${flow.remotePort}`, transport: flow.transport, status: err.status, reason: err.reason });
     // Malformed responses are dropped silently (RFC 3261 §18.1.2); requests get a
     // stateless error response when enough of them could be read to address one.
     const reply = statelessErrorResponse(err, flow, raw);
@@ -264,6 +278,7 @@ export class SipTransport implements Transport {
   }
 
   private onStreamData(conn: Connection, chunk: Buffer): void {
+    const receivedAt = performance.now();
     conn.buffer = conn.buffer.length === 0 ? chunk : Buffer.concat([conn.buffer, chunk]);
     while (conn.buffer.length > 0) {
       const frame = frameStream(conn.buffer, this.limits);
@@ -285,6 +300,7 @@ export class SipTransport implements Transport {
         this.onParseError(result.error, conn.flow, bytes);
         continue;
       }
+      result.message.receivedAt = receivedAt;
       this.dispatch(result.message, conn.flow);
     }
   }
@@ -292,12 +308,17 @@ export class SipTransport implements Transport {
   /** Framing is lost on a stream (RFC 4475 ncl.dat, mcl01.dat): the connection must go. */
   private closeBroken(conn: Connection, reason: string): void {
     this.counters.parseErrors++;
-    this.log.debug("closing tcp connection with broken framing", { conn: conn.id, reason });
+    if (this.log.enabled("debug")) this.log.debug("closing tcp connection with broken framing", { conn: conn.id, reason });
     conn.buffer = Buffer.alloc(0);
     conn.socket.destroy();
   }
 
   // --- sending -------------------------------------------------------------------------
+
+  /** One handler for every datagram's send error (the error names the address and port). */
+  private readonly onSendError = (err: Error | null): void => {
+    if (err) this.log.debug("udp send failed", { err });
+  };
 
   isReliable(flow: Flow): boolean {
     return flow.transport === "tcp";
@@ -308,9 +329,10 @@ export class SipTransport implements Transport {
       const sock = this.udp.get(`${flow.localAddress}|${flow.localPort}`) ?? this.udpFor(flow.remoteAddress);
       if (!sock) return false;
       this.counters.sent++;
-      sock.send(data, flow.remotePort, flow.remoteAddress, (err) => {
-        if (err) this.log.debug("udp send failed", { to: `${flow.remoteAddress}:${flow.remotePort}`, err });
-      });
+      // No callback unless someone reads debug logs: a callback costs a closure and a
+      // nextTick per datagram, and a UDP send error is not reported to the sender anyway.
+      if (this.log.enabled("debug")) sock.send(data, flow.remotePort, flow.remoteAddress, this.onSendError);
+      else sock.send(data, flow.remotePort, flow.remoteAddress);
       return true;
     }
     const conn =

@@ -50,6 +50,8 @@ interface SipMessageBase {
   cseq: CSeq;
   from: NameAddr;
   to: NameAddr;
+  /** performance.now() when the transport read the datagram or stream chunk carrying it (inbound only). */
+  receivedAt?: number;
 }
 
 export interface SipRequest extends SipMessageBase {

@@ -1,5 +1,5 @@
 // Transaction matching keys, RFC 3261 §17.1.3 (client) and §17.2.3 (server). Pure functions.
-import { randomBytes } from "node:crypto";
+import { randomFillSync } from "node:crypto";
 import type { SipRequest, SipResponse, Via } from "../types.ts";
 
 /** RFC 3261 §8.1.1.7: branches of RFC 3261 elements start with this cookie. */
@@ -19,8 +19,20 @@ export function isRfc3261Branch(branch: string | undefined): branch is string {
  * the UA". 96 bits from the CSPRNG make a collision negligible and the value unguessable.
  */
 export function createBranch(): string {
-  return MAGIC_COOKIE + randomBytes(12).toString("base64url");
+  // One CSPRNG call per 341 branches: randomBytes() per branch cost ~5 µs per fork.
+  if (poolOffset + BRANCH_BYTES > pool.length) {
+    randomFillSync(pool);
+    poolOffset = 0;
+  }
+  const id = pool.toString("base64url", poolOffset, poolOffset + BRANCH_BYTES);
+  poolOffset += BRANCH_BYTES;
+  return MAGIC_COOKIE + id;
 }
+
+const BRANCH_BYTES = 12;
+const pool = Buffer.allocUnsafeSlow(BRANCH_BYTES * 341);
+/** Past the end: the pool is filled on first use. */
+let poolOffset = pool.length;
 
 /** RFC 3261 §18.1.1/§19.1.2: an absent port means 5060, or 5061 for TLS. */
 function defaultPort(transport: string): number {
