@@ -66,6 +66,7 @@ commands:
   site apply|show          apply a site file (users, devices, groups; --dry-run checks only)
   group list|show          call groups of the applied site, members and who is online
   user list                operators of the applied site
+  calls [--limit N] [--group <id>] [--json]   the call log: answered and missed calls
 
 common options:
   --config <file>          settings file (JSON; default /etc/ringedge/ringedge.conf.json if present,
@@ -97,12 +98,17 @@ only with --show-password.`,
   phone: PHONE_HELP,
   provision: PROVISION_HELP,
   console: CONSOLE_HELP,
+  calls: `usage: ringedge calls [--limit N] [--group <group id>] [--json]
+
+The call log, newest first: who called, which group or number, the outcome (answered, missed,
+busy, voicemail, forwarded, overflow, ...), who was offered, who answered and after how long.
+The store keeps the last 5,000 calls.`,
   settings: `usage: ringedge settings [--json]
 
 Lists every setting with its environment variable, default and meaning, then the effective values.`,
 };
 
-const VALUE_FLAGS = new Set(["config", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", ...CONSOLE_VALUE_FLAGS]);
+const VALUE_FLAGS = new Set(["config", "limit", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", ...CONSOLE_VALUE_FLAGS]);
 
 export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s), err: (s: string) => void = (s) => process.stderr.write(s)): Promise<number> {
   let parsed: Parsed;
@@ -172,8 +178,10 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
       case "console":
         return await consoleCommand(sub, rest, flags, settings, out, err);
       case "settings":
-        out(renderSettingsDoc() + "\n\neffective:\n" + JSON.stringify(settings, null, 2) + "\n");
+        out(renderSettingsDoc() + "\n\neffective:\n" + JSON.stringify(redactSecrets(settings), null, 2) + "\n");
         return 0;
+      case "calls":
+        return await callsCommand(settings, flags, json, out);
       default:
         err(`ringedge: unknown command '${command}' (see ringedge --help)\n`);
         return 2;
@@ -316,4 +324,39 @@ async function storeCommand(settings: Settings, sub: string | undefined, out: (s
       err(HELP.store + "\n");
       return 2;
   }
+}
+
+/** Settings as printed: secrets shown only as set or not. */
+export function redactSecrets(settings: Settings): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...settings };
+  for (const k of Object.keys(out)) {
+    if (/password/i.test(k) && typeof out[k] === "string" && out[k] !== "") out[k] = "(set, not shown)";
+  }
+  return out;
+}
+
+async function callsCommand(settings: Settings, flags: Map<string, string | true>, json: boolean, out: (s: string) => void): Promise<number> {
+  const args: Record<string, unknown> = {};
+  const limit = flags.get("limit");
+  if (limit !== undefined) {
+    if (limit === true || !/^\d{1,4}$/.test(limit)) throw new UsageError("--limit needs a whole number");
+    args.limit = Number(limit);
+  }
+  const group = flags.get("group");
+  if (group !== undefined) {
+    if (group === true) throw new UsageError("--group needs a group id");
+    args.groupId = group;
+  }
+  const calls = (await execute(settings, "calls.list", args)) as Array<{ at: number; caller: string; target: string; groupId?: string; outcome: string; offered: string[]; answeredBy?: string; answerAfterMs?: number }>;
+  if (json) {
+    out(JSON.stringify(calls, null, 2) + "\n");
+    return 0;
+  }
+  const rows = calls.map((c) => {
+    const when = new Date(c.at).toISOString().replace("T", " ").slice(0, 19);
+    const who = c.answeredBy ? `${c.answeredBy} after ${((c.answerAfterMs ?? 0) / 1000).toFixed(1)}s` : `offered: ${c.offered.join(", ") || "nobody"}`;
+    return `${when}  ${c.caller.slice(0, 16).padEnd(16)} -> ${(c.groupId ?? c.target).slice(0, 12).padEnd(12)} ${c.outcome.padEnd(10)} ${who}`.slice(0, 120);
+  });
+  out((rows.length ? rows : ["no calls recorded"]).join("\n") + "\n");
+  return 0;
 }

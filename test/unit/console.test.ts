@@ -55,3 +55,39 @@ test("usernames and generated passwords", () => {
   }
   assert.equal(seen.size, 100);
 });
+
+test("ringedge settings never prints passwords", async () => {
+  const { redactSecrets } = await import("../../agent/cli.ts");
+  const { defaultSettings } = await import("../../agent/config.ts");
+  const s = { ...defaultSettings(), mqttPassword: "hunter2-secret" } as ReturnType<typeof defaultSettings>;
+  const shown = JSON.stringify(redactSecrets(s));
+  assert.doesNotMatch(shown, /hunter2/);
+  assert.match(shown, /"mqttPassword":"\(set, not shown\)"/);
+});
+
+test("calls.list: newest first, limit and group filter checked", async () => {
+  const fs = await import("node:fs");
+  const os = await import("node:os");
+  const path = await import("node:path");
+  const { Store } = await import("../../agent/store/store.ts");
+  const { agentCommands } = await import("../../agent/console/commands.ts");
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-calls-"));
+  const store = await Store.open(dir);
+  try {
+    for (let i = 0; i < 3; i++) {
+      const r = store.appendCall({ id: `c${i}`, at: 1_000 + i, caller: "+4930123", target: "700", groupId: i === 1 ? "support" : "sales", outcome: i === 2 ? "missed" : "answered", offered: ["anna"], ...(i === 2 ? {} : { answeredBy: "anna", answerAfterMs: 1200 }) });
+      assert.ok(r.ok, r.ok ? "" : r.error.message);
+    }
+    const table = agentCommands({ store });
+    const all = (await runCommand(table, JSON.stringify({ cmd: "calls.list", args: {} }))) as { ok: true; result: Array<{ id: string }> };
+    assert.deepEqual(all.result.map((c) => c.id), ["c2", "c1", "c0"]);
+    const sales = (await runCommand(table, JSON.stringify({ cmd: "calls.list", args: { groupId: "sales", limit: 1 } }))) as { ok: true; result: Array<{ id: string }> };
+    assert.deepEqual(sales.result.map((c) => c.id), ["c2"]);
+    for (const bad of [0, -1, 1.5, "10", 5001]) {
+      const r = await runCommand(table, JSON.stringify({ cmd: "calls.list", args: { limit: bad } }));
+      assert.equal(r.ok, false, `limit ${JSON.stringify(bad)} refused`);
+    }
+  } finally {
+    await store.close();
+  }
+});
