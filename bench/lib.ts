@@ -185,11 +185,32 @@ function callsSection(r: Json): string[] {
   return out;
 }
 
+function provisionSection(r: Json): string[] {
+  return [
+    "| full configs/s in process | µs per config | over HTTP/s (keep-alive) | import 1,000 phones ms (of which parse) |",
+    `| ${fmt(num(r.handlePerSec))} | ${fmt(num(r.handleUsPerConfig), 1)} | ${fmt(num(r.httpPerSec))} (${fmt(num(r.httpConcurrency))} in flight) | ${fmt(num(r.import1000Ms), 1)} (${fmt(num(r.import1000ParseMs), 1)}) |`,
+  ];
+}
+
+function mqttSection(r: Json): string[] {
+  const p = obj(r.pushToAck);
+  const o = obj(r.outbox);
+  const f = obj(r.fleet);
+  return [
+    "| push → applied ack p50 / p99 ms | config | events/s through the outbox | fleet: agents acked | all acked within ms |",
+    `| ${fmt(num(p.p50Ms), 1)} / ${fmt(num(p.p99Ms), 1)} | ${fmt(num(p.users))} users, ${fmt(num(p.devices))} phones, ${fmt(num(p.groups))} groups, ${fmt(num(p.configBytes))} B | ${fmt(num(o.eventsPerS))} | ${fmt(num(f.agents))} (${fmt(num(f.rejected))} rejected) | ${fmt(num(f.allAckedMs))} |`,
+    "",
+    `Targets: push → ack p50 ≤ ${fmt(num(p.targetP50Ms))} ms ${yes(num(p.p50Ms) <= num(p.targetP50Ms))}; fleet of ${fmt(num(f.agents))} within ${fmt(num(f.targetMs))} ms ${yes(num(f.allAckedMs) <= num(f.targetMs))}.`,
+  ];
+}
+
 const SECTIONS: ReadonlyArray<{ name: string; title: string; render: (r: Json) => string[] }> = [
   { name: "parser", title: "SIP parser (bench/parser.bench.ts)", render: parserSection },
   { name: "routing", title: "Routing core planStep (bench/routing.bench.ts)", render: routingSection },
   { name: "register", title: "Registration with digest auth, 2,000 phones (bench/register.bench.ts)", render: registerSection },
   { name: "calls", title: "Calls through the agent, SIPp callers to SIPp phones (bench/calls.bench.ts)", render: callsSection },
+  { name: "provision", title: "Phone provisioning: configs served, CSV import (bench/provision.bench.ts)", render: provisionSection },
+  { name: "mqtt", title: "Console sync over MQTT with a real Mosquitto (bench/mqtt.bench.ts)", render: mqttSection },
 ];
 
 /** Builds summary.md from the result files; a result older than this run is marked stale. */

@@ -38,6 +38,8 @@ if command -v tshark >/dev/null 2>&1; then
 else
   echo "tshark is not installed (make benchdeps): calls bench skipped"
 fi
+run_bench provision 90 bench/provision.bench.ts
+run_bench mqtt 180 bench/mqtt.bench.ts
 
 "$NODE" --import tsx bench/lib.ts summary "$started" "${statuses[@]}" || failed=1
 echo "total $(( $(date +%s) - started )) s; summary in bench/results/summary.md"
