@@ -138,7 +138,7 @@ function registerSection(r: Json): string[] {
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     `| ${fmt(num(r.registrations))} | ${fmt(num(r.wallMs))} | ${fmt(num(r.perSecond))} | ${fmt(num(r.failed))} | ${fmt(num(r.rssMB), 1)} | ${fmt(num(r.hwmMB), 1)} | ${fmt(num(r.heapUsedMB), 1)} | ${fmt(num(r.steadyRssMB), 1)} | ${fmt(num(r.cpuUsPerRegistration))} |`,
     "",
-    `Targets (bin/ringedge.js as shipped): ${fmt(num(targets.registrations))} registered ${yes(met.registrations)}; under ${fmt(num(targets.wallMsMax))} ms ${yes(met.wallMs)}; no failure ${yes(met.failed)}; RSS under ${fmt(num(targets.rssMBMax))} MB ${yes(met.rssMB)}.`,
+    `Targets (dist/ringedge.mjs, as make run ships it): ${fmt(num(targets.registrations))} registered ${yes(met.registrations)}; under ${fmt(num(targets.wallMsMax))} ms ${yes(met.wallMs)}; no failure ${yes(met.failed)}; RSS under ${fmt(num(targets.rssMBMax))} MB ${yes(met.rssMB)}.`,
     "",
     "| runtime | run | rate/s | ok | failed | retrans | wall ms | reg/s | 401 ms med / p99 | 200 ms med / p99 | agent CPU µs/reg |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

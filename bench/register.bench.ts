@@ -13,12 +13,12 @@
 // 4. "paced": SIPp refreshes all N at a fixed rate on the now warm agent; SIPp's per-REGISTER
 //    response times (rtd) and the agent's CPU time per registration come from this run.
 // 5. "steady": memory once Timer J has let go of the completed transactions (~32 s).
-// The whole sequence runs twice: on bin/ringedge.js as shipped (tsx loader; the headline
-// figures) and on an esbuild bundle of the same sources on plain node (what a compiled
-// production image would hold), so the loader's share of RSS is measured, not guessed.
+// The whole sequence runs twice: on dist/ringedge.mjs as `make run` ships it (plain node; the
+// headline figures) and on bin/ringedge.js through tsx's loader (the development form), so
+// the loader's share of RSS is measured, not guessed.
 //
 // Knobs (env): BENCH_REGISTRATIONS (2000), BENCH_BURST_RATE (per s, 4000), BENCH_BURST_LIMIT
-// (concurrent, 1000), BENCH_PACED_RATE (per s, 1000), BENCH_SKIP_BUNDLE=1, BENCH_KEEP=1 (keep
+// (concurrent, 1000), BENCH_PACED_RATE (per s, 1000), BENCH_SKIP_TSX=1, BENCH_KEEP=1 (keep
 // the temp dir with SIPp's stat/rtt files).
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -241,26 +241,23 @@ async function seed(workDir: string, dataDir: string): Promise<string> {
 }
 
 /**
- * The production-image comparison: the same agent bundled to one ESM file by esbuild (a tsx
- * dependency), so it runs on plain node without tsx's module-loader thread.
+ * The agent as shipped: dist/ringedge.mjs, built exactly as `make build` builds it (one ESM
+ * bundle of agent/, npm packages external) and run by plain node, as `make run` does.
  */
-async function buildBundle(workDir: string): Promise<string> {
+async function buildDist(): Promise<string> {
   const esbuild = (await import("esbuild")) as unknown as {
     build(o: Record<string, unknown>): Promise<unknown>;
   };
-  const entry = path.join(workDir, "entry.ts");
-  fs.writeFileSync(entry, `import { main } from ${JSON.stringify(path.join(ROOT, "agent", "cli.ts"))};\nprocess.exitCode = await main(process.argv.slice(2));\n`);
-  const outfile = path.join(workDir, "ringedge.mjs");
+  const outfile = path.join(ROOT, "dist", "ringedge.mjs");
   await esbuild.build({
-    entryPoints: [entry],
+    entryPoints: [path.join(ROOT, "agent", "main.ts")],
     bundle: true,
     platform: "node",
     format: "esm",
     target: "node20",
+    packages: "external",
     outfile,
     logLevel: "warning",
-    // CommonJS dependencies (mqtt, …) call require(); give the ESM bundle one.
-    banner: { js: 'import { createRequire as __ringedgeCreateRequire } from "node:module"; const require = __ringedgeCreateRequire(import.meta.url);' },
   });
   return outfile;
 }
@@ -424,11 +421,11 @@ async function main(): Promise<number> {
   const m = machine();
   const workDir = tempDir("ringedge-bench-");
   const variants: VariantResult[] = [];
-  variants.push(await benchAgent("tsx", BIN, workDir));
+  variants.push(await benchAgent("dist", await buildDist(), workDir));
   printVariant(variants[0]!);
-  if (process.env.BENCH_SKIP_BUNDLE !== "1") {
-    const bundle = await buildBundle(workDir);
-    variants.push(await benchAgent("bundle", bundle, workDir));
+  // The development form (bin/ringedge.js through tsx's loader) for comparison.
+  if (process.env.BENCH_SKIP_TSX !== "1") {
+    variants.push(await benchAgent("tsx", BIN, workDir));
     printVariant(variants[1]!);
   }
 
@@ -457,7 +454,7 @@ async function main(): Promise<number> {
     met,
     variants: variants.map((v) => ({
       runtime: v.runtime,
-      entry: v.runtime === "tsx" ? "bin/ringedge.js (tsx loader)" : "esbuild bundle of agent/cli.ts on plain node",
+      entry: v.runtime === "tsx" ? "bin/ringedge.js (tsx loader, development)" : "dist/ringedge.mjs on plain node (make run)",
       readyMs: v.readyMs,
       runs: [runJson(v.burst), runJson(v.paced)],
       memory: v.memory,
