@@ -6,7 +6,8 @@
 import * as fs from "node:fs";
 import * as net from "node:net";
 import { fileURLToPath } from "node:url";
-import Ajv2020Module from "ajv/dist/2020.js";
+import { createRequire } from "node:module";
+import type Ajv2020Module from "ajv/dist/2020.js";
 import type { ErrorObject, ValidateFunction } from "ajv";
 
 /** The schema's $id; validators are looked up as `${CONTRACT_ID}#/$defs/<name>`. */
@@ -28,7 +29,11 @@ export const MAX_SCHEMA_ERRORS = 200;
 // ajv ships CommonJS with `module.exports.default`; under NodeNext the default import is the
 // module object, so take `.default` when it is there.
 type AjvClass = typeof Ajv2020Module.default;
-const Ajv2020: AjvClass = (Ajv2020Module as unknown as { default?: AjvClass }).default ?? (Ajv2020Module as unknown as AjvClass);
+/** ajv is loaded on the first validation (~10 MB of RSS an agent without a site never needs). */
+function loadAjv(): AjvClass {
+  const mod = createRequire(import.meta.url)("ajv/dist/2020.js") as { default?: AjvClass } & AjvClass;
+  return mod.default ?? mod;
+}
 
 let compiled: { ajv: InstanceType<AjvClass>; defs: ReadonlySet<string>; validators: Map<string, ValidateFunction> } | null = null;
 
@@ -37,6 +42,7 @@ function contract(): NonNullable<typeof compiled> {
   const schema = JSON.parse(fs.readFileSync(CONTRACT_SCHEMA_PATH, "utf8")) as { $id: string; $defs: Record<string, unknown> };
   // allErrors: report every problem at once (an installer fixes a file in one pass);
   // strict: a typo in the schema itself is an error at load, not a silently ignored keyword.
+  const Ajv2020 = loadAjv();
   const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true });
   // Formats the schema uses, checked the way Node parses addresses (no DNS, literals only).
   ajv.addFormat("ipv4", { type: "string", validate: (s: string) => net.isIPv4(s) });

@@ -47,12 +47,12 @@ test("a new site version applied while a call rings: the call is not dropped, it
   await p1!.waitInvites(1);
   await p2!.waitInvites(1);
 
-  // Version 2 renames the group, changes its no-answer action and adds an operator.
+  // Version 2 changes the ringing group (pickup on, another no-answer action) and adds an operator.
   const v2: SimSite = {
     ...site,
     users: [...site.users, late.user],
     devices: [...site.devices, ...late.devices],
-    groups: [{ ...site.groups[0]!, name: "Front desk (new)", noAnswer: { kind: "hangup", status: 486 } }],
+    groups: [{ ...site.groups[0]!, pickup: { enabled: true }, noAnswer: { kind: "hangup", status: 486 } }],
   };
   const applied = await agent.cli(["site", "apply", writeSiteFile(siteDir, v2, 2), "--json"]);
   assert.equal(applied.code, 0, applied.stderr);
