@@ -41,7 +41,7 @@ dist/ringedge.mjs: node_modules/.installed $(SOURCES)
 build: dist/ringedge.mjs
 
 run: build
-	$(NODE) dist/ringedge.mjs run
+	bin/ringedge run
 
 typecheck: deps
 	npx tsc --noEmit -p .
@@ -68,7 +68,7 @@ benchdeps:
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 
-bench: deps sysdeps benchdeps
+bench: deps sysdeps benchdeps build
 	bash bench/run.sh
 
 demo: deps sysdeps

@@ -47,7 +47,8 @@ const CALLER_IP = "127.0.0.60";
 const execFileP = promisify(execFile);
 const PHONE_IP = "127.0.0.1";
 const GROUP_NUMBER = { simultaneous: "700", sequential: "701" } as const;
-const BIN = path.join(ROOT, "bin", "ringedge.js");
+/** The agent as shipped (bin/ringedge runs dist/ringedge.mjs; make bench builds it first). */
+const BIN = path.join(ROOT, "bin", "ringedge");
 const SIPP = path.join(BENCH_DIR, "sipp");
 /** USER_HZ of /proc/<pid>/stat. */
 const CLK_TCK = 100;
@@ -365,7 +366,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     RINGEDGE_SITE_FILE: site,
   });
   const nodeArgs = CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.join(dir, "prof")}`] : [];
-  const agent = start(process.execPath, [...nodeArgs, BIN, "run"], { cwd: ROOT, env });
+  const agent = start(BIN, ["run"], { cwd: ROOT, env: { ...env, RINGEDGE_NODE_FLAGS: nodeArgs.join(" ") } });
   const sock = path.join(dataDir, "control.sock");
   let phoneProcs: Child[] = [];
   let cap: Capture | undefined;

@@ -281,7 +281,9 @@ async function benchAgent(runtime: string, entry: string, workDir: string): Prom
     // out and fill the steady-state figure with 2,000 retransmitting probes to dead phones.
     RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
   });
-  const agent = spawn(process.execPath, [entry, "run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  // The shipped agent starts through bin/ringedge (its node flags); the tsx form as developers run it.
+  const [cmd, args] = entry.endsWith(".mjs") ? [path.join(ROOT, "bin", "ringedge"), ["run"]] : [process.execPath, [entry, "run"]];
+  const agent = spawn(cmd, args, { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
   let agentLog = "";
   agent.stderr.setEncoding("utf8").on("data", (d: string) => (agentLog = (agentLog + d).slice(-20_000)));
   const exited = new Promise<number | null>((resolve) => agent.once("exit", (c) => resolve(c)));

@@ -1,5 +1,6 @@
 # Shared by the hooks (sourced, not run): how to call the ringedge CLI and read its settings.
-# Environment: RINGEDGE_BIN (command, may include arguments, e.g. "node /opt/ringedge/bin/ringedge.js"),
+# Environment: RINGEDGE_BIN (command, may include arguments, e.g. "/opt/ringedge/bin/ringedge";
+# default: ringedge on PATH, else bin/ringedge when dist/ is built, else node bin/ringedge.js),
 # RINGEDGE_CONFIG (settings file), RINGEDGE_DATA_DIR and every other RINGEDGE_* setting.
 
 HOOK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -8,6 +9,9 @@ if [[ -n "${RINGEDGE_BIN:-}" ]]; then
   read -r -a BIN <<<"$RINGEDGE_BIN"
 elif command -v ringedge >/dev/null 2>&1; then
   BIN=(ringedge)
+elif [[ -f "$HOOK_DIR/../dist/ringedge.mjs" ]]; then
+  # The shipped bundle through its launcher (the node flags live there).
+  BIN=("$HOOK_DIR/../bin/ringedge")
 else
   BIN=(node "$HOOK_DIR/../bin/ringedge.js")
 fi

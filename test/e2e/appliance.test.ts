@@ -25,7 +25,9 @@ interface HookResult {
 
 function hook(name: string, args: string[], env: NodeJS.ProcessEnv, stdin = "", timeoutMs = 40_000): Promise<HookResult> {
   return new Promise((resolve, reject) => {
-    const p = spawn(path.join(HOOKS, name), args, { env, cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
+    // The hooks run the sources under test (not a dist/ bundle a developer may have built earlier).
+    const withBin = { RINGEDGE_BIN: `${process.execPath} ${path.join(ROOT, "bin", "ringedge.js")}`, ...env };
+    const p = spawn(path.join(HOOKS, name), args, { env: withBin, cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     p.stdout.on("data", (d) => (stdout += d));
