@@ -26,18 +26,9 @@ export interface PhoneRecord {
   lineKeys?: LineKeyInput[];
 }
 
-/** One phone that fetched from us, keyed by MAC (store: StoreData.seenPhones). */
-export interface SeenPhone {
-  mac: string;
-  vendor?: string;
-  model?: string;
-  firmware?: string;
-  ip: string;
-  userAgent?: string;
-  firstSeen: string;
-  lastSeen: string;
-  requests: number;
-}
+/** One phone that fetched from us, keyed by MAC: the store's own record (StoreData.seenPhones). */
+export type { SeenPhone } from "../agent/store/schema.ts";
+import type { SeenPhone } from "../agent/store/schema.ts";
 
 export type SeenPhoneNote = Pick<SeenPhone, "mac" | "ip"> & Partial<Pick<SeenPhone, "vendor" | "model" | "firmware" | "userAgent">>;
 

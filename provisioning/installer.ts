@@ -10,7 +10,7 @@ import fs from "node:fs";
 import os from "node:os";
 import net from "node:net";
 import type { AgentView } from "../agent/console/commands.ts";
-import { CommandError, type CommandTable } from "../agent/console/control.ts";
+import { CommandError, argString, type CommandTable } from "../agent/console/control.ts";
 import type { Settings } from "../agent/config.ts";
 import { tryParseHostPort } from "../agent/config.ts";
 import type { DeviceRecord, SeenPhone } from "../agent/store/schema.ts";
@@ -56,17 +56,6 @@ export interface ImportRowResult {
   error?: string;
 }
 
-function argStr(args: Record<string, unknown>, key: string, required: true): string;
-function argStr(args: Record<string, unknown>, key: string, required?: false): string | undefined;
-function argStr(args: Record<string, unknown>, key: string, required = false): string | undefined {
-  const v = args[key];
-  if (v === undefined || v === null) {
-    if (required) throw new CommandError(`missing ${key}`);
-    return undefined;
-  }
-  if (typeof v !== "string") throw new CommandError(`${key} must be a string`);
-  return v;
-}
 
 function profilesOf(view: AgentView & { provisioning?: { profiles: ReadonlyMap<string, Profile> } }): ReadonlyMap<string, Profile> {
   return view.provisioning?.profiles ?? defaultProfiles();
@@ -164,20 +153,20 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       return phones().map((d) => viewPhone(view, d, seen, false));
     },
     "phone.show": (args) => {
-      const d = findPhone(view, argStr(args, "ref", true));
+      const d = findPhone(view, argString(args, "ref", true));
       const v = viewPhone(view, d, seenMap(), args.showSecrets === true) as PhoneView & { urls?: string[] };
       const urls = view.provisioning?.urls();
       if (urls && args.showSecrets === true && d.provisioning) v.urls = urls.map((u) => `${u}p/${d.provisioning!.token}/`);
       return v;
     },
     "phone.add": async (args) => {
-      const macText = argStr(args, "mac", true);
+      const macText = argString(args, "mac", true);
       const mac = normaliseMac(macText);
       if (!mac) throw new CommandError(`'${macText}' is not a phone's MAC address (12 hex digits, unicast)`);
-      const model = checkedModel(view, argStr(args, "model"));
-      const extension = checkedExtension(argStr(args, "extension"));
-      const name = checkedName(argStr(args, "name"));
-      const owner = argStr(args, "owner");
+      const model = checkedModel(view, argString(args, "model"));
+      const extension = checkedExtension(argString(args, "extension"));
+      const name = checkedName(argString(args, "name"));
+      const owner = argString(args, "owner");
       const problem = phoneProblem(view, { mac, extension });
       if (problem) throw new CommandError(problem);
       const d = addPhone(view, { mac, model: model.id, extension, ...(name ? { name } : {}), ...(owner ? { owner } : {}) });
@@ -185,16 +174,16 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       return viewPhone(view, d, seenMap(), args.showSecrets === true);
     },
     "phone.adopt": async (args) => {
-      const macText = argStr(args, "mac", true);
+      const macText = argString(args, "mac", true);
       const mac = normaliseMac(macText);
       if (!mac) throw new CommandError(`'${macText}' is not a phone's MAC address`);
       const seen = seenMap().get(mac);
       if (!seen) throw new CommandError(`no phone with MAC ${mac} has asked for its configuration (see: ringedge phone seen)`);
       if (view.store.findDeviceByMac(mac)) throw new CommandError(`MAC ${mac} is already adopted`);
-      const model = checkedModel(view, argStr(args, "model") ?? (seen.model !== undefined && findModel(profilesOf(view), seen.model, seen.vendor) ? findModel(profilesOf(view), seen.model, seen.vendor)!.model.id : undefined));
-      const extension = checkedExtension(argStr(args, "extension"));
-      const name = checkedName(argStr(args, "name"));
-      const owner = argStr(args, "owner");
+      const model = checkedModel(view, argString(args, "model") ?? (seen.model !== undefined && findModel(profilesOf(view), seen.model, seen.vendor) ? findModel(profilesOf(view), seen.model, seen.vendor)!.model.id : undefined));
+      const extension = checkedExtension(argString(args, "extension"));
+      const name = checkedName(argString(args, "name"));
+      const owner = argString(args, "owner");
       const problem = phoneProblem(view, { mac, extension });
       if (problem) throw new CommandError(problem);
       const d = addPhone(view, { mac, model: model.id, extension, ...(name ? { name } : {}), ...(owner ? { owner } : {}) });
@@ -202,14 +191,14 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       return viewPhone(view, d, seenMap(), args.showSecrets === true);
     },
     "phone.remove": async (args) => {
-      const d = findPhone(view, argStr(args, "ref", true));
+      const d = findPhone(view, argString(args, "ref", true));
       view.store.removeDevice(d.id);
       await flush();
       view.devicesChanged?.(d.id);
       return { removed: d.mac, extension: d.username, id: d.id };
     },
     "phone.rebootstrap": (args) => {
-      const d = findPhone(view, argStr(args, "ref", true));
+      const d = findPhone(view, argString(args, "ref", true));
       if (!view.provisioning) throw new CommandError("the agent is not running");
       view.provisioning.reopenBootstrap(d.id);
       return { mac: d.mac, id: d.id };
@@ -264,14 +253,14 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
     },
     "phone.targets": (args) => {
       if (args.all === true) return phones().map((d) => d.id);
-      const group = argStr(args, "group");
+      const group = argString(args, "group");
       if (group !== undefined) {
         const g = view.store.site?.groups.find((x) => x.id === group || x.number === group);
         if (!g) throw new CommandError(`no group '${group}' in the applied site`);
         const members = new Set(g.members);
         return phones().filter((d) => d.owner !== undefined && members.has(d.owner)).map((d) => d.id);
       }
-      return [findPhone(view, argStr(args, "ref", true)).id];
+      return [findPhone(view, argString(args, "ref", true)).id];
     },
     "phone.resync": async (args): Promise<ResyncResult[]> => {
       if (!view.provisioning) throw new CommandError("re-sync needs the running agent (phones are reached over their SIP registrations)");

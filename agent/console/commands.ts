@@ -4,7 +4,7 @@
 import { randomBytes } from "node:crypto";
 import type { Store } from "../store/store.ts";
 import type { DeviceRecord } from "../store/schema.ts";
-import { CommandError, type CommandTable } from "./control.ts";
+import { CommandError, argString, type CommandTable } from "./control.ts";
 import type { SiteService } from "../site/site.ts";
 import { siteCommands } from "./site-commands.ts";
 import { phoneCommands } from "../../provisioning/installer.ts";
@@ -31,17 +31,6 @@ export function generatePassword(): string {
   return randomBytes(18).toString("base64url");
 }
 
-function str(args: Record<string, unknown>, key: string, required: true): string;
-function str(args: Record<string, unknown>, key: string, required?: false): string | undefined;
-function str(args: Record<string, unknown>, key: string, required = false): string | undefined {
-  const v = args[key];
-  if (v === undefined || v === null) {
-    if (required) throw new CommandError(`missing ${key}`);
-    return undefined;
-  }
-  if (typeof v !== "string") throw new CommandError(`${key} must be a string`);
-  return v;
-}
 
 export interface DeviceView {
   id: string;
@@ -101,21 +90,21 @@ export function agentCommands(view: AgentView): CommandTable {
       return view.status();
     },
     "device.list": () => view.store.listDevices().map((d) => viewDevice(view, d, false)),
-    "device.show": (args) => viewDevice(view, findDevice(str(args, "ref", true)), args.showPassword === true),
+    "device.show": (args) => viewDevice(view, findDevice(argString(args, "ref", true)), args.showPassword === true),
     "device.add": async (args) => {
-      const username = str(args, "username", true);
+      const username = argString(args, "username", true);
       if (!USERNAME_RE.test(username)) throw new CommandError(`username '${username}' is not valid: 1-32 of letters, digits, '.', '_', '-', starting with a letter or digit`);
-      const kind = str(args, "kind") ?? "physical";
+      const kind = argString(args, "kind") ?? "physical";
       if (kind !== "physical" && kind !== "soft") throw new CommandError(`kind must be 'physical' or 'soft', not '${kind}'`);
-      let password = str(args, "password");
+      let password = argString(args, "password");
       const generated = password === undefined;
       if (password !== undefined && (password.length < 8 || password.length > 128 || /[\x00-\x1f\x7f"\\]/.test(password))) {
         throw new CommandError("password must be 8-128 printable characters without quotes or backslashes");
       }
       password ??= generatePassword();
-      const displayName = str(args, "displayName");
+      const displayName = argString(args, "displayName");
       if (displayName !== undefined && (displayName.length > 64 || /[\x00-\x1f\x7f]/.test(displayName))) throw new CommandError("display name must be at most 64 printable characters");
-      const owner = str(args, "owner");
+      const owner = argString(args, "owner");
       if (view.store.listDevices().some((d) => d.username === username)) throw new CommandError(`a device with username '${username}' already exists`);
       const added = view.store.addDevice({
         username,
@@ -133,11 +122,11 @@ export function agentCommands(view: AgentView): CommandTable {
     "calls.list": (args) => {
       const limit = args.limit === undefined ? 20 : args.limit;
       if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > 5000) throw new CommandError("limit must be a whole number from 1 to 5000");
-      const groupId = str(args, "groupId");
+      const groupId = argString(args, "groupId");
       return view.store.listCalls({ limit, ...(groupId !== undefined ? { groupId } : {}) });
     },
     "device.remove": async (args) => {
-      const d = findDevice(str(args, "ref", true));
+      const d = findDevice(argString(args, "ref", true));
       view.store.removeDevice(d.id);
       view.store.removeBindingsOfDevice(d.id);
       await view.store.flush();

@@ -22,6 +22,19 @@ const MAX_LINE = 256 * 1024;
 /** An error whose message is meant for the user (bad arguments, unknown device, …). */
 export class CommandError extends Error {}
 
+/** A string argument of a command: absent (or required and missing) and wrong types are the user's errors. */
+export function argString(args: Record<string, unknown>, key: string, required: true): string;
+export function argString(args: Record<string, unknown>, key: string, required?: false): string | undefined;
+export function argString(args: Record<string, unknown>, key: string, required = false): string | undefined {
+  const v = args[key];
+  if (v === undefined || v === null) {
+    if (required) throw new CommandError(`missing ${key}`);
+    return undefined;
+  }
+  if (typeof v !== "string") throw new CommandError(`${key} must be a string`);
+  return v;
+}
+
 export async function runCommand(table: CommandTable, line: string): Promise<ControlReply> {
   let req: ControlRequest;
   try {

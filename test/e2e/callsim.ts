@@ -11,6 +11,7 @@
 //   Date.now(), so ring timing is measured without clock translation.
 // - SIPp phones and trunk peers: real SIPp processes; what they saw is read back from their
 //   -trace_msg message file (parseSippTrace), whose timestamps are the same wall clock.
+import assert from "node:assert/strict";
 import type { ChildProcess } from "node:child_process";
 import dgram from "node:dgram";
 import fs from "node:fs";
@@ -644,4 +645,19 @@ export function statusesOf(caller: SippPeer): number[] {
 /** Reason header of a CANCEL, or undefined. */
 export function reasonOf(r: SeenRequest | TraceEntry): string | undefined {
   return r.msg.header("reason");
+}
+
+/** A SIPp run ended with every call successful; otherwise the failure with SIPp's own words. */
+export function assertSippOk(name: string, r: { code: number | null; stdout: string; stderr: string }): void {
+  assert.equal(r.code, 0, `${name}: SIPp exit ${r.code}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-800)}`);
+}
+
+/** Timing tolerance: a timer may fire a little early (clock granularity) or late (a loaded machine). */
+export const EARLY_MS = 40;
+export const LATE_MS = 300;
+
+/** `actual` is `expected` ms after `base`, within the tolerance (late timers, never much early). */
+export function assertAfter(what: string, base: number, actual: number, expected: number): void {
+  const d = actual - base;
+  assert.ok(d >= expected - EARLY_MS && d <= expected + LATE_MS, `${what}: ${d} ms after the reference, expected ${expected} ms (-${EARLY_MS}/+${LATE_MS})`);
 }

@@ -25,12 +25,12 @@ import {
   type SimGroup,
   type SimUser,
   type SippPeer,
+  assertSippOk,
+  assertAfter,
 } from "./callsim.ts";
 import { freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const UNIT = 200;
-const EARLY = 40;
-const LATE = 300;
 
 const users: SimUser[] = [];
 const devices: SimDevice[] = [];
@@ -99,14 +99,7 @@ async function register(devs: SimDevice[], answering = RING): Promise<Phone[]> {
   return ps;
 }
 
-function assertSippOk(name: string, r: { code: number | null; stdout: string; stderr: string }): void {
-  assert.equal(r.code, 0, `${name}: SIPp exit ${r.code}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-800)}`);
-}
 
-function assertAfter(what: string, base: number, actual: number, expected: number): void {
-  const d = actual - base;
-  assert.ok(d >= expected - EARLY && d <= expected + LATE, `${what}: ${d} ms after the reference, expected ${expected} ms (-${EARLY}/+${LATE})`);
-}
 
 /** The INVITE a SIPp peer received for a call. */
 function inviteAt(peer: SippPeer, callId: string) {

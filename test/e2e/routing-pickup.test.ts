@@ -21,6 +21,7 @@ import {
   type SimDevice,
   type SimUser,
   type SippPeer,
+  assertSippOk,
 } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
@@ -80,9 +81,6 @@ async function register(devs: SimDevice[], answering = RING): Promise<Phone[]> {
   return ps;
 }
 
-function assertSippOk(name: string, r: { code: number | null; stdout: string; stderr: string }): void {
-  assert.equal(r.code, 0, `${name}: SIPp exit ${r.code}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-800)}`);
-}
 
 describe("busy operators and pickup through the real agent", () => {
   test("a member at their call limit (in a call answered through the agent) is skipped: sequential and simultaneous", async () => {

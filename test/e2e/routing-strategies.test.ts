@@ -26,6 +26,8 @@ import {
   type SimSite,
   type SimUser,
   type SippPeer,
+  assertSippOk,
+  assertAfter,
 } from "./callsim.ts";
 import { freePort, tempDir, type RunningAgent } from "./harness.ts";
 
@@ -33,8 +35,6 @@ const UNIT = 200;
 /** A step of ringCount 2. */
 const STEP = 2 * UNIT;
 /** Timing tolerance: timers may fire late on a loaded 2-core machine, never early. */
-const EARLY = 40;
-const LATE = 300;
 const ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"';
 
 const users: SimUser[] = [];
@@ -94,15 +94,7 @@ async function register(devs: SimDevice[], answering = RING): Promise<Phone[]> {
   return ps;
 }
 
-function assertSippOk(name: string, r: { code: number | null; stdout: string; stderr: string }): void {
-  assert.equal(r.code, 0, `${name}: SIPp exit ${r.code}\n${r.stdout.slice(-1500)}\n${r.stderr.slice(-800)}`);
-}
 
-/** `actual` is `expected` ms after `base`, within the tolerance (late timers, never early ones). */
-function assertAfter(what: string, base: number, actual: number, expected: number): void {
-  const d = actual - base;
-  assert.ok(d >= expected - EARLY && d <= expected + LATE, `${what}: ${d} ms after the reference, expected ${expected} ms (-${EARLY}/+${LATE})`);
-}
 
 describe("strategies through the real agent", () => {
   test("sequential: members ring one after another, each for ringCount × unit; the earlier one is cancelled as the next starts", async () => {
