@@ -185,7 +185,7 @@ afterEach(() => {
 describe("timer values", () => {
   test("RFC 3261 Table 4 defaults for UDP", () => {
     const t = resolveTimers(undefined, false);
-    assert.deepEqual(t, { T1: 500, T2: 4000, T4: 5000, A: 500, B: 32000, C: 180000, D: 32000, E: 500, F: 32000, G: 500, H: 32000, I: 5000, J: 32000, K: 5000, L: 32000, M: 32000 });
+    assert.deepEqual(t, { T1: 500, T2: 4000, T4: 5000, A: 500, B: 32000, C: 181000, D: 32000, E: 500, F: 32000, G: 500, H: 32000, I: 5000, J: 32000, K: 5000, L: 32000, M: 32000 });
   });
   test("reliable transports zero D, I, J, K", () => {
     const t = resolveTimers({ T1: 10, T2: 40, T4: 50, D: 99, I: 99 }, true);

@@ -15,7 +15,7 @@ export interface TimerSettings {
   A?: number;
   /** INVITE client transaction timeout. Default 64*T1. */
   B?: number;
-  /** Proxy INVITE client transaction timeout (§16.6 step 11). Default 180 s. */
+  /** Proxy INVITE client transaction timeout (§16.6 step 11). Default 181 s ("larger than 3 minutes"). */
   C?: number;
   /** Wait time for response retransmits in INVITE Completed, unreliable (reliable: always 0). Default max(32 s, 64*T1). */
   D?: number;
@@ -61,9 +61,9 @@ export interface TimerValues {
   M: number;
 }
 
-// FIXME: RFC 3261 §16.6 step 11 asks for Timer C "larger than 3 minutes"; the team default is
-// exactly 180 s (as most proxies ship it). Set C explicitly to be strictly conforming.
-const DEFAULT_TIMER_C = 180_000;
+// RFC 3261 §16.6 step 11: Timer C "MUST be set for each client transaction ... larger than 3
+// minutes". The routing engine sets a shorter C per branch for ring steps where it wants one.
+const DEFAULT_TIMER_C = 181_000;
 
 function nonNegative(n: number | undefined, fallback: number): number {
   return n !== undefined && Number.isFinite(n) && n >= 0 ? n : fallback;
