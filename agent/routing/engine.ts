@@ -906,6 +906,17 @@ export class RoutingEngine {
       return;
     }
     this.online.delete(deviceId);
+    // A device that went offline in the middle of a call (crashed, unplugged: it stopped
+    // answering keep-alives) will never send the BYE that frees its operator; without this the
+    // operator would count as busy until the far end happens to hang up. The SIP dialog itself
+    // still ends the usual way (BYE from the far end, or never); finish() is idempotent.
+    for (const call of [...this.calls.values()]) {
+      if (call.phase !== "answered") continue;
+      if (call.answeredDevice === deviceId || (call.caller.kind === "device" && call.caller.deviceId === deviceId)) {
+        this.deps.log.info("device offline during a call: its operator is free again", { device: deviceId, callId: call.pc.request.callId });
+        this.finish(call, undefined);
+      }
+    }
     // Its branches cannot be answered: cancel them (plan.ts leaves this to the engine).
     for (const call of [...this.calls.values()]) {
       if (call.phase !== "ringing" && call.phase !== "queued") continue;

@@ -460,6 +460,21 @@ describe("member failures and busy members", () => {
     assert.deepEqual(w.proxy.timeline("fork", third), ["0 p1"]);
   });
 
+  it("a device that dies in the middle of a call frees its operator (no BYE will ever come from it)", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"] })] });
+    const first = w.call("100", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(first, "p1")[0]!);
+    assert.equal(w.engine.activeCallsOf("u1"), 1);
+    w.setOnline("p1", false);
+    assert.equal(w.engine.activeCallsOf("u1"), 0, "freed once the phone stopped answering keep-alives");
+    w.setOnline("p1", true);
+    const next = w.call("100", trunkFlow).pc!;
+    assert.deepEqual(w.proxy.timeline("fork", next), ["0 p1"], "rings again first in line");
+    // The far end's BYE for the old call, when it comes, changes nothing more.
+    w.proxy.hangup(first);
+    assert.equal(w.engine.activeCallsOf("u1"), 0);
+  });
+
   it("a 486 does not make a member busy: only dialogs count", () => {
     const w = world({ users: 2, groups: [group({ members: ["u1", "u2"] })] });
     const a = w.call("100", trunkFlow).pc!;
