@@ -17,7 +17,7 @@ export interface PhoneRecord {
   sipUsername: string;
   sipPassword: string;
   /** Per-device provisioning credentials (HTTP Digest user/password, URL token). */
-  provisioning?: { user: string; password: string; token: string };
+  provisioning?: { user: string; password: string; token: string; bootstrapClosedAt?: string };
   /** ISO time the device was added: opens its bootstrap window. */
   createdAt: string;
   owner?: string;
@@ -46,6 +46,8 @@ export interface PhoneDirectory {
   /** Record a request from a phone (adopted or not): MAC, model, firmware, IP, times. */
   noteSeen(p: SeenPhoneNote): void;
   siteProvisioning(): SiteProvisioning;
+  /** Remember that a phone's bootstrap is used up (at: ISO time), or open it again (undefined), across restarts. */
+  setBootstrapClosed?(deviceId: string, at: string | undefined): void;
 }
 
 /** An in-memory directory: unit tests and the benchmark. */

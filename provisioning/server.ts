@@ -98,9 +98,18 @@ export class BootstrapGate {
   private readonly served = new Map<string, number>();
   /** Device ids that have authenticated once: their bootstrap is closed for good. */
   private readonly authenticated = new Set<string>();
-  constructor(private readonly windowMs: number, private readonly now: () => number) {}
+  /**
+   * `persist` records a closed (or re-opened) bootstrap in the store, so that a restart does not
+   * hand a phone's provisioning credentials out a second time.
+   */
+  constructor(
+    private readonly windowMs: number,
+    private readonly now: () => number,
+    private readonly persist: (deviceId: string, at: string | undefined) => void = () => undefined,
+  ) {}
 
   isOpen(phone: PhoneRecord): boolean {
+    if (phone.provisioning?.bootstrapClosedAt !== undefined) return false;
     if (this.authenticated.has(phone.deviceId) || this.served.has(phone.deviceId)) return false;
     const added = Date.parse(phone.createdAt);
     return Number.isFinite(added) && this.now() - added <= this.windowMs;
@@ -110,17 +119,21 @@ export class BootstrapGate {
   claim(phone: PhoneRecord): boolean {
     if (!this.isOpen(phone)) return false;
     this.served.set(phone.deviceId, this.now());
+    this.persist(phone.deviceId, new Date(this.now()).toISOString());
     return true;
   }
 
   noteAuthenticated(deviceId: string): void {
+    if (this.authenticated.has(deviceId)) return;
     this.authenticated.add(deviceId);
+    this.persist(deviceId, new Date(this.now()).toISOString());
   }
 
   /** The installer re-opens a phone's bootstrap (phone replaced, factory reset). */
   reopen(deviceId: string): void {
     this.served.delete(deviceId);
     this.authenticated.delete(deviceId);
+    this.persist(deviceId, undefined);
   }
 }
 
@@ -173,7 +186,7 @@ export class ProvisioningServer {
 
   constructor(private readonly opts: ProvisioningServerOptions) {
     this.now = opts.now ?? Date.now;
-    this.gate = new BootstrapGate(opts.bootstrapWindowMs, this.now);
+    this.gate = new BootstrapGate(opts.bootstrapWindowMs, this.now, (id, at) => opts.directory.setBootstrapClosed?.(id, at));
     const burst = opts.burst ?? { max: 20, windowMs: 10_000, blockMs: 60_000 };
     this.limiter = new BurstLimiter({ ...burst, now: this.now, maxTracked: 10_000 });
     this.digest = new DigestAuthenticator({ realm: PROVISIONING_REALM, algorithms: opts.digestAlgorithms ?? ["SHA-256", "MD5"], header: "www-authenticate", now: this.now });

@@ -49,6 +49,14 @@ export class StoreDirectory implements PhoneDirectory {
     if (!r.ok) this.onError(`seen phone not recorded: ${r.error.message}`);
   }
 
+  setBootstrapClosed(deviceId: string, at: string | undefined): void {
+    const d = this.store.getDevice(deviceId);
+    if (!d?.provisioning) return;
+    const { bootstrapClosedAt: _old, ...creds } = d.provisioning;
+    const r = this.store.updateDevice(deviceId, { provisioning: at === undefined ? creds : { ...creds, bootstrapClosedAt: at } });
+    if (!r.ok) this.onError(`bootstrap state not recorded: ${r.error.message}`);
+  }
+
   siteProvisioning(): SiteProvisioning {
     return this.store.site?.settings.provisioning ?? {};
   }

@@ -47,6 +47,8 @@ export interface ProvisioningCredentials {
   user: string;
   password: string;
   token: string;
+  /** When the phone's one unauthenticated bootstrap was used up (served, or it authenticated). */
+  bootstrapClosedAt?: string;
 }
 
 /** A phone that asked the provisioning server for its configuration. */
@@ -228,6 +230,7 @@ function checkProvisioning(v: unknown): string | null {
   for (const k of ["user", "password", "token"] as const) {
     if (typeof v[k] !== "string" || !PROV_CRED_RE.test(v[k] as string)) return `.${k} must be 1-128 characters of letters, digits and . _ ~ -`;
   }
+  if (v.bootstrapClosedAt !== undefined && (typeof v.bootstrapClosedAt !== "string" || !ISO_RE.test(v.bootstrapClosedAt))) return ".bootstrapClosedAt must be an ISO 8601 time";
   return null;
 }
 
@@ -337,7 +340,10 @@ export function toDeviceRecord(d: DeviceRecord): DeviceRecord {
   if (d.mac !== undefined) out.mac = d.mac;
   if (d.model !== undefined) out.model = d.model;
   if (d.origin !== undefined) out.origin = d.origin;
-  if (d.provisioning !== undefined) out.provisioning = { user: d.provisioning.user, password: d.provisioning.password, token: d.provisioning.token };
+  if (d.provisioning !== undefined) {
+    out.provisioning = { user: d.provisioning.user, password: d.provisioning.password, token: d.provisioning.token };
+    if (d.provisioning.bootstrapClosedAt !== undefined) out.provisioning.bootstrapClosedAt = d.provisioning.bootstrapClosedAt;
+  }
   return out;
 }
 
