@@ -915,6 +915,7 @@ export class RoutingEngine {
       if (call.answeredDevice === deviceId || (call.caller.kind === "device" && call.caller.deviceId === deviceId)) {
         this.deps.log.info("device offline during a call: its operator is free again", { device: deviceId, callId: call.pc.request.callId });
         this.finish(call, undefined);
+        this.proxy.releaseDialog?.(call.pc);
       }
     }
     // Its branches cannot be answered: cancel them (plan.ts leaves this to the engine).

@@ -107,6 +107,8 @@ export interface StatefulProxyApi {
   reject(call: ProxyCall, status: number, reason: string, headers?: SipHeader[], options?: RejectOptions): void;
   /** Branches not yet in a final state. */
   activeBranches(call: ProxyCall): Branch[];
+  /** Forget an answered call's dialog (its device is gone); nothing is sent, later requests get 481. */
+  releaseDialog?(call: ProxyCall): void;
 }
 
 export interface ProxyStats {

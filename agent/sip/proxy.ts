@@ -370,6 +370,19 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     this.ended(call, { answered: false, by: "proxy", status: res.status });
   }
 
+  /**
+   * Forget an answered call's dialog without a BYE: the engine found the device gone (it
+   * stopped answering keep-alives), so the dialog would otherwise sit in the table forever.
+   * A later in-dialog request for it gets 481. Nothing is sent.
+   */
+  releaseDialog(callApi: ProxyCall): void {
+    const call = this.own(callApi);
+    const dialog = call?.dialog;
+    if (call === undefined || dialog === undefined) return;
+    this.dialogs.remove(dialog);
+    call.dialog = undefined;
+  }
+
   activeBranches(callApi: ProxyCall): Branch[] {
     const call = this.own(callApi);
     return call === undefined ? [] : call.branches.filter((b) => LIVE.has(b.state));

@@ -618,6 +618,18 @@ describe("in-dialog routing (§16.4, §16.12)", () => {
     assert.ok(w.caller.responses(481).length === 1);
   });
 
+  test("releaseDialog (the answering device is gone): the dialog leaves the table, nothing is sent, later requests get 481", async () => {
+    await answered();
+    assert.equal(w.proxy.dialogCount(), 1);
+    const sentBefore = w.b.requests("BYE").length + w.caller.requests("BYE").length;
+    w.proxy.releaseDialog(w.calls.at(-1)!);
+    assert.equal(w.proxy.dialogCount(), 0);
+    assert.equal(w.b.requests("BYE").length + w.caller.requests("BYE").length, sentBefore);
+    w.caller.send(inDialog("BYE", "caller", 2));
+    assert.ok(w.caller.responses(481).length === 1);
+    assert.equal(w.b.requests("BYE").length, 0);
+  });
+
   test("PRACK in an early dialog goes to the branch that sent the 18x", async () => {
     await ringBoth();
     w.caller.send(inDialog("PRACK", "caller", 2).replace(/tag=b1/, "tag=a1"));
