@@ -180,7 +180,7 @@ function callsSection(r: Json): string[] {
   out.push(
     "",
     `Targets (10-phone simultaneous group at ${fmt(num(targets.atRate))} calls/s): first fork p50 ≤ ${fmt(num(targets.firstForkP50UsMax))} µs ${yes(met.firstForkP50)}; p99 ≤ ${fmt(num(targets.firstForkP99UsMax))} µs ${yes(met.firstForkP99)}; ${fmt(num(targets.sustainedRate))} calls/s with no failed call ${yes(met.sustained500)}. Highest rate run with no failure: ${fmt(num(r.maxCleanCallRate), 1)} calls/s.`,
-    "The agent's figure runs from the proxy taking the INVITE to the first fork leaving (warm-up calls included); the packet figure from the INVITE on the wire to the first fork on the wire (parse, transaction, 100 Trying and any queueing included).",
+    "The agent's figure runs from the INVITE's datagram being read to the first fork leaving (parse, transaction, admission and routing included; warm-up calls too); the packet figure from the INVITE on the wire to the first fork on the wire (as tshark saw them on lo).",
   );
   return out;
 }
@@ -188,6 +188,7 @@ function callsSection(r: Json): string[] {
 function provisionSection(r: Json): string[] {
   return [
     "| full configs/s in process | µs per config | over HTTP/s (keep-alive) | import 1,000 phones ms (of which parse) |",
+    "|---:|---:|---:|---:|",
     `| ${fmt(num(r.handlePerSec))} | ${fmt(num(r.handleUsPerConfig), 1)} | ${fmt(num(r.httpPerSec))} (${fmt(num(r.httpConcurrency))} in flight) | ${fmt(num(r.import1000Ms), 1)} (${fmt(num(r.import1000ParseMs), 1)}) |`,
   ];
 }
@@ -198,6 +199,7 @@ function mqttSection(r: Json): string[] {
   const f = obj(r.fleet);
   return [
     "| push → applied ack p50 / p99 ms | config | events/s through the outbox | fleet: agents acked | all acked within ms |",
+    "|---:|---|---:|---:|---:|",
     `| ${fmt(num(p.p50Ms), 1)} / ${fmt(num(p.p99Ms), 1)} | ${fmt(num(p.users))} users, ${fmt(num(p.devices))} phones, ${fmt(num(p.groups))} groups, ${fmt(num(p.configBytes))} B | ${fmt(num(o.eventsPerS))} | ${fmt(num(f.agents))} (${fmt(num(f.rejected))} rejected) | ${fmt(num(f.allAckedMs))} |`,
     "",
     `Targets: push → ack p50 ≤ ${fmt(num(p.targetP50Ms))} ms ${yes(num(p.p50Ms) <= num(p.targetP50Ms))}; fleet of ${fmt(num(f.agents))} within ${fmt(num(f.targetMs))} ms ${yes(num(f.allAckedMs) <= num(f.targetMs))}.`,
@@ -236,8 +238,10 @@ export function renderSummary(startedAtS: number, statuses: ReadonlyMap<string, 
       lines.push("No result file.");
       continue;
     }
-    const date = typeof r.date === "string" ? Date.parse(r.date) : Number.NaN;
-    if (!(date >= startedAtS * 1000)) lines.push(`_Stale: this result is from ${typeof r.date === "string" ? r.date : "an unknown date"}, not from this run._`, "");
+    // Results carry their date at the top or in their machine description.
+    const when = typeof r.date === "string" ? r.date : typeof obj(r.machine).date === "string" ? (obj(r.machine).date as string) : undefined;
+    const date = when !== undefined ? Date.parse(when) : Number.NaN;
+    if (!(date >= startedAtS * 1000)) lines.push(`_Stale: this result is from ${when ?? "an unknown date"}, not from this run._`, "");
     lines.push(...s.render(r));
   }
   return lines.join("\n") + "\n";
