@@ -25,6 +25,7 @@ import { timingSafeEqual } from "node:crypto";
 import type { Logger } from "../agent/log.ts";
 import { DigestAuthenticator, type DigestAlgorithm } from "../agent/sip/digest.ts";
 import type { PhoneDirectory, PhoneRecord } from "./directory.ts";
+import { isWildcard, primaryAddress } from "../agent/sip/advertise.ts";
 import type { FirmwareStore } from "./firmware.ts";
 import { identify, type Identification } from "./identify.ts";
 import { findModel, type ModelProfile, type Profile, type Transport } from "./profiles.ts";
@@ -417,7 +418,9 @@ export class ProvisioningServer {
     });
     this.servers.push({ scheme, server });
     const a = server.address() as net.AddressInfo;
-    this.opts.log.info("provisioning listening", { scheme, address: `${hostForUrl(a.address)}:${a.port}`, url: `${baseUrl(scheme, a.address, a.port)}/` });
+    // On a wildcard the URL phones use names one of this host's real addresses.
+    const urlHost = isWildcard(a.address) ? primaryAddress(net.isIPv6(a.address) ? 6 : 4) : a.address;
+    this.opts.log.info("provisioning listening", { scheme, address: `${hostForUrl(a.address)}:${a.port}`, url: `${baseUrl(scheme, urlHost, a.port)}/` });
   }
 
   /** Bound addresses (port 0 resolved). */
