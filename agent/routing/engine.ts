@@ -915,7 +915,9 @@ export class RoutingEngine {
       if (call.answeredDevice === deviceId || (call.caller.kind === "device" && call.caller.deviceId === deviceId)) {
         this.deps.log.info("device offline during a call: its operator is free again", { device: deviceId, callId: call.pc.request.callId });
         this.finish(call, undefined);
-        this.proxy.releaseDialog?.(call.pc);
+        // A dead answering phone: the caller is told (BYE on its behalf). A dead calling phone:
+        // the operator it reached hears silence and hangs up, which ends the dialog as usual.
+        if (call.answeredDevice === deviceId) this.proxy.releaseDialog?.(call.pc);
       }
     }
     // Its branches cannot be answered: cancel them (plan.ts leaves this to the engine).

@@ -107,7 +107,7 @@ export interface StatefulProxyApi {
   reject(call: ProxyCall, status: number, reason: string, headers?: SipHeader[], options?: RejectOptions): void;
   /** Branches not yet in a final state. */
   activeBranches(call: ProxyCall): Branch[];
-  /** Forget an answered call's dialog (its device is gone); nothing is sent, later requests get 481. */
+  /** The answering device is gone: BYE the caller on its behalf and forget the dialog (later requests get 481). */
   releaseDialog?(call: ProxyCall): void;
 }
 

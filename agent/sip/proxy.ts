@@ -371,9 +371,11 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   }
 
   /**
-   * Forget an answered call's dialog without a BYE: the engine found the device gone (it
-   * stopped answering keep-alives), so the dialog would otherwise sit in the table forever.
-   * A later in-dialog request for it gets 481. Nothing is sent.
+   * The answering device of a call is gone (it stopped answering keep-alives): end the call for
+   * the caller, who would otherwise sit in silence, and forget the dialog. The proxy sends the
+   * BYE the dead phone never will, as that phone would have (§15.1.1, built from the caller's
+   * INVITE: its Contact as target, its Record-Route as route set, the dialog's tags) with
+   * `Reason: SIP;cause=480` (RFC 3326). Later in-dialog requests get 481.
    */
   releaseDialog(callApi: ProxyCall): void {
     const call = this.own(callApi);
@@ -381,6 +383,10 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     if (call === undefined || dialog === undefined) return;
     this.dialogs.remove(dialog);
     call.dialog = undefined;
+    const bye = buildByeToCaller(call.request, dialog.calleeTag, this.viaFor(dialog.callerFlow, createBranch()));
+    if (bye === undefined) return;
+    const r = this.transactions.sendRequest(bye, dialog.callerFlow, IGNORE_OUTCOME, NO_OPTIONS);
+    if (!r.ok) this.log?.debug("BYE to the caller of a dead callee not sent", { error: r.error });
   }
 
   activeBranches(callApi: ProxyCall): Branch[] {
@@ -912,5 +918,34 @@ function buildInDialogRequest(
   const parsed = parseDatagram(Buffer.from(lines.join("\r\n")));
   return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
 }
+
+/**
+ * A BYE toward the caller on behalf of a callee that is gone (§12.1.1 UAS route set: the
+ * INVITE's Record-Route in order; target: the caller's Contact). The callee's own CSeq count
+ * is unknown here, so the BYE uses one far above anything a phone counts to in a call.
+ */
+function buildByeToCaller(invite: SipRequest, calleeTag: string, via: string): SipRequest | undefined {
+  const contact = parseNameAddr(getHeader(invite, "contact") ?? "");
+  if (contact === undefined || invite.headers.length === 0) return undefined;
+  const routes = getHeaders(invite, "record-route");
+  const lines = [
+    `BYE ${contact.uri} SIP/2.0`,
+    `Via: ${via}`,
+    ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
+    "Max-Forwards: 70",
+    `From: <${invite.to.uri}>;tag=${calleeTag}`,
+    `To: ${invite.from.raw}`,
+    `Call-ID: ${invite.callId}`,
+    `CSeq: ${BYE_ON_BEHALF_CSEQ} BYE`,
+    'Reason: SIP;cause=480;text="Callee unreachable"',
+    "Content-Length: 0",
+    "",
+    "",
+  ];
+  const parsed = parseDatagram(Buffer.from(lines.join("\r\n")));
+  return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
+}
+
+const BYE_ON_BEHALF_CSEQ = 2_000_000_000;
 
 export type { ProxyDialogInfo };

@@ -618,16 +618,20 @@ describe("in-dialog routing (§16.4, §16.12)", () => {
     assert.ok(w.caller.responses(481).length === 1);
   });
 
-  test("releaseDialog (the answering device is gone): the dialog leaves the table, nothing is sent, later requests get 481", async () => {
+  test("releaseDialog (the answering device is gone): the caller gets a BYE on its behalf with Reason 480, the dialog is forgotten, later requests get 481", async () => {
     await answered();
     assert.equal(w.proxy.dialogCount(), 1);
-    const sentBefore = w.b.requests("BYE").length + w.caller.requests("BYE").length;
     w.proxy.releaseDialog(w.calls.at(-1)!);
     assert.equal(w.proxy.dialogCount(), 0);
-    assert.equal(w.b.requests("BYE").length + w.caller.requests("BYE").length, sentBefore);
-    w.caller.send(inDialog("BYE", "caller", 2));
+    const bye = w.caller.lastRequest("BYE");
+    assert.equal(bye.uri, "sip:alice@192.0.2.10:5060", "to the caller's Contact");
+    assert.equal(bye.to.tag, "alice", "to the caller, with its tag");
+    assert.equal(bye.from.tag, "b1", "from the callee's side of the dialog");
+    assert.equal(getHeader(bye, "reason"), 'SIP;cause=480;text="Callee unreachable"');
+    assert.equal(w.b.requests("BYE").length, 0, "nothing to the dead phone");
+    w.caller.respond(bye, 200, "OK");
+    w.caller.send(inDialog("INFO", "caller", 3));
     assert.ok(w.caller.responses(481).length === 1);
-    assert.equal(w.b.requests("BYE").length, 0);
   });
 
   test("PRACK in an early dialog goes to the branch that sent the 18x", async () => {
