@@ -133,6 +133,8 @@ export interface SyncTimers {
   eventWindow: number;
   /** Outbox fsync batching. */
   outboxBatchMs: number;
+  /** On a console's birth, republish after a random delay up to this (10,000 sites must not answer at once). */
+  consoleBirthJitterMs: number;
 }
 
 const DEFAULT_TIMERS: SyncTimers = {
@@ -146,6 +148,7 @@ const DEFAULT_TIMERS: SyncTimers = {
   presenceDebounceMs: 250,
   eventWindow: 64,
   outboxBatchMs: 2,
+  consoleBirthJitterMs: 30_000,
 };
 
 /** 1 MB: budget for a full site snapshot with room to spare (a 500-user site is ~150 KB). */
@@ -222,6 +225,8 @@ export class MqttSync {
   /** Bus subscriptions to undo on stop. */
   private unsubscribe: Array<() => void> = [];
   private statsTimer: NodeJS.Timeout | undefined;
+  /** A republish scheduled after a console birth (at most one pending). */
+  private consoleBirthTimer: NodeJS.Timeout | undefined;
   private presenceTimer: NodeJS.Timeout | undefined;
   /** Connection attempts in this boot; carried by the birth and the will (Sparkplug bdSeq). */
   private connSeq = 0;
@@ -524,6 +529,10 @@ export class MqttSync {
         this.desiredChain = this.desiredChain.then(() => this.onDesired(payload)).catch((err) => this.opts.log.error("desired handling failed", { err: (err as Error).message }));
         return;
       }
+      if (t.kind === "console-state") {
+        this.onConsoleState(payload, packet.retain === true);
+        return;
+      }
       if (t.kind === "cmd" && t.siteId === this.opts.siteId) {
         void this.onCommand(t.name, payload, packet).catch((err) => this.opts.log.error("command handling failed", { err: (err as Error).message }));
         return;
@@ -533,6 +542,30 @@ export class MqttSync {
       // Hostile input never crashes the agent (DESIGN principle 6).
       this.opts.log.error("message handling threw", { err: (err as Error).message });
     }
+  }
+
+  /**
+   * A console announced itself online (a live message, not the retained copy every subscribe
+   * delivers — the agent has just published its state on connect anyway): republish after a
+   * random delay. Anything that is not a valid state payload is ignored.
+   */
+  private onConsoleState(payload: Buffer, retained: boolean): void {
+    if (retained || payload.length > 4096) return;
+    let state: unknown;
+    try {
+      state = JSON.parse(payload.toString("utf8"));
+    } catch {
+      return;
+    }
+    if (!validatePayload("consoleState", state).ok || (state as { online: boolean }).online !== true) return;
+    if (this.consoleBirthTimer !== undefined) return; // one republish per burst of births
+    const delay = Math.floor(Math.random() * this.t.consoleBirthJitterMs);
+    this.opts.log.info("console came online; republishing state", { inMs: delay });
+    this.consoleBirthTimer = setTimeout(() => {
+      this.consoleBirthTimer = undefined;
+      void this.republish().catch((err) => this.opts.log.warn("republish after console birth failed", { err: (err as Error).message }));
+    }, delay);
+    this.consoleBirthTimer.unref();
   }
 
   private appliedNow(): { version: number; hash: string | null } {
@@ -673,6 +706,7 @@ export class MqttSync {
     for (const u of this.unsubscribe) u();
     this.unsubscribe = [];
     if (this.statsTimer) clearInterval(this.statsTimer);
+    if (this.consoleBirthTimer) clearTimeout(this.consoleBirthTimer);
     if (this.presenceTimer) clearTimeout(this.presenceTimer);
     await this.desiredChain;
     const client = this.client;

@@ -25,20 +25,30 @@ export function replyTopic(siteId: string, consoleId: string): string {
 }
 
 /** What the agent subscribes to, every connect (mqtt-sync.md pitfall 9). */
+/**
+ * The console's own birth/death (retained, console → all sites): when a console comes back
+ * online every agent republishes its state, so a console that lost its view rebuilds it
+ * (Sparkplug's host STATE, mqtt-sync.md). Outside the site subtree: the per-site ACL grants it
+ * read-only (docs/mqtt.md).
+ */
+export const CONSOLE_STATE_TOPIC = `${TOPIC_ROOT}/_console/state`;
+
 export function agentSubscriptions(siteId: string): string[] {
-  return [siteTopic(siteId, "desired"), `${TOPIC_ROOT}/${siteId}/cmd/+`];
+  return [siteTopic(siteId, "desired"), `${TOPIC_ROOT}/${siteId}/cmd/+`, CONSOLE_STATE_TOPIC];
 }
 
 export type ParsedTopic =
   | { kind: "site"; siteId: string; leaf: SiteTopic }
   | { kind: "cmd"; siteId: string; name: string }
   | { kind: "reply"; siteId: string; consoleId: string }
+  | { kind: "console-state" }
   | { kind: "foreign"; topic: string };
 
 const LEAVES: ReadonlySet<string> = new Set(["desired", "reported", "ack", "status", "presence", "events", "statistics"]);
 
 /** Classifies a topic; anything outside the contract is "foreign". Never throws. */
 export function parseTopic(topic: string): ParsedTopic {
+  if (topic === CONSOLE_STATE_TOPIC) return { kind: "console-state" };
   const parts = topic.split("/");
   if (parts.length < 4 || `${parts[0]}/${parts[1]}` !== TOPIC_ROOT) return { kind: "foreign", topic };
   const siteId = parts[2]!;

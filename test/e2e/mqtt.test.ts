@@ -1,7 +1,7 @@
 // Console sync against a real Mosquitto on a free loopback port. In-process agents (real Store,
 // SiteService and MqttSync, each with its own data dir) cover the protocol, hostile input and
 // broker crashes; a real agent child process covers SIGKILL/restart and the last will.
-import { after, before, describe, it } from "node:test";
+import { after, before, describe, it, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import net from "node:net";
@@ -18,7 +18,11 @@ import { startBroker, mosquittoAvailable, type Broker } from "./mosquitto.ts";
 import { desiredEnvelope, siteSnapshot } from "./mqtt-fixtures.ts";
 import { tempDir, until, sleep, startAgent, runCli, agentEnv, freePort, type RunningAgent } from "./harness.ts";
 
-const skip = mosquittoAvailable() ? false : "mosquitto not installed";
+// Mosquitto is a real peer these tests need: `make test` installs it (sysdeps). Missing, the
+// suite fails saying so — it is never skipped.
+test("mosquitto is installed (make sysdeps installs the Debian package)", () => {
+  assert.ok(mosquittoAvailable(), "mosquitto not found on PATH or in /usr/sbin: run `make sysdeps` (apt-get install mosquitto)");
+});
 const quiet = createLogger(process.env.SYNC_TEST_LOG ? "debug" : "silent");
 
 interface LocalAgent {
@@ -31,7 +35,7 @@ interface LocalAgent {
   stop(): Promise<void>;
 }
 
-const FAST = { publishTimeoutMs: 2000, reconnectMinMs: 50, reconnectMaxMs: 400, connectTimeoutMs: 2000, presenceDebounceMs: 20 };
+const FAST = { publishTimeoutMs: 2000, reconnectMinMs: 50, reconnectMaxMs: 400, connectTimeoutMs: 2000, presenceDebounceMs: 20, consoleBirthJitterMs: 100 };
 
 async function localAgent(url: string, siteId: string, dataDir = tempDir("ringedge-sync-")): Promise<LocalAgent> {
   const bus = new EventBus();
@@ -137,7 +141,7 @@ async function gate(brokerPort: () => number): Promise<{ url: string; close(): v
 
 const end = (c: MqttClient): Promise<void> => new Promise((r) => c.end(true, {}, () => r()));
 
-describe("console sync over a real Mosquitto", { skip, timeout: 60_000 }, () => {
+describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
   let broker: Broker;
   let consoleC: ConsoleClient;
   const cleanups: Array<() => Promise<unknown>> = [];
@@ -255,6 +259,25 @@ describe("console sync over a real Mosquitto", { skip, timeout: 60_000 }, () => 
     assert.ok(a.sync.syncStatus().rejectedMessages >= 1);
   });
 
+  it("a console coming back online (live birth on _console/state) makes the agent republish; retained or malformed states do not", async () => {
+    const a = await localAgent(broker.url, "site-birth");
+    cleanups.push(a.stop);
+    await until(() => a.sync.syncStatus().connected);
+    const rec = await recorder(broker.url, [siteTopic(a.siteId, "status")]);
+    cleanups.push(() => end(rec.client));
+    await until(() => rec.messages.length >= 1); // the retained birth
+    const live = () => rec.messages.filter((m) => !m.retain).length;
+    // Malformed or "offline" states change nothing.
+    for (const bad of ["not json", JSON.stringify({ online: "yes" }), JSON.stringify({ online: false })]) {
+      await rec.client.publishAsync("ringedge/v1/_console/state", bad, { qos: 1 });
+    }
+    await sleep(400);
+    assert.equal(live(), 0);
+    await rec.client.publishAsync("ringedge/v1/_console/state", JSON.stringify({ online: true, consoleId: "console-a" }), { qos: 1 });
+    await until(() => live() >= 1, 3000);
+    assert.equal(rec.messages.filter((m) => !m.retain).at(-1)!.payload.online, true);
+  });
+
   it("events: presence and calls in seq order, retained presence snapshot, statistics per operator and group", async () => {
     const a = await localAgent(broker.url, "site-ev");
     cleanups.push(a.stop);
@@ -346,7 +369,7 @@ describe("console sync over a real Mosquitto", { skip, timeout: 60_000 }, () => 
   });
 });
 
-describe("console sync with the real agent process", { skip, timeout: 60_000 }, () => {
+describe("console sync with the real agent process", { timeout: 60_000 }, () => {
   let broker: Broker;
   let agent: RunningAgent | undefined;
   const cleanups: Array<() => Promise<unknown>> = [];

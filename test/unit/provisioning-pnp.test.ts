@@ -80,12 +80,9 @@ test("PnP by multicast on loopback: 200 OK, then NOTIFY ua-profile with the appl
       return sub.mac === "000413a11fa7" ? "http://127.0.0.1:8080/p/tok123/" : "http://127.0.0.1:8080/";
     },
   });
-  try {
-    await pnp.start();
-  } catch (e) {
-    t.skip(`no multicast on this host's loopback: ${(e as Error).message}`);
-    return;
-  }
+  // The suite runs in a loopback-only namespace where multicast on lo works (make test); a
+  // host without it fails here with the reason rather than skipping the test.
+  await pnp.start();
   t.after(() => pnp.stop());
 
   const phone = dgram.createSocket("udp4");
