@@ -661,3 +661,25 @@ export function assertAfter(what: string, base: number, actual: number, expected
   const d = actual - base;
   assert.ok(d >= expected - EARLY_MS && d <= expected + LATE_MS, `${what}: ${d} ms after the reference, expected ${expected} ms (-${EARLY_MS}/+${LATE_MS})`);
 }
+
+/**
+ * What one routing test file starts and must stop: its agent, the phones it registered and the
+ * SIPp peers it ran. `register` keeps the phones; `close` ends everything (use in after()).
+ */
+export class CallScene {
+  readonly phones: Phone[] = [];
+  readonly peers: SippPeer[] = [];
+  constructor(private readonly agent: () => RunningAgent | undefined) {}
+
+  async register(devices: readonly SimDevice[], answering: Answering = RING): Promise<Phone[]> {
+    const ps = await registerPhones(this.agent()!.port, devices, answering);
+    this.phones.push(...ps);
+    return ps;
+  }
+
+  async close(): Promise<void> {
+    for (const p of this.phones) p.close();
+    for (const p of this.peers) p.run.proc.kill("SIGKILL");
+    await this.agent()?.kill();
+  }
+}

@@ -3,7 +3,7 @@
 // the call goes on ringing, is answered, and the other phone is cancelled as usual.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Phone, RING, TRUNK_CALLER_IP, answerAfter, callIdOf, loggedCall, registerPhones, simUser, sippCall, startRoutingAgent, writeSiteFile, type SimSite, type SippPeer } from "./callsim.ts";
+import { Phone, RING, TRUNK_CALLER_IP, answerAfter, callIdOf, loggedCall, registerPhones, simUser, sippCall, startRoutingAgent, writeSiteFile, type SimSite, type SippPeer, CallScene } from "./callsim.ts";
 import { freePort, tempDir, type RunningAgent } from "./harness.ts";
 
 const UNIT = 200;
@@ -15,8 +15,8 @@ let agent: RunningAgent;
 let dataDir: string;
 let siteDir: string;
 let site: SimSite;
-const phones: Phone[] = [];
-const peers: SippPeer[] = [];
+const scene = new CallScene(() => agent);
+const { phones, peers } = scene;
 
 before(async () => {
   dataDir = tempDir("ringedge-routing-apply-");
@@ -31,11 +31,7 @@ before(async () => {
   agent = await startRoutingAgent(writeSiteFile(siteDir, site, 1), { ringUnitMs: UNIT, dataDir });
 });
 
-after(async () => {
-  for (const p of phones) p.close();
-  for (const p of peers) p.run.proc.kill("SIGKILL");
-  await agent?.kill();
-});
+after(() => scene.close());
 
 test("a new site version applied while a call rings: the call is not dropped, it is answered and the other phone cancelled", async () => {
   const [p1] = await registerPhones(agent.port, a1.devices, RING);

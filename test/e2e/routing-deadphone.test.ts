@@ -2,15 +2,15 @@
 // free again, and the caller gets a BYE on its behalf with Reason 480 instead of silence.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { Phone, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, registerPhones, simUser, sippCall, startRoutingAgent, writeSiteFile, type SippPeer } from "./callsim.ts";
+import { Phone, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, registerPhones, simUser, sippCall, startRoutingAgent, writeSiteFile, type SippPeer, CallScene } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const d1 = simUser("dead1", "4601");
 const d2 = simUser("dead2", "4602");
 let agent: RunningAgent;
 let dataDir: string;
-const phones: Phone[] = [];
-const peers: SippPeer[] = [];
+const scene = new CallScene(() => agent);
+const { phones, peers } = scene;
 
 before(async () => {
   dataDir = tempDir("ringedge-routing-dead-");
@@ -24,11 +24,7 @@ before(async () => {
   agent = await startRoutingAgent(file, { ringUnitMs: 200, dataDir, env: { RINGEDGE_KEEPALIVE_INTERVAL_S: "1", RINGEDGE_KEEPALIVE_MISSES: "1", RINGEDGE_SIP_T1_MS: "100" } });
 });
 
-after(async () => {
-  for (const p of phones) p.close();
-  for (const p of peers) p.run.proc.kill("SIGKILL");
-  await agent?.kill();
-});
+after(() => scene.close());
 
 test("the answering phone dies: the caller gets BYE with Reason 480 through the agent, and the operator takes calls again", async () => {
   const [p1] = await registerPhones(agent.port, d1.devices, answerAfter(50));

@@ -27,6 +27,7 @@ import {
   type SippPeer,
   assertSippOk,
   assertAfter,
+  CallScene,
 } from "./callsim.ts";
 import { freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 
@@ -57,8 +58,8 @@ let vmPort: number;
 let trunkPort: number;
 let agent: RunningAgent;
 let dataDir: string;
-const phones: Phone[] = [];
-const peers: SippPeer[] = [];
+const scene = new CallScene(() => agent);
+const { phones, peers } = scene;
 
 function groups(): SimGroup[] {
   return [
@@ -87,17 +88,9 @@ before(async () => {
   agent = await startRoutingAgent(file, { ringUnitMs: UNIT, dataDir });
 });
 
-after(async () => {
-  for (const p of phones) p.close();
-  for (const p of peers) p.run.proc.kill("SIGKILL");
-  await agent?.kill();
-});
+after(() => scene.close());
 
-async function register(devs: SimDevice[], answering = RING): Promise<Phone[]> {
-  const ps = await registerPhones(agent.port, devs, answering);
-  phones.push(...ps);
-  return ps;
-}
+const register = (devs: readonly SimDevice[], answering = RING): Promise<Phone[]> => scene.register(devs, answering);
 
 
 

@@ -22,6 +22,7 @@ import {
   type SimUser,
   type SippPeer,
   assertSippOk,
+  CallScene,
 } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
@@ -49,8 +50,8 @@ const dx = add("dx", "4029");
 
 let agent: RunningAgent;
 let dataDir: string;
-const phones: Phone[] = [];
-const peers: SippPeer[] = [];
+const scene = new CallScene(() => agent);
+const { phones, peers } = scene;
 
 before(async () => {
   dataDir = tempDir("ringedge-routing-pk-");
@@ -69,17 +70,9 @@ before(async () => {
   agent = await startRoutingAgent(file, { ringUnitMs: UNIT, dataDir });
 });
 
-after(async () => {
-  for (const p of phones) p.close();
-  for (const p of peers) p.run.proc.kill("SIGKILL");
-  await agent?.kill();
-});
+after(() => scene.close());
 
-async function register(devs: SimDevice[], answering = RING): Promise<Phone[]> {
-  const ps = await registerPhones(agent.port, devs, answering);
-  phones.push(...ps);
-  return ps;
-}
+const register = (devs: readonly SimDevice[], answering = RING): Promise<Phone[]> => scene.register(devs, answering);
 
 
 describe("busy operators and pickup through the real agent", () => {

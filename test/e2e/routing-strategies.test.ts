@@ -28,6 +28,7 @@ import {
   type SippPeer,
   assertSippOk,
   assertAfter,
+  CallScene,
 } from "./callsim.ts";
 import { freePort, tempDir, type RunningAgent } from "./harness.ts";
 
@@ -67,8 +68,8 @@ const groups: SimGroup[] = [
 let agent: RunningAgent;
 let siteFile: string;
 let dataDir: string;
-const phones: Phone[] = [];
-const peers: SippPeer[] = [];
+const scene = new CallScene(() => agent);
+const { phones, peers } = scene;
 
 before(async () => {
   dataDir = tempDir("ringedge-routing-strat-");
@@ -82,17 +83,9 @@ before(async () => {
   agent = await startRoutingAgent(siteFile, { ringUnitMs: UNIT, dataDir });
 });
 
-after(async () => {
-  for (const p of phones) p.close();
-  for (const p of peers) p.run.proc.kill("SIGKILL");
-  await agent?.kill();
-});
+after(() => scene.close());
 
-async function register(devs: SimDevice[], answering = RING): Promise<Phone[]> {
-  const ps = await registerPhones(agent.port, devs, answering);
-  phones.push(...ps);
-  return ps;
-}
+const register = (devs: readonly SimDevice[], answering = RING): Promise<Phone[]> => scene.register(devs, answering);
 
 
 
