@@ -142,6 +142,25 @@ function checkedName(name: string | undefined): string | undefined {
 /** The phone commands, merged into the agent's command table (agent/console/commands.ts). */
 export function phoneCommands(view: AgentView & { provisioning?: import("./service.ts").ProvisioningHooks }): CommandTable {
   const seenMap = (): Map<string, Readonly<SeenPhone>> => new Map(view.store.listSeenPhones().map((s) => [s.mac, s]));
+  /** The phone's MAC from the arguments, normalised; any other text is the user's error. */
+  const macArg = (args: Record<string, unknown>): string => {
+    const macText = argString(args, "mac", true);
+    const mac = normaliseMac(macText);
+    if (!mac) throw new CommandError(`'${macText}' is not a phone's MAC address (12 hex digits, unicast)`);
+    return mac;
+  };
+  /** Add (or adopt) a phone after checking every argument; nothing is stored when one is bad. */
+  const addChecked = async (args: Record<string, unknown>, mac: string, modelRef: string | undefined): Promise<unknown> => {
+    const model = checkedModel(view, modelRef);
+    const extension = checkedExtension(argString(args, "extension"));
+    const name = checkedName(argString(args, "name"));
+    const owner = argString(args, "owner");
+    const problem = phoneProblem(view, { mac, extension });
+    if (problem) throw new CommandError(problem);
+    const d = addPhone(view, { mac, model: model.id, extension, ...(name ? { name } : {}), ...(owner ? { owner } : {}) });
+    await flush();
+    return viewPhone(view, d, seenMap(), args.showSecrets === true);
+  };
   const phones = (): Readonly<DeviceRecord>[] => view.store.listDevices().filter((d) => d.mac !== undefined);
   const flush = async (): Promise<void> => {
     await view.store.flush();
@@ -159,36 +178,15 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       if (urls && args.showSecrets === true && d.provisioning) v.urls = urls.map((u) => `${u}p/${d.provisioning!.token}/`);
       return v;
     },
-    "phone.add": async (args) => {
-      const macText = argString(args, "mac", true);
-      const mac = normaliseMac(macText);
-      if (!mac) throw new CommandError(`'${macText}' is not a phone's MAC address (12 hex digits, unicast)`);
-      const model = checkedModel(view, argString(args, "model"));
-      const extension = checkedExtension(argString(args, "extension"));
-      const name = checkedName(argString(args, "name"));
-      const owner = argString(args, "owner");
-      const problem = phoneProblem(view, { mac, extension });
-      if (problem) throw new CommandError(problem);
-      const d = addPhone(view, { mac, model: model.id, extension, ...(name ? { name } : {}), ...(owner ? { owner } : {}) });
-      await flush();
-      return viewPhone(view, d, seenMap(), args.showSecrets === true);
-    },
+    "phone.add": async (args) => addChecked(args, macArg(args), argString(args, "model")),
     "phone.adopt": async (args) => {
-      const macText = argString(args, "mac", true);
-      const mac = normaliseMac(macText);
-      if (!mac) throw new CommandError(`'${macText}' is not a phone's MAC address`);
+      const mac = macArg(args);
       const seen = seenMap().get(mac);
       if (!seen) throw new CommandError(`no phone with MAC ${mac} has asked for its configuration (see: ringedge phone seen)`);
       if (view.store.findDeviceByMac(mac)) throw new CommandError(`MAC ${mac} is already adopted`);
-      const model = checkedModel(view, argString(args, "model") ?? (seen.model !== undefined && findModel(profilesOf(view), seen.model, seen.vendor) ? findModel(profilesOf(view), seen.model, seen.vendor)!.model.id : undefined));
-      const extension = checkedExtension(argString(args, "extension"));
-      const name = checkedName(argString(args, "name"));
-      const owner = argString(args, "owner");
-      const problem = phoneProblem(view, { mac, extension });
-      if (problem) throw new CommandError(problem);
-      const d = addPhone(view, { mac, model: model.id, extension, ...(name ? { name } : {}), ...(owner ? { owner } : {}) });
-      await flush();
-      return viewPhone(view, d, seenMap(), args.showSecrets === true);
+      // The model the phone announced when the installer names none.
+      const announced = seen.model !== undefined ? findModel(profilesOf(view), seen.model, seen.vendor)?.model.id : undefined;
+      return addChecked(args, mac, argString(args, "model") ?? announced);
     },
     "phone.remove": async (args) => {
       const d = findPhone(view, argString(args, "ref", true));
