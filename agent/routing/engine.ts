@@ -454,17 +454,20 @@ export class RoutingEngine {
     this.runStep(call);
   }
 
+  /** The group distributing the call; a group removed by a push mid-call ends it with 480. */
+  private groupOrReject(call: EngineCall, site: ReturnType<EngineDeps["site"]>): Group | undefined {
+    const group = call.groupId === undefined ? undefined : site.index.groupsById.get(call.groupId);
+    if (group === undefined) this.rejectCall(call, 480);
+    return group;
+  }
+
   /** planStep for the call's group, then make the plan happen. */
   private runStep(call: EngineCall): void {
     this.clearStepTimer(call);
     if (call.phase !== "ringing" || call.plan === undefined) return;
     const site = this.deps.site();
-    const group = call.groupId === undefined ? undefined : site.index.groupsById.get(call.groupId);
-    if (group === undefined) {
-      // The group was removed by a push mid-call.
-      this.rejectCall(call, 480);
-      return;
-    }
+    const group = this.groupOrReject(call, site);
+    if (group === undefined) return;
     const now = this.clock.now();
     const plan = planStep({
       group,
@@ -524,11 +527,8 @@ export class RoutingEngine {
   /** The no-answer action of the call's group (or `action`, after a wait). */
   private noAnswer(call: EngineCall, allOffline: boolean, action?: NoAnswerAction): void {
     const site = this.deps.site();
-    const group = call.groupId === undefined ? undefined : site.index.groupsById.get(call.groupId);
-    if (group === undefined) {
-      this.rejectCall(call, 480);
-      return;
-    }
+    const group = this.groupOrReject(call, site);
+    if (group === undefined) return;
     const now = this.clock.now();
     const d = pickNoAnswer({
       group,
