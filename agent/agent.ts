@@ -195,6 +195,8 @@ export class Agent {
       supportedExtensions: SUPPORTED_EXTENSIONS,
       isOwnAddress: (host, port) => this.transport.addresses().some((a) => a.port === port && a.address === host),
       advertise: makeAdvertiser(s.sipAdvertise),
+      // onRequest() checks every request before routing it (below).
+      requestsChecked: true,
       log: this.log.child("proxy"),
     });
     this.registrar = new Registrar({

@@ -22,7 +22,7 @@
 //   that comes back through another hop always has a different top Via, which would make
 //   every loop look like a spiral.
 import { hash } from "node:crypto";
-import { getHeader, getHeaders, parseDatagram, parseNameAddr, splitList } from "./message.ts";
+import { getHeader, getHeaders, parseDatagram, parseNameAddr, parseVia, splitList } from "./message.ts";
 import type {
   Branch,
   BranchState,
@@ -50,7 +50,7 @@ import {
   type ServerTransactionListener,
   type TransactionLayer,
 } from "./transaction.ts";
-import type { Flow, SipHeader, SipRequest, SipResponse, Transport } from "./types.ts";
+import type { Flow, SipHeader, SipRequest, SipResponse, Transport, Via } from "./types.ts";
 import { parseUri, uriHostPort } from "./uri.ts";
 import { checkRequest } from "./validate.ts";
 import type { Logger } from "../log.ts";
@@ -76,6 +76,11 @@ export interface StatefulProxyOptions {
   advertise?: (flow: Flow) => string;
   /** Whether host:port names this element (Route popping, loop detection), beyond the flow's own local address. */
   isOwnAddress?: (host: string, port: number) => boolean;
+  /**
+   * The element has already run checkRequest() (role "proxy", the same methods and extensions)
+   * on every INVITE it hands to startCall(), so the proxy need not check it twice on the hot path.
+   */
+  requestsChecked?: boolean;
   log?: Logger;
 }
 
@@ -234,6 +239,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private readonly advertise: (flow: Flow) => string;
   private readonly isOwnAddress: ((host: string, port: number) => boolean) | undefined;
   private readonly log: Logger | undefined;
+  private readonly requestsChecked: boolean;
+  private readonly sentBy = new Map<string, { host: string; port: number | undefined }>();
   /** Calls keyed by their INVITE server transaction (CANCEL matching, §9.2); removed when it terminates. */
   private readonly callsByTx = new Map<InviteServerTransaction, CallImpl>();
   /** Calls not yet finished. */
@@ -253,6 +260,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     this.advertise = options.advertise ?? ((flow) => hostPort(flow.localAddress, flow.localPort));
     this.isOwnAddress = options.isOwnAddress;
     this.log = options.log;
+    this.requestsChecked = options.requestsChecked === true;
   }
 
   // --- StatefulProxyApi ----------------------------------------------------------------
@@ -265,7 +273,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
       return undefined;
     }
     // §16.3 steps 1-3, 5 (URI scheme, Max-Forwards 0 → 483, Proxy-Require → 420): validate.ts.
-    const rejection = checkRequest(req, { role: "proxy", supportedMethods: this.methods, supportedExtensions: this.extensions });
+    const rejection = this.requestsChecked ? undefined : checkRequest(req, { role: "proxy", supportedMethods: this.methods, supportedExtensions: this.extensions });
     if (rejection !== undefined) {
       tx.respond(createResponse(req, rejection.status, rejection.reason, { toTag: randomToken(6), headers: rejection.headers }));
       return undefined;
@@ -300,7 +308,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const id = `${createBranch()}.${call.loopHash}`;
     const here = this.advertise(out);
     const tcp = out.transport === "tcp";
-    const via = `SIP/2.0/${tcp ? "TCP" : "UDP"} ${here};branch=${id};rport`;
+    const via = this.ownVia(tcp ? "TCP" : "UDP", here, id);
     // §16.6 step 4: Record-Route so every in-dialog request comes through us; two entries when
     // the two sides reach us on different addresses or transports (RFC 5658 double route).
     let recordRoute = `<sip:${here}${tcp ? ";transport=tcp" : ""};lr>`;
@@ -723,6 +731,27 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const own = this.countOwnRoutes(req, inbound);
     const base = own > 0 ? removeLeadingRoutes(req, own) : req;
     return forwardRequest(base, { via: this.viaFor(out, branchId) });
+  }
+
+  /** Our Via for a fork, built parsed: the sent-by is parsed once per address, not per fork. */
+  private ownVia(transport: "UDP" | "TCP", here: string, branch: string): Via {
+    const key = `${transport} ${here}`;
+    let sentBy = this.sentBy.get(key);
+    if (sentBy === undefined) {
+      const v = parseVia(`SIP/2.0/${transport} ${here}`)?.[0];
+      if (v === undefined) throw new TypeError(`advertised address is not a Via sent-by: ${here}`);
+      sentBy = { host: v.host, port: v.port };
+      // Local addresses are few; the bound only guards against an advertiser gone wrong.
+      if (this.sentBy.size < 64) this.sentBy.set(key, sentBy);
+    }
+    return {
+      transport,
+      host: sentBy.host,
+      port: sentBy.port,
+      params: new Map<string, string | null>([["branch", branch], ["rport", null]]),
+      branch,
+      raw: `SIP/2.0/${transport} ${here};branch=${branch};rport`,
+    };
   }
 
   viaFor(out: Flow, branchId: string): string {

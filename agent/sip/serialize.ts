@@ -175,8 +175,11 @@ export function setViaReceived(req: SipMessage, address: string, port: number): 
 }
 
 export interface ForwardOptions {
-  /** The proxy's own Via value, e.g. "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK…;rport". */
-  via: string;
+  /**
+   * The proxy's own Via value, e.g. "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bK…;rport", or that
+   * value already parsed (its raw text is what goes on the wire), which spares a parse per fork.
+   */
+  via: string | Via;
   /** New Request-URI (RFC 3261 §16.6 step 2); default: unchanged. */
   requestUri?: string;
   /** A Record-Route value to insert before the existing ones (§16.6 step 4), e.g. "<sip:10.0.0.1;lr>". */
@@ -193,8 +196,8 @@ export interface ForwardOptions {
  * opts.via is not exactly one valid Via value (a programming error, not hostile input).
  */
 export function forwardRequest(req: SipRequest, opts: ForwardOptions): SipRequest {
-  const ownVia = parseVia(opts.via);
-  if (!ownVia || ownVia.length !== 1) throw new TypeError(`forwardRequest: invalid Via value: ${opts.via}`);
+  const ownVia = typeof opts.via === "string" ? parseVia(opts.via) : [opts.via];
+  if (!ownVia || ownVia.length !== 1) throw new TypeError(`forwardRequest: invalid Via value: ${String(opts.via)}`);
   const headers: SipHeader[] = [];
   const viaHeader: SipHeader = { name: "via", value: ownVia[0]!.raw };
   let viaPlaced = false;

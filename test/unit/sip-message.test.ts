@@ -496,6 +496,19 @@ test("setViaReceived: received when sent-by differs, rport filled (RFC 3261 §18
   assert.equal(v6.via[0]!.params.get("rport"), "5062");
 });
 
+test("forwardRequest: a Via given parsed goes out byte for byte as the same Via given as text", () => {
+  const m = req(parseDatagram(message([...INVITE, "Record-Route: <sip:earlier.example.com;lr>"], "v=0\r\n")));
+  const text = "SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKfwd2;rport";
+  const parsed = parseVia(text)![0]!;
+  const opts = { requestUri: "sip:bob@10.0.0.9:5062", recordRoute: "<sip:10.0.0.1;lr>" };
+  const a = forwardRequest(m, { via: text, ...opts });
+  const b = forwardRequest(m, { via: parsed, ...opts });
+  assert.deepEqual(serialize(b), serialize(a));
+  assert.equal(b.via[0], parsed);
+  assert.deepEqual(b.via.map((v) => v.branch), ["z9hG4bKfwd2", "z9hG4bKnashds8"]);
+  assert.throws(() => forwardRequest(m, { via: "SIP/2.0/UDP a;branch=1, SIP/2.0/UDP b;branch=2", ...opts }), TypeError);
+});
+
 test("forwardRequest: Via on top, Max-Forwards, Request-URI, Record-Route, Route pop (RFC 3261 §16.6)", () => {
   const m = req(parseDatagram(message([
     ...INVITE,
