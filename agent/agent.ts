@@ -38,6 +38,7 @@ import { applianceCommands } from "./console/appliance-commands.ts";
 import { SerialConsole } from "./console/serial.ts";
 import { CallsNow, callCommands } from "./console/calls-now.ts";
 import { promises as fsp } from "node:fs";
+import { CpuLatencyRequest, type CpuLatencyStatus } from "./appliance/cpu-latency.ts";
 import type { Settings as LiveSettings } from "./config.ts";
 import type { GuardLimits } from "./sip/guard.ts";
 
@@ -68,6 +69,8 @@ export interface AgentStatus {
   site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
   /** Bytes, from process.memoryUsage() (rss, heapTotal, heapUsed, external, arrayBuffers). */
   memory: NodeJS.MemoryUsage;
+  /** The PM QoS CPU wake-up latency request (setting cpuWakeLatencyUs); null when not asked for. */
+  cpuLatency: CpuLatencyStatus | null;
 }
 
 export class Agent {
@@ -96,6 +99,8 @@ export class Agent {
   private readonly startedAt = Date.now();
   /** Graceful drain (pre-upgrade hook, SIGTERM): refuses new INVITEs with 503 while set. */
   readonly drainer: DrainController;
+  /** The PM QoS request held while running (setting cpuWakeLatencyUs ≥ 0). */
+  private cpuLatency: CpuLatencyRequest | undefined;
   /** Installer console on settings.serialDevice, when set. */
   serial: SerialConsole | undefined;
   /** Calls ringing now, from the engine's events (installer console `calls`). */
@@ -276,6 +281,12 @@ export class Agent {
       this.sync.start();
     }
     const addrs = this.transport.addresses().map((a) => `${a.transport}:${hostPort(a.address, a.port)}`).join(" ");
+    if (s.cpuWakeLatencyUs >= 0) {
+      this.cpuLatency = CpuLatencyRequest.hold(s.cpuWakeLatencyUs);
+      const st = this.cpuLatency.status;
+      if (st.held) this.log.info("holding CPU wake-up latency request", { us: st.requestedUs, device: st.device });
+      else this.log.warn("CPU wake-up latency request not in force", { us: st.requestedUs, reason: st.reason });
+    }
     this.log.info("ringedge started", { site: s.siteId, sip: addrs, data: s.dataDir, devices: this.devicesByUsername.size });
   }
 
@@ -292,6 +303,7 @@ export class Agent {
     this.transactions?.close();
     await this.transport?.stop();
     await this.store?.close();
+    this.cpuLatency?.release();
     this.log.info("ringedge stopped");
   }
 
@@ -417,6 +429,7 @@ export class Agent {
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
+      cpuLatency: this.cpuLatency === undefined ? null : this.cpuLatency.status,
     };
   }
 

@@ -52,6 +52,7 @@ export interface Settings {
   sipT1Ms: number;
   ringUnitMs: number;
   latencyBudgetMs: number;
+  cpuWakeLatencyUs: number;
   nonceTtlS: number;
   logLevel: LogLevel;
   authAlgorithms: AuthAlgorithm[];
@@ -461,6 +462,11 @@ const SPECS: Specs = {
     codec: intCodec(1, 10_000),
     default: 2,
     doc: "Budget for INVITE received → first forked INVITE sent, ms; calls over it are counted in `ringedge status`.",
+  },
+  cpuWakeLatencyUs: {
+    codec: intCodec(-1, 1_000_000),
+    default: -1,
+    doc: "Linux PM QoS request held while the agent runs (/dev/cpu_dma_latency), µs: idle CPUs stay out of idle states slower to leave than this, so a call after a quiet spell does not start on a cold, deep-idle CPU. 0 = CPUs poll when idle (lowest latency; more power, and a VM's host sees its vCPUs busy). -1 = leave it to the system. Needs root or the udev rule in firmware-hooks/; without access the agent logs a warning and runs on. Read at start only.",
   },
   nonceTtlS: {
     codec: intCodec(5, 86_400),
