@@ -200,8 +200,10 @@ interface EngineCall {
   readonly pc: ProxyCall;
   readonly kind: "group" | "direct" | "outbound";
   readonly caller: Caller;
-  readonly callerLabel: string;
-  readonly target: string;
+  /** Caller and dialled number for events and records: see labels(). */
+  labelsValue: CallLabels | undefined;
+  /** The INVITE the labels come from, until they are made. */
+  labelSource: SipRequest | undefined;
   /** Epoch ms at admission. */
   readonly startedAt: number;
   phase: Phase;
@@ -235,6 +237,24 @@ interface EngineCall {
   answeredDevice: string | undefined;
   answerAfterMs: number | undefined;
   latencyRecorded: boolean;
+}
+
+interface CallLabels {
+  caller: string;
+  target: string;
+}
+
+/**
+ * The call's caller and target as people read them. Made on first use, which is after the
+ * first forks (events, records): URI parsing and cleaning stay off the INVITE → fork path.
+ */
+function labels(call: EngineCall): CallLabels {
+  if (call.labelsValue === undefined) {
+    const req = call.labelSource!;
+    call.labelsValue = { caller: callerLabel(call.caller, req), target: dialledText(req.uri) };
+    call.labelSource = undefined;
+  }
+  return call.labelsValue;
 }
 
 function isLive(b: Branch): boolean {
@@ -344,16 +364,15 @@ export class RoutingEngine {
       respond(tx, req, admission.status, admission.reason);
       return;
     }
-    const target = dialledText(req.uri);
     switch (dest.kind) {
       case "group":
-        this.startGroupCall(tx, req, flow, caller, target, dest.group);
+        this.startGroupCall(tx, req, flow, caller, dest.group);
         return;
       case "user":
-        this.startDirectCall(tx, req, flow, caller, target, dest.user, site.index);
+        this.startDirectCall(tx, req, flow, caller, dest.user, site.index);
         return;
       case "outbound":
-        this.startOutboundCall(tx, req, flow, caller, target, dest.number, trunk);
+        this.startOutboundCall(tx, req, flow, caller, dest.number, trunk);
         return;
       case "pickup":
         if (caller.kind === "device" && caller.userId !== undefined) this.pickup(tx, req, caller.deviceId, caller.userId, dest.request.kind === "directed" ? dest.request.extension : undefined, site.index);
@@ -407,13 +426,13 @@ export class RoutingEngine {
     return { kind: "device", deviceId: device.deviceId, username: device.username, userId: deviceRef(index, device.deviceId)?.ownerId, proof: "digest" };
   }
 
-  private newCall(pc: ProxyCall, kind: EngineCall["kind"], caller: Caller, req: SipRequest, target: string, groupId?: string, directUserId?: string): EngineCall {
+  private newCall(pc: ProxyCall, kind: EngineCall["kind"], caller: Caller, req: SipRequest, groupId?: string, directUserId?: string): EngineCall {
     const call: EngineCall = {
       pc,
       kind,
       caller,
-      callerLabel: callerLabel(caller, req),
-      target,
+      labelsValue: undefined,
+      labelSource: req,
       startedAt: this.clock.now(),
       phase: "ringing",
       groupId,
@@ -446,10 +465,10 @@ export class RoutingEngine {
 
   // --- group calls -------------------------------------------------------------------------------
 
-  private startGroupCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, target: string, group: Group): void {
+  private startGroupCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, group: Group): void {
     const pc = this.proxy.startCall(tx, req, flow, this.events);
     if (pc === undefined) return; // the proxy answered itself (483, 482)
-    const call = this.newCall(pc, "group", caller, req, target, group.id);
+    const call = this.newCall(pc, "group", caller, req, group.id);
     call.plan = startCall(this.clock.now());
     this.runStep(call);
   }
@@ -496,7 +515,7 @@ export class RoutingEngine {
     const busy = plan.skipped.filter((s) => s.reason === "busy").map((s) => s.memberId);
     if (busy.length > 0) {
       for (const m of busy) call.busyMembers.add(m);
-      this.deps.bus.emit("call.busy", { callId: call.pc.request.callId, groupId: group.id, memberIds: busy, caller: call.callerLabel, at: now });
+      this.deps.bus.emit("call.busy", { callId: call.pc.request.callId, groupId: group.id, memberIds: busy, caller: labels(call).caller, at: now });
     }
     for (const m of deadMembers) call.plan = withMemberEnded(call.plan, m);
 
@@ -704,7 +723,7 @@ export class RoutingEngine {
 
   // --- direct and outbound calls -------------------------------------------------------------------
 
-  private startDirectCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, target: string, user: User, index: SiteIndex): void {
+  private startDirectCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, user: User, index: SiteIndex): void {
     const devices = index.devicesByOwner.get(user.id) ?? [];
     const deviceIds: string[] = [];
     let physical = 0;
@@ -716,24 +735,24 @@ export class RoutingEngine {
       }
       deviceIds.push(d.id);
     }
-    const now = this.clock.now();
-    const label = callerLabel(caller, req);
-    const base: CallRecord = { id: recordId(req.callId), at: now, caller: label, target, outcome: "missed", offered: [] };
+    const refusedRecord = (outcome: CallRecord["outcome"]): CallRecord => ({ id: recordId(req.callId), at: this.clock.now(), caller: callerLabel(caller, req), target: dialledText(req.uri), outcome, offered: [] });
     if (deviceIds.length === 0) {
       respond(tx, req, 480, reasonPhrase(480));
-      this.deps.bus.emit("call.missed", { callId: req.callId, groupId: undefined, caller: label, target, offered: [], outcome: "missed", at: now });
-      this.deps.store.appendCall(base);
+      const r = refusedRecord("missed");
+      this.deps.bus.emit("call.missed", { callId: req.callId, groupId: undefined, caller: r.caller, target: r.target, offered: [], outcome: "missed", at: r.at });
+      this.deps.store.appendCall(r);
       return;
     }
     if (user.callLimit > 0 && (this.activeCalls.get(user.id) ?? 0) >= user.callLimit) {
       respond(tx, req, 486, reasonPhrase(486));
-      this.deps.bus.emit("call.busy", { callId: req.callId, groupId: undefined, memberIds: [user.id], caller: label, at: now });
-      this.deps.store.appendCall({ ...base, outcome: "busy" });
+      const r = refusedRecord("busy");
+      this.deps.bus.emit("call.busy", { callId: req.callId, groupId: undefined, memberIds: [user.id], caller: r.caller, at: r.at });
+      this.deps.store.appendCall(r);
       return;
     }
     const pc = this.proxy.startCall(tx, req, flow, this.events);
     if (pc === undefined) return;
-    const call = this.newCall(pc, "direct", caller, req, target, undefined, user.id);
+    const call = this.newCall(pc, "direct", caller, req, undefined, user.id);
     const forked = this.forkMember(call, user.id, deviceIds);
     this.noteFirstFork(call);
     if (forked === 0) {
@@ -743,14 +762,14 @@ export class RoutingEngine {
     this.noteOffered(call, user.id, deviceIds);
   }
 
-  private startOutboundCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, target: string, number: string, trunk: TrunkSettings | undefined): void {
+  private startOutboundCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, number: string, trunk: TrunkSettings | undefined): void {
     if (trunk === undefined) {
       respond(tx, req, 404, "Not Found");
       return;
     }
     const pc = this.proxy.startCall(tx, req, flow, this.events);
     if (pc === undefined) return;
-    const call = this.newCall(pc, "outbound", caller, req, target);
+    const call = this.newCall(pc, "outbound", caller, req);
     call.phase = "forwarded";
     const b = this.proxy.fork(pc, this.trunkTarget(call, trunk, trunkUri(trunk, number)));
     this.noteFirstFork(call);
@@ -880,7 +899,7 @@ export class RoutingEngine {
       groupId: call.kind === "group" ? call.groupId : undefined,
       memberId: call.answeredBy,
       deviceId: call.answeredDevice,
-      caller: call.callerLabel,
+      caller: labels(call).caller,
       answerAfterMs: call.answerAfterMs,
       at: now,
     });
@@ -1017,7 +1036,7 @@ export class RoutingEngine {
       call.offeredSet.add(memberId);
       call.offered.push(memberId);
     }
-    this.deps.bus.emit("call.offered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId, deviceIds, caller: call.callerLabel, at: this.clock.now() });
+    this.deps.bus.emit("call.offered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId, deviceIds, caller: labels(call).caller, at: this.clock.now() });
   }
 
   private evenlyOf(groupId: string): Map<string, number> {
@@ -1073,7 +1092,7 @@ export class RoutingEngine {
     }
     const now = this.clock.now();
     const outcome = outcomeOf(call, answered, status);
-    const record: CallRecord = { id: recordId(call.pc.request.callId), at: call.startedAt, caller: call.callerLabel, target: call.target, outcome, offered: [...call.offered] };
+    const record: CallRecord = { id: recordId(call.pc.request.callId), at: call.startedAt, caller: labels(call).caller, target: labels(call).target, outcome, offered: [...call.offered] };
     if (call.firstGroupId !== undefined) record.groupId = call.firstGroupId;
     if (call.answeredBy !== undefined) record.answeredBy = call.answeredBy;
     if (call.answerAfterMs !== undefined) {

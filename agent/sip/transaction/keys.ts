@@ -19,20 +19,25 @@ export function isRfc3261Branch(branch: string | undefined): branch is string {
  * the UA". 96 bits from the CSPRNG make a collision negligible and the value unguessable.
  */
 export function createBranch(): string {
-  // One CSPRNG call per 341 branches: randomBytes() per branch cost ~5 µs per fork.
-  if (poolOffset + BRANCH_BYTES > pool.length) {
-    randomFillSync(pool);
+  // One CSPRNG call and one base64url encoding per 341 branches, then a JS substring per
+  // branch: no native call per fork (randomBytes() per branch cost ~5 µs per fork, and even a
+  // Buffer#toString per branch runs cold native code on the INVITE → fork path).
+  if (poolOffset >= POOL_CHARS) {
+    poolText = randomFillSync(pool).toString("base64url");
     poolOffset = 0;
   }
-  const id = pool.toString("base64url", poolOffset, poolOffset + BRANCH_BYTES);
-  poolOffset += BRANCH_BYTES;
+  const id = poolText.slice(poolOffset, poolOffset + BRANCH_CHARS);
+  poolOffset += BRANCH_CHARS;
   return MAGIC_COOKIE + id;
 }
 
-const BRANCH_BYTES = 12;
-const pool = Buffer.allocUnsafeSlow(BRANCH_BYTES * 341);
+/** 12 random bytes = 16 base64url characters, without padding. */
+const BRANCH_CHARS = 16;
+const pool = Buffer.allocUnsafeSlow(12 * 341);
+const POOL_CHARS = (pool.length / 12) * BRANCH_CHARS;
+let poolText = "";
 /** Past the end: the pool is filled on first use. */
-let poolOffset = pool.length;
+let poolOffset = POOL_CHARS;
 
 /** RFC 3261 §18.1.1/§19.1.2: an absent port means 5060, or 5061 for TLS. */
 function defaultPort(transport: string): number {
