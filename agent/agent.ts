@@ -39,6 +39,7 @@ import { SerialConsole } from "./console/serial.ts";
 import { CallsNow, callCommands } from "./console/calls-now.ts";
 import { promises as fsp } from "node:fs";
 import { CpuLatencyRequest, type CpuLatencyStatus } from "./appliance/cpu-latency.ts";
+import { currentScheduling, type Scheduling } from "./appliance/scheduling.ts";
 import type { Settings as LiveSettings } from "./config.ts";
 import type { GuardLimits } from "./sip/guard.ts";
 
@@ -71,6 +72,8 @@ export interface AgentStatus {
   memory: NodeJS.MemoryUsage;
   /** The PM QoS CPU wake-up latency request (setting cpuWakeLatencyUs); null when not asked for. */
   cpuLatency: CpuLatencyStatus | null;
+  /** How the kernel schedules the agent (policy, real-time priority, nice); null where unknown. */
+  scheduling: Scheduling | null;
 }
 
 export class Agent {
@@ -430,6 +433,7 @@ export class Agent {
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
       cpuLatency: this.cpuLatency === undefined ? null : this.cpuLatency.status,
+      scheduling: currentScheduling() ?? null,
     };
   }
 

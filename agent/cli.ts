@@ -248,8 +248,13 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     const l = r.latency;
     lines.push(`routing  calls ${r.activeCalls}  queued ${r.queued}  first fork p50 ${l.p50Us}µs p99 ${l.p99Us}µs max ${l.maxUs}µs  over ${l.budgetUs / 1000}ms budget ${l.overBudget} of ${l.count}`);
   }
+  const sch = status.scheduling;
   const q = status.cpuLatency;
-  if (q !== undefined && q !== null) lines.push(`cpu      wake-up latency ${q.requestedUs}µs ${q.held ? `held on ${q.device}` : `not in force: ${q.reason}`}`);
+  const cpu = [
+    ...(sch !== undefined && sch !== null ? [`scheduling ${sch.policy}${sch.policy === "fifo" || sch.policy === "rr" ? ` priority ${sch.priority}` : ""} nice ${sch.nice}`] : []),
+    ...(q !== undefined && q !== null ? [`wake-up latency ${q.requestedUs}µs ${q.held ? `held on ${q.device}` : `not in force: ${q.reason}`}`] : []),
+  ];
+  if (cpu.length > 0) lines.push(`cpu      ${cpu.join("  ")}`);
   out(lines.join("\n") + "\n");
   return 0;
 }
