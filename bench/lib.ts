@@ -180,6 +180,9 @@ function callsSection(r: Json): string[] {
   out.push(
     "",
     `Targets (10-phone simultaneous group at ${fmt(num(targets.atRate))} calls/s): first fork p50 ≤ ${fmt(num(targets.firstForkP50UsMax))} µs ${yes(met.firstForkP50)}; p99 ≤ ${fmt(num(targets.firstForkP99UsMax))} µs ${yes(met.firstForkP99)}; ${fmt(num(targets.sustainedRate))} calls/s with no failed call ${yes(met.sustained500)}. Highest rate run with no failure: ${fmt(num(r.maxCleanCallRate), 1)} calls/s.`,
+    ...(met.firstForkP50Realtime === null || met.firstForkP50Realtime === undefined
+      ? []
+      : [`The same targets on the \`+rt\` run (the agent under SCHED_FIFO priority 10, as the example systemd unit runs it; run right after the plain one): p50 ${yes(met.firstForkP50Realtime)}; p99 ${yes(met.firstForkP99Realtime)}.`]),
     "The agent's figure runs from the INVITE's datagram being read to the first fork leaving (parse, transaction, admission and routing included; warm-up calls too); the packet figure from the INVITE on the wire to the first fork on the wire (as tshark saw them on lo).",
   );
   return out;
