@@ -927,16 +927,15 @@ export class RoutingEngine {
     this.online.delete(deviceId);
     // A device that went offline in the middle of a call (crashed, unplugged: it stopped
     // answering keep-alives) will never send the BYE that frees its operator; without this the
-    // operator would count as busy until the far end happens to hang up. The SIP dialog itself
-    // still ends the usual way (BYE from the far end, or never); finish() is idempotent.
+    // operator would count as busy until the far end happens to hang up. finish() is idempotent.
     for (const call of [...this.calls.values()]) {
       if (call.phase !== "answered") continue;
       if (call.answeredDevice === deviceId || (call.caller.kind === "device" && call.caller.deviceId === deviceId)) {
         this.deps.log.info("device offline during a call: its operator is free again", { device: deviceId, callId: call.pc.request.callId });
         this.finish(call, undefined);
-        // A dead answering phone: the caller is told (BYE on its behalf). A dead calling phone:
-        // the operator it reached hears silence and hangs up, which ends the dialog as usual.
-        if (call.answeredDevice === deviceId) this.proxy.releaseDialog?.(call.pc);
+        // The live side is told with a BYE on the dead phone's behalf instead of silence: the
+        // caller when the answering phone died, the operator's phone when the calling one did.
+        this.proxy.releaseDialog?.(call.pc, call.answeredDevice === deviceId ? "caller" : "callee");
       }
     }
     // Its branches cannot be answered: cancel them (plan.ts leaves this to the engine).

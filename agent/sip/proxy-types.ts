@@ -107,8 +107,11 @@ export interface StatefulProxyApi {
   reject(call: ProxyCall, status: number, reason: string, headers?: SipHeader[], options?: RejectOptions): void;
   /** Branches not yet in a final state. */
   activeBranches(call: ProxyCall): Branch[];
-  /** The answering device is gone: BYE the caller on its behalf and forget the dialog (later requests get 481). */
-  releaseDialog?(call: ProxyCall): void;
+  /**
+   * A device on one side of an answered call is gone: BYE the other side on its behalf (byeTo:
+   * the live side; default the caller) and forget the dialog (later requests get 481).
+   */
+  releaseDialog?(call: ProxyCall, byeTo?: "caller" | "callee"): void;
 }
 
 export interface ProxyStats {

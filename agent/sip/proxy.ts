@@ -133,6 +133,12 @@ class CallImpl implements ProxyCall {
   ended = false;
   /** To tags of 2xx legs the proxy ACKed and sent BYE to (key: branch id + To tag). */
   readonly releasedLegs = new Set<string>();
+  /**
+   * The answering leg as its 2xx described it, for a BYE on the caller's behalf (§12.1.2): its
+   * To (with tag), its Contact (remote target) and the route set toward it (the Record-Route
+   * entries below ours, nearest first).
+   */
+  callee: { to: string; contact: string; routes: string[] } | undefined = undefined;
   private toTagValue: string | undefined;
 
   constructor(
@@ -379,22 +385,45 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   }
 
   /**
-   * The answering device of a call is gone (it stopped answering keep-alives): end the call for
-   * the caller, who would otherwise sit in silence, and forget the dialog. The proxy sends the
-   * BYE the dead phone never will, as that phone would have (§15.1.1, built from the caller's
-   * INVITE: its Contact as target, its Record-Route as route set, the dialog's tags) with
-   * `Reason: SIP;cause=480` (RFC 3326). Later in-dialog requests get 481.
+   * One side of an answered call is gone (its device stopped answering keep-alives): end the
+   * call for the other side, who would otherwise sit in silence, and forget the dialog. The
+   * proxy sends the BYE the dead phone never will, as that phone would have (§15.1.1), with
+   * `Reason: SIP;cause=480` (RFC 3326). Toward the caller it is built from the caller's INVITE
+   * (its Contact as target, its Record-Route as route set); toward the callee from the 2xx
+   * (its Contact, the Record-Route entries below ours, the caller's From). Later in-dialog
+   * requests get 481.
    */
-  releaseDialog(callApi: ProxyCall): void {
+  releaseDialog(callApi: ProxyCall, byeTo: "caller" | "callee" = "caller"): void {
     const call = this.own(callApi);
     const dialog = call?.dialog;
     if (call === undefined || dialog === undefined) return;
     this.dialogs.remove(dialog);
     call.dialog = undefined;
-    const bye = buildByeToCaller(call.request, dialog.calleeTag, this.viaFor(dialog.callerFlow, createBranch()));
+    const flow = byeTo === "caller" ? dialog.callerFlow : dialog.calleeFlow;
+    const via = this.viaFor(flow, createBranch());
+    const bye = byeTo === "caller" ? buildByeToCaller(call.request, dialog.calleeTag, via) : call.callee === undefined ? undefined : buildByeToCallee(call.request, call.callee, via);
     if (bye === undefined) return;
-    const r = this.transactions.sendRequest(bye, dialog.callerFlow, IGNORE_OUTCOME, NO_OPTIONS);
-    if (!r.ok) this.log?.debug("BYE to the caller of a dead callee not sent", { error: r.error });
+    const r = this.transactions.sendRequest(bye, flow, IGNORE_OUTCOME, NO_OPTIONS);
+    if (!r.ok) this.log?.debug("BYE on behalf of a dead phone not sent", { to: byeTo, error: r.error });
+  }
+
+  /** What a BYE toward the answering leg needs, from its 2xx; undefined without a usable Contact. */
+  private calleeLeg(res: SipResponse, flow: Flow): CallImpl["callee"] {
+    const contact = parseNameAddr(getHeader(res, "contact") ?? "");
+    if (contact === undefined) return undefined;
+    // The 2xx carries Record-Route as the callee saw it: entries added below us come first.
+    const recorded: string[] = [];
+    for (const h of res.headers) if (h.name === "record-route") splitList(h.value, recorded);
+    const routes: string[] = [];
+    for (const value of recorded) {
+      const uri = parseUri(parseNameAddr(value)?.uri ?? "");
+      if (uri !== undefined) {
+        const { host, port } = uriHostPort(uri);
+        if (this.isOwn(host, port, flow)) break;
+      }
+      routes.push(value);
+    }
+    return { to: res.to.raw, contact: contact.uri, routes: routes.reverse() };
   }
 
   activeBranches(callApi: ProxyCall): Branch[] {
@@ -614,6 +643,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const calleeTag = res.to.tag ?? "";
     for (const b of call.branches) for (const tag of b.earlyTags) if (b !== branch || tag !== calleeTag) this.dropEarly(call, tag);
     call.dialog = this.dialogs.add(call.request.callId, call.request.from.tag ?? "", calleeTag, call.tx.flow, branch.target.flow, "confirmed", { call, branch }, performance.now());
+    call.callee = this.calleeLeg(res, branch.target.flow);
     // §16.7 step 5: "any 2xx response ... MUST be forwarded immediately".
     call.tx.respond(stripTopVia(res));
     // §16.7 step 10 / RFC 3326: every other branch is cancelled, saying why.
@@ -1005,6 +1035,31 @@ function buildByeToCaller(invite: SipRequest, calleeTag: string, via: string): S
   return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
 }
 
+/**
+ * The BYE a dead calling phone would have sent (§15.1.1 with §12.2.1.1): to the callee's Contact
+ * through the route set below us, From the caller (with its tag), To the callee (with its tag).
+ */
+function buildByeToCallee(invite: SipRequest, callee: { to: string; contact: string; routes: string[] }, via: string): SipRequest | undefined {
+  if (invite.headers.length === 0) return undefined;
+  const lines = [
+    `BYE ${callee.contact} SIP/2.0`,
+    `Via: ${via}`,
+    ...(callee.routes.length > 0 ? [`Route: ${callee.routes.join(", ")}`] : []),
+    "Max-Forwards: 70",
+    `From: ${invite.from.raw}`,
+    `To: ${callee.to}`,
+    `Call-ID: ${invite.callId}`,
+    `CSeq: ${BYE_ON_BEHALF_CSEQ} BYE`,
+    'Reason: SIP;cause=480;text="Caller unreachable"',
+    "Content-Length: 0",
+    "",
+    "",
+  ];
+  const parsed = parseDatagram(Buffer.from(lines.join("\r\n")));
+  return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
+}
+
+// Above any CSeq a phone uses in practice (they start low and count up), below 2^31 (§8.1.1.5).
 const BYE_ON_BEHALF_CSEQ = 2_000_000_000;
 
 export type { ProxyDialogInfo };

@@ -369,9 +369,32 @@ export class Phone {
     const res = await this.transact(branch, invite);
     if (res.status !== undefined && res.status >= 300) {
       this.send([...lines("ACK", res.header("to") ?? "", "1 ACK"), "Content-Length: 0", "", ""].join("\r\n"));
+    } else if (res.status !== undefined && res.status >= 200) {
+      // §13.2.2.4: the ACK for a 2xx is its own request, to the callee's Contact along the
+      // route set (the 2xx's Record-Route reversed, §12.1.2).
+      const routes = res.all("record-route").flatMap((v) => v.split(/,(?=\s*<)/).map((r) => r.trim())).reverse();
+      const contact = res.header("contact");
+      const ack = [
+        `ACK ${contact !== undefined ? uriOf(contact) : `sip:${number}@127.0.0.1:${this.agentPort}`} SIP/2.0`,
+        `Via: SIP/2.0/UDP 127.0.0.1:${this.port};branch=z9hG4bK${token()};rport`,
+        "Max-Forwards: 70",
+        ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
+        `From: <sip:${this.username}@127.0.0.1>;tag=${fromTag}`,
+        `To: ${res.header("to") ?? ""}`,
+        `Call-ID: ${callId}`,
+        "CSeq: 1 ACK",
+        "Content-Length: 0",
+        "",
+        "",
+      ];
+      this.send(ack.join("\r\n"));
+      this.dialled.push(callId);
     }
     return res.status ?? 0;
   }
+
+  /** Call-IDs of the calls this phone placed with dial() that were answered, in order. */
+  readonly dialled: string[] = [];
 
   /** Removes the binding (Expires: 0) and closes the socket. */
   async unregister(): Promise<void> {

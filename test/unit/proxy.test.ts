@@ -634,6 +634,39 @@ describe("in-dialog routing (§16.4, §16.12)", () => {
     assert.ok(w.caller.responses(481).length === 1);
   });
 
+  test("releaseDialog toward the callee (the calling device is gone): the answering phone gets a BYE from the caller's side with Reason 480", async () => {
+    await answered();
+    w.proxy.releaseDialog(w.calls.at(-1)!, "callee");
+    assert.equal(w.proxy.dialogCount(), 0);
+    const bye = w.b.lastRequest("BYE");
+    assert.equal(bye.uri, `sip:phone@${w.b.address}:${w.b.port}`, "to the callee's Contact from its 2xx");
+    assert.deepEqual(getHeaders(bye, "route"), [], "no hop between us and the phone");
+    assert.equal(bye.from.tag, "alice", "from the caller, with its tag");
+    assert.equal(bye.to.tag, "b1", "to the callee, with its tag");
+    assert.equal(bye.cseq.method, "BYE");
+    assert.ok(bye.cseq.seq > 1, "above the caller's INVITE CSeq");
+    assert.equal(getHeader(bye, "reason"), 'SIP;cause=480;text="Caller unreachable"');
+    assert.equal(w.caller.requests("BYE").length, 0, "nothing to the dead phone");
+    w.b.respond(bye, 200, "OK");
+    w.b.send(inDialog("INFO", "callee", 3));
+    assert.ok(w.b.responses(481).length === 1, "the dialog is forgotten");
+  });
+
+  test("releaseDialog toward the callee routes through the proxies below us that recorded themselves in the 2xx", async () => {
+    const { invB } = await ringBoth();
+    // Two proxies between us and the phone: the 2xx's Record-Route lists the nearest-to-phone first.
+    const recorded = ["<sip:d2.example.net;lr>", "<sip:d1.example.net;lr>", ...getHeaders(invB, "record-route")];
+    const ok = createResponse(invB, 200, "OK", {
+      toTag: "b1",
+      headers: [...recorded.map((value) => ({ name: "record-route", value })), { name: "contact", value: `<sip:phone@${w.b.address}:${w.b.port}>` }],
+    });
+    w.b.send(ok);
+    await settle();
+    w.proxy.releaseDialog(w.calls.at(-1)!, "callee");
+    const bye = w.b.lastRequest("BYE");
+    assert.deepEqual(getHeaders(bye, "route"), ["<sip:d1.example.net;lr>", "<sip:d2.example.net;lr>"], "nearest hop first, our own entry left out");
+  });
+
   test("PRACK in an early dialog goes to the branch that sent the 18x", async () => {
     await ringBoth();
     w.caller.send(inDialog("PRACK", "caller", 2).replace(/tag=b1/, "tag=a1"));
