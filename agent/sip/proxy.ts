@@ -247,6 +247,17 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private readonly log: Logger | undefined;
   private readonly requestsChecked: boolean;
   private readonly sentBy = new Map<string, { host: string; port: number | undefined }>();
+  /** Re-INVITEs being relayed inside a dialog, by their server transaction (CANCEL, §16.10). */
+  private readonly reinvites = new Map<InviteServerTransaction, ReInviteRelay>();
+  private readonly reinviteHost: ReInviteHost = {
+    done: (tx) => this.reinvites.delete(tx),
+    sendCancel: (forwarded, out, reason) => {
+      const cancel = buildCancel(forwarded);
+      if (cancel === undefined) return;
+      if (reason !== undefined) cancel.headers.splice(cancel.headers.length - 1, 0, { name: "reason", value: reason });
+      this.transactions.sendRequest(cancel, out, IGNORE_OUTCOME);
+    },
+  };
   /** Calls keyed by their INVITE server transaction (CANCEL matching, §9.2); removed when it terminates. */
   private readonly callsByTx = new Map<InviteServerTransaction, CallImpl>();
   /** Calls not yet finished. */
@@ -457,7 +468,14 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
    */
   handleCancel(cancelTx: NonInviteServerTransaction, inviteTx: InviteServerTransaction | undefined, req: SipRequest): boolean {
     const call = inviteTx === undefined ? undefined : this.callsByTx.get(inviteTx);
-    if (call === undefined) return false;
+    if (call === undefined) {
+      // §16.10 for a re-INVITE being relayed inside a dialog: 200 to the CANCEL, CANCEL onward.
+      const relay = inviteTx === undefined ? undefined : this.reinvites.get(inviteTx);
+      if (relay === undefined) return false;
+      cancelTx.respond(createResponse(req, 200, "OK"));
+      relay.cancel(getHeader(req, "reason"));
+      return true;
+    }
     // §9.2: the To tag of the 200 to the CANCEL SHOULD equal that of the response to the INVITE.
     cancelTx.respond(createResponse(req, 200, "OK", { toTag: call.toTag }));
     // §16.10: once the INVITE has a final response, the CANCEL changes nothing.
@@ -487,8 +505,10 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     if (fromCaller) dialog.callerFlow = flow;
     else dialog.calleeFlow = flow;
     const fwd = this.forwardInDialog(req, flow, out, createBranch());
-    const sent = this.transactions.sendRequest(fwd, out, new RelayCallbacks(tx, req), this.timerC !== undefined && req.method === "INVITE" ? { timerC: this.timerC } : {});
+    const reinvite = req.method === "INVITE" && tx.kind === "invite" ? new ReInviteRelay(tx, req, fwd, out, this.reinviteHost) : undefined;
+    const sent = this.transactions.sendRequest(fwd, out, reinvite ?? new RelayCallbacks(tx, req), this.timerC !== undefined && req.method === "INVITE" ? { timerC: this.timerC } : {});
     if (!sent.ok) tx.respond(createResponse(req, 503, "Service Unavailable"));
+    else if (reinvite !== undefined && tx.kind === "invite") this.reinvites.set(tx, reinvite);
     if (req.method === "BYE") {
       // RFC 3261 §15: BYE ends the dialog; the engine frees the member now, not when the far
       // end gets round to answering it.
@@ -961,6 +981,75 @@ class RelayCallbacks implements ClientTransactionCallbacks {
   onTransportError(): void {
     if (this.req !== undefined) this.tx.respond(createResponse(this.req, 503, "Service Unavailable"));
     this.req = undefined;
+  }
+}
+
+interface ReInviteHost {
+  done(tx: InviteServerTransaction): void;
+  sendCancel(forwarded: SipRequest, out: Flow, reason: string | undefined): void;
+}
+
+/**
+ * A re-INVITE relayed inside a dialog: responses go back like any relayed request's, and a
+ * CANCEL from the sender is passed on (§16.10) once the next hop has sent a provisional
+ * response (§9.1: never before), or dropped once it has answered finally.
+ */
+class ReInviteRelay extends RelayCallbacks {
+  private provisionalSeen = false;
+  /** A CANCEL waiting for the first provisional response; null when none is. */
+  private pendingCancel: string | null = null;
+  private cancelled = false;
+  private finished = false;
+
+  constructor(
+    private readonly serverTx: InviteServerTransaction,
+    req: SipRequest,
+    private readonly forwarded: SipRequest,
+    private readonly out: Flow,
+    private readonly host: ReInviteHost,
+  ) {
+    super(serverTx, req);
+  }
+
+  cancel(reason: string | undefined): void {
+    if (this.finished || this.cancelled) return;
+    if (!this.provisionalSeen) {
+      this.pendingCancel = reason ?? "";
+      return;
+    }
+    this.cancelled = true;
+    this.host.sendCancel(this.forwarded, this.out, reason);
+  }
+
+  override onProvisional(res: SipResponse): void {
+    this.provisionalSeen = true;
+    if (this.pendingCancel !== null) {
+      const reason = this.pendingCancel;
+      this.pendingCancel = null;
+      this.cancel(reason === "" ? undefined : reason);
+    }
+    super.onProvisional(res);
+  }
+
+  override onFinal(res: SipResponse): void {
+    this.end();
+    super.onFinal(res);
+  }
+
+  override onTimeout(): void {
+    this.end();
+    super.onTimeout();
+  }
+
+  override onTransportError(): void {
+    this.end();
+    super.onTransportError();
+  }
+
+  private end(): void {
+    this.finished = true;
+    this.pendingCancel = null;
+    this.host.done(this.serverTx);
   }
 }
 

@@ -597,6 +597,45 @@ describe("in-dialog routing (§16.4, §16.12)", () => {
     assert.ok(w.caller.responses(200).find((r) => r.cseq.method === "INVITE" && r.cseq.seq === 3));
   });
 
+  test("CANCEL of a re-INVITE (§16.10): 200 to the sender, CANCEL to the callee after its provisional, the 487 comes back, the dialog stays", async () => {
+    await answered();
+    w.caller.send(inDialog("INVITE", "caller", 3));
+    const reinvite = w.b.lastRequest("INVITE");
+    w.b.respond(reinvite, 100, "Trying");
+    await settle();
+    w.caller.send(inDialog("CANCEL", "caller", 3, ['Reason: SIP;cause=487;text="changed my mind"']).replace("branch=z9hG4bKCANCELcaller3", "branch=z9hG4bKINVITEcaller3"));
+    await settle();
+    assert.ok(w.caller.responses(200).find((r) => r.cseq.method === "CANCEL"), "200 to the CANCEL");
+    const cancel = w.b.lastRequest("CANCEL");
+    assert.equal(cancel.via[0]!.branch, reinvite.via[0]!.branch, "matches the forwarded re-INVITE's transaction");
+    assert.equal(cancel.cseq.seq, 3);
+    assert.equal(getHeader(cancel, "reason"), 'SIP;cause=487;text="changed my mind"');
+    w.b.respond(cancel, 200, "OK");
+    w.b.respond(reinvite, 487, "Request Terminated");
+    await settle();
+    assert.ok(w.caller.responses(487).find((r) => r.cseq.method === "INVITE" && r.cseq.seq === 3), "the 487 reaches the caller");
+    assert.equal(w.proxy.dialogCount(), 1, "a cancelled re-INVITE leaves the dialog as it was");
+  });
+
+  test("CANCEL of a re-INVITE before any provisional waits for one (§9.1); after the final it changes nothing", async () => {
+    await answered();
+    w.caller.send(inDialog("INVITE", "caller", 3));
+    const reinvite = w.b.lastRequest("INVITE");
+    const cancelText = inDialog("CANCEL", "caller", 3).replace("branch=z9hG4bKCANCELcaller3", "branch=z9hG4bKINVITEcaller3");
+    w.caller.send(cancelText);
+    await settle();
+    assert.equal(w.b.requests("CANCEL").length, 0, "not before a provisional response");
+    w.b.respond(reinvite, 180, "Ringing");
+    await settle();
+    assert.equal(w.b.requests("CANCEL").length, 1, "sent once the provisional came");
+    w.b.respond(reinvite, 200, "OK"); // the answer beat the CANCEL
+    await settle();
+    assert.ok(w.caller.responses(200).find((r) => r.cseq.method === "INVITE" && r.cseq.seq === 3));
+    w.caller.send(cancelText.replace("branch=z9hG4bKINVITEcaller3", "branch=z9hG4bKINVITEcaller3x"));
+    await settle();
+    assert.equal(w.b.requests("CANCEL").length, 1, "nothing more goes to the callee");
+  });
+
   test("BYE from the callee reaches the caller's flow, its 200 comes back, the dialog ends (onEnded by callee)", async () => {
     await answered();
     w.b.send(inDialog("BYE", "callee", 1));
