@@ -103,6 +103,16 @@ describe("forking proxy with SIPp", () => {
     await idle();
   });
 
+  test("a CANCEL of a re-INVITE inside the dialog reaches the phone with its Reason; 487 back to the caller; the dialog stays until BYE", async () => {
+    const answering = await phone("proxy-uas-reinvite-cancel.xml");
+    targets = [udpTarget(port, answering.port)];
+    const before = rec.ended.length;
+    assertOk("caller (200 to the CANCEL, 487 to the re-INVITE, then BYE answered)", await caller("proxy-uac-reinvite-cancel.xml"));
+    assertOk("phone (CANCEL with Reason cause=487, ACK for its 487, BYE)", await answering.run);
+    await idle();
+    assert.deepEqual(rec.ended.slice(before), [{ answered: true, by: "caller" }], "the call ended by the BYE, not by the CANCEL");
+  });
+
   test("a late 200 from the second phone is ACKed and BYEd by the proxy and never reaches the caller", async () => {
     const answering = await phone("proxy-uas-answer.xml", 100);
     const late = await phone("proxy-uas-late.xml", 500);
