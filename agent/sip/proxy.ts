@@ -412,7 +412,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     call.dialog = undefined;
     const flow = byeTo === "caller" ? dialog.callerFlow : dialog.calleeFlow;
     const via = this.viaFor(flow, createBranch());
-    const bye = byeTo === "caller" ? buildByeToCaller(call.request, dialog.calleeTag, via) : call.callee === undefined ? undefined : buildByeToCallee(call.request, call.callee, via);
+    const bye = byeTo === "caller" ? byeToCaller(call.request, dialog.calleeTag, via) : call.callee === undefined ? undefined : byeToCallee(call.request, call.callee, via);
     if (bye === undefined) return;
     const r = this.transactions.sendRequest(bye, flow, IGNORE_OUTCOME, NO_OPTIONS);
     if (!r.ok) this.log?.debug("BYE on behalf of a dead phone not sent", { to: byeTo, error: r.error });
@@ -1097,49 +1097,37 @@ function buildInDialogRequest(
   return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
 }
 
-/**
- * A BYE toward the caller on behalf of a callee that is gone (§12.1.1 UAS route set: the
- * INVITE's Record-Route in order; target: the caller's Contact). The callee's own CSeq count
- * is unknown here, so the BYE uses one far above anything a phone counts to in a call.
- */
-function buildByeToCaller(invite: SipRequest, calleeTag: string, via: string): SipRequest | undefined {
-  const contact = parseNameAddr(getHeader(invite, "contact") ?? "");
-  if (contact === undefined || invite.headers.length === 0) return undefined;
-  const routes = getHeaders(invite, "record-route");
-  const lines = [
-    `BYE ${contact.uri} SIP/2.0`,
-    `Via: ${via}`,
-    ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
-    "Max-Forwards: 70",
-    `From: <${invite.to.uri}>;tag=${calleeTag}`,
-    `To: ${invite.from.raw}`,
-    `Call-ID: ${invite.callId}`,
-    `CSeq: ${BYE_ON_BEHALF_CSEQ} BYE`,
-    'Reason: SIP;cause=480;text="Callee unreachable"',
-    "Content-Length: 0",
-    "",
-    "",
-  ];
-  const parsed = parseDatagram(Buffer.from(lines.join("\r\n")));
-  return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
+/** One side of a dialog as a BYE on its behalf addresses the other (§12.2.1.1, §15.1.1). */
+interface ByeOnBehalf {
+  /** Remote target: the live side's Contact. */
+  target: string;
+  /** Route set toward the live side, nearest hop first. */
+  routes: readonly string[];
+  /** From: the dead side, with its tag. */
+  from: string;
+  /** To: the live side, with its tag. */
+  to: string;
+  /** RFC 3326 text of the Reason (cause 480). */
+  why: string;
 }
 
 /**
- * The BYE a dead calling phone would have sent (§15.1.1 with §12.2.1.1): to the callee's Contact
- * through the route set below us, From the caller (with its tag), To the callee (with its tag).
+ * The BYE a dead phone would have sent, as text parsed like every other request the agent
+ * originates (cold path). Toward the caller: its INVITE's Contact and Record-Route, From the
+ * callee's tag. Toward the callee: the 2xx's Contact, the routes below us, From the caller.
  */
-function buildByeToCallee(invite: SipRequest, callee: { to: string; contact: string; routes: string[] }, via: string): SipRequest | undefined {
+function buildByeOnBehalf(invite: SipRequest, side: ByeOnBehalf, via: string): SipRequest | undefined {
   if (invite.headers.length === 0) return undefined;
   const lines = [
-    `BYE ${callee.contact} SIP/2.0`,
+    `BYE ${side.target} SIP/2.0`,
     `Via: ${via}`,
-    ...(callee.routes.length > 0 ? [`Route: ${callee.routes.join(", ")}`] : []),
+    ...(side.routes.length > 0 ? [`Route: ${side.routes.join(", ")}`] : []),
     "Max-Forwards: 70",
-    `From: ${invite.from.raw}`,
-    `To: ${callee.to}`,
+    `From: ${side.from}`,
+    `To: ${side.to}`,
     `Call-ID: ${invite.callId}`,
     `CSeq: ${BYE_ON_BEHALF_CSEQ} BYE`,
-    'Reason: SIP;cause=480;text="Caller unreachable"',
+    `Reason: SIP;cause=480;text="${side.why}"`,
     "Content-Length: 0",
     "",
     "",
@@ -1148,7 +1136,21 @@ function buildByeToCallee(invite: SipRequest, callee: { to: string; contact: str
   return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
 }
 
-// Above any CSeq a phone uses in practice (they start low and count up), below 2^31 (§8.1.1.5).
+/** §12.1.1, the callee's (UAS) view: the INVITE's Record-Route in order, the caller's Contact. */
+function byeToCaller(invite: SipRequest, calleeTag: string, via: string): SipRequest | undefined {
+  const contact = parseNameAddr(getHeader(invite, "contact") ?? "");
+  if (contact === undefined) return undefined;
+  const side = { target: contact.uri, routes: getHeaders(invite, "record-route"), from: `<${invite.to.uri}>;tag=${calleeTag}`, to: invite.from.raw, why: "Callee unreachable" };
+  return buildByeOnBehalf(invite, side, via);
+}
+
+/** §12.1.2, the caller's (UAC) view from below us: the 2xx's Contact, the routes below ours. */
+function byeToCallee(invite: SipRequest, callee: { to: string; contact: string; routes: string[] }, via: string): SipRequest | undefined {
+  return buildByeOnBehalf(invite, { target: callee.contact, routes: callee.routes, from: invite.from.raw, to: callee.to, why: "Caller unreachable" }, via);
+}
+
+// Neither side's own CSeq count is known here: one far above anything a phone counts to in a
+// call (they start low and count up), and below 2^31 (§8.1.1.5).
 const BYE_ON_BEHALF_CSEQ = 2_000_000_000;
 
 export type { ProxyDialogInfo };
