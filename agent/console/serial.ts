@@ -395,11 +395,16 @@ export const openSerialPort: OpenPort = async (path, baudRate) => {
   });
 };
 
+/** How often an open console checks that its device node is still there. */
+const DEVICE_WATCH_MS = 1000;
+
 export class SerialConsole {
   readonly guard: LoginGuard;
   private port: PortLike | undefined;
   private session: ConsoleSession | undefined;
   private timer: NodeJS.Timeout | undefined;
+  /** Checks that the open device node still exists (see open()). */
+  private watch: NodeJS.Timeout | undefined;
   private attempts = 0;
   private running = false;
   private droppedOutput = 0;
@@ -423,6 +428,8 @@ export class SerialConsole {
     this.running = false;
     if (this.timer) clearTimeout(this.timer);
     this.timer = undefined;
+    if (this.watch) clearInterval(this.watch);
+    this.watch = undefined;
     this.session?.close();
     const p = this.port;
     this.port = undefined;
@@ -456,6 +463,8 @@ export class SerialConsole {
     const lost = (err?: Error | null): void => {
       if (gone) return;
       gone = true;
+      if (this.watch) clearInterval(this.watch);
+      this.watch = undefined;
       session.close();
       if (this.port === port) this.port = undefined;
       if (this.session === session) this.session = undefined;
@@ -467,6 +476,13 @@ export class SerialConsole {
     port.on("data", (chunk) => session.input(chunk));
     port.on("error", (err) => lost(err));
     port.on("close", (err) => lost(err));
+    // serialport reports a hang-up as close or error; a device node that disappears (a USB
+    // adapter pulled, a pty pair gone) is also caught here, once a second, in case nothing
+    // in the poller noticed.
+    this.watch = setInterval(() => {
+      fs.promises.access(path).catch((e: Error) => lost(e));
+    }, DEVICE_WATCH_MS);
+    this.watch.unref();
     session.begin();
   }
 

@@ -2,7 +2,8 @@
 // opens ttyA as its serial device; the test is the installer's terminal on ttyB): login with
 // wrong passwords and the lock-out, commands and their 80-column output, garbage bytes, a 10 KB
 // line, then the cable pulled (socat killed: the device disappears) and plugged back (socat
-// again on the same names): the console works again.
+// again on the same names): the console works again; and a device node that disappears while
+// the pty itself stays open is noticed by the console's device watch.
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
@@ -161,4 +162,21 @@ test("serial console over a socat pty pair: login, lock-out, commands, garbage, 
   assert.match(await term.expect(PROMPT), /1001 +physical/);
   term.send("\x04");
   await term.expect(/Logged out\.\r\nPassword: $/);
+});
+
+test("a device node that disappears while its pty stays open (a udev link removed) is noticed and reopened when it is back", async () => {
+  await agent?.stop();
+  agent = undefined;
+  if (socat === undefined || socat.exitCode !== null) await plugIn();
+  // The agent opens a link of its own to ttyA; removing only the link leaves the pty (and
+  // serialport's descriptor) intact, so nothing but the device-node watch can notice.
+  const link = path.join(dir, "ttyLink");
+  fs.rmSync(link, { force: true });
+  fs.symlinkSync(fs.realpathSync(ttyA), link);
+  agent = await startAgent({ env: { RINGEDGE_SERIAL_DEVICE: link, RINGEDGE_SERIAL_PASSWORD: await hashInstallerPassword(PASSWORD) } });
+  await agent.waitForLog(/serial console open/);
+  fs.rmSync(link);
+  await agent.waitForLog(/serial console device lost; reopening/);
+  fs.symlinkSync(fs.realpathSync(ttyA), link);
+  await until(() => (agent!.log().match(/serial console open/g) ?? []).length >= 2, 15_000, 50);
 });
