@@ -445,7 +445,7 @@ export class Agent {
     this.presence.onBindings(change);
     // Write-behind: the REGISTER's 200 never waits for the disk (DESIGN principle 3).
     if (change.reason !== "restored") {
-      const saved = this.store.setBindings(change.aor, change.bindings.map(toRecord));
+      const saved = this.store.setBindings(change.aor, change.bindings);
       if (!saved.ok) this.log.error("bindings not persisted", { aor: change.aor, reason: saved.error.message });
       this.store.scheduleSave();
     }
@@ -570,21 +570,6 @@ export class Agent {
       });
     });
   }
-}
-
-function toRecord(b: Binding): BindingRecord {
-  return {
-    deviceId: b.deviceId,
-    aor: b.aor,
-    contact: b.contact,
-    expiresAt: b.expiresAt,
-    callId: b.callId,
-    cseq: b.cseq,
-    ...(b.q !== undefined ? { q: b.q } : {}),
-    flow: { transport: b.flow.transport, remoteAddress: b.flow.remoteAddress, remotePort: b.flow.remotePort, localAddress: b.flow.localAddress, localPort: b.flow.localPort },
-    ...(b.userAgent !== undefined ? { userAgent: b.userAgent } : {}),
-    ...(b.instance !== undefined ? { instance: b.instance } : {}),
-  };
 }
 
 function fromRecord(r: BindingRecord): Binding {

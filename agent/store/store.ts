@@ -736,26 +736,20 @@ export class Store {
   /** Removes every binding of a device; returns how many. */
   removeBindingsOfDevice(deviceId: string): number {
     this.assertOpen();
-    let n = 0;
-    for (const [aor, list] of this.bindingsByAor) {
-      const rest = list.filter((b) => b.deviceId !== deviceId);
-      n += list.length - rest.length;
-      if (rest.length === 0) this.bindingsByAor.delete(aor);
-      else if (rest.length !== list.length) this.bindingsByAor.set(aor, rest);
-    }
-    if (n > 0) {
-      this.bindingsChanged = true;
-      this.changed();
-    }
-    return n;
+    return this.keepBindings((b) => b.deviceId !== deviceId);
   }
 
   /** Drops bindings with expiresAt <= nowMs; returns how many. */
   purgeExpiredBindings(nowMs: number = this.now().getTime()): number {
     this.assertOpen();
+    return this.keepBindings((b) => b.expiresAt > nowMs);
+  }
+
+  /** Keeps the bindings `keep` accepts, across every AOR; returns how many were dropped. */
+  private keepBindings(keep: (b: BindingRecord) => boolean): number {
     let n = 0;
     for (const [aor, list] of this.bindingsByAor) {
-      const rest = list.filter((b) => b.expiresAt > nowMs);
+      const rest = list.filter(keep);
       n += list.length - rest.length;
       if (rest.length === 0) this.bindingsByAor.delete(aor);
       else if (rest.length !== list.length) this.bindingsByAor.set(aor, rest);
