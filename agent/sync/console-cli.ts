@@ -4,6 +4,7 @@
 import { randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import type { IClientOptions, MqttClient } from "mqtt";
+import type { Settings } from "../config.ts";
 import { validatePayload } from "../contract.ts";
 import { configHash, DESIRED_SCHEMA, type AckPayload, type SyncError } from "./mqtt-sync.ts";
 import { commandTopic, COMMAND_NAMES, replyTopic, SITE_ID_RE, siteTopic, TOPIC_ROOT } from "./topics.ts";
@@ -190,14 +191,8 @@ settings.`;
 
 type Out = (s: string) => void;
 
-export interface ConsoleCliSettings {
-  mqttUrl: string;
-  mqttUsername: string;
-  mqttPassword: string;
-  mqttCa: string;
-  mqttCert: string;
-  mqttKey: string;
-}
+/** The broker settings the console CLI reads (the agent's own, from config.ts). */
+export type ConsoleCliSettings = Pick<Settings, "mqttUrl" | "mqttUsername" | "mqttPassword" | "mqttCa" | "mqttCert" | "mqttKey">;
 
 export const CONSOLE_VALUE_FLAGS = ["url", "timeout", "count", "username", "password", "ca", "cert", "key"] as const;
 
