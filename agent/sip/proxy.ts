@@ -133,12 +133,8 @@ class CallImpl implements ProxyCall {
   ended = false;
   /** To tags of 2xx legs the proxy ACKed and sent BYE to (key: branch id + To tag). */
   readonly releasedLegs = new Set<string>();
-  /**
-   * The answering leg as its 2xx described it, for a BYE on the caller's behalf (§12.1.2): its
-   * To (with tag), its Contact (remote target) and the route set toward it (the Record-Route
-   * entries below ours, nearest first).
-   */
-  callee: { to: string; contact: string; routes: string[] } | undefined = undefined;
+  /** The answering leg as its 2xx described it, for a BYE on the dead caller's behalf. */
+  callee: DialogLeg | undefined = undefined;
   private toTagValue: string | undefined;
 
   constructor(
@@ -252,10 +248,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private readonly reinviteHost: ReInviteHost = {
     done: (tx) => this.reinvites.delete(tx),
     sendCancel: (forwarded, out, reason) => {
-      const cancel = buildCancel(forwarded);
-      if (cancel === undefined) return;
-      if (reason !== undefined) cancel.headers.splice(cancel.headers.length - 1, 0, { name: "reason", value: reason });
-      this.transactions.sendRequest(cancel, out, IGNORE_OUTCOME);
+      const cancel = cancelWithReason(forwarded, reason);
+      if (cancel !== undefined) this.transactions.sendRequest(cancel, out, IGNORE_OUTCOME);
     },
   };
   /** Calls keyed by their INVITE server transaction (CANCEL matching, §9.2); removed when it terminates. */
@@ -416,25 +410,6 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     if (bye === undefined) return;
     const r = this.transactions.sendRequest(bye, flow, IGNORE_OUTCOME, NO_OPTIONS);
     if (!r.ok) this.log?.debug("BYE on behalf of a dead phone not sent", { to: byeTo, error: r.error });
-  }
-
-  /** What a BYE toward the answering leg needs, from its 2xx; undefined without a usable Contact. */
-  private calleeLeg(res: SipResponse, flow: Flow): CallImpl["callee"] {
-    const contact = parseNameAddr(getHeader(res, "contact") ?? "");
-    if (contact === undefined) return undefined;
-    // The 2xx carries Record-Route as the callee saw it: entries added below us come first.
-    const recorded: string[] = [];
-    for (const h of res.headers) if (h.name === "record-route") splitList(h.value, recorded);
-    const routes: string[] = [];
-    for (const value of recorded) {
-      const uri = parseUri(parseNameAddr(value)?.uri ?? "");
-      if (uri !== undefined) {
-        const { host, port } = uriHostPort(uri);
-        if (this.isOwn(host, port, flow)) break;
-      }
-      routes.push(value);
-    }
-    return { to: res.to.raw, contact: contact.uri, routes: routes.reverse() };
   }
 
   activeBranches(callApi: ProxyCall): Branch[] {
@@ -663,7 +638,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const calleeTag = res.to.tag ?? "";
     for (const b of call.branches) for (const tag of b.earlyTags) if (b !== branch || tag !== calleeTag) this.dropEarly(call, tag);
     call.dialog = this.dialogs.add(call.request.callId, call.request.from.tag ?? "", calleeTag, call.tx.flow, branch.target.flow, "confirmed", { call, branch }, performance.now());
-    call.callee = this.calleeLeg(res, branch.target.flow);
+    call.callee = legOf2xx(res, branch, this);
     // §16.7 step 5: "any 2xx response ... MUST be forwarded immediately".
     call.tx.respond(stripTopVia(res));
     // §16.7 step 10 / RFC 3326: every other branch is cancelled, saying why.
@@ -685,13 +660,15 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private releaseLateAnswer(branch: BranchImpl, res: SipResponse): void {
     const call = branch.call;
     const legKey = `${branch.id}\n${res.to.tag ?? ""}`;
-    const ack = buildInDialogRequest(branch, res, "ACK", branch.origin.seq, this.viaFor(branch.target.flow, createBranch()), this);
+    const leg = legOf2xx(res, branch, this);
+    const { fromRaw, callId, seq } = branch.origin;
+    const ack = buildInDialogRequest(leg, fromRaw, callId, "ACK", seq, this.viaFor(branch.target.flow, createBranch()));
     if (ack !== undefined) this.transport.send(branch.target.flow, serialize(ack));
     if (call.releasedLegs.has(legKey)) return;
     call.releasedLegs.add(legKey);
     this.lateAnswers++;
     if (LIVE.has(branch.state) || branch.state === "cancelled") branch.lastStatus = res.status;
-    const bye = buildInDialogRequest(branch, res, "BYE", branch.origin.seq + 1, this.viaFor(branch.target.flow, createBranch()), this, [
+    const bye = buildInDialogRequest(leg, fromRaw, callId, "BYE", seq + 1, this.viaFor(branch.target.flow, createBranch()), [
       { name: "reason", value: call.answered !== undefined ? ANSWERED_ELSEWHERE : 'SIP;cause=487;text="Call cancelled"' },
     ]);
     if (bye !== undefined) {
@@ -718,9 +695,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private sendCancel(branch: BranchImpl, reason: string | undefined): void {
     const tx = branch.tx;
     if (branch.cancelSent || tx === undefined || (tx.state !== TransactionState.Calling && tx.state !== TransactionState.Proceeding)) return;
-    const cancel = branch.request === undefined ? undefined : buildCancel(branch.request);
+    const cancel = branch.request === undefined ? undefined : cancelWithReason(branch.request, reason);
     if (cancel === undefined) return;
-    if (reason !== undefined) cancel.headers.splice(cancel.headers.length - 1, 0, { name: "reason", value: reason });
     branch.cancelSent = true;
     // The CANCEL is its own non-INVITE transaction (§9.1); its 200 tells nothing we need.
     this.transactions.sendRequest(cancel, branch.target.flow, IGNORE_OUTCOME);
@@ -858,7 +834,7 @@ export function chooseBestResponse(statuses: readonly number[]): number {
 /**
  * §16.6 step 8's loop-detection input minus the top Via (see the header comment): Request-URI,
  * Call-ID, From and To tags, CSeq number, Proxy-Require, Proxy-Authorization and the Route
- * values left after ours. 72 bits, base64url (no "." so it can follow a branch after one).
+ * values left after ours. 64 bits as base-36 (no "." so it can follow a branch after one).
  */
 export function loopDetectionHash(req: SipRequest, ownRoutes: number): string {
   // One pass over the headers and a JS hash: no call into OpenSSL on the INVITE → fork path,
@@ -1053,24 +1029,30 @@ class ReInviteRelay extends RelayCallbacks {
   }
 }
 
+/** §9.1 CANCEL of a forwarded INVITE, with an RFC 3326 Reason when there is one. */
+function cancelWithReason(invite: SipRequest, reason: string | undefined): SipRequest | undefined {
+  const cancel = buildCancel(invite);
+  if (cancel !== undefined && reason !== undefined) cancel.headers.splice(cancel.headers.length - 1, 0, { name: "reason", value: reason });
+  return cancel;
+}
+
+/** Where requests inside a dialog go toward one of its sides (§12.2.1.1). */
+interface DialogLeg {
+  /** Request-URI: that side's Contact (its remote target). */
+  target: string;
+  /** Route set toward it, nearest hop first. */
+  routes: readonly string[];
+  /** To: that side, with its tag. */
+  to: string;
+}
+
 /**
- * The ACK (§13.2.2.4) or BYE (§15.1.1) the proxy sends as the UAC of a late-answering leg:
- * Request-URI the 2xx's Contact, the Record-Route values downstream of ours reversed as the
- * route set (§12.1.2), From/Call-ID of the branch INVITE, To of the 2xx. Built as text and
- * parsed like every other request the agent originates (cold path).
+ * The answering leg as its 2xx describes it (§12.1.2, from the caller's side below us): the
+ * 2xx's Contact (else the URI the branch was sent to), the Record-Route values downstream of
+ * ours reversed, the 2xx's To.
  */
-function buildInDialogRequest(
-  branch: BranchImpl,
-  res: SipResponse,
-  method: string,
-  seq: number,
-  via: string,
-  proxy: StatefulProxy,
-  extra: SipHeader[] = [],
-): SipRequest | undefined {
-  const invite = branch.origin;
+function legOf2xx(res: SipResponse, branch: BranchImpl, proxy: StatefulProxy): DialogLeg {
   const contact = parseNameAddr(getHeader(res, "contact") ?? "");
-  const target = contact?.uri ?? invite.uri;
   const rr = getHeaders(res, "record-route");
   const ownIndex = rr.findIndex((v) => {
     const u = parseUri(parseNameAddr(v)?.uri ?? "");
@@ -1078,15 +1060,31 @@ function buildInDialogRequest(
     const { host, port } = uriHostPort(u);
     return proxy.isOwn(host, port, branch.target.flow);
   });
-  const routes = (ownIndex >= 0 ? rr.slice(0, ownIndex) : rr).reverse();
+  return { target: contact?.uri ?? branch.origin.uri, routes: (ownIndex >= 0 ? rr.slice(0, ownIndex) : rr).reverse(), to: res.to.raw };
+}
+
+/**
+ * A request the proxy sends itself inside a dialog, as the UAC of one side: the ACK and BYE
+ * of a late-answering leg, a BYE on behalf of a dead phone. Built as text and parsed like
+ * every other request the agent originates (cold path).
+ */
+function buildInDialogRequest(
+  leg: DialogLeg,
+  from: string,
+  callId: string,
+  method: string,
+  seq: number,
+  via: string,
+  extra: SipHeader[] = [],
+): SipRequest | undefined {
   const lines = [
-    `${method} ${target} SIP/2.0`,
+    `${method} ${leg.target} SIP/2.0`,
     `Via: ${via}`,
-    ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
+    ...(leg.routes.length > 0 ? [`Route: ${leg.routes.join(", ")}`] : []),
     "Max-Forwards: 70",
-    `From: ${invite.fromRaw}`,
-    `To: ${res.to.raw}`,
-    `Call-ID: ${invite.callId}`,
+    `From: ${from}`,
+    `To: ${leg.to}`,
+    `Call-ID: ${callId}`,
     `CSeq: ${seq} ${method}`,
     ...extra.map((h) => `${h.name}: ${h.value}`),
     "Content-Length: 0",
@@ -1097,56 +1095,21 @@ function buildInDialogRequest(
   return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
 }
 
-/** One side of a dialog as a BYE on its behalf addresses the other (§12.2.1.1, §15.1.1). */
-interface ByeOnBehalf {
-  /** Remote target: the live side's Contact. */
-  target: string;
-  /** Route set toward the live side, nearest hop first. */
-  routes: readonly string[];
-  /** From: the dead side, with its tag. */
-  from: string;
-  /** To: the live side, with its tag. */
-  to: string;
-  /** RFC 3326 text of the Reason (cause 480). */
-  why: string;
-}
-
 /**
- * The BYE a dead phone would have sent, as text parsed like every other request the agent
- * originates (cold path). Toward the caller: its INVITE's Contact and Record-Route, From the
- * callee's tag. Toward the callee: the 2xx's Contact, the routes below us, From the caller.
+ * The BYE a dead callee would have sent to the caller (§12.1.1, the UAS's view): to the caller's
+ * Contact along the INVITE's Record-Route in order, From the callee's tag.
  */
-function buildByeOnBehalf(invite: SipRequest, side: ByeOnBehalf, via: string): SipRequest | undefined {
-  if (invite.headers.length === 0) return undefined;
-  const lines = [
-    `BYE ${side.target} SIP/2.0`,
-    `Via: ${via}`,
-    ...(side.routes.length > 0 ? [`Route: ${side.routes.join(", ")}`] : []),
-    "Max-Forwards: 70",
-    `From: ${side.from}`,
-    `To: ${side.to}`,
-    `Call-ID: ${invite.callId}`,
-    `CSeq: ${BYE_ON_BEHALF_CSEQ} BYE`,
-    `Reason: SIP;cause=480;text="${side.why}"`,
-    "Content-Length: 0",
-    "",
-    "",
-  ];
-  const parsed = parseDatagram(Buffer.from(lines.join("\r\n")));
-  return parsed.ok && parsed.message.kind === "request" ? parsed.message : undefined;
-}
-
-/** §12.1.1, the callee's (UAS) view: the INVITE's Record-Route in order, the caller's Contact. */
 function byeToCaller(invite: SipRequest, calleeTag: string, via: string): SipRequest | undefined {
   const contact = parseNameAddr(getHeader(invite, "contact") ?? "");
-  if (contact === undefined) return undefined;
-  const side = { target: contact.uri, routes: getHeaders(invite, "record-route"), from: `<${invite.to.uri}>;tag=${calleeTag}`, to: invite.from.raw, why: "Callee unreachable" };
-  return buildByeOnBehalf(invite, side, via);
+  if (contact === undefined || invite.headers.length === 0) return undefined;
+  const leg = { target: contact.uri, routes: getHeaders(invite, "record-route"), to: invite.from.raw };
+  return buildInDialogRequest(leg, `<${invite.to.uri}>;tag=${calleeTag}`, invite.callId, "BYE", BYE_ON_BEHALF_CSEQ, via, [{ name: "reason", value: 'SIP;cause=480;text="Callee unreachable"' }]);
 }
 
-/** §12.1.2, the caller's (UAC) view from below us: the 2xx's Contact, the routes below ours. */
-function byeToCallee(invite: SipRequest, callee: { to: string; contact: string; routes: string[] }, via: string): SipRequest | undefined {
-  return buildByeOnBehalf(invite, { target: callee.contact, routes: callee.routes, from: invite.from.raw, to: callee.to, why: "Caller unreachable" }, via);
+/** The BYE a dead caller would have sent to the answering leg (its 2xx's view, legOf2xx). */
+function byeToCallee(invite: SipRequest, callee: DialogLeg, via: string): SipRequest | undefined {
+  if (invite.headers.length === 0) return undefined;
+  return buildInDialogRequest(callee, invite.from.raw, invite.callId, "BYE", BYE_ON_BEHALF_CSEQ, via, [{ name: "reason", value: 'SIP;cause=480;text="Caller unreachable"' }]);
 }
 
 // Neither side's own CSeq count is known here: one far above anything a phone counts to in a

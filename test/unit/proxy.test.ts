@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { afterEach, beforeEach, describe, mock, test } from "node:test";
 import { getHeader, getHeaders, parseDatagram } from "../../agent/sip/message.ts";
-import { ANSWERED_ELSEWHERE, StatefulProxy, chooseBestResponse, removeLeadingRoutes, stripTopVia } from "../../agent/sip/proxy.ts";
+import { ANSWERED_ELSEWHERE, StatefulProxy, chooseBestResponse, removeLeadingRoutes, stripTopVia, textHash64 } from "../../agent/sip/proxy.ts";
 import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents } from "../../agent/sip/proxy-types.ts";
 import { createResponse, serialize, setViaReceived } from "../../agent/sip/serialize.ts";
 import { TransactionLayer } from "../../agent/sip/transaction.ts";
@@ -719,6 +719,16 @@ describe("helpers", () => {
     const res = parse("SIP/2.0 180 Ringing\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa, SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKb\r\nFrom: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: x\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n") as SipResponse;
     const out = parse(serialize(stripTopVia(res))) as SipResponse;
     assert.deepEqual(out.via.map((v) => v.branch), ["z9hG4bKb"]);
+  });
+
+  test("textHash64: 14 base-36 characters, the same for the same text, different for a one-character change", () => {
+    const a = textHash64("sip:700@127.0.0.1\ncall-1\nalice\n\n1");
+    assert.match(a, /^[0-9a-z]{14}$/);
+    assert.equal(textHash64("sip:700@127.0.0.1\ncall-1\nalice\n\n1"), a);
+    assert.notEqual(textHash64("sip:700@127.0.0.1\ncall-1\nalice\n\n2"), a);
+    assert.match(textHash64(""), /^[0-9a-z]{14}$/);
+    const seen = new Set(Array.from({ length: 10_000 }, (_, i) => textHash64(`call-${i}`)));
+    assert.equal(seen.size, 10_000, "no collision among 10,000 Call-IDs");
   });
 
   test("removeLeadingRoutes drops values across lines", () => {
