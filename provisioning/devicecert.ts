@@ -31,11 +31,24 @@ export type MacLocation = "subject-cn" | "subject-alt-name";
 
 export type DeviceCertCheck = { ok: true; fingerprint: string } | { ok: false; reason: string };
 
-const MAC_TEXT_RE = /(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}[:.-]?){5}[0-9A-Fa-f]{2}(?![0-9A-Fa-f])/g;
+/** The usual spellings of a MAC (12 lower-case hex digits in): bare, colon, dash, Cisco dotted. */
+function macSpellings(mac: string): string[] {
+  const pairs = mac.match(/../g) ?? [];
+  const quads = mac.match(/..../g) ?? [];
+  return [mac, pairs.join(":"), pairs.join("-"), quads.join(".")];
+}
 
-/** Every MAC-looking token in a text, normalised to 12 lower-case hex digits. */
-export function macsInText(text: string): string[] {
-  return [...text.matchAll(MAC_TEXT_RE)].map((m) => m[0].replace(/[:.-]/g, "").toLowerCase());
+/** Whether a text names the MAC in one of its usual spellings, not as part of a longer hex run. */
+export function namesMac(text: string, mac: string): boolean {
+  const t = text.toLowerCase();
+  for (const spelling of macSpellings(mac)) {
+    for (let i = t.indexOf(spelling); i >= 0; i = t.indexOf(spelling, i + 1)) {
+      const before = t[i - 1];
+      const after = t[i + spelling.length];
+      if ((before === undefined || !/[0-9a-f]/.test(before)) && (after === undefined || !/[0-9a-f]/.test(after))) return true;
+    }
+  }
+  return false;
 }
 
 /** The texts of a certificate where the vendor may name the phone's MAC. */
@@ -62,12 +75,11 @@ export function checkDeviceCertificate(peer: PeerCertificate | undefined, cas: r
   } catch (e) {
     return { ok: false, reason: `device certificate unreadable: ${(e as Error).message}` };
   }
-  const anchored = chain.some((c) => cas.some((ca) => ca.fingerprint256 === c.fingerprint256 || (ca.checkIssued(c) && c.verify(ca.publicKey))));
+  const anchored = chain.some((c) => cas.some((ca) => ca.fingerprint256 === c.fingerprint256 || (c.checkIssued(ca) && c.verify(ca.publicKey))));
   if (!anchored) return { ok: false, reason: "device certificate is not from this vendor's CA" };
   const leaf = chain[0]!;
   if (mac !== undefined) {
-    const named = macFields(leaf, macIn).flatMap(macsInText);
-    if (!named.includes(mac)) return { ok: false, reason: `device certificate does not name MAC ${mac}` };
+    if (!macFields(leaf, macIn).some((f) => namesMac(f, mac))) return { ok: false, reason: `device certificate does not name MAC ${mac}` };
   }
   return { ok: true, fingerprint: leaf.fingerprint256 };
 }
