@@ -346,7 +346,7 @@ const SPECS: Specs = {
   provisioningBootstrapWindowS: {
     codec: intCodec(60, 30 * 86_400),
     default: 1800,
-    doc: "How long after an installer adds, adopts or rebootstraps a phone it may fetch its one-time bootstrap config (provisioning credentials, no SIP password) without authenticating (trust on first use); for as long again after that, a second client asking for the phone's config rotates its credentials. Plug the phone in right after adding it.",
+    doc: "How long after an installer adds, adopts or rebootstraps a phone it may fetch its one-time bootstrap config (provisioning credentials, no SIP password) without authenticating (trust on first use); for that long after a client takes it, a second client asking for the phone's config is refused and the phone's credentials are rotated. Plug the phone in right after adding it.",
   },
   provisioningDeviceCertVendors: {
     codec: listCodec(stringCodec("vendor id", (v) => (/^[a-z][a-z0-9-]{1,31}$/.test(v) ? null : "is not a vendor id")), { minItems: 0, unique: true }),
