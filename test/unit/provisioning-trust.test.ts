@@ -11,6 +11,7 @@ import https from "node:https";
 import os from "node:os";
 import path from "node:path";
 import { EventBus } from "../../agent/bus.ts";
+import { defaultSettings } from "../../agent/config.ts";
 import { createLogger } from "../../agent/log.ts";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
 import { Store } from "../../agent/store/store.ts";
@@ -20,6 +21,7 @@ import { FirmwareStore } from "../../provisioning/firmware.ts";
 import { phoneCommands, type PhoneView } from "../../provisioning/installer.ts";
 import { loadProfiles, type Profile } from "../../provisioning/profiles.ts";
 import { ProvisioningServer, type ClaimConflict, type ProvisioningRequest, type ProvisioningResponse } from "../../provisioning/server.ts";
+import { ProvisioningService } from "../../provisioning/service.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
 import { yealinkKv } from "./provisioning-fixtures.ts";
 
@@ -382,4 +384,62 @@ test("the bus hears about a conflict (provisioning.conflict) through the service
   assert.equal(get("10.0.0.30").status, 403);
   assert.deepEqual(heard.map((e) => { const x = e as { mac: string; claimedIp: string; ip: string; stage: string }; return [x.mac, x.claimedIp, x.ip, x.stage]; }), [[mac, "10.0.0.20", "10.0.0.30", "bootstrap"]]);
   assert.equal(directory.phoneByMac(mac)!.sipPassword === "sip-897-abcdefgh", false, "rotated in the directory");
+});
+
+// --- the service: settings checked at start, conflict wiring, PnP answer --------------------------
+
+async function serviceSetup(t: { after(fn: () => void | Promise<void>): void }, over: Partial<import("../../agent/config.ts").Settings>) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-trust-svc-"));
+  const store = await Store.open(dir);
+  const bus = new EventBus();
+  const rotated: string[] = [];
+  const settings = { ...defaultSettings(), httpListen: "127.0.0.1:0", pnpInterface: "127.0.0.1", ...over };
+  const service = new ProvisioningService({ settings, store, transactions: {} as never, location: {} as never, sip: { port: 5060, transport: "udp" }, log, bus, credentialsRotated: (id) => void rotated.push(id) });
+  t.after(async () => {
+    await service.stop();
+    await store.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { dir, store, bus, rotated, service };
+}
+
+test("the service refuses device-certificate settings it cannot honour, with a clear message", async (t) => {
+  const cases: Array<[Partial<import("../../agent/config.ts").Settings>, RegExp]> = [
+    [{ provisioningDeviceCertVendors: ["nokia"] }, /no device profile 'nokia'/],
+    [{ provisioningDeviceCertVendors: ["snom"] }, /Snom phones present no factory device certificate \(vendors that do: .*yealink/],
+    [{ provisioningDeviceCertVendors: ["yealink"] }, /needs provisioningDeviceCaDir/],
+    [{ provisioningDeviceCertVendors: ["yealink"], provisioningDeviceCaDir: os.tmpdir() + "/ringedge-no-such-ca-dir" }, /no device CA certificate for yealink/],
+  ];
+  for (const [over, message] of cases) {
+    const s = await serviceSetup(t, over);
+    await assert.rejects(s.service.start(), message, JSON.stringify(over));
+    assert.equal(s.service.server, undefined, "nothing listening");
+  }
+  // CAs present but no HTTPS server to present the certificates to.
+  const s = await serviceSetup(t, {});
+  fs.mkdirSync(path.join(s.dir, "ca"));
+  makeCa(s.dir, "y");
+  fs.copyFileSync(path.join(s.dir, "y.pem"), path.join(s.dir, "ca", "yealink.pem"));
+  const noHttps = await serviceSetup(t, { provisioningDeviceCertVendors: ["yealink"], provisioningDeviceCaDir: path.join(s.dir, "ca") });
+  await assert.rejects(noHttps.service.start(), /needs httpsListen/);
+});
+
+test("the service: a conflict reaches the bus and drops the phone's registrations; PnP hands out the base URL only", async (t) => {
+  const s = await serviceSetup(t, {});
+  await s.service.start();
+  const mac = "001565aabb98";
+  const added = s.store.addDevice({ username: "898", password: "sip-898-abcdefgh", kind: "physical", mac, model: "T46U" });
+  assert.ok(added.ok);
+  const heard: Array<{ mac: string; ip: string; claimedIp: string }> = [];
+  s.bus.on("provisioning.conflict", (e) => void heard.push(e));
+  const url = s.service.pnpUrl({ mac, source: { address: "127.0.0.1", port: 5060 } });
+  const port = s.service.server!.addresses()[0]!.port;
+  assert.equal(url, `http://127.0.0.1:${port}/`, "no token, no per-device path");
+  assert.equal(s.store.getDevice(added.value.id)!.provisioning!.bootstrapClosedAt, undefined, "and the PnP answer uses up nothing");
+  const get = (source: string) => s.service.server!.handle({ method: "GET", url: `/${mac}.cfg`, userAgent: `Yealink SIP-T46U 108.86.0.75 ${mac}`, hasBody: false, source, local: { address: "127.0.0.1", port, scheme: "http" } });
+  assert.equal(get("10.0.0.1").status, 200);
+  assert.equal(get("10.0.0.2").status, 403);
+  assert.deepEqual(heard.map((e) => [e.mac, e.claimedIp, e.ip]), [[mac, "10.0.0.1", "10.0.0.2"]]);
+  assert.deepEqual(s.rotated, [added.value.id], "the agent is told to drop registrations made with the old password");
+  assert.notEqual(s.store.getDevice(added.value.id)!.password, "sip-898-abcdefgh");
 });
