@@ -259,7 +259,11 @@ export class Agent {
     // Phone provisioning (HTTP/S, PnP, re-sync); configs name the SIP address phones register to.
     const sip0 = this.transport.addresses()[0];
     const sipHost = sip0 && sip0.address !== "0.0.0.0" && sip0.address !== "::" ? sip0.address : undefined;
-    this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning") });
+    this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning"), bus: this.bus, credentialsRotated: (id) => {
+      // A claim conflict rotated a phone's SIP password: registrations made with the old one go.
+      this.location.removeDevice(id);
+      this.refreshDevices();
+    } });
     await this.provisioning.start();
 
     this.callsNow.start(this.bus);

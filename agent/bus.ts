@@ -23,6 +23,8 @@ export interface AgentEvents {
   "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number };
   /** Members passed over because they were at their call limit (or a direct call refused 486). */
   "call.busy": { callId: string; groupId: string | undefined; memberIds: string[]; caller: string; at: number };
+  /** A second client asked for a phone's bootstrap or config after another claimed it; its credentials were rotated. */
+  "provisioning.conflict": { deviceId: string; mac: string; claimedIp: string; ip: string; stage: "bootstrap" | "full"; at: number };
 }
 
 export type EventName = keyof AgentEvents;

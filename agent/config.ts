@@ -29,6 +29,8 @@ export interface Settings {
   httpsKey: string;
   firmwareDir: string;
   provisioningBootstrapWindowS: number;
+  provisioningDeviceCertVendors: string[];
+  provisioningDeviceCaDir: string;
   pnpEnabled: boolean;
   pnpInterface: string;
   pnpPort: number;
@@ -343,8 +345,18 @@ const SPECS: Specs = {
   },
   provisioningBootstrapWindowS: {
     codec: intCodec(60, 30 * 86_400),
-    default: 86_400,
-    doc: "How long after an installer adds a phone it may fetch its one-time bootstrap config (provisioning credentials, no SIP password) without authenticating (trust on first use).",
+    default: 1800,
+    doc: "How long after an installer adds, adopts or rebootstraps a phone it may fetch its one-time bootstrap config (provisioning credentials, no SIP password) without authenticating (trust on first use); for that long after a client takes it, a second client asking for the phone's config is refused and the phone's credentials are rotated. Plug the phone in right after adding it.",
+  },
+  provisioningDeviceCertVendors: {
+    codec: listCodec(stringCodec("vendor id", (v) => (/^[a-z][a-z0-9-]{1,31}$/.test(v) ? null : "is not a vendor id")), { minItems: 0, unique: true }),
+    default: [],
+    doc: "Vendors whose phones must present their factory device certificate over HTTPS to be served (profiles with deviceCertificate: yealink, poly, cisco); checked against the CAs in provisioningDeviceCaDir, and it must name the phone's MAC. Needs httpsListen.",
+  },
+  provisioningDeviceCaDir: {
+    codec: pathCodec,
+    default: "",
+    doc: "Directory of the vendors' device CA certificates (PEM): <dir>/<vendor>.pem and/or PEM files in <dir>/<vendor>/, for provisioningDeviceCertVendors.",
   },
   pnpEnabled: {
     codec: boolCodec,
