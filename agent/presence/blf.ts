@@ -41,10 +41,14 @@ export interface DialogView {
   remote?: string;
 }
 
+/** Drops characters XML 1.0 cannot carry at all (§2.2 Char): controls, U+FFFE/FFFF, lone surrogates. */
+function xmlChars(text: string): string {
+  return text.replace(/[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\u{10000}-\u{10ffff}]/gu, "");
+}
+
 /** XML 1.0 text/attribute escaping; characters XML cannot carry at all are dropped. */
 export function escapeXml(text: string): string {
-  return text
-    .replace(/[^\x09\x0a\x0d\x20-\ud7ff\ue000-\ufffd\u{10000}-\u{10ffff}]/gu, "")
+  return xmlChars(text)
     .replace(/&/g, "&amp;")
     .replace(/</g, "&lt;")
     .replace(/>/g, "&gt;")
@@ -74,7 +78,7 @@ export function renderDialogInfo(input: { entity: string; version: number; dialo
     lines.push(`  <dialog ${attrs.join(" ")}>`);
     lines.push(`    <state>${d.state}</state>`);
     if (d.remote !== undefined && d.remote !== "") {
-      const uri = `sip:${uriUser(d.remote)}@${input.host}`;
+      const uri = `sip:${uriUser(xmlChars(d.remote))}@${input.host}`;
       lines.push("    <remote>", `      <identity display="${escapeXml(d.remote)}">${escapeXml(uri)}</identity>`, "    </remote>");
     }
     lines.push("  </dialog>");
