@@ -121,6 +121,9 @@ const SYSTEM_CLOCK: SubscriptionClock = {
 
 /** RFC 6665 §8.4 event-type token: alphanumerics and -.!%*_+`'~ (no spaces, no ";"). */
 const EVENT_TOKEN = /^[A-Za-z0-9\-.!%*_+`'~]{1,64}$/;
+const TOKEN = "[A-Za-z0-9\\-.!%*_+`'~]+";
+/** Event = event-type *( SEMI event-param ), params token or token=(token / quoted-string). */
+const EVENT_HEADER = new RegExp(`^${TOKEN}(?:\\s*;\\s*${TOKEN}(?:\\s*=\\s*(?:${TOKEN}|"[^"\\\\]*"))?)*$`);
 const EXPIRES_RE = /^[0-9]{1,10}$/;
 /** Longest timer Node can arm (2^31-1 ms). */
 const MAX_TIMER_MS = 2_147_483_647;
@@ -300,12 +303,12 @@ export class SubscriptionManager {
       this.respond(tx, req, 400, "Bad Request (no Event header)", allow);
       return undefined;
     }
-    const semi = eventText.indexOf(";");
-    const name = (semi < 0 ? eventText : eventText.slice(0, semi)).trim();
-    if (!EVENT_TOKEN.test(name)) {
+    if (!EVENT_HEADER.test(eventText)) {
       this.respond(tx, req, 400, "Bad Request (malformed Event header)", allow);
       return undefined;
     }
+    const semi = eventText.indexOf(";");
+    const name = (semi < 0 ? eventText : eventText.slice(0, semi)).trim();
     const pkg = this.packages.get(name);
     if (pkg === undefined) {
       // RFC 6665 §8.2.1 (RFC 3265 §3.1.6.2): unknown package → 489 with Allow-Events.
