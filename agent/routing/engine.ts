@@ -35,6 +35,11 @@
 //   profiles enable. Answering first leaves the phone idle, so it auto-answers even without
 //   call waiting; the proxy cancels the other branches when the picker's branch answers
 //   (Reason cause=200). While a pickup branch is live, the call's step and queue timers wait.
+// - Pickup from a BLF key (RFC 3891): an INVITE with Replaces from a device that names a ringing
+//   call (its Call-ID and the caller's From tag, as the BLF NOTIFY gives them) is a directed
+//   pickup of that call; one naming nothing gets 481; one naming an answered call is routed.
+// - BLF (agent/presence/blf.ts) reads the call.placed / call.ringing / call.offer-ended /
+//   call.ended events emitted here, always after the forks.
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import type { DigestAuthenticator } from "../sip/digest.ts";
