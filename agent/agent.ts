@@ -516,12 +516,9 @@ export class Agent {
       tx.respond(createResponse(req, rejection.status, rejection.reason, { toTag: "rej", headers: rejection.headers }));
       return;
     }
-    // A SUBSCRIBE with a To tag refreshes one of our subscriptions (RFC 6665 §4.2.1.2); the
-    // agent is its notifier, so it is never proxied.
-    if (req.method === "SUBSCRIBE" && req.to.tag !== undefined) {
-      if (!this.subscriptions.handleInDialog(tx, req, flow)) tx.respond(createResponse(req, 481, "Subscription Does Not Exist"));
-      return;
-    }
+    // A SUBSCRIBE with a To tag refreshes one of our subscriptions (RFC 6665 §4.2.1.2); one
+    // that is not ours goes the proxy's way (a proxied dialog, else 481).
+    if (req.method === "SUBSCRIBE" && req.to.tag !== undefined && this.subscriptions.handleInDialog(tx, req, flow)) return;
     // Requests inside a dialog (To tag) follow its route set through the proxy (§16.12).
     if (req.to.tag !== undefined && req.method !== "REGISTER") {
       this.proxy.handleInDialog(tx, req, flow);
