@@ -219,7 +219,7 @@ export class SubscriptionManager {
     };
     this.respond(tx, req, 200, "OK", [
       { name: "expires", value: String(expires) },
-      { name: "contact", value: `<sip:${host}>` },
+      { name: "contact", value: this.contact(flow) },
     ], localTag);
     if (expires === 0) {
       // §4.4.3 fetch: one NOTIFY with the state, nothing kept.
@@ -268,7 +268,7 @@ export class SubscriptionManager {
     const expires = checked.expires;
     this.respond(tx, req, 200, "OK", [
       { name: "expires", value: String(expires) },
-      { name: "contact", value: `<sip:${this.deps.advertise(flow)}>` },
+      { name: "contact", value: this.contact(flow) },
     ]);
     if (expires === 0) {
       this.terminate(sub, "timeout");
@@ -425,7 +425,7 @@ export class SubscriptionManager {
         headers: [
           ["Event", sub.eventId === undefined ? sub.pkg.event : `${sub.pkg.event};id=${sub.eventId}`],
           ["Subscription-State", state],
-          ["Contact", `<sip:${this.deps.advertise(sub.flow)}>`],
+          ["Contact", this.contact(sub.flow)],
         ],
         body: { contentType: sub.pkg.contentType, data: body },
       });
@@ -458,6 +458,11 @@ export class SubscriptionManager {
       onTransportError: () => gone("NOTIFY transport error"),
     });
     if (!r.ok) gone(`NOTIFY not sent (${r.error})`);
+  }
+
+  /** Our Contact (the remote target of the subscription dialog); over TCP it says so (RFC 3261 §19.1.1). */
+  private contact(flow: Flow): string {
+    return `<sip:${this.deps.advertise(flow)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`;
   }
 
   private respond(tx: ServerTransaction, req: SipRequest, status: number, reason: string, headers: SipHeader[] = [], toTag: string = randomToken(6)): void {

@@ -88,7 +88,7 @@ function setup(limits: Partial<SubscriptionLimits> = {}, state: { body: string }
   };
   m.addPackage(pkg);
   let n = 0;
-  const subscribe = (o: { uri?: string; lines?: string[]; omit?: string[]; body?: string; device?: string; toTag?: string; callId?: string; fromTag?: string; cseq?: number } = {}) => {
+  const subscribe = (o: { uri?: string; lines?: string[]; omit?: string[]; body?: string; device?: string; toTag?: string; callId?: string; fromTag?: string; cseq?: number; flow?: Flow } = {}) => {
     const uri = o.uri ?? "sip:201@10.0.0.1";
     const defaults: Record<string, string> = {
       event: "Event: dialog",
@@ -118,10 +118,10 @@ function setup(limits: Partial<SubscriptionLimits> = {}, state: { body: string }
     const req = p.message;
     const tx = new Tx();
     if (o.toTag !== undefined) {
-      const handled = m.handleInDialog(tx as unknown as ServerTransaction, req, FLOW);
+      const handled = m.handleInDialog(tx as unknown as ServerTransaction, req, o.flow ?? FLOW);
       return { tx, req, handled };
     }
-    m.handleSubscribe(tx as unknown as ServerTransaction, req, FLOW, { deviceId: o.device ?? "p1" });
+    m.handleSubscribe(tx as unknown as ServerTransaction, req, o.flow ?? FLOW, { deviceId: o.device ?? "p1" });
     return { tx, req, handled: true };
   };
   const answer = (s: Sent, status: number): void => s.cb.onFinal({ status, reason: "x" } as SipResponse, {} as never);
@@ -154,6 +154,19 @@ describe("subscription lifecycle", () => {
     assert.equal(n.body.toString(), "u1 sip:201@10.0.0.1:5060 v0 <x/>");
     assert.deepEqual(w.sent[0]!.flow, FLOW, "over the subscriber's flow");
     assert.equal(w.m.count(), 1);
+  });
+
+  it("over TCP: our Contact says transport=tcp, NOTIFYs go over the subscriber's connection; a refresh from another flow moves them there", () => {
+    const w = setup();
+    const tcp: Flow = { ...FLOW, transport: "tcp", connectionId: 7 };
+    const { tx } = w.subscribe({ flow: tcp });
+    assert.equal(header(tx.last, "contact"), "<sip:10.0.0.1:5060;transport=tcp>");
+    assert.deepEqual(w.sent[0]!.flow, tcp);
+    assert.equal(header(w.sent[0]!.req, "contact"), "<sip:10.0.0.1:5060;transport=tcp>");
+    w.answer(w.sent[0]!, 200);
+    const tcp2: Flow = { ...tcp, remotePort: 6001, connectionId: 8 };
+    w.subscribe({ toTag: tx.last.to.tag!, callId: "sub1", cseq: 2, flow: tcp2 });
+    assert.deepEqual(w.sent[1]!.flow, tcp2);
   });
 
   it("one NOTIFY per change; changes while one is in flight coalesce into one NOTIFY after its response; CSeq and version count up", () => {
