@@ -242,8 +242,8 @@ interface EngineCall {
   answeredDevice: string | undefined;
   answerAfterMs: number | undefined;
   latencyRecorded: boolean;
-  /** To tags ringing callees sent (RFC 3891 Replaces matching). */
-  readonly calleeTags: Set<string>;
+  /** To tags ringing callees sent (RFC 3891 Replaces matching); made on the first 18x, after the forks. */
+  calleeTags: Set<string> | undefined;
 }
 
 interface CallLabels {
@@ -486,7 +486,7 @@ export class RoutingEngine {
       answeredDevice: undefined,
       answerAfterMs: undefined,
       latencyRecorded: false,
-      calleeTags: new Set(),
+      calleeTags: undefined,
     };
     this.calls.set(pc.id, call);
     return call;
@@ -883,7 +883,7 @@ export class RoutingEngine {
       const callerTag = c.pc.request.from.tag ?? "";
       const other = parsed.toTag === callerTag ? parsed.fromTag : parsed.fromTag === callerTag ? parsed.toTag : undefined;
       if (other === undefined) continue;
-      if (other === "" || c.calleeTags.has(other) || c.pc.dialog?.calleeTag === other) {
+      if (other === "" || c.calleeTags?.has(other) === true || c.pc.dialog?.calleeTag === other) {
         match = c;
         break;
       }
@@ -923,7 +923,7 @@ export class RoutingEngine {
   private onRinging(pc: ProxyCall, branch: Branch, calleeTag: string | undefined): void {
     const call = this.calls.get(pc.id);
     if (call === undefined || calleeTag === undefined) return;
-    call.calleeTags.add(calleeTag);
+    (call.calleeTags ??= new Set()).add(calleeTag);
     this.deps.bus.emit("call.ringing", { callId: pc.request.callId, memberId: branch.target.memberId, deviceId: branch.target.deviceId, calleeTag, at: this.clock.now() });
   }
 
