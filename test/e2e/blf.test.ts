@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
-import { CallScene, DEVICE_PASSWORD, RING, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, simUser, sippCall, startRoutingAgent, writeSiteFile, type SimDevice, type SimUser } from "./callsim.ts";
+import { CallScene, DEVICE_PASSWORD, parseSimMessage, RING, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, simUser, sippCall, startRoutingAgent, writeSiteFile, type SimDevice, type SimUser } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 import { SipClient } from "./sipclient.ts";
 import { Subscriber, parseDialogInfo, type HeldSubscription } from "./subscriber.ts";
@@ -208,7 +208,7 @@ describe("BLF: the dialog event package through the real agent", () => {
     }
   });
 
-  test("a subscriber that is not a registered flow is challenged (407), refused with a wrong password (403), accepted with the device's credentials", async () => {
+  test("a subscriber that is not a registered flow is challenged (407), refused with a wrong password (403), accepted with the device's credentials; its NOTIFY answered 481 ends the subscription", async () => {
     const c = await SipClient.open(agent.port);
     try {
       const uri = `sip:5001@127.0.0.1:${agent.port}`;
@@ -243,7 +243,24 @@ describe("BLF: the dialog event package through the real agent", () => {
       const right = computeAuthorization(offer2, { method: "SUBSCRIBE", uri, username: "watch", password: DEVICE_PASSWORD });
       const ok = await c.request(build(4, right as string));
       assert.equal(ok.status, 200);
-      await until(() => c.other.find((t) => t.startsWith("NOTIFY")), 3000, 10);
+      const notifyText = await until(() => c.other.find((t) => t.startsWith("NOTIFY")), 3000, 10);
+      // The subscriber answers the NOTIFY 481 (it lost the subscription): that ends it at the
+      // notifier too (RFC 6665 §4.2.2), so a refresh in that dialog finds nothing.
+      const n = parseSimMessage(notifyText)!;
+      c.send([
+        "SIP/2.0 481 Call/Transaction Does Not Exist",
+        ...n.all("via").map((v) => `Via: ${v}`),
+        `From: ${n.header("from")}`,
+        `To: ${n.header("to")}`,
+        `Call-ID: ${n.header("call-id")}`,
+        `CSeq: ${n.header("cseq")}`,
+        "Content-Length: 0",
+        "",
+        "",
+      ].join("\r\n"));
+      const ourTag = /tag=([^;>\s]+)/.exec(ok.header("To") ?? "")?.[1];
+      const refresh = build(5).replace(`To: <${uri}>`, `To: <${uri}>;tag=${ourTag}`);
+      await until(async () => (await c.request(refresh.replace(/branch=[^;]+/, `branch=z9hG4bK${token()}`))).status === 481, 3000, 50);
     } finally {
       c.close();
     }
