@@ -18,6 +18,8 @@
 //   call's Call-ID, the caller's From tag as remote-tag and the ringing phone's To tag as
 //   local-tag, the view of the monitored user's phone. An INVITE with Replaces built from
 //   them is matched by the routing engine (engine.ts replacesPickup).
+// - <remote><identity> names the caller of a ringing or answered call (phones show who is
+//   calling the colleague); a user's own outgoing call shows no number (that stays theirs).
 // - Resources are users: `<extension>` or `<user id>` as Request-URI user part.
 import type { EventBus } from "../bus.ts";
 import type { SiteIndex } from "../routing/model.ts";
@@ -116,7 +118,8 @@ export class DialogStates {
 
   placed(e: { callId: string; callerTag: string; userId: string | undefined; target: string }): string[] {
     if (e.userId === undefined) return [];
-    this.put(e.userId, e.callId, "initiator", { state: "trying", localTag: e.callerTag, remote: e.target });
+    // No remote identity: the number a colleague dialled is theirs, not every watcher's.
+    this.put(e.userId, e.callId, "initiator", { state: "trying", localTag: e.callerTag });
     return [e.userId];
   }
 

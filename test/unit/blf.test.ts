@@ -74,11 +74,11 @@ describe("DialogStates: the lamp's state from the engine's events", () => {
     assert.deepEqual(s.ended({ callId: "c1" }), [], "nothing left to end");
   });
 
-  it("a user's own outgoing call: initiator, trying, then confirmed when answered; the dialog id is stable", () => {
+  it("a user's own outgoing call: initiator, trying, no remote identity, then confirmed when answered; the dialog id is stable", () => {
     const s = new DialogStates();
     assert.deepEqual(s.placed({ callId: "c2", callerTag: "ft", userId: "u3", target: "0301234" }), ["u3"]);
     const [d] = s.dialogsOf("u3");
-    assert.deepEqual([d!.direction, d!.state, d!.localTag, d!.remote], ["initiator", "trying", "ft", "0301234"]);
+    assert.deepEqual([d!.direction, d!.state, d!.localTag, d!.remote], ["initiator", "trying", "ft", undefined], "the dialled number is not shown to watchers");
     assert.deepEqual(s.answered({ callId: "c2", memberId: undefined, caller: "u3" }), ["u3"]);
     assert.equal(s.dialogsOf("u3")[0]!.state, "confirmed");
     assert.equal(s.dialogsOf("u3")[0]!.id, d!.id);
