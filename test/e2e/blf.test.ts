@@ -29,6 +29,8 @@ const picker = add("picker", "5004");
 const bad = add("bad", "5005");
 const capped = add("capped", "5006");
 const rated = add("rated", "5007");
+const outgoing = add("outgoing", "5008");
+const callee = add("callee", "5009");
 
 const MAX_PER_DEVICE = 3;
 const RATE_MAX = 10;
@@ -118,6 +120,24 @@ describe("BLF: the dialog event package through the real agent", () => {
     assert.equal((await w.refresh(sub, 0)).status, 200);
     await w.waitNotify(sub, (n) => /^terminated/.test(n.state));
     assert.equal((await w.refresh(sub, 300)).status, 481);
+  });
+
+  test("the monitored user's own call: an initiator dialog without the dialled number (steady lamp), confirmed when answered, off after", async () => {
+    const [op, cp] = await scene.register([outgoing, callee], answerAfter(300));
+    const w = await watcher(watch);
+    const { res, sub } = await w.subscribe("5008");
+    assert.equal(res.status, 200);
+    await w.waitNotify(sub, () => true);
+    assert.equal(await op!.dial("5009"), 200);
+    const id = op!.dialled[0]!;
+    const up = await w.waitNotify(sub, (n) => infoOf(n).dialogs.some((d) => d.callId === id && d.state === "confirmed"));
+    const firstWithCall = w.notifiesOf(sub).find((n) => infoOf(n).dialogs.length > 0)!;
+    const d = infoOf(firstWithCall).dialogs[0]!;
+    assert.equal(d.direction, "initiator");
+    assert.ok(d.state === "trying" || d.state === "confirmed", d.state);
+    assert.equal(d.remoteIdentity, undefined);
+    assert.equal(await cp!.hangup(id), 200);
+    await w.waitNotify(sub, (n) => n.at >= up.at && n !== up && infoOf(n).dialogs.every((x) => x.state === "terminated"));
   });
 
   test("pickup from the BLF key: an INVITE with Replaces built from the early NOTIFY takes the ringing call; a Replaces naming nothing gets 481", async () => {
