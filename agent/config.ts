@@ -67,6 +67,11 @@ export interface Settings {
   guardRequestRateMax: number;
   guardRequestRateWindowS: number;
   guardAllowlist: string[];
+  subscribeMaxPerDevice: number;
+  subscribeRateMax: number;
+  subscribeRateWindowS: number;
+  subscribeMinExpires: number;
+  subscribeMaxExpires: number;
   drainTimeoutS: number;
   drainRetryAfterS: number;
   healthOverBudgetPct: number;
@@ -540,6 +545,31 @@ const SPECS: Specs = {
     default: [],
     doc: "Source addresses never banned or rate-limited (e.g. the SIP trunk, a local SBC).",
   },
+  subscribeMaxPerDevice: {
+    codec: intCodec(1, 10_000),
+    default: 64,
+    doc: "Event subscriptions (BLF: SUBSCRIBE Event: dialog) one device may hold at once; more get 503.",
+  },
+  subscribeRateMax: {
+    codec: intCodec(1, 1_000_000),
+    default: 200,
+    doc: "SUBSCRIBE requests (new and refreshes) one device may send within subscribeRateWindowS; more get 503 with Retry-After.",
+  },
+  subscribeRateWindowS: {
+    codec: intCodec(1, 3600),
+    default: 10,
+    doc: "Window of the per-device SUBSCRIBE rate limit, seconds.",
+  },
+  subscribeMinExpires: {
+    codec: intCodec(1, 86_400),
+    default: 30,
+    doc: "Shortest subscription accepted, seconds; shorter requests get 423 with Min-Expires (RFC 6665 §4.2.1.1).",
+  },
+  subscribeMaxExpires: {
+    codec: intCodec(1, 604_800),
+    default: 3600,
+    doc: "Longest subscription granted, seconds; longer requests are shortened (RFC 6665 §4.2.1.1).",
+  },
   // Appliance integration (firmware-hooks/README.md).
   drainTimeoutS: {
     codec: intCodec(0, 3600),
@@ -805,6 +835,7 @@ export function loadSettingsDetailed(opts: LoadOptions = {}): LoadedSettings {
   order("minExpires", "defaultExpires");
   order("defaultExpires", "maxExpires");
   order("minExpires", "maxExpires");
+  order("subscribeMinExpires", "subscribeMaxExpires");
 
   return { settings, sources, configFile, warnings };
 }
