@@ -4,7 +4,7 @@ SHELL := /bin/bash
 NODE  ?= node
 TSX   := $(NODE) --import tsx
 # Debian packages the end-to-end tests drive as real peers.
-SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare
+SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl
 # Only the benchmarks need these (packet timestamps on loopback).
 BENCHPKGS := tshark:tshark
 

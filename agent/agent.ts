@@ -42,12 +42,14 @@ import { CpuLatencyRequest, type CpuLatencyStatus } from "./appliance/cpu-latenc
 import { currentScheduling, type Scheduling } from "./appliance/scheduling.ts";
 import type { Settings as LiveSettings } from "./config.ts";
 import type { GuardLimits } from "./sip/guard.ts";
+import { SubscriptionManager, type SubscriptionLimits } from "./sip/subscriptions.ts";
+import { BlfNotifier } from "./presence/blf.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
 /** Option tags we implement (RFC 3261 §8.2.2.3); Require with any other gets 420. */
 const SUPPORTED_EXTENSIONS: ReadonlySet<string> = new Set(["path", "outbound", "gruu", "replaces", "timer", "100rel"]);
-const ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, NOTIFY";
+const ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, INFO, UPDATE, NOTIFY, SUBSCRIBE";
 
 export interface AgentStatus {
   siteId: string;
@@ -95,6 +97,10 @@ export class Agent {
   site!: SiteService;
   /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
   engine!: RoutingEngine;
+  /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
+  subscriptions!: SubscriptionManager;
+  /** BLF: the dialog event package (RFC 4235). */
+  blf!: BlfNotifier;
   private control: ControlServer | undefined;
   /** Console sync over MQTT; only when mqttUrl is set. */
   sync: MqttSync | undefined;
@@ -116,6 +122,7 @@ export class Agent {
     perAccount: { maxFailures: 0, windowMs: 0, banMs: 0 } as GuardLimits,
     rate: { max: 0, windowMs: 0 },
     presence: { intervalMs: 0, misses: 0 },
+    subscribe: { maxPerDevice: 0, rateMax: 0, rateWindowMs: 0, minExpires: 0, maxExpires: 0 } as SubscriptionLimits,
   };
   /** Devices keyed by SIP username: the registrar's credential lookup, rebuilt on change. */
   private devicesByUsername = new Map<string, DeviceRecord>();
@@ -255,11 +262,24 @@ export class Agent {
     });
     this.engine.start();
     this.onInvite ??= (tx, req, flow) => this.engine.onInvite(tx, req, flow);
+    this.subscriptions = new SubscriptionManager({
+      sendRequest: (req, flow, callbacks) => this.transactions.sendRequest(req, flow, callbacks),
+      createBranch: () => this.transactions.createBranch(),
+      advertise: makeAdvertiser(s.sipAdvertise),
+      limits: this.live.subscribe,
+      log: this.log.child("subscriptions"),
+    });
+    this.blf = new BlfNotifier({ bus: this.bus, site: () => this.site.current().index, subscriptions: this.subscriptions });
+    this.blf.start();
 
     // Phone provisioning (HTTP/S, PnP, re-sync); configs name the SIP address phones register to.
     const sip0 = this.transport.addresses()[0];
     const sipHost = sip0 && sip0.address !== "0.0.0.0" && sip0.address !== "::" ? sip0.address : undefined;
-    this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning") });
+    this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning"), bus: this.bus, credentialsRotated: (id) => {
+      // A claim conflict rotated a phone's SIP password: registrations made with the old one go.
+      this.location.removeDevice(id);
+      this.refreshDevices();
+    } });
     await this.provisioning.start();
 
     this.callsNow.start(this.bus);
@@ -298,6 +318,8 @@ export class Agent {
     await this.sync?.stop();
     await this.serial?.stop();
     this.callsNow.stop();
+    this.blf?.stop();
+    this.subscriptions?.stop();
     this.engine?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
@@ -377,6 +399,7 @@ export class Agent {
     Object.assign(this.live.perAccount, { maxFailures: s.guardAccountMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 });
     Object.assign(this.live.rate, { max: s.guardRequestRateMax, windowMs: s.guardRequestRateWindowS * 1000 });
     Object.assign(this.live.presence, { intervalMs: s.keepaliveIntervalS * 1000, misses: s.keepaliveMisses });
+    Object.assign(this.live.subscribe, { maxPerDevice: s.subscribeMaxPerDevice, rateMax: s.subscribeRateMax, rateWindowMs: s.subscribeRateWindowS * 1000, minExpires: s.subscribeMinExpires, maxExpires: s.subscribeMaxExpires });
   }
 
   /** Applies the configured site file at start-up; a bad file stops the start, listing every error. */
@@ -491,12 +514,15 @@ export class Agent {
     }
     // The agent is the registrar for REGISTER and the UAS for OPTIONS; everything else it
     // would route onward, so it checks those as a proxy (no 415/406 on others' bodies).
-    const role = req.method === "REGISTER" ? "registrar" : req.method === "OPTIONS" ? "uas" : "proxy";
+    const role = req.method === "REGISTER" ? "registrar" : req.method === "OPTIONS" || req.method === "SUBSCRIBE" ? "uas" : "proxy";
     const rejection = checkRequest(req, { role, supportedMethods: SUPPORTED_METHODS, supportedExtensions: SUPPORTED_EXTENSIONS });
     if (rejection) {
       tx.respond(createResponse(req, rejection.status, rejection.reason, { toTag: "rej", headers: rejection.headers }));
       return;
     }
+    // A SUBSCRIBE with a To tag refreshes one of our subscriptions (RFC 6665 §4.2.1.2); one
+    // that is not ours goes the proxy's way (a proxied dialog, else 481).
+    if (req.method === "SUBSCRIBE" && req.to.tag !== undefined && this.subscriptions.handleInDialog(tx, req, flow)) return;
     // Requests inside a dialog (To tag) follow its route set through the proxy (§16.12).
     if (req.to.tag !== undefined && req.method !== "REGISTER") {
       this.proxy.handleInDialog(tx, req, flow);
@@ -516,10 +542,19 @@ export class Agent {
               { name: "allow", value: ALLOW },
               { name: "accept", value: "application/sdp" },
               { name: "supported", value: "path, outbound" },
+              // RFC 6665 §8.2.2: the event packages we are a notifier for.
+              { name: "allow-events", value: this.subscriptions.allowEvents() },
             ],
           }),
         );
         return;
+      case "SUBSCRIBE": {
+        // BLF and other event packages: registered or digest-proven devices only, the same
+        // way the engine admits a phone's INVITE (routing/classify.ts, 407 challenge).
+        const device = this.engine.identifyDevice(tx, req, flow);
+        if (device !== undefined) this.subscriptions.handleSubscribe(tx, req, flow, device);
+        return;
+      }
       default:
         if (req.method === "INVITE" && this.drainer.draining) {
           // Draining for an upgrade or stop: RFC 3261 §21.5.4 503 with Retry-After (§20.33),

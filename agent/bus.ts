@@ -16,13 +16,23 @@ export interface AgentEvents {
   /** A site configuration snapshot (site file or console push) was applied and saved. */
   "site.applied": { version: number; source: "file" | "console" };
   /** A member's devices started ringing for a call (routing engine, after the forks went out). */
-  "call.offered": { callId: string; groupId: string | undefined; memberId: string; deviceIds: string[]; caller: string; at: number };
+  "call.offered": { callId: string; groupId: string | undefined; memberId: string; deviceIds: string[]; caller: string; at: number; /** The caller's From tag (BLF dialog ids). */ callerTag?: string };
   /** A call was answered; memberId undefined when no member did (voicemail, a forward, the trunk). */
   "call.answered": { callId: string; groupId: string | undefined; memberId: string | undefined; deviceId: string | undefined; caller: string; answerAfterMs: number; at: number };
   /** A call ended with no member answering; `offered` lists who was offered, in order. */
   "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number };
+  /** A site device placed a call (after the forks went out): the caller's side of the dialog (BLF). */
+  "call.placed": { callId: string; callerTag: string; userId: string | undefined; deviceId: string; target: string; at: number };
+  /** A ringing member's device sent 180/183 with a To tag (its early dialog, BLF). */
+  "call.ringing": { callId: string; memberId: string | undefined; deviceId: string | undefined; calleeTag: string; at: number };
+  /** A member stopped ringing for a call without answering it (step ended, declined, offline). */
+  "call.offer-ended": { callId: string; memberId: string; at: number };
+  /** The engine is done with a call (answered and hung up, missed, rejected), after call.missed. */
+  "call.ended": { callId: string; at: number };
   /** Members passed over because they were at their call limit (or a direct call refused 486). */
   "call.busy": { callId: string; groupId: string | undefined; memberIds: string[]; caller: string; at: number };
+  /** A second client asked for a phone's bootstrap or config after another claimed it; its credentials were rotated. */
+  "provisioning.conflict": { deviceId: string; mac: string; claimedIp: string; ip: string; stage: "bootstrap" | "full"; at: number };
 }
 
 export type EventName = keyof AgentEvents;

@@ -29,6 +29,8 @@ export interface Settings {
   httpsKey: string;
   firmwareDir: string;
   provisioningBootstrapWindowS: number;
+  provisioningDeviceCertVendors: string[];
+  provisioningDeviceCaDir: string;
   pnpEnabled: boolean;
   pnpInterface: string;
   pnpPort: number;
@@ -65,6 +67,11 @@ export interface Settings {
   guardRequestRateMax: number;
   guardRequestRateWindowS: number;
   guardAllowlist: string[];
+  subscribeMaxPerDevice: number;
+  subscribeRateMax: number;
+  subscribeRateWindowS: number;
+  subscribeMinExpires: number;
+  subscribeMaxExpires: number;
   drainTimeoutS: number;
   drainRetryAfterS: number;
   healthOverBudgetPct: number;
@@ -343,8 +350,18 @@ const SPECS: Specs = {
   },
   provisioningBootstrapWindowS: {
     codec: intCodec(60, 30 * 86_400),
-    default: 86_400,
-    doc: "How long after an installer adds a phone it may fetch its one-time bootstrap config (provisioning credentials, no SIP password) without authenticating (trust on first use).",
+    default: 1800,
+    doc: "How long after an installer adds, adopts or rebootstraps a phone it may fetch its one-time bootstrap config (provisioning credentials, no SIP password) without authenticating (trust on first use); for that long after a client takes it, a second client asking for the phone's config is refused and the phone's credentials are rotated. Plug the phone in right after adding it.",
+  },
+  provisioningDeviceCertVendors: {
+    codec: listCodec(stringCodec("vendor id", (v) => (/^[a-z][a-z0-9-]{1,31}$/.test(v) ? null : "is not a vendor id")), { minItems: 0, unique: true }),
+    default: [],
+    doc: "Vendors whose phones must present their factory device certificate over HTTPS to be served (profiles with deviceCertificate: yealink, poly, cisco); checked against the CAs in provisioningDeviceCaDir, and it must name the phone's MAC. Needs httpsListen.",
+  },
+  provisioningDeviceCaDir: {
+    codec: pathCodec,
+    default: "",
+    doc: "Directory of the vendors' device CA certificates (PEM): <dir>/<vendor>.pem and/or PEM files in <dir>/<vendor>/, for provisioningDeviceCertVendors.",
   },
   pnpEnabled: {
     codec: boolCodec,
@@ -527,6 +544,31 @@ const SPECS: Specs = {
     codec: listCodec(ipCodec, { minItems: 0, unique: true }),
     default: [],
     doc: "Source addresses never banned or rate-limited (e.g. the SIP trunk, a local SBC).",
+  },
+  subscribeMaxPerDevice: {
+    codec: intCodec(1, 10_000),
+    default: 64,
+    doc: "Event subscriptions (BLF: SUBSCRIBE Event: dialog) one device may hold at once; more get 503.",
+  },
+  subscribeRateMax: {
+    codec: intCodec(1, 1_000_000),
+    default: 200,
+    doc: "SUBSCRIBE requests (new and refreshes) one device may send within subscribeRateWindowS; more get 503 with Retry-After.",
+  },
+  subscribeRateWindowS: {
+    codec: intCodec(1, 3600),
+    default: 10,
+    doc: "Window of the per-device SUBSCRIBE rate limit, seconds.",
+  },
+  subscribeMinExpires: {
+    codec: intCodec(1, 86_400),
+    default: 30,
+    doc: "Shortest subscription accepted, seconds; shorter requests get 423 with Min-Expires (RFC 6665 §4.2.1.1).",
+  },
+  subscribeMaxExpires: {
+    codec: intCodec(1, 604_800),
+    default: 3600,
+    doc: "Longest subscription granted, seconds; longer requests are shortened (RFC 6665 §4.2.1.1).",
   },
   // Appliance integration (firmware-hooks/README.md).
   drainTimeoutS: {
@@ -793,6 +835,7 @@ export function loadSettingsDetailed(opts: LoadOptions = {}): LoadedSettings {
   order("minExpires", "defaultExpires");
   order("defaultExpires", "maxExpires");
   order("minExpires", "maxExpires");
+  order("subscribeMinExpires", "subscribeMaxExpires");
 
   return { settings, sources, configFile, warnings };
 }

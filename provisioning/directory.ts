@@ -2,6 +2,8 @@
 // agent's store, as a small interface: the mechanisms stay testable without a store file, and
 // provisioning/store-directory.ts adapts the real Store to it.
 
+import { randomBytes } from "node:crypto";
+import type { ProvisioningCredentials } from "../agent/store/schema.ts";
 import type { LineKeyInput } from "./render.ts";
 
 /** A phone an installer added (or the console pushed): a device with a MAC. */
@@ -16,9 +18,9 @@ export interface PhoneRecord {
   displayName: string;
   sipUsername: string;
   sipPassword: string;
-  /** Per-device provisioning credentials (HTTP Digest user/password, URL token). */
-  provisioning?: { user: string; password: string; token: string; bootstrapClosedAt?: string };
-  /** ISO time the device was added: opens its bootstrap window. */
+  /** Per-device provisioning credentials (HTTP Digest user/password, URL token) and first-boot trust state. */
+  provisioning?: ProvisioningCredentials;
+  /** ISO time the device was added: opens its bootstrap window (unless provisioning.bootstrapOpenedAt). */
   createdAt: string;
   owner?: string;
   origin?: "site" | "local";
@@ -46,8 +48,20 @@ export interface PhoneDirectory {
   /** Record a request from a phone (adopted or not): MAC, model, firmware, IP, times. */
   noteSeen(p: SeenPhoneNote): void;
   siteProvisioning(): SiteProvisioning;
-  /** Remember that a phone's bootstrap is used up (at: ISO time), or open it again (undefined), across restarts. */
-  setBootstrapClosed?(deviceId: string, at: string | undefined): void;
+  /** Record a phone's first-boot trust state (replacing the old one whole), across restarts. */
+  setTrust(deviceId: string, trust: TrustState): void;
+  /** New SIP password and provisioning credentials for the phone, with this trust state; the phone after. */
+  rotateCredentials(deviceId: string, trust: TrustState): PhoneRecord | undefined;
+}
+
+/** The first-boot trust fields of a phone's provisioning record (server.ts BootstrapGate). */
+export type TrustState = Pick<ProvisioningCredentials, "bootstrapOpenedAt" | "bootstrapClosedAt" | "claimedBy" | "conflict">;
+
+/** The provisioning record with `trust` in place of its old trust fields (absent ones dropped). */
+export function withTrust(p: ProvisioningCredentials, trust: TrustState): ProvisioningCredentials {
+  const out: ProvisioningCredentials = { user: p.user, password: p.password, token: p.token };
+  for (const k of ["bootstrapOpenedAt", "bootstrapClosedAt", "claimedBy", "conflict"] as const) if (trust[k] !== undefined) (out as unknown as Record<string, unknown>)[k] = trust[k];
+  return out;
 }
 
 /** An in-memory directory: unit tests and the benchmark. */
@@ -74,5 +88,20 @@ export class MemoryDirectory implements PhoneDirectory {
   }
   siteProvisioning(): SiteProvisioning {
     return this.site;
+  }
+  private byId(deviceId: string): PhoneRecord | undefined {
+    for (const p of this.phones.values()) if (p.deviceId === deviceId) return p;
+    return undefined;
+  }
+  setTrust(deviceId: string, trust: TrustState): void {
+    const p = this.byId(deviceId);
+    if (p?.provisioning) p.provisioning = withTrust(p.provisioning, trust);
+  }
+  rotateCredentials(deviceId: string, trust: TrustState): PhoneRecord | undefined {
+    const p = this.byId(deviceId);
+    if (!p) return undefined;
+    p.sipPassword = randomBytes(18).toString("base64url");
+    p.provisioning = withTrust({ user: `p${randomBytes(6).toString("hex")}`, password: randomBytes(18).toString("base64url"), token: randomBytes(16).toString("hex") }, trust);
+    return p;
   }
 }

@@ -42,6 +42,9 @@ export interface PhoneView {
   lastFetch?: string;
   ip?: string;
   provisioningUser?: string;
+  /** First-boot trust: who took the bootstrap, and a second client that tried (credentials rotated). */
+  claimedBy?: string;
+  conflict?: string;
   /** Only with showSecrets. */
   secrets?: { sipPassword: string; provisioningPassword: string; token: string };
 }
@@ -107,6 +110,10 @@ function viewPhone(view: AgentView, d: Readonly<DeviceRecord>, seen: ReadonlyMap
     out.ip = s.ip;
   }
   if (d.provisioning) out.provisioningUser = d.provisioning.user;
+  const claim = d.provisioning?.claimedBy;
+  if (claim) out.claimedBy = `${claim.ip}${claim.cert ? " (device certificate)" : ""} at ${claim.at}`;
+  const c = d.provisioning?.conflict;
+  if (c) out.conflict = `${c.at}: ${c.ip} asked for the ${c.stage === "full" ? "full config" : "bootstrap"} after ${c.claimedIp} had claimed the phone; credentials rotated, run 'ringedge phone rebootstrap ${d.mac}'`;
   if (showSecrets && d.provisioning) out.secrets = { sipPassword: d.password, provisioningPassword: d.provisioning.password, token: d.provisioning.token };
   return out;
 }
@@ -195,11 +202,15 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       view.devicesChanged?.(d.id);
       return { removed: d.mac, extension: d.username, id: d.id };
     },
-    "phone.rebootstrap": (args) => {
+    "phone.rebootstrap": async (args) => {
       const d = findPhone(view, argString(args, "ref", true));
-      if (!view.provisioning) throw new CommandError("the agent is not running");
-      view.provisioning.reopenBootstrap(d.id);
-      return { mac: d.mac, id: d.id };
+      // New SIP and provisioning credentials, a fresh window: whatever any client took before is
+      // worthless, and the phone's registrations made with the old password are dropped.
+      const r = view.store.rotateCredentials(d.id, { bootstrapOpenedAt: new Date().toISOString() });
+      if (!r.ok) throw new CommandError(r.error.message);
+      await view.store.flush();
+      view.devicesChanged?.(d.id);
+      return { mac: d.mac, id: d.id, rotated: true };
     },
     "phone.seen": () => view.store.listSeenPhones().filter((s) => view.store.findDeviceByMac(s.mac) === undefined),
     "phone.import": async (args) => {
@@ -304,7 +315,7 @@ export const PHONE_HELP = `usage:
   ringedge phone resync <mac|extension> | --group <id> | --all [--reboot] [--json]
   ringedge phone export [--csv]
   ringedge phone firmware [--json]             which phone runs which firmware, against the pins
-  ringedge phone rebootstrap <mac|extension>   let a replaced phone fetch its bootstrap once more
+  ringedge phone rebootstrap <mac|extension>   new credentials; a replaced or reset phone may fetch its bootstrap once more
 
 CSV columns (header line required): mac,model,extension[,name,owner]. Nothing is imported when a
 row is bad unless --allow-partial. SIP and provisioning credentials are generated; they are
@@ -383,12 +394,14 @@ export async function phoneCli(c: CliContext): Promise<number> {
     case "rebootstrap": {
       if (!rest[0]) return err(`ringedge: phone rebootstrap needs a MAC or extension\n`), 2;
       const r = (await c.execute("phone.rebootstrap", { ref: rest[0] })) as { mac: string };
-      print(r, `phone ${r.mac} may fetch its bootstrap once more\n`);
+      print(r, `phone ${r.mac}: new SIP and provisioning credentials; it may fetch its bootstrap once within ${Math.round(c.settings.provisioningBootstrapWindowS / 60)} min (factory-reset it so it asks)\n`);
       return 0;
     }
     case "list": {
       const list = (await c.execute("phone.list", {})) as PhoneView[];
-      print(list, table(["MAC", "MODEL", "EXT", "STATE", "FIRMWARE", "NAME"], list.map((p) => [p.mac, p.model ?? "-", p.extension, p.online === undefined ? "-" : p.online ? "online" : p.registered ? "no-answer" : "offline", p.firmware ?? "-", p.name ?? ""])));
+      print(list, table(["MAC", "MODEL", "EXT", "STATE", "FIRMWARE", "NAME"], list.map((p) => [p.mac, p.model ?? "-", p.extension, p.conflict ? "CONFLICT" : p.online === undefined ? "-" : p.online ? "online" : p.registered ? "no-answer" : "offline", p.firmware ?? "-", p.name ?? ""])));
+      const conflicts = list.filter((p) => p.conflict);
+      if (!json && conflicts.length > 0) err(conflicts.map((p) => `warning: phone ${p.mac}: ${p.conflict}\n`).join(""));
       return 0;
     }
     case "show": {

@@ -6,6 +6,8 @@
 
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { SUPPORTED_ALGORITHMS } from "../agent/sip/digest.ts";
+import type { MacLocation } from "./devicecert.ts";
 import { allowedTemplateNames, compileTemplate, templateRefs, type CompiledTemplate, type ConfigFormat } from "./render.ts";
 
 export type FileKind = "boot" | "mac-boot" | "common" | "mac-config" | "firmware-info";
@@ -48,6 +50,11 @@ export interface ModelProfile {
   note?: string;
 }
 
+/** Digest algorithms a profile may list (RFC 7616 §3.3 / RFC 8760 names). */
+export type HttpDigestAlgorithm = "MD5" | "SHA-256" | "SHA-512-256";
+/** Without `httpDigest` in a profile: MD5, the one algorithm phone HTTP clients all answer. */
+export const DEFAULT_HTTP_DIGEST: readonly HttpDigestAlgorithm[] = ["MD5"];
+
 export interface Profile {
   vendor: string;
   displayName: string;
@@ -65,6 +72,10 @@ export interface Profile {
   };
   models: ModelProfile[];
   notes: string[];
+  /** HTTP Digest algorithms the phones' HTTP client answers, in the order challenges offer them. */
+  httpDigest: HttpDigestAlgorithm[];
+  /** Where the phones present a factory device certificate over HTTPS, and where it names the MAC. */
+  deviceCertificate?: { macIn: MacLocation[]; note?: string };
   /** Compiled templates keyed by template file name. */
   templates: Map<string, CompiledTemplate>;
 }
@@ -211,7 +222,11 @@ export function loadProfile(folder: string, vendorId: string, schema: Schema): {
     codes: Profile["codes"];
     models: Array<Omit<ModelProfile, "aliases" | "tokens" | "templates"> & { aliases?: string[]; tokens?: Record<string, string>; templates?: Record<string, string> }>;
     notes?: string[];
+    httpDigest?: HttpDigestAlgorithm[];
+    deviceCertificate?: Profile["deviceCertificate"];
   };
+  for (const a of p.httpDigest ?? []) if (!SUPPORTED_ALGORITHMS.includes(a)) problems.push(`httpDigest: ${a} is not available in this build`);
+  if (p.httpDigest && new Set(p.httpDigest).size !== p.httpDigest.length) problems.push("httpDigest: an algorithm is listed twice");
   if (p.vendor !== vendorId) problems.push(`profile.json: vendor '${p.vendor}' does not match folder name '${vendorId}'`);
 
   const models: ModelProfile[] = p.models.map((m) => ({ ...m, aliases: m.aliases ?? [], tokens: m.tokens ?? {}, templates: m.templates ?? {} }));
@@ -299,6 +314,8 @@ export function loadProfile(folder: string, vendorId: string, schema: Schema): {
     codes: p.codes,
     models,
     notes: p.notes ?? [],
+    httpDigest: p.httpDigest ?? [...DEFAULT_HTTP_DIGEST],
+    ...(p.deviceCertificate !== undefined ? { deviceCertificate: p.deviceCertificate } : {}),
     templates,
   };
   return { profile, problems };

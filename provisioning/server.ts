@@ -7,8 +7,19 @@
 //   credentials: HTTP Digest (RFC 7616, realm "ringedge-provisioning") or its URL token
 //   (/p/<token>/<file>).
 // - Those credentials reach the phone in a first-boot bootstrap config that carries no SIP
-//   password. Bootstrap is trust-on-first-use: served once per phone, only within a window
-//   after the installer added it; afterwards an unauthenticated request gets a 401 challenge.
+//   password. Bootstrap is trust-on-first-use: served once per phone, only within a short window
+//   (provisioningBootstrapWindowS) after the installer added it, adopted it or ran `phone
+//   rebootstrap` (which also rotates its credentials); afterwards an unauthenticated request
+//   gets a 401 challenge.
+// - The client that took the bootstrap has claimed the phone. A second, distinct client (another
+//   address, or another verified device certificate) asking for that phone's bootstrap or full
+//   config within a window after the claim means one of the two is not the phone: its SIP and
+//   provisioning credentials are rotated, the second client is refused (403), and the installer
+//   is told (warning, onConflict → bus event, `phone show`). `phone rebootstrap` lets the real
+//   phone in again.
+// - Vendors whose phones carry a factory device certificate can be required to present it over
+//   HTTPS (devicecert.ts says what is checked).
+// - The Digest challenges follow what each vendor's HTTP client answers (profile `httpDigest`).
 // - Unknown MACs get 404 and are recorded as seen ("waiting for adoption").
 // - Unsafe paths (traversal, encoded forms, backslashes), oversized requests, bodies and
 //   methods other than GET/HEAD are refused; bursts of 401/404 from one address block it for a
@@ -21,10 +32,13 @@ import { createReadStream } from "node:fs";
 import http from "node:http";
 import https from "node:https";
 import net from "node:net";
-import { timingSafeEqual } from "node:crypto";
+import { randomBytes, timingSafeEqual, type X509Certificate } from "node:crypto";
+import type tls from "node:tls";
 import type { Logger } from "../agent/log.ts";
 import { DigestAuthenticator, type DigestAlgorithm } from "../agent/sip/digest.ts";
-import type { PhoneDirectory, PhoneRecord } from "./directory.ts";
+import type { PhoneDirectory, PhoneRecord, TrustState } from "./directory.ts";
+import type { ProvisioningClaim, ProvisioningConflict } from "../agent/store/schema.ts";
+import { checkDeviceCertificate, type PeerCertificate } from "./devicecert.ts";
 import { isWildcard, primaryAddress } from "../agent/sip/advertise.ts";
 import type { FirmwareStore } from "./firmware.ts";
 import { identify, type Identification } from "./identify.ts";
@@ -53,6 +67,8 @@ export interface ProvisioningRequest {
   source: string;
   /** Our address the request arrived on: the host phones can reach us at. */
   local: { address: string; port: number; scheme: "http" | "https" };
+  /** HTTPS: the certificate the client presented, when the server asked for one. */
+  peerCertificate?: PeerCertificate;
 }
 
 export type ProvisioningResponse = {
@@ -81,9 +97,12 @@ export interface ProvisioningServerOptions {
   firmware: FirmwareStore;
   site: () => SiteDefaults;
   log: Logger;
-  digestAlgorithms?: DigestAlgorithm[];
   /** Bootstrap is served only this long after the phone was added (trust on first use). */
   bootstrapWindowMs: number;
+  /** Vendors whose phones must present their factory device certificate: vendor → its CAs. */
+  deviceCas?: ReadonlyMap<string, readonly X509Certificate[]>;
+  /** A second client claimed a phone; its credentials are rotated already. */
+  onConflict?: (c: ClaimConflict) => void;
   /** 401/404 bursts: `max` within `windowMs` block the source for `blockMs`. */
   burst?: { max: number; windowMs: number; blockMs: number };
   http?: { host: string; port: number };
@@ -93,49 +112,86 @@ export interface ProvisioningServerOptions {
 
 export type Stage = "bootstrap" | "full" | "boot" | "common" | "firmware-info" | "mac-boot";
 
-/** Trust-on-first-use state of each phone's bootstrap (in memory; the window bounds a restart). */
+/** Who is asking: the source address and, over HTTPS, the verified device certificate's fingerprint. */
+export interface Client {
+  ip: string;
+  cert?: string;
+}
+
+export interface ClaimConflict extends ProvisioningConflict {
+  deviceId: string;
+  mac: string;
+}
+
+/**
+ * Whether a request comes from the client that claimed the phone: the same verified device
+ * certificate when both presented one (a phone keeps its certificate when DHCP moves it), else
+ * the same source address.
+ */
+export function sameClient(claim: Client, c: Client): boolean {
+  if (claim.cert !== undefined && c.cert !== undefined) return claim.cert === c.cert;
+  return claim.ip === c.ip;
+}
+
+/**
+ * Trust on first use of each phone's bootstrap. All state lives in the phone's provisioning
+ * record (directory.setTrust), so a restart changes nothing: the window opened at add / adopt /
+ * rebootstrap, the client that claimed the bootstrap, a conflict.
+ */
 export class BootstrapGate {
-  /** Device id → when its bootstrap (or its PnP per-device URL) was handed out. */
-  private readonly served = new Map<string, number>();
-  /** Device ids that have authenticated once: their bootstrap is closed for good. */
-  private readonly authenticated = new Set<string>();
-  /**
-   * `persist` records a closed (or re-opened) bootstrap in the store, so that a restart does not
-   * hand a phone's provisioning credentials out a second time.
-   */
   constructor(
     private readonly windowMs: number,
     private readonly now: () => number,
-    private readonly persist: (deviceId: string, at: string | undefined) => void = () => undefined,
+    private readonly directory: Pick<PhoneDirectory, "setTrust">,
   ) {}
 
-  isOpen(phone: PhoneRecord): boolean {
-    if (phone.provisioning?.bootstrapClosedAt !== undefined) return false;
-    if (this.authenticated.has(phone.deviceId) || this.served.has(phone.deviceId)) return false;
-    const added = Date.parse(phone.createdAt);
-    return Number.isFinite(added) && this.now() - added <= this.windowMs;
+  private trust(phone: PhoneRecord): TrustState {
+    const p = phone.provisioning;
+    return p ? { bootstrapOpenedAt: p.bootstrapOpenedAt, bootstrapClosedAt: p.bootstrapClosedAt, claimedBy: p.claimedBy, conflict: p.conflict } : {};
   }
 
-  /** Take the one bootstrap this phone gets; false when it is no longer open. */
-  claim(phone: PhoneRecord): boolean {
+  /** Epoch ms the phone's bootstrap window closes (NaN when its times are unreadable). */
+  windowEnd(phone: PhoneRecord): number {
+    return Date.parse(phone.provisioning?.bootstrapOpenedAt ?? phone.createdAt) + this.windowMs;
+  }
+
+  isOpen(phone: PhoneRecord): boolean {
+    if (!phone.provisioning || phone.provisioning.bootstrapClosedAt !== undefined) return false;
+    const end = this.windowEnd(phone);
+    return Number.isFinite(end) && this.now() <= end;
+  }
+
+  /** Take the one bootstrap this phone gets, for `client`; false when it is no longer open. */
+  claim(phone: PhoneRecord, client: Client): boolean {
     if (!this.isOpen(phone)) return false;
-    this.served.set(phone.deviceId, this.now());
-    this.persist(phone.deviceId, new Date(this.now()).toISOString());
+    const at = new Date(this.now()).toISOString();
+    this.directory.setTrust(phone.deviceId, { ...this.trust(phone), bootstrapClosedAt: at, claimedBy: claimOf(client, at) });
     return true;
   }
 
-  noteAuthenticated(deviceId: string): void {
-    if (this.authenticated.has(deviceId)) return;
-    this.authenticated.add(deviceId);
-    this.persist(deviceId, new Date(this.now()).toISOString());
+  /**
+   * The claimant, when `client` is a different one asking within the window after the claim
+   * (`stage` tells what it asks for). Afterwards a phone may move (DHCP) without losing its
+   * credentials, and an unauthenticated request is only a 401.
+   */
+  rivalOf(phone: PhoneRecord, client: Client): ProvisioningClaim | undefined {
+    const claim = phone.provisioning?.claimedBy;
+    if (!claim || sameClient(claim, client)) return undefined;
+    const at = Date.parse(claim.at);
+    return Number.isFinite(at) && this.now() <= at + this.windowMs ? claim : undefined;
   }
 
-  /** The installer re-opens a phone's bootstrap (phone replaced, factory reset). */
-  reopen(deviceId: string): void {
-    this.served.delete(deviceId);
-    this.authenticated.delete(deviceId);
-    this.persist(deviceId, undefined);
+  /** A phone authenticated: its bootstrap is closed for good; the first client to do so claims it. */
+  noteAuthenticated(phone: PhoneRecord, client: Client): void {
+    const t = this.trust(phone);
+    if (t.bootstrapClosedAt !== undefined && t.claimedBy !== undefined) return;
+    const at = new Date(this.now()).toISOString();
+    this.directory.setTrust(phone.deviceId, { ...t, bootstrapClosedAt: t.bootstrapClosedAt ?? at, ...(t.claimedBy ? {} : { claimedBy: claimOf(client, at) }) });
   }
+}
+
+function claimOf(c: Client, at: string): ProvisioningClaim {
+  return { ip: c.ip, ...(c.cert !== undefined ? { cert: c.cert } : {}), at };
 }
 
 export function unwrapIp(a: string | undefined): string {
@@ -175,22 +231,37 @@ export interface ServerCounters {
   notFound: number;
   unauthorized: number;
   rateLimited: number;
+  /** Second clients for a claimed phone (credentials rotated). */
+  conflicts: number;
 }
 
 export class ProvisioningServer {
   readonly gate: BootstrapGate;
   readonly limiter: BurstLimiter;
-  readonly counters: ServerCounters = { served: 0, bootstrap: 0, full: 0, firmware: 0, refused: 0, notFound: 0, unauthorized: 0, rateLimited: 0 };
-  private readonly digest: DigestAuthenticator;
+  readonly counters: ServerCounters = { served: 0, bootstrap: 0, full: 0, firmware: 0, refused: 0, notFound: 0, unauthorized: 0, rateLimited: 0, conflicts: 0 };
+  /** One authenticator per distinct `httpDigest` order, sharing one nonce secret. */
+  private readonly digests = new Map<string, DigestAuthenticator>();
+  private readonly digestSecret = randomBytes(32);
   private readonly now: () => number;
   private servers: Array<{ scheme: "http" | "https"; server: http.Server }> = [];
 
   constructor(private readonly opts: ProvisioningServerOptions) {
     this.now = opts.now ?? Date.now;
-    this.gate = new BootstrapGate(opts.bootstrapWindowMs, this.now, (id, at) => opts.directory.setBootstrapClosed?.(id, at));
+    this.gate = new BootstrapGate(opts.bootstrapWindowMs, this.now, opts.directory);
     const burst = opts.burst ?? { max: 20, windowMs: 10_000, blockMs: 60_000 };
     this.limiter = new BurstLimiter({ ...burst, now: this.now, maxTracked: 10_000 });
-    this.digest = new DigestAuthenticator({ realm: PROVISIONING_REALM, algorithms: opts.digestAlgorithms ?? ["SHA-256", "MD5"], header: "www-authenticate", now: this.now });
+  }
+
+  /** The Digest authenticator for a vendor's phones: challenges in its profile's `httpDigest` order. */
+  private digestFor(profile: Profile): DigestAuthenticator {
+    const algorithms = profile.httpDigest as DigestAlgorithm[];
+    const key = algorithms.join(",");
+    let d = this.digests.get(key);
+    if (!d) {
+      d = new DigestAuthenticator({ realm: PROVISIONING_REALM, algorithms, header: "www-authenticate", now: this.now, secret: this.digestSecret });
+      this.digests.set(key, d);
+    }
+    return d;
   }
 
   // --- the decision ------------------------------------------------------------------------
@@ -265,6 +336,15 @@ export class ProvisioningServer {
     const profile = profiles.get(id.vendor)!;
     const file = id.file;
     const perMac = file.kind === "mac-boot" || file.kind === "mac-config";
+    const client: Client = { ip: r.source };
+    const cas = this.opts.deviceCas?.get(profile.vendor);
+    if (cas) {
+      // This vendor's phones must prove who they are with their factory certificate.
+      if (r.local.scheme !== "https") return this.counted(r, forbidden("device certificate required: use HTTPS"), "device certificate required, request over HTTP", { vendor: profile.vendor, mac: id.mac });
+      const check = checkDeviceCertificate(r.peerCertificate, cas, perMac ? id.mac : undefined, profile.deviceCertificate?.macIn ?? ["subject-cn", "subject-alt-name"]);
+      if (!check.ok) return this.counted(r, forbidden("device certificate refused"), check.reason, { vendor: profile.vendor, mac: id.mac });
+      client.cert = check.fingerprint;
+    }
     if (id.mac !== undefined) directory.noteSeen(seenNote(r, id));
     if (!perMac) {
       if (tokenPhone && id.mac !== undefined && id.mac !== tokenPhone.mac) return this.counted(r, notFound(), "token is another phone's");
@@ -286,12 +366,15 @@ export class ProvisioningServer {
 
     // mac-config: full behind the phone's own credentials, or the one-time bootstrap.
     if (!phone.provisioning) return this.counted(r, notFound(), "phone has no provisioning credentials yet", { mac });
-    if (tokenPhone) {
-      this.gate.noteAuthenticated(phone.deviceId);
+    const digest = this.digestFor(profile);
+    const full = (): ProvisioningResponse => {
+      if (r.method !== "HEAD" && this.gate.rivalOf(phone, client)) return this.conflict(r, phone, client, "full");
+      this.gate.noteAuthenticated(phone, client);
       return this.render(r, profile, model, id, phone, false, "full");
-    }
+    };
+    if (tokenPhone) return full();
     const creds = phone.provisioning;
-    const v = this.digest.verify({
+    const v = digest.verify({
       method: r.method,
       authorization: r.authorization,
       // Only this phone's own provisioning user counts: another phone's credentials unlock nothing here.
@@ -300,24 +383,42 @@ export class ProvisioningServer {
     });
     switch (v.kind) {
       case "ok":
-        this.gate.noteAuthenticated(phone.deviceId);
-        return this.render(r, profile, model, id, phone, false, "full");
+        return full();
       case "stale":
-        return { status: 401, headers: { "content-type": "text/plain", "www-authenticate": this.challenge(true) }, body: "stale nonce\n" };
+        return { status: 401, headers: { "content-type": "text/plain", "www-authenticate": challenge(digest, true) }, body: "stale nonce\n" };
       case "malformed":
         return this.counted(r, { status: 400, headers: { "content-type": "text/plain" }, body: "bad authorization\n", close: true }, `malformed credentials (${v.reason})`, { mac });
       case "failed":
-        return this.counted(r, { status: 401, headers: { "content-type": "text/plain", "www-authenticate": this.challenge(false) }, body: "unauthorized\n" }, "wrong provisioning credentials", { mac, user: forLog(v.username, 64) });
+        return this.counted(r, { status: 401, headers: { "content-type": "text/plain", "www-authenticate": challenge(digest, false) }, body: "unauthorized\n" }, "wrong provisioning credentials", { mac, user: forLog(v.username, 64) });
       case "missing":
         break;
     }
-    // No credentials: the bootstrap, once, within the window (a HEAD does not consume it).
-    if (r.method === "HEAD" ? this.gate.isOpen(phone) : this.gate.claim(phone)) return this.render(r, profile, model, id, phone, true, "bootstrap");
-    return { status: 401, headers: { "content-type": "text/plain", "www-authenticate": this.challenge(false) }, body: "unauthorized\n" };
+    // No credentials: the bootstrap, once, within the window (a HEAD does not consume it); a
+    // second client asking for it after another took it is a conflict.
+    if (r.method === "HEAD") return this.gate.isOpen(phone) ? this.render(r, profile, model, id, phone, true, "bootstrap") : unauthorized(digest);
+    if (this.gate.claim(phone, client)) return this.render(r, profile, model, id, phone, true, "bootstrap");
+    if (this.gate.rivalOf(phone, client)) return this.conflict(r, phone, client, "bootstrap");
+    return unauthorized(digest);
   }
 
-  private challenge(stale: boolean): string[] {
-    return this.digest.challenge({ stale }).map((h) => h.value);
+  /**
+   * A second client asks for a phone another client claimed: either could be the impostor, so
+   * neither keeps working credentials. Rotate them (SIP password too), close the bootstrap,
+   * refuse, and tell the installer, who re-opens it for the real phone (`phone rebootstrap`).
+   */
+  private conflict(r: ProvisioningRequest, phone: PhoneRecord, client: Client, stage: "bootstrap" | "full"): ProvisioningResponse {
+    const at = new Date(this.now()).toISOString();
+    const claimedIp = phone.provisioning?.claimedBy?.ip ?? "?";
+    const conflict: ProvisioningConflict = { at, ip: client.ip, ...(client.cert !== undefined ? { cert: client.cert } : {}), claimedIp, stage };
+    const rotated = this.opts.directory.rotateCredentials(phone.deviceId, { bootstrapOpenedAt: phone.provisioning?.bootstrapOpenedAt, bootstrapClosedAt: at, conflict });
+    this.counters.conflicts++;
+    this.opts.log.warn("provisioning: a second client claimed this phone; its SIP and provisioning credentials are rotated (ringedge phone rebootstrap lets the real phone in again)", { mac: phone.mac, deviceId: phone.deviceId, claimedBy: claimedIp, source: client.ip, stage, rotated: rotated !== undefined });
+    try {
+      this.opts.onConflict?.({ ...conflict, deviceId: phone.deviceId, mac: phone.mac });
+    } catch (e) {
+      this.opts.log.error("claim conflict listener failed", { err: (e as Error).message });
+    }
+    return this.counted(r, forbidden("phone already claimed by another client"), "second client for a claimed phone", { mac: phone.mac });
   }
 
   /** Model: the installer's word for an adopted phone (same vendor), else what identify() found. */
@@ -387,7 +488,12 @@ export class ProvisioningServer {
     if (this.opts.http) await this.listen("http", http.createServer(this.serverOptions(), (q, s) => this.onHttp("http", q, s)), this.opts.http);
     if (this.opts.https) {
       const { cert, key } = this.opts.https;
-      await this.listen("https", https.createServer({ ...this.serverOptions(), cert, key }, (q, s) => this.onHttp("https", q, s)), this.opts.https);
+      // With device certificates required, ask every client for one (TLS CertificateRequest) and
+      // let node:tls verify it against the vendors' CAs; the decision per vendor is handle()'s,
+      // so phones of other vendors still connect without one.
+      const cas = [...(this.opts.deviceCas?.values() ?? [])].flat().map((c) => c.toString());
+      const mtls: https.ServerOptions = cas.length > 0 ? { requestCert: true, rejectUnauthorized: false, ca: cas } : {};
+      await this.listen("https", https.createServer({ ...this.serverOptions(), cert, key, ...mtls }, (q, s) => this.onHttp("https", q, s)), this.opts.https);
     }
   }
 
@@ -457,6 +563,7 @@ export class ProvisioningServer {
       hasBody: te !== undefined || (cl !== undefined && cl !== "0"),
       source: unwrapIp(req.socket.remoteAddress),
       local: { address: unwrapIp(req.socket.localAddress), port: req.socket.localPort ?? 0, scheme },
+      ...(scheme === "https" ? peerCertificateOf(req.socket as tls.TLSSocket) : {}),
     });
     const headers: Record<string, string | string[]> = { ...out.headers };
     if (out.close) headers.connection = "close";
@@ -475,6 +582,33 @@ export class ProvisioningServer {
     // A refused request's body (if any) is never read: drop the connection once answered.
     if (out.close) res.once("finish", () => req.socket.destroySoon());
   }
+}
+
+/** The client's certificate chain as the TLS handshake delivered it (leaf first), if it sent one. */
+function peerCertificateOf(socket: tls.TLSSocket): { peerCertificate?: PeerCertificate } {
+  const leaf = socket.getPeerCertificate?.(true);
+  if (!leaf || !leaf.raw) return {};
+  const chain: Buffer[] = [];
+  const seen = new Set<string>();
+  // issuerCertificate links up to the root, which refers to itself.
+  for (let c: tls.DetailedPeerCertificate | undefined = leaf; c?.raw && !seen.has(c.fingerprint256) && chain.length < 10; c = c.issuerCertificate) {
+    seen.add(c.fingerprint256);
+    chain.push(c.raw);
+  }
+  const error = socket.authorizationError as Error | string | null | undefined;
+  return { peerCertificate: { authorized: socket.authorized, ...(error ? { authorizationError: String(error) } : {}), chain } };
+}
+
+function challenge(digest: DigestAuthenticator, stale: boolean): string[] {
+  return digest.challenge({ stale }).map((h) => h.value);
+}
+
+function unauthorized(digest: DigestAuthenticator): ProvisioningResponse {
+  return { status: 401, headers: { "content-type": "text/plain", "www-authenticate": challenge(digest, false) }, body: "unauthorized\n" };
+}
+
+function forbidden(body: string): ProvisioningResponse {
+  return { status: 403, headers: { "content-type": "text/plain" }, body: `${body}\n`, close: true };
 }
 
 function notFound(): ProvisioningResponse {

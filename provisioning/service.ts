@@ -2,15 +2,18 @@
 // (a broken vendor folder is reported by name; the others serve), runs the HTTP(S) server, the
 // optional SIP PnP responder, and offers re-sync and the firmware report to the console commands.
 
+import type { X509Certificate } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Settings } from "../agent/config.ts";
 import { parseHostPort } from "../agent/config.ts";
+import type { EventBus } from "../agent/bus.ts";
 import type { Logger } from "../agent/log.ts";
 import type { LocationService } from "../agent/sip/location.ts";
 import type { TransactionLayer } from "../agent/sip/transaction.ts";
 import type { Store } from "../agent/store/store.ts";
+import { loadDeviceCas } from "./devicecert.ts";
 import { FirmwareStore, firmwareReport, type FirmwareReportRow } from "./firmware.ts";
 import { PnpResponder, type PnpSubscription } from "./pnp.ts";
 import { findModel, loadProfiles, type Profile } from "./profiles.ts";
@@ -33,8 +36,6 @@ export interface ProvisioningHooks {
   profiles: ReadonlyMap<string, Profile>;
   resync(deviceIds: readonly string[], reboot: boolean): Promise<ResyncResult[]>;
   firmwareReport(): FirmwareReportRow[];
-  /** Let a phone fetch its bootstrap once more (replaced or factory-reset phone). */
-  reopenBootstrap(deviceId: string): void;
   urls(): string[];
 }
 
@@ -47,6 +48,10 @@ export interface ProvisioningServiceDeps {
   sip: { host?: string; port: number; transport: "udp" | "tcp" };
   log: Logger;
   profilesDir?: string;
+  /** Where a claim conflict is announced ("provisioning.conflict"). */
+  bus?: EventBus;
+  /** A phone's SIP password changed under the agent (claim conflict): drop its registrations, reload. */
+  credentialsRotated?: (deviceId: string) => void;
 }
 
 export class ProvisioningService {
@@ -76,6 +81,8 @@ export class ProvisioningService {
       const hp = parseHostPort(s.httpsListen);
       https = { host: hp.host, port: hp.port, cert: fs.readFileSync(s.httpsCert), key: fs.readFileSync(s.httpsKey) };
     }
+    const deviceCas = this.deviceCas();
+    if (deviceCas.size > 0 && !https) throw new Error("provisioningDeviceCertVendors needs httpsListen (device certificates are presented over HTTPS)");
     const sip = this.deps.sip;
     this.server = new ProvisioningServer({
       profiles: this.profiles,
@@ -83,8 +90,12 @@ export class ProvisioningService {
       firmware: this.firmware,
       site: () => ({ ...(sip.host !== undefined ? { sipHost: sip.host } : {}), sipPort: sip.port, transport: sip.transport, ntpServer: "pool.ntp.org", timeZone: "UTC", resyncIntervalMin: 1440 }),
       log: this.deps.log,
-      digestAlgorithms: s.authAlgorithms,
       bootstrapWindowMs: s.provisioningBootstrapWindowS * 1000,
+      ...(deviceCas.size > 0 ? { deviceCas } : {}),
+      onConflict: (c) => {
+        this.deps.credentialsRotated?.(c.deviceId);
+        this.deps.bus?.emit("provisioning.conflict", { deviceId: c.deviceId, mac: c.mac, claimedIp: c.claimedIp, ip: c.ip, stage: c.stage, at: Date.parse(c.at) });
+      },
       http: { host: http.host, port: http.port },
       ...(https ? { https } : {}),
     });
@@ -112,16 +123,28 @@ export class ProvisioningService {
   }
 
   /**
-   * The URL PnP hands a phone: its per-device token URL while its bootstrap is still open (that
-   * hand-out is its one bootstrap), else the base URL on the PnP interface.
+   * The URL PnP hands a phone: the server's base URL on the PnP interface, nothing more. Anyone
+   * can send a SUBSCRIBE naming a MAC, so the answer carries no credential (no token URL); the
+   * phone then fetches its files there and gets its credentials only in the bootstrap, bound to
+   * the window and to the first client that takes it.
    */
-  private pnpUrl(sub: PnpSubscription): string | undefined {
+  pnpUrl(_sub: PnpSubscription): string | undefined {
     const http = this.server?.addresses().find((a) => a.scheme === "http");
     if (!http) return undefined;
-    const base = baseUrl("http", this.deps.settings.pnpInterface, http.port);
-    const phone = sub.mac !== undefined ? this.directory.phoneByMac(sub.mac) : undefined;
-    if (phone?.provisioning && this.server!.gate.claim(phone)) return `${base}/p/${phone.provisioning.token}/`;
-    return `${base}/`;
+    return `${baseUrl("http", this.deps.settings.pnpInterface, http.port)}/`;
+  }
+
+  /** Each vendor that must present a device certificate → its CAs (settings checked against the profiles). */
+  private deviceCas(): Map<string, X509Certificate[]> {
+    const s = this.deps.settings;
+    if (s.provisioningDeviceCertVendors.length === 0) return new Map();
+    for (const v of s.provisioningDeviceCertVendors) {
+      const p = this.profiles.get(v);
+      if (!p) throw new Error(`provisioningDeviceCertVendors: no device profile '${v}' (known: ${[...this.profiles.keys()].join(", ")})`);
+      if (!p.deviceCertificate) throw new Error(`provisioningDeviceCertVendors: ${p.displayName} phones present no factory device certificate (vendors that do: ${[...this.profiles.values()].filter((x) => x.deviceCertificate).map((x) => x.vendor).join(", ")})`);
+    }
+    if (s.provisioningDeviceCaDir === "") throw new Error("provisioningDeviceCertVendors needs provisioningDeviceCaDir (the vendors' CA certificates)");
+    return loadDeviceCas(s.provisioningDeviceCaDir, s.provisioningDeviceCertVendors);
   }
 
   hooks(): ProvisioningHooks {
@@ -129,7 +152,6 @@ export class ProvisioningService {
       profiles: this.profiles,
       resync: (ids, reboot) => this.resync(ids, reboot),
       firmwareReport: () => firmwareReport(this.directory.phones(), this.deps.store.listSeenPhones(), this.profiles, this.firmware, findModel),
-      reopenBootstrap: (id) => this.server?.gate.reopen(id),
       urls: () => (this.server?.addresses() ?? []).map((a) => `${baseUrl(a.scheme, a.address, a.port)}/`),
     };
   }

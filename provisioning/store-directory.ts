@@ -2,7 +2,7 @@
 import type { Store } from "../agent/store/store.ts";
 import type { DeviceRecord } from "../agent/store/schema.ts";
 import { colleagueKeys } from "./linekeys.ts";
-import type { PhoneDirectory, PhoneRecord, SeenPhoneNote, SiteProvisioning } from "./directory.ts";
+import { withTrust, type PhoneDirectory, type PhoneRecord, type SeenPhoneNote, type SiteProvisioning, type TrustState } from "./directory.ts";
 
 export function phoneRecord(d: Readonly<DeviceRecord>, site?: Store["site"]): PhoneRecord | undefined {
   if (d.mac === undefined) return undefined;
@@ -49,12 +49,22 @@ export class StoreDirectory implements PhoneDirectory {
     if (!r.ok) this.onError(`seen phone not recorded: ${r.error.message}`);
   }
 
-  setBootstrapClosed(deviceId: string, at: string | undefined): void {
+  setTrust(deviceId: string, trust: TrustState): void {
     const d = this.store.getDevice(deviceId);
     if (!d?.provisioning) return;
-    const { bootstrapClosedAt: _old, ...creds } = d.provisioning;
-    const r = this.store.updateDevice(deviceId, { provisioning: at === undefined ? creds : { ...creds, bootstrapClosedAt: at } });
+    const r = this.store.updateDevice(deviceId, { provisioning: withTrust(d.provisioning, trust) });
     if (!r.ok) this.onError(`bootstrap state not recorded: ${r.error.message}`);
+  }
+
+  rotateCredentials(deviceId: string, trust: TrustState): PhoneRecord | undefined {
+    const r = this.store.rotateCredentials(deviceId, trust);
+    if (!r.ok) {
+      this.onError(`credentials not rotated: ${r.error.message}`);
+      return undefined;
+    }
+    // Written now, not after the write-behind delay: the old credentials must not come back.
+    this.store.flush().catch((e: Error) => this.onError(`rotated credentials not saved: ${e.message}`));
+    return phoneRecord(r.value, this.store.site);
   }
 
   siteProvisioning(): SiteProvisioning {

@@ -35,6 +35,11 @@
 //   profiles enable. Answering first leaves the phone idle, so it auto-answers even without
 //   call waiting; the proxy cancels the other branches when the picker's branch answers
 //   (Reason cause=200). While a pickup branch is live, the call's step and queue timers wait.
+// - Pickup from a BLF key (RFC 3891): an INVITE with Replaces from a device that names a ringing
+//   call (its Call-ID and the caller's From tag, as the BLF NOTIFY gives them) is a directed
+//   pickup of that call; one naming nothing gets 481; one naming an answered call is routed.
+// - BLF (agent/presence/blf.ts) reads the call.placed / call.ringing / call.offer-ended /
+//   call.ended events emitted here, always after the forks.
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import type { DigestAuthenticator } from "../sip/digest.ts";
@@ -237,6 +242,8 @@ interface EngineCall {
   answeredDevice: string | undefined;
   answerAfterMs: number | undefined;
   latencyRecorded: boolean;
+  /** To tags ringing callees sent (RFC 3891 Replaces matching); made on the first 18x, after the forks. */
+  calleeTags: Set<string> | undefined;
 }
 
 interface CallLabels {
@@ -295,6 +302,7 @@ export class RoutingEngine {
     this.histogram = new LatencyHistogram((deps.latencyBudgetMs ?? 2) * 1000);
     // One events object for every call, dispatching by id: nothing allocated per call for it.
     this.events = {
+      onRinging: (pc, branch, res) => this.guarded(() => this.onRinging(pc, branch, res.to.tag)),
       onBranchFailed: (pc, branch, status) => this.guarded(() => this.onBranchFailed(pc, branch, status)),
       onAnswered: (pc, branch) => this.guarded(() => this.onAnswered(pc, branch)),
       onCallerCancelled: (pc) => this.guarded(() => this.onCallerCancelled(pc)),
@@ -341,6 +349,24 @@ export class RoutingEngine {
     }
   }
 
+  /**
+   * The site device sending a request to the agent itself (SUBSCRIBE): known by the exact flow
+   * of one of its bindings, else proven by digest credentials exactly as an INVITE is (407
+   * challenge, 403, 400 answered here). Undefined when it answered.
+   */
+  identifyDevice(tx: ServerTransaction, req: SipRequest, flow: Flow): { deviceId: string; username: string; userId: string | undefined } | undefined {
+    try {
+      const index = this.deps.site().index;
+      let caller = classifyCaller({ flow, trunk: undefined, deviceByFlow: (k) => this.deviceByFlow.get(k), ownerOf: (id) => deviceRef(index, id)?.ownerId });
+      if (caller.kind !== "device") caller = this.authenticate(tx, req, flow, index) ?? caller;
+      return caller.kind === "device" ? { deviceId: caller.deviceId, username: caller.username, userId: caller.userId } : undefined;
+    } catch (err) {
+      this.deps.log.error("identifying a device failed", { err: (err as Error).message, method: req.method });
+      respond(tx, req, 500, "Server Internal Error");
+      return undefined;
+    }
+  }
+
   // --- admission ----------------------------------------------------------------------------------
 
   private admitInvite(tx: ServerTransaction, req: SipRequest, flow: Flow): void {
@@ -357,6 +383,8 @@ export class RoutingEngine {
       if (proven === undefined) return; // answered: 407, 403 or 400
       caller = proven;
     }
+    // RFC 3891 Replaces from a phone of the site: a BLF key picking up a ringing call.
+    if (caller.kind === "device" && req.headers.some((h) => h.name === "replaces") && this.replacesPickup(tx, req, caller, site.index)) return;
     const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined);
     const admission = admit(caller, dest);
     if (!admission.ok) {
@@ -458,6 +486,7 @@ export class RoutingEngine {
       answeredDevice: undefined,
       answerAfterMs: undefined,
       latencyRecorded: false,
+      calleeTags: undefined,
     };
     this.calls.set(pc.id, call);
     return call;
@@ -471,6 +500,7 @@ export class RoutingEngine {
     const call = this.newCall(pc, "group", caller, req, group.id);
     call.plan = startCall(this.clock.now());
     this.runStep(call);
+    this.notePlaced(call);
   }
 
   /** The group distributing the call; a group removed by a push mid-call ends it with 480. */
@@ -760,6 +790,7 @@ export class RoutingEngine {
       return;
     }
     this.noteOffered(call, user.id, deviceIds);
+    this.notePlaced(call);
   }
 
   private startOutboundCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, number: string, trunk: TrunkSettings | undefined): void {
@@ -778,6 +809,7 @@ export class RoutingEngine {
       return;
     }
     call.otherBranches.push(b);
+    this.notePlaced(call);
   }
 
   // --- pickup -----------------------------------------------------------------------------------------
@@ -803,8 +835,17 @@ export class RoutingEngine {
       return;
     }
     const call = this.calls.get(found.call.callId);
+    if (call === undefined) {
+      respond(tx, req, 480, "Temporarily Unavailable", [{ name: "warning", value: '399 ringedge "Nothing to pick up"' }]);
+      return;
+    }
+    this.deliverPickup(tx, req, call, pickerDeviceId, pickerUserId);
+  }
+
+  /** Hands a ringing call to the picker's device: the request is answered, then the call arrives (see header). */
+  private deliverPickup(tx: ServerTransaction, req: SipRequest, call: EngineCall, pickerDeviceId: string, pickerUserId: string): void {
     const bindings = this.bindingsOf(pickerDeviceId);
-    if (call === undefined || bindings.length === 0) {
+    if (bindings.length === 0) {
       respond(tx, req, 480, "Temporarily Unavailable", [{ name: "warning", value: '399 ringedge "Picker device not registered"' }]);
       return;
     }
@@ -821,7 +862,70 @@ export class RoutingEngine {
     if (this.deps.log.enabled("debug")) this.deps.log.debug("pickup", { callId: call.pc.request.callId, picker: pickerUserId, branches: call.pickupBranches.length });
   }
 
+  /**
+   * An INVITE with Replaces (RFC 3891) from a device. It names the call by Call-ID and the two
+   * tags; a BLF NOTIFY gives phones the caller's Call-ID and From tag and the ringing phone's
+   * tag, and phones put them in either order, so the call is matched by its Call-ID and the
+   * caller's From tag in either position, the other tag being one of its callees' or empty.
+   * A ringing call is picked up as directed pickup would (same eligibility, same delivery); an
+   * answered one is left to normal routing (attended transfer between phones); nothing → 481
+   * (RFC 3891 §3). Returns true when it answered.
+   */
+  private replacesPickup(tx: ServerTransaction, req: SipRequest, caller: Extract<Caller, { kind: "device" }>, index: SiteIndex): boolean {
+    const parsed = parseReplaces(req.headers.find((h) => h.name === "replaces")!.value);
+    if (parsed === undefined) {
+      respond(tx, req, 400, "Bad Request (malformed Replaces)");
+      return true;
+    }
+    let match: EngineCall | undefined;
+    for (const c of this.calls.values()) {
+      if (c.pc.request.callId !== parsed.callId) continue;
+      const callerTag = c.pc.request.from.tag ?? "";
+      const other = parsed.toTag === callerTag ? parsed.fromTag : parsed.fromTag === callerTag ? parsed.toTag : undefined;
+      if (other === undefined) continue;
+      if (other === "" || c.calleeTags?.has(other) === true || c.pc.dialog?.calleeTag === other) {
+        match = c;
+        break;
+      }
+    }
+    if (match === undefined) {
+      respond(tx, req, 481, "Call/Transaction Does Not Exist");
+      return true;
+    }
+    if (match.phase === "answered" || match.phase === "done") return false;
+    if (caller.userId === undefined) {
+      respond(tx, req, 403, "Forbidden (device has no operator)");
+      return true;
+    }
+    const ringingMembers = [...match.memberBranches.keys()];
+    const firstRinging = ringingMembers.length > 0 ? index.usersById.get(ringingMembers[0]!) : undefined;
+    const found =
+      match.kind === "outbound" || firstRinging === undefined
+        ? undefined
+        : findPickupTarget({
+            ringingCalls: [{ callId: match.pc.id, groupId: match.kind === "group" ? match.groupId : undefined, ringingMembers, startedAt: match.startedAt }],
+            pickerUserId: caller.userId,
+            targetExtension: firstRinging.extension,
+            groupsById: index.groupsById,
+            groupsByNumber: index.groupsByNumber,
+            usersByExtension: index.usersByExtension,
+          });
+    if (found === undefined || !found.ok) {
+      respond(tx, req, 480, "Temporarily Unavailable", [{ name: "warning", value: '399 ringedge "Nothing to pick up"' }]);
+      return true;
+    }
+    this.deliverPickup(tx, req, match, caller.deviceId, caller.userId);
+    return true;
+  }
+
   // --- proxy events --------------------------------------------------------------------------------
+
+  private onRinging(pc: ProxyCall, branch: Branch, calleeTag: string | undefined): void {
+    const call = this.calls.get(pc.id);
+    if (call === undefined || calleeTag === undefined) return;
+    (call.calleeTags ??= new Set()).add(calleeTag);
+    this.deps.bus.emit("call.ringing", { callId: pc.request.callId, memberId: branch.target.memberId, deviceId: branch.target.deviceId, calleeTag, at: this.clock.now() });
+  }
 
   private onBranchFailed(pc: ProxyCall, branch: Branch, status: number): void {
     const call = this.calls.get(pc.id);
@@ -861,6 +965,7 @@ export class RoutingEngine {
   /** Every branch of a member is gone without an answer. */
   private memberEnded(call: EngineCall, memberId: string): void {
     call.memberBranches.delete(memberId);
+    this.deps.bus.emit("call.offer-ended", { callId: call.pc.request.callId, memberId, at: this.clock.now() });
     if (call.plan !== undefined) call.plan = withMemberEnded(call.plan, memberId);
     if (call.phase === "queued" && call.queue?.offering === memberId) {
       call.queue.offering = undefined;
@@ -1002,6 +1107,7 @@ export class RoutingEngine {
     call.memberBranches.delete(memberId);
     if (list !== undefined) for (const b of list) this.writeOff(call, b, reason);
     if (call.plan !== undefined) call.plan = withMemberEnded(call.plan, memberId);
+    if (list !== undefined) this.deps.bus.emit("call.offer-ended", { callId: call.pc.request.callId, memberId, at: this.clock.now() });
   }
 
   private cancelAllMembers(call: EngineCall, reason: string): void {
@@ -1035,7 +1141,13 @@ export class RoutingEngine {
       call.offeredSet.add(memberId);
       call.offered.push(memberId);
     }
-    this.deps.bus.emit("call.offered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId, deviceIds, caller: labels(call).caller, at: this.clock.now() });
+    this.deps.bus.emit("call.offered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId, deviceIds, caller: labels(call).caller, at: this.clock.now(), callerTag: call.pc.request.from.tag ?? "" });
+  }
+
+  /** A device of the site placed the call: its side of the dialog, for BLF (after the forks). */
+  private notePlaced(call: EngineCall): void {
+    if (call.caller.kind !== "device" || call.phase === "done") return;
+    this.deps.bus.emit("call.placed", { callId: call.pc.request.callId, callerTag: call.pc.request.from.tag ?? "", userId: call.caller.userId, deviceId: call.caller.deviceId, target: labels(call).target, at: this.clock.now() });
   }
 
   private evenlyOf(groupId: string): Map<string, number> {
@@ -1102,6 +1214,7 @@ export class RoutingEngine {
       this.deps.bus.emit("call.missed", { callId: call.pc.request.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, at: now });
     }
     this.deps.store.appendCall(record);
+    this.deps.bus.emit("call.ended", { callId: call.pc.request.callId, at: now });
     for (const u of call.counted) this.offerQueued(u);
   }
 
@@ -1157,4 +1270,25 @@ function hostOf(flow: Flow): string {
 function respond(tx: ServerTransaction, req: SipRequest, status: number, reason: string, headers?: SipHeader[]): void {
   const r = tx.respond(createResponse(req, status, reason, { toTag: randomToken(6), ...(headers !== undefined ? { headers } : {}) }));
   if (!r.ok) return; // the transaction is gone (transport error): nothing more to do
+}
+
+/**
+ * RFC 3891 §6.1: `Replaces: call-id *(;to-tag=x / ;from-tag=y / ;early-only / generic)`.
+ * Both tags are required; undefined on anything else.
+ */
+export function parseReplaces(value: string): { callId: string; toTag: string; fromTag: string } | undefined {
+  const parts = value.split(";").map((p) => p.trim());
+  const callId = parts[0] ?? "";
+  if (callId.length === 0 || callId.length > 256 || /[\s<>"]/.test(callId)) return undefined;
+  let toTag: string | undefined;
+  let fromTag: string | undefined;
+  for (const p of parts.slice(1)) {
+    const eq = p.indexOf("=");
+    const name = (eq < 0 ? p : p.slice(0, eq)).trim().toLowerCase();
+    const v = eq < 0 ? undefined : p.slice(eq + 1).trim();
+    if (name === "to-tag") toTag = v;
+    else if (name === "from-tag") fromTag = v;
+  }
+  if (toTag === undefined || fromTag === undefined || toTag.length > 128 || fromTag.length > 128) return undefined;
+  return { callId, toTag, fromTag };
 }

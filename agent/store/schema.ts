@@ -49,6 +49,30 @@ export interface ProvisioningCredentials {
   token: string;
   /** When the phone's one unauthenticated bootstrap was used up (served, or it authenticated). */
   bootstrapClosedAt?: string;
+  /** When its bootstrap window opened (`phone rebootstrap`); absent: when the device was added. */
+  bootstrapOpenedAt?: string;
+  /** The client that took the bootstrap (or first authenticated): its address, and the SHA-256
+   *  fingerprint of its verified device certificate when it presented one. */
+  claimedBy?: ProvisioningClaim;
+  /** A second client claimed the phone: its credentials were rotated, the installer must look. */
+  conflict?: ProvisioningConflict;
+}
+
+export interface ProvisioningClaim {
+  ip: string;
+  cert?: string;
+  at: string;
+}
+
+export interface ProvisioningConflict {
+  at: string;
+  /** The second client. */
+  ip: string;
+  cert?: string;
+  /** The client that had claimed the phone before it. */
+  claimedIp: string;
+  /** What the second client asked for. */
+  stage: "bootstrap" | "full";
 }
 
 /** A phone that asked the provisioning server for its configuration. */
@@ -230,7 +254,27 @@ function checkProvisioning(v: unknown): string | null {
   for (const k of ["user", "password", "token"] as const) {
     if (typeof v[k] !== "string" || !PROV_CRED_RE.test(v[k] as string)) return `.${k} must be 1-128 characters of letters, digits and . _ ~ -`;
   }
-  if (v.bootstrapClosedAt !== undefined && (typeof v.bootstrapClosedAt !== "string" || !ISO_RE.test(v.bootstrapClosedAt))) return ".bootstrapClosedAt must be an ISO 8601 time";
+  for (const k of ["bootstrapClosedAt", "bootstrapOpenedAt"] as const) {
+    if (v[k] !== undefined && (typeof v[k] !== "string" || !ISO_RE.test(v[k] as string))) return `.${k} must be an ISO 8601 time`;
+  }
+  if (v.claimedBy !== undefined) {
+    const c = v.claimedBy;
+    if (!isPlainObject(c) || checkClient(c) !== null) return `.claimedBy ${isPlainObject(c) ? checkClient(c) : "must be an object"}`;
+  }
+  if (v.conflict !== undefined) {
+    const c = v.conflict;
+    if (!isPlainObject(c)) return ".conflict must be an object";
+    const bad = checkClient(c) ?? (typeof c.claimedIp === "string" && c.claimedIp.length > 0 && c.claimedIp.length <= 64 ? null : ".claimedIp must be an address") ?? (c.stage === "bootstrap" || c.stage === "full" ? null : '.stage must be "bootstrap" or "full"');
+    if (bad) return `.conflict${bad}`;
+  }
+  return null;
+}
+
+/** A provisioning client: address, optional certificate fingerprint, ISO time. */
+function checkClient(c: Record<string, unknown>): string | null {
+  if (typeof c.ip !== "string" || c.ip.length === 0 || c.ip.length > 64) return ".ip must be an address";
+  if (c.cert !== undefined && (typeof c.cert !== "string" || !/^[0-9A-F]{2}(:[0-9A-F]{2}){31}$/.test(c.cert))) return ".cert must be a SHA-256 fingerprint";
+  if (typeof c.at !== "string" || !ISO_RE.test(c.at)) return ".at must be an ISO 8601 time";
   return null;
 }
 
@@ -341,8 +385,20 @@ export function toDeviceRecord(d: DeviceRecord): DeviceRecord {
   if (d.model !== undefined) out.model = d.model;
   if (d.origin !== undefined) out.origin = d.origin;
   if (d.provisioning !== undefined) {
-    out.provisioning = { user: d.provisioning.user, password: d.provisioning.password, token: d.provisioning.token };
-    if (d.provisioning.bootstrapClosedAt !== undefined) out.provisioning.bootstrapClosedAt = d.provisioning.bootstrapClosedAt;
+    out.provisioning = toProvisioningCredentials(d.provisioning);
+  }
+  return out;
+}
+
+/** A copy of provisioning credentials and trust state holding only their known fields. */
+export function toProvisioningCredentials(p: ProvisioningCredentials): ProvisioningCredentials {
+  const out: ProvisioningCredentials = { user: p.user, password: p.password, token: p.token };
+  if (p.bootstrapClosedAt !== undefined) out.bootstrapClosedAt = p.bootstrapClosedAt;
+  if (p.bootstrapOpenedAt !== undefined) out.bootstrapOpenedAt = p.bootstrapOpenedAt;
+  if (p.claimedBy !== undefined) out.claimedBy = { ip: p.claimedBy.ip, ...(p.claimedBy.cert !== undefined ? { cert: p.claimedBy.cert } : {}), at: p.claimedBy.at };
+  if (p.conflict !== undefined) {
+    const c = p.conflict;
+    out.conflict = { at: c.at, ip: c.ip, ...(c.cert !== undefined ? { cert: c.cert } : {}), claimedIp: c.claimedIp, stage: c.stage };
   }
   return out;
 }

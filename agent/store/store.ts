@@ -513,6 +513,19 @@ export class Store {
     return { ok: true, value: dev.provisioning! };
   }
 
+  /**
+   * A new SIP password and new provisioning credentials (user, password, URL token) for a phone,
+   * with the first-boot `trust` state given (bootstrap window, claim, conflict): what `phone
+   * rebootstrap` and a claim conflict do, so that whatever a client took before is worthless.
+   */
+  rotateCredentials(deviceId: string, trust: Omit<ProvisioningCredentials, "user" | "password" | "token">): StoreResult<Readonly<DeviceRecord>> {
+    this.assertOpen();
+    const old = this.byId.get(deviceId);
+    if (!old) return fail("not-found", `no device with id "${deviceId}"`, "id");
+    if (old.mac === undefined) return fail("invalid", `device "${deviceId}" has no MAC: it fetches no configuration`, "mac");
+    return this.updateDevice(deviceId, { password: generateSipPassword(), provisioning: { ...newProvisioningCredentials(), ...trust } });
+  }
+
   // --- site configuration ----------------------------------------------------------------------
 
   /** The applied site configuration, or null before the first apply. */

@@ -14,8 +14,11 @@ import path from "node:path";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
 import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
 import { PNP_MULTICAST_GROUP } from "../../provisioning/pnp.ts";
+import { loadProfiles } from "../../provisioning/profiles.ts";
 import { VENDORS, parsesAs } from "../unit/provisioning-fixtures.ts";
 import { freePort, runSipp, startAgent, tempDir, until, writeUsersCsv, type RunningAgent } from "./harness.ts";
+
+const { profiles } = loadProfiles("device-profiles");
 
 interface Res {
   status: number;
@@ -132,7 +135,8 @@ describe("provisioning end to end", () => {
       assert.equal(v.read(boot.body).provisioningUser, show.provisioningUser);
       const ch = await get(http, `/${v.config}`, ua);
       assert.equal(ch.status, 401);
-      assert.equal(ch.challenges.length, 2, "one challenge per algorithm (RFC 8760 §2.4)");
+      // The vendor's HTTP client, not the SIP authAlgorithms setting (MD5,SHA-256 here), picks them.
+      assert.deepEqual(ch.challenges.map((c) => /algorithm=([A-Za-z0-9-]+)/.exec(c)?.[1]), profiles.get(v.vendor)!.httpDigest, "one challenge per algorithm of the profile's httpDigest, in its order (RFC 8760 §2.4)");
       const challenge = ch.challenges[0]!;
       assert.match(challenge, /realm="ringedge-provisioning"/);
       const wrong = computeAuthorization(challenge, { method: "GET", uri: `/${v.config}`, username: show.provisioningUser, password: "guess" }) as string;
@@ -181,7 +185,7 @@ describe("provisioning end to end", () => {
     assert.equal(t54.installed, false);
   });
 
-  test("PnP: a multicast ua-profile SUBSCRIBE gets 200 and a NOTIFY with the phone's URL, which serves its config", async (t) => {
+  test("PnP: a multicast ua-profile SUBSCRIBE gets 200 and a NOTIFY with the server's URL only (no credential); the phone bootstraps there", async (t) => {
     const add = await agent.cli(["phone", "add", "000413aabbee", "--model", "D735", "--extension", "270"]);
     assert.equal(add.code, 0, add.stderr);
     const sock = dgram.createSocket("udp4");
@@ -213,11 +217,11 @@ describe("provisioning end to end", () => {
     assert.ok(got.some((g) => g.ok && g.message.kind === "response" && g.message.status === 200));
     assert.equal(getHeader(notify, "content-type"), "application/url");
     const url = notify.body.toString();
-    const m = new RegExp(`^http://127\\.0\\.0\\.1:${http}/p/([A-Za-z0-9_-]+)/$`).exec(url);
-    assert.ok(m, `per-device URL: ${url}`);
-    const cfg = await get(http, `/p/${m[1]}/snomD735-000413AABBEE.htm`, { "user-agent": "Mozilla/4.0 (compatible; snomD735-SIP 10.1.159.12 1.1.5 000413AABBEE)" });
+    assert.equal(url, `http://127.0.0.1:${http}/`, "the base URL: a SUBSCRIBE naming a MAC gets no token");
+    const cfg = await get(http, "/snomD735-000413AABBEE.htm", { "user-agent": "Mozilla/4.0 (compatible; snomD735-SIP 10.1.159.12 1.1.5 000413AABBEE)" });
     assert.equal(cfg.status, 200);
-    assert.match(cfg.body, /<user_pass idx="1" perm="R">[^<]+<\/user_pass>/, "the token URL serves the full config");
+    assert.doesNotMatch(cfg.body, /<user_pass/, "the bootstrap: provisioning credentials, no SIP password");
+    assert.match(cfg.body, /<http_client_user[^>]*>[^<]+<\/http_client_user>/);
   });
 
   test("re-sync: a SIPp phone registers and answers the check-sync NOTIFY; unregistered phones are reported failed", async (t) => {

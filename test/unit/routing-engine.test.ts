@@ -931,3 +931,75 @@ describe("resolveDestination and admit", () => {
     assert.equal(trunkUri({ host: "2001:db8::2", port: 5080, transport: "tcp", allowedSources: [], prefix: "9" }, "12#"), "sip:912%23@[2001:db8::2]:5080;transport=tcp");
   });
 });
+
+// --- BLF: the engine's dialog events and pickup by Replaces (RFC 3891) ---------------------------------
+
+describe("BLF events and pickup by INVITE with Replaces", () => {
+  const ringing = (pc: FakeCall, b: Branch, tag: string): void => pc.events.onRinging?.(pc, b, { to: { tag } } as unknown as SipResponse);
+  const collect = (w: World): Array<{ name: string; e: unknown }> => {
+    const seen: Array<{ name: string; e: unknown }> = [];
+    for (const name of ["call.placed", "call.ringing", "call.offer-ended", "call.ended", "call.offered"] as const) w.bus.on(name, (e) => seen.push({ name, e }));
+    return seen;
+  };
+
+  it("emits call.placed (after the forks), call.ringing with the callee's tag, call.offer-ended when a step ends, call.ended once", () => {
+    const w = world({ users: 3, groups: [group({ members: ["u1", "u2"], ringCount: 1 })] });
+    const seen = collect(w);
+    w.bus.on("call.placed", () => w.journal.push("placed"));
+    const pc = w.call("100", "p3").pc!;
+    assert.deepEqual(w.journal.slice(0, 2), ["fork p1", "placed"]);
+    ringing(pc, pc.branches[0]!, "t1");
+    w.clock.advance(UNIT); // u1's step ends, u2 rings
+    w.proxy.answer(w.proxy.ringing(pc, "p2")[0]!);
+    w.proxy.hangup(pc);
+    assert.deepEqual(
+      seen.map((x) => x.name),
+      ["call.offered", "call.placed", "call.ringing", "call.offer-ended", "call.offered", "call.ended"],
+    );
+    assert.deepEqual(seen[1]!.e, { callId: "c1", callerTag: "f1", userId: "u3", deviceId: "p3", target: "100", at: T0 });
+    assert.deepEqual(seen[2]!.e, { callId: "c1", memberId: "u1", deviceId: "p1", calleeTag: "t1", at: T0 });
+    assert.deepEqual(seen[3]!.e, { callId: "c1", memberId: "u1", at: T0 + UNIT });
+    assert.equal((seen[0]!.e as AgentEvents["call.offered"]).callerTag, "f1");
+  });
+
+  it("a Replaces naming the ringing call (tags in either order) picks it up like directed pickup", () => {
+    for (const replaces of ["c1;to-tag=f1;from-tag=t1", "c1;from-tag=f1;to-tag=t1", "c1;to-tag=f1;from-tag="]) {
+      const w = world({ users: 2, groups: [] });
+      const pc = w.call("201", trunkFlow).pc!;
+      ringing(pc, pc.branches[0]!, "t1");
+      const pick = w.call("201", "p2", [`Replaces: ${replaces}`]);
+      assert.equal(pick.pc, undefined, replaces);
+      assert.equal(pick.tx.status, 480, replaces);
+      const b = pc.branches.at(-1)!;
+      assert.equal(b.target.deviceId, "p2", replaces);
+      assert.match(b.target.headers?.[0]?.value ?? "", /answer-after=0/);
+    }
+  });
+
+  it("a Replaces naming nothing gets 481, a malformed one 400; neither forks anything", () => {
+    const w = world({ users: 2, groups: [] });
+    const pc = w.call("201", trunkFlow).pc!;
+    ringing(pc, pc.branches[0]!, "t1");
+    const forks = w.proxy.ops.length;
+    assert.equal(w.call("201", "p2", ["Replaces: nope;to-tag=f1;from-tag=t1"]).tx.status, 481, "unknown Call-ID");
+    assert.equal(w.call("201", "p2", ["Replaces: c1;to-tag=f1;from-tag=other"]).tx.status, 481, "a tag the call never had");
+    assert.equal(w.call("201", "p2", ["Replaces: c1;to-tag=x;from-tag=t1"]).tx.status, 481, "not the caller's tag");
+    assert.equal(w.call("201", "p2", ["Replaces: c1"]).tx.status, 400, "no tags");
+    assert.equal(w.call("201", "p2", ["Replaces: ;to-tag=a;from-tag=b"]).tx.status, 400, "no Call-ID");
+    assert.equal(w.proxy.ops.length, forks);
+  });
+
+  it("a Replaces naming a group call without pickup is refused; one naming an answered call is routed as usual", () => {
+    const w = world({ users: 3, groups: [group({ members: ["u1"], ringCount: 5 })] });
+    const g = w.call("100", trunkFlow).pc!;
+    ringing(g, g.branches[0]!, "t1");
+    assert.equal(w.call("100", "p2", ["Replaces: c1;to-tag=f1;from-tag=t1"]).tx.status, 480);
+    assert.equal(g.branches.some((b) => b.target.deviceId === "p2"), false);
+    w.proxy.answer(g.branches[0]!);
+    (g as { dialog?: unknown }).dialog = { callId: "c1", callerTag: "f1", calleeTag: "t1", state: "confirmed", createdAt: 0 };
+    // Attended transfer to u3: the INVITE rings u3's phone, Replaces and all.
+    const t = w.call("203", "p2", ["Replaces: c1;to-tag=f1;from-tag=t1"]);
+    assert.ok(t.pc, "routed to the Request-URI");
+    assert.equal(t.pc!.branches[0]!.target.deviceId, "p3");
+  });
+});
