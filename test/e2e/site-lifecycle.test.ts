@@ -19,7 +19,8 @@ import { computeAuthorization } from "../../agent/sip/digest.ts";
 import { ConsoleClient } from "../../agent/sync/console-cli.ts";
 import { findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
 import { VENDORS, parsesAs, xmlRoot, yealinkKv, type VendorCase } from "../unit/provisioning-fixtures.ts";
-import { Phone, TRUNK_CALLER_IP, answerAfter, callIdOf, sippCall, type SippPeer } from "./callsim.ts";
+import { Phone, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, sippCall, type SippPeer } from "./callsim.ts";
+import { Subscriber, parseDialogInfo, type HeldSubscription, type SeenNotify } from "./subscriber.ts";
 import { startAgent, tempDir, until, type RunningAgent } from "./harness.ts";
 import { mosquittoAvailable, startBroker, type Broker } from "./mosquitto.ts";
 
@@ -150,7 +151,12 @@ interface Booted {
   sipPassword: string;
   blf: string[];
   phone: Phone;
+  /** The subscription to the colleague on its first BLF key. */
+  watch?: { subscriber: Subscriber; sub: HeldSubscription; extension: string };
 }
+
+/** The monitored extension's dialogs in one NOTIFY (RFC 4235 body, checked well-formed). */
+const dialogsOf = (n: SeenNotify): ReturnType<typeof parseDialogInfo>["dialogs"] => parseDialogInfo(n.msg.body).dialogs;
 
 describe("site lifecycle: console push → provisioning → registration → BLF → call → events → removal", () => {
   let broker: Broker;
@@ -242,5 +248,78 @@ describe("site lifecycle: console push → provisioning → registration → BLF
       const last = seen.filter((m) => m.leaf === "presence").at(-1)?.payload as { devices?: Array<{ deviceId: string; online: boolean }> } | undefined;
       return VENDORS.every((v) => last?.devices?.find((d) => d.deviceId === `desk-${v.vendor}`)?.online === true);
     }, 10_000);
+  });
+
+  test("each phone subscribes to the colleague on its first BLF key and gets the full state at once", async () => {
+    for (const b of booted.values()) {
+      const subscriber = new Subscriber(b.phone);
+      const extension = b.blf[0]!;
+      const { res, sub } = await subscriber.subscribe(extension, { expires: 600 });
+      assert.equal(res.status, 200, `${b.vendor.vendor} SUBSCRIBE to ${extension}: ${res.firstLine}`);
+      const first = await subscriber.waitNotify(sub, (n) => n.state.startsWith("active"));
+      assert.equal(first.msg.header("content-type"), "application/dialog-info+xml");
+      assert.ok(dialogsOf(first).every((d) => d.state === "terminated"), `${b.vendor.vendor}: the colleague is idle, the lamp off`);
+      b.watch = { subscriber, sub, extension };
+    }
+  });
+
+  test("a trunk call rings the front group; watchers see the colleague's dialog early then terminated; the answer's events and statistics reach the console", async () => {
+    const front = ["u-yealink", "u-poly", "u-snom"];
+    const byVendor = (id: string): Booted => booted.get(id.slice(2))!;
+    const answerer = byVendor("u-snom");
+    answerer.phone.answering = answerAfter(1000);
+    const frontExts = front.map((id) => byVendor(id).sipUser);
+    const watchers = [...booted.values()].filter((b) => frontExts.includes(b.watch!.extension));
+    assert.ok(watchers.length >= 3, "every front phone watches a front colleague");
+
+    const caller = await sippCall(agent.port, "route-caller.xml", "600", { pauseMs: 1500 });
+    peers.push(caller);
+    assertSippOk("trunk caller", await caller.run);
+    const callId = callIdOf(caller);
+    for (const w of watchers) {
+      const { subscriber, sub, extension } = w.watch!;
+      const mine = (n: SeenNotify): boolean => dialogsOf(n).some((d) => d.callId !== undefined);
+      const early = await subscriber.waitNotify(sub, (n) => mine(n) && dialogsOf(n).some((d) => d.state === "early" && d.direction === "recipient"));
+      const ringing = dialogsOf(early).find((d) => d.state === "early")!;
+      assert.match(ringing.remoteIdentity ?? "", /\+4930111222/, `${w.vendor.vendor}: the lamp shows who calls ${extension}`);
+      const done = await subscriber.waitNotify(sub, (n) => n.at >= early.at && mine(n) && dialogsOf(n).every((d) => d.state === "terminated"));
+      assert.ok(done.at >= early.at, "terminated after early");
+      if (extension === answerer.sipUser) {
+        assert.ok(subscriber.notifiesOf(sub).some((n) => dialogsOf(n).some((d) => d.state === "confirmed")), "the answerer's watcher saw it confirmed");
+      }
+    }
+
+    const events = (): Array<{ type: string; data: Record<string, unknown> }> => seen.filter((m) => m.leaf === "events").map((m) => m.payload);
+    const answered = await until(() => events().find((e) => e.type === "call.answered" && e.data.callId === callId), 10_000);
+    assert.equal(answered.data.groupId, "front");
+    assert.equal(answered.data.memberId, "u-snom");
+    assert.equal(answered.data.deviceId, "desk-snom");
+    const offered = events().filter((e) => e.type === "call.offered" && e.data.callId === callId).map((e) => e.data.memberId).sort();
+    assert.deepEqual(offered, [...front].sort(), "offered to each front member once");
+    const stats = await until(() => seen.filter((m) => m.leaf === "statistics").map((m) => m.payload).find((p) => p.groups?.some((g: { groupId: string; answered: number }) => g.groupId === "front" && g.answered >= 1)), 10_000);
+    assert.equal(stats.operators.find((o: { userId: string }) => o.userId === "u-snom")?.answered, 1);
+  });
+
+  test("a second push removes one phone: its config is no longer served, its registration and its subscription end", async () => {
+    const gone = booted.get("fanvil")!;
+    const next = siteConfig(2, VENDORS);
+    next.devices = (next.devices as Array<{ id: string }>).filter((d) => d.id !== "desk-fanvil");
+    const ack = await consoleClient.pushDesired(SITE_ID, { schema: "ringedge.desired/1", siteId: SITE_ID, version: 2, config: next }, 2);
+    assert.equal(ack.status, "applied", JSON.stringify(ack.errors));
+
+    const ua = { "user-agent": gone.vendor.userAgent };
+    assert.equal((await get(httpPort, `/${gone.vendor.config}`, ua)).status, 404, "the removed phone's config is not served");
+    const list = JSON.parse((await agent.cli(["device", "list", "--json"])).stdout) as Array<{ id: string }>;
+    assert.ok(!list.some((d) => d.id === "desk-fanvil"), "the device is gone");
+    const { subscriber, sub } = gone.watch!;
+    await subscriber.waitNotify(sub, (n) => /^terminated/.test(n.state));
+    await assert.rejects(gone.phone.sendRegister(3600), /403/, "its credentials no longer register");
+    await until(() => {
+      const last = seen.filter((m) => m.leaf === "presence").at(-1)?.payload as { devices?: Array<{ deviceId: string }> } | undefined;
+      return last !== undefined && !last.devices?.some((d) => d.deviceId === "desk-fanvil");
+    }, 10_000);
+    // The others keep working on the new version.
+    const still = booted.get("yealink")!;
+    await still.phone.sendRegister(3600);
   });
 });
