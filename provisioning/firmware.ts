@@ -6,7 +6,7 @@
 
 import { readFileSync, realpathSync, statSync } from "node:fs";
 import { join, sep } from "node:path";
-import type { ModelProfile, Profile } from "./profiles.ts";
+import { modelRef, type ModelProfile, type Profile } from "./profiles.ts";
 import type { PhoneRecord, SeenPhone } from "./directory.ts";
 
 export interface FirmwarePin {
@@ -176,7 +176,7 @@ export function firmwareReport(
     const row: FirmwareReportRow = { mac, installed: pin !== undefined && firmware.lookup(pin.file) !== undefined, status: "unknown" };
     const vendor = found?.profile.vendor ?? s?.vendor;
     if (vendor !== undefined) row.vendor = vendor;
-    if (found) row.model = found.model.id;
+    if (found) row.model = modelRef(found.profile, found.model);
     else if (modelId !== undefined) row.model = modelId;
     if (p) row.extension = p.extension;
     if (s?.firmware !== undefined) row.running = s.firmware;

@@ -31,7 +31,8 @@ export interface DeviceRecord {
   kind: DeviceKind;
   /** Normalised MAC: 12 lower-case hex digits, no separators. */
   mac?: string;
-  /** Device-profile model id (device-profiles/<vendor>/...). */
+  /** Device-profile model, canonical `<vendor>/<model id>` (provisioning/profiles.ts resolveModel);
+   *  a model no profile knew at migration is kept as it was written. */
   model?: string;
   createdAt: string;
   /** Who manages it: the site file / console ("site", replaced on every apply) or an installer's

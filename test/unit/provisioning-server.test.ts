@@ -155,7 +155,7 @@ test("unknown MAC: 404, listed as seen with model, firmware, IP and times; commo
   assert.equal(get("/001565ccdd01.cfg", ua).status, 404);
   const s = dir.seen.get("001565ccdd01");
   assert.ok(s);
-  assert.equal(s.model, "T54W");
+  assert.equal(s.model, "yealink/T54W", "a known model is kept canonical");
   assert.equal(s.firmware, "96.86.0.70");
   assert.equal(s.requests, 3);
   assert.ok(logs.some((l) => /unknown MAC, waiting for adoption/.test(l) && /001565ccdd01/.test(l)));
