@@ -102,7 +102,7 @@ describe("provisioning end to end", () => {
     assert.deepEqual(await cliJson(agent, ["phone", "list"]), [], "nothing applied");
     const text = await agent.cli(["phone", "import", csv, "--dry-run"]);
     assert.equal(text.code, 1);
-    assert.match(text.stdout, /line 2: ok +001565aabb01 T46U ext 201/);
+    assert.match(text.stdout, /line 2: ok +001565aabb01 yealink\/T46U ext 201/, "bare model ids are read canonical");
     assert.match(text.stdout, /line 8: error \(mac\): 'zz:zz' is not a phone's MAC/);
     assert.match(text.stdout, /dry run: 6 of 9 rows valid/);
     const partial = await cliJson<{ applied: number }>(agent, ["phone", "import", csv, "--allow-partial"], 1);
@@ -113,7 +113,13 @@ describe("provisioning end to end", () => {
     const again = await cliJson<{ errors: Array<{ message: string }> }>(agent, ["phone", "import", csv, "--dry-run"], 1);
     assert.ok(again.errors.some((e) => /already phone '201'/.test(e.message)), "store-side duplicates reported");
     const exported = await agent.cli(["phone", "export", "--csv"]);
-    assert.match(exported.stdout, /^mac,model,extension,name,owner\r\n001565aabb01,T46U,201,Desk 1,\r\n/);
+    assert.match(exported.stdout, /^mac,model,extension,name,owner\r\n001565aabb01,yealink\/T46U,201,Desk 1,\r\n/);
+    // The exported file re-imports unchanged: every row valid but for the phones being there already.
+    const back = path.join(dir, "exported.csv");
+    fs.writeFileSync(back, exported.stdout);
+    const reimport = await cliJson<{ rows: number; errors: Array<{ message: string }> }>(agent, ["phone", "import", back, "--dry-run"], 1);
+    assert.equal(reimport.rows, 6);
+    assert.ok(reimport.errors.every((e) => /already phone/.test(e.message)), JSON.stringify(reimport.errors));
   });
 
   for (const v of VENDORS) {
@@ -159,12 +165,12 @@ describe("provisioning end to end", () => {
     const seen = await cliJson<Array<{ mac: string; model: string; firmware: string; ip: string; requests: number }>>(agent, ["phone", "seen"]);
     const s = seen.find((x) => x.mac === "001565123456");
     assert.ok(s);
-    assert.equal(s.model, "T54W");
+    assert.equal(s.model, "yealink/T54W");
     assert.equal(s.ip, "127.0.0.1");
     assert.equal(s.requests, 2);
     assert.ok(!seen.some((x) => x.mac === VENDORS[0]!.mac), "adopted phones are not waiting");
     const adopted = await cliJson<{ model: string; extension: string }>(agent, ["phone", "adopt", "00:15:65:12:34:56", "--extension", "280"]);
-    assert.equal(adopted.model, "T54W", "model taken from what the phone told");
+    assert.equal(adopted.model, "yealink/T54W", "model taken from what the phone told, canonical");
     assert.equal((await get(http, "/001565123456.cfg", ua)).status, 200);
     await agent.waitForLog(/unknown MAC, waiting for adoption.*001565123456|001565123456.*unknown MAC/);
   });
