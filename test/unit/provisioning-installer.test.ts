@@ -6,6 +6,10 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { hashInstallerPassword } from "../../agent/appliance/password.ts";
+import { defaultSettings } from "../../agent/config.ts";
+import { ConsoleSession, LoginGuard } from "../../agent/console/serial.ts";
+import { createLogger } from "../../agent/log.ts";
 import { SiteService } from "../../agent/site/site.ts";
 import { Store } from "../../agent/store/store.ts";
 import { phonesToCsv, parsePhoneCsv } from "../../provisioning/csv.ts";
@@ -123,4 +127,28 @@ test("pnpSeenNote: vendor in any case, model with or without the vendor's prefix
   assert.deepEqual(pnpSeenNote(profiles, { mac: "001565a11fab", vendor: "Yealink", model: "T99Z", source: src }), { mac: "001565a11fab", ip: "10.0.0.32", vendor: "yealink", model: "T99Z" });
   assert.equal(pnpSeenNote(profiles, { mac: "001565a11fac", vendor: "Yealink", model: "snom/D785", source: src })?.model, "snom/D785", "kept as said: not a Yealink model");
   assert.equal(pnpSeenNote(profiles, { vendor: "Yealink", model: "T54W", source: src }), undefined);
+});
+
+test("serial console: phone add takes a bare or canonical model and shows it canonical, whole, in the phones table", async () => {
+  await withStore(async (store, run) => {
+    const settings = { ...defaultSettings(), siteId: "lab-1", serialPassword: await hashInstallerPassword("install-3r"), serialLockoutFailures: 5, serialLockoutS: 60 };
+    let out = "";
+    const session = new ConsoleSession({ settings, guard: new LoginGuard(settings), table: phoneCommands({ store }), write: (t) => (out += t), log: createLogger("silent") });
+    const line = async (text: string): Promise<string> => {
+      out = "";
+      session.input(new TextEncoder().encode(`${text}\r`));
+      await session.idle();
+      return out;
+    };
+    session.begin();
+    await line("install-3r");
+    assert.equal(session.loggedIn, true);
+    assert.match(await line("phone add 00:15:65:aa:bb:41 T46U 501"), /added phone 001565aabb41 extension 501 \(yealink\/T46U\)/);
+    assert.match(await line("phone add 000b82aabb42 grandstream/GXP2170 502"), /\(grandstream\/GXP2170\)/);
+    assert.match(await line("phone add 000b82aabb43 nokia/3310 503"), /unknown vendor "nokia"/);
+    const phones = await line("phones");
+    assert.match(phones, /001565aabb41 +501 +yealink\/T46U +/);
+    assert.match(phones, /000b82aabb42 +502 +grandstream\/GXP2170 +/, "the longest canonical model is not clipped");
+    assert.equal((await run("phone.list")).length, 2);
+  });
 });

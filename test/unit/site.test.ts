@@ -267,6 +267,22 @@ describe("SiteService", () => {
     await again.close();
   });
 
+  test("a console push with an unknown model is refused by path and changes nothing; a good one stores models canonical", async () => {
+    const { store, svc } = await service();
+    const bad = site(1);
+    bad.devices[4].model = "yealink/T4";
+    const r = await svc.apply(bad, "console");
+    assert.deepEqual(r, { ok: false, errors: [{ code: "unknown-model", path: "devices[4].model", message: r.ok ? "" : r.errors[0]!.message }] });
+    assert.match(r.ok ? "" : r.errors[0]!.message, /^Yealink has no model "T4" \(known: /);
+    assert.equal(store.site, null);
+    assert.deepEqual(store.listDevices(), []);
+    const good = site(1);
+    good.devices[4].model = "sip-t31g";
+    assert.ok((await svc.apply(good, "console")).ok);
+    assert.equal(store.getDevice("desk-eva")?.model, "yealink/T31G");
+    await store.close();
+  });
+
   test("site devices replace only site devices; passwords kept on re-apply unless the file gives one", async () => {
     const { store, svc, voided } = await service();
     assert.ok(store.addDevice({ id: "lobby", username: "lobby-phone", password: "lobby-pw-1", kind: "physical", owner: "anna" }).ok);
