@@ -347,7 +347,7 @@ export class ProvisioningServer {
   private render(r: ProvisioningRequest, profile: Profile, model: ModelProfile, id: Identification, phone: PhoneRecord | undefined, bootstrap: boolean, stage: Stage): ProvisioningResponse {
     const out = renderConfig({
       profile,
-      model: this.opts.firmware.modelForRender(model),
+      model: this.opts.firmware.modelForRender(model, profile.vendor),
       fileKind: id.file!.kind,
       file: id.file!,
       site: this.siteInput(r.local),

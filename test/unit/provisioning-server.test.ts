@@ -246,6 +246,12 @@ test("firmware: served from the directory under /firmware/, configs name only in
     const { get } = setup({ firmwareDir: fwDir2 });
     const common = yealinkKv(get("/y000000000108.cfg", { userAgent: "Yealink SIP-T46U 108.86.0.75 001565aabb51" }).body!);
     assert.equal(common.get("static.firmware.url"), "http://10.0.0.5:8080/firmware/T46U-108.87.0.1.rom");
+    // The canonical key (any case) names the model too, and wins over a bare one.
+    fs.writeFileSync(path.join(fwDir2, "T46U-108.87.0.2.rom"), "y");
+    fs.writeFileSync(path.join(fwDir2, "pins.json"), JSON.stringify({ T46U: { file: "T46U-108.87.0.1.rom", version: "108.87.0.1" }, "Yealink/T46U": { file: "T46U-108.87.0.2.rom", version: "108.87.0.2" } }));
+    const { get: get2 } = setup({ firmwareDir: fwDir2 });
+    const common2 = yealinkKv(get2("/y000000000108.cfg", { userAgent: "Yealink SIP-T46U 108.86.0.75 001565aabb51" }).body!);
+    assert.equal(common2.get("static.firmware.url"), "http://10.0.0.5:8080/firmware/T46U-108.87.0.2.rom");
   } finally {
     fs.rmSync(fwDir2, { recursive: true, force: true });
   }
