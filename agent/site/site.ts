@@ -114,6 +114,15 @@ function checkDevices(input: Record<string, unknown>, existing: readonly Readonl
   }
   const local = existing.filter((d) => d.origin !== "site");
   const localIds = new Set(local.map((d) => d.id));
+  // A group's number dials the group: a device with that SIP username could never be called.
+  const groupAt = new Map<string, string>();
+  if (Array.isArray(input.groups)) input.groups.forEach((g: unknown, i: number) => {
+    if (isRecord(g) && typeof g.number === "string" && !groupAt.has(g.number)) groupAt.set(g.number, `groups[${i}].number`);
+  });
+  for (const d of local) {
+    const at = groupAt.get(d.username);
+    if (at !== undefined) errors.push({ code: "duplicate-number", path: at, message: `group number ${d.username} is the SIP username of local device "${d.id}"` });
+  }
   // Keyed by username / MAC: who holds it (a path in the file, or a local device).
   const usernames = new Map<string, string>(local.map((d) => [d.username, `local device "${d.id}"`]));
   const macs = new Map<string, string>(local.flatMap((d) => (d.mac ? [[d.mac, `local device "${d.id}"`] as [string, string]] : [])));
@@ -142,6 +151,8 @@ function checkDevices(input: Record<string, unknown>, existing: readonly Readonl
       }
     }
     ownersWithDevice.add(d.owner);
+    const group = groupAt.get(username);
+    if (group !== undefined && !errors.some((e) => e.path === group)) errors.push({ code: "duplicate-number", path: `${at}.username`, message: `SIP username "${username}"${how} is the number of ${group.replace(/\.number$/, "")}` });
     const holder = usernames.get(username);
     if (holder !== undefined) errors.push({ code: "duplicate-username", path: `${at}.username`, message: `SIP username "${username}"${how} is already used by ${holder}` });
     else usernames.set(username, at);

@@ -153,6 +153,20 @@ describe("checkSiteConfig", () => {
     assert.ok(checkSiteConfig(site(1), [], profiles).ok, "the canonical form is never ambiguous");
   });
 
+  test("a group number that is a device's SIP username (local phone, or a file device's explicit username) is refused by path", () => {
+    const ex = site(1);
+    const number = ex.groups[1].number as string;
+    const local = [{ id: `dev-${number}`, username: number, password: "pw-local-1", kind: "physical" as const, createdAt: FIXED.toISOString(), origin: "local" as const, mac: "805ec0100099" }];
+    const r = checkSiteConfig(ex, local);
+    assert.deepEqual((r as { errors: unknown[] }).errors, [{ code: "duplicate-number", path: "groups[1].number", message: `group number ${number} is the SIP username of local device "dev-${number}"` }]);
+    const named = site(1);
+    named.devices[7].username = number;
+    const r2 = checkSiteConfig(named, []);
+    assert.deepEqual((r2 as { errors: unknown[] }).errors, [{ code: "duplicate-number", path: "devices[7].username", message: `SIP username "${number}" is the number of groups[1]` }]);
+    // A site device of the file itself, stored earlier, never clashes with its own file.
+    assert.ok(checkSiteConfig(site(1), [{ ...local[0]!, origin: "site" }]).ok);
+  });
+
   test("pickup code defaults to *8; a settings-less file is refused with its path", () => {
     const noCode = site(1, { settings: {} });
     const r = checkSiteConfig(noCode, []);
