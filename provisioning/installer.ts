@@ -16,7 +16,7 @@ import { tryParseHostPort } from "../agent/config.ts";
 import type { DeviceRecord, SeenPhone } from "../agent/store/schema.ts";
 import { EXTENSION_RE, MAX_CSV_BYTES, parsePhoneCsv, phonesToCsv, type PhoneRow, type RowError } from "./csv.ts";
 import { FirmwareStore, firmwareReport } from "./firmware.ts";
-import { findModel, resolveModel, shownModel, type Profile } from "./profiles.ts";
+import { findModel, modelRef, resolveModel, shownModel, type Profile } from "./profiles.ts";
 import { normaliseMac } from "./render.ts";
 import type { ResyncResult } from "./resync.ts";
 import { defaultProfiles } from "./service.ts";
@@ -186,7 +186,7 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       if (view.store.findDeviceByMac(mac)) throw new CommandError(`MAC ${mac} is already adopted`);
       // The model the phone announced when the installer names none.
       const announced = seen.model !== undefined ? findModel(profilesOf(view), seen.model, seen.vendor) : undefined;
-      return addChecked(args, mac, argString(args, "model") ?? (announced ? `${announced.profile.vendor}/${announced.model.id}` : undefined));
+      return addChecked(args, mac, argString(args, "model") ?? (announced ? modelRef(announced.profile, announced.model) : undefined));
     },
     "phone.remove": async (args) => {
       const d = findPhone(view, argString(args, "ref", true));
@@ -308,9 +308,9 @@ export const PHONE_HELP = `usage:
   ringedge phone rebootstrap <mac|extension>   let a replaced phone fetch its bootstrap once more
 
 CSV columns (header line required): mac,model,extension[,name,owner]; model as <vendor>/<model>
-(e.g. yealink/T46U; a bare model name known to one vendor only is accepted). Nothing is imported when a
-row is bad unless --allow-partial. SIP and provisioning credentials are generated; they are
-printed only with --show-secrets.`;
+(e.g. yealink/T46U; a bare model name only one vendor has is accepted). Nothing is imported
+when a row is bad unless --allow-partial. SIP and provisioning credentials are generated; they
+are printed only with --show-secrets.`;
 
 export const PROVISION_HELP = `usage: ringedge provision dhcp-hints [--host <ip>]
 

@@ -164,7 +164,7 @@ const COMMANDS: Record<string, ConsoleCommand> = {
   },
   phone: {
     usage: "phone show|add|adopt|remove|seen|resync ...",
-    help: "phone show <mac|ext> | add <mac> <model> <ext> [\"name\"] | adopt <mac> <ext> [model] | remove <mac|ext> | seen | resync <mac|ext|all>",
+    help: "phone show <mac|ext> | add <mac> <vendor/model> <ext> [\"name\"] | adopt <mac> <ext> [vendor/model] | remove <mac|ext> | seen | resync <mac|ext|all>",
     async run(w, exec) {
       const [sub, a, b, c, d] = w;
       switch (sub) {
