@@ -226,6 +226,36 @@ describe("provisioning end to end", () => {
     assert.match(cfg.body, /<user_pass idx="1" perm="R">[^<]+<\/user_pass>/, "the token URL serves the full config");
   });
 
+  test("PnP from an unknown phone: listed by 'phone seen' with its announced model, canonical; adopted without --model", async (t) => {
+    const sock = dgram.createSocket("udp4");
+    await new Promise<void>((r) => sock.bind(0, "127.0.0.1", () => r()));
+    t.after(() => new Promise<void>((r) => sock.close(() => r())));
+    sock.setMulticastInterface("127.0.0.1");
+    sock.setMulticastLoopback(true);
+    const port = sock.address().port;
+    const msg = [
+      "SUBSCRIBE sip:MAC001565abcdef@224.0.1.75 SIP/2.0",
+      `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bK-e2e-pnp-seen;rport`,
+      "From: <sip:MAC001565abcdef@224.0.1.75>;tag=e2e-seen",
+      "To: <sip:MAC001565abcdef@224.0.1.75>",
+      "Call-ID: e2e-pnp-seen@127.0.0.1",
+      "CSeq: 1 SUBSCRIBE",
+      `Contact: <sip:127.0.0.1:${port}>`,
+      'Event: ua-profile;profile-type="device";vendor="Yealink";model="T57W";version="96.86.0.70"',
+      "Accept: application/url",
+      "Expires: 0",
+      "Max-Forwards: 70",
+      "Content-Length: 0",
+      "",
+      "",
+    ].join("\r\n");
+    sock.send(msg, pnpPort, PNP_MULTICAST_GROUP);
+    const seen = await until(async () => (await cliJson<Array<{ mac: string; vendor?: string; model?: string; firmware?: string }>>(agent, ["phone", "seen"])).find((x) => x.mac === "001565abcdef"), 10_000, 100);
+    assert.deepEqual([seen.vendor, seen.model, seen.firmware], ["yealink", "yealink/T57W", "96.86.0.70"]);
+    const adopted = await cliJson<{ model: string }>(agent, ["phone", "adopt", "001565abcdef", "--extension", "281"]);
+    assert.equal(adopted.model, "yealink/T57W");
+  });
+
   test("re-sync: a SIPp phone registers and answers the check-sync NOTIFY; unregistered phones are reported failed", async (t) => {
     const show = await cliJson<{ extension: string; secrets: { sipPassword: string } }>(agent, ["phone", "show", VENDORS[0]!.mac, "--show-secrets"]);
     const csv = writeUsersCsv(dir, [[show.extension, show.secrets.sipPassword]]);
