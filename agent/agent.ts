@@ -155,6 +155,7 @@ export class Agent {
       saveDelayMs: s.storeSaveDelayMs,
       onError: (err) => this.log.error("store write failed; retrying", { err: err.message }),
     });
+    for (const note of this.store.migrationNotes) this.log.warn("store migration left a value as it was", { fromVersion: this.store.openedFromVersion, note });
     this.site = new SiteService({
       store: this.store,
       bus: this.bus,

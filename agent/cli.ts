@@ -211,6 +211,7 @@ async function execute(settings: Settings, cmd: string, args: Record<string, unk
   if (cmd === "status") throw new Error(`no agent is running on data directory ${settings.dataDir}`);
   // No agent: work on the store directly; its lock keeps an agent from starting meanwhile.
   const store = await Store.open(settings.dataDir, { siteId: settings.siteId });
+  for (const note of store.migrationNotes) process.stderr.write(`ringedge: store migrated from schema ${store.openedFromVersion}: ${note}\n`);
   try {
     const reply = await runCommand(agentCommands({ store }), JSON.stringify({ cmd, args }));
     if (!reply.ok) throw new Error(reply.error);

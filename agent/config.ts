@@ -346,7 +346,7 @@ const SPECS: Specs = {
   firmwareDir: {
     codec: pathCodec,
     default: "",
-    doc: 'Directory of phone firmware images served under /firmware/<file>, with optional pins.json ({"<model>": {"file", "version"}}) overriding the profiles\' pinned versions ("" = no firmware served). Configs name only images present here.',
+    doc: 'Directory of phone firmware images served under /firmware/<file>, with optional pins.json ({"<vendor>/<model>": {"file", "version"}}) overriding the profiles\' pinned versions ("" = no firmware served). Configs name only images present here.',
   },
   provisioningBootstrapWindowS: {
     codec: intCodec(60, 30 * 86_400),

@@ -4,7 +4,7 @@
 // separator (European Excel), blank lines. Pure: the store-side checks (MAC or extension already
 // taken) happen in installer.ts. Hostile input never throws; each problem names its row.
 
-import { findModel, type Profile } from "./profiles.ts";
+import { resolveModel, type Profile } from "./profiles.ts";
 import { normaliseMac } from "./render.ts";
 
 /** A spreadsheet bigger than this is not an installer's phone list. */
@@ -32,7 +32,7 @@ export interface PhoneRow {
   /** 1-based line number in the file (the header is line 1). */
   line: number;
   mac: string;
-  /** Canonical model id from the profiles. */
+  /** Canonical `<vendor>/<model id>` (provisioning/profiles.ts resolveModel). */
   model: string;
   vendor: string;
   extension: string;
@@ -171,7 +171,10 @@ export function parsePhoneCsv(input: string | Buffer, profiles: ReadonlyMap<stri
     }
     const get = (c: Column): string | undefined => {
       const i = columns.indexOf(c);
-      return i < 0 ? undefined : rec.fields[i]!.trim();
+      if (i < 0) return undefined;
+      const v = rec.fields[i]!.trim();
+      // csvField's formula defusing undone, so an exported list re-imports unchanged.
+      return /^'+[=+\-@]/.test(v) ? v.slice(1) : v;
     };
     for (const f of rec.fields) {
       if (f.length > MAX_FIELD) err(undefined, `a field is longer than ${MAX_FIELD} characters`);
@@ -185,8 +188,8 @@ export function parsePhoneCsv(input: string | Buffer, profiles: ReadonlyMap<stri
     const mac = normaliseMac(macText);
     if (!mac) err("mac", macText === "" ? "MAC is empty" : `'${macText}' is not a phone's MAC address (12 hex digits, unicast)`);
     const modelText = get("model") ?? "";
-    const found = modelText ? findModel(profiles, modelText) : undefined;
-    if (!found) err("model", modelText === "" ? "model is empty" : `unknown model '${modelText}'`);
+    const found = resolveModel(profiles, modelText);
+    if (!found.ok) err("model", found.message);
     const extension = get("extension") ?? "";
     if (!EXTENSION_RE.test(extension)) err("extension", extension === "" ? "extension is empty" : `'${extension}' is not a valid extension (1-32 of letters, digits, . _ -)`);
     const name = get("name");
@@ -203,11 +206,11 @@ export function parsePhoneCsv(input: string | Buffer, profiles: ReadonlyMap<stri
       if (prev !== undefined) err("extension", `extension ${extension} is also on line ${prev}`);
       else extLines.set(extension, rec.line);
     }
-    if (rowErrors.length || !mac || !found) {
+    if (rowErrors.length || !mac || !found.ok) {
       errors.push(...rowErrors);
       continue;
     }
-    const row: PhoneRow = { line: rec.line, mac, model: found.model.id, vendor: found.profile.vendor, extension };
+    const row: PhoneRow = { line: rec.line, mac, model: found.ref, vendor: found.profile.vendor, extension };
     if (name) row.name = name;
     if (owner) row.owner = owner;
     rows.push(row);
@@ -219,7 +222,9 @@ export function parsePhoneCsv(input: string | Buffer, profiles: ReadonlyMap<stri
  *  formula injection (a leading = + - @ is prefixed with ' when the value is not a number). */
 export function csvField(v: string): string {
   let s = v;
-  if (/^[=+\-@\t\r]/.test(s) && !/^[+-]?[0-9.]+$/.test(s)) s = `'${s}`;
+  // A value that already starts with quote(s) before such a character gets one more, so import
+  // (which takes one leading quote off) reads back exactly what was exported.
+  if (/^'*[=+\-@\t\r]/.test(s) && !/^[+-]?[0-9.]+$/.test(s)) s = `'${s}`;
   return /[",\r\n;]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
 }
 

@@ -1,12 +1,13 @@
 // Firmware staging (Wazo provd's lesson, provisioning.md §6): one pinned image per model, served
 // from a directory under /firmware/<file>, and configs name only images that are really there
 // (a phone told to fetch a missing file retries forever). The pin comes from the model's profile
-// data, overridden per site by <firmwareDir>/pins.json: { "<model id>": { "file", "version" } }.
+// data, overridden per site by <firmwareDir>/pins.json: { "<vendor>/<model id>": { "file", "version" } }
+// (a bare model id is read too; the canonical key wins when both name the same model).
 // Which phone runs which version is read from the User-Agent each fetch carries.
 
 import { readFileSync, realpathSync, statSync } from "node:fs";
 import { join, sep } from "node:path";
-import type { ModelProfile, Profile } from "./profiles.ts";
+import { modelRef, type ModelProfile, type Profile } from "./profiles.ts";
 import type { PhoneRecord, SeenPhone } from "./directory.ts";
 
 export interface FirmwarePin {
@@ -120,9 +121,11 @@ export class FirmwareStore {
     return pins;
   }
 
-  /** The pinned image of a model: site pin over profile data. */
-  pinFor(model: ModelProfile): FirmwarePin | undefined {
-    const site = this.sitePins().get(model.id.toLowerCase());
+  /** The pinned image of a model: site pin (by `<vendor>/<model id>`, else by the bare id) over
+   *  profile data. */
+  pinFor(model: ModelProfile, vendor?: string): FirmwarePin | undefined {
+    const pins = this.sitePins();
+    const site = (vendor !== undefined ? pins.get(`${vendor}/${model.id}`.toLowerCase()) : undefined) ?? pins.get(model.id.toLowerCase());
     if (site) return { ...site, source: "site" };
     return model.firmware ? { ...model.firmware, source: "profile" } : undefined;
   }
@@ -131,8 +134,8 @@ export class FirmwareStore {
    * The model as the renderer should see it: firmware = the pin, but only when the image is
    * installed in the directory (otherwise no firmware URL goes into the config).
    */
-  modelForRender(model: ModelProfile): ModelProfile {
-    const pin = this.pinFor(model);
+  modelForRender(model: ModelProfile, vendor?: string): ModelProfile {
+    const pin = this.pinFor(model, vendor);
     const installed = pin !== undefined && this.lookup(pin.file) !== undefined;
     if (installed && pin.file === model.firmware?.file && pin.version === model.firmware.version) return model;
     const copy: ModelProfile = { ...model };
@@ -172,11 +175,11 @@ export function firmwareReport(
     const s = seenByMac.get(mac);
     const modelId = p?.model ?? s?.model;
     const found = modelId !== undefined ? findModel(profiles, modelId, s?.vendor) ?? findModel(profiles, modelId) : undefined;
-    const pin = found ? firmware.pinFor(found.model) : undefined;
+    const pin = found ? firmware.pinFor(found.model, found.profile.vendor) : undefined;
     const row: FirmwareReportRow = { mac, installed: pin !== undefined && firmware.lookup(pin.file) !== undefined, status: "unknown" };
     const vendor = found?.profile.vendor ?? s?.vendor;
     if (vendor !== undefined) row.vendor = vendor;
-    if (found) row.model = found.model.id;
+    if (found) row.model = modelRef(found.profile, found.model);
     else if (modelId !== undefined) row.model = modelId;
     if (p) row.extension = p.extension;
     if (s?.firmware !== undefined) row.running = s.firmware;

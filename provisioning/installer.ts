@@ -16,7 +16,7 @@ import { tryParseHostPort } from "../agent/config.ts";
 import type { DeviceRecord, SeenPhone } from "../agent/store/schema.ts";
 import { EXTENSION_RE, MAX_CSV_BYTES, parsePhoneCsv, phonesToCsv, type PhoneRow, type RowError } from "./csv.ts";
 import { FirmwareStore, firmwareReport } from "./firmware.ts";
-import { findModel, type Profile } from "./profiles.ts";
+import { findModel, modelRef, resolveModel, shownModel, type Profile } from "./profiles.ts";
 import { normaliseMac } from "./render.ts";
 import type { ResyncResult } from "./resync.ts";
 import { defaultProfiles } from "./service.ts";
@@ -72,6 +72,9 @@ function phoneProblem(view: AgentView, p: { mac: string; extension: string }, re
   if (view.store.getDevice(`dev-${p.extension}`)) return `device id dev-${p.extension} is already in use`;
   if (reserved?.macs.has(p.mac)) return `MAC ${p.mac} is listed twice`;
   if (reserved?.exts.has(p.extension)) return `extension ${p.extension} is listed twice`;
+  // A group's number dials the group: a phone with that extension could never be called.
+  const group = view.store.site?.groups.find((g) => g.number === p.extension);
+  if (group) return `extension ${p.extension} is the number of group '${group.id}'`;
   return undefined;
 }
 
@@ -94,7 +97,7 @@ function addPhone(view: AgentView, p: { mac: string; model: string; extension: s
 function viewPhone(view: AgentView, d: Readonly<DeviceRecord>, seen: ReadonlyMap<string, Readonly<SeenPhone>>, showSecrets: boolean): PhoneView {
   const found = d.model ? findModel(profilesOf(view), d.model) : undefined;
   const out: PhoneView = { id: d.id, mac: d.mac!, extension: d.username, origin: d.origin ?? "local" };
-  if (d.model) out.model = d.model;
+  if (d.model) out.model = shownModel(profilesOf(view), d.model);
   if (found) out.vendor = found.profile.vendor;
   if (d.displayName) out.name = d.displayName;
   if (d.owner) out.owner = d.owner;
@@ -126,13 +129,10 @@ function findPhone(view: AgentView, ref: string): Readonly<DeviceRecord> {
 }
 
 function checkedModel(view: AgentView, model: string | undefined): { id: string; vendor: string } {
-  if (!model) throw new CommandError("--model is required (e.g. T46U, VVX411, D785, GXP2170, CP-7841-3PCC, X4U)");
-  const found = findModel(profilesOf(view), model);
-  if (!found) {
-    const known = [...profilesOf(view).values()].flatMap((p) => p.models.map((m) => m.id)).join(", ");
-    throw new CommandError(`unknown model '${model}' (known: ${known})`);
-  }
-  return { id: found.model.id, vendor: found.profile.vendor };
+  if (!model) throw new CommandError("--model is required (e.g. yealink/T46U, poly/VVX411, snom/D785, grandstream/GXP2170, cisco/CP-7841-3PCC, fanvil/X4U)");
+  const found = resolveModel(profilesOf(view), model);
+  if (!found.ok) throw new CommandError(found.message);
+  return { id: found.ref, vendor: found.profile.vendor };
 }
 
 function checkedExtension(ext: string | undefined): string {
@@ -192,8 +192,8 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       if (!seen) throw new CommandError(`no phone with MAC ${mac} has asked for its configuration (see: ringedge phone seen)`);
       if (view.store.findDeviceByMac(mac)) throw new CommandError(`MAC ${mac} is already adopted`);
       // The model the phone announced when the installer names none.
-      const announced = seen.model !== undefined ? findModel(profilesOf(view), seen.model, seen.vendor)?.model.id : undefined;
-      return addChecked(args, mac, argString(args, "model") ?? announced);
+      const announced = seen.model !== undefined ? findModel(profilesOf(view), seen.model, seen.vendor) : undefined;
+      return addChecked(args, mac, argString(args, "model") ?? (announced ? modelRef(announced.profile, announced.model) : undefined));
     },
     "phone.remove": async (args) => {
       const d = findPhone(view, argString(args, "ref", true));
@@ -221,26 +221,27 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       const reserved = { macs: new Set<string>(), exts: new Set<string>() };
       const results: ImportRowResult[] = [];
       const good: PhoneRow[] = [];
-      for (const raw of rows as Array<Record<string, unknown>>) {
+      for (const item of rows as unknown[]) {
+        const raw = (typeof item === "object" && item !== null ? item : {}) as Record<string, unknown>;
         const line = typeof raw?.line === "number" ? raw.line : 0;
         const mac = typeof raw?.mac === "string" ? normaliseMac(raw.mac) : undefined;
         const extension = typeof raw?.extension === "string" ? raw.extension : "";
         const modelText = typeof raw?.model === "string" ? raw.model : "";
-        const found = findModel(profilesOf(view), modelText);
-        const r: ImportRowResult = { line, ok: false, applied: false, ...(mac ? { mac } : {}), ...(extension ? { extension } : {}), ...(found ? { model: found.model.id } : {}) };
+        const found = resolveModel(profilesOf(view), modelText);
+        const r: ImportRowResult = { line, ok: false, applied: false, ...(mac ? { mac } : {}), ...(extension ? { extension } : {}), ...(found.ok ? { model: found.ref } : {}) };
         if (!mac) r.error = "bad MAC";
-        else if (!found) r.error = `unknown model '${modelText.slice(0, 40)}'`;
+        else if (!found.ok) r.error = found.message;
         else if (!EXTENSION_RE.test(extension)) r.error = "bad extension";
         else r.error = phoneProblem(view, { mac, extension }, reserved);
         const name = typeof raw.name === "string" ? raw.name : undefined;
         const owner = typeof raw.owner === "string" ? raw.owner : undefined;
         if (r.error === undefined && name !== undefined && checkedNameSafe(name)) r.error = "bad name";
-        if (r.error === undefined) {
+        if (r.error === undefined && mac && found.ok) {
           r.ok = true;
           delete r.error;
-          reserved.macs.add(mac!);
+          reserved.macs.add(mac);
           reserved.exts.add(extension);
-          good.push({ line, mac: mac!, model: found!.model.id, vendor: found!.profile.vendor, extension, ...(name ? { name } : {}), ...(owner ? { owner } : {}) });
+          good.push({ line, mac, model: found.ref, vendor: found.profile.vendor, extension, ...(name ? { name } : {}), ...(owner ? { owner } : {}) });
         }
         results.push(r);
       }
@@ -277,7 +278,7 @@ export function phoneCommands(view: AgentView & { provisioning?: import("./servi
       if (!Array.isArray(ids) || ids.length > 1000 || !ids.every((x) => typeof x === "string")) throw new CommandError("deviceIds must be a list of device ids");
       return view.provisioning.resync(ids as string[], args.reboot === true);
     },
-    "phone.export": () => phones().map((d) => ({ mac: d.mac!, extension: d.username, ...(d.model ? { model: d.model } : {}), ...(d.displayName ? { name: d.displayName } : {}), ...(d.owner ? { owner: d.owner } : {}) })),
+    "phone.export": () => phones().map((d) => ({ mac: d.mac!, extension: d.username, ...(d.model ? { model: shownModel(profilesOf(view), d.model) } : {}), ...(d.displayName ? { name: d.displayName } : {}), ...(d.owner ? { owner: d.owner } : {}) })),
     "phone.firmware": () => view.provisioning?.firmwareReport() ?? firmwareReport(phones().flatMap((d) => phoneRecord(d) ?? []), view.store.listSeenPhones(), profilesOf(view), new FirmwareStore({ dir: undefined }), findModel),
     "provision.urls": () => view.provisioning?.urls() ?? [],
   };
@@ -305,8 +306,8 @@ export interface CliContext {
 }
 
 export const PHONE_HELP = `usage:
-  ringedge phone add <mac> --model <id> --extension <ext> [--name <n>] [--owner <user>] [--show-secrets] [--json]
-  ringedge phone adopt <mac> --extension <ext> [--model <id>] [--name <n>] [--owner <user>]
+  ringedge phone add <mac> --model <vendor/model> --extension <ext> [--name <n>] [--owner <user>] [--show-secrets] [--json]
+  ringedge phone adopt <mac> --extension <ext> [--model <vendor/model>] [--name <n>] [--owner <user>]
   ringedge phone remove <mac|extension>
   ringedge phone list [--json]
   ringedge phone show <mac|extension> [--show-secrets] [--json]
@@ -317,9 +318,10 @@ export const PHONE_HELP = `usage:
   ringedge phone firmware [--json]             which phone runs which firmware, against the pins
   ringedge phone rebootstrap <mac|extension>   new credentials; a replaced or reset phone may fetch its bootstrap once more
 
-CSV columns (header line required): mac,model,extension[,name,owner]. Nothing is imported when a
-row is bad unless --allow-partial. SIP and provisioning credentials are generated; they are
-printed only with --show-secrets.`;
+CSV columns (header line required): mac,model,extension[,name,owner]; model as <vendor>/<model>
+(e.g. yealink/T46U; a bare model name only one vendor has is accepted). Nothing is imported
+when a row is bad unless --allow-partial. SIP and provisioning credentials are generated; they
+are printed only with --show-secrets.`;
 
 export const PROVISION_HELP = `usage: ringedge provision dhcp-hints [--host <ip>]
 

@@ -21,6 +21,8 @@ import { encodeResponse } from "../agent/sip/serialize.ts";
 import { randomToken } from "../agent/sip/requests.ts";
 import { createBranch } from "../agent/sip/transaction.ts";
 import type { SipRequest } from "../agent/sip/types.ts";
+import type { SeenPhoneNote } from "./directory.ts";
+import { resolveModel, type Profile } from "./profiles.ts";
 import { normaliseMac } from "./render.ts";
 import { BurstLimiter } from "./ratelimit.ts";
 
@@ -286,4 +288,31 @@ export class PnpResponder {
     this.stats.ignored++;
     this.opts.log.debug("PnP datagram ignored", { reason, source: `${source.address}:${source.port}` });
   }
+}
+
+/**
+ * What a PnP SUBSCRIBE tells about a phone, as a seen-phone record for `phone seen` / `phone
+ * adopt`: vendor and model canonical (`<vendor>/<model id>`) when the profiles know them. The
+ * Event's vendor is the maker's name in any case ("Yealink"); its model may carry the vendor's
+ * prefix ("snomD785") or not ("T53W"). An unknown model is kept as the phone said it.
+ * Undefined without a MAC (nothing to adopt).
+ */
+export function pnpSeenNote(profiles: ReadonlyMap<string, Profile>, sub: PnpSubscription): SeenPhoneNote | undefined {
+  if (sub.mac === undefined) return undefined;
+  const note: SeenPhoneNote = { mac: sub.mac, ip: sub.source.address };
+  const vendor = sub.vendor !== undefined ? [...profiles.keys()].find((v) => v.toLowerCase() === sub.vendor!.toLowerCase()) : undefined;
+  if (vendor !== undefined) note.vendor = vendor;
+  if (sub.firmware !== undefined) note.firmware = sub.firmware;
+  if (sub.model === undefined) return note;
+  const unprefixed = vendor !== undefined && sub.model.toLowerCase().startsWith(vendor.toLowerCase()) ? sub.model.slice(vendor.length) : undefined;
+  const found = [sub.model, unprefixed].flatMap((m) => {
+    if (m === undefined || m === "") return [];
+    const r = resolveModel(profiles, m, vendor);
+    return r.ok ? [r] : [];
+  })[0];
+  if (found) {
+    note.vendor = found.profile.vendor;
+    note.model = found.ref;
+  } else note.model = sub.model;
+  return note;
 }

@@ -5,7 +5,8 @@
 // name and does not stop the others from loading.
 
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 import { SUPPORTED_ALGORITHMS } from "../agent/sip/digest.ts";
 import type { MacLocation } from "./devicecert.ts";
 import { allowedTemplateNames, compileTemplate, templateRefs, type CompiledTemplate, type ConfigFormat } from "./render.ts";
@@ -365,17 +366,87 @@ export function loadProfiles(dir = "device-profiles"): LoadedProfiles {
   return { profiles, errors };
 }
 
+/** device-profiles/ next to this folder, wherever the process was started from. */
+export const DEFAULT_PROFILES_DIR = resolve(dirname(fileURLToPath(import.meta.url)), "../device-profiles");
+
+let cachedProfiles: ReadonlyMap<string, Profile> | undefined;
+/** The shipped profiles, loaded once: for checks that run without the provisioning feature
+ *  (model ids in a site file, a CLI command on the store, a store migration). */
+export function defaultProfiles(): ReadonlyMap<string, Profile> {
+  cachedProfiles ??= loadProfiles(DEFAULT_PROFILES_DIR).profiles;
+  return cachedProfiles;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Model ids. The one canonical form, everywhere a phone's model is stored or shown, is
+// `<vendor>/<model id>` (the site contract's form): the vendor folder name and the model's `id`
+// as profile.json spells it, e.g. "yealink/T46U". Input may use any case and a model alias
+// ("Yealink/SIP-T46U"), or a bare model name when exactly one vendor knows it ("T46U").
+
+/** The canonical `<vendor>/<model id>` of a profile's model. */
+export function modelRef(profile: Pick<Profile, "vendor">, model: Pick<ModelProfile, "id">): string {
+  return `${profile.vendor}/${model.id}`;
+}
+
+export type ModelLookup =
+  | { ok: true; ref: string; profile: Profile; model: ModelProfile }
+  | { ok: false; reason: "invalid" | "unknown-vendor" | "unknown-model" | "ambiguous"; message: string };
+
+/** Longest model text accepted (the contract's maxLength). */
+const MAX_MODEL_TEXT = 128;
+
+function clipped(text: string): string {
+  return JSON.stringify(text.length > 40 ? `${text.slice(0, 40)}…` : text);
+}
+
+function modelIn(profile: Profile, name: string): ModelProfile | undefined {
+  const want = name.toLowerCase();
+  return profile.models.find((m) => m.id.toLowerCase() === want || m.aliases.some((a) => a.toLowerCase() === want));
+}
+
 /**
- * Find a model by id or alias (case-insensitive). With a vendor, only that vendor is searched;
- * without, the first vendor (in folder order) that knows the name wins.
+ * Parse and resolve a model as a person or a file wrote it: `<vendor>/<model>` or a bare model
+ * name, either part in any case, the model by id or alias. `vendor`, when given, is the vendor
+ * the phone is known to be (a requested file's, a PnP announcement's): a canonical input of
+ * another vendor is then unknown, and a bare name is looked up in that vendor only. Without it a
+ * bare name must be known to exactly one vendor. Never throws; the message names the input and
+ * what would be valid.
  */
-export function findModel(profiles: ReadonlyMap<string, Profile>, modelId: string, vendor?: string): { profile: Profile; model: ModelProfile } | undefined {
-  if (typeof modelId !== "string" || modelId.length === 0 || modelId.length > 64) return undefined;
-  const want = modelId.toLowerCase();
-  for (const [id, profile] of profiles) {
-    if (vendor !== undefined && id !== vendor) continue;
-    const model = profile.models.find((m) => m.id.toLowerCase() === want || m.aliases.some((a) => a.toLowerCase() === want));
-    if (model) return { profile, model };
+export function resolveModel(profiles: ReadonlyMap<string, Profile>, text: unknown, vendor?: string): ModelLookup {
+  if (typeof text !== "string" || text.length === 0) return { ok: false, reason: "invalid", message: "model is empty" };
+  if (text.length > MAX_MODEL_TEXT || /[\u0000-\u001f\u007f]/.test(text)) return { ok: false, reason: "invalid", message: `model ${clipped(text)} is not a model name (at most ${MAX_MODEL_TEXT} printable characters)` };
+  const slash = text.indexOf("/");
+  const vendorText = slash >= 0 ? text.slice(0, slash) : undefined;
+  const name = slash >= 0 ? text.slice(slash + 1) : text;
+  if (vendorText === "" || name === "" || name.includes("/")) return { ok: false, reason: "invalid", message: `model ${clipped(text)} is not of the form <vendor>/<model> (e.g. "yealink/T46U")` };
+  const vendors = [...profiles.values()];
+  const byVendor = (v: string): Profile | undefined => vendors.find((p) => p.vendor.toLowerCase() === v.toLowerCase());
+  const found = (profile: Profile, model: ModelProfile): ModelLookup => ({ ok: true, ref: modelRef(profile, model), profile, model });
+  const known = (ps: readonly Profile[]): string => ps.flatMap((p) => p.models.map((m) => modelRef(p, m))).join(", ");
+  if (vendorText !== undefined || vendor !== undefined) {
+    const profile = byVendor(vendorText ?? vendor!);
+    if (!profile) return { ok: false, reason: "unknown-vendor", message: `unknown vendor ${clipped(vendorText ?? vendor!)} (known: ${vendors.map((p) => p.vendor).join(", ")})` };
+    if (vendor !== undefined && profile.vendor.toLowerCase() !== vendor.toLowerCase()) return { ok: false, reason: "unknown-model", message: `model ${clipped(text)} is not a ${byVendor(vendor)?.displayName ?? vendor} model` };
+    const model = modelIn(profile, name);
+    return model ? found(profile, model) : { ok: false, reason: "unknown-model", message: `${profile.displayName} has no model ${clipped(name)} (known: ${known([profile])})` };
   }
-  return undefined;
+  const matches = vendors.flatMap((profile) => {
+    const model = modelIn(profile, name);
+    return model ? [{ profile, model }] : [];
+  });
+  if (matches.length === 1) return found(matches[0]!.profile, matches[0]!.model);
+  if (matches.length > 1) return { ok: false, reason: "ambiguous", message: `model ${clipped(text)} is ambiguous: write one of ${matches.map((m) => modelRef(m.profile, m.model)).join(", ")}` };
+  return { ok: false, reason: "unknown-model", message: `unknown model ${clipped(text)} (known: ${known(vendors)})` };
+}
+
+/** resolveModel's profile and model, or undefined when the text does not resolve. */
+export function findModel(profiles: ReadonlyMap<string, Profile>, modelId: string, vendor?: string): { profile: Profile; model: ModelProfile } | undefined {
+  const r = resolveModel(profiles, modelId, vendor);
+  return r.ok ? { profile: r.profile, model: r.model } : undefined;
+}
+
+/** A stored model as it is shown: canonical when it resolves, else the stored text unchanged. */
+export function shownModel(profiles: ReadonlyMap<string, Profile>, stored: string, vendor?: string): string {
+  const r = resolveModel(profiles, stored, vendor);
+  return r.ok ? r.ref : stored;
 }

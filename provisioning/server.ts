@@ -448,7 +448,7 @@ export class ProvisioningServer {
   private render(r: ProvisioningRequest, profile: Profile, model: ModelProfile, id: Identification, phone: PhoneRecord | undefined, bootstrap: boolean, stage: Stage): ProvisioningResponse {
     const out = renderConfig({
       profile,
-      model: this.opts.firmware.modelForRender(model),
+      model: this.opts.firmware.modelForRender(model, profile.vendor),
       fileKind: id.file!.kind,
       file: id.file!,
       site: this.siteInput(r.local),
@@ -618,7 +618,9 @@ function notFound(): ProvisioningResponse {
 function seenNote(r: ProvisioningRequest, id: Identification): Parameters<PhoneDirectory["noteSeen"]>[0] {
   const note: Parameters<PhoneDirectory["noteSeen"]>[0] = { mac: id.mac!, ip: r.source };
   if (id.vendor !== undefined) note.vendor = id.vendor;
-  const model = id.model ?? id.rawModel;
+  // A model the profiles know is kept canonical (`<vendor>/<model id>`), so `phone adopt` and
+  // `phone seen` read it as every other surface writes it; an unknown one as the phone said it.
+  const model = id.model !== undefined && id.vendor !== undefined ? `${id.vendor}/${id.model}` : id.rawModel;
   if (model !== undefined) note.model = model;
   if (id.firmware !== undefined) note.firmware = id.firmware;
   if (r.userAgent !== undefined) note.userAgent = forLog(r.userAgent, 256)!;

@@ -4,8 +4,6 @@
 
 import type { X509Certificate } from "node:crypto";
 import fs from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
 import type { Settings } from "../agent/config.ts";
 import { parseHostPort } from "../agent/config.ts";
 import type { EventBus } from "../agent/bus.ts";
@@ -15,21 +13,14 @@ import type { TransactionLayer } from "../agent/sip/transaction.ts";
 import type { Store } from "../agent/store/store.ts";
 import { loadDeviceCas } from "./devicecert.ts";
 import { FirmwareStore, firmwareReport, type FirmwareReportRow } from "./firmware.ts";
-import { PnpResponder, type PnpSubscription } from "./pnp.ts";
-import { findModel, loadProfiles, type Profile } from "./profiles.ts";
+import { PnpResponder, pnpSeenNote, type PnpSubscription } from "./pnp.ts";
+import { DEFAULT_PROFILES_DIR, findModel, loadProfiles, type Profile } from "./profiles.ts";
 import { resyncPhones, transactionSender, type ResyncResult } from "./resync.ts";
 import { ProvisioningServer, baseUrl } from "./server.ts";
 import { StoreDirectory } from "./store-directory.ts";
 
-/** device-profiles/ next to this folder, wherever the process was started from. */
-export const DEFAULT_PROFILES_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../device-profiles");
-
-let cachedProfiles: ReadonlyMap<string, Profile> | undefined;
-/** Profiles for commands that run without the agent (validation of model ids). */
-export function defaultProfiles(): ReadonlyMap<string, Profile> {
-  cachedProfiles ??= loadProfiles(DEFAULT_PROFILES_DIR).profiles;
-  return cachedProfiles;
-}
+// Where the profiles are and the shared copy for commands without the agent (moved next to them).
+export { DEFAULT_PROFILES_DIR, defaultProfiles } from "./profiles.ts";
 
 /** What console commands can ask a running agent's provisioning feature. */
 export interface ProvisioningHooks {
@@ -104,7 +95,12 @@ export class ProvisioningService {
       if (s.pnpInterface === "") {
         this.deps.log.error("pnpEnabled needs pnpInterface (the IPv4 address of the phones' interface); PnP stays off");
       } else {
-        const pnp = new PnpResponder({ interfaceAddress: s.pnpInterface, port: s.pnpPort, log: this.deps.log.child("pnp"), t1Ms: s.sipT1Ms, urlFor: (sub) => this.pnpUrl(sub) });
+        const pnp = new PnpResponder({ interfaceAddress: s.pnpInterface, port: s.pnpPort, log: this.deps.log.child("pnp"), t1Ms: s.sipT1Ms, urlFor: (sub) => {
+          // The phone is listed for adoption with the model it announced (canonical when known).
+          const seen = pnpSeenNote(this.profiles, sub);
+          if (seen) this.directory.noteSeen(seen);
+          return this.pnpUrl(sub);
+        } });
         try {
           await pnp.start();
           this.pnp = pnp;

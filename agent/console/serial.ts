@@ -159,12 +159,12 @@ const COMMANDS: Record<string, ConsoleCommand> = {
     help: "desk phones: MAC, extension, model, state",
     async run(_w, exec) {
       const list = (await exec("phone.list")) as Array<Record<string, any>>;
-      return table(["MAC", "EXT", "MODEL", "STATE", "NAME"], list.map((p) => [p.mac, p.extension, p.model ?? "", state(p.online, p.registered), p.name ?? ""]), [12, 8, 16, 9]);
+      return table(["MAC", "EXT", "MODEL", "STATE", "NAME"], list.map((p) => [p.mac, p.extension, p.model ?? "", state(p.online, p.registered), p.name ?? ""]), [12, 8, 20, 9]);
     },
   },
   phone: {
     usage: "phone show|add|adopt|remove|seen|resync ...",
-    help: "phone show <mac|ext> | add <mac> <model> <ext> [\"name\"] | adopt <mac> <ext> [model] | remove <mac|ext> | seen | resync <mac|ext|all>",
+    help: "phone show <mac|ext> | add <mac> <vendor/model> <ext> [\"name\"] | adopt <mac> <ext> [vendor/model] | remove <mac|ext> | seen | resync <mac|ext|all>",
     async run(w, exec) {
       const [sub, a, b, c, d] = w;
       switch (sub) {
@@ -172,7 +172,7 @@ const COMMANDS: Record<string, ConsoleCommand> = {
           if (!a) return ["usage: phone show <mac|extension>"];
           return pairs((await exec("phone.show", { ref: a })) as Record<string, unknown>);
         case "add": {
-          if (!a || !b || !c) return ["usage: phone add <mac> <model> <extension> [\"name\"]"];
+          if (!a || !b || !c) return ["usage: phone add <mac> <vendor/model> <extension> [\"name\"]"];
           const p = (await exec("phone.add", { mac: a, model: b, extension: c, ...(d ? { name: d } : {}) })) as Record<string, unknown>;
           return [clip(ascii(`added phone ${p.mac} extension ${p.extension} (${p.model})`), WIDTH)];
         }
@@ -189,7 +189,7 @@ const COMMANDS: Record<string, ConsoleCommand> = {
         case "seen": {
           const list = (await exec("phone.seen")) as Array<Record<string, any>>;
           if (list.length === 0) return ["no unadopted phones have asked for a configuration"];
-          return table(["MAC", "IP", "VENDOR", "MODEL", "LAST SEEN"], list.map((s) => [s.mac, s.ip, s.vendor ?? "", s.model ?? "", s.lastSeen ?? ""]), [12, 15, 10, 16]);
+          return table(["MAC", "IP", "VENDOR", "MODEL", "LAST SEEN"], list.map((s) => [s.mac, s.ip, s.vendor ?? "", s.model ?? "", s.lastSeen ?? ""]), [12, 15, 10, 20]);
         }
         case "resync": {
           if (!a) return ["usage: phone resync <mac|extension|all>"];

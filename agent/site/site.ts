@@ -7,11 +7,13 @@
 //   1. shape: the contract's JSON Schema ($defs/siteConfig, agent/contract.ts);
 //   2. meaning: the routing model (unique numbers, members exist, overflow chains do not loop…);
 //   3. store: SIP usernames and MACs unique among all devices, local ones included, and no file
-//      device taking the id of a local device.
+//      device taking the id of a local device; a device's model known to the device profiles
+//      (stored canonical, `<vendor>/<model id>`).
 import * as fs from "node:fs";
 import type { EventBus } from "../bus.ts";
 import { validatePayload } from "../contract.ts";
 import type { Logger } from "../log.ts";
+import { defaultProfiles, resolveModel, type Profile } from "../../provisioning/profiles.ts";
 import { indexSite, parseSite, type DeviceRef, type Site, type SiteIndex, type ValidationCode } from "../routing/model.ts";
 import { canonicalJson, sha256Hex } from "../store/atomic-file.ts";
 import { normalizeMac } from "../store/schema.ts";
@@ -68,7 +70,7 @@ function isRecord(v: unknown): v is Record<string, unknown> {
  * the store (`existing`; site-origin ones are the snapshot's own previous devices and may be
  * replaced). Pure; never throws; lists every problem found.
  */
-export function checkSiteConfig(input: unknown, existing: readonly Readonly<DeviceRecord>[]): CheckResult {
+export function checkSiteConfig(input: unknown, existing: readonly Readonly<DeviceRecord>[], profiles: ReadonlyMap<string, Profile> = defaultProfiles()): CheckResult {
   const errors: SiteError[] = [];
   const shape = validatePayload("siteConfig", input);
   if (!shape.ok) errors.push(...shape.errors);
@@ -92,7 +94,7 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
     }
   }
 
-  const devices = checkDevices(input, existing, errors);
+  const devices = checkDevices(input, existing, errors, profiles);
   if (errors.length > 0 || !meaning.ok || devices === null) return { ok: false, errors };
   const config = input as unknown as SiteConfig;
   const settings: SiteSettings = { ...structuredClone(config.settings), pickupCode: config.settings.pickupCode ?? DEFAULT_PICKUP_CODE };
@@ -104,7 +106,7 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
 
 /** Store-level checks of the snapshot's devices; returns the devices for the store, or null when
  *  the list could not be read (the schema reported why). */
-function checkDevices(input: Record<string, unknown>, existing: readonly Readonly<DeviceRecord>[], errors: SiteError[]): SiteDeviceInput[] | null {
+function checkDevices(input: Record<string, unknown>, existing: readonly Readonly<DeviceRecord>[], errors: SiteError[], profiles: ReadonlyMap<string, Profile>): SiteDeviceInput[] | null {
   if (!Array.isArray(input.devices)) return null;
   const extensionOf = new Map<string, string>();
   if (Array.isArray(input.users)) {
@@ -112,6 +114,15 @@ function checkDevices(input: Record<string, unknown>, existing: readonly Readonl
   }
   const local = existing.filter((d) => d.origin !== "site");
   const localIds = new Set(local.map((d) => d.id));
+  // A group's number dials the group: a device with that SIP username could never be called.
+  const groupAt = new Map<string, string>();
+  if (Array.isArray(input.groups)) input.groups.forEach((g: unknown, i: number) => {
+    if (isRecord(g) && typeof g.number === "string" && !groupAt.has(g.number)) groupAt.set(g.number, `groups[${i}].number`);
+  });
+  for (const d of local) {
+    const at = groupAt.get(d.username);
+    if (at !== undefined) errors.push({ code: "duplicate-number", path: at, message: `group number ${d.username} is the SIP username of local device "${d.id}"` });
+  }
   // Keyed by username / MAC: who holds it (a path in the file, or a local device).
   const usernames = new Map<string, string>(local.map((d) => [d.username, `local device "${d.id}"`]));
   const macs = new Map<string, string>(local.flatMap((d) => (d.mac ? [[d.mac, `local device "${d.id}"`] as [string, string]] : [])));
@@ -140,6 +151,8 @@ function checkDevices(input: Record<string, unknown>, existing: readonly Readonl
       }
     }
     ownersWithDevice.add(d.owner);
+    const group = groupAt.get(username);
+    if (group !== undefined && !errors.some((e) => e.path === group)) errors.push({ code: "duplicate-number", path: `${at}.username`, message: `SIP username "${username}"${how} is the number of ${group.replace(/\.number$/, "")}` });
     const holder = usernames.get(username);
     if (holder !== undefined) errors.push({ code: "duplicate-username", path: `${at}.username`, message: `SIP username "${username}"${how} is already used by ${holder}` });
     else usernames.set(username, at);
@@ -152,7 +165,13 @@ function checkDevices(input: Record<string, unknown>, existing: readonly Readonl
       }
     }
     const dev: SiteDeviceInput = { id: d.id, username, kind: d.kind, owner: d.owner };
-    for (const k of ["password", "displayName", "mac", "model"] as const) if (typeof d[k] === "string") dev[k] = d[k];
+    for (const k of ["password", "displayName", "mac"] as const) if (typeof d[k] === "string") dev[k] = d[k];
+    // A phone whose model no profile knows could never fetch a configuration: refuse it here.
+    if (typeof d.model === "string" && !errors.some((e) => e.path === `${at}.model`)) {
+      const m = resolveModel(profiles, d.model);
+      if (m.ok) dev.model = m.ref;
+      else errors.push({ code: m.reason === "ambiguous" ? "ambiguous-model" : "unknown-model", path: `${at}.model`, message: m.message });
+    }
     out.push(dev);
   });
   return readable ? out : null;
@@ -183,6 +202,8 @@ export interface SiteServiceOptions {
   bus?: EventBus;
   log?: Logger;
   now?: () => Date;
+  /** Device profiles that device models are checked against (default: the shipped ones). */
+  profiles?: ReadonlyMap<string, Profile>;
   /** Called after an apply removed devices or changed their SIP username (their registrations
    *  are void), and after any device change, so the registrar's lookups follow. */
   onDevicesChanged?: (voided: readonly string[]) => void;
@@ -199,6 +220,7 @@ export class SiteService {
   private readonly bus: EventBus | undefined;
   private readonly log: Logger | undefined;
   private readonly now: () => Date;
+  private readonly profiles: ReadonlyMap<string, Profile> | undefined;
   private readonly onDevicesChanged: ((voided: readonly string[]) => void) | undefined;
   private state: SiteState;
   /** Applies run one after another (a console push and a CLI apply may race). */
@@ -209,6 +231,7 @@ export class SiteService {
     this.bus = opts.bus;
     this.log = opts.log;
     this.now = opts.now ?? (() => new Date());
+    this.profiles = opts.profiles;
     this.onDevicesChanged = opts.onDevicesChanged;
     this.state = this.build();
   }
@@ -234,7 +257,7 @@ export class SiteService {
 
   /** Checks a snapshot against everything apply() would, without changing anything. */
   check(input: unknown): ApplyResult {
-    const r = checkSiteConfig(input, this.store.listDevices());
+    const r = checkSiteConfig(input, this.store.listDevices(), this.profiles);
     if (!r.ok) return r;
     return this.staleness(r.value) ?? { ok: true, version: r.value.version, changed: true };
   }
@@ -263,7 +286,7 @@ export class SiteService {
   }
 
   private async applyNow(input: unknown, source: SiteSource): Promise<ApplyResult> {
-    const checked = checkSiteConfig(input, this.store.listDevices());
+    const checked = checkSiteConfig(input, this.store.listDevices(), this.profiles);
     if (!checked.ok) return checked;
     const c = checked.value;
     const stale = this.staleness(c);

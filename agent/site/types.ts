@@ -76,6 +76,10 @@ export type SiteErrorCode =
   | "duplicate-mac"
   /** A file device has the id of a device added locally (the file never touches those). */
   | "local-device-id"
+  /** A device's model names no vendor or model of the device profiles. */
+  | "unknown-model"
+  /** A device's bare model name is known to more than one vendor: write `<vendor>/<model>`. */
+  | "ambiguous-model"
   /** The file could not be read or is not JSON. */
   | "unreadable"
   /** Valid, but the store could not make it durable; nothing was applied. */

@@ -2,7 +2,7 @@
 // data of version `from` and returning the data of version `to`; opening an older file runs
 // them in order (Store.open keeps `<file>.v<old>.bak` first). Pure functions, no I/O.
 //
-// To introduce schema version N+1 (version 2 was added this way):
+// To introduce schema version N+1 (versions 2 and 3 were added this way):
 //   1. change the types and validateStoreData in schema.ts, set CURRENT_SCHEMA_VERSION = N+1;
 //   2. append `{ from: N, to: N+1, description, migrate(data) { ...return new data } }` to MIGRATIONS.
 // Nothing else changes; older files then migrate step by step (0→1→2→...) on open.
@@ -16,9 +16,17 @@ interface StoreDataV1 {
   routing: { evenlyLastOffered: Record<string, Record<string, number>> };
 }
 
+/** A model as a person wrote it → its canonical `<vendor>/<model id>`, or why not (unknown,
+ *  ambiguous). `vendor`: the vendor the phone is known to be (a seen phone's). */
+export type ModelCanonicaliser = (model: string, vendor?: string) => { ok: true; ref: string } | { ok: false; message: string };
+
 export interface MigrationContext {
   /** Time stamped on records the old format did not date. */
   now: Date;
+  /** For 2→3; without it, models are left as they are (and that is reported). */
+  canonicalModel?: ModelCanonicaliser;
+  /** What a step chose to leave as it was, for the operator (the step still succeeds). */
+  report?: (message: string) => void;
 }
 
 export interface Migration {
@@ -114,10 +122,47 @@ function migrateV1toV2(data: unknown): unknown {
   return { ...data, devices, site: null, seenPhones: [], callLog: [] };
 }
 
+// --- Version 2 → 3 ------------------------------------------------------------------------------
+// Version 3 stores every phone's model in the one canonical form `<vendor>/<model id>` (the site
+// contract's), where versions 1–2 stored the bare model id a CLI command or CSV import wrote
+// ("T46U"). The layout is unchanged. A model the canonicaliser cannot resolve (a vendor folder
+// since removed, a name two vendors know) is left as it was and reported: the phone keeps what
+// it had, and the installer can fix it with phone remove / add. Seen phones' models are
+// rewritten within their recorded vendor. Already canonical models come out unchanged.
+
+function migrateV2toV3(data: unknown, ctx: MigrationContext): unknown {
+  if (!isRecord(data)) throw new MigrationError("version-2 data is not an object");
+  if (!Array.isArray(data.devices)) throw new MigrationError("version-2 data.devices is not an array");
+  const canonical = ctx.canonicalModel;
+  if (!canonical) {
+    ctx.report?.("device models left as they were: no device profiles to resolve them with");
+    return data;
+  }
+  const devices = data.devices.map((d, i) => {
+    if (!isRecord(d)) throw new MigrationError(`devices[${i}] is not an object`);
+    if (typeof d.model !== "string") return d;
+    const r = canonical(d.model);
+    if (r.ok) return r.ref === d.model ? d : { ...d, model: r.ref };
+    ctx.report?.(`device "${String(d.id)}": model ${JSON.stringify(d.model)} left as it was: ${r.message}`);
+    return d;
+  });
+  const out: Record<string, unknown> = { ...data, devices };
+  if (Array.isArray(data.seenPhones)) {
+    out.seenPhones = data.seenPhones.map((p) => {
+      if (!isRecord(p) || typeof p.model !== "string") return p;
+      const r = canonical(p.model, typeof p.vendor === "string" ? p.vendor : undefined);
+      // A seen phone's model is the phone's own word: an unknown one stays, unreported.
+      return r.ok && r.ref !== p.model ? { ...p, model: r.ref } : p;
+    });
+  }
+  return out;
+}
+
 /** Every migration, in order. The last one's `to` is CURRENT_SCHEMA_VERSION. */
 export const MIGRATIONS: readonly Migration[] = [
   { from: 0, to: 1, description: "legacy prototype format: secret → password, add kind, createdAt, bindings, routing", migrate: migrateV0toV1 },
   { from: 1, to: 2, description: "site configuration: device origin (existing devices are local), site, seenPhones, callLog", migrate: migrateV1toV2 },
+  { from: 2, to: 3, description: "phone models canonical: <vendor>/<model id> (unknown or ambiguous ones left as they were, reported)", migrate: migrateV2toV3 },
 ];
 
 export type MigrationResult = { ok: true; data: unknown; applied: Migration[] } | { ok: false; error: string };

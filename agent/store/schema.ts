@@ -1,11 +1,12 @@
 // The persisted data model of the agent (what survives a restart or a power cut), schema
-// version 2, and the validators that check data read from disk or handed in by callers.
-// Pure: no I/O here. A change of shape means a new CURRENT_SCHEMA_VERSION plus one entry in
-// migrations.ts (see the header there).
+// version 3, and the validators that check data read from disk or handed in by callers.
+// Pure: no I/O here. A change of shape (or of how a field is written) means a new
+// CURRENT_SCHEMA_VERSION plus one entry in migrations.ts (see the header there).
 //
 // Version 2 added: device origin ("site" file / console vs "local" CLI) and per-device
 // provisioning credentials; the applied site (users, groups, settings); phones seen by the
-// provisioning server; the call log.
+// provisioning server; the call log. Version 3: phone models in the canonical form
+// `<vendor>/<model id>` (same layout).
 import { parseSite, type Group, type User } from "../routing/model.ts";
 import type { SiteRecord, SiteSettings } from "../site/types.ts";
 import { validatePayload } from "../contract.ts";
@@ -13,7 +14,7 @@ import { validatePayload } from "../contract.ts";
 export type { SiteRecord, SiteSettings } from "../site/types.ts";
 
 /** Version of the StoreData layout this code reads and writes. */
-export const CURRENT_SCHEMA_VERSION = 2;
+export const CURRENT_SCHEMA_VERSION = 3;
 
 export type DeviceKind = "physical" | "soft";
 
@@ -31,7 +32,8 @@ export interface DeviceRecord {
   kind: DeviceKind;
   /** Normalised MAC: 12 lower-case hex digits, no separators. */
   mac?: string;
-  /** Device-profile model id (device-profiles/<vendor>/...). */
+  /** Device-profile model, canonical `<vendor>/<model id>` (provisioning/profiles.ts resolveModel);
+   *  a model no profile knew at migration is kept as it was written. */
   model?: string;
   createdAt: string;
   /** Who manages it: the site file / console ("site", replaced on every apply) or an installer's

@@ -13,7 +13,8 @@ import { randomBytes } from "node:crypto";
 import { Low } from "lowdb";
 import { AtomicJsonFile, canonicalJson, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
-import { MIGRATIONS, isLegacyV0, runMigrations, type Migration } from "./migrations.ts";
+import { MIGRATIONS, isLegacyV0, runMigrations, type Migration, type MigrationContext, type ModelCanonicaliser } from "./migrations.ts";
+import { defaultProfiles, resolveModel } from "../../provisioning/profiles.ts";
 import {
   CURRENT_SCHEMA_VERSION,
   MAX_CALL_LOG,
@@ -81,6 +82,8 @@ export interface StoreOptions {
   onError?: (err: Error) => void;
   /** For tests of the migration mechanism. */
   migrations?: readonly Migration[];
+  /** Resolves phone models for the 2→3 migration (default: the shipped device profiles). */
+  canonicalModel?: ModelCanonicaliser;
   /** Test hook, see AtomicJsonFile. */
   onWriteStep?: (step: WriteStep) => void;
 }
@@ -199,6 +202,12 @@ function acquireLock(file: string): () => void {
   throw new StoreError(`cannot take lock ${file}.lock (it keeps reappearing)`, file);
 }
 
+/** The 2→3 migration's default: phone models resolved by the shipped device profiles. */
+const profileModels: ModelCanonicaliser = (model, vendor) => {
+  const r = resolveModel(defaultProfiles(), model, vendor);
+  return r.ok ? { ok: true, ref: r.ref } : { ok: false, message: r.message };
+};
+
 // ---------------------------------------------------------------------------------------------
 // Loading: classify the file and bring its data to the current schema (in memory only).
 
@@ -206,7 +215,7 @@ type Loaded =
   | { kind: "missing" }
   | { kind: "ok"; data: StoreData; fromVersion: number; savedAt: string | null };
 
-async function loadFile(file: string, dataDir: string, now: Date, migrations: readonly Migration[]): Promise<Loaded> {
+async function loadFile(file: string, dataDir: string, now: Date, migrations: readonly Migration[], ctx: Omit<MigrationContext, "now">): Promise<Loaded> {
   const reading = await readStoreFile(file);
   const corrupt = async (reason: string): Promise<never> => {
     throw new StoreCorruptError(file, reason, await inspectBackup(file), dataDir);
@@ -238,7 +247,7 @@ async function loadFile(file: string, dataDir: string, now: Date, migrations: re
   }
   if (version > CURRENT_SCHEMA_VERSION) throw new StoreVersionError(file, version, CURRENT_SCHEMA_VERSION);
   if (version < CURRENT_SCHEMA_VERSION) {
-    const m = runMigrations(raw, version, CURRENT_SCHEMA_VERSION, { now }, migrations);
+    const m = runMigrations(raw, version, CURRENT_SCHEMA_VERSION, { now, ...ctx }, migrations);
     if (!m.ok) throw new StoreMigrationError(file, version, CURRENT_SCHEMA_VERSION, m.error);
     raw = m.data;
   }
@@ -286,6 +295,8 @@ export class Store {
   readonly openedFromVersion: number;
   /** Where the pre-migration file was kept, if this open migrated it. */
   readonly migrationBackup: string | null;
+  /** What this open's migration left as it was, for the operator (e.g. an unknown phone model). */
+  readonly migrationNotes: readonly string[];
   private readonly db: Low<StoreData>;
   private readonly adapter: AtomicJsonFile<StoreData>;
   private readonly releaseLock: () => void;
@@ -317,6 +328,7 @@ export class Store {
     releaseLock: () => void;
     openedFromVersion: number;
     migrationBackup: string | null;
+    migrationNotes: readonly string[];
     opts: StoreOptions;
   }) {
     this.file = args.file;
@@ -326,6 +338,7 @@ export class Store {
     this.releaseLock = args.releaseLock;
     this.openedFromVersion = args.openedFromVersion;
     this.migrationBackup = args.migrationBackup;
+    this.migrationNotes = args.migrationNotes;
     this.clock = args.opts.now ?? (() => new Date());
     this.saveDelayMs = args.opts.saveDelayMs ?? 50;
     this.retryDelayMs = args.opts.retryDelayMs ?? 1000;
@@ -354,7 +367,8 @@ export class Store {
     try {
       await removeStaleTemps(file);
       const adapter = new AtomicJsonFile<StoreData>(file, { schemaVersion: CURRENT_SCHEMA_VERSION, now, ...(opts.onWriteStep ? { onStep: opts.onWriteStep } : {}) });
-      const loaded = await loadFile(file, dir, now(), opts.migrations ?? MIGRATIONS);
+      const migrationNotes: string[] = [];
+      const loaded = await loadFile(file, dir, now(), opts.migrations ?? MIGRATIONS, { canonicalModel: opts.canonicalModel ?? profileModels, report: (m) => migrationNotes.push(m) });
       let data: StoreData;
       let fromVersion = CURRENT_SCHEMA_VERSION;
       let migrationBackup: string | null = null;
@@ -374,7 +388,7 @@ export class Store {
         }
       }
       const db = new Low<StoreData>(adapter, data);
-      return new Store({ file, dataDir: dir, db, adapter, releaseLock, openedFromVersion: fromVersion, migrationBackup, opts });
+      return new Store({ file, dataDir: dir, db, adapter, releaseLock, openedFromVersion: fromVersion, migrationBackup, migrationNotes: loaded.kind === "ok" && fromVersion < CURRENT_SCHEMA_VERSION ? migrationNotes : [], opts });
     } catch (e) {
       releaseLock();
       throw e;
@@ -1044,7 +1058,7 @@ export async function inspect(dataDir: string): Promise<StoreInspection> {
   const backup = await inspectBackup(file);
   const base = { file, backup };
   try {
-    const loaded = await loadFile(file, path.resolve(dataDir), new Date(), MIGRATIONS);
+    const loaded = await loadFile(file, path.resolve(dataDir), new Date(), MIGRATIONS, {});
     if (loaded.kind === "missing") return { ...base, ok: true, exists: false, schemaVersion: null, savedAt: null, needsMigration: false, counts: null, error: null };
     const d = loaded.data;
     return {

@@ -190,7 +190,7 @@ describe("firmware hooks against the real agent", { concurrency: true }, () => {
       const check = JSON.parse((await hook("health", ["--json"], env)).stdout) as { ok: boolean };
       assert.equal(check.ok, false, "the trial agent was stopped again");
       const store = JSON.parse(fs.readFileSync(path.join(dataDir, "ringedge.json"), "utf8")) as { schemaVersion: number; data: { devices: Array<{ username: string; origin?: string }>; site: unknown } };
-      assert.equal(store.schemaVersion, 2);
+      assert.equal(store.schemaVersion, 3);
       assert.deepEqual(store.data.devices.map((d) => [d.username, d.origin]), [["1001", "local"]]);
       assert.equal(store.data.site, null);
     });

@@ -105,7 +105,7 @@ describe("provisioning end to end", () => {
     assert.deepEqual(await cliJson(agent, ["phone", "list"]), [], "nothing applied");
     const text = await agent.cli(["phone", "import", csv, "--dry-run"]);
     assert.equal(text.code, 1);
-    assert.match(text.stdout, /line 2: ok +001565aabb01 T46U ext 201/);
+    assert.match(text.stdout, /line 2: ok +001565aabb01 yealink\/T46U ext 201/, "bare model ids are read canonical");
     assert.match(text.stdout, /line 8: error \(mac\): 'zz:zz' is not a phone's MAC/);
     assert.match(text.stdout, /dry run: 6 of 9 rows valid/);
     const partial = await cliJson<{ applied: number }>(agent, ["phone", "import", csv, "--allow-partial"], 1);
@@ -116,7 +116,13 @@ describe("provisioning end to end", () => {
     const again = await cliJson<{ errors: Array<{ message: string }> }>(agent, ["phone", "import", csv, "--dry-run"], 1);
     assert.ok(again.errors.some((e) => /already phone '201'/.test(e.message)), "store-side duplicates reported");
     const exported = await agent.cli(["phone", "export", "--csv"]);
-    assert.match(exported.stdout, /^mac,model,extension,name,owner\r\n001565aabb01,T46U,201,Desk 1,\r\n/);
+    assert.match(exported.stdout, /^mac,model,extension,name,owner\r\n001565aabb01,yealink\/T46U,201,Desk 1,\r\n/);
+    // The exported file re-imports unchanged: every row valid but for the phones being there already.
+    const back = path.join(dir, "exported.csv");
+    fs.writeFileSync(back, exported.stdout);
+    const reimport = await cliJson<{ rows: number; errors: Array<{ message: string }> }>(agent, ["phone", "import", back, "--dry-run"], 1);
+    assert.equal(reimport.rows, 6);
+    assert.ok(reimport.errors.every((e) => /already phone/.test(e.message)), JSON.stringify(reimport.errors));
   });
 
   for (const v of VENDORS) {
@@ -163,12 +169,12 @@ describe("provisioning end to end", () => {
     const seen = await cliJson<Array<{ mac: string; model: string; firmware: string; ip: string; requests: number }>>(agent, ["phone", "seen"]);
     const s = seen.find((x) => x.mac === "001565123456");
     assert.ok(s);
-    assert.equal(s.model, "T54W");
+    assert.equal(s.model, "yealink/T54W");
     assert.equal(s.ip, "127.0.0.1");
     assert.equal(s.requests, 2);
     assert.ok(!seen.some((x) => x.mac === VENDORS[0]!.mac), "adopted phones are not waiting");
     const adopted = await cliJson<{ model: string; extension: string }>(agent, ["phone", "adopt", "00:15:65:12:34:56", "--extension", "280"]);
-    assert.equal(adopted.model, "T54W", "model taken from what the phone told");
+    assert.equal(adopted.model, "yealink/T54W", "model taken from what the phone told, canonical");
     assert.equal((await get(http, "/001565123456.cfg", ua)).status, 200);
     await agent.waitForLog(/unknown MAC, waiting for adoption.*001565123456|001565123456.*unknown MAC/);
   });
@@ -222,6 +228,36 @@ describe("provisioning end to end", () => {
     assert.equal(cfg.status, 200);
     assert.doesNotMatch(cfg.body, /<user_pass/, "the bootstrap: provisioning credentials, no SIP password");
     assert.match(cfg.body, /<http_client_user[^>]*>[^<]+<\/http_client_user>/);
+  });
+
+  test("PnP from an unknown phone: listed by 'phone seen' with its announced model, canonical; adopted without --model", async (t) => {
+    const sock = dgram.createSocket("udp4");
+    await new Promise<void>((r) => sock.bind(0, "127.0.0.1", () => r()));
+    t.after(() => new Promise<void>((r) => sock.close(() => r())));
+    sock.setMulticastInterface("127.0.0.1");
+    sock.setMulticastLoopback(true);
+    const port = sock.address().port;
+    const msg = [
+      "SUBSCRIBE sip:MAC001565abcdef@224.0.1.75 SIP/2.0",
+      `Via: SIP/2.0/UDP 127.0.0.1:${port};branch=z9hG4bK-e2e-pnp-seen;rport`,
+      "From: <sip:MAC001565abcdef@224.0.1.75>;tag=e2e-seen",
+      "To: <sip:MAC001565abcdef@224.0.1.75>",
+      "Call-ID: e2e-pnp-seen@127.0.0.1",
+      "CSeq: 1 SUBSCRIBE",
+      `Contact: <sip:127.0.0.1:${port}>`,
+      'Event: ua-profile;profile-type="device";vendor="Yealink";model="T57W";version="96.86.0.70"',
+      "Accept: application/url",
+      "Expires: 0",
+      "Max-Forwards: 70",
+      "Content-Length: 0",
+      "",
+      "",
+    ].join("\r\n");
+    sock.send(msg, pnpPort, PNP_MULTICAST_GROUP);
+    const seen = await until(async () => (await cliJson<Array<{ mac: string; vendor?: string; model?: string; firmware?: string }>>(agent, ["phone", "seen"])).find((x) => x.mac === "001565abcdef"), 10_000, 100);
+    assert.deepEqual([seen.vendor, seen.model, seen.firmware], ["yealink", "yealink/T57W", "96.86.0.70"]);
+    const adopted = await cliJson<{ model: string }>(agent, ["phone", "adopt", "001565abcdef", "--extension", "281"]);
+    assert.equal(adopted.model, "yealink/T57W");
   });
 
   test("re-sync: a SIPp phone registers and answers the check-sync NOTIFY; unregistered phones are reported failed", async (t) => {

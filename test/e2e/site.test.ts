@@ -93,6 +93,30 @@ describe("ringedge site apply without an agent", () => {
     const help = await cli(["site", "--help"]);
     assert.match(help.stdout, /ringedge site apply <file> \[--dry-run\]/);
   });
+
+  test("an unknown vendor or model is refused by path (dry run and apply); a bare model id is stored canonical", async () => {
+    const dir = tempDir("ringedge-site-model-");
+    const env = agentEnv(dir, await freePort());
+    const cli = (args: string[]) => runCli(args, env, 20_000);
+    const bad = variant(dir, "bad-models.json", (s) => {
+      s.devices[0].model = "acme/T46U";
+      s.devices[3].model = "yealink/T99X";
+    });
+    const dry = await cli(["site", "apply", bad, "--dry-run"]);
+    assert.equal(dry.code, 1, dry.stdout);
+    assert.match(dry.stderr, /^devices\[0\]\.model: unknown vendor "acme" \(known: cisco, fanvil, grandstream, poly, snom, yealink\)$/m);
+    assert.match(dry.stderr, /^devices\[3\]\.model: Yealink has no model "T99X" \(known: yealink\/T46U, /m);
+    const json = JSON.parse((await cli(["site", "apply", bad, "--json"])).stdout) as { errors: Array<{ code: string; path: string }> };
+    assert.deepEqual(json.errors.map((e) => `${e.code} ${e.path}`), ["unknown-model devices[0].model", "unknown-model devices[3].model"]);
+    assert.match((await cli(["site", "show"])).stdout, /no site applied yet/, "nothing applied");
+    const bare = variant(dir, "bare-model.json", (s) => {
+      s.devices[0].model = "T46U";
+    });
+    const ok = await cli(["site", "apply", bare]);
+    assert.equal(ok.code, 0, ok.stderr);
+    const devices = JSON.parse((await cli(["device", "list", "--json"])).stdout) as Array<{ username: string; model?: string }>;
+    assert.equal(devices.find((d) => d.username === "1001")?.model, "yealink/T46U");
+  });
 });
 
 describe("ringedge site apply with a running agent", () => {

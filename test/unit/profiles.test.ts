@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { findModel, loadProfiles, validateAgainstSchema } from "../../provisioning/profiles.ts";
+import { findModel, loadProfiles, modelRef, resolveModel, shownModel, validateAgainstSchema } from "../../provisioning/profiles.ts";
 
 const SRC = "device-profiles";
 const VENDORS = ["cisco", "fanvil", "grandstream", "poly", "snom", "yealink"];
@@ -38,6 +38,42 @@ test("the shipped profiles all load, each with several models", () => {
   assert.deepEqual(yealink.models.map((m) => m.hw), ["108", "096", "097", "124"]);
   assert.equal(yealink.resync.event, "check-sync");
   assert.equal(profiles.get("cisco")!.resync.event, "resync");
+});
+
+test("resolveModel: <vendor>/<model> canonical from any case or alias; bare only when one vendor knows it; a vendor hint is strict", () => {
+  const { profiles } = loadProfiles("device-profiles");
+  const ref = (text: unknown, vendor?: string): string => {
+    const r = resolveModel(profiles, text, vendor);
+    return r.ok ? r.ref : `${r.reason}: ${r.message}`;
+  };
+  assert.equal(ref("yealink/T46U"), "yealink/T46U");
+  assert.equal(ref("YEALINK/sip-t46u"), "yealink/T46U");
+  assert.equal(ref("t46u"), "yealink/T46U");
+  assert.equal(ref("poly/Edge E350"), "poly/EdgeE350");
+  assert.equal(ref("CP-7841-3PCC", "cisco"), "cisco/CP-7841-3PCC");
+  assert.equal(ref("cisco/7841", "cisco"), "cisco/CP-7841-3PCC");
+  assert.match(ref("snom/D785", "yealink"), /^unknown-model: model "snom\/D785" is not a Yealink model/);
+  assert.match(ref("D785", "yealink"), /^unknown-model: Yealink has no model "D785"/);
+  assert.match(ref("nokia/3310"), /^unknown-vendor: unknown vendor "nokia"/);
+  assert.match(ref(""), /^invalid: model is empty/);
+  assert.match(ref(42), /^invalid/);
+  assert.match(ref("a/b/c"), /^invalid: .*not of the form <vendor>\/<model>/);
+  assert.match(ref("\u001b[31mT46U"), /^invalid/);
+  // Every shipped model resolves from its canonical form and from its bare id (no clashes today).
+  for (const p of profiles.values()) for (const m of p.models) {
+    assert.equal(ref(modelRef(p, m)), modelRef(p, m));
+    assert.equal(ref(m.id), modelRef(p, m), `${m.id} is unambiguous`);
+  }
+  // A name two vendors know is ambiguous bare, fine canonical.
+  const two = new Map(profiles);
+  two.set("acme", { ...profiles.get("snom")!, vendor: "acme", displayName: "Acme" });
+  assert.equal(ref("D785"), "snom/D785");
+  const amb = resolveModel(two, "D785");
+  assert.deepEqual(amb.ok ? amb.ref : [amb.reason, amb.message], ["ambiguous", 'model "D785" is ambiguous: write one of snom/D785, acme/D785']);
+  assert.equal(findModel(two, "acme/d785")?.profile.vendor, "acme");
+  assert.equal(findModel(two, "D785"), undefined);
+  assert.equal(shownModel(profiles, "sip-t54w"), "yealink/T54W");
+  assert.equal(shownModel(profiles, "Legacy-42"), "Legacy-42", "an unknown stored model is shown as stored");
 });
 
 test("findModel: by id, alias, case-insensitive, optionally within a vendor", () => {

@@ -12,8 +12,8 @@ test("good rows: any MAC notation, model aliases, quoted names with commas and q
   const r = parsePhoneCsv(text, profiles);
   assert.deepEqual(r.errors, []);
   assert.deepEqual(r.rows.map((x) => [x.line, x.mac, x.model, x.vendor, x.extension, x.name, x.owner]), [
-    [2, "001565aabb01", "T46U", "yealink", "201", 'Smith, Ann "Desk"', "u-1"],
-    [3, "0004f2aabb02", "VVX411", "poly", "202", undefined, undefined],
+    [2, "001565aabb01", "yealink/T46U", "yealink", "201", 'Smith, Ann "Desk"', "u-1"],
+    [3, "0004f2aabb02", "poly/VVX411", "poly", "202", undefined, undefined],
   ]);
   assert.equal(parsePhoneCsv("mac;model;extension\n001565aabb01;T46U;201\n", profiles).rows.length, 1, "';' separator");
 });
@@ -53,5 +53,6 @@ test("export is CSV that imports back, with spreadsheet formulas defused", () =>
   const back = parsePhoneCsv(csv, profiles);
   assert.deepEqual(back.errors, []);
   assert.equal(back.rows[0]!.name, 'Smith, "Ann"');
-  assert.ok(back.rows[1]!.name!.startsWith("'="), "formula prefixed with a quote");
+  assert.match(csv, /,'=cmd/, "formula prefixed with a quote in the file");
+  assert.equal(back.rows[1]!.name, "=cmd|' /C calc'!A0", "and the quote taken off again on import");
 });

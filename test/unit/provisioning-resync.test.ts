@@ -18,6 +18,37 @@ test("events per vendor: check-sync, Cisco resync/reboot, reboot=true where the 
   assert.equal(resyncEventFor(profiles, "VVX411", true).rebootUnsupported, true);
 });
 
+test("canonical models (as stored): every vendor gets its own event; Cisco resync, reboot only where the vendor has one", async () => {
+  const expected: Array<[string, string, string, boolean]> = [
+    ["yealink/T46U", "check-sync", "check-sync;reboot=true", false],
+    ["poly/VVX411", "check-sync", "check-sync", true],
+    ["snom/D785", "check-sync;reboot=false", "check-sync;reboot=true", false],
+    ["grandstream/GXP2170", "check-sync", "check-sync", true],
+    ["cisco/CP-7841-3PCC", "resync", "reboot", false],
+    ["fanvil/X4U", "check-sync", "check-sync", true],
+  ];
+  assert.deepEqual(expected.map(([m]) => m.split("/")[0]).sort(), [...profiles.keys()].sort(), "one row per shipped vendor");
+  for (const [model, event, rebootEvent, unsupported] of expected) {
+    assert.deepEqual(resyncEventFor(profiles, model, false), { event, rebootUnsupported: false }, model);
+    assert.deepEqual(resyncEventFor(profiles, model, true), { event: rebootEvent, rebootUnsupported: unsupported }, `${model} reboot`);
+    assert.deepEqual(resyncEventFor(profiles, model.toUpperCase(), false).event, event, `${model} in another case`);
+  }
+  // A model no profile knows: the plain, most widely understood event.
+  assert.deepEqual(resyncEventFor(profiles, "acme/Z1", false), { event: "check-sync", rebootUnsupported: false });
+  // The NOTIFY itself carries the Cisco event for a phone stored canonically.
+  const events: string[] = [];
+  const results = await resyncPhones([{ deviceId: "dev-1", username: "201", password: "pw201", model: "cisco/CP-8841-3PCC" }], { reboot: false }, {
+    profiles,
+    bindings: () => [{ contact: "sip:201@10.0.0.20:5060", flow }],
+    send: async (_b, headers) => {
+      events.push(headers.find(([n]) => n === "Event")![1]);
+      return { status: 200 };
+    },
+  });
+  assert.deepEqual(events, ["resync"]);
+  assert.equal(results[0]?.ok, true);
+});
+
 test("per-phone results: ok, not registered, no answer, refused; a challenged NOTIFY is re-sent with the phone's credentials", async () => {
   const sent: Array<{ contact: string; headers: Array<[string, string]> }> = [];
   const auth = new DigestAuthenticator({ realm: "phone", algorithms: ["MD5"] });

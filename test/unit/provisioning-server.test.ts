@@ -14,7 +14,10 @@ import { computeAuthorization } from "../../agent/sip/digest.ts";
 import { createLogger } from "../../agent/log.ts";
 import { MemoryDirectory, type PhoneRecord } from "../../provisioning/directory.ts";
 import { FirmwareStore } from "../../provisioning/firmware.ts";
-import { loadProfiles } from "../../provisioning/profiles.ts";
+import { loadProfiles, modelToken, resolveModel } from "../../provisioning/profiles.ts";
+import { StoreDirectory } from "../../provisioning/store-directory.ts";
+import { SiteService } from "../../agent/site/site.ts";
+import { Store } from "../../agent/store/store.ts";
 import { ProvisioningServer, type ProvisioningRequest, type ProvisioningResponse } from "../../provisioning/server.ts";
 import { VENDORS, parsesAs, yealinkKv } from "./provisioning-fixtures.ts";
 
@@ -154,7 +157,7 @@ test("unknown MAC: 404, listed as seen with model, firmware, IP and times; commo
   assert.equal(get("/001565ccdd01.cfg", ua).status, 404);
   const s = dir.seen.get("001565ccdd01");
   assert.ok(s);
-  assert.equal(s.model, "T54W");
+  assert.equal(s.model, "yealink/T54W", "a known model is kept canonical");
   assert.equal(s.firmware, "96.86.0.70");
   assert.equal(s.requests, 3);
   assert.ok(logs.some((l) => /unknown MAC, waiting for adoption/.test(l) && /001565ccdd01/.test(l)));
@@ -242,6 +245,12 @@ test("firmware: served from the directory under /firmware/, configs name only in
     const { get } = setup({ firmwareDir: fwDir2 });
     const common = yealinkKv(get("/y000000000108.cfg", { userAgent: "Yealink SIP-T46U 108.86.0.75 001565aabb51" }).body!);
     assert.equal(common.get("static.firmware.url"), "http://10.0.0.5:8080/firmware/T46U-108.87.0.1.rom");
+    // The canonical key (any case) names the model too, and wins over a bare one.
+    fs.writeFileSync(path.join(fwDir2, "T46U-108.87.0.2.rom"), "y");
+    fs.writeFileSync(path.join(fwDir2, "pins.json"), JSON.stringify({ T46U: { file: "T46U-108.87.0.1.rom", version: "108.87.0.1" }, "Yealink/T46U": { file: "T46U-108.87.0.2.rom", version: "108.87.0.2" } }));
+    const { get: get2 } = setup({ firmwareDir: fwDir2 });
+    const common2 = yealinkKv(get2("/y000000000108.cfg", { userAgent: "Yealink SIP-T46U 108.86.0.75 001565aabb51" }).body!);
+    assert.equal(common2.get("static.firmware.url"), "http://10.0.0.5:8080/firmware/T46U-108.87.0.2.rom");
   } finally {
     fs.rmSync(fwDir2, { recursive: true, force: true });
   }
@@ -294,4 +303,74 @@ test("over real HTTP and HTTPS on 127.0.0.1: served, oversized headers refused w
   assert.equal(big.status, 431);
   const post = await request(`http://127.0.0.1:${h.port}/y000000000108.cfg`, { method: "POST", headers: ua, body: "x=1" });
   assert.equal(post.status, 405);
+});
+
+test("every vendor: a phone stored with its canonical model (<vendor>/<model>) gets its config; another vendor's model gets 404 with the reason", () => {
+  for (const v of VENDORS) {
+    const { dir, get } = setup();
+    dir.add(phone(v.mac, `${v.vendor}/${v.model}`, "201"));
+    const ua = { userAgent: v.userAgent };
+    const boot = get(`/${v.config}`, ua);
+    assert.equal(boot.status, 200, `${v.vendor}: ${boot.body}`);
+    assert.equal(v.read(boot.body!).provisioningUser, `prov-${v.mac}`);
+    const other = VENDORS.find((x) => x.vendor !== v.vendor)!;
+    const { dir: dir2, get: get2 } = setup();
+    dir2.add(phone(v.mac, `${other.vendor}/${other.model}`, "202"));
+    logs.length = 0;
+    assert.equal(get2(`/${v.config}`, ua).status, 404);
+    assert.ok(logs.some((l) => l.includes(`registered as model '${other.vendor}/${other.model}'`)), `${v.vendor}: the log says why`);
+  }
+});
+
+/** A User-Agent of `vendor`'s phones (the fixture's), for another model and MAC. */
+function userAgentFor(vendor: string, modelId: string, mac: string): string {
+  const f = VENDORS.find((x) => x.vendor === vendor);
+  assert.ok(f, `a User-Agent fixture for vendor ${vendor}`);
+  const colons = (m: string): string => m.match(/../g)!.join(":");
+  let ua = f.userAgent;
+  for (const [from, to] of [[f.mac, mac], [f.mac.toUpperCase(), mac.toUpperCase()], [colons(f.mac), colons(mac)]] as const) ua = ua.split(from).join(to);
+  return ua.split(f.model).join(modelId);
+}
+
+test("examples/site.json: every desk phone's model resolves to a vendor profile and the server serves its config (not 404)", async () => {
+  const example = JSON.parse(fs.readFileSync(new URL("../../examples/site.json", import.meta.url), "utf8")) as { devices: Array<{ id: string; kind: string; mac?: string; model?: string }> };
+  const desk = example.devices.filter((d) => d.kind === "physical");
+  assert.ok(desk.length >= 7);
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-example-"));
+  const store = await Store.open(dataDir);
+  try {
+    const applied = await new SiteService({ store }).apply(example, "file");
+    assert.ok(applied.ok, JSON.stringify(applied));
+    const server = new ProvisioningServer({
+      profiles,
+      directory: new StoreDirectory(store),
+      firmware: new FirmwareStore({ dir: undefined }),
+      site: () => ({ sipPort: 5060, transport: "udp", ntpServer: "pool.ntp.org", timeZone: "UTC", resyncIntervalMin: 1440 }),
+      log,
+      bootstrapWindowMs: 3600_000,
+      burst: { max: 100, windowMs: 10_000, blockMs: 60_000 },
+    });
+    for (const d of desk) {
+      assert.ok(d.mac && d.model, `${d.id} has a MAC and a model`);
+      const found = resolveModel(profiles, d.model);
+      assert.ok(found.ok, `${d.id}: ${found.ok ? "" : found.message}`);
+      assert.equal(found.ref, d.model, `${d.id}: the example writes the canonical form`);
+      const stored = store.getDevice(d.id);
+      assert.equal(stored?.model, found.ref);
+      const file = found.profile.files.find((f) => f.kind === "mac-config" && f.template !== undefined);
+      assert.ok(file, `${found.profile.vendor} serves a per-device config`);
+      const mac = stored!.mac!;
+      const name = file.pattern.replace(/\{([A-Za-z]+)\}/g, (_, n: string) => (n === "mac" ? mac : n === "MAC" ? mac.toUpperCase() : modelToken(found.model, n)!));
+      const ua = userAgentFor(found.profile.vendor, found.model.id, mac);
+      const boot = server.handle({ method: "GET", url: `/${name}`, hasBody: false, source: "10.0.0.21", local: { address: "10.0.0.5", port: 8080, scheme: "http" }, userAgent: ua });
+      assert.equal(boot.status, 200, `${d.id} (${d.model}) /${name}: ${boot.body}`);
+      parsesAs(found.profile.vendor, boot.body!);
+      const full = server.handle({ method: "GET", url: `/p/${stored!.provisioning!.token}/${name}`, hasBody: false, source: "10.0.0.21", local: { address: "10.0.0.5", port: 8080, scheme: "http" }, userAgent: ua });
+      assert.equal(full.status, 200, `${d.id}: full config by token`);
+      assert.ok(full.body!.includes(stored!.password), `${d.id}: the full config carries its SIP password`);
+    }
+  } finally {
+    await store.close();
+    fs.rmSync(dataDir, { recursive: true, force: true });
+  }
 });

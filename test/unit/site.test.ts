@@ -7,6 +7,7 @@ import { validatePayload, toJsonPath, payloadNames } from "../../agent/contract.
 import { SiteService, checkSiteConfig, readSiteFile, formatSiteErrors } from "../../agent/site/site.ts";
 import { Store } from "../../agent/store/store.ts";
 import { EventBus } from "../../agent/bus.ts";
+import { defaultProfiles } from "../../provisioning/profiles.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
 const EXAMPLE = JSON.parse(fs.readFileSync(new URL("../../examples/site.json", import.meta.url), "utf8")) as Record<string, any>;
@@ -116,6 +117,53 @@ describe("checkSiteConfig", () => {
       "duplicate-mac devices[6].mac",
     ]);
     // Site-origin devices are the snapshot's own: they never clash with it.
+    assert.ok(checkSiteConfig(site(1), [{ ...local[0]!, origin: "site" }]).ok);
+  });
+
+  test("device models: canonical <vendor>/<model>; a bare or alias name is stored canonical; unknown vendor or model refused at its path", () => {
+    const r = checkSiteConfig(site(1), []);
+    assert.ok(r.ok);
+    assert.deepEqual(r.value.devices.filter((d) => d.model !== undefined).map((d) => d.model), ["yealink/T46U", "yealink/T54W", "snom/D735", "snom/D735", "yealink/T31G", "yealink/T31G", "yealink/T57W"]);
+    const loose = site(1);
+    loose.devices[0].model = "T46U";
+    loose.devices[1].model = "Yealink/sip-t54w";
+    loose.devices[2].model = "SNOM/d735";
+    const r2 = checkSiteConfig(loose, []);
+    assert.ok(r2.ok);
+    assert.deepEqual(r2.value.devices.slice(0, 3).map((d) => d.model), ["yealink/T46U", "yealink/T54W", "snom/D735"]);
+    const bad = site(1);
+    bad.devices[0].model = "acme/T46U";
+    bad.devices[3].model = "yealink/T99X";
+    bad.devices[4].model = "D735X";
+    bad.devices[5].model = "yealink/T46U/x"; // the contract's pattern refuses it: said once, by the schema
+    const r3 = checkSiteConfig(bad, []);
+    assert.equal(r3.ok, false);
+    const errors = (r3 as { errors: Array<{ code: string; path: string; message: string }> }).errors;
+    assert.deepEqual(errors.map((e) => `${e.code} ${e.path}`), ["schema devices[5].model", "unknown-model devices[0].model", "unknown-model devices[3].model", "unknown-model devices[4].model"]);
+    assert.match(errors[1]!.message, /unknown vendor "acme" \(known: .*yealink/);
+    assert.match(errors[2]!.message, /Yealink has no model "T99X" \(known: yealink\/T46U, /);
+    assert.match(errors[3]!.message, /unknown model "D735X"/);
+    // A bare name two vendors know is refused, naming both canonical forms.
+    const profiles = new Map(defaultProfiles());
+    profiles.set("acme", { ...profiles.get("yealink")!, vendor: "acme", displayName: "Acme" });
+    const twice = site(1);
+    twice.devices[0].model = "T46U";
+    const r4 = checkSiteConfig(twice, [], profiles);
+    assert.deepEqual((r4 as { errors: unknown[] }).errors, [{ code: "ambiguous-model", path: "devices[0].model", message: 'model "T46U" is ambiguous: write one of yealink/T46U, acme/T46U' }]);
+    assert.ok(checkSiteConfig(site(1), [], profiles).ok, "the canonical form is never ambiguous");
+  });
+
+  test("a group number that is a device's SIP username (local phone, or a file device's explicit username) is refused by path", () => {
+    const ex = site(1);
+    const number = ex.groups[1].number as string;
+    const local = [{ id: `dev-${number}`, username: number, password: "pw-local-1", kind: "physical" as const, createdAt: FIXED.toISOString(), origin: "local" as const, mac: "805ec0100099" }];
+    const r = checkSiteConfig(ex, local);
+    assert.deepEqual((r as { errors: unknown[] }).errors, [{ code: "duplicate-number", path: "groups[1].number", message: `group number ${number} is the SIP username of local device "dev-${number}"` }]);
+    const named = site(1);
+    named.devices[7].username = number;
+    const r2 = checkSiteConfig(named, []);
+    assert.deepEqual((r2 as { errors: unknown[] }).errors, [{ code: "duplicate-number", path: "devices[7].username", message: `SIP username "${number}" is the number of groups[1]` }]);
+    // A site device of the file itself, stored earlier, never clashes with its own file.
     assert.ok(checkSiteConfig(site(1), [{ ...local[0]!, origin: "site" }]).ok);
   });
 
@@ -231,6 +279,22 @@ describe("SiteService", () => {
     assert.equal(again.site?.version, 1);
     assert.ok(again.getDevice("desk-anna"));
     await again.close();
+  });
+
+  test("a console push with an unknown model is refused by path and changes nothing; a good one stores models canonical", async () => {
+    const { store, svc } = await service();
+    const bad = site(1);
+    bad.devices[4].model = "yealink/T4";
+    const r = await svc.apply(bad, "console");
+    assert.deepEqual(r, { ok: false, errors: [{ code: "unknown-model", path: "devices[4].model", message: r.ok ? "" : r.errors[0]!.message }] });
+    assert.match(r.ok ? "" : r.errors[0]!.message, /^Yealink has no model "T4" \(known: /);
+    assert.equal(store.site, null);
+    assert.deepEqual(store.listDevices(), []);
+    const good = site(1);
+    good.devices[4].model = "sip-t31g";
+    assert.ok((await svc.apply(good, "console")).ok);
+    assert.equal(store.getDevice("desk-eva")?.model, "yealink/T31G");
+    await store.close();
   });
 
   test("site devices replace only site devices; passwords kept on re-apply unless the file gives one", async () => {

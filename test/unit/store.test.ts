@@ -15,7 +15,7 @@ import {
   type BindingRecord,
 } from "../../agent/store/store.ts";
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
-import { runMigrations, isLegacyV0, type Migration } from "../../agent/store/migrations.ts";
+import { MIGRATIONS, MigrationError, runMigrations, isLegacyV0, type Migration, type ModelCanonicaliser } from "../../agent/store/migrations.ts";
 import { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES, validateStoreData } from "../../agent/store/schema.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
@@ -587,17 +587,17 @@ describe("Store: schema version 2", () => {
     assert.deepEqual({ ...s.evenlyLastOffered("sales") }, { anna: 5 });
     await s.close();
     const raw = JSON.parse(fs.readFileSync(file, "utf8"));
-    assert.equal(raw.schemaVersion, 2);
+    assert.equal(raw.schemaVersion, CURRENT_SCHEMA_VERSION);
     assert.equal(raw.data.site, null);
     assert.deepEqual(raw.data.seenPhones, []);
-    // Reopening reads version 2 as is.
+    // Reopening reads the current version as is.
     const again = await Store.open(dir, { now: () => FIXED });
-    assert.equal(again.openedFromVersion, 2);
+    assert.equal(again.openedFromVersion, CURRENT_SCHEMA_VERSION);
     assert.equal(again.migrationBackup, null);
     await again.close();
   });
 
-  test("a version-0 file migrates 0→1→2 in one open", async () => {
+  test("a version-0 file migrates 0→1→2→3 in one open", async () => {
     const dir = tmpDir();
     const file = storeFilePath(dir);
     fs.writeFileSync(file, JSON.stringify({ devices: [{ username: "3001", secret: "legacy-pw", mac: "00-11-22-33-44-66" }] }));
@@ -609,7 +609,7 @@ describe("Store: schema version 2", () => {
     assert.equal(d?.mac, "001122334466");
     assert.equal(s.site, null);
     await s.close();
-    assert.equal(JSON.parse(fs.readFileSync(file, "utf8")).schemaVersion, 2);
+    assert.equal(JSON.parse(fs.readFileSync(file, "utf8")).schemaVersion, CURRENT_SCHEMA_VERSION);
   });
 
   test("a version-1 file that already carries v2 fields is refused and left as it was", async () => {
@@ -781,5 +781,76 @@ describe("Store: schema version 2", () => {
     env.data.site.groups[0].members = ["ghost"];
     fs.writeFileSync(file, encodeEnvelope(env.data, CURRENT_SCHEMA_VERSION, FIXED));
     await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreCorruptError && /site\.groups\[0\]\.members\[0\]/.test(e.reason));
+  });
+});
+
+describe("Store: schema version 3 (canonical phone models)", () => {
+  const device = (id: string, model?: string): Record<string, unknown> => ({ id, username: id.slice(4), password: `pw-${id}-x`, kind: "physical", mac: `001565aa${id.slice(4).padStart(4, "0")}`, createdAt: FIXED.toISOString(), origin: "local", ...(model !== undefined ? { model } : {}) });
+  const v2Data = (devices: Array<Record<string, unknown>>, seenPhones: Array<Record<string, unknown>> = []): Record<string, unknown> => ({
+    devices,
+    bindings: [],
+    meta: { createdAt: FIXED.toISOString(), siteId: "hq" },
+    routing: { evenlyLastOffered: {} },
+    site: null,
+    seenPhones,
+    callLog: [],
+  });
+  const step = MIGRATIONS.find((m) => m.from === 2)!;
+  /** A canonicaliser over a fixed table: T46U is Yealink's, X1 is known to two vendors. */
+  const table: ModelCanonicaliser = (model, vendor) => {
+    const key = model.toLowerCase();
+    if ((key === "t46u" || key === "sip-t46u" || key === "yealink/t46u") && (vendor === undefined || vendor === "yealink")) return { ok: true, ref: "yealink/T46U" };
+    if (key === "d735" || key === "snom/d735") return { ok: true, ref: "snom/D735" };
+    if (key === "x1") return { ok: false, message: 'model "X1" is ambiguous: write one of a/X1, b/X1' };
+    return { ok: false, message: `unknown model ${JSON.stringify(model)}` };
+  };
+
+  test("2→3 rewrites bare and alias model ids canonical, keeps canonical ones, leaves unknown and ambiguous ones and reports them", () => {
+    assert.equal(step.to, 3);
+    assert.equal(CURRENT_SCHEMA_VERSION, 3);
+    const notes: string[] = [];
+    const data = v2Data(
+      [device("dev-201", "T46U"), device("dev-202", "SIP-T46U"), device("dev-203", "snom/D735"), device("dev-204", "T99Z"), device("dev-205", "X1"), device("dev-206")],
+      [{ mac: "001565aabb01", ip: "192.0.2.9", vendor: "yealink", model: "T46U", firstSeen: FIXED.toISOString(), lastSeen: FIXED.toISOString(), requests: 1 }, { mac: "001565aabb02", ip: "192.0.2.9", vendor: "yealink", model: "T48G", firstSeen: FIXED.toISOString(), lastSeen: FIXED.toISOString(), requests: 1 }],
+    );
+    const before = structuredClone(data);
+    const out = step.migrate(data, { now: FIXED, canonicalModel: table, report: (m) => notes.push(m) }) as { devices: Array<{ id: string; model?: string }>; seenPhones: Array<{ model?: string }> };
+    assert.deepEqual(out.devices.map((d) => d.model), ["yealink/T46U", "yealink/T46U", "snom/D735", "T99Z", "X1", undefined]);
+    assert.deepEqual(out.seenPhones.map((p) => p.model), ["yealink/T46U", "T48G"]);
+    assert.deepEqual(notes, ['device "dev-204": model "T99Z" left as it was: unknown model "T99Z"', 'device "dev-205": model "X1" left as it was: model "X1" is ambiguous: write one of a/X1, b/X1']);
+    assert.deepEqual(data, before, "the input is not modified");
+    assert.ok(validateStoreData(out).ok, "the result is valid version-3 data");
+    // Run again: nothing left to change.
+    const twice = step.migrate(out, { now: FIXED, canonicalModel: table }) as { devices: Array<{ model?: string }> };
+    assert.deepEqual(twice.devices.map((d) => d.model), out.devices.map((d) => d.model));
+  });
+
+  test("2→3 without a canonicaliser changes nothing and says so; malformed data is refused", () => {
+    const notes: string[] = [];
+    const data = v2Data([device("dev-201", "T46U")]);
+    assert.deepEqual(step.migrate(data, { now: FIXED, report: (m) => notes.push(m) }), data);
+    assert.match(notes[0]!, /left as they were/);
+    assert.throws(() => step.migrate(null, { now: FIXED, canonicalModel: table }), MigrationError);
+    assert.throws(() => step.migrate({ devices: "x" }, { now: FIXED, canonicalModel: table }), /devices is not an array/);
+    assert.throws(() => step.migrate(v2Data([7 as never]), { now: FIXED, canonicalModel: table }), /devices\[0\] is not an object/);
+  });
+
+  test("opening a version-2 store migrates its phones' models with the shipped profiles, keeps .v2.bak and lists what it left", async () => {
+    const dir = tmpDir();
+    const file = storeFilePath(dir);
+    const original = encodeEnvelope(v2Data([device("dev-201", "T46U"), device("dev-202", "vvx_411"), device("dev-203", "grandstream/GXP2170"), device("dev-204", "NoSuchPhone")]), 2, FIXED);
+    fs.writeFileSync(file, original);
+    const s = await Store.open(dir, { now: () => FIXED });
+    assert.equal(s.openedFromVersion, 2);
+    assert.equal(s.migrationBackup, `${file}.v2.bak`);
+    assert.equal(fs.readFileSync(`${file}.v2.bak`, "utf8"), original);
+    assert.deepEqual(s.listDevices().map((d) => d.model), ["yealink/T46U", "poly/VVX411", "grandstream/GXP2170", "NoSuchPhone"]);
+    assert.equal(s.migrationNotes.length, 1);
+    assert.match(s.migrationNotes[0]!, /dev-204.*"NoSuchPhone" left as it was: unknown model/);
+    await s.close();
+    assert.equal(JSON.parse(fs.readFileSync(file, "utf8")).schemaVersion, 3);
+    const again = await Store.open(dir, { now: () => FIXED });
+    assert.deepEqual(again.migrationNotes, [], "nothing migrated, nothing to report");
+    await again.close();
   });
 });
