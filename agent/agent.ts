@@ -161,7 +161,7 @@ export class Agent {
       bus: this.bus,
       log: this.log.child("site"),
       onDevicesChanged: (voided) => {
-        for (const id of voided) this.location?.removeDevice(id);
+        for (const id of voided) this.forgetDevice(id);
         this.refreshDevices();
       },
     });
@@ -278,7 +278,7 @@ export class Agent {
     const sipHost = sip0 && sip0.address !== "0.0.0.0" && sip0.address !== "::" ? sip0.address : undefined;
     this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning"), bus: this.bus, credentialsRotated: (id) => {
       // A claim conflict rotated a phone's SIP password: registrations made with the old one go.
-      this.location.removeDevice(id);
+      this.forgetDevice(id);
       this.refreshDevices();
     } });
     await this.provisioning.start();
@@ -422,7 +422,7 @@ export class Agent {
       presence: () => this.presence.snapshot(),
       bindings: () => this.location.all(),
       devicesChanged: (removedId) => {
-        if (removedId) this.location.removeDevice(removedId);
+        if (removedId) this.forgetDevice(removedId);
         this.refreshDevices();
         this.site.refresh();
       },
@@ -459,6 +459,15 @@ export class Agent {
       cpuLatency: this.cpuLatency === undefined ? null : this.cpuLatency.status,
       scheduling: currentScheduling() ?? null,
     };
+  }
+
+  /**
+   * A device removed (or its credentials rotated, or its username changed): what it held with
+   * the old identity ends — its registrations and its subscriptions (BLF lamps).
+   */
+  private forgetDevice(id: string): void {
+    this.location?.removeDevice(id);
+    this.subscriptions?.endDevice(id);
   }
 
   private refreshDevices(): void {

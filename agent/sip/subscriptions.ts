@@ -288,6 +288,17 @@ export class SubscriptionManager {
     for (const sub of set) this.push(sub);
   }
 
+  /**
+   * A device was removed or its credentials rotated: its subscriptions end with a final NOTIFY,
+   * `terminated;reason=rejected` (RFC 6665 §4.1.3: authorisation withdrawn, do not retry).
+   */
+  endDevice(deviceId: string): number {
+    if (!this.perDevice.has(deviceId)) return 0;
+    const ended = [...this.byDialog.values()].filter((s) => s.deviceId === deviceId);
+    for (const sub of ended) this.terminate(sub, "rejected");
+    return ended.length;
+  }
+
   /** Every subscription ends silently (agent stop): timers cleared, nothing sent. */
   stop(): void {
     for (const sub of [...this.byDialog.values()]) this.remove(sub);

@@ -275,6 +275,30 @@ describe("subscription lifecycle", () => {
   });
 });
 
+describe("a device that goes away", () => {
+  it("endDevice ends every subscription of that device with terminated;reason=rejected and frees its count; others stay", () => {
+    const w = setup();
+    w.subscribe({ device: "p1" });
+    w.subscribe({ device: "p1", uri: "sip:202@10.0.0.1" });
+    w.subscribe({ device: "p2" });
+    for (const s of w.sent) w.answer(s, 200);
+    const before = w.sent.length;
+    assert.equal(w.m.endDevice("p1"), 2);
+    const finals = w.sent.slice(before);
+    assert.equal(finals.length, 2);
+    for (const f of finals) assert.equal(header(f.req, "subscription-state"), "terminated;reason=rejected");
+    assert.deepEqual(w.m.list().map((s) => s.deviceId), ["p2"]);
+    assert.equal(w.m.endDevice("p1"), 0, "nothing left to end");
+    assert.equal(w.m.endDevice("nobody"), 0);
+    w.m.changed("dialog", "u1");
+    const after = w.sent.slice(before + 2);
+    assert.equal(after.length, 1, "u1 changed: only p2's subscription is notified");
+    assert.equal(after[0]!.req.callId, "sub3");
+    // Its per-device count is free again: it may subscribe up to the cap anew.
+    for (let i = 0; i < 3; i++) assert.equal(w.subscribe({ device: "p1" }).tx.last.status, 200);
+  });
+});
+
 describe("refusals change nothing", () => {
   const cases: Array<[string, Parameters<ReturnType<typeof setup>["subscribe"]>[0], number, RegExp?]> = [
     ["no Event", { omit: ["event"] }, 400, /no Event/],
