@@ -7,13 +7,10 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
-import fs from "node:fs";
 import net from "node:net";
-import path from "node:path";
-import { ROOT, startAgent, type RunningAgent } from "./harness.ts";
+import { startAgent, type RunningAgent } from "./harness.ts";
+import { loadRfc4475, rfc4475Files } from "../fixtures/rfc4475.ts";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
-
-const DIR = path.resolve(ROOT, "../shared/testdata/rfc4475");
 
 /**
  * What the agent answers for each file. "drop": no answer at all. For TCP, "close" means
@@ -137,8 +134,6 @@ function tcpExchange(port: number, raw: Buffer, waitMs: number): Promise<{ repli
 
 describe("RFC 4475 torture messages against a running agent", () => {
   let agent: RunningAgent;
-  const files = fs.readdirSync(DIR).filter((f) => f.endsWith(".dat")).sort();
-
   before(async () => {
     agent = await startAgent();
   });
@@ -147,6 +142,7 @@ describe("RFC 4475 torture messages against a running agent", () => {
   });
 
   test("the archive holds the 50 files INDEX.md lists, each with an expectation", () => {
+    const files = rfc4475Files();
     assert.equal(files.length, 50);
     assert.deepEqual(files, Object.keys(EXPECT).sort());
   });
@@ -154,7 +150,7 @@ describe("RFC 4475 torture messages against a running agent", () => {
   for (const file of Object.keys(EXPECT).sort()) {
     const exp = EXPECT[file]!;
     test(`UDP ${file}: ${exp.udp === "drop" ? "dropped" : exp.udp.join(" or ")} (${exp.why})`, async () => {
-      const raw = fs.readFileSync(path.join(DIR, file));
+      const raw = loadRfc4475(file);
       const replies = await udpExchange(agent.port, raw, exp.udp === "drop" ? 400 : 700);
       if (exp.udp === "drop") {
         assert.equal(replies.length, 0, `expected no answer, got: ${replies[0]?.toString("latin1").split("\r\n")[0]}`);
@@ -177,7 +173,7 @@ describe("RFC 4475 torture messages against a running agent", () => {
     const exp = EXPECT[file]!;
     const tcp = exp.tcp ?? exp.udp;
     test(`TCP ${file}: ${typeof tcp === "string" ? tcp : tcp.join(" or ")}`, async () => {
-      const raw = fs.readFileSync(path.join(DIR, file));
+      const raw = loadRfc4475(file);
       const { replies, closed } = await tcpExchange(agent.port, raw, tcp === "drop" || tcp === "wait" || tcp === "close" ? 400 : 700);
       if (tcp === "close") {
         assert.ok(closed, "the agent closes a connection whose framing is lost");
@@ -205,7 +201,7 @@ describe("RFC 4475 torture messages against a running agent", () => {
       ["regescrt.dat", /^Contact: <sip:user@example\.com\?Route=%3Csip:sip\.example\.com%3E>;expires=\d+/im],
     ];
     for (const [file, contact] of cases) {
-      const raw = fs.readFileSync(path.join(DIR, file));
+      const raw = loadRfc4475(file);
       const [challenge] = await udpExchange(agent.port, raw, 500);
       assert.ok(challenge, `${file}: challenged`);
       const www = /^WWW-Authenticate: (.*)$/im.exec(challenge.toString("latin1"))?.[1];
