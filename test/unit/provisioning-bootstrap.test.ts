@@ -3,14 +3,14 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { Store } from "../../agent/store/store.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
 import { BootstrapGate } from "../../provisioning/server.ts";
+import { tempDir } from "../tmpdir.ts";
 
 test("bootstrap used once survives a restart (new gate, reopened store); the installer can reopen it", async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-bootstrap-"));
+  const dir = tempDir("ringedge-bootstrap-");
   const mac = "805ec0100042";
   let store = await Store.open(dir);
   const added = store.addDevice({ username: "1042", password: "phone-pass-1042", kind: "physical", mac, model: "T46U" });
@@ -42,7 +42,7 @@ test("bootstrap used once survives a restart (new gate, reopened store); the ins
 });
 
 test("a phone that authenticated has no bootstrap any more, across restarts too", async () => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-bootstrap-"));
+  const dir = tempDir("ringedge-bootstrap-");
   const store = await Store.open(dir);
   const added = store.addDevice({ username: "1043", password: "phone-pass-1043", kind: "physical", mac: "805ec0100043" });
   assert.ok(added.ok);
