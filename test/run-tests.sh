@@ -5,7 +5,9 @@
 #
 # Every file found must contribute tests: a file that fails to load already counts as a
 # failed test in node:test, and test/every-file-reporter.mjs fails the run for a file that
-# loaded but registered no test (its cases would otherwise vanish from the totals).
+# loaded but registered no test (its cases would otherwise vanish from the totals). A file
+# still running after FILE_TIMEOUT_MS (a hung test, or a handle that keeps its process alive)
+# is stopped and fails: a run always ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dirs=("$@"); [ ${#dirs[@]} -gt 0 ] || dirs=(test/unit test/e2e)
@@ -13,7 +15,8 @@ for d in "${dirs[@]}"; do [ -e "$d" ] || { echo "no such test file or folder: $d
 mapfile -t files < <(find "${dirs[@]}" -name '*.test.ts' 2>/dev/null | sort)
 [ ${#files[@]} -gt 0 ] || { echo "no test files under ${dirs[*]}" >&2; exit 1; }
 export RINGEDGE_TEST_FILES; RINGEDGE_TEST_FILES=$(printf '%s\n' "${files[@]}")
-cmd=(node --import tsx --test --test-concurrency=2
+FILE_TIMEOUT_MS=${RINGEDGE_TEST_FILE_TIMEOUT_MS:-1200000}
+cmd=(node --import tsx --test --test-concurrency=2 --test-timeout="$FILE_TIMEOUT_MS"
   --test-reporter=spec --test-reporter-destination=stdout
   --test-reporter=./test/every-file-reporter.mjs --test-reporter-destination=stderr
   "${files[@]}")
