@@ -52,7 +52,7 @@ test: deps sysdeps typecheck
 	bash test/run-tests.sh
 
 unit: deps
-	$(TSX) --test $$(find test/unit -name '*.test.ts' | sort)
+	bash test/run-tests.sh test/unit
 
 e2e: deps sysdeps
 	bash test/run-tests.sh test/e2e

@@ -31,6 +31,7 @@ import type { ProxyCall } from "../agent/sip/proxy-types.ts";
 import type { Flow } from "../agent/sip/types.ts";
 import { SimPhone, SimTrunk, parse, type Msg } from "../demo/sim.ts";
 import { machine, round, summarize, writeResult } from "./lib.ts";
+import { tempDir } from "../test/tmpdir.ts";
 
 const SELF = fileURLToPath(import.meta.url);
 const TRUNK_IP = "127.0.0.60";
@@ -232,7 +233,7 @@ async function main(): Promise<void> {
   const burstRate = env("BENCH_HP_BURST_RATE", 500);
   if ((globalThis as { gc?: () => void }).gc === undefined) console.error("note: run with --expose-gc for heap figures after a forced GC");
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-hotpath-"));
+  const dir = tempDir("ringedge-hotpath-");
   const child = fork(SELF, ["--peers"], { execArgv: ["--import", "tsx"], stdio: ["ignore", "inherit", "inherit", "ipc"] });
   await new Promise((r) => child.once("message", r));
   const phones = Array.from({ length: 10 }, (_, i) => {

@@ -16,6 +16,7 @@ import { loadProfiles } from "../provisioning/profiles.ts";
 import { ProvisioningServer } from "../provisioning/server.ts";
 import { StoreDirectory } from "../provisioning/store-directory.ts";
 import { fmt, machine, round, table, writeResult } from "./lib.ts";
+import { tempDir } from "../test/tmpdir.ts";
 
 const PHONES = 1000;
 const DECISIONS = 20_000;
@@ -46,7 +47,7 @@ async function importBench(dir: string): Promise<{ ms: number; parseMs: number; 
 }
 
 async function main(): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-bench-prov-"));
+  const dir = tempDir("ringedge-bench-prov-");
   try {
     const imp = await importBench(dir);
     const store = imp.store;

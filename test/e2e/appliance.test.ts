@@ -9,7 +9,8 @@ import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { ROOT, agentEnv, freePort, runCli, runSipp, startAgent, tempDir, until, writeUsersCsv, type RunningAgent } from "./harness.ts";
+import { ROOT, agentEnv, freePort, runCli, runSipp, startAgent, tempDir, until, type RunningAgent } from "./harness.ts";
+import { Phone, answerAfter } from "./callsim.ts";
 
 const HOOKS = path.join(ROOT, "firmware-hooks");
 const cleanups: Array<() => unknown> = [];
@@ -23,7 +24,7 @@ interface HookResult {
   stderr: string;
 }
 
-function hook(name: string, args: string[], env: NodeJS.ProcessEnv, stdin = "", timeoutMs = 40_000): Promise<HookResult> {
+function hook(name: string, args: string[], env: NodeJS.ProcessEnv, stdin = "", timeoutMs = 120_000): Promise<HookResult> {
   return new Promise((resolve, reject) => {
     // The hooks run the sources under test (not a dist/ bundle a developer may have built earlier).
     const withBin = { RINGEDGE_BIN: `${process.execPath} ${path.join(ROOT, "bin", "ringedge.js")}`, ...env };
@@ -83,21 +84,18 @@ describe("firmware hooks against the real agent", { concurrency: true }, () => {
       cleanups.push(() => agent.kill());
       const env = agentEnv(agent.dataDir, agent.port);
 
-      const csv = writeUsersCsv(dir, [["1001", "drain-Secret-1001"]]);
-      const phone = runSipp(["-sf", "phone-stay.xml", "-oocsf", "drain-phone-answer.xml", "-inf", csv, "-m", "1", "-d", "30000", "-i", "127.0.0.1", "-p", String(await freePort()), "-t", "u1", "-nd", "-timeout", "40", `127.0.0.1:${agent.port}`], 45_000);
-      cleanups.push(() => phone.proc.kill("SIGKILL"));
-      await until(async () => {
-        const r = await agent.cli(["device", "list", "--json"]);
-        return (JSON.parse(r.stdout) as Array<{ username: string; registered?: boolean }>).find((d) => d.username === "1001")?.registered;
-      }, 15_000, 200);
-
-      // The call: answered, then the caller hangs up after 7 s.
-      const caller = runSipp(["-sf", "proxy-uac.xml", "-s", "1001", "-i", "127.0.0.1", "-p", String(await freePort()), "-m", "1", "-nd", "-timeout", "30", "-timeout_error", "-d", "7000", `127.0.0.1:${agent.port}`], 35_000);
+      // Every step waits for a state, never for a clock: the call stays up until the test hangs
+      // it up, so a slow (loaded) machine only makes the steps slower, never reorders them.
+      const phone = await Phone.register(agent.port, "1001", "drain-Secret-1001", answerAfter(0));
+      cleanups.push(() => phone.close());
+      // The call: a trunk caller (SIPp) answered by the desk phone; it ends when the phone hangs up.
+      const caller = runSipp(["-sf", "route-caller-held.xml", "-s", "1001", "-i", "127.0.0.1", "-p", String(await freePort()), "-m", "1", "-nd", "-timeout", "90", "-timeout_error", `127.0.0.1:${agent.port}`], 95_000);
       cleanups.push(() => caller.proc.kill("SIGKILL"));
+      const connected = await until(() => phone.acks[0], 30_000, 20);
       await until(async () => {
         const s = JSON.parse((await agent.cli(["status", "--json"])).stdout) as { proxy: { dialogs: number } };
         return s.proxy.dialogs === 1;
-      }, 10_000, 100);
+      }, 30_000, 100);
 
       // Too short: the hook fails, naming the call still up; the agent now refuses new calls.
       const short = await hook("pre-upgrade", ["--timeout", "1"], env);
@@ -105,10 +103,15 @@ describe("firmware hooks against the real agent", { concurrency: true }, () => {
       assert.match(short.stdout, /not drained after \d+ ms: 0 ringing, 1 connected, 0 queued/);
       assert.match(short.stderr, /calls are still up/);
 
-      const drained = hook("pre-upgrade", ["--timeout", "25"], env);
-      const refused = await runSipp(["-sf", "drain-uac-refused.xml", "-s", "1001", "-i", "127.0.0.1", "-p", String(await freePort()), "-m", "1", "-nd", "-timeout", "10", "-timeout_error", `127.0.0.1:${agent.port}`], 15_000);
+      let drainedSettled = false;
+      const drained = hook("pre-upgrade", ["--timeout", "60"], env, "", 150_000).finally(() => (drainedSettled = true));
+      const refused = await runSipp(["-sf", "drain-uac-refused.xml", "-s", "1001", "-i", "127.0.0.1", "-p", String(await freePort()), "-m", "1", "-nd", "-timeout", "30", "-timeout_error", `127.0.0.1:${agent.port}`], 35_000);
       assert.equal(refused.code, 0, `new call not refused with 503: ${refused.stdout.slice(-800)} ${refused.stderr.slice(-800)}`);
+      assert.equal(drainedSettled, false, "the drain cannot end while the call is up");
+      assert.equal(phone.byes.length, 0, "the call survived the drain so far");
 
+      // The phone hangs up: the BYE crosses the draining agent to the caller, and the drain ends.
+      assert.equal(await phone.hangup(connected.callId), 200);
       const c = await caller;
       assert.equal(c.code, 0, `caller (BYE through the draining agent): ${c.stdout.slice(-1200)}`);
       const d = await drained;
@@ -117,11 +120,10 @@ describe("firmware hooks against the real agent", { concurrency: true }, () => {
       assert.match(d.stdout, /pre-upgrade: safe to stop/);
       assert.match(agent.log(), /draining: new calls are refused with 503/);
 
-      // SIGTERM on an agent already drained stops at once and cleanly.
-      const t0 = Date.now();
+      // SIGTERM on an agent already drained stops cleanly, its own drain finding no call.
       assert.equal(await agent.stop(), 0);
-      assert.ok(Date.now() - t0 < 3000);
       assert.match(agent.log(), /SIGTERM: draining before stop[\s\S]*drained; stopping[\s\S]*ringedge stopped/);
+      assert.doesNotMatch(agent.log(), /drain timed out; stopping with calls up/);
     });
   });
 

@@ -5,13 +5,22 @@ import { spawn, type ChildProcess } from "node:child_process";
 import dgram from "node:dgram";
 import fs from "node:fs";
 import net from "node:net";
-import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
+import { tempDir } from "../tmpdir.ts";
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const SIPP_DIR = path.join(ROOT, "test/sipp");
 const BIN = path.join(ROOT, "bin/ringedge.js");
+
+/**
+ * Upper bounds for a child process to start and answer. They are deadlines, not waits: on an
+ * idle machine the agent starts in about a second, but with the suite's files running side by
+ * side on two busy cores a node + tsx start-up has been seen to take over 15 s, and a bound
+ * that short fails a test that is not broken.
+ */
+export const START_TIMEOUT_MS = 60_000;
+export const CLI_TIMEOUT_MS = 60_000;
 
 /** A port free for both UDP and TCP on 127.0.0.1 (SIP listens on both). */
 export async function freePort(): Promise<number> {
@@ -34,9 +43,8 @@ export async function freePort(): Promise<number> {
   throw new Error("no free port found");
 }
 
-export function tempDir(prefix = "ringedge-test-"): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-}
+// Temporary folders (the agent's data directory among them) go when the test process ends.
+export { tempDir, removeTempDir } from "../tmpdir.ts";
 
 export interface RunningAgent {
   port: number;
@@ -73,7 +81,7 @@ export function agentEnv(dataDir: string, port: number, extra: Record<string, st
   };
 }
 
-export function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 20_000): Promise<{ code: number; stdout: string; stderr: string }> {
+export function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = CLI_TIMEOUT_MS): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, [BIN, ...args], { env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
@@ -122,7 +130,7 @@ export async function startAgent(opts: AgentOptions = {}): Promise<RunningAgent>
       waiters.push(w);
     });
   };
-  const started = waitForLog(/ringedge started/, 15_000);
+  const started = waitForLog(/ringedge started/, START_TIMEOUT_MS);
   const early = exited.then((code) => {
     throw new Error(`agent exited early with code ${code}; log:\n${log}`);
   });

@@ -6,9 +6,9 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import net from "node:net";
-import os from "node:os";
 import path from "node:path";
 import { freePort } from "./harness.ts";
+import { tempDir } from "../tmpdir.ts";
 
 export interface BrokerOptions {
   /** Reuse a port (restart after a kill on the same address). */
@@ -71,7 +71,7 @@ export async function waitForPort(port: number, timeoutMs = 5000): Promise<void>
 }
 
 export async function startBroker(opts: BrokerOptions = {}): Promise<Broker> {
-  const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-mosq-"));
+  const dir = opts.dir ?? tempDir("ringedge-mosq-");
   fs.chmodSync(dir, 0o777);
   const port = opts.port ?? (await freePort());
   const lines = [

@@ -7,7 +7,7 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
-import { freePort, runSipp, seedDevices, startAgent, tempDir, writeUsersCsv, type RunningAgent, type SippResult } from "./harness.ts";
+import { freePort, runSipp, seedDevices, startAgent, tempDir, until, writeUsersCsv, type RunningAgent, type SippResult } from "./harness.ts";
 
 interface DeviceJson {
   username: string;
@@ -95,8 +95,11 @@ describe("presence: keep-alive timeout, recovery, de-registration", () => {
     const binding = bindingsOf(registered);
     const grantedS = registered.contacts![0]!.expiresInS;
     // At least one keep-alive round answered by the phone: still online, lastSeen moves on.
-    await new Promise((r) => setTimeout(r, 1600));
-    const later = await device("5001");
+    // Waits for that state (bounded) rather than for a fixed time a loaded machine may overrun.
+    const later = await until(async () => {
+      const d = await device("5001");
+      return d.lastSeen !== registered.lastSeen ? d : undefined;
+    }, 30_000, 200).catch(() => device("5001"));
     assert.equal(later.online, true);
     assert.notEqual(later.lastSeen, registered.lastSeen, "a keep-alive answer moved lastSeen");
 

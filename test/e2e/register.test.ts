@@ -401,7 +401,8 @@ describe("bindings survive a restart", () => {
     assert.equal((await registerWithAuth(c, u, { password: p, expires: 3600 })).final.status, 200);
     const beforeKill = await contactsOf(a);
     assert.equal(beforeKill[u]!.length, 1);
-    await sleep(1000);
+    // Past the write-behind window: the store has nothing left to write (a state, polled).
+    await until(async () => (await status(a)).store.pendingWrites === false, 30_000, 100);
     await a.kill();
     assert.equal(a.proc.signalCode, "SIGKILL");
 

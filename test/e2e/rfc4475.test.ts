@@ -7,13 +7,10 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
-import fs from "node:fs";
 import net from "node:net";
-import path from "node:path";
-import { ROOT, startAgent, type RunningAgent } from "./harness.ts";
+import { startAgent, type RunningAgent } from "./harness.ts";
+import { loadRfc4475, rfc4475Files } from "../fixtures/rfc4475.ts";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
-
-const DIR = path.resolve(ROOT, "../shared/testdata/rfc4475");
 
 /**
  * What the agent answers for each file. "drop": no answer at all. For TCP, "close" means
@@ -105,40 +102,119 @@ function sourceAddress(): string {
   return `127.0.${1 + Math.floor(nextSource / 250)}.${1 + (nextSource % 250)}`;
 }
 
-function udpExchange(port: number, raw: Buffer, waitMs: number, rewrite = true): Promise<Buffer[]> {
+/** Longest wait for an answer the agent must send; reached only when it never comes. */
+const ANSWER_DEADLINE_MS = 20_000;
+
+let barriers = 0;
+/**
+ * An OPTIONS the agent answers 200 itself, sent after a torture message on the same socket or
+ * connection. The agent handles one source's messages in order, so once the barrier's answer
+ * is back, any answer to the message before it has been sent too: "no answer" is shown by a
+ * state, not by a quiet period a loaded machine could overrun.
+ */
+function barrier(transport: "UDP" | "TCP", host: string, port: number, agentPort: number): { text: string; callId: string } {
+  const callId = `barrier-${++barriers}-${process.pid}@${host}`;
+  const text = [
+    `OPTIONS sip:127.0.0.1:${agentPort} SIP/2.0`,
+    `Via: SIP/2.0/${transport} ${host}:${port};branch=z9hG4bK-barrier-${barriers};rport`,
+    "Max-Forwards: 70",
+    `From: <sip:barrier@${host}>;tag=b${barriers}`,
+    `To: <sip:127.0.0.1:${agentPort}>`,
+    `Call-ID: ${callId}`,
+    "CSeq: 1 OPTIONS",
+    "Content-Length: 0",
+    "",
+    "",
+  ].join("\r\n");
+  return { text, callId };
+}
+
+const isAnswerTo = (callId: string) => (reply: Buffer): boolean => reply.toString("latin1").includes(`Call-ID: ${callId}\r\n`);
+
+/** Resolves when check() holds or the deadline passes (the caller's assertions then say what is missing). */
+async function waitFor(check: () => boolean, deadlineMs: number): Promise<void> {
+  const end = Date.now() + deadlineMs;
+  while (!check() && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+}
+
+/** Splits a stream of responses into messages by Content-Length (long or compact form). */
+function splitStream(data: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  let rest = data;
+  for (;;) {
+    const end = rest.indexOf("\r\n\r\n");
+    if (end < 0) break;
+    const head = rest.subarray(0, end).toString("latin1");
+    const cl = Number(/^(?:content-length|l)[ \t]*:[ \t]*(\d+)/im.exec(head)?.[1] ?? 0);
+    const total = end + 4 + cl;
+    if (rest.length < total) break;
+    out.push(rest.subarray(0, total));
+    rest = rest.subarray(total);
+  }
+  if (rest.length > 0) out.push(rest);
+  return out;
+}
+
+/**
+ * Sends one message over UDP from a fresh source and returns what the agent answered to it.
+ * When an answer is expected it waits for the first one (bounded); either way it then sends
+ * a barrier and waits for the barrier's answer, so late or extra answers are caught too.
+ */
+function udpExchange(port: number, raw: Buffer, expectAnswer: boolean, rewrite = true): Promise<Buffer[]> {
   return new Promise((resolve) => {
     const sock = dgram.createSocket("udp4");
     const got: Buffer[] = [];
     sock.on("message", (m) => got.push(m));
     const host = sourceAddress();
-    sock.bind(0, host, () => {
-      sock.send(rewrite ? pointTopViaAt(raw, "UDP", host, sock.address().port) : raw, port, "127.0.0.1");
-      setTimeout(() => sock.close(() => resolve(got)), waitMs);
+    sock.bind(0, host, async () => {
+      const local = sock.address().port;
+      sock.send(rewrite ? pointTopViaAt(raw, "UDP", host, local) : raw, port, "127.0.0.1");
+      if (expectAnswer) await waitFor(() => got.length > 0, ANSWER_DEADLINE_MS);
+      const b = barrier("UDP", host, local, port);
+      sock.send(b.text, port, "127.0.0.1");
+      await waitFor(() => got.some(isAnswerTo(b.callId)), ANSWER_DEADLINE_MS);
+      sock.close(() => resolve(got.filter((m) => !isAnswerTo(b.callId)(m))));
     });
   });
 }
 
-function tcpExchange(port: number, raw: Buffer, waitMs: number): Promise<{ replies: Buffer; closed: boolean }> {
+/**
+ * Sends one message over TCP and waits for the state the expectation names: a complete
+ * answer, the agent closing the connection, or (for "drop") a barrier's answer on the same
+ * connection. "wait" (the agent waits for body bytes that never come) has no later state to
+ * wait for: it alone watches a quiet period.
+ */
+function tcpExchange(port: number, raw: Buffer, expect: "answer" | "close" | "drop" | "wait"): Promise<{ replies: Buffer; closed: boolean }> {
   return new Promise((resolve) => {
     const host = sourceAddress();
     const sock = net.connect({ port, host: "127.0.0.1", localAddress: host });
     const chunks: Buffer[] = [];
     let closed = false;
+    const data = (): Buffer => Buffer.concat(chunks);
     sock.on("data", (d) => chunks.push(d));
     sock.on("close", () => (closed = true));
     sock.on("error", () => (closed = true));
-    sock.on("connect", () => sock.write(pointTopViaAt(raw, "TCP", host, sock.localPort ?? 0)));
-    setTimeout(() => {
-      resolve({ replies: Buffer.concat(chunks), closed });
+    sock.on("connect", async () => {
+      const local = sock.localPort ?? 0;
+      sock.write(pointTopViaAt(raw, "TCP", host, local));
+      let replies: () => Buffer = data;
+      if (expect === "answer") await waitFor(() => closed || data().includes("\r\n\r\n"), ANSWER_DEADLINE_MS);
+      else if (expect === "close") await waitFor(() => closed, ANSWER_DEADLINE_MS);
+      else if (expect === "wait") await new Promise((r) => setTimeout(r, 400));
+      else {
+        const b = barrier("TCP", host, local, port);
+        sock.write(b.text);
+        await waitFor(() => closed || splitStream(data()).some(isAnswerTo(b.callId)), ANSWER_DEADLINE_MS);
+        replies = () => Buffer.concat(splitStream(data()).filter((m) => !isAnswerTo(b.callId)(m)));
+      }
+      resolve({ replies: replies(), closed });
       sock.destroy();
-    }, waitMs);
+    });
   });
 }
 
 describe("RFC 4475 torture messages against a running agent", () => {
   let agent: RunningAgent;
-  const files = fs.readdirSync(DIR).filter((f) => f.endsWith(".dat")).sort();
-
   before(async () => {
     agent = await startAgent();
   });
@@ -147,6 +223,7 @@ describe("RFC 4475 torture messages against a running agent", () => {
   });
 
   test("the archive holds the 50 files INDEX.md lists, each with an expectation", () => {
+    const files = rfc4475Files();
     assert.equal(files.length, 50);
     assert.deepEqual(files, Object.keys(EXPECT).sort());
   });
@@ -154,8 +231,8 @@ describe("RFC 4475 torture messages against a running agent", () => {
   for (const file of Object.keys(EXPECT).sort()) {
     const exp = EXPECT[file]!;
     test(`UDP ${file}: ${exp.udp === "drop" ? "dropped" : exp.udp.join(" or ")} (${exp.why})`, async () => {
-      const raw = fs.readFileSync(path.join(DIR, file));
-      const replies = await udpExchange(agent.port, raw, exp.udp === "drop" ? 400 : 700);
+      const raw = loadRfc4475(file);
+      const replies = await udpExchange(agent.port, raw, exp.udp !== "drop");
       if (exp.udp === "drop") {
         assert.equal(replies.length, 0, `expected no answer, got: ${replies[0]?.toString("latin1").split("\r\n")[0]}`);
         return;
@@ -177,8 +254,8 @@ describe("RFC 4475 torture messages against a running agent", () => {
     const exp = EXPECT[file]!;
     const tcp = exp.tcp ?? exp.udp;
     test(`TCP ${file}: ${typeof tcp === "string" ? tcp : tcp.join(" or ")}`, async () => {
-      const raw = fs.readFileSync(path.join(DIR, file));
-      const { replies, closed } = await tcpExchange(agent.port, raw, tcp === "drop" || tcp === "wait" || tcp === "close" ? 400 : 700);
+      const raw = loadRfc4475(file);
+      const { replies, closed } = await tcpExchange(agent.port, raw, typeof tcp === "string" ? tcp : "answer");
       if (tcp === "close") {
         assert.ok(closed, "the agent closes a connection whose framing is lost");
         return;
@@ -205,8 +282,8 @@ describe("RFC 4475 torture messages against a running agent", () => {
       ["regescrt.dat", /^Contact: <sip:user@example\.com\?Route=%3Csip:sip\.example\.com%3E>;expires=\d+/im],
     ];
     for (const [file, contact] of cases) {
-      const raw = fs.readFileSync(path.join(DIR, file));
-      const [challenge] = await udpExchange(agent.port, raw, 500);
+      const raw = loadRfc4475(file);
+      const [challenge] = await udpExchange(agent.port, raw, true);
       assert.ok(challenge, `${file}: challenged`);
       const www = /^WWW-Authenticate: (.*)$/im.exec(challenge.toString("latin1"))?.[1];
       assert.ok(www);
@@ -215,7 +292,7 @@ describe("RFC 4475 torture messages against a running agent", () => {
       const text = raw.toString("latin1");
       // A new CSeq for the authenticated retry, as a client does (RFC 3261 §22.2).
       const withAuth = text.replace(/^(CSeq:\s*)(\d+)/im, (_m, p: string, n: string) => `${p}${Number(n) + 1}`).replace(/\r\n\r\n/, `\r\nAuthorization: ${auth}\r\n\r\n`);
-      const [ok] = await udpExchange(agent.port, Buffer.from(withAuth, "latin1"), 500);
+      const [ok] = await udpExchange(agent.port, Buffer.from(withAuth, "latin1"), true);
       assert.ok(ok, `${file}: answered`);
       assert.equal(statusOf(ok), 200, `${file}: ${ok.toString("latin1").split("\r\n")[0]}`);
       assert.match(ok.toString("latin1"), contact, `${file}: binding as registered`);

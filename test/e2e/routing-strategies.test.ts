@@ -30,7 +30,7 @@ import {
   assertAfter,
   CallScene,
 } from "./callsim.ts";
-import { freePort, tempDir, type RunningAgent } from "./harness.ts";
+import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const UNIT = 200;
 /** A step of ringCount 2. */
@@ -169,8 +169,10 @@ describe("strategies through the real agent", () => {
     peers.push(caller);
     assertSippOk("caller cancels and gets 487", await caller.run);
     const id = callIdOf(caller);
-    // Let the phones' 487/ACK exchanges finish, then read what they saw.
-    await new Promise((r) => setTimeout(r, 300));
+    // Wait (bounded) until every phone the call reached has seen its CANCEL and the ACK for its
+    // 487 (SIPp writes its message trace as it goes), then read what they saw.
+    const seen = (p: (typeof sipps)[number], method: string): boolean => p.received().some((e) => e.msg.method === method && e.msg.header("call-id") === id);
+    await until(() => sipps.every((p) => !seen(p, "INVITE") || (seen(p, "CANCEL") && seen(p, "ACK"))), 20_000, 50).catch(() => undefined);
     for (const p of sipps) p.run.proc.kill("SIGTERM");
     await Promise.all(sipps.map((p) => p.run));
     const rang: string[] = [];

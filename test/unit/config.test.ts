@@ -16,11 +16,12 @@ import {
   SettingsError,
   type LoadOptions,
 } from "../../agent/config.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const NO_FILE = { defaultConfigPath: null } as const;
 
 function writeConfig(content: string | object, mode?: number): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-conf-"));
+  const dir = tempDir("ringedge-conf-");
   const file = path.join(dir, "ringedge.conf.json");
   fs.writeFileSync(file, typeof content === "string" ? content : JSON.stringify(content));
   if (mode !== undefined) fs.chmodSync(file, mode);
@@ -247,7 +248,7 @@ describe("settings file problems", () => {
     rejects({ configPath: "/nonexistent/ringedge.conf.json" }, "/nonexistent/ringedge.conf.json: settings file not found");
     rejects({ env: { RINGEDGE_CONFIG: "/nonexistent/x.json" } }, "settings file not found");
     // A directory is unreadable as a file for root and non-root alike.
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-conf-dir-"));
+    const dir = tempDir("ringedge-conf-dir-");
     rejects({ configPath: dir }, `${dir}: cannot read the settings file`);
     rejects({ configPath: writeConfig({ format: "ringedge-store", schemaVersion: 1, data: {} }) }, "this is a ringedge data store, not a settings file");
   });

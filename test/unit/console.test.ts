@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 import { CommandError, runCommand, type CommandTable } from "../../agent/console/control.ts";
 import { parseArgs } from "../../agent/cli.ts";
 import { USERNAME_RE, generatePassword } from "../../agent/console/commands.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const table: CommandTable = {
   echo: (args) => args,
@@ -71,7 +72,7 @@ test("calls.list: newest first, limit and group filter checked", async () => {
   const path = await import("node:path");
   const { Store } = await import("../../agent/store/store.ts");
   const { agentCommands } = await import("../../agent/console/commands.ts");
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-calls-"));
+  const dir = tempDir("ringedge-calls-");
   const store = await Store.open(dir);
   try {
     for (let i = 0; i < 3; i++) {

@@ -3,13 +3,13 @@
 // keeps the request exactly that long) and closes on release, and every refusal as a status.
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { test } from "node:test";
 import { CpuLatencyRequest } from "../../agent/appliance/cpu-latency.ts";
 import { loadSettings } from "../../agent/config.ts";
+import { tempDir } from "../tmpdir.ts";
 
-const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-cpulat-"));
+const dir = tempDir("ringedge-cpulat-");
 
 /** Paths this process has open, from /proc/self/fd. */
 function openPaths(): string[] {

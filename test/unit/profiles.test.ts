@@ -1,16 +1,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
+import { cpSync, readFileSync, rmSync, writeFileSync, mkdirSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { findModel, loadProfiles, modelRef, resolveModel, shownModel, validateAgainstSchema } from "../../provisioning/profiles.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const SRC = "device-profiles";
 const VENDORS = ["cisco", "fanvil", "grandstream", "poly", "snom", "yealink"];
 
 /** A scratch copy of device-profiles, removed after `fn`. */
 function withCopy(fn: (dir: string) => void): void {
-  const dir = mkdtempSync(join(tmpdir(), "ringedge-profiles-"));
+  const dir = tempDir("ringedge-profiles-");
   try {
     cpSync(SRC, dir, { recursive: true });
     fn(dir);

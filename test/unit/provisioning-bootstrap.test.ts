@@ -4,17 +4,16 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { Store } from "../../agent/store/store.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
 import { BootstrapGate, sameClient } from "../../provisioning/server.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const WINDOW = 30 * 60_000;
 
-test("bootstrap used once survives a restart (new gate, reopened store); rebootstrap rotates the credentials and opens a new window", async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-bootstrap-"));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+test("bootstrap used once survives a restart (new gate, reopened store); rebootstrap rotates the credentials and opens a new window", async () => {
+  const dir = tempDir("ringedge-bootstrap-");
   const mac = "805ec0100042";
   let store = await Store.open(dir);
   const added = store.addDevice({ username: "1042", password: "phone-pass-1042", kind: "physical", mac, model: "T46U" });
@@ -57,9 +56,8 @@ test("bootstrap used once survives a restart (new gate, reopened store); reboots
   await store.close();
 });
 
-test("a phone that authenticated has no bootstrap any more, across restarts too", async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-bootstrap-"));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+test("a phone that authenticated has no bootstrap any more, across restarts too", async () => {
+  const dir = tempDir("ringedge-bootstrap-");
   const store = await Store.open(dir);
   const added = store.addDevice({ username: "1043", password: "phone-pass-1043", kind: "physical", mac: "805ec0100043" });
   assert.ok(added.ok);

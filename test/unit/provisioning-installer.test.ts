@@ -16,12 +16,13 @@ import { phonesToCsv, parsePhoneCsv } from "../../provisioning/csv.ts";
 import { phoneCommands } from "../../provisioning/installer.ts";
 import { loadProfiles } from "../../provisioning/profiles.ts";
 import { pnpSeenNote } from "../../provisioning/pnp.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 const EXAMPLE = JSON.parse(fs.readFileSync(new URL("../../examples/site.json", import.meta.url), "utf8")) as Record<string, unknown>;
 
 async function withStore(fn: (store: Store, run: (cmd: string, args?: Record<string, unknown>) => Promise<any>) => Promise<void>): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-installer-"));
+  const dir = tempDir("ringedge-installer-");
   const store = await Store.open(dir);
   const table = phoneCommands({ store });
   const run = async (cmd: string, args: Record<string, unknown> = {}): Promise<any> => table[cmd]!(args);

@@ -20,6 +20,7 @@ import { SiteService } from "../../agent/site/site.ts";
 import { Store } from "../../agent/store/store.ts";
 import { ProvisioningServer, type ProvisioningRequest, type ProvisioningResponse } from "../../provisioning/server.ts";
 import { VENDORS, parsesAs, yealinkKv } from "./provisioning-fixtures.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 const logs: string[] = [];
@@ -219,7 +220,7 @@ test("wrong passwords in a burst are rate-limited too (brute force against Diges
 });
 
 test("firmware: served from the directory under /firmware/, configs name only installed pinned images, site pins override", () => {
-  const fwDir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-fw-"));
+  const fwDir = tempDir("ringedge-fw-");
   fs.writeFileSync(path.join(fwDir, "T46U-108.86.0.75.rom"), Buffer.alloc(1000, 7));
   fs.writeFileSync(path.join(os.tmpdir(), "outside-secret.txt"), "secret");
   fs.symlinkSync(path.join(os.tmpdir(), "outside-secret.txt"), path.join(fwDir, "link.rom"));
@@ -238,7 +239,7 @@ test("firmware: served from the directory under /firmware/, configs name only in
     fs.rmSync(fwDir, { recursive: true, force: true });
     fs.rmSync(path.join(os.tmpdir(), "outside-secret.txt"), { force: true });
   }
-  const fwDir2 = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-fw-"));
+  const fwDir2 = tempDir("ringedge-fw-");
   try {
     fs.writeFileSync(path.join(fwDir2, "T46U-108.87.0.1.rom"), "x");
     fs.writeFileSync(path.join(fwDir2, "pins.json"), JSON.stringify({ T46U: { file: "T46U-108.87.0.1.rom", version: "108.87.0.1" } }));
@@ -272,7 +273,7 @@ function request(url: string, opts: https.RequestOptions & { body?: string } = {
 }
 
 test("over real HTTP and HTTPS on 127.0.0.1: served, oversized headers refused with 431", async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-tls-"));
+  const dir = tempDir("ringedge-tls-");
   t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
   execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", path.join(dir, "key.pem"), "-out", path.join(dir, "cert.pem"), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], { stdio: "ignore" });
   const directory = new MemoryDirectory();
@@ -336,7 +337,7 @@ test("examples/site.json: every desk phone's model resolves to a vendor profile 
   const example = JSON.parse(fs.readFileSync(new URL("../../examples/site.json", import.meta.url), "utf8")) as { devices: Array<{ id: string; kind: string; mac?: string; model?: string }> };
   const desk = example.devices.filter((d) => d.kind === "physical");
   assert.ok(desk.length >= 7);
-  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-example-"));
+  const dataDir = tempDir("ringedge-example-");
   const store = await Store.open(dataDir);
   try {
     const applied = await new SiteService({ store }).apply(example, "file");

@@ -24,6 +24,7 @@ import { ProvisioningServer, type ClaimConflict, type ProvisioningRequest, type 
 import { ProvisioningService } from "../../provisioning/service.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
 import { yealinkKv } from "./provisioning-fixtures.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 const logs: string[] = [];
@@ -32,15 +33,9 @@ const WINDOW = 30 * 60_000;
 const site = () => ({ sipPort: 5060, transport: "udp" as const, ntpServer: "pool.ntp.org", timeZone: "UTC", resyncIntervalMin: 60 });
 const T46U = (mac: string) => ({ userAgent: `Yealink SIP-T46U 108.86.0.75 ${mac}` });
 
-function tempDir(t: { after(fn: () => void): void }, prefix: string): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 /** A server over a real store (installer commands see the same phones), requests through handle(). */
 async function storeSetup(t: { after(fn: () => void | Promise<void>): void }) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-trust-"));
+  const dir = tempDir("ringedge-trust-");
   const store = await Store.open(dir);
   t.after(async () => {
     await store.close();
@@ -159,7 +154,7 @@ test("a second client fetching the full config with the claimant's credentials: 
 });
 
 test("the store checks the trust fields it keeps (bad input refused, nothing changed)", async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-trust-store-"));
+  const dir = tempDir("ringedge-trust-store-");
   const store = await Store.open(dir);
   t.after(async () => {
     await store.close();
@@ -221,7 +216,7 @@ function fetchTls(port: number, file: string, opts: { ca: Buffer; cert?: Buffer;
 
 test("required device certificate over real HTTPS: a phone with its valid certificate is served; none, another CA, another vendor's CA, another MAC, or plain HTTP are refused", async (t) => {
   assert.ok(hasOpenssl(), "the openssl CLI is needed (make sysdeps installs it)");
-  const dir = tempDir(t, "ringedge-devcert-");
+  const dir = tempDir("ringedge-devcert-");
   openssl(dir, ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "server.key", "-out", "server.pem", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]);
   makeCa(dir, "yealink-ca");
   makeCa(dir, "poly-ca");
@@ -289,7 +284,7 @@ test("required device certificate over real HTTPS: a phone with its valid certif
 
 test("checkDeviceCertificate and the CA loader: bad input gets a clear reason, never a throw", (t) => {
   assert.ok(hasOpenssl(), "the openssl CLI is needed (make sysdeps installs it)");
-  const dir = tempDir(t, "ringedge-devcert-unit-");
+  const dir = tempDir("ringedge-devcert-unit-");
   makeCa(dir, "ca");
   makeDevice(dir, "dev", "ca", "/CN=device", "DNS:sep0015.65aa.bb93.example, URI:urn:x");
   const ca = parsePemCertificates(fs.readFileSync(path.join(dir, "ca.pem"), "utf8"), "ca.pem");
@@ -353,7 +348,7 @@ test("Digest challenges follow each vendor's profile httpDigest, not the SIP set
 
 /** Load a copy of the Snom profile with its profile.json changed; the load problems. */
 function loadProfilesWith(change: (p: Record<string, unknown>) => Record<string, unknown>): string[] {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-profile-"));
+  const dir = tempDir("ringedge-profile-");
   try {
     fs.copyFileSync("device-profiles/profile.schema.json", path.join(dir, "profile.schema.json"));
     fs.cpSync("device-profiles/snom", path.join(dir, "snom"), { recursive: true });
@@ -389,7 +384,7 @@ test("the bus hears about a conflict (provisioning.conflict) through the service
 // --- the service: settings checked at start, conflict wiring, PnP answer --------------------------
 
 async function serviceSetup(t: { after(fn: () => void | Promise<void>): void }, over: Partial<import("../../agent/config.ts").Settings>) {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-trust-svc-"));
+  const dir = tempDir("ringedge-trust-svc-");
   const store = await Store.open(dir);
   const bus = new EventBus();
   const rotated: string[] = [];

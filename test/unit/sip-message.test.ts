@@ -1,6 +1,5 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, readdirSync } from "node:fs";
 import {
   DEFAULT_LIMITS,
   frameStream,
@@ -18,9 +17,8 @@ import {
 } from "../../agent/sip/message.ts";
 import { createResponse, encodeResponse, forwardRequest, serialize, setViaReceived, withHeaders } from "../../agent/sip/serialize.ts";
 import type { SipMessage, SipRequest, SipResponse } from "../../agent/sip/types.ts";
+import { loadRfc4475 as load, rfc4475Files } from "../fixtures/rfc4475.ts";
 
-const DIR = "/work/shared/testdata/rfc4475/";
-const load = (file: string): Buffer => readFileSync(DIR + file);
 
 function ok(result: ParseResult): SipMessage {
   if (!result.ok) assert.fail(`parse failed: ${result.error.status} ${result.error.reason}`);
@@ -179,7 +177,7 @@ test("every RFC 4475 file frames on a stream as expected", () => {
     "mcl01.dat": "error",
     "inv2543.dat": "error",
   };
-  for (const f of readdirSync(DIR).filter((x) => x.endsWith(".dat"))) {
+  for (const f of rfc4475Files()) {
     const frame = frameStream(load(f));
     assert.equal(frame.kind, expectFrame[f] ?? "message", f);
   }
@@ -569,7 +567,7 @@ function rng(seed: number): () => number {
 }
 
 test("random mutations and truncations of the torture files never throw and stay fast", () => {
-  const files = readdirSync(DIR).filter((f) => f.endsWith(".dat")).map(load);
+  const files = rfc4475Files().map(load);
   const rand = rng(4475);
   const pick = (n: number) => Math.floor(rand() * n);
   const interesting = Buffer.from('\r\n\t :;,"<>[]\\%@=/0\x00\xff');

@@ -3,7 +3,6 @@
 // Deterministic: node:test mock timers, advanced one millisecond at a time so every send is
 // stamped with the exact moment it happened.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import { afterEach, beforeEach, describe, mock, test } from "node:test";
 import { parseDatagram } from "../../agent/sip/message.ts";
 import { createResponse, serialize } from "../../agent/sip/serialize.ts";
@@ -20,8 +19,7 @@ import {
   type TransactionLayerOptions,
 } from "../../agent/sip/transaction.ts";
 import type { Flow, SipRequest, SipResponse, Transport } from "../../agent/sip/types.ts";
-
-const TORTURE = "/work/shared/testdata/rfc4475";
+import { loadRfc4475 } from "../fixtures/rfc4475.ts";
 
 // --- fixtures -------------------------------------------------------------------------------
 
@@ -869,7 +867,7 @@ describe("matching (§17.2.3)", () => {
 
   test("RFC 2543 INVITE without a branch (inv2543.dat): retransmission, ACK by To tag, CANCEL", () => {
     const layer = makeLayer({ tryingDelay: false });
-    const bytes = readFileSync(`${TORTURE}/inv2543.dat`);
+    const bytes = loadRfc4475("inv2543.dat");
     const inv = parseRequest(bytes);
     assert.equal(inv.via[0]!.branch, undefined);
     const r = layer.receiveRequest(inv, udp);
@@ -918,7 +916,7 @@ describe("matching (§17.2.3)", () => {
 
   test("a bare z9hG4bK branch (badbranch.dat) falls back to RFC 2543 matching", () => {
     const layer = makeLayer();
-    const bytes = readFileSync(`${TORTURE}/badbranch.dat`);
+    const bytes = loadRfc4475("badbranch.dat");
     const opt = parseRequest(bytes);
     assert.equal(opt.via[0]!.branch, "z9hG4bK");
     const r = layer.receiveRequest(opt, udp);

@@ -3,12 +3,11 @@
 // parses, through checkRequest for a stated role. The expected outcome is INDEX.md's.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync, readdirSync } from "node:fs";
 import { frameStream, parseDatagram, parseStreamMessage, type ParseResult } from "../../agent/sip/message.ts";
 import { checkRequest, type ElementRole } from "../../agent/sip/validate.ts";
 import type { SipRequest } from "../../agent/sip/types.ts";
+import { loadRfc4475, rfc4475Files } from "../fixtures/rfc4475.ts";
 
-const DIR = "/work/shared/testdata/rfc4475/";
 const METHODS: ReadonlySet<string> = new Set(["INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "REGISTER", "MESSAGE"]);
 const NO_EXTENSIONS: ReadonlySet<string> = new Set();
 
@@ -78,14 +77,14 @@ function outcome(result: ParseResult, role: ElementRole): { outcome: Outcome; he
 }
 
 test("the table covers all 50 RFC 4475 files", () => {
-  const files = readdirSync(DIR).filter((f) => f.endsWith(".dat")).sort();
+  const files = rfc4475Files();
   assert.equal(files.length, 50);
   assert.deepEqual(CASES.map((c) => c.file).sort(), files);
 });
 
 for (const c of CASES) {
   test(`RFC 4475 ${c.file} (${c.note})`, () => {
-    const bytes = readFileSync(DIR + c.file);
+    const bytes = loadRfc4475(c.file);
     for (const [role, expected] of c.expect) {
       const viaDatagram = outcome(parseDatagram(bytes), role);
       assert.equal(viaDatagram.outcome, expected, `${c.file} as ${role} over UDP`);
@@ -100,7 +99,7 @@ for (const c of CASES) {
 }
 
 test("bext01: 420 lists the Proxy-Require tags at a proxy and the Require tags at a UAS", () => {
-  const r = parseDatagram(readFileSync(DIR + "bext01.dat"));
+  const r = parseDatagram(loadRfc4475("bext01.dat"));
   assert.ok(r.ok);
   assert.deepEqual(outcome(r, "proxy").headers, ["unsupported: noProxiesSupportThis, norDoAnyProxiesSupportThis"]);
   assert.deepEqual(outcome(r, "uas").headers, ["unsupported: nothingSupportsThis, nothingSupportsThisEither"]);
@@ -113,15 +112,15 @@ test("bext01: 420 lists the Proxy-Require tags at a proxy and the Require tags a
 });
 
 test("invut: 415 carries Accept; sdp01: 406 carries a 399 Warning", () => {
-  const invut = outcome(parseDatagram(readFileSync(DIR + "invut.dat")), "uas");
+  const invut = outcome(parseDatagram(loadRfc4475("invut.dat")), "uas");
   assert.deepEqual(invut.headers, ["accept: application/sdp"]);
-  const sdp01 = outcome(parseDatagram(readFileSync(DIR + "sdp01.dat")), "uas");
+  const sdp01 = outcome(parseDatagram(loadRfc4475("sdp01.dat")), "uas");
   assert.equal(sdp01.headers?.length, 1);
   assert.match(sdp01.headers![0]!, /^warning: 399 ringedge "/);
 });
 
 test("501 answers carry Allow with the supported methods", () => {
-  const r = outcome(parseDatagram(readFileSync(DIR + "intmeth.dat")), "uas");
+  const r = outcome(parseDatagram(loadRfc4475("intmeth.dat")), "uas");
   assert.deepEqual(r.headers, ["allow: INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, MESSAGE"]);
 });
 

@@ -8,13 +8,14 @@ import { SiteService, checkSiteConfig, readSiteFile, formatSiteErrors } from "..
 import { Store } from "../../agent/store/store.ts";
 import { EventBus } from "../../agent/bus.ts";
 import { defaultProfiles } from "../../provisioning/profiles.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
 const EXAMPLE = JSON.parse(fs.readFileSync(new URL("../../examples/site.json", import.meta.url), "utf8")) as Record<string, any>;
 const INVALID = JSON.parse(fs.readFileSync(new URL("../../examples/site-invalid.json", import.meta.url), "utf8")) as Record<string, any>;
 
 function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-site-"));
+  return tempDir("ringedge-site-");
 }
 
 function site(version: number, over: Record<string, unknown> = {}): Record<string, any> {

@@ -17,11 +17,12 @@ import {
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
 import { MIGRATIONS, MigrationError, runMigrations, isLegacyV0, type Migration, type ModelCanonicaliser } from "../../agent/store/migrations.ts";
 import { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES, validateStoreData } from "../../agent/store/schema.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
 
 function tmpDir(): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-store-"));
+  return tempDir("ringedge-store-");
 }
 
 function binding(over: Partial<BindingRecord> = {}): BindingRecord {

@@ -2,11 +2,11 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { Outbox, OUTBOX_FILE } from "../../agent/sync/outbox.ts";
+import { tempDir } from "../tmpdir.ts";
 
-const dir = (): string => fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-outbox-"));
+const dir = (): string => tempDir("ringedge-outbox-");
 const lines = (d: string): string[] => fs.readFileSync(path.join(d, OUTBOX_FILE), "utf8").split("\n").filter(Boolean);
 
 test("events are publishable only after they are on disk, in seq order", async () => {
