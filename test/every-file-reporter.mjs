@@ -23,8 +23,12 @@ export default async function* everyFileReporter(source) {
     .map((f) => path.resolve(f));
   /** @type {Map<string, number>} */
   const testsPerFile = new Map();
+  // Whole-run totals of tests (suites not counted), for the plain closing line below.
+  let passed = 0;
+  let failed = 0;
   for await (const event of source) {
     if (event.type !== "test:pass" && event.type !== "test:fail") continue;
+    if (event.data.details?.type !== "suite") event.type === "test:pass" ? passed++ : failed++;
     const file = event.data.file;
     if (file === undefined) continue;
     const abs = path.resolve(file);
@@ -34,8 +38,11 @@ export default async function* everyFileReporter(source) {
   }
   const all = [...new Set([...expected, ...testsPerFile.keys()])].sort();
   const missing = all.filter((f) => (testsPerFile.get(f) ?? 0) === 0);
+  // The plain closing line any CI reads: "N passed, N failed" alone on a line.
+  const closing = `tests: ${passed} passed, ${failed + missing.length} failed\n`;
   if (missing.length === 0) {
     yield `every-file check: all ${all.length} test files ran tests\n`;
+    yield closing;
     return;
   }
   process.exitCode = 1;
@@ -44,4 +51,5 @@ export default async function* everyFileReporter(source) {
     yield `every-file check FAILED: ${path.relative(process.cwd(), f)}: ${why}\n`;
   }
   yield `every-file check: ${missing.length} of ${all.length} test files ran no test; the run fails\n`;
+  yield closing;
 }
