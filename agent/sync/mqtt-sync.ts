@@ -18,6 +18,7 @@ import type { IClientOptions, IClientPublishOptions, IPublishPacket, MqttClient 
 import type { EventBus } from "../bus.ts";
 import { validatePayload, type PayloadResult } from "../contract.ts";
 import type { Logger } from "../log.ts";
+import { versionStanding } from "../site/site.ts";
 import { canonicalJson } from "../store/atomic-file.ts";
 import { Outbox, type OutboxEvent } from "./outbox.ts";
 import { CallStatistics } from "./stats.ts";
@@ -177,12 +178,14 @@ export function backoffMs(attempt: number, minMs: number, maxMs: number, random:
 
 /**
  * Reads a desired message as far as it can and says what to do. Pure: the caller applies.
- * `kind: "apply"` carries the config; "unchanged" when version ≤ applied; "reject" with every
- * error found. Never throws.
+ * `kind: "apply"` carries the config; "unchanged" when the version is older, or the applied
+ * version with the applied content; "reject" with every error found — the applied version with
+ * other content is a `version-conflict` (an "unchanged" would tell a console waiting for its
+ * version that it is done while the site runs something else). Never throws.
  */
 export function judgeDesired(
   payload: Buffer,
-  ctx: { siteId: string; appliedVersion: number; maxBytes: number },
+  ctx: { siteId: string; appliedVersion: number; appliedHash: string | null; maxBytes: number },
   validate: (def: string, v: unknown) => PayloadResult = validatePayload,
 ): { kind: "apply"; version: number; hash: string; config: Record<string, unknown> } | { kind: "unchanged"; version: number } | { kind: "reject"; version: number | null; errors: SyncError[] } {
   if (payload.length > ctx.maxBytes) {
@@ -210,7 +213,11 @@ export function judgeDesired(
   const hash = configHash(config);
   if (typeof obj.hash === "string" && obj.hash !== hash) errors.push({ code: "hash-mismatch", path: "hash", message: `config hashes to ${hash}` });
   if (errors.length > 0) return { kind: "reject", version, errors };
-  if (version <= ctx.appliedVersion) return { kind: "unchanged", version };
+  const standing = versionStanding(ctx.appliedVersion > 0 ? { version: ctx.appliedVersion, hash: ctx.appliedHash } : null, { version, hash });
+  if (standing === "conflict") {
+    return { kind: "reject", version, errors: [{ code: "version-conflict", path: "version", message: `version ${version} is already applied with content ${ctx.appliedHash ?? "of unknown hash"}; this push's content is ${hash}: raise "version" to apply it` }] };
+  }
+  if (standing !== "newer") return { kind: "unchanged", version };
   return { kind: "apply", version, hash, config };
 }
 
@@ -579,7 +586,7 @@ export class MqttSync {
 
   private async onDesired(payload: Buffer): Promise<void> {
     const applied = this.appliedNow();
-    const verdict = judgeDesired(payload, { siteId: this.opts.siteId, appliedVersion: applied.version, maxBytes: this.maxPayload });
+    const verdict = judgeDesired(payload, { siteId: this.opts.siteId, appliedVersion: applied.version, appliedHash: applied.hash, maxBytes: this.maxPayload });
     if (verdict.kind === "reject") return this.finishDesired(verdict.version, "rejected", verdict.errors);
     if (verdict.kind === "unchanged") return this.finishDesired(verdict.version, "unchanged", []);
     let outcome: ApplyOutcome;
@@ -593,7 +600,15 @@ export class MqttSync {
       const errors = outcome.errors.map((e) => ({ code: e.code, path: e.path === "$" || e.path === "" ? "config" : `config.${e.path.replace(/^\$\.?/, "")}`.replace(/\.\[/g, "["), message: e.message }));
       return this.finishDesired(verdict.version, "rejected", errors);
     }
-    this.opts.log.info("console config applied", { version: outcome.version, changed: outcome.changed });
+    if (!outcome.changed) {
+      // Something else (the local site file) applied this version meanwhile: judge again
+      // against what runs now, so the ack never says "applied" for other content.
+      const now = this.appliedNow();
+      const again = judgeDesired(payload, { siteId: this.opts.siteId, appliedVersion: now.version, appliedHash: now.hash, maxBytes: this.maxPayload });
+      if (again.kind === "reject") return this.finishDesired(again.version, "rejected", again.errors);
+      return this.finishDesired(verdict.version, "unchanged", []);
+    }
+    this.opts.log.info("console config applied", { version: outcome.version });
     return this.finishDesired(verdict.version, "applied", []);
   }
 

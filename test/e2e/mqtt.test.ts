@@ -176,6 +176,20 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
     const older = await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(2)), 2);
     assert.equal(older.status, "unchanged");
     assert.equal(older.appliedVersion, 3);
+    // Version 3 again with other content: a conflict naming both hashes, nothing applied.
+    const fileBefore = fs.readFileSync(a.store.file, "utf8");
+    const other = siteSnapshot(3);
+    (other.users as Array<Record<string, unknown>>)[0]!.name = "Not the applied one";
+    const conflict = await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, other), 3);
+    assert.equal(conflict.status, "rejected", JSON.stringify(conflict));
+    assert.deepEqual(conflict.errors.map((e) => [e.code, e.path]), [["version-conflict", "version"]]);
+    assert.ok(conflict.errors[0]!.message.includes(configHash(config)) && conflict.errors[0]!.message.includes(configHash(other)), conflict.errors[0]!.message);
+    assert.equal(conflict.appliedVersion, 3);
+    assert.equal(fs.readFileSync(a.store.file, "utf8"), fileBefore, "store untouched by the conflicting push");
+    const afterConflict = await until(() => rec.messages.filter((m) => m.payload.lastResult?.status === "rejected").at(-1)?.payload);
+    assert.equal(afterConflict.appliedHash, configHash(config), "reported still names the applied content");
+    // The applied content again is still "unchanged".
+    assert.equal((await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, config), 3)).status, "unchanged");
   });
 
   it("every kind of bad push is rejected with its paths and changes nothing", async () => {

@@ -8,15 +8,29 @@ import { CallStatistics } from "../../agent/sync/stats.ts";
 import { isOwnReplyTopic, parseTopic } from "../../agent/sync/topics.ts";
 import { siteSnapshot } from "../e2e/mqtt-fixtures.ts";
 
-const ctx = { siteId: "s-1", appliedVersion: 3, maxBytes: 1 << 20 };
+const ctx = { siteId: "s-1", appliedVersion: 3, appliedHash: configHash(siteSnapshot(3)), maxBytes: 1 << 20 };
 const desired = (config: Record<string, unknown>, extra: Record<string, unknown> = {}): Buffer => Buffer.from(JSON.stringify({ schema: "ringedge.desired/1", siteId: "s-1", version: config.version, config, ...extra }));
 
-test("judgeDesired: apply newer, unchanged for equal or older, and every kind of rejection with paths", () => {
+test("judgeDesired: apply newer, unchanged for older or the same content, conflict for the same version with other content, and every kind of rejection with paths", () => {
   const v4 = judgeDesired(desired(siteSnapshot(4)), ctx);
   assert.equal(v4.kind, "apply");
   assert.equal(v4.kind === "apply" && v4.hash, configHash(siteSnapshot(4)));
   assert.deepEqual(judgeDesired(desired(siteSnapshot(3)), ctx), { kind: "unchanged", version: 3 });
   assert.deepEqual(judgeDesired(desired(siteSnapshot(2)), ctx), { kind: "unchanged", version: 2 });
+  // The applied version with other content is a conflict naming both hashes, never "unchanged".
+  const other = siteSnapshot(3);
+  (other.users as Array<Record<string, unknown>>)[0]!.name = "Someone else";
+  const conflict = judgeDesired(desired(other), ctx);
+  assert.equal(conflict.kind, "reject");
+  if (conflict.kind === "reject") {
+    assert.equal(conflict.version, 3);
+    assert.deepEqual(conflict.errors.map((e) => [e.code, e.path]), [["version-conflict", "version"]]);
+    assert.ok(conflict.errors[0]!.message.includes(ctx.appliedHash), conflict.errors[0]!.message);
+    assert.ok(conflict.errors[0]!.message.includes(configHash(other)), conflict.errors[0]!.message);
+  }
+  // An older version is "unchanged" whatever its content; nothing applied yet: any version applies.
+  assert.deepEqual(judgeDesired(desired({ ...siteSnapshot(2), settings: { pickupCode: "*9" } }), ctx), { kind: "unchanged", version: 2 });
+  assert.equal(judgeDesired(desired(siteSnapshot(1)), { ...ctx, appliedVersion: 0, appliedHash: null }).kind, "apply");
   const codes = (b: Buffer): Array<[string, string]> => {
     const r = judgeDesired(b, ctx);
     assert.equal(r.kind, "reject");
