@@ -130,7 +130,10 @@ export interface SyncTimers {
   keepaliveS: number;
   /** Presence snapshots are coalesced: at most one per this many ms. */
   presenceDebounceMs: number;
-  /** Events published and not yet acknowledged at once (order is kept: one topic, one connection). */
+  /**
+   * Events published and not yet acknowledged at once (order is kept: one topic, one
+   * connection); lowered on each connect to the broker's Receive Maximum less CONTROL_SLOTS.
+   */
   eventWindow: number;
   /** Outbox fsync batching. */
   outboxBatchMs: number;
@@ -152,6 +155,19 @@ const DEFAULT_TIMERS: SyncTimers = {
   consoleBirthJitterMs: 30_000,
 };
 
+/**
+ * QoS 1 slots of the broker's Receive Maximum (MQTT 5 §3.2.2.3.3, §4.9) left to status,
+ * reported, presence, acks and replies: events take at most receiveMaximum − CONTROL_SLOTS.
+ */
+export const CONTROL_SLOTS = 4;
+
+/** The events window on a connection: the configured one, within what the broker can receive. */
+export function eventWindowFor(configured: number, receiveMaximum: number | undefined): number {
+  // Absent, Receive Maximum is 65,535 (MQTT 5 §3.2.2.3.3).
+  const rm = receiveMaximum ?? 65_535;
+  return Math.max(1, Math.min(configured, rm - CONTROL_SLOTS));
+}
+
 /** 1 MB: budget for a full site snapshot with room to spare (a 500-user site is ~150 KB). */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20;
 
@@ -160,6 +176,8 @@ export interface SyncStatus {
   connSeq: number;
   bootId: string;
   appliedVersion: number;
+  /** Events in flight allowed on this connection (eventWindowFor). */
+  eventWindow: number;
   outbox: ReturnType<Outbox["stats"]>;
   rejectedMessages: number;
   invalidOutgoing: number;
@@ -239,8 +257,15 @@ export class MqttSync {
   private connSeq = 0;
   /** Failed attempts since the last successful connect, for the back-off. */
   private failures = 0;
-  /** Increments on every connect: callbacks of an older connection only count on success. */
-  private connGen = 0;
+  /**
+   * The link is up and 'connect' has been handled: events may be pumped. Cleared on 'close',
+   * where every unacknowledged publish is failed back to its owner (dropLinkState).
+   */
+  private linkUp = false;
+  /** Events allowed in flight on the current connection. */
+  private eventWindow: number;
+  /** Finishers of events waiting for a PUBACK on the current connection. */
+  private eventsAwaiting = new Set<() => void>();
   /** Desired messages are handled one at a time, in arrival order. */
   private desiredChain: Promise<void> = Promise.resolve();
   private lastResult: ReportedPayload["lastResult"];
@@ -254,6 +279,7 @@ export class MqttSync {
   constructor(private readonly opts: MqttSyncOptions) {
     this.bootId = opts.bootId ?? randomBytes(6).toString("base64url");
     this.t = { ...DEFAULT_TIMERS, ...opts.timers };
+    this.eventWindow = this.t.eventWindow;
     this.maxPayload = opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
     this.now = opts.now ?? Date.now;
     this.stats = new CallStatistics(this.now());
@@ -362,7 +388,8 @@ export class MqttSync {
 
   private wire(client: MqttClient): void {
     const o = this.opts;
-    client.on("connect", (connack) => this.onConnect(connack.sessionPresent));
+    client.on("connect", (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
+    client.on("close", () => this.dropLinkState(client));
     client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet));
     // MQTT.js has no back-off (pitfall 1): its retry timer reads reconnectPeriod when the link
     // drops ('offline' is emitted just before) and when an attempt fails ('close' after the
@@ -384,11 +411,39 @@ export class MqttSync {
     this.opts.log.info("console broker unreachable; working on the last applied config", { retryInMs: this.client?.options.reconnectPeriod });
   }
 
-  private onConnect(sessionPresent: boolean): void {
+  /**
+   * The connection closed. MQTT.js replays every unacknowledged QoS 1 publish of its store on
+   * the next connection before 'connect', and the outbox then pumped the same events again:
+   * each event in flight went out twice on the new connection. The outbox owns the events'
+   * retransmission, so their publishes are dropped from MQTT.js's store and failed back here
+   * (the session was a Clean Start one and ended with the connection, MQTT 5 §3.1.2.4: nothing
+   * obliges a resend). Other publishes (acks, replies, status) stay in MQTT.js's store: it sends
+   * them once more after the reconnect, so an ack cut off by the crash still reaches the console.
+   */
+  private dropLinkState(client: MqttClient): void {
+    this.linkUp = false;
+    const events = siteTopic(this.opts.siteId, "events");
+    for (const key of Object.keys(client.outgoing)) {
+      const id = Number(key);
+      const pending = client.outgoing[id];
+      client.outgoingStore.get({ messageId: id }, (err, packet) => {
+        if (err || packet?.cmd !== "publish" || packet.topic !== events) return;
+        delete client.outgoing[id];
+        client.outgoingStore.del({ messageId: id }, () => undefined);
+        pending?.cb(new Error("connection closed before the PUBACK"));
+      });
+    }
+    for (const fail of [...this.eventsAwaiting]) fail();
+    this.eventsAwaiting.clear();
+    this.outbox?.releaseAll();
+  }
+
+  private onConnect(sessionPresent: boolean, receiveMaximum: number | undefined): void {
     const client = this.client;
     if (!client || this.stopping) return;
     this.failures = 0;
-    this.connGen++;
+    this.eventWindow = eventWindowFor(this.t.eventWindow, receiveMaximum);
+    this.linkUp = true;
     // Nagle's algorithm alone costs 40-90 ms per push → ack on loopback (mqtt-sync.md).
     const stream = client.stream as { setNoDelay?: (on: boolean) => void };
     stream.setNoDelay?.(true);
@@ -400,8 +455,7 @@ export class MqttSync {
     });
     this.publishReported();
     this.publishPresence();
-    // Whatever was in flight on the old connection counts as not sent: deliver again, in order.
-    this.outbox?.releaseAll();
+    // Whatever was in flight on the old connection went back to the outbox on 'close': deliver it again, in order.
     this.pump();
   }
 
@@ -444,12 +498,10 @@ export class MqttSync {
 
   /** Publishes durable outbox events in order while connected, keeping at most eventWindow in flight. */
   private pump(): void {
-    const client = this.client;
     const box = this.outbox;
-    if (!client?.connected || !box || this.stopping) return;
-    const room = this.t.eventWindow - box.inFlightCount();
+    if (!this.linkUp || !this.client?.connected || !box || this.stopping) return;
+    const room = this.eventWindow - box.inFlightCount();
     if (room <= 0) return;
-    const gen = this.connGen;
     const topic = siteTopic(this.opts.siteId, "events");
     for (const ev of box.take(room)) {
       void this.publishEvent(topic, ev).then((r) => {
@@ -459,24 +511,30 @@ export class MqttSync {
           // replaying it forever would stall every later event (pitfall 10).
           this.opts.log.error("broker refused an event; dropped", { seq: ev.seq, type: ev.type });
           box.delivered(ev.seq);
-        } else if (gen === this.connGen) box.release(ev.seq);
+        } else box.release(ev.seq); // the connection closed (dropLinkState released it already)
         this.pump();
       });
     }
   }
 
+  /**
+   * One event, QoS 1. No timeout: on a live connection a PUBACK comes or the connection dies
+   * (keepalive), and resending on the same connection is not allowed (MQTT 5 §4.4) — it would
+   * only duplicate. A closed connection fails it (dropLinkState).
+   */
   private publishEvent(topic: string, ev: OutboxEvent): Promise<"delivered" | "refused" | "failed"> {
     const client = this.client;
     if (!client) return Promise.resolve("failed");
     return new Promise((resolve) => {
       let done = false;
-      const timer = setTimeout(() => finish("failed"), this.t.publishTimeoutMs);
+      const lost = (): void => finish("failed");
       const finish = (r: "delivered" | "refused" | "failed"): void => {
         if (done) return;
         done = true;
-        clearTimeout(timer);
+        this.eventsAwaiting.delete(lost);
         resolve(r);
       };
+      this.eventsAwaiting.add(lost);
       try {
         client.publish(topic, JSON.stringify(ev), { qos: 1 }, (err) => {
           if (!err) return finish("delivered");
@@ -700,7 +758,8 @@ export class MqttSync {
       connSeq: this.connSeq,
       bootId: this.bootId,
       appliedVersion: this.appliedNow().version,
-      outbox: this.outbox?.stats() ?? { pending: 0, durable: 0, inFlight: 0, nextSeq: 1, dropped: 0, fileBytes: 0, tornLines: 0 },
+      eventWindow: this.eventWindow,
+      outbox: this.outbox?.stats() ?? { pending: 0, durable: 0, inFlight: 0, peakInFlight: 0, nextSeq: 1, dropped: 0, fileBytes: 0, tornLines: 0 },
       rejectedMessages: this.rejectedMessages,
       invalidOutgoing: this.invalidOutgoing,
     };

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { validatePayload } from "../../agent/contract.ts";
-import { backoffMs, configHash, judgeDesired } from "../../agent/sync/mqtt-sync.ts";
+import { backoffMs, configHash, CONTROL_SLOTS, eventWindowFor, judgeDesired } from "../../agent/sync/mqtt-sync.ts";
 import { desiredFrom } from "../../agent/sync/console-cli.ts";
 import { CallStatistics } from "../../agent/sync/stats.ts";
 import { isOwnReplyTopic, parseTopic } from "../../agent/sync/topics.ts";
@@ -103,4 +103,11 @@ test("statistics: group offers count once per call; averages only over answered 
   assert.deepEqual(r.operators.map((o) => [o.userId, o.offered, o.answered, o.avgAnswerMs]), [["a", 2, 1, 100], ["b", 1, 1, 300]]);
   s.reset(10);
   assert.ok(s.isEmpty());
+});
+
+test("eventWindowFor: the configured window within the broker's Receive Maximum, leaving control slots", () => {
+  assert.equal(eventWindowFor(64, undefined), 64, "absent Receive Maximum is 65,535");
+  assert.equal(eventWindowFor(64, 20), 20 - CONTROL_SLOTS, "Mosquitto's default of 20");
+  assert.equal(eventWindowFor(64, 1000), 64);
+  assert.equal(eventWindowFor(64, 2), 1, "never below one");
 });
