@@ -71,10 +71,14 @@ async function localAgent(url: string, siteId: string, dataDir = tempDir("ringed
 }
 
 /** A raw MQTT 5 client recording every message on the given filters; resubscribes explicitly on every connect. */
-async function recorder(url: string, filters: string[]): Promise<{ client: MqttClient; messages: Array<{ topic: string; payload: any; retain: boolean; conn: number }>; subscriptions: () => number }> {
-  const client = connect(url, { protocolVersion: 5, clientId: `rec-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 20, resubscribe: false });
-  // conn: which of the recorder's connections carried the message (1 = the first).
-  const messages: Array<{ topic: string; payload: any; retain: boolean; conn: number }> = [];
+async function recorder(url: string, filters: string[], persistentSession = false): Promise<{ client: MqttClient; messages: Array<{ topic: string; payload: any; retain: boolean; conn: number; dup: boolean }>; subscriptions: () => number }> {
+  // A persistent session (kept by a broker with persistence across a clean restart) also gets
+  // what was published while it was away.
+  const session = persistentSession ? { clean: false, properties: { sessionExpiryInterval: 600 } } : {};
+  const client = connect(url, { protocolVersion: 5, clientId: `rec-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 20, resubscribe: false, ...session });
+  // conn: which of the recorder's connections carried the message (1 = the first); dup: the
+  // broker's own redelivery to this session (MQTT 5 §3.3.1.1), not a second publish by the agent.
+  const messages: Array<{ topic: string; payload: any; retain: boolean; conn: number; dup: boolean }> = [];
   let subscriptions = 0;
   let conn = 0;
   client.on("message", (topic, buf, packet) => {
@@ -84,7 +88,7 @@ async function recorder(url: string, filters: string[]): Promise<{ client: MqttC
     } catch {
       payload = buf.toString();
     }
-    messages.push({ topic, payload, retain: packet.retain, conn });
+    messages.push({ topic, payload, retain: packet.retain, conn, dup: packet.dup });
   });
   client.on("error", () => undefined);
   client.on("connect", () => {
@@ -449,6 +453,36 @@ describe("event delivery across broker crashes", { timeout: 90_000 }, () => {
     assert.ok([...total.values()].every((c) => c <= 2), "no event more than twice");
     assert.ok(duplicates <= st.eventWindow * reconnects, `${duplicates} duplicates over ${reconnects} reconnects, window ${st.eventWindow}`);
     console.log(`# ${N} events, ${reconnects} broker kills: ${duplicates} delivered again after a reconnect (bound ${st.eventWindow * reconnects})`);
+  });
+
+  it("a broker stopped cleanly (SIGTERM, persistence) and restarted while events flow: every event arrives exactly once", async () => {
+    let broker = await startBroker({ persistence: true });
+    cleanups.push(() => broker.kill());
+    const rec = await recorder(broker.url, [siteTopic("site-stop", "events")], true);
+    cleanups.push(() => end(rec.client));
+    const a = await localAgent(broker.url, "site-stop");
+    cleanups.push(a.stop);
+    await until(() => a.sync.syncStatus().connected);
+    const N = 1500;
+    let emitted = 0;
+    const burst = setInterval(() => {
+      for (let i = 0; i < 20 && emitted < N; i++, emitted++) a.bus.emit("device.presence", { deviceId: `dev-${emitted % 3}`, username: "x", online: emitted % 2 === 0, reason: "keepalive-ok", at: Date.now() });
+    }, 2);
+    cleanups.push(async () => clearInterval(burst));
+    for (let round = 0; round < 3; round++) {
+      const before = rec.messages.length;
+      await until(() => rec.messages.length > before + 50, 10_000, 5);
+      await broker.stop();
+      broker = await broker.restart();
+      await until(() => a.sync.syncStatus().connected, 10_000, 10);
+    }
+    await until(() => emitted >= N, 20_000);
+    clearInterval(burst);
+    await until(() => a.sync.syncStatus().outbox.pending === 0, 20_000);
+    await until(() => new Set(rec.messages.map((m) => m.payload.seq)).size >= N, 10_000);
+    const fresh = rec.messages.filter((m) => !m.dup).map((m) => `${m.payload.bootId}/${m.payload.seq}`);
+    assert.equal(new Set(fresh).size, N);
+    assert.equal(fresh.length, N, `${fresh.length - N} events published again by the agent after a clean broker stop`);
   });
 });
 
