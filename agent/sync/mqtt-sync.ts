@@ -47,6 +47,8 @@ export interface ReportedPayload {
   appliedVersion: number;
   appliedHash: string | null;
   bootId: string;
+  /** Largest desired payload read (maxPayloadBytes): consoles refuse to send a larger push. */
+  maxDesiredBytes?: number;
   lastResult?: { version: number | null; status: AckStatus; at?: number };
 }
 
@@ -684,7 +686,7 @@ export class MqttSync {
 
   private publishReported(): Promise<boolean> {
     const a = this.appliedNow();
-    const reported: ReportedPayload = { appliedVersion: a.version, appliedHash: a.hash, bootId: this.bootId, ...(this.lastResult ? { lastResult: this.lastResult } : {}) };
+    const reported: ReportedPayload = { appliedVersion: a.version, appliedHash: a.hash, bootId: this.bootId, maxDesiredBytes: this.maxPayload, ...(this.lastResult ? { lastResult: this.lastResult } : {}) };
     return this.publish("reported", siteTopic(this.opts.siteId, "reported"), reported, { retain: true });
   }
 

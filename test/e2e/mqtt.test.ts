@@ -521,6 +521,30 @@ describe("console sync with the real agent process", { timeout: 60_000 }, () => 
     assert.equal(refused.code, 1, "an invalid snapshot is refused before it is sent");
     assert.match(refused.stderr, /users: is required/);
 
+    // Larger than the limit the site reports (maxDesiredBytes): refused, nothing published.
+    const big = siteSnapshot(6, { users: 6000, devices: 6000, groups: 1 });
+    fs.writeFileSync(file, JSON.stringify(big));
+    assert.ok(fs.statSync(file).size > 1 << 20, "the snapshot is over the agent's 1 MB");
+    const tooBig = await runCli(["console", "push", siteId, file, "--url", broker.url], agentEnv(dataDir, port));
+    assert.equal(tooBig.code, 1, tooBig.stderr);
+    assert.match(tooBig.stderr, /the push is \d+ bytes, over the site's limit of 1048576 bytes \(reported by the site\); not sent/);
+    const desiredRec = await recorder(broker.url, [siteTopic(siteId, "desired")]);
+    cleanups.push(() => end(desiredRec.client));
+    const retained = await until(() => desiredRec.messages.find((m) => m.retain)?.payload);
+    assert.equal(retained.version, 4, "the retained desired is still the last push that was sent");
+    // A site that never reported: the --max-bytes default (the agent's) applies, and a push
+    // nobody acknowledges ends after --timeout with a message saying so.
+    fs.writeFileSync(file, JSON.stringify(siteSnapshot(1)));
+    const small = await runCli(["console", "push", "site-nobody", file, "--url", broker.url, "--max-bytes", "100"], agentEnv(dataDir, port));
+    assert.equal(small.code, 1, small.stderr);
+    assert.match(small.stderr, /over the site's limit of 100 bytes \(--max-bytes\); not sent/);
+    const badFlag = await runCli(["console", "push", "site-nobody", file, "--url", broker.url, "--max-bytes", "lots"], agentEnv(dataDir, port));
+    assert.equal(badFlag.code, 2);
+    assert.match(badFlag.stderr, /--max-bytes must be a positive whole number/);
+    const unanswered = await runCli(["console", "push", "site-nobody", file, "--url", broker.url, "--timeout", "300"], agentEnv(dataDir, port));
+    assert.equal(unanswered.code, 1, unanswered.stderr);
+    assert.match(unanswered.stderr, /no ack for version 1 from site site-nobody within 300 ms: the site is offline or did not receive the push/);
+
     // Broker gone: presence events go to the outbox on disk.
     await broker.kill();
     const { SipClient, registerWithAuth } = await import("./sipclient.ts");

@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { validatePayload } from "../../agent/contract.ts";
 import { backoffMs, configHash, CONTROL_SLOTS, eventWindowFor, judgeDesired } from "../../agent/sync/mqtt-sync.ts";
-import { desiredFrom } from "../../agent/sync/console-cli.ts";
+import { desiredFrom, pushTooLarge, reportedLimit } from "../../agent/sync/console-cli.ts";
 import { CallStatistics } from "../../agent/sync/stats.ts";
 import { isOwnReplyTopic, parseTopic } from "../../agent/sync/topics.ts";
 import { siteSnapshot } from "../e2e/mqtt-fixtures.ts";
@@ -110,4 +110,13 @@ test("eventWindowFor: the configured window within the broker's Receive Maximum,
   assert.equal(eventWindowFor(64, 20), 20 - CONTROL_SLOTS, "Mosquitto's default of 20");
   assert.equal(eventWindowFor(64, 1000), 64);
   assert.equal(eventWindowFor(64, 2), 1, "never below one");
+});
+
+test("the console refuses a push over the site's limit, which it takes from the reported state when there", () => {
+  assert.equal(pushTooLarge(1000, 1000, "x"), undefined);
+  assert.equal(pushTooLarge(1001, 1000, "reported by the site"), "the push is 1001 bytes, over the site's limit of 1000 bytes (reported by the site); not sent");
+  assert.equal(reportedLimit({ appliedVersion: 1, appliedHash: null, bootId: "b", maxDesiredBytes: 4096 }), 4096);
+  for (const bad of [undefined, null, "x", [], {}, { maxDesiredBytes: "4096" }, { maxDesiredBytes: 0 }, { maxDesiredBytes: -1 }, { maxDesiredBytes: 1.5 }]) assert.equal(reportedLimit(bad), undefined, JSON.stringify(bad));
+  assert.ok(validatePayload("reported", { appliedVersion: 0, appliedHash: null, bootId: "b1", maxDesiredBytes: 1 << 20 }).ok);
+  assert.ok(!validatePayload("reported", { appliedVersion: 0, appliedHash: null, bootId: "b1", maxDesiredBytes: 0 }).ok);
 });
