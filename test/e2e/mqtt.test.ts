@@ -355,8 +355,15 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
       for (let i = 0; i < 20 && emitted < N; i++, emitted++) a.bus.emit("device.presence", { deviceId: `dev-${emitted % 3}`, username: "x", online: emitted % 2 === 0, reason: "keepalive-ok", at: Date.now() });
     }, 5);
     cleanups.push(async () => clearInterval(burst));
-    // Pushes racing the crashes: the console republishes until acked (retained state is lost on SIGKILL).
-    const pushes = [2, 3, 4].map((v) => c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(v)), v, 20_000).catch((e: Error) => e));
+    // Pushes racing the crashes, one after the other as a console makes them: the console
+    // republishes until acked (retained state is lost on SIGKILL). Only the newest desired is
+    // sure of an ack (one retained message per site): a version superseded before the agent
+    // saw it is never answered, so pushes that overlap would not all be acknowledged.
+    const pushes = (async () => {
+      const acks: Array<AckPayload | Error> = [];
+      for (const v of [2, 3, 4]) acks.push(await c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(v)), v, 20_000).catch((e: Error) => e));
+      return acks;
+    })();
     for (let round = 0; round < 2; round++) {
       await sleep(40);
       g.close();
@@ -370,8 +377,9 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
     }
     await until(() => emitted >= N, 10_000);
     clearInterval(burst);
-    const acks = await Promise.all(pushes);
+    const acks = await pushes;
     for (const ack of acks) assert.ok(!(ack instanceof Error), String(ack));
+    assert.deepEqual(acks.map((ack) => (ack as AckPayload).version), [2, 3, 4]);
     const final = await c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(5)), 5, 20_000);
     assert.equal(final.status, "applied");
     assert.equal(a.store.site?.version, 5);
