@@ -791,7 +791,9 @@ export class MqttSync {
       await this.publish("status", siteTopic(this.opts.siteId, "status"), this.statusPayload(false, "shutdown"), { retain: true });
     }
     this.stopping = true;
-    if (client) await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));
+    // Offline, a normal end() waits for the PUBACKs of publishes left in MQTT.js's store (an ack
+    // cut off by the link) — forever: force it, there is no connection to close cleanly.
+    if (client) await new Promise<void>((resolve) => client.end(!client.connected, {}, () => resolve()));
     await this.outbox?.close();
   }
 }

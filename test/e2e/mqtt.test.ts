@@ -106,8 +106,10 @@ async function recorder(url: string, filters: string[], persistentSession = fals
  * A TCP relay in front of the broker that the test can cut and reopen: the agent's link drops
  * (as on a network failure) and stays down until the test says so.
  */
-async function gate(brokerPort: () => number): Promise<{ url: string; close(): void; open(): void; shutdown(): Promise<void> }> {
+async function gate(brokerPort: () => number): Promise<{ url: string; close(): void; open(): void; hold(): void; shutdown(): Promise<void> }> {
   const socks = new Set<net.Socket>();
+  // hold(): what the agent sends stops reaching the broker (a link that went silent).
+  const held: Array<() => void> = [];
   let isOpen = true;
   const server = net.createServer((client) => {
     if (!isOpen) return void client.destroy();
@@ -125,6 +127,7 @@ async function gate(brokerPort: () => number): Promise<{ url: string; close(): v
     upstream.on("error", drop).on("close", drop);
     client.pipe(upstream);
     upstream.pipe(client);
+    held.push(() => client.unpipe(upstream));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   const port = (server.address() as net.AddressInfo).port;
@@ -137,6 +140,9 @@ async function gate(brokerPort: () => number): Promise<{ url: string; close(): v
     },
     open: () => {
       isOpen = true;
+    },
+    hold: () => {
+      for (const h of held.splice(0)) h();
     },
     shutdown: () => new Promise<void>((r) => {
       isOpen = false;
@@ -491,6 +497,23 @@ describe("event delivery across broker crashes", { timeout: 90_000 }, () => {
     const fresh = rec.messages.filter((m) => !m.dup).map((m) => `${m.payload.bootId}/${m.payload.seq}`);
     assert.equal(new Set(fresh).size, N);
     assert.equal(fresh.length, N, `${fresh.length - N} events published again by the agent after a clean broker stop`);
+  });
+
+  it("stop() while offline with a publish the link cut off returns at once (it waited for a PUBACK forever)", async () => {
+    const broker = await startBroker();
+    cleanups.push(() => broker.kill());
+    const g = await gate(() => broker.port);
+    cleanups.push(() => g.shutdown());
+    const a = await localAgent(g.url, "site-offstop");
+    await until(() => a.sync.syncStatus().connected);
+    g.hold();
+    void a.sync.republish(); // status and reported: handed to MQTT.js at once, into the silent link, never acknowledged
+    g.close();
+    await until(() => !a.sync.syncStatus().connected);
+    const t0 = Date.now();
+    const r = await Promise.race([a.stop().then(() => "stopped"), sleep(3000).then(() => "hung")]);
+    assert.equal(r, "stopped");
+    assert.ok(Date.now() - t0 < 1000, `${Date.now() - t0} ms`);
   });
 });
 
