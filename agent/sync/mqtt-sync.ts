@@ -180,6 +180,9 @@ export interface SyncStatus {
   appliedVersion: number;
   /** Events in flight allowed on this connection (eventWindowFor). */
   eventWindow: number;
+  /** The broker's Receive Maximum on this connection, and the most QoS 1 publishes ever in flight at once. */
+  receiveMaximum: number;
+  peakInFlight: number;
   outbox: ReturnType<Outbox["stats"]>;
   rejectedMessages: number;
   invalidOutgoing: number;
@@ -266,6 +269,14 @@ export class MqttSync {
   private linkUp = false;
   /** Events allowed in flight on the current connection. */
   private eventWindow: number;
+  /** The broker's Receive Maximum (CONNACK): QoS 1 publishes it takes unacknowledged at once. */
+  private receiveMaximum = 65_535;
+  /** QoS 1 publishes other than events waiting for their PUBACK (kept across a reconnect: MQTT.js resends them). */
+  private controlInFlight = 0;
+  /** Publishes other than events waiting for a slot under the Receive Maximum, in order. */
+  private controlWaiters: Array<() => void> = [];
+  /** Most QoS 1 publishes (events and others) in flight at once. */
+  private peakInFlight = 0;
   /** Finishers of events waiting for a PUBACK on the current connection. */
   private eventsAwaiting = new Set<() => void>();
   /** Desired messages are handled one at a time, in arrival order. */
@@ -445,6 +456,7 @@ export class MqttSync {
     if (!client || this.stopping) return;
     this.failures = 0;
     this.eventWindow = eventWindowFor(this.t.eventWindow, receiveMaximum);
+    this.receiveMaximum = receiveMaximum ?? 65_535;
     this.linkUp = true;
     // Nagle's algorithm alone costs 40-90 ms per push → ack on loopback (mqtt-sync.md).
     const stream = client.stream as { setNoDelay?: (on: boolean) => void };
@@ -480,32 +492,67 @@ export class MqttSync {
     if (!client?.connected) return Promise.resolve(false);
     return new Promise((resolve) => {
       let done = false;
+      let holding = false;
       const timer = setTimeout(() => finish(false, "timeout"), this.t.publishTimeoutMs);
       const finish = (ok: boolean, why?: string): void => {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        const waiting = this.controlWaiters.indexOf(send);
+        if (waiting >= 0) this.controlWaiters.splice(waiting, 1);
+        if (holding) {
+          this.controlInFlight--;
+          this.pump();
+        }
         if (!ok) this.opts.log.debug("publish not acknowledged", { topic, why });
         resolve(ok);
       };
-      try {
-        client.publish(topic, payload, opts, (err) => finish(!err, err?.message));
-      } catch (err) {
-        finish(false, (err as Error).message);
-      }
+      const send = (): void => {
+        const now = this.client;
+        if (done) return;
+        if (!now?.connected) return finish(false, "offline");
+        holding = true;
+        this.controlInFlight++;
+        this.notePeak();
+        try {
+          now.publish(topic, payload, opts, (err) => finish(!err, err?.message));
+        } catch (err) {
+          finish(false, (err as Error).message);
+        }
+      };
+      // Within the broker's Receive Maximum (MQTT 5 §4.9), in order.
+      if (this.controlWaiters.length === 0 && this.freeSlots() > 0) send();
+      else this.controlWaiters.push(send);
     });
+  }
+
+  /** QoS 1 publishes the broker takes now without exceeding its Receive Maximum. */
+  private freeSlots(): number {
+    return this.receiveMaximum - this.controlInFlight - (this.outbox?.inFlightCount() ?? 0);
+  }
+
+  private notePeak(): void {
+    this.peakInFlight = Math.max(this.peakInFlight, this.controlInFlight + (this.outbox?.inFlightCount() ?? 0));
+  }
+
+  /** Waiting publishes other than events go first when slots free up (acks must not wait behind a backlog of events). */
+  private grantControl(): void {
+    while (this.controlWaiters.length > 0 && this.freeSlots() > 0 && this.client?.connected) this.controlWaiters.shift()!();
   }
 
   // --- events ------------------------------------------------------------------------------
 
   /** Publishes durable outbox events in order while connected, keeping at most eventWindow in flight. */
   private pump(): void {
+    this.grantControl();
     const box = this.outbox;
-    if (!this.linkUp || !this.client?.connected || !box || this.stopping) return;
-    const room = this.eventWindow - box.inFlightCount();
+    if (!this.linkUp || !this.client?.connected || !box || this.stopping || this.controlWaiters.length > 0) return;
+    const room = Math.min(this.eventWindow - box.inFlightCount(), this.freeSlots());
     if (room <= 0) return;
     const topic = siteTopic(this.opts.siteId, "events");
-    for (const ev of box.take(room)) {
+    const batch = box.take(room);
+    this.notePeak();
+    for (const ev of batch) {
       void this.publishEvent(topic, ev).then((r) => {
         if (r === "delivered") box.delivered(ev.seq);
         else if (r === "refused") {
@@ -761,6 +808,8 @@ export class MqttSync {
       bootId: this.bootId,
       appliedVersion: this.appliedNow().version,
       eventWindow: this.eventWindow,
+      receiveMaximum: this.receiveMaximum,
+      peakInFlight: this.peakInFlight,
       outbox: this.outbox?.stats() ?? { pending: 0, durable: 0, inFlight: 0, peakInFlight: 0, nextSeq: 1, dropped: 0, fileBytes: 0, tornLines: 0 },
       rejectedMessages: this.rejectedMessages,
       invalidOutgoing: this.invalidOutgoing,

@@ -499,6 +499,27 @@ describe("event delivery across broker crashes", { timeout: 90_000 }, () => {
     assert.equal(fresh.length, N, `${fresh.length - N} events published again by the agent after a clean broker stop`);
   });
 
+  it("never more QoS 1 publishes in flight than the broker's Receive Maximum, events and the rest together", async () => {
+    const broker = await startBroker({ extra: ["max_inflight_messages 6"] });
+    cleanups.push(() => broker.kill());
+    const rec = await recorder(broker.url, [siteTopic("site-rm", "events")]);
+    cleanups.push(() => end(rec.client));
+    const a = await localAgent(broker.url, "site-rm");
+    cleanups.push(a.stop);
+    await until(() => a.sync.syncStatus().connected);
+    assert.equal(a.sync.syncStatus().receiveMaximum, 6);
+    assert.equal(a.sync.syncStatus().eventWindow, 2);
+    const N = 300;
+    for (let i = 0; i < N; i++) a.bus.emit("device.presence", { deviceId: `dev-${i % 3}`, username: "x", online: i % 2 === 0, reason: "keepalive-ok", at: Date.now() });
+    const republished = await Promise.all(Array.from({ length: 30 }, () => a.sync.republish().then(() => true)));
+    assert.equal(republished.length, 30);
+    await until(() => a.sync.syncStatus().outbox.pending === 0, 20_000);
+    await until(() => new Set(rec.messages.map((m) => m.payload.seq)).size === N, 10_000);
+    const st = a.sync.syncStatus();
+    assert.ok(st.peakInFlight <= 6 && st.peakInFlight >= 3, `peak ${st.peakInFlight} in flight, Receive Maximum 6`);
+    assert.ok(st.outbox.peakInFlight <= 2, `events peak ${st.outbox.peakInFlight}`);
+  });
+
   it("stop() while offline with a publish the link cut off returns at once (it waited for a PUBACK forever)", async () => {
     const broker = await startBroker();
     cleanups.push(() => broker.kill());
