@@ -439,12 +439,16 @@ export class MqttSync {
     for (const key of Object.keys(client.outgoing)) {
       const id = Number(key);
       const pending = client.outgoing[id];
-      client.outgoingStore.get({ messageId: id }, (err, packet) => {
-        if (err || packet?.cmd !== "publish" || packet.topic !== events) return;
-        delete client.outgoing[id];
-        client.outgoingStore.del({ messageId: id }, () => undefined);
-        pending?.cb(new Error("connection closed before the PUBACK"));
-      });
+      try {
+        client.outgoingStore.get({ messageId: id }, (err, packet) => {
+          if (err || packet?.cmd !== "publish" || packet.topic !== events) return;
+          delete client.outgoing[id];
+          client.outgoingStore.del({ messageId: id }, () => undefined);
+          pending?.cb(new Error("connection closed before the PUBACK"));
+        });
+      } catch {
+        // The store is already closed (end()): nothing will be resent from it.
+      }
     }
     for (const fail of [...this.eventsAwaiting]) fail();
     this.eventsAwaiting.clear();
