@@ -12,7 +12,7 @@ import { createLogger } from "../../agent/log.ts";
 import { Store } from "../../agent/store/store.ts";
 import { SiteService } from "../../agent/site/site.ts";
 import { MqttSync, siteApplier, configHash, type AckPayload } from "../../agent/sync/mqtt-sync.ts";
-import { ConsoleClient } from "../../agent/sync/console-cli.ts";
+import { ConsoleClient, consoleCommand } from "../../agent/sync/console-cli.ts";
 import { siteTopic } from "../../agent/sync/topics.ts";
 import { startBroker, mosquittoAvailable, type Broker } from "./mosquitto.ts";
 import { desiredEnvelope, siteSnapshot } from "./mqtt-fixtures.ts";
@@ -338,6 +338,45 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
     await until(() => a.sync.syncStatus().outbox.pending === 0);
   });
 
+  it("console push (the CLI command, in process) refuses a push over the site's limit and gives up after --timeout", async () => {
+    const a = await localAgent(broker.url, "site-limit");
+    cleanups.push(a.stop);
+    assert.equal((await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(1)), 1)).status, "applied");
+    const dir = tempDir("ringedge-console-");
+    const file = path.join(dir, "site.json");
+    const settings = { mqttUrl: broker.url, mqttUsername: "", mqttPassword: "", mqttCa: "", mqttCert: "", mqttKey: "" };
+    const run = async (args: string[], flags: Array<[string, string]> = []): Promise<{ code: number; out: string; err: string }> => {
+      let out = "";
+      let err = "";
+      const code = await consoleCommand("push", args, new Map(flags), settings, (t) => (out += t), (t) => (err += t));
+      return { code, out, err };
+    };
+    // Larger than the limit the site reports (maxDesiredBytes in its retained reported): refused, nothing published.
+    fs.writeFileSync(file, JSON.stringify(siteSnapshot(2, { users: 6000, devices: 6000, groups: 1 })));
+    assert.ok(fs.statSync(file).size > 1 << 20, "the snapshot is over the agent's 1 MB");
+    const tooBig = await run([a.siteId, file]);
+    assert.equal(tooBig.code, 1, tooBig.err);
+    assert.match(tooBig.err, /the push is \d+ bytes, over the site's limit of 1048576 bytes \(reported by the site\); not sent/);
+    const desiredRec = await recorder(broker.url, [siteTopic(a.siteId, "desired")]);
+    cleanups.push(() => end(desiredRec.client));
+    const retained = await until(() => desiredRec.messages.find((m) => m.retain)?.payload);
+    assert.equal(retained.version, 1, "the retained desired is still the last push that was sent");
+    assert.equal(a.store.site?.version, 1);
+    // A site that never reported: --max-bytes (default: the agent's limit) applies.
+    fs.writeFileSync(file, JSON.stringify(siteSnapshot(1)));
+    const small = await run(["site-nobody", file], [["max-bytes", "100"]]);
+    assert.equal(small.code, 1, small.err);
+    assert.match(small.err, /over the site's limit of 100 bytes \(--max-bytes\); not sent/);
+    for (const bad of ["lots", "0", "-5", "1.5"]) {
+      const r = await run(["site-nobody", file], [["max-bytes", bad]]);
+      assert.equal(r.code, 2, bad);
+      assert.match(r.err, /--max-bytes must be a positive whole number/);
+    }
+    // Nobody acknowledges: the wait ends after --timeout with a message saying what it means.
+    await assert.rejects(run(["site-nobody", file], [["timeout", "300"]]), /no ack for version 1 from site site-nobody within 300 ms: the site is offline or did not receive the push/);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it("broker SIGKILLed and restarted during pushes and an event burst: final version applied, events in order with no gap", async () => {
     // The agent reaches the broker through a relay the test cuts before each SIGKILL: the
     // observer (a plain subscriber) must be back and subscribed before the agent is, or it
@@ -572,30 +611,6 @@ describe("console sync with the real agent process", { timeout: 60_000 }, () => 
     const refused = await runCli(["console", "push", siteId, file, "--url", broker.url], agentEnv(dataDir, port));
     assert.equal(refused.code, 1, "an invalid snapshot is refused before it is sent");
     assert.match(refused.stderr, /users: is required/);
-
-    // Larger than the limit the site reports (maxDesiredBytes): refused, nothing published.
-    const big = siteSnapshot(6, { users: 6000, devices: 6000, groups: 1 });
-    fs.writeFileSync(file, JSON.stringify(big));
-    assert.ok(fs.statSync(file).size > 1 << 20, "the snapshot is over the agent's 1 MB");
-    const tooBig = await runCli(["console", "push", siteId, file, "--url", broker.url], agentEnv(dataDir, port));
-    assert.equal(tooBig.code, 1, tooBig.stderr);
-    assert.match(tooBig.stderr, /the push is \d+ bytes, over the site's limit of 1048576 bytes \(reported by the site\); not sent/);
-    const desiredRec = await recorder(broker.url, [siteTopic(siteId, "desired")]);
-    cleanups.push(() => end(desiredRec.client));
-    const retained = await until(() => desiredRec.messages.find((m) => m.retain)?.payload);
-    assert.equal(retained.version, 4, "the retained desired is still the last push that was sent");
-    // A site that never reported: the --max-bytes default (the agent's) applies, and a push
-    // nobody acknowledges ends after --timeout with a message saying so.
-    fs.writeFileSync(file, JSON.stringify(siteSnapshot(1)));
-    const small = await runCli(["console", "push", "site-nobody", file, "--url", broker.url, "--max-bytes", "100"], agentEnv(dataDir, port));
-    assert.equal(small.code, 1, small.stderr);
-    assert.match(small.stderr, /over the site's limit of 100 bytes \(--max-bytes\); not sent/);
-    const badFlag = await runCli(["console", "push", "site-nobody", file, "--url", broker.url, "--max-bytes", "lots"], agentEnv(dataDir, port));
-    assert.equal(badFlag.code, 2);
-    assert.match(badFlag.stderr, /--max-bytes must be a positive whole number/);
-    const unanswered = await runCli(["console", "push", "site-nobody", file, "--url", broker.url, "--timeout", "300"], agentEnv(dataDir, port));
-    assert.equal(unanswered.code, 1, unanswered.stderr);
-    assert.match(unanswered.stderr, /no ack for version 1 from site site-nobody within 300 ms: the site is offline or did not receive the push/);
 
     // Broker gone: presence events go to the outbox on disk.
     await broker.kill();
