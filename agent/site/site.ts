@@ -45,6 +45,20 @@ export type ApplyResult =
     }
   | { ok: false; errors: SiteError[] };
 
+/**
+ * How a snapshot stands against the applied one (hashes in the same form on both sides):
+ * "newer" is applied; "same" (same version, same content) and "older" change nothing;
+ * "conflict" is the same version with other content — two different sites claiming one version,
+ * which no caller may report as done (the console push rejects it, docs/mqtt.md).
+ */
+export type VersionStanding = "newer" | "same" | "conflict" | "older";
+
+export function versionStanding(applied: { version: number; hash: string | null } | null | undefined, incoming: { version: number; hash: string }): VersionStanding {
+  if (!applied || incoming.version > applied.version) return "newer";
+  if (incoming.version < applied.version) return "older";
+  return incoming.hash === applied.hash ? "same" : "conflict";
+}
+
 /** Codes of the routing model that compare records with each other; the rest repeat shape
  *  checks the JSON Schema already made, so they are dropped when the schema failed. */
 const CROSS_REFERENCE_CODES: ReadonlySet<ValidationCode> = new Set([
@@ -275,11 +289,12 @@ export class SiteService {
 
   private staleness(c: CheckedSite): ApplyResult | null {
     const cur = this.store.site;
-    if (cur === null || c.version > cur.version) return null;
+    const standing = versionStanding(cur, c);
+    if (cur === null || standing === "newer") return null;
     const note =
-      c.version === cur.version && c.hash === cur.hash
+      standing === "same"
         ? `version ${c.version} is already applied`
-        : c.version === cur.version
+        : standing === "conflict"
           ? `version ${c.version} is already applied with different content; raise "version" to apply this one`
           : `version ${c.version} is older than the applied version ${cur.version}`;
     return { ok: true, version: cur.version, changed: false, note };

@@ -6,7 +6,7 @@ import * as fs from "node:fs";
 import type { IClientOptions, MqttClient } from "mqtt";
 import type { Settings } from "../config.ts";
 import { validatePayload } from "../contract.ts";
-import { configHash, DESIRED_SCHEMA, type AckPayload, type SyncError } from "./mqtt-sync.ts";
+import { configHash, DEFAULT_MAX_PAYLOAD_BYTES, DESIRED_SCHEMA, type AckPayload, type SyncError } from "./mqtt-sync.ts";
 import { commandTopic, COMMAND_NAMES, replyTopic, SITE_ID_RE, siteTopic, TOPIC_ROOT } from "./topics.ts";
 
 export interface ConsoleOptions {
@@ -35,6 +35,23 @@ export function desiredFrom(siteId: string, doc: unknown): { ok: true; desired: 
   const check = validatePayload("desired", desired);
   if (!check.ok) return { ok: false, errors: check.errors };
   return { ok: true, desired, version: desired.version as number };
+}
+
+/**
+ * Why a push of `bytes` cannot go to a site that reads at most `limit` bytes (undefined: it
+ * fits). Pure. A larger push is rejected by the agent (too-large) or, over its MQTT maximum
+ * packet size, dropped by the broker without a word — the console would wait for an ack that
+ * never comes.
+ */
+export function pushTooLarge(bytes: number, limit: number, limitFrom: string): string | undefined {
+  if (bytes <= limit) return undefined;
+  return `the push is ${bytes} bytes, over the site's limit of ${limit} bytes (${limitFrom}); not sent`;
+}
+
+/** The limit a site announced in its reported state (maxDesiredBytes), if it did. */
+export function reportedLimit(reported: unknown): number | undefined {
+  const v = typeof reported === "object" && reported !== null ? (reported as { maxDesiredBytes?: unknown }).maxDesiredBytes : undefined;
+  return Number.isSafeInteger(v) && (v as number) > 0 ? (v as number) : undefined;
 }
 
 export class ConsoleClient {
@@ -88,14 +105,50 @@ export class ConsoleClient {
   }
 
   /**
-   * Publishes a desired envelope (retained, QoS 1) and waits for the site's ack of that version.
-   * Republished on every reconnect until acknowledged. Rejects on timeout.
+   * The site's retained reported state, or undefined when the broker holds none (a site that
+   * never connected): the broker sends retained messages right after the SUBACK, so this waits
+   * only `waitMs` past it.
    */
-  async pushDesired(siteId: string, desired: Record<string, unknown> | string | Buffer, version: number | null, timeoutMs = 10_000): Promise<AckPayload> {
+  async reported(siteId: string, waitMs = 500): Promise<Record<string, unknown> | undefined> {
+    const topic = siteTopic(siteId, "reported");
+    let onMessage: ((t: string, buf: Buffer, packet: { retain?: boolean }) => void) | undefined;
+    const got = new Promise<Record<string, unknown> | undefined>((resolve) => {
+      onMessage = (t, buf, packet) => {
+        if (t !== topic || !packet.retain) return;
+        try {
+          const v = JSON.parse(buf.toString()) as unknown;
+          if (typeof v === "object" && v !== null && !Array.isArray(v)) resolve(v as Record<string, unknown>);
+        } catch {
+          /* not JSON: as if none */
+        }
+      };
+      this.client.on("message", onMessage);
+    });
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await this.client.subscribeAsync(topic, { qos: 1 });
+      return await Promise.race([got, new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), waitMs)))]);
+    } finally {
+      clearTimeout(timer);
+      this.client.removeListener("message", onMessage!);
+      await this.client.unsubscribeAsync(topic).catch(() => undefined);
+    }
+  }
+
+  /**
+   * Publishes a desired envelope (retained, QoS 1) and waits for the site's ack of that version.
+   * Republished on every reconnect until acknowledged. Refuses (nothing sent) a payload over
+   * `maxBytes`; rejects when no ack came within `timeoutMs` (the desired message stays retained:
+   * the site applies it when it connects).
+   */
+  async pushDesired(siteId: string, desired: Record<string, unknown> | string | Buffer, version: number | null, timeoutMs = 10_000, maxBytes?: number): Promise<AckPayload> {
     const ackTopic = siteTopic(siteId, "ack");
     const topic = siteTopic(siteId, "desired");
     const payload = typeof desired === "string" || Buffer.isBuffer(desired) ? desired.toString() : JSON.stringify(desired);
+    const tooLarge = maxBytes === undefined ? undefined : pushTooLarge(Buffer.byteLength(payload), maxBytes, "maxBytes");
+    if (tooLarge) throw new Error(tooLarge);
     const key = `${siteId}\u0000${version}\u0000${randomBytes(4).toString("hex")}`;
+    const started = Date.now();
     await this.client.subscribeAsync(ackTopic, { qos: 1 });
     return new Promise<AckPayload>((resolve, reject) => {
       const onMessage = (t: string, buf: Buffer): void => {
@@ -118,8 +171,8 @@ export class ConsoleClient {
       };
       const timer = setTimeout(() => {
         done();
-        reject(new Error(`no ack for version ${version} from site ${siteId} within ${timeoutMs} ms`));
-      }, timeoutMs);
+        reject(new Error(`no ack for version ${version} from site ${siteId} within ${timeoutMs} ms: the site is offline or did not receive the push (ringedge console status ${siteId}); the push stays retained on the broker and is applied when the site connects`));
+      }, Math.max(0, timeoutMs - (Date.now() - started)));
       this.client.on("message", onMessage);
       this.pendingPushes.set(key, { topic, payload });
       this.client.publish(topic, payload, { qos: 1, retain: true });
@@ -177,7 +230,7 @@ export class ConsoleClient {
 // --- the CLI -------------------------------------------------------------------------------
 
 export const CONSOLE_HELP = `usage:
-  ringedge console push <site> <config.json> [--url mqtt://host:1883] [--timeout <ms>]
+  ringedge console push <site> <config.json> [--url mqtt://host:1883] [--timeout <ms>] [--max-bytes <n>]
   ringedge console watch <site> [--url ...] [--count <n>]
   ringedge console status <site> [--url ...]
   ringedge console resync <site> [<device id>...] [--url ...]
@@ -185,7 +238,9 @@ export const CONSOLE_HELP = `usage:
 
 A reference central console. push publishes the snapshot (a site file, or a full desired
 envelope) as the site's retained desired config, waits for the agent's ack and prints it
-(exit 1 when rejected). watch prints one line per presence snapshot, event, ack and status.
+(exit 1 when rejected, or no ack within --timeout, default 10000 ms). A push larger than the
+site's limit (maxDesiredBytes in its retained reported state; --max-bytes, default ${DEFAULT_MAX_PAYLOAD_BYTES},
+for a site that has not reported one) is refused before it is sent. watch prints one line per presence snapshot, event, ack and status.
 --url defaults to the mqttUrl setting; --username/--password/--ca/--cert/--key as the mqtt*
 settings.`;
 
@@ -194,7 +249,7 @@ type Out = (s: string) => void;
 /** The broker settings the console CLI reads (the agent's own, from config.ts). */
 export type ConsoleCliSettings = Pick<Settings, "mqttUrl" | "mqttUsername" | "mqttPassword" | "mqttCa" | "mqttCert" | "mqttKey">;
 
-export const CONSOLE_VALUE_FLAGS = ["url", "timeout", "count", "username", "password", "ca", "cert", "key"] as const;
+export const CONSOLE_VALUE_FLAGS = ["url", "timeout", "count", "username", "password", "ca", "cert", "key", "max-bytes"] as const;
 
 /** `ringedge console <sub> ...`: returns the exit code. */
 export async function consoleCommand(sub: string | undefined, rest: string[], flags: Map<string, string | true>, settings: ConsoleCliSettings, out: Out, err: Out): Promise<number> {
@@ -223,6 +278,12 @@ export async function consoleCommand(sub: string | undefined, rest: string[], fl
   const timeoutMs = Number(flag("timeout", "10000"));
   if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) {
     err("ringedge: --timeout must be a positive number of ms\n");
+    return 2;
+  }
+  const maxBytesFlag = flag("max-bytes");
+  const maxBytes = maxBytesFlag === "" ? DEFAULT_MAX_PAYLOAD_BYTES : Number(maxBytesFlag);
+  if (!Number.isSafeInteger(maxBytes) || maxBytes <= 0) {
+    err("ringedge: --max-bytes must be a positive whole number of bytes\n");
     return 2;
   }
 
@@ -261,7 +322,15 @@ export async function consoleCommand(sub: string | undefined, rest: string[], fl
   try {
     switch (sub) {
       case "push": {
-        const ack = await c.pushDesired(site, push!.desired, push!.version, timeoutMs);
+        // The site's own limit wins; the flag (default: the agent's default) covers a site that never reported one.
+        const announced = reportedLimit(await c.reported(site));
+        const limit = announced ?? maxBytes;
+        const why = pushTooLarge(Buffer.byteLength(JSON.stringify(push!.desired)), limit, announced !== undefined ? "reported by the site" : maxBytesFlag ? "--max-bytes" : "the agent's default; the site has not reported its own");
+        if (why) {
+          err(`ringedge: ${why}\n`);
+          return 1;
+        }
+        const ack = await c.pushDesired(site, push!.desired, push!.version, timeoutMs, limit);
         out(JSON.stringify(ack, null, 2) + "\n");
         return ack.status === "rejected" ? 1 : 0;
       }

@@ -18,6 +18,7 @@ import type { IClientOptions, IClientPublishOptions, IPublishPacket, MqttClient 
 import type { EventBus } from "../bus.ts";
 import { validatePayload, type PayloadResult } from "../contract.ts";
 import type { Logger } from "../log.ts";
+import { versionStanding } from "../site/site.ts";
 import { canonicalJson } from "../store/atomic-file.ts";
 import { Outbox, type OutboxEvent } from "./outbox.ts";
 import { CallStatistics } from "./stats.ts";
@@ -46,6 +47,8 @@ export interface ReportedPayload {
   appliedVersion: number;
   appliedHash: string | null;
   bootId: string;
+  /** Largest desired payload read (maxPayloadBytes): consoles refuse to send a larger push. */
+  maxDesiredBytes?: number;
   lastResult?: { version: number | null; status: AckStatus; at?: number };
 }
 
@@ -129,7 +132,10 @@ export interface SyncTimers {
   keepaliveS: number;
   /** Presence snapshots are coalesced: at most one per this many ms. */
   presenceDebounceMs: number;
-  /** Events published and not yet acknowledged at once (order is kept: one topic, one connection). */
+  /**
+   * Events published and not yet acknowledged at once (order is kept: one topic, one
+   * connection); lowered on each connect to the broker's Receive Maximum less CONTROL_SLOTS.
+   */
   eventWindow: number;
   /** Outbox fsync batching. */
   outboxBatchMs: number;
@@ -151,6 +157,19 @@ const DEFAULT_TIMERS: SyncTimers = {
   consoleBirthJitterMs: 30_000,
 };
 
+/**
+ * QoS 1 slots of the broker's Receive Maximum (MQTT 5 §3.2.2.3.3, §4.9) left to status,
+ * reported, presence, acks and replies: events take at most receiveMaximum − CONTROL_SLOTS.
+ */
+export const CONTROL_SLOTS = 4;
+
+/** The events window on a connection: the configured one, within what the broker can receive. */
+export function eventWindowFor(configured: number, receiveMaximum: number | undefined): number {
+  // Absent, Receive Maximum is 65,535 (MQTT 5 §3.2.2.3.3).
+  const rm = receiveMaximum ?? 65_535;
+  return Math.max(1, Math.min(configured, rm - CONTROL_SLOTS));
+}
+
 /** 1 MB: budget for a full site snapshot with room to spare (a 500-user site is ~150 KB). */
 export const DEFAULT_MAX_PAYLOAD_BYTES = 1 << 20;
 
@@ -159,6 +178,11 @@ export interface SyncStatus {
   connSeq: number;
   bootId: string;
   appliedVersion: number;
+  /** Events in flight allowed on this connection (eventWindowFor). */
+  eventWindow: number;
+  /** The broker's Receive Maximum on this connection, and the most QoS 1 publishes ever in flight at once. */
+  receiveMaximum: number;
+  peakInFlight: number;
   outbox: ReturnType<Outbox["stats"]>;
   rejectedMessages: number;
   invalidOutgoing: number;
@@ -177,12 +201,14 @@ export function backoffMs(attempt: number, minMs: number, maxMs: number, random:
 
 /**
  * Reads a desired message as far as it can and says what to do. Pure: the caller applies.
- * `kind: "apply"` carries the config; "unchanged" when version ≤ applied; "reject" with every
- * error found. Never throws.
+ * `kind: "apply"` carries the config; "unchanged" when the version is older, or the applied
+ * version with the applied content; "reject" with every error found — the applied version with
+ * other content is a `version-conflict` (an "unchanged" would tell a console waiting for its
+ * version that it is done while the site runs something else). Never throws.
  */
 export function judgeDesired(
   payload: Buffer,
-  ctx: { siteId: string; appliedVersion: number; maxBytes: number },
+  ctx: { siteId: string; appliedVersion: number; appliedHash: string | null; maxBytes: number },
   validate: (def: string, v: unknown) => PayloadResult = validatePayload,
 ): { kind: "apply"; version: number; hash: string; config: Record<string, unknown> } | { kind: "unchanged"; version: number } | { kind: "reject"; version: number | null; errors: SyncError[] } {
   if (payload.length > ctx.maxBytes) {
@@ -210,7 +236,11 @@ export function judgeDesired(
   const hash = configHash(config);
   if (typeof obj.hash === "string" && obj.hash !== hash) errors.push({ code: "hash-mismatch", path: "hash", message: `config hashes to ${hash}` });
   if (errors.length > 0) return { kind: "reject", version, errors };
-  if (version <= ctx.appliedVersion) return { kind: "unchanged", version };
+  const standing = versionStanding(ctx.appliedVersion > 0 ? { version: ctx.appliedVersion, hash: ctx.appliedHash } : null, { version, hash });
+  if (standing === "conflict") {
+    return { kind: "reject", version, errors: [{ code: "version-conflict", path: "version", message: `version ${version} is already applied with content ${ctx.appliedHash ?? "of unknown hash"}; this push's content is ${hash}: raise "version" to apply it` }] };
+  }
+  if (standing !== "newer") return { kind: "unchanged", version };
   return { kind: "apply", version, hash, config };
 }
 
@@ -232,8 +262,23 @@ export class MqttSync {
   private connSeq = 0;
   /** Failed attempts since the last successful connect, for the back-off. */
   private failures = 0;
-  /** Increments on every connect: callbacks of an older connection only count on success. */
-  private connGen = 0;
+  /**
+   * The link is up and 'connect' has been handled: events may be pumped. Cleared on 'close',
+   * where every unacknowledged publish is failed back to its owner (dropLinkState).
+   */
+  private linkUp = false;
+  /** Events allowed in flight on the current connection. */
+  private eventWindow: number;
+  /** The broker's Receive Maximum (CONNACK): QoS 1 publishes it takes unacknowledged at once. */
+  private receiveMaximum = 65_535;
+  /** QoS 1 publishes other than events waiting for their PUBACK (kept across a reconnect: MQTT.js resends them). */
+  private controlInFlight = 0;
+  /** Publishes other than events waiting for a slot under the Receive Maximum, in order. */
+  private controlWaiters: Array<() => void> = [];
+  /** Most QoS 1 publishes (events and others) in flight at once. */
+  private peakInFlight = 0;
+  /** Finishers of events waiting for a PUBACK on the current connection. */
+  private eventsAwaiting = new Set<() => void>();
   /** Desired messages are handled one at a time, in arrival order. */
   private desiredChain: Promise<void> = Promise.resolve();
   private lastResult: ReportedPayload["lastResult"];
@@ -247,6 +292,7 @@ export class MqttSync {
   constructor(private readonly opts: MqttSyncOptions) {
     this.bootId = opts.bootId ?? randomBytes(6).toString("base64url");
     this.t = { ...DEFAULT_TIMERS, ...opts.timers };
+    this.eventWindow = this.t.eventWindow;
     this.maxPayload = opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
     this.now = opts.now ?? Date.now;
     this.stats = new CallStatistics(this.now());
@@ -355,7 +401,8 @@ export class MqttSync {
 
   private wire(client: MqttClient): void {
     const o = this.opts;
-    client.on("connect", (connack) => this.onConnect(connack.sessionPresent));
+    client.on("connect", (connack) => this.onConnect(connack.sessionPresent, connack.properties?.receiveMaximum));
+    client.on("close", () => this.dropLinkState(client));
     client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet));
     // MQTT.js has no back-off (pitfall 1): its retry timer reads reconnectPeriod when the link
     // drops ('offline' is emitted just before) and when an attempt fails ('close' after the
@@ -377,11 +424,44 @@ export class MqttSync {
     this.opts.log.info("console broker unreachable; working on the last applied config", { retryInMs: this.client?.options.reconnectPeriod });
   }
 
-  private onConnect(sessionPresent: boolean): void {
+  /**
+   * The connection closed. MQTT.js replays every unacknowledged QoS 1 publish of its store on
+   * the next connection before 'connect', and the outbox then pumped the same events again:
+   * each event in flight went out twice on the new connection. The outbox owns the events'
+   * retransmission, so their publishes are dropped from MQTT.js's store and failed back here
+   * (the session was a Clean Start one and ended with the connection, MQTT 5 §3.1.2.4: nothing
+   * obliges a resend). Other publishes (acks, replies, status) stay in MQTT.js's store: it sends
+   * them once more after the reconnect, so an ack cut off by the crash still reaches the console.
+   */
+  private dropLinkState(client: MqttClient): void {
+    this.linkUp = false;
+    const events = siteTopic(this.opts.siteId, "events");
+    for (const key of Object.keys(client.outgoing)) {
+      const id = Number(key);
+      const pending = client.outgoing[id];
+      try {
+        client.outgoingStore.get({ messageId: id }, (err, packet) => {
+          if (err || packet?.cmd !== "publish" || packet.topic !== events) return;
+          delete client.outgoing[id];
+          client.outgoingStore.del({ messageId: id }, () => undefined);
+          pending?.cb(new Error("connection closed before the PUBACK"));
+        });
+      } catch {
+        // The store is already closed (end()): nothing will be resent from it.
+      }
+    }
+    for (const fail of [...this.eventsAwaiting]) fail();
+    this.eventsAwaiting.clear();
+    this.outbox?.releaseAll();
+  }
+
+  private onConnect(sessionPresent: boolean, receiveMaximum: number | undefined): void {
     const client = this.client;
     if (!client || this.stopping) return;
     this.failures = 0;
-    this.connGen++;
+    this.eventWindow = eventWindowFor(this.t.eventWindow, receiveMaximum);
+    this.receiveMaximum = receiveMaximum ?? 65_535;
+    this.linkUp = true;
     // Nagle's algorithm alone costs 40-90 ms per push → ack on loopback (mqtt-sync.md).
     const stream = client.stream as { setNoDelay?: (on: boolean) => void };
     stream.setNoDelay?.(true);
@@ -393,8 +473,7 @@ export class MqttSync {
     });
     this.publishReported();
     this.publishPresence();
-    // Whatever was in flight on the old connection counts as not sent: deliver again, in order.
-    this.outbox?.releaseAll();
+    // Whatever was in flight on the old connection went back to the outbox on 'close': deliver it again, in order.
     this.pump();
   }
 
@@ -417,34 +496,67 @@ export class MqttSync {
     if (!client?.connected) return Promise.resolve(false);
     return new Promise((resolve) => {
       let done = false;
+      let holding = false;
       const timer = setTimeout(() => finish(false, "timeout"), this.t.publishTimeoutMs);
       const finish = (ok: boolean, why?: string): void => {
         if (done) return;
         done = true;
         clearTimeout(timer);
+        const waiting = this.controlWaiters.indexOf(send);
+        if (waiting >= 0) this.controlWaiters.splice(waiting, 1);
+        if (holding) {
+          this.controlInFlight--;
+          this.pump();
+        }
         if (!ok) this.opts.log.debug("publish not acknowledged", { topic, why });
         resolve(ok);
       };
-      try {
-        client.publish(topic, payload, opts, (err) => finish(!err, err?.message));
-      } catch (err) {
-        finish(false, (err as Error).message);
-      }
+      const send = (): void => {
+        const now = this.client;
+        if (done) return;
+        if (!now?.connected) return finish(false, "offline");
+        holding = true;
+        this.controlInFlight++;
+        this.notePeak();
+        try {
+          now.publish(topic, payload, opts, (err) => finish(!err, err?.message));
+        } catch (err) {
+          finish(false, (err as Error).message);
+        }
+      };
+      // Within the broker's Receive Maximum (MQTT 5 §4.9), in order.
+      if (this.controlWaiters.length === 0 && this.freeSlots() > 0) send();
+      else this.controlWaiters.push(send);
     });
+  }
+
+  /** QoS 1 publishes the broker takes now without exceeding its Receive Maximum. */
+  private freeSlots(): number {
+    return this.receiveMaximum - this.controlInFlight - (this.outbox?.inFlightCount() ?? 0);
+  }
+
+  private notePeak(): void {
+    this.peakInFlight = Math.max(this.peakInFlight, this.controlInFlight + (this.outbox?.inFlightCount() ?? 0));
+  }
+
+  /** Waiting publishes other than events go first when slots free up (acks must not wait behind a backlog of events). */
+  private grantControl(): void {
+    while (this.controlWaiters.length > 0 && this.freeSlots() > 0 && this.client?.connected) this.controlWaiters.shift()!();
   }
 
   // --- events ------------------------------------------------------------------------------
 
   /** Publishes durable outbox events in order while connected, keeping at most eventWindow in flight. */
   private pump(): void {
-    const client = this.client;
+    this.grantControl();
     const box = this.outbox;
-    if (!client?.connected || !box || this.stopping) return;
-    const room = this.t.eventWindow - box.inFlightCount();
+    if (!this.linkUp || !this.client?.connected || !box || this.stopping || this.controlWaiters.length > 0) return;
+    const room = Math.min(this.eventWindow - box.inFlightCount(), this.freeSlots());
     if (room <= 0) return;
-    const gen = this.connGen;
     const topic = siteTopic(this.opts.siteId, "events");
-    for (const ev of box.take(room)) {
+    const batch = box.take(room);
+    this.notePeak();
+    for (const ev of batch) {
       void this.publishEvent(topic, ev).then((r) => {
         if (r === "delivered") box.delivered(ev.seq);
         else if (r === "refused") {
@@ -452,24 +564,30 @@ export class MqttSync {
           // replaying it forever would stall every later event (pitfall 10).
           this.opts.log.error("broker refused an event; dropped", { seq: ev.seq, type: ev.type });
           box.delivered(ev.seq);
-        } else if (gen === this.connGen) box.release(ev.seq);
+        } else box.release(ev.seq); // the connection closed (dropLinkState released it already)
         this.pump();
       });
     }
   }
 
+  /**
+   * One event, QoS 1. No timeout: on a live connection a PUBACK comes or the connection dies
+   * (keepalive), and resending on the same connection is not allowed (MQTT 5 §4.4) — it would
+   * only duplicate. A closed connection fails it (dropLinkState).
+   */
   private publishEvent(topic: string, ev: OutboxEvent): Promise<"delivered" | "refused" | "failed"> {
     const client = this.client;
     if (!client) return Promise.resolve("failed");
     return new Promise((resolve) => {
       let done = false;
-      const timer = setTimeout(() => finish("failed"), this.t.publishTimeoutMs);
+      const lost = (): void => finish("failed");
       const finish = (r: "delivered" | "refused" | "failed"): void => {
         if (done) return;
         done = true;
-        clearTimeout(timer);
+        this.eventsAwaiting.delete(lost);
         resolve(r);
       };
+      this.eventsAwaiting.add(lost);
       try {
         client.publish(topic, JSON.stringify(ev), { qos: 1 }, (err) => {
           if (!err) return finish("delivered");
@@ -579,7 +697,7 @@ export class MqttSync {
 
   private async onDesired(payload: Buffer): Promise<void> {
     const applied = this.appliedNow();
-    const verdict = judgeDesired(payload, { siteId: this.opts.siteId, appliedVersion: applied.version, maxBytes: this.maxPayload });
+    const verdict = judgeDesired(payload, { siteId: this.opts.siteId, appliedVersion: applied.version, appliedHash: applied.hash, maxBytes: this.maxPayload });
     if (verdict.kind === "reject") return this.finishDesired(verdict.version, "rejected", verdict.errors);
     if (verdict.kind === "unchanged") return this.finishDesired(verdict.version, "unchanged", []);
     let outcome: ApplyOutcome;
@@ -593,7 +711,15 @@ export class MqttSync {
       const errors = outcome.errors.map((e) => ({ code: e.code, path: e.path === "$" || e.path === "" ? "config" : `config.${e.path.replace(/^\$\.?/, "")}`.replace(/\.\[/g, "["), message: e.message }));
       return this.finishDesired(verdict.version, "rejected", errors);
     }
-    this.opts.log.info("console config applied", { version: outcome.version, changed: outcome.changed });
+    if (!outcome.changed) {
+      // Something else (the local site file) applied this version meanwhile: judge again
+      // against what runs now, so the ack never says "applied" for other content.
+      const now = this.appliedNow();
+      const again = judgeDesired(payload, { siteId: this.opts.siteId, appliedVersion: now.version, appliedHash: now.hash, maxBytes: this.maxPayload });
+      if (again.kind === "reject") return this.finishDesired(again.version, "rejected", again.errors);
+      return this.finishDesired(verdict.version, "unchanged", []);
+    }
+    this.opts.log.info("console config applied", { version: outcome.version });
     return this.finishDesired(verdict.version, "applied", []);
   }
 
@@ -611,7 +737,7 @@ export class MqttSync {
 
   private publishReported(): Promise<boolean> {
     const a = this.appliedNow();
-    const reported: ReportedPayload = { appliedVersion: a.version, appliedHash: a.hash, bootId: this.bootId, ...(this.lastResult ? { lastResult: this.lastResult } : {}) };
+    const reported: ReportedPayload = { appliedVersion: a.version, appliedHash: a.hash, bootId: this.bootId, maxDesiredBytes: this.maxPayload, ...(this.lastResult ? { lastResult: this.lastResult } : {}) };
     return this.publish("reported", siteTopic(this.opts.siteId, "reported"), reported, { retain: true });
   }
 
@@ -685,7 +811,10 @@ export class MqttSync {
       connSeq: this.connSeq,
       bootId: this.bootId,
       appliedVersion: this.appliedNow().version,
-      outbox: this.outbox?.stats() ?? { pending: 0, durable: 0, inFlight: 0, nextSeq: 1, dropped: 0, fileBytes: 0, tornLines: 0 },
+      eventWindow: this.eventWindow,
+      receiveMaximum: this.receiveMaximum,
+      peakInFlight: this.peakInFlight,
+      outbox: this.outbox?.stats() ?? { pending: 0, durable: 0, inFlight: 0, peakInFlight: 0, nextSeq: 1, dropped: 0, fileBytes: 0, tornLines: 0 },
       rejectedMessages: this.rejectedMessages,
       invalidOutgoing: this.invalidOutgoing,
     };
@@ -715,7 +844,9 @@ export class MqttSync {
       await this.publish("status", siteTopic(this.opts.siteId, "status"), this.statusPayload(false, "shutdown"), { retain: true });
     }
     this.stopping = true;
-    if (client) await new Promise<void>((resolve) => client.end(false, {}, () => resolve()));
+    // Offline, a normal end() waits for the PUBACKs of publishes left in MQTT.js's store (an ack
+    // cut off by the link) — forever: force it, there is no connection to close cleanly.
+    if (client) await new Promise<void>((resolve) => client.end(!client.connected, {}, () => resolve()));
     await this.outbox?.close();
   }
 }

@@ -61,6 +61,8 @@ export interface OutboxStats {
   pending: number;
   durable: number;
   inFlight: number;
+  /** Most events in flight at once since open. */
+  peakInFlight: number;
   nextSeq: number;
   dropped: number;
   fileBytes: number;
@@ -96,6 +98,8 @@ export class Outbox {
   private fileBytes = 0;
   private dropped = 0;
   private tornLines = 0;
+  private inFlight = 0;
+  private peakInFlight = 0;
   /** The file did not end with a complete line when replayed. */
   private tornTail = false;
   private closed = false;
@@ -215,33 +219,38 @@ export class Outbox {
       en.inFlight = true;
       out.push(en.event);
     }
+    this.inFlight += out.length;
+    this.peakInFlight = Math.max(this.peakInFlight, this.inFlight);
     return out;
   }
 
   /** The publish failed or timed out: the event goes back to be taken again (in seq order). */
   release(seq: number): void {
     const en = this.find(seq);
-    if (en) en.inFlight = false;
+    if (en?.inFlight) {
+      en.inFlight = false;
+      this.inFlight--;
+    }
   }
 
   /** Every event in flight goes back (a new connection: nothing sent before counts as acknowledged). */
   releaseAll(): void {
     for (const en of this.entries) en.inFlight = false;
+    this.inFlight = 0;
   }
 
   /** PUBACK received: the event is done. A seq no longer pending (duplicate ack) is ignored. */
   delivered(seq: number): void {
     const i = this.entries.findIndex((en) => en.event.seq === seq);
     if (i < 0) return;
+    if (this.entries[i]!.inFlight) this.inFlight--;
     this.entries.splice(i, 1);
     const line = this.write({ k: "d", s: seq });
     this.deliveredBytes += line;
   }
 
   inFlightCount(): number {
-    let n = 0;
-    for (const en of this.entries) if (en.inFlight) n++;
-    return n;
+    return this.inFlight;
   }
 
   /** Undelivered events (durable or not), oldest first; for status and tests. */
@@ -253,7 +262,8 @@ export class Outbox {
     return {
       pending: this.entries.length,
       durable: this.entries.filter((en) => en.durable).length,
-      inFlight: this.inFlightCount(),
+      inFlight: this.inFlight,
+      peakInFlight: this.peakInFlight,
       nextSeq: this.nextSeq,
       dropped: this.dropped,
       fileBytes: this.fileBytes,

@@ -12,7 +12,7 @@ import { createLogger } from "../../agent/log.ts";
 import { Store } from "../../agent/store/store.ts";
 import { SiteService } from "../../agent/site/site.ts";
 import { MqttSync, siteApplier, configHash, type AckPayload } from "../../agent/sync/mqtt-sync.ts";
-import { ConsoleClient } from "../../agent/sync/console-cli.ts";
+import { ConsoleClient, consoleCommand } from "../../agent/sync/console-cli.ts";
 import { siteTopic } from "../../agent/sync/topics.ts";
 import { startBroker, mosquittoAvailable, type Broker } from "./mosquitto.ts";
 import { desiredEnvelope, siteSnapshot } from "./mqtt-fixtures.ts";
@@ -71,10 +71,16 @@ async function localAgent(url: string, siteId: string, dataDir = tempDir("ringed
 }
 
 /** A raw MQTT 5 client recording every message on the given filters; resubscribes explicitly on every connect. */
-async function recorder(url: string, filters: string[]): Promise<{ client: MqttClient; messages: Array<{ topic: string; payload: any; retain: boolean }>; subscriptions: () => number }> {
-  const client = connect(url, { protocolVersion: 5, clientId: `rec-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 20, resubscribe: false });
-  const messages: Array<{ topic: string; payload: any; retain: boolean }> = [];
+async function recorder(url: string, filters: string[], persistentSession = false): Promise<{ client: MqttClient; messages: Array<{ topic: string; payload: any; retain: boolean; conn: number; dup: boolean }>; subscriptions: () => number }> {
+  // A persistent session (kept by a broker with persistence across a clean restart) also gets
+  // what was published while it was away.
+  const session = persistentSession ? { clean: false, properties: { sessionExpiryInterval: 600 } } : {};
+  const client = connect(url, { protocolVersion: 5, clientId: `rec-${Math.random().toString(36).slice(2)}`, reconnectPeriod: 20, resubscribe: false, ...session });
+  // conn: which of the recorder's connections carried the message (1 = the first); dup: the
+  // broker's own redelivery to this session (MQTT 5 §3.3.1.1), not a second publish by the agent.
+  const messages: Array<{ topic: string; payload: any; retain: boolean; conn: number; dup: boolean }> = [];
   let subscriptions = 0;
+  let conn = 0;
   client.on("message", (topic, buf, packet) => {
     let payload: unknown;
     try {
@@ -82,10 +88,11 @@ async function recorder(url: string, filters: string[]): Promise<{ client: MqttC
     } catch {
       payload = buf.toString();
     }
-    messages.push({ topic, payload, retain: packet.retain });
+    messages.push({ topic, payload, retain: packet.retain, conn, dup: packet.dup });
   });
   client.on("error", () => undefined);
   client.on("connect", () => {
+    conn++;
     (client.stream as { setNoDelay?: (b: boolean) => void }).setNoDelay?.(true);
     client.subscribe(filters, { qos: 1 }, (err) => {
       if (!err) subscriptions++;
@@ -99,8 +106,10 @@ async function recorder(url: string, filters: string[]): Promise<{ client: MqttC
  * A TCP relay in front of the broker that the test can cut and reopen: the agent's link drops
  * (as on a network failure) and stays down until the test says so.
  */
-async function gate(brokerPort: () => number): Promise<{ url: string; close(): void; open(): void; shutdown(): Promise<void> }> {
+async function gate(brokerPort: () => number): Promise<{ url: string; close(): void; open(): void; hold(): void; shutdown(): Promise<void> }> {
   const socks = new Set<net.Socket>();
+  // hold(): what the agent sends stops reaching the broker (a link that went silent).
+  const held: Array<() => void> = [];
   let isOpen = true;
   const server = net.createServer((client) => {
     if (!isOpen) return void client.destroy();
@@ -118,6 +127,7 @@ async function gate(brokerPort: () => number): Promise<{ url: string; close(): v
     upstream.on("error", drop).on("close", drop);
     client.pipe(upstream);
     upstream.pipe(client);
+    held.push(() => client.unpipe(upstream));
   });
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", () => r()));
   const port = (server.address() as net.AddressInfo).port;
@@ -130,6 +140,9 @@ async function gate(brokerPort: () => number): Promise<{ url: string; close(): v
     },
     open: () => {
       isOpen = true;
+    },
+    hold: () => {
+      for (const h of held.splice(0)) h();
     },
     shutdown: () => new Promise<void>((r) => {
       isOpen = false;
@@ -176,6 +189,20 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
     const older = await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(2)), 2);
     assert.equal(older.status, "unchanged");
     assert.equal(older.appliedVersion, 3);
+    // Version 3 again with other content: a conflict naming both hashes, nothing applied.
+    const fileBefore = fs.readFileSync(a.store.file, "utf8");
+    const other = siteSnapshot(3);
+    (other.users as Array<Record<string, unknown>>)[0]!.name = "Not the applied one";
+    const conflict = await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, other), 3);
+    assert.equal(conflict.status, "rejected", JSON.stringify(conflict));
+    assert.deepEqual(conflict.errors.map((e) => [e.code, e.path]), [["version-conflict", "version"]]);
+    assert.ok(conflict.errors[0]!.message.includes(configHash(config)) && conflict.errors[0]!.message.includes(configHash(other)), conflict.errors[0]!.message);
+    assert.equal(conflict.appliedVersion, 3);
+    assert.equal(fs.readFileSync(a.store.file, "utf8"), fileBefore, "store untouched by the conflicting push");
+    const afterConflict = await until(() => rec.messages.filter((m) => m.payload.lastResult?.status === "rejected").at(-1)?.payload);
+    assert.equal(afterConflict.appliedHash, configHash(config), "reported still names the applied content");
+    // The applied content again is still "unchanged".
+    assert.equal((await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, config), 3)).status, "unchanged");
   });
 
   it("every kind of bad push is rejected with its paths and changes nothing", async () => {
@@ -311,6 +338,45 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
     await until(() => a.sync.syncStatus().outbox.pending === 0);
   });
 
+  it("console push (the CLI command, in process) refuses a push over the site's limit and gives up after --timeout", async () => {
+    const a = await localAgent(broker.url, "site-limit");
+    cleanups.push(a.stop);
+    assert.equal((await consoleC.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(1)), 1)).status, "applied");
+    const dir = tempDir("ringedge-console-");
+    const file = path.join(dir, "site.json");
+    const settings = { mqttUrl: broker.url, mqttUsername: "", mqttPassword: "", mqttCa: "", mqttCert: "", mqttKey: "" };
+    const run = async (args: string[], flags: Array<[string, string]> = []): Promise<{ code: number; out: string; err: string }> => {
+      let out = "";
+      let err = "";
+      const code = await consoleCommand("push", args, new Map(flags), settings, (t) => (out += t), (t) => (err += t));
+      return { code, out, err };
+    };
+    // Larger than the limit the site reports (maxDesiredBytes in its retained reported): refused, nothing published.
+    fs.writeFileSync(file, JSON.stringify(siteSnapshot(2, { users: 6000, devices: 6000, groups: 1 })));
+    assert.ok(fs.statSync(file).size > 1 << 20, "the snapshot is over the agent's 1 MB");
+    const tooBig = await run([a.siteId, file]);
+    assert.equal(tooBig.code, 1, tooBig.err);
+    assert.match(tooBig.err, /the push is \d+ bytes, over the site's limit of 1048576 bytes \(reported by the site\); not sent/);
+    const desiredRec = await recorder(broker.url, [siteTopic(a.siteId, "desired")]);
+    cleanups.push(() => end(desiredRec.client));
+    const retained = await until(() => desiredRec.messages.find((m) => m.retain)?.payload);
+    assert.equal(retained.version, 1, "the retained desired is still the last push that was sent");
+    assert.equal(a.store.site?.version, 1);
+    // A site that never reported: --max-bytes (default: the agent's limit) applies.
+    fs.writeFileSync(file, JSON.stringify(siteSnapshot(1)));
+    const small = await run(["site-nobody", file], [["max-bytes", "100"]]);
+    assert.equal(small.code, 1, small.err);
+    assert.match(small.err, /over the site's limit of 100 bytes \(--max-bytes\); not sent/);
+    for (const bad of ["lots", "0", "-5", "1.5"]) {
+      const r = await run(["site-nobody", file], [["max-bytes", bad]]);
+      assert.equal(r.code, 2, bad);
+      assert.match(r.err, /--max-bytes must be a positive whole number/);
+    }
+    // Nobody acknowledges: the wait ends after --timeout with a message saying what it means.
+    await assert.rejects(run(["site-nobody", file], [["timeout", "300"]]), /no ack for version 1 from site site-nobody within 300 ms: the site is offline or did not receive the push/);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+
   it("broker SIGKILLed and restarted during pushes and an event burst: final version applied, events in order with no gap", async () => {
     // The agent reaches the broker through a relay the test cuts before each SIGKILL: the
     // observer (a plain subscriber) must be back and subscribed before the agent is, or it
@@ -334,8 +400,15 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
       for (let i = 0; i < 20 && emitted < N; i++, emitted++) a.bus.emit("device.presence", { deviceId: `dev-${emitted % 3}`, username: "x", online: emitted % 2 === 0, reason: "keepalive-ok", at: Date.now() });
     }, 5);
     cleanups.push(async () => clearInterval(burst));
-    // Pushes racing the crashes: the console republishes until acked (retained state is lost on SIGKILL).
-    const pushes = [2, 3, 4].map((v) => c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(v)), v, 20_000).catch((e: Error) => e));
+    // Pushes racing the crashes, one after the other as a console makes them: the console
+    // republishes until acked (retained state is lost on SIGKILL). Only the newest desired is
+    // sure of an ack (one retained message per site): a version superseded before the agent
+    // saw it is never answered, so pushes that overlap would not all be acknowledged.
+    const pushes = (async () => {
+      const acks: Array<AckPayload | Error> = [];
+      for (const v of [2, 3, 4]) acks.push(await c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(v)), v, 20_000).catch((e: Error) => e));
+      return acks;
+    })();
     for (let round = 0; round < 2; round++) {
       await sleep(40);
       g.close();
@@ -349,8 +422,9 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
     }
     await until(() => emitted >= N, 10_000);
     clearInterval(burst);
-    const acks = await Promise.all(pushes);
+    const acks = await pushes;
     for (const ack of acks) assert.ok(!(ack instanceof Error), String(ack));
+    assert.deepEqual(acks.map((ack) => (ack as AckPayload).version), [2, 3, 4]);
     const final = await c.pushDesired(a.siteId, desiredEnvelope(a.siteId, siteSnapshot(5)), 5, 20_000);
     assert.equal(final.status, "applied");
     assert.equal(a.store.site?.version, 5);
@@ -366,6 +440,140 @@ describe("console sync over a real Mosquitto", { timeout: 60_000 }, () => {
     assert.deepEqual(firsts, [...firsts].sort((x, y) => x - y));
     const min = Math.min(...seen);
     assert.deepEqual([...seen].sort((x, y) => x - y), Array.from({ length: N }, (_, i) => min + i));
+  });
+});
+
+describe("event delivery across broker crashes", { timeout: 90_000 }, () => {
+  const cleanups: Array<() => Promise<unknown>> = [];
+  after(async () => {
+    for (const c of cleanups.reverse()) await c().catch(() => undefined);
+  });
+
+  it("events keep flowing through broker SIGKILLs: every (bootId, seq) arrives, none twice on one connection, at most one window again per reconnect, window within the broker's Receive Maximum", async () => {
+    let broker = await startBroker();
+    cleanups.push(() => broker.kill());
+    const g = await gate(() => broker.port);
+    cleanups.push(() => g.shutdown());
+    const a = await localAgent(g.url, "site-dup");
+    cleanups.push(a.stop);
+    const rec = await recorder(broker.url, [siteTopic(a.siteId, "events")]);
+    cleanups.push(() => end(rec.client));
+    await until(() => a.sync.syncStatus().connected);
+    // Mosquitto grants a Receive Maximum of 20 (max_inflight_messages): events take at most 16.
+    assert.equal(a.sync.syncStatus().eventWindow, 16);
+
+    const N = 3000;
+    let emitted = 0;
+    const burst = setInterval(() => {
+      for (let i = 0; i < 40 && emitted < N; i++, emitted++) a.bus.emit("device.presence", { deviceId: `dev-${emitted % 3}`, username: "x", online: emitted % 2 === 0, reason: "keepalive-ok", at: Date.now() });
+    }, 2);
+    cleanups.push(async () => clearInterval(burst));
+    const ROUNDS = 4;
+    let reconnects = 0;
+    for (let round = 0; round < ROUNDS; round++) {
+      // Let events flow on this connection, with some in flight when the link is cut.
+      const before = rec.messages.length;
+      await until(() => rec.messages.length > before + 50, 10_000, 5);
+      g.close();
+      const subs = rec.subscriptions();
+      await broker.kill();
+      broker = await broker.restart();
+      await until(() => rec.subscriptions() > subs, 5000, 10);
+      g.open();
+      await until(() => a.sync.syncStatus().connected, 10_000, 10);
+      reconnects++;
+    }
+    await until(() => emitted >= N, 20_000);
+    clearInterval(burst);
+    await until(() => a.sync.syncStatus().outbox.pending === 0, 20_000);
+    const st = a.sync.syncStatus();
+    assert.ok(st.outbox.peakInFlight <= st.eventWindow, `peak ${st.outbox.peakInFlight} in flight, window ${st.eventWindow}`);
+
+    const key = (p: { bootId: string; seq: number }): string => `${p.bootId}/${p.seq}`;
+    const perConn = new Map<string, number>();
+    const total = new Map<string, number>();
+    for (const m of rec.messages) {
+      perConn.set(`${m.conn}:${key(m.payload)}`, (perConn.get(`${m.conn}:${key(m.payload)}`) ?? 0) + 1);
+      total.set(key(m.payload), (total.get(key(m.payload)) ?? 0) + 1);
+    }
+    const twiceOnOneConnection = [...perConn].filter(([, n]) => n > 1).map(([k]) => k);
+    assert.deepEqual(twiceOnOneConnection, [], "no event is published twice on one connection");
+    assert.equal(total.size, N, `${total.size} distinct of ${N}`);
+    const seqs = [...total.keys()].map((k) => Number(k.split("/")[1])).sort((x, y) => x - y);
+    assert.deepEqual(seqs, Array.from({ length: N }, (_, i) => seqs[0]! + i), "no gap");
+    // QoS 1 is at least once: only what was in flight when a link died may come again, once.
+    const duplicates = [...total.values()].reduce((n, c) => n + c - 1, 0);
+    assert.ok([...total.values()].every((c) => c <= 2), "no event more than twice");
+    assert.ok(duplicates <= st.eventWindow * reconnects, `${duplicates} duplicates over ${reconnects} reconnects, window ${st.eventWindow}`);
+    console.log(`# ${N} events, ${reconnects} broker kills: ${duplicates} delivered again after a reconnect (bound ${st.eventWindow * reconnects})`);
+  });
+
+  it("a broker stopped cleanly (SIGTERM, persistence) and restarted while events flow: every event arrives exactly once", async () => {
+    let broker = await startBroker({ persistence: true });
+    cleanups.push(() => broker.kill());
+    const rec = await recorder(broker.url, [siteTopic("site-stop", "events")], true);
+    cleanups.push(() => end(rec.client));
+    const a = await localAgent(broker.url, "site-stop");
+    cleanups.push(a.stop);
+    await until(() => a.sync.syncStatus().connected);
+    const N = 1500;
+    let emitted = 0;
+    const burst = setInterval(() => {
+      for (let i = 0; i < 20 && emitted < N; i++, emitted++) a.bus.emit("device.presence", { deviceId: `dev-${emitted % 3}`, username: "x", online: emitted % 2 === 0, reason: "keepalive-ok", at: Date.now() });
+    }, 2);
+    cleanups.push(async () => clearInterval(burst));
+    for (let round = 0; round < 3; round++) {
+      const before = rec.messages.length;
+      await until(() => rec.messages.length > before + 50, 10_000, 5);
+      await broker.stop();
+      broker = await broker.restart();
+      await until(() => a.sync.syncStatus().connected, 10_000, 10);
+    }
+    await until(() => emitted >= N, 20_000);
+    clearInterval(burst);
+    await until(() => a.sync.syncStatus().outbox.pending === 0, 20_000);
+    await until(() => new Set(rec.messages.map((m) => m.payload.seq)).size >= N, 10_000);
+    const fresh = rec.messages.filter((m) => !m.dup).map((m) => `${m.payload.bootId}/${m.payload.seq}`);
+    assert.equal(new Set(fresh).size, N);
+    assert.equal(fresh.length, N, `${fresh.length - N} events published again by the agent after a clean broker stop`);
+  });
+
+  it("never more QoS 1 publishes in flight than the broker's Receive Maximum, events and the rest together", async () => {
+    const broker = await startBroker({ extra: ["max_inflight_messages 6"] });
+    cleanups.push(() => broker.kill());
+    const rec = await recorder(broker.url, [siteTopic("site-rm", "events")]);
+    cleanups.push(() => end(rec.client));
+    const a = await localAgent(broker.url, "site-rm");
+    cleanups.push(a.stop);
+    await until(() => a.sync.syncStatus().connected);
+    assert.equal(a.sync.syncStatus().receiveMaximum, 6);
+    assert.equal(a.sync.syncStatus().eventWindow, 2);
+    const N = 300;
+    for (let i = 0; i < N; i++) a.bus.emit("device.presence", { deviceId: `dev-${i % 3}`, username: "x", online: i % 2 === 0, reason: "keepalive-ok", at: Date.now() });
+    const republished = await Promise.all(Array.from({ length: 30 }, () => a.sync.republish().then(() => true)));
+    assert.equal(republished.length, 30);
+    await until(() => a.sync.syncStatus().outbox.pending === 0, 20_000);
+    await until(() => new Set(rec.messages.map((m) => m.payload.seq)).size === N, 10_000);
+    const st = a.sync.syncStatus();
+    assert.ok(st.peakInFlight <= 6 && st.peakInFlight >= 3, `peak ${st.peakInFlight} in flight, Receive Maximum 6`);
+    assert.ok(st.outbox.peakInFlight <= 2, `events peak ${st.outbox.peakInFlight}`);
+  });
+
+  it("stop() while offline with a publish the link cut off returns at once (it waited for a PUBACK forever)", async () => {
+    const broker = await startBroker();
+    cleanups.push(() => broker.kill());
+    const g = await gate(() => broker.port);
+    cleanups.push(() => g.shutdown());
+    const a = await localAgent(g.url, "site-offstop");
+    await until(() => a.sync.syncStatus().connected);
+    g.hold();
+    void a.sync.republish(); // status and reported: handed to MQTT.js at once, into the silent link, never acknowledged
+    g.close();
+    await until(() => !a.sync.syncStatus().connected);
+    const t0 = Date.now();
+    const r = await Promise.race([a.stop().then(() => "stopped"), sleep(3000).then(() => "hung")]);
+    assert.equal(r, "stopped");
+    assert.ok(Date.now() - t0 < 1000, `${Date.now() - t0} ms`);
   });
 });
 

@@ -4,7 +4,7 @@ import * as fs from "node:fs";
 import * as os from "node:os";
 import * as path from "node:path";
 import { validatePayload, toJsonPath, payloadNames } from "../../agent/contract.ts";
-import { SiteService, checkSiteConfig, readSiteFile, formatSiteErrors } from "../../agent/site/site.ts";
+import { SiteService, checkSiteConfig, readSiteFile, formatSiteErrors, versionStanding } from "../../agent/site/site.ts";
 import { Store } from "../../agent/store/store.ts";
 import { EventBus } from "../../agent/bus.ts";
 import { defaultProfiles } from "../../provisioning/profiles.ts";
@@ -207,6 +207,16 @@ describe("SiteService", () => {
     assert.equal(again.site?.version, 1);
     assert.equal(again.site?.source, "file");
     await again.close();
+  });
+
+  test("versionStanding: newer applies; same version is 'same' only with the same content, else a conflict", () => {
+    const applied = { version: 3, hash: "aa" };
+    assert.equal(versionStanding(null, { version: 1, hash: "bb" }), "newer");
+    assert.equal(versionStanding(applied, { version: 4, hash: "aa" }), "newer");
+    assert.equal(versionStanding(applied, { version: 3, hash: "aa" }), "same");
+    assert.equal(versionStanding(applied, { version: 3, hash: "bb" }), "conflict");
+    assert.equal(versionStanding({ version: 3, hash: null }, { version: 3, hash: "bb" }), "conflict");
+    assert.equal(versionStanding(applied, { version: 2, hash: "bb" }), "older");
   });
 
   test("version ordering: equal or older versions change nothing", async () => {

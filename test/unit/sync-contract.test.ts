@@ -2,21 +2,35 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { validatePayload } from "../../agent/contract.ts";
-import { backoffMs, configHash, judgeDesired } from "../../agent/sync/mqtt-sync.ts";
-import { desiredFrom } from "../../agent/sync/console-cli.ts";
+import { backoffMs, configHash, CONTROL_SLOTS, eventWindowFor, judgeDesired } from "../../agent/sync/mqtt-sync.ts";
+import { desiredFrom, pushTooLarge, reportedLimit } from "../../agent/sync/console-cli.ts";
 import { CallStatistics } from "../../agent/sync/stats.ts";
 import { isOwnReplyTopic, parseTopic } from "../../agent/sync/topics.ts";
 import { siteSnapshot } from "../e2e/mqtt-fixtures.ts";
 
-const ctx = { siteId: "s-1", appliedVersion: 3, maxBytes: 1 << 20 };
+const ctx = { siteId: "s-1", appliedVersion: 3, appliedHash: configHash(siteSnapshot(3)), maxBytes: 1 << 20 };
 const desired = (config: Record<string, unknown>, extra: Record<string, unknown> = {}): Buffer => Buffer.from(JSON.stringify({ schema: "ringedge.desired/1", siteId: "s-1", version: config.version, config, ...extra }));
 
-test("judgeDesired: apply newer, unchanged for equal or older, and every kind of rejection with paths", () => {
+test("judgeDesired: apply newer, unchanged for older or the same content, conflict for the same version with other content, and every kind of rejection with paths", () => {
   const v4 = judgeDesired(desired(siteSnapshot(4)), ctx);
   assert.equal(v4.kind, "apply");
   assert.equal(v4.kind === "apply" && v4.hash, configHash(siteSnapshot(4)));
   assert.deepEqual(judgeDesired(desired(siteSnapshot(3)), ctx), { kind: "unchanged", version: 3 });
   assert.deepEqual(judgeDesired(desired(siteSnapshot(2)), ctx), { kind: "unchanged", version: 2 });
+  // The applied version with other content is a conflict naming both hashes, never "unchanged".
+  const other = siteSnapshot(3);
+  (other.users as Array<Record<string, unknown>>)[0]!.name = "Someone else";
+  const conflict = judgeDesired(desired(other), ctx);
+  assert.equal(conflict.kind, "reject");
+  if (conflict.kind === "reject") {
+    assert.equal(conflict.version, 3);
+    assert.deepEqual(conflict.errors.map((e) => [e.code, e.path]), [["version-conflict", "version"]]);
+    assert.ok(conflict.errors[0]!.message.includes(ctx.appliedHash), conflict.errors[0]!.message);
+    assert.ok(conflict.errors[0]!.message.includes(configHash(other)), conflict.errors[0]!.message);
+  }
+  // An older version is "unchanged" whatever its content; nothing applied yet: any version applies.
+  assert.deepEqual(judgeDesired(desired({ ...siteSnapshot(2), settings: { pickupCode: "*9" } }), ctx), { kind: "unchanged", version: 2 });
+  assert.equal(judgeDesired(desired(siteSnapshot(1)), { ...ctx, appliedVersion: 0, appliedHash: null }).kind, "apply");
   const codes = (b: Buffer): Array<[string, string]> => {
     const r = judgeDesired(b, ctx);
     assert.equal(r.kind, "reject");
@@ -89,4 +103,20 @@ test("statistics: group offers count once per call; averages only over answered 
   assert.deepEqual(r.operators.map((o) => [o.userId, o.offered, o.answered, o.avgAnswerMs]), [["a", 2, 1, 100], ["b", 1, 1, 300]]);
   s.reset(10);
   assert.ok(s.isEmpty());
+});
+
+test("eventWindowFor: the configured window within the broker's Receive Maximum, leaving control slots", () => {
+  assert.equal(eventWindowFor(64, undefined), 64, "absent Receive Maximum is 65,535");
+  assert.equal(eventWindowFor(64, 20), 20 - CONTROL_SLOTS, "Mosquitto's default of 20");
+  assert.equal(eventWindowFor(64, 1000), 64);
+  assert.equal(eventWindowFor(64, 2), 1, "never below one");
+});
+
+test("the console refuses a push over the site's limit, which it takes from the reported state when there", () => {
+  assert.equal(pushTooLarge(1000, 1000, "x"), undefined);
+  assert.equal(pushTooLarge(1001, 1000, "reported by the site"), "the push is 1001 bytes, over the site's limit of 1000 bytes (reported by the site); not sent");
+  assert.equal(reportedLimit({ appliedVersion: 1, appliedHash: null, bootId: "b", maxDesiredBytes: 4096 }), 4096);
+  for (const bad of [undefined, null, "x", [], {}, { maxDesiredBytes: "4096" }, { maxDesiredBytes: 0 }, { maxDesiredBytes: -1 }, { maxDesiredBytes: 1.5 }]) assert.equal(reportedLimit(bad), undefined, JSON.stringify(bad));
+  assert.ok(validatePayload("reported", { appliedVersion: 0, appliedHash: null, bootId: "b1", maxDesiredBytes: 1 << 20 }).ok);
+  assert.ok(!validatePayload("reported", { appliedVersion: 0, appliedHash: null, bootId: "b1", maxDesiredBytes: 0 }).ok);
 });

@@ -86,3 +86,24 @@ test("bound policy: when full, the oldest events not in flight become one gap ev
   assert.equal(again.stats().dropped, 0);
   await again.close();
 });
+
+test("in-flight count and its peak follow take, release, releaseAll and delivery", async () => {
+  const d = dir();
+  const box = Outbox.open({ dataDir: d, bootId: "b1", max: 100, batchMs: 1 });
+  for (let i = 0; i < 5; i++) box.append("presence", { deviceId: `d${i}`, online: true, reason: "registered" });
+  await box.flush();
+  assert.deepEqual(box.take(3).map((e) => e.seq), [1, 2, 3]);
+  assert.equal(box.inFlightCount(), 3);
+  box.release(2);
+  box.release(2); // twice: counted once
+  assert.equal(box.inFlightCount(), 2);
+  box.delivered(1);
+  box.delivered(1);
+  assert.equal(box.inFlightCount(), 1);
+  box.releaseAll();
+  assert.equal(box.inFlightCount(), 0);
+  assert.deepEqual(box.take(10).map((e) => e.seq), [2, 3, 4, 5], "released events go out again in seq order");
+  assert.deepEqual([box.stats().inFlight, box.stats().peakInFlight], [4, 4]);
+  await box.close();
+  fs.rmSync(d, { recursive: true, force: true });
+});
