@@ -1,5 +1,5 @@
 // Who is calling and where to: the pure part of admitting a new INVITE (issue 3 "Routing",
-// ../shared/reference/sip-security.md "Toll fraud"). No sockets, no clock, no store.
+// toll-fraud rules: docs/architecture.md, routing engine). No sockets, no clock, no store.
 //
 // Decisions:
 // - The caller is judged by where the request came from, never by From (anyone can write

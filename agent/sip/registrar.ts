@@ -1,5 +1,5 @@
 // Registrar, RFC 3261 §10.3, with digest authentication (RFC 3261 §22, RFC 8760) and the
-// defences of ../shared/reference/sip-security.md: one challenge and one 403 for every
+// defences against scanners and guessers (docs/architecture.md, guard): one challenge and one 403 for every
 // user, known or not; failures counted per source and per account; each device may bind
 // only its own address-of-record.
 import { parseAuthorization, type DigestAuthenticator } from "./digest.ts";

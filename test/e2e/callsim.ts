@@ -223,6 +223,8 @@ interface InboundCall {
   acked: boolean;
   ended: boolean;
   retransmit?: NodeJS.Timeout;
+  /** Sends the 2xx (and its retransmissions until the ACK); set while the call rings here. */
+  answer?: () => void;
 }
 
 export class Phone {
@@ -497,7 +499,7 @@ export class Phone {
       return;
     }
     this.reply(m, 180, "Ringing", call.toTag);
-    if (how.kind === "answer") {
+    {
       const answer = (): void => {
         if (call.ended || this.closed) return;
         call.answered = true;
@@ -510,9 +512,19 @@ export class Phone {
           else ok();
         }, 500);
       };
-      if (how.afterMs <= 0) answer();
-      else setTimeout(answer, how.afterMs);
+      call.answer = answer;
+      if (how.kind === "answer") {
+        if (how.afterMs <= 0) answer();
+        else setTimeout(answer, how.afterMs);
+      }
     }
+  }
+
+  /** Answers a call ringing here now, whatever the phone was told at the INVITE (the test decides when). */
+  answerNow(callId: string): void {
+    const call = this.calls.get(callId);
+    if (call?.answer === undefined || call.ended || call.answered) throw new Error(`${this.username}: no call ${callId} ringing here`);
+    call.answer();
   }
 
   /** A response to a request that reached this phone (§8.2.6: Via, From, To, Call-ID, CSeq copied). */

@@ -1,7 +1,7 @@
 // The attack tools real intruders run against SIP servers (sipvicious 0.3.3: svwar
 // enumerates extensions, svcrack guesses passwords), against the real agent process on
 // loopback UDP. The agent must reveal no extension, yield no password, ban the attacking
-// source silently (../shared/reference/sip-security.md), and keep serving everyone else.
+// source silently (as SIP scanners like SIPVicious expect), and keep serving everyone else.
 // The tools come from the Debian package sipvicious (make test installs it); a missing tool
 // is a failure with a message saying so, never a skip.
 import { after, before, describe, test } from "node:test";

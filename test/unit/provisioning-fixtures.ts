@@ -1,5 +1,5 @@
 // Shared by the provisioning unit and end-to-end tests: each vendor's boot sequence as its
-// phones request it, with real User-Agent strings (shared/reference/provisioning.md §2-3), and
+// phones request it, with real User-Agent strings (as the vendors document them), and
 // readers that parse a config in the vendor's own format and pull out the values that matter.
 import assert from "node:assert/strict";
 import { checkXml, findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
