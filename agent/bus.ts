@@ -23,6 +23,8 @@ export interface AgentEvents {
   "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number };
   /** Members passed over because they were at their call limit (or a direct call refused 486). */
   "call.busy": { callId: string; groupId: string | undefined; memberIds: string[]; caller: string; at: number };
+  /** A window of calls had more first forks over latencyBudgetMs than healthOverBudgetPct allows (appliance/health.ts). */
+  "latency.over-budget": { calls: number; overBudget: number; pct: number; budgetMs: number; at: number };
 }
 
 export type EventName = keyof AgentEvents;

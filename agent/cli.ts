@@ -10,7 +10,8 @@ import { agentCommands, type DeviceView } from "./console/commands.ts";
 import { SITE_HELP, siteCli } from "./console/site-cli.ts";
 import { CONSOLE_HELP, CONSOLE_VALUE_FLAGS, consoleCommand } from "./sync/console-cli.ts";
 import { PHONE_HELP, PROVISION_HELP, phoneCli, provisionCli } from "../provisioning/installer.ts";
-import { APPLIANCE_HELP, applianceCli, settingsFileFor, writeSettings } from "./appliance/cli.ts";
+import { APPLIANCE_HELP, applianceCli, settingsFileFor } from "./appliance/cli.ts";
+import { writeSettings } from "./appliance/settings-file.ts";
 import { runAgentProcess } from "./appliance/run.ts";
 import { VERSION } from "./version.ts";
 
@@ -332,8 +333,13 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     return 0;
   }
   const d = status.devices;
+  const dr = status.drain;
+  const mq = status.mqtt;
   const lines = [
-    `site ${status.siteId}  pid ${status.pid}  up ${status.uptimeS}s`,
+    `site ${status.siteId}  pid ${status.pid}  up ${status.uptimeS}s  version ${status.version ?? "?"}`,
+    `calls    ${!dr?.draining ? "taking calls" : `DRAINING for ${dr.forS}s (timeout ${dr.timeoutS}s${dr.overdue ? ", OVERDUE: 'ringedge resume' takes calls again" : ""})`}`,
+    `console  ${mq === null || mq === undefined ? "not configured (mqttUrl unset)" : `mqtt ${mq.connected ? "connected" : "disconnected"}${mq.outboxPending > 0 ? `, ${mq.outboxPending} events queued` : ""}`}`,
+    `provisioning ${((status.provisioningUrls ?? []) as string[]).join("  ") || "not listening"}`,
     `sip      ${(status.sip as Array<{ transport: string; address: string; port: number }>).map((a) => `${a.transport}:${a.address}:${a.port}`).join("  ")}`,
     `devices  ${d.total} (${d.physical} physical, ${d.soft} soft)  registered ${d.registered}  online ${d.online}  bindings ${status.bindings}`,
     `sip tx   server ${status.transactions.server}  client ${status.transactions.client}  in ${status.transport.received}  out ${status.transport.sent}  parse errors ${status.transport.parseErrors}`,
@@ -354,6 +360,7 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     ...(q !== undefined && q !== null ? [`wake-up latency ${q.requestedUs}µs ${q.held ? `held on ${q.device}` : `not in force: ${q.reason}`}`] : []),
   ];
   if (cpu.length > 0) lines.push(`cpu      ${cpu.join("  ")}`);
+  for (const w of (status.warnings ?? []) as string[]) lines.push(`WARNING  ${w}`);
   out(lines.join("\n") + "\n");
   return 0;
 }

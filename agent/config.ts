@@ -73,6 +73,7 @@ export interface Settings {
   serialPassword: string;
   serialLockoutFailures: number;
   serialLockoutS: number;
+  serialIdleTimeoutS: number;
 }
 
 export type SettingName = keyof Settings;
@@ -557,7 +558,7 @@ const SPECS: Specs = {
   serialPassword: {
     codec: stringCodec('scrypt hash or ""', (s) => (s === "" || /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/.test(s) ? null : "must be a hash made by `ringedge console-password`, never the password itself")),
     default: "",
-    doc: 'scrypt hash of the installer password of the serial console, made by `ringedge console-password` ("" = nobody can log in). Reloaded on SIGHUP.',
+    doc: 'scrypt hash of the installer password of the serial console, made by `ringedge console-password` ("" = none set: the first login at the serial port chooses it, as after a factory reset). Reloaded on SIGHUP.',
   },
   serialLockoutFailures: {
     codec: intCodec(1, 100),
@@ -568,6 +569,11 @@ const SPECS: Specs = {
     codec: intCodec(1, 86_400),
     default: 60,
     doc: "First serial-console lock-out, seconds; each further one doubles, up to a day, until a login succeeds.",
+  },
+  serialIdleTimeoutS: {
+    codec: intCodec(0, 86_400),
+    default: 600,
+    doc: "A serial-console session with no input for this many seconds is logged out (0 = never). Reloaded on SIGHUP.",
   },
 };
 

@@ -16,6 +16,7 @@ import { PnpResponder, type PnpSubscription } from "./pnp.ts";
 import { findModel, loadProfiles, type Profile } from "./profiles.ts";
 import { resyncPhones, transactionSender, type ResyncResult } from "./resync.ts";
 import { ProvisioningServer, baseUrl } from "./server.ts";
+import { advertisedHost, isWildcard } from "../agent/sip/advertise.ts";
 import { StoreDirectory } from "./store-directory.ts";
 
 /** device-profiles/ next to this folder, wherever the process was started from. */
@@ -118,7 +119,10 @@ export class ProvisioningService {
   private pnpUrl(sub: PnpSubscription): string | undefined {
     const http = this.server?.addresses().find((a) => a.scheme === "http");
     if (!http) return undefined;
-    const base = baseUrl("http", this.deps.settings.pnpInterface, http.port);
+    // The address HTTP listens on; on a wildcard, the PnP interface's (itself a wildcard: the
+    // advertised address). Never 0.0.0.0, which a phone cannot fetch from.
+    const host = isWildcard(http.address) ? advertisedHost(this.deps.settings.pnpInterface, this.deps.settings.sipAdvertise) : http.address;
+    const base = baseUrl("http", host, http.port);
     const phone = sub.mac !== undefined ? this.directory.phoneByMac(sub.mac) : undefined;
     if (phone?.provisioning && this.server!.gate.claim(phone)) return `${base}/p/${phone.provisioning.token}/`;
     return `${base}/`;
@@ -130,7 +134,7 @@ export class ProvisioningService {
       resync: (ids, reboot) => this.resync(ids, reboot),
       firmwareReport: () => firmwareReport(this.directory.phones(), this.deps.store.listSeenPhones(), this.profiles, this.firmware, findModel),
       reopenBootstrap: (id) => this.server?.gate.reopen(id),
-      urls: () => (this.server?.addresses() ?? []).map((a) => `${baseUrl(a.scheme, a.address, a.port)}/`),
+      urls: () => (this.server?.addresses() ?? []).map((a) => `${baseUrl(a.scheme, advertisedHost(a.address, this.deps.settings.sipAdvertise), a.port)}/`),
     };
   }
 

@@ -21,6 +21,7 @@ export const LIVE_SETTINGS: ReadonlySet<SettingName> = new Set<SettingName>([
   "serialPassword",
   "serialLockoutFailures",
   "serialLockoutS",
+  "serialIdleTimeoutS",
 ]);
 
 export interface ReloadPlan {
