@@ -315,7 +315,7 @@ const SPECS: Specs = {
   sipAdvertise: {
     codec: stringCodec('IP address or ""', (v) => (v === "" || net.isIP(v) ? null : "is not an IP address")),
     default: "",
-    doc: "Address put in Via, Record-Route and Contact when listening on a wildcard (0.0.0.0 / ::). \"\": the first non-loopback address of this host.",
+    doc: "Address put in Via, Record-Route and Contact, and in the provisioning URLs phones are given (`phone show`, PnP, `provision dhcp-hints`, `status`), when listening on a wildcard (0.0.0.0 / ::). \"\": the first non-loopback address of this host.",
   },
   httpListen: {
     codec: hostPortCodec(true),
@@ -543,7 +543,7 @@ const SPECS: Specs = {
   healthOverBudgetPct: {
     codec: intCodec(0, 100),
     default: 5,
-    doc: "`ringedge health` fails when more than this percentage of recent calls (at least 20) exceeded latencyBudgetMs to their first fork.",
+    doc: "Warn (in `ringedge status` and `health`, the log and a latency.over-budget bus event) when more than this percentage of a window of calls (at least 20, judged every 30 s) exceeded latencyBudgetMs to their first fork. Never fails health: a restart cures no slowness.",
   },
   serialDevice: {
     codec: stringCodec('path or ""', (s) => (s.includes("\0") ? "must not contain NUL" : null)),

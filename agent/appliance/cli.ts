@@ -24,9 +24,11 @@ timeout, or a flush failed; 3: the agent did not answer.`,
 Calls off a drain: the agent takes new calls again.`,
   health: `usage: ringedge health [--json]
 
-Watchdog check, one line on stdout: SIP answering (an OPTIONS from here to the first SIP
-address), the store writable, the hot path within its latency budget, and the broker link when
-MQTT is configured (reported, never failing). Exit 0 healthy, 1 not (or no agent running).`,
+Watchdog check, one line on stdout: the agent answering its control socket in time, SIP answering
+(an OPTIONS from here to the first SIP address) with every socket listening, and the store
+writable. Reported as warnings, never failing (a restart cures none of them): first-fork latency
+over its budget, a drain left on past its timeout; and the broker link when MQTT is configured.
+Exit 0 healthy, 1 not (or no agent running).`,
   "console-password": `usage: ringedge console-password [--write]
 
 Reads the serial console's installer password (typed twice on a terminal, else the first line of

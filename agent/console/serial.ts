@@ -141,8 +141,12 @@ const COMMANDS: Record<string, ConsoleCommand> = {
       const s = (await exec("status")) as Record<string, any>;
       const d = s.devices ?? {};
       const r = s.routing;
+      const dr = s.drain;
       const out = [
-        `site ${s.siteId}  pid ${s.pid}  up ${s.uptimeS}s`,
+        `site ${s.siteId}  pid ${s.pid}  up ${s.uptimeS}s  version ${s.version ?? "?"}`,
+        ...(dr?.draining ? [`DRAINING for ${dr.forS}s${dr.overdue ? `, past its ${dr.timeoutS}s timeout` : ""}: new calls refused`] : []),
+        `console  ${s.mqtt ? `mqtt ${s.mqtt.connected ? "connected" : "disconnected"}` : "not configured"}`,
+        `prov     ${((s.provisioningUrls ?? []) as string[]).join(" ") || "-"}`,
         `sip      ${((s.sip ?? []) as Array<{ transport: string; address: string; port: number }>).map((a) => `${a.transport}:${a.address}:${a.port}`).join("  ")}`,
         `devices  ${d.total} (${d.physical} physical, ${d.soft} soft)  registered ${d.registered}  online ${d.online}`,
         `calls    ringing ${s.proxy?.calls ?? 0}  connected ${s.proxy?.dialogs ?? 0}  queued ${r?.queued ?? 0}`,
