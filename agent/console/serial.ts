@@ -210,7 +210,7 @@ const COMMANDS: Record<string, ConsoleCommand> = {
           return table(["PHONE", "RESULT"], results.map((r) => [r.mac ?? r.extension ?? r.deviceId ?? "?", r.ok ? `ok (${r.event ?? "check-sync"})` : `failed: ${r.error ?? "?"}`]), [16]);
         }
         default:
-          return [clip(`usage: ${this.help}`, WIDTH)];
+          return [...(sub === undefined ? [] : [clip(`unknown phone command '${ascii(sub)}'`, WIDTH)]), clip(`usage: ${this.help}`, WIDTH)];
       }
     },
   },

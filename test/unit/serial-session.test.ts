@@ -124,3 +124,21 @@ describe("first login with no password set", () => {
     plain.s.close();
   });
 });
+
+describe("mistyped words at the console", () => {
+  test("an unknown command or phone sub-command is named", async () => {
+    const settings = { ...defaultSettings(), siteId: "lab-1", serialPassword: await hashInstallerPassword("install-3r") };
+    const { s, out, clear } = session(settings);
+    s.input(bytes("install-3r\r"));
+    await s.idle();
+    clear();
+    s.input(bytes("phone shwo 301\r"));
+    await s.idle();
+    assert.match(out(), /unknown phone command 'shwo'\r\nusage: phone show/);
+    clear();
+    s.input(bytes("stauts\r"));
+    await s.idle();
+    assert.match(out(), /unknown command 'stauts' \(type 'help'\)/);
+    s.close();
+  });
+});
