@@ -357,6 +357,7 @@ export class Agent {
       sip: { listening: addrs.length, expected: s.sipListen.length * s.sipTransports.length, addresses: addrs.map((a) => `${a.transport}:${hostPort(a.address, a.port)}`) },
       store,
       ...(latency ? { latency } : {}),
+      ...(this.latencyWatch ? { latencyOpen: this.latencyWatch.open() } : {}),
       ...(st ? { broker: { connected: st.connected, outboxPending: st.outbox.pending } } : {}),
       drain: this.drainer.state(),
     });

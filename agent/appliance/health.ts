@@ -92,6 +92,12 @@ export class LatencyWatch {
     return this.last;
   }
 
+  /** The window still open: calls since the last judged one (too few to judge so far, or not yet checked). */
+  open(): { calls: number; overBudget: number; budgetMs: number } {
+    const c = this.deps.counters();
+    return { calls: Math.max(0, c.count - this.windowStart.count), overBudget: Math.max(0, c.overBudget - this.windowStart.overBudget), budgetMs: c.budgetUs / 1000 };
+  }
+
   /** The last window as a warning, or null when it was within budget (or none was judged). */
   warning(): string | null {
     return this.last?.over ? describeLatency(this.last) : null;
@@ -119,6 +125,8 @@ export interface HealthInput {
   store: { writable: boolean; error?: string };
   /** The last judged latency window (LatencyWatch); undefined before the first. */
   latency?: LatencyVerdict;
+  /** The calls of the window still open (LatencyWatch.open()), said when none was judged yet. */
+  latencyOpen?: { calls: number; overBudget: number; budgetMs: number };
   /** Console link; undefined when no broker is configured. */
   broker?: { connected: boolean; outboxPending: number };
   drain: DrainState;
@@ -147,7 +155,9 @@ export function judgeHealth(input: HealthInput): HealthReport {
   checks.push({ name: "sip", ok: sipOk, detail: sipOk ? `sip listening ${input.sip.addresses.join(" ")}` : `sip listening on ${input.sip.listening} of ${input.sip.expected} sockets` });
   checks.push({ name: "store", ok: input.store.writable, detail: input.store.writable ? "store writable" : `store not writable${input.store.error ? ` (${input.store.error})` : ""}` });
   const l = input.latency;
-  checks.push(l === undefined ? { name: "hot-path", ok: true, detail: "hot path not judged yet (too few calls)" } : { name: "hot-path", ok: true, warn: l.over, detail: describeLatency(l) });
+  const o = input.latencyOpen;
+  const notYet = o ? `hot path ${o.overBudget}/${o.calls} recent calls over ${o.budgetMs}ms (too few to judge)` : "hot path not judged yet (too few calls)";
+  checks.push(l === undefined ? { name: "hot-path", ok: true, detail: notYet } : { name: "hot-path", ok: true, warn: l.over, detail: describeLatency(l) });
   if (input.broker) {
     // Reported, never failing: the site works without its console, and restarting the agent
     // does not bring a broker back (the MQTT client reconnects by itself).

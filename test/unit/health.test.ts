@@ -21,6 +21,9 @@ describe("judgeHealth", () => {
     assert.equal(r.ok, true);
     assert.deepEqual(r.warnings, []);
     assert.match(r.reason, /^OK: sip listening udp:127\.0\.0\.1:5060 tcp:127\.0\.0\.1:5060; store writable; hot path not judged yet/);
+    const open = judgeHealth({ ...base, latencyOpen: { calls: 7, overBudget: 7, budgetMs: 2 } });
+    assert.equal(open.ok, true);
+    assert.match(open.reason, /; hot path 7\/7 recent calls over 2ms \(too few to judge\)$/);
   });
 
   test("slow calls never fail health: a warning, named before the healthy checks", () => {
@@ -85,9 +88,11 @@ describe("latency windows", () => {
     try {
       counters = { count: 10, overBudget: 10, budgetUs: 2000 };
       assert.equal(w.check(), null, "too few calls: the window stays open");
+      assert.deepEqual(w.open(), { calls: 10, overBudget: 10, budgetMs: 2 });
       assert.equal(w.warning(), null);
       counters = { count: 40, overBudget: 12, budgetUs: 2000 };
       assert.equal(w.check()?.over, true);
+      assert.deepEqual(w.open(), { calls: 0, overBudget: 0, budgetMs: 2 }, "a new window opens");
       assert.deepEqual(events, [{ calls: 40, overBudget: 12, pct: 30, budgetMs: 2, at: 42 }]);
       assert.match(w.warning() ?? "", /^hot path 12\/40 calls over 2ms \(30\.0% > 5%\)/);
       counters = { count: 140, overBudget: 13, budgetUs: 2000 };
