@@ -338,7 +338,8 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
   const dr = status.drain;
   const mq = status.mqtt;
   const lines = [
-    `site ${status.siteId}  pid ${status.pid}  up ${status.uptimeS}s  version ${status.version ?? "?"}`,
+    `site ${status.siteId}  pid ${status.pid}  up ${status.uptimeS}s`,
+    `version  ${status.version ?? "?"}`,
     `calls    ${!dr?.draining ? "taking calls" : `DRAINING for ${dr.forS}s (timeout ${dr.timeoutS}s${dr.overdue ? ", OVERDUE: 'ringedge resume' takes calls again" : ""})`}`,
     `console  ${mq === null || mq === undefined ? "not configured (mqttUrl unset)" : `mqtt ${mq.connected ? "connected" : "disconnected"}${mq.outboxPending > 0 ? `, ${mq.outboxPending} events queued` : ""}`}`,
     `provisioning ${((status.provisioningUrls ?? []) as string[]).join("  ") || "not listening"}`,

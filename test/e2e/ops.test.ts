@@ -106,7 +106,7 @@ describe("version, status and every --json the help lists", () => {
   test("status: version, taking calls or draining (overdue past the timeout), console link, provisioning URL", async () => {
     const text = await agent.cli(["status"]);
     assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, new RegExp(`^site \\S+  pid \\d+  up \\d+s  version ${VERSION.replace(/\./g, "\\.")}\n`));
+    assert.match(text.stdout, new RegExp(`^site \\S+  pid \\d+  up \\d+s\nversion  ${VERSION.replace(/\./g, "\\.")}\n`));
     assert.match(text.stdout, /\ncalls    taking calls\n/);
     assert.match(text.stdout, /\nconsole  not configured \(mqttUrl unset\)\n/);
     const s = JSON.parse((await agent.cli(["status", "--json"])).stdout) as { provisioningUrls: string[]; mqtt: unknown; drain: { draining: boolean }; warnings: string[] };
