@@ -3,6 +3,7 @@
 // optional SIP PnP responder, and offers re-sync and the firmware report to the console commands.
 
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Settings } from "../agent/config.ts";
@@ -48,6 +49,16 @@ export interface ProvisioningServiceDeps {
   sip: { host?: string; port: number; transport: "udp" | "tcp" };
   log: Logger;
   profilesDir?: string;
+}
+
+/**
+ * The base URL a phone is given for a server bound to `bound`: that address, or on a wildcard
+ * the interface the phone asked on (PnP's pnpInterface) when concrete, else the advertised
+ * address (sipAdvertise, else a real interface). Never 0.0.0.0 or ::, which no phone can fetch from.
+ */
+export function phoneBaseUrl(scheme: "http" | "https", bound: string, port: number, advertise: string, askedOn = "", interfaces?: ReturnType<typeof os.networkInterfaces>): string {
+  const host = !isWildcard(bound) ? bound : advertisedHost(askedOn !== "" && !isWildcard(askedOn) ? askedOn : bound, advertise, interfaces);
+  return baseUrl(scheme, host, port);
 }
 
 export class ProvisioningService {
@@ -119,10 +130,7 @@ export class ProvisioningService {
   private pnpUrl(sub: PnpSubscription): string | undefined {
     const http = this.server?.addresses().find((a) => a.scheme === "http");
     if (!http) return undefined;
-    // The address HTTP listens on; on a wildcard, the PnP interface's (itself a wildcard: the
-    // advertised address). Never 0.0.0.0, which a phone cannot fetch from.
-    const host = isWildcard(http.address) ? advertisedHost(this.deps.settings.pnpInterface, this.deps.settings.sipAdvertise) : http.address;
-    const base = baseUrl("http", host, http.port);
+    const base = phoneBaseUrl("http", http.address, http.port, this.deps.settings.sipAdvertise, this.deps.settings.pnpInterface);
     const phone = sub.mac !== undefined ? this.directory.phoneByMac(sub.mac) : undefined;
     if (phone?.provisioning && this.server!.gate.claim(phone)) return `${base}/p/${phone.provisioning.token}/`;
     return `${base}/`;
@@ -134,7 +142,7 @@ export class ProvisioningService {
       resync: (ids, reboot) => this.resync(ids, reboot),
       firmwareReport: () => firmwareReport(this.directory.phones(), this.deps.store.listSeenPhones(), this.profiles, this.firmware, findModel),
       reopenBootstrap: (id) => this.server?.gate.reopen(id),
-      urls: () => (this.server?.addresses() ?? []).map((a) => `${baseUrl(a.scheme, advertisedHost(a.address, this.deps.settings.sipAdvertise), a.port)}/`),
+      urls: () => (this.server?.addresses() ?? []).map((a) => `${phoneBaseUrl(a.scheme, a.address, a.port, this.deps.settings.sipAdvertise)}/`),
     };
   }
 
