@@ -15,8 +15,13 @@ export function writeSettings(file: string, changes: Readonly<Record<string, unk
   let old: fs.Stats | undefined;
   if (fs.existsSync(file)) {
     old = fs.statSync(file);
-    const parsed: unknown = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error(`${file} is not a JSON object of settings`);
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(fs.readFileSync(file, "utf8"));
+    } catch (e) {
+      throw new Error(`${file} is not valid JSON (${(e as Error).message}); not changed`);
+    }
+    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error(`${file} is not a JSON object of settings; not changed`);
     obj = parsed as Record<string, unknown>;
   }
   for (const [key, value] of Object.entries(changes)) {
