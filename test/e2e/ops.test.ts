@@ -192,3 +192,28 @@ describe("version, status and every --json the help lists", () => {
     assert.match(phone.urls![0]!, new RegExp(`^http://${ADVERTISED.replace(/\./g, "\\.")}:\\d+/p/[^/]+/$`));
   });
 });
+
+describe("health fails for a hung or dead agent", () => {
+  test("stopped (SIGSTOP): FAIL within the control socket's 5 s; continued: OK again; killed: FAIL", { timeout: 60_000 }, async () => {
+    const agent = await startAgent();
+    cleanups.push(() => agent.kill());
+    const ok = await agent.cli(["health"]);
+    assert.equal(ok.code, 0, ok.stdout);
+    agent.proc.kill("SIGSTOP");
+    try {
+      const t0 = Date.now();
+      const hung = await agent.cli(["health"], 30_000);
+      assert.equal(hung.code, 1, hung.stdout);
+      assert.match(hung.stdout, /^FAIL: agent did not answer its health check \(agent did not answer 'health' within 5000 ms\)\n$/);
+      assert.ok(Date.now() - t0 < 20_000, "bounded");
+    } finally {
+      agent.proc.kill("SIGCONT");
+    }
+    const again = await agent.cli(["health"]);
+    assert.equal(again.code, 0, again.stdout);
+    await agent.kill();
+    const dead = await agent.cli(["health", "--json"]);
+    assert.equal(dead.code, 1);
+    assert.match((JSON.parse(dead.stdout) as { reason: string }).reason, /^FAIL: no agent answers on /);
+  });
+});
