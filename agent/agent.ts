@@ -32,10 +32,13 @@ import { DEFAULT_PICKUP_CODE } from "./site/types.ts";
 import { RoutingEngine, type EngineStats } from "./routing/engine.ts";
 import type { SiteRecord } from "./site/types.ts";
 import { DrainController, type DrainReport } from "./appliance/drain.ts";
-import { judgeHealth, type HealthReport, type LatencyCounts } from "./appliance/health.ts";
+import { LatencyWatch, judgeHealth, type HealthReport, type LatencyVerdict } from "./appliance/health.ts";
+import type { DrainState } from "./appliance/drain.ts";
+import { VERSION } from "./version.ts";
 import { planReload, type ReloadPlan } from "./appliance/reload.ts";
 import { applianceCommands } from "./console/appliance-commands.ts";
 import { SerialConsole } from "./console/serial.ts";
+import { writeSetting } from "./appliance/settings-file.ts";
 import { CallsNow, callCommands } from "./console/calls-now.ts";
 import { promises as fsp } from "node:fs";
 import { CpuLatencyRequest, type CpuLatencyStatus } from "./appliance/cpu-latency.ts";
@@ -76,6 +79,18 @@ export interface AgentStatus {
   cpuLatency: CpuLatencyStatus | null;
   /** How the kernel schedules the agent (policy, real-time priority, nice); null where unknown. */
   scheduling: Scheduling | null;
+  /** package.json's version of the running agent. */
+  version: string;
+  /** Refusing new calls (pre-upgrade, SIGTERM), for how long, and whether past the drain's timeout. */
+  drain: DrainState;
+  /** The console link; null when mqttUrl is not set. */
+  mqtt: { connected: boolean; outboxPending: number } | null;
+  /** Base URLs phones are given (the advertised address, never a wildcard). */
+  provisioningUrls: string[];
+  /** The last judged first-fork latency window (appliance/health.ts); null before the first. */
+  latencyWindow: LatencyVerdict | null;
+  /** Things someone should look at; none of them fails `ringedge health`. */
+  warnings: string[];
 }
 
 export class Agent {
@@ -112,10 +127,12 @@ export class Agent {
   private cpuLatency: CpuLatencyRequest | undefined;
   /** Installer console on settings.serialDevice, when set. */
   serial: SerialConsole | undefined;
+  /** The settings file this agent was started from (set by `ringedge run`); the serial console's first login writes its password there. */
+  settingsFile: string | undefined;
   /** Calls ringing now, from the engine's events (installer console `calls`). */
   readonly callsNow = new CallsNow();
-  /** Latency counters at the start of the health window (appliance/health.ts). */
-  private healthWindow: LatencyCounts = { count: 0, overBudget: 0 };
+  /** Judges first-fork latency over windows of calls: over budget is a warning (appliance/health.ts). */
+  private latencyWatch: LatencyWatch | undefined;
   /** Option objects shared with running features, changed in place by reload() (SIGHUP). */
   private readonly live = {
     perSource: { maxFailures: 0, windowMs: 0, banMs: 0 } as GuardLimits,
@@ -142,6 +159,7 @@ export class Agent {
         return { pending: st.outbox.pending, durable: st.outbox.durable, connected: st.connected };
       },
       log: log.child("drain"),
+      defaultTimeoutMs: () => this.settings.drainTimeoutS * 1000,
     });
     this.setLiveOptions(settings);
   }
@@ -262,6 +280,13 @@ export class Agent {
       latencyBudgetMs: s.latencyBudgetMs,
     });
     this.engine.start();
+    this.latencyWatch = new LatencyWatch({
+      bus: this.bus,
+      counters: () => this.engine.stats().latency,
+      policy: () => ({ maxOverBudgetPct: this.settings.healthOverBudgetPct, minCalls: 20 }),
+      log: this.log.child("latency"),
+    });
+    this.latencyWatch.start();
     this.onInvite ??= (tx, req, flow) => this.engine.onInvite(tx, req, flow);
     this.subscriptions = new SubscriptionManager({
       sendRequest: (req, flow, callbacks) => this.transactions.sendRequest(req, flow, callbacks),
@@ -289,7 +314,12 @@ export class Agent {
     await this.control.start();
     if (s.serialDevice !== "") {
       // Never awaited for the device: a missing cable must not stop the agent starting.
-      this.serial = new SerialConsole({ settings: s, table: installerCommands, log: this.log.child("serial") });
+      const file = this.settingsFile;
+      const savePassword = file === undefined ? undefined : async (hash: string): Promise<void> => {
+        writeSetting(file, "serialPassword", hash, s.dataDir);
+        s.serialPassword = hash;
+      };
+      this.serial = new SerialConsole({ settings: s, table: installerCommands, log: this.log.child("serial"), ...(savePassword ? { savePassword } : {}) });
       this.serial.start();
     }
     if (s.mqttUrl) {
@@ -321,6 +351,7 @@ export class Agent {
     this.callsNow.stop();
     this.blf?.stop();
     this.subscriptions?.stop();
+    this.latencyWatch?.stop();
     this.engine?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
@@ -338,27 +369,21 @@ export class Agent {
     return this.drainer.drain(timeoutMs);
   }
 
-  /** Watchdog health (firmware-hooks/health): SIP sockets, store writable, hot path, broker. */
+  /** Watchdog health (firmware-hooks/health): SIP sockets and store fail; latency, drain, broker are reported. */
   async health(): Promise<HealthReport> {
     const s = this.settings;
     const addrs = this.transport.addresses();
     const store = await this.storeWritable();
-    const l = this.engine.stats().latency;
     const st = this.sync?.syncStatus();
-    const report = judgeHealth(
-      {
-        sip: { listening: addrs.length, expected: s.sipListen.length * s.sipTransports.length, addresses: addrs.map((a) => `${a.transport}:${hostPort(a.address, a.port)}`) },
-        store,
-        latency: { count: l.count, overBudget: l.overBudget, budgetUs: l.budgetUs },
-        windowStart: this.healthWindow,
-        ...(st ? { broker: { connected: st.connected, outboxPending: st.outbox.pending } } : {}),
-        draining: this.drainer.draining,
-      },
-      { maxOverBudgetPct: s.healthOverBudgetPct, minCalls: 20 },
-    );
-    // The next check judges the calls after this one: an old burst does not fail it forever.
-    if (report.windowJudged) this.healthWindow = { count: l.count, overBudget: l.overBudget };
-    return report;
+    const latency = this.latencyWatch?.latest();
+    return judgeHealth({
+      sip: { listening: addrs.length, expected: s.sipListen.length * s.sipTransports.length, addresses: addrs.map((a) => `${a.transport}:${hostPort(a.address, a.port)}`) },
+      store,
+      ...(latency ? { latency } : {}),
+      ...(this.latencyWatch ? { latencyOpen: this.latencyWatch.open() } : {}),
+      ...(st ? { broker: { connected: st.connected, outboxPending: st.outbox.pending } } : {}),
+      drain: this.drainer.state(),
+    });
   }
 
   private async storeWritable(): Promise<{ writable: boolean; error?: string }> {
@@ -434,6 +459,9 @@ export class Agent {
   status(): AgentStatus {
     const devices = this.store.listDevices();
     const pres = this.presence.snapshot();
+    const drain = this.drainer.state();
+    const sync = this.sync?.syncStatus();
+    const latencyWarning = this.latencyWatch?.warning() ?? null;
     return {
       siteId: this.settings.siteId,
       pid: process.pid,
@@ -458,6 +486,15 @@ export class Agent {
       memory: process.memoryUsage(),
       cpuLatency: this.cpuLatency === undefined ? null : this.cpuLatency.status,
       scheduling: currentScheduling() ?? null,
+      version: VERSION,
+      drain,
+      mqtt: sync ? { connected: sync.connected, outboxPending: sync.outbox.pending } : null,
+      provisioningUrls: this.provisioning?.hooks().urls() ?? [],
+      latencyWindow: this.latencyWatch?.latest() ?? null,
+      warnings: [
+        ...(drain.draining && drain.overdue ? [`draining for ${drain.forS} s, past its ${drain.timeoutS} s timeout: new calls are refused`] : []),
+        ...(latencyWarning !== null ? [latencyWarning] : []),
+      ],
     };
   }
 

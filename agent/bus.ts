@@ -33,6 +33,8 @@ export interface AgentEvents {
   "call.busy": { callId: string; groupId: string | undefined; memberIds: string[]; caller: string; at: number };
   /** A second client asked for a phone's bootstrap or config after another claimed it; its credentials were rotated. */
   "provisioning.conflict": { deviceId: string; mac: string; claimedIp: string; ip: string; stage: "bootstrap" | "full"; at: number };
+  /** A window of calls had more first forks over latencyBudgetMs than healthOverBudgetPct allows (appliance/health.ts). */
+  "latency.over-budget": { calls: number; overBudget: number; pct: number; budgetMs: number; at: number };
 }
 
 export type EventName = keyof AgentEvents;

@@ -1,8 +1,9 @@
 // The `ringedge` command line. Commands run through a running agent's control socket; with
 // no agent running, installer commands work directly on the store (the pid lock keeps an
 // agent from starting meanwhile).
+import fs from "node:fs";
 import path from "node:path";
-import { loadSettings, SettingsError, renderSettingsDoc, type Settings } from "./config.ts";
+import { loadSettings, SettingsError, renderSettingsDoc, SETTING_NAMES, SETTINGS_DOC, type Settings } from "./config.ts";
 import { Store } from "./store/store.ts";
 import { callAgent, runCommand, socketAnswers } from "./console/control.ts";
 import { agentCommands, type DeviceView } from "./console/commands.ts";
@@ -10,7 +11,9 @@ import { SITE_HELP, siteCli } from "./console/site-cli.ts";
 import { CONSOLE_HELP, CONSOLE_VALUE_FLAGS, consoleCommand } from "./sync/console-cli.ts";
 import { PHONE_HELP, PROVISION_HELP, phoneCli, provisionCli } from "../provisioning/installer.ts";
 import { APPLIANCE_HELP, applianceCli, settingsFileFor } from "./appliance/cli.ts";
+import { writeSettings } from "./appliance/settings-file.ts";
 import { runAgentProcess } from "./appliance/run.ts";
+import { VERSION } from "./version.ts";
 
 interface Parsed {
   positional: string[];
@@ -38,6 +41,7 @@ export function parseArgs(argv: string[], valueFlags: ReadonlySet<string>): Pars
         i++;
       } else flags.set(name, true);
     } else if (a === "-h") flags.set("help", true);
+    else if (a.startsWith("-") && a.length > 1) throw new UsageError(`unknown option '${a}' (options are spelt --name; see ringedge --help)`);
     else positional.push(a);
   }
   return { positional, flags };
@@ -57,9 +61,10 @@ commands:
   store check|recover      check the store file, or promote its last good copy
   drain [--timeout S]      stop taking calls, let current ones finish, flush (pre-upgrade)
   resume                   take calls again after a drain
-  health                   watchdog check: exit 0 healthy, 1 not, with a one-line reason
-  console-password         set the serial console's installer password (stored as a hash)
-  settings                 list every setting, its environment variable and default
+  health [--json]          watchdog check: exit 0 healthy, 1 not, with a one-line reason
+  console-password [--write]   set the serial console's installer password (stored as a hash)
+  settings [--json]        list every setting, its environment variable and default
+  settings unset <name>... remove settings from the settings file (back to their defaults)
   console push|watch|status|resync|republish <site>   reference central console over MQTT
   phone add|adopt|remove|list|show|seen|import|resync|export|firmware   desk phones (provisioning)
   provision dhcp-hints     DHCP options that point phones at this appliance
@@ -71,7 +76,10 @@ commands:
 common options:
   --config <file>          settings file (JSON; default /etc/ringedge/ringedge.conf.json if present,
                            or RINGEDGE_CONFIG)
-  --help                   help for a command`,
+  --help                   help for a command
+  --version                the version of ringedge
+
+Unknown options and sub-commands are refused (exit 2) before anything is done.`,
   run: `usage: ringedge run [--config <file>]
 
 Starts the agent in the foreground on the configured settings (see 'ringedge settings').
@@ -80,7 +88,9 @@ SIGINT or a second SIGTERM stops at once; SIGHUP reloads the settings that can c
   ...APPLIANCE_HELP,
   status: `usage: ringedge status [--json]
 
-Shows the running agent's SIP addresses, devices online, bindings, transactions, bans.`,
+Shows the running agent's version, SIP addresses, provisioning URL, whether it is draining (and
+for how long), the console (MQTT) link, devices online, bindings, transactions, bans, and the
+first-fork latency against its budget (a warning when over it).`,
   device: `usage:
   ringedge device add <username> [--password <p>] [--kind physical|soft] [--name <display name>]
                       [--owner <user id>] [--show-password] [--json]
@@ -104,9 +114,90 @@ The call log, newest first: who called, which group or number, the outcome (answ
 busy, voicemail, forwarded, overflow, ...), who was offered, who answered and after how long.
 The store keeps the last 5,000 calls.`,
   settings: `usage: ringedge settings [--json]
+       ringedge settings unset <name>...
 
-Lists every setting with its environment variable, default and meaning, then the effective values.`,
+Lists every setting with its environment variable, default and meaning, then the effective values
+(secrets shown only as set); --json gives both as one object. unset removes settings from the
+settings file (--config, RINGEDGE_CONFIG or the default path), keeping its owner and mode.`,
 };
+
+/** Sub-commands of the commands that have them; any other word there is refused. */
+const SUBCOMMANDS: Readonly<Record<string, readonly string[]>> = {
+  device: ["add", "list", "show", "remove"],
+  store: ["check", "recover"],
+  site: ["apply", "show"],
+  group: ["list", "show"],
+  user: ["list"],
+  phone: ["add", "adopt", "remove", "list", "show", "seen", "import", "resync", "export", "firmware", "rebootstrap"],
+  provision: ["dhcp-hints"],
+  console: ["push", "watch", "status", "resync", "republish"],
+  settings: ["unset"],
+};
+/** Accepted with every command. */
+const GLOBAL_FLAGS: ReadonlySet<string> = new Set(["config", "help", "version"]);
+
+/** The options a command takes are the ones its help lists: help and parser cannot disagree. */
+export function commandFlags(command: string): ReadonlySet<string> {
+  const help = HELP[command] ?? "";
+  return new Set([...GLOBAL_FLAGS, ...Array.from(help.matchAll(/--([a-z][a-z0-9-]*)/g), (m) => m[1]!)]);
+}
+
+/** Edit distance (insertions, deletions, substitutions, adjacent swaps), for "did you mean". */
+function distance(a: string, b: string): number {
+  const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)));
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      let v = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) v = Math.min(v, d[i - 2]![j - 2]! + 1);
+      d[i]![j] = v;
+    }
+  }
+  return d[a.length]![b.length]!;
+}
+
+function didYouMean(word: string, candidates: Iterable<string>, prefix = ""): string {
+  let best: string | undefined;
+  let bestD = Infinity;
+  for (const c of candidates) {
+    const d = distance(word, c);
+    if (d < bestD) [best, bestD] = [c, d];
+  }
+  return best !== undefined && bestD <= Math.max(1, Math.floor(word.length / 3)) ? ` (did you mean '${prefix}${best}'?)` : "";
+}
+
+/**
+ * Why this command line is refused before anything runs, or null. A mistyped option must never
+ * be ignored: `site apply --dryrun` would otherwise apply the site live.
+ */
+export function checkUsage(parsed: Parsed, valueFlags: ReadonlySet<string> = VALUE_FLAGS): { message: string; help?: string } | null {
+  const why = usageProblem(parsed, valueFlags);
+  if (why === null) return null;
+  const command = parsed.positional[0];
+  const subs = command === undefined ? undefined : SUBCOMMANDS[command];
+  // A wrong sub-command comes with the command's usage, which lists the right ones.
+  return why.startsWith(`unknown ${command} command`) && subs ? { message: why, help: HELP[command!]! } : { message: why };
+}
+
+function usageProblem(parsed: Parsed, valueFlags: ReadonlySet<string>): string | null {
+  const [command, sub] = parsed.positional;
+  if (command === undefined) {
+    const extra = [...parsed.flags.keys()].find((f) => !GLOBAL_FLAGS.has(f));
+    return extra === undefined ? null : `unknown option '--${extra}'${didYouMean(extra, GLOBAL_FLAGS, "--")}`;
+  }
+  const commands = Object.keys(HELP).filter((k) => k !== "main");
+  if (!commands.includes(command)) return `unknown command '${command}'${didYouMean(command, commands)} (see ringedge --help)`;
+  const allowed = commandFlags(command);
+  for (const [name, value] of parsed.flags) {
+    if (!allowed.has(name)) return `unknown option '--${name}' for '${command}'${didYouMean(name, allowed, "--")} (see ringedge ${command} --help)`;
+    if (typeof value === "string" && !valueFlags.has(name) && !GLOBAL_FLAGS.has(name)) return `option '--${name}' takes no value (got '${value}')`;
+  }
+  const subs = SUBCOMMANDS[command];
+  if (sub !== undefined && !parsed.flags.has("help")) {
+    if (subs === undefined) return `'${command}' takes no argument '${sub}' (see ringedge ${command} --help)`;
+    if (!subs.includes(sub)) return `unknown ${command} command '${sub}'${didYouMean(sub, subs)}; one of: ${subs.join(", ")}`;
+  }
+  return null;
+}
 
 const VALUE_FLAGS = new Set(["config", "limit", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", ...CONSOLE_VALUE_FLAGS]);
 
@@ -120,6 +211,15 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
   }
   const [command, sub, ...rest] = parsed.positional;
   const flags = parsed.flags;
+  if (flags.has("version")) {
+    out(`ringedge ${VERSION}\n`);
+    return 0;
+  }
+  const refused = checkUsage(parsed);
+  if (refused !== null) {
+    err(`ringedge: ${refused.message}\n${refused.help !== undefined ? refused.help + "\n" : ""}`);
+    return 2;
+  }
   if (!command) {
     out(HELP.main + "\n");
     return flags.has("help") ? 0 : 2;
@@ -178,7 +278,9 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
       case "console":
         return await consoleCommand(sub, rest, flags, settings, out, err);
       case "settings":
-        out(renderSettingsDoc() + "\n\neffective:\n" + JSON.stringify(redactSecrets(settings), null, 2) + "\n");
+        if (sub === "unset") return settingsUnset(settings, rest, settingsFileFor(flags.get("config"), process.env), out);
+        if (json) out(JSON.stringify({ settings: SETTINGS_DOC, effective: redactSecrets(settings) }, null, 2) + "\n");
+        else out(renderSettingsDoc() + "\n\neffective:\n" + JSON.stringify(redactSecrets(settings), null, 2) + "\n");
         return 0;
       case "calls":
         return await callsCommand(settings, flags, json, out);
@@ -234,8 +336,14 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     return 0;
   }
   const d = status.devices;
+  const dr = status.drain;
+  const mq = status.mqtt;
   const lines = [
     `site ${status.siteId}  pid ${status.pid}  up ${status.uptimeS}s`,
+    `version  ${status.version ?? "?"}`,
+    `calls    ${!dr?.draining ? "taking calls" : `DRAINING for ${dr.forS}s (timeout ${dr.timeoutS}s${dr.overdue ? ", OVERDUE: 'ringedge resume' takes calls again" : ""})`}`,
+    `console  ${mq === null || mq === undefined ? "not configured (mqttUrl unset)" : `mqtt ${mq.connected ? "connected" : "disconnected"}${mq.outboxPending > 0 ? `, ${mq.outboxPending} events queued` : ""}`}`,
+    `provisioning ${((status.provisioningUrls ?? []) as string[]).join("  ") || "not listening"}`,
     `sip      ${(status.sip as Array<{ transport: string; address: string; port: number }>).map((a) => `${a.transport}:${a.address}:${a.port}`).join("  ")}`,
     `devices  ${d.total} (${d.physical} physical, ${d.soft} soft)  registered ${d.registered}  online ${d.online}  bindings ${status.bindings}`,
     `sip tx   server ${status.transactions.server}  client ${status.transactions.client}  in ${status.transport.received}  out ${status.transport.sent}  parse errors ${status.transport.parseErrors}`,
@@ -256,6 +364,7 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     ...(q !== undefined && q !== null ? [`wake-up latency ${q.requestedUs}µs ${q.held ? `held on ${q.device}` : `not in force: ${q.reason}`}`] : []),
   ];
   if (cpu.length > 0) lines.push(`cpu      ${cpu.join("  ")}`);
+  for (const w of (status.warnings ?? []) as string[]) lines.push(`WARNING  ${w}`);
   out(lines.join("\n") + "\n");
   return 0;
 }
@@ -332,6 +441,19 @@ async function storeCommand(settings: Settings, sub: string | undefined, out: (s
       err(HELP.store + "\n");
       return 2;
   }
+}
+
+/** `settings unset <name>...`: removes keys from the settings file (owner and mode kept). */
+function settingsUnset(settings: Settings, names: string[], file: string, out: (s: string) => void): number {
+  if (names.length === 0) throw new UsageError("settings unset needs at least one setting name");
+  for (const n of names) if (!(SETTING_NAMES as readonly string[]).includes(n)) throw new UsageError(`unknown setting '${n}'${didYouMean(n, SETTING_NAMES)}`);
+  if (!fs.existsSync(file)) {
+    out(`${file} does not exist: nothing to unset\n`);
+    return 0;
+  }
+  writeSettings(file, Object.fromEntries(names.map((n) => [n, undefined])), settings.dataDir);
+  out(`${names.join(", ")} removed from ${file}\n`);
+  return 0;
 }
 
 /** Settings as printed: secrets shown only as set or not. */

@@ -80,6 +80,7 @@ export interface Settings {
   serialPassword: string;
   serialLockoutFailures: number;
   serialLockoutS: number;
+  serialIdleTimeoutS: number;
 }
 
 export type SettingName = keyof Settings;
@@ -321,7 +322,7 @@ const SPECS: Specs = {
   sipAdvertise: {
     codec: stringCodec('IP address or ""', (v) => (v === "" || net.isIP(v) ? null : "is not an IP address")),
     default: "",
-    doc: "Address put in Via, Record-Route and Contact when listening on a wildcard (0.0.0.0 / ::). \"\": the first non-loopback address of this host.",
+    doc: "Address put in Via, Record-Route and Contact, and in the provisioning URLs phones are given (`phone show`, PnP, `provision dhcp-hints`, `status`), when listening on a wildcard (0.0.0.0 / ::). \"\": the first non-loopback address of this host.",
   },
   httpListen: {
     codec: hostPortCodec(true),
@@ -584,7 +585,7 @@ const SPECS: Specs = {
   healthOverBudgetPct: {
     codec: intCodec(0, 100),
     default: 5,
-    doc: "`ringedge health` fails when more than this percentage of recent calls (at least 20) exceeded latencyBudgetMs to their first fork.",
+    doc: "Warn (in `ringedge status` and `health`, the log and a latency.over-budget bus event) when more than this percentage of a window of calls (at least 20, judged every 30 s) exceeded latencyBudgetMs to their first fork. Never fails health: a restart cures no slowness.",
   },
   serialDevice: {
     codec: stringCodec('path or ""', (s) => (s.includes("\0") ? "must not contain NUL" : null)),
@@ -599,7 +600,7 @@ const SPECS: Specs = {
   serialPassword: {
     codec: stringCodec('scrypt hash or ""', (s) => (s === "" || /^scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+$/.test(s) ? null : "must be a hash made by `ringedge console-password`, never the password itself")),
     default: "",
-    doc: 'scrypt hash of the installer password of the serial console, made by `ringedge console-password` ("" = nobody can log in). Reloaded on SIGHUP.',
+    doc: 'scrypt hash of the installer password of the serial console, made by `ringedge console-password` ("" = none set: the first login at the serial port chooses it, as after a factory reset). Reloaded on SIGHUP.',
   },
   serialLockoutFailures: {
     codec: intCodec(1, 100),
@@ -610,6 +611,11 @@ const SPECS: Specs = {
     codec: intCodec(1, 86_400),
     default: 60,
     doc: "First serial-console lock-out, seconds; each further one doubles, up to a day, until a login succeeds.",
+  },
+  serialIdleTimeoutS: {
+    codec: intCodec(0, 86_400),
+    default: 600,
+    doc: "A serial-console session with no input for this many seconds is logged out (0 = never). Reloaded on SIGHUP.",
   },
 };
 

@@ -22,6 +22,18 @@ warn() { printf '%s: %s\n' "$hook_name" "$*" >&2; }
 
 ringedge() { "${BIN[@]}" "$@"; }
 
+# own_like <ref> <path>...: run as root, gives the paths (recursively) to ref's owner unless that
+# is root. Hooks run as root; the agent runs as the unit's User= and must still write what they
+# created in its data directory (the ringedge CLI does the same for the files it writes).
+own_like() {
+  local ref=$1 owner
+  shift
+  ((EUID == 0)) || return 0
+  owner=$(stat -c %u:%g -- "$ref" 2>/dev/null) || return 0
+  [[ "$owner" == 0:0 ]] && return 0
+  chown -R -- "$owner" "$@"
+}
+
 # One effective setting (after file and environment), e.g. setting dataDir.
 setting() {
   ringedge settings | sed -n '/^effective:$/,$p' | tail -n +2 |

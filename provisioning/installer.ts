@@ -7,8 +7,8 @@
 
 import { randomBytes } from "node:crypto";
 import fs from "node:fs";
-import os from "node:os";
 import net from "node:net";
+import { advertisedHost, isWildcard } from "../agent/sip/advertise.ts";
 import type { AgentView } from "../agent/console/commands.ts";
 import { CommandError, argString, type CommandTable } from "../agent/console/control.ts";
 import type { Settings } from "../agent/config.ts";
@@ -556,9 +556,10 @@ function guessHost(settings: Settings, override: string | undefined): string {
     return override;
   }
   const hp = tryParseHostPort(settings.httpListen, { allowPortZero: true });
-  if (hp.ok && hp.value.host !== "0.0.0.0" && hp.value.host !== "::") return hp.value.host;
-  for (const list of Object.values(os.networkInterfaces())) for (const a of list ?? []) if (a.family === "IPv4" && !a.internal) return a.address;
-  return "<appliance-ip>";
+  // On a wildcard: the advertised address (sipAdvertise), else this host's first non-loopback
+  // one; with none, a placeholder: loopback is no address to give phones.
+  const host = advertisedHost(hp.ok ? hp.value.host : "0.0.0.0", settings.sipAdvertise);
+  return hp.ok && !isWildcard(hp.value.host) ? host : host === "127.0.0.1" || host === "::1" ? "<appliance-ip>" : host;
 }
 
 export async function provisionCli(c: CliContext): Promise<number> {

@@ -4,6 +4,7 @@
 
 import type { X509Certificate } from "node:crypto";
 import fs from "node:fs";
+import os from "node:os";
 import type { Settings } from "../agent/config.ts";
 import { parseHostPort } from "../agent/config.ts";
 import type { EventBus } from "../agent/bus.ts";
@@ -17,6 +18,7 @@ import { PnpResponder, pnpSeenNote, type PnpSubscription } from "./pnp.ts";
 import { DEFAULT_PROFILES_DIR, findModel, loadProfiles, type Profile } from "./profiles.ts";
 import { resyncPhones, transactionSender, type ResyncResult } from "./resync.ts";
 import { ProvisioningServer, baseUrl } from "./server.ts";
+import { advertisedHost, isWildcard } from "../agent/sip/advertise.ts";
 import { StoreDirectory } from "./store-directory.ts";
 
 // Where the profiles are and the shared copy for commands without the agent (moved next to them).
@@ -43,6 +45,16 @@ export interface ProvisioningServiceDeps {
   bus?: EventBus;
   /** A phone's SIP password changed under the agent (claim conflict): drop its registrations, reload. */
   credentialsRotated?: (deviceId: string) => void;
+}
+
+/**
+ * The base URL a phone is given for a server bound to `bound`: that address, or on a wildcard
+ * the interface the phone asked on (PnP's pnpInterface) when concrete, else the advertised
+ * address (sipAdvertise, else a real interface). Never 0.0.0.0 or ::, which no phone can fetch from.
+ */
+export function phoneBaseUrl(scheme: "http" | "https", bound: string, port: number, advertise: string, askedOn = "", interfaces?: ReturnType<typeof os.networkInterfaces>): string {
+  const host = !isWildcard(bound) ? bound : advertisedHost(askedOn !== "" && !isWildcard(askedOn) ? askedOn : bound, advertise, interfaces);
+  return baseUrl(scheme, host, port);
 }
 
 export class ProvisioningService {
@@ -127,7 +139,7 @@ export class ProvisioningService {
   pnpUrl(_sub: PnpSubscription): string | undefined {
     const http = this.server?.addresses().find((a) => a.scheme === "http");
     if (!http) return undefined;
-    return `${baseUrl("http", this.deps.settings.pnpInterface, http.port)}/`;
+    return `${phoneBaseUrl("http", http.address, http.port, this.deps.settings.sipAdvertise, this.deps.settings.pnpInterface)}/`;
   }
 
   /** Each vendor that must present a device certificate → its CAs (settings checked against the profiles). */
@@ -148,7 +160,7 @@ export class ProvisioningService {
       profiles: this.profiles,
       resync: (ids, reboot) => this.resync(ids, reboot),
       firmwareReport: () => firmwareReport(this.directory.phones(), this.deps.store.listSeenPhones(), this.profiles, this.firmware, findModel),
-      urls: () => (this.server?.addresses() ?? []).map((a) => `${baseUrl(a.scheme, a.address, a.port)}/`),
+      urls: () => (this.server?.addresses() ?? []).map((a) => `${phoneBaseUrl(a.scheme, a.address, a.port, this.deps.settings.sipAdvertise)}/`),
     };
   }
 

@@ -1,7 +1,6 @@
 // CLI commands for the appliance firmware (firmware-hooks/ call them): drain, resume, health,
 // console-password. They speak to the running agent over its control socket.
 import dgram from "node:dgram";
-import fs from "node:fs";
 import net from "node:net";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
@@ -10,6 +9,7 @@ import { callAgent, socketAnswers } from "../console/control.ts";
 import type { DrainReport } from "./drain.ts";
 import type { HealthReport } from "./health.ts";
 import { checkInstallerPassword, hashInstallerPassword } from "./password.ts";
+import { writeSetting } from "./settings-file.ts";
 
 export const APPLIANCE_HELP: Record<string, string> = {
   drain: `usage: ringedge drain [--timeout <seconds>] [--json]
@@ -24,9 +24,11 @@ timeout, or a flush failed; 3: the agent did not answer.`,
 Calls off a drain: the agent takes new calls again.`,
   health: `usage: ringedge health [--json]
 
-Watchdog check, one line on stdout: SIP answering (an OPTIONS from here to the first SIP
-address), the store writable, the hot path within its latency budget, and the broker link when
-MQTT is configured (reported, never failing). Exit 0 healthy, 1 not (or no agent running).`,
+Watchdog check, one line on stdout: the agent answering its control socket in time, SIP answering
+(an OPTIONS from here to the first SIP address) with every socket listening, and the store
+writable. Reported as warnings, never failing (a restart cures none of them): first-fork latency
+over its budget, a drain left on past its timeout; and the broker link when MQTT is configured.
+Exit 0 healthy, 1 not (or no agent running).`,
   "console-password": `usage: ringedge console-password [--write]
 
 Reads the serial console's installer password (typed twice on a terminal, else the first line of
@@ -236,27 +238,6 @@ async function readSecretLines(stdin: NodeJS.ReadStream, count: number, prompts:
   return lines;
 }
 
-/** Sets one key of a JSON settings file atomically (temp, fsync, rename), keeping the others. */
-export function writeSetting(file: string, key: string, value: unknown): void {
-  let obj: Record<string, unknown> = {};
-  if (fs.existsSync(file)) {
-    const parsed: unknown = JSON.parse(fs.readFileSync(file, "utf8"));
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error(`${file} is not a JSON object of settings`);
-    obj = parsed as Record<string, unknown>;
-  }
-  obj[key] = value;
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fd = fs.openSync(tmp, "w", 0o600);
-  try {
-    fs.writeSync(fd, JSON.stringify(obj, null, 2) + "\n");
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, file);
-}
-
 async function consolePasswordCommand(ctx: ApplianceCliContext): Promise<number> {
   const stdin = ctx.stdin ?? process.stdin;
   let lines: string[];
@@ -282,7 +263,7 @@ async function consolePasswordCommand(ctx: ApplianceCliContext): Promise<number>
     ctx.err(`put it in the settings file as "serialPassword", or set RINGEDGE_SERIAL_PASSWORD (--write does the first)\n`);
     return 0;
   }
-  writeSetting(ctx.configPath, "serialPassword", hash);
+  writeSetting(ctx.configPath, "serialPassword", hash, ctx.settings.dataDir);
   ctx.out(`serialPassword written to ${ctx.configPath}\n`);
   const sock = controlPath(ctx.settings);
   if (await socketAnswers(sock)) {

@@ -36,6 +36,11 @@ export interface DrainReport {
   message: string;
 }
 
+/** Whether the agent refuses new calls, since when, and whether for longer than its drain's timeout. */
+export type DrainState =
+  | { draining: false }
+  | { draining: true; since: string; forS: number; timeoutS: number; overdue: boolean };
+
 export interface DrainDeps {
   activity(): CallActivity;
   flushStore(): Promise<void>;
@@ -46,6 +51,8 @@ export interface DrainDeps {
   /** Extra time after the deadline for writing the outbox to disk; default 2000 ms. */
   flushGraceMs?: number;
   now?: () => number;
+  /** Timeout of a drain begun without one (begin() alone); default 30 s. */
+  defaultTimeoutMs?: () => number;
 }
 
 const idle = (a: CallActivity): boolean => a.ringing + a.connected + a.queued === 0;
@@ -56,6 +63,8 @@ export class DrainController {
   private refusedCount = 0;
   /** Bumped by resume(): drains in progress end early, not drained. */
   private generation = 0;
+  /** The timeout of the drain in force: past it, the drain is overdue (state()). */
+  private timeoutMs = 0;
   private readonly now: () => number;
 
   constructor(private readonly deps: DrainDeps) {
@@ -67,11 +76,19 @@ export class DrainController {
   }
 
   /** Stop taking new calls (idempotent). */
-  begin(): void {
+  begin(timeoutMs: number = this.deps.defaultTimeoutMs?.() ?? 30_000): void {
     if (this.since !== undefined) return;
     this.since = this.now();
+    this.timeoutMs = timeoutMs;
     this.refusedCount = 0;
     this.deps.log.warn("draining: new calls are refused with 503");
+  }
+
+  /** For status and health: a drain left on past its timeout (an upgrade that stopped half way) is overdue. */
+  state(): DrainState {
+    if (this.since === undefined) return { draining: false };
+    const forMs = Math.max(0, this.now() - this.since);
+    return { draining: true, since: new Date(this.since).toISOString(), forS: Math.floor(forMs / 1000), timeoutS: Math.round(this.timeoutMs / 1000), overdue: forMs > this.timeoutMs };
   }
 
   /** Take calls again (an upgrade that was called off). */
@@ -89,7 +106,9 @@ export class DrainController {
 
   /** Begins draining (if not yet) and waits until the calls are gone or timeoutMs passed. */
   async drain(timeoutMs: number): Promise<DrainReport> {
-    this.begin();
+    // A drain asked again (pre-upgrade run twice) counts from the first; its timeout is the latest's.
+    if (this.since !== undefined) this.timeoutMs = Math.max(0, this.now() - this.since) + Math.max(0, timeoutMs);
+    this.begin(timeoutMs);
     const gen = this.generation;
     const started = this.now();
     const deadline = started + Math.max(0, timeoutMs);

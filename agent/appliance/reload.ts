@@ -26,6 +26,7 @@ export const LIVE_SETTINGS: ReadonlySet<SettingName> = new Set<SettingName>([
   "serialPassword",
   "serialLockoutFailures",
   "serialLockoutS",
+  "serialIdleTimeoutS",
 ]);
 
 export interface ReloadPlan {

@@ -4,8 +4,10 @@
 // SIGHUP re-reads the settings file and environment and applies what can change live
 // (appliance/reload.ts), keeping registrations, calls and sockets.
 import { Agent } from "../agent.ts";
-import { loadSettings, type Settings } from "../config.ts";
+import fs from "node:fs";
+import { DEFAULT_CONFIG_PATH, loadSettings, type Settings } from "../config.ts";
 import { createSwitchableLogger } from "./log-level.ts";
+import { settingsFileFor } from "./cli.ts";
 
 export interface RunOptions {
   /** --config given on the command line (else RINGEDGE_CONFIG or the default path, as at start). */
@@ -18,6 +20,9 @@ export async function runAgentProcess(settings: Settings, opts: RunOptions): Pro
   const logger = createSwitchableLogger(settings.logLevel);
   const log = logger.log;
   const agent = new Agent(settings, log);
+  // The file the settings came from, if any: a first login at the serial console saves its password there.
+  const file = settingsFileFor(opts.configPath, opts.env);
+  if (file !== DEFAULT_CONFIG_PATH || fs.existsSync(file)) agent.settingsFile = file;
 
   // Handlers go in before start(): a signal that arrives while the agent starts must stop it
   // cleanly (store flushed, lock released), not kill the process by the default action. They

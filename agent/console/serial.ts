@@ -12,7 +12,7 @@ import type { Logger } from "../log.ts";
 import type { Settings } from "../config.ts";
 import { runCommand, type CommandTable } from "./control.ts";
 import { LineEditor } from "./lineedit.ts";
-import { verifyInstallerPassword } from "../appliance/password.ts";
+import { checkInstallerPassword, hashInstallerPassword, verifyInstallerPassword } from "../appliance/password.ts";
 
 export const WIDTH = 80;
 /** Longest line accepted; longer input rings the bell once and is refused at Enter. */
@@ -33,7 +33,14 @@ export interface PortLike {
 
 export type OpenPort = (path: string, baudRate: number) => Promise<PortLike>;
 
-export type ConsoleSettings = Pick<Settings, "siteId" | "serialDevice" | "serialBaud" | "serialPassword" | "serialLockoutFailures" | "serialLockoutS">;
+export type ConsoleSettings = Pick<Settings, "siteId" | "serialDevice" | "serialBaud" | "serialPassword" | "serialLockoutFailures" | "serialLockoutS" | "serialIdleTimeoutS">;
+
+/**
+ * Keeps a new installer password hash (the agent writes it to the settings file as
+ * serialPassword and applies it live). Given, a console with no password set lets the first
+ * login at the port choose one: after a factory reset that is the way back in.
+ */
+export type SavePassword = (hash: string) => Promise<void>;
 
 // ---------------------------------------------------------------------------------------------
 // Lock-out: survives unplugging and every session (pulling the cable must not reset it).
@@ -134,8 +141,12 @@ const COMMANDS: Record<string, ConsoleCommand> = {
       const s = (await exec("status")) as Record<string, any>;
       const d = s.devices ?? {};
       const r = s.routing;
+      const dr = s.drain;
       const out = [
-        `site ${s.siteId}  pid ${s.pid}  up ${s.uptimeS}s`,
+        `site ${s.siteId}  pid ${s.pid}  up ${s.uptimeS}s  version ${s.version ?? "?"}`,
+        ...(dr?.draining ? [`DRAINING for ${dr.forS}s${dr.overdue ? `, past its ${dr.timeoutS}s timeout` : ""}: new calls refused`] : []),
+        `console  ${s.mqtt ? `mqtt ${s.mqtt.connected ? "connected" : "disconnected"}` : "not configured"}`,
+        `prov     ${((s.provisioningUrls ?? []) as string[]).join(" ") || "-"}`,
         `sip      ${((s.sip ?? []) as Array<{ transport: string; address: string; port: number }>).map((a) => `${a.transport}:${a.address}:${a.port}`).join("  ")}`,
         `devices  ${d.total} (${d.physical} physical, ${d.soft} soft)  registered ${d.registered}  online ${d.online}`,
         `calls    ringing ${s.proxy?.calls ?? 0}  connected ${s.proxy?.dialogs ?? 0}  queued ${r?.queued ?? 0}`,
@@ -199,7 +210,7 @@ const COMMANDS: Record<string, ConsoleCommand> = {
           return table(["PHONE", "RESULT"], results.map((r) => [r.mac ?? r.extension ?? r.deviceId ?? "?", r.ok ? `ok (${r.event ?? "check-sync"})` : `failed: ${r.error ?? "?"}`]), [16]);
         }
         default:
-          return [clip(`usage: ${this.help}`, WIDTH)];
+          return [...(sub === undefined ? [] : [clip(`unknown phone command '${ascii(sub)}'`, WIDTH)]), clip(`usage: ${this.help}`, WIDTH)];
       }
     },
   },
@@ -238,7 +249,7 @@ const COMMANDS: Record<string, ConsoleCommand> = {
 // ---------------------------------------------------------------------------------------------
 // One session: from login to logout, over one open port.
 
-type Phase = "password" | "verifying" | "shell" | "closed";
+type Phase = "password" | "verifying" | "new-password" | "new-again" | "shell" | "closed";
 
 export interface SessionDeps {
   settings: ConsoleSettings;
@@ -246,6 +257,7 @@ export interface SessionDeps {
   guard: LoginGuard;
   write: (text: string) => void;
   log: Logger;
+  savePassword?: SavePassword;
 }
 
 export class ConsoleSession {
@@ -253,6 +265,10 @@ export class ConsoleSession {
   private phase: Phase = "password";
   /** Lines are handled one at a time, in order (a command may take a while). */
   private chain: Promise<void> = Promise.resolve();
+  /** Logs an idle session out (serialIdleTimeoutS); re-armed by every input. */
+  private idleTimer: NodeJS.Timeout | undefined;
+  /** The first entry of a new password, until it is typed again. */
+  private newPassword: string | undefined;
 
   constructor(private readonly d: SessionDeps) {}
 
@@ -267,6 +283,7 @@ export class ConsoleSession {
 
   /** Bytes from the terminal. Never throws. */
   input(bytes: Uint8Array): void {
+    this.armIdle();
     const r = this.editor.feed(bytes);
     if (r.echo) this.d.write(r.echo);
     for (const ev of r.events) this.chain = this.chain.then(() => this.handle(ev)).catch((e) => this.d.log.warn("console line failed", { err: (e as Error).message }));
@@ -279,6 +296,34 @@ export class ConsoleSession {
 
   close(): void {
     this.phase = "closed";
+    this.newPassword = undefined;
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+  }
+
+  /**
+   * An installer who walks away leaves no open shell behind: after serialIdleTimeoutS without
+   * input (read when armed, so a SIGHUP applies to the next input) the session is logged out.
+   */
+  private armIdle(): void {
+    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    const s = this.d.settings.serialIdleTimeoutS;
+    if (this.phase === "closed" || !(s > 0)) return;
+    this.idleTimer = setTimeout(() => this.idleOut(s), s * 1000);
+    this.idleTimer.unref();
+  }
+
+  private idleOut(s: number): void {
+    this.idleTimer = undefined;
+    if (this.phase === "shell") {
+      this.d.log.info("serial console session logged out after idling", { idleS: s });
+      this.d.write(`\r\nNo input for ${s} s: logged out.\r\n`);
+      this.askPassword();
+    } else if (this.phase === "new-password" || this.phase === "new-again") {
+      this.d.write(`\r\nNo input for ${s} s: no password was set.\r\n`);
+      this.askPassword();
+    }
   }
 
   private prompt(): string {
@@ -287,6 +332,7 @@ export class ConsoleSession {
 
   private askPassword(): void {
     this.phase = "password";
+    this.newPassword = undefined;
     this.editor.reset();
     this.editor.echoMode = "none";
     this.d.write("Password: ");
@@ -298,6 +344,13 @@ export class ConsoleSession {
       // Enter alone just asks again (a terminal waking the line); it is no attempt.
       if (ev.kind !== "line" || (ev.text === "" && !ev.truncated)) return this.askPassword();
       return this.login(ev.text, ev.truncated);
+    }
+    if (this.phase === "new-password" || this.phase === "new-again") {
+      if (ev.kind !== "line") {
+        this.d.write("No password was set.\r\n");
+        return this.askPassword();
+      }
+      return this.choosePassword(ev.text, ev.truncated);
     }
     if (this.phase !== "shell") return;
     if (ev.kind === "eof") return this.logout();
@@ -317,8 +370,13 @@ export class ConsoleSession {
     }
     const hash = this.d.settings.serialPassword;
     if (hash === "") {
-      this.d.write("No installer password is set (ringedge console-password on the appliance).\r\n");
-      return this.askPassword();
+      if (this.d.savePassword === undefined) {
+        this.d.write("No installer password is set (ringedge console-password on the appliance).\r\n");
+        return this.askPassword();
+      }
+      // None set (a new appliance, or after a factory reset): whoever is at the port chooses it.
+      this.d.write("No installer password is set. Choose one now (8-128 printable characters).\r\n");
+      return this.askNew("new-password", "New password: ");
     }
     this.phase = "verifying";
     const ok = !truncated && pw !== "" && (await verifyInstallerPassword(pw, hash));
@@ -334,6 +392,49 @@ export class ConsoleSession {
     const lockMs = this.d.guard.failed();
     this.d.log.warn("wrong installer password on the serial console", lockMs > 0 ? { lockedForS: lockMs / 1000 } : undefined);
     this.d.write(lockMs > 0 ? `Login incorrect. Too many failures: locked for ${Math.ceil(lockMs / 1000)} s\r\n` : "Login incorrect\r\n");
+    this.askPassword();
+  }
+
+  private askNew(phase: "new-password" | "new-again", prompt: string): void {
+    this.phase = phase;
+    this.editor.reset();
+    this.editor.echoMode = "none";
+    this.d.write(prompt);
+  }
+
+  private async choosePassword(pw: string, truncated: boolean): Promise<void> {
+    if (this.phase === "new-password") {
+      const why = truncated ? "the password is too long" : checkInstallerPassword(pw);
+      if (why) {
+        this.d.write(`${why}\r\n`);
+        return this.askNew("new-password", "New password: ");
+      }
+      this.newPassword = pw;
+      return this.askNew("new-again", "Again: ");
+    }
+    const first = this.newPassword;
+    this.newPassword = undefined;
+    if (truncated || pw !== first) {
+      this.d.write("The passwords differ; no password was set.\r\n");
+      return this.askPassword();
+    }
+    // Someone may have set one meanwhile (console-password --write and a SIGHUP): that one wins.
+    if (this.d.settings.serialPassword !== "" || this.d.savePassword === undefined) {
+      this.d.write("A password was set meanwhile; log in with it.\r\n");
+      return this.askPassword();
+    }
+    this.phase = "verifying";
+    try {
+      await this.d.savePassword(await hashInstallerPassword(pw));
+    } catch (e) {
+      this.d.log.error("installer password chosen on the serial console could not be saved", { err: (e as Error).message });
+      if (this.phase !== "verifying") return;
+      this.d.write(`Could not save it (${clip(ascii((e as Error).message), 50)}); no password was set.\r\n`);
+      return this.askPassword();
+    }
+    if (this.phase !== "verifying") return; // unplugged meanwhile
+    this.d.log.warn("installer password set at the serial console (none was set)");
+    this.d.write("Installer password set. Log in with it.\r\n");
     this.askPassword();
   }
 
@@ -379,6 +480,7 @@ export interface SerialConsoleOptions {
   settings: ConsoleSettings;
   table: CommandTable;
   log: Logger;
+  savePassword?: SavePassword;
   openPort?: OpenPort;
   /** Reopen back-off: first wait, doubled per failed attempt up to max. */
   reopenMinMs?: number;
@@ -457,7 +559,7 @@ export class SerialConsole {
     this.opens++;
     this.port = port;
     this.o.log.info("serial console open", { device: path, baud });
-    const session = new ConsoleSession({ settings: this.o.settings, table: this.o.table, guard: this.guard, write: (t) => this.write(port, t), log: this.o.log });
+    const session = new ConsoleSession({ settings: this.o.settings, table: this.o.table, guard: this.guard, write: (t) => this.write(port, t), log: this.o.log, ...(this.o.savePassword ? { savePassword: this.o.savePassword } : {}) });
     this.session = session;
     let gone = false;
     const lost = (err?: Error | null): void => {

@@ -22,6 +22,20 @@ export function primaryAddress(family: 4 | 6, interfaces = os.networkInterfaces(
   return family === 4 ? "127.0.0.1" : "::1";
 }
 
+/**
+ * The address to give out for a socket bound to `address` (a provisioning URL, PnP's answer):
+ * itself, or on a wildcard the configured address (sipAdvertise) when of the same family, else
+ * this host's first non-loopback one. Never 0.0.0.0 or ::, which a phone cannot reach.
+ */
+export function advertisedHost(address: string, configured: string, interfaces = os.networkInterfaces()): string {
+  if (!isWildcard(address)) return address;
+  const family: 4 | 6 = address === "::" ? 6 : 4;
+  if (configured !== "" && (net.isIPv6(configured) ? 6 : 4) === family) return configured;
+  // A dual-stack "::" socket also takes IPv4: prefer the configured IPv4 address then.
+  if (configured !== "" && family === 6) return configured;
+  return primaryAddress(family, interfaces);
+}
+
 /** Local address (no port) to advertise for a flow. */
 export function advertisedAddress(flow: Flow, configured: string): string {
   if (!isWildcard(flow.localAddress)) return flow.localAddress;

@@ -32,6 +32,7 @@ import * as path from "node:path";
 import { createHash } from "node:crypto";
 import type { Adapter } from "lowdb";
 import { StoreCorruptError, type BackupInfo } from "./errors.ts";
+import { keepOwner, keepOwnerSync } from "./ownership.ts";
 
 export const STORE_FORMAT = "ringedge-store";
 const FILE_MODE = 0o600; // holds SIP passwords
@@ -332,6 +333,8 @@ export class AtomicJsonFile<T> implements Adapter<T> {
     try {
       const fh = await fsp.open(tmp, "w", FILE_MODE);
       try {
+        // Run as root (an offline CLI command, a migration): the file stays the data directory owner's.
+        await keepOwner(fh, this.dir);
         await fh.writeFile(text, "utf8");
         await fh.sync();
         tmpStat = await fh.stat();
@@ -366,6 +369,7 @@ export class AtomicJsonFile<T> implements Adapter<T> {
       const fd = fs.openSync(tmp, "w", FILE_MODE);
       let st: fs.Stats;
       try {
+        keepOwnerSync(fd, this.dir);
         fs.writeFileSync(fd, text, "utf8");
         fs.fsyncSync(fd);
         st = fs.fstatSync(fd);
@@ -437,6 +441,7 @@ export function copyDurablySync(src: string, dst: string): void {
   const data = fs.readFileSync(src);
   const fd = fs.openSync(dst, "w", FILE_MODE);
   try {
+    keepOwnerSync(fd, path.dirname(dst));
     fs.writeFileSync(fd, data);
     fs.fsyncSync(fd);
   } finally {
@@ -450,6 +455,7 @@ export async function writeFileAtomic(file: string, bytes: Buffer | string): Pro
   try {
     const fh = await fsp.open(tmp, "w", FILE_MODE);
     try {
+      await keepOwner(fh, path.dirname(file));
       await fh.writeFile(bytes);
       await fh.sync();
     } finally {

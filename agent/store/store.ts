@@ -11,6 +11,7 @@ import { promises as fsp } from "node:fs";
 import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Low } from "lowdb";
+import { keepOwnerSync } from "./ownership.ts";
 import { AtomicJsonFile, canonicalJson, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
 import { MIGRATIONS, isLegacyV0, runMigrations, type Migration, type MigrationContext, type ModelCanonicaliser } from "./migrations.ts";
@@ -175,6 +176,8 @@ function acquireLock(file: string): () => void {
     try {
       const fd = fs.openSync(lock, "wx", 0o600);
       try {
+        // Readable by an unprivileged agent, which would otherwise take it for a stale lock.
+        keepOwnerSync(fd, path.dirname(lock));
         fs.writeFileSync(fd, me);
       } finally {
         fs.closeSync(fd);

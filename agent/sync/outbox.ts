@@ -21,6 +21,7 @@
 // so the bound can be exceeded by at most the publish window.
 import * as fs from "node:fs";
 import * as path from "node:path";
+import { keepOwnerSync } from "../store/ownership.ts";
 
 export const OUTBOX_FILE = "sync-outbox.jsonl";
 
@@ -113,6 +114,7 @@ export class Outbox {
     const box = new Outbox(opts);
     box.replay();
     box.fd = fs.openSync(box.file, "a", 0o600);
+    keepOwnerSync(box.fd, opts.dataDir); // an agent run as root leaves it to the data directory's owner
     box.fileBytes = fs.fstatSync(box.fd).size;
     // A torn tail would glue the next append onto a broken line: rewrite the file cleanly.
     if (box.entries.length === 0 || box.tornTail) box.compact();
@@ -366,6 +368,7 @@ export class Outbox {
     try {
       const fd = fs.openSync(tmp, "w", 0o600);
       try {
+        keepOwnerSync(fd, path.dirname(this.file));
         fs.writeSync(fd, text);
         fs.fsyncSync(fd);
       } finally {

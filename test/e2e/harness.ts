@@ -64,6 +64,8 @@ export interface AgentOptions {
   dataDir?: string;
   port?: number;
   env?: Record<string, string>;
+  /** Run the agent as this user (the test runs as root): an unprivileged agent as the unit has it. */
+  user?: { uid: number; gid: number };
 }
 
 export function agentEnv(dataDir: string, port: number, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
@@ -103,7 +105,7 @@ export async function startAgent(opts: AgentOptions = {}): Promise<RunningAgent>
   const dataDir = opts.dataDir ?? tempDir();
   const port = opts.port ?? (await freePort());
   const env = agentEnv(dataDir, port, opts.env);
-  const proc = spawn(process.execPath, [BIN, "run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  const proc = spawn(process.execPath, [BIN, "run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], ...(opts.user ?? {}) });
   let log = "";
   const waiters: Array<{ re: RegExp; resolve: (l: string) => void }> = [];
   proc.stderr!.setEncoding("utf8");

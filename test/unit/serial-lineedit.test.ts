@@ -5,7 +5,6 @@ import { describe, test } from "node:test";
 import { LineEditor } from "../../agent/console/lineedit.ts";
 import { ConsoleSession, LoginGuard, WIDTH, splitWords, table } from "../../agent/console/serial.ts";
 import { hashInstallerPassword, verifyInstallerPassword } from "../../agent/appliance/password.ts";
-import { judgeHealth } from "../../agent/appliance/health.ts";
 import { planReload } from "../../agent/appliance/reload.ts";
 import { DrainController } from "../../agent/appliance/drain.ts";
 import { defaultSettings } from "../../agent/config.ts";
@@ -146,22 +145,7 @@ describe("installer password and session", () => {
   });
 });
 
-describe("health, reload, drain (pure parts)", () => {
-  const base = { sip: { listening: 2, expected: 2, addresses: ["udp:127.0.0.1:5060", "tcp:127.0.0.1:5060"] }, store: { writable: true }, latency: { count: 100, overBudget: 0, budgetUs: 2000 }, windowStart: { count: 0, overBudget: 0 }, draining: false };
-  test("healthy; each failing check named first in the line; broker down reported but not failing", () => {
-    assert.equal(judgeHealth(base).ok, true);
-    const r = judgeHealth({ ...base, store: { writable: false, error: "EROFS" }, broker: { connected: false, outboxPending: 3 } });
-    assert.equal(r.ok, false);
-    assert.match(r.reason, /^FAIL: store not writable \(EROFS\); sip listening/);
-    assert.match(r.reason, /broker disconnected \(3 events queued\)/);
-    assert.equal(judgeHealth({ ...base, sip: { listening: 1, expected: 2, addresses: [] } }).ok, false);
-  });
-  test("hot path: judged over the window since the last judged check, only with enough calls", () => {
-    const slow = { ...base, latency: { count: 100, overBudget: 10, budgetUs: 2000 } };
-    assert.equal(judgeHealth(slow).ok, false);
-    assert.equal(judgeHealth({ ...slow, windowStart: { count: 90, overBudget: 10 } }).ok, true, "too few calls since the window start");
-    assert.equal(judgeHealth({ ...slow, windowStart: { count: 50, overBudget: 10 } }).ok, true, "the old burst is outside the window");
-  });
+describe("reload, drain (pure parts; health: health.test.ts)", () => {
   test("reload plan: live settings vs restart", () => {
     const a = defaultSettings();
     const b = { ...a, logLevel: "debug" as const, keepaliveIntervalS: 5, sipListen: ["127.0.0.1:5070"], serialPassword: "scrypt$16384$8$1$AA==$AA==" };
