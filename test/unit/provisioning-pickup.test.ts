@@ -118,8 +118,8 @@ const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
   cisco(body) {
     const root = xmlRoot(body);
     assert.equal(text(root, "Call_Pickup_Code"), CODE);
-    assert.equal(text(root, "Attendant_Console_Call_Pickup_Code"), CODE, "the code a BLF key with cp dials");
-    assert.equal(text(root, "Extended_Function_1_"), "fnc=blf+sd+cp;sub=1002@10.0.0.5");
+    assert.equal(text(root, "Attendant_Console_Call_Pickup_Code"), `${CODE}#`, "the code a BLF key with cp dials; # stands for the monitored user");
+    assert.equal(text(root, "Extended_Function_1_"), "fnc=blf+sd+cp;sub=1002@10.0.0.5;ext=1002@10.0.0.5");
   },
   fanvil(body) {
     const root = xmlRoot(body);

@@ -300,7 +300,7 @@ const fullChecks: Record<string, (body: string, m: ModelProfile) => void> = {
     assert.equal(textOf(root, "Time_Zone"), "GMT+01:00");
     assert.equal(textOf(root, "Auto_Answer_Page"), "Yes");
     assert.equal(textOf(root, "Profile_Rule"), `[--uid ${device.provisioningUser} --pwd ${device.provisioningPassword}]https://10.0.0.5/prov/$MA.xml`);
-    assert.equal(textOf(root, "Extended_Function_2_"), "fnc=blf+sd+cp;sub=202@10.0.0.5");
+    assert.equal(textOf(root, "Extended_Function_2_"), "fnc=blf+sd+cp;sub=202@10.0.0.5;ext=202@10.0.0.5");
     assert.equal(textOf(root, "Extension_2_"), "Disabled");
     assert.equal(textOf(root, "Short_Name_2_"), "Bob");
   },
