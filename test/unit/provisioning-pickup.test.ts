@@ -107,10 +107,12 @@ const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
     const root = xmlRoot(body);
     if (modelId.startsWith("GXP")) {
       assert.equal(text(root, "P1347"), CODE, "BLF call-pickup prefix");
+      assert.equal(text(root, "P6752"), "0", "BLF call-pickup not forced to the prefix");
       assert.equal(text(root, "P23000"), "1", "key 1 is a BLF MPK");
       assert.equal(text(root, "P23003"), "1002");
     } else {
       assert.equal(text(root, "item", ["name", "account.1.sip.blf.callPickup.prefix"]), CODE);
+      assert.equal(text(root, "item", ["name", "account.1.sip.blf.callPickup.forcePrefix"]), "Auto", "BLF call-pickup on, not forced to the prefix");
       assert.equal(text(root, "item", ["name", "pks.vpk.1.keyMode"]), "BLF");
       assert.equal(text(root, "item", ["name", "pks.vpk.1.value"]), "1002");
     }
