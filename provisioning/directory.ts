@@ -34,11 +34,13 @@ import type { SeenPhone } from "../agent/store/schema.ts";
 
 export type SeenPhoneNote = Pick<SeenPhone, "mac" | "ip"> & Partial<Pick<SeenPhone, "vendor" | "model" | "firmware" | "userAgent">>;
 
-/** Per-site provisioning settings (the console's site record, settings.provisioning). */
+/** Per-site settings the phones' files carry (the console's site record: settings.provisioning, and settings.pickupCode). */
 export interface SiteProvisioning {
   ntpServer?: string;
   timeZone?: string;
   resyncIntervalMin?: number;
+  /** The site's call pickup code (settings.pickupCode): what a phone dials before the extension of a ringing BLF key. */
+  pickupCode?: string;
 }
 
 export interface PhoneDirectory {

@@ -11,6 +11,7 @@
 // variable; it never renders as an empty string (an empty SIP password must never slip out).
 // Escaping is decided by the output format, never by the template author.
 
+import { DEFAULT_PICKUP_CODE } from "../agent/site/types.ts";
 import type { FileKind, LineKeyType, ModelProfile, Profile, ProfileFile, Transport } from "./profiles.ts";
 
 export type ConfigFormat = "yealink-kv" | "xml";
@@ -268,6 +269,12 @@ export interface SiteInput {
   firmwareBaseUrl: string;
   /** URL of the site CA certificate, for phones that can install one from a URL. */
   caCertificateUrl?: string;
+  /**
+   * The site's call pickup code (settings.pickupCode, "*8" when absent). Phones dial it followed
+   * by the extension of a blinking BLF key (directed pickup) where they do not pick up with an
+   * INVITE carrying Replaces (RFC 3891).
+   */
+  pickupCode?: string;
 }
 
 export interface LineKeyInput {
@@ -308,7 +315,7 @@ const SITE_NAMES = [
   "resyncIntervalMin", "resyncIntervalSec", "resyncIntervalHours",
   "firmwareBaseUrl", "firmwareHostPath", "firmwareScheme", "caCertificateUrl", "hasCaCertificate",
   "modelId", "modelLabel", "modelToken", "accounts", "lineKeyCount",
-  "firmwareUrl", "firmwareFile", "firmwareVersion", "hasFirmware",
+  "firmwareUrl", "firmwareFile", "firmwareVersion", "hasFirmware", "pickupCode",
 ] as const;
 const SCHEME_CODE_NAMES = ["provisioningSchemeCode", "firmwareSchemeCode"] as const;
 const DEVICE_ID_NAMES = ["mac", "MAC"] as const;
@@ -366,6 +373,9 @@ const USER_RE = /^[A-Za-z0-9._~*#+-]{1,64}$/;
 // Provisioning credentials are generated per device; a narrow alphabet keeps them safe in
 // every context they land in (XML, key = value, Cisco's "[--uid u --pwd p]" rule, URLs).
 const PROV_CRED_RE = /^[A-Za-z0-9._~-]{1,128}$/;
+// The contract's siteSettings.pickupCode pattern: '*' or '#' then 1-7 of digits, '*' and '#'.
+// Nothing else reaches a phone's dial string (or a vendor mini-syntax such as Snom's "blf …|code").
+const PICKUP_CODE_RE = /^[*#][0-9*#]{1,7}$/;
 const URL_RE = /^(https?):\/\/((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?)((?:\/[A-Za-z0-9._~-]+)*)\/?$/;
 
 function checkUrl(field: string, v: unknown): { scheme: "http" | "https"; hostPath: string; url: string } | RenderError {
@@ -466,6 +476,9 @@ function renderConfigUnsafe(input: RenderConfigInput): RenderConfigResult {
     caUrl = site.caCertificateUrl;
   }
 
+  const pickupCode: unknown = site.pickupCode === undefined ? DEFAULT_PICKUP_CODE : site.pickupCode;
+  if (typeof pickupCode !== "string" || !PICKUP_CODE_RE.test(pickupCode)) return invalid("site.pickupCode", "must be * or # then 1-7 of digits, * and #");
+
   const codes = { ...profile.codes, ...model.codes };
   const ctx: Record<string, TemplateValue> = {
     sipServer: site.sipServer,
@@ -495,6 +508,7 @@ function renderConfigUnsafe(input: RenderConfigInput): RenderConfigResult {
     firmwareFile: model.firmware?.file ?? "",
     firmwareVersion: model.firmware?.version ?? "",
     hasFirmware: model.firmware !== undefined,
+    pickupCode,
   };
   if (model.hw !== undefined) ctx.modelHw = model.hw;
   if (codes.scheme) {

@@ -442,6 +442,8 @@ export class ProvisioningServer {
       resyncIntervalMin: sp.resyncIntervalMin === 0 ? 43_200 : sp.resyncIntervalMin ?? d.resyncIntervalMin,
       provisioningUrl: base,
       firmwareBaseUrl: `${base}/firmware`,
+      // The code the routing engine answers (settings.pickupCode), so a BLF key's pickup reaches it.
+      ...(sp.pickupCode !== undefined ? { pickupCode: sp.pickupCode } : {}),
     };
   }
 

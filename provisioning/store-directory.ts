@@ -68,7 +68,9 @@ export class StoreDirectory implements PhoneDirectory {
   }
 
   siteProvisioning(): SiteProvisioning {
-    return this.store.site?.settings.provisioning ?? {};
+    const settings = this.store.site?.settings;
+    if (!settings) return {};
+    return { ...settings.provisioning, ...(settings.pickupCode ? { pickupCode: settings.pickupCode } : {}) };
   }
 
   phones(): PhoneRecord[] {

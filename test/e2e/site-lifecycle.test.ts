@@ -122,7 +122,7 @@ const READERS: Record<string, PhoneReader> = {
   },
   fanvil: {
     provisioningPassword: (b) => xmlText(b, "Download_Password"),
-    blfExtensions: (c) => findAll(xmlRoot(c), "Value").flatMap((e) => /^([^@]+)@1\/b$/.exec(ownText(e))?.[1] ?? []),
+    blfExtensions: (c) => findAll(xmlRoot(c), "Value").flatMap((e) => /^([^@]+)@1\/ba[*#0-9]+\1$/.exec(ownText(e))?.[1] ?? [] /* BLF that picks up with the site's code + the extension */),
   },
 };
 

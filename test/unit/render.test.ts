@@ -253,7 +253,7 @@ const fullChecks: Record<string, (body: string, m: ModelProfile) => void> = {
     assert.equal(textOf(root, "pnp_config"), "off");
     assert.equal(textOf(root, "setting_server"), `https://10.0.0.5/prov/snom${m.id}-001565AABBCC.htm`);
     const fk = one(root, "fkey", ["idx", "1"]);
-    assert.equal(ownText(fk), "blf sip:202@10.0.0.5");
+    assert.equal(ownText(fk), "blf sip:202@10.0.0.5|*8", "BLF key with the (default) pickup code");
     assert.equal(fk.attrs.get("label"), "Bob");
     assert.equal(textOf(root, "fkey", ["idx", "2"]), "speed 0301234");
   },
@@ -300,7 +300,7 @@ const fullChecks: Record<string, (body: string, m: ModelProfile) => void> = {
     assert.equal(textOf(root, "Time_Zone"), "GMT+01:00");
     assert.equal(textOf(root, "Auto_Answer_Page"), "Yes");
     assert.equal(textOf(root, "Profile_Rule"), `[--uid ${device.provisioningUser} --pwd ${device.provisioningPassword}]https://10.0.0.5/prov/$MA.xml`);
-    assert.equal(textOf(root, "Extended_Function_2_"), "fnc=blf+sd+cp;sub=202@10.0.0.5");
+    assert.equal(textOf(root, "Extended_Function_2_"), "fnc=blf+sd+cp;sub=202@10.0.0.5;ext=202@10.0.0.5");
     assert.equal(textOf(root, "Extension_2_"), "Disabled");
     assert.equal(textOf(root, "Short_Name_2_"), "Bob");
   },
@@ -315,7 +315,7 @@ const fullChecks: Record<string, (body: string, m: ModelProfile) => void> = {
     assert.equal(textOf(root, "PNP_Enable"), "0");
     assert.equal(textOf(root, "Time_Zone"), "4");
     const values = findAll(root, "Value").map(ownText);
-    assert.ok(values.includes("202@1/b"), "BLF key");
+    assert.ok(values.includes("202@1/ba*8202"), "BLF key, picking up with the (default) pickup code + extension");
     assert.ok(values.includes("0301234@1/s"), "speed dial key");
   },
 };
