@@ -6,6 +6,7 @@
 import { Agent } from "../agent.ts";
 import { loadSettings, type Settings } from "../config.ts";
 import { createSwitchableLogger } from "./log-level.ts";
+import { SystemdNotifier, readNotifyEnv, type StatusFacts } from "../observe/notify.ts";
 
 export interface RunOptions {
   /** --config given on the command line (else RINGEDGE_CONFIG or the default path, as at start). */
@@ -79,9 +80,20 @@ export async function runAgentProcess(settings: Settings, opts: RunOptions): Pro
     return 1;
   }
   started = true;
+  // Type=notify: READY=1 now that the sockets are bound and the store is loaded; watchdog pings follow.
+  const notifier = new SystemdNotifier({ env: readNotifyEnv(opts.env), status: () => statusFacts(agent), log: log.child("systemd") });
+  notifier.ready();
   await stopped;
+  await notifier.stopping();
   removeHandlers();
   await reloading.catch(() => undefined);
   await agent.stop();
   return 0;
+}
+
+/** What STATUS= shows: calls in hand, phones online, the console link. */
+function statusFacts(agent: Agent): StatusFacts {
+  const pres = agent.presence.snapshot();
+  const st = agent.sync?.syncStatus();
+  return { calls: agent.engine.stats().activeCalls, phonesOnline: pres.filter((p) => p.online).length, phonesTotal: agent.store.listDevices().length, link: st === undefined ? "off" : st.connected ? "up" : "down" };
 }
