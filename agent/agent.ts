@@ -42,6 +42,7 @@ import { CpuLatencyRequest, type CpuLatencyStatus } from "./appliance/cpu-latenc
 import { currentScheduling, type Scheduling } from "./appliance/scheduling.ts";
 import type { Settings as LiveSettings } from "./config.ts";
 import type { GuardLimits } from "./sip/guard.ts";
+import { startObservability, type Observability } from "./observe/observe.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -121,6 +122,8 @@ export class Agent {
   private devicesByUsername = new Map<string, DeviceRecord>();
   /** Requests matched to an existing server transaction: answered by it, never seen by the TU. */
   private absorbedRequests = 0;
+  /** Metrics endpoint, audit log and status page (agent/observe/). */
+  observe: Observability | undefined;
 
   constructor(readonly settings: Settings, readonly log: Logger) {
     this.drainer = new DrainController({
@@ -259,7 +262,7 @@ export class Agent {
     // Phone provisioning (HTTP/S, PnP, re-sync); configs name the SIP address phones register to.
     const sip0 = this.transport.addresses()[0];
     const sipHost = sip0 && sip0.address !== "0.0.0.0" && sip0.address !== "::" ? sip0.address : undefined;
-    this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning") });
+    this.provisioning = new ProvisioningService({ settings: s, store: this.store, transactions: this.transactions, location: this.location, sip: { ...(sipHost !== undefined ? { host: sipHost } : {}), port: sip0?.port ?? 5060, transport: s.sipTransports.includes("udp") ? "udp" : "tcp" }, log: this.log.child("provisioning"), bus: this.bus });
     await this.provisioning.start();
 
     this.callsNow.start(this.bus);
@@ -283,6 +286,7 @@ export class Agent {
       if (hooks) this.sync.setResyncHandler(consoleResyncHandler((ids, reboot) => hooks.resync(ids, reboot), () => this.store.listDevices()));
       this.sync.start();
     }
+    this.observe = await startObservability(this);
     const addrs = this.transport.addresses().map((a) => `${a.transport}:${hostPort(a.address, a.port)}`).join(" ");
     if (s.cpuWakeLatencyUs >= 0) {
       this.cpuLatency = CpuLatencyRequest.hold(s.cpuWakeLatencyUs);
@@ -296,6 +300,7 @@ export class Agent {
   async stop(): Promise<void> {
     // Offline status published before a clean disconnect (a normal DISCONNECT discards the will).
     await this.sync?.stop();
+    await this.observe?.stop();
     await this.serial?.stop();
     this.callsNow.stop();
     this.engine?.stop();

@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import type { Settings } from "../agent/config.ts";
 import { parseHostPort } from "../agent/config.ts";
 import type { Logger } from "../agent/log.ts";
+import type { EventBus } from "../agent/bus.ts";
 import type { LocationService } from "../agent/sip/location.ts";
 import type { TransactionLayer } from "../agent/sip/transaction.ts";
 import type { Store } from "../agent/store/store.ts";
@@ -15,7 +16,7 @@ import { FirmwareStore, firmwareReport, type FirmwareReportRow } from "./firmwar
 import { PnpResponder, type PnpSubscription } from "./pnp.ts";
 import { findModel, loadProfiles, type Profile } from "./profiles.ts";
 import { resyncPhones, transactionSender, type ResyncResult } from "./resync.ts";
-import { ProvisioningServer, baseUrl } from "./server.ts";
+import { ProvisioningServer, baseUrl, type ProvisioningOutcome } from "./server.ts";
 import { StoreDirectory } from "./store-directory.ts";
 
 /** device-profiles/ next to this folder, wherever the process was started from. */
@@ -47,6 +48,8 @@ export interface ProvisioningServiceDeps {
   sip: { host?: string; port: number; transport: "udp" | "tcp" };
   log: Logger;
   profilesDir?: string;
+  /** Every answered request is published here as "provisioning.request" (metrics, audit log). */
+  bus?: EventBus;
 }
 
 export class ProvisioningService {
@@ -86,6 +89,7 @@ export class ProvisioningService {
       digestAlgorithms: s.authAlgorithms,
       bootstrapWindowMs: s.provisioningBootstrapWindowS * 1000,
       http: { host: http.host, port: http.port },
+      ...(this.deps.bus ? { onRequest: (e: ProvisioningOutcome) => this.deps.bus!.emit("provisioning.request", { ...e, at: Date.now() }) } : {}),
       ...(https ? { https } : {}),
     });
     await this.server.start();
