@@ -43,6 +43,7 @@ import { currentScheduling, type Scheduling } from "./appliance/scheduling.ts";
 import type { Settings as LiveSettings } from "./config.ts";
 import type { GuardLimits } from "./sip/guard.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
+import { AuditLog, auditedCommands } from "./observe/audit.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -122,8 +123,10 @@ export class Agent {
   private devicesByUsername = new Map<string, DeviceRecord>();
   /** Requests matched to an existing server transaction: answered by it, never seen by the TU. */
   private absorbedRequests = 0;
-  /** Metrics endpoint, audit log and status page (agent/observe/). */
+  /** Metrics endpoint and status page (agent/observe/). */
   observe: Observability | undefined;
+  /** One info line per change, call, provisioning fetch and ban (agent/observe/audit.ts). */
+  private readonly audit: AuditLog;
 
   constructor(readonly settings: Settings, readonly log: Logger) {
     this.drainer = new DrainController({
@@ -140,10 +143,12 @@ export class Agent {
       log: log.child("drain"),
     });
     this.setLiveOptions(settings);
+    this.audit = new AuditLog(this.bus, log.child("audit"));
   }
 
   async start(): Promise<void> {
     const s = this.settings;
+    this.audit.start();
     // The store takes the data directory's lock: one agent (or offline CLI command) at a time.
     this.store = await Store.open(s.dataDir, {
       siteId: s.siteId,
@@ -267,11 +272,11 @@ export class Agent {
 
     this.callsNow.start(this.bus);
     const installerCommands = { ...agentCommands(this.view()), ...callCommands(this.callsNow) };
-    this.control = new ControlServer(path.join(s.dataDir, "control.sock"), { ...installerCommands, ...applianceCommands(this) }, this.log.child("control"));
+    this.control = new ControlServer(path.join(s.dataDir, "control.sock"), auditedCommands({ ...installerCommands, ...applianceCommands(this) }, "installer (control socket)", this.bus), this.log.child("control"));
     await this.control.start();
     if (s.serialDevice !== "") {
       // Never awaited for the device: a missing cable must not stop the agent starting.
-      this.serial = new SerialConsole({ settings: s, table: installerCommands, log: this.log.child("serial") });
+      this.serial = new SerialConsole({ settings: s, table: auditedCommands(installerCommands, "installer (serial console)", this.bus), log: this.log.child("serial") });
       this.serial.start();
     }
     if (s.mqttUrl) {
@@ -312,6 +317,7 @@ export class Agent {
     await this.transport?.stop();
     await this.store?.close();
     this.cpuLatency?.release();
+    this.audit.stop();
     this.log.info("ringedge stopped");
   }
 

@@ -6,6 +6,7 @@
 import { Agent } from "../agent.ts";
 import { loadSettings, type Settings } from "../config.ts";
 import { createSwitchableLogger } from "./log-level.ts";
+import { stderrIsJournal } from "../log.ts";
 import { SystemdNotifier, readNotifyEnv, type StatusFacts } from "../observe/notify.ts";
 
 export interface RunOptions {
@@ -16,7 +17,8 @@ export interface RunOptions {
 }
 
 export async function runAgentProcess(settings: Settings, opts: RunOptions): Promise<number> {
-  const logger = createSwitchableLogger(settings.logLevel);
+  // JSON lines for log shippers (logFormat); syslog priority prefixes when stderr is the journal.
+  const logger = createSwitchableLogger(settings.logLevel, undefined, { format: settings.logFormat, journal: stderrIsJournal(opts.env) });
   const log = logger.log;
   const agent = new Agent(settings, log);
 
