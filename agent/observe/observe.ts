@@ -4,9 +4,11 @@
 import type { Agent } from "../agent.ts";
 import { parseHostPort } from "../config.ts";
 import { AgentMetrics, MetricsServer, type MetricsSources } from "./metrics.ts";
+import { StatusPage, type StatusSource } from "./status-page.ts";
 
 export interface Observability {
   metrics: MetricsServer | undefined;
+  statusPage: StatusPage | undefined;
   stop(): Promise<void>;
 }
 
@@ -41,6 +43,32 @@ export function metricsSources(agent: Agent): MetricsSources {
   };
 }
 
+/** What the status page shows, from the agent's store, presence, site, engine and sync. */
+export function statusSource(agent: Agent): StatusSource {
+  const startedAt = Date.now() - Math.round(process.uptime() * 1000);
+  return {
+    siteId: agent.settings.siteId,
+    startedAt,
+    devices: () => agent.store.listDevices(),
+    presence: () => agent.presence.snapshot(),
+    bindings: () => agent.location.all().map((b) => ({ deviceId: b.deviceId, remoteAddress: b.flow.remoteAddress, remotePort: b.flow.remotePort, transport: b.flow.transport })),
+    seenPhones: () => agent.store.listSeenPhones(),
+    site: () => {
+      const r = agent.site.current().record;
+      return r === null ? null : { users: r.users, groups: r.groups };
+    },
+    activeCallsOf: (id) => agent.engine.activeCallsOf(id),
+    ringing: () => agent.callsNow.list(),
+    activeCalls: () => agent.engine.stats().activeCalls,
+    recentCalls: (n) => agent.store.listCalls({ limit: n }),
+    latency: () => agent.engine.stats().latency,
+    link: () => {
+      const st = agent.sync?.syncStatus();
+      return st === undefined ? "off" : st.connected ? "up" : "down";
+    },
+  };
+}
+
 export async function startObservability(agent: Agent): Promise<Observability> {
   const s = agent.settings;
   const log = agent.log;
@@ -49,6 +77,7 @@ export async function startObservability(agent: Agent): Promise<Observability> {
   let metricsServer: MetricsServer | undefined;
   const out: Observability = {
     metrics: undefined,
+    statusPage: undefined,
     stop: async () => {
       for (const f of stops.splice(0).reverse()) await f();
     },
@@ -63,6 +92,23 @@ export async function startObservability(agent: Agent): Promise<Observability> {
       await metricsServer.start();
       stops.push(() => metricsServer!.stop());
       out.metrics = metricsServer;
+    }
+    if (s.statusPageEnabled) {
+      const hp = parseHostPort(s.statusPageListen);
+      if (s.serialPassword === "") log.warn("status page: no installer password is set (serialPassword, `ringedge console-password`), so nobody can log in");
+      const page = new StatusPage({
+        host: hp.host,
+        port: hp.port,
+        ...(s.httpsCert !== "" && s.httpsKey !== "" ? { tls: { cert: s.httpsCert, key: s.httpsKey } } : {}),
+        // Read at each login: a new password set by SIGHUP applies at once.
+        passwordHash: () => agent.settings.serialPassword,
+        source: statusSource(agent),
+        bus: agent.bus,
+        log: log.child("status"),
+      });
+      await page.start();
+      stops.push(() => page.stop());
+      out.statusPage = page;
     }
   } catch (e) {
     await out.stop();
