@@ -5,8 +5,9 @@
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 import fs from "node:fs";
+import path from "node:path";
 import { CallScene, RING, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, simUser, sippCall, startRoutingAgent, writeSiteFile, type SimDevice, type SimUser } from "./callsim.ts";
-import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
+import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 import { parseExposition, type Exposition } from "./promtext.ts";
 
 const UNIT = 200;
@@ -24,11 +25,17 @@ let dataDir: string;
 const siteDir = tempDir("ringedge-metrics-site-");
 const scene = new CallScene(() => agent);
 
+const ARTEFACTS = path.join(ROOT, ".tmp/artefacts");
+
 async function scrape(): Promise<Exposition> {
   const res = await fetch(`http://127.0.0.1:${metricsPort}/metrics`);
   assert.equal(res.status, 200);
   assert.match(res.headers.get("content-type") ?? "", /^text\/plain; version=0\.0\.4/);
-  return parseExposition(await res.text());
+  const text = await res.text();
+  // The last scrape is kept as a test artefact.
+  fs.mkdirSync(ARTEFACTS, { recursive: true });
+  fs.writeFileSync(path.join(ARTEFACTS, "metrics.txt"), text);
+  return parseExposition(text);
 }
 
 before(async () => {
