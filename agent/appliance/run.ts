@@ -79,6 +79,9 @@ export async function runAgentProcess(settings: Settings, opts: RunOptions): Pro
   } catch (e) {
     removeHandlers();
     opts.err(`ringedge: cannot start: ${(e as Error).message}\n`);
+    // Close what was opened before the failure (sockets, timers, the store's lock), or the
+    // process would linger with its listeners and never exit.
+    await agent.stop().catch(() => undefined);
     return 1;
   }
   started = true;

@@ -3,8 +3,10 @@
 // the agent's settings and hands each one the narrow views it needs.
 import type { Agent } from "../agent.ts";
 import { parseHostPort } from "../config.ts";
-import { AgentMetrics, MetricsServer, type MetricsSources } from "./metrics.ts";
-import { StatusPage, type StatusSource } from "./status-page.ts";
+// The metrics and the status page are loaded only when enabled (dynamic imports below): an
+// agent without them, and every CLI command that loads the agent's modules, skips prom-client.
+import type { MetricsServer, MetricsSources } from "./metrics.ts";
+import type { StatusPage, StatusSource } from "./status-page.ts";
 
 export interface Observability {
   metrics: MetricsServer | undefined;
@@ -84,6 +86,7 @@ export async function startObservability(agent: Agent): Promise<Observability> {
   };
   try {
     if (s.metricsEnabled) {
+      const { AgentMetrics, MetricsServer } = await import("./metrics.ts");
       const metrics = new AgentMetrics(agent.bus, metricsSources(agent));
       metrics.start();
       stops.push(() => metrics.stop());
@@ -96,6 +99,7 @@ export async function startObservability(agent: Agent): Promise<Observability> {
     if (s.statusPageEnabled) {
       const hp = parseHostPort(s.statusPageListen);
       if (s.serialPassword === "") log.warn("status page: no installer password is set (serialPassword, `ringedge console-password`), so nobody can log in");
+      const { StatusPage } = await import("./status-page.ts");
       const page = new StatusPage({
         host: hp.host,
         port: hp.port,

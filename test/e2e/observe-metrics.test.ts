@@ -7,7 +7,7 @@ import { after, before, test } from "node:test";
 import fs from "node:fs";
 import path from "node:path";
 import { CallScene, RING, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, simUser, sippCall, startRoutingAgent, writeSiteFile, type SimDevice, type SimUser } from "./callsim.ts";
-import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
+import { ROOT, agentEnv, freePort, runCli, startAgent, tempDir, until, type RunningAgent } from "./harness.ts";
 import { parseExposition, type Exposition } from "./promtext.ts";
 
 const UNIT = 200;
@@ -133,4 +133,21 @@ test("provisioning requests are counted by vendor and result", { timeout: 20_000
     return e.value("ringedge_provisioning_requests_total", { vendor: "unknown", result: "not-found" }) === 1 ? e : undefined;
   }, 5000);
   assert.ok(m);
+});
+
+test("a metrics address already in use stops the start with a clear error", { timeout: 30_000 }, async () => {
+  const dir = tempDir("ringedge-metrics-busy-");
+  try {
+    // metricsPort is held by the running agent's endpoint.
+    await assert.rejects(
+      startAgent({ dataDir: dir, env: { RINGEDGE_METRICS_ENABLED: "true", RINGEDGE_METRICS_LISTEN: `127.0.0.1:${metricsPort}` } }),
+      (e: Error) => /exited early with code 1/.test(e.message) && new RegExp(`cannot start: .*EADDRINUSE.*127\\.0\\.0\\.1:${metricsPort}`).test(e.message),
+    );
+    // A bad address is refused before anything starts.
+    const bad = await runCli(["run"], agentEnv(dir, await freePort(), { RINGEDGE_METRICS_LISTEN: "localhost:9464" }));
+    assert.equal(bad.code, 78, bad.stderr); // EX_CONFIG (sysexits.h)
+    assert.match(bad.stderr, /RINGEDGE_METRICS_LISTEN: "localhost:9464" is not a valid host:port/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });
