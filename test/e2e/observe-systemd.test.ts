@@ -46,6 +46,15 @@ test("agent under a NOTIFY_SOCKET stand-in sends READY=1, WATCHDOG=1 with STATUS
     await until(() => messages.filter((m) => m.split("\n").includes("WATCHDOG=1")).length >= 3, 10_000);
     const ping = messages.find((m) => m.split("\n").includes("WATCHDOG=1"))!;
     assert.match(ping, /^STATUS=\d+ calls?, \d+\/\d+ phones online, console off$/m);
+    // A stopped agent (as a hung event loop) sends no pings: systemd's WatchdogSec would fire.
+    const pings = (): number => messages.filter((m) => m.split("\n").includes("WATCHDOG=1")).length;
+    agent.proc.kill("SIGSTOP");
+    await new Promise((r) => setTimeout(r, 300)); // a ping already in flight lands
+    const frozen = pings();
+    await new Promise((r) => setTimeout(r, 1200)); // four ping intervals
+    assert.equal(pings(), frozen, "no WATCHDOG=1 while the agent cannot run");
+    agent.proc.kill("SIGCONT");
+    await until(() => pings() > frozen, 10_000);
     assert.equal(await agent.stop(), 0);
     await until(() => messages.some((m) => m.split("\n").includes("STOPPING=1")), 5000);
     assert.match(agent.log(), /systemd notified ready=true watchdogMs=600/);
