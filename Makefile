@@ -4,7 +4,9 @@ SHELL := /bin/bash
 NODE  ?= node
 TSX   := $(NODE) --import tsx
 # Debian packages the end-to-end tests drive as real peers.
-SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl
+# openssl: test device certificates; chromium: the status page's browser test (driven by
+# playwright-core, which never downloads a browser).
+SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl chromium:chromium
 # Only the benchmarks need these (packet timestamps on loopback).
 BENCHPKGS := tshark:tshark
 

@@ -47,6 +47,8 @@ import type { Settings as LiveSettings } from "./config.ts";
 import type { GuardLimits } from "./sip/guard.ts";
 import { SubscriptionManager, type SubscriptionLimits } from "./sip/subscriptions.ts";
 import { BlfNotifier } from "./presence/blf.ts";
+import { startObservability, type Observability } from "./observe/observe.ts";
+import { AuditLog, auditedCommands } from "./observe/audit.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -145,6 +147,10 @@ export class Agent {
   private devicesByUsername = new Map<string, DeviceRecord>();
   /** Requests matched to an existing server transaction: answered by it, never seen by the TU. */
   private absorbedRequests = 0;
+  /** Metrics endpoint and status page (agent/observe/). */
+  observe: Observability | undefined;
+  /** One info line per change, call, provisioning fetch and ban (agent/observe/audit.ts). */
+  private readonly audit: AuditLog;
 
   constructor(readonly settings: Settings, readonly log: Logger) {
     this.drainer = new DrainController({
@@ -162,10 +168,12 @@ export class Agent {
       defaultTimeoutMs: () => this.settings.drainTimeoutS * 1000,
     });
     this.setLiveOptions(settings);
+    this.audit = new AuditLog(this.bus, log.child("audit"));
   }
 
   async start(): Promise<void> {
     const s = this.settings;
+    this.audit.start();
     // The store takes the data directory's lock: one agent (or offline CLI command) at a time.
     this.store = await Store.open(s.dataDir, {
       siteId: s.siteId,
@@ -310,7 +318,7 @@ export class Agent {
 
     this.callsNow.start(this.bus);
     const installerCommands = { ...agentCommands(this.view()), ...callCommands(this.callsNow) };
-    this.control = new ControlServer(path.join(s.dataDir, "control.sock"), { ...installerCommands, ...applianceCommands(this) }, this.log.child("control"));
+    this.control = new ControlServer(path.join(s.dataDir, "control.sock"), auditedCommands({ ...installerCommands, ...applianceCommands(this) }, "installer (control socket)", this.bus), this.log.child("control"));
     await this.control.start();
     if (s.serialDevice !== "") {
       // Never awaited for the device: a missing cable must not stop the agent starting.
@@ -319,7 +327,7 @@ export class Agent {
         writeSetting(file, "serialPassword", hash, s.dataDir);
         s.serialPassword = hash;
       };
-      this.serial = new SerialConsole({ settings: s, table: installerCommands, log: this.log.child("serial"), ...(savePassword ? { savePassword } : {}) });
+      this.serial = new SerialConsole({ settings: s, table: auditedCommands(installerCommands, "installer (serial console)", this.bus), log: this.log.child("serial"), ...(savePassword ? { savePassword } : {}) });
       this.serial.start();
     }
     if (s.mqttUrl) {
@@ -334,6 +342,7 @@ export class Agent {
       if (hooks) this.sync.setResyncHandler(consoleResyncHandler((ids, reboot) => hooks.resync(ids, reboot), () => this.store.listDevices()));
       this.sync.start();
     }
+    this.observe = await startObservability(this);
     const addrs = this.transport.addresses().map((a) => `${a.transport}:${hostPort(a.address, a.port)}`).join(" ");
     if (s.cpuWakeLatencyUs >= 0) {
       this.cpuLatency = CpuLatencyRequest.hold(s.cpuWakeLatencyUs);
@@ -347,6 +356,7 @@ export class Agent {
   async stop(): Promise<void> {
     // Offline status published before a clean disconnect (a normal DISCONNECT discards the will).
     await this.sync?.stop();
+    await this.observe?.stop();
     await this.serial?.stop();
     this.callsNow.stop();
     this.blf?.stop();
@@ -361,6 +371,7 @@ export class Agent {
     await this.transport?.stop();
     await this.store?.close();
     this.cpuLatency?.release();
+    this.audit.stop();
     this.log.info("ringedge stopped");
   }
 

@@ -20,7 +20,7 @@ export interface AgentEvents {
   /** A call was answered; memberId undefined when no member did (voicemail, a forward, the trunk). */
   "call.answered": { callId: string; groupId: string | undefined; memberId: string | undefined; deviceId: string | undefined; caller: string; answerAfterMs: number; at: number };
   /** A call ended with no member answering; `offered` lists who was offered, in order. */
-  "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number };
+  "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number; /** The caller hung up before anyone answered (CANCEL). */ abandoned?: boolean };
   /** A site device placed a call (after the forks went out): the caller's side of the dialog (BLF). */
   "call.placed": { callId: string; callerTag: string; userId: string | undefined; deviceId: string; target: string; at: number };
   /** A ringing member's device sent 180/183 with a To tag (its early dialog, BLF). */
@@ -35,6 +35,14 @@ export interface AgentEvents {
   "provisioning.conflict": { deviceId: string; mac: string; claimedIp: string; ip: string; stage: "bootstrap" | "full"; at: number };
   /** A window of calls had more first forks over latencyBudgetMs than healthOverBudgetPct allows (appliance/health.ts). */
   "latency.over-budget": { calls: number; overBudget: number; pct: number; budgetMs: number; at: number };
+  /** A call's first fork went out (routing engine): INVITE received → first forked INVITE sent, µs. */
+  "call.first-fork": { callId: string; groupId: string | undefined; latencyUs: number; at: number };
+  /** The provisioning server answered a phone (result: served, bootstrap, full, firmware, or why it refused). */
+  "provisioning.request": { vendor: string | undefined; model: string | undefined; mac: string | undefined; result: string; status: number; source: string; at: number };
+  /** The store wrote its file (ok false: the write failed and will be retried). */
+  "store.saved": { ms: number; ok: boolean; at: number };
+  /** An installer or console change: who (control socket, serial console, console over MQTT), what, on what. */
+  "audit.change": { actor: string; action: string; target: string | undefined; at: number };
 }
 
 export type EventName = keyof AgentEvents;

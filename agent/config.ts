@@ -14,6 +14,8 @@ export const CONFIG_ENV = "RINGEDGE_CONFIG";
 const ENV_PREFIX = "RINGEDGE_";
 
 export type SipTransportName = "udp" | "tcp";
+/** How log records are written: one "time level scope message k=v" line, or one JSON object per line. */
+export type LogFormat = "text" | "json";
 /** RFC 8760 §2 algorithm names, in the order challenges offer them. */
 export type AuthAlgorithm = "SHA-256" | "SHA-512-256" | "MD5";
 
@@ -81,6 +83,11 @@ export interface Settings {
   serialLockoutFailures: number;
   serialLockoutS: number;
   serialIdleTimeoutS: number;
+  metricsEnabled: boolean;
+  metricsListen: string;
+  statusPageEnabled: boolean;
+  statusPageListen: string;
+  logFormat: LogFormat;
 }
 
 export type SettingName = keyof Settings;
@@ -616,6 +623,32 @@ const SPECS: Specs = {
     codec: intCodec(0, 86_400),
     default: 600,
     doc: "A serial-console session with no input for this many seconds is logged out (0 = never). Reloaded on SIGHUP.",
+  },
+  // Observability (agent/observe/).
+  metricsEnabled: {
+    codec: boolCodec,
+    default: false,
+    doc: "Serve Prometheus metrics (text exposition format) at http://<metricsListen>/metrics: calls per group, queue, first-fork latency, phones online, provisioning, refusals and bans, console link, store, event loop, memory and CPU. Read at start only.",
+  },
+  metricsListen: {
+    codec: hostPortCodec(true),
+    default: "127.0.0.1:9464",
+    doc: "Address of the metrics endpoint; loopback by default so only this box (or a local Prometheus agent) can scrape it.",
+  },
+  statusPageEnabled: {
+    codec: boolCodec,
+    default: false,
+    doc: "Serve the read-only status page (phones, groups and members, calls, missed calls, latency) at statusPageListen, behind a login with the installer password (serialPassword); HTTPS when httpsCert and httpsKey are set. Read at start only.",
+  },
+  statusPageListen: {
+    codec: hostPortCodec(true),
+    default: "127.0.0.1:8088",
+    doc: "Address of the status page; set a LAN address (e.g. 0.0.0.0:8088) for installers on the site network.",
+  },
+  logFormat: {
+    codec: enumCodec<LogFormat>(["text", "json"]),
+    default: "text",
+    doc: "Log line format on stderr: text (\"time level scope message key=value\") or json (one object per line, for log shippers). Under systemd (JOURNAL_STREAM) each line starts with its syslog priority, <3> to <7>, for journald. Read at start only.",
   },
 };
 

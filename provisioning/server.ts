@@ -108,6 +108,24 @@ export interface ProvisioningServerOptions {
   http?: { host: string; port: number };
   https?: { host: string; port: number; cert: string | Buffer; key: string | Buffer };
   now?: () => number;
+  /** Told of every answered request, for metrics and the audit log (agent/observe/). */
+  onRequest?: (e: ProvisioningOutcome) => void;
+}
+
+/** One answered provisioning request: who asked, for which vendor/model, and what came of it. */
+export interface ProvisioningOutcome {
+  vendor: string | undefined;
+  model: string | undefined;
+  mac: string | undefined;
+  /** The stage served (bootstrap, full, boot, common, mac-boot, firmware-info), "firmware", or why not (not-found, unauthorized, ...). */
+  result: string;
+  status: number;
+  source: string;
+}
+
+/** The result label of a response that served no stage. */
+export function resultOfStatus(status: number): string {
+  return status === 401 ? "unauthorized" : status === 404 ? "not-found" : status === 429 ? "rate-limited" : status === 400 ? "bad-request" : status >= 500 ? "error" : status >= 400 ? "refused" : "ok";
 }
 
 export type Stage = "bootstrap" | "full" | "boot" | "common" | "firmware-info" | "mac-boot";
@@ -267,13 +285,30 @@ export class ProvisioningServer {
   // --- the decision ------------------------------------------------------------------------
 
   handle(r: ProvisioningRequest): ProvisioningResponse {
+    // Filled in while this (synchronous) request is handled; reported once it is answered.
+    const note: Partial<ProvisioningOutcome> = {};
+    this.note = note;
+    let res: ProvisioningResponse;
     try {
-      return this.handleUnsafe(r);
+      res = this.handleUnsafe(r);
     } catch (e) {
       this.opts.log.error("provisioning request failed", { err: (e as Error).message, source: r.source, path: forLog(r.url) });
-      return { status: 500, headers: { "content-type": "text/plain" }, body: "internal error\n", close: true };
+      res = { status: 500, headers: { "content-type": "text/plain" }, body: "internal error\n", close: true };
     }
+    this.note = undefined;
+    const onRequest = this.opts.onRequest;
+    if (onRequest) {
+      try {
+        onRequest({ vendor: note.vendor, model: note.model, mac: note.mac, result: res.status === 200 && note.result !== undefined ? note.result : resultOfStatus(res.status), status: res.status, source: r.source });
+      } catch {
+        // An observer's failure never changes the answer.
+      }
+    }
+    return res;
   }
+
+  /** The outcome of the request being handled (see handle()). */
+  private note: Partial<ProvisioningOutcome> | undefined;
 
   private refuse(r: ProvisioningRequest, status: number, reason: string, extra: Record<string, string | string[]> = {}): ProvisioningResponse {
     this.counters.refused++;
@@ -324,6 +359,7 @@ export class ProvisioningServer {
     const f = this.opts.firmware.lookup(name);
     if (!f) return this.counted(r, notFound(), "no such firmware file");
     this.counters.firmware++;
+    if (this.note) this.note.result = "firmware";
     this.opts.log.info("firmware served", { file: name, source: r.source, userAgent: forLog(r.userAgent) });
     return { status: 200, headers: { "content-type": "application/octet-stream", "content-length": String(f.size) }, file: f };
   }
@@ -334,6 +370,7 @@ export class ProvisioningServer {
     const id = identify(profiles, { path: `/${fileName}`, ...(r.userAgent !== undefined ? { userAgent: r.userAgent } : {}) });
     if (!id.identified || !id.file || id.vendor === undefined) return this.counted(r, notFound(), id.identified ? "no such file" : `not a phone file (${id.reason ?? "unknown"})`);
     const profile = profiles.get(id.vendor)!;
+    if (this.note) Object.assign(this.note, { vendor: id.vendor, mac: id.mac, model: id.model ?? id.rawModel });
     const file = id.file;
     const perMac = file.kind === "mac-boot" || file.kind === "mac-config";
     const client: Client = { ip: r.source };
@@ -475,6 +512,7 @@ export class ProvisioningServer {
       return { status: 500, headers: { "content-type": "text/plain" }, body: "config cannot be generated\n" };
     }
     this.counters.served++;
+    if (this.note) Object.assign(this.note, { result: stage, vendor: profile.vendor, model: model.id, mac: phone?.mac ?? id.mac });
     if (stage === "bootstrap") this.counters.bootstrap++;
     if (stage === "full") this.counters.full++;
     const fields = { stage, vendor: profile.vendor, model: model.id, mac: phone?.mac ?? id.mac, source: r.source };

@@ -17,7 +17,7 @@ import { FirmwareStore, firmwareReport, type FirmwareReportRow } from "./firmwar
 import { PnpResponder, pnpSeenNote, type PnpSubscription } from "./pnp.ts";
 import { DEFAULT_PROFILES_DIR, findModel, loadProfiles, type Profile } from "./profiles.ts";
 import { resyncPhones, transactionSender, type ResyncResult } from "./resync.ts";
-import { ProvisioningServer, baseUrl } from "./server.ts";
+import { ProvisioningServer, baseUrl, type ProvisioningOutcome } from "./server.ts";
 import { advertisedHost, isWildcard } from "../agent/sip/advertise.ts";
 import { StoreDirectory } from "./store-directory.ts";
 
@@ -41,7 +41,7 @@ export interface ProvisioningServiceDeps {
   sip: { host?: string; port: number; transport: "udp" | "tcp" };
   log: Logger;
   profilesDir?: string;
-  /** Where a claim conflict is announced ("provisioning.conflict"). */
+  /** Where a claim conflict ('provisioning.conflict') and every answered request ('provisioning.request': metrics, audit log) are published. */
   bus?: EventBus;
   /** A phone's SIP password changed under the agent (claim conflict): drop its registrations, reload. */
   credentialsRotated?: (deviceId: string) => void;
@@ -100,6 +100,7 @@ export class ProvisioningService {
         this.deps.bus?.emit("provisioning.conflict", { deviceId: c.deviceId, mac: c.mac, claimedIp: c.claimedIp, ip: c.ip, stage: c.stage, at: Date.parse(c.at) });
       },
       http: { host: http.host, port: http.port },
+      ...(this.deps.bus ? { onRequest: (e: ProvisioningOutcome) => this.deps.bus!.emit("provisioning.request", { ...e, at: Date.now() }) } : {}),
       ...(https ? { https } : {}),
     });
     await this.server.start();

@@ -1,6 +1,6 @@
 // A logger whose level can change while the agent runs (SIGHUP reload), for every child
 // logger already handed out. The lines themselves come from log.ts's createLogger.
-import { createLogger, type Logger, type LogLevel } from "../log.ts";
+import { createLogger, type LogOutput, type Logger, type LogLevel } from "../log.ts";
 
 const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 100 };
 
@@ -10,7 +10,7 @@ export interface SwitchableLogger {
   level(): LogLevel;
 }
 
-export function createSwitchableLogger(level: LogLevel, write?: (line: string) => void): SwitchableLogger {
+export function createSwitchableLogger(level: LogLevel, write?: (line: string) => void, output: LogOutput = {}): SwitchableLogger {
   const state = { level };
   // The inner logger writes everything; this wrapper decides what passes.
   const wrap = (inner: Logger): Logger => {
@@ -24,5 +24,5 @@ export function createSwitchableLogger(level: LogLevel, write?: (line: string) =
       enabled: on,
     };
   };
-  return { log: wrap(createLogger("debug", "agent", write)), setLevel: (l) => void (state.level = l), level: () => state.level };
+  return { log: wrap(createLogger("debug", "agent", write, output)), setLevel: (l) => void (state.level = l), level: () => state.level };
 }

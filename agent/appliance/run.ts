@@ -8,6 +8,8 @@ import fs from "node:fs";
 import { DEFAULT_CONFIG_PATH, loadSettings, type Settings } from "../config.ts";
 import { createSwitchableLogger } from "./log-level.ts";
 import { settingsFileFor } from "./cli.ts";
+import { stderrIsJournal } from "../log.ts";
+import { SystemdNotifier, readNotifyEnv, type StatusFacts } from "../observe/notify.ts";
 
 export interface RunOptions {
   /** --config given on the command line (else RINGEDGE_CONFIG or the default path, as at start). */
@@ -17,7 +19,8 @@ export interface RunOptions {
 }
 
 export async function runAgentProcess(settings: Settings, opts: RunOptions): Promise<number> {
-  const logger = createSwitchableLogger(settings.logLevel);
+  // JSON lines for log shippers (logFormat); syslog priority prefixes when stderr is the journal.
+  const logger = createSwitchableLogger(settings.logLevel, undefined, { format: settings.logFormat, journal: stderrIsJournal(opts.env) });
   const log = logger.log;
   const agent = new Agent(settings, log);
   // The file the settings came from, if any: a first login at the serial console saves its password there.
@@ -81,12 +84,26 @@ export async function runAgentProcess(settings: Settings, opts: RunOptions): Pro
   } catch (e) {
     removeHandlers();
     opts.err(`ringedge: cannot start: ${(e as Error).message}\n`);
+    // Close what was opened before the failure (sockets, timers, the store's lock), or the
+    // process would linger with its listeners and never exit.
+    await agent.stop().catch(() => undefined);
     return 1;
   }
   started = true;
+  // Type=notify: READY=1 now that the sockets are bound and the store is loaded; watchdog pings follow.
+  const notifier = new SystemdNotifier({ env: readNotifyEnv(opts.env), status: () => statusFacts(agent), log: log.child("systemd") });
+  notifier.ready();
   await stopped;
+  await notifier.stopping();
   removeHandlers();
   await reloading.catch(() => undefined);
   await agent.stop();
   return 0;
+}
+
+/** What STATUS= shows: calls in hand, phones online, the console link. */
+function statusFacts(agent: Agent): StatusFacts {
+  const pres = agent.presence.snapshot();
+  const st = agent.sync?.syncStatus();
+  return { calls: agent.engine.stats().activeCalls, phonesOnline: pres.filter((p) => p.online).length, phonesTotal: agent.store.listDevices().length, link: st === undefined ? "off" : st.connected ? "up" : "down" };
 }

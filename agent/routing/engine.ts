@@ -1133,7 +1133,9 @@ export class RoutingEngine {
     const at = call.pc.firstForkAt;
     if (at === undefined) return;
     call.latencyRecorded = true;
-    this.histogram.record((at - call.pc.receivedAt) * 1000);
+    const us = (at - call.pc.receivedAt) * 1000;
+    this.histogram.record(us);
+    this.deps.bus.emit("call.first-fork", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, latencyUs: us, at: this.clock.now() });
   }
 
   private noteOffered(call: EngineCall, memberId: string, deviceIds: string[]): void {
@@ -1211,7 +1213,7 @@ export class RoutingEngine {
       if (answered) record.durationMs = Math.max(0, now - call.startedAt - call.answerAfterMs);
     }
     if (call.kind !== "outbound" && call.answeredBy === undefined) {
-      this.deps.bus.emit("call.missed", { callId: call.pc.request.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, at: now });
+      this.deps.bus.emit("call.missed", { callId: call.pc.request.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, abandoned: status === 487, at: now });
     }
     this.deps.store.appendCall(record);
     this.deps.bus.emit("call.ended", { callId: call.pc.request.callId, at: now });

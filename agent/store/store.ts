@@ -306,6 +306,8 @@ export class Store {
   private readonly saveDelayMs: number;
   private readonly retryDelayMs: number;
   private readonly onError: (err: Error) => void;
+  /** Told how long each write took (metrics); set by the agent. */
+  onSaved: ((ms: number, ok: boolean) => void) | undefined;
   /** Devices keyed by id. */
   private readonly byId = new Map<string, DeviceRecord>();
   /** Devices keyed by SIP username (the registrar's lookup). */
@@ -933,10 +935,13 @@ export class Store {
     if (!this.dirty) return;
     this.dirty = false;
     this.prepare();
+    const started = performance.now();
     try {
       await this.db.write();
       this.lastSaveError = null;
+      this.onSaved?.(performance.now() - started, true);
     } catch (e) {
+      this.onSaved?.(performance.now() - started, false);
       const err = e instanceof Error ? e : new Error(String(e));
       this.dirty = true;
       this.lastSaveError = err;
