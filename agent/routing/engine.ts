@@ -40,6 +40,7 @@
 //   pickup of that call; one naming nothing gets 481; one naming an answered call is routed.
 // - BLF (agent/presence/blf.ts) reads the call.placed / call.ringing / call.offer-ended /
 //   call.ended events emitted here, always after the forks.
+import { SYSTEM_CLOCK, type TimerClock } from "../clock.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import type { DigestAuthenticator } from "../sip/digest.ts";
@@ -94,12 +95,7 @@ export interface RoutingSite {
 
 export type { CallOutcome, CallRecord } from "../store/schema.ts";
 
-export interface EngineClock {
-  /** Epoch milliseconds. */
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
+export type EngineClock = TimerClock;
 
 export interface EngineDeps {
   proxy: StatefulProxyApi;
@@ -142,16 +138,6 @@ export interface EngineStats {
   queued: number;
   latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number };
 }
-
-const SYSTEM_CLOCK: EngineClock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => {
-    const t = setTimeout(fn, ms);
-    t.unref();
-    return t;
-  },
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-};
 
 /** From user parts are attacker-controlled: keep at most this much for display. */
 const CALLER_LABEL_MAX = 64;

@@ -23,6 +23,7 @@
 //   the subscription without another NOTIFY (RFC 6665 §4.2.2, RFC 5057 §5.1).
 // - Expires: 0 on an initial SUBSCRIBE is a fetch: 200, one NOTIFY with the state and
 //   Subscription-State: terminated, nothing kept (§4.4.3). On a refresh it unsubscribes.
+import { SYSTEM_CLOCK, type TimerClock } from "../clock.ts";
 import type { Logger } from "../log.ts";
 import { getHeader, getHeaders, headerParams, parseNameAddr, splitList } from "./message.ts";
 import { buildInDialogRequest, randomToken } from "./requests.ts";
@@ -52,11 +53,7 @@ export interface SubscriptionLimits {
   maxExpires: number;
 }
 
-export interface SubscriptionClock {
-  now(): number;
-  setTimeout(fn: () => void, ms: number): unknown;
-  clearTimeout(handle: unknown): void;
-}
+export type SubscriptionClock = TimerClock;
 
 export interface SubscriptionDeps {
   /** TransactionLayer.sendRequest (a client transaction). */
@@ -108,16 +105,6 @@ interface Subscription {
   dirty: boolean;
   ended: boolean;
 }
-
-const SYSTEM_CLOCK: SubscriptionClock = {
-  now: () => Date.now(),
-  setTimeout: (fn, ms) => {
-    const t = setTimeout(fn, ms);
-    t.unref();
-    return t;
-  },
-  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
-};
 
 /** RFC 6665 §8.4 event-type token: alphanumerics and -.!%*_+`'~ (no spaces, no ";"). */
 const EVENT_TOKEN = /^[A-Za-z0-9\-.!%*_+`'~]{1,64}$/;

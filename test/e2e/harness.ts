@@ -101,11 +101,36 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = CLI_T
   });
 }
 
+/** What `bin/ringedge.js` loads at run time: the program, its data and its packages. */
+const RUNTIME_PARTS = ["bin", "agent", "provisioning", "device-profiles", "contract", "package.json", "tsconfig.json", "node_modules"];
+let readableCopy: string | undefined;
+
+/**
+ * The agent installed where another user can read it, as an appliance has it (/opt/ringedge):
+ * a copy of what it loads in a world-readable folder, made once per test process. A clone may
+ * sit below a folder only its owner can enter (mktemp -d makes them 0700), and the unit's
+ * User= could not even load the program from there.
+ */
+export function readableInstall(): string {
+  if (readableCopy !== undefined) return readableCopy;
+  const dir = tempDir("ringedge-install-");
+  fs.chmodSync(dir, 0o755);
+  for (let d = path.dirname(dir); ; d = path.dirname(d)) {
+    if ((fs.statSync(d).mode & 0o001) === 0) throw new Error(`${d} cannot be entered by other users: point TMPDIR at a folder they can reach`);
+    if (d === path.dirname(d)) break;
+  }
+  for (const part of RUNTIME_PARTS) fs.cpSync(path.join(ROOT, part), path.join(dir, part), { recursive: true, dereference: true });
+  readableCopy = dir;
+  return dir;
+}
+
 export async function startAgent(opts: AgentOptions = {}): Promise<RunningAgent> {
   const dataDir = opts.dataDir ?? tempDir();
   const port = opts.port ?? (await freePort());
   const env = agentEnv(dataDir, port, opts.env);
-  const proc = spawn(process.execPath, [BIN, "run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"], ...(opts.user ?? {}) });
+  // Another user runs the installed copy (the clone may be unreadable to it); root runs the clone.
+  const home = opts.user !== undefined ? readableInstall() : ROOT;
+  const proc = spawn(process.execPath, [path.join(home, "bin/ringedge.js"), "run"], { env, cwd: home, stdio: ["ignore", "ignore", "pipe"], ...(opts.user ?? {}) });
   let log = "";
   const waiters: Array<{ re: RegExp; resolve: (l: string) => void }> = [];
   proc.stderr!.setEncoding("utf8");

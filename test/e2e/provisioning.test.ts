@@ -8,7 +8,6 @@ import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import fs from "node:fs";
-import http from "node:http";
 import net from "node:net";
 import path from "node:path";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
@@ -16,34 +15,11 @@ import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
 import { PNP_MULTICAST_GROUP } from "../../provisioning/pnp.ts";
 import { loadProfiles } from "../../provisioning/profiles.ts";
 import { VENDORS, parsesAs } from "../unit/provisioning-fixtures.ts";
+import { phoneGet as get } from "./phone-http.ts";
 import { freePort, runSipp, startAgent, tempDir, until, writeUsersCsv, type RunningAgent } from "./harness.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 
-interface Res {
-  status: number;
-  body: string;
-  headers: http.IncomingHttpHeaders;
-  /** WWW-Authenticate lines as sent, one per algorithm (node joins them in `headers`). */
-  challenges: string[];
-}
-
-function get(port: number, p: string, headers: Record<string, string> = {}): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: "127.0.0.1", port, path: p, headers, agent: false, timeout: 5000 }, (res) => {
-      let body = "";
-      res.setEncoding("latin1");
-      res.on("data", (d: string) => (body += d));
-      res.on("end", () => {
-        const challenges = res.rawHeaders.filter((_, i) => i % 2 === 1 && res.rawHeaders[i - 1]!.toLowerCase() === "www-authenticate");
-        resolve({ status: res.statusCode ?? 0, body, headers: res.headers, challenges });
-      });
-    });
-    req.on("error", reject);
-    req.on("timeout", () => req.destroy(new Error("timeout")));
-    req.end();
-  });
-}
 
 /** A raw request line (the client library would not send some of these as written). */
 function raw(port: number, line: string): Promise<string> {

@@ -13,7 +13,6 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
-import http from "node:http";
 import path from "node:path";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
 import { ConsoleClient } from "../../agent/sync/console-cli.ts";
@@ -21,33 +20,12 @@ import { findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.t
 import { VENDORS, parsesAs, xmlRoot, yealinkKv, type VendorCase } from "../unit/provisioning-fixtures.ts";
 import { Phone, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, sippCall, type SippPeer } from "./callsim.ts";
 import { Subscriber, parseDialogInfo, type HeldSubscription, type SeenNotify } from "./subscriber.ts";
+import { phoneGet as get } from "./phone-http.ts";
 import { startAgent, tempDir, until, type RunningAgent } from "./harness.ts";
 import { mosquittoAvailable, startBroker, type Broker } from "./mosquitto.ts";
 
 const SITE_ID = "site-lifecycle";
 
-interface Res {
-  status: number;
-  body: string;
-  challenges: string[];
-}
-
-function get(port: number, p: string, headers: Record<string, string> = {}): Promise<Res> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: "127.0.0.1", port, path: p, headers, agent: false, timeout: 5000 }, (res) => {
-      let body = "";
-      res.setEncoding("latin1");
-      res.on("data", (d: string) => (body += d));
-      res.on("end", () => {
-        const challenges = res.rawHeaders.filter((_, i) => i % 2 === 1 && res.rawHeaders[i - 1]!.toLowerCase() === "www-authenticate");
-        resolve({ status: res.statusCode ?? 0, body, challenges });
-      });
-    });
-    req.on("error", reject);
-    req.on("timeout", () => req.destroy(new Error("timeout")));
-    req.end();
-  });
-}
 
 /**
  * What a phone reads from its own files beyond the SIP account: the provisioning password its
