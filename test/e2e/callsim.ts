@@ -19,7 +19,7 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
 import { STORE_FILE_NAME } from "../../agent/store/store.ts";
-import { freePort, runSipp, startAgent, tempDir, until, type RunningAgent, type SippResult } from "./harness.ts";
+import { freePort, noteSecret, runSipp, startAgent, tempDir, until, type RunningAgent, type SippResult } from "./harness.ts";
 
 // --- site files --------------------------------------------------------------------------------
 
@@ -63,6 +63,7 @@ export const TRUNK_CALLER_IP = "127.0.0.50";
 
 /** Password every simulated device uses (the site file sets it; 8+ printable ASCII). */
 export const DEVICE_PASSWORD = "sim-Secret-1234";
+noteSecret(DEVICE_PASSWORD);
 
 /** One user with one device per kind given, usernames `<id>` (first device) and `<id>-<n>`. */
 export function simUser(id: string, extension: string, kinds: Array<"physical" | "soft"> = ["physical"], extra: Partial<SimUser> = {}): { user: SimUser; devices: SimDevice[] } {

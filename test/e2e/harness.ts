@@ -101,6 +101,36 @@ export function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = CLI_T
   });
 }
 
+// --- no secret in any log ------------------------------------------------------------------
+
+/** Passwords the tests give phones and installers: none may ever appear in an agent's log. */
+const testSecrets = new Set<string>();
+
+/** Tells the harness a value is a secret (a SIP or provisioning password a test hands out). */
+export function noteSecret(value: string): void {
+  if (value.length >= 6) testSecrets.add(value);
+}
+
+/** What must never be logged whatever the level: digest responses and whole digest headers. */
+const SECRET_SHAPES: Array<[string, RegExp]> = [
+  ["a digest response value", /\bresponse\s*=\s*"?[0-9a-f]{32,}/i],
+  ["a whole Authorization header", /\b(?:proxy-)?authorization\s*[:=]\s*"?digest\s+\w+=/i],
+];
+
+/**
+ * Every agent log the e2e tests capture is checked when its agent stops: across the whole
+ * suite, no SIP password, provisioning secret or digest header may appear (issue 15).
+ */
+export function assertNoSecrets(log: string): void {
+  const found: string[] = [];
+  for (const v of testSecrets) if (log.includes(v)) found.push(`the password ${v.slice(0, 3)}…`);
+  for (const [what, re] of SECRET_SHAPES) {
+    const m = re.exec(log);
+    if (m) found.push(`${what} (${m[0].slice(0, 24)}…)`);
+  }
+  if (found.length > 0) throw new Error(`the agent logged secrets: ${found.join(", ")}`);
+}
+
 /** What `bin/ringedge.js` loads at run time: the program, its data and its packages. */
 const RUNTIME_PARTS = ["bin", "agent", "provisioning", "device-profiles", "contract", "package.json", "tsconfig.json", "node_modules"];
 let readableCopy: string | undefined;
@@ -175,11 +205,13 @@ export async function startAgent(opts: AgentOptions = {}): Promise<RunningAgent>
       const t = setTimeout(() => proc.kill("SIGKILL"), 10_000);
       const code = await exited;
       clearTimeout(t);
+      assertNoSecrets(log);
       return code;
     },
     kill: async () => {
       if (proc.exitCode === null) proc.kill("SIGKILL");
       await exited;
+      assertNoSecrets(log);
     },
   };
 }
