@@ -291,6 +291,7 @@ export class Agent {
       authenticator: new DigestAuthenticator({ realm: s.realm, algorithms: s.authAlgorithms, nonceTtlMs: s.nonceTtlS * 1000, header: "proxy-authenticate" }),
       guard: this.guard,
       log: this.log.child("routing"),
+      respondStatelessly: (tx, res) => void this.transactions.respondStatelessly(tx, res),
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
     });
