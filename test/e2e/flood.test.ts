@@ -111,7 +111,7 @@ async function phonesWorkDuring(flooding: Promise<number>): Promise<number> {
   return sent;
 }
 
-test("an OPTIONS flood from one address is banned; phones on another address register and call", async () => {
+test("an OPTIONS flood from one address is banned; phones on another address register and call", async (t) => {
   const s = await rawSocket("127.0.0.66");
   const flooding = flood(s, "127.0.0.66", "OPTIONS", 4000);
   const mid = await status();
@@ -123,12 +123,13 @@ test("an OPTIONS flood from one address is banned; phones on another address reg
   assert.ok(st.transactions.throttled >= 1, "the excess was dropped by the quota");
   // The flooder got answers within its quota at most, not one per request.
   const answered = s.received.filter((m) => m.startsWith("SIP/2.0 200")).length;
+  t.diagnostic(`sent ${sent} OPTIONS, ${answered} answered; server transactions ${mid.transactions.server} during, ${st.transactions.server} after; throttled ${st.transactions.throttled}`);
   assert.ok(sent > 5000, `the test sent ${sent} OPTIONS`);
   assert.ok(answered <= mostAnswers(4000), `the flooder got ${answered} answers to ${sent} requests`);
   assert.match(agent.log(), /source banned for flooding.*source=127\.0\.0\.66/);
 });
 
-test("an INVITE flood with fresh branches from one address is banned; the phones keep working", async () => {
+test("an INVITE flood with fresh branches from one address is banned; the phones keep working", async (t) => {
   const s = await rawSocket("127.0.0.67");
   const flooding = flood(s, "127.0.0.67", "INVITE", 3000);
   const sent = await phonesWorkDuring(flooding);
@@ -136,6 +137,7 @@ test("an INVITE flood with fresh branches from one address is banned; the phones
   assert.ok(st.guard.banned.some((x) => x.source === "127.0.0.67" && x.reason === "rate"), JSON.stringify(st.guard.banned));
   assert.ok(st.transactions.server < 1000, `server transactions after the flood: ${st.transactions.server}`);
   const challenges = s.received.filter((m) => m.startsWith("SIP/2.0 407")).length;
+  t.diagnostic(`sent ${sent} INVITEs, ${challenges} challenged; server transactions after ${st.transactions.server}`);
   assert.ok(sent > 3000, `the test sent ${sent} INVITEs`);
   // One 407 per admitted INVITE at most: no retransmitted challenges.
   assert.ok(challenges >= 1 && challenges <= mostAnswers(3000), `the flooder got ${challenges} challenges to ${sent} INVITEs`);
