@@ -560,6 +560,11 @@ export class Agent {
         this.absorbedRequests++;
         return;
       case "stray-ack":
+        // No transaction state, but a stream of ACKs is a flood like any other: it counts
+        // against the source's quota (one per call for a real phone), so a flooder is banned.
+        if (this.admitSource(flow.remoteAddress, 0)) this.proxy.handleAck(req, flow);
+        else this.throttledRequests++;
+        return;
       case "ack-2xx":
         // The ACK for a 2xx: forwarded statelessly inside its dialog, else dropped (§16.11, §17.1.1.3).
         this.proxy.handleAck(req, flow);

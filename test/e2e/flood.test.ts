@@ -170,3 +170,15 @@ test("the 407 to an unauthenticated INVITE is sent once; a retransmission is cha
   const st = await status();
   assert.ok(!st.guard.banned.some((x) => x.source === "127.0.0.68"), "a single INVITE is not a flood");
 });
+
+test("a flood of ACKs matching nothing (no transaction state at all) gets its source banned too", async () => {
+  const s = await rawSocket("127.0.0.69");
+  const sent = await flood(s, "127.0.0.69", "ACK", 1500);
+  const st = await until(async () => {
+    const x = await status();
+    return x.guard.banned.some((b) => b.source === "127.0.0.69" && b.reason === "rate") ? x : undefined;
+  }, 15_000, 200);
+  assert.ok(sent > 1000, `the test sent ${sent} ACKs`);
+  assert.ok(st.transactions.throttled >= 1);
+  assert.equal(s.received.length, 0, "an ACK is never answered");
+});
