@@ -44,7 +44,7 @@ import { promises as fsp } from "node:fs";
 import { CpuLatencyRequest, type CpuLatencyStatus } from "./appliance/cpu-latency.ts";
 import { currentScheduling, type Scheduling } from "./appliance/scheduling.ts";
 import type { Settings as LiveSettings } from "./config.ts";
-import type { GuardLimits } from "./sip/guard.ts";
+import type { GuardLimits, SourceQuota } from "./sip/guard.ts";
 import { SubscriptionManager, type SubscriptionLimits } from "./sip/subscriptions.ts";
 import { BlfNotifier } from "./presence/blf.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
@@ -65,7 +65,8 @@ export interface AgentStatus {
   devices: { total: number; physical: number; soft: number; registered: number; online: number };
   bindings: number;
   /** Live transactions, and requests absorbed by one (retransmissions, ACKs for non-2xx; RFC 3261 §17.2.3) since start. */
-  transactions: { server: number; client: number; absorbed: number };
+  /** throttled: new requests dropped because their source was over its quota. */
+  transactions: { server: number; client: number; absorbed: number; throttled: number };
   transport: ReturnType<SipTransport["stats"]>;
   guard: ReturnType<AuthGuard["stats"]>;
   /** The forking proxy: calls ringing, dialogs up, branches alive (agent/sip/proxy.ts). */
@@ -140,6 +141,7 @@ export class Agent {
     perSource: { maxFailures: 0, windowMs: 0, banMs: 0 } as GuardLimits,
     perAccount: { maxFailures: 0, windowMs: 0, banMs: 0 } as GuardLimits,
     rate: { max: 0, windowMs: 0 },
+    quota: { ratePerS: 1, burst: 1, maxInFlight: 1, banMs: 0 } as SourceQuota,
     presence: { intervalMs: 0, misses: 0 },
     subscribe: { maxPerDevice: 0, rateMax: 0, rateWindowMs: 0, minExpires: 0, maxExpires: 0 } as SubscriptionLimits,
   };
@@ -147,6 +149,10 @@ export class Agent {
   private devicesByUsername = new Map<string, DeviceRecord>();
   /** Requests matched to an existing server transaction: answered by it, never seen by the TU. */
   private absorbedRequests = 0;
+  /** New requests dropped because their source was over its quota (guard.ts admitRequest). */
+  private throttledRequests = 0;
+  /** The transaction layer's admission check: the source's quota (allocated once, hot path). */
+  private readonly admitSource = (source: string, inFlight: number): boolean => this.guard.admitRequest(source, inFlight) === "ok";
   /** Metrics endpoint and status page (agent/observe/). */
   observe: Observability | undefined;
   /** One info line per change, call, provisioning fetch and ban (agent/observe/audit.ts). */
@@ -200,11 +206,12 @@ export class Agent {
       perSource: this.live.perSource,
       perAccount: this.live.perAccount,
       perSourceRequestRate: this.live.rate,
+      perSourceQuota: this.live.quota,
       allowlist: s.guardAllowlist,
       maxTracked: 100_000,
     });
-    this.guard.onBan = (source, until) => {
-      this.log.warn("source banned after repeated authentication failures", { source, until: new Date(until).toISOString() });
+    this.guard.onBan = (source, until, reason) => {
+      this.log.warn(reason === "failures" ? "source banned after repeated authentication failures" : "source banned for flooding", { source, until: new Date(until).toISOString() });
       this.bus.emit("auth.ban", { source, until });
     };
 
@@ -284,6 +291,7 @@ export class Agent {
       authenticator: new DigestAuthenticator({ realm: s.realm, algorithms: s.authAlgorithms, nonceTtlMs: s.nonceTtlS * 1000, header: "proxy-authenticate" }),
       guard: this.guard,
       log: this.log.child("routing"),
+      respondStatelessly: (tx, res) => void this.transactions.respondStatelessly(tx, res),
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
     });
@@ -435,6 +443,7 @@ export class Agent {
     Object.assign(this.live.perSource, { maxFailures: s.guardSourceMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 });
     Object.assign(this.live.perAccount, { maxFailures: s.guardAccountMaxFailures, windowMs: s.guardWindowS * 1000, banMs: s.guardBanS * 1000 });
     Object.assign(this.live.rate, { max: s.guardRequestRateMax, windowMs: s.guardRequestRateWindowS * 1000 });
+    Object.assign(this.live.quota, { ratePerS: s.guardSourceRatePerS, burst: s.guardSourceBurst, maxInFlight: s.guardSourceMaxTransactions, banMs: s.guardFloodBanS * 1000 });
     Object.assign(this.live.presence, { intervalMs: s.keepaliveIntervalS * 1000, misses: s.keepaliveMisses });
     Object.assign(this.live.subscribe, { maxPerDevice: s.subscribeMaxPerDevice, rateMax: s.subscribeRateMax, rateWindowMs: s.subscribeRateWindowS * 1000, minExpires: s.subscribeMinExpires, maxExpires: s.subscribeMaxExpires });
   }
@@ -487,7 +496,7 @@ export class Agent {
         online: pres.filter((p) => p.online).length,
       },
       bindings: this.location.count(),
-      transactions: { ...this.transactions.counts(), absorbed: this.absorbedRequests },
+      transactions: { ...this.transactions.counts(), absorbed: this.absorbedRequests, throttled: this.throttledRequests },
       transport: this.transport.stats(),
       guard: this.guard.stats(),
       proxy: this.proxy.stats(),
@@ -539,12 +548,23 @@ export class Agent {
     // A source over its REGISTER rate is ignored silently, before any state is created
     // (Kamailio pike-like); the transport already drops sources that are banned.
     if (req.method === "REGISTER" && this.guard.noteRequest(flow.remoteAddress) === "ban") return;
-    const r = this.transactions.receiveRequest(req, flow);
+    // Every method: a source over its quota of new requests or live transactions is dropped
+    // silently before a transaction exists for it; retransmissions are absorbed first, so
+    // they never count (guard.ts admitRequest).
+    const r = this.transactions.receiveRequest(req, flow, this.admitSource);
     switch (r.kind) {
+      case "refused":
+        this.throttledRequests++;
+        return;
       case "absorbed":
         this.absorbedRequests++;
         return;
       case "stray-ack":
+        // No transaction state, but a stream of ACKs is a flood like any other: it counts
+        // against the source's quota (one per call for a real phone), so a flooder is banned.
+        if (this.admitSource(flow.remoteAddress, 0)) this.proxy.handleAck(req, flow);
+        else this.throttledRequests++;
+        return;
       case "ack-2xx":
         // The ACK for a 2xx: forwarded statelessly inside its dialog, else dropped (§16.11, §17.1.1.3).
         this.proxy.handleAck(req, flow);

@@ -68,6 +68,10 @@ export interface Settings {
   guardBanS: number;
   guardRequestRateMax: number;
   guardRequestRateWindowS: number;
+  guardSourceRatePerS: number;
+  guardSourceBurst: number;
+  guardSourceMaxTransactions: number;
+  guardFloodBanS: number;
   guardAllowlist: string[];
   subscribeMaxPerDevice: number;
   subscribeRateMax: number;
@@ -547,6 +551,26 @@ const SPECS: Specs = {
     codec: intCodec(1, 3600),
     default: 2,
     doc: "Window of the per-source request rate limit, seconds.",
+  },
+  guardSourceRatePerS: {
+    codec: intCodec(1, 1_000_000),
+    default: 100,
+    doc: "New SIP requests of any method one source address may start per second, sustained; beyond its burst the rest are dropped silently before any transaction exists (retransmissions do not count).",
+  },
+  guardSourceBurst: {
+    codec: intCodec(1, 1_000_000),
+    default: 400,
+    doc: "New SIP requests one source may start at once above guardSourceRatePerS (a phone booting with many BLF keys subscribes in one go).",
+  },
+  guardSourceMaxTransactions: {
+    codec: intCodec(1, 1_000_000),
+    default: 2000,
+    doc: "SIP server transactions one source address may hold at once (a UDP one lives 32 s after its answer); beyond it its new requests are dropped silently.",
+  },
+  guardFloodBanS: {
+    codec: intCodec(0, 604_800),
+    default: 60,
+    doc: "Ban length, seconds, for a source that keeps sending while over its guardSourceRatePerS / guardSourceMaxTransactions quota (as many dropped requests as guardSourceBurst); 0 only drops the excess.",
   },
   guardAllowlist: {
     codec: listCodec(ipCodec, { minItems: 0, unique: true }),

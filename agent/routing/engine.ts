@@ -50,7 +50,7 @@ import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi
 import { randomToken } from "../sip/requests.ts";
 import { createResponse } from "../sip/serialize.ts";
 import type { ServerTransaction } from "../sip/transaction.ts";
-import type { Flow, SipHeader, SipRequest } from "../sip/types.ts";
+import type { Flow, SipHeader, SipRequest, SipResponse } from "../sip/types.ts";
 import { parseUri, unescapeUser } from "../sip/uri.ts";
 import {
   admit,
@@ -122,6 +122,13 @@ export interface EngineDeps {
     isLockedOut(source: string, account: string): boolean;
   };
   log: Logger;
+  /**
+   * Sends a response once, statelessly, and drops the server transaction (the transaction
+   * layer's respondStatelessly). Used for 407 challenges, so an unauthenticated request costs
+   * no transaction state and its challenge is not retransmitted (timer G) toward whatever
+   * address it claims. Absent: challenges go through the transaction.
+   */
+  respondStatelessly?: (tx: ServerTransaction, res: SipResponse) => void;
   /** One ring, ms (default 5000). */
   ringUnitMs?: number;
   /** First-fork latency budget, ms (default 2). */
@@ -418,13 +425,20 @@ export class RoutingEngine {
       respond(tx, req, 403, "Forbidden");
       return undefined;
     };
+    // The challenge is sent once and statelessly, as Kamailio's auth module does: a
+    // retransmitted request is simply challenged again (with a fresh nonce, RFC 3261 §22.1 /
+    // RFC 7616 §3.3), within the source's quota, and the ACK for a non-2xx final response that
+    // matches no transaction is dropped (RFC 3261 §16.11 stateless proxy behaviour).
+    const challenge = (headers: SipHeader[]): undefined => {
+      if (this.deps.respondStatelessly === undefined) respond(tx, req, 407, "Proxy Authentication Required", headers);
+      else this.deps.respondStatelessly(tx, createResponse(req, 407, "Proxy Authentication Required", { toTag: randomToken(6), headers }));
+      return undefined;
+    };
     switch (verdict.kind) {
       case "missing":
-        respond(tx, req, 407, "Proxy Authentication Required", auth.challenge());
-        return undefined;
+        return challenge(auth.challenge());
       case "stale":
-        respond(tx, req, 407, "Proxy Authentication Required", auth.challenge({ stale: true }));
-        return undefined;
+        return challenge(auth.challenge({ stale: true }));
       case "malformed":
         respond(tx, req, 400, `Bad Request (${verdict.reason})`);
         return undefined;

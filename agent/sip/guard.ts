@@ -12,6 +12,14 @@
 //      checking the digest, and noteFailure() it as usual.
 //   4. after digest verification: noteFailure(source, user) on "failed", noteSuccess on "ok".
 //
+// Every method, not only REGISTER, passes admitRequest(source, inFlight) before a server
+// transaction is created for it: a token bucket of new requests per second (with a burst) and
+// a cap on the source's live server transactions. Over quota the request is dropped silently
+// ("throttle"); a source that keeps sending while throttled is banned for quota.banMs. One
+// flooding address thus costs a Map lookup per datagram and a bounded number of transactions,
+// and every other address keeps its service. Retransmissions absorbed by an existing
+// transaction never reach admitRequest, so a phone on a lossy link is not counted twice.
+//
 // Account counters count every name, known or not, so they tell an enumerator nothing. An
 // account lock never applies to a source that authenticated as that account within
 // knownGoodMs, so an attacker cannot lock a phone out of its own registration.
@@ -36,11 +44,27 @@ export interface RequestRateLimit {
   banMs?: number;
 }
 
+export interface SourceQuota {
+  /** New requests (transactions) per second one source may start, sustained. */
+  ratePerS: number;
+  /** Requests one source may start at once above the sustained rate (bucket size). */
+  burst: number;
+  /** Server transactions one source may hold alive at once. */
+  maxInFlight: number;
+  /**
+   * Ban length once a throttled source keeps sending (its refused requests, decaying at
+   * ratePerS, reach burst); 0: never ban, only throttle.
+   */
+  banMs: number;
+}
+
 export interface AuthGuardOptions {
   perSource: GuardLimits;
   perAccount: GuardLimits;
   /** Optional request-rate limit per source, checked before any authentication. */
   perSourceRequestRate?: RequestRateLimit;
+  /** Optional per-source quota on every new request (admitRequest); kept by reference, so it can change live. */
+  perSourceQuota?: SourceQuota;
   /** Upper bound on entries in each table (sources, accounts, bans, locks, known-good pairs). */
   maxTracked: number;
   /** How long a successful (source, account) pair stays exempt from account locks; default 24 h. */
@@ -78,9 +102,13 @@ export class AuthGuard {
   /** Called when an account gets locked. */
   onLock: ((account: string, until: number) => void) | undefined;
 
-  private readonly o: Required<Omit<AuthGuardOptions, "perSourceRequestRate" | "allowlist">> & {
+  private readonly o: Required<Omit<AuthGuardOptions, "perSourceRequestRate" | "perSourceQuota" | "allowlist">> & {
     perSourceRequestRate: RequestRateLimit | undefined;
   };
+  /** Per-source quota on new requests (admitRequest), by reference. */
+  private readonly quota: SourceQuota | undefined;
+  /** source → its token bucket for admitRequest. */
+  private readonly buckets: LruMap<QuotaBucket>;
   private readonly allow: ReadonlySet<string>;
   /** source → active ban. */
   private readonly bans: LruMap<{ until: number; reason: BanReason }>;
@@ -101,6 +129,8 @@ export class AuthGuard {
     }
     const r = opts.perSourceRequestRate;
     if (r !== undefined && !(r.max >= 1 && r.windowMs > 0)) throw new Error("bad perSourceRequestRate");
+    const q = opts.perSourceQuota;
+    if (q !== undefined && !validQuota(q)) throw new Error("bad perSourceQuota");
     if (!(opts.maxTracked >= 1)) throw new Error("maxTracked must be at least 1");
     this.o = {
       perSource: opts.perSource,
@@ -111,7 +141,9 @@ export class AuthGuard {
       now: opts.now ?? Date.now,
     };
     this.allow = new Set(opts.allowlist ?? []);
+    this.quota = q;
     const max = this.o.maxTracked;
+    this.buckets = new LruMap(max);
     this.bans = new LruMap(max);
     this.locks = new LruMap(max);
     this.sourceFailures = new LruMap(max);
@@ -150,6 +182,43 @@ export class AuthGuard {
     }
     times.push(now);
     return "ok";
+  }
+
+  /**
+   * Admission of one new request from the source, before any transaction state exists for it.
+   * inFlight: the source's live server transactions. "ok": go on; "throttle": drop it
+   * silently; "ban": drop it, the source is banned (already, or now for quota.banMs).
+   * O(1): one Map lookup and a little arithmetic (a token bucket, refilled lazily).
+   */
+  admitRequest(source: string, inFlight: number): "ok" | "throttle" | "ban" {
+    if (this.allow.has(source)) return "ok";
+    if (this.isBanned(source)) return "ban";
+    const q = this.quota;
+    // A quota changed live to nonsense (it is validated on load) must not stop all traffic.
+    if (q === undefined || !validQuota(q)) return "ok";
+    const now = this.o.now();
+    let b = this.buckets.get(source);
+    if (b === undefined) {
+      b = { tokens: q.burst, over: 0, t: now };
+      this.buckets.set(source, b);
+    } else {
+      const refill = (Math.max(0, now - b.t) * q.ratePerS) / 1000;
+      b.tokens = Math.min(q.burst, b.tokens + refill);
+      b.over = Math.max(0, b.over - refill);
+      b.t = now;
+      this.buckets.set(source, b);
+    }
+    if (inFlight < q.maxInFlight && b.tokens >= 1) {
+      b.tokens -= 1;
+      return "ok";
+    }
+    b.over += 1;
+    if (q.banMs > 0 && b.over >= q.burst) {
+      this.buckets.delete(source);
+      this.ban(source, now + q.banMs, "rate");
+      return "ban";
+    }
+    return "throttle";
   }
 
   /**
@@ -262,6 +331,17 @@ export class AuthGuard {
     this.onBan?.(source, until, reason);
   }
 
+}
+
+/** A source's token bucket: tokens left, refused requests not yet decayed, last update (ms). */
+interface QuotaBucket {
+  tokens: number;
+  over: number;
+  t: number;
+}
+
+function validQuota(q: SourceQuota): boolean {
+  return q.ratePerS > 0 && q.burst >= 1 && q.maxInFlight >= 1 && q.banMs >= 0;
 }
 
 /** Appends a failure to a sliding window; true when the window now holds maxFailures. */

@@ -123,7 +123,7 @@ describe("the agent retransmits what the network lost (Timers G and E)", () => {
     assert.ok(invite && ack, `INVITE and ACK in the trace:\n${shown}`);
     // §17.1.1.3: the ACK for a non-2xx belongs to the INVITE's transaction (same branch).
     assert.equal(ack.branch, invite.branch, shown);
-    // The agent refuses this unknown caller (407) or the unknown user (404): a non-2xx either way.
+    // The agent refuses the INVITE's Proxy-Require (420) through its INVITE server transaction.
     const copies = trace.filter((m) => m.dir === "received" && /^SIP\/2\.0 [3-6]\d\d /.test(m.startLine));
     const beforeAck = copies.filter((m) => m.at <= ack.at);
     assert.ok(beforeAck.length >= 2, `the final response arrived at least twice before the ACK:\n${shown}`);

@@ -210,6 +210,8 @@ function world(opts: {
   evenly?: Record<string, Record<string, number>>;
   forkLatencyMs?: number;
   maxPhysical?: number;
+  /** Collects what the engine sends statelessly (respondStatelessly); absent: the engine answers through the transaction. */
+  stateless?: Array<{ tx: unknown; res: SipResponse }>;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
@@ -259,6 +261,7 @@ function world(opts: {
     ringUnitMs: UNIT,
     clock,
     ...(opts.maxPhysical !== undefined ? { maxPhysical: opts.maxPhysical } : {}),
+    ...(opts.stateless !== undefined ? { respondStatelessly: (tx: ServerTransaction, res: SipResponse) => opts.stateless!.push({ tx, res }) } : {}),
   });
   engine.start();
   let seq = 0;
@@ -752,6 +755,25 @@ describe("admission and toll-fraud rules", () => {
     const refused = w.call("0301234", strangerFlow, [`Proxy-Authorization: ${bad as string}`]);
     assert.equal(refused.tx.status, 403);
     assert.equal(refused.pc, undefined);
+  });
+
+  it("with a stateless sender the 407 goes out statelessly, not through the transaction; other answers still do", () => {
+    const stateless: Array<{ tx: unknown; res: SipResponse }> = [];
+    const w = world({ users: 1, groups: [], stateless });
+    const r = w.call("0301234", strangerFlow);
+    assert.equal(r.tx.responses.length, 0, "nothing through the transaction");
+    assert.equal(stateless.length, 1);
+    assert.equal(stateless[0]!.tx, r.tx);
+    const res = stateless[0]!.res;
+    assert.equal(res.status, 407);
+    assert.ok(getHeader(res, "proxy-authenticate")?.startsWith("Digest "));
+    assert.ok(res.to.tag !== undefined && res.to.tag.length > 0, "a To tag, so the ACK can be told apart (RFC 3261 §8.2.6.2)");
+    // A wrong password is still a 403 through the transaction (absorbing retransmissions).
+    const challenge = getHeader(res, "proxy-authenticate")!;
+    const bad = computeAuthorization(challenge, { method: "INVITE", uri: "sip:0301234@10.0.0.1", username: "sip-p1", password: "wrong" });
+    const refused = w.call("0301234", strangerFlow, [`Proxy-Authorization: ${bad as string}`]);
+    assert.equal(refused.tx.status, 403);
+    assert.equal(stateless.length, 1);
   });
 
   it("From is never trusted: a stranger claiming a local From is still challenged", () => {

@@ -44,6 +44,8 @@ export type ReceiveRequestResult =
   | { kind: "stray-ack" }
   /** A new CANCEL transaction and the INVITE server transaction it cancels, if any (§9.2). */
   | { kind: "cancel"; tx: NonInviteServerTransaction; inviteTx: InviteServerTransaction | undefined }
+  /** The TU's admission check refused a new transaction (a source over its quota): drop it silently. */
+  | { kind: "refused" }
   /** maxTransactions reached (or the layer is closed): the TU answers 503 statelessly. */
   | { kind: "overload" }
   /** Cannot take part in any transaction (no Via). Drop it. */
@@ -89,6 +91,10 @@ export class TransactionLayer {
   private readonly clients = new Map<string, ClientTransaction>();
   /** Where each live transaction is indexed, so termination removes exactly its own entries. */
   private readonly indexKeys = new Map<object, { map: Map<string, object>; key: string }[]>();
+  /** Live server transactions per source address (entries removed at zero), for per-source quotas. */
+  private readonly perSource = new Map<string, number>();
+  /** The source address each live server transaction is counted under. */
+  private readonly sourceOf = new Map<object, string>();
 
   private readonly transport: Transport;
   private readonly maxTransactions: number;
@@ -130,11 +136,18 @@ export class TransactionLayer {
     return { server: this.servers.size + this.servers2543.size, client: this.clients.size };
   }
 
+  /** Live server transactions created by requests from this source address. */
+  inFlightFrom(address: string): number {
+    return this.perSource.get(address) ?? 0;
+  }
+
   /**
    * Matches an incoming request to a server transaction (§17.2.3), so that retransmissions are
-   * absorbed before the TU sees them, or creates a new one.
+   * absorbed before the TU sees them, or creates a new one. admit, when given, is asked before
+   * a new transaction is created (never for retransmissions or ACKs): false refuses it, and no
+   * state is kept.
    */
-  receiveRequest(req: SipRequest, flow: Flow): ReceiveRequestResult {
+  receiveRequest(req: SipRequest, flow: Flow, admit?: (source: string, inFlight: number) => boolean): ReceiveRequestResult {
     if (req.via.length === 0) return { kind: "invalid", reason: "no Via header" };
     const key3261 = serverKey(req);
     const existing = key3261 !== undefined ? this.servers.get(key3261) : this.match2543(req);
@@ -147,19 +160,37 @@ export class TransactionLayer {
     // §17.2.3 / §17.1.1.3: an ACK never creates a transaction. One matching nothing is the ACK
     // for a 2xx (new branch), or one that arrived after the transaction ended.
     if (req.method === "ACK") return { kind: "stray-ack" };
+    const source = flow.remoteAddress;
+    if (admit !== undefined && !admit(source, this.inFlightFrom(source))) return { kind: "refused" };
     if (this.closed || this.total() >= this.maxTransactions) return { kind: "overload" };
 
     if (req.method === "INVITE") {
       const tx = new InviteServerTransaction(this.context, req, flow);
       if (key3261 !== undefined) this.index(tx, this.servers, key3261);
       else this.index2543(tx, req);
+      this.countSource(tx, source);
       return { kind: "new", tx };
     }
     const tx = new NonInviteServerTransaction(this.context, req, flow);
     if (key3261 !== undefined) this.index(tx, this.servers, key3261);
     else this.index2543(tx, req);
+    this.countSource(tx, source);
     if (req.method === "CANCEL") return { kind: "cancel", tx, inviteTx: this.cancelTarget(req) };
     return { kind: "new", tx };
+  }
+
+  /**
+   * Answers a new server transaction statelessly and forgets it at once: the response goes out
+   * once, with no retransmission timers (G, H, J) and nothing left to absorb retransmissions;
+   * a retransmitted request is a new request to the TU (RFC 3261 §16.11 stateless behaviour,
+   * used for challenges to unknown sources). False when the response could not be encoded or
+   * sent; the transaction is gone either way.
+   */
+  respondStatelessly(tx: ServerTransaction, res: SipResponse): boolean {
+    tx.dispose();
+    this.forget(tx);
+    const wire = encodeSafely(this.context, res);
+    return wire !== undefined && this.transport.send(tx.flow, wire);
   }
 
   /** Delivers a response to its client transaction (§17.1.3). */
@@ -217,6 +248,8 @@ export class TransactionLayer {
     this.acks2543.clear();
     this.clients.clear();
     this.indexKeys.clear();
+    this.perSource.clear();
+    this.sourceOf.clear();
   }
 
   private total(): number {
@@ -268,8 +301,20 @@ export class TransactionLayer {
     this.indexKeys.set(tx, entries);
   }
 
+  private countSource(tx: ServerTransaction, source: string): void {
+    this.sourceOf.set(tx, source);
+    this.perSource.set(source, (this.perSource.get(source) ?? 0) + 1);
+  }
+
   /** A transaction terminated: drop exactly the entries that still point at it. */
   private forget(tx: object): void {
+    const source = this.sourceOf.get(tx);
+    if (source !== undefined) {
+      this.sourceOf.delete(tx);
+      const n = (this.perSource.get(source) ?? 1) - 1;
+      if (n > 0) this.perSource.set(source, n);
+      else this.perSource.delete(source);
+    }
     const entries = this.indexKeys.get(tx);
     if (entries === undefined) return;
     for (const { map, key } of entries) {
