@@ -105,6 +105,8 @@ describe("TCP flood from one address is contained", () => {
       assert.equal(s.tcpMostFromOneAddress, PER_ADDRESS_CAP);
       assert.equal(s.tcpRefused, FLOOD - PER_ADDRESS_CAP);
       assert.ok((s.tcpConnections ?? Infinity) <= PER_ADDRESS_CAP + 2, `open connections ${s.tcpConnections}`);
+      const text = await agent.cli(["status"]);
+      assert.match(text.stdout, new RegExp(`tcp \\d+ open, ${FLOOD - PER_ADDRESS_CAP} refused, 0 timed out`));
       // The phone's connection still works after the flood.
       const again = await registerWithAuth(phone, "t4001", { password: "tcp-flood-password-4001" });
       assert.equal(again.final.status, 200);
