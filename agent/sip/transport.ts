@@ -279,6 +279,13 @@ function rawViaLines(raw: Buffer): string[] {
   return out;
 }
 
+/** Closes a connection with a reset (no TIME_WAIT left on our side), before reading anything. */
+function refuse(socket: net.Socket): void {
+  // resetAndDestroy() reports a socket already without its handle as an error: never fatal.
+  socket.on("error", () => undefined);
+  socket.resetAndDestroy();
+}
+
 /**
  * dgram's lookup for a send: an IP literal (every flow and binding address) is answered at
  * once instead of through dns.lookup's process.nextTick, so a datagram leaves inside send() —
@@ -426,7 +433,7 @@ export class SipTransport implements Transport {
     const remoteAddress = socket.remoteAddress ?? "";
     if (this.opts.acceptSource && !this.opts.acceptSource(remoteAddress)) {
       this.counters.dropped++;
-      socket.resetAndDestroy();
+      refuse(socket);
       return;
     }
     const fromAddress = this.inboundByAddress.get(remoteAddress) ?? 0;
@@ -439,7 +446,7 @@ export class SipTransport implements Transport {
         this.refusedLoggedAt = now;
         this.log.warn("tcp connection limit reached; refusing", { from: remoteAddress, cap, fromAddress, total: this.connections.size, refused: this.counters.tcpRefused });
       }
-      socket.resetAndDestroy();
+      refuse(socket);
       return;
     }
     const conn = this.adopt(socket);
