@@ -138,6 +138,9 @@ export class StreamFramer {
     if (this.failed || chunk.length === 0) return out;
     this.append(chunk);
     const max = this.limits.maxMessageBytes;
+    // One pong per run of keep-alives in a read, however many pings it holds: a peer that
+    // pours CRLFs in gets one small write per read, not one per 4 bytes.
+    let pinged = false;
     while (this.end > this.start) {
       if (!this.inMsg) {
         const s = this.store;
@@ -147,12 +150,14 @@ export class StreamFramer {
           this.activity++;
           if (++this.crlfPairs === 2) {
             this.crlfPairs = 0;
-            out.push({ kind: "ping" });
+            if (!pinged) out.push({ kind: "ping" });
+            pinged = true;
           }
         }
         this.start = k;
         if (k === this.end || (k + 1 === this.end && s[k] === 13)) break; // a lone CR waits for its LF
         this.inMsg = true;
+        pinged = false;
         this.messageSeq++;
         this.crlfPairs = 0;
         this.searched = 0;

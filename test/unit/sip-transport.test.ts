@@ -86,6 +86,13 @@ describe("StreamFramer", () => {
     assert.deepEqual((first as { bytes: Buffer }).bytes, copy);
   });
 
+  test("a read full of pings gets one pong, not one per double CRLF", () => {
+    const f = new StreamFramer();
+    assert.deepEqual(show(f.push(Buffer.from("\r\n".repeat(10_000)))), ["ping"]);
+    assert.deepEqual(show(f.push(Buffer.from("\r\n\r\n"))), ["ping"], "the next read's ping is answered");
+    assert.equal(f.buffered, 0);
+  });
+
   test("CRLFs before a start-line are keep-alives; a lone CR waits; a message starts at its first byte", () => {
     const f = new StreamFramer();
     assert.deepEqual(show(f.push(Buffer.from("\r\n"))), []);
