@@ -274,7 +274,7 @@ describe("SipTransport TCP admission and timers", () => {
   });
 
   test("idle timeout: CRLF keep-alives keep a connection; a silent one is closed", async () => {
-    await withTransport({ tcpIdleTimeoutMs: 300 }, async (t, port) => {
+    await withTransport({ tcpIdleTimeoutMs: 1000 }, async (t, port) => {
       const pinging = connect(port, "127.0.0.82");
       const quiet = connect(port, "127.0.0.83");
       const ping = setInterval(() => pinging.sock.write("\r\n\r\n"), 100);
