@@ -346,7 +346,7 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     `provisioning ${((status.provisioningUrls ?? []) as string[]).join("  ") || "not listening"}`,
     `sip      ${(status.sip as Array<{ transport: string; address: string; port: number }>).map((a) => `${a.transport}:${a.address}:${a.port}`).join("  ")}`,
     `devices  ${d.total} (${d.physical} physical, ${d.soft} soft)  registered ${d.registered}  online ${d.online}  bindings ${status.bindings}`,
-    `sip tx   server ${status.transactions.server}  client ${status.transactions.client}  in ${status.transport.received}  out ${status.transport.sent}  parse errors ${status.transport.parseErrors}`,
+    `sip tx   server ${status.transactions.server}  client ${status.transactions.client}  in ${status.transport.received}  out ${status.transport.sent}  parse errors ${status.transport.parseErrors}  tcp ${status.transport.tcpConnections} open, ${status.transport.tcpRefused ?? 0} refused, ${status.transport.tcpMessageTimeouts ?? 0} timed out`,
     `guard    banned sources ${status.guard.bannedSources ?? status.guard.banned?.length ?? 0}`,
     `store    ${status.store.file}${status.store.pendingWrites ? " (write pending)" : ""}`,
     `site     ${status.site ? `version ${status.site.version} from ${status.site.source} (${status.site.users} users, ${status.site.groups} groups)` : "none applied"}`,

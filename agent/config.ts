@@ -62,6 +62,10 @@ export interface Settings {
   authAlgorithms: AuthAlgorithm[];
   maxMessageBytes: number;
   maxHeaders: number;
+  tcpMaxConnections: number;
+  tcpMaxConnectionsPerAddress: number;
+  tcpMessageTimeoutMs: number;
+  tcpIdleTimeoutS: number;
   guardSourceMaxFailures: number;
   guardAccountMaxFailures: number;
   guardWindowS: number;
@@ -522,6 +526,26 @@ const SPECS: Specs = {
     default: 100,
     doc: "Most header lines accepted in one SIP message.",
   },
+  tcpMaxConnections: {
+    codec: intCodec(1, 1_000_000),
+    default: 4096,
+    doc: "Open SIP TCP connections at most, in total; a new inbound one over it is closed at once (reset, nothing read) and counted in `ringedge status` (transport.tcpRefused). Keep it below the process's open-file limit. Read at start only.",
+  },
+  tcpMaxConnectionsPerAddress: {
+    codec: intCodec(1, 1_000_000),
+    default: 32,
+    doc: "Inbound SIP TCP connections from one remote address at most; more are closed at once, so one source cannot take every connection. A phone keeps one connection (RFC 5626 flow); 32 lets a remote office with up to about 30 phones behind one NAT address connect, with room for a phone reconnecting while its old connection closes (raise it for larger sites behind one address). Read at start only.",
+  },
+  tcpMessageTimeoutMs: {
+    codec: intCodec(100, 600_000),
+    default: 10_000,
+    doc: "A SIP message on a TCP connection must be complete (header block and Content-Length body) this long after its first byte, or the connection is closed; further bytes do not extend it (a slow-header flood cannot hold connections). Read at start only.",
+  },
+  tcpIdleTimeoutS: {
+    codec: intCodec(1, 86_400),
+    default: 900,
+    doc: "A SIP TCP connection with no message and no CRLF keep-alive for this long is closed (phones ping every 30-120 s, RFC 5626 §4.4.1). Read at start only.",
+  },
   guardSourceMaxFailures: {
     codec: intCodec(1, 10_000),
     default: 10,
@@ -899,6 +923,7 @@ export function loadSettingsDetailed(opts: LoadOptions = {}): LoadedSettings {
   order("defaultExpires", "maxExpires");
   order("minExpires", "maxExpires");
   order("subscribeMinExpires", "subscribeMaxExpires");
+  order("tcpMaxConnectionsPerAddress", "tcpMaxConnections");
 
   return { settings, sources, configFile, warnings };
 }

@@ -721,8 +721,22 @@ export function frameStream(buf: Buffer, limits: ParseLimits = DEFAULT_LIMITS): 
   }
   const bodyStart = idx + 4;
   if (bodyStart > limits.maxMessageBytes) return { kind: "error", reason: "header block exceeds size limit" };
+  const cl = streamContentLength(buf, idx);
+  if (typeof cl === "string") return { kind: "error", reason: cl };
+  const total = bodyStart + cl;
+  if (total > limits.maxMessageBytes) return { kind: "error", reason: "message exceeds size limit" };
+  if (n < total) return { kind: "need-more" };
+  return { kind: "message", length: total };
+}
+
+/**
+ * The Content-Length of a stream message whose header block is buf[0, headEnd) (headEnd is
+ * where CRLFCRLF starts): a number of body bytes, or why the stream's framing is lost
+ * (missing, invalid or conflicting values; RFC 3261 §18.3 makes the header mandatory).
+ */
+export function streamContentLength(buf: Buffer, headEnd: number): number | string {
   // latin1 keeps one char per byte: cheap, and Content-Length is ASCII anyway.
-  const head = buf.toString("latin1", 0, idx);
+  const head = buf.toString("latin1", 0, headEnd);
   let contentLength = -1;
   let pos = head.indexOf("\r\n");
   if (pos < 0) pos = head.length;
@@ -751,16 +765,13 @@ export function frameStream(buf: Buffer, limits: ParseLimits = DEFAULT_LIMITS): 
     }
     if (value !== undefined) {
       const cl = parseUint32(value.trim());
-      if (cl < 0) return { kind: "error", reason: "invalid Content-Length" };
-      if (contentLength >= 0 && cl !== contentLength) return { kind: "error", reason: "conflicting Content-Length values" };
+      if (cl < 0) return "invalid Content-Length";
+      if (contentLength >= 0 && cl !== contentLength) return "conflicting Content-Length values";
       contentLength = cl;
     }
   }
-  if (contentLength < 0) return { kind: "error", reason: "missing Content-Length on a stream" };
-  const total = bodyStart + contentLength;
-  if (total > limits.maxMessageBytes) return { kind: "error", reason: "message exceeds size limit" };
-  if (n < total) return { kind: "need-more" };
-  return { kind: "message", length: total };
+  if (contentLength < 0) return "missing Content-Length on a stream";
+  return contentLength;
 }
 
 /** A datagram made only of CRLFs: a keep-alive, not a message (RFC 5626 §3.5.1). */

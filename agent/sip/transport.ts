@@ -6,7 +6,7 @@
 import dgram from "node:dgram";
 import dns from "node:dns";
 import net from "node:net";
-import { DEFAULT_LIMITS, frameStream, parseDatagram, parseStreamMessage, type ParseError, type ParseLimits } from "./message.ts";
+import { DEFAULT_LIMITS, parseDatagram, parseStreamMessage, streamContentLength, type ParseError, type ParseLimits } from "./message.ts";
 import { setViaReceived } from "./serialize.ts";
 import type { Flow, SipRequest, SipResponse, Transport } from "./types.ts";
 import type { Logger } from "../log.ts";
@@ -23,7 +23,18 @@ export interface TransportOptions {
   limits?: ParseLimits;
   /** Open TCP connections at most (inbound + outbound); more are refused. */
   maxConnections?: number;
-  /** Close a TCP connection silent for this long (phones send CRLF pings well inside it). */
+  /** Inbound TCP connections from one remote address at most; more are refused. */
+  maxConnectionsPerAddress?: number;
+  /**
+   * A message on a stream must be complete (header block and Content-Length body) this long
+   * after its first byte, or the connection is closed; further bytes do not extend it.
+   */
+  tcpMessageTimeoutMs?: number;
+  /**
+   * Close a TCP connection with no message and no CRLF keep-alive for this long (phones send
+   * CRLF pings well inside it). Bytes inside an unfinished message do not count: the message
+   * deadline governs those.
+   */
   tcpIdleTimeoutMs?: number;
   /** Early drop for silently banned sources: return false to ignore every byte from it. */
   acceptSource?: (address: string) => boolean;
@@ -48,13 +59,177 @@ export interface TransportStats {
   parseErrors: number;
   dropped: number;
   tcpConnections: number;
+  /** Most inbound TCP connections now open from one remote address. */
+  tcpMostFromOneAddress: number;
+  /** Inbound TCP connections closed at once because a cap (per address or in total) was reached. */
+  tcpRefused: number;
+  /** TCP connections closed because a message was not complete within its deadline. */
+  tcpMessageTimeouts: number;
+  /** TCP connections closed for being idle. */
+  tcpIdleClosed: number;
 }
 
 interface Connection {
   id: number;
   socket: net.Socket;
   flow: Flow;
-  buffer: Buffer;
+  framer: StreamFramer;
+  /** The idle timer (between messages) or the deadline of the message being received. */
+  timer: NodeJS.Timeout | undefined;
+  /** The framer's messageSeq the timer is a deadline for; 0 while it is the idle timer. */
+  timerFor: number;
+}
+
+export type StreamEvent =
+  /** One whole message (header block and Content-Length body), to parse. */
+  | { kind: "message"; bytes: Buffer }
+  /** A double CRLF between messages: a keep-alive ping, answered with a CRLF pong (RFC 5626 §4.4.1). */
+  | { kind: "ping" }
+  /** Framing is lost (no or bad Content-Length, over a size limit): the stream must close. */
+  | { kind: "error"; reason: string };
+
+const CRLFCRLF = Buffer.from("\r\n\r\n");
+const CRLF = Buffer.from("\r\n");
+const NO_BYTES = Buffer.alloc(0);
+
+/**
+ * Cuts a byte stream into SIP messages (RFC 3261 §18.3: the header block ends at the first
+ * empty line, the body is Content-Length bytes) in time linear in the bytes received, however
+ * they are chunked: the search for the end of the header block resumes where the last one
+ * stopped (less 3 bytes, for a CRLFCRLF split across chunks), Content-Length is read once per
+ * message, and bytes are appended to a buffer that grows by doubling instead of being copied
+ * anew on every chunk. CRLFs before a start-line are keep-alives (RFC 3261 §7.5, RFC 5626
+ * §3.5.1). A buffer handed out in a message is never written again.
+ */
+export class StreamFramer {
+  /** Bytes examined by header-block searches and Content-Length reads so far (the framing's work). */
+  scanned = 0;
+  /** Messages begun so far (first non-CRLF byte seen); identifies the message in progress. */
+  messageSeq = 0;
+  /** Messages completed plus CRLF keep-alive pairs seen between messages: the peer's activity. */
+  activity = 0;
+  private store: Buffer = NO_BYTES;
+  private start = 0;
+  private end = 0;
+  /** store is our own allocation, so the bytes past `end` may be written. */
+  private owned = false;
+  private inMsg = false;
+  /** Offset (from start) the header-block search has covered for the message in progress. */
+  private searched = 0;
+  /** Length of the message in progress once its header block has been read, else -1. */
+  private total = -1;
+  private crlfPairs = 0;
+  private failed = false;
+
+  constructor(private readonly limits: ParseLimits = DEFAULT_LIMITS) {}
+
+  /** Part of a message (not only keep-alive CRLFs) is buffered. */
+  get inMessage(): boolean {
+    return this.inMsg;
+  }
+
+  /** Bytes buffered and not yet handed out. */
+  get buffered(): number {
+    return this.end - this.start;
+  }
+
+  push(chunk: Buffer): StreamEvent[] {
+    const out: StreamEvent[] = [];
+    if (this.failed || chunk.length === 0) return out;
+    this.append(chunk);
+    const max = this.limits.maxMessageBytes;
+    // One pong per run of keep-alives in a read, however many pings it holds: a peer that
+    // pours CRLFs in gets one small write per read, not one per 4 bytes.
+    let pinged = false;
+    while (this.end > this.start) {
+      if (!this.inMsg) {
+        const s = this.store;
+        let k = this.start;
+        while (k + 1 < this.end && s[k] === 13 && s[k + 1] === 10) {
+          k += 2;
+          this.activity++;
+          if (++this.crlfPairs === 2) {
+            this.crlfPairs = 0;
+            if (!pinged) out.push({ kind: "ping" });
+            pinged = true;
+          }
+        }
+        this.start = k;
+        if (k === this.end || (k + 1 === this.end && s[k] === 13)) break; // a lone CR waits for its LF
+        this.inMsg = true;
+        pinged = false;
+        this.messageSeq++;
+        this.crlfPairs = 0;
+        this.searched = 0;
+        this.total = -1;
+      }
+      const view = this.store.subarray(this.start, this.end);
+      if (this.total < 0) {
+        const from = Math.max(0, this.searched - 3);
+        const idx = view.indexOf(CRLFCRLF, from);
+        if (idx < 0) {
+          this.scanned += view.length - from;
+          this.searched = view.length;
+          if (view.length > max) return this.fail(out, "header block exceeds size limit");
+          break;
+        }
+        this.scanned += idx + 4 - from;
+        if (idx + 4 > max) return this.fail(out, "header block exceeds size limit");
+        this.scanned += idx;
+        const cl = streamContentLength(view, idx);
+        if (typeof cl === "string") return this.fail(out, cl);
+        this.total = idx + 4 + cl;
+        if (this.total > max) return this.fail(out, "message exceeds size limit");
+      }
+      if (view.length < this.total) break;
+      out.push({ kind: "message", bytes: view.subarray(0, this.total) });
+      this.start += this.total;
+      this.inMsg = false;
+      this.total = -1;
+      this.activity++;
+    }
+    if (this.start === this.end) this.release();
+    return out;
+  }
+
+  private append(chunk: Buffer): void {
+    const pending = this.end - this.start;
+    if (pending === 0) {
+      // Nothing buffered: use the chunk itself (the common case of whole messages per read).
+      this.store = chunk;
+      this.start = 0;
+      this.end = chunk.length;
+      this.owned = false;
+      return;
+    }
+    if (this.owned && this.store.length - this.end >= chunk.length) {
+      chunk.copy(this.store, this.end);
+      this.end += chunk.length;
+      return;
+    }
+    const need = pending + chunk.length;
+    const next = Buffer.allocUnsafe(Math.max(need, Math.min(Math.max(2 * need, 1024), this.limits.maxMessageBytes + 1)));
+    this.store.copy(next, 0, this.start, this.end);
+    chunk.copy(next, pending);
+    this.store = next;
+    this.start = 0;
+    this.end = need;
+    this.owned = true;
+  }
+
+  private release(): void {
+    this.store = NO_BYTES;
+    this.start = this.end = 0;
+    this.owned = false;
+  }
+
+  private fail(out: StreamEvent[], reason: string): StreamEvent[] {
+    this.failed = true;
+    this.inMsg = false;
+    this.release();
+    out.push({ kind: "error", reason });
+    return out;
+  }
 }
 
 /**
@@ -109,6 +284,13 @@ function rawViaLines(raw: Buffer): string[] {
   return out;
 }
 
+/** Closes a connection with a reset (no TIME_WAIT left on our side), before reading anything. */
+function refuse(socket: net.Socket): void {
+  // resetAndDestroy() reports a socket already without its handle as an error: never fatal.
+  socket.on("error", () => undefined);
+  socket.resetAndDestroy();
+}
+
 /**
  * dgram's lookup for a send: an IP literal (every flow and binding address) is answered at
  * once instead of through dns.lookup's process.nextTick, so a datagram leaves inside send() —
@@ -123,7 +305,13 @@ function literalLookup(hostname: string, options: dns.LookupOneOptions, callback
 export class SipTransport implements Transport {
   private readonly limits: ParseLimits;
   private readonly maxConnections: number;
+  private readonly maxPerAddress: number;
+  private readonly messageMs: number;
   private readonly idleMs: number;
+  /** Inbound connections open per remote address, for the per-address cap. */
+  private readonly inboundByAddress = new Map<string, number>();
+  /** When a refusal was last logged as a warning (a flood is logged once a while, not per connection). */
+  private refusedLoggedAt = -Infinity;
   private readonly log: Logger;
   /** UDP sockets keyed by "localAddress|localPort". */
   private readonly udp = new Map<string, dgram.Socket>();
@@ -133,12 +321,14 @@ export class SipTransport implements Transport {
   /** The newest connection to a peer, keyed by "address|port", for reuse (RFC 3261 §18.1.1). */
   private readonly connectionByPeer = new Map<string, number>();
   private nextConnectionId = 1;
-  private readonly counters: TransportStats = { received: 0, sent: 0, parseErrors: 0, dropped: 0, tcpConnections: 0 };
+  private readonly counters: TransportStats = { received: 0, sent: 0, parseErrors: 0, dropped: 0, tcpConnections: 0, tcpMostFromOneAddress: 0, tcpRefused: 0, tcpMessageTimeouts: 0, tcpIdleClosed: 0 };
   private bound: Array<{ transport: "udp" | "tcp"; address: string; port: number; family: 4 | 6 }> = [];
 
   constructor(private readonly opts: TransportOptions, private readonly handler: InboundHandler) {
     this.limits = opts.limits ?? DEFAULT_LIMITS;
     this.maxConnections = opts.maxConnections ?? 4096;
+    this.maxPerAddress = opts.maxConnectionsPerAddress ?? 32;
+    this.messageMs = opts.tcpMessageTimeoutMs ?? 10_000;
     this.idleMs = opts.tcpIdleTimeoutMs ?? 15 * 60_000;
     this.log = opts.log;
   }
@@ -158,7 +348,9 @@ export class SipTransport implements Transport {
   }
 
   stats(): TransportStats {
-    return { ...this.counters, tcpConnections: this.connections.size };
+    let most = 0;
+    for (const n of this.inboundByAddress.values()) if (n > most) most = n;
+    return { ...this.counters, tcpConnections: this.connections.size, tcpMostFromOneAddress: most };
   }
 
   private bindUdp(host: string, port: number, family: 4 | 6): Promise<number> {
@@ -183,7 +375,8 @@ export class SipTransport implements Transport {
 
   private listenTcp(host: string, port: number, family: 4 | 6): Promise<number> {
     return new Promise((resolve, reject) => {
-      const server = net.createServer({ noDelay: true }, (socket) => this.adopt(socket));
+      // pauseOnConnect: nothing is read from a connection before it is admitted (accept()).
+      const server = net.createServer({ noDelay: true, pauseOnConnect: true }, (socket) => this.accept(socket));
       server.once("error", reject);
       server.listen({ host, port, ipv6Only: family === 6 }, () => {
         server.off("error", reject);
@@ -240,14 +433,45 @@ export class SipTransport implements Transport {
 
   // --- TCP ---------------------------------------------------------------------------
 
+  /** An inbound connection: admitted unless its source is banned or a cap is reached. */
+  private accept(socket: net.Socket): void {
+    const remoteAddress = socket.remoteAddress ?? "";
+    if (this.opts.acceptSource && !this.opts.acceptSource(remoteAddress)) {
+      this.counters.dropped++;
+      refuse(socket);
+      return;
+    }
+    const fromAddress = this.inboundByAddress.get(remoteAddress) ?? 0;
+    const cap = this.connections.size >= this.maxConnections ? "total" : fromAddress >= this.maxPerAddress ? "per-address" : undefined;
+    if (cap !== undefined) {
+      // Closed at once with a reset: no bytes read, no TIME_WAIT left behind on our side.
+      this.counters.tcpRefused++;
+      const now = performance.now();
+      if (now - this.refusedLoggedAt >= 10_000) {
+        this.refusedLoggedAt = now;
+        this.log.warn("tcp connection limit reached; refusing", { from: remoteAddress, cap, fromAddress, total: this.connections.size, refused: this.counters.tcpRefused });
+      }
+      refuse(socket);
+      return;
+    }
+    const conn = this.adopt(socket);
+    if (!conn) return;
+    this.inboundByAddress.set(remoteAddress, fromAddress + 1);
+    socket.once("close", () => {
+      const n = (this.inboundByAddress.get(remoteAddress) ?? 1) - 1;
+      if (n > 0) this.inboundByAddress.set(remoteAddress, n);
+      else this.inboundByAddress.delete(remoteAddress);
+    });
+    socket.resume();
+  }
+
   private adopt(socket: net.Socket, knownFlow?: Flow): Connection | undefined {
     if (this.connections.size >= this.maxConnections) {
-      this.log.warn("tcp connection limit reached; refusing", { from: socket.remoteAddress });
       socket.destroy();
       return undefined;
     }
     const remoteAddress = socket.remoteAddress ?? "";
-    if (this.opts.acceptSource && !this.opts.acceptSource(remoteAddress)) {
+    if (knownFlow && this.opts.acceptSource && !this.opts.acceptSource(knownFlow.remoteAddress)) {
       this.counters.dropped++;
       socket.destroy();
       return undefined;
@@ -262,14 +486,16 @@ export class SipTransport implements Transport {
       connectionId: id,
     };
     flow.connectionId = id;
-    const conn: Connection = { id, socket, flow, buffer: Buffer.alloc(0) };
+    const conn: Connection = { id, socket, flow, framer: new StreamFramer(this.limits), timer: undefined, timerFor: 0 };
     this.connections.set(id, conn);
     this.connectionByPeer.set(`${flow.remoteAddress}|${flow.remotePort}`, id);
     socket.setNoDelay(true);
-    socket.setTimeout(this.idleMs, () => socket.destroy());
+    this.armIdle(conn);
     socket.on("data", (chunk: Buffer) => this.onStreamData(conn, chunk));
     socket.on("error", (err) => this.log.debug("tcp connection error", { conn: id, err }));
     socket.on("close", () => {
+      clearTimeout(conn.timer);
+      conn.timer = undefined;
       this.connections.delete(id);
       const key = `${flow.remoteAddress}|${flow.remotePort}`;
       if (this.connectionByPeer.get(key) === id) this.connectionByPeer.delete(key);
@@ -279,37 +505,61 @@ export class SipTransport implements Transport {
 
   private onStreamData(conn: Connection, chunk: Buffer): void {
     const receivedAt = performance.now();
-    conn.buffer = conn.buffer.length === 0 ? chunk : Buffer.concat([conn.buffer, chunk]);
-    while (conn.buffer.length > 0) {
-      const frame = frameStream(conn.buffer, this.limits);
-      if (frame.kind === "need-more") {
-        if (conn.buffer.length > this.limits.maxMessageBytes) return this.closeBroken(conn, "message exceeds size limit");
-        return;
-      }
-      if (frame.kind === "error") return this.closeBroken(conn, frame.reason);
-      const bytes = conn.buffer.subarray(0, frame.length);
-      conn.buffer = conn.buffer.subarray(frame.length);
-      if (frame.kind === "keepalive") {
-        // RFC 5626 §4.4.1: a double-CRLF ping is answered with a single CRLF pong.
-        if (bytes.length >= 4) this.send(conn.flow, Buffer.from("\r\n"));
+    const activity = conn.framer.activity;
+    const events = conn.framer.push(chunk);
+    for (const e of events) {
+      if (conn.socket.destroyed) return;
+      if (e.kind === "ping") {
+        this.send(conn.flow, CRLF);
         continue;
       }
+      if (e.kind === "error") return this.closeBroken(conn, e.reason);
       this.counters.received++;
-      const result = parseStreamMessage(bytes, this.limits);
+      const result = parseStreamMessage(e.bytes, this.limits);
       if (!result.ok) {
-        this.onParseError(result.error, conn.flow, bytes);
+        this.onParseError(result.error, conn.flow, e.bytes);
         continue;
       }
       result.message.receivedAt = receivedAt;
       this.dispatch(result.message, conn.flow);
     }
+    if (conn.socket.destroyed) return;
+    if (conn.framer.inMessage) {
+      // The deadline runs from the first byte of this message; later bytes do not move it.
+      if (conn.timerFor !== conn.framer.messageSeq) this.armDeadline(conn);
+    } else if (conn.timerFor !== 0) {
+      this.armIdle(conn);
+    } else if (conn.framer.activity !== activity) {
+      conn.timer?.refresh();
+    }
+  }
+
+  private armIdle(conn: Connection): void {
+    clearTimeout(conn.timer);
+    conn.timerFor = 0;
+    conn.timer = setTimeout(() => {
+      this.counters.tcpIdleClosed++;
+      if (this.log.enabled("debug")) this.log.debug("closing idle tcp connection", { conn: conn.id, from: conn.flow.remoteAddress });
+      conn.socket.destroy();
+    }, this.idleMs);
+    conn.timer.unref();
+  }
+
+  private armDeadline(conn: Connection): void {
+    clearTimeout(conn.timer);
+    conn.timerFor = conn.framer.messageSeq;
+    conn.timer = setTimeout(() => {
+      this.counters.tcpMessageTimeouts++;
+      if (this.log.enabled("debug")) this.log.debug("closing tcp connection: message not complete in time", { conn: conn.id, from: conn.flow.remoteAddress, buffered: conn.framer.buffered, ms: this.messageMs });
+      conn.socket.destroy();
+    }, this.messageMs);
+    conn.timer.unref();
   }
 
   /** Framing is lost on a stream (RFC 4475 ncl.dat, mcl01.dat): the connection must go. */
   private closeBroken(conn: Connection, reason: string): void {
     this.counters.parseErrors++;
     if (this.log.enabled("debug")) this.log.debug("closing tcp connection with broken framing", { conn: conn.id, reason });
-    conn.buffer = Buffer.alloc(0);
     conn.socket.destroy();
   }
 

@@ -222,6 +222,16 @@ describe("invalid values name the setting, origin, value and reason", () => {
     assert.equal(loadSettings({ ...NO_FILE, env: { RINGEDGE_MAX_EXPIRES: "600", RINGEDGE_DEFAULT_EXPIRES: "600" } }).maxExpires, 600);
   });
 
+  test("TCP limits: ranges, and the per-address cap may not exceed the total", () => {
+    rejects({ env: { RINGEDGE_TCP_MAX_CONNECTIONS_PER_ADDRESS: "0" } }, 'RINGEDGE_TCP_MAX_CONNECTIONS_PER_ADDRESS: "0" is out of range');
+    rejects({ env: { RINGEDGE_TCP_MESSAGE_TIMEOUT_MS: "50" } }, 'RINGEDGE_TCP_MESSAGE_TIMEOUT_MS: "50" is out of range');
+    rejects({ env: { RINGEDGE_TCP_IDLE_TIMEOUT_S: "ten" } }, "RINGEDGE_TCP_IDLE_TIMEOUT_S:");
+    const e = rejects({ env: { RINGEDGE_TCP_MAX_CONNECTIONS: "16" } }, "RINGEDGE_TCP_MAX_CONNECTIONS: 16 must not be below tcpMaxConnectionsPerAddress (default 32)");
+    assert.equal(e.setting, "tcpMaxConnections");
+    const s = loadSettings({ ...NO_FILE, env: { RINGEDGE_TCP_MAX_CONNECTIONS: "16", RINGEDGE_TCP_MAX_CONNECTIONS_PER_ADDRESS: "4" } });
+    assert.deepEqual([s.tcpMaxConnections, s.tcpMaxConnectionsPerAddress, s.tcpMessageTimeoutMs, s.tcpIdleTimeoutS], [16, 4, 10_000, 900]);
+  });
+
   test("overrides are validated like the file", () => {
     rejects({ overrides: { sipListen: ["127.0.0.1:99999"] } }, '--sipListen: "127.0.0.1:99999" is not a valid host:port');
     rejects({ overrides: { keepaliveMisses: 0 } }, "--keepaliveMisses: 0 is out of range");
