@@ -421,6 +421,8 @@ export class RoutingEngine {
     const verdict = auth.verify({
       method: req.method,
       authorization: authorization.length > 0 ? authorization : undefined,
+      // RFC 7616 §3.4.6 / RFC 3261 §22.4: the digest uri must be this request's Request-URI.
+      requestUri: req.uri,
       lookup: (username) => {
         const c = this.deps.devices.credentials(username);
         return c === undefined ? undefined : { username: c.username, password: c.password };

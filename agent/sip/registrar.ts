@@ -111,6 +111,8 @@ export class Registrar {
     const verdict = this.o.authenticator.verify({
       method: req.method,
       authorization: authorization.length > 0 ? authorization : undefined,
+      // RFC 7616 §3.4.6: the digest uri must be the Request-URI of this REGISTER.
+      requestUri: req.uri,
       lookup: (username) => {
         const c = this.o.credentials(username);
         return c ? { username: c.username, password: c.password } : undefined;
