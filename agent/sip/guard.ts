@@ -14,7 +14,21 @@
 //
 // Account counters count every name, known or not, so they tell an enumerator nothing. An
 // account lock never applies to a source that authenticated as that account within
-// knownGoodMs, so an attacker cannot lock a phone out of its own registration.
+// knownGoodMs, so an attacker cannot lock a phone out of its own registration. The caller
+// persists those successes (agent/store, authSources) and hands them back through
+// restoreKnownGood() at start, so the exemption survives a restart.
+//
+// Registered addresses (option registeredFrom): failures naming an account that holds a live
+// registration from the very source address they come from never count toward banning that
+// address, and the account's lock never applies to it.
+//   Prevents: an attacker who forges UDP packets with a phone's source address (or sits behind
+//   the same NAT) sending wrong passwords in the phone's name to get that address banned —
+//   cutting off the phone and every other phone behind it — and the phone's own refusals
+//   (after a password change, say) doing the same.
+//   Still allows: from that one address, guesses at that one account are not slowed by a ban.
+//   They are still refused, logged and counted per account (other addresses get locked out),
+//   device passwords are long random strings, and failures naming any other account from the
+//   address count and ban as usual.
 //
 // Memory is bounded: each table keeps at most maxTracked entries and evicts the least
 // recently touched one. Under a flood of spoofed sources this may forget an older ban; the
@@ -45,6 +59,11 @@ export interface AuthGuardOptions {
   maxTracked: number;
   /** How long a successful (source, account) pair stays exempt from account locks; default 24 h. */
   knownGoodMs?: number;
+  /**
+   * Whether the account holds a live registration from this source address (the location
+   * service's bindings). See "Registered addresses" above. Default: never.
+   */
+  registeredFrom?: (source: string, account: string) => boolean;
   /** Sources never banned or rate-limited (e.g. the SIP trunk provider, a local SBC). */
   allowlist?: Iterable<string>;
   now?: () => number;
@@ -78,9 +97,10 @@ export class AuthGuard {
   /** Called when an account gets locked. */
   onLock: ((account: string, until: number) => void) | undefined;
 
-  private readonly o: Required<Omit<AuthGuardOptions, "perSourceRequestRate" | "allowlist">> & {
+  private readonly o: Required<Omit<AuthGuardOptions, "perSourceRequestRate" | "allowlist" | "registeredFrom">> & {
     perSourceRequestRate: RequestRateLimit | undefined;
   };
+  private readonly registeredFrom: (source: string, account: string) => boolean;
   private readonly allow: ReadonlySet<string>;
   /** source → active ban. */
   private readonly bans: LruMap<{ until: number; reason: BanReason }>;
@@ -111,6 +131,7 @@ export class AuthGuard {
       now: opts.now ?? Date.now,
     };
     this.allow = new Set(opts.allowlist ?? []);
+    this.registeredFrom = opts.registeredFrom ?? (() => false);
     const max = this.o.maxTracked;
     this.bans = new LruMap(max);
     this.locks = new LruMap(max);
@@ -159,7 +180,9 @@ export class AuthGuard {
   noteFailure(source: string, account: string | undefined): void {
     const now = this.o.now();
     const name = account === undefined ? undefined : account.slice(0, MAX_KEY_LENGTH);
-    if (!this.allow.has(source)) {
+    // A registered device's own address is not banned for failures in that device's name.
+    const ownAddress = account !== undefined && this.registeredFrom(source, account);
+    if (!this.allow.has(source) && !ownAddress) {
       const s = this.o.perSource;
       const list = this.sourceFailures.touch(source, () => []);
       if (record(list, { t: now, other: name ?? "" }, now, s)) {
@@ -217,7 +240,20 @@ export class AuthGuard {
       return false;
     }
     const good = this.knownGood.get(pairKey(name, source));
-    return !(good !== undefined && now - good < this.o.knownGoodMs);
+    if (good !== undefined && now - good < this.o.knownGoodMs) return false;
+    return !this.registeredFrom(source, account);
+  }
+
+  /**
+   * Seeds a known-good pair remembered from before a restart (the store's authSources). A
+   * later time wins; times older than knownGoodMs, or in the future, are ignored.
+   */
+  restoreKnownGood(source: string, account: string, at: number): void {
+    const now = this.o.now();
+    if (!Number.isFinite(at) || at > now || now - at >= this.o.knownGoodMs) return;
+    const key = pairKey(account.slice(0, MAX_KEY_LENGTH), source);
+    const prior = this.knownGood.get(key);
+    if (prior === undefined || prior < at) this.knownGood.set(key, at);
   }
 
   /** Lifts a ban (installer command). Returns whether there was one. */
