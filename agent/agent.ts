@@ -11,6 +11,7 @@ import { Store } from "./store/store.ts";
 import type { BindingRecord, DeviceRecord } from "./store/schema.ts";
 import { DigestAuthenticator } from "./sip/digest.ts";
 import { AuthGuard } from "./sip/guard.ts";
+import { normalizeAddress } from "./routing/classify.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
 import { StatefulProxy } from "./sip/proxy.ts";
@@ -202,7 +203,17 @@ export class Agent {
       perSourceRequestRate: this.live.rate,
       allowlist: s.guardAllowlist,
       maxTracked: 100_000,
+      // A registered phone's own address is not banned for failures in its name (guard.ts).
+      registeredFrom: (source, account) => {
+        const a = normalizeAddress(source);
+        return this.location.lookup(account).some((b) => normalizeAddress(b.flow.remoteAddress) === a);
+      },
     });
+    // Where devices authenticated before the restart keeps them exempt from account locks.
+    for (const a of this.store.listAuthSources()) {
+      const d = this.store.getDevice(a.deviceId);
+      if (d !== undefined) this.guard.restoreKnownGood(a.address, d.username, a.at);
+    }
     this.guard.onBan = (source, until) => {
       this.log.warn("source banned after repeated authentication failures", { source, until: new Date(until).toISOString() });
       this.bus.emit("auth.ban", { source, until });
@@ -254,6 +265,10 @@ export class Agent {
         return d ? { deviceId: d.id, username: d.username, password: d.password } : undefined;
       },
       location: this.location,
+      onAuthenticated: (device, flow) => {
+        const saved = this.store.noteAuthSource(device.deviceId, flow.remoteAddress, flow.transport, Date.now());
+        if (!saved.ok) this.log.warn("authentication source not remembered", { deviceId: device.deviceId, reason: saved.error.message });
+      },
       bus: this.bus,
       log: this.log.child("registrar"),
     });

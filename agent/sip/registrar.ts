@@ -30,6 +30,11 @@ export interface RegistrarOptions {
   guard: AuthGuard;
   credentials: (username: string) => DeviceCredentials | undefined;
   location: LocationService;
+  /**
+   * Called when a device proved its password for its own AOR from this flow: the agent
+   * remembers the address in the store so the auth guard's exemption survives a restart.
+   */
+  onAuthenticated?: (device: DeviceCredentials, flow: Flow) => void;
   bus: EventBus;
   log: Logger;
   now?: () => number;
@@ -141,6 +146,7 @@ export class Registrar {
       this.o.log.info("registration for a foreign AOR refused", { source, username, to: req.to.uri });
       return this.reply(req, 403, "Forbidden (may register only its own address)");
     }
+    this.o.onAuthenticated?.(device, flow);
     return this.applyContacts(req, flow, device);
   }
 
