@@ -9,6 +9,9 @@
 // - Admission: see classify.ts. Unknown sources get 407 (RFC 3261 §22.3) whatever they dial,
 //   so a scan learns nothing about which numbers exist; the retry is verified with the
 //   proxy-authenticate DigestAuthenticator and failures feed the auth guard like REGISTERs do.
+//   A registered phone's flow dialling an outside number is challenged the same way unless it
+//   is the TCP/TLS connection the phone registered over (UDP sources can be forged on a LAN);
+//   the credentials must be that phone's own. Local numbers from its flow are not challenged.
 // - Forks: a ring entry's device rings on every live binding it has (one branch each,
 //   target.flow = the binding's flow, RFC 5626 spirit). The caller's own device never rings.
 // - Hot path order (DESIGN principle 3): forks first; then evenly bookkeeping
@@ -286,7 +289,7 @@ export class RoutingEngine {
   private readonly activeCalls = new Map<string, number>();
   private readonly snapshot: PresenceSnapshot = { onlineDevices: this.online, activeCalls: this.activeCalls };
   /** Keyed by flowKey(transport, address, port): the device whose binding uses that flow. */
-  private readonly deviceByFlow = new Map<string, { deviceId: string; username: string }>();
+  private readonly deviceByFlow = new Map<string, { deviceId: string; username: string; connectionId: number | undefined }>();
   /** Keyed by device id: the flow keys of its bindings (to drop them on change). */
   private readonly flowKeysByDevice = new Map<string, string[]>();
   /** Keyed by group id: member id → epoch ms of last offer (loaded from the store once). */
@@ -386,6 +389,18 @@ export class RoutingEngine {
     // RFC 3891 Replaces from a phone of the site: a BLF key picking up a ringing call.
     if (caller.kind === "device" && req.headers.some((h) => h.name === "replaces") && this.replacesPickup(tx, req, caller, site.index)) return;
     const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined);
+    if (caller.kind === "device" && caller.proof === "flow" && dest.kind === "outbound" && !this.connectionProven(flow)) {
+      // Toll fraud: a UDP source address can be forged on the LAN, so a call that costs money
+      // needs the device's own credentials (407, RFC 3261 §22.3). Local calls are not challenged.
+      const proven = this.authenticate(tx, req, flow, site.index);
+      if (proven === undefined) return; // answered: 407, 403 or 400
+      if (proven.kind !== "device" || proven.deviceId !== caller.deviceId) {
+        // Another device's valid credentials over this phone's flow: not this phone's call.
+        respond(tx, req, 403, "Forbidden");
+        return;
+      }
+      caller = proven;
+    }
     const admission = admit(caller, dest);
     if (!admission.ok) {
       if (this.deps.log.enabled("debug")) this.deps.log.debug("INVITE refused", { status: admission.status, from: flow.remoteAddress, caller: caller.kind, dest: dest.kind });
@@ -410,6 +425,17 @@ export class RoutingEngine {
         respond(tx, req, 404, "Not Found");
         return;
     }
+  }
+
+  /**
+   * Whether the request came over the very TCP (or TLS) connection a binding was registered
+   * over: the handshake proved the address and the REGISTER proved the password on it. UDP
+   * never is (a forged source address gets the same flow key); neither is a TCP binding
+   * restored after a restart (its connection is gone).
+   */
+  private connectionProven(flow: Flow): boolean {
+    if (flow.transport !== "tcp" || flow.connectionId === undefined) return false;
+    return this.deviceByFlow.get(flowKey(flow.transport, flow.remoteAddress, flow.remotePort))?.connectionId === flow.connectionId;
   }
 
   /** RFC 3261 §22.3 proxy authentication; answers and returns undefined unless proven. */
@@ -1068,7 +1094,7 @@ export class RoutingEngine {
 
   private indexBinding(b: Binding): void {
     const k = flowKey(b.flow.transport, b.flow.remoteAddress, b.flow.remotePort);
-    this.deviceByFlow.set(k, { deviceId: b.deviceId, username: b.aor });
+    this.deviceByFlow.set(k, { deviceId: b.deviceId, username: b.aor, connectionId: b.flow.connectionId });
     const keys = this.flowKeysByDevice.get(b.deviceId);
     if (keys === undefined) this.flowKeysByDevice.set(b.deviceId, [k]);
     else if (!keys.includes(k)) keys.push(k);
