@@ -45,7 +45,7 @@
 //   call.ended events emitted here, always after the forks.
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
-import type { DigestAuthenticator } from "../sip/digest.ts";
+import { parseAuthorization, type DigestAuthenticator } from "../sip/digest.ts";
 import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
 import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../sip/proxy-types.ts";
@@ -479,6 +479,9 @@ export class RoutingEngine {
     const device = this.deps.devices.credentials(verdict.username);
     if (device === undefined) return refuse(verdict.username, "device removed");
     guard?.noteSuccess(source, verdict.username);
+    // RFC 3261 §22.3: credentials for our realm are consumed here, never passed on (the trunk
+    // provider has no business with a phone's digest response).
+    req.headers = req.headers.filter((h) => h.name !== "proxy-authorization" || !ourRealm(h.value, auth.realm));
     return { kind: "device", deviceId: device.deviceId, username: device.username, userId: deviceRef(index, device.deviceId)?.ownerId, proof: "digest" };
   }
 
@@ -1321,4 +1324,10 @@ export function parseReplaces(value: string): { callId: string; toTag: string; f
   }
   if (toTag === undefined || fromTag === undefined || toTag.length > 128 || fromTag.length > 128) return undefined;
   return { callId, toTag, fromTag };
+}
+
+/** Whether a Proxy-Authorization value is Digest credentials for this realm. */
+function ourRealm(value: string, realm: string): boolean {
+  const p = parseAuthorization(value);
+  return !("error" in p) && p.scheme.toLowerCase() === "digest" && p.params.get("realm") === realm;
 }

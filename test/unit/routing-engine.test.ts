@@ -738,8 +738,10 @@ describe("admission and toll-fraud rules", () => {
     const ruri = "sip:0301234@10.0.0.1";
     // The phone's own credentials: to the trunk with the prefix.
     const good = computeAuthorization(challenge!, { method: "INVITE", uri: ruri, username: "sip-p1", password: "pw-p1" }) as string;
-    const ok = w.call("0301234", "p1", [`Proxy-Authorization: ${good}`]);
+    const ok = w.call("0301234", "p1", [`Proxy-Authorization: ${good}`, 'Proxy-Authorization: Digest username="x", realm="upstream.example", nonce="n", uri="u", response="0"']);
     assert.equal(ok.pc!.branches[0]!.target.uri, `sip:00301234@${TRUNK_IP}:5070`);
+    // RFC 3261 §22.3: our realm's credentials are consumed; another realm's pass on.
+    assert.deepEqual(ok.pc!.request.headers.filter((h) => h.name === "proxy-authorization").map((h) => /realm="([^"]*)"/.exec(h.value)?.[1]), ["upstream.example"]);
     // Another device's valid credentials over p1's flow: refused.
     const foreign = computeAuthorization(challenge!, { method: "INVITE", uri: ruri, username: "sip-p2", password: "pw-p2", nc: 2 }) as string;
     const f = w.call("0301234", "p1", [`Proxy-Authorization: ${foreign}`]);
