@@ -234,7 +234,8 @@ export class Agent {
         listen: s.sipListen.map((a) => parseHostPort(a)),
         transports: s.sipTransports,
         limits: { maxMessageBytes: s.maxMessageBytes, maxHeaders: s.maxHeaders },
-        acceptSource: (addr) => !this.guard.isBanned(addr),
+        // A ban of an address never cuts off a phone registered from it (guard.ts).
+        acceptSource: (addr, flow) => !this.guard.isBanned(addr) || (flow !== undefined && this.engine?.isDeviceFlow(flow) === true),
         log: this.log.child("sip"),
       },
       { onRequest: (req, flow) => this.onRequest(req, flow), onResponse: (res, flow) => this.onResponse(res, flow) },
@@ -553,7 +554,7 @@ export class Agent {
   private onRequest(req: SipRequest, flow: Flow): void {
     // A source over its REGISTER rate is ignored silently, before any state is created
     // (Kamailio pike-like); the transport already drops sources that are banned.
-    if (req.method === "REGISTER" && this.guard.noteRequest(flow.remoteAddress) === "ban") return;
+    if (req.method === "REGISTER" && this.guard.noteRequest(flow.remoteAddress) === "ban" && this.engine?.isDeviceFlow(flow) !== true) return;
     const r = this.transactions.receiveRequest(req, flow);
     switch (r.kind) {
       case "absorbed":

@@ -428,6 +428,14 @@ export class RoutingEngine {
   }
 
   /**
+   * Whether the flow (transport, address, port) is one a device holds a live binding on. The
+   * agent lets such flows through a ban of their address (guard.ts, "Registered addresses").
+   */
+  isDeviceFlow(flow: Flow): boolean {
+    return this.deviceByFlow.has(flowKey(flow.transport, flow.remoteAddress, flow.remotePort));
+  }
+
+  /**
    * Whether the request came over the very TCP (or TLS) connection a binding was registered
    * over: the handshake proved the address and the REGISTER proved the password on it. UDP
    * never is (a forged source address gets the same flow key); neither is a TCP binding

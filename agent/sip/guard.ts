@@ -18,17 +18,18 @@
 // persists those successes (agent/store, authSources) and hands them back through
 // restoreKnownGood() at start, so the exemption survives a restart.
 //
-// Registered addresses (option registeredFrom): failures naming an account that holds a live
-// registration from the very source address they come from never count toward banning that
-// address, and the account's lock never applies to it.
-//   Prevents: an attacker who forges UDP packets with a phone's source address (or sits behind
-//   the same NAT) sending wrong passwords in the phone's name to get that address banned —
-//   cutting off the phone and every other phone behind it — and the phone's own refusals
-//   (after a password change, say) doing the same.
-//   Still allows: from that one address, guesses at that one account are not slowed by a ban.
-//   They are still refused, logged and counted per account (other addresses get locked out),
-//   device passwords are long random strings, and failures naming any other account from the
-//   address count and ban as usual.
+// Registered addresses (option registeredFrom): an account's lock never applies to an address
+// the account holds a live registration from. Bans stay per address, but the caller never
+// applies one to a live registered flow (transport, address and port of a binding: agent.ts
+// acceptSource, engine isDeviceFlow), so:
+//   Prevented: an attacker forging UDP packets with a phone's source address (or sitting behind
+//   the same NAT) sends wrong passwords in the phone's name to get that address banned — the
+//   phone, and every other registered phone behind that address, keeps working; so does a
+//   phone whose own REGISTERs are refused (stale password) on its registered flow.
+//   Still allowed: guesses sent from a live registered flow itself are not stopped by the ban.
+//   Only the host owning that address and port sees the answers (a forger is blind: 403s,
+//   calls and keep-alives go to the real phone), and every other port of the address, which a
+//   guesser on the same host or NAT would use, is banned as usual.
 //
 // Memory is bounded: each table keeps at most maxTracked entries and evicts the least
 // recently touched one. Under a flood of spoofed sources this may forget an older ban; the
@@ -180,9 +181,7 @@ export class AuthGuard {
   noteFailure(source: string, account: string | undefined): void {
     const now = this.o.now();
     const name = account === undefined ? undefined : account.slice(0, MAX_KEY_LENGTH);
-    // A registered device's own address is not banned for failures in that device's name.
-    const ownAddress = account !== undefined && this.registeredFrom(source, account);
-    if (!this.allow.has(source) && !ownAddress) {
+    if (!this.allow.has(source)) {
       const s = this.o.perSource;
       const list = this.sourceFailures.touch(source, () => []);
       if (record(list, { t: now, other: name ?? "" }, now, s)) {
