@@ -769,6 +769,17 @@ describe("admission and toll-fraud rules", () => {
     assert.equal(w.call("0301234", { ...rest, transport: "udp" }).tx.status, 407);
   });
 
+  it("isDeviceFlow: exactly the transport, address and port of a live binding (what a ban lets through)", () => {
+    const w = world({ users: 2, groups: [] });
+    const f = w.flowOf("p1");
+    assert.equal(w.engine.isDeviceFlow(f), true);
+    assert.equal(w.engine.isDeviceFlow(w.flowOf("p2")), true);
+    assert.equal(w.engine.isDeviceFlow({ ...f, remotePort: 7777 }), false);
+    assert.equal(w.engine.isDeviceFlow({ ...f, transport: "tcp" }), false);
+    assert.equal(w.engine.isDeviceFlow({ ...f, remoteAddress: "10.0.1.6" }), false);
+    assert.equal(w.engine.isDeviceFlow({ ...f, remoteAddress: "::ffff:10.0.1.5" }), true, "IPv4-mapped IPv6 is the same address");
+  });
+
   it("unknown sources are challenged with 407 whatever they dial; the right credentials make them a device", () => {
     const w = world({ users: 1, groups: [group({ members: ["u1"] })] });
     for (const n of ["100", "0301234", "999", "alice"]) {
