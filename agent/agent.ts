@@ -11,6 +11,7 @@ import { Store } from "./store/store.ts";
 import type { BindingRecord, DeviceRecord } from "./store/schema.ts";
 import { DigestAuthenticator } from "./sip/digest.ts";
 import { AuthGuard } from "./sip/guard.ts";
+import { isTrunkSource, normalizeAddress } from "./routing/classify.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
 import { StatefulProxy } from "./sip/proxy.ts";
@@ -152,7 +153,15 @@ export class Agent {
   /** New requests dropped because their source was over its quota (guard.ts admitRequest). */
   private throttledRequests = 0;
   /** The transaction layer's admission check: the source's quota (allocated once, hot path). */
-  private readonly admitSource = (source: string, inFlight: number): boolean => this.guard.admitRequest(source, inFlight) === "ok";
+  private readonly admitSource = (source: string, inFlight: number): boolean => {
+    // The site's trunk (its configured source addresses) carries every caller's calls: its rate
+    // is the site's call rate, not one source's, so it is not held to a single source's quota.
+    const trunk = this.site.current().record?.settings.trunk;
+    if (trunk !== undefined && isTrunkSource(trunk, source)) return true;
+    return this.guard.admitRequest(source, inFlight) === "ok";
+  };
+  /** The same for a live registered phone's flow: its rate counts, a ban of its address does not. */
+  private readonly admitDeviceFlow = (source: string, inFlight: number): boolean => this.guard.admitRequest(source, inFlight, true) === "ok";
   /** Metrics endpoint and status page (agent/observe/). */
   observe: Observability | undefined;
   /** One info line per change, call, provisioning fetch and ban (agent/observe/audit.ts). */
@@ -209,7 +218,17 @@ export class Agent {
       perSourceQuota: this.live.quota,
       allowlist: s.guardAllowlist,
       maxTracked: 100_000,
+      // A registered phone's own address is not banned for failures in its name (guard.ts).
+      registeredFrom: (source, account) => {
+        const a = normalizeAddress(source);
+        return this.location.lookup(account).some((b) => normalizeAddress(b.flow.remoteAddress) === a);
+      },
     });
+    // Where devices authenticated before the restart keeps them exempt from account locks.
+    for (const a of this.store.listAuthSources()) {
+      const d = this.store.getDevice(a.deviceId);
+      if (d !== undefined) this.guard.restoreKnownGood(a.address, d.username, a.at);
+    }
     this.guard.onBan = (source, until, reason) => {
       this.log.warn(reason === "failures" ? "source banned after repeated authentication failures" : "source banned for flooding", { source, until: new Date(until).toISOString() });
       this.bus.emit("auth.ban", { source, until });
@@ -234,7 +253,8 @@ export class Agent {
         maxConnectionsPerAddress: s.tcpMaxConnectionsPerAddress,
         tcpMessageTimeoutMs: s.tcpMessageTimeoutMs,
         tcpIdleTimeoutMs: s.tcpIdleTimeoutS * 1000,
-        acceptSource: (addr) => !this.guard.isBanned(addr),
+        // A ban of an address never cuts off a phone registered from it (guard.ts).
+        acceptSource: (addr, flow) => !this.guard.isBanned(addr) || (flow !== undefined && this.engine?.isDeviceFlow(flow) === true),
         log: this.log.child("sip"),
       },
       { onRequest: (req, flow) => this.onRequest(req, flow), onResponse: (res, flow) => this.onResponse(res, flow) },
@@ -265,6 +285,10 @@ export class Agent {
         return d ? { deviceId: d.id, username: d.username, password: d.password } : undefined;
       },
       location: this.location,
+      onAuthenticated: (device, flow) => {
+        const saved = this.store.noteAuthSource(device.deviceId, flow.remoteAddress, flow.transport, Date.now());
+        if (!saved.ok) this.log.warn("authentication source not remembered", { deviceId: device.deviceId, reason: saved.error.message });
+      },
       bus: this.bus,
       log: this.log.child("registrar"),
     });
@@ -551,11 +575,12 @@ export class Agent {
   private onRequest(req: SipRequest, flow: Flow): void {
     // A source over its REGISTER rate is ignored silently, before any state is created
     // (Kamailio pike-like); the transport already drops sources that are banned.
-    if (req.method === "REGISTER" && this.guard.noteRequest(flow.remoteAddress) === "ban") return;
+    if (req.method === "REGISTER" && this.guard.noteRequest(flow.remoteAddress) === "ban" && this.engine?.isDeviceFlow(flow) !== true) return;
     // Every method: a source over its quota of new requests or live transactions is dropped
     // silently before a transaction exists for it; retransmissions are absorbed first, so
-    // they never count (guard.ts admitRequest).
-    const r = this.transactions.receiveRequest(req, flow, this.admitSource);
+    // they never count (guard.ts admitRequest). A live registered flow is held to the rate but
+    // never to a ban of its address (guard.ts: bans cannot be turned against phones).
+    const r = this.transactions.receiveRequest(req, flow, this.engine?.isDeviceFlow(flow) === true ? this.admitDeviceFlow : this.admitSource);
     switch (r.kind) {
       case "refused":
         this.throttledRequests++;

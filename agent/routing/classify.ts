@@ -12,7 +12,8 @@
 //   to the trunk. Only digits, "*", "#" and a leading "+" are dialable.
 // - Authorization: trunk callers reach local numbers only (groups and users); only local
 //   devices reach the trunk or use pickup; a request where neither side is local is refused
-//   with 403 "Not relaying" (open-relay / toll-fraud rule).
+//   with 403 "Not relaying" (open-relay / toll-fraud rule). A device known only by its UDP
+//   flow must also prove its password before reaching the trunk (engine.ts, 407).
 import type { Flow } from "../sip/types.ts";
 import { parseUri, unescapeUser } from "../sip/uri.ts";
 import type { DeviceRef, Group, SiteIndex, User } from "./model.ts";

@@ -9,6 +9,9 @@
 // - Admission: see classify.ts. Unknown sources get 407 (RFC 3261 §22.3) whatever they dial,
 //   so a scan learns nothing about which numbers exist; the retry is verified with the
 //   proxy-authenticate DigestAuthenticator and failures feed the auth guard like REGISTERs do.
+//   A registered phone's flow dialling an outside number is challenged the same way unless it
+//   is the TCP/TLS connection the phone registered over (UDP sources can be forged on a LAN);
+//   the credentials must be that phone's own. Local numbers from its flow are not challenged.
 // - Forks: a ring entry's device rings on every live binding it has (one branch each,
 //   target.flow = the binding's flow, RFC 5626 spirit). The caller's own device never rings.
 // - Hot path order (DESIGN principle 3): forks first; then evenly bookkeeping
@@ -43,7 +46,7 @@
 import { SYSTEM_CLOCK, type TimerClock } from "../clock.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
-import type { DigestAuthenticator } from "../sip/digest.ts";
+import { parseAuthorization, type DigestAuthenticator } from "../sip/digest.ts";
 import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
 import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../sip/proxy-types.ts";
@@ -279,7 +282,7 @@ export class RoutingEngine {
   private readonly activeCalls = new Map<string, number>();
   private readonly snapshot: PresenceSnapshot = { onlineDevices: this.online, activeCalls: this.activeCalls };
   /** Keyed by flowKey(transport, address, port): the device whose binding uses that flow. */
-  private readonly deviceByFlow = new Map<string, { deviceId: string; username: string }>();
+  private readonly deviceByFlow = new Map<string, { deviceId: string; username: string; connectionId: number | undefined }>();
   /** Keyed by device id: the flow keys of its bindings (to drop them on change). */
   private readonly flowKeysByDevice = new Map<string, string[]>();
   /** Keyed by group id: member id → epoch ms of last offer (loaded from the store once). */
@@ -379,6 +382,18 @@ export class RoutingEngine {
     // RFC 3891 Replaces from a phone of the site: a BLF key picking up a ringing call.
     if (caller.kind === "device" && req.headers.some((h) => h.name === "replaces") && this.replacesPickup(tx, req, caller, site.index)) return;
     const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined);
+    if (caller.kind === "device" && caller.proof === "flow" && dest.kind === "outbound" && !this.connectionProven(flow)) {
+      // Toll fraud: a UDP source address can be forged on the LAN, so a call that costs money
+      // needs the device's own credentials (407, RFC 3261 §22.3). Local calls are not challenged.
+      const proven = this.authenticate(tx, req, flow, site.index);
+      if (proven === undefined) return; // answered: 407, 403 or 400
+      if (proven.kind !== "device" || proven.deviceId !== caller.deviceId) {
+        // Another device's valid credentials over this phone's flow: not this phone's call.
+        respond(tx, req, 403, "Forbidden");
+        return;
+      }
+      caller = proven;
+    }
     const admission = admit(caller, dest);
     if (!admission.ok) {
       if (this.deps.log.enabled("debug")) this.deps.log.debug("INVITE refused", { status: admission.status, from: flow.remoteAddress, caller: caller.kind, dest: dest.kind });
@@ -405,6 +420,25 @@ export class RoutingEngine {
     }
   }
 
+  /**
+   * Whether the flow (transport, address, port) is one a device holds a live binding on. The
+   * agent lets such flows through a ban of their address (guard.ts, "Registered addresses").
+   */
+  isDeviceFlow(flow: Flow): boolean {
+    return this.deviceByFlow.has(flowKey(flow.transport, flow.remoteAddress, flow.remotePort));
+  }
+
+  /**
+   * Whether the request came over the very TCP (or TLS) connection a binding was registered
+   * over: the handshake proved the address and the REGISTER proved the password on it. UDP
+   * never is (a forged source address gets the same flow key); neither is a TCP binding
+   * restored after a restart (its connection is gone).
+   */
+  private connectionProven(flow: Flow): boolean {
+    if (flow.transport !== "tcp" || flow.connectionId === undefined) return false;
+    return this.deviceByFlow.get(flowKey(flow.transport, flow.remoteAddress, flow.remotePort))?.connectionId === flow.connectionId;
+  }
+
   /** RFC 3261 §22.3 proxy authentication; answers and returns undefined unless proven. */
   private authenticate(tx: ServerTransaction, req: SipRequest, flow: Flow, index: SiteIndex): Caller | undefined {
     const source = flow.remoteAddress;
@@ -414,6 +448,8 @@ export class RoutingEngine {
     const verdict = auth.verify({
       method: req.method,
       authorization: authorization.length > 0 ? authorization : undefined,
+      // RFC 7616 §3.4.6 / RFC 3261 §22.4: the digest uri must be this request's Request-URI.
+      requestUri: req.uri,
       lookup: (username) => {
         const c = this.deps.devices.credentials(username);
         return c === undefined ? undefined : { username: c.username, password: c.password };
@@ -451,6 +487,9 @@ export class RoutingEngine {
     const device = this.deps.devices.credentials(verdict.username);
     if (device === undefined) return refuse(verdict.username, "device removed");
     guard?.noteSuccess(source, verdict.username);
+    // RFC 3261 §22.3: credentials for our realm are consumed here, never passed on (the trunk
+    // provider has no business with a phone's digest response).
+    req.headers = req.headers.filter((h) => h.name !== "proxy-authorization" || !ourRealm(h.value, auth.realm));
     return { kind: "device", deviceId: device.deviceId, username: device.username, userId: deviceRef(index, device.deviceId)?.ownerId, proof: "digest" };
   }
 
@@ -1066,7 +1105,7 @@ export class RoutingEngine {
 
   private indexBinding(b: Binding): void {
     const k = flowKey(b.flow.transport, b.flow.remoteAddress, b.flow.remotePort);
-    this.deviceByFlow.set(k, { deviceId: b.deviceId, username: b.aor });
+    this.deviceByFlow.set(k, { deviceId: b.deviceId, username: b.aor, connectionId: b.flow.connectionId });
     const keys = this.flowKeysByDevice.get(b.deviceId);
     if (keys === undefined) this.flowKeysByDevice.set(b.deviceId, [k]);
     else if (!keys.includes(k)) keys.push(k);
@@ -1293,4 +1332,10 @@ export function parseReplaces(value: string): { callId: string; toTag: string; f
   }
   if (toTag === undefined || fromTag === undefined || toTag.length > 128 || fromTag.length > 128) return undefined;
   return { callId, toTag, fromTag };
+}
+
+/** Whether a Proxy-Authorization value is Digest credentials for this realm. */
+function ourRealm(value: string, realm: string): boolean {
+  const p = parseAuthorization(value);
+  return !("error" in p) && p.scheme.toLowerCase() === "digest" && p.params.get("realm") === realm;
 }

@@ -455,8 +455,11 @@ export class DigestAuthenticator {
     if (cnonce === undefined || cnonce.length === 0) return { kind: "malformed", reason: "no cnonce" };
     if (!HEX_SHAPE.test(response)) return { kind: "malformed", reason: "response not hex" };
     if (input.requestUri !== undefined && !sameResource(uri, input.requestUri)) {
-      // RFC 7616 §3.4.6 / RFC 2617 §3.2.2.5: a uri naming another resource is a bad request.
-      return { kind: "malformed", reason: "uri does not match Request-URI" };
+      // RFC 7616 §3.4.6 / RFC 3261 §22.4: the uri must name the Request-URI's resource. A
+      // response computed for another request (captured and replayed, or relayed by a
+      // man in the middle) is refused like a wrong password and counted as a failure, rather
+      // than RFC 2617's 400, so replaying captured responses cannot probe for free.
+      return { kind: "failed", reason: "uri does not match Request-URI", username };
     }
 
     const algToken = p.get("algorithm");
@@ -468,7 +471,7 @@ export class DigestAuthenticator {
       return { kind: "failed", reason: "opaque mismatch", username };
     }
 
-    // Unknown users take the same path with a dummy password (sip-security.md: same timing).
+    // Unknown users take the same path with a dummy password (the same timing, so timing tells no user name).
     const creds = input.lookup(username);
     let secret: { password: string } | { ha1: string } = { password: this.dummyPassword };
     let known = false;

@@ -1,7 +1,7 @@
 // Anti-brute-force and anti-flood guard for SIP authentication: failure counters per source
 // address and per account name leading to silent temporary bans, plus a pike-like request
 // rate limit. Pure bookkeeping with an injected clock; the caller decides what to count and
-// drops a banned source's packets without answering (sip-security.md: Kamailio's stock
+// drops a banned source's packets without answering (as Kamailio's stock
 // config uses pike at 16 requests per 2 s and an ipban table expiring after 300 s).
 //
 // Rules, in the order a caller applies them to one request:
@@ -22,7 +22,22 @@
 //
 // Account counters count every name, known or not, so they tell an enumerator nothing. An
 // account lock never applies to a source that authenticated as that account within
-// knownGoodMs, so an attacker cannot lock a phone out of its own registration.
+// knownGoodMs, so an attacker cannot lock a phone out of its own registration. The caller
+// persists those successes (agent/store, authSources) and hands them back through
+// restoreKnownGood() at start, so the exemption survives a restart.
+//
+// Registered addresses (option registeredFrom): an account's lock never applies to an address
+// the account holds a live registration from. Bans stay per address, but the caller never
+// applies one to a live registered flow (transport, address and port of a binding: agent.ts
+// acceptSource, engine isDeviceFlow), so:
+//   Prevented: an attacker forging UDP packets with a phone's source address (or sitting behind
+//   the same NAT) sends wrong passwords in the phone's name to get that address banned — the
+//   phone, and every other registered phone behind that address, keeps working; so does a
+//   phone whose own REGISTERs are refused (stale password) on its registered flow.
+//   Still allowed: guesses sent from a live registered flow itself are not stopped by the ban.
+//   Only the host owning that address and port sees the answers (a forger is blind: 403s,
+//   calls and keep-alives go to the real phone), and every other port of the address, which a
+//   guesser on the same host or NAT would use, is banned as usual.
 //
 // Memory is bounded: each table keeps at most maxTracked entries and evicts the least
 // recently touched one. Under a flood of spoofed sources this may forget an older ban; the
@@ -69,6 +84,11 @@ export interface AuthGuardOptions {
   maxTracked: number;
   /** How long a successful (source, account) pair stays exempt from account locks; default 24 h. */
   knownGoodMs?: number;
+  /**
+   * Whether the account holds a live registration from this source address (the location
+   * service's bindings). See "Registered addresses" above. Default: never.
+   */
+  registeredFrom?: (source: string, account: string) => boolean;
   /** Sources never banned or rate-limited (e.g. the SIP trunk provider, a local SBC). */
   allowlist?: Iterable<string>;
   now?: () => number;
@@ -102,9 +122,10 @@ export class AuthGuard {
   /** Called when an account gets locked. */
   onLock: ((account: string, until: number) => void) | undefined;
 
-  private readonly o: Required<Omit<AuthGuardOptions, "perSourceRequestRate" | "perSourceQuota" | "allowlist">> & {
+  private readonly o: Required<Omit<AuthGuardOptions, "perSourceRequestRate" | "perSourceQuota" | "allowlist" | "registeredFrom">> & {
     perSourceRequestRate: RequestRateLimit | undefined;
   };
+  private readonly registeredFrom: (source: string, account: string) => boolean;
   /** Per-source quota on new requests (admitRequest), by reference. */
   private readonly quota: SourceQuota | undefined;
   /** source → its token bucket for admitRequest. */
@@ -142,6 +163,7 @@ export class AuthGuard {
     };
     this.allow = new Set(opts.allowlist ?? []);
     this.quota = q;
+    this.registeredFrom = opts.registeredFrom ?? (() => false);
     const max = this.o.maxTracked;
     this.buckets = new LruMap(max);
     this.bans = new LruMap(max);
@@ -190,9 +212,12 @@ export class AuthGuard {
    * silently; "ban": drop it, the source is banned (already, or now for quota.banMs).
    * O(1): one Map lookup and a little arithmetic (a token bucket, refilled lazily).
    */
-  admitRequest(source: string, inFlight: number): "ok" | "throttle" | "ban" {
+  admitRequest(source: string, inFlight: number, registeredFlow = false): "ok" | "throttle" | "ban" {
     if (this.allow.has(source)) return "ok";
-    if (this.isBanned(source)) return "ban";
+    // A live registered flow (the caller knows it: a binding's transport, address and port) is
+    // held to the rate but never to a ban of its address, and never banned for its rate either:
+    // bans must not be turned against phones (header comment).
+    if (!registeredFlow && this.isBanned(source)) return "ban";
     const q = this.quota;
     // A quota changed live to nonsense (it is validated on load) must not stop all traffic.
     if (q === undefined || !validQuota(q)) return "ok";
@@ -213,7 +238,7 @@ export class AuthGuard {
       return "ok";
     }
     b.over += 1;
-    if (q.banMs > 0 && b.over >= q.burst) {
+    if (!registeredFlow && q.banMs > 0 && b.over >= q.burst) {
       this.buckets.delete(source);
       this.ban(source, now + q.banMs, "rate");
       return "ban";
@@ -286,7 +311,20 @@ export class AuthGuard {
       return false;
     }
     const good = this.knownGood.get(pairKey(name, source));
-    return !(good !== undefined && now - good < this.o.knownGoodMs);
+    if (good !== undefined && now - good < this.o.knownGoodMs) return false;
+    return !this.registeredFrom(source, account);
+  }
+
+  /**
+   * Seeds a known-good pair remembered from before a restart (the store's authSources). A
+   * later time wins; times older than knownGoodMs, or in the future, are ignored.
+   */
+  restoreKnownGood(source: string, account: string, at: number): void {
+    const now = this.o.now();
+    if (!Number.isFinite(at) || at > now || now - at >= this.o.knownGoodMs) return;
+    const key = pairKey(account.slice(0, MAX_KEY_LENGTH), source);
+    const prior = this.knownGood.get(key);
+    if (prior === undefined || prior < at) this.knownGood.set(key, at);
   }
 
   /** Lifts a ban (installer command). Returns whether there was one. */

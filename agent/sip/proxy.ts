@@ -13,7 +13,7 @@
 // - A 2xx from a second branch after the call was answered (or after it ended upstream) is
 //   not relayed (a departure from §16.7 step 5, which forwards every 2xx): the proxy ACKs it
 //   and sends BYE to that branch itself, so no callee is left half-connected and the caller
-//   never sees a second dialog it would have to tear down (distribution-peers.md (b) 1).
+//   never sees a second dialog it would have to tear down.
 // - Stray responses (no client transaction) are dropped, per RFC 6026 §7.2, which replaced
 //   §16.7's stateless forwarding of stray 2xx. 2xx retransmissions of the answering branch
 //   still reach the proxy through the client transaction's "Accepted" state (Timer M) and are

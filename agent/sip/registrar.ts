@@ -30,6 +30,11 @@ export interface RegistrarOptions {
   guard: AuthGuard;
   credentials: (username: string) => DeviceCredentials | undefined;
   location: LocationService;
+  /**
+   * Called when a device proved its password for its own AOR from this flow: the agent
+   * remembers the address in the store so the auth guard's exemption survives a restart.
+   */
+  onAuthenticated?: (device: DeviceCredentials, flow: Flow) => void;
   bus: EventBus;
   log: Logger;
   now?: () => number;
@@ -111,6 +116,8 @@ export class Registrar {
     const verdict = this.o.authenticator.verify({
       method: req.method,
       authorization: authorization.length > 0 ? authorization : undefined,
+      // RFC 7616 §3.4.6: the digest uri must be the Request-URI of this REGISTER.
+      requestUri: req.uri,
       lookup: (username) => {
         const c = this.o.credentials(username);
         return c ? { username: c.username, password: c.password } : undefined;
@@ -139,6 +146,7 @@ export class Registrar {
       this.o.log.info("registration for a foreign AOR refused", { source, username, to: req.to.uri });
       return this.reply(req, 403, "Forbidden (may register only its own address)");
     }
+    this.o.onAuthenticated?.(device, flow);
     return this.applyContacts(req, flow, device);
   }
 

@@ -37,7 +37,7 @@ export interface TransportOptions {
    */
   tcpIdleTimeoutMs?: number;
   /** Early drop for silently banned sources: return false to ignore every byte from it. */
-  acceptSource?: (address: string) => boolean;
+  acceptSource?: (address: string, flow?: Flow) => boolean;
   log: Logger;
 }
 
@@ -391,7 +391,7 @@ export class SipTransport implements Transport {
 
   private onDatagram(data: Buffer, flow: Flow, receivedAt: number = performance.now()): void {
     this.counters.received++;
-    if (this.opts.acceptSource && !this.opts.acceptSource(flow.remoteAddress)) {
+    if (this.opts.acceptSource && !this.opts.acceptSource(flow.remoteAddress, flow)) {
       this.counters.dropped++;
       return;
     }

@@ -7,6 +7,7 @@
 // provisioning credentials; the applied site (users, groups, settings); phones seen by the
 // provisioning server; the call log. Version 3: phone models in the canonical form
 // `<vendor>/<model id>` (same layout).
+import { isIP } from "node:net";
 import { parseSite, type Group, type User } from "../routing/model.ts";
 import type { SiteRecord, SiteSettings } from "../site/types.ts";
 import { validatePayload } from "../contract.ts";
@@ -139,6 +140,21 @@ export interface BindingRecord {
   instance?: string;
 }
 
+/**
+ * A device authenticated successfully (REGISTER digest) from this source address over this
+ * transport, last at `at` (epoch ms). Restored into the auth guard at start, so an attack on
+ * the account after a restart cannot lock the phone out (issue 11). Newest first per device.
+ */
+export interface AuthSourceRecord {
+  deviceId: string;
+  address: string;
+  transport: "udp" | "tcp";
+  at: number;
+}
+
+/** Addresses remembered per device (a phone moving between a few networks). */
+export const MAX_AUTH_SOURCES_PER_DEVICE = 4;
+
 export interface StoreMeta {
   createdAt: string;
   siteId?: string;
@@ -158,6 +174,11 @@ export interface StoreData {
   site: SiteRecord | null;
   seenPhones: SeenPhone[];
   callLog: CallRecord[];
+  /**
+   * Where each device last authenticated from. Optional, so schema version 3 files without it
+   * stay valid and no migration is needed (absent = nothing remembered yet).
+   */
+  authSources?: AuthSourceRecord[];
 }
 
 export function emptyStoreData(now: Date, siteId?: string): StoreData {
@@ -297,6 +318,23 @@ export function checkSeenPhone(v: unknown, at: string): string | null {
 
 function checkMs(v: unknown): string | null {
   return typeof v === "number" && Number.isFinite(v) && v >= 0 ? null : "must be a non-negative number of milliseconds";
+}
+
+/** An IP literal as a flow's remoteAddress holds it (IPv6 without brackets). */
+function checkAddress(v: unknown): string | null {
+  return typeof v === "string" && isIP(v) !== 0 ? null : "must be an IP address";
+}
+
+export function checkAuthSource(v: unknown, at: string): string | null {
+  if (!isPlainObject(v)) return `${at} must be an object`;
+  const fields: Array<[string, string | null]> = [
+    ["deviceId", typeof v.deviceId === "string" && v.deviceId.length > 0 ? checkText(v.deviceId, 128) : "must be a non-empty string"],
+    ["address", checkAddress(v.address)],
+    ["transport", v.transport === "udp" || v.transport === "tcp" ? null : 'must be "udp" or "tcp"'],
+    ["at", checkMs(v.at)],
+  ];
+  for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
+  return null;
 }
 
 export function checkCallRecord(v: unknown, at: string): string | null {
@@ -527,5 +565,22 @@ export function validateStoreData(v: unknown): ValidationResult {
     if (reason) return { ok: false, error: reason };
     callLog.push(toCallRecord(c as CallRecord));
   }
-  return { ok: true, data: { devices, bindings, meta: outMeta, routing: { evenlyLastOffered: evenly }, site, seenPhones, callLog } };
+  const data: StoreData = { devices, bindings, meta: outMeta, routing: { evenlyLastOffered: evenly }, site, seenPhones, callLog };
+  if (v.authSources !== undefined) {
+    if (!Array.isArray(v.authSources)) return { ok: false, error: "data.authSources must be an array" };
+    const perDevice = new Map<string, number>();
+    const authSources: AuthSourceRecord[] = [];
+    for (const [i, a] of v.authSources.entries()) {
+      const reason = checkAuthSource(a, `authSources[${i}]`);
+      if (reason) return { ok: false, error: reason };
+      const rec = a as AuthSourceRecord;
+      if (!ids.has(rec.deviceId)) return { ok: false, error: `authSources[${i}].deviceId "${rec.deviceId}" names no device` };
+      const n = (perDevice.get(rec.deviceId) ?? 0) + 1;
+      if (n > MAX_AUTH_SOURCES_PER_DEVICE) return { ok: false, error: `authSources has more than ${MAX_AUTH_SOURCES_PER_DEVICE} entries for device "${rec.deviceId}"` };
+      perDevice.set(rec.deviceId, n);
+      authSources.push({ deviceId: rec.deviceId, address: rec.address, transport: rec.transport, at: rec.at });
+    }
+    data.authSources = authSources;
+  }
+  return { ok: true, data };
 }

@@ -19,7 +19,9 @@ import { defaultProfiles, resolveModel } from "../../provisioning/profiles.ts";
 import {
   CURRENT_SCHEMA_VERSION,
   MAX_CALL_LOG,
+  MAX_AUTH_SOURCES_PER_DEVICE,
   MAX_SEEN_PHONES,
+  checkAuthSource,
   checkBinding,
   checkCallRecord,
   checkDevice,
@@ -32,6 +34,7 @@ import {
   toDeviceRecord,
   toSeenPhone,
   validateStoreData,
+  type AuthSourceRecord,
   type BindingRecord,
   type CallRecord,
   type DeviceKind,
@@ -63,7 +66,11 @@ export type {
   StoreData,
   StoreMeta,
 } from "./schema.ts";
-export { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES } from "./schema.ts";
+export { CURRENT_SCHEMA_VERSION, MAX_AUTH_SOURCES_PER_DEVICE, MAX_CALL_LOG, MAX_SEEN_PHONES } from "./schema.ts";
+export type { AuthSourceRecord } from "./schema.ts";
+
+/** A re-registration from a remembered address refreshes its time only after this long. */
+export const AUTH_SOURCE_REFRESH_MS = 10 * 60_000;
 
 export const STORE_FILE_NAME = "ringedge.json";
 
@@ -513,6 +520,7 @@ export class Store {
     this.unindex(dev);
     this.db.data.devices = this.db.data.devices.filter((d) => d !== dev);
     this.removeBindingsOfDevice(id);
+    if (this.db.data.authSources !== undefined) this.db.data.authSources = this.db.data.authSources.filter((a) => a.deviceId !== id);
     this.changed();
     return true;
   }
@@ -687,6 +695,34 @@ export class Store {
     if (this.db.data.seenPhones.length === before) return false;
     this.changed();
     return true;
+  }
+
+  // --- where devices authenticated from (auth guard memory, issue 11) -------------------------
+
+  /** Every remembered (device, address, transport), newest first per device. */
+  listAuthSources(): readonly Readonly<AuthSourceRecord>[] {
+    return this.db.data.authSources ?? [];
+  }
+
+  /**
+   * Records that the device authenticated from the address over the transport at `atMs`. Keeps
+   * the newest MAX_AUTH_SOURCES_PER_DEVICE per device. A phone re-registering from the same
+   * address within AUTH_SOURCE_REFRESH_MS changes nothing (no save per REGISTER refresh).
+   */
+  noteAuthSource(deviceId: string, address: string, transport: "udp" | "tcp", atMs: number): StoreResult<boolean> {
+    this.assertOpen();
+    const rec: AuthSourceRecord = { deviceId, address, transport, at: Math.floor(atMs) };
+    const reason = checkAuthSource(rec, "authSource");
+    if (reason) return fail("invalid", reason, reason.split(" ")[0]?.split(".")[1]);
+    if (!this.byId.has(deviceId)) return fail("not-found", `no device with id "${deviceId}"`, "deviceId");
+    const list = this.db.data.authSources ?? [];
+    const mine = list.filter((a) => a.deviceId === deviceId);
+    const same = mine.find((a) => a.address === address && a.transport === transport);
+    if (same !== undefined && rec.at >= same.at && rec.at - same.at < AUTH_SOURCE_REFRESH_MS) return { ok: true, value: false };
+    const kept = [rec, ...mine.filter((a) => a !== same)].slice(0, MAX_AUTH_SOURCES_PER_DEVICE);
+    this.db.data.authSources = [...list.filter((a) => a.deviceId !== deviceId), ...kept];
+    this.changed();
+    return { ok: true, value: true };
   }
 
   // --- call log --------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 // bus (Zigbee2MQTT's extension shape). The contract is docs/mqtt.md and $defs in
 // contract/ringedge.schema.json; every payload is validated in both directions.
 //
-// Flows (shadow model, mqtt-sync.md):
+// Flows (shadow model, docs/mqtt.md):
 //   desired (retained) → validate → version > applied ? SiteService.apply (persisted with fsync
 //   before it returns) → ack applied + reported (retained) : ack unchanged + reported.
 //   A bad message gets a rejected ack listing every error and changes nothing.
@@ -123,7 +123,7 @@ export interface MqttSyncOptions {
 }
 
 export interface SyncTimers {
-  /** A QoS 1 publish not acknowledged within this is given up (mqtt-sync.md pitfall 5). */
+  /** A QoS 1 publish not acknowledged within this is given up. */
   publishTimeoutMs: number;
   /** Reconnect back-off: base, doubled per failed attempt up to max, then jittered. */
   reconnectMinMs: number;
@@ -146,7 +146,7 @@ export interface SyncTimers {
 const DEFAULT_TIMERS: SyncTimers = {
   publishTimeoutMs: 10_000,
   // 1 s doubling to 60 s, with ±50 % jitter: 10,000 sites losing one broker must not come back
-  // in lock-step (reconnect storms are the real scaling risk, mqtt-sync.md).
+  // in lock-step (reconnect storms are the real scaling risk).
   reconnectMinMs: 1_000,
   reconnectMaxMs: 60_000,
   connectTimeoutMs: 10_000,
@@ -378,7 +378,7 @@ export class MqttSync {
       keepalive: this.t.keepaliveS,
       connectTimeout: this.t.connectTimeoutMs,
       reconnectPeriod: backoffMs(0, this.t.reconnectMinMs, this.t.reconnectMaxMs),
-      // A refused CONNACK must not stop retries (mqtt-sync.md pitfall 2).
+      // A refused CONNACK must not stop retries.
       reconnectOnConnackError: true,
       // Subscriptions are made explicitly on every connect (pitfall 9).
       resubscribe: false,
@@ -462,7 +462,7 @@ export class MqttSync {
     this.eventWindow = eventWindowFor(this.t.eventWindow, receiveMaximum);
     this.receiveMaximum = receiveMaximum ?? 65_535;
     this.linkUp = true;
-    // Nagle's algorithm alone costs 40-90 ms per push → ack on loopback (mqtt-sync.md).
+    // Nagle's algorithm alone costs 40-90 ms per push → ack on loopback (docs/mqtt.md).
     const stream = client.stream as { setNoDelay?: (on: boolean) => void };
     stream.setNoDelay?.(true);
     this.opts.log.info("connected to the console broker", { connSeq: this.connSeq, sessionPresent });
@@ -827,7 +827,7 @@ export class MqttSync {
 
   /**
    * Clean stop: offline status (retained) before a normal DISCONNECT, which discards the will
-   * (mqtt-sync.md); statistics flushed; outbox fsync'd and closed.
+   *; statistics flushed; outbox fsync'd and closed.
    */
   async stop(): Promise<void> {
     if (this.stopping) return;

@@ -1,7 +1,7 @@
 // The persistent event outbox: every event bound for the console is written to disk (fsync'd)
 // before it is published, delivered in order after reconnects, removed only after the broker's
-// PUBACK, and drained after a restart. MQTT.js's own stores are not durable (mqtt-sync.md
-// pitfall 7), so this file is the only thing that makes "no event lost" true.
+// PUBACK, and drained after a restart. MQTT.js's own stores are not durable (they
+// live in memory), so this file is the only thing that makes "no event lost" true.
 //
 // File: <dataDir>/sync-outbox.jsonl, append-only JSON lines, one record per line:
 //   {"k":"e","e":<event>}            an event (a later line with the same seq replaces it: gap markers)

@@ -24,11 +24,11 @@ export function replyTopic(siteId: string, consoleId: string): string {
   return `${TOPIC_ROOT}/${siteId}/reply/${consoleId}`;
 }
 
-/** What the agent subscribes to, every connect (mqtt-sync.md pitfall 9). */
+/** What the agent subscribes to, every connect. */
 /**
  * The console's own birth/death (retained, console → all sites): when a console comes back
  * online every agent republishes its state, so a console that lost its view rebuilds it
- * (Sparkplug's host STATE, mqtt-sync.md). Outside the site subtree: the per-site ACL grants it
+ * (Sparkplug's host STATE). Outside the site subtree: the per-site ACL grants it
  * read-only (docs/mqtt.md).
  */
 export const CONSOLE_STATE_TOPIC = `${TOPIC_ROOT}/_console/state`;

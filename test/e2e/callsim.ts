@@ -353,14 +353,18 @@ export class Phone {
 
   /**
    * Dials a number at the agent from the registered socket (so the agent knows the device by
-   * its flow). Resolves with the final status; a non-2xx is ACKed (§17.1.1.3).
+   * its flow). Resolves with the final status; a non-2xx is ACKed (§17.1.1.3). A 407 (calls to
+   * the trunk over UDP, toll-fraud rule) is answered once with this phone's credentials
+   * (RFC 3261 §22.3: same Call-ID and From tag, CSeq + 1, Proxy-Authorization) unless
+   * `answer407` is false; `authUri` puts another digest uri in that answer (tests of the
+   * uri check). `challenges` counts the 407s the phone got.
    */
-  async dial(number: string): Promise<number> {
-    const branch = `z9hG4bK${token()}`;
+  async dial(number: string, opts: { answer407?: boolean; authUri?: string } = {}): Promise<number> {
     const callId = `dial-${token()}@sim`;
     const fromTag = token();
-    const lines = (method: string, to: string, cseq: string): string[] => [
-      `${method} sip:${number}@127.0.0.1:${this.agentPort} SIP/2.0`,
+    const ruri = `sip:${number}@127.0.0.1:${this.agentPort}`;
+    const lines = (branch: string, method: string, to: string, cseq: string): string[] => [
+      `${method} ${ruri} SIP/2.0`,
       `Via: SIP/2.0/UDP 127.0.0.1:${this.port};branch=${branch};rport`,
       "Max-Forwards: 70",
       `From: <sip:${this.username}@127.0.0.1>;tag=${fromTag}`,
@@ -368,31 +372,76 @@ export class Phone {
       `Call-ID: ${callId}`,
       `CSeq: ${cseq}`,
     ];
-    const invite = [...lines("INVITE", `<sip:${number}@127.0.0.1:${this.agentPort}>`, "1 INVITE"), `Contact: <sip:${this.username}@127.0.0.1:${this.port}>`, "Content-Length: 0", "", ""].join("\r\n");
-    const res = await this.transact(branch, invite);
-    if (res.status !== undefined && res.status >= 300) {
-      this.send([...lines("ACK", res.header("to") ?? "", "1 ACK"), "Content-Length: 0", "", ""].join("\r\n"));
-    } else if (res.status !== undefined && res.status >= 200) {
+    const sendInvite = async (seq: number, auth?: string): Promise<SimMessage> => {
+      const branch = `z9hG4bK${token()}`;
+      const invite = [...lines(branch, "INVITE", `<${ruri}>`, `${seq} INVITE`), ...(auth !== undefined ? [`Proxy-Authorization: ${auth}`] : []), `Contact: <sip:${this.username}@127.0.0.1:${this.port}>`, "Content-Length: 0", "", ""].join("\r\n");
+      const res = await this.transact(branch, invite);
+      if (res.status !== undefined && res.status >= 300) {
+        // §17.1.1.3: the ACK for a non-2xx final response reuses the INVITE's branch and CSeq number.
+        this.send([...lines(branch, "ACK", res.header("to") ?? "", `${seq} ACK`), "Content-Length: 0", "", ""].join("\r\n"));
+      }
+      return res;
+    };
+    let seq = 1;
+    let res = await sendInvite(seq);
+    const challenge = res.header("proxy-authenticate");
+    if (res.status === 407) this.challenges++;
+    if (res.status === 407 && challenge !== undefined && opts.answer407 !== false) {
+      const auth = computeAuthorization(challenge, { method: "INVITE", uri: opts.authUri ?? ruri, username: this.username, password: this.password });
+      if (typeof auth !== "string") throw new Error(`${this.username}: ${auth.error}`);
+      res = await sendInvite(++seq, auth);
+    }
+    if (res.status !== undefined && res.status >= 200 && res.status < 300) {
       // §13.2.2.4: the ACK for a 2xx is its own request, to the callee's Contact along the
       // route set (the 2xx's Record-Route reversed, §12.1.2).
       const routes = res.all("record-route").flatMap((v) => v.split(/,(?=\s*<)/).map((r) => r.trim())).reverse();
       const contact = res.header("contact");
       const ack = [
-        `ACK ${contact !== undefined ? uriOf(contact) : `sip:${number}@127.0.0.1:${this.agentPort}`} SIP/2.0`,
+        `ACK ${contact !== undefined ? uriOf(contact) : ruri} SIP/2.0`,
         `Via: SIP/2.0/UDP 127.0.0.1:${this.port};branch=z9hG4bK${token()};rport`,
         "Max-Forwards: 70",
         ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
         `From: <sip:${this.username}@127.0.0.1>;tag=${fromTag}`,
         `To: ${res.header("to") ?? ""}`,
         `Call-ID: ${callId}`,
-        "CSeq: 1 ACK",
+        `CSeq: ${seq} ACK`,
         "Content-Length: 0",
         "",
         "",
       ];
       this.send(ack.join("\r\n"));
       this.dialled.push(callId);
+      this.placed.set(callId, { target: contact !== undefined ? uriOf(contact) : ruri, routes, from: `<sip:${this.username}@127.0.0.1>;tag=${fromTag}`, to: res.header("to") ?? "" });
     }
+    return res.status ?? 0;
+  }
+
+  /** 407 challenges this phone's dial() got. */
+  challenges = 0;
+
+  /** Keyed by Call-ID: answered calls placed with dial(), as hangupPlaced() needs them. */
+  private readonly placed = new Map<string, { target: string; routes: string[]; from: string; to: string }>();
+
+  /** Hangs up a call this phone placed with dial() (§15.1.1, along the route set); the BYE's final status. */
+  async hangupPlaced(callId: string): Promise<number> {
+    const call = this.placed.get(callId);
+    if (call === undefined) throw new Error(`${this.username}: placed no answered call ${callId}`);
+    this.placed.delete(callId);
+    const branch = `z9hG4bK${token()}`;
+    const text = [
+      `BYE ${call.target} SIP/2.0`,
+      `Via: SIP/2.0/UDP 127.0.0.1:${this.port};branch=${branch};rport`,
+      "Max-Forwards: 70",
+      ...(call.routes.length > 0 ? [`Route: ${call.routes.join(", ")}`] : []),
+      `From: ${call.from}`,
+      `To: ${call.to}`,
+      `Call-ID: ${callId}`,
+      `CSeq: 50 BYE`,
+      "Content-Length: 0",
+      "",
+      "",
+    ].join("\r\n");
+    const res = await this.transact(branch, text);
     return res.status ?? 0;
   }
 

@@ -212,6 +212,8 @@ function world(opts: {
   maxPhysical?: number;
   /** Collects what the engine sends statelessly (respondStatelessly); absent: the engine answers through the transaction. */
   stateless?: Array<{ tx: unknown; res: SipResponse }>;
+  /** Devices registered over TCP (connection id 100 + index) instead of UDP. */
+  tcp?: boolean;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
@@ -228,7 +230,7 @@ function world(opts: {
   for (const name of ["call.offered", "call.answered", "call.missed", "call.busy"] as const) bus.on(name, (e) => events.push({ name, e }));
   const flows = new Map<string, Flow>();
   const bindings: Binding[] = devices.map((d, i) => {
-    const flow: Flow = { transport: "udp", remoteAddress: "10.0.1.5", remotePort: 6000 + i, ...LOCAL };
+    const flow: Flow = opts.tcp === true ? { transport: "tcp", remoteAddress: "10.0.1.5", remotePort: 6000 + i, ...LOCAL, connectionId: 100 + i } : { transport: "udp", remoteAddress: "10.0.1.5", remotePort: 6000 + i, ...LOCAL };
     flows.set(d.id, flow);
     return { deviceId: d.id, aor: `sip-${d.id}`, contact: `sip:sip-${d.id}@10.0.1.5:${6000 + i}`, expiresAt: T0 + 3_600_000, callId: `r-${d.id}`, cseq: 1, q: undefined, flow, userAgent: undefined, instance: undefined };
   });
@@ -725,15 +727,60 @@ describe("admission and toll-fraud rules", () => {
     assert.ok(w.call("0100", trunkFlow).pc);
   });
 
-  it("a registered device's flow reaches the trunk with the prefix; only its exact flow counts", () => {
-    const w = world({ users: 1, groups: [] });
+  it("toll fraud: a registered phone's UDP flow is challenged toward the trunk and needs its own device's credentials", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"] })] });
+    // Local numbers from the phone's flow: no challenge.
+    assert.ok(w.call("100", "p1").pc, "group");
+    assert.ok(w.call("202", "p1").pc, "extension");
+    // Outside number: 407 with a Proxy-Authenticate challenge, nothing forked.
+    const first = w.call("0301234", "p1");
+    assert.equal(first.tx.status, 407);
+    assert.equal(first.pc, undefined);
+    const challenge = getHeader(first.tx.responses[0]!, "proxy-authenticate");
+    assert.ok(challenge?.startsWith("Digest "));
+    const ruri = "sip:0301234@10.0.0.1";
+    // The phone's own credentials: to the trunk with the prefix.
+    const good = computeAuthorization(challenge!, { method: "INVITE", uri: ruri, username: "sip-p1", password: "pw-p1" }) as string;
+    const ok = w.call("0301234", "p1", [`Proxy-Authorization: ${good}`, 'Proxy-Authorization: Digest username="x", realm="upstream.example", nonce="n", uri="u", response="0"']);
+    assert.equal(ok.pc!.branches[0]!.target.uri, `sip:00301234@${TRUNK_IP}:5070`);
+    // RFC 3261 §22.3: our realm's credentials are consumed; another realm's pass on.
+    assert.deepEqual(ok.pc!.request.headers.filter((h) => h.name === "proxy-authorization").map((h) => /realm="([^"]*)"/.exec(h.value)?.[1]), ["upstream.example"]);
+    // Another device's valid credentials over p1's flow: refused.
+    const foreign = computeAuthorization(challenge!, { method: "INVITE", uri: ruri, username: "sip-p2", password: "pw-p2", nc: 2 }) as string;
+    const f = w.call("0301234", "p1", [`Proxy-Authorization: ${foreign}`]);
+    assert.equal(f.tx.status, 403);
+    assert.equal(f.pc, undefined);
+    // Wrong password, and the right password computed for another number (uri ≠ Request-URI): 403.
+    const wrong = computeAuthorization(challenge!, { method: "INVITE", uri: ruri, username: "sip-p1", password: "nope", nc: 3 }) as string;
+    assert.equal(w.call("0301234", "p1", [`Proxy-Authorization: ${wrong}`]).tx.status, 403);
+    const moved = computeAuthorization(challenge!, { method: "INVITE", uri: "sip:0900123@10.0.0.1", username: "sip-p1", password: "pw-p1", nc: 4 }) as string;
+    const m = w.call("0301234", "p1", [`Proxy-Authorization: ${moved}`]);
+    assert.equal(m.tx.status, 403);
+    assert.equal(m.pc, undefined);
+  });
+
+  it("a device over the TCP connection it registered on reaches the trunk unchallenged; only that connection counts", () => {
+    const w = world({ users: 1, groups: [], tcp: true });
     const { pc } = w.call("0301234", "p1");
     assert.equal(pc!.branches[0]!.target.uri, `sip:00301234@${TRUNK_IP}:5070`);
+    // Same address and port, another connection: challenged.
+    assert.equal(w.call("0301234", { ...w.flowOf("p1"), connectionId: 999 }).tx.status, 407);
     // Same address, other port: not the registered flow → challenged.
-    const other = w.call("0301234", { ...w.flowOf("p1"), remotePort: 7777 });
-    assert.equal(other.tx.status, 407);
-    // Same address and port over TCP: not the flow either.
-    assert.equal(w.call("0301234", { ...w.flowOf("p1"), transport: "tcp" }).tx.status, 407);
+    assert.equal(w.call("0301234", { ...w.flowOf("p1"), remotePort: 7777 }).tx.status, 407);
+    // Same address and port over UDP: challenged.
+    const { connectionId: _c, ...rest } = w.flowOf("p1");
+    assert.equal(w.call("0301234", { ...rest, transport: "udp" }).tx.status, 407);
+  });
+
+  it("isDeviceFlow: exactly the transport, address and port of a live binding (what a ban lets through)", () => {
+    const w = world({ users: 2, groups: [] });
+    const f = w.flowOf("p1");
+    assert.equal(w.engine.isDeviceFlow(f), true);
+    assert.equal(w.engine.isDeviceFlow(w.flowOf("p2")), true);
+    assert.equal(w.engine.isDeviceFlow({ ...f, remotePort: 7777 }), false);
+    assert.equal(w.engine.isDeviceFlow({ ...f, transport: "tcp" }), false);
+    assert.equal(w.engine.isDeviceFlow({ ...f, remoteAddress: "10.0.1.6" }), false);
+    assert.equal(w.engine.isDeviceFlow({ ...f, remoteAddress: "::ffff:10.0.1.5" }), true, "IPv4-mapped IPv6 is the same address");
   });
 
   it("unknown sources are challenged with 407 whatever they dial; the right credentials make them a device", () => {

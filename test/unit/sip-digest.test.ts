@@ -493,12 +493,27 @@ test("malformed credentials", () => {
   }
 });
 
-test("requestUri check: lenient match passes, another resource is malformed", () => {
+test("requestUri check: lenient match passes, another resource fails as a counted failure", () => {
   const { auth } = setup();
   const a = answer(firstChallenge(auth), "100", "secret-100", { uri: "sip:site1.ringedge" });
   assert.equal(auth.verify({ method: "REGISTER", authorization: a, lookup, requestUri: "sip:SITE1.ringedge;transport=tcp" }).kind, "ok");
+  // RFC 7616 §3.4.6: the right password over another uri is refused, with the claimed name (the guard counts it).
   const b = answer(firstChallenge(auth), "100", "secret-100", { uri: "sip:site1.ringedge" });
-  assert.deepEqual(auth.verify({ method: "REGISTER", authorization: b, lookup, requestUri: "sip:other.example" }), { kind: "malformed", reason: "uri does not match Request-URI" });
+  assert.deepEqual(auth.verify({ method: "REGISTER", authorization: b, lookup, requestUri: "sip:other.example" }), { kind: "failed", reason: "uri does not match Request-URI", username: "100" });
+  // Another user part, another port, another scheme: each names another resource.
+  for (const requestUri of ["sip:0049301234@site1.ringedge", "sip:site1.ringedge:5070", "sips:site1.ringedge", "tel:+4930123"]) {
+    const c = answer(firstChallenge(auth), "100", "secret-100", { uri: "sip:site1.ringedge" });
+    assert.equal(auth.verify({ method: "REGISTER", authorization: c, lookup, requestUri }).kind, "failed", requestUri);
+  }
+  // An INVITE (proxy auth) answered for the Request-URI it carries passes; for another number it fails.
+  const inv = "sip:0049301234@site1.ringedge";
+  const d = answer(firstChallenge(auth), "100", "secret-100", { uri: inv, method: "INVITE" });
+  assert.equal(auth.verify({ method: "INVITE", authorization: d, lookup, requestUri: inv }).kind, "ok");
+  const e = answer(firstChallenge(auth), "100", "secret-100", { uri: inv, method: "INVITE" });
+  assert.equal(auth.verify({ method: "INVITE", authorization: e, lookup, requestUri: "sip:0090555123@site1.ringedge" }).kind, "failed");
+  // Without a requestUri (an upstream proxy may rewrite it) the uri is not compared.
+  const f = answer(firstChallenge(auth), "100", "secret-100", { uri: "sip:anything.example" });
+  assert.equal(auth.verify({ method: "REGISTER", authorization: f, lookup }).kind, "ok");
 });
 
 test("verify never throws on random Authorization values (fuzz)", () => {

@@ -149,6 +149,39 @@ test("known-good source is not locked out of its own account; others are", () =>
   assert.equal(guard.isLockedOut("10.1.1.20", "101"), true);
 });
 
+test("restored known-good pairs exempt the phone's address after a restart; old, future or bad times do not", () => {
+  const { clock, guard } = setup();
+  guard.restoreKnownGood("10.0.0.5", "1001", clock.t - 3_600_000);
+  guard.restoreKnownGood("10.0.0.6", "1001", clock.t - 86_400_000); // as old as knownGoodMs
+  guard.restoreKnownGood("10.0.0.7", "1001", clock.t + 60_000); // from the future
+  guard.restoreKnownGood("10.0.0.8", "1001", Number.NaN);
+  for (let i = 0; i < 10; i++) guard.noteFailure(`192.0.2.${i}`, "1001");
+  assert.equal(guard.isLockedOut("10.0.0.5", "1001"), false, "restored pair exempt");
+  for (const s of ["10.0.0.6", "10.0.0.7", "10.0.0.8", "192.0.2.99"]) assert.equal(guard.isLockedOut(s, "1001"), true, s);
+  // A later restore does not move a newer success back.
+  guard.noteSuccess("10.0.0.9", "1001");
+  guard.restoreKnownGood("10.0.0.9", "1001", clock.t - 86_000_000);
+  clock.t += 86_399_000;
+  assert.equal(guard.isLockedOut("10.0.0.9", "1001"), false);
+});
+
+test("an account lock never applies to an address the account is registered from; bans still count every failure", () => {
+  const registered = new Set(["1001\n10.0.0.5"]);
+  const { guard } = setup({ registeredFrom: (source, account) => registered.has(`${account}\n${source}`) });
+  for (let i = 0; i < 10; i++) guard.noteFailure(`192.0.2.${i}`, "1001");
+  // The account is locked (it is under attack) but not for its registered address.
+  assert.equal(guard.isLockedOut("10.0.0.5", "1001"), false);
+  assert.equal(guard.isLockedOut("10.0.0.88", "1001"), true);
+  assert.equal(guard.isLockedOut("10.0.0.5", "1002"), false, "no lock on 1002");
+  // Failures from the registered address still count toward its ban: the agent lets the
+  // registered flow itself through a ban (agent.ts acceptSource), not other ports of the address.
+  for (let i = 0; i < 5; i++) guard.noteFailure("10.0.0.5", "1001");
+  assert.equal(guard.isBanned("10.0.0.5"), true);
+  // Once the registration is gone the address gets no lock exemption.
+  registered.clear();
+  assert.equal(guard.isLockedOut("10.0.0.5", "1001"), true);
+});
+
 test("continuing attack extends the account lock", () => {
   const { clock, guard } = setup();
   for (let i = 0; i < 10; i++) guard.noteFailure(`203.0.113.${i}`, "100");

@@ -12,6 +12,8 @@ import {
   StoreMigrationError,
   StoreLockedError,
   StoreError,
+  AUTH_SOURCE_REFRESH_MS,
+  MAX_AUTH_SOURCES_PER_DEVICE,
   type BindingRecord,
 } from "../../agent/store/store.ts";
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
@@ -853,5 +855,67 @@ describe("Store: schema version 3 (canonical phone models)", () => {
     const again = await Store.open(dir, { now: () => FIXED });
     assert.deepEqual(again.migrationNotes, [], "nothing migrated, nothing to report");
     await again.close();
+  });
+});
+
+describe("Store: where devices authenticated from (optional authSources, no migration)", () => {
+  test("kept newest first, at most a few per device, saved, restored, dropped with the device", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir, { now: () => FIXED });
+    assert.ok(s.addDevice(DEV).ok);
+    assert.deepEqual(s.listAuthSources(), [], "a version-3 file without the field reads as nothing remembered");
+    const t0 = FIXED.getTime();
+    for (let i = 0; i < MAX_AUTH_SOURCES_PER_DEVICE + 2; i++) assert.deepEqual(s.noteAuthSource("dev-1001", `192.0.2.${10 + i}`, "udp", t0 + i), { ok: true, value: true });
+    const list = s.listAuthSources();
+    assert.equal(list.length, MAX_AUTH_SOURCES_PER_DEVICE);
+    assert.equal(list[0]!.address, `192.0.2.${10 + MAX_AUTH_SOURCES_PER_DEVICE + 1}`, "newest first");
+    // A refresh from a remembered address within the refresh interval changes nothing; later it moves to the front.
+    const last = list[list.length - 1]!;
+    assert.deepEqual(s.noteAuthSource("dev-1001", list[0]!.address, "udp", t0 + 1000), { ok: true, value: false });
+    assert.deepEqual(s.noteAuthSource("dev-1001", last.address, "udp", t0 + AUTH_SOURCE_REFRESH_MS + 10), { ok: true, value: true });
+    assert.equal(s.listAuthSources()[0]!.address, last.address);
+    // Same address over another transport is its own entry.
+    assert.ok(s.noteAuthSource("dev-1001", last.address, "tcp", t0 + AUTH_SOURCE_REFRESH_MS + 20).ok);
+    assert.deepEqual(s.listAuthSources().slice(0, 2).map((a) => a.transport), ["tcp", "udp"]);
+    // Bad input: clear error, nothing changed.
+    const before = JSON.stringify(s.listAuthSources());
+    for (const [dev, addr, tr, at] of [["dev-1001", "not-an-ip", "udp", t0], ["dev-1001", "192.0.2.1", "sctp", t0], ["dev-1001", "192.0.2.1", "udp", Number.NaN], ["", "192.0.2.1", "udp", t0]] as const) {
+      const r = s.noteAuthSource(dev, addr, tr as "udp", at);
+      assert.equal(r.ok, false);
+      assert.equal(!r.ok && r.error.code, "invalid");
+    }
+    const unknown = s.noteAuthSource("nobody", "192.0.2.1", "udp", t0);
+    assert.equal(!unknown.ok && unknown.error.code, "not-found");
+    assert.equal(JSON.stringify(s.listAuthSources()), before);
+    await s.close();
+    const again = await Store.open(dir, { now: () => FIXED });
+    assert.equal(JSON.stringify(again.listAuthSources()), before, "survives a restart");
+    assert.ok(again.removeDevice("dev-1001"));
+    assert.deepEqual(again.listAuthSources(), []);
+    await again.close();
+  });
+
+  test("validateStoreData: authSources optional; bad entries are clear errors", () => {
+    const base = { devices: [{ ...DEV, mac: "001565aabb01", createdAt: FIXED.toISOString() }], bindings: [], meta: { createdAt: FIXED.toISOString() }, routing: { evenlyLastOffered: {} }, site: null, seenPhones: [], callLog: [] };
+    const ok = validateStoreData(base);
+    assert.ok(ok.ok, ok.ok ? "" : ok.error);
+    assert.equal(ok.ok && ok.data.authSources, undefined);
+    const good = { deviceId: DEV.id, address: "2001:db8::1", transport: "udp", at: 1 };
+    const withOne = validateStoreData({ ...base, authSources: [good] });
+    assert.ok(withOne.ok && withOne.data.authSources?.length === 1);
+    const cases: Array<[unknown, RegExp]> = [
+      ["x", /authSources must be an array/],
+      [[{ ...good, address: "host.example" }], /authSources\[0\]\.address must be an IP address/],
+      [[{ ...good, transport: "tls" }], /authSources\[0\]\.transport/],
+      [[{ ...good, at: -1 }], /authSources\[0\]\.at/],
+      [[{ ...good, deviceId: "ghost" }], /names no device/],
+      [[null], /authSources\[0\] must be an object/],
+      [Array.from({ length: MAX_AUTH_SOURCES_PER_DEVICE + 1 }, (_, i) => ({ ...good, at: i })), /more than/],
+    ];
+    for (const [authSources, re] of cases) {
+      const r = validateStoreData({ ...base, authSources });
+      assert.equal(r.ok, false);
+      assert.match(r.ok ? "" : r.error, re);
+    }
   });
 });
