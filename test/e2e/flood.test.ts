@@ -11,6 +11,7 @@ import { after, before, test } from "node:test";
 import { CallScene, answerAfter, registerPhones, simUser, startRoutingAgent, writeSiteFile } from "./callsim.ts";
 import { sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 
+const TRUNK = "127.0.0.70";
 const a = simUser("flooda", "4801");
 const b = simUser("floodb", "4802");
 let agent: RunningAgent;
@@ -82,7 +83,8 @@ function flood(s: { socket: dgram.Socket; port: number }, from: string, method: 
 
 before(async () => {
   const file = writeSiteFile(tempDir("ringedge-site-"), {
-    settings: { pickupCode: "*8" },
+    // The trunk enters from 127.0.0.70 (never a flooder here: it carries every caller's calls).
+    settings: { pickupCode: "*8", trunk: { host: "127.0.0.1", port: 5999, transport: "udp", allowedSources: [TRUNK] } },
     users: [a.user, b.user],
     devices: [...a.devices, ...b.devices],
     groups: [],
@@ -181,4 +183,15 @@ test("a flood of ACKs matching nothing (no transaction state at all) gets its so
   assert.ok(sent > 1000, `the test sent ${sent} ACKs`);
   assert.ok(st.transactions.throttled >= 1);
   assert.equal(s.received.length, 0, "an ACK is never answered");
+});
+
+test("the site's trunk is not held to one source's quota: its requests at several times the rate are all served, never banned", async () => {
+  const trunk = await rawSocket(TRUNK);
+  const durationMs = 1500;
+  const sent = await flood(trunk, TRUNK, "OPTIONS", durationMs, 20);
+  await until(() => trunk.received.length >= sent * 0.9, 10_000, 50).catch(() => undefined);
+  const answered = trunk.received.filter((m) => m.startsWith("SIP/2.0 200")).length;
+  assert.ok(answered > 2 * mostAnswers(durationMs), `the trunk got ${answered} of ${sent} answered; one ordinary source would get at most ${mostAnswers(durationMs)}`);
+  const st = await status();
+  assert.ok(!st.guard.banned.some((b) => b.source === TRUNK), "the trunk is not banned");
 });

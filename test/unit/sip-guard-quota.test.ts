@@ -129,3 +129,19 @@ test("memory stays bounded under a flood of spoofed sources", () => {
   const internal = (guard as unknown as { buckets: { size: number } }).buckets;
   assert.ok(internal.size <= 500, `buckets ${internal.size}`);
 });
+
+test("a live registered flow is held to the rate but never to a ban of its address, nor banned for its rate", () => {
+  const { clock, guard } = setup();
+  // Someone else floods from the phone's address (another port, or forged): the address is banned.
+  for (let i = 0; i < 60; i++) guard.admitRequest("10.0.0.7", 0);
+  assert.equal(guard.isBanned("10.0.0.7"), true);
+  assert.equal(guard.admitRequest("10.0.0.7", 0), "ban", "the address, for anyone else");
+  clock.t += 2_000; // the bucket refills (10/s)
+  assert.equal(guard.admitRequest("10.0.0.7", 0, true), "ok", "the phone's own registered flow still gets through");
+  // The registered flow flooding itself is throttled, never banned.
+  const results: string[] = [];
+  for (let i = 0; i < 200; i++) results.push(guard.admitRequest("10.0.0.5", 0, true));
+  assert.equal(results.filter((r) => r === "ok").length, 20, "held to the burst and rate");
+  assert.ok(results.every((r) => r !== "ban"), "throttled, not banned");
+  assert.equal(guard.isBanned("10.0.0.5"), false);
+});
