@@ -4,12 +4,11 @@
 // when the new version fails its health check, boot refusing a damaged store (and recovering
 // with the policy flag), health exit codes, factory reset with and without confirmation.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { after, describe, test } from "node:test";
-import { ROOT, agentEnv, freePort, runCli, runSipp, startAgent, tempDir, until, type RunningAgent } from "./harness.ts";
+import { ROOT, agentEnv, freePort, runCli, runProgram, runSipp, startAgent, tempDir, until, type ProgramResult, type RunningAgent } from "./harness.ts";
 import { Phone, answerAfter } from "./callsim.ts";
 
 const HOOKS = path.join(ROOT, "firmware-hooks");
@@ -18,31 +17,10 @@ after(async () => {
   for (const c of cleanups.reverse()) await c();
 });
 
-interface HookResult {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function hook(name: string, args: string[], env: NodeJS.ProcessEnv, stdin = "", timeoutMs = 120_000): Promise<HookResult> {
-  return new Promise((resolve, reject) => {
-    // The hooks run the sources under test (not a dist/ bundle a developer may have built earlier).
-    const withBin = { RINGEDGE_BIN: `${process.execPath} ${path.join(ROOT, "bin", "ringedge.js")}`, ...env };
-    const p = spawn(path.join(HOOKS, name), args, { env: withBin, cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (d) => (stdout += d));
-    p.stderr.on("data", (d) => (stderr += d));
-    p.stdin.end(stdin);
-    const t = setTimeout(() => {
-      p.kill("SIGKILL");
-      reject(new Error(`hook ${name} timed out; stdout ${stdout} stderr ${stderr}`));
-    }, timeoutMs);
-    p.on("close", (code) => {
-      clearTimeout(t);
-      resolve({ code: code ?? -1, stdout, stderr });
-    });
-  });
+function hook(name: string, args: string[], env: NodeJS.ProcessEnv, stdin = "", timeoutMs = 120_000): Promise<ProgramResult> {
+  // The hooks run the sources under test (not a dist/ bundle a developer may have built earlier).
+  const withBin = { RINGEDGE_BIN: `${process.execPath} ${path.join(ROOT, "bin", "ringedge.js")}`, ...env };
+  return runProgram(path.join(HOOKS, name), args, withBin, { stdin, timeoutMs });
 }
 
 /** Kills an agent a hook started in the background (pid file), if still alive. */

@@ -83,22 +83,36 @@ export function agentEnv(dataDir: string, port: number, extra: Record<string, st
   };
 }
 
-export function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = CLI_TIMEOUT_MS): Promise<{ code: number; stdout: string; stderr: string }> {
+export interface ProgramResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a program from the repository root with the given stdin, killed (and the promise rejected) after timeoutMs. */
+export function runProgram(cmd: string, args: string[], env: NodeJS.ProcessEnv, opts: { stdin?: string; timeoutMs?: number } = {}): Promise<ProgramResult> {
   return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [BIN, ...args], { env, cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(cmd, args, { env, cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     p.stdout.on("data", (d) => (stdout += d));
     p.stderr.on("data", (d) => (stderr += d));
+    p.stdin.on("error", () => undefined); // a program that exits without reading its input
+    p.stdin.end(opts.stdin ?? "");
     const t = setTimeout(() => {
       p.kill("SIGKILL");
-      reject(new Error(`ringedge ${args.join(" ")} timed out; stderr: ${stderr}`));
-    }, timeoutMs);
+      reject(new Error(`${path.basename(cmd)} ${args.join(" ")} timed out; stdout: ${stdout} stderr: ${stderr}`));
+    }, opts.timeoutMs ?? CLI_TIMEOUT_MS);
     p.on("close", (code) => {
       clearTimeout(t);
       resolve({ code: code ?? -1, stdout, stderr });
     });
   });
+}
+
+/** The ringedge CLI from the sources (bin/ringedge.js). */
+export function runCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = CLI_TIMEOUT_MS): Promise<ProgramResult> {
+  return runProgram(process.execPath, [BIN, ...args], env, { timeoutMs });
 }
 
 // --- no secret in any log ------------------------------------------------------------------
@@ -191,8 +205,15 @@ export async function startAgent(opts: AgentOptions = {}): Promise<RunningAgent>
   const early = exited.then((code) => {
     throw new Error(`agent exited early with code ${code}; log:\n${log}`);
   });
-  await Promise.race([started, early]);
   early.catch(() => undefined);
+  try {
+    await Promise.race([started, early]);
+  } catch (err) {
+    // An agent that did not start in time must not outlive its test (it would keep the test
+    // process, and so the whole run, waiting for the per-file timeout).
+    if (proc.exitCode === null) proc.kill("SIGKILL");
+    throw err;
+  }
   return {
     port,
     dataDir,

@@ -4,12 +4,11 @@
 // every file in the data directory still belongs to the directory's owner, the settings file
 // keeps its owner and mode, and the unprivileged agent starts and reloads on SIGHUP.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import fs from "node:fs";
 import path from "node:path";
 import { after, test } from "node:test";
-import { ROOT, agentEnv, freePort, startAgent, tempDir, until, type RunningAgent } from "./harness.ts";
+import { ROOT, agentEnv, freePort, runProgram, startAgent, tempDir, until, type ProgramResult, type RunningAgent } from "./harness.ts";
 
 const USER = { uid: 65534, gid: 65534 };
 const cleanups: Array<() => unknown> = [];
@@ -18,23 +17,8 @@ after(async () => {
 });
 
 /** Runs a program (a hook, or the CLI through node) as root with stdin; bounded in time. */
-function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, stdin = "", timeoutMs = 60_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { env, cwd: ROOT, stdio: ["pipe", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (d) => (stdout += d));
-    p.stderr.on("data", (d) => (stderr += d));
-    p.stdin.end(stdin);
-    const t = setTimeout(() => {
-      p.kill("SIGKILL");
-      reject(new Error(`${cmd} ${args.join(" ")} timed out; stdout ${stdout} stderr ${stderr}`));
-    }, timeoutMs);
-    p.on("close", (code) => {
-      clearTimeout(t);
-      resolve({ code: code ?? -1, stdout, stderr });
-    });
-  });
+function run(cmd: string, args: string[], env: NodeJS.ProcessEnv, stdin = "", timeoutMs = 60_000): Promise<ProgramResult> {
+  return runProgram(cmd, args, env, { stdin, timeoutMs });
 }
 
 /** Every entry under dir (and dir itself) that does not belong to USER. */
