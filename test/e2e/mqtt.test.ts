@@ -508,7 +508,7 @@ describe("event delivery across broker crashes", { timeout: 90_000 }, () => {
     console.log(`# ${N} events, ${reconnects} broker kills: ${duplicates} delivered again after a reconnect (bound ${st.eventWindow * reconnects})`);
   });
 
-  it("a broker stopped cleanly (SIGTERM, persistence) and restarted while events flow: every event arrives exactly once", async () => {
+  it("a broker stopped cleanly (SIGTERM, persistence) and restarted while events flow: every event arrives, and only what was in flight at a stop may come again", async () => {
     let broker = await startBroker({ persistence: true });
     cleanups.push(() => broker.kill());
     const rec = await recorder(broker.url, [siteTopic("site-stop", "events")], true);
@@ -522,7 +522,8 @@ describe("event delivery across broker crashes", { timeout: 90_000 }, () => {
       for (let i = 0; i < 20 && emitted < N; i++, emitted++) a.bus.emit("device.presence", { deviceId: `dev-${emitted % 3}`, username: "x", online: emitted % 2 === 0, reason: "keepalive-ok", at: Date.now() });
     }, 2);
     cleanups.push(async () => clearInterval(burst));
-    for (let round = 0; round < 3; round++) {
+    const STOPS = 3;
+    for (let round = 0; round < STOPS; round++) {
       const before = rec.messages.length;
       await until(() => rec.messages.length > before + 50, 10_000, 5);
       await broker.stop();
@@ -535,7 +536,14 @@ describe("event delivery across broker crashes", { timeout: 90_000 }, () => {
     await until(() => new Set(rec.messages.map((m) => m.payload.seq)).size >= N, 10_000);
     const fresh = rec.messages.filter((m) => !m.dup).map((m) => `${m.payload.bootId}/${m.payload.seq}`);
     assert.equal(new Set(fresh).size, N);
-    assert.equal(fresh.length, N, `${fresh.length - N} events published again by the agent after a clean broker stop`);
+    // QoS 1 is at least once (MQTT 5 §4.3.2): a PUBLISH the broker took just before it stopped,
+    // whose PUBACK never reached the agent, is rightly sent again on the next connection, and the
+    // broker forwards it as a new message. CI saw one such event in 1,500. What the agent must not
+    // do is publish again what was acknowledged: at most one in-flight window per stop.
+    const again = fresh.length - N;
+    const window = a.sync.syncStatus().eventWindow;
+    assert.ok(again <= window * STOPS, `${again} events published again after ${STOPS} clean broker stops, bound ${window * STOPS}`);
+    console.log(`# ${N} events, ${STOPS} clean broker stops: ${again} published again (bound ${window * STOPS})`);
   });
 
   it("never more QoS 1 publishes in flight than the broker's Receive Maximum, events and the rest together", async () => {
