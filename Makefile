@@ -10,7 +10,7 @@ SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto ipro
 # Only the benchmarks need these (packet timestamps on loopback).
 BENCHPKGS := tshark:tshark
 
-.PHONY: build run test unit e2e bench benchdeps demo deps sysdeps typecheck clean help
+.PHONY: build run test unit e2e bench benchdeps demo deps sysdeps typecheck contract clean help
 
 help:
 	@echo "make run      build dist/ringedge.mjs and start the agent on embedded defaults (lowdb store under ./data, SIP UDP+TCP)"
@@ -44,6 +44,10 @@ build: dist/ringedge.mjs
 
 run: build
 	bin/ringedge run
+
+# The contract's validators are generated from its schema (a unit test fails when they are stale).
+contract: deps
+	$(TSX) contract/generate.ts
 
 typecheck: deps
 	npx tsc --noEmit -p .

@@ -1,17 +1,15 @@
 // The contract: contract/ringedge.schema.json holds one JSON Schema (draft 2020-12) definition
-// per payload the agent exchanges with the console (and the local site file). This module loads
-// it once, compiles a validator per definition on first use (ajv, strict), and turns ajv's
-// errors into the `{ code, path, message }` shape the rest of the agent reports, with paths in
-// the same style as validateSite: `groups[2].members[0]` (DESIGN principle 5).
-import * as fs from "node:fs";
-import * as net from "node:net";
+// per payload the agent exchanges with the console (and the local site file). The validators are
+// ajv's standalone code for that schema, generated at build time into
+// contract-validators.generated.ts (contract/generate.ts; a unit test fails when it is stale), so
+// the agent never compiles a schema: the first console push after start-up used to pay
+// 136–213 ms of event-loop time for it. This module turns ajv's errors into the
+// `{ code, path, message }` shape the rest of the agent reports, with paths in the same style as
+// validateSite: `groups[2].members[0]` (DESIGN principle 5).
 import { fileURLToPath } from "node:url";
-import { createRequire } from "node:module";
-import type Ajv2020Module from "ajv/dist/2020.js";
-import type { ErrorObject, ValidateFunction } from "ajv";
+import type { ErrorObject } from "ajv";
+import * as generated from "./contract-validators.generated.ts";
 
-/** The schema's $id; validators are looked up as `${CONTRACT_ID}#/$defs/<name>`. */
-const CONTRACT_ID = "https://ringedge.invalid/contract/ringedge.schema.json";
 export const CONTRACT_SCHEMA_PATH = fileURLToPath(new URL("../contract/ringedge.schema.json", import.meta.url));
 
 export interface SchemaError {
@@ -26,47 +24,20 @@ export type PayloadResult = { ok: true } | { ok: false; errors: SchemaError[] };
 /** After this many errors a report stops (a hostile payload can produce thousands). */
 export const MAX_SCHEMA_ERRORS = 200;
 
-// ajv ships CommonJS with `module.exports.default`; under NodeNext the default import is the
-// module object, so take `.default` when it is there.
-type AjvClass = typeof Ajv2020Module.default;
-/** ajv is loaded on the first validation (~10 MB of RSS an agent without a site never needs). */
-function loadAjv(): AjvClass {
-  const mod = createRequire(import.meta.url)("ajv/dist/2020.js") as { default?: AjvClass } & AjvClass;
-  return mod.default ?? mod;
-}
+/** A generated validator: ajv's calling convention (errors on the function after a failed call). */
+type Validator = ((value: unknown) => boolean) & { errors?: ErrorObject[] | null };
 
-let compiled: { ajv: InstanceType<AjvClass>; defs: ReadonlySet<string>; validators: Map<string, ValidateFunction> } | null = null;
-
-function contract(): NonNullable<typeof compiled> {
-  if (compiled) return compiled;
-  const schema = JSON.parse(fs.readFileSync(CONTRACT_SCHEMA_PATH, "utf8")) as { $id: string; $defs: Record<string, unknown> };
-  // allErrors: report every problem at once (an installer fixes a file in one pass);
-  // strict: a typo in the schema itself is an error at load, not a silently ignored keyword.
-  const Ajv2020 = loadAjv();
-  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true });
-  // Formats the schema uses, checked the way Node parses addresses (no DNS, literals only).
-  ajv.addFormat("ipv4", { type: "string", validate: (s: string) => net.isIPv4(s) });
-  ajv.addFormat("ipv6", { type: "string", validate: (s: string) => net.isIPv6(s) });
-  ajv.addSchema(schema);
-  compiled = { ajv, defs: new Set(Object.keys(schema.$defs)), validators: new Map() };
-  return compiled;
-}
+const validators: ReadonlyMap<string, Validator> = new Map(
+  (generated.definitionNames as string[]).map((name) => [name, (generated as unknown as Record<string, Validator>)[name]!]),
+);
 
 /** Names of the payload definitions in the contract ($defs keys). */
 export function payloadNames(): string[] {
-  return [...contract().defs];
+  return [...validators.keys()];
 }
 
-function validatorFor(defName: string): ValidateFunction | undefined {
-  const c = contract();
-  if (!c.defs.has(defName)) return undefined;
-  let v = c.validators.get(defName);
-  if (!v) {
-    v = c.ajv.getSchema(`${CONTRACT_ID}#/$defs/${defName}`);
-    if (!v) return undefined;
-    c.validators.set(defName, v);
-  }
-  return v;
+function validatorFor(defName: string): Validator | undefined {
+  return validators.get(defName);
 }
 
 /**
