@@ -209,6 +209,19 @@ function mqttSection(r: Json): string[] {
   ];
 }
 
+function pushSection(r: Json): string[] {
+  const site = obj(r.site);
+  const first = obj(r.firstPush);
+  const p = obj(r.pushToAck);
+  return [
+    "| first push after start ms (agent CPU) | push → applied ack p50 / p99 ms | agent CPU per push ms | agent RSS MB | site |",
+    "|---:|---:|---:|---:|---|",
+    `| ${fmt(num(first.ms), 1)} (${fmt(num(first.agentCpuMs))}) | ${fmt(num(p.p50Ms), 1)} / ${fmt(num(p.p99Ms), 1)} | ${fmt(num(r.agentCpuMsPerPush), 1)} | ${fmt(num(r.agentRssMB), 1)} | ${fmt(num(site.users))} users, ${fmt(num(site.devices))} phones, ${fmt(num(site.groups))} groups, ${fmt(num(site.configBytes))} B |`,
+    "",
+    `Target: push → ack p50 ≤ ${fmt(num(p.targetP50Ms))} ms through the whole agent ${yes(num(p.p50Ms) <= num(p.targetP50Ms))}.`,
+  ];
+}
+
 const SECTIONS: ReadonlyArray<{ name: string; title: string; render: (r: Json) => string[] }> = [
   { name: "parser", title: "SIP parser (bench/parser.bench.ts)", render: parserSection },
   { name: "routing", title: "Routing core planStep (bench/routing.bench.ts)", render: routingSection },
@@ -216,6 +229,7 @@ const SECTIONS: ReadonlyArray<{ name: string; title: string; render: (r: Json) =
   { name: "calls", title: "Calls through the agent, SIPp callers to SIPp phones (bench/calls.bench.ts)", render: callsSection },
   { name: "provision", title: "Phone provisioning: configs served, CSV import (bench/provision.bench.ts)", render: provisionSection },
   { name: "mqtt", title: "Console sync over MQTT with a real Mosquitto (bench/mqtt.bench.ts)", render: mqttSection },
+  { name: "push", title: "Console push through the whole running agent (bench/push.bench.ts)", render: pushSection },
 ];
 
 /** Builds summary.md from the result files; a result older than this run is marked stale. */

@@ -79,6 +79,22 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
+const hashes = new WeakMap<object, string>();
+/**
+ * sha256 (hex) of a snapshot's canonical JSON. A console push is hashed by the sync (to compare
+ * with the applied version) and then by the check here: the parsed snapshot is the same object and
+ * is never modified after parsing, so the second call costs a lookup, not another pass over
+ * ~160 KB.
+ */
+export function snapshotHash(input: object): string {
+  let h = hashes.get(input);
+  if (h === undefined) {
+    h = sha256Hex(canonicalJson(input));
+    hashes.set(input, h);
+  }
+  return h;
+}
+
 /**
  * Checks a snapshot as a whole against the contract, the routing model and the devices already in
  * the store (`existing`; site-origin ones are the snapshot's own previous devices and may be
@@ -114,7 +130,7 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
   const settings: SiteSettings = { ...structuredClone(config.settings), pickupCode: config.settings.pickupCode ?? DEFAULT_PICKUP_CODE };
   return {
     ok: true,
-    value: { version: config.version, hash: sha256Hex(canonicalJson(input)), settings, site: meaning.site, devices },
+    value: { version: config.version, hash: snapshotHash(input), settings, site: meaning.site, devices },
   };
 }
 

@@ -55,30 +55,69 @@ export type FileReading =
   | { kind: "bare"; value: unknown }
   | { kind: "envelope"; envelope: StoreEnvelope };
 
-/** JSON with object keys sorted and no whitespace: the same data always gives the same text. */
+/** Printable ASCII without `"` and `\\`: JSON quotes such a string as it is. */
+const PLAIN_STRING = /^[\x20\x21\x23-\x5b\x5d-\x7e]*$/;
+function quote(s: string): string {
+  return PLAIN_STRING.test(s) ? '"' + s + '"' : JSON.stringify(s);
+}
+/** Quoted keys with their colon: a site's few dozen key names recur thousands of times. Bounded. */
+const quotedKeys = new Map<string, string>();
+function quoteKey(k: string): string {
+  let q = quotedKeys.get(k);
+  if (q === undefined) {
+    q = quote(k) + ":";
+    if (quotedKeys.size < 4096) quotedKeys.set(k, q);
+  }
+  return q;
+}
+
+/**
+ * JSON with object keys sorted and no whitespace: the same data always gives the same text.
+ * Console pushes hash a ~160 KB snapshot with it, so it builds one string by concatenation
+ * (no per-object arrays and joins, keys quoted once) — about twice as fast as the plain form.
+ */
 export function canonicalJson(value: unknown): string {
   if (value === null) return "null";
   switch (typeof value) {
     case "string":
-      return JSON.stringify(value);
+      return quote(value);
     case "number":
-      return Number.isFinite(value) ? JSON.stringify(value) : "null";
+      // Number#toString is the algorithm JSON.stringify uses for finite numbers (-0 gives "0").
+      return Number.isFinite(value) ? String(value) : "null";
     case "boolean":
       return value ? "true" : "false";
     case "object": {
-      const withToJson = value as { toJSON?: () => unknown };
-      if (typeof withToJson.toJSON === "function") return canonicalJson(withToJson.toJSON());
+      const toJSON = (value as { toJSON?: () => unknown }).toJSON;
+      if (typeof toJSON === "function") return canonicalJson(toJSON.call(value));
       if (Array.isArray(value)) {
-        return "[" + value.map((v) => (v === undefined || typeof v === "function" || typeof v === "symbol" ? "null" : canonicalJson(v))).join(",") + "]";
+        let out = "[";
+        for (let i = 0; i < value.length; i++) {
+          const v: unknown = value[i];
+          if (i > 0) out += ",";
+          out += v === undefined || typeof v === "function" || typeof v === "symbol" ? "null" : canonicalJson(v);
+        }
+        return out + "]";
       }
       const rec = value as Record<string, unknown>;
-      const parts: string[] = [];
-      for (const key of Object.keys(rec).sort()) {
+      const keys = Object.keys(rec);
+      let sorted = true;
+      for (let i = 1; i < keys.length; i++) {
+        if (keys[i - 1]! > keys[i]!) {
+          sorted = false;
+          break;
+        }
+      }
+      if (!sorted) keys.sort();
+      let out = "{";
+      let first = true;
+      for (const key of keys) {
         const v = rec[key];
         if (v === undefined || typeof v === "function" || typeof v === "symbol") continue;
-        parts.push(JSON.stringify(key) + ":" + canonicalJson(v));
+        if (!first) out += ",";
+        first = false;
+        out += quoteKey(key) + canonicalJson(v);
       }
-      return "{" + parts.join(",") + "}";
+      return out + "}";
     }
     default:
       // undefined, bigint, function, symbol: not representable; JSON.stringify would drop or throw.

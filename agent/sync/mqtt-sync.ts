@@ -18,7 +18,7 @@ import type { IClientOptions, IClientPublishOptions, IPublishPacket, MqttClient 
 import type { EventBus } from "../bus.ts";
 import { validatePayload, type PayloadResult } from "../contract.ts";
 import type { Logger } from "../log.ts";
-import { versionStanding } from "../site/site.ts";
+import { snapshotHash, versionStanding } from "../site/site.ts";
 import { canonicalJson } from "../store/atomic-file.ts";
 import { Outbox, type OutboxEvent } from "./outbox.ts";
 import { CallStatistics } from "./stats.ts";
@@ -190,6 +190,7 @@ export interface SyncStatus {
 
 /** sha256 of the canonical JSON of a value, in the contract's "sha256:<hex>" form. */
 export function configHash(config: unknown): string {
+  if (typeof config === "object" && config !== null) return "sha256:" + snapshotHash(config);
   return "sha256:" + createHash("sha256").update(canonicalJson(config)).digest("hex");
 }
 

@@ -235,6 +235,41 @@ describe("AtomicJsonFile", () => {
     }
   });
 
+  test("canonicalJson equals JSON.stringify of a key-sorted copy on random data (escapes, unicode, numbers, toJSON, holes)", () => {
+    let seed = 7;
+    const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+    const strings = ["", "a", 'quo"te', "back\\slash", "tab\t", "nul\u0000", "é", "😀", "\u2028", "<>&", "key", "Key", "k-1"];
+    const gen = (depth: number): unknown => {
+      switch (depth > 3 ? rnd(4) : rnd(8)) {
+        case 0: return strings[rnd(strings.length)];
+        case 1: return [0, -0, 1.5, -3e-7, 1e21, 2 ** 53, NaN, Infinity][rnd(8)];
+        case 2: return rnd(2) === 0;
+        case 3: return null;
+        case 4: return Array.from({ length: rnd(4) }, () => (rnd(6) === 0 ? undefined : gen(depth + 1)));
+        case 5: return new Date(Date.UTC(2026, rnd(12), 1 + rnd(28)));
+        default: {
+          const o: Record<string, unknown> = {};
+          for (let i = rnd(6); i > 0; i--) o[strings[rnd(strings.length)]! + (rnd(3) === 0 ? "z" : "")] = rnd(8) === 0 ? undefined : gen(depth + 1);
+          return o;
+        }
+      }
+    };
+    // The reference: sort keys in a deep copy, then let V8 write it (no integer-like keys here,
+    // which V8 would enumerate first).
+    const sortDeep = (v: unknown): unknown => {
+      if (v === null || typeof v !== "object") return v;
+      if (typeof (v as { toJSON?: unknown }).toJSON === "function") return sortDeep((v as { toJSON: () => unknown }).toJSON());
+      if (Array.isArray(v)) return v.map(sortDeep);
+      const o: Record<string, unknown> = {};
+      for (const k of Object.keys(v).sort()) o[k] = sortDeep((v as Record<string, unknown>)[k]);
+      return o;
+    };
+    for (let i = 0; i < 2000; i++) {
+      const v = gen(0);
+      assert.equal(canonicalJson(v), JSON.stringify(sortDeep(v)) ?? "null", JSON.stringify(v));
+    }
+  });
+
   test("canonicalJson sorts keys at every depth and drops undefined", () => {
     assert.equal(canonicalJson({ b: 1, a: { d: [1, undefined], c: "x" }, u: undefined }), '{"a":{"c":"x","d":[1,null]},"b":1}');
   });
