@@ -31,6 +31,7 @@ import { SiteService, formatSiteErrors, readSiteFile } from "./site/site.ts";
 import { MqttSync, readTlsFiles, siteApplier } from "./sync/mqtt-sync.ts";
 import { DEFAULT_PICKUP_CODE } from "./site/types.ts";
 import { RoutingEngine, type EngineStats } from "./routing/engine.ts";
+import { OperatorStates } from "./presence/operators.ts";
 import type { SiteRecord } from "./site/types.ts";
 import { DrainController, type DrainReport } from "./appliance/drain.ts";
 import { LatencyWatch, judgeHealth, type HealthReport, type LatencyVerdict } from "./appliance/health.ts";
@@ -114,6 +115,8 @@ export class Agent {
   guard!: AuthGuard;
   /** The applied site configuration (users, groups, settings) and its routing lookups. */
   site!: SiteService;
+  /** Operators' own state (availability, logins) from their phones' feature codes and the site. */
+  operators!: OperatorStates;
   /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
   engine!: RoutingEngine;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
@@ -209,6 +212,8 @@ export class Agent {
     this.site.start();
     if (s.siteFile !== "") await this.applySiteFile(s.siteFile);
     this.refreshDevices();
+    this.operators = new OperatorStates({ store: this.store, site: () => this.site.current(), bus: this.bus, log: this.log.child("operators") });
+    this.operators.start();
 
     // The guard and presence keep these objects by reference: reload() changes them in place.
     this.guard = new AuthGuard({
@@ -322,6 +327,7 @@ export class Agent {
       respondStatelessly: (tx, res) => void this.transactions.respondStatelessly(tx, res),
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
+      operators: this.operators,
     });
     this.engine.start();
     this.latencyWatch = new LatencyWatch({
@@ -399,6 +405,7 @@ export class Agent {
     this.subscriptions?.stop();
     this.latencyWatch?.stop();
     this.engine?.stop();
+    this.operators?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
     await this.control?.stop();

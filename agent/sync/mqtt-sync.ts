@@ -347,6 +347,9 @@ export class MqttSync {
         this.stats.busy(e);
         this.event("call.busy", compact({ callId: e.callId, groupId: e.groupId, memberIds: e.memberIds, caller: e.caller }), e.at);
       }),
+      bus.on("operator.state", (e) => {
+        this.event("operator.state", compact({ userId: e.userId, availability: e.availability, loggedOutOf: e.loggedOutOf, source: e.source, deviceId: e.deviceId }), e.at);
+      }),
     );
   }
 
