@@ -98,7 +98,7 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
       const members = g.members.map((m, i) => `  ${String(i + 1).padStart(2)}. ${m.extension.padEnd(6)} ${m.name.slice(0, 24).padEnd(24)} ${m.availability.padEnd(9)} ${memberDevices(m)}${m.loggedOutOf.includes(g.id) ? "; logged out of this group" : ""}`);
       print(g, [
         `group     ${g.number} ${g.name} (${g.id})`,
-        `strategy  ${g.strategy}, ${g.ringCount} ring${g.ringCount === 1 ? "" : "s"} per step${g.checkAvailability ? ", skips away/dnd" : ""}${g.pickup ? ", pickup on" : ""}`,
+        `strategy  ${g.strategy}, ${g.ringCount} ring${g.ringCount === 1 ? "" : "s"} per step${g.checkAvailability ? ", skips away" : ""}${g.pickup ? ", pickup on" : ""}`,
         `no answer ${g.noAnswer}`,
         `members   ${g.members.length}${g.online === undefined ? "" : `, ${g.online} online`}`,
         ...members,

@@ -104,7 +104,7 @@ export interface Group {
   members: string[];
   /** Rings per step; one ring is RING_UNIT_MS. */
   ringCount: number;
-  /** Skip members marked away or dnd. Without it they still ring (product reference). */
+  /** Skip members who are away. Without it they still ring (product reference); dnd members never ring (issue 14). */
   checkAvailability: boolean;
   noAnswer: NoAnswerAction;
   /** Group call pickup with the feature code (*8). Absent = disabled. */
