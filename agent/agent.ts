@@ -345,7 +345,12 @@ export class Agent {
       limits: this.live.subscribe,
       log: this.log.child("subscriptions"),
     });
-    this.blf = new BlfNotifier({ bus: this.bus, site: () => this.site.current().index, subscriptions: this.subscriptions });
+    this.blf = new BlfNotifier({
+      bus: this.bus,
+      site: () => this.site.current().index,
+      subscriptions: this.subscriptions,
+      operators: { get: (id) => this.operators.get(id), featureCodes: () => this.site.current().record?.settings.featureCodes },
+    });
     this.blf.start();
 
     // Phone provisioning (HTTP/S, PnP, re-sync); configs name the SIP address phones register to.

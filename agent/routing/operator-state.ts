@@ -286,6 +286,34 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
   return { states: out, changed };
 }
 
+/**
+ * Whether the state a code sets is in effect for an operator: what a BLF key on that code shows
+ * (presence/blf.ts). away: away; back: available; DND on: dnd; DND off: not dnd; log in to a
+ * group: a member, logged in there (bare: a member of some group, logged in to all of them);
+ * log out: logged out of that group (bare: of every group of theirs).
+ */
+export function codeInEffect(state: Pick<OperatorState, "availability" | "loggedOutOf">, code: Extract<OperatorCode, { ok: true }>, groupsByNumber: ReadonlyMap<string, Group>, groupsOf: readonly Group[]): boolean {
+  switch (code.action) {
+    case "away":
+      return state.availability === "away";
+    case "back":
+      return state.availability === "available";
+    case "dndOn":
+      return state.availability === "dnd";
+    case "dndOff":
+      return state.availability !== "dnd";
+    case "login":
+    case "logout": {
+      const out = code.action === "logout";
+      if (code.groupNumber !== undefined) {
+        const g = groupsByNumber.get(code.groupNumber);
+        return g !== undefined && groupsOf.includes(g) && state.loggedOutOf.includes(g.id) === out;
+      }
+      return groupsOf.length > 0 && groupsOf.every((g) => state.loggedOutOf.includes(g.id) === out);
+    }
+  }
+}
+
 function sameList(a: readonly string[], b: readonly string[]): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;

@@ -34,6 +34,7 @@ import {
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 import { startBroker, type Broker } from "./mosquitto.ts";
 import { SipClient, randomBranch } from "./sipclient.ts";
+import { Subscriber, parseDialogInfo, type HeldSubscription } from "./subscriber.ts";
 
 const UNIT = 200;
 const SITE_ID = "site-opstate";
@@ -218,6 +219,45 @@ describe("operators' own state from their phones", () => {
     assert.equal(u.availability, "dnd");
     assert.equal(u.stateDevice, "dev-op3");
     assert.equal((await dial(p3, "*42")).reason, "Available");
+  });
+
+  test("a BLF key on a state code shows the phone's own operator's state (dialog package: confirmed while in effect)", async () => {
+    const w = new Subscriber(p2);
+    /** Waits for a NOTIFY of `sub` after the first `from` ones whose lamp is lit / off. */
+    const lamp = async (sub: HeldSubscription, lit: boolean, from = 0): Promise<void> => {
+      await until(() => w.notifiesOf(sub).slice(from).some((n) => {
+        const dialogs = parseDialogInfo(n.msg.body).dialogs;
+        return lit ? dialogs.length === 1 && dialogs[0]!.state === "confirmed" && dialogs[0]!.direction === "initiator" : dialogs.length === 0;
+      }), 5000, 10);
+    };
+    const seen = (sub: HeldSubscription): number => w.notifiesOf(sub).length;
+    const dnd = await w.subscribe("*78", { expires: 600 });
+    assert.equal(dnd.res.status, 200);
+    await lamp(dnd.sub, false);
+    assert.match(parseDialogInfo(w.notifiesOf(dnd.sub)[0]!.msg.body).entity, /^sip:\*78@127\.0\.0\.1:\d+$/);
+    const out = await w.subscribe("*46651", { expires: 600 });
+    assert.equal(out.res.status, 200);
+    await lamp(out.sub, false);
+    assert.equal((await w.subscribe("*419")).res.status, 404, "a malformed code names nothing");
+    let n = seen(dnd.sub);
+    assert.equal((await dial(p2, "*78")).status, 480);
+    await lamp(dnd.sub, true, n);
+    n = seen(out.sub);
+    assert.equal((await dial(p2, "*46651")).status, 480);
+    await lamp(out.sub, true, n);
+    // Another operator's change is not this key's: no NOTIFY for it.
+    const quiet = seen(dnd.sub);
+    assert.equal((await dial(p1, "*41")).status, 480);
+    assert.equal((await dial(p1, "*79")).status, 480);
+    n = seen(dnd.sub);
+    assert.equal(n, quiet, "op1's state changes do not notify op2's key");
+    assert.equal((await dial(p2, "*79")).status, 480);
+    await lamp(dnd.sub, false, n);
+    n = seen(out.sub);
+    assert.equal((await dial(p2, "*45")).status, 480);
+    await lamp(out.sub, false, n);
+    assert.equal((await w.refresh(dnd.sub, 0)).status, 200);
+    assert.equal((await w.refresh(out.sub, 0)).status, 200);
   });
 
   test("a site change repeating the values leaves the phone's state; one changing a value wins", async () => {

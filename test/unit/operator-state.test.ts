@@ -11,6 +11,7 @@ import {
   DEFAULT_FEATURE_CODES,
   applyOperatorCode,
   checkFeatureCodes,
+  codeInEffect,
   mergeSnapshot,
   parseOperatorCode,
   type OperatorCode,
@@ -19,6 +20,8 @@ import {
 } from "../../agent/routing/operator-state.ts";
 import { groupAllOffline, planStep, selectFreeOperator, startCall, type PresenceSnapshot } from "../../agent/routing/plan.ts";
 import { OperatorStates } from "../../agent/presence/operators.ts";
+import { BlfNotifier } from "../../agent/presence/blf.ts";
+import type { EventPackage } from "../../agent/sip/subscriptions.ts";
 import { checkSiteConfig, SiteService } from "../../agent/site/site.ts";
 import { Store } from "../../agent/store/store.ts";
 import { validatePayload } from "../../agent/contract.ts";
@@ -371,6 +374,51 @@ describe("the service: store, bus, site", () => {
 
   test("defaults are what the docs say", () => {
     assert.deepEqual({ ...DEFAULT_FEATURE_CODES }, { away: "*41", back: "*42", dndOn: "*78", dndOff: "*79", login: "*45", logout: "*46" });
+  });
+});
+
+describe("BLF keys on state codes", () => {
+  const sales = group("sales", "601", ["a", "b"]);
+  const support = group("support", "602", ["a"]);
+  const byNumber = new Map([sales, support].map((g) => [g.number, g]));
+  const lit = (s: Partial<OperatorState>, dialled: string, groupsOf = [sales, support]) => codeInEffect({ ...state("a"), ...s }, ok(parseOperatorCode(dialled)), byNumber, groupsOf);
+
+  test("which code's state is in effect", () => {
+    assert.deepEqual(["*41", "*42", "*78", "*79"].map((c) => lit({ availability: "away" }, c)), [true, false, false, true]);
+    assert.deepEqual(["*41", "*42", "*78", "*79"].map((c) => lit({ availability: "dnd" }, c)), [false, false, true, false]);
+    assert.deepEqual(["*45", "*45601", "*46", "*46601", "*46602"].map((c) => lit({ loggedOutOf: ["sales"] }, c)), [false, false, false, true, false]);
+    assert.deepEqual(["*45", "*46"].map((c) => lit({ loggedOutOf: ["sales", "support"] }, c)), [false, true]);
+    assert.deepEqual(["*45", "*46", "*45601"].map((c) => lit({}, c, [])), [false, false, false], "in no group: neither lamp");
+    assert.equal(lit({}, "*45999"), false, "an unknown group");
+  });
+
+  test("the dialog package resolves a state code for the subscriber's operator, renders it, and is told when it changes", async () => {
+    const bus = new EventBus();
+    const index = indexSite({ users: [user("a", "201"), user("b", "202")], devices: [], groups: [sales, support] });
+    let pkg: EventPackage | undefined;
+    const changed: string[] = [];
+    const states = new Map<string, OperatorState>([["a", state("a")], ["b", state("b")]]);
+    const blf = new BlfNotifier({ bus, site: () => index, subscriptions: { addPackage: (p) => (pkg = p), changed: (_e, r) => changed.push(r) }, operators: { get: (id) => states.get(id), featureCodes: () => ({ dndOn: "#9" }) } });
+    blf.start();
+    const host = "192.0.2.1:5060";
+    const key = pkg!.resolve(`sip:%239@${host}`, host, { deviceId: "desk-a", userId: "a" });
+    assert.deepEqual(key, { resource: "a #9", entity: `sip:%239@${host}` });
+    assert.equal(pkg!.resolve(`sip:*78@${host}`, host, { deviceId: "desk-a", userId: "a" }), undefined, "the replaced default is no code");
+    assert.equal(pkg!.resolve(`sip:#9x@${host}`, host, { deviceId: "desk-a", userId: "a" }), undefined);
+    assert.equal(pkg!.resolve(`sip:#9@${host}`, host, { deviceId: "nobody's" }), undefined, "a device without an operator");
+    assert.deepEqual(pkg!.resolve(`sip:202@${host}`, host, { deviceId: "desk-a", userId: "a" }), { resource: "b", entity: `sip:202@${host}` }, "users still resolve");
+    assert.doesNotMatch(pkg!.render("a #9", key!.entity, 0), /<dialog /);
+    states.set("a", state("a", { availability: "dnd" }));
+    bus.emit("operator.state", { userId: "b", availability: "dnd", loggedOutOf: [], source: "phone", at: T0 });
+    bus.emit("operator.state", { userId: "a", availability: "dnd", loggedOutOf: [], source: "phone", at: T0 });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(changed, ["a #9"], "only the keys of the operator who changed");
+    const xml = pkg!.render("a #9", key!.entity, 1);
+    assert.match(xml, /<dialog id="state" call-id="state-#9" direction="initiator">\s*<state>confirmed<\/state>/);
+    bus.emit("site.applied", { version: 2, source: "console" });
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(changed, ["a #9", "a #9"]);
+    blf.stop();
   });
 });
 
