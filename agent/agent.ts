@@ -382,7 +382,7 @@ export class Agent {
       this.sync = new MqttSync({
         siteId: s.siteId, url: s.mqttUrl, dataDir: s.dataDir, clientId: s.mqttClientId, username: s.mqttUsername, password: s.mqttPassword,
         ...readTlsFiles(s), statsIntervalS: s.statsIntervalS, outboxMax: s.outboxMax, bus: this.bus, site: siteApplier(this.site),
-        status: () => this.status(), presence: () => this.presence.snapshot(), log: this.log.child("sync"),
+        status: () => this.status(), presence: () => this.presence.snapshot(), operators: () => this.operators.list(), log: this.log.child("sync"),
       });
       // cmd/resync from the console re-syncs phones through provisioning (check-sync NOTIFY).
       const hooks = this.provisioning?.hooks();

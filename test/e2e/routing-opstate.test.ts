@@ -74,6 +74,8 @@ let p2: Phone;
 let p3: Phone;
 let events: MqttClient;
 const received: any[] = [];
+/** Retained presence snapshots as they arrive (devices and operators). */
+const presence: any[] = [];
 const scene = new CallScene(() => agent);
 
 async function start(): Promise<void> {
@@ -88,9 +90,9 @@ before(async () => {
   siteFile = writeSiteFile(siteDir, site());
   broker = await startBroker();
   events = connect(broker.url, { protocolVersion: 5, clientId: `opstate-${process.pid}`, reconnectPeriod: 50 });
-  events.on("message", (_t, buf) => received.push(JSON.parse(buf.toString())));
+  events.on("message", (topic, buf) => (topic.endsWith("/presence") ? presence : received).push(JSON.parse(buf.toString())));
   events.on("error", () => undefined);
-  await new Promise<void>((resolve, reject) => events.once("connect", () => events.subscribe(siteTopic(SITE_ID, "events"), { qos: 1 }, (err) => (err ? reject(err) : resolve()))));
+  await new Promise<void>((resolve, reject) => events.once("connect", () => events.subscribe([siteTopic(SITE_ID, "events"), siteTopic(SITE_ID, "presence")], { qos: 1 }, (err) => (err ? reject(err) : resolve()))));
   await start();
   const phones = await scene.register([op1, op2, op3], answerAfter(30));
   [p1, p2, p3] = [phones[0]!, phones[1]!, phones[2]!];
@@ -133,6 +135,9 @@ describe("operators' own state from their phones", () => {
     assert.deepEqual(await offered("651"), ["op1", "op2"]);
     const ev = await until(() => stateEvents("op1")[0], 10_000, 20);
     assert.deepEqual(ev.data, { userId: "op1", availability: "away", loggedOutOf: [], source: "phone", deviceId: "dev-op1" });
+    // The retained presence snapshot carries every operator's state now.
+    const snap = await until(() => [...presence].reverse().find((p: any) => p.operators?.some((o: any) => o.userId === "op1" && o.availability === "away")), 10_000, 20);
+    assert.deepEqual(snap.operators.map((o: any) => o.userId).sort(), ["op1", "op2", "op3"]);
     const u = (await userList()).get("op1");
     assert.equal(u.availability, "away");
     assert.equal(u.stateSource, "phone");
