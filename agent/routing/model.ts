@@ -238,7 +238,10 @@ export function parseSite(input: unknown): ParseSiteResult {
   // An operator logs out of groups they are a member of (operator-state.ts).
   users.forEach((u, i) => u.loggedOutOf?.forEach((gid, k) => {
     const g = groupIds.get(gid);
-    if (g === undefined || groups[g]?.members?.includes(u.id ?? "") !== true) c.add("logged-out-not-member", `users[${i}].loggedOutOf[${k}]`, `"${u.id ?? "?"}" is not a member of a group with id "${gid}"`);
+    const members = g === undefined ? undefined : groups[g]?.members;
+    // A group whose member list is itself invalid is reported there already.
+    if (g !== undefined && members === undefined) return;
+    if (members?.includes(u.id ?? "") !== true) c.add("logged-out-not-member", `users[${i}].loggedOutOf[${k}]`, `"${u.id ?? "?"}" is not a member of a group with id "${gid}"`);
   }));
 
   if (c.errors.length > 0) return { ok: false, errors: c.errors };
