@@ -283,6 +283,20 @@ describe("operators' own state from their phones", () => {
     const ev = await until(() => stateEvents("op1").find((e) => e.data.source === "file"), 10_000, 20);
     assert.equal(ev.data.availability, "dnd");
     assert.equal((await dial(p1, "*79")).reason, "Do Not Disturb off");
+    // The console's push (MQTT desired) works the same way: op3 logged out of 652 by the console.
+    const pushed = site();
+    pushed.users.find((u) => u.id === "op1")!.availability = "dnd";
+    (pushed.users.find((u) => u.id === "op3") as SimUser & { loggedOutOf?: string[] }).loggedOutOf = ["solo"];
+    const v4 = writeSiteFile(siteDir, pushed, 4);
+    const push = await agent.cli(["console", "push", SITE_ID, v4, "--url", broker.url]);
+    assert.equal(push.code, 0, push.stderr);
+    assert.equal(JSON.parse(push.stdout).status, "applied");
+    const op3 = (await userList()).get("op3");
+    assert.deepEqual([op3.loggedOutOf, op3.stateSource], [["solo"], "console"]);
+    assert.equal((await userList()).get("op1").availability, "available", "v4 repeats v3's dnd for op1: the phone's DND off stands");
+    const consoleEv = await until(() => stateEvents("op3").find((e) => e.data.source === "console"), 10_000, 20);
+    assert.deepEqual(consoleEv.data.loggedOutOf, ["solo"]);
+    assert.equal((await dial(p3, "*45")).reason, "Logged in: all groups");
   });
 
   test("the state survives an agent restart", async () => {
