@@ -31,6 +31,7 @@ import { SiteService, formatSiteErrors, readSiteFile } from "./site/site.ts";
 import { MqttSync, readTlsFiles, siteApplier } from "./sync/mqtt-sync.ts";
 import { DEFAULT_PICKUP_CODE } from "./site/types.ts";
 import { RoutingEngine, type EngineStats } from "./routing/engine.ts";
+import { OperatorStates } from "./presence/operators.ts";
 import type { SiteRecord } from "./site/types.ts";
 import { DrainController, type DrainReport } from "./appliance/drain.ts";
 import { LatencyWatch, judgeHealth, type HealthReport, type LatencyVerdict } from "./appliance/health.ts";
@@ -114,6 +115,8 @@ export class Agent {
   guard!: AuthGuard;
   /** The applied site configuration (users, groups, settings) and its routing lookups. */
   site!: SiteService;
+  /** Operators' own state (availability, logins) from their phones' feature codes and the site. */
+  operators!: OperatorStates;
   /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
   engine!: RoutingEngine;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
@@ -209,6 +212,8 @@ export class Agent {
     this.site.start();
     if (s.siteFile !== "") await this.applySiteFile(s.siteFile);
     this.refreshDevices();
+    this.operators = new OperatorStates({ store: this.store, site: () => this.site.current(), bus: this.bus, log: this.log.child("operators") });
+    this.operators.start();
 
     // The guard and presence keep these objects by reference: reload() changes them in place.
     this.guard = new AuthGuard({
@@ -322,6 +327,7 @@ export class Agent {
       respondStatelessly: (tx, res) => void this.transactions.respondStatelessly(tx, res),
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
+      operators: this.operators,
     });
     this.engine.start();
     this.latencyWatch = new LatencyWatch({
@@ -339,7 +345,12 @@ export class Agent {
       limits: this.live.subscribe,
       log: this.log.child("subscriptions"),
     });
-    this.blf = new BlfNotifier({ bus: this.bus, site: () => this.site.current().index, subscriptions: this.subscriptions });
+    this.blf = new BlfNotifier({
+      bus: this.bus,
+      site: () => this.site.current().index,
+      subscriptions: this.subscriptions,
+      operators: { get: (id) => this.operators.get(id), featureCodes: () => this.site.current().record?.settings.featureCodes },
+    });
     this.blf.start();
 
     // Phone provisioning (HTTP/S, PnP, re-sync); configs name the SIP address phones register to.
@@ -371,7 +382,7 @@ export class Agent {
       this.sync = new MqttSync({
         siteId: s.siteId, url: s.mqttUrl, dataDir: s.dataDir, clientId: s.mqttClientId, username: s.mqttUsername, password: s.mqttPassword,
         ...readTlsFiles(s), statsIntervalS: s.statsIntervalS, outboxMax: s.outboxMax, bus: this.bus, site: siteApplier(this.site),
-        status: () => this.status(), presence: () => this.presence.snapshot(), log: this.log.child("sync"),
+        status: () => this.status(), presence: () => this.presence.snapshot(), operators: () => this.operators.list(), log: this.log.child("sync"),
       });
       // cmd/resync from the console re-syncs phones through provisioning (check-sync NOTIFY).
       const hooks = this.provisioning?.hooks();
@@ -399,6 +410,7 @@ export class Agent {
     this.subscriptions?.stop();
     this.latencyWatch?.stop();
     this.engine?.stop();
+    this.operators?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
     await this.control?.stop();

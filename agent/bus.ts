@@ -31,6 +31,8 @@ export interface AgentEvents {
   "call.ended": { callId: string; at: number };
   /** Members passed over because they were at their call limit (or a direct call refused 486). */
   "call.busy": { callId: string; groupId: string | undefined; memberIds: string[]; caller: string; at: number };
+  /** An operator's own state changed (phone feature code, console push, site file; presence/operators.ts). */
+  "operator.state": { userId: string; availability: "available" | "away" | "dnd"; loggedOutOf: string[]; source: "phone" | "console" | "file"; deviceId?: string; at: number };
   /** A second client asked for a phone's bootstrap or config after another claimed it; its credentials were rotated. */
   "provisioning.conflict": { deviceId: string; mac: string; claimedIp: string; ip: string; stage: "bootstrap" | "full"; at: number };
   /** A window of calls had more first forks over latencyBudgetMs than healthOverBudgetPct allows (appliance/health.ts). */

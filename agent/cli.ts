@@ -70,7 +70,7 @@ commands:
   provision dhcp-hints     DHCP options that point phones at this appliance
   site apply|show          apply a site file (users, devices, groups; --dry-run checks only)
   group list|show          call groups of the applied site, members and who is online
-  user list                operators of the applied site
+  user list                operators of the applied site and their state now
   calls [--limit N] [--group <id>] [--json]   the call log: answered and missed calls
 
 common options:

@@ -24,7 +24,9 @@ availability and devices (and, with a running agent, whether each device is onli
   user: `usage:
   ringedge user list [--json]
 
-Operators of the applied site, with their extension, availability and devices.`,
+Operators of the applied site, with their extension, state now (available, away or dnd, as the
+site or their phone's feature code set it; the groups they logged out of; who changed it last)
+and devices.`,
 };
 
 export type Exec = (cmd: string, args: Record<string, unknown>) => Promise<unknown>;
@@ -93,10 +95,10 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
         return 2;
       }
       const g = (await exec("group.show", { ref })) as GroupView;
-      const members = g.members.map((m, i) => `  ${String(i + 1).padStart(2)}. ${m.extension.padEnd(6)} ${m.name.slice(0, 24).padEnd(24)} ${m.availability.padEnd(9)} ${memberDevices(m)}`);
+      const members = g.members.map((m, i) => `  ${String(i + 1).padStart(2)}. ${m.extension.padEnd(6)} ${m.name.slice(0, 24).padEnd(24)} ${m.availability.padEnd(9)} ${memberDevices(m)}${m.loggedOutOf.includes(g.id) ? "; logged out of this group" : ""}`);
       print(g, [
         `group     ${g.number} ${g.name} (${g.id})`,
-        `strategy  ${g.strategy}, ${g.ringCount} ring${g.ringCount === 1 ? "" : "s"} per step${g.checkAvailability ? ", skips away/dnd" : ""}${g.pickup ? ", pickup on" : ""}`,
+        `strategy  ${g.strategy}, ${g.ringCount} ring${g.ringCount === 1 ? "" : "s"} per step${g.checkAvailability ? ", skips away" : ""}${g.pickup ? ", pickup on" : ""}`,
         `no answer ${g.noAnswer}`,
         `members   ${g.members.length}${g.online === undefined ? "" : `, ${g.online} online`}`,
         ...members,
@@ -106,13 +108,21 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
     case "user list": {
       const list = (await exec("user.list", {})) as MemberView[];
       if (json) return print(list, ""), 0;
-      const rows = list.map((u) => `${u.extension.padEnd(6)} ${u.id.slice(0, 16).padEnd(16)} ${u.name.slice(0, 24).padEnd(24)} ${u.availability.padEnd(9)} ${memberDevices(u)}`);
+      const rows = list.map((u) => `${u.extension.padEnd(6)} ${u.id.slice(0, 16).padEnd(16)} ${u.name.slice(0, 24).padEnd(24)} ${u.availability.padEnd(9)} ${memberDevices(u)}${stateNote(u)}`);
       out(["EXT    ID               NAME                     STATE     DEVICES", ...rows].join("\n") + "\n");
       return 0;
     }
     default:
       return null;
   }
+}
+
+/** "; logged out of: sales; set by phone dev-anna at <time>" — the parts that apply. */
+function stateNote(m: MemberView): string {
+  const parts: string[] = [];
+  if (m.loggedOutOf.length > 0) parts.push(`logged out of: ${m.loggedOutOf.join(", ")}`);
+  if (m.stateSource !== undefined && m.stateChangedAt !== undefined) parts.push(`set by ${m.stateSource}${m.stateDevice !== undefined ? ` ${m.stateDevice}` : ""} at ${m.stateChangedAt}`);
+  return parts.length === 0 ? "" : `; ${parts.join("; ")}`;
 }
 
 function memberDevices(m: MemberView): string {

@@ -21,7 +21,15 @@ export interface MemberView {
   id: string;
   name: string;
   extension: string;
+  /** Now: the site's value, or what the operator's phone (or a later push) set (operator-state.ts). */
   availability: User["availability"];
+  /** Ids of the groups the operator is logged out of now. */
+  loggedOutOf: string[];
+  /** Who made the last state change (phone, console, file) and when (ISO); absent before the agent first ran with this site. */
+  stateSource?: string;
+  stateChangedAt?: string;
+  /** The phone (device id) that made the last change, when a phone did. */
+  stateDevice?: string;
   callLimit: number;
   mobile?: string;
   devices: MemberDeviceView[];
@@ -98,9 +106,16 @@ export function siteCommands(view: AgentView): CommandTable {
         }
         return out;
       });
-  const member = (u: User, presence: ReturnType<typeof presenceOf>): MemberView => {
+  const states = () => new Map(view.store.listOperatorStates().map((o) => [o.userId, o]));
+  const member = (u: User, presence: ReturnType<typeof presenceOf>, opState = states()): MemberView => {
     const devices = devicesOf(u.id, presence);
-    const out: MemberView = { id: u.id, name: u.name, extension: u.extension, availability: u.availability, callLimit: u.callLimit, devices };
+    const st = opState.get(u.id);
+    const out: MemberView = { id: u.id, name: u.name, extension: u.extension, availability: st?.availability ?? u.availability, loggedOutOf: [...(st?.loggedOutOf ?? u.loggedOutOf ?? [])], callLimit: u.callLimit, devices };
+    if (st !== undefined) {
+      out.stateSource = st.source;
+      out.stateChangedAt = new Date(st.changedAt).toISOString();
+      if (st.deviceId !== undefined && st.source === "phone") out.stateDevice = st.deviceId;
+    }
     if (u.mobile) out.mobile = u.mobile;
     if (presence) out.online = devices.some((d) => d.online === true);
     return out;
@@ -160,9 +175,10 @@ export function siteCommands(view: AgentView): CommandTable {
       const g = cur.index.groupsById.get(ref) ?? cur.index.groupsByNumber.get(ref);
       if (!g) throw new CommandError(`no group '${ref}' (see ringedge group list)`);
       const presence = presenceOf();
+      const opState = states();
       const members = g.members.flatMap((id) => {
         const u = cur.index.usersById.get(id);
-        return u ? [member(u, presence)] : [];
+        return u ? [member(u, presence, opState)] : [];
       });
       const { members: _count, online: _online, ...rest } = summary(g, presence, cur.index.usersById);
       const out: GroupView = { ...rest, members, noAnswerAction: g.noAnswer };
@@ -171,7 +187,8 @@ export function siteCommands(view: AgentView): CommandTable {
     },
     "user.list": (): MemberView[] => {
       const presence = presenceOf();
-      return (record()?.users ?? []).map((u) => member(u, presence));
+      const opState = states();
+      return (record()?.users ?? []).map((u) => member(u, presence, opState));
     },
   };
 }

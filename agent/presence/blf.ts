@@ -21,8 +21,14 @@
 // - <remote><identity> names the caller of a ringing or answered call (phones show who is
 //   calling the colleague); a user's own outgoing call shows no number (that stays theirs).
 // - Resources are users: `<extension>` or `<user id>` as Request-URI user part.
+// - State keys (issue 14): a BLF key on an operator-state code (`*78`, `*45601`...; the site's
+//   featureCodes) shows whether that code's state is in effect for the subscribing phone's own
+//   operator (operator-state.ts codeInEffect): one "confirmed" dialog (steady lamp) when it is,
+//   none (off) when not; pressing the key dials the code. Updated on every operator.state and
+//   site change. A code that is malformed, or a device without an operator, gets 404.
 import type { EventBus } from "../bus.ts";
-import type { SiteIndex } from "../routing/model.ts";
+import type { Group, SiteIndex } from "../routing/model.ts";
+import { codeInEffect, parseOperatorCode, type FeatureCodes, type OperatorCode, type OperatorState } from "../routing/operator-state.ts";
 import type { EventPackage } from "../sip/subscriptions.ts";
 import { parseUri, unescapeUser } from "../sip/uri.ts";
 
@@ -218,6 +224,18 @@ export interface BlfDeps {
   site: () => SiteIndex;
   /** The subscription mechanism: told which users changed. */
   subscriptions: { addPackage(pkg: EventPackage): void; changed(event: string, resource: string): void };
+  /** Operators' own state, for BLF keys on state codes. Absent: only users resolve. */
+  operators?: {
+    get(userId: string): Pick<OperatorState, "availability" | "loggedOutOf"> | undefined;
+    featureCodes(): Partial<FeatureCodes> | undefined;
+  };
+}
+
+/** A BLF key on a state code, for one operator. */
+interface StateKey {
+  userId: string;
+  dialled: string;
+  code: Extract<OperatorCode, { ok: true }>;
 }
 
 /** The dialog event package: registered on the subscription manager, fed by the bus. */
@@ -226,6 +244,10 @@ export class BlfNotifier {
   private readonly pending = new Set<string>();
   private flushScheduled: NodeJS.Immediate | undefined;
   private readonly unsubscribe: Array<() => void> = [];
+  /** Keyed by resource ("<user id> <code>", a space no id has): the state keys subscribed to. */
+  private readonly stateKeys = new Map<string, StateKey>();
+  /** Keyed by user id: the resources of their state keys. */
+  private readonly stateKeysByUser = new Map<string, Set<string>>();
 
   constructor(private readonly deps: BlfDeps) {}
 
@@ -240,6 +262,9 @@ export class BlfNotifier {
       bus.on("call.offer-ended", (e) => this.mark(s.offerEnded(e))),
       bus.on("call.answered", (e) => this.mark(s.answered(e))),
       bus.on("call.ended", (e) => this.mark(s.ended(e))),
+      bus.on("operator.state", (e) => this.mark([...(this.stateKeysByUser.get(e.userId) ?? [])])),
+      // Group numbers and memberships may have changed under a key.
+      bus.on("site.applied", () => this.mark([...this.stateKeys.keys()])),
     );
   }
 
@@ -257,9 +282,48 @@ export class BlfNotifier {
       contentType: DIALOG_INFO_TYPE,
       // RFC 4235 §3.3: the default subscription duration is 3600 s.
       defaultExpires: 3600,
-      resolve: (requestUri, host) => resolveUser(requestUri, host, this.deps.site()),
-      render: (userId, entity, version) => renderDialogInfo({ entity, version, dialogs: this.states.dialogsOf(userId), host: hostOfEntity(entity) }),
+      resolve: (requestUri, host, subscriber) => resolveUser(requestUri, host, this.deps.site()) ?? this.resolveStateKey(requestUri, host, subscriber.userId),
+      render: (resource, entity, version) => {
+        const key = this.stateKeys.get(resource);
+        const dialogs = key === undefined ? this.states.dialogsOf(resource) : this.stateDialogs(key);
+        return renderDialogInfo({ entity, version, dialogs, host: hostOfEntity(entity) });
+      },
     };
+  }
+
+  /** A state code as BLF resource, for the subscriber's own operator. */
+  private resolveStateKey(requestUri: string, host: string, userId: string | undefined): { resource: string; entity: string } | undefined {
+    const ops = this.deps.operators;
+    if (ops === undefined || userId === undefined) return undefined;
+    const uri = parseUri(requestUri);
+    if (uri === undefined || (uri.scheme !== "sip" && uri.scheme !== "sips") || uri.user === undefined) return undefined;
+    let dialled: string;
+    try {
+      dialled = unescapeUser(uri.user);
+    } catch {
+      return undefined;
+    }
+    const code = parseOperatorCode(dialled, ops.featureCodes());
+    if (code === undefined || !code.ok) return undefined;
+    const resource = `${userId} ${dialled}`;
+    if (!this.stateKeys.has(resource)) {
+      this.stateKeys.set(resource, { userId, dialled, code });
+      let set = this.stateKeysByUser.get(userId);
+      if (set === undefined) this.stateKeysByUser.set(userId, (set = new Set()));
+      set.add(resource);
+    }
+    return { resource, entity: `sip:${uriUser(dialled)}@${host}` };
+  }
+
+  /** One confirmed dialog while the key's state is in effect, none otherwise. */
+  private stateDialogs(key: StateKey): DialogView[] {
+    const state = this.deps.operators?.get(key.userId);
+    if (state === undefined) return [];
+    const index = this.deps.site();
+    const groupsOf: Group[] = [];
+    for (const g of index.groupsById.values()) if (g.members.includes(key.userId)) groupsOf.push(g);
+    if (!codeInEffect(state, key.code, index.groupsByNumber, groupsOf)) return [];
+    return [{ id: "state", callId: `state-${key.dialled}`, direction: "initiator", state: "confirmed" }];
   }
 
   private mark(users: string[]): void {

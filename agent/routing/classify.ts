@@ -8,16 +8,18 @@
 //   by the engine (407 challenge). Everything else is "unknown" and gets challenged.
 // - The target is the Request-URI user part (RFC 3261 §16.5: the Request-URI, not To, says
 //   where a request goes). A group number rings the group, a user's extension rings the user,
-//   the pickup code (alone or followed by an extension) is a pickup, any other dial string goes
+//   the pickup code (alone or followed by an extension) is a pickup, an operator-state code
+//   (operator-state.ts) changes the caller's own state, any other dial string goes
 //   to the trunk. Only digits, "*", "#" and a leading "+" are dialable.
 // - Authorization: trunk callers reach local numbers only (groups and users); only local
-//   devices reach the trunk or use pickup; a request where neither side is local is refused
+//   devices reach the trunk or use pickup and state codes (a device with an operator); a request where neither side is local is refused
 //   with 403 "Not relaying" (open-relay / toll-fraud rule). A device known only by its UDP
 //   flow must also prove its password before reaching the trunk (engine.ts, 407).
 import type { Flow } from "../sip/types.ts";
 import { parseUri, unescapeUser } from "../sip/uri.ts";
 import type { DeviceRef, Group, SiteIndex, User } from "./model.ts";
 import { parsePickupCode, type PickupRequest } from "./plan.ts";
+import { parseOperatorCode, type FeatureCodes, type OperatorCode } from "./operator-state.ts";
 
 /** The outbound gateway ("trunk") as site settings describe it. */
 export interface TrunkSettings {
@@ -46,6 +48,8 @@ export type Destination =
   | { kind: "group"; group: Group }
   | { kind: "user"; user: User }
   | { kind: "pickup"; request: PickupRequest }
+  /** An operator-state feature code (away, DND, log in / out; operator-state.ts), possibly malformed. */
+  | { kind: "operator"; code: OperatorCode }
   /** Anything else dialable: goes to the trunk. */
   | { kind: "outbound"; number: string }
   /** Not a number we route (no user part, letters, an unknown scheme). */
@@ -94,7 +98,7 @@ export function isTrunkSource(trunk: TrunkSettings, address: string): boolean {
  * Reads the Request-URI into a destination. Never throws on hostile input. `inboundPrefix`
  * (the trunk's prefix, for calls from the trunk) is stripped when the rest is a local number.
  */
-export function resolveDestination(requestUri: string, index: SiteIndex, pickupCode: string, inboundPrefix?: string): Destination {
+export function resolveDestination(requestUri: string, index: SiteIndex, pickupCode: string, inboundPrefix?: string, featureCodes?: Partial<FeatureCodes>): Destination {
   const uri = parseUri(requestUri);
   if (uri === undefined) return { kind: "unroutable", reason: "unparsable Request-URI" };
   if (uri.scheme !== "sip" && uri.scheme !== "sips" && uri.scheme !== "tel") return { kind: "unroutable", reason: `scheme ${uri.scheme}` };
@@ -118,6 +122,8 @@ export function resolveDestination(requestUri: string, index: SiteIndex, pickupC
   if (user !== undefined) return { kind: "user", user };
   const pickup = parsePickupCode(dialled, pickupCode);
   if (pickup !== undefined) return { kind: "pickup", request: pickup };
+  const code = parseOperatorCode(dialled, featureCodes);
+  if (code !== undefined) return { kind: "operator", code };
   if (DIALABLE_RE.test(dialled)) return { kind: "outbound", number: dialled };
   return { kind: "unroutable", reason: "not a number" };
 }
@@ -136,8 +142,8 @@ export function admit(caller: Caller, dest: Destination): Admission {
     // From outside, only what is ours: neither side local is an open relay.
     return local ? { ok: true } : { ok: false, status: 403, reason: "Not relaying" };
   }
-  if (dest.kind === "pickup" && caller.userId === undefined) {
-    // Pickup hands a call to a person; a device without an owner is nobody's.
+  if ((dest.kind === "pickup" || dest.kind === "operator") && caller.userId === undefined) {
+    // Pickup hands a call to a person, a state code changes one; a device without an owner is nobody's.
     return { ok: false, status: 403, reason: "Forbidden (device has no operator)" };
   }
   return { ok: true };

@@ -38,6 +38,10 @@
 //   profiles enable. Answering first leaves the phone idle, so it auto-answers even without
 //   call waiting; the proxy cancels the other branches when the picker's branch answers
 //   (Reason cause=200). While a pickup branch is live, the call's step and queue timers wait.
+// - Operator-state codes (away, back, DND on/off, log in/out; operator-state.ts) from a site
+//   phone with an operator are answered at once with a final response and nothing rings:
+//   480 with the new state as reason phrase and Warning on success, 403/404 with the reason on
+//   refusal (presence/operators.ts). An operator in DND gets no direct calls either (480).
 // - Pickup from a BLF key (RFC 3891): an INVITE with Replaces from a device that names a ringing
 //   call (its Call-ID and the caller's From tag, as the BLF NOTIFY gives them) is a directed
 //   pickup of that call; one naming nothing gets 481; one naming an answered call is routed.
@@ -67,7 +71,8 @@ import {
   type TrunkSettings,
 } from "./classify.ts";
 import { LatencyHistogram, type LatencySummary } from "./latency.ts";
-import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
+import type { FeatureCodes, OperatorCode } from "./operator-state.ts";
+import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type Availability, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
 import {
   findPickupTarget,
   pickNoAnswer,
@@ -87,6 +92,8 @@ import {
 /** The site settings routing reads (a subset of agent/site SiteSettings). */
 export interface RoutingSettings {
   pickupCode: string;
+  /** Operator-state codes; absent ones default (operator-state.ts). */
+  featureCodes?: Partial<FeatureCodes>;
   trunk?: TrunkSettings;
 }
 
@@ -139,6 +146,15 @@ export interface EngineDeps {
   /** Physical desk phones ringing at once per call (default 10). */
   maxPhysical?: number;
   clock?: EngineClock;
+  /**
+   * Operators' own state (presence/operators.ts): what plans read, and the handler of their
+   * feature codes. Absent: the site's availability, everyone logged in, codes get 404.
+   */
+  operators?: {
+    readonly availability: ReadonlyMap<string, Availability>;
+    readonly loggedOut: ReadonlyMap<string, ReadonlySet<string>>;
+    onCode(code: OperatorCode, caller: { deviceId: string; userId: string }): { status: number; text: string };
+  };
 }
 
 export interface EngineStats {
@@ -280,7 +296,7 @@ export class RoutingEngine {
   private readonly online = new Set<string>();
   /** Keyed by user id: answered dialogs the user is in now. */
   private readonly activeCalls = new Map<string, number>();
-  private readonly snapshot: PresenceSnapshot = { onlineDevices: this.online, activeCalls: this.activeCalls };
+  private readonly snapshot: PresenceSnapshot;
   /** Keyed by flowKey(transport, address, port): the device whose binding uses that flow. */
   private readonly deviceByFlow = new Map<string, { deviceId: string; username: string; connectionId: number | undefined }>();
   /** Keyed by device id: the flow keys of its bindings (to drop them on change). */
@@ -295,6 +311,8 @@ export class RoutingEngine {
     this.clock = deps.clock ?? SYSTEM_CLOCK;
     this.ringUnitMs = deps.ringUnitMs !== undefined && deps.ringUnitMs > 0 ? deps.ringUnitMs : RING_UNIT_MS;
     this.maxPhysical = deps.maxPhysical ?? MAX_PHYSICAL_RINGING;
+    const ops = deps.operators;
+    this.snapshot = ops === undefined ? { onlineDevices: this.online, activeCalls: this.activeCalls } : { onlineDevices: this.online, activeCalls: this.activeCalls, availability: ops.availability, loggedOut: ops.loggedOut };
     this.histogram = new LatencyHistogram((deps.latencyBudgetMs ?? 2) * 1000);
     // One events object for every call, dispatching by id: nothing allocated per call for it.
     this.events = {
@@ -313,6 +331,8 @@ export class RoutingEngine {
     this.unsubscribe.push(
       this.deps.bus.on("device.presence", (e) => this.guarded(() => this.onPresence(e.deviceId, e.online))),
       this.deps.bus.on("device.bindings", (e) => this.guarded(() => this.onBindingsChanged(e.deviceId, e.aor))),
+      // An operator back, or logged in: waiting calls of their groups may go to them now.
+      this.deps.bus.on("operator.state", (e) => this.guarded(() => this.offerQueued(e.userId))),
     );
   }
 
@@ -381,7 +401,7 @@ export class RoutingEngine {
     }
     // RFC 3891 Replaces from a phone of the site: a BLF key picking up a ringing call.
     if (caller.kind === "device" && req.headers.some((h) => h.name === "replaces") && this.replacesPickup(tx, req, caller, site.index)) return;
-    const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined);
+    const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined, site.settings.featureCodes);
     if (caller.kind === "device" && caller.proof === "flow" && dest.kind === "outbound" && !this.connectionProven(flow)) {
       // Toll fraud: a UDP source address can be forged on the LAN, so a call that costs money
       // needs the device's own credentials (407, RFC 3261 §22.3). Local calls are not challenged.
@@ -414,6 +434,13 @@ export class RoutingEngine {
         if (caller.kind === "device" && caller.userId !== undefined) this.pickup(tx, req, caller.deviceId, caller.userId, dest.request.kind === "directed" ? dest.request.extension : undefined, site.index);
         else respond(tx, req, 403, "Forbidden");
         return;
+      case "operator": {
+        // admit() let only a device with an operator through. Answered here, nothing rings.
+        const ops = this.deps.operators;
+        const a = caller.kind === "device" && caller.userId !== undefined && ops !== undefined ? ops.onCode(dest.code, { deviceId: caller.deviceId, userId: caller.userId }) : { status: 404, text: "Not Found" };
+        respond(tx, req, a.status, a.text, [{ name: "warning", value: `399 ringedge "${a.text}"` }]);
+        return;
+      }
       case "unroutable":
         respond(tx, req, 404, "Not Found");
         return;
@@ -807,6 +834,14 @@ export class RoutingEngine {
     const refusedRecord = (outcome: CallRecord["outcome"]): CallRecord => ({ id: recordId(req.callId), at: this.clock.now(), caller: callerLabel(caller, req), target: dialledText(req.uri), outcome, offered: [] });
     if (deviceIds.length === 0) {
       respond(tx, req, 480, reasonPhrase(480));
+      const r = refusedRecord("missed");
+      this.deps.bus.emit("call.missed", { callId: req.callId, groupId: undefined, caller: r.caller, target: r.target, offered: [], outcome: "missed", at: r.at });
+      this.deps.store.appendCall(r);
+      return;
+    }
+    if (deviceIds.length > 0 && (this.snapshot.availability?.get(user.id) ?? user.availability) === "dnd") {
+      // Do not disturb keeps direct calls off the phone too: RFC 3261 §21.4.18 names DND for 480.
+      respond(tx, req, 480, "Do Not Disturb");
       const r = refusedRecord("missed");
       this.deps.bus.emit("call.missed", { callId: req.callId, groupId: undefined, caller: r.caller, target: r.target, offered: [], outcome: "missed", at: r.at });
       this.deps.store.appendCall(r);

@@ -46,8 +46,13 @@ export interface User {
   name: string;
   /** E.164-ish mobile number, used by the forward-mobile no-answer action. */
   mobile?: string;
-  /** Away / dnd members are skipped only in groups with checkAvailability. */
+  /** Away members are skipped only in groups with checkAvailability; dnd members always. The
+   *  site's value: operators' phones change it too (operator-state.ts, the later change wins). */
   availability: Availability;
+  /** Ids of groups (of which the user is a member) the operator is logged out of; absent = none. */
+  loggedOutOf?: string[];
+  /** Epoch ms the console last set availability / loggedOutOf: a later one re-asserts both. */
+  stateChangedAt?: number;
   /** Concurrent calls this operator takes; 0 = unlimited. parseSite fills DEFAULT_CALL_LIMIT. */
   callLimit: number;
 }
@@ -99,7 +104,7 @@ export interface Group {
   members: string[];
   /** Rings per step; one ring is RING_UNIT_MS. */
   ringCount: number;
-  /** Skip members marked away or dnd. Without it they still ring (product reference). */
+  /** Skip members who are away. Without it they still ring (product reference); dnd members never ring (issue 14). */
   checkAvailability: boolean;
   noAnswer: NoAnswerAction;
   /** Group call pickup with the feature code (*8). Absent = disabled. */
@@ -140,7 +145,8 @@ export type ValidationCode =
   | "mobile-member-not-in-group"
   | "mobile-member-has-no-mobile"
   | "unknown-overflow-target"
-  | "overflow-loop";
+  | "overflow-loop"
+  | "logged-out-not-member";
 
 export interface ValidationError {
   code: ValidationCode;
@@ -229,6 +235,14 @@ export function parseSite(input: unknown): ParseSiteResult {
     if (a.kind === "wait-for-operator") checkActionRefs(c, g, a.then, `groups[${i}].noAnswer.then`, mobiles, groupIds);
   });
   checkOverflowLoops(c, groups, groupIds);
+  // An operator logs out of groups they are a member of (operator-state.ts).
+  users.forEach((u, i) => u.loggedOutOf?.forEach((gid, k) => {
+    const g = groupIds.get(gid);
+    const members = g === undefined ? undefined : groups[g]?.members;
+    // A group whose member list is itself invalid is reported there already.
+    if (g !== undefined && members === undefined) return;
+    if (members?.includes(u.id ?? "") !== true) c.add("logged-out-not-member", `users[${i}].loggedOutOf[${k}]`, `"${u.id ?? "?"}" is not a member of a group with id "${gid}"`);
+  }));
 
   if (c.errors.length > 0) return { ok: false, errors: c.errors };
   // No errors means every draft is complete.
@@ -345,7 +359,7 @@ function firstSeen(
 }
 
 /** A record as far as it could be read: valid fields set, `value` only when all are valid. */
-interface UserDraft { id?: string; extension?: string; hasMobile?: boolean; value?: User }
+interface UserDraft { id?: string; extension?: string; hasMobile?: boolean; loggedOutOf?: string[]; value?: User }
 interface DeviceDraft { id?: string; ownerId?: string; value?: DeviceRef }
 interface GroupDraft { id?: string; number?: string; members?: string[]; noAnswer?: NoAnswerAction; value?: Group }
 
@@ -360,11 +374,21 @@ function parseUser(c: Checker, raw: unknown, path: string): UserDraft {
   const mobile = raw.mobile === undefined ? undefined : c.matching(raw, "mobile", path, MOBILE_RE, "invalid-mobile", "an E.164 number: optional +, 3 to 15 digits");
   const availability = c.oneOf(raw, "availability", path, AVAILABILITIES, "invalid-availability");
   const callLimit = raw.callLimit === undefined ? DEFAULT_CALL_LIMIT : c.integer(raw, "callLimit", path, 0, CALL_LIMIT_MAX, "invalid-call-limit");
-  const draft: UserDraft = { id, extension, hasMobile: raw.mobile !== undefined };
+  let loggedOutOf: string[] | undefined;
+  if (raw.loggedOutOf !== undefined) {
+    const v = raw.loggedOutOf;
+    if (Array.isArray(v) && v.length <= MAX_GROUP_MEMBERS && v.every((g) => typeof g === "string" && g.length > 0 && g.length <= ID_MAX_LENGTH)) loggedOutOf = v as string[];
+    else c.add("invalid-type", `${path}.loggedOutOf`, "must be an array of group ids");
+  }
+  const stateChangedAt = raw.stateChangedAt === undefined ? undefined : c.integer(raw, "stateChangedAt", path, 0, Number.MAX_SAFE_INTEGER, "invalid-type");
+  const draft: UserDraft = { id, extension, hasMobile: raw.mobile !== undefined, loggedOutOf };
   if (id === undefined || extension === undefined || name === undefined || availability === undefined || callLimit === undefined) return draft;
   if (raw.mobile !== undefined && mobile === undefined) return draft;
+  if ((raw.loggedOutOf !== undefined && loggedOutOf === undefined) || (raw.stateChangedAt !== undefined && stateChangedAt === undefined)) return draft;
   draft.value = { id, extension, name, availability, callLimit };
   if (mobile !== undefined) draft.value.mobile = mobile;
+  if (loggedOutOf !== undefined) draft.value.loggedOutOf = [...loggedOutOf];
+  if (stateChangedAt !== undefined) draft.value.stateChangedAt = stateChangedAt;
   return draft;
 }
 

@@ -5,9 +5,9 @@
 //
 // Decisions this module makes (the product reference leaves them open):
 // - Eligibility. A member rings when the user exists, has at least one online device, is below
-//   callLimit (0 = unlimited; activeCalls counts the dialogs the proxy tracks), and — only when
-//   group.checkAvailability — is "available" (away and dnd are skipped). Ineligible members are
-//   reported in plan.skipped with the reason.
+//   callLimit (0 = unlimited; activeCalls counts the dialogs the proxy tracks), is not in dnd,
+//   is not away when group.checkAvailability, and has not logged out of the group (operators'
+//   own state, operator-state.ts). Ineligible members are reported in plan.skipped with the reason.
 // - Devices. A member rings on all online devices at once, in the order the console listed
 //   them. Soft devices always ring. Physical devices ring while the cap has room; a member's
 //   physical devices beyond the cap are left out. A member left with nothing to ring is skipped
@@ -29,7 +29,7 @@
 // - Presence between steps. Members already ringing are not re-judged mid-step; the engine
 //   cancels branches of devices that drop.
 
-import type { DeviceRef, FinalNoAnswerAction, Group, HangupStatus, NoAnswerAction, User } from "./model.ts";
+import type { Availability, DeviceRef, FinalNoAnswerAction, Group, HangupStatus, NoAnswerAction, User } from "./model.ts";
 import { EXTENSION_RE, MAX_PHYSICAL_RINGING, RING_COUNT_MAX, RING_COUNT_MIN, RING_UNIT_MS } from "./model.ts";
 
 /** What presence knows now. Both collections are kept incrementally by their owners; read only here. */
@@ -38,6 +38,10 @@ export interface PresenceSnapshot {
   readonly onlineDevices: ReadonlySet<string>;
   /** Keyed by user id: calls (dialogs) the user is in now. Absent means 0. */
   readonly activeCalls: ReadonlyMap<string, number>;
+  /** Operators' own state (phone feature codes, console; operator-state.ts), keyed by user id: availability set there; absent = the site's. */
+  readonly availability?: ReadonlyMap<string, Availability>;
+  /** Keyed by user id: ids of the groups the operator is logged out of. */
+  readonly loggedOut?: ReadonlyMap<string, ReadonlySet<string>>;
 }
 
 /** One call being distributed in one group. Never mutated: each step returns a new one. */
@@ -62,8 +66,10 @@ export type SkipReason =
   | "offline"
   /** activeCalls >= callLimit. */
   | "busy"
-  /** away or dnd while the group checks availability. */
+  /** away while the group checks availability; dnd always. */
   | "unavailable"
+  /** The operator logged out of this group (feature code or console; operator-state.ts). */
+  | "logged-out"
   /** Only physical devices online and the physical cap is full. */
   | "cap";
 
@@ -148,12 +154,12 @@ export function planStep(input: PlanInput): RingPlan {
   return ringNext(input, cap);
 }
 
-/** True when no member of the group has an online device (an empty group too). */
+/** True when no member of the group has an online device (an empty group too); logged-out members count as absent. */
 export function groupAllOffline(group: Group, devicesByOwner: ReadonlyMap<string, readonly DeviceRef[]>, presence: PresenceSnapshot): boolean {
   const members = group.members;
   for (let i = 0; i < members.length; i++) {
     const devices = devicesByOwner.get(members[i] as string);
-    if (devices === undefined) continue;
+    if (devices === undefined || presence.loggedOut?.get(members[i] as string)?.has(group.id) === true) continue;
     for (let k = 0; k < devices.length; k++) if (presence.onlineDevices.has((devices[k] as DeviceRef).id)) return false;
   }
   return true;
@@ -287,6 +293,7 @@ type EligibilityInput = Pick<PlanInput, "group" | "usersById" | "devicesByOwner"
 function skipReason(input: EligibilityInput, memberId: string, slots: number): SkipReason | undefined {
   const user = input.usersById.get(memberId);
   if (user === undefined) return "unknown-user";
+  if (input.presence.loggedOut?.get(memberId)?.has(input.group.id) === true) return "logged-out";
   const devices = input.devicesByOwner.get(memberId);
   let soft = 0;
   let physical = 0;
@@ -301,7 +308,8 @@ function skipReason(input: EligibilityInput, memberId: string, slots: number): S
   }
   if (soft === 0 && physical === 0) return "offline";
   if (user.callLimit > 0 && (input.presence.activeCalls.get(memberId) ?? 0) >= user.callLimit) return "busy";
-  if (input.group.checkAvailability && user.availability !== "available") return "unavailable";
+  const availability = input.presence.availability?.get(memberId) ?? user.availability;
+  if (availability === "dnd" || (input.group.checkAvailability && availability === "away")) return "unavailable";
   if (soft === 0 && slots <= 0) return "cap";
   return undefined;
 }

@@ -39,8 +39,8 @@ export interface EventPackage {
   readonly contentType: string;
   /** Default subscription length when SUBSCRIBE has no Expires, seconds (RFC 4235 §3.3: 3600). */
   readonly defaultExpires: number;
-  /** The resource a Request-URI names, or undefined (404). `host` is our address for the entity. */
-  resolve(requestUri: string, host: string): { resource: string; entity: string } | undefined;
+  /** The resource a Request-URI names, or undefined (404). `host` is our address for the entity; `subscriber` the identified device. */
+  resolve(requestUri: string, host: string, subscriber: { deviceId: string; userId?: string | undefined }): { resource: string; entity: string } | undefined;
   /** The NOTIFY body for a resource now; `version` counts this subscription's NOTIFYs from 0. */
   render(resource: string, entity: string, version: number): string;
 }
@@ -152,7 +152,7 @@ export class SubscriptionManager {
   }
 
   /** A new SUBSCRIBE (no To tag) from an identified device. Always answers; never throws on input. */
-  handleSubscribe(tx: ServerTransaction, req: SipRequest, flow: Flow, device: { deviceId: string }): void {
+  handleSubscribe(tx: ServerTransaction, req: SipRequest, flow: Flow, device: { deviceId: string; userId?: string | undefined }): void {
     if (!this.allowRate(device.deviceId)) {
       this.respond(tx, req, 503, "Service Unavailable (SUBSCRIBE rate limit)", [{ name: "retry-after", value: String(Math.ceil(this.deps.limits.rateWindowMs / 1000)) }]);
       return;
@@ -166,7 +166,7 @@ export class SubscriptionManager {
       return;
     }
     const host = this.deps.advertise(flow);
-    const target = pkg.resolve(req.uri, host);
+    const target = pkg.resolve(req.uri, host, device);
     if (target === undefined) {
       this.respond(tx, req, 404, "Not Found");
       return;

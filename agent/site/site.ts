@@ -16,6 +16,7 @@ import type { Logger } from "../log.ts";
 import { defaultProfiles, resolveModel, type Profile } from "../../provisioning/profiles.ts";
 import { indexSite, parseSite, type DeviceRef, type Site, type SiteIndex, type ValidationCode } from "../routing/model.ts";
 import { canonicalJson, sha256Hex } from "../store/atomic-file.ts";
+import { checkFeatureCodes, type FeatureCodes } from "../routing/operator-state.ts";
 import { normalizeMac } from "../store/schema.ts";
 import type { DeviceRecord, SiteDeviceChanges, SiteDeviceInput, Store } from "../store/store.ts";
 import { DEFAULT_PICKUP_CODE, type SiteConfig, type SiteDeviceConfig, type SiteError, type SiteRecord, type SiteSettings } from "./types.ts";
@@ -72,6 +73,7 @@ const CROSS_REFERENCE_CODES: ReadonlySet<ValidationCode> = new Set([
   "mobile-member-has-no-mobile",
   "unknown-overflow-target",
   "overflow-loop",
+  "logged-out-not-member",
   "too-many-errors",
 ]);
 
@@ -121,6 +123,16 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
       // Both layers may see the same fault (e.g. a device whose owner is missing): say it once.
       if (errors.some((x) => x.path === path)) continue;
       errors.push({ ...e, path });
+    }
+  }
+
+  // Feature codes (pickup, operator state) against each other and the numbering plan.
+  if (isRecord(input.settings)) {
+    const pickup = typeof input.settings.pickupCode === "string" ? input.settings.pickupCode : DEFAULT_PICKUP_CODE;
+    const fc = isRecord(input.settings.featureCodes) ? (input.settings.featureCodes as Partial<FeatureCodes>) : undefined;
+    const numbers = (list: unknown, key: string): string[] => (Array.isArray(list) ? list.flatMap((x: unknown) => (isRecord(x) && typeof x[key] === "string" ? [x[key] as string] : [])) : []);
+    for (const p of checkFeatureCodes(fc, pickup, { extensions: numbers(input.users, "extension"), groupNumbers: numbers(input.groups, "number") })) {
+      if (!errors.some((x) => x.path === p.path)) errors.push({ code: "feature-code-clash", path: p.path, message: p.message });
     }
   }
 

@@ -1,6 +1,7 @@
 // Types of the site configuration (contract $defs/siteConfig) as the agent holds it. The JSON
 // Schema in contract/ringedge.schema.json is the authority on shape; these mirror it.
 import type { DeviceKind, Group, User, ValidationCode } from "../routing/model.ts";
+import type { FeatureCodes } from "../routing/operator-state.ts";
 
 export const SITE_SCHEMA_ID = "ringedge.site/1";
 /** Feature code for group call pickup when the site file names none. */
@@ -27,6 +28,8 @@ export interface ProvisioningSettings {
 export interface SiteSettings {
   /** Group call pickup feature code, "*8" by default. */
   pickupCode: string;
+  /** Operator-state feature codes (away, back, dndOn, dndOff, login, logout); absent ones default (routing/operator-state.ts). */
+  featureCodes?: Partial<FeatureCodes>;
   trunk?: TrunkSettings;
   provisioning?: ProvisioningSettings;
 }
@@ -83,7 +86,9 @@ export type SiteErrorCode =
   /** The file could not be read or is not JSON. */
   | "unreadable"
   /** Valid, but the store could not make it durable; nothing was applied. */
-  | "persist-failed";
+  | "persist-failed"
+  /** A feature code equals or starts another one (or the pickup code), or a number. */
+  | "feature-code-clash";
 
 /** One problem with a site snapshot, named by its JSON path (e.g. "groups[2].members[0]"). */
 export interface SiteError {

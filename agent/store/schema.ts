@@ -8,7 +8,8 @@
 // provisioning server; the call log. Version 3: phone models in the canonical form
 // `<vendor>/<model id>` (same layout).
 import { isIP } from "node:net";
-import { parseSite, type Group, type User } from "../routing/model.ts";
+import { AVAILABILITIES, parseSite, type Availability, type Group, type User } from "../routing/model.ts";
+import type { OperatorState } from "../routing/operator-state.ts";
 import type { SiteRecord, SiteSettings } from "../site/types.ts";
 import { validatePayload } from "../contract.ts";
 
@@ -179,6 +180,12 @@ export interface StoreData {
    * stay valid and no migration is needed (absent = nothing remembered yet).
    */
   authSources?: AuthSourceRecord[];
+  /**
+   * Operators' own state (availability, groups logged out of; routing/operator-state.ts), one
+   * per site user. Optional like authSources: files without it need no migration (absent = the
+   * site's values).
+   */
+  operators?: OperatorState[];
 }
 
 export function emptyStoreData(now: Date, siteId?: string): StoreData {
@@ -335,6 +342,40 @@ export function checkAuthSource(v: unknown, at: string): string | null {
   ];
   for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
   return null;
+}
+
+const STATE_SOURCES: readonly string[] = ["phone", "console", "file"];
+
+function checkIdList(v: unknown): string | null {
+  return Array.isArray(v) && v.length <= 1000 && v.every((g) => checkId(g) === null) ? null : "must be an array of ids";
+}
+
+export function checkOperatorState(v: unknown, at: string): string | null {
+  if (!isPlainObject(v)) return `${at} must be an object`;
+  const p = v.pushed;
+  const fields: Array<[string, string | null]> = [
+    ["userId", checkId(v.userId)],
+    ["availability", AVAILABILITIES.includes(v.availability as Availability) ? null : `must be one of ${AVAILABILITIES.join(", ")}`],
+    ["loggedOutOf", checkIdList(v.loggedOutOf)],
+    ["changedAt", checkMs(v.changedAt)],
+    ["source", STATE_SOURCES.includes(v.source as string) ? null : `must be one of ${STATE_SOURCES.join(", ")}`],
+    ["pushed", isPlainObject(p) ? null : "must be an object"],
+  ];
+  if (v.deviceId !== undefined) fields.push(["deviceId", checkId(v.deviceId)]);
+  if (isPlainObject(p)) {
+    fields.push(["pushed.availability", AVAILABILITIES.includes(p.availability as Availability) ? null : `must be one of ${AVAILABILITIES.join(", ")}`], ["pushed.loggedOutOf", checkIdList(p.loggedOutOf)]);
+    if (p.stateChangedAt !== undefined) fields.push(["pushed.stateChangedAt", checkMs(p.stateChangedAt)]);
+  }
+  for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
+  return null;
+}
+
+/** A copy holding only the fields of OperatorState. */
+export function toOperatorState(r: OperatorState): OperatorState {
+  const out: OperatorState = { userId: r.userId, availability: r.availability, loggedOutOf: [...r.loggedOutOf], changedAt: r.changedAt, source: r.source, pushed: { availability: r.pushed.availability, loggedOutOf: [...r.pushed.loggedOutOf] } };
+  if (r.deviceId !== undefined) out.deviceId = r.deviceId;
+  if (r.pushed.stateChangedAt !== undefined) out.pushed.stateChangedAt = r.pushed.stateChangedAt;
+  return out;
 }
 
 export function checkCallRecord(v: unknown, at: string): string | null {
@@ -581,6 +622,20 @@ export function validateStoreData(v: unknown): ValidationResult {
       authSources.push({ deviceId: rec.deviceId, address: rec.address, transport: rec.transport, at: rec.at });
     }
     data.authSources = authSources;
+  }
+  if (v.operators !== undefined) {
+    if (!Array.isArray(v.operators)) return { ok: false, error: "data.operators must be an array" };
+    const seen = new Set<string>();
+    const operators: OperatorState[] = [];
+    for (const [i, o] of v.operators.entries()) {
+      const reason = checkOperatorState(o, `operators[${i}]`);
+      if (reason) return { ok: false, error: reason };
+      const rec = o as OperatorState;
+      if (seen.has(rec.userId)) return { ok: false, error: `operators[${i}].userId "${rec.userId}" is a duplicate` };
+      seen.add(rec.userId);
+      operators.push(toOperatorState(rec));
+    }
+    data.operators = operators;
   }
   return { ok: true, data };
 }

@@ -17,6 +17,7 @@ import { AtomicJsonFile, backupPath, inspectBackup, readStoreFile, writeFileAtom
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
 import { MIGRATIONS, isLegacyV0, runMigrations, type Migration, type MigrationContext, type ModelCanonicaliser } from "./migrations.ts";
 import { defaultProfiles, resolveModel } from "../../provisioning/profiles.ts";
+import type { OperatorState } from "../routing/operator-state.ts";
 import {
   CURRENT_SCHEMA_VERSION,
   MAX_CALL_LOG,
@@ -26,6 +27,7 @@ import {
   checkBinding,
   checkCallRecord,
   checkDevice,
+  checkOperatorState,
   checkSeenPhone,
   checkSiteRecord,
   emptyStoreData,
@@ -33,6 +35,7 @@ import {
   toBindingRecord,
   toCallRecord,
   toDeviceRecord,
+  toOperatorState,
   toSeenPhone,
   validateStoreData,
   type AuthSourceRecord,
@@ -724,6 +727,28 @@ export class Store {
     this.db.data.authSources = [...list.filter((a) => a.deviceId !== deviceId), ...kept];
     this.changed();
     return { ok: true, value: true };
+  }
+
+  // --- operators' own state (routing/operator-state.ts) ---------------------------------------
+
+  /** Every operator's stored state (empty before the first site or feature code). */
+  listOperatorStates(): readonly Readonly<OperatorState>[] {
+    return this.db.data.operators ?? [];
+  }
+
+  /** Replaces the operators' state as a whole (checked first; on a problem nothing changes). Saved in the background. */
+  setOperatorStates(states: readonly OperatorState[]): StoreResult<number> {
+    this.assertOpen();
+    const seen = new Set<string>();
+    for (const [i, s] of states.entries()) {
+      const reason = checkOperatorState(s, `operators[${i}]`);
+      if (reason) return fail("invalid", reason);
+      if (seen.has(s.userId)) return fail("duplicate", `operators[${i}].userId "${s.userId}" is listed twice`, "userId");
+      seen.add(s.userId);
+    }
+    this.db.data.operators = states.map(toOperatorState);
+    this.changed();
+    return { ok: true, value: states.length };
   }
 
   // --- call log --------------------------------------------------------------------------------

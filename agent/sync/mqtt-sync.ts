@@ -114,6 +114,8 @@ export interface MqttSyncOptions {
   site: SiteApplier;
   status: () => unknown;
   presence: () => PresenceEntry[];
+  /** Operators' own state now, carried in the retained presence snapshot (absent: not carried). */
+  operators?: () => Array<{ userId: string; availability: string; loggedOutOf: readonly string[] }>;
   log: Logger;
   bootId?: string;
   timers?: Partial<SyncTimers>;
@@ -331,7 +333,11 @@ export class MqttSync {
         this.presenceChanged();
       }),
       // A site file applied locally changes what runs: the console must see it.
-      bus.on("site.applied", () => void this.publishReported()),
+      bus.on("site.applied", () => {
+        void this.publishReported();
+        // Operators may have come or gone with the snapshot.
+        if (this.opts.operators !== undefined) this.presenceChanged();
+      }),
       bus.on("call.offered", (e) => {
         this.stats.offered(e);
         this.event("call.offered", compact({ callId: e.callId, groupId: e.groupId, memberId: e.memberId, deviceIds: e.deviceIds, caller: e.caller }), e.at);
@@ -347,6 +353,11 @@ export class MqttSync {
       bus.on("call.busy", (e) => {
         this.stats.busy(e);
         this.event("call.busy", compact({ callId: e.callId, groupId: e.groupId, memberIds: e.memberIds, caller: e.caller }), e.at);
+      }),
+      bus.on("operator.state", (e) => {
+        this.event("operator.state", compact({ userId: e.userId, availability: e.availability, loggedOutOf: e.loggedOutOf, source: e.source, deviceId: e.deviceId }), e.at);
+        // The retained snapshot carries it too: a console that lost events (a gap) reads it there.
+        if (this.opts.operators !== undefined) this.presenceChanged();
       }),
     );
   }
@@ -614,8 +625,10 @@ export class MqttSync {
   private publishPresence(): void {
     if (!this.client?.connected) return;
     let devices: PresenceEntry[];
+    let operators: ReturnType<NonNullable<MqttSyncOptions["operators"]>> | undefined;
     try {
       devices = this.opts.presence();
+      operators = this.opts.operators?.();
     } catch (err) {
       this.opts.log.error("presence snapshot failed", { err: (err as Error).message });
       return;
@@ -624,6 +637,7 @@ export class MqttSync {
       bootId: this.bootId,
       at: this.now(),
       devices: devices.map((d) => ({ deviceId: d.deviceId, online: d.online, registered: d.registered, ...(d.lastSeen !== undefined ? { lastSeen: d.lastSeen } : {}) })),
+      ...(operators !== undefined ? { operators: operators.map((o) => ({ userId: o.userId, availability: o.availability, loggedOutOf: [...o.loggedOutOf] })) } : {}),
     };
     void this.publish("presence", siteTopic(this.opts.siteId, "presence"), payload, { retain: true });
   }

@@ -391,6 +391,7 @@ export class Phone {
       if (typeof auth !== "string") throw new Error(`${this.username}: ${auth.error}`);
       res = await sendInvite(++seq, auth);
     }
+    this.lastFinal = res;
     if (res.status !== undefined && res.status >= 200 && res.status < 300) {
       // §13.2.2.4: the ACK for a 2xx is its own request, to the callee's Contact along the
       // route set (the 2xx's Record-Route reversed, §12.1.2).
@@ -418,6 +419,9 @@ export class Phone {
 
   /** 407 challenges this phone's dial() got. */
   challenges = 0;
+
+  /** The final response to the last dial() (its reason phrase and headers). */
+  lastFinal: SimMessage | undefined;
 
   /** Keyed by Call-ID: answered calls placed with dial(), as hangupPlaced() needs them. */
   private readonly placed = new Map<string, { target: string; routes: string[]; from: string; to: string }>();

@@ -698,12 +698,13 @@ describe("planStep in every strategy", () => {
       assert.deepEqual(plans.flatMap(ringed).sort(), ["u1", "u2"]);
     });
 
-    it(`${strategy}: away and dnd members ring unless the group checks availability`, () => {
+    it(`${strategy}: away members ring unless the group checks availability; dnd members never ring`, () => {
       const w = world(3);
       (w.users[0] as User).availability = "away";
       (w.users[1] as User).availability = "dnd";
       const off = runCall(w, group({ strategy, members: ids(3), checkAvailability: false }));
-      assert.deepEqual(off.flatMap(ringed).sort(), ["u1", "u2", "u3"]);
+      assert.deepEqual(off.flatMap(ringed).sort(), ["u1", "u3"]);
+      assert.deepEqual(off.flatMap((p) => p.skipped), [{ memberId: "u2", reason: "unavailable" }]);
       w.lastOffered.clear();
       const on = runCall(w, group({ strategy, members: ids(3), checkAvailability: true }));
       assert.deepEqual(on.flatMap(ringed), ["u3"]);
@@ -864,11 +865,13 @@ describe("selectFreeOperator", () => {
     assert.equal(pick(w, group({ members: ids(4) }), ["u3"])?.memberId, "u4");
   });
 
-  it("respects availability only when the group checks it", () => {
+  it("respects away only when the group checks availability, dnd always", () => {
     const w = world(2);
-    (w.users[0] as User).availability = "dnd";
+    (w.users[0] as User).availability = "away";
     assert.equal(pick(w, group({ members: ids(2) }))?.memberId, "u1");
     assert.equal(pick(w, group({ members: ids(2), checkAvailability: true }))?.memberId, "u2");
+    (w.users[0] as User).availability = "dnd";
+    assert.equal(pick(w, group({ members: ids(2) }))?.memberId, "u2");
   });
 
   it("evenly: the free member offered longest ago", () => {
