@@ -707,7 +707,7 @@ describe("planStep in every strategy", () => {
       w.lastOffered.clear();
       const on = runCall(w, group({ strategy, members: ids(3), checkAvailability: true }));
       assert.deepEqual(on.flatMap(ringed), ["u3"]);
-      assert.deepEqual(on.flatMap((p) => p.skipped), [{ memberId: "u1", reason: "unavailable" }, { memberId: "u2", reason: "unavailable" }]);
+      assert.deepEqual(on.flatMap((p) => p.skipped), [{ memberId: "u1", reason: "away" }, { memberId: "u2", reason: "dnd" }]);
     });
   }
 
