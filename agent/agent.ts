@@ -501,6 +501,7 @@ export class Agent {
       },
       site: this.site,
       ...(this.provisioning ? { provisioning: this.provisioning.hooks() } : {}),
+      ...(this.engine ? { why: this.engine.why } : {}),
     };
   }
 

@@ -98,6 +98,9 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
         `group     ${g.number} ${g.name} (${g.id})`,
         `strategy  ${g.strategy}, ${g.ringCount} ring${g.ringCount === 1 ? "" : "s"} per step${g.checkAvailability ? ", skips away/dnd" : ""}${g.pickup ? ", pickup on" : ""}`,
         `no answer ${g.noAnswer}`,
+        ...(g.hours === undefined ? [] : [`hours     ${openText(g.hours)}`, `closed    ${g.hours.outOfHours}`]),
+        ...(g.wrapUpS === undefined ? [] : [`wrap-up   ${g.wrapUpS}s after each answered call`]),
+        ...(g.responsibleFirstRings === undefined ? [] : [`known     a known caller's responsible operator rings alone first for ${g.responsibleFirstRings} ring${g.responsibleFirstRings === 1 ? "" : "s"}`]),
         `members   ${g.members.length}${g.online === undefined ? "" : `, ${g.online} online`}`,
         ...members,
       ].join("\n"));
@@ -113,6 +116,13 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
     default:
       return null;
   }
+}
+
+/** "OPEN now until 2026-12-03 18:00 (UTC+01:00), Europe/Berlin" */
+function openText(h: NonNullable<GroupView["hours"]>): string {
+  const state = h.open ? "OPEN now" : "CLOSED now";
+  const until = h.untilLocal === undefined ? (h.open ? ", no closing time in the schedule's reach" : ", no opening in the schedule's reach") : h.open ? ` until ${h.untilLocal}` : `, opens ${h.untilLocal}`;
+  return `${state}${until}, ${h.timeZone}`;
 }
 
 function memberDevices(m: MemberView): string {

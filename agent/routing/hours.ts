@@ -98,10 +98,11 @@ function formatter(zone: string): Intl.DateTimeFormat {
 }
 
 /**
- * Why `zone` cannot be the site's time zone, or undefined when it can: it must be a canonical
- * IANA name Intl knows ("Europe/Berlin", "America/New_York", "UTC"). Aliases and abbreviations
- * ICU also accepts ("US/Eastern", "CET") and offsets ("+01:00") are refused with a hint, so one
- * spelling names one zone everywhere (the console, the phones' configuration, this check).
+ * Why `zone` cannot be the site's time zone, or undefined when it can: a name of the IANA time
+ * zone database that Intl (full ICU) knows — "Europe/Berlin", "America/New_York", "UTC", or a
+ * link such as "US/Eastern" or "Asia/Kolkata" (ICU and IANA disagree on which spelling of a few
+ * zones is canonical, so links are accepted). Offsets ("+01:00") have no daylight-saving rules
+ * and are refused; so is a name in the wrong case ("europe/berlin"), with the right spelling.
  */
 export function timeZoneProblem(zone: unknown): string | undefined {
   const want = "an IANA time zone name such as \"Europe/Berlin\"";
@@ -112,14 +113,8 @@ export function timeZoneProblem(zone: unknown): string | undefined {
   } catch {
     return `"${zone}" is not a time zone this system knows; must be ${want}`;
   }
-  if (resolved === zone || canonicalZones().has(zone)) return undefined;
-  return `"${zone}" is an alias; write the IANA name "${resolved}"`;
-}
-
-let zoneSet: ReadonlySet<string> | undefined;
-function canonicalZones(): ReadonlySet<string> {
-  zoneSet ??= new Set((Intl as { supportedValuesOf?: (k: string) => string[] }).supportedValuesOf?.("timeZone") ?? []);
-  return zoneSet;
+  if (resolved !== zone && resolved.toLowerCase() === zone.toLowerCase()) return `write "${resolved}" (time zone names are case-sensitive)`;
+  return undefined;
 }
 
 /** UTC offset of `zone` at the instant, in ms (local = utc + offset). */
