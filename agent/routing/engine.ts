@@ -76,7 +76,7 @@ import { LatencyHistogram, type LatencySummary } from "./latency.ts";
 import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from "./callers.ts";
 import { isOpen, type OpenState } from "./hours.ts";
 import { WhyLog, whyRecord, MAX_WHY_ITEMS, type CallTrace, type WhyRecord } from "./why.ts";
-import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
+import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
 import {
   findPickupTarget,
   pickNoAnswer,
@@ -315,6 +315,8 @@ export class RoutingEngine {
   private openCache = new WeakMap<Group, OpenState>();
   /** Who answered which caller last (settings.knownCallers.rememberAnsweredS). */
   readonly lastAnswered = new LastAnswered();
+  /** A user's devices in the current site (why.ts names those left out for the cap). */
+  private readonly devicesOf = (userId: string): readonly DeviceRef[] | undefined => this.deps.site().index.devicesByOwner.get(userId);
 
   constructor(private readonly deps: EngineDeps) {
     this.proxy = deps.proxy;
@@ -1117,7 +1119,7 @@ export class RoutingEngine {
     call.pickupBranches.length = 0;
     if (call.answeredBy !== undefined) this.countCall(call, call.answeredBy);
     if (call.caller.kind === "device" && call.caller.userId !== undefined) this.countCall(call, call.caller.userId);
-    if (call.trace !== undefined) call.why = whyRecord(call.trace, MAX_WHY_ITEMS);
+    if (call.trace !== undefined) call.why = whyRecord(call.trace, MAX_WHY_ITEMS, this.devicesOf);
     if (call.answeredBy !== undefined && call.caller.kind === "trunk") this.rememberAnswered(call, call.answeredBy, now);
     this.deps.bus.emit("call.answered", {
       callId: pc.request.callId,
@@ -1354,9 +1356,9 @@ export class RoutingEngine {
     const outcome = outcomeOf(call, answered, status);
     const record: CallRecord = { id: recordId(call.pc.request.callId), at: call.startedAt, caller: labels(call).caller, target: labels(call).target, outcome, offered: [...call.offered] };
     if (call.trace !== undefined) {
-      call.why ??= whyRecord(call.trace, MAX_WHY_ITEMS);
+      call.why ??= whyRecord(call.trace, MAX_WHY_ITEMS, this.devicesOf);
       record.why = call.why;
-      this.why.close(call.trace, { caller: record.caller, target: record.target, outcome });
+      this.why.close(call.trace, { caller: record.caller, target: record.target, outcome }, this.devicesOf);
     }
     if (answered && call.kind === "group" && call.answeredBy !== undefined && call.groupId !== undefined) this.startWrapUp(call.groupId, call.answeredBy, now);
     if (call.firstGroupId !== undefined) record.groupId = call.firstGroupId;

@@ -39,7 +39,7 @@
 //   as if the call had just arrived: the responsible user keeps their usual place in it. Not
 //   eligible: the strategy starts at once and the plan says why (skipped).
 // - Reasons. Every plan says who was skipped and why (skipped) and which of an offered member's
-//   devices were left out (MemberRing.leftOut: offline, or beyond the physical cap). The engine
+//   devices were offline (RingPlan.leftOut; those beyond the cap are derived by why.ts). The engine
 //   keeps these plan objects per call for "why didn't my phone ring?" (why.ts renders them);
 //   nothing here allocates for reasons unless there is one.
 
@@ -88,7 +88,7 @@ export type SkipReason =
   /** Only physical devices online and the physical cap is full. */
   | "cap";
 
-/** Why one of an offered member's devices did not ring. */
+/** Why one of an offered member's devices did not ring ("cap" is derived later, by why.ts). */
 export type DeviceLeftOut = { memberId: string; deviceId: string; reason: "offline" | "cap" };
 
 export interface MemberRing {
@@ -121,7 +121,7 @@ export interface RingPlan {
   skipped: SkippedMember[];
   /** Set on the responsible operator's own step: the user ringing alone before the group's strategy. */
   responsible?: string;
-  /** Devices of the members in `ring` that do not ring, and why; absent when all of theirs ring. */
+  /** Offline devices of the members in `ring`; absent when there are none. */
   leftOut?: DeviceLeftOut[];
   /** The call state after this step; pass it to the next planStep. */
   call: CallState;
@@ -406,10 +406,10 @@ function memberRing(input: EligibilityInput, memberId: string, slots: number, si
         continue;
       }
       if (d.kind === "physical") {
-        if (physical >= slots) {
-          if (sink !== undefined) (sink.leftOut ??= []).push({ memberId, deviceId: d.id, reason: "cap" });
-          continue;
-        }
+        // Beyond the cap: not recorded here (in a big simultaneous group that is most desk
+        // phones, and this is the hot path); why.ts derives it: a device of an offered member
+        // that neither rang nor was offline was left out for the cap.
+        if (physical >= slots) continue;
         physical++;
       }
       deviceIds.push(d.id);

@@ -80,8 +80,15 @@ export const MAX_WHY_MEMORY_ITEMS = 2000;
 /** Most steps one call's record keeps. */
 export const MAX_WHY_STEPS = 100;
 
-/** The trace as bounded plain JSON (off the hot path: when the call ends, or when asked). */
-export function whyRecord(trace: CallTrace, maxItems: number = MAX_WHY_ITEMS): WhyRecord {
+/** A user's devices in site order (SiteIndex.devicesByOwner), to name the ones left out for the cap. */
+export type DevicesOf = (userId: string) => ReadonlyArray<{ id: string }> | undefined;
+
+/**
+ * The trace as bounded plain JSON (off the hot path: when the call ends, or when asked). With
+ * `devicesOf`, an offered operator's devices that neither rang nor were offline are listed as
+ * left out for the cap (the plan does not record those, to stay cheap).
+ */
+export function whyRecord(trace: CallTrace, maxItems: number = MAX_WHY_ITEMS, devicesOf?: DevicesOf): WhyRecord {
   const steps: WhyStep[] = [];
   let budget = maxItems;
   let truncated = 0;
@@ -111,8 +118,11 @@ export function whyRecord(trace: CallTrace, maxItems: number = MAX_WHY_ITEMS): W
       }
       budget--;
       const item: WhyItem = { userId: r.memberId, devices: [...r.deviceIds] };
-      const left = p.leftOut?.filter((l) => l.memberId === r.memberId);
-      if (left !== undefined && left.length > 0) item.leftOut = left.map((l) => ({ deviceId: l.deviceId, reason: l.reason }));
+      const left = (p.leftOut ?? []).filter((l) => l.memberId === r.memberId).map((l) => ({ deviceId: l.deviceId, reason: l.reason }));
+      for (const d of devicesOf?.(r.memberId) ?? []) {
+        if (!r.deviceIds.includes(d.id) && !left.some((l) => l.deviceId === d.id)) left.push({ deviceId: d.id, reason: "cap" });
+      }
+      if (left.length > 0) item.leftOut = left;
       items.push(item);
     }
     for (const s of p.skipped) {
@@ -275,8 +285,8 @@ export class WhyLog {
   }
 
   /** The call ended: its plain record (kept for later questions) and labels. */
-  close(trace: CallTrace, labels: { caller: string; target: string; outcome: string }): WhyRecord {
-    const record = whyRecord(trace, MAX_WHY_MEMORY_ITEMS);
+  close(trace: CallTrace, labels: { caller: string; target: string; outcome: string }, devicesOf?: DevicesOf): WhyRecord {
+    const record = whyRecord(trace, MAX_WHY_MEMORY_ITEMS, devicesOf);
     const e = this.byId.get(trace.callId);
     if (e !== undefined && e.trace === trace) Object.assign(e, { record, ...labels });
     return record;
