@@ -31,6 +31,8 @@ const UNIT = 200;
 const WRAP_UP_S = 2;
 /** The SIPp caller's number (test/sipp/route-caller.xml From), as the console's directory lists it. */
 const CALLER = "+4930111222";
+/** A date three days ahead (in Berlin it is the same date or the next one; either is days away). */
+const HOLIDAY = new Date(Date.now() + 3 * 86_400_000).toISOString().slice(0, 10);
 
 const users: SimUser[] = [];
 const devices: SimDevice[] = [];
@@ -59,6 +61,12 @@ function groups(): SimGroup[] {
       id: "closed", number: "720", strategy: "sequential", members: ["c1"], ringCount: 5, noAnswer: { kind: "hangup" },
       hours: { weekly: [], exceptions: [{ date: "2026-12-25", ranges: [] }] },
       outOfHours: { kind: "voicemail", uri: `sip:vm-box@127.0.0.1:${vmPort}` },
+    },
+    // Open around the clock except on a holiday three days ahead: open now, until that day starts.
+    {
+      id: "open", number: "723", strategy: "sequential", members: [], ringCount: 1, noAnswer: { kind: "hangup" },
+      hours: { weekly: [{ days: ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], from: "00:00", to: "24:00" }], exceptions: [{ date: HOLIDAY, ranges: [] }] },
+      outOfHours: { kind: "hangup" },
     },
     { id: "resp", number: "721", strategy: "sequential", members: ["r2", "r3"], ringCount: 1, noAnswer: { kind: "hangup" }, responsibleFirst: { ringCount: 1 } },
     { id: "wrap", number: "722", strategy: "sequential", members: ["wu1", "wu2"], ringCount: 5, noAnswer: { kind: "hangup" }, wrapUpS: WRAP_UP_S },
@@ -115,6 +123,12 @@ describe("working hours, the responsible operator, wrap-up and why, through the 
     assert.match(show.stdout, /hours\s+CLOSED now, no opening in the schedule's reach, Europe\/Berlin/);
     const json = JSON.parse((await agent.cli(["group", "show", "closed", "--json"])).stdout) as { hours: { open: boolean; timeZone: string } };
     assert.deepEqual({ open: json.hours.open, zone: json.hours.timeZone }, { open: false, zone: "Europe/Berlin" });
+    const open = await agent.cli(["group", "show", "723"]);
+    assert.match(open.stdout, new RegExp(`hours\\s+OPEN now until ${HOLIDAY} 00:00 \\(UTC\\+0[12]:00\\), Europe/Berlin`));
+    const openJson = JSON.parse((await agent.cli(["group", "show", "open", "--json"])).stdout) as { hours: { open: boolean; until: string } };
+    assert.equal(openJson.hours.open, true);
+    // Local midnight in Berlin is 23:00Z (CET) or 22:00Z (CEST) the day before.
+    assert.ok([1, 2].map((h) => Date.parse(`${HOLIDAY}T00:00:00Z`) - h * 3_600_000).includes(Date.parse(openJson.hours.until)), openJson.hours.until);
   });
 
   test("a known caller rings the responsible operator alone first, then the group's own strategy", async () => {

@@ -9,6 +9,8 @@ import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from
 import { WhyLog, involves, renderWhy, whyRecord, type CallTrace } from "../../agent/routing/why.ts";
 import { checkSiteConfig } from "../../agent/site/site.ts";
 import { validatePayload } from "../../agent/contract.ts";
+import { Store } from "../../agent/store/store.ts";
+import { tempDir } from "../tmpdir.ts";
 
 const Z = (iso: string): number => Date.parse(iso);
 const iso = (t: number | undefined): string | undefined => (t === undefined ? undefined : new Date(t).toISOString());
@@ -482,6 +484,25 @@ describe("why: the core's reasons kept and said in plain words", () => {
     const rec = whyRecord(bigTrace, 100);
     assert.equal(rec.steps[0]?.items?.length, 100);
     assert.equal(rec.truncated, 200);
+  });
+
+  it("the record rides on the console's call events and survives in the call log across a restart", async () => {
+    const rec = whyRecord(traced());
+    const event = { bootId: "b1", seq: 1, type: "call.missed", at: T0, data: { callId: "c1", groupId: "g", caller: "+4930111222", target: "600", offered: ["u2"], outcome: "missed", why: rec } };
+    assert.deepEqual(validatePayload("event", JSON.parse(JSON.stringify(event))), { ok: true });
+    const bad = structuredClone(event) as any;
+    bad.data.why.steps[0].kind = "guess";
+    assert.equal(validatePayload("event", bad).ok, false);
+    const dir = tempDir("ringedge-why-store-");
+    const store = await Store.open(dir);
+    assert.equal(store.appendCall({ id: "c1", at: T0, caller: "+4930111222", target: "600", outcome: "missed", offered: ["u2"], groupId: "g", why: rec }).ok, true);
+    // A damaged why is refused, not stored.
+    assert.equal(store.appendCall({ id: "c2", at: T0, caller: "x", target: "600", outcome: "missed", offered: [], why: { steps: "all" } as any }).ok, false);
+    await store.flush();
+    await store.close();
+    const again = await Store.open(dir);
+    assert.deepEqual(again.listCalls()[0]?.why, rec);
+    await again.close();
   });
 
   it("the in-memory log keeps the most recent calls only", () => {
