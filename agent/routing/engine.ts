@@ -161,6 +161,9 @@ export interface EngineStats {
   latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number };
 }
 
+/** A group whose open state does not change within isOpen's reach is looked at again after this long. */
+const OPEN_RECHECK_MAX_MS = 3_600_000;
+
 /** From user parts are attacker-controlled: keep at most this much for display. */
 const CALLER_LABEL_MAX = 64;
 
@@ -311,8 +314,8 @@ export class RoutingEngine {
   readonly why = new WhyLog();
   /** Keyed by group id: user id → epoch ms their wrap-up in that group ends. */
   private readonly wrapUp = new Map<string, Map<string, number>>();
-  /** Keyed by the Group object of the applied site (a push makes new ones): its open state until it changes. */
-  private openCache = new WeakMap<Group, OpenState>();
+  /** Keyed by the Group object of the applied site (a push makes new ones): its open state and when to look again. */
+  private readonly openCache = new WeakMap<Group, { state: OpenState; madeAt: number; recheckAt: number }>();
   /** Who answered which caller last (settings.knownCallers.rememberAnsweredS). */
   readonly lastAnswered = new LastAnswered();
   /** A user's devices in the current site (why.ts names those left out for the cap). */
@@ -572,7 +575,7 @@ export class RoutingEngine {
     call.plan = startCall(now);
     call.trace = this.why.open(req.callId, now);
     if (group.outOfHours !== undefined && this.isClosed(group, now)) {
-      call.trace.entries.push({ kind: "closed", at: now, group, until: this.openCache.get(group)?.until });
+      call.trace.entries.push({ kind: "closed", at: now, group, until: this.openCache.get(group)?.state.until });
       this.noAnswer(call, true, group.outOfHours);
     } else {
       if (group.responsibleFirst !== undefined && caller.kind === "trunk") this.findResponsible(call, req, now);
@@ -581,16 +584,12 @@ export class RoutingEngine {
     this.notePlaced(call);
   }
 
-  /** Whether the group is out of its working hours at `now` (cached until the answer changes). */
+  /**
+   * Whether the group is out of its working hours at `now`. isOpen runs once per change of the
+   * answer (its `until`), or hourly when no change is in its reach; every other call reads the cache.
+   */
   isClosed(group: Group, now: number): boolean {
-    const zone = this.deps.site().index.timeZone;
-    if (group.hours === undefined || zone === undefined) return false;
-    let st = this.openCache.get(group);
-    if (st === undefined || (st.until !== undefined && now >= st.until) || (st.until === undefined && !st.open)) {
-      st = isOpen(group.hours, zone, now);
-      this.openCache.set(group, st);
-    }
-    return !st.open;
+    return this.openState(group, now)?.open === false;
   }
 
   /** The caller's responsible operator (directory, then memory), from a trunk call's number. */
@@ -606,11 +605,19 @@ export class RoutingEngine {
     if (call.trace !== undefined) call.trace.responsible = r;
   }
 
-  /** Open state of a group now, for `ringedge group show`; undefined when it has no hours. */
+  /** Open state of a group at `now`; undefined when it has no hours (always open). */
   openState(group: Group, now: number = this.clock.now()): OpenState | undefined {
-    if (group.hours === undefined || this.deps.site().index.timeZone === undefined) return undefined;
-    this.isClosed(group, now);
-    return this.openCache.get(group);
+    if (group.hours === undefined) return undefined;
+    const zone = this.deps.site().index.timeZone;
+    if (zone === undefined) return undefined;
+    let c = this.openCache.get(group);
+    // A clock set back before the cached answer was made is asked again too.
+    if (c === undefined || now >= c.recheckAt || now < c.madeAt) {
+      const state = isOpen(group.hours, zone, now);
+      c = { state, madeAt: now, recheckAt: state.until ?? now + OPEN_RECHECK_MAX_MS };
+      this.openCache.set(group, c);
+    }
+    return c.state;
   }
 
   /** The group distributing the call; a group removed by a push mid-call ends it with 480. */
@@ -727,13 +734,16 @@ export class RoutingEngine {
       case "wait-for-operator":
         this.enqueue(call, d.fromGroupId, d.until, d.then, now);
         return;
-      case "overflow-group":
+      case "overflow-group": {
         call.groupId = d.groupId;
         call.groups.push(d.groupId);
         call.visited = d.visited;
         call.plan = startCall(now);
+        const target = site.index.groupsById.get(d.groupId);
+        if (target?.responsibleFirst !== undefined && call.responsible === undefined && call.caller.kind === "trunk") this.findResponsible(call, call.pc.request, now);
         this.runStep(call);
         return;
+      }
       case "hangup":
         if (this.deps.log.enabled("debug")) this.deps.log.debug("no answer: hanging up", { callId: call.pc.request.callId, status: d.status, cause: d.cause });
         this.rejectCall(call, d.status);
