@@ -74,7 +74,7 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
       print(s, [
         `version   ${s.version} (from ${s.source}, applied ${s.appliedAt})`,
         `hash      ${s.hash}`,
-        `users     ${s.users}   groups ${s.groups}   devices ${s.devices.site} from the site, ${s.devices.local} local`,
+        `users     ${s.users}   groups ${s.groups}   devices ${s.devices.site} from the site, ${s.devices.local} local   known callers ${s.knownCallers}`,
         `settings  ${JSON.stringify(s.settings)}`,
       ].join("\n"));
       return 0;

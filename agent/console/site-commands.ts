@@ -63,6 +63,8 @@ export interface SiteView {
   users: number;
   groups: number;
   devices: { site: number; local: number };
+  /** Entries in the console's directory of known callers. */
+  knownCallers: number;
 }
 
 /** "wait 60s, then overflow to sales" — the no-answer action in a few words. */
@@ -151,6 +153,7 @@ export function siteCommands(view: AgentView): CommandTable {
         users: r.users.length,
         groups: r.groups.length,
         devices: { site, local: devices.length - site },
+        knownCallers: r.knownCallers?.length ?? 0,
       };
     },
     "group.list": (): GroupSummary[] => {

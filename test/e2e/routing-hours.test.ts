@@ -153,6 +153,7 @@ describe("working hours, the responsible operator, wrap-up and why, through the 
     const text = await why([id]);
     assert.match(text, /responsible operator: r1 \(the console's directory of known callers\)/);
     assert.match(text, /step 1 in group resp \(the responsible operator r1 alone\):\n\s+r1: rang on dev-r1/);
+    assert.match((await agent.cli(["site", "show"])).stdout, /known callers 1/);
     const forR2 = await why([id, "--user", "r2"]);
     assert.match(forR2, /r2: not yet: the caller's responsible operator rang first/);
   });
