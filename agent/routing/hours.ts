@@ -77,7 +77,8 @@ export function isRealDate(date: string): boolean {
   const m = Number(date.slice(5, 7));
   const d = Number(date.slice(8, 10));
   if (m < 1 || m > 12 || d < 1) return false;
-  const dim = new Date(Date.UTC(y, m, 0)).getUTCDate();
+  const leap = (y % 4 === 0 && y % 100 !== 0) || y % 400 === 0;
+  const dim = m === 2 ? (leap ? 29 : 28) : [4, 6, 9, 11].includes(m) ? 30 : 31;
   return d <= dim;
 }
 

@@ -111,8 +111,8 @@ describe("time zones and dates", () => {
   });
 
   it("real calendar dates only", () => {
-    assert.equal(isRealDate("2028-02-29"), true);
-    for (const d of ["2026-02-29", "2026-02-30", "2026-13-01", "2026-00-10", "2026-1-1", "26-01-01"]) assert.equal(isRealDate(d), false, d);
+    for (const d of ["2028-02-29", "2000-02-29", "0000-02-29", "2026-12-31", "2026-04-30"]) assert.equal(isRealDate(d), true, d);
+    for (const d of ["2026-02-29", "1900-02-29", "2026-02-30", "2026-04-31", "2026-13-01", "2026-00-10", "2026-01-00", "2026-1-1", "26-01-01"]) assert.equal(isRealDate(d), false, d);
   });
 });
 
