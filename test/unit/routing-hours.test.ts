@@ -11,6 +11,10 @@ import { checkSiteConfig } from "../../agent/site/site.ts";
 import { validatePayload } from "../../agent/contract.ts";
 import { Store } from "../../agent/store/store.ts";
 import { tempDir } from "../tmpdir.ts";
+import { ConsoleSession, LoginGuard } from "../../agent/console/serial.ts";
+import { hashInstallerPassword } from "../../agent/appliance/password.ts";
+import { defaultSettings } from "../../agent/config.ts";
+import { createLogger } from "../../agent/log.ts";
 
 const Z = (iso: string): number => Date.parse(iso);
 const iso = (t: number | undefined): string | undefined => (t === undefined ? undefined : new Date(t).toISOString());
@@ -511,5 +515,32 @@ describe("why: the core's reasons kept and said in plain words", () => {
     assert.equal(log.get("a"), undefined);
     assert.deepEqual(log.recent().map((e) => e.trace.callId), ["c", "b"]);
     assert.equal(log.get("c")?.outcome, "missed");
+  });
+});
+
+describe("why on the serial console", () => {
+  it("why <user> asks for the user's last call, why <user> <call> for one; bad input gets usage or the error", async () => {
+    const settings = { ...defaultSettings(), serialPassword: await hashInstallerPassword("install-3r"), serialIdleTimeoutS: 0 };
+    const asked: unknown[] = [];
+    const table = {
+      "call.why": (args: Record<string, unknown>) => {
+        asked.push(args);
+        if (args.user === "zoe") throw new Error("no user 'zoe' (see ringedge user list)");
+        return { lines: ["call c9 at 2026-12-03T10:00:00.000Z", "  step 1 in group sales:", `    ${String(args.user)}: skipped: in wrap-up time after a call through this group`] };
+      },
+    };
+    let out = "";
+    const s = new ConsoleSession({ settings, guard: new LoginGuard(settings), table, write: (t) => (out += t), log: createLogger("silent") });
+    s.begin();
+    s.input(Buffer.from("install-3r\r", "latin1"));
+    await s.idle();
+    out = "";
+    for (const line of ["why ben", "why ben c9", "why", "why a b c", "why zoe"]) s.input(Buffer.from(`${line}\r`, "latin1"));
+    await s.idle();
+    assert.deepEqual(asked, [{ last: true, user: "ben" }, { callId: "c9", user: "ben" }, { last: true, user: "zoe" }]);
+    assert.match(out, /ben: skipped: in wrap-up time after a call through this group\r\n/);
+    assert.equal(out.match(/usage: why <user id> \[call-id\]/g)?.length, 2);
+    assert.match(out, /error: no user 'zoe'/);
+    s.close();
   });
 });
