@@ -863,6 +863,7 @@ export class RoutingEngine {
       busyWithOffer.add(pick.memberId);
       const now = this.clock.now();
       if (group.strategy === "evenly") this.recordEvenly(group.id, pick.memberId, now);
+      call.trace?.entries.push({ kind: "offer", at: now, group, memberId: pick.memberId, deviceIds: pick.deviceIds });
       this.noteOffered(call, pick.memberId, pick.deviceIds);
       // One offer rings for one step; then the call waits again for the next free member.
       q.offerTimer = this.clock.setTimeout(() => this.guarded(() => this.onOfferTimeout(call)), stepLengthMs(group, this.ringUnitMs));

@@ -16,7 +16,9 @@ export type WhyEntry =
   /** The group was out of its working hours when the call reached it. */
   | { kind: "closed"; at: number; group: Group; until: number | undefined }
   /** The call left member distribution: pickNoAnswer's decision (`passed`: groups gone through at once). */
-  | { kind: "action"; at: number; group: Group; decision: NoAnswerDecision; outOfHours: boolean; passed: PassedGroup[] | undefined };
+  | { kind: "action"; at: number; group: Group; decision: NoAnswerDecision; outOfHours: boolean; passed: PassedGroup[] | undefined }
+  /** A waiting call was offered to a member who became free (selectFreeOperator's pick). */
+  | { kind: "offer"; at: number; group: Group; memberId: string; deviceIds: readonly string[] };
 
 export interface CallTrace {
   callId: string;
@@ -44,8 +46,8 @@ export interface WhyItem {
 export interface WhyStep {
   at: number;
   groupId: string;
-  kind: "step" | "closed" | "action";
-  /** step: the operators judged in this step. */
+  kind: "step" | "closed" | "action" | "offer";
+  /** step: the operators judged in this step; offer: the one a waiting call was offered to. */
   items?: WhyItem[];
   /** step: this was the responsible operator's own step (the group's other members waited). */
   responsible?: string;
@@ -100,6 +102,11 @@ export function whyRecord(trace: CallTrace, maxItems: number = MAX_WHY_ITEMS, de
       const s: WhyStep = { at, groupId, kind: "closed" };
       if (e.until !== undefined) s.opensAt = e.until;
       steps.push(s);
+      continue;
+    }
+    if (e.kind === "offer") {
+      if (budget-- > 0) steps.push({ at, groupId, kind: "offer", items: [{ userId: e.memberId, devices: [...e.deviceIds] }] });
+      else truncated++;
       continue;
     }
     if (e.kind === "action") {
@@ -204,6 +211,14 @@ export function renderWhy(header: { callId: string; at: number; caller?: string;
       if (who !== undefined && opts.membersOf?.(s.groupId)?.includes(who) === true) {
         lines.push(`  ${who}: not offered: group ${s.groupId} was out of hours`);
         mentioned = true;
+      }
+      continue;
+    }
+    if (s.kind === "offer") {
+      for (const it of s.items ?? []) {
+        if (who !== undefined && it.userId !== who) continue;
+        mentioned ||= it.userId === who;
+        lines.push(`  offered while waiting, in group ${s.groupId}: ${it.userId} rang on ${(it.devices ?? []).join(", ") || "(no device)"}`);
       }
       continue;
     }

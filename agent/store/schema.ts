@@ -473,7 +473,7 @@ function checkWhy(v: unknown): string | null {
   let items = 0;
   for (const s of v.steps as unknown[]) {
     if (!isPlainObject(s) || typeof s.groupId !== "string" || s.groupId.length > 128 || checkMs(s.at) !== null) return "has a step that is not { at, groupId, kind }";
-    if (s.kind !== "step" && s.kind !== "closed" && s.kind !== "action") return "has a step of an unknown kind";
+    if (s.kind !== "step" && s.kind !== "closed" && s.kind !== "action" && s.kind !== "offer") return "has a step of an unknown kind";
     if (s.items !== undefined) {
       if (!Array.isArray(s.items)) return "has step items that are not an array";
       items += s.items.length;

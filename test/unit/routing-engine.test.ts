@@ -1135,6 +1135,11 @@ describe("working hours, wrap-up and the responsible operator in the engine", ()
     assert.equal(w.proxy.ringing(second, "p1").length, 0, "still in wrap-up");
     w.clock.advance(1);
     assert.equal(w.proxy.ringing(second, "p1").length, 1, "offered when the wrap-up ends");
+    w.proxy.answer(w.proxy.ringing(second, "p1")[0]!);
+    assert.deepEqual(w.records.length, 1);
+    w.proxy.hangup(second);
+    const steps = w.records[1]?.why?.steps.map((s) => `${s.kind}${s.items ? ":" + s.items.map((i) => `${i.userId}=${i.reason ?? "offered"}`).join(",") : ""}`);
+    assert.deepEqual(steps, ["step:u1=wrap-up", "action", "offer:u1=offered"]);
   });
 
   it("the responsible operator: from the directory first, else who answered this caller last (P-Asserted-Identity)", () => {
