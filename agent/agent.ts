@@ -513,6 +513,7 @@ export class Agent {
       },
       site: this.site,
       ...(this.provisioning ? { provisioning: this.provisioning.hooks() } : {}),
+      ...(this.engine ? { why: this.engine.why } : {}),
     };
   }
 

@@ -1,6 +1,7 @@
 // The agent's internal event bus: features (registrar, presence, routing, sync) publish
 // typed events here and never call each other's internals (Zigbee2MQTT's extension lesson).
 import { EventEmitter } from "node:events";
+import type { WhyRecord } from "./routing/why.ts";
 
 export type PresenceReason = "registered" | "unregistered" | "expired" | "keepalive-timeout" | "keepalive-ok" | "restored";
 
@@ -18,9 +19,9 @@ export interface AgentEvents {
   /** A member's devices started ringing for a call (routing engine, after the forks went out). */
   "call.offered": { callId: string; groupId: string | undefined; memberId: string; deviceIds: string[]; caller: string; at: number; /** The caller's From tag (BLF dialog ids). */ callerTag?: string };
   /** A call was answered; memberId undefined when no member did (voicemail, a forward, the trunk). */
-  "call.answered": { callId: string; groupId: string | undefined; memberId: string | undefined; deviceId: string | undefined; caller: string; answerAfterMs: number; at: number };
+  "call.answered": { callId: string; groupId: string | undefined; memberId: string | undefined; deviceId: string | undefined; caller: string; answerAfterMs: number; at: number; /** Group calls: why each operator was or was not offered (routing/why.ts). */ why?: WhyRecord };
   /** A call ended with no member answering; `offered` lists who was offered, in order. */
-  "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number; /** The caller hung up before anyone answered (CANCEL). */ abandoned?: boolean };
+  "call.missed": { callId: string; groupId: string | undefined; caller: string; target: string; offered: string[]; outcome: string; at: number; /** The caller hung up before anyone answered (CANCEL). */ abandoned?: boolean; /** Group calls: why each operator was or was not offered. */ why?: WhyRecord };
   /** A site device placed a call (after the forks went out): the caller's side of the dialog (BLF). */
   "call.placed": { callId: string; callerTag: string; userId: string | undefined; deviceId: string; target: string; at: number };
   /** A ringing member's device sent 180/183 with a To tag (its early dialog, BLF). */

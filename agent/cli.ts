@@ -8,6 +8,7 @@ import { Store } from "./store/store.ts";
 import { callAgent, runCommand, socketAnswers } from "./console/control.ts";
 import { agentCommands, type DeviceView } from "./console/commands.ts";
 import { SITE_HELP, siteCli } from "./console/site-cli.ts";
+import { WHY_HELP, type WhyView } from "./console/why-commands.ts";
 import { CONSOLE_HELP, CONSOLE_VALUE_FLAGS, consoleCommand } from "./sync/console-cli.ts";
 import { PHONE_HELP, PROVISION_HELP, phoneCli, provisionCli } from "../provisioning/installer.ts";
 import { APPLIANCE_HELP, applianceCli, settingsFileFor } from "./appliance/cli.ts";
@@ -72,6 +73,7 @@ commands:
   group list|show          call groups of the applied site, members and who is online
   user list                operators of the applied site and their state now
   calls [--limit N] [--group <id>] [--json]   the call log: answered and missed calls
+  why <call-id> | --last --user <id>   why each operator was or was not offered a call
 
 common options:
   --config <file>          settings file (JSON; default /etc/ringedge/ringedge.conf.json if present,
@@ -105,6 +107,7 @@ only with --show-password.`,
   ringedge store check      verify the store file (envelope, checksum, schema version)
   ringedge store recover    keep the corrupt file aside and promote the last good copy (.bak)`,
   ...SITE_HELP,
+  ...WHY_HELP,
   phone: PHONE_HELP,
   provision: PROVISION_HELP,
   console: CONSOLE_HELP,
@@ -133,6 +136,8 @@ const SUBCOMMANDS: Readonly<Record<string, readonly string[]>> = {
   console: ["push", "watch", "status", "resync", "republish"],
   settings: ["unset"],
 };
+/** Commands whose first word after the command is a free argument (no sub-commands). */
+const FREE_ARGUMENT: ReadonlySet<string> = new Set(["why"]);
 /** Accepted with every command. */
 const GLOBAL_FLAGS: ReadonlySet<string> = new Set(["config", "help", "version"]);
 
@@ -193,13 +198,14 @@ function usageProblem(parsed: Parsed, valueFlags: ReadonlySet<string>): string |
   }
   const subs = SUBCOMMANDS[command];
   if (sub !== undefined && !parsed.flags.has("help")) {
-    if (subs === undefined) return `'${command}' takes no argument '${sub}' (see ringedge ${command} --help)`;
+    if (subs === undefined && !FREE_ARGUMENT.has(command)) return `'${command}' takes no argument '${sub}' (see ringedge ${command} --help)`;
+    if (subs === undefined) return parsed.positional.length > 2 ? `'${command}' takes one argument (see ringedge ${command} --help)` : null;
     if (!subs.includes(sub)) return `unknown ${command} command '${sub}'${didYouMean(sub, subs)}; one of: ${subs.join(", ")}`;
   }
   return null;
 }
 
-const VALUE_FLAGS = new Set(["config", "limit", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", ...CONSOLE_VALUE_FLAGS]);
+const VALUE_FLAGS = new Set(["config", "limit", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", "user", ...CONSOLE_VALUE_FLAGS]);
 
 export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s), err: (s: string) => void = (s) => process.stderr.write(s)): Promise<number> {
   let parsed: Parsed;
@@ -284,6 +290,15 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         return 0;
       case "calls":
         return await callsCommand(settings, flags, json, out);
+      case "why": {
+        const user = flags.get("user");
+        const args: Record<string, unknown> = { last: flags.has("last") };
+        if (sub !== undefined) args.callId = sub;
+        if (typeof user === "string") args.user = user;
+        const v = (await execute(settings, "call.why", args)) as WhyView;
+        out(json ? JSON.stringify(v, null, 2) + "\n" : [...v.lines, v.from === "call log" ? "(from the call log: at most 100 entries per call are kept there)" : ""].filter((l) => l !== "").join("\n") + "\n");
+        return 0;
+      }
       default:
         err(`ringedge: unknown command '${command}' (see ringedge --help)\n`);
         return 2;

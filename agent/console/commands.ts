@@ -9,6 +9,8 @@ import type { SiteService } from "../site/site.ts";
 import { siteCommands } from "./site-commands.ts";
 import { phoneCommands } from "../../provisioning/installer.ts";
 import type { ProvisioningHooks } from "../../provisioning/service.ts";
+import type { WhyLog } from "../routing/why.ts";
+import { whyCommands } from "./why-commands.ts";
 
 /** What a running agent exposes to commands; offline commands get only the store. */
 export interface AgentView {
@@ -22,6 +24,8 @@ export interface AgentView {
   site?: SiteService;
   /** Phone provisioning of the running agent (re-sync, firmware report, URLs). */
   provisioning?: ProvisioningHooks;
+  /** The routing engine's recent call traces ("ringedge why"). */
+  why?: WhyLog;
 }
 
 export const USERNAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$/;
@@ -85,6 +89,7 @@ export function agentCommands(view: AgentView): CommandTable {
   return {
     ...siteCommands(view),
     ...phoneCommands(view),
+    ...whyCommands(view),
     status: () => {
       if (!view.status) throw new CommandError("the agent is not running");
       return view.status();

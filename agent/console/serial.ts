@@ -234,6 +234,15 @@ const COMMANDS: Record<string, ConsoleCommand> = {
       return [...head, ...table(["EXT", "MEMBER", "AVAILABILITY", "ONLINE"], members.map((m) => [m.extension, m.name, m.availability, m.online === undefined ? "-" : m.online ? "yes" : "no"]), [6, 24, 13])];
     },
   },
+  why: {
+    usage: "why <user> [call-id]",
+    help: "why a user's phone rang or not: last call, or one",
+    async run(w, exec) {
+      if (!w[0] || w.length > 2) return ["usage: why <user id> [call-id]"];
+      const v = (await exec("call.why", w[1] !== undefined ? { callId: w[1], user: w[0] } : { last: true, user: w[0] })) as { lines: string[] };
+      return v.lines.map((l) => clip(ascii(l), WIDTH));
+    },
+  },
   calls: {
     usage: "calls",
     help: "calls ringing now",

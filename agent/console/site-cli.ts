@@ -76,7 +76,7 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
       print(s, [
         `version   ${s.version} (from ${s.source}, applied ${s.appliedAt})`,
         `hash      ${s.hash}`,
-        `users     ${s.users}   groups ${s.groups}   devices ${s.devices.site} from the site, ${s.devices.local} local`,
+        `users     ${s.users}   groups ${s.groups}   devices ${s.devices.site} from the site, ${s.devices.local} local   known callers ${s.knownCallers}`,
         `settings  ${JSON.stringify(s.settings)}`,
       ].join("\n"));
       return 0;
@@ -100,6 +100,9 @@ export async function siteCli(command: string, sub: string | undefined, rest: st
         `group     ${g.number} ${g.name} (${g.id})`,
         `strategy  ${g.strategy}, ${g.ringCount} ring${g.ringCount === 1 ? "" : "s"} per step${g.checkAvailability ? ", skips away" : ""}${g.pickup ? ", pickup on" : ""}`,
         `no answer ${g.noAnswer}`,
+        ...(g.hours === undefined ? [] : [`hours     ${openText(g.hours)}`, `closed    ${g.hours.outOfHours}`]),
+        ...(g.wrapUpS === undefined ? [] : [`wrap-up   ${g.wrapUpS}s after each answered call`]),
+        ...(g.responsibleFirstRings === undefined ? [] : [`known     a known caller's responsible operator rings alone first for ${g.responsibleFirstRings} ring${g.responsibleFirstRings === 1 ? "" : "s"}`]),
         `members   ${g.members.length}${g.online === undefined ? "" : `, ${g.online} online`}`,
         ...members,
       ].join("\n"));
@@ -123,6 +126,13 @@ function stateNote(m: MemberView): string {
   if (m.loggedOutOf.length > 0) parts.push(`logged out of: ${m.loggedOutOf.join(", ")}`);
   if (m.stateSource !== undefined && m.stateChangedAt !== undefined) parts.push(`set by ${m.stateSource}${m.stateDevice !== undefined ? ` ${m.stateDevice}` : ""} at ${m.stateChangedAt}`);
   return parts.length === 0 ? "" : `; ${parts.join("; ")}`;
+}
+
+/** "OPEN now until 2026-12-03 18:00 (UTC+01:00), Europe/Berlin" */
+function openText(h: NonNullable<GroupView["hours"]>): string {
+  const state = h.open ? "OPEN now" : "CLOSED now";
+  const until = h.untilLocal === undefined ? (h.open ? ", no closing time in the schedule's reach" : ", no opening in the schedule's reach") : h.open ? ` until ${h.untilLocal}` : `, opens ${h.untilLocal}`;
+  return `${state}${until}, ${h.timeZone}`;
 }
 
 function memberDevices(m: MemberView): string {

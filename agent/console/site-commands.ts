@@ -2,6 +2,7 @@
 // the applied users and groups. Shared by the CLI (through the control socket, so a running
 // agent swaps its configuration live, or directly on the store) and later the serial console.
 import type { Group, NoAnswerAction, User } from "../routing/model.ts";
+import { formatLocal, isOpen } from "../routing/hours.ts";
 import { SiteService, type ApplyResult } from "../site/site.ts";
 import type { DeviceRecord } from "../store/schema.ts";
 import type { AgentView } from "./commands.ts";
@@ -55,6 +56,10 @@ export interface GroupView extends Omit<GroupSummary, "members" | "online"> {
   members: MemberView[];
   noAnswerAction: NoAnswerAction;
   online?: number;
+  /** Working hours now (groups with hours): open or not, and until when (ISO 8601 and local). */
+  hours?: { open: boolean; timeZone: string; until?: string; untilLocal?: string; outOfHours: string };
+  wrapUpS?: number;
+  responsibleFirstRings?: number;
 }
 
 export interface SiteView {
@@ -66,6 +71,8 @@ export interface SiteView {
   users: number;
   groups: number;
   devices: { site: number; local: number };
+  /** Entries in the console's directory of known callers. */
+  knownCallers: number;
 }
 
 /** "wait 60s, then overflow to sales" — the no-answer action in a few words. */
@@ -161,6 +168,7 @@ export function siteCommands(view: AgentView): CommandTable {
         users: r.users.length,
         groups: r.groups.length,
         devices: { site, local: devices.length - site },
+        knownCallers: r.knownCallers?.length ?? 0,
       };
     },
     "group.list": (): GroupSummary[] => {
@@ -183,6 +191,17 @@ export function siteCommands(view: AgentView): CommandTable {
       const { members: _count, online: _online, ...rest } = summary(g, presence, cur.index.usersById);
       const out: GroupView = { ...rest, members, noAnswerAction: g.noAnswer };
       if (presence) out.online = members.filter((m) => m.online).length;
+      const zone = cur.index.timeZone;
+      if (g.hours !== undefined && g.outOfHours !== undefined && zone !== undefined) {
+        const st = isOpen(g.hours, zone, Date.now());
+        out.hours = { open: st.open, timeZone: zone, outOfHours: describeNoAnswer(g.outOfHours) };
+        if (st.until !== undefined) {
+          out.hours.until = new Date(st.until).toISOString();
+          out.hours.untilLocal = formatLocal(zone, st.until);
+        }
+      }
+      if (g.wrapUpS !== undefined && g.wrapUpS > 0) out.wrapUpS = g.wrapUpS;
+      if (g.responsibleFirst !== undefined) out.responsibleFirstRings = g.responsibleFirst.ringCount;
       return out;
     },
     "user.list": (): MemberView[] => {

@@ -47,6 +47,12 @@
 //   pickup of that call; one naming nothing gets 481; one naming an answered call is routed.
 // - BLF (agent/presence/blf.ts) reads the call.placed / call.ringing / call.offer-ended /
 //   call.ended events emitted here, always after the forks.
+// - Working hours, responsible operator, wrap-up, "why" (issue 14): a group call that reaches a
+//   group out of its hours takes the group's out-of-hours action at once (hours.ts; the open
+//   state is cached per group until it changes); the caller's responsible operator (callers.ts)
+//   goes to planStep; an operator whose answered call through a group ended is held back from
+//   that group for its wrapUpS; each call keeps its plans in a trace (why.ts) that becomes the
+//   record's `why` and rides on call.answered / call.missed.
 import { SYSTEM_CLOCK, type TimerClock } from "../clock.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
@@ -72,7 +78,10 @@ import {
 } from "./classify.ts";
 import { LatencyHistogram, type LatencySummary } from "./latency.ts";
 import type { FeatureCodes, OperatorCode } from "./operator-state.ts";
-import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type Availability, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
+import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from "./callers.ts";
+import { isOpen, type OpenState } from "./hours.ts";
+import { WhyLog, whyRecord, MAX_WHY_ITEMS, type CallTrace, type WhyRecord } from "./why.ts";
+import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type Availability, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
 import {
   findPickupTarget,
   pickNoAnswer,
@@ -83,6 +92,7 @@ import {
   withMemberEnded,
   PICKUP_CODE,
   type CallState,
+  type PassedGroup,
   type PresenceSnapshot,
   type RingingCall,
 } from "./plan.ts";
@@ -95,6 +105,8 @@ export interface RoutingSettings {
   /** Operator-state codes; absent ones default (operator-state.ts). */
   featureCodes?: Partial<FeatureCodes>;
   trunk?: TrunkSettings;
+  /** Matching callers to the known-callers directory (site settings.knownCallers). */
+  knownCallers?: { countryCode?: string; rememberAnsweredS?: number };
 }
 
 /** The current site: re-read for every call and step, so a push applies to the next decision. */
@@ -164,6 +176,9 @@ export interface EngineStats {
   queued: number;
   latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number };
 }
+
+/** A group whose open state does not change within isOpen's reach is looked at again after this long. */
+const OPEN_RECHECK_MAX_MS = 3_600_000;
 
 /** From user parts are attacker-controlled: keep at most this much for display. */
 const CALLER_LABEL_MAX = 64;
@@ -256,6 +271,12 @@ interface EngineCall {
   latencyRecorded: boolean;
   /** To tags ringing callees sent (RFC 3891 Replaces matching); made on the first 18x, after the forks. */
   calleeTags: Set<string> | undefined;
+  /** Group calls: the plans and decisions, for "why didn't my phone ring?" (why.ts). */
+  trace: CallTrace | undefined;
+  /** The caller's responsible operator (group calls with responsibleFirst). */
+  responsible: string | undefined;
+  /** The trace as plain JSON, made once when the call is answered or ends. */
+  why: WhyRecord | undefined;
 }
 
 interface CallLabels {
@@ -305,6 +326,16 @@ export class RoutingEngine {
   private readonly evenly = new Map<string, Map<string, number>>();
   private readonly unsubscribe: Array<() => void> = [];
   private readonly events: ProxyCallEvents;
+  /** Traces of recent calls ("ringedge why"). */
+  readonly why = new WhyLog();
+  /** Keyed by group id: user id → epoch ms their wrap-up in that group ends. */
+  private readonly wrapUp = new Map<string, Map<string, number>>();
+  /** Keyed by the Group object of the applied site (a push makes new ones): its open state and when to look again. */
+  private readonly openCache = new WeakMap<Group, { state: OpenState; madeAt: number; recheckAt: number }>();
+  /** Who answered which caller last (settings.knownCallers.rememberAnsweredS). */
+  readonly lastAnswered = new LastAnswered();
+  /** A user's devices in the current site (why.ts names those left out for the cap). */
+  private readonly devicesOf = (userId: string): readonly DeviceRef[] | undefined => this.deps.site().index.devicesByOwner.get(userId);
 
   constructor(private readonly deps: EngineDeps) {
     this.proxy = deps.proxy;
@@ -553,6 +584,9 @@ export class RoutingEngine {
       answerAfterMs: undefined,
       latencyRecorded: false,
       calleeTags: undefined,
+      trace: undefined,
+      responsible: undefined,
+      why: undefined,
     };
     this.calls.set(pc.id, call);
     return call;
@@ -564,9 +598,53 @@ export class RoutingEngine {
     const pc = this.proxy.startCall(tx, req, flow, this.events);
     if (pc === undefined) return; // the proxy answered itself (483, 482)
     const call = this.newCall(pc, "group", caller, req, group.id);
-    call.plan = startCall(this.clock.now());
-    this.runStep(call);
+    const now = this.clock.now();
+    call.plan = startCall(now);
+    call.trace = this.why.open(req.callId, now);
+    if (group.outOfHours !== undefined && this.isClosed(group, now)) {
+      call.trace.entries.push({ kind: "closed", at: now, group, until: this.openCache.get(group)?.state.until });
+      this.noAnswer(call, true, group.outOfHours);
+    } else {
+      if (group.responsibleFirst !== undefined && caller.kind === "trunk") this.findResponsible(call, req, now);
+      this.runStep(call);
+    }
     this.notePlaced(call);
+  }
+
+  /**
+   * Whether the group is out of its working hours at `now`. isOpen runs once per change of the
+   * answer (its `until`), or hourly when no change is in its reach; every other call reads the cache.
+   */
+  isClosed(group: Group, now: number): boolean {
+    return this.openState(group, now)?.open === false;
+  }
+
+  /** The caller's responsible operator (directory, then memory), from a trunk call's number. */
+  private findResponsible(call: EngineCall, req: SipRequest, now: number): void {
+    const site = this.deps.site();
+    const kc = site.settings.knownCallers;
+    const rememberMs = (kc?.rememberAnsweredS ?? 0) * 1000;
+    if (site.index.responsibleByNumber.size === 0 && (rememberMs <= 0 || this.lastAnswered.size === 0)) return;
+    const number = callerNumber(req, kc?.countryCode);
+    const r = responsibleFor(number, site.index.responsibleByNumber, this.lastAnswered, rememberMs, now);
+    if (r === undefined) return;
+    call.responsible = r.userId;
+    if (call.trace !== undefined) call.trace.responsible = r;
+  }
+
+  /** Open state of a group at `now`; undefined when it has no hours (always open). */
+  openState(group: Group, now: number = this.clock.now()): OpenState | undefined {
+    if (group.hours === undefined) return undefined;
+    const zone = this.deps.site().index.timeZone;
+    if (zone === undefined) return undefined;
+    let c = this.openCache.get(group);
+    // A clock set back before the cached answer was made is asked again too.
+    if (c === undefined || now >= c.recheckAt || now < c.madeAt) {
+      const state = isOpen(group.hours, zone, now);
+      c = { state, madeAt: now, recheckAt: state.until ?? now + OPEN_RECHECK_MAX_MS };
+      this.openCache.set(group, c);
+    }
+    return c.state;
   }
 
   /** The group distributing the call; a group removed by a push mid-call ends it with 480. */
@@ -594,9 +672,12 @@ export class RoutingEngine {
       now,
       ringUnitMs: this.ringUnitMs,
       maxPhysical: this.maxPhysical,
+      wrapUpUntil: this.wrapUp.get(group.id),
+      responsible: call.responsible,
     });
-    call.plan = plan.call;
+    // Stops first, on the plan they belong to; then the new plan (a member may ring again in it).
     for (const m of plan.stop) this.stopMember(call, m, "step ended");
+    call.plan = plan.call;
     const offeredNow: Array<{ memberId: string; deviceIds: string[] }> = [];
     const deadMembers: string[] = [];
     for (const r of plan.ring) {
@@ -607,6 +688,7 @@ export class RoutingEngine {
 
     // The forks are out: now the bookkeeping (principle 3).
     if (group.strategy === "evenly") for (const o of offeredNow) this.recordEvenly(group.id, o.memberId, now);
+    call.trace?.entries.push({ kind: "step", at: now, group, plan });
     for (const o of offeredNow) this.noteOffered(call, o.memberId, o.deviceIds);
     const busy = plan.skipped.filter((s) => s.reason === "busy").map((s) => s.memberId);
     if (busy.length > 0) {
@@ -645,6 +727,7 @@ export class RoutingEngine {
     const group = this.groupOrReject(call, site);
     if (group === undefined) return;
     const now = this.clock.now();
+    const passed: PassedGroup[] = [];
     const d = pickNoAnswer({
       group,
       groupsById: site.index.groupsById,
@@ -656,7 +739,10 @@ export class RoutingEngine {
       action,
       visited: call.visited,
       now,
+      isClosed: (g) => this.isClosed(g, now),
+      passed,
     });
+    call.trace?.entries.push({ kind: "action", at: now, group, decision: d, outOfHours: action !== undefined && action === group.outOfHours, passed: passed.length > 0 ? passed : undefined });
     if (d.fromGroupId !== call.groupId) {
       call.groupId = d.fromGroupId;
       call.groups.push(d.fromGroupId);
@@ -675,13 +761,16 @@ export class RoutingEngine {
       case "wait-for-operator":
         this.enqueue(call, d.fromGroupId, d.until, d.then, now);
         return;
-      case "overflow-group":
+      case "overflow-group": {
         call.groupId = d.groupId;
         call.groups.push(d.groupId);
         call.visited = d.visited;
         call.plan = startCall(now);
+        const target = site.index.groupsById.get(d.groupId);
+        if (target?.responsibleFirst !== undefined && call.responsible === undefined && call.caller.kind === "trunk") this.findResponsible(call, call.pc.request, now);
         this.runStep(call);
         return;
+      }
       case "hangup":
         if (this.deps.log.enabled("debug")) this.deps.log.debug("no answer: hanging up", { callId: call.pc.request.callId, status: d.status, cause: d.cause });
         this.rejectCall(call, d.status);
@@ -792,6 +881,8 @@ export class RoutingEngine {
         evenlyLastOffered: this.evenlyOf(group.id),
         exclude: busyWithOffer,
         maxPhysical: this.maxPhysical,
+        wrapUpUntil: this.wrapUp.get(group.id),
+        now: this.clock.now(),
       });
       if (pick === undefined) continue;
       if (this.forkMember(call, pick.memberId, pick.deviceIds) === 0) continue;
@@ -799,6 +890,7 @@ export class RoutingEngine {
       busyWithOffer.add(pick.memberId);
       const now = this.clock.now();
       if (group.strategy === "evenly") this.recordEvenly(group.id, pick.memberId, now);
+      call.trace?.entries.push({ kind: "offer", at: now, group, memberId: pick.memberId, deviceIds: pick.deviceIds });
       this.noteOffered(call, pick.memberId, pick.deviceIds);
       // One offer rings for one step; then the call waits again for the next free member.
       q.offerTimer = this.clock.setTimeout(() => this.guarded(() => this.onOfferTimeout(call)), stepLengthMs(group, this.ringUnitMs));
@@ -1073,6 +1165,8 @@ export class RoutingEngine {
     call.pickupBranches.length = 0;
     if (call.answeredBy !== undefined) this.countCall(call, call.answeredBy);
     if (call.caller.kind === "device" && call.caller.userId !== undefined) this.countCall(call, call.caller.userId);
+    if (call.trace !== undefined) call.why = whyRecord(call.trace, MAX_WHY_ITEMS, this.devicesOf);
+    if (call.answeredBy !== undefined && call.caller.kind === "trunk") this.rememberAnswered(call, call.answeredBy, now);
     this.deps.bus.emit("call.answered", {
       callId: pc.request.callId,
       groupId: call.kind === "group" ? call.groupId : undefined,
@@ -1081,7 +1175,34 @@ export class RoutingEngine {
       caller: labels(call).caller,
       answerAfterMs: call.answerAfterMs,
       at: now,
+      ...(call.why !== undefined ? { why: call.why } : {}),
     });
+  }
+
+  /** Remembers who answered a trunk caller, when the site asks for it (callers.ts). */
+  private rememberAnswered(call: EngineCall, userId: string, now: number): void {
+    const kc = this.deps.site().settings.knownCallers;
+    if ((kc?.rememberAnsweredS ?? 0) <= 0) return;
+    const number = callerNumber(call.pc.request, kc?.countryCode);
+    if (number !== undefined) this.lastAnswered.remember(number, userId, now);
+  }
+
+  /** Wrap-up: the operator who answered a call through `groupId` is held back from it for wrapUpS. */
+  private startWrapUp(groupId: string, userId: string, now: number): void {
+    const group = this.deps.site().index.groupsById.get(groupId);
+    const s = group?.wrapUpS ?? 0;
+    if (s <= 0) return;
+    let m = this.wrapUp.get(groupId);
+    if (m === undefined) this.wrapUp.set(groupId, (m = new Map()));
+    for (const [u, until] of m) if (until <= now) m.delete(u);
+    m.set(userId, now + s * 1000);
+    // When it is over, waiting calls may go to them.
+    this.clock.setTimeout(() => this.guarded(() => this.offerQueued(userId)), s * 1000);
+  }
+
+  /** Operators in wrap-up in a group now (user id → epoch ms it ends), for status and tests. */
+  wrapUpOf(groupId: string): ReadonlyMap<string, number> {
+    return this.wrapUp.get(groupId) ?? new Map();
   }
 
   private onCallerCancelled(pc: ProxyCall): void {
@@ -1280,6 +1401,12 @@ export class RoutingEngine {
     const now = this.clock.now();
     const outcome = outcomeOf(call, answered, status);
     const record: CallRecord = { id: recordId(call.pc.request.callId), at: call.startedAt, caller: labels(call).caller, target: labels(call).target, outcome, offered: [...call.offered] };
+    if (call.trace !== undefined) {
+      call.why ??= whyRecord(call.trace, MAX_WHY_ITEMS, this.devicesOf);
+      record.why = call.why;
+      this.why.close(call.trace, { caller: record.caller, target: record.target, outcome }, this.devicesOf);
+    }
+    if (answered && call.kind === "group" && call.answeredBy !== undefined && call.groupId !== undefined) this.startWrapUp(call.groupId, call.answeredBy, now);
     if (call.firstGroupId !== undefined) record.groupId = call.firstGroupId;
     if (call.answeredBy !== undefined) record.answeredBy = call.answeredBy;
     if (call.answerAfterMs !== undefined) {
@@ -1287,7 +1414,7 @@ export class RoutingEngine {
       if (answered) record.durationMs = Math.max(0, now - call.startedAt - call.answerAfterMs);
     }
     if (call.kind !== "outbound" && call.answeredBy === undefined) {
-      this.deps.bus.emit("call.missed", { callId: call.pc.request.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, abandoned: status === 487, at: now });
+      this.deps.bus.emit("call.missed", { callId: call.pc.request.callId, groupId: record.groupId, caller: record.caller, target: record.target, offered: record.offered, outcome, abandoned: status === 487, at: now, ...(call.why !== undefined ? { why: call.why } : {}) });
     }
     this.deps.store.appendCall(record);
     this.deps.bus.emit("call.ended", { callId: call.pc.request.callId, at: now });
@@ -1315,6 +1442,21 @@ function outcomeOf(call: EngineCall, answered: boolean, status: number | undefin
   if (answered && call.forwardedAs !== undefined) return call.forwardedAs;
   if (call.offered.length === 0 && call.busyMembers.size > 0) return "busy";
   return "missed";
+}
+
+/**
+ * A trunk caller's number as E.164: P-Asserted-Identity first (RFC 3325 §9.1, the trunk is the
+ * site's trusted peer), else From; undefined when neither is a number (callers.ts).
+ */
+function callerNumber(req: SipRequest, countryCode: string | undefined): string | undefined {
+  const pai = req.headers.find((h) => h.name === "p-asserted-identity")?.value;
+  for (const uri of [pai === undefined ? undefined : /<([^>]*)>/.exec(pai)?.[1] ?? pai.trim(), req.from.uri]) {
+    if (uri === undefined) continue;
+    const text = numberOfUri(uri);
+    const n = text === undefined ? undefined : normalizeCallerNumber(text, countryCode);
+    if (n !== undefined) return n;
+  }
+  return undefined;
 }
 
 /** The record id: the SIP Call-ID, made safe for the log (bounded, no control characters). */

@@ -6,6 +6,9 @@
 // shape and every cross-reference, reports every problem it finds with a JSON path, and
 // never throws.
 
+import { DATE_RE, MAX_EXCEPTIONS, MAX_RANGES_PER_DAY, MAX_WEEKLY_RULES, TIME_RE, WEEKDAYS, isRealDate, minutesOf, timeZoneProblem } from "./hours.ts";
+import type { HoursException, Schedule, TimeRange, Weekday, WeeklyRule } from "./hours.ts";
+
 /** One ring lasts 5 s; a ring step lasts ringCount × RING_UNIT_MS (product reference). */
 export const RING_UNIT_MS = 5000;
 /** At most this many physical desk phones ring for one call, in every strategy, at any moment. */
@@ -34,6 +37,12 @@ export const MOBILE_RE = /^\+?[0-9]{3,15}$/;
 export const DIAL_NUMBER_RE = /^\+?[0-9*#]{1,32}$/;
 /** Voicemail target: a sip:, sips: or tel: URI without whitespace or control characters. */
 export const VOICEMAIL_URI_RE = /^(?:sips?|tel):[\x21-\x7e]+$/i;
+/** A normalised caller number: "+", a country code not starting with 0, at most 15 digits (ITU-T E.164 §6). */
+export const E164_RE = /^\+[1-9][0-9]{1,14}$/;
+/** Known callers the console may list (the directory is replaced as a whole by each push). */
+export const MAX_KNOWN_CALLERS = 20000;
+/** Longest wrap-up after a call, seconds. */
+export const WRAP_UP_MAX_S = 3600;
 
 export type Availability = "available" | "away" | "dnd";
 export const AVAILABILITIES: readonly Availability[] = ["available", "away", "dnd"];
@@ -109,12 +118,32 @@ export interface Group {
   noAnswer: NoAnswerAction;
   /** Group call pickup with the feature code (*8). Absent = disabled. */
   pickup?: { enabled: boolean };
+  /** Working hours in the site's time zone (hours.ts). Absent = always open. */
+  hours?: Schedule;
+  /** What a call gets while the group is closed; required with `hours`. No waiting: nobody is at work. */
+  outOfHours?: FinalNoAnswerAction;
+  /** Seconds after an operator's answered call through this group ends before the group offers them another; 0 = none. */
+  wrapUpS?: number;
+  /** A known caller's responsible operator rings alone for this many rings before the group's strategy. */
+  responsibleFirst?: { ringCount: number };
+}
+
+/** One entry of the console's directory of known callers: a normalised number and the operator responsible for it. */
+export interface KnownCaller {
+  /** E.164 with "+" (E164_RE). */
+  number: string;
+  /** A user id. */
+  userId: string;
 }
 
 export interface Site {
   users: User[];
   devices: DeviceRef[];
   groups: Group[];
+  /** IANA zone the groups' working hours are in (settings.timeZone of the site file). */
+  timeZone?: string;
+  /** The console's directory of known callers (absent = empty). */
+  knownCallers?: KnownCaller[];
 }
 
 export type ValidationCode =
@@ -146,7 +175,24 @@ export type ValidationCode =
   | "mobile-member-has-no-mobile"
   | "unknown-overflow-target"
   | "overflow-loop"
-  | "logged-out-not-member";
+  | "logged-out-not-member"
+  // Working hours, wrap-up and the responsible operator (issue 14).
+  | "invalid-hours"
+  | "invalid-time"
+  | "empty-range"
+  | "overlapping-hours"
+  | "invalid-day"
+  | "invalid-date"
+  | "duplicate-date"
+  | "unknown-time-zone"
+  | "missing-time-zone"
+  | "missing-out-of-hours"
+  | "out-of-hours-without-hours"
+  | "invalid-out-of-hours"
+  | "invalid-wrap-up"
+  | "invalid-caller-number"
+  | "duplicate-caller"
+  | "unknown-responsible";
 
 export interface ValidationError {
   code: ValidationCode;
@@ -165,6 +211,10 @@ export interface SiteIndex {
   groupsById: ReadonlyMap<string, Group>;
   groupsByNumber: ReadonlyMap<string, Group>;
   usersByExtension: ReadonlyMap<string, User>;
+  /** Keyed by E.164 number: the responsible user id (the console's directory). */
+  responsibleByNumber: ReadonlyMap<string, string>;
+  /** The site's time zone for working hours; undefined when no group has hours. */
+  timeZone: string | undefined;
 }
 
 /** All problems in a pushed site, in document order then cross-reference order. */
@@ -234,6 +284,9 @@ export function parseSite(input: unknown): ParseSiteResult {
     checkActionRefs(c, g, a, `groups[${i}].noAnswer`, mobiles, groupIds);
     if (a.kind === "wait-for-operator") checkActionRefs(c, g, a.then, `groups[${i}].noAnswer.then`, mobiles, groupIds);
   });
+  groups.forEach((g, i) => {
+    if (g.outOfHours !== undefined) checkActionRefs(c, g, g.outOfHours, `groups[${i}].outOfHours`, mobiles, groupIds);
+  });
   checkOverflowLoops(c, groups, groupIds);
   // An operator logs out of groups they are a member of (operator-state.ts).
   users.forEach((u, i) => u.loggedOutOf?.forEach((gid, k) => {
@@ -244,6 +297,20 @@ export function parseSite(input: unknown): ParseSiteResult {
     if (members?.includes(u.id ?? "") !== true) c.add("logged-out-not-member", `users[${i}].loggedOutOf[${k}]`, `"${u.id ?? "?"}" is not a member of a group with id "${gid}"`);
   }));
 
+  // The site's time zone: needed (and checked) when some group has working hours.
+  let timeZone: string | undefined;
+  const rawZone = isRecord(input.settings) ? input.settings.timeZone : undefined;
+  if (rawZone !== undefined) {
+    const problem = timeZoneProblem(rawZone);
+    if (problem !== undefined) c.add("unknown-time-zone", "settings.timeZone", problem);
+    else timeZone = rawZone as string;
+  } else {
+    const first = groups.findIndex((g) => g.hasHours === true);
+    if (first >= 0) c.add("missing-time-zone", `groups[${first}].hours`, "working hours need the site's time zone: set settings.timeZone (an IANA name such as \"Europe/Berlin\")");
+  }
+
+  const knownCallers = input.knownCallers === undefined ? [] : parseKnownCallers(c, input.knownCallers, userIds);
+
   if (c.errors.length > 0) return { ok: false, errors: c.errors };
   // No errors means every draft is complete.
   const site: Site = {
@@ -251,6 +318,8 @@ export function parseSite(input: unknown): ParseSiteResult {
     devices: devices.map((d) => d.value as DeviceRef),
     groups: groups.map((g) => g.value as Group),
   };
+  if (timeZone !== undefined) site.timeZone = timeZone;
+  if (input.knownCallers !== undefined) site.knownCallers = knownCallers;
   return { ok: true, site };
 }
 
@@ -268,6 +337,8 @@ export function indexSite(site: Site): SiteIndex {
     groupsById: new Map(site.groups.map((g) => [g.id, g])),
     groupsByNumber: new Map(site.groups.map((g) => [g.number, g])),
     usersByExtension: new Map(site.users.map((u) => [u.extension, u])),
+    responsibleByNumber: new Map((site.knownCallers ?? []).map((k) => [k.number, k.userId])),
+    timeZone: site.timeZone,
   };
 }
 
@@ -361,7 +432,7 @@ function firstSeen(
 /** A record as far as it could be read: valid fields set, `value` only when all are valid. */
 interface UserDraft { id?: string; extension?: string; hasMobile?: boolean; loggedOutOf?: string[]; value?: User }
 interface DeviceDraft { id?: string; ownerId?: string; value?: DeviceRef }
-interface GroupDraft { id?: string; number?: string; members?: string[]; noAnswer?: NoAnswerAction; value?: Group }
+interface GroupDraft { id?: string; number?: string; members?: string[]; noAnswer?: NoAnswerAction; outOfHours?: FinalNoAnswerAction; hasHours?: boolean; value?: Group }
 
 function parseUser(c: Checker, raw: unknown, path: string): UserDraft {
   if (!isRecord(raw)) {
@@ -439,13 +510,168 @@ function parseGroup(c: Checker, raw: unknown, path: string): GroupDraft {
   }
 
   const noAnswer = parseAction(c, raw.noAnswer, `${path}.noAnswer`, true);
-  const draft: GroupDraft = { id, number, members, noAnswer };
+
+  // Working hours and what happens out of them: both or neither.
+  const hours = raw.hours === undefined ? undefined : parseSchedule(c, raw.hours, `${path}.hours`);
+  let outOfHours: FinalNoAnswerAction | undefined;
+  if (raw.outOfHours !== undefined) {
+    if (raw.hours === undefined) c.add("out-of-hours-without-hours", `${path}.outOfHours`, "has no effect without hours; remove it or add hours");
+    if (isRecord(raw.outOfHours) && raw.outOfHours.kind === "wait-for-operator") c.add("invalid-out-of-hours", `${path}.outOfHours.kind`, "cannot be wait-for-operator: nobody is at work out of hours");
+    else outOfHours = parseAction(c, raw.outOfHours, `${path}.outOfHours`, false) as FinalNoAnswerAction | undefined;
+  } else if (raw.hours !== undefined) c.add("missing-out-of-hours", `${path}.outOfHours`, "is required with hours: what a call gets while the group is closed");
+  const wrapUpS = raw.wrapUpS === undefined ? 0 : c.integer(raw, "wrapUpS", path, 0, WRAP_UP_MAX_S, "invalid-wrap-up");
+  let responsibleFirst: { ringCount: number } | undefined;
+  if (raw.responsibleFirst !== undefined) {
+    if (isRecord(raw.responsibleFirst)) {
+      const rings = c.integer(raw.responsibleFirst, "ringCount", `${path}.responsibleFirst`, RING_COUNT_MIN, RING_COUNT_MAX, "invalid-ring-count");
+      if (rings !== undefined) responsibleFirst = { ringCount: rings };
+    } else c.add("invalid-type", `${path}.responsibleFirst`, "must be { ringCount: integer }");
+  }
+
+  const draft: GroupDraft = { id, number, members, noAnswer, outOfHours, hasHours: raw.hours !== undefined };
   if (
     id === undefined || number === undefined || name === undefined || strategy === undefined || ringCount === undefined ||
-    checkAvailability === undefined || members === undefined || noAnswer === undefined || (raw.pickup !== undefined && pickup === undefined)
+    checkAvailability === undefined || members === undefined || noAnswer === undefined || (raw.pickup !== undefined && pickup === undefined) ||
+    (raw.hours !== undefined && (hours === undefined || outOfHours === undefined)) || (raw.outOfHours !== undefined && raw.hours === undefined) ||
+    wrapUpS === undefined || (raw.responsibleFirst !== undefined && responsibleFirst === undefined)
   ) return draft;
   draft.value = { id, number, name, strategy, members, ringCount, checkAvailability, noAnswer, pickup: pickup ?? { enabled: false } };
+  if (hours !== undefined && outOfHours !== undefined) {
+    draft.value.hours = hours;
+    draft.value.outOfHours = outOfHours;
+  }
+  if (wrapUpS > 0) draft.value.wrapUpS = wrapUpS;
+  if (responsibleFirst !== undefined) draft.value.responsibleFirst = responsibleFirst;
   return draft;
+}
+
+/** A weekly schedule with exceptions (hours.ts); every problem by path. */
+function parseSchedule(c: Checker, raw: unknown, path: string): Schedule | undefined {
+  if (!isRecord(raw)) {
+    c.add("invalid-hours", path, "must be an object with weekly (and optional exceptions)");
+    return undefined;
+  }
+  const before = c.errors.length;
+  const weekly: WeeklyRule[] = [];
+  /** Keyed by weekday: its ranges so far, with the path each came from (overlap check). */
+  const byDay = new Map<Weekday, Array<{ from: number; to: number; path: string }>>();
+  if (!Array.isArray(raw.weekly)) c.add("invalid-hours", `${path}.weekly`, "must be an array of { days, from, to }");
+  else if (raw.weekly.length > MAX_WEEKLY_RULES) c.add("too-many", `${path}.weekly`, `at most ${MAX_WEEKLY_RULES} rules`);
+  else {
+    raw.weekly.forEach((r: unknown, i: number) => {
+      const p = `${path}.weekly[${i}]`;
+      if (!isRecord(r)) {
+        c.add("invalid-hours", p, "must be { days, from, to }");
+        return;
+      }
+      const range = parseRange(c, r, p);
+      const days: Weekday[] = [];
+      if (!Array.isArray(r.days) || r.days.length === 0 || r.days.length > 7) c.add("invalid-day", `${p}.days`, `must be 1 to 7 of ${WEEKDAYS.join(", ")}`);
+      else {
+        r.days.forEach((d: unknown, k: number) => {
+          const day = WEEKDAYS.find((w) => w === d);
+          if (day === undefined) c.add("invalid-day", `${p}.days[${k}]`, `must be one of ${WEEKDAYS.join(", ")}`);
+          else if (days.includes(day)) c.add("invalid-day", `${p}.days[${k}]`, `"${day}" is listed twice`);
+          else days.push(day);
+        });
+      }
+      if (range === undefined || !Array.isArray(r.days) || days.length !== r.days.length) return;
+      weekly.push({ days, from: range.from, to: range.to });
+      for (const d of days) {
+        const list = byDay.get(d) ?? [];
+        const clash = list.find((o) => minutesOf(range.from) < o.to && o.from < minutesOf(range.to));
+        if (clash !== undefined) c.add("overlapping-hours", p, `${range.from}–${range.to} on ${d} overlaps ${clash.path}`);
+        list.push({ from: minutesOf(range.from), to: minutesOf(range.to), path: p });
+        byDay.set(d, list);
+      }
+    });
+  }
+  const exceptions: HoursException[] = [];
+  if (raw.exceptions !== undefined) {
+    if (!Array.isArray(raw.exceptions)) c.add("invalid-hours", `${path}.exceptions`, "must be an array of { date, ranges }");
+    else if (raw.exceptions.length > MAX_EXCEPTIONS) c.add("too-many", `${path}.exceptions`, `at most ${MAX_EXCEPTIONS} dates`);
+    else {
+      const dates = new Map<string, number>();
+      raw.exceptions.forEach((e: unknown, i: number) => {
+        const p = `${path}.exceptions[${i}]`;
+        if (!isRecord(e)) {
+          c.add("invalid-hours", p, "must be { date, ranges }");
+          return;
+        }
+        let date: string | undefined;
+        if (typeof e.date !== "string" || !DATE_RE.test(e.date) || !isRealDate(e.date)) c.add("invalid-date", `${p}.date`, "must be a calendar date YYYY-MM-DD");
+        else {
+          date = e.date;
+          firstSeen(c, dates, date, `${p}.date`, "duplicate-date", (j) => `${date} is already exceptions[${j}]`, i);
+        }
+        const ranges: TimeRange[] = [];
+        if (!Array.isArray(e.ranges) || e.ranges.length > MAX_RANGES_PER_DAY) {
+          c.add("invalid-hours", `${p}.ranges`, `must be an array of at most ${MAX_RANGES_PER_DAY} { from, to } ([] = closed all day)`);
+          return;
+        }
+        const seen: Array<{ from: number; to: number; k: number }> = [];
+        e.ranges.forEach((r: unknown, k: number) => {
+          const rp = `${p}.ranges[${k}]`;
+          if (!isRecord(r)) {
+            c.add("invalid-hours", rp, "must be { from, to }");
+            return;
+          }
+          const range = parseRange(c, r, rp);
+          if (range === undefined) return;
+          const a = minutesOf(range.from);
+          const b = minutesOf(range.to);
+          const clash = seen.find((o) => a < o.to && o.from < b);
+          if (clash !== undefined) c.add("overlapping-hours", rp, `${range.from}–${range.to} overlaps ranges[${clash.k}]`);
+          seen.push({ from: a, to: b, k });
+          ranges.push(range);
+        });
+        if (date !== undefined) exceptions.push({ date, ranges });
+      });
+    }
+  }
+  if (c.errors.length > before) return undefined;
+  return raw.exceptions === undefined ? { weekly } : { weekly, exceptions };
+}
+
+/** { from, to } local times with from < to ("24:00" only as `to`). */
+function parseRange(c: Checker, r: Record<string, unknown>, path: string): TimeRange | undefined {
+  const from = typeof r.from === "string" && TIME_RE.test(r.from) && r.from !== "24:00" ? r.from : undefined;
+  if (from === undefined) c.add("invalid-time", `${path}.from`, "must be a local time HH:MM from 00:00 to 23:59");
+  const to = typeof r.to === "string" && TIME_RE.test(r.to) ? r.to : undefined;
+  if (to === undefined) c.add("invalid-time", `${path}.to`, "must be a local time HH:MM from 00:01 to 24:00");
+  if (from === undefined || to === undefined) return undefined;
+  if (minutesOf(to) <= minutesOf(from)) {
+    c.add("empty-range", path, `${from}–${to} is empty: "to" must be after "from" (a range cannot cross midnight; write two)`);
+    return undefined;
+  }
+  return { from, to };
+}
+
+/** The console's directory of known callers: bounded, numbers E.164 and unique, users known. */
+function parseKnownCallers(c: Checker, raw: unknown, userIds: ReadonlyMap<string, number>): KnownCaller[] {
+  if (!Array.isArray(raw)) {
+    c.add("invalid-type", "knownCallers", "must be an array of { number, userId }");
+    return [];
+  }
+  if (raw.length > MAX_KNOWN_CALLERS) {
+    c.add("too-many", "knownCallers", `at most ${MAX_KNOWN_CALLERS} known callers`);
+    return [];
+  }
+  const out: KnownCaller[] = [];
+  const numbers = new Map<string, number>();
+  raw.forEach((e: unknown, i: number) => {
+    const p = `knownCallers[${i}]`;
+    if (!isRecord(e)) {
+      c.add("invalid-type", p, "must be { number, userId }");
+      return;
+    }
+    const number = c.matching(e, "number", p, E164_RE, "invalid-caller-number", "an E.164 number: +, country code and number, at most 15 digits (e.g. \"+4930123456\")");
+    const userId = c.string(e, "userId", p, ID_MAX_LENGTH);
+    if (number !== undefined) firstSeen(c, numbers, number, `${p}.number`, "duplicate-caller", (j) => `${number} is already knownCallers[${j}]`, i);
+    if (userId !== undefined && !userIds.has(userId)) c.add("unknown-responsible", `${p}.userId`, `no user with id "${userId}"`);
+    if (number !== undefined && userId !== undefined) out.push({ number, userId });
+  });
+  return out;
 }
 
 function parseAction(c: Checker, raw: unknown, path: string, waitAllowed: boolean): NoAnswerAction | undefined {
@@ -514,39 +740,98 @@ function checkActionRefs(
 }
 
 /**
- * Each group hands a call to at most one other group (its no-answer action, or the action after
- * its wait), so the overflow graph is functional: following edges from every group finds every
- * cycle. Each cycle is reported once, at the group of the cycle listed first in the site.
+ * Each group hands a call to at most two other groups: its no-answer target (the action, or the
+ * action after its wait) and its out-of-hours target. A cycle in that graph can send a call
+ * round forever depending on the time of day, so every cycle is refused. Cycles are found per
+ * strongly connected component (Tarjan); each component with a cycle is reported once, at its
+ * group listed first in the site, with the shortest loop through that group.
  */
 function checkOverflowLoops(c: Checker, groups: readonly GroupDraft[], groupIds: ReadonlyMap<string, number>): void {
-  /** Index of the group with this id (the first, if the id is duplicated) → its overflow target index. */
-  const next = (i: number): number | undefined => {
-    const a = groups[i]?.noAnswer;
-    const target = a === undefined ? undefined : overflowTarget(a);
-    return target === undefined ? undefined : groupIds.get(target);
-  };
-  const done = new Set<number>();
+  /** Index of a group → its overflow edges (target index and the field that names it). */
+  const edges = groups.map((g) => {
+    const out: Array<{ to: number; field: string }> = [];
+    const a = g.noAnswer;
+    const t = a === undefined ? undefined : overflowTarget(a);
+    const ti = t === undefined ? undefined : groupIds.get(t);
+    if (ti !== undefined) out.push({ to: ti, field: a?.kind === "wait-for-operator" ? "noAnswer.then.groupId" : "noAnswer.groupId" });
+    const o = g.outOfHours;
+    const oi = o?.kind === "overflow-group" ? groupIds.get(o.groupId) : undefined;
+    if (oi !== undefined) out.push({ to: oi, field: "outOfHours.groupId" });
+    return out;
+  });
+  // Tarjan's strongly connected components, iteratively (a site may list 2000 groups).
+  const index = new Array<number>(groups.length).fill(-1);
+  const low = new Array<number>(groups.length).fill(0);
+  const onStack = new Array<boolean>(groups.length).fill(false);
+  const stack: number[] = [];
+  const components: number[][] = [];
+  let counter = 0;
+  for (let root = 0; root < groups.length; root++) {
+    if (index[root] !== -1) continue;
+    const work: Array<{ v: number; e: number }> = [{ v: root, e: 0 }];
+    index[root] = low[root] = counter++;
+    stack.push(root);
+    onStack[root] = true;
+    while (work.length > 0) {
+      const top = work[work.length - 1] as { v: number; e: number };
+      const list = edges[top.v] as Array<{ to: number }>;
+      if (top.e < list.length) {
+        const w = (list[top.e++] as { to: number }).to;
+        if (index[w] === -1) {
+          index[w] = low[w] = counter++;
+          stack.push(w);
+          onStack[w] = true;
+          work.push({ v: w, e: 0 });
+        } else if (onStack[w]) low[top.v] = Math.min(low[top.v] as number, index[w] as number);
+        continue;
+      }
+      work.pop();
+      const parent = work[work.length - 1];
+      if (parent !== undefined) low[parent.v] = Math.min(low[parent.v] as number, low[top.v] as number);
+      if (low[top.v] === index[top.v]) {
+        const comp: number[] = [];
+        let w: number;
+        do {
+          w = stack.pop() as number;
+          onStack[w] = false;
+          comp.push(w);
+        } while (w !== top.v);
+        components.push(comp);
+      }
+    }
+  }
   const loops: Array<{ first: number; path: string; message: string }> = [];
-  for (let start = 0; start < groups.length; start++) {
-    if (done.has(start)) continue;
-    const onPath = new Map<number, number>();
-    const path: number[] = [];
-    let i: number | undefined = start;
-    while (i !== undefined && !done.has(i) && !onPath.has(i)) {
-      onPath.set(i, path.length);
-      path.push(i);
-      i = next(i);
+  for (const comp of components) {
+    const members = new Set(comp);
+    const first = Math.min(...comp);
+    const selfLoop = (edges[first] ?? []).some((e) => e.to === first);
+    if (comp.length === 1 && !selfLoop) continue;
+    // Shortest way from `first` back to itself inside the component (breadth first).
+    const prev = new Map<number, { from: number; field: string }>();
+    const queue: number[] = [first];
+    let found: { from: number; field: string } | undefined;
+    for (let q = 0; q < queue.length && found === undefined; q++) {
+      const v = queue[q] as number;
+      for (const e of edges[v] ?? []) {
+        if (!members.has(e.to)) continue;
+        if (e.to === first) {
+          found = { from: v, field: e.field };
+          break;
+        }
+        if (!prev.has(e.to)) {
+          prev.set(e.to, { from: v, field: e.field });
+          queue.push(e.to);
+        }
+      }
     }
-    if (i !== undefined && onPath.has(i)) {
-      const cycle = path.slice(onPath.get(i));
-      let first = cycle[0] as number;
-      for (const k of cycle) if (k < first) first = k;
-      const at = cycle.indexOf(first);
-      const ordered = [...cycle.slice(at), ...cycle.slice(0, at), first].map((k) => groups[k]?.id ?? "?");
-      const field = groups[first]?.noAnswer?.kind === "wait-for-operator" ? "noAnswer.then.groupId" : "noAnswer.groupId";
-      loops.push({ first, path: `groups[${first}].${field}`, message: `overflow chain loops: ${ordered.join(" → ")}` });
-    }
-    for (const k of path) done.add(k);
+    if (found === undefined) continue;
+    const chain: number[] = [first];
+    for (let v = found.from; v !== first; v = (prev.get(v) as { from: number }).from) chain.push(v);
+    const ordered = [first, ...chain.slice(1).reverse(), first].map((k) => groups[k]?.id ?? "?");
+    // The field of the loop's first edge, out of `first`.
+    const second = chain.length > 1 ? (chain[chain.length - 1] as number) : first;
+    const field = second === first ? found.field : (prev.get(second) as { field: string }).field;
+    loops.push({ first, path: `groups[${first}].${field}`, message: `overflow chain loops: ${ordered.join(" → ")}` });
   }
   loops.sort((a, b) => a.first - b.first);
   for (const l of loops) c.add("overflow-loop", l.path, l.message);

@@ -28,6 +28,20 @@
 //   ringing member failed with 486/603): the call simply moves to its next step.
 // - Presence between steps. Members already ringing are not re-judged mid-step; the engine
 //   cancels branches of devices that drop.
+// - Wrap-up (issue 14). A member whose wrap-up for this group runs until after `now`
+//   (PlanInput.wrapUpUntil, kept by the engine) is skipped with reason "wrap-up", after the
+//   offline / busy / availability checks: the most telling reason is the one reported.
+// - The responsible operator first (issue 14). With group.responsibleFirst and a responsible
+//   user for the caller (PlanInput.responsible), the first step rings that user alone, if
+//   planStep's eligibility lets them (online, not busy, not in wrap-up, and available where the
+//   group checks availability; a user who is not a member may be responsible too), for
+//   responsibleFirst.ringCount rings. The next step stops them and starts the group's strategy
+//   as if the call had just arrived: the responsible user keeps their usual place in it. Not
+//   eligible: the strategy starts at once and the plan says why (skipped).
+// - Reasons. Every plan says who was skipped and why (skipped) and which of an offered member's
+//   devices were offline (RingPlan.leftOut; those beyond the cap are derived by why.ts). The engine
+//   keeps these plan objects per call for "why didn't my phone ring?" (why.ts renders them);
+//   nothing here allocates for reasons unless there is one.
 
 import type { Availability, DeviceRef, FinalNoAnswerAction, Group, HangupStatus, NoAnswerAction, User } from "./model.ts";
 import { EXTENSION_RE, MAX_PHYSICAL_RINGING, RING_COUNT_MAX, RING_COUNT_MIN, RING_UNIT_MS } from "./model.ts";
@@ -57,6 +71,8 @@ export interface CallState {
   readonly lastOffered: string | undefined;
   /** No more steps; the no-answer action applies. */
   readonly exhausted: boolean;
+  /** The responsible operator's own step: "ringing" while it rings, "done" once the strategy took over. */
+  readonly responsible?: "ringing" | "done";
 }
 
 export type SkipReason =
@@ -66,12 +82,19 @@ export type SkipReason =
   | "offline"
   /** activeCalls >= callLimit. */
   | "busy"
-  /** away while the group checks availability; dnd always. */
-  | "unavailable"
+  /** Availability "away" while the group checks availability. */
+  | "away"
+  /** Do not disturb: skipped in every group (operator-state.ts). */
+  | "dnd"
+  /** In wrap-up after a call through this group (PlanInput.wrapUpUntil). */
+  | "wrap-up"
   /** The operator logged out of this group (feature code or console; operator-state.ts). */
   | "logged-out"
   /** Only physical devices online and the physical cap is full. */
   | "cap";
+
+/** Why one of an offered member's devices did not ring ("cap" is derived later, by why.ts). */
+export type DeviceLeftOut = { memberId: string; deviceId: string; reason: "offline" | "cap" };
 
 export interface MemberRing {
   memberId: string;
@@ -101,6 +124,10 @@ export interface RingPlan {
   offeredMembers: string[];
   /** Members passed over in this step, with why. */
   skipped: SkippedMember[];
+  /** Set on the responsible operator's own step: the user ringing alone before the group's strategy. */
+  responsible?: string;
+  /** Offline devices of the members in `ring`; absent when there are none. */
+  leftOut?: DeviceLeftOut[];
   /** The call state after this step; pass it to the next planStep. */
   call: CallState;
 }
@@ -119,6 +146,10 @@ export interface PlanInput {
   ringUnitMs?: number;
   /** Physical devices that may ring at once for this call; default MAX_PHYSICAL_RINGING (10). */
   maxPhysical?: number;
+  /** This group's wrap-up, keyed by user id: epoch ms until which the user is not offered its calls. */
+  wrapUpUntil?: ReadonlyMap<string, number>;
+  /** The caller's responsible user (directory or memory); used with group.responsibleFirst. */
+  responsible?: string;
 }
 
 const NO_STRINGS: readonly string[] = Object.freeze([]);
@@ -150,8 +181,45 @@ export function planStep(input: PlanInput): RingPlan {
   const { group, call } = input;
   if (call.exhausted) return exhaustedPlan(input, call, undefined);
   const cap = physicalCap(input.maxPhysical);
+  if (call.responsible === undefined && call.steps === 0 && group.responsibleFirst !== undefined && input.responsible !== undefined) {
+    const first = ringResponsible(input, cap, input.responsible);
+    if (first.ring.length > 0) return first;
+    // Not eligible: the strategy starts now; the plan still says why the responsible one did not ring.
+    const plan = strategyStep({ ...input, call: first.call }, cap);
+    plan.skipped = plan.skipped.length === 0 ? first.skipped : [...first.skipped, ...plan.skipped];
+    return plan;
+  }
+  if (call.responsible === "ringing") {
+    // The responsible operator's rings are over: stop them and start the strategy afresh.
+    const stop = [...call.ringing.keys()];
+    const fresh: CallState = { ...startCall(call.startedAt), responsible: "done" };
+    const plan = strategyStep({ ...input, call: fresh }, cap);
+    plan.call = { ...plan.call, steps: call.steps + plan.call.steps };
+    plan.stop = stop.length === 0 ? plan.stop : [...stop, ...plan.stop];
+    return plan;
+  }
+  return strategyStep(input, cap);
+}
+
+function strategyStep(input: PlanInput, cap: number): RingPlan {
+  const { group, call } = input;
   if (group.strategy === "simultaneous") return call.steps === 0 ? ringEveryone(input, cap) : exhaustedPlan(input, call, undefined);
   return ringNext(input, cap);
+}
+
+/** The responsible operator's own step; ring is empty (and skipped says why) when they cannot ring. */
+function ringResponsible(input: PlanInput, cap: number, userId: string): RingPlan {
+  const { call, now } = input;
+  const done: CallState = { ...call, responsible: "done" };
+  const reason = skipReason(input, userId, cap);
+  if (reason !== undefined) return { ring: [], stop: [], nextStepAt: undefined, exhausted: false, allOffline: false, offeredMembers: [], skipped: [{ memberId: userId, reason }], call: done };
+  const sink: LeftOutSink = {};
+  const r = memberRing(input, userId, cap, sink);
+  const ringing = new Map<string, number>([[userId, r.physical]]);
+  const next: CallState = { ...call, steps: 1, ringing, lastOffered: userId, responsible: "ringing" };
+  const rings = input.group.responsibleFirst?.ringCount ?? input.group.ringCount;
+  const length = stepLengthMs({ ...input.group, ringCount: rings }, input.ringUnitMs);
+  return withLeftOut({ ring: [r], stop: [], nextStepAt: now + length, exhausted: false, allOffline: false, offeredMembers: [userId], skipped: [], responsible: userId, call: next }, sink);
 }
 
 /** True when no member of the group has an online device (an empty group too); logged-out members count as absent. */
@@ -176,6 +244,7 @@ function ringEveryone(input: PlanInput, cap: number): RingPlan {
   const ringing = new Map<string, number>();
   let skipped: SkippedMember[] | undefined;
   let slots = cap;
+  const sink: LeftOutSink = {};
   for (let i = 0; i < members.length; i++) {
     const m = members[i] as string;
     const reason = skipReason(input, m, slots);
@@ -183,7 +252,7 @@ function ringEveryone(input: PlanInput, cap: number): RingPlan {
       (skipped ??= []).push({ memberId: m, reason });
       continue;
     }
-    const r = memberRing(input, m, slots);
+    const r = memberRing(input, m, slots, sink);
     slots -= r.physical;
     ring.push(r);
     offered.push(m);
@@ -191,7 +260,7 @@ function ringEveryone(input: PlanInput, cap: number): RingPlan {
   }
   if (ring.length === 0) return exhaustedPlan(input, call, skipped);
   const next: CallState = { ...call, steps: call.steps + 1, ringing, lastOffered: offered[0] };
-  return { ring, stop: [], nextStepAt: now + stepLengthMs(group, input.ringUnitMs), exhausted: false, allOffline: false, offeredMembers: offered, skipped: skipped ?? [], call: next };
+  return withLeftOut({ ring, stop: [], nextStepAt: now + stepLengthMs(group, input.ringUnitMs), exhausted: false, allOffline: false, offeredMembers: offered, skipped: skipped ?? [], call: next }, sink);
 }
 
 /**
@@ -253,7 +322,8 @@ function ringNext(input: PlanInput, cap: number): RingPlan {
   }
 
   const m = members[chosen] as string;
-  const r = memberRing(input, m, slots);
+  const sink: LeftOutSink = {};
+  const r = memberRing(input, m, slots, sink);
   (passed ??= new Set(call.passed)).add(m);
   let ringing: Map<string, number>;
   let stop: string[];
@@ -266,7 +336,7 @@ function ringNext(input: PlanInput, cap: number): RingPlan {
   }
   ringing.set(m, r.physical);
   const next: CallState = { ...call, steps: call.steps + 1, passed, ringing, lastOffered: m };
-  return { ring: [r], stop, nextStepAt: now + stepLengthMs(group, input.ringUnitMs), exhausted: false, allOffline: false, offeredMembers: [m], skipped: skipped ?? [], call: next };
+  return withLeftOut({ ring: [r], stop, nextStepAt: now + stepLengthMs(group, input.ringUnitMs), exhausted: false, allOffline: false, offeredMembers: [m], skipped: skipped ?? [], call: next }, sink);
 }
 
 /** The end of distribution: stop everything still ringing. */
@@ -287,7 +357,7 @@ function exhaustedPlan(input: PlanInput, call: CallState, skipped: SkippedMember
 
 // --- members ---------------------------------------------------------------------------------
 
-type EligibilityInput = Pick<PlanInput, "group" | "usersById" | "devicesByOwner" | "presence">;
+type EligibilityInput = Pick<PlanInput, "group" | "usersById" | "devicesByOwner" | "presence"> & { wrapUpUntil?: ReadonlyMap<string, number>; now?: number };
 
 /** Why the member cannot ring now with `slots` physical devices left under the cap; undefined = can. */
 function skipReason(input: EligibilityInput, memberId: string, slots: number): SkipReason | undefined {
@@ -309,13 +379,29 @@ function skipReason(input: EligibilityInput, memberId: string, slots: number): S
   if (soft === 0 && physical === 0) return "offline";
   if (user.callLimit > 0 && (input.presence.activeCalls.get(memberId) ?? 0) >= user.callLimit) return "busy";
   const availability = input.presence.availability?.get(memberId) ?? user.availability;
-  if (availability === "dnd" || (input.group.checkAvailability && availability === "away")) return "unavailable";
+  if (availability === "dnd") return "dnd";
+  if (input.group.checkAvailability && availability === "away") return "away";
+  if (input.wrapUpUntil !== undefined && input.now !== undefined) {
+    const until = input.wrapUpUntil.get(memberId);
+    if (until !== undefined && input.now < until) return "wrap-up";
+  }
   if (soft === 0 && slots <= 0) return "cap";
   return undefined;
 }
 
-/** The member's online devices: every soft one, physical ones while `slots` last. */
-function memberRing(input: EligibilityInput, memberId: string, slots: number): MemberRing {
+/** Collects devices left out while a plan is made (allocated only when one is). */
+interface LeftOutSink {
+  leftOut?: DeviceLeftOut[];
+}
+
+/** Adds the sink's left-out devices to a plan (no-op without any). */
+function withLeftOut(plan: RingPlan, sink: LeftOutSink): RingPlan {
+  if (sink.leftOut !== undefined) plan.leftOut = sink.leftOut;
+  return plan;
+}
+
+/** The member's online devices: every soft one, physical ones while `slots` last; the others go to `sink`. */
+function memberRing(input: EligibilityInput, memberId: string, slots: number, sink?: LeftOutSink): MemberRing {
   const deviceIds: string[] = [];
   let physical = 0;
   const devices = input.devicesByOwner.get(memberId);
@@ -323,8 +409,14 @@ function memberRing(input: EligibilityInput, memberId: string, slots: number): M
     const online = input.presence.onlineDevices;
     for (let k = 0; k < devices.length; k++) {
       const d = devices[k] as DeviceRef;
-      if (!online.has(d.id)) continue;
+      if (!online.has(d.id)) {
+        if (sink !== undefined) (sink.leftOut ??= []).push({ memberId, deviceId: d.id, reason: "offline" });
+        continue;
+      }
       if (d.kind === "physical") {
+        // Beyond the cap: not recorded here (in a big simultaneous group that is most desk
+        // phones, and this is the hot path); why.ts derives it: a device of an offered member
+        // that neither rang nor was offline was left out for the cap.
         if (physical >= slots) continue;
         physical++;
       }
@@ -351,6 +443,12 @@ export type NoAnswerDecision =
   | { kind: "overflow-group"; groupId: string; visited: ReadonlySet<string>; fromGroupId: string }
   | { kind: "hangup"; status: HangupStatus; cause: HangupCause; fromGroupId: string };
 
+/** A group an overflow chain went through at once, and why (for "why didn't my phone ring?"). */
+export interface PassedGroup {
+  groupId: string;
+  reason: "closed" | "all-offline";
+}
+
 export type HangupCause =
   /** The group's action is hangup. */
   | "configured"
@@ -376,6 +474,10 @@ export interface NoAnswerInput {
   /** Groups this call already went through (from an earlier overflow decision); `group` is added. */
   visited?: ReadonlySet<string>;
   now: number;
+  /** Whether a group is out of its working hours now (the engine's cached isOpen); absent = always open. */
+  isClosed?: (group: Group) => boolean;
+  /** Filled with the groups the chain passed through at once (closed, or all offline), in order. */
+  passed?: PassedGroup[];
 }
 
 /** Default status for hangup: 480 Temporarily Unavailable (RFC 3261 §21.4.18). */
@@ -388,6 +490,8 @@ const DEFAULT_HANGUP: HangupStatus = 480;
  * - overflow-group follows the chain at once through target groups whose members are all
  *   offline (product reference: "another group, at once when every member is offline"); a group
  *   met twice is a loop and ends the call with 480, whatever validateSite let through.
+ * - A target group out of its working hours (isClosed) is passed through at once too: its
+ *   out-of-hours action applies, as it would to a call dialled to it directly.
  */
 export function pickNoAnswer(input: NoAnswerInput): NoAnswerDecision {
   const visited = new Set(input.visited ?? NO_STRINGS);
@@ -421,9 +525,18 @@ export function pickNoAnswer(input: NoAnswerInput): NoAnswerDecision {
         if (target === undefined) return { kind: "hangup", status: DEFAULT_HANGUP, cause: "unknown-group", fromGroupId };
         if (visited.has(target.id)) return { kind: "hangup", status: DEFAULT_HANGUP, cause: "overflow-loop", fromGroupId };
         visited.add(target.id);
+        if (target.outOfHours !== undefined && input.isClosed?.(target) === true) {
+          input.passed?.push({ groupId: target.id, reason: "closed" });
+          group = target;
+          action = target.outOfHours;
+          allOffline = true;
+          lastOffered = undefined;
+          continue;
+        }
         if (!groupAllOffline(target, input.devicesByOwner, input.presence)) {
           return { kind: "overflow-group", groupId: target.id, visited, fromGroupId };
         }
+        input.passed?.push({ groupId: target.id, reason: "all-offline" });
         group = target;
         action = target.noAnswer;
         allOffline = true;
@@ -457,6 +570,9 @@ export interface FreeOperatorInput {
   /** Members not to pick (e.g. already ringing for this or another waiting call). */
   exclude?: ReadonlySet<string>;
   maxPhysical?: number;
+  /** This group's wrap-up (see PlanInput) and the time to judge it at. */
+  wrapUpUntil?: ReadonlyMap<string, number>;
+  now?: number;
 }
 
 /**

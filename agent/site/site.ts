@@ -75,6 +75,18 @@ const CROSS_REFERENCE_CODES: ReadonlySet<ValidationCode> = new Set([
   "overflow-loop",
   "logged-out-not-member",
   "too-many-errors",
+  // Meaning the schema cannot see: overlaps, real dates, the zone, the directory's references.
+  "empty-range",
+  "overlapping-hours",
+  "invalid-date",
+  "duplicate-date",
+  "unknown-time-zone",
+  "missing-time-zone",
+  "missing-out-of-hours",
+  "out-of-hours-without-hours",
+  "invalid-out-of-hours",
+  "duplicate-caller",
+  "unknown-responsible",
 ]);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -114,6 +126,8 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
     users: input.users,
     devices: Array.isArray(rawDevices) ? rawDevices.map((d: unknown) => (isRecord(d) ? { id: d.id, ownerId: d.owner, kind: d.kind } : d)) : rawDevices,
     groups: input.groups,
+    settings: input.settings,
+    knownCallers: input.knownCallers,
   };
   const meaning = parseSite(modelInput);
   if (!meaning.ok) {
@@ -336,6 +350,7 @@ export class SiteService {
     if (stale) return stale;
 
     const record: SiteRecord = { version: c.version, hash: c.hash, appliedAt: this.now().toISOString(), source, settings: c.settings, users: c.site.users, groups: c.site.groups };
+    if (c.site.knownCallers !== undefined) record.knownCallers = c.site.knownCallers;
     // What to put back if the disk refuses the new snapshot.
     const prevRecord = this.store.site;
     const prevDevices = this.store.listDevices().filter((d) => d.origin === "site");
@@ -370,7 +385,10 @@ export class SiteService {
       .listDevices()
       .filter((d) => d.owner !== undefined && users.has(d.owner))
       .map((d) => ({ id: d.id, ownerId: d.owner as string, kind: d.kind }));
-    return { record, index: indexSite({ users: record.users, devices, groups: record.groups }) };
+    const site: Site = { users: record.users, devices, groups: record.groups };
+    if (record.settings.timeZone !== undefined) site.timeZone = record.settings.timeZone;
+    if (record.knownCallers !== undefined) site.knownCallers = record.knownCallers;
+    return { record, index: indexSite(site) };
   }
 }
 

@@ -1,6 +1,6 @@
 // Types of the site configuration (contract $defs/siteConfig) as the agent holds it. The JSON
 // Schema in contract/ringedge.schema.json is the authority on shape; these mirror it.
-import type { DeviceKind, Group, User, ValidationCode } from "../routing/model.ts";
+import type { DeviceKind, Group, KnownCaller, User, ValidationCode } from "../routing/model.ts";
 import type { FeatureCodes } from "../routing/operator-state.ts";
 
 export const SITE_SCHEMA_ID = "ringedge.site/1";
@@ -32,6 +32,17 @@ export interface SiteSettings {
   featureCodes?: Partial<FeatureCodes>;
   trunk?: TrunkSettings;
   provisioning?: ProvisioningSettings;
+  /** IANA zone of the groups' working hours (required when a group has hours). */
+  timeZone?: string;
+  /** How caller numbers match the known-callers directory. */
+  knownCallers?: KnownCallerSettings;
+}
+
+export interface KnownCallerSettings {
+  /** Country calling code: a national number (leading 0) from the trunk is read as +<code><rest>. */
+  countryCode?: string;
+  /** Remember who last answered a caller for this long (seconds; 0/absent = off). */
+  rememberAnsweredS?: number;
 }
 
 /** A device as the site file lists it. */
@@ -55,6 +66,8 @@ export interface SiteConfig {
   users: User[];
   devices: SiteDeviceConfig[];
   groups: Group[];
+  /** The console's directory of known callers. */
+  knownCallers?: KnownCaller[];
 }
 
 /** The applied site as the store keeps it (devices live in the store's device table). */
@@ -67,6 +80,8 @@ export interface SiteRecord {
   settings: SiteSettings;
   users: User[];
   groups: Group[];
+  /** The console's directory of known callers (absent = none). */
+  knownCallers?: KnownCaller[];
 }
 
 export type SiteErrorCode =

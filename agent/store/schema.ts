@@ -12,6 +12,7 @@ import { AVAILABILITIES, parseSite, type Availability, type Group, type User } f
 import type { OperatorState } from "../routing/operator-state.ts";
 import type { SiteRecord, SiteSettings } from "../site/types.ts";
 import { validatePayload } from "../contract.ts";
+import { MAX_WHY_MEMORY_ITEMS, MAX_WHY_STEPS, type WhyRecord } from "../routing/why.ts";
 
 export type { SiteRecord, SiteSettings } from "../site/types.ts";
 
@@ -114,6 +115,8 @@ export interface CallRecord {
   answeredBy?: string;
   answerAfterMs?: number;
   durationMs?: number;
+  /** Why each operator was or was not offered the call (agent/routing/why.ts), bounded. */
+  why?: WhyRecord;
 }
 
 export interface BindingFlow {
@@ -392,6 +395,7 @@ export function checkCallRecord(v: unknown, at: string): string | null {
   if (v.answeredBy !== undefined) fields.push(["answeredBy", typeof v.answeredBy === "string" && v.answeredBy.length > 0 ? checkText(v.answeredBy, 128) : "must be a non-empty string"]);
   if (v.answerAfterMs !== undefined) fields.push(["answerAfterMs", checkMs(v.answerAfterMs)]);
   if (v.durationMs !== undefined) fields.push(["durationMs", checkMs(v.durationMs)]);
+  if (v.why !== undefined) fields.push(["why", checkWhy(v.why)]);
   for (const [name, reason] of fields) if (reason) return `${at}.${name} ${reason}`;
   return null;
 }
@@ -410,7 +414,7 @@ export function checkSiteRecord(v: unknown, at: string): { ok: true; value: Site
   const settings = validatePayload("settings", v.settings);
   if (!settings.ok) return no(`${at}.settings${settings.errors[0]?.path === "$" ? "" : `.${settings.errors[0]?.path ?? ""}`} ${settings.errors[0]?.message ?? "is invalid"}`);
   if (typeof (v.settings as Record<string, unknown>).pickupCode !== "string") return no(`${at}.settings.pickupCode is required`);
-  const parsed = parseSite({ users: v.users, devices: [], groups: v.groups });
+  const parsed = parseSite({ users: v.users, devices: [], groups: v.groups, settings: v.settings, knownCallers: v.knownCallers });
   if (!parsed.ok) {
     const e = parsed.errors[0];
     return no(`${at}.${e?.path ?? "users"} ${e?.message ?? "is invalid"}`);
@@ -425,6 +429,7 @@ export function checkSiteRecord(v: unknown, at: string): { ok: true; value: Site
       settings: structuredClone(v.settings) as SiteSettings,
       users: parsed.site.users as User[],
       groups: parsed.site.groups as Group[],
+      ...(parsed.site.knownCallers !== undefined ? { knownCallers: parsed.site.knownCallers } : {}),
     },
   };
 }
@@ -499,7 +504,24 @@ export function toCallRecord(r: CallRecord): CallRecord {
   if (r.answeredBy !== undefined) out.answeredBy = r.answeredBy;
   if (r.answerAfterMs !== undefined) out.answerAfterMs = r.answerAfterMs;
   if (r.durationMs !== undefined) out.durationMs = r.durationMs;
+  if (r.why !== undefined) out.why = r.why;
   return out;
+}
+
+/** A call's why record as whyRecord makes it: bounded steps of bounded items (a damaged file is refused, not trusted). */
+function checkWhy(v: unknown): string | null {
+  if (!isPlainObject(v) || !Array.isArray(v.steps) || v.steps.length > MAX_WHY_STEPS) return `must be { steps: [...] } with at most ${MAX_WHY_STEPS} steps`;
+  let items = 0;
+  for (const s of v.steps as unknown[]) {
+    if (!isPlainObject(s) || typeof s.groupId !== "string" || s.groupId.length > 128 || checkMs(s.at) !== null) return "has a step that is not { at, groupId, kind }";
+    if (s.kind !== "step" && s.kind !== "closed" && s.kind !== "action" && s.kind !== "offer") return "has a step of an unknown kind";
+    if (s.items !== undefined) {
+      if (!Array.isArray(s.items)) return "has step items that are not an array";
+      items += s.items.length;
+      if (s.items.some((i) => !isPlainObject(i) || typeof i.userId !== "string" || i.userId.length > 128)) return "has an item without a userId";
+    }
+  }
+  return items > MAX_WHY_MEMORY_ITEMS ? `has more than ${MAX_WHY_MEMORY_ITEMS} items` : null;
 }
 
 /** A copy holding only the fields of BindingRecord (drops e.g. a live TCP connectionId and

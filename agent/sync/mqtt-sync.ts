@@ -344,11 +344,11 @@ export class MqttSync {
       }),
       bus.on("call.answered", (e) => {
         this.stats.answered(e);
-        this.event("call.answered", compact({ callId: e.callId, groupId: e.groupId, memberId: e.memberId, deviceId: e.deviceId, caller: e.caller, answerAfterMs: Math.max(0, Math.round(e.answerAfterMs)) }), e.at);
+        this.event("call.answered", compact({ callId: e.callId, groupId: e.groupId, memberId: e.memberId, deviceId: e.deviceId, caller: e.caller, answerAfterMs: Math.max(0, Math.round(e.answerAfterMs)), why: e.why }), e.at);
       }),
       bus.on("call.missed", (e) => {
         this.stats.missed(e);
-        this.event("call.missed", compact({ callId: e.callId, groupId: e.groupId, caller: e.caller, target: e.target, offered: e.offered, outcome: e.outcome }), e.at);
+        this.event("call.missed", compact({ callId: e.callId, groupId: e.groupId, caller: e.caller, target: e.target, offered: e.offered, outcome: e.outcome, why: e.why }), e.at);
       }),
       bus.on("call.busy", (e) => {
         this.stats.busy(e);

@@ -49,6 +49,10 @@ export interface SimGroup {
   checkAvailability?: boolean;
   noAnswer: Record<string, unknown>;
   pickup?: { enabled: boolean };
+  hours?: Record<string, unknown>;
+  outOfHours?: Record<string, unknown>;
+  wrapUpS?: number;
+  responsibleFirst?: { ringCount: number };
 }
 
 export interface SimSite {
@@ -56,6 +60,7 @@ export interface SimSite {
   users: SimUser[];
   devices: SimDevice[];
   groups: SimGroup[];
+  knownCallers?: Array<{ number: string; userId: string }>;
 }
 
 /** The SIPp caller's source: listed in trunk.allowedSources, so calls enter as the trunk. */
@@ -81,6 +86,7 @@ export function writeSiteFile(dir: string, site: SimSite, version = 1): string {
     users: site.users.map((u) => ({ availability: "available", name: `User ${u.id}`, ...u })),
     devices: site.devices,
     groups: site.groups.map((g) => ({ name: `Group ${g.id}`, checkAvailability: false, ...g })),
+    ...(site.knownCallers !== undefined ? { knownCallers: site.knownCallers } : {}),
   };
   fs.writeFileSync(file, JSON.stringify(doc, null, 2));
   return file;

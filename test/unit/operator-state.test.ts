@@ -275,7 +275,7 @@ describe("routing reads the state", () => {
     const presence: PresenceSnapshot = { ...base, availability: new Map([["a", "away"], ["b", "dnd"]]) };
     const open = plan(group("g", "601", ["a", "b", "c"], { strategy: "simultaneous" }), presence);
     assert.deepEqual(open.ring.map((r) => r.memberId), ["a", "c"]);
-    assert.deepEqual(open.skipped, [{ memberId: "b", reason: "unavailable" }]);
+    assert.deepEqual(open.skipped, [{ memberId: "b", reason: "dnd" }]);
     const checked = plan(group("g", "601", ["a", "b", "c"], { strategy: "simultaneous", checkAvailability: true }), presence);
     assert.deepEqual(checked.ring.map((r) => r.memberId), ["c"]);
     const backAvailable: PresenceSnapshot = { ...base, availability: new Map([["a", "available"]]) };

@@ -214,11 +214,14 @@ function world(opts: {
   stateless?: Array<{ tx: unknown; res: SipResponse }>;
   /** Devices registered over TCP (connection id 100 + index) instead of UDP. */
   tcp?: boolean;
+  /** The site's time zone (groups with working hours need one) and its known callers. */
+  timeZone?: string;
+  knownCallers?: Array<{ number: string; userId: string }>;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
   devices.push(...(opts.extraDevices ?? []));
-  const parsed = parseSite({ users, devices, groups: opts.groups });
+  const parsed = parseSite({ users, devices, groups: opts.groups, settings: opts.timeZone === undefined ? {} : { timeZone: opts.timeZone }, knownCallers: opts.knownCallers });
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
   const index = indexSite(parsed.site);
   const settings: RoutingSettings = { pickupCode: "*8", trunk: { host: TRUNK_IP, port: 5070, transport: "udp", allowedSources: [TRUNK_IP], prefix: "0" }, ...opts.settings };
@@ -1070,5 +1073,97 @@ describe("BLF events and pickup by INVITE with Replaces", () => {
     const t = w.call("203", "p2", ["Replaces: c1;to-tag=f1;from-tag=t1"]);
     assert.ok(t.pc, "routed to the Request-URI");
     assert.equal(t.pc!.branches[0]!.target.deviceId, "p3");
+  });
+});
+
+// --- working hours, wrap-up, the responsible operator, why (issue 14) ------------------------------
+
+describe("working hours, wrap-up and the responsible operator in the engine", () => {
+  // T0 is Tuesday 2023-11-14 22:13:20 UTC, 23:13 in Berlin: after office hours.
+  const office = { weekly: [{ days: ["mon", "tue", "wed", "thu", "fri"] as Array<"mon" | "tue" | "wed" | "thu" | "fri">, from: "08:00", to: "18:00" }] };
+  const toWednesday8 = Date.parse("2023-11-15T07:00:00Z") - T0;
+
+  it("a call to a closed group takes the out-of-hours action without ringing anyone; at opening time members ring again", () => {
+    const w = world({ users: 1, timeZone: "Europe/Berlin", groups: [group({ members: ["u1"], hours: office, outOfHours: { kind: "hangup", status: 486 } })] });
+    const { pc } = w.call("100", trunkFlow);
+    assert.equal(pc?.rejected, 486);
+    assert.deepEqual(w.proxy.timeline("fork"), []);
+    const why = w.records[0]?.why;
+    assert.deepEqual(why?.steps.map((s) => s.kind), ["closed", "action"]);
+    assert.equal(why?.steps[0]?.opensAt, T0 + toWednesday8);
+    assert.equal(why?.steps[1]?.outOfHours, true);
+    // One minute before opening: still closed (the cached answer holds); at opening: open.
+    w.clock.advance(toWednesday8 - 60_000);
+    assert.equal(w.call("100", trunkFlow).pc?.rejected, 486);
+    w.clock.advance(60_000);
+    const open = w.call("100", trunkFlow).pc!;
+    assert.equal(w.proxy.ringing(open, "p1").length, 1);
+    assert.deepEqual(w.engine.openState(w.index.groupsById.get("g1")!), { open: true, until: Date.parse("2023-11-15T17:00:00Z") });
+  });
+
+  it("an overflow into a closed group goes on to that group's out-of-hours action at once", () => {
+    const w = world({
+      users: 2,
+      timeZone: "Europe/Berlin",
+      groups: [
+        group({ id: "g1", number: "100", members: ["u1"], noAnswer: { kind: "overflow-group", groupId: "g2" } }),
+        group({ id: "g2", number: "101", members: ["u2"], hours: office, outOfHours: { kind: "voicemail", uri: "sip:vm@192.0.2.9:5080" } }),
+      ],
+    });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(UNIT);
+    assert.deepEqual(w.proxy.timeline("fork", pc), ["0 p1", `${UNIT} sip:vm@192.0.2.9:5080`]);
+    w.proxy.answer(pc!.branches.at(-1)!);
+    w.proxy.hangup(pc!);
+    const action = w.records[0]?.why?.steps.find((s) => s.kind === "action");
+    assert.deepEqual(action?.passed, [{ groupId: "g2", reason: "closed" }]);
+    assert.equal(w.records[0]?.outcome, "voicemail");
+  });
+
+  it("wrap-up: the operator is skipped for wrapUpS after their answered call ends; a waiting call reaches them when it is over", () => {
+    const w = world({ users: 1, groups: [group({ members: ["u1"], wrapUpS: 10, noAnswer: { kind: "wait-for-operator", maxWaitS: 60, then: { kind: "hangup" } } })] });
+    const first = w.call("100", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(first, "p1")[0]!);
+    w.clock.advance(5_000);
+    w.proxy.hangup(first);
+    assert.equal(w.engine.wrapUpOf("g1").get("u1"), w.clock.now() + 10_000);
+    const second = w.call("100", trunkFlow).pc!;
+    assert.deepEqual(second.provisionals, [182]);
+    assert.equal(w.proxy.ringing(second, "p1").length, 0);
+    assert.deepEqual(w.engine.why.get("c2")?.trace.entries.flatMap((e) => (e.kind === "step" ? e.plan.skipped : [])), [{ memberId: "u1", reason: "wrap-up" }]);
+    w.clock.advance(9_999);
+    assert.equal(w.proxy.ringing(second, "p1").length, 0, "still in wrap-up");
+    w.clock.advance(1);
+    assert.equal(w.proxy.ringing(second, "p1").length, 1, "offered when the wrap-up ends");
+    w.proxy.answer(w.proxy.ringing(second, "p1")[0]!);
+    assert.deepEqual(w.records.length, 1);
+    w.proxy.hangup(second);
+    const steps = w.records[1]?.why?.steps.map((s) => `${s.kind}${s.items ? ":" + s.items.map((i) => `${i.userId}=${i.reason ?? "offered"}`).join(",") : ""}`);
+    assert.deepEqual(steps, ["step:u1=wrap-up", "action", "offer:u1=offered"]);
+  });
+
+  it("the responsible operator: from the directory first, else who answered this caller last (P-Asserted-Identity)", () => {
+    const g = group({ members: ["u1", "u2"], responsibleFirst: { ringCount: 2 } });
+    const pai = ["P-Asserted-Identity: <sip:+4930999000@192.0.2.10>"];
+    const w = world({ users: 3, groups: [g], settings: { knownCallers: { rememberAnsweredS: 3600 } } });
+    // Nobody known yet: the group's strategy; u2 answers and is remembered.
+    const first = w.call("100", trunkFlow, pai).pc!;
+    assert.deepEqual(w.proxy.timeline("fork", first), ["0 p1"]);
+    w.clock.advance(UNIT);
+    w.proxy.answer(w.proxy.ringing(first, "p2")[0]!);
+    w.proxy.hangup(first);
+    // The same caller again: u2 alone for two rings, then the group from the start.
+    const second = w.call("100", trunkFlow, pai).pc!;
+    const t = w.clock.now() - T0;
+    w.clock.advance(2 * UNIT);
+    assert.deepEqual(w.proxy.timeline("fork", second), [`${t} p2`, `${t + 2 * UNIT} p1`]);
+    assert.deepEqual(w.proxy.timeline("cancel", second), [`${t + 2 * UNIT} p2`]);
+    assert.deepEqual(w.engine.why.get("c2")?.trace.responsible, { userId: "u2", source: "memory" });
+    // A caller the directory lists goes to their responsible operator, whatever the memory says.
+    const d = world({ users: 3, groups: [g], knownCallers: [{ number: "+4930999000", userId: "u3" }], settings: { knownCallers: { rememberAnsweredS: 3600 } } });
+    assert.deepEqual(d.proxy.timeline("fork", d.call("100", trunkFlow, pai).pc), ["0 p3"]);
+    // A caller from a phone of the site has no responsible operator.
+    const internal = d.call("100", "p2").pc!;
+    assert.deepEqual(d.proxy.timeline("fork", internal), [`0 p1`]);
   });
 });

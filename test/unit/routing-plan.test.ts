@@ -704,11 +704,11 @@ describe("planStep in every strategy", () => {
       (w.users[1] as User).availability = "dnd";
       const off = runCall(w, group({ strategy, members: ids(3), checkAvailability: false }));
       assert.deepEqual(off.flatMap(ringed).sort(), ["u1", "u3"]);
-      assert.deepEqual(off.flatMap((p) => p.skipped), [{ memberId: "u2", reason: "unavailable" }]);
+      assert.deepEqual(off.flatMap((p) => p.skipped), [{ memberId: "u2", reason: "dnd" }]);
       w.lastOffered.clear();
       const on = runCall(w, group({ strategy, members: ids(3), checkAvailability: true }));
       assert.deepEqual(on.flatMap(ringed), ["u3"]);
-      assert.deepEqual(on.flatMap((p) => p.skipped), [{ memberId: "u1", reason: "unavailable" }, { memberId: "u2", reason: "unavailable" }]);
+      assert.deepEqual(on.flatMap((p) => p.skipped), [{ memberId: "u1", reason: "away" }, { memberId: "u2", reason: "dnd" }]);
     });
   }
 
