@@ -127,11 +127,19 @@ async function userList(): Promise<Map<string, any>> {
   return new Map((JSON.parse(r.stdout) as any[]).map((u) => [u.id, u]));
 }
 
+/** `ringedge why --last --user <id>`: the words for the operator's most recent call. */
+async function whyLast(userId: string): Promise<string> {
+  const r = await agent.cli(["why", "--last", "--user", userId]);
+  assert.equal(r.code, 0, `ringedge why --last --user ${userId}: ${r.stderr}`);
+  return r.stdout;
+}
+
 describe("operators' own state from their phones", () => {
   test("the away code: skipped where the group checks availability, still offered where it does not; the console hears it", async () => {
     assert.deepEqual(await dial(p1, "*41"), { status: 480, reason: "Away", warning: '399 ringedge "Away"' });
     assert.equal(p1.invites.length, 0, "the code rang nothing (not even the dialling phone)");
     assert.deepEqual(await offered("650"), ["op2"]);
+    assert.match(await whyLast("op1"), /op1: skipped: away/);
     assert.deepEqual(await offered("651"), ["op1", "op2"]);
     const ev = await until(() => stateEvents("op1")[0], 10_000, 20);
     assert.deepEqual(ev.data, { userId: "op1", availability: "away", loggedOutOf: [], source: "phone", deviceId: "dev-op1" });
@@ -149,6 +157,7 @@ describe("operators' own state from their phones", () => {
   test("the DND code: skipped in every group and for direct calls; DND off makes the operator available", async () => {
     assert.equal((await dial(p1, "*78")).reason, "Do Not Disturb on");
     assert.deepEqual(await offered("651"), ["op2"], "DND skips even where the group does not check availability");
+    assert.match(await whyLast("op1"), /op1: skipped: do not disturb/);
     const direct = await sippCall(agent.port, "route-caller-fail.xml", "5001");
     scene.peers.push(direct);
     assertSippOk("direct call to a DND operator", await direct.run);
@@ -162,6 +171,7 @@ describe("operators' own state from their phones", () => {
   test("log out of one group: skipped there only; log back in: offered again", async () => {
     assert.deepEqual(await dial(p2, "*46651"), { status: 480, reason: "Logged out: group 651", warning: '399 ringedge "Logged out: group 651"' });
     assert.deepEqual(await offered("651"), ["op1"]);
+    assert.match(await whyLast("op2"), /op2: skipped: logged out of this group/);
     assert.deepEqual(await offered("650"), ["op1", "op2"], "still logged in to the other group");
     assert.deepEqual((await userList()).get("op2").loggedOutOf, ["open"]);
     const show = await agent.cli(["group", "show", "651"]);
