@@ -118,6 +118,14 @@ describe("working hours, the responsible operator, wrap-up and why, through the 
     assert.match(text, /group closed was closed \(out of hours\)/);
     assert.match(text, /c1: not offered: group closed was out of hours/);
     assert.match(text, /then: voicemail sip:vm-box@127\.0\.0\.1:\d+ \(the out-of-hours action\)/);
+    // --json (ops.test.ts checks every other command's --json; why needs a recorded call).
+    for (const args of [[id, "--json"], ["--last", "--user", "c1", "--json"]]) {
+      const j = await agent.cli(["why", ...args]);
+      assert.equal(j.code, 0, j.stderr);
+      const v = JSON.parse(j.stdout) as { callId: string; lines: string[]; why: unknown };
+      assert.equal(v.callId, id);
+      assert.ok(v.lines.length > 0 && typeof v.why === "object");
+    }
     const show = await agent.cli(["group", "show", "720"]);
     assert.equal(show.code, 0, show.stderr);
     assert.match(show.stdout, /hours\s+CLOSED now, no opening in the schedule's reach, Europe\/Berlin/);
