@@ -91,6 +91,8 @@ export function renderDialogInfo(input: { entity: string; version: number; dialo
 
 // --- state from the engine's events -----------------------------------------------------------
 
+const DIRECTIONS: ReadonlyArray<DialogView["direction"]> = ["initiator", "recipient"];
+
 interface Entry extends DialogView {
   readonly userId: string;
 }
@@ -148,8 +150,11 @@ export class DialogStates {
   answered(e: { callId: string; memberId: string | undefined; caller: string }): string[] {
     const changed = new Set<string>();
     for (const userId of this.byCall.get(e.callId) ?? []) {
-      for (const entry of this.byUser.get(userId)?.values() ?? []) {
-        if (entry.callId !== e.callId || entry.state === "terminated") continue;
+      // A user has at most one entry per call and direction: look them up, never scan the
+      // user's other calls (a member of a busy group has dozens in flight).
+      for (const direction of DIRECTIONS) {
+        const entry = this.get(userId, e.callId, direction);
+        if (entry === undefined || entry.state === "terminated") continue;
         const next: DialogStateName = entry.direction === "initiator" || userId === e.memberId ? "confirmed" : "terminated";
         if (entry.state !== next) {
           entry.state = next;
@@ -169,8 +174,9 @@ export class DialogStates {
     const changed: string[] = [];
     for (const userId of this.byCall.get(e.callId) ?? []) {
       let any = false;
-      for (const entry of this.byUser.get(userId)?.values() ?? []) {
-        if (entry.callId === e.callId && entry.state !== "terminated") {
+      for (const direction of DIRECTIONS) {
+        const entry = this.get(userId, e.callId, direction);
+        if (entry !== undefined && entry.state !== "terminated") {
           entry.state = "terminated";
           any = true;
         }
@@ -188,7 +194,7 @@ export class DialogStates {
       if (entry.state !== "terminated") continue;
       m.delete(k);
       const users = this.byCall.get(entry.callId);
-      if (users !== undefined && ![...m.values()].some((x) => x.callId === entry.callId)) {
+      if (users !== undefined && !DIRECTIONS.some((d) => m.has(`${entry.callId}\n${d}`))) {
         users.delete(userId);
         if (users.size === 0) this.byCall.delete(entry.callId);
       }
