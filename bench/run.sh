@@ -39,7 +39,7 @@ else
   echo "tshark is not installed (make benchdeps): calls bench skipped"
 fi
 if command -v tshark >/dev/null 2>&1 && command -v kamailio >/dev/null 2>&1; then
-  run_bench vs-kamailio 480 bench/vs-kamailio.bench.ts
+  run_bench vs-kamailio 600 bench/vs-kamailio.bench.ts
 else
   echo "tshark or kamailio is not installed (make benchdeps): vs-kamailio bench skipped"
 fi

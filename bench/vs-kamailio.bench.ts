@@ -209,7 +209,8 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     phoneProcs = await startPhones(dir, phones, proxy.port);
     await waitFor(`${spec.proxy}: phones registered`, async () => ((await proxy.registered()) >= PHONES ? true : undefined), 20_000);
     await sleep(300);
-    const callerOpts = { holdMs: HOLD_MS, scenario: "caller-overload.xml", tailS: 12, extraArgs: ["-recv_timeout", "8000", "-trace_counts"] };
+    // A call not done 5 s after its last message fails; SIPp stops 8 s after the last call starts.
+    const callerOpts = { holdMs: HOLD_MS, scenario: "caller-overload.xml", tailS: 8, extraArgs: ["-recv_timeout", "5000", "-trace_counts"] };
     const warm = await runCaller(path.join(dir, "warmup"), proxy.port, callerPort, GROUP, WARMUP.rate, WARMUP.calls, callerOpts);
     if (warm.failed > 0) console.log(`[${spec.proxy}@${spec.rate}] warm-up: ${warm.failed} failed calls`);
     if (spec.capture) cap = await startCapture(dir, proxy.port);
@@ -256,7 +257,7 @@ const esc = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;"
  * (goodput = offered) dashed, 503s per second as a dotted line where there were any.
  */
 export function goodputSvg(series: ReadonlyArray<{ name: string; color: string; points: ReadonlyArray<{ offered: number; goodput: number; refusedPerS: number }> }>, title: string): string {
-  const W = 700, H = 400, L = 64, R = 190, T = 40, B = 52;
+  const W = 720, H = 400, L = 64, R = 200, T = 40, B = 52;
   const all = series.flatMap((s) => s.points);
   const maxX = Math.max(100, ...all.map((p) => p.offered));
   const step = maxX <= 500 ? 100 : 200;
@@ -285,7 +286,7 @@ export function goodputSvg(series: ReadonlyArray<{ name: string; color: string; 
     if (pts.length === 0) continue;
     out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${pts.map((p) => `${round(x(p.offered), 1)},${round(y(p.goodput), 1)}`).join(" ")}"/>`);
     for (const p of pts) out.push(`<circle cx="${round(x(p.offered), 1)}" cy="${round(y(p.goodput), 1)}" r="3" fill="${s.color}"><title>${esc(`${s.name}: ${p.offered}/s offered, ${p.goodput}/s completed, ${p.refusedPerS}/s refused (503)`)}</title></circle>`);
-    legend.push([`${s.name} completed`, s.color, ""]);
+    legend.push([s.name, s.color, ""]);
     if (pts.some((p) => p.refusedPerS > 0)) {
       out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="1.5" stroke-dasharray="1 3" points="${pts.map((p) => `${round(x(p.offered), 1)},${round(y(p.refusedPerS), 1)}`).join(" ")}"/>`);
       legend.push([`${s.name} 503/s`, s.color, "1 3"]);
