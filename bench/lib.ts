@@ -216,7 +216,7 @@ function vsKamailioSection(r: Json): string[] {
   const [re, ka] = [obj(ff.ringedge), obj(ff.kamailio)];
   const ratioCell = (v: unknown): string => (typeof v === "number" ? `${fmt(v, 2)}×` : "n/a");
   const out = [
-    `${r.short === true ? "**Short run** (BENCH_KAM_SHORT=1). " : ""}${fmt(num(r.secondsPerPoint))} s per point; plot: \`bench/results/vs-kamailio.svg\`.`,
+    `${r.short === true ? "**Short run** (BENCH_KAM_SHORT=1). " : ""}${fmt(num(r.secondsPerPoint))} s per point${num(r.rounds) > 1 ? `, median of ${fmt(num(r.rounds))} rounds` : ""}; plot: \`bench/results/vs-kamailio.svg\`.`,
     "",
     "| calls/s | ringedge CPU µs/call | Kamailio CPU µs/call | ringedge / Kamailio |",
     "|---:|---:|---:|---:|",

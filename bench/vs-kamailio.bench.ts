@@ -23,7 +23,7 @@
 // 400 calls/s from the goodput runs.
 //
 // Knobs (env): BENCH_KAM_SHORT=1 (a quick check: 3 s per point, rates 100,400,800),
-// BENCH_KAM_SECONDS (10), BENCH_KAM_RATES ("100,200,400,600,800,1000"), BENCH_KAM_ONLY
+// BENCH_KAM_SECONDS (10), BENCH_KAM_REPEAT (1: rounds of the load runs, medians reported), BENCH_KAM_RATES ("100,200,400,600,800,1000"), BENCH_KAM_ONLY
 // ("ringedge" or "kamailio"), BENCH_KEEP=1 (keep the temp dir: logs, SIPp files, pcaps).
 import { spawn } from "node:child_process";
 import { execFile } from "node:child_process";
@@ -33,13 +33,15 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
-import { BENCH_DIR, RESULTS_DIR, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
+import { BENCH_DIR, RESULTS_DIR, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
 import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpuMs, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
 const SHORT = process.env.BENCH_KAM_SHORT === "1";
 const SECONDS = envNum("BENCH_KAM_SECONDS", SHORT ? 3 : 10);
-const RATES = (process.env.BENCH_KAM_RATES ?? (SHORT ? "100,400,800" : "100,200,400,600,800,1000")).split(",").map(Number).filter((n) => Number.isFinite(n) && n > 0);
+const RATES = [...new Set((process.env.BENCH_KAM_RATES ?? (SHORT ? "100,400,800" : "100,200,400,600,800,1000")).split(",").map(Number).filter((n) => Number.isFinite(n) && n > 0))];
+/** Rounds of the load runs (the box is noisy: figures are the median of the rounds). */
+const REPEAT = envNum("BENCH_KAM_REPEAT", 1);
 const LATENCY_RATE = 100;
 const CPU_RATES = [100, 400] as const;
 const HOLD_MS = 100;
@@ -306,10 +308,12 @@ function specs(): RunSpec[] {
   const out: RunSpec[] = [];
   for (const proxy of PROXIES) out.push({ proxy, rate: LATENCY_RATE, capture: true, kind: "latency" });
   // Interleaved, the order rotating per rate so no proxy always runs on a box another just heated.
-  RATES.forEach((rate, i) => {
-    const order = PROXIES.map((_, k) => PROXIES[(k + i) % PROXIES.length]!);
-    for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "load" });
-  });
+  for (let round = 0; round < REPEAT; round++) {
+    RATES.forEach((rate, i) => {
+      const order = PROXIES.map((_, k) => PROXIES[(k + i + round) % PROXIES.length]!);
+      for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "load" });
+    });
+  }
   return out;
 }
 
@@ -337,7 +341,25 @@ async function main(): Promise<number> {
         (r.firstFork ? `; first fork p50/p99 ${fmt(r.firstFork.p50Us)}/${fmt(r.firstFork.p99Us)} µs (${r.firstFork.matched}/${r.firstFork.invitesIn})` : ""),
     );
   }
-  const find = (proxy: ProxyName, kind: RunSpec["kind"], rate: number): RunResult | undefined => results.find((r) => r.spec.proxy === proxy && r.spec.kind === kind && r.spec.rate === rate);
+  const runsOf = (proxy: ProxyName, kind: RunSpec["kind"], rate: number): RunResult[] => results.filter((r) => r.spec.proxy === proxy && r.spec.kind === kind && r.spec.rate === rate);
+  // One run, or the median of the rounds (BENCH_KAM_REPEAT).
+  const find = (proxy: ProxyName, kind: RunSpec["kind"], rate: number): RunResult | undefined => {
+    const rs = runsOf(proxy, kind, rate);
+    if (rs.length <= 1) return rs[0];
+    const med = (f: (r: RunResult) => number): number => median(rs.map(f));
+    return {
+      ...rs[0]!,
+      completed: med((r) => r.completed),
+      refused503: med((r) => r.refused503),
+      failed: med((r) => r.failed),
+      retransmissions: med((r) => r.retransmissions),
+      goodput: med((r) => r.goodput),
+      cpuMs: med((r) => r.cpuMs),
+      cpuUsPerCall: med((r) => r.cpuUsPerCall),
+      achievedCallRate: med((r) => r.achievedCallRate),
+      sippExitCode: rs.every((r) => r.sippExitCode === 0) ? 0 : rs.find((r) => r.sippExitCode !== 0)!.sippExitCode,
+    };
+  };
   const cpu = CPU_RATES.map((rate) => {
     const [re, ka] = [find("ringedge", "load", rate), find("kamailio", "load", rate)];
     return { rate, ringedgeUsPerCall: re?.cpuUsPerCall ?? null, kamailioUsPerCall: ka?.cpuUsPerCall ?? null, ratio: ratio(re?.cpuUsPerCall, ka?.cpuUsPerCall) };
@@ -367,14 +389,19 @@ async function main(): Promise<number> {
     }),
     firstForkP50: { ringedge: reLat?.firstFork?.p50Us ?? null, baseline: find("baseline", "latency", LATENCY_RATE)?.firstFork?.p50Us ?? null },
   };
-  const clean = (r: RunResult | undefined): boolean | null => (r === undefined ? null : r.failed === 0 && r.refused503 === 0 && r.completed === r.calls && r.sippExitCode === 0);
+  const cleanRun = (r: RunResult): boolean => r.failed === 0 && r.refused503 === 0 && r.completed === r.calls && r.sippExitCode === 0;
+  /** Clean = every round of that proxy at that rate was clean. */
+  const clean = (proxy: ProxyName, rate: number): boolean | null => {
+    const rs = runsOf(proxy, "load", rate);
+    return rs.length === 0 ? null : rs.every(cleanRun);
+  };
   const cpuMet = cpu.filter((c) => c.ratio !== null);
   const met = {
     cpuRatio: cpuMet.length === 0 ? null : cpuMet.every((c) => (c.ratio as number) <= TARGETS.cpuRatioMax),
-    clean800Ringedge: clean(find("ringedge", "load", TARGETS.cleanRate)),
-    clean800Kamailio: clean(find("kamailio", "load", TARGETS.cleanRate)),
+    clean800Ringedge: clean("ringedge", TARGETS.cleanRate),
+    clean800Kamailio: clean("kamailio", TARGETS.cleanRate),
   };
-  const maxClean = (p: ProxyName): number => results.filter((r) => r.spec.proxy === p && r.spec.kind === "load" && clean(r) === true).reduce((a, r) => Math.max(a, r.spec.rate), 0);
+  const maxClean = (p: ProxyName): number => RATES.filter((rate) => clean(p, rate) === true).reduce((a, rate) => Math.max(a, rate), 0);
 
   console.log("");
   console.log(table(
@@ -412,6 +439,7 @@ async function main(): Promise<number> {
     ...m,
     short: SHORT,
     secondsPerPoint: SECONDS,
+    rounds: REPEAT,
     holdMs: HOLD_MS,
     phones: PHONES,
     kamailio: { version: kamailioVersion, config: "bench/kamailio/kamailio.cfg", udpWorkers: 2 },
