@@ -12,7 +12,7 @@ import * as path from "node:path";
 import { randomBytes } from "node:crypto";
 import { Low } from "lowdb";
 import { keepOwnerSync } from "./ownership.ts";
-import { CallLog } from "./call-log.ts";
+import { CALL_LOG_FILE, CallLog } from "./call-log.ts";
 import { AtomicJsonFile, canonicalJson, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
 import { MIGRATIONS, isLegacyV0, runMigrations, type Migration, type MigrationContext, type ModelCanonicaliser } from "./migrations.ts";
@@ -416,7 +416,9 @@ export class Store {
           onError: (err) => (opts.onError ?? ((e: Error) => process.emitWarning(`ringedge call log: background write failed: ${e.message}`)))(err),
         },
         data.callLog,
-      );
+      ).catch((e: unknown) => {
+        throw new StoreError(`Call log ${path.join(dir, CALL_LOG_FILE)} cannot be opened: ${e instanceof Error ? e.message : String(e)}. Move it aside to start with an empty call log.`, file);
+      });
       if (data.callLog.length > 0) {
         data.callLog = [];
         try {

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CALL_LOG_FILE, CALL_LOG_PREVIOUS_FILE, CallLog, parseCallLog } from "../../agent/store/call-log.ts";
-import { Store, storeFilePath, type CallRecord } from "../../agent/store/store.ts";
+import { Store, StoreError, storeFilePath, type CallRecord } from "../../agent/store/store.ts";
 import { encodeEnvelope } from "../../agent/store/atomic-file.ts";
 import { CURRENT_SCHEMA_VERSION, emptyStoreData } from "../../agent/store/schema.ts";
 import { tempDir } from "../tmpdir.ts";
@@ -192,6 +192,16 @@ describe("Store with the call log file", () => {
     assert.deepEqual(again.listCalls().map((c) => c.id), ["c4", "c3", "c2", "c1"]);
     assert.deepEqual(again.callLogNotes, []);
     await again.close();
+  });
+
+  test("a call log that cannot be read (a directory in its place) stops the open with a clear error and releases the lock", async () => {
+    const dir = tempDir("ringedge-store-calllog-");
+    fs.mkdirSync(path.join(dir, CALL_LOG_FILE));
+    await assert.rejects(Store.open(dir), (e: unknown) => e instanceof StoreError && /Call log .*calls\.jsonl cannot be opened/.test(e.message));
+    fs.rmdirSync(path.join(dir, CALL_LOG_FILE));
+    const s = await Store.open(dir);
+    assert.deepEqual(s.listCalls(), []);
+    await s.close();
   });
 
   test("a move interrupted after the file was written (the store still lists the calls) adds no duplicates", async () => {
