@@ -7,8 +7,9 @@ TSX   := $(NODE) --import tsx
 # openssl: test device certificates; chromium: the status page's browser test (driven by
 # playwright-core, which never downloads a browser).
 SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl chromium:chromium
-# Only the benchmarks need these (packet timestamps on loopback).
-BENCHPKGS := tshark:tshark
+# Only the benchmarks need these (packet timestamps on loopback; Kamailio as the reference proxy
+# of bench/vs-kamailio.bench.ts).
+BENCHPKGS := tshark:tshark kamailio:kamailio
 
 .PHONY: build run test unit e2e bench benchdeps demo deps sysdeps typecheck contract clean help
 

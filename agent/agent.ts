@@ -200,6 +200,7 @@ export class Agent {
       onError: (err) => this.log.error("store write failed; retrying", { err: err.message }),
     });
     for (const note of this.store.migrationNotes) this.log.warn("store migration left a value as it was", { fromVersion: this.store.openedFromVersion, note });
+    for (const note of this.store.callLogNotes) this.log.warn("call log", { note });
     this.site = new SiteService({
       store: this.store,
       bus: this.bus,

@@ -24,13 +24,14 @@
 // ("500"), BENCH_CALLS_HOLD_MS (100), BENCH_CALLS_ONLY (run labels, comma-separated),
 // BENCH_CPU_PROF=1 (agent runs with node --cpu-prof; profiles kept under the temp dir),
 // BENCH_KEEP=1 (keep the temp dir: site file, SIPp stat/rtt files, pcaps, agent logs).
-import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
-import { BENCH_DIR, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
+import { fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
+import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, procSample, runCaller, start, startCapture, startPhones, waitFor, type CallerRun, type Capture, type Child, type PacketLatency, type Phone } from "./sipp-harness.ts";
 
 const SECONDS = envNum("BENCH_CALLS_SECONDS", 10);
 const LATENCY_RATE = envNum("BENCH_CALLS_LATENCY_RATE", 100);
@@ -43,17 +44,12 @@ const WARMUP_CALLS = 100;
 const WARMUP_RATE = 50;
 /** The issue's targets for the 2-core appliance. */
 const TARGETS = { firstForkP50UsMax: 200, firstForkP99UsMax: 2000, atRate: 100, phones: 10, sustainedRate: 500, failedMax: 0 } as const;
-const CALLER_IP = "127.0.0.60";
 /** The example systemd unit's CPUSchedulingPriority (firmware-hooks/ringedge.service). */
 const REALTIME_PRIORITY = 10;
 const execFileP = promisify(execFile);
-const PHONE_IP = "127.0.0.1";
 const GROUP_NUMBER = { simultaneous: "700", sequential: "701" } as const;
 /** The agent as shipped (bin/ringedge runs dist/ringedge.mjs; make bench builds it first). */
 const BIN = path.join(ROOT, "bin", "ringedge");
-const SIPP = path.join(BENCH_DIR, "sipp");
-/** USER_HZ of /proc/<pid>/stat. */
-const CLK_TCK = 100;
 
 function envNum(name: string, dflt: number): number {
   const v = Number(process.env[name]);
@@ -75,89 +71,7 @@ interface RunSpec {
   realtimePriority?: number;
 }
 
-// --- processes ---------------------------------------------------------------------------------
-
-function procSample(pid: number): { rssMB: number; hwmMB: number; cpuMs: number } {
-  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
-  const kb = (key: string): number => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? NaN);
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, "utf8");
-  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-  return { rssMB: kb("VmRSS") / 1024, hwmMB: kb("VmHWM") / 1024, cpuMs: ((Number(rest[11]) + Number(rest[12])) * 1000) / CLK_TCK };
-}
-
-interface Child {
-  proc: ChildProcess;
-  output(): string;
-  exited: Promise<number | null>;
-  stop(signal?: NodeJS.Signals): Promise<number | null>;
-}
-
-const children = new Set<ChildProcess>();
-process.once("exit", () => {
-  for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill("SIGKILL");
-});
-
-function start(cmd: string, args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv }): Child {
-  const proc = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
-  children.add(proc);
-  let out = "";
-  const keep = (d: string): void => {
-    out = (out + d).slice(-60_000);
-  };
-  proc.stdout!.setEncoding("utf8").on("data", keep);
-  proc.stderr!.setEncoding("utf8").on("data", keep);
-  const exited = new Promise<number | null>((resolve) => {
-    proc.once("error", (e) => {
-      keep(String(e));
-      resolve(-1);
-    });
-    proc.once("close", (c) => {
-      children.delete(proc);
-      resolve(c);
-    });
-  });
-  return {
-    proc,
-    output: () => out,
-    exited,
-    stop: async (signal = "SIGTERM") => {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      const t = setTimeout(() => proc.kill("SIGKILL"), 8000);
-      const c = await exited;
-      clearTimeout(t);
-      return c;
-    },
-  };
-}
-
-async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, timeoutMs: number, stepMs = 100): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await Promise.resolve(fn()).catch(() => undefined);
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`${what} not reached within ${timeoutMs} ms`);
-    await sleep(stepMs);
-  }
-}
-
 // --- site file -----------------------------------------------------------------------------------
-
-interface Phone {
-  user: string;
-  username: string;
-  password: string;
-}
-
-/** N operators, one desk phone each; "answer-1" is the only phone that answers. */
-function phonesFor(n: number): Phone[] {
-  const out: Phone[] = [];
-  for (let i = 1; i <= n; i++) {
-    // The simultaneous group rings its first 10 members (the cap); the answerer is the 10th.
-    const username = i === Math.min(10, n) ? "answer-1" : `ring-${String(i).padStart(2, "0")}`;
-    out.push({ user: `op-${String(i).padStart(2, "0")}`, username, password: `bench-${username}-pw` });
-  }
-  return out;
-}
 
 function siteFile(phones: Phone[], callerPort: number): unknown {
   const members = phones.map((p) => p.user);
@@ -174,154 +88,6 @@ function siteFile(phones: Phone[], callerPort: number): unknown {
       { id: "bench-seq", number: GROUP_NUMBER.sequential, name: "Bench sequential", strategy: "sequential", members: [answerer, ...members.filter((m) => m !== answerer)], ringCount: 6, checkAvailability: false, noAnswer: { kind: "hangup", status: 480 } },
     ],
   };
-}
-
-/**
- * The phones that can ring (the first 10: the simultaneous group's cap) run one SIPp process
- * each, ringing (phone-ring.xml) or answering (phone-answer.xml); the rest only register,
- * together in one process. Resolves once every process is started (registration is awaited
- * through the agent's status).
- */
-async function startPhones(dir: string, phones: Phone[], agentPort: number): Promise<Child[]> {
-  const procs: Child[] = [];
-  const launch = async (name: string, group: Phone[], ooc: string): Promise<void> => {
-    const csv = path.join(dir, `${name}.csv`);
-    fs.writeFileSync(csv, ["SEQUENTIAL", ...group.map((p) => `${p.username};${p.password}`)].join("\n") + "\n");
-    const port = await freePort();
-    procs.push(
-      start("sipp", [
-        "-sf", path.join(SIPP, "phone-register.xml"), "-oocsf", path.join(SIPP, ooc),
-        "-inf", csv, "-i", PHONE_IP, "-p", String(port),
-        "-m", String(group.length), "-r", "200", "-d", "3600000", "-aa", "-nd",
-        `127.0.0.1:${agentPort}`,
-      ], { cwd: dir }),
-    );
-  };
-  const ringing = phones.slice(0, 10);
-  for (const p of ringing) await launch(p.username, [p], p.username === "answer-1" ? "phone-answer.xml" : "phone-ring.xml");
-  if (phones.length > ringing.length) await launch("idle-phones", phones.slice(ringing.length), "phone-ring.xml");
-  return procs;
-}
-
-// --- tshark --------------------------------------------------------------------------------------
-
-interface Capture {
-  file: string;
-  child: Child;
-}
-
-async function startCapture(dir: string, agentPort: number): Promise<Capture> {
-  const file = path.join(dir, "invites.pcapng");
-  // Kernel-side filter: only UDP datagrams to/from the agent whose payload starts "INVI".
-  const filter = `udp port ${agentPort}` + (process.env.BENCH_CAPTURE_ALL === "1" ? "" : " and udp[8:4] = 0x494e5649");
-  const child = start("tshark", ["-i", "lo", "-f", filter, "-w", file, "-q"], { cwd: dir });
-  await waitFor("tshark capturing", () => (/Capturing on/.test(child.output()) ? true : child.proc.exitCode !== null ? Promise.reject(new Error(child.output())) : undefined), 15_000, 50);
-  return { file, child };
-}
-
-interface PacketLatency {
-  invitesIn: number;
-  matched: number;
-  firstForkUs: number[];
-}
-
-/** INVITE in (caller → agent) against the first INVITE out (agent → phones), by Call-ID. */
-async function packetLatency(cap: Capture, agentPort: number, callerPort: number): Promise<PacketLatency> {
-  await sleep(300); // let dumpcap flush the last packets
-  await cap.child.stop("SIGINT");
-  const { stdout } = await execFileP("tshark", ["-r", cap.file, "-d", `udp.port==${agentPort},sip`, "-T", "fields", "-E", "separator=;", "-e", "frame.time_epoch", "-e", "udp.srcport", "-e", "udp.dstport", "-e", "sip.Method", "-e", "sip.Call-ID"], { maxBuffer: 512 * 1024 * 1024, timeout: 60_000 });
-  const inAt = new Map<string, number>();
-  const outAt = new Map<string, number>();
-  for (const line of stdout.split("\n")) {
-    const [t, sport, dport, method, callId] = line.split(";");
-    if (method !== "INVITE" || callId === undefined || callId === "" || t === undefined) continue;
-    // µs from the epoch string without losing the nanoseconds to float rounding.
-    const [sec, frac = ""] = t.split(".");
-    const us = Number(sec) * 1e6 + Number((frac + "000000").slice(0, 6));
-    if (Number(dport) === agentPort && Number(sport) === callerPort) {
-      if (!inAt.has(callId)) inAt.set(callId, us);
-    } else if (Number(sport) === agentPort && Number(dport) !== callerPort && !outAt.has(callId)) outAt.set(callId, us);
-  }
-  const firstForkUs: number[] = [];
-  for (const [id, tin] of inAt) {
-    const tout = outAt.get(id);
-    if (tout !== undefined) firstForkUs.push(tout - tin);
-  }
-  return { invitesIn: inAt.size, matched: firstForkUs.length, firstForkUs };
-}
-
-// --- SIPp ----------------------------------------------------------------------------------------
-
-interface CallerRun {
-  exitCode: number | null;
-  calls: number;
-  successful: number;
-  failed: number;
-  retransmissions: number;
-  /** SIPp's cumulative call rate (calls started per second). */
-  callRate: number;
-  wallMs: number;
-  ringMs: number[];
-  tail: string;
-}
-
-function sippDurationMs(s: string): number {
-  const m = /(\d+):(\d+):(\d+):(\d+)/.exec(s);
-  return m ? ((Number(m[1]) * 60 + Number(m[2])) * 60 + Number(m[3])) * 1000 + Number(m[4]) / 1000 : NaN;
-}
-
-async function runCaller(dir: string, agentPort: number, callerPort: number, service: string, rate: number, calls: number): Promise<CallerRun> {
-  fs.mkdirSync(dir, { recursive: true });
-  const stat = path.join(dir, "caller-stat.csv");
-  const timeoutS = Math.ceil(calls / rate) + 25;
-  const args = [
-    "-sf", path.join(SIPP, "caller.xml"),
-    "-s", service,
-    "-i", CALLER_IP, "-p", String(callerPort),
-    "-r", String(rate), "-rp", "1000", "-m", String(calls), "-l", String(Math.max(200, rate * 4)),
-    "-d", String(HOLD_MS),
-    "-timeout", String(timeoutS), "-nd",
-    "-trace_stat", "-stf", stat, "-fd", "1", // a row a second: counts survive a killed SIPp
-    "-trace_rtt", "-rtt_freq", "1",
-    `127.0.0.1:${agentPort}`,
-  ];
-  const t0 = process.hrtime.bigint();
-  const c = start("sipp", args, { cwd: dir });
-  const killer = setTimeout(() => c.proc.kill("SIGKILL"), (timeoutS + 10) * 1000);
-  const exitCode = await c.exited;
-  clearTimeout(killer);
-  const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
-  const out = c.output();
-  const cum = (name: string): number => Number(new RegExp(`${name}\\s*\\|\\s*\\d+\\s*\\|\\s*(\\d+)`).exec(out)?.[1] ?? NaN);
-  let successful = cum("Successful call");
-  let failed = cum("Failed call");
-  let retransmissions = NaN;
-  let callRate = NaN;
-  if (fs.existsSync(stat)) {
-    const lines = fs.readFileSync(stat, "utf8").trim().split("\n");
-    const head = (lines[0] ?? "").split(";");
-    const last = (lines[lines.length - 1] ?? "").split(";");
-    const col = (name: string): string | undefined => last[head.indexOf(name)];
-    retransmissions = Number(col("Retransmissions(C)") ?? NaN);
-    callRate = Number(col("CallRate(C)") ?? NaN);
-    if (!Number.isFinite(successful)) successful = Number(col("SuccessfulCall(C)") ?? NaN);
-    if (!Number.isFinite(failed)) failed = Number(col("FailedCall(C)") ?? NaN);
-    // The cumulative rate counts from SIPp's start to the last row: use the elapsed generation time.
-    const elapsed = sippDurationMs(col("ElapsedTime(C)") ?? "");
-    if (!Number.isFinite(callRate) && Number.isFinite(elapsed)) callRate = ((successful + failed) / elapsed) * 1000;
-  }
-  // SIPp killed (no final screen, or a stat file lagging behind): unfinished calls count as failed.
-  if (!Number.isFinite(successful)) successful = 0;
-  if (!Number.isFinite(failed) || exitCode === null) failed = Math.max(Number.isFinite(failed) ? failed : 0, calls - successful);
-  const ringMs: number[] = [];
-  for (const f of fs.readdirSync(dir).filter((n) => n.startsWith("caller_") && n.endsWith("_rtt.csv"))) {
-    for (const line of fs.readFileSync(path.join(dir, f), "utf8").split("\n")) {
-      const [, ms, rtd] = line.trim().split(";");
-      const v = Number(ms);
-      if (rtd === "ring" && ms !== undefined && ms !== "" && Number.isFinite(v)) ringMs.push(v);
-    }
-  }
-  return { exitCode, calls, successful, failed, retransmissions, callRate, wallMs, ringMs, tail: out.slice(-3000) };
 }
 
 // --- one run -----------------------------------------------------------------------------------------
@@ -405,12 +171,12 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
 
     // Warm-up: the agent's first calls run cold code (tsx-compiled modules, JIT); the packet
     // capture starts after it, the agent's histogram (cumulative since start) includes it.
-    const warm = await runCaller(path.join(dir, "warmup"), agentPort, callerPort, GROUP_NUMBER[spec.strategy], WARMUP_RATE, WARMUP_CALLS);
+    const warm = await runCaller(path.join(dir, "warmup"), agentPort, callerPort, GROUP_NUMBER[spec.strategy], WARMUP_RATE, WARMUP_CALLS, { holdMs: HOLD_MS });
     if (warm.failed > 0) console.log(`[${spec.label}] warm-up: ${warm.failed} failed calls\n${warm.tail}`);
     if (spec.capture) cap = await startCapture(dir, agentPort);
     const before = procSample(pid);
     const calls = Math.round(spec.rate * SECONDS);
-    const caller = await runCaller(dir, agentPort, callerPort, GROUP_NUMBER[spec.strategy], spec.rate, calls);
+    const caller = await runCaller(dir, agentPort, callerPort, GROUP_NUMBER[spec.strategy], spec.rate, calls, { holdMs: HOLD_MS });
     const after = procSample(pid);
     // Every call through the proxy should be over; a bounded wait tells leftovers apart.
     const idle = await waitFor("agent idle", async () => {

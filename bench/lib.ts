@@ -222,11 +222,45 @@ function pushSection(r: Json): string[] {
   ];
 }
 
+function vsKamailioSection(r: Json): string[] {
+  const t = obj(r.targets);
+  const met = obj(r.met);
+  const ff = obj(r.firstFork);
+  const [re, ka] = [obj(ff.ringedge), obj(ff.kamailio)];
+  const ratioCell = (v: unknown): string => (typeof v === "number" ? `${fmt(v, 2)}×` : "n/a");
+  const out = [
+    `${r.short === true ? "**Short run** (BENCH_KAM_SHORT=1). " : ""}${fmt(num(r.secondsPerPoint))} s per point${num(r.rounds) > 1 ? `, median of ${fmt(num(r.rounds))} rounds` : ""}; plot: \`bench/results/vs-kamailio.svg\`.`,
+    "",
+    "| calls/s | ringedge CPU µs/call | Kamailio CPU µs/call | ringedge / Kamailio |",
+    "|---:|---:|---:|---:|",
+    ...arr(r.cpuPerCall).map((c) => `| ${fmt(num(c.rate))} | ${fmt(num(c.ringedgeUsPerCall))} | ${fmt(num(c.kamailioUsPerCall))} | ${ratioCell(c.ratio)} |`),
+    "",
+    `First fork on the wire at ${fmt(num(ff.rate))} calls/s, p50 / p99 µs: ringedge ${fmt(num(re.p50Us))} / ${fmt(num(re.p99Us))}, Kamailio ${fmt(num(ka.p50Us))} / ${fmt(num(ka.p99Us))} (ratios ${ratioCell(ff.ratioP50)} / ${ratioCell(ff.ratioP99)}).`,
+    "",
+    "| offered calls/s | ringedge completed/s | 503 | failed | Kamailio completed/s | 503 | failed |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+  ];
+  for (const g of arr(r.goodput)) {
+    const [a, b] = [obj(g.ringedge), obj(g.kamailio)];
+    out.push(`| ${fmt(num(g.offered))} | ${fmt(num(a.goodput), 1)} | ${fmt(num(a.refused503))} | ${fmt(num(a.failed))} | ${fmt(num(b.goodput), 1)} | ${fmt(num(b.refused503))} | ${fmt(num(b.failed))} |`);
+  }
+  const ba = obj(r.beforeAfter);
+  if (Array.isArray(ba.cpuPerCall)) {
+    out.push("", `Before/after (baseline bundle \`${String(ba.baseline)}\`, same run): ${arr(ba.cpuPerCall).map((c) => `${fmt(num(c.rate))}/s ${fmt(num(c.baselineUsPerCall))} → ${fmt(num(c.ringedgeUsPerCall))} µs/call (${ratioCell(c.ratio)})`).join("; ")}.`);
+  }
+  out.push(
+    "",
+    `Targets (reported, not asserted): CPU per call ≤ ${fmt(num(t.cpuRatioMax), 1)}× Kamailio ${yes(met.cpuRatio)}; a clean ${fmt(num(t.cleanRate))} calls/s: ringedge ${yes(met.clean800Ringedge)}, Kamailio ${yes(met.clean800Kamailio)}.`,
+  );
+  return out;
+}
+
 const SECTIONS: ReadonlyArray<{ name: string; title: string; render: (r: Json) => string[] }> = [
   { name: "parser", title: "SIP parser (bench/parser.bench.ts)", render: parserSection },
   { name: "routing", title: "Routing core planStep (bench/routing.bench.ts)", render: routingSection },
   { name: "register", title: "Registration with digest auth, 2,000 phones (bench/register.bench.ts)", render: registerSection },
   { name: "calls", title: "Calls through the agent, SIPp callers to SIPp phones (bench/calls.bench.ts)", render: callsSection },
+  { name: "vs-kamailio", title: "Side by side with Kamailio 5.6, ring-all-10 (bench/vs-kamailio.bench.ts)", render: vsKamailioSection },
   { name: "provision", title: "Phone provisioning: configs served, CSV import (bench/provision.bench.ts)", render: provisionSection },
   { name: "mqtt", title: "Console sync over MQTT with a real Mosquitto (bench/mqtt.bench.ts)", render: mqttSection },
   { name: "push", title: "Console push through the whole running agent (bench/push.bench.ts)", render: pushSection },

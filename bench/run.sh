@@ -38,6 +38,11 @@ if command -v tshark >/dev/null 2>&1; then
 else
   echo "tshark is not installed (make benchdeps): calls bench skipped"
 fi
+if command -v tshark >/dev/null 2>&1 && command -v kamailio >/dev/null 2>&1; then
+  run_bench vs-kamailio 600 bench/vs-kamailio.bench.ts
+else
+  echo "tshark or kamailio is not installed (make benchdeps): vs-kamailio bench skipped"
+fi
 run_bench provision 90 bench/provision.bench.ts
 run_bench mqtt 180 bench/mqtt.bench.ts
 run_bench push 120 bench/push.bench.ts

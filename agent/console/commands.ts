@@ -123,7 +123,7 @@ export function agentCommands(view: AgentView): CommandTable {
       view.devicesChanged?.();
       return viewDevice(view, added.value, generated ? args.showPassword === true : false);
     },
-    // The call log: answered and missed calls, newest first (store.callLog, bounded).
+    // The call log: answered and missed calls, newest first (calls.jsonl, bounded).
     "calls.list": (args) => {
       const limit = args.limit === undefined ? 20 : args.limit;
       if (typeof limit !== "number" || !Number.isInteger(limit) || limit < 1 || limit > 5000) throw new CommandError("limit must be a whole number from 1 to 5000");

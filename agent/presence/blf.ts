@@ -97,6 +97,8 @@ export function renderDialogInfo(input: { entity: string; version: number; dialo
 
 // --- state from the engine's events -----------------------------------------------------------
 
+const DIRECTIONS: ReadonlyArray<DialogView["direction"]> = ["initiator", "recipient"];
+
 interface Entry extends DialogView {
   readonly userId: string;
 }
@@ -110,6 +112,8 @@ export class DialogStates {
   private readonly byUser = new Map<string, Map<string, Entry>>();
   /** callId → user ids with an entry for it. */
   private readonly byCall = new Map<string, Set<string>>();
+  /** userId → keys of its entries in state "terminated", not swept yet. */
+  private readonly terminated = new Map<string, Set<string>>();
   private nextId = 1;
 
   dialogsOf(userId: string): DialogView[] {
@@ -147,18 +151,22 @@ export class DialogStates {
   offerEnded(e: { callId: string; memberId: string }): string[] {
     const cur = this.get(e.memberId, e.callId, "recipient");
     if (cur === undefined || cur.state !== "early") return [];
-    cur.state = "terminated";
+    this.terminate(cur);
     return [e.memberId];
   }
 
   answered(e: { callId: string; memberId: string | undefined; caller: string }): string[] {
     const changed = new Set<string>();
     for (const userId of this.byCall.get(e.callId) ?? []) {
-      for (const entry of this.byUser.get(userId)?.values() ?? []) {
-        if (entry.callId !== e.callId || entry.state === "terminated") continue;
+      // A user has at most one entry per call and direction: look them up, never scan the
+      // user's other calls (a member of a busy group has dozens in flight).
+      for (const direction of DIRECTIONS) {
+        const entry = this.get(userId, e.callId, direction);
+        if (entry === undefined || entry.state === "terminated") continue;
         const next: DialogStateName = entry.direction === "initiator" || userId === e.memberId ? "confirmed" : "terminated";
         if (entry.state !== next) {
-          entry.state = next;
+          if (next === "terminated") this.terminate(entry);
+          else entry.state = next;
           changed.add(userId);
         }
       }
@@ -175,9 +183,10 @@ export class DialogStates {
     const changed: string[] = [];
     for (const userId of this.byCall.get(e.callId) ?? []) {
       let any = false;
-      for (const entry of this.byUser.get(userId)?.values() ?? []) {
-        if (entry.callId === e.callId && entry.state !== "terminated") {
-          entry.state = "terminated";
+      for (const direction of DIRECTIONS) {
+        const entry = this.get(userId, e.callId, direction);
+        if (entry !== undefined && entry.state !== "terminated") {
+          this.terminate(entry);
           any = true;
         }
       }
@@ -186,20 +195,33 @@ export class DialogStates {
     return changed;
   }
 
-  /** Drops the user's terminated dialogs (after they were notified once). */
+  /** Drops the user's terminated dialogs (after they were notified once). Visits only those:
+   *  a member of a busy group has many live dialogs, and this runs after every notification. */
   sweep(userId: string): void {
+    const dead = this.terminated.get(userId);
+    if (dead === undefined) return;
+    this.terminated.delete(userId);
     const m = this.byUser.get(userId);
     if (m === undefined) return;
-    for (const [k, entry] of m) {
-      if (entry.state !== "terminated") continue;
+    for (const k of dead) {
+      const entry = m.get(k);
+      if (entry === undefined || entry.state !== "terminated") continue;
       m.delete(k);
       const users = this.byCall.get(entry.callId);
-      if (users !== undefined && ![...m.values()].some((x) => x.callId === entry.callId)) {
+      if (users !== undefined && !DIRECTIONS.some((d) => m.has(`${entry.callId}\n${d}`))) {
         users.delete(userId);
         if (users.size === 0) this.byCall.delete(entry.callId);
       }
     }
     if (m.size === 0) this.byUser.delete(userId);
+  }
+
+  private terminate(entry: Entry): void {
+    entry.state = "terminated";
+    const key = `${entry.callId}\n${entry.direction}`;
+    const dead = this.terminated.get(entry.userId);
+    if (dead === undefined) this.terminated.set(entry.userId, new Set([key]));
+    else dead.add(key);
   }
 
   private get(userId: string, callId: string, direction: DialogView["direction"]): Entry | undefined {

@@ -96,7 +96,7 @@ export interface SeenPhone {
 
 /** Most phones kept in seenPhones; the one seen longest ago goes first. */
 export const MAX_SEEN_PHONES = 1000;
-/** Calls kept in callLog (a ring: the oldest goes first). */
+/** Calls kept by the call log (calls.jsonl, see call-log.ts; the oldest go first). */
 export const MAX_CALL_LOG = 5000;
 
 export type CallOutcome = "answered" | "missed" | "busy" | "rejected" | "cancelled" | "forwarded" | "voicemail" | "overflow";
@@ -177,6 +177,11 @@ export interface StoreData {
   /** The applied site configuration; null until a site file or console push is applied. */
   site: SiteRecord | null;
   seenPhones: SeenPhone[];
+  /**
+   * Legacy: where the call log was kept before it moved to its own append-only file
+   * (`calls.jsonl`, call-log.ts). Opening a store moves any records found here to that file and
+   * leaves this empty; it stays in the schema so files written before stay valid.
+   */
   callLog: CallRecord[];
   /**
    * Where each device last authenticated from. Optional, so schema version 3 files without it

@@ -13,6 +13,7 @@ import { randomBytes } from "node:crypto";
 import { isDeepStrictEqual } from "node:util";
 import { Low } from "lowdb";
 import { keepOwnerSync } from "./ownership.ts";
+import { CALL_LOG_FILE, CallLog } from "./call-log.ts";
 import { AtomicJsonFile, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
 import { MIGRATIONS, isLegacyV0, runMigrations, type Migration, type MigrationContext, type ModelCanonicaliser } from "./migrations.ts";
@@ -71,6 +72,7 @@ export type {
   StoreMeta,
 } from "./schema.ts";
 export { CURRENT_SCHEMA_VERSION, MAX_AUTH_SOURCES_PER_DEVICE, MAX_CALL_LOG, MAX_SEEN_PHONES } from "./schema.ts";
+export { CALL_LOG_FILE, CALL_LOG_PREVIOUS_FILE } from "./call-log.ts";
 export type { AuthSourceRecord } from "./schema.ts";
 
 /** A re-registration from a remembered address refreshes its time only after this long. */
@@ -311,6 +313,8 @@ export class Store {
   readonly migrationBackup: string | null;
   /** What this open's migration left as it was, for the operator (e.g. an unknown phone model). */
   readonly migrationNotes: readonly string[];
+  /** The call log (`calls.jsonl`, append-only): a finished call is one small append. */
+  private readonly callLog: CallLog;
   private readonly db: Low<StoreData>;
   private readonly adapter: AtomicJsonFile<StoreData>;
   private readonly releaseLock: () => void;
@@ -345,6 +349,7 @@ export class Store {
     openedFromVersion: number;
     migrationBackup: string | null;
     migrationNotes: readonly string[];
+    callLog: CallLog;
     opts: StoreOptions;
   }) {
     this.file = args.file;
@@ -355,6 +360,7 @@ export class Store {
     this.openedFromVersion = args.openedFromVersion;
     this.migrationBackup = args.migrationBackup;
     this.migrationNotes = args.migrationNotes;
+    this.callLog = args.callLog;
     this.clock = args.opts.now ?? (() => new Date());
     this.saveDelayMs = args.opts.saveDelayMs ?? 50;
     this.retryDelayMs = args.opts.retryDelayMs ?? 1000;
@@ -403,8 +409,31 @@ export class Store {
           if ((st.mode & 0o077) !== 0) await fsp.chmod(file, 0o600);
         }
       }
+      // The call log lives in its own append-only file; calls still in the store file (written
+      // before that file existed) move there first, durably, and only then leave the store.
+      const callLog = await CallLog.open(
+        dir,
+        {
+          maxRecords: MAX_CALL_LOG,
+          writeDelayMs: opts.saveDelayMs ?? 50,
+          retryDelayMs: opts.retryDelayMs ?? 1000,
+          onError: (err) => (opts.onError ?? ((e: Error) => process.emitWarning(`ringedge call log: background write failed: ${e.message}`)))(err),
+        },
+        data.callLog,
+      ).catch((e: unknown) => {
+        throw new StoreError(`Call log ${path.join(dir, CALL_LOG_FILE)} cannot be opened: ${e instanceof Error ? e.message : String(e)}. Move it aside to start with an empty call log.`, file);
+      });
+      if (data.callLog.length > 0) {
+        data.callLog = [];
+        try {
+          await adapter.write(data);
+        } catch (e) {
+          await callLog.close().catch(() => {});
+          throw e;
+        }
+      }
       const db = new Low<StoreData>(adapter, data);
-      return new Store({ file, dataDir: dir, db, adapter, releaseLock, openedFromVersion: fromVersion, migrationBackup, migrationNotes: loaded.kind === "ok" && fromVersion < CURRENT_SCHEMA_VERSION ? migrationNotes : [], opts });
+      return new Store({ file, dataDir: dir, db, adapter, releaseLock, openedFromVersion: fromVersion, migrationBackup, migrationNotes: loaded.kind === "ok" && fromVersion < CURRENT_SCHEMA_VERSION ? migrationNotes : [], callLog, opts });
     } catch (e) {
       releaseLock();
       throw e;
@@ -753,29 +782,28 @@ export class Store {
 
   // --- call log --------------------------------------------------------------------------------
 
-  /** Appends a finished call; the log keeps the last MAX_CALL_LOG calls. Saved in the background. */
+  /**
+   * Appends a finished call to the call log (`calls.jsonl`): one line, written within the save
+   * window without touching the store file; the last MAX_CALL_LOG calls stay listable.
+   */
   appendCall(r: CallRecord): StoreResult<Readonly<CallRecord>> {
     this.assertOpen();
     const reason = checkCallRecord(r, "call");
     if (reason) return fail("invalid", reason, reason.split(" ")[0]?.split(".")[1]);
     const rec = toCallRecord(r);
-    const log = this.db.data.callLog;
-    log.push(rec);
-    if (log.length > MAX_CALL_LOG) log.splice(0, log.length - MAX_CALL_LOG);
-    this.changed();
+    this.callLog.append(rec);
     return { ok: true, value: rec };
+  }
+
+  /** What opening the call log found and did (skipped lines, a cut-off line, moved calls). */
+  get callLogNotes(): readonly string[] {
+    return this.callLog.notes;
   }
 
   /** The most recent calls first, at most `limit` (default 100), optionally of one group. */
   listCalls(opts: { limit?: number; groupId?: string } = {}): Readonly<CallRecord>[] {
     const limit = Number.isInteger(opts.limit) && (opts.limit as number) >= 0 ? (opts.limit as number) : 100;
-    const out: CallRecord[] = [];
-    const log = this.db.data.callLog;
-    for (let i = log.length - 1; i >= 0 && out.length < limit; i--) {
-      const c = log[i]!;
-      if (opts.groupId === undefined || c.groupId === opts.groupId) out.push(c);
-    }
-    return out;
+    return this.callLog.list(limit, opts.groupId);
   }
 
   // --- bindings --------------------------------------------------------------------------------
@@ -911,7 +939,7 @@ export class Store {
 
   /** True while a change is not yet on disk (scheduled, being written, or a failed write). */
   hasPendingWrites(): boolean {
-    return this.dirty || this.saving !== null || this.lastSaveError !== null;
+    return this.dirty || this.saving !== null || this.lastSaveError !== null || this.callLog.hasPendingWrites();
   }
 
   /** Marks the data changed; a write follows within saveDelayMs. Never waits, never throws. */
@@ -924,6 +952,7 @@ export class Store {
   /** Writes pending changes now and resolves when they are durable; rejects if the write fails. */
   async flush(): Promise<void> {
     this.disarm();
+    await this.callLog.flush();
     for (;;) {
       if (this.saving !== null) {
         await this.saving.catch(() => {});
@@ -946,6 +975,7 @@ export class Store {
     } finally {
       this.disarm();
       this.closed = true;
+      await this.callLog.close().catch(() => {});
       this.releaseLock();
     }
   }
@@ -955,11 +985,15 @@ export class Store {
     if (this.closed) return;
     this.disarm();
     try {
-      if (this.dirty || this.lastSaveError) {
-        this.prepare();
-        this.adapter.writeSync(this.db.data);
-        this.dirty = false;
-        this.lastSaveError = null;
+      try {
+        this.callLog.closeSync();
+      } finally {
+        if (this.dirty || this.lastSaveError) {
+          this.prepare();
+          this.adapter.writeSync(this.db.data);
+          this.dirty = false;
+          this.lastSaveError = null;
+        }
       }
     } finally {
       this.closed = true;

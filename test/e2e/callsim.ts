@@ -18,7 +18,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
-import { STORE_FILE_NAME } from "../../agent/store/store.ts";
+import { CALL_LOG_FILE, CALL_LOG_PREVIOUS_FILE } from "../../agent/store/store.ts";
 import { freePort, noteSecret, runSipp, startAgent, tempDir, until, type RunningAgent, type SippResult } from "./harness.ts";
 
 // --- site files --------------------------------------------------------------------------------
@@ -114,7 +114,7 @@ export async function startRoutingAgent(siteFile: string, opts: RoutingAgentOpti
   });
 }
 
-/** The call log as the agent stored it (read from its data directory; the store writes atomically). */
+/** The call log as the agent stored it (read from its data directory: calls.jsonl, one call a line). */
 export interface LoggedCall {
   id: string;
   at: number;
@@ -128,13 +128,21 @@ export interface LoggedCall {
 }
 
 export function readCallLog(dataDir: string): LoggedCall[] {
-  try {
-    // The store file: { format, schemaVersion, savedAt, sha256, data: { callLog, ... } }.
-    const doc = JSON.parse(fs.readFileSync(path.join(dataDir, STORE_FILE_NAME), "utf8")) as { data?: { callLog?: LoggedCall[] } };
-    return Array.isArray(doc.data?.callLog) ? doc.data.callLog : [];
-  } catch {
-    return []; // not written yet
+  const out: LoggedCall[] = [];
+  // The previous generation first (the log rotates), then the current file; a line still being
+  // written (no newline yet) is left for the next read.
+  for (const name of [CALL_LOG_PREVIOUS_FILE, CALL_LOG_FILE]) {
+    let text: string;
+    try {
+      text = fs.readFileSync(path.join(dataDir, name), "utf8");
+    } catch {
+      continue; // not written yet
+    }
+    for (const line of text.slice(0, text.lastIndexOf("\n") + 1).split("\n")) {
+      if (line !== "") out.push(JSON.parse(line) as LoggedCall);
+    }
   }
+  return out;
 }
 
 /** Waits until the call with this Call-ID is in the stored call log. */

@@ -98,6 +98,25 @@ describe("DialogStates: the lamp's state from the engine's events", () => {
     assert.deepEqual(s.dialogsOf("u7").map((d) => [d.direction, d.state]), [["recipient", "confirmed"]]);
     assert.equal(s.dialogsOf("u1")[0]!.state, "terminated");
   });
+
+  it("a member with several calls in flight: answering or ending one leaves the others; a call placed and offered to the same user keeps both dialogs until both end", () => {
+    const s = new DialogStates();
+    for (const c of ["a", "b", "c"]) s.offered({ callId: c, memberId: "u1", caller: "555", callerTag: `f${c}` });
+    assert.deepEqual(s.answered({ callId: "b", memberId: "u2", caller: "555" }).sort(), ["u1", "u2"]);
+    assert.deepEqual(s.dialogsOf("u1").map((d) => [d.callId, d.state]), [["a", "early"], ["b", "terminated"], ["c", "early"]]);
+    s.sweep("u1");
+    assert.deepEqual(s.dialogsOf("u1").map((d) => d.callId), ["a", "c"]);
+    assert.deepEqual(s.ended({ callId: "b" }), ["u2"], "u1 was swept from b");
+    // u3 calls a group that rings u3 too: two dialogs of one call, one per direction.
+    s.placed({ callId: "d", callerTag: "t", userId: "u3", target: "700" });
+    s.offered({ callId: "d", memberId: "u3", caller: "u3", callerTag: "t" });
+    assert.deepEqual(s.offerEnded({ callId: "d", memberId: "u3" }), ["u3"]);
+    s.sweep("u3");
+    assert.deepEqual(s.dialogsOf("u3").map((d) => [d.direction, d.state]), [["initiator", "trying"]], "the recipient side went, the initiator side stays");
+    assert.deepEqual(s.ended({ callId: "d" }), ["u3"], "the call is still indexed for u3");
+    s.sweep("u3");
+    assert.deepEqual(s.users().sort(), ["u1", "u2"]);
+  });
 });
 
 describe("resolveUser", () => {

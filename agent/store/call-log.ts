@@ -1,0 +1,359 @@
+// The call log as an append-only JSON-lines file (issue 11: a finished call costs one small
+// append, not a rewrite of the whole store). `<dataDir>/calls.jsonl` holds one CallRecord per
+// line, oldest first; when it reaches `maxRecords` lines it becomes `calls.1.jsonl` (replacing
+// the previous generation) and a new `calls.jsonl` starts, so the disk holds between
+// `maxRecords` and 2×`maxRecords` calls and memory holds the last `maxRecords`.
+//
+// Writes are batched: append() only queues the line; at most `writeDelayMs` later one write()
+// to the O_APPEND descriptor hands the batch to the kernel (a page-cache copy, a few µs) and an
+// fdatasync in the background makes it durable. closeSync() (a process "exit" handler) writes
+// what is queued synchronously: nothing appended before a clean stop is lost.
+//
+// Opening reads both generations. A last line without its newline (a write cut short by a
+// crash or a full disk) is ignored and cut off, so the next append starts a clean line; any
+// other line that is not a valid record is skipped and reported in `notes`, never fatal (the
+// log is history, not configuration). Records still in the store file's legacy `callLog` (the
+// format before this file existed) are moved here, durably, before the store drops them.
+//
+// The store's lock (`ringedge.json.lock`) covers these files: only the Store opens them.
+import * as fs from "node:fs";
+import { promises as fsp } from "node:fs";
+import * as path from "node:path";
+import { fsyncDir, writeFileAtomic } from "./atomic-file.ts";
+import { keepOwnerSync } from "./ownership.ts";
+import { checkCallRecord, toCallRecord, type CallRecord } from "./schema.ts";
+
+export const CALL_LOG_FILE = "calls.jsonl";
+export const CALL_LOG_PREVIOUS_FILE = "calls.1.jsonl";
+/** Caller numbers are personal data: owner-only, like the store. */
+const FILE_MODE = 0o600;
+/** Read at most this much of the end of a generation at open (a sane file is ~2 MB). */
+const MAX_READ_BYTES = 32 * 1024 * 1024;
+
+export interface CallLogOptions {
+  /** Calls kept in memory and per file generation. */
+  maxRecords: number;
+  /** Batching window of the appends, ms. */
+  writeDelayMs: number;
+  /** Delay before a failed write is tried again, ms. */
+  retryDelayMs: number;
+  /** Background write failures (the lines stay queued and are retried). */
+  onError: (err: Error) => void;
+}
+
+export interface ParsedLog {
+  records: CallRecord[];
+  /** Complete lines (valid or not). */
+  lines: number;
+  skipped: number;
+  /** Byte length up to and including the last newline. */
+  completeBytes: number;
+  /** Bytes after the last newline: a half-written line. */
+  tornBytes: number;
+}
+
+/** Parses JSON-lines text of call records: pure, never throws. */
+export function parseCallLog(text: string): ParsedLog {
+  const end = text.lastIndexOf("\n") + 1;
+  const records: CallRecord[] = [];
+  let lines = 0;
+  let skipped = 0;
+  let from = 0;
+  while (from < end) {
+    const nl = text.indexOf("\n", from);
+    const line = text.slice(from, nl);
+    from = nl + 1;
+    lines++;
+    if (line.trim() === "") {
+      skipped++;
+      continue;
+    }
+    let v: unknown;
+    try {
+      v = JSON.parse(line);
+    } catch {
+      skipped++;
+      continue;
+    }
+    if (checkCallRecord(v, "call") !== null) {
+      skipped++;
+      continue;
+    }
+    records.push(toCallRecord(v as CallRecord));
+  }
+  return { records, lines, skipped, completeBytes: Buffer.byteLength(text.slice(0, end)), tornBytes: Buffer.byteLength(text.slice(end)) };
+}
+
+/** The text of a generation (at most its last MAX_READ_BYTES, from a line start); "" if absent. */
+async function readGeneration(file: string): Promise<{ text: string; cutHead: boolean }> {
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, "r");
+  } catch (e) {
+    if ((e as { code?: string }).code === "ENOENT") return { text: "", cutHead: false };
+    throw e;
+  }
+  try {
+    const size = (await fh.stat()).size;
+    const len = Math.min(size, MAX_READ_BYTES);
+    const buf = Buffer.alloc(len);
+    let got = 0;
+    while (got < len) {
+      const { bytesRead } = await fh.read(buf, got, len - got, size - len + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    let text = buf.subarray(0, got).toString("utf8");
+    const cutHead = size > len;
+    // Started mid-file: drop the partial first line.
+    if (cutHead) text = text.slice(text.indexOf("\n") + 1);
+    return { text, cutHead };
+  } finally {
+    await fh.close();
+  }
+}
+
+function openAppend(file: string): number {
+  const fd = fs.openSync(file, "a", FILE_MODE);
+  try {
+    keepOwnerSync(fd, path.dirname(file));
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+  return fd;
+}
+
+export class CallLog {
+  readonly file: string;
+  readonly previousFile: string;
+  /** What opening found and did (skipped lines, a cut-off last line, migrated records). */
+  readonly notes: readonly string[];
+  private readonly opts: CallLogOptions;
+  /** Newest last; trimmed to maxRecords in batches (amortised, no splice per call). */
+  private records: CallRecord[];
+  /** The O_APPEND descriptor of calls.jsonl, opened at the first write. */
+  private fd: number | null;
+  private linesInCurrent: number;
+  private queued: string[] = [];
+  private timer: NodeJS.Timeout | null = null;
+  /** The background sync/rotation in progress. */
+  private syncing: Promise<void> | null = null;
+  private lastError: Error | null = null;
+  /** calls.jsonl was (perhaps) just created: its directory entry must reach the disk too. */
+  private dirSyncDue = false;
+  /** The last write stopped part-way through a line. */
+  private brokenLine = false;
+  private closed = false;
+
+  private constructor(file: string, records: CallRecord[], fd: number | null, linesInCurrent: number, notes: string[], opts: CallLogOptions) {
+    this.file = file;
+    this.previousFile = path.join(path.dirname(file), CALL_LOG_PREVIOUS_FILE);
+    this.records = records;
+    this.fd = fd;
+    this.linesInCurrent = linesInCurrent;
+    this.notes = notes;
+    this.opts = opts;
+  }
+
+  /**
+   * Opens the log in `dir` (which the caller holds locked), moving `legacy` records (the store's
+   * old in-file call log, oldest first) into it durably first. Throws only on I/O errors.
+   */
+  static async open(dir: string, opts: CallLogOptions, legacy: readonly CallRecord[] = []): Promise<CallLog> {
+    const file = path.join(dir, CALL_LOG_FILE);
+    const prevFile = path.join(dir, CALL_LOG_PREVIOUS_FILE);
+    const notes: string[] = [];
+    // Crash leftovers of a migration write (writeFileAtomic's temp file).
+    for (const n of await fsp.readdir(dir).catch(() => [] as string[])) {
+      if (n.startsWith(`${CALL_LOG_FILE}.tmp-`)) await fsp.rm(path.join(dir, n), { force: true });
+    }
+    const prev = await readGeneration(prevFile);
+    const cur = await readGeneration(file);
+    const p = parseCallLog(prev.text);
+    const c = parseCallLog(cur.text);
+    if (p.skipped + c.skipped > 0) notes.push(`call log: skipped ${p.skipped + c.skipped} line(s) that are not call records`);
+    if (prev.cutHead || cur.cutHead) notes.push(`call log: a file was larger than ${MAX_READ_BYTES} bytes; only its end was read`);
+    if (c.tornBytes > 0) {
+      // A write cut short: drop the partial line so the next append starts on a line of its own.
+      notes.push(`call log: ignored a half-written last line (${c.tornBytes} bytes) of ${CALL_LOG_FILE}`);
+      const size = (await fsp.stat(file)).size;
+      await fsp.truncate(file, size - c.tornBytes);
+    }
+    let records = [...p.records, ...c.records];
+    let linesInCurrent = c.lines;
+    if (legacy.length > 0) {
+      // Before the file existed the store kept the log. Move what the file does not hold yet
+      // (a crash between this write and the store's may have moved it already), oldest first.
+      const have = new Set(records.map((r) => r.id));
+      const move = legacy.filter((r) => !have.has(r.id));
+      if (move.length > 0) {
+        const text = move.map((r) => JSON.stringify(toCallRecord(r)) + "\n").join("") + (await readGeneration(file)).text;
+        await writeFileAtomic(file, text);
+        records = [...p.records, ...move, ...c.records];
+        linesInCurrent = c.lines + move.length;
+        notes.push(`call log: moved ${move.length} call(s) from the store file to ${CALL_LOG_FILE}`);
+      }
+    }
+    if (records.length > opts.maxRecords) records = records.slice(records.length - opts.maxRecords);
+    return new CallLog(file, records, null, linesInCurrent, notes, opts);
+  }
+
+  /** Queues a record (checked by the caller); written within writeDelayMs. Never throws. */
+  append(rec: CallRecord): void {
+    if (this.closed) return;
+    this.records.push(rec);
+    if (this.records.length >= 2 * this.opts.maxRecords) this.records = this.records.slice(this.records.length - this.opts.maxRecords);
+    this.queued.push(JSON.stringify(rec) + "\n");
+    this.arm(this.opts.writeDelayMs);
+  }
+
+  /** The most recent calls first, at most `limit`, optionally of one group. */
+  list(limit: number, groupId?: string): CallRecord[] {
+    const out: CallRecord[] = [];
+    const oldest = Math.max(0, this.records.length - this.opts.maxRecords);
+    for (let i = this.records.length - 1; i >= oldest && out.length < limit; i--) {
+      const c = this.records[i]!;
+      if (groupId === undefined || c.groupId === groupId) out.push(c);
+    }
+    return out;
+  }
+
+  hasPendingWrites(): boolean {
+    return this.queued.length > 0 || this.syncing !== null || this.lastError !== null;
+  }
+
+  /** Writes what is queued and resolves when it is durable; rejects if the write fails. */
+  async flush(): Promise<void> {
+    this.disarm();
+    for (;;) {
+      if (this.syncing !== null) {
+        await this.syncing.catch(() => {});
+        continue;
+      }
+      if (this.queued.length > 0) {
+        await this.startWrite(true);
+        continue;
+      }
+      if (this.lastError !== null) throw this.lastError;
+      return;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.flush();
+    } finally {
+      this.disarm();
+      this.closed = true;
+      if (this.fd !== null) fs.closeSync(this.fd);
+      this.fd = null;
+    }
+  }
+
+  /** For a process "exit" handler: what is queued reaches the file, synchronously. */
+  closeSync(): void {
+    if (this.closed) return;
+    this.disarm();
+    this.closed = true;
+    try {
+      if (this.queued.length > 0) {
+        const fd = this.descriptor();
+        fs.writeSync(fd, (this.brokenLine ? "\n" : "") + this.queued.join(""));
+        this.queued = [];
+        fs.fdatasyncSync(fd);
+      }
+    } finally {
+      if (this.fd !== null) fs.closeSync(this.fd);
+      this.fd = null;
+    }
+  }
+
+  private arm(delayMs: number): void {
+    if (this.timer !== null || this.closed) return;
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      if (this.syncing !== null) this.arm(this.opts.writeDelayMs);
+      else void this.startWrite(false);
+    }, delayMs);
+    this.timer.unref();
+  }
+
+  private disarm(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+
+  private startWrite(rethrow: boolean): Promise<void> {
+    const p: Promise<void> = this.writeNow(rethrow).finally(() => {
+      if (this.syncing === p) this.syncing = null;
+    });
+    this.syncing = p;
+    return p;
+  }
+
+  /**
+   * One batch: a synchronous write() of the queued lines to the O_APPEND descriptor (a copy to
+   * the page cache; done before any await, so closeSync can never write a line twice or lose
+   * one), then fdatasync off the event loop, then a rotation when the file is full.
+   */
+  private async writeNow(rethrow: boolean): Promise<void> {
+    if (this.queued.length === 0) return;
+    const lines = this.queued;
+    this.queued = [];
+    let written = false;
+    try {
+      // After a write cut short (ENOSPC…) the file ends mid-line: end that line first, so the
+      // junk stays one skipped line and the first record of this batch survives.
+      const buf = Buffer.from((this.brokenLine ? "\n" : "") + lines.join(""));
+      let off = 0;
+      try {
+        const fd = this.descriptor();
+        while (off < buf.length) off += fs.writeSync(fd, buf, off, buf.length - off);
+      } catch (e) {
+        if (off > 0) this.brokenLine = true;
+        this.queued = [...lines, ...this.queued];
+        throw e;
+      }
+      written = true;
+      this.brokenLine = false;
+      this.linesInCurrent += lines.length;
+      const fd = this.descriptor();
+      await new Promise<void>((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+      if (this.dirSyncDue) {
+        this.dirSyncDue = false;
+        await fsyncDir(path.dirname(this.file));
+      }
+      if (this.linesInCurrent >= this.opts.maxRecords && !this.closed) await this.rotate();
+      this.lastError = null;
+    } catch (e) {
+      const err = e instanceof Error ? e : new Error(String(e));
+      // A failed fdatasync after a complete write: the lines are in the file; only durability
+      // is in doubt, and the next batch's fdatasync covers them.
+      this.lastError = written ? null : err;
+      if (rethrow && !written) throw err;
+      this.opts.onError(err);
+      if (!this.closed && !written) this.arm(this.opts.retryDelayMs);
+    }
+  }
+
+  /** The descriptor of calls.jsonl, opened (and created, owner-only) when first needed. */
+  private descriptor(): number {
+    if (this.fd === null) {
+      this.fd = openAppend(this.file);
+      this.dirSyncDue = true;
+    }
+    return this.fd;
+  }
+
+  /** calls.jsonl → calls.1.jsonl (replacing the older generation); the next write starts a new
+   *  calls.jsonl. The renames and creations reach the disk with the directory's fsync. */
+  private async rotate(): Promise<void> {
+    fs.renameSync(this.file, this.previousFile);
+    if (this.fd !== null) fs.closeSync(this.fd);
+    this.fd = null;
+    this.linesInCurrent = 0;
+    await fsyncDir(path.dirname(this.file));
+  }
+}

@@ -1,0 +1,467 @@
+// ringedge side by side with Kamailio 5.6 (issue 11): the same ring-all-10 call through both, in
+// the same run, interleaved. Run: node --import tsx bench/vs-kamailio.bench.ts
+// (writes bench/results/vs-kamailio.json and bench/results/vs-kamailio.svg).
+//
+// The scenario, for both proxies: a SIPp caller (bench/sipp/caller-overload.xml, from the
+// trunk's address 127.0.0.60) calls 700; the proxy forks to 10 registered SIPp phones at once
+// (bench/sipp-harness.ts startPhones: nine ring until cancelled, "answer-1", forked last,
+// answers after 50 ms); the caller holds 100 ms and hangs up through the Record-Route.
+// - ringedge: dist/ringedge.mjs as shipped (bin/ringedge run), UDP only, log level warn, the
+//   site's simultaneous group, the SIPp addresses allowlisted from the per-source quotas (as the
+//   other benches do: one address places all the calls).
+// - Kamailio: bench/kamailio/kamailio.cfg (tm, sl, rr, maxfwd, usrloc in memory, registrar,
+//   auth with the same digest), two UDP workers, in the foreground, its runtime dir and pid file
+//   in the bench's temp dir.
+// Every run gets a fresh proxy and fresh phones (an overloaded run must not spoil the next),
+// then a warm-up, then the measured calls. Figures per run: completed calls (answered, ACKed,
+// hung up), 503s, failed calls; goodput = completed / offered seconds; the proxy's CPU
+// (utime+stime from /proc/<pid>/stat of the process and all its children) over the measured
+// calls, divided by completed calls; first fork on the wire (tshark on lo; the INVITE in
+// against the first INVITE out, by Call-ID) in the latency runs only (tshark costs CPU).
+// Runs: latency at 100 calls/s with capture (both), then goodput against offered load at each
+// rate of BENCH_KAM_RATES (both, order alternating per rate); CPU per call is read at 100 and
+// 400 calls/s from the goodput runs.
+//
+// Knobs (env): BENCH_KAM_SHORT=1 (a quick check: 3 s per point, rates 100,400,800),
+// BENCH_KAM_SECONDS (10), BENCH_KAM_REPEAT (1: rounds of the load runs, medians reported), BENCH_KAM_RATES ("100,200,400,600,800,1000"), BENCH_KAM_ONLY
+// ("ringedge" or "kamailio"), BENCH_KEEP=1 (keep the temp dir: logs, SIPp files, pcaps).
+import { spawn } from "node:child_process";
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { promisify } from "node:util";
+import { callAgent, socketAnswers } from "../agent/console/control.ts";
+import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
+import { BENCH_DIR, RESULTS_DIR, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
+import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpuMs, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
+
+const execFileP = promisify(execFile);
+const SHORT = process.env.BENCH_KAM_SHORT === "1";
+const SECONDS = envNum("BENCH_KAM_SECONDS", SHORT ? 3 : 10);
+const RATES = [...new Set((process.env.BENCH_KAM_RATES ?? (SHORT ? "100,400,800" : "100,200,400,600,800,1000")).split(",").map(Number).filter((n) => Number.isFinite(n) && n > 0))];
+/** Rounds of the load runs (the box is noisy: figures are the median of the rounds). */
+const REPEAT = envNum("BENCH_KAM_REPEAT", 1);
+const LATENCY_RATE = 100;
+const CPU_RATES = [100, 400] as const;
+const HOLD_MS = 100;
+const WARMUP = { calls: SHORT ? 50 : 100, rate: 50 };
+const PHONES = 10;
+const GROUP = "700";
+/** The issue's targets for the 2-core box (reported, not asserted). */
+const TARGETS = { cpuRatioMax: 1.5, cleanRate: 800 } as const;
+const BIN = path.join(ROOT, "bin", "ringedge");
+const KAMAILIO = process.env.KAMAILIO ?? "/usr/sbin/kamailio";
+const KAMAILIO_CFG = path.join(BENCH_DIR, "kamailio", "kamailio.cfg");
+
+/** Another build of the agent (a bundle .mjs, e.g. of the commit before a change) run as a third
+ *  proxy, interleaved with the others: before/after figures from the same run. */
+const BASELINE = process.env.BENCH_KAM_BASELINE;
+/** Agent under node --cpu-prof; the profiles stay in the kept temp dir (read with bench/cpuprofile.ts). */
+const CPU_PROF = process.env.BENCH_CPU_PROF === "1";
+
+type ProxyName = "ringedge" | "kamailio" | "baseline";
+const PROXIES: ProxyName[] = (["ringedge", "kamailio", ...(BASELINE !== undefined ? (["baseline"] as const) : [])] as const).filter(
+  (p) => process.env.BENCH_KAM_ONLY === undefined || process.env.BENCH_KAM_ONLY.split(",").includes(p),
+);
+const LABEL: Record<ProxyName, string> = { ringedge: "ringedge", kamailio: "Kamailio 5.6", baseline: "ringedge (baseline)" };
+
+function envNum(name: string, dflt: number): number {
+  const v = Number(process.env[name]);
+  return Number.isFinite(v) && v > 0 ? v : dflt;
+}
+
+// --- the two proxies -------------------------------------------------------------------------------
+
+interface Proxy {
+  name: ProxyName;
+  port: number;
+  /** The process whose tree's CPU is the proxy's. */
+  pid: number;
+  registered(): Promise<number>;
+  output(): string;
+  stop(): Promise<void>;
+}
+
+function ringedgeSite(phones: Phone[], callerPort: number): unknown {
+  return {
+    schema: "ringedge.site/1",
+    version: 1,
+    settings: { pickupCode: "*8", trunk: { host: CALLER_IP, port: callerPort, transport: "udp", allowedSources: [CALLER_IP] } },
+    users: phones.map((p, i) => ({ id: p.user, extension: String(2001 + i), name: `Operator ${i + 1}`, availability: "available", callLimit: 0 })),
+    devices: phones.map((p) => ({ id: `desk-${p.user}`, owner: p.user, kind: "physical", username: p.username, password: p.password })),
+    groups: [{ id: "bench-sim", number: GROUP, name: "Bench ring all", strategy: "simultaneous", members: phones.map((p) => p.user), ringCount: 6, checkAvailability: false, noAnswer: { kind: "hangup", status: 480 } }],
+  };
+}
+
+async function startRingedge(dir: string, phones: Phone[], callerPort: number, bundle?: string): Promise<Proxy> {
+  const dataDir = path.join(dir, "data");
+  fs.mkdirSync(dataDir, { recursive: true });
+  const port = await freePort();
+  const site = path.join(dir, "site.json");
+  fs.writeFileSync(site, JSON.stringify(ringedgeSite(phones, callerPort)));
+  const env = agentEnv(dataDir, port, {
+    RINGEDGE_LOG_LEVEL: "warn",
+    RINGEDGE_SIP_TRANSPORTS: "udp",
+    RINGEDGE_AUTH_ALGORITHMS: "MD5,SHA-256",
+    // One address places every call, one registers every phone: exempt from per-source quotas.
+    RINGEDGE_GUARD_ALLOWLIST: `${PHONE_IP},${CALLER_IP}`,
+    RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
+    RINGEDGE_SITE_FILE: site,
+    ...(CPU_PROF ? { RINGEDGE_NODE_FLAGS: `--cpu-prof --cpu-prof-dir=${path.join(dir, "prof")}` } : {}),
+  });
+  // A baseline bundle runs with the flags bin/ringedge gives the shipped one.
+  const agent = bundle === undefined ? start(BIN, ["run"], { cwd: ROOT, env }) : start(process.execPath, ["--max-semi-space-size=4", ...(env.RINGEDGE_NODE_FLAGS ?? "").split(" ").filter((a) => a !== ""), bundle, "run"], { cwd: ROOT, env });
+  const sock = path.join(dataDir, "control.sock");
+  await Promise.race([
+    waitFor("ringedge control socket", async () => ((await socketAnswers(sock, 200)) ? true : undefined), 30_000),
+    agent.exited.then((c) => Promise.reject(new Error(`ringedge exited with ${c}:\n${agent.output()}`))),
+  ]);
+  return {
+    name: bundle === undefined ? "ringedge" : "baseline",
+    port,
+    pid: agent.proc.pid!,
+    registered: async () => {
+      const r = await callAgent(sock, "status");
+      if (!r.ok) throw new Error(`status: ${r.error}`);
+      return (r.result as { devices: { registered: number } }).devices.registered;
+    },
+    output: () => agent.output(),
+    stop: async () => void (await agent.stop("SIGTERM")),
+  };
+}
+
+async function startKamailio(dir: string, phones: Phone[]): Promise<Proxy> {
+  const run = path.join(dir, "run");
+  fs.mkdirSync(run, { recursive: true });
+  const port = await freePort();
+  const ctl = path.join(run, "ctl.sock");
+  const args = [
+    "-f", KAMAILIO_CFG, "-DD", "-E", "-e",
+    "-l", `udp:127.0.0.1:${port}`,
+    "-Y", run, "-P", path.join(run, "kamailio.pid"),
+    "-m", "256", "-M", "16",
+    "-A", `GROUP_NUMBER="${GROUP}"`,
+    "-A", `GROUP_MEMBERS="${phones.map((p) => p.username).join(",")}"`,
+    "-A", `CALLER_IP="${CALLER_IP}"`,
+    "-A", `CTL_SOCKET="unix:${ctl}"`,
+  ];
+  const k = start(KAMAILIO, args, { cwd: dir });
+  const kamcmd = async (...cmd: string[]): Promise<string> => (await execFileP("kamcmd", ["-s", `unix:${ctl}`, ...cmd], { timeout: 5000 })).stdout;
+  await Promise.race([
+    waitFor("kamailio control socket", async () => ((await kamcmd("core.version").catch(() => "")) !== "" ? true : undefined), 20_000),
+    k.exited.then((c) => Promise.reject(new Error(`kamailio exited with ${c}:\n${k.output()}`))),
+  ]);
+  return {
+    name: "kamailio",
+    port,
+    pid: k.proc.pid!,
+    // The AoRs in usrloc (its registered_users statistic lags behind the REGISTERs).
+    registered: async () => (await kamcmd("ul.dump", "brief")).split("\n").filter((l) => /^\s*AoR: /.test(l)).length,
+    output: () => k.output(),
+    stop: async () => void (await k.stop("SIGTERM")),
+  };
+}
+
+// --- one run ---------------------------------------------------------------------------------------
+
+interface RunSpec {
+  proxy: ProxyName;
+  rate: number;
+  capture: boolean;
+  kind: "latency" | "load";
+}
+
+interface RunResult {
+  spec: RunSpec;
+  calls: number;
+  completed: number;
+  refused503: number;
+  failed: number;
+  retransmissions: number;
+  sippExitCode: number | null;
+  achievedCallRate: number;
+  goodput: number;
+  cpuMs: number;
+  cpuUsPerCall: number;
+  firstFork: { p50Us: number; p99Us: number; maxUs: number; matched: number; invitesIn: number } | null;
+  ringP50Ms: number;
+}
+
+/** 503s the caller received, from SIPp's per-message counts (-trace_counts). */
+function refusedCount(dir: string): number {
+  const f = fs.readdirSync(dir).find((n) => n.startsWith("caller-overload_") && n.endsWith("_counts.csv"));
+  if (f === undefined) return 0;
+  const lines = fs.readFileSync(path.join(dir, f), "utf8").trim().split("\n");
+  const head = (lines[0] ?? "").split(";");
+  const last = (lines[lines.length - 1] ?? "").split(";");
+  const col = head.findIndex((h) => /^\d+_503_Recv$/.test(h));
+  return col < 0 ? 0 : Number(last[col] ?? 0) || 0;
+}
+
+async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
+  const dir = path.join(workDir, `${spec.kind}-${spec.rate}-${spec.proxy}`);
+  fs.mkdirSync(dir, { recursive: true });
+  const phones = phonesFor(PHONES);
+  const callerPort = await freePort();
+  const proxy = spec.proxy === "kamailio" ? await startKamailio(dir, phones) : await startRingedge(dir, phones, callerPort, spec.proxy === "baseline" ? BASELINE : undefined);
+  let phoneProcs: Child[] = [];
+  let cap: Capture | undefined;
+  try {
+    phoneProcs = await startPhones(dir, phones, proxy.port);
+    await waitFor(`${spec.proxy}: phones registered`, async () => ((await proxy.registered()) >= PHONES ? true : undefined), 20_000);
+    await sleep(300);
+    // A call not done 5 s after its last message fails; SIPp stops 8 s after the last call starts.
+    const callerOpts = { holdMs: HOLD_MS, scenario: "caller-overload.xml", tailS: 8, extraArgs: ["-recv_timeout", "5000", "-trace_counts"] };
+    const warm = await runCaller(path.join(dir, "warmup"), proxy.port, callerPort, GROUP, WARMUP.rate, WARMUP.calls, callerOpts);
+    if (warm.failed > 0) console.log(`[${spec.proxy}@${spec.rate}] warm-up: ${warm.failed} failed calls`);
+    if (spec.capture) cap = await startCapture(dir, proxy.port);
+    const calls = Math.round(spec.rate * SECONDS);
+    const cpu0 = treeCpuMs(proxy.pid);
+    const caller: CallerRun = await runCaller(dir, proxy.port, callerPort, GROUP, spec.rate, calls, callerOpts);
+    const cpuMs = treeCpuMs(proxy.pid) - cpu0;
+    const refused503 = refusedCount(dir);
+    const completed = Math.max(0, caller.successful - refused503);
+    const packets = cap === undefined ? undefined : await packetLatency(cap, proxy.port, callerPort);
+    const ff = packets === undefined ? null : (() => {
+      const s = summarize(packets.firstForkUs);
+      return { p50Us: round(s.median, 1), p99Us: round(s.p99, 1), maxUs: round(s.max, 1), matched: packets.matched, invitesIn: packets.invitesIn };
+    })();
+    if (caller.failed > 0 || caller.exitCode !== 0) console.log(`[${spec.proxy}@${spec.rate}] SIPp exit ${caller.exitCode}, ${caller.failed} failed\n--- proxy log tail ---\n${proxy.output().slice(-1500)}`);
+    return {
+      spec,
+      calls,
+      completed,
+      refused503,
+      failed: caller.failed,
+      retransmissions: caller.retransmissions,
+      sippExitCode: caller.exitCode,
+      achievedCallRate: round(caller.callRate, 1),
+      goodput: round(completed / (calls / spec.rate), 1),
+      cpuMs,
+      cpuUsPerCall: round((cpuMs * 1000) / Math.max(1, completed), 0),
+      firstFork: ff,
+      ringP50Ms: summarize(caller.ringMs).median,
+    };
+  } finally {
+    if (cap !== undefined && cap.child.proc.exitCode === null) await cap.child.stop("SIGINT");
+    for (const p of phoneProcs) await p.stop("SIGKILL");
+    await proxy.stop();
+  }
+}
+
+// --- the plot --------------------------------------------------------------------------------------
+
+const esc = (s: string): string => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+
+/**
+ * Goodput against offered load as a small SVG line chart: one line per proxy, the ideal
+ * (goodput = offered) dashed, 503s per second as a dotted line where there were any.
+ */
+export function goodputSvg(series: ReadonlyArray<{ name: string; color: string; points: ReadonlyArray<{ offered: number; goodput: number; refusedPerS: number }> }>, title: string): string {
+  const W = 720, H = 400, L = 64, R = 200, T = 40, B = 52;
+  const all = series.flatMap((s) => s.points);
+  const maxX = Math.max(100, ...all.map((p) => p.offered));
+  const step = maxX <= 500 ? 100 : 200;
+  const top = Math.ceil(Math.max(maxX, ...all.map((p) => p.goodput)) / step) * step;
+  const x = (v: number): number => L + (v / top) * (W - L - R);
+  const y = (v: number): number => H - B - (v / top) * (H - T - B);
+  const out: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${W}" height="${H}" fill="white"/>`,
+    `<text x="${L}" y="22" font-size="14" font-weight="bold">${esc(title)}</text>`,
+  ];
+  for (let v = 0; v <= top; v += step) {
+    out.push(`<line x1="${x(0)}" y1="${y(v)}" x2="${x(top)}" y2="${y(v)}" stroke="#ddd"/>`, `<text x="${L - 6}" y="${y(v) + 4}" text-anchor="end">${v}</text>`);
+    out.push(`<line x1="${x(v)}" y1="${y(0)}" x2="${x(v)}" y2="${y(top)}" stroke="#eee"/>`, `<text x="${x(v)}" y="${H - B + 18}" text-anchor="middle">${v}</text>`);
+  }
+  out.push(
+    `<line x1="${x(0)}" y1="${y(0)}" x2="${x(top)}" y2="${y(0)}" stroke="black"/>`,
+    `<line x1="${x(0)}" y1="${y(0)}" x2="${x(0)}" y2="${y(top)}" stroke="black"/>`,
+    `<text x="${(x(0) + x(top)) / 2}" y="${H - 12}" text-anchor="middle">offered calls/s</text>`,
+    `<text transform="translate(16 ${(y(0) + y(top)) / 2}) rotate(-90)" text-anchor="middle">completed calls/s</text>`,
+    `<line x1="${x(0)}" y1="${y(0)}" x2="${x(top)}" y2="${y(top)}" stroke="#999" stroke-dasharray="4 4"/>`,
+  );
+  const legend: Array<[string, string, string]> = [["offered (ideal)", "#999", "4 4"]];
+  for (const s of series) {
+    const pts = [...s.points].sort((a, b) => a.offered - b.offered);
+    if (pts.length === 0) continue;
+    out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="2" points="${pts.map((p) => `${round(x(p.offered), 1)},${round(y(p.goodput), 1)}`).join(" ")}"/>`);
+    for (const p of pts) out.push(`<circle cx="${round(x(p.offered), 1)}" cy="${round(y(p.goodput), 1)}" r="3" fill="${s.color}"><title>${esc(`${s.name}: ${p.offered}/s offered, ${p.goodput}/s completed, ${p.refusedPerS}/s refused (503)`)}</title></circle>`);
+    legend.push([s.name, s.color, ""]);
+    if (pts.some((p) => p.refusedPerS > 0)) {
+      out.push(`<polyline fill="none" stroke="${s.color}" stroke-width="1.5" stroke-dasharray="1 3" points="${pts.map((p) => `${round(x(p.offered), 1)},${round(y(p.refusedPerS), 1)}`).join(" ")}"/>`);
+      legend.push([`${s.name} 503/s`, s.color, "1 3"]);
+    }
+  }
+  legend.forEach(([label, color, dash], i) => {
+    const ly = T + 10 + i * 20;
+    out.push(`<line x1="${W - R + 12}" y1="${ly}" x2="${W - R + 36}" y2="${ly}" stroke="${color}" stroke-width="2"${dash ? ` stroke-dasharray="${dash}"` : ""}/>`, `<text x="${W - R + 42}" y="${ly + 4}">${esc(label)}</text>`);
+  });
+  out.push("</svg>");
+  return out.join("\n") + "\n";
+}
+
+// --- main ------------------------------------------------------------------------------------------
+
+function specs(): RunSpec[] {
+  const out: RunSpec[] = [];
+  for (const proxy of PROXIES) out.push({ proxy, rate: LATENCY_RATE, capture: true, kind: "latency" });
+  // Interleaved, the order rotating per rate so no proxy always runs on a box another just heated.
+  for (let round = 0; round < REPEAT; round++) {
+    RATES.forEach((rate, i) => {
+      const order = PROXIES.map((_, k) => PROXIES[(k + i + round) % PROXIES.length]!);
+      for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "load" });
+    });
+  }
+  return out;
+}
+
+const ratio = (a: number | undefined, b: number | undefined): number | null => (a !== undefined && b !== undefined && Number.isFinite(a) && Number.isFinite(b) && b > 0 ? round(a / b, 2) : null);
+
+async function main(): Promise<number> {
+  for (const tool of ["sipp", "tshark", KAMAILIO, "kamcmd"]) {
+    const ok = await new Promise<boolean>((resolve) => spawn(tool, ["-v"], { stdio: "ignore" }).once("error", () => resolve(false)).once("close", () => resolve(true)));
+    if (!ok) {
+      console.error(`${tool} is not installed (make benchdeps)`);
+      return 2;
+    }
+  }
+  const m = machine();
+  const kamailioVersion = PROXIES.includes("kamailio") ? /version: (\S+ \S+)/.exec((await execFileP(KAMAILIO, ["-v"])).stdout)?.[1] ?? "unknown" : null;
+  // BENCH_KEEP: a folder that outlives the process (tempDir's are removed at exit).
+  const keep = process.env.BENCH_KEEP !== undefined || CPU_PROF;
+  const workDir = keep ? fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-bench-kam-")) : tempDir("ringedge-bench-kam-");
+  const results: RunResult[] = [];
+  for (const spec of specs()) {
+    const r = await runOne(spec, workDir);
+    results.push(r);
+    console.log(
+      `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call` +
+        (r.firstFork ? `; first fork p50/p99 ${fmt(r.firstFork.p50Us)}/${fmt(r.firstFork.p99Us)} µs (${r.firstFork.matched}/${r.firstFork.invitesIn})` : ""),
+    );
+  }
+  const runsOf = (proxy: ProxyName, kind: RunSpec["kind"], rate: number): RunResult[] => results.filter((r) => r.spec.proxy === proxy && r.spec.kind === kind && r.spec.rate === rate);
+  // One run, or the median of the rounds (BENCH_KAM_REPEAT).
+  const find = (proxy: ProxyName, kind: RunSpec["kind"], rate: number): RunResult | undefined => {
+    const rs = runsOf(proxy, kind, rate);
+    if (rs.length <= 1) return rs[0];
+    const med = (f: (r: RunResult) => number): number => median(rs.map(f));
+    return {
+      ...rs[0]!,
+      completed: med((r) => r.completed),
+      refused503: med((r) => r.refused503),
+      failed: med((r) => r.failed),
+      retransmissions: med((r) => r.retransmissions),
+      goodput: med((r) => r.goodput),
+      cpuMs: med((r) => r.cpuMs),
+      cpuUsPerCall: med((r) => r.cpuUsPerCall),
+      achievedCallRate: med((r) => r.achievedCallRate),
+      sippExitCode: rs.every((r) => r.sippExitCode === 0) ? 0 : rs.find((r) => r.sippExitCode !== 0)!.sippExitCode,
+    };
+  };
+  const cpu = CPU_RATES.map((rate) => {
+    const [re, ka] = [find("ringedge", "load", rate), find("kamailio", "load", rate)];
+    return { rate, ringedgeUsPerCall: re?.cpuUsPerCall ?? null, kamailioUsPerCall: ka?.cpuUsPerCall ?? null, ratio: ratio(re?.cpuUsPerCall, ka?.cpuUsPerCall) };
+  });
+  const [reLat, kaLat] = [find("ringedge", "latency", LATENCY_RATE), find("kamailio", "latency", LATENCY_RATE)];
+  const firstFork = {
+    rate: LATENCY_RATE,
+    ringedge: reLat?.firstFork ?? null,
+    kamailio: kaLat?.firstFork ?? null,
+    ratioP50: ratio(reLat?.firstFork?.p50Us, kaLat?.firstFork?.p50Us),
+    ratioP99: ratio(reLat?.firstFork?.p99Us, kaLat?.firstFork?.p99Us),
+  };
+  const goodput = RATES.map((rate) => {
+    const row: Record<string, unknown> = { offered: rate };
+    for (const p of PROXIES) {
+      const r = find(p, "load", rate);
+      row[p] = r === undefined ? null : { completed: r.completed, calls: r.calls, goodput: r.goodput, refused503: r.refused503, failed: r.failed, retransmissions: r.retransmissions, cpuUsPerCall: r.cpuUsPerCall };
+    }
+    return row;
+  });
+  // Before/after a change, from the same run: this build against the baseline bundle.
+  const beforeAfter = BASELINE === undefined ? null : {
+    baseline: path.relative(ROOT, path.resolve(BASELINE)),
+    cpuPerCall: RATES.map((rate) => {
+      const [re, ba] = [find("ringedge", "load", rate), find("baseline", "load", rate)];
+      return { rate, ringedgeUsPerCall: re?.cpuUsPerCall ?? null, baselineUsPerCall: ba?.cpuUsPerCall ?? null, ratio: ratio(re?.cpuUsPerCall, ba?.cpuUsPerCall) };
+    }),
+    firstForkP50: { ringedge: reLat?.firstFork?.p50Us ?? null, baseline: find("baseline", "latency", LATENCY_RATE)?.firstFork?.p50Us ?? null },
+  };
+  const cleanRun = (r: RunResult): boolean => r.failed === 0 && r.refused503 === 0 && r.completed === r.calls && r.sippExitCode === 0;
+  /** Clean = every round of that proxy at that rate was clean. */
+  const clean = (proxy: ProxyName, rate: number): boolean | null => {
+    const rs = runsOf(proxy, "load", rate);
+    return rs.length === 0 ? null : rs.every(cleanRun);
+  };
+  const cpuMet = cpu.filter((c) => c.ratio !== null);
+  const met = {
+    cpuRatio: cpuMet.length === 0 ? null : cpuMet.every((c) => (c.ratio as number) <= TARGETS.cpuRatioMax),
+    clean800Ringedge: clean("ringedge", TARGETS.cleanRate),
+    clean800Kamailio: clean("kamailio", TARGETS.cleanRate),
+  };
+  const maxClean = (p: ProxyName): number => RATES.filter((rate) => clean(p, rate) === true).reduce((a, rate) => Math.max(a, rate), 0);
+
+  console.log("");
+  console.log(table(
+    ["offered/s", ...PROXIES.flatMap((p) => [`${p} completed/s`, "503", "failed", "CPU µs/call"])],
+    RATES.map((rate) => [String(rate), ...PROXIES.flatMap((p) => {
+      const r = find(p, "load", rate);
+      return r === undefined ? ["—", "—", "—", "—"] : [fmt(r.goodput, 1), fmt(r.refused503), fmt(r.failed), fmt(r.cpuUsPerCall)];
+    })]),
+  ));
+  console.log("");
+  for (const c of cpu) console.log(`CPU per call at ${c.rate}/s: ringedge ${fmt(c.ringedgeUsPerCall ?? NaN)} µs, Kamailio ${fmt(c.kamailioUsPerCall ?? NaN)} µs, ratio ${c.ratio ?? "n/a"} (target ≤ ${TARGETS.cpuRatioMax})`);
+  console.log(`first fork on the wire at ${LATENCY_RATE}/s p50/p99: ringedge ${fmt(firstFork.ringedge?.p50Us ?? NaN)}/${fmt(firstFork.ringedge?.p99Us ?? NaN)} µs, Kamailio ${fmt(firstFork.kamailio?.p50Us ?? NaN)}/${fmt(firstFork.kamailio?.p99Us ?? NaN)} µs, ratios ${firstFork.ratioP50 ?? "n/a"}/${firstFork.ratioP99 ?? "n/a"}`);
+  for (const b of beforeAfter?.cpuPerCall ?? []) console.log(`before/after at ${b.rate}/s: baseline ${fmt(b.baselineUsPerCall ?? NaN)} µs/call, this build ${fmt(b.ringedgeUsPerCall ?? NaN)} µs/call, ratio ${b.ratio ?? "n/a"}`);
+  console.log(`clean ${TARGETS.cleanRate}/s: ringedge ${met.clean800Ringedge ?? "not run"}, Kamailio ${met.clean800Kamailio ?? "not run"}`);
+
+  const colors: Record<ProxyName, string> = { ringedge: "#d62728", kamailio: "#1f77b4", baseline: "#ff9896" };
+  const svg = goodputSvg(
+    PROXIES.map((p) => ({
+      name: LABEL[p],
+      color: colors[p],
+      points: RATES.flatMap((rate) => {
+        const r = find(p, "load", rate);
+        return r === undefined ? [] : [{ offered: rate, goodput: r.goodput, refusedPerS: round(r.refused503 / SECONDS, 1) }];
+      }),
+    })),
+    `Ring-all-10 goodput, ${SECONDS} s per point (${m.date.slice(0, 16)}Z, load ${m.loadAvg1m})`,
+  );
+  fs.mkdirSync(RESULTS_DIR, { recursive: true });
+  const svgPath = path.join(RESULTS_DIR, "vs-kamailio.svg");
+  fs.writeFileSync(`${svgPath}.tmp`, svg);
+  fs.renameSync(`${svgPath}.tmp`, svgPath);
+
+  const out = writeResult("vs-kamailio", {
+    bench: "vs-kamailio",
+    ...m,
+    short: SHORT,
+    secondsPerPoint: SECONDS,
+    rounds: REPEAT,
+    holdMs: HOLD_MS,
+    phones: PHONES,
+    kamailio: { version: kamailioVersion, config: "bench/kamailio/kamailio.cfg", udpWorkers: 2 },
+    targets: TARGETS,
+    met,
+    cpuPerCall: cpu,
+    firstFork,
+    goodput,
+    beforeAfter,
+    maxCleanRate: Object.fromEntries(PROXIES.map((p) => [p, maxClean(p)])),
+    plot: "bench/results/vs-kamailio.svg",
+    runs: results.map((r) => ({ ...r.spec, ...r, spec: undefined })),
+  });
+  console.log(`wrote ${out} and ${svgPath}`);
+  if (keep) console.log(`kept ${workDir}`);
+  else fs.rmSync(workDir, { recursive: true, force: true });
+  return 0;
+}
+
+if (process.argv[1] !== undefined && path.resolve(process.argv[1]) === path.join(BENCH_DIR, "vs-kamailio.bench.ts")) {
+  process.exitCode = await main().catch((err: unknown) => {
+    console.error(`vs-kamailio bench crashed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    return 2;
+  });
+}
