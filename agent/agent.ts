@@ -50,6 +50,7 @@ import { SubscriptionManager, type SubscriptionLimits } from "./sip/subscription
 import { BlfNotifier } from "./presence/blf.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
+import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -116,6 +117,8 @@ export class Agent {
   site!: SiteService;
   /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
   engine!: RoutingEngine;
+  /** Media plane (music on hold); undefined when queueMusic is off. */
+  media: MediaPlaneHandle | undefined;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
@@ -298,6 +301,7 @@ export class Agent {
     await this.transport.start();
     this.location.startSweeping();
     this.presence.start();
+    this.media = startMedia(s, this.proxy, this.log.child("media"));
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -322,6 +326,7 @@ export class Agent {
       respondStatelessly: (tx, res) => void this.transactions.respondStatelessly(tx, res),
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
+      ...(this.media !== undefined ? { queueMedia: this.media.queueMusic } : {}),
     });
     this.engine.start();
     this.latencyWatch = new LatencyWatch({
@@ -399,6 +404,7 @@ export class Agent {
     this.subscriptions?.stop();
     this.latencyWatch?.stop();
     this.engine?.stop();
+    await this.media?.media.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
     await this.control?.stop();

@@ -1,0 +1,371 @@
+// Music on hold end to end: the real agent, a group whose operator is busy
+// (wait-for-operator), registered operator phones (callsim.ts Phone) and a caller entering as
+// the trunk, written here over raw UDP with its own RTP receiver bound to the address its SDP
+// offers. The caller's RTP is checked as audio, not just as packets: it is decoded (G.711
+// A-law, the caller's first choice) and matched against audio/hold.wav by correlation, its
+// pacing and RTP headers are checked, and the music must start within 300 ms of the INVITE.
+// Then: an operator frees, rings without the caller hearing a second ring cycle (no 180 after
+// the 183), answers, and the caller is connected to them (their SDP in the 2xx) while the
+// music stops and its ports are freed; the caller hanging up while queued (CANCEL) frees
+// everything at once; the maximum wait ends the music too.
+import assert from "node:assert/strict";
+import dgram from "node:dgram";
+import fs from "node:fs";
+import path from "node:path";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, test } from "node:test";
+import { decodeG711 } from "../../agent/media/g711.ts";
+import { parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
+import { decodeWav } from "../../agent/media/wav.ts";
+import { CallScene, TRUNK_CALLER_IP, answerAfter, RING, parseSimMessage, simUser, startRoutingAgent, writeSiteFile, type SimDevice, type SimMessage, type SimUser } from "./callsim.ts";
+import { ROOT, freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
+
+const UNIT = 200;
+const users: SimUser[] = [];
+const devices: SimDevice[] = [];
+function add(id: string, ext: string, extra: Partial<SimUser> = {}): SimDevice {
+  const u = simUser(id, ext, ["physical"], extra);
+  users.push(u.user);
+  devices.push(...u.devices);
+  return u.devices[0]!;
+}
+const op1 = add("op1", "3101", { callLimit: 1 });
+const op2 = add("op2", "3102", { callLimit: 1 });
+const other = add("x1", "3199");
+
+let agent: RunningAgent;
+let mediaMin: number;
+const scene = new CallScene(() => agent);
+const hold = (() => {
+  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio/hold.wav")));
+  if (!r.ok) throw new Error(r.reason);
+  return r.samples;
+})();
+
+/** An even port with the next few free for the agent's media range (bind(0) hands out odd ports). */
+async function mediaRange(): Promise<number> {
+  const free = (p: number): Promise<boolean> =>
+    new Promise((resolve) => {
+      const s = dgram.createSocket("udp4");
+      s.once("error", () => resolve(false));
+      s.bind(p, "127.0.0.1", () => s.close(() => resolve(true)));
+    });
+  for (let i = 0; i < 50; i++) {
+    const min = 40000 + 2 * Math.floor(Math.random() * 10000);
+    let ok = true;
+    for (let p = min; p < min + 10 && ok; p++) ok = await free(p);
+    if (ok) return min;
+  }
+  throw new Error("no free media range");
+}
+
+before(async () => {
+  mediaMin = await mediaRange();
+  const file = writeSiteFile(tempDir("ringedge-site-"), {
+    settings: { pickupCode: "*8", trunk: { host: "127.0.0.1", port: await freePort(), transport: "udp", allowedSources: [TRUNK_CALLER_IP] } },
+    users,
+    devices,
+    groups: [
+      { id: "hotline", number: "790", strategy: "sequential", members: ["op1"], ringCount: 2, noAnswer: { kind: "wait-for-operator", maxWaitS: 60, then: { kind: "hangup" } } },
+      { id: "short", number: "791", strategy: "sequential", members: ["op2"], ringCount: 2, noAnswer: { kind: "wait-for-operator", maxWaitS: 2, then: { kind: "hangup", status: 480 } } },
+    ],
+  });
+  agent = await startRoutingAgent(file, { ringUnitMs: UNIT, env: { RINGEDGE_MEDIA_PORTS: `${mediaMin}-${mediaMin + 9}` } });
+  // The media worker has loaded the hold music (tsx in a worker is slow to start on a busy machine).
+  await agent.waitForLog(/sound loaded sound=hold/, 60_000);
+});
+
+after(() => scene.close());
+
+// --- a trunk caller with its own RTP receiver ------------------------------------------------------
+
+interface Got {
+  at: number;
+  msg: SimMessage;
+}
+
+class Caller {
+  readonly responses: Got[] = [];
+  readonly rtp: Array<{ at: number; pkt: RtpPacket; from: string }> = [];
+  readonly callId = `moh-${randomBytes(6).toString("hex")}@trunk`;
+  private readonly fromTag = randomBytes(4).toString("hex");
+  private readonly branch = `z9hG4bK${randomBytes(6).toString("hex")}`;
+  sentAt = 0;
+  private constructor(
+    private readonly sip: dgram.Socket,
+    private readonly media: dgram.Socket,
+    private readonly agentPort: number,
+  ) {
+    sip.on("message", (b) => {
+      const m = parseSimMessage(b.toString("utf8"));
+      if (m?.status !== undefined) this.responses.push({ at: performance.now(), msg: m });
+    });
+    media.on("message", (b, r) => {
+      const p = parseRtp(b);
+      if (p.ok) this.rtp.push({ at: performance.now(), pkt: { ...p.value, payload: Uint8Array.from(p.value.payload) }, from: `${r.address}:${r.port}` });
+    });
+  }
+
+  static async open(agentPort: number): Promise<Caller> {
+    const bind = async (): Promise<dgram.Socket> => {
+      const s = dgram.createSocket("udp4");
+      await new Promise<void>((r) => s.bind(0, TRUNK_CALLER_IP, () => r()));
+      return s;
+    };
+    return new Caller(await bind(), await bind(), agentPort);
+  }
+
+  get sipPort(): number {
+    return this.sip.address().port;
+  }
+
+  get rtpPort(): number {
+    return this.media.address().port;
+  }
+
+  private send(lines: string[]): void {
+    this.sip.send(Buffer.from(lines.join("\r\n")), this.agentPort, "127.0.0.1");
+  }
+
+  private head(method: string, cseq: string, to: string, uri: string, branch = this.branch): string[] {
+    return [
+      `${method} ${uri} SIP/2.0`,
+      `Via: SIP/2.0/UDP ${TRUNK_CALLER_IP}:${this.sipPort};branch=${branch};rport`,
+      "Max-Forwards: 70",
+      `From: <sip:+4930555000@${TRUNK_CALLER_IP}>;tag=${this.fromTag}`,
+      `To: ${to}`,
+      `Call-ID: ${this.callId}`,
+      `CSeq: ${cseq}`,
+    ];
+  }
+
+  private ruri(number: string): string {
+    return `sip:${number}@127.0.0.1:${this.agentPort}`;
+  }
+
+  /** INVITE offering PCMA, then PCMU, and telephone-event, at this caller's RTP socket. */
+  invite(number: string): void {
+    const sdp = ["v=0", `o=- 7 7 IN IP4 ${TRUNK_CALLER_IP}`, "s=-", `c=IN IP4 ${TRUNK_CALLER_IP}`, "t=0 0", `m=audio ${this.rtpPort} RTP/AVP 8 0 101`, "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15", "a=sendrecv", ""].join("\r\n");
+    this.number = number;
+    this.sentAt = performance.now();
+    this.send([...this.head("INVITE", "1 INVITE", `<${this.ruri(number)}>`, this.ruri(number)), `Contact: <sip:trunk@${TRUNK_CALLER_IP}:${this.sipPort}>`, "Content-Type: application/sdp", `Content-Length: ${Buffer.byteLength(sdp)}`, "", sdp]);
+  }
+
+  private number = "";
+
+  statuses(): number[] {
+    return this.responses.map((r) => r.msg.status!);
+  }
+
+  first(status: number): Got | undefined {
+    return this.responses.find((r) => r.msg.status === status && /INVITE/.test(r.msg.header("cseq") ?? ""));
+  }
+
+  /** CANCEL (RFC 3261 §9.1: same branch, CSeq number and To as the INVITE) and the ACK of the 487. */
+  async cancel(): Promise<void> {
+    this.send([...this.head("CANCEL", "1 CANCEL", `<${this.ruri(this.number)}>`, this.ruri(this.number)), "Content-Length: 0", "", ""]);
+    const final = await until(() => this.responses.find((r) => r.msg.status! >= 300 && /INVITE/.test(r.msg.header("cseq") ?? "")), 5000, 5);
+    this.send([...this.head("ACK", "1 ACK", final.msg.header("to") ?? "", this.ruri(this.number)), "Content-Length: 0", "", ""]);
+  }
+
+  /** ACK of a 2xx along its route set (§13.2.2.4), then later BYE. */
+  ack(ok: SimMessage): void {
+    this.routeSet = ok.all("record-route").flatMap((v) => v.split(/,(?=\s*<)/).map((r) => r.trim())).reverse();
+    this.target = /<([^>]+)>/.exec(ok.header("contact") ?? "")?.[1] ?? this.ruri(this.number);
+    this.to = ok.header("to") ?? "";
+    this.send([...this.head("ACK", "1 ACK", this.to, this.target, `z9hG4bK${randomBytes(6).toString("hex")}`), ...(this.routeSet.length > 0 ? [`Route: ${this.routeSet.join(", ")}`] : []), "Content-Length: 0", "", ""]);
+  }
+
+  private routeSet: string[] = [];
+  private target = "";
+  private to = "";
+
+  bye(): void {
+    this.send([...this.head("BYE", "2 BYE", this.to, this.target, `z9hG4bK${randomBytes(6).toString("hex")}`), ...(this.routeSet.length > 0 ? [`Route: ${this.routeSet.join(", ")}`] : []), "Content-Length: 0", "", ""]);
+  }
+
+  /** RTP packets from one source (the appliance's music or the operator), in arrival order. */
+  from(source: string): RtpPacket[] {
+    return this.rtp.filter((r) => r.from === source).map((r) => r.pkt);
+  }
+
+  close(): void {
+    this.sip.close();
+    this.media.close();
+  }
+}
+
+/** The appliance's media address in the 183's SDP. */
+function mediaOf(msg: SimMessage): { address: string; port: number; codec: string } {
+  const c = /^c=IN IP4 (\S+)/m.exec(msg.body);
+  const m = /^m=audio (\d+) RTP\/AVP (\d+)/m.exec(msg.body);
+  assert.ok(c && m, `SDP in the 183: ${msg.body}`);
+  return { address: c[1]!, port: Number(m[1]), codec: m[2]! };
+}
+
+/** Normalised cross-correlation of x against the looped reference at each lag; the best lag and coefficient. */
+function bestCorrelation(x: Int16Array, ref: Int16Array): { lag: number; r: number } {
+  let best = { lag: -1, r: -1 };
+  let xx = 0;
+  for (const v of x) xx += v * v;
+  for (let lag = 0; lag < ref.length; lag += 1) {
+    let xy = 0;
+    let yy = 0;
+    for (let i = 0; i < x.length; i++) {
+      const y = ref[(lag + i) % ref.length]!;
+      xy += x[i]! * y;
+      yy += y * y;
+    }
+    const r = xy / Math.sqrt(xx * yy || 1);
+    if (r > best.r) best = { lag, r };
+  }
+  return best;
+}
+
+/** Ports of the agent's media range that something holds now. */
+async function busyMediaPorts(): Promise<number[]> {
+  const busy: number[] = [];
+  for (let p = mediaMin; p < mediaMin + 10; p++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = dgram.createSocket("udp4");
+      s.once("error", () => resolve(false));
+      s.bind(p, "127.0.0.1", () => s.close(() => resolve(true)));
+    });
+    if (!ok) busy.push(p);
+  }
+  return busy;
+}
+
+/** Makes an operator busy: another phone calls them and they answer (callLimit 1). */
+async function busy(opPhone: import("./callsim.ts").Phone, caller: import("./callsim.ts").Phone, ext: string): Promise<string> {
+  opPhone.answering = answerAfter(0);
+  assert.equal(await caller.dial(ext), 200);
+  opPhone.answering = RING;
+  const id = caller.dialled.at(-1)!;
+  await until(() => opPhone.acks.some((a) => a.callId === id) || undefined, 5000, 5);
+  return id;
+}
+
+describe("music on hold while waiting for an operator", () => {
+  test("queue join → hold music within 300 ms (decoded, matched to hold.wav, paced) → operator frees → connected, no second ring, music and ports gone", async () => {
+    const [p1, px] = await scene.register([op1, other]);
+    const heldId = await busy(p1!, px!, "3101");
+    const caller = await Caller.open(agent.port);
+    try {
+      caller.invite("790");
+      const progress = await until(() => caller.first(183), 5000, 2);
+      const media = mediaOf(progress.msg);
+      assert.equal(media.codec, "8", "the caller's first choice, PCMA, is answered");
+      assert.ok(media.port >= mediaMin && media.port < mediaMin + 10, `media port ${media.port} in the range`);
+      assert.equal(progress.msg.header("content-type"), "application/sdp");
+      assert.ok(caller.first(182)!.at <= progress.at, "182 Queued first");
+      const source = `${media.address}:${media.port}`;
+      // Three seconds of music.
+      await until(() => caller.from(source).length >= 150 || undefined, 10_000, 10);
+      const firstRtp = caller.rtp.find((r) => r.from === source)!;
+      const latency = firstRtp.at - caller.sentAt;
+      assert.ok(latency < 300, `music started ${latency.toFixed(0)} ms after the INVITE`);
+
+      const pk = caller.from(source).slice(0, 150);
+      assert.equal(pk[0]!.marker, true, "marker on the first packet");
+      for (let i = 1; i < pk.length; i++) {
+        assert.equal(pk[i]!.sequence, (pk[i - 1]!.sequence + 1) & 0xffff, "sequence numbers advance by one");
+        const step = (pk[i]!.timestamp - pk[i - 1]!.timestamp) >>> 0;
+        assert.ok(step % 160 === 0 && step >= 160, `timestamp step ${step}`);
+        if (step > 160) assert.ok(pk[i]!.marker, "a frame skipped on a stall restarts the talkspurt");
+        assert.equal(pk[i]!.ssrc, pk[0]!.ssrc);
+        assert.equal(pk[i]!.payloadType, 8);
+      }
+      // Audio: the decoded stream, laid out by timestamp, is hold.wav from its first sample.
+      const start = pk[0]!.timestamp;
+      const span = ((pk.at(-1)!.timestamp - start) >>> 0) + 160;
+      const decoded = new Int16Array(span);
+      for (const p of pk) decoded.set(decodeG711("PCMA", p.payload), (p.timestamp - start) >>> 0);
+      const window = decoded.subarray(0, 2000);
+      const { lag, r } = bestCorrelation(window, hold);
+      assert.equal(lag, 0, "the music starts at the file's beginning");
+      assert.ok(r > 0.99, `correlation with hold.wav ${r.toFixed(4)}`);
+      // Pacing: RFC 3550 §6.4.1 interarrival jitter over the packets, and no drift.
+      const arr = caller.rtp.filter((x) => x.from === source).slice(0, 150);
+      let jitter = 0;
+      for (let i = 1; i < arr.length; i++) {
+        const d = arr[i]!.at - arr[i - 1]!.at - ((arr[i]!.pkt.timestamp - arr[i - 1]!.pkt.timestamp) >>> 0) / 8;
+        jitter += (Math.abs(d) - jitter) / 16;
+      }
+      const drift = arr.at(-1)!.at - arr[0]!.at - ((arr.at(-1)!.pkt.timestamp - arr[0]!.pkt.timestamp) >>> 0) / 8;
+      console.log(`# moh: first RTP ${latency.toFixed(1)} ms after INVITE; jitter ${jitter.toFixed(2)} ms; drift over ${arr.length} packets ${drift.toFixed(1)} ms; correlation ${r.toFixed(4)}`);
+      assert.ok(jitter < 10, `interarrival jitter ${jitter.toFixed(2)} ms`);
+      assert.ok(Math.abs(drift) < 60, `drift ${drift.toFixed(1)} ms over ${arr.length} packets`);
+      assert.ok((await busyMediaPorts()).includes(media.port), "the RTP port is held while the music plays");
+
+      // The operator frees: their phone rings, the caller hears no second ring cycle.
+      assert.equal(await p1!.hangup(heldId), 200);
+      const offered = await until(() => p1!.invitesOf(caller.callId)[0], 5000, 5);
+      assert.match(offered.msg.body, new RegExp(`m=audio ${caller.rtpPort} RTP/AVP 8 0 101`), "the operator gets the caller's own offer");
+      await sleep(300);
+      assert.ok(!caller.statuses().includes(180), `no 180 relayed while the music plays: ${caller.statuses().join(",")}`);
+      const before = caller.from(source).length;
+      assert.ok(before > 150, "the music plays on while the operator's phone rings");
+      p1!.answerNow(caller.callId);
+      const ok = await until(() => caller.first(200), 5000, 2);
+      caller.ack(ok.msg);
+      assert.match(ok.msg.body, /m=audio 40000 RTP\/AVP 0/, "the 2xx carries the operator's SDP");
+      assert.notEqual(/tag=([^;>\s]+)/.exec(ok.msg.header("to") ?? "")?.[1], /tag=([^;>\s]+)/.exec(progress.msg.header("to") ?? "")?.[1], "the operator's dialog is its own (RFC 3261 §13.2.2.4)");
+      // The music stops and its ports are freed.
+      await until(async () => !(await busyMediaPorts()).includes(media.port) || undefined, 5000, 20);
+      const stopped = caller.from(source).length;
+      await sleep(200);
+      assert.equal(caller.from(source).length, stopped, "no music after the operator answered");
+      assert.ok(!caller.statuses().includes(180), "still no 180");
+      await until(() => p1!.acks.some((a) => a.callId === caller.callId) || undefined, 5000, 5);
+      caller.bye();
+      await until(() => p1!.byes.some((b) => b.callId === caller.callId) || undefined, 5000, 5);
+    } finally {
+      caller.close();
+    }
+  });
+
+  test("the caller hanging up while queued (CANCEL) leaves the queue at once: 487, music stopped, ports free", async () => {
+    const [p1, px] = await scene.register([op1, other]);
+    const heldId = await busy(p1!, px!, "3101");
+    const caller = await Caller.open(agent.port);
+    try {
+      caller.invite("790");
+      const progress = await until(() => caller.first(183), 5000, 2);
+      const media = mediaOf(progress.msg);
+      const source = `${media.address}:${media.port}`;
+      await until(() => caller.from(source).length >= 10 || undefined, 5000, 5);
+      await caller.cancel();
+      assert.ok(caller.statuses().includes(487));
+      await until(async () => !(await busyMediaPorts()).includes(media.port) || undefined, 5000, 20);
+      const n = caller.from(source).length;
+      await sleep(200);
+      assert.equal(caller.from(source).length, n, "no music after CANCEL");
+      // The operator who frees later is not offered the abandoned call.
+      assert.equal(await p1!.hangup(heldId), 200);
+      await sleep(300);
+      assert.equal(p1!.invitesOf(caller.callId).length, 0);
+      assert.deepEqual(await busyMediaPorts(), [], "no media port held");
+    } finally {
+      caller.close();
+    }
+  });
+
+  test("maximum wait: the `then` action ends the call and the music", async () => {
+    const [p2, px] = await scene.register([op2, other]);
+    await busy(p2!, px!, "3102");
+    const caller = await Caller.open(agent.port);
+    try {
+      caller.invite("791");
+      const progress = await until(() => caller.first(183), 5000, 2);
+      const media = mediaOf(progress.msg);
+      const final = await until(() => caller.responses.find((r) => r.msg.status! >= 300), 10_000, 10);
+      assert.equal(final.msg.status, 480);
+      const waited = final.at - progress.at;
+      assert.ok(waited > 1500 && waited < 4000, `ended after ${waited.toFixed(0)} ms of music (maxWaitS 2)`);
+      await until(async () => !(await busyMediaPorts()).includes(media.port) || undefined, 5000, 20);
+    } finally {
+      caller.close();
+    }
+  });
+});
