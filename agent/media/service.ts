@@ -42,7 +42,7 @@ interface Pending {
 }
 
 /** Where the worker's code is: beside this module from the sources, beside the bundle when built. */
-function workerSpec(): { code: string; eval: boolean } {
+function workerSpec(): { code: string | URL; eval: boolean } {
   const here = import.meta.url;
   if (here.endsWith(".ts")) {
     // Running from the sources under tsx (bin/ringedge.js, tests): the worker loads tsx itself.
@@ -51,7 +51,7 @@ function workerSpec(): { code: string; eval: boolean } {
     return { code: `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(target)}); });`, eval: true };
   }
   // The esbuild bundle (dist/ringedge.mjs) ships dist/media-worker.mjs beside it (Makefile).
-  return { code: new URL("./media-worker.mjs", here).href, eval: false };
+  return { code: new URL("./media-worker.mjs", here), eval: false };
 }
 
 let sessionSeq = 0;
