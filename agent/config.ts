@@ -100,6 +100,8 @@ export interface Settings {
   mediaAddress: string;
   queueMusic: boolean;
   queueMusicFile: string;
+  queueAnnouncement: boolean;
+  queueAnnouncementIntervalS: number;
 }
 
 export type SettingName = keyof Settings;
@@ -711,6 +713,16 @@ const SPECS: Specs = {
     codec: pathCodec,
     default: "",
     doc: 'WAV file played to waiting callers (16-bit PCM, mono or stereo; other rates than 8 kHz are converted); "" = the tune shipped in agent/media/audio/. A file that cannot be used is logged at start and the shipped tune plays. Read at start only.',
+  },
+  queueAnnouncement: {
+    codec: boolCodec,
+    default: false,
+    doc: 'Play the queue prompt (audio/queue-welcome.wav: "All our operators are busy. Please hold; you will be connected shortly.") to a caller entering the queue, before the music. Read at start only.',
+  },
+  queueAnnouncementIntervalS: {
+    codec: intCodec(0, 3600),
+    default: 0,
+    doc: "Repeat the queue prompt every this many seconds while the caller waits (the music resumes after it); 0 = never. Read at start only.",
   },
   // Observability (agent/observe/).
   metricsEnabled: {

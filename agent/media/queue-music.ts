@@ -17,6 +17,9 @@
 // and gateways switch from the early media to their own ringback, a second ring cycle in the
 // middle of the music. 182 Queued still goes first, without SDP, as before.
 //
+// Optionally a prompt first (queueAnnouncement) and again every queueAnnouncementIntervalS,
+// the music resuming after each.
+//
 // Limits: an INVITE without SDP (offer in the 2xx/ACK) or offering neither PCMU nor PCMA gets
 // the 182 only (music needs an offer to answer without 100rel/PRACK); the caller's RTP is
 // received only for symmetric RTP and telephone-events.
@@ -28,6 +31,7 @@ import { buildAnswer, chooseAudio, parseSdp, type AudioChoice, type SdpOffer, ty
 import type { MediaService } from "./service.ts";
 
 export const HOLD_SOUND = "hold";
+export const ANNOUNCEMENT_SOUND = "queue-welcome";
 
 export interface QueueMusicDeps {
   proxy: StatefulProxyApi;
@@ -37,10 +41,16 @@ export interface QueueMusicDeps {
   /** Contact URI (with <>) for the 183 (RFC 3261 §12.1.1: a dialog-creating response carries one). */
   contact: (flow: Flow) => string;
   log: Logger;
+  /** Play ANNOUNCEMENT_SOUND first, then the music. */
+  announceFirst?: boolean;
+  /** Play ANNOUNCEMENT_SOUND again every this many ms, the music resuming after it (0/absent: never). */
+  announceEveryMs?: number;
 }
 
 interface Waiting {
   session: string | undefined;
+  /** The periodic announcement's timer. */
+  timer: NodeJS.Timeout | undefined;
 }
 
 /** The caller's SDP offer from its INVITE (application/sdp only). */
@@ -79,14 +89,23 @@ export class QueueMusic {
       log.warn("queue music: no hold music loaded; the caller gets 182 only", { callId: pc.request.callId });
       return;
     }
-    const w: Waiting = { session: undefined };
+    const w: Waiting = { session: undefined, timer: undefined };
     this.waiting.set(pc.id, w);
     const { offer, choice } = o.value;
     const address = this.deps.mediaAddress(pc.flow);
     void this.deps.media
       .openSession(
         { address, law: choice.law, payloadType: choice.payloadType, telephoneEvent: choice.telephoneEvent, remoteAddress: choice.remoteAddress, remotePort: choice.remotePort, direction: choice.direction },
-        { onClosed: () => (w.session = undefined) },
+        {
+          onClosed: () => {
+            w.session = undefined;
+            this.stopTimer(w);
+          },
+          // After an announcement the music resumes (from its start: a tune, not a programme).
+          onPlayEnded: (sound) => {
+            if (sound === ANNOUNCEMENT_SOUND && w.session !== undefined) this.deps.media.play(w.session, HOLD_SOUND, true);
+          },
+        },
       )
       .then((r) => {
         if (this.waiting.get(pc.id) !== w || pc.finished) {
@@ -104,7 +123,16 @@ export class QueueMusic {
         const sdp = buildAnswer(offer, choice, { address, port: r.port, sessionId: randomInt(1, 2 ** 31) });
         this.deps.proxy.suppressRinging?.(pc, true);
         this.deps.proxy.provisional(pc, 183, "Session Progress", [{ name: "contact", value: this.deps.contact(pc.flow) }], { contentType: "application/sdp", body: Buffer.from(sdp) });
-        this.deps.media.play(r.id, HOLD_SOUND, true);
+        const announce = this.deps.media.has(ANNOUNCEMENT_SOUND);
+        if (this.deps.announceFirst === true && announce) this.deps.media.play(r.id, ANNOUNCEMENT_SOUND, false);
+        else this.deps.media.play(r.id, HOLD_SOUND, true);
+        const every = this.deps.announceEveryMs ?? 0;
+        if (every > 0 && announce) {
+          w.timer = setInterval(() => {
+            if (w.session !== undefined) this.deps.media.play(w.session, ANNOUNCEMENT_SOUND, false);
+          }, every);
+          w.timer.unref();
+        }
         if (log.enabled("debug")) log.debug("queue music playing", { callId: pc.request.callId, codec: choice.law, port: r.port, to: `${choice.remoteAddress}:${choice.remotePort}` });
       });
   }
@@ -114,8 +142,14 @@ export class QueueMusic {
     const w = this.waiting.get(pc.id);
     if (w === undefined) return;
     this.waiting.delete(pc.id);
+    this.stopTimer(w);
     if (w.session !== undefined) this.deps.media.close(w.session);
     w.session = undefined;
     this.deps.proxy.suppressRinging?.(pc, false);
+  }
+
+  private stopTimer(w: Waiting): void {
+    if (w.timer !== undefined) clearInterval(w.timer);
+    w.timer = undefined;
   }
 }

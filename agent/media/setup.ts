@@ -7,7 +7,7 @@ import type { Logger } from "../log.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
 import { hostPort } from "../sip/requests.ts";
-import { HOLD_SOUND, QueueMusic } from "./queue-music.ts";
+import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
 import { MediaService } from "./service.ts";
 import { decodeWav } from "./wav.ts";
 
@@ -46,7 +46,9 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger): M
     if (why === undefined) hold = s.queueMusicFile;
     else log.error("queueMusicFile cannot be played; playing the shipped tune", { file: s.queueMusicFile, reason: why });
   }
-  const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds: { [HOLD_SOUND]: hold } });
+  const sounds: Record<string, string> = { [HOLD_SOUND]: hold };
+  if (s.queueAnnouncement || s.queueAnnouncementIntervalS > 0) sounds[ANNOUNCEMENT_SOUND] = shippedAudio("queue-welcome.wav");
+  const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds });
   media.start();
   const queueMusic = new QueueMusic({
     proxy,
@@ -54,6 +56,8 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger): M
     mediaAddress: (flow) => (s.mediaAddress !== "" ? s.mediaAddress : advertisedAddress(flow, s.sipAdvertise)),
     contact: (flow) => `<sip:${hostPort(advertisedAddress(flow, s.sipAdvertise), flow.localPort)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`,
     log,
+    announceFirst: s.queueAnnouncement,
+    announceEveryMs: s.queueAnnouncementIntervalS * 1000,
   });
   return { media, queueMusic };
 }

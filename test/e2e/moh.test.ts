@@ -17,7 +17,7 @@ import { after, before, describe, test } from "node:test";
 import { decodeG711 } from "../../agent/media/g711.ts";
 import { parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
 import { decodeWav } from "../../agent/media/wav.ts";
-import { CallScene, TRUNK_CALLER_IP, answerAfter, RING, parseSimMessage, simUser, startRoutingAgent, writeSiteFile, type SimDevice, type SimMessage, type SimUser } from "./callsim.ts";
+import { CallScene, TRUNK_CALLER_IP, answerAfter, RING, parseSimMessage, registerPhones, simUser, startRoutingAgent, writeSiteFile, type SimDevice, type SimMessage, type SimUser } from "./callsim.ts";
 import { ROOT, freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const UNIT = 200;
@@ -34,13 +34,17 @@ const op2 = add("op2", "3102", { callLimit: 1 });
 const other = add("x1", "3199");
 
 let agent: RunningAgent;
+/** A second agent with the queue prompt first and every 7 s. */
+let announcing: RunningAgent | undefined;
 let mediaMin: number;
 const scene = new CallScene(() => agent);
-const hold = (() => {
-  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio/hold.wav")));
+function sound(file: string): Int16Array {
+  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio", file)));
   if (!r.ok) throw new Error(r.reason);
   return r.samples;
-})();
+}
+const hold = sound("hold.wav");
+const welcome = sound("queue-welcome.wav");
 
 /** An even port with the next few free for the agent's media range (bind(0) hands out odd ports). */
 async function mediaRange(): Promise<number> {
@@ -75,7 +79,10 @@ before(async () => {
   await agent.waitForLog(/sound loaded sound=hold/, 60_000);
 });
 
-after(() => scene.close());
+after(async () => {
+  await scene.close();
+  await announcing?.kill();
+});
 
 // --- a trunk caller with its own RTP receiver ------------------------------------------------------
 
@@ -203,15 +210,20 @@ function mediaOf(msg: SimMessage): { address: string; port: number; codec: strin
   return { address: c[1]!, port: Number(m[1]), codec: m[2]! };
 }
 
-/** Normalised cross-correlation of x against the looped reference at each lag; the best lag and coefficient. */
-function bestCorrelation(x: Int16Array, ref: Int16Array): { lag: number; r: number } {
+/**
+ * Normalised cross-correlation of the received samples of x (where `got` is set: frames the
+ * appliance skipped on a stall are left out) against the looped reference at every lag; the
+ * best lag and its coefficient.
+ */
+function bestCorrelation(x: Int16Array, got: Uint8Array, ref: Int16Array): { lag: number; r: number } {
   let best = { lag: -1, r: -1 };
   let xx = 0;
-  for (const v of x) xx += v * v;
+  for (let i = 0; i < x.length; i++) if (got[i]) xx += x[i]! * x[i]!;
   for (let lag = 0; lag < ref.length; lag += 1) {
     let xy = 0;
     let yy = 0;
     for (let i = 0; i < x.length; i++) {
+      if (!got[i]) continue;
       const y = ref[(lag + i) % ref.length]!;
       xy += x[i]! * y;
       yy += y * y;
@@ -220,6 +232,20 @@ function bestCorrelation(x: Int16Array, ref: Int16Array): { lag: number; r: numb
     if (r > best.r) best = { lag, r };
   }
   return best;
+}
+
+/** Normalised correlation of the received samples of x with the start of ref (lag 0). */
+function correlationAtStart(x: Int16Array, got: Uint8Array, ref: Int16Array): number {
+  let xy = 0;
+  let xx = 0;
+  let yy = 0;
+  for (let i = 0; i < x.length && i < ref.length; i++) {
+    if (!got[i]) continue;
+    xy += x[i]! * ref[i]!;
+    xx += x[i]! * x[i]!;
+    yy += ref[i]! * ref[i]!;
+  }
+  return xy / Math.sqrt(xx * yy || 1);
 }
 
 /** Ports of the agent's media range that something holds now. */
@@ -280,9 +306,12 @@ describe("music on hold while waiting for an operator", () => {
       const start = pk[0]!.timestamp;
       const span = ((pk.at(-1)!.timestamp - start) >>> 0) + 160;
       const decoded = new Int16Array(span);
-      for (const p of pk) decoded.set(decodeG711("PCMA", p.payload), (p.timestamp - start) >>> 0);
-      const window = decoded.subarray(0, 2000);
-      const { lag, r } = bestCorrelation(window, hold);
+      const got = new Uint8Array(span);
+      for (const p of pk) {
+        decoded.set(decodeG711("PCMA", p.payload), (p.timestamp - start) >>> 0);
+        got.fill(1, (p.timestamp - start) >>> 0, ((p.timestamp - start) >>> 0) + 160);
+      }
+      const { lag, r } = bestCorrelation(decoded.subarray(0, 8000), got.subarray(0, 8000), hold);
       assert.equal(lag, 0, "the music starts at the file's beginning");
       assert.ok(r > 0.99, `correlation with hold.wav ${r.toFixed(4)}`);
       // Pacing: RFC 3550 §6.4.1 interarrival jitter over the packets, and no drift.
@@ -366,6 +395,71 @@ describe("music on hold while waiting for an operator", () => {
       await until(async () => !(await busyMediaPorts()).includes(media.port) || undefined, 5000, 20);
     } finally {
       caller.close();
+    }
+  });
+});
+
+describe("queue announcements", () => {
+  test("the prompt plays first, then the music, then the prompt again after the interval (each found in the decoded RTP)", async () => {
+    const min = await mediaRange();
+    const file = writeSiteFile(tempDir("ringedge-site-"), {
+      settings: { pickupCode: "*8", trunk: { host: "127.0.0.1", port: await freePort(), transport: "udp", allowedSources: [TRUNK_CALLER_IP] } },
+      users,
+      devices,
+      groups: [{ id: "hotline", number: "790", strategy: "sequential", members: ["op1"], ringCount: 1, noAnswer: { kind: "wait-for-operator", maxWaitS: 60, then: { kind: "hangup" } } }],
+    });
+    announcing = await startRoutingAgent(file, {
+      ringUnitMs: UNIT,
+      env: { RINGEDGE_MEDIA_PORTS: `${min}-${min + 9}`, RINGEDGE_QUEUE_ANNOUNCEMENT: "true", RINGEDGE_QUEUE_ANNOUNCEMENT_INTERVAL_S: "7" },
+    });
+    await announcing.waitForLog(/sound loaded sound=queue-welcome/, 60_000);
+    await announcing.waitForLog(/sound loaded sound=hold/, 60_000);
+    // op1 is busy: the call waits (with every member offline it would go straight to `then`).
+    const phones = await registerPhones(announcing.port, [op1, other]);
+    await busy(phones[0]!, phones[1]!, "3101");
+    const caller = await Caller.open(announcing.port);
+    try {
+      caller.invite("790");
+      const progress = await until(() => caller.first(183), 10_000, 2);
+      const media = mediaOf(progress.msg);
+      const source = `${media.address}:${media.port}`;
+      // 7 s of prompt and music, then 1 s of the prompt again.
+      await until(() => {
+        const pk = caller.from(source);
+        return (pk.length > 0 && ((pk.at(-1)!.timestamp - pk[0]!.timestamp) >>> 0) >= 8.2 * 8000) || undefined;
+      }, 20_000, 20);
+      const pk = caller.from(source);
+      const start = pk[0]!.timestamp;
+      const span = ((pk.at(-1)!.timestamp - start) >>> 0) + 160;
+      const decoded = new Int16Array(span);
+      const got = new Uint8Array(span);
+      for (const p of pk) {
+        decoded.set(decodeG711("PCMA", p.payload), (p.timestamp - start) >>> 0);
+        got.fill(1, (p.timestamp - start) >>> 0, ((p.timestamp - start) >>> 0) + 160);
+      }
+      // Every talkspurt start (marker bit) is the start of a file: which one, by correlation.
+      const starts: string[] = [];
+      const markers: string[] = [];
+      for (const p of pk) {
+        if (!p.marker) continue;
+        const at = (p.timestamp - start) >>> 0;
+        const x = decoded.subarray(at, at + 1600);
+        if (x.length < 1600) continue;
+        const g = got.subarray(at, at + 1600);
+        const w = correlationAtStart(x, g, welcome);
+        const h = correlationAtStart(x, g, hold);
+        markers.push(`${(at / 8000).toFixed(2)}:w${w.toFixed(2)}/h${h.toFixed(2)}`);
+        if (w > 0.95) starts.push(`welcome@${(at / 8000).toFixed(2)}`);
+        else if (h > 0.95) starts.push(`hold@${(at / 8000).toFixed(2)}`);
+      }
+      assert.deepEqual(starts.map((x) => x.split("@")[0]), ["welcome", "hold", "welcome"], `file starts ${starts.join(" ")}; markers ${markers.join(" ")}`);
+      const [, holdAt, againAt] = starts.map((x) => Number(x.split("@")[1]));
+      assert.ok(Math.abs(holdAt! - welcome.length / 8000) < 0.05, `the music follows the prompt's end: ${starts.join(" ")}`);
+      assert.ok(againAt! > 6.5 && againAt! < 7.8, `the prompt again after 7 s: ${starts.join(" ")}`);
+      await caller.cancel();
+    } finally {
+      caller.close();
+      for (const p of phones) p.close();
     }
   });
 });
