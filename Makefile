@@ -5,8 +5,8 @@ NODE  ?= node
 TSX   := $(NODE) --import tsx
 # Debian packages the end-to-end tests drive as real peers.
 # openssl: test device certificates; chromium: the status page's browser test (driven by
-# playwright-core, which never downloads a browser).
-SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl chromium:chromium
+# playwright-core, which never downloads a browser); baresip: a real UA hearing music on hold.
+SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl chromium:chromium baresip:baresip
 # Only the benchmarks need these (packet timestamps on loopback).
 BENCHPKGS := tshark:tshark
 
