@@ -51,6 +51,8 @@ interface Waiting {
   session: string | undefined;
   /** The periodic announcement's timer. */
   timer: NodeJS.Timeout | undefined;
+  /** The 183 went out and the proxy holds back ringing for this call. */
+  holdingRinging: boolean;
 }
 
 /** The caller's SDP offer from its INVITE (application/sdp only). */
@@ -89,7 +91,7 @@ export class QueueMusic {
       log.warn("queue music: no hold music loaded; the caller gets 182 only", { callId: pc.request.callId });
       return;
     }
-    const w: Waiting = { session: undefined, timer: undefined };
+    const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false };
     this.waiting.set(pc.id, w);
     const { offer, choice } = o.value;
     const address = this.deps.mediaAddress(pc.flow);
@@ -122,6 +124,7 @@ export class QueueMusic {
         w.session = r.id;
         const sdp = buildAnswer(offer, choice, { address, port: r.port, sessionId: randomInt(1, 2 ** 31) });
         this.deps.proxy.suppressRinging?.(pc, true);
+        w.holdingRinging = true;
         this.deps.proxy.provisional(pc, 183, "Session Progress", [{ name: "contact", value: this.deps.contact(pc.flow) }], { contentType: "application/sdp", body: Buffer.from(sdp) });
         const announce = this.deps.media.has(ANNOUNCEMENT_SOUND);
         if (this.deps.announceFirst === true && announce) this.deps.media.play(r.id, ANNOUNCEMENT_SOUND, false);
@@ -145,7 +148,7 @@ export class QueueMusic {
     this.stopTimer(w);
     if (w.session !== undefined) this.deps.media.close(w.session);
     w.session = undefined;
-    this.deps.proxy.suppressRinging?.(pc, false);
+    if (w.holdingRinging) this.deps.proxy.suppressRinging?.(pc, false);
   }
 
   private stopTimer(w: Waiting): void {

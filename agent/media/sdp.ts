@@ -123,6 +123,15 @@ export interface AudioChoice {
   direction: Direction;
 }
 
+function isUnicast(address: string): boolean {
+  if (net.isIPv4(address)) {
+    const first = Number(address.split(".")[0]);
+    return address !== "0.0.0.0" && address !== "255.255.255.255" && !(first >= 224 && first <= 239);
+  }
+  const a = address.toLowerCase();
+  return a !== "::" && !a.startsWith("ff");
+}
+
 /** Encoding a payload type stands for: the rtpmap when given, else the static RFC 3551 table. */
 function encodingOf(m: SdpMedia, pt: number): string | undefined {
   const mapped = m.rtpmap.get(pt);
@@ -145,6 +154,8 @@ export function chooseAudio(offer: SdpOffer): SdpResult<AudioChoice> {
     if (m.proto !== "RTP/AVP" && m.proto !== "RTP/AVPF") continue;
     const address = m.address ?? offer.address;
     if (address === undefined) return { ok: false, reason: "audio stream has no c= address" };
+    // RFC 3264 §8.4's old hold form (0.0.0.0) and multicast are not somewhere to send a stream to.
+    if (!isUnicast(address)) return { ok: false, reason: "c= address is not a unicast address" };
     let law: G711Law | undefined;
     let payloadType = -1;
     let telephoneEvent: number | undefined;

@@ -76,6 +76,9 @@ describe("SDP answer codec choice", () => {
     ["SRTP only (RTP/SAVP)", sdp(...HEAD, "m=audio 4000 RTP/SAVP 0"), /no RTP audio/],
     ["no c= anywhere", sdp("v=0", "o=- 1 1 IN IP4 192.0.2.1", "s=-", "t=0 0", "m=audio 4000 RTP/AVP 0"), /no c= address/],
     ["PCMU at 16 kHz", sdp(...HEAD, "m=audio 4000 RTP/AVP 96", "a=rtpmap:96 PCMU/16000"), /no PCMU or PCMA/],
+    ["c=0.0.0.0 (old-style hold)", sdp("v=0", "o=- 1 1 IN IP4 192.0.2.1", "s=-", "c=IN IP4 0.0.0.0", "t=0 0", "m=audio 4000 RTP/AVP 0"), /not a unicast/],
+    ["a multicast address", sdp("v=0", "o=- 1 1 IN IP4 192.0.2.1", "s=-", "c=IN IP4 239.1.2.3/127", "t=0 0", "m=audio 4000 RTP/AVP 0"), /not a unicast/],
+    ["an IPv6 multicast address", sdp("v=0", "o=- 1 1 IN IP6 ::1", "s=-", "c=IN IP6 ff02::1", "t=0 0", "m=audio 4000 RTP/AVP 0"), /not a unicast/],
   ];
   for (const [name, text, re] of refusals) {
     it(`refuses an offer with ${name}`, () => {
