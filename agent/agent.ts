@@ -301,7 +301,10 @@ export class Agent {
     await this.transport.start();
     this.location.startSweeping();
     this.presence.start();
-    this.media = startMedia(s, this.proxy, this.log.child("media"));
+    this.media = startMedia(s, this.proxy, this.log.child("media"), {
+      bus: this.bus,
+      hasQueue: () => [...this.site.current().index.groupsById.values()].some((g) => g.noAnswer.kind === "wait-for-operator"),
+    });
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -404,7 +407,7 @@ export class Agent {
     this.subscriptions?.stop();
     this.latencyWatch?.stop();
     this.engine?.stop();
-    await this.media?.media.stop();
+    await this.media?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
     await this.control?.stop();

@@ -88,7 +88,9 @@ export class QueueMusic {
       return;
     }
     if (!this.deps.media.has(HOLD_SOUND)) {
-      log.warn("queue music: no hold music loaded; the caller gets 182 only", { callId: pc.request.callId });
+      // Normally started when the site got a queue (setup.ts); start it now for the next caller.
+      if (!this.deps.media.running()) this.deps.media.start();
+      log.warn("queue music: no hold music loaded yet; the caller gets 182 only", { callId: pc.request.callId });
       return;
     }
     const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false };

@@ -65,10 +65,15 @@ export class MediaService {
 
   constructor(private readonly opts: MediaServiceOptions) {}
 
-  /** Starts the worker and loads the sounds (so the first caller hears music at once). */
+  /** Starts the worker and loads the sounds (so the first caller hears music at once). Idempotent. */
   start(): void {
     this.stopped = false;
     this.ensureWorker();
+  }
+
+  /** Whether the worker runs (or is starting). */
+  running(): boolean {
+    return this.worker !== undefined;
   }
 
   /** Ends every session (RTCP BYE) and the worker. */

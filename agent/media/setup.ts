@@ -3,6 +3,7 @@
 import fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parsePortRange, type Settings } from "../config.ts";
+import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
@@ -20,6 +21,7 @@ export function shippedAudio(name: string): string {
 export interface MediaPlaneHandle {
   media: MediaService;
   queueMusic: QueueMusic;
+  stop(): Promise<void>;
 }
 
 /** Why a WAV file cannot be played, or undefined when it can. */
@@ -34,8 +36,13 @@ export function checkWav(file: string): string | undefined {
   return r.ok ? undefined : r.reason;
 }
 
-/** Starts the media worker and the queue's music on hold; undefined when queueMusic is off. */
-export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger): MediaPlaneHandle | undefined {
+/**
+ * The media worker and the queue's music on hold; undefined when queueMusic is off. The worker
+ * starts (and loads its sounds) as soon as the site has a wait-for-operator group — at start,
+ * or when a site with one is applied — so the first caller in a queue hears music at once, and
+ * an agent without queues pays nothing for it.
+ */
+export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean }): MediaPlaneHandle | undefined {
   if (!s.queueMusic) return undefined;
   const range = parsePortRange(s.mediaPorts);
   if (!range.ok) throw new Error(`mediaPorts ${range.reason}`); // validated by loadSettings already
@@ -49,7 +56,10 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger): M
   const sounds: Record<string, string> = { [HOLD_SOUND]: hold };
   if (s.queueAnnouncement || s.queueAnnouncementIntervalS > 0) sounds[ANNOUNCEMENT_SOUND] = shippedAudio("queue-welcome.wav");
   const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds });
-  media.start();
+  if (site.hasQueue()) media.start();
+  const off = site.bus.on("site.applied", () => {
+    if (site.hasQueue()) media.start();
+  });
   const queueMusic = new QueueMusic({
     proxy,
     media,
@@ -59,5 +69,12 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger): M
     announceFirst: s.queueAnnouncement,
     announceEveryMs: s.queueAnnouncementIntervalS * 1000,
   });
-  return { media, queueMusic };
+  return {
+    media,
+    queueMusic,
+    stop: async () => {
+      off();
+      await media.stop();
+    },
+  };
 }

@@ -30,6 +30,8 @@ function fakes() {
   const loaded = new Set([HOLD_SOUND, ANNOUNCEMENT_SOUND]);
   const media = {
     has: (s: string) => loaded.has(s),
+    running: () => true,
+    start: () => undefined,
     openSession: (req: OpenRequest, events: SessionEvents) => new Promise((resolve) => opens.push({ req, events, resolve })),
     play: (id: string, sound: string, loop: boolean) => void plays.push([id, sound, loop]),
     close: (id: string) => void closed.push(id),
