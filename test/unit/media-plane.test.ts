@@ -210,6 +210,22 @@ describe("media worker", () => {
     await until(() => svc.sessionCount() === 0 || undefined, 5000, 10);
   });
 
+  it("a worker that dies: its sessions are reported closed, the next open starts a new one", async () => {
+    let closedWith: unknown = "not yet";
+    const r = await svc.openSession({ address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: 5004, direction: "sendrecv" }, { onClosed: (st) => (closedWith = st) });
+    assert.ok(r.ok);
+    await (svc as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+    await until(() => closedWith !== "not yet" || undefined, 5000, 10);
+    assert.equal(closedWith, undefined, "closed without stats: the worker is gone");
+    assert.equal(svc.sessionCount(), 0);
+    await until(() => warnings.some((l) => l.includes("media worker exited")) || undefined, 5000, 10);
+    const again = await svc.openSession({ address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: 5004, direction: "sendrecv" }, {});
+    assert.ok(again.ok, again.ok ? "" : again.reason);
+    await until(() => svc.has("tone") || undefined, 60_000, 20);
+    svc.close(again.id);
+    await until(() => svc.sessionCount() === 0 || undefined, 5000, 10);
+  });
+
   it("runs out of port pairs cleanly and frees them on close", async () => {
     // The range holds 3 pairs.
     const opened: string[] = [];
