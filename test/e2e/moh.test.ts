@@ -153,8 +153,8 @@ class Caller {
   }
 
   /** INVITE offering PCMA, then PCMU, and telephone-event, at this caller's RTP socket. */
-  invite(number: string): void {
-    const sdp = ["v=0", `o=- 7 7 IN IP4 ${TRUNK_CALLER_IP}`, "s=-", `c=IN IP4 ${TRUNK_CALLER_IP}`, "t=0 0", `m=audio ${this.rtpPort} RTP/AVP 8 0 101`, "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15", "a=sendrecv", ""].join("\r\n");
+  invite(number: string, body?: string): void {
+    const sdp = body ?? ["v=0", `o=- 7 7 IN IP4 ${TRUNK_CALLER_IP}`, "s=-", `c=IN IP4 ${TRUNK_CALLER_IP}`, "t=0 0", `m=audio ${this.rtpPort} RTP/AVP 8 0 101`, "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15", "a=sendrecv", ""].join("\r\n");
     this.number = number;
     this.sentAt = performance.now();
     this.send([...this.head("INVITE", "1 INVITE", `<${this.ruri(number)}>`, this.ruri(number)), `Contact: <sip:trunk@${TRUNK_CALLER_IP}:${this.sipPort}>`, "Content-Type: application/sdp", `Content-Length: ${Buffer.byteLength(sdp)}`, "", sdp]);
@@ -379,6 +379,40 @@ describe("music on hold while waiting for an operator", () => {
       assert.deepEqual(await busyMediaPorts(), [], "no media port held");
     } finally {
       caller.close();
+    }
+  });
+
+  test("hostile or unusable offers get 182 Queued only (no 183, no port), and the next caller still hears music", async () => {
+    const [p1, px] = await scene.register([op1, other]);
+    const heldId = await busy(p1!, px!, "3101");
+    const offers = [
+      ["v=0", "o=- 1 1 IN IP4 127.0.0.50", "s=-", "c=IN IP4 pbx.example.com", "t=0 0", "m=audio 4000 RTP/AVP 0", ""].join("\r\n"),
+      ["v=0", "o=- 1 1 IN IP4 127.0.0.50", "s=-", "c=IN IP4 127.0.0.50", "t=0 0", "m=audio 4000 RTP/AVP 9 18", ""].join("\r\n"),
+      ["v=0", "o=- 1 1 IN IP4 127.0.0.50", "s=-", "c=IN IP4 0.0.0.0", "t=0 0", "m=audio 4000 RTP/AVP 0", ""].join("\r\n"),
+      "v=0\r\n" + "m=audio 99999 RTP/AVP 0\r\n",
+      "\u0000\u0001garbage",
+    ];
+    const callers: Caller[] = [];
+    try {
+      for (const body of offers) {
+        const c = await Caller.open(agent.port);
+        callers.push(c);
+        c.invite("790", body);
+      }
+      await until(() => callers.every((c) => c.statuses().includes(182)) || undefined, 5000, 10);
+      await sleep(300);
+      for (const c of callers) assert.ok(!c.statuses().includes(183), `no early media for a bad offer: ${c.statuses().join(",")}`);
+      assert.deepEqual(await busyMediaPorts(), [], "no port taken for them");
+      const good = await Caller.open(agent.port);
+      callers.push(good);
+      good.invite("790");
+      await until(() => good.first(183), 5000, 2);
+      await until(() => good.rtp.length >= 5 || undefined, 5000, 5);
+      for (const c of callers) await c.cancel();
+      await until(async () => (await busyMediaPorts()).length === 0 || undefined, 5000, 20);
+      assert.equal(await p1!.hangup(heldId), 200);
+    } finally {
+      for (const c of callers) c.close();
     }
   });
 
