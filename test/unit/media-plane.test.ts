@@ -1,7 +1,7 @@
 // The media worker over real UDP on loopback: a session plays a WAV file paced at 20 ms with
 // correct RTP headers, latches to where the peer's packets come from (symmetric RTP), reports
 // RFC 4733 digits, survives hostile datagrams and commands, and frees its ports on close.
-import { after, describe, it } from "node:test";
+import { after, afterEach, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import fs from "node:fs";
@@ -94,6 +94,12 @@ describe("media worker", () => {
     for (const c of cleanup) c();
     await svc?.stop();
   });
+  // A failed test must not leave sessions (and port pairs) to the next one.
+  afterEach(async () => {
+    if (svc === undefined) return;
+    for (const id of [...(svc as unknown as { open: Map<string, unknown> }).open.keys()]) svc.close(id);
+    await until(() => svc.sessionCount() === 0 || undefined, 5000, 10);
+  });
 
   it("starts, loads a WAV file and refuses a bad one", async () => {
     ports = await freeMediaRange();
@@ -105,7 +111,7 @@ describe("media worker", () => {
     assert.equal(svc.has("broken"), false);
   });
 
-  it("plays the file paced at 20 ms: seq +1, timestamp +160, one SSRC, marker on the first packet only, audio equal to the source", async () => {
+  it("plays the file paced at 20 ms: seq +1, timestamp +160, one SSRC, marker where a talkspurt starts, audio equal to the source", async () => {
     const rx = await receiver();
     cleanup.push(() => rx.close());
     const r = await svc.openSession({ address: "127.0.0.1", law: "PCMA", payloadType: 8, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx.port, direction: "sendrecv" }, {});
@@ -116,7 +122,6 @@ describe("media worker", () => {
     await until(() => (rx.packets.length > 0 && frameOf(rx.packets.at(-1)!.pkt) >= 49) || undefined, 10_000, 10);
     const pk = rx.packets.map((p) => p.pkt);
     assert.equal(pk[0]!.marker, true);
-    assert.ok(pk.slice(1).every((p) => !p.marker), "marker only on the talkspurt's first packet");
     assert.ok(pk.every((p) => p.ssrc === pk[0]!.ssrc && p.payloadType === 8 && p.payload.length === 160));
     for (let i = 1; i < pk.length; i++) assert.equal(pk[i]!.sequence, (pk[i - 1]!.sequence + 1) & 0xffff);
     // The timestamp measures sampling time: +160 per frame; a frame the worker was too late for
@@ -125,7 +130,7 @@ describe("media worker", () => {
     for (let i = 1; i < pk.length; i++) {
       const d = (pk[i]!.timestamp - pk[i - 1]!.timestamp) >>> 0;
       assert.ok(d % 160 === 0 && d >= 160, `timestamp step ${d}`);
-      if (d > 160) assert.equal(pk[i]!.marker, true, "a jump starts a talkspurt");
+      assert.equal(pk[i]!.marker, d > 160, "the marker only where a talkspurt starts (after skipped frames)");
       skipped += d / 160 - 1;
     }
     // The audio is the file's, from its first sample (within A-law quantisation).
