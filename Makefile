@@ -5,8 +5,8 @@ NODE  ?= node
 TSX   := $(NODE) --import tsx
 # Debian packages the end-to-end tests drive as real peers.
 # openssl: test device certificates; chromium: the status page's browser test (driven by
-# playwright-core, which never downloads a browser).
-SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl chromium:chromium
+# playwright-core, which never downloads a browser); baresip: a real UA hearing music on hold.
+SYSPKGS := sip-tester:sipp sipvicious:svwar socat:socat mosquitto:mosquitto iproute2:ip util-linux:unshare openssl:openssl chromium:chromium baresip:baresip
 # Only the benchmarks need these (packet timestamps on loopback; Kamailio as the reference proxy
 # of bench/vs-kamailio.bench.ts).
 BENCHPKGS := tshark:tshark kamailio:kamailio
@@ -38,8 +38,10 @@ sysdeps:
 # The agent as shipped: one ESM bundle of agent/ (npm packages stay external), run by plain
 # node. tsx's loader thread alone costs ~30 MB of RSS, which an appliance should not pay.
 SOURCES := $(shell find agent provisioning -name '*.ts' 2>/dev/null)
+# The media worker thread (agent/media/worker.ts) is its own entry: dist/media-worker.mjs.
 dist/ringedge.mjs: node_modules/.installed $(SOURCES)
 	npx esbuild agent/main.ts --bundle --platform=node --format=esm --packages=external --target=node20 --outfile=$@ --log-level=warning
+	npx esbuild agent/media/worker.ts --bundle --platform=node --format=esm --packages=external --target=node20 --outfile=dist/media-worker.mjs --log-level=warning
 
 build: dist/ringedge.mjs
 

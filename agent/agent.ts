@@ -51,6 +51,7 @@ import { SubscriptionManager, type SubscriptionLimits } from "./sip/subscription
 import { BlfNotifier } from "./presence/blf.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
+import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -119,6 +120,8 @@ export class Agent {
   operators!: OperatorStates;
   /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
   engine!: RoutingEngine;
+  /** Media plane (music on hold); undefined when queueMusic is off. */
+  media: MediaPlaneHandle | undefined;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
@@ -304,6 +307,10 @@ export class Agent {
     await this.transport.start();
     this.location.startSweeping();
     this.presence.start();
+    this.media = startMedia(s, this.proxy, this.log.child("media"), {
+      bus: this.bus,
+      hasQueue: () => [...this.site.current().index.groupsById.values()].some((g) => g.noAnswer.kind === "wait-for-operator"),
+    });
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -329,6 +336,7 @@ export class Agent {
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
       operators: this.operators,
+      ...(this.media !== undefined ? { queueMedia: this.media.queueMusic } : {}),
     });
     this.engine.start();
     this.latencyWatch = new LatencyWatch({
@@ -412,6 +420,7 @@ export class Agent {
     this.latencyWatch?.stop();
     this.engine?.stop();
     this.operators?.stop();
+    await this.media?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
     await this.control?.stop();

@@ -96,6 +96,12 @@ export interface Settings {
   statusPageEnabled: boolean;
   statusPageListen: string;
   logFormat: LogFormat;
+  mediaPorts: string;
+  mediaAddress: string;
+  queueMusic: boolean;
+  queueMusicFile: string;
+  queueAnnouncement: boolean;
+  queueAnnouncementIntervalS: number;
 }
 
 export type SettingName = keyof Settings;
@@ -293,6 +299,21 @@ const boolCodec: Codec<boolean> = (() => {
   return { type: "boolean", fromEnv: parse, fromJson: (v) => (typeof v === "boolean" ? ok(v) : no(v, "must be true or false")), show: (v) => String(v) };
 })();
 const optionalHostPortCodec = stringCodec('host:port or ""', (s) => (s === "" ? null : (() => { const r = tryParseHostPort(s, { allowPortZero: true }); return r.ok ? null : r.reason; })()));
+/** "20000-20999": RTP/RTCP port pairs (even RTP port, RTCP the next odd one: RFC 3550 §11). */
+export function parsePortRange(s: string): { ok: true; min: number; max: number } | { ok: false; reason: string } {
+  const m = /^([0-9]{1,5})-([0-9]{1,5})$/.exec(s.trim());
+  if (m === null) return { ok: false, reason: "is not a port range like 20000-20999" };
+  const min = Number(m[1]);
+  const max = Number(m[2]);
+  if (min < 1024 || max > 65535) return { ok: false, reason: "must lie within 1024-65535" };
+  if (min % 2 !== 0) return { ok: false, reason: "must start on an even port (RTP even, RTCP odd: RFC 3550 §11)" };
+  if (max < min + 1) return { ok: false, reason: "must hold at least one even/odd port pair" };
+  return { ok: true, min, max };
+}
+const portRangeCodec = stringCodec("port range", (s) => {
+  const r = parsePortRange(s);
+  return r.ok ? null : r.reason;
+});
 const pathCodec = stringCodec('path or ""', (s) => (s.includes("\0") ? "must not contain NUL" : null));
 const ipCodec = stringCodec("IP address", (s) => (net.isIP(s) ? null : "is not an IP address"));
 
@@ -671,6 +692,37 @@ const SPECS: Specs = {
     codec: intCodec(0, 86_400),
     default: 600,
     doc: "A serial-console session with no input for this many seconds is logged out (0 = never). Reloaded on SIGHUP.",
+  },
+  // Media (agent/media/, docs/media.md).
+  mediaPorts: {
+    codec: portRangeCodec,
+    default: "20000-20999",
+    doc: "UDP ports of the media plane (music on hold): one even RTP port and the next odd RTCP port per caller listening to the appliance; a pair is freed when the call leaves the queue, however it does. 500 pairs by default. Read at start only.",
+  },
+  mediaAddress: {
+    codec: stringCodec('IP address or ""', (s) => (s === "" || net.isIP(s) ? null : "is not an IP address")),
+    default: "",
+    doc: 'Local address the media plane binds and puts in its SDP; "" = the address the call\'s SIP request reached (sipAdvertise on a wildcard socket).',
+  },
+  queueMusic: {
+    codec: boolCodec,
+    default: true,
+    doc: "Play music on hold to callers waiting for a free operator (wait-for-operator), as early media: 183 Session Progress with SDP from the appliance. false = 182 Queued only, the caller's phone makes its own ringback. Read at start only.",
+  },
+  queueMusicFile: {
+    codec: pathCodec,
+    default: "",
+    doc: 'WAV file played to waiting callers (16-bit PCM, mono or stereo; other rates than 8 kHz are converted); "" = the tune shipped in agent/media/audio/. A file that cannot be used is logged at start and the shipped tune plays. Read at start only.',
+  },
+  queueAnnouncement: {
+    codec: boolCodec,
+    default: false,
+    doc: 'Play the queue prompt (audio/queue-welcome.wav: "All our operators are busy. Please hold; you will be connected shortly.") to a caller entering the queue, before the music. Read at start only.',
+  },
+  queueAnnouncementIntervalS: {
+    codec: intCodec(0, 3600),
+    default: 0,
+    doc: "Repeat the queue prompt every this many seconds while the caller waits (the music resumes after it); 0 = never. Read at start only.",
   },
   // Observability (agent/observe/).
   metricsEnabled: {

@@ -46,6 +46,7 @@ fi
 run_bench provision 90 bench/provision.bench.ts
 run_bench mqtt 180 bench/mqtt.bench.ts
 run_bench push 120 bench/push.bench.ts
+run_bench media 90 bench/media.bench.ts
 
 "$NODE" --import tsx bench/lib.ts summary "$started" "${statuses[@]}" || failed=1
 echo "total $(( $(date +%s) - started )) s; summary in bench/results/summary.md"

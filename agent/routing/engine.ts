@@ -26,9 +26,11 @@
 // - No answer (plan.ts pickNoAnswer): voicemail — a sip: URI with an IP-literal host is
 //   forked to directly, anything else goes through the trunk; forward-mobile / forward-number
 //   go through the trunk with its prefix; wait-for-operator sends 182 Queued (RFC 3261
-//   §21.1.3) and offers the call to selectFreeOperator's pick whenever a member of the group
-//   becomes free (a dialog of theirs ended, a device of theirs came online); one offer rings
-//   for one step and then the call waits again; after maxWaitS `then` applies.
+//   §21.1.3), then music on hold as early media when deps.queueMedia is set
+//   (agent/media/queue-music.ts), and offers the call to selectFreeOperator's pick whenever a
+//   member of the group becomes free (a dialog of theirs ended, a device of theirs came
+//   online); one offer rings for one step and then the call waits again; after maxWaitS
+//   `then` applies.
 // - Direct calls (a user's extension): 480 when none of their devices is online, 486 at their
 //   call limit; otherwise every online device rings until someone answers, the caller gives
 //   up, or every branch fails (then the best failure: 6xx, else 486, else 480).
@@ -151,6 +153,8 @@ export interface EngineDeps {
    * address it claims. Absent: challenges go through the transaction.
    */
   respondStatelessly?: (tx: ServerTransaction, res: SipResponse) => void;
+  /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
+  queueMedia?: { enter(pc: ProxyCall): void; leave(pc: ProxyCall): void };
   /** One ring, ms (default 5000). */
   ringUnitMs?: number;
   /** First-fork latency budget, ms (default 2). */
@@ -828,6 +832,7 @@ export class RoutingEngine {
     this.queue.push(call);
     // RFC 3261 §21.1.3: 182 Queued; the caller keeps its ringback.
     this.proxy.provisional(call.pc, 182, "Queued");
+    this.deps.queueMedia?.enter(call.pc);
     call.queueTimer = this.clock.setTimeout(() => this.guarded(() => this.onQueueTimeout(call)), Math.max(0, until - now));
   }
 
@@ -849,6 +854,7 @@ export class RoutingEngine {
   private leaveQueue(call: EngineCall): void {
     const i = this.queue.indexOf(call);
     if (i >= 0) this.queue.splice(i, 1);
+    this.deps.queueMedia?.leave(call.pc);
     if (call.queue !== undefined) {
       if (call.queue.offerTimer !== undefined) this.clock.clearTimeout(call.queue.offerTimer);
       call.queue.offerTimer = undefined;

@@ -101,8 +101,13 @@ export interface StatefulProxyApi {
   fork(call: ProxyCall, target: BranchTarget): Branch | undefined;
   /** CANCEL one ringing branch (a sequential step ends, a device went offline). */
   cancelBranch(call: ProxyCall, branch: Branch, reason?: string): void;
-  /** Send a provisional response upstream (182 Queued while waiting for an operator). */
-  provisional(call: ProxyCall, status: number, reason: string, headers?: SipHeader[]): void;
+  /** Send a provisional response upstream (182 Queued while waiting for an operator; 183 with SDP for music on hold). */
+  provisional(call: ProxyCall, status: number, reason: string, headers?: SipHeader[], body?: { contentType: string; body: Buffer }): void;
+  /**
+   * While on, branches' 18x are not relayed upstream (the appliance plays early media to the
+   * caller on its own early dialog: another dialog's 180 would make the caller's side ring).
+   */
+  suppressRinging?(call: ProxyCall, on: boolean): void;
   /** Final failure upstream; every branch still alive is cancelled first. */
   reject(call: ProxyCall, status: number, reason: string, headers?: SipHeader[], options?: RejectOptions): void;
   /** Branches not yet in a final state. */

@@ -135,6 +135,8 @@ class CallImpl implements ProxyCall {
   readonly releasedLegs = new Set<string>();
   /** The answering leg as its 2xx described it, for a BYE on the dead caller's behalf. */
   callee: DialogLeg | undefined = undefined;
+  /** 180/183 from branches are not relayed upstream (the appliance plays early media: suppressRinging). */
+  holdRinging = false;
   private toTagValue: string | undefined;
 
   constructor(
@@ -358,10 +360,15 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     this.cancel(branch, reason);
   }
 
-  provisional(callApi: ProxyCall, status: number, reason: string, headers?: SipHeader[]): void {
+  provisional(callApi: ProxyCall, status: number, reason: string, headers?: SipHeader[], body?: { contentType: string; body: Buffer }): void {
     const call = this.own(callApi);
     if (call === undefined || call.finished || !Number.isInteger(status) || status < 101 || status > 199) return;
-    call.tx.respond(createResponse(call.request, status, reason, { toTag: call.toTag, ...(headers ? { headers } : {}) }));
+    call.tx.respond(createResponse(call.request, status, reason, { toTag: call.toTag, ...(headers ? { headers } : {}), ...(body ? { contentType: body.contentType, body: body.body } : {}) }));
+  }
+
+  suppressRinging(callApi: ProxyCall, on: boolean): void {
+    const call = this.own(callApi);
+    if (call !== undefined) call.holdRinging = on;
   }
 
   reject(callApi: ProxyCall, status: number, reason: string, headers?: SipHeader[], options: RejectOptions = {}): void {
@@ -566,8 +573,10 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
       this.dialogs.add(call.request.callId, call.request.from.tag ?? "", tag, call.tx.flow, branch.target.flow, "early", { call, branch }, performance.now());
     }
     // §16.7 step 5: "Any provisional response other than a 100 (Trying) MUST be forwarded
-    // upstream immediately."
-    call.tx.respond(stripTopVia(res));
+    // upstream immediately." Except while the appliance itself plays early media to the
+    // caller (suppressRinging, agent/media/queue-music.ts): the proxy is then the caller's UAS
+    // for that early dialog, and another branch's ringing would start a second ring cycle.
+    if (!call.holdRinging) call.tx.respond(stripTopVia(res));
     if (first && branch.state === "ringing" && (status === 180 || status === 183)) {
       this.emit(call, "onRinging", (e) => e.onRinging?.(call, branch, res));
     }

@@ -146,7 +146,7 @@ export function assertNoSecrets(log: string): void {
 }
 
 /** What `bin/ringedge.js` loads at run time: the program, its data and its packages. */
-const RUNTIME_PARTS = ["bin", "agent", "provisioning", "device-profiles", "contract", "package.json", "tsconfig.json", "node_modules"];
+const RUNTIME_PARTS = ["bin", "agent", "provisioning", "device-profiles", "contract", "audio", "package.json", "tsconfig.json", "node_modules"];
 let readableCopy: string | undefined;
 
 /**

@@ -331,6 +331,28 @@ describe("responses (§16.7)", () => {
     assert.equal(w.proxy.stats().earlyDialogs, 1);
   });
 
+  test("while the appliance plays early media (suppressRinging) branches' 18x are not relayed; its own 183 with SDP is, on the proxy's tag", async () => {
+    w.caller.send(invite());
+    await settle();
+    const call = w.calls[0]!;
+    const sdp = Buffer.from("v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 20000 RTP/AVP 0\r\n");
+    w.proxy.suppressRinging(call, true);
+    w.proxy.provisional(call, 183, "Session Progress", [{ name: "contact", value: "<sip:127.0.0.1:5060>" }], { contentType: "application/sdp", body: sdp });
+    const invA = w.a.lastRequest("INVITE");
+    w.a.respond(invA, 180, "Ringing", "a1");
+    w.a.respond(invA, 183, "Session Progress", "a1");
+    assert.deepEqual(w.caller.responses().map((r) => r.status), [100, 183]);
+    const own = w.caller.responses(183)[0]!;
+    assert.notEqual(own.to.tag, "a1");
+    assert.equal(getHeader(own, "content-type"), "application/sdp");
+    assert.equal(own.body.toString(), sdp.toString());
+    assert.deepEqual(w.events.ringing, ["sip:phone@192.0.2.21:5060"], "the engine still hears of the ringing");
+    // Music over: ringing is relayed again.
+    w.proxy.suppressRinging(call, false);
+    w.a.respond(invA, 180, "Ringing", "a1");
+    assert.deepEqual(w.caller.responses().map((r) => r.status), [100, 183, 180]);
+  });
+
   test("first 2xx relayed at once; every other branch gets CANCEL with the RFC 3326 Reason", async () => {
     const { invB } = await ringBoth();
     w.b.respond(invB, 200, "OK", "b1");

@@ -1,0 +1,79 @@
+// The messages between the main thread (signalling) and the media worker (agent/media/worker.ts),
+// which owns every RTP/RTCP socket. Small, structured-clone-able objects; the worker checks each
+// command it receives (validCommand) since a bad one must never take the media plane down.
+import type { G711Law } from "./g711.ts";
+import type { Direction } from "./sdp.ts";
+
+export interface WorkerConfig {
+  /** Even first port of the RTP/RTCP pairs (RTP on even ports, RTCP on the next, RFC 3550 §11). */
+  portMin: number;
+  /** Last port of the range (inclusive). */
+  portMax: number;
+  /** RTCP CNAME (RFC 3550 §6.5.1). */
+  cname: string;
+}
+
+export type MediaCommand =
+  /** Read a WAV file into the worker's sound table under `sound`. */
+  | { op: "load"; sound: string; path: string }
+  /** Bind a port pair on `address` and prepare a stream toward the offer's address. */
+  | { op: "open"; id: string; address: string; law: G711Law; payloadType: number; telephoneEvent: number | undefined; remoteAddress: string; remotePort: number; direction: Direction }
+  /** Play a loaded sound from its start (replacing what plays now); `loop` repeats it seamlessly. */
+  | { op: "play"; id: string; sound: string; loop: boolean }
+  /** End the stream: RTCP BYE, sockets closed, ports free. */
+  | { op: "close"; id: string };
+
+export interface SessionStats {
+  packetsSent: number;
+  packetsReceived: number;
+  /** Datagrams refused as malformed RTP or RTCP, or of a payload type not negotiated. */
+  badPackets: number;
+  /** Frames dropped because the worker woke up too late to send them in time. */
+  framesSkipped: number;
+}
+
+export type MediaEvent =
+  | { ev: "ready" }
+  | { ev: "loaded"; sound: string; frames: number }
+  | { ev: "load-failed"; sound: string; reason: string }
+  | { ev: "opened"; id: string; port: number }
+  | { ev: "open-failed"; id: string; reason: string }
+  /** The far end's first RTP packet came from here: we send there from now on (symmetric RTP). */
+  | { ev: "latched"; id: string; address: string; port: number }
+  | { ev: "digit"; id: string; digit: string }
+  | { ev: "play-ended"; id: string; sound: string }
+  | { ev: "closed"; id: string; stats: SessionStats }
+  | { ev: "error"; message: string };
+
+const LAWS = new Set(["PCMU", "PCMA"]);
+const DIRS = new Set(["sendrecv", "sendonly", "recvonly", "inactive"]);
+const isPort = (n: unknown): boolean => typeof n === "number" && Number.isInteger(n) && n > 0 && n < 65536;
+const isPt = (n: unknown): boolean => typeof n === "number" && Number.isInteger(n) && n >= 0 && n <= 127;
+const isId = (s: unknown): s is string => typeof s === "string" && s.length > 0 && s.length <= 128;
+
+/** Whether a message is a well-formed command (the worker ignores anything else). */
+export function validCommand(m: unknown): m is MediaCommand {
+  if (typeof m !== "object" || m === null) return false;
+  const c = m as Record<string, unknown>;
+  switch (c.op) {
+    case "load":
+      return isId(c.sound) && typeof c.path === "string" && c.path.length > 0;
+    case "open":
+      return (
+        isId(c.id) &&
+        typeof c.address === "string" &&
+        LAWS.has(c.law as string) &&
+        isPt(c.payloadType) &&
+        (c.telephoneEvent === undefined || isPt(c.telephoneEvent)) &&
+        typeof c.remoteAddress === "string" &&
+        isPort(c.remotePort) &&
+        DIRS.has(c.direction as string)
+      );
+    case "play":
+      return isId(c.id) && isId(c.sound) && typeof c.loop === "boolean";
+    case "close":
+      return isId(c.id);
+    default:
+      return false;
+  }
+}
