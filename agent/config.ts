@@ -77,6 +77,13 @@ export interface Settings {
   guardSourceMaxTransactions: number;
   guardFloodBanS: number;
   guardAllowlist: string[];
+  overloadLoopBusyPct: number;
+  overloadLagMs: number;
+  overloadUdpQueuePct: number;
+  overloadMaxCallsSetup: number;
+  overloadMaxServerTransactions: number;
+  overloadClearPct: number;
+  overloadRetryAfterS: number;
   subscribeMaxPerDevice: number;
   subscribeRateMax: number;
   subscribeRateWindowS: number;
@@ -600,6 +607,42 @@ const SPECS: Specs = {
     codec: listCodec(ipCodec, { minItems: 0, unique: true }),
     default: [],
     doc: "Source addresses never banned or rate-limited (e.g. the SIP trunk, a local SBC).",
+  },
+  // Overload control (agent/sip/overload.ts): past any of these, new dialog-creating requests get 503 + Retry-After.
+  overloadLoopBusyPct: {
+    codec: intCodec(0, 100),
+    default: 90,
+    doc: "Overload when the signalling event loop was busy this share of a 100 ms sample, percent: a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS, REGISTER from an unregistered address) is refused with 503 + Retry-After until it is back below overloadClearPct of this; 0 disables.",
+  },
+  overloadLagMs: {
+    codec: intCodec(0, 60_000),
+    default: 100,
+    doc: "Overload when the event loop's timers ran this late on average over a 100 ms sample, ms (a long synchronous task); 0 disables.",
+  },
+  overloadUdpQueuePct: {
+    codec: intCodec(0, 100),
+    default: 50,
+    doc: "Overload when a SIP UDP socket's kernel receive queue is this full, percent of its buffer (read from /proc/net/udp every 100 ms; datagrams are lost when it is full); 0 disables.",
+  },
+  overloadMaxCallsSetup: {
+    codec: intCodec(0, 1_000_000),
+    default: 500,
+    doc: "Calls being set up (forked and ringing, not yet answered) at which every new call and other new request is refused with 503 until fewer than overloadClearPct of this remain; 0 disables.",
+  },
+  overloadMaxServerTransactions: {
+    codec: intCodec(0, 1_000_000),
+    default: 50_000,
+    doc: "Live SIP server transactions (a UDP one lingers 32 s after its answer) at which new requests are refused with 503, well before the table's hard limit of 100,000 where even BYEs and re-REGISTERs would be; 0 disables.",
+  },
+  overloadClearPct: {
+    codec: intCodec(1, 100),
+    default: 80,
+    doc: "Hysteresis of overload control: overload ends only once every signal is below this percentage of its limit.",
+  },
+  overloadRetryAfterS: {
+    codec: intCodec(1, 3600),
+    default: 5,
+    doc: "Retry-After (RFC 3261 §20.33) of the overload 503, seconds; each 503 adds up to half of it again at random so refused callers do not return together.",
   },
   subscribeMaxPerDevice: {
     codec: intCodec(1, 10_000),
