@@ -612,7 +612,7 @@ const SPECS: Specs = {
   overloadLoopBusyPct: {
     codec: intCodec(0, 100),
     default: 90,
-    doc: "Overload when the signalling event loop was busy this share of a 100 ms sample, percent: a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS, REGISTER from an unregistered address) is refused with 503 + Retry-After until it is back below overloadClearPct of this; 0 disables.",
+    doc: "Overload when the signalling event loop was busy this share of a 100 ms sample, percent: a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS, REGISTER from an unregistered address) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
   },
   overloadLagMs: {
     codec: intCodec(0, 60_000),
@@ -627,17 +627,17 @@ const SPECS: Specs = {
   overloadMaxCallsSetup: {
     codec: intCodec(0, 1_000_000),
     default: 500,
-    doc: "Calls being set up (forked and ringing, not yet answered) at which every new call and other new request is refused with 503 until fewer than overloadClearPct of this remain; 0 disables.",
+    doc: "Calls being set up (forked and ringing, not yet answered) at which every new call and other new request is refused with 503, until fewer than 95 % of this remain; 0 disables.",
   },
   overloadMaxServerTransactions: {
     codec: intCodec(0, 1_000_000),
     default: 50_000,
-    doc: "Live SIP server transactions (a UDP one lingers 32 s after its answer) at which new requests are refused with 503, well before the table's hard limit of 100,000 where even BYEs and re-REGISTERs would be; 0 disables.",
+    doc: "Live SIP server transactions (a UDP one lingers 32 s after its answer) at which new requests are refused with 503 (until fewer than 95 % remain), well before the table's hard limit of 100,000 where even BYEs and re-REGISTERs would be; 0 disables.",
   },
   overloadClearPct: {
     codec: intCodec(1, 100),
     default: 80,
-    doc: "Hysteresis of overload control: overload ends only once every signal is below this percentage of its limit.",
+    doc: "Hysteresis of overload control on the sampled signals (loop busy, lag, UDP queue): the share of new requests refused falls, step by step, only while each is below this percentage of its limit; it rises at every sample over a limit.",
   },
   overloadRetryAfterS: {
     codec: intCodec(1, 3600),

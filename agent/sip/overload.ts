@@ -13,8 +13,10 @@
 //     NOTIFY/INFO/UPDATE, and REGISTER from an address:port that holds no binding.
 //   - counts (calls being set up, server transactions): exact, re-read for every new request.
 //     judgeCounts() latches overload when one reaches its limit and releases it only when every
-//     count is below clearPct % of its limit (hysteresis band), so a full agent does not admit
-//     and refuse alternately at the edge.
+//     count is below COUNT_CLEAR_PCT (95 %) of its limit. Counts need no wide band (each
+//     admission below the limit is exactly "there is room", and a wide band would refuse calls
+//     the agent could carry); the narrow one keeps a full agent from entering and leaving
+//     overload (logs, events) with every call at the edge.
 //   - sampled signals (how busy the event loop was, its timer delay, the UDP receive queues):
 //     noisy and late, so they do not switch admission on and off (an on/off switch on a CPU
 //     signal swings between saturation and idleness and completes fewer calls than the agent
@@ -52,7 +54,7 @@ export interface OverloadLimits {
   maxCallsSetup: number;
   /** Live server transactions (all sources); 0 disables. */
   maxServerTransactions: number;
-  /** Hysteresis: overload ends when every signal is below this percentage of its limit (1-100). */
+  /** Hysteresis of the sampled signals: the share refused falls only while each is below this percentage of its limit (1-100). */
   clearPct: number;
   /** Base Retry-After of the 503, seconds (≥ 1). */
   retryAfterS: number;
@@ -75,6 +77,9 @@ export interface CountedSignals {
 export type SampledCause = "loopBusy" | "lag" | "udpQueue";
 export type CountedCause = "callsSetup" | "serverTransactions";
 export type OverloadCause = SampledCause | CountedCause;
+
+/** A count latched at its limit is released below this percentage of it (see the header). */
+export const COUNT_CLEAR_PCT = 95;
 
 /** Share of new requests refused on sampled signals: the step down per calm sample, the least step up. */
 export const SHED_STEP_DOWN = 0.05;
@@ -124,7 +129,7 @@ export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLim
 
 /**
  * Whether the exact counts hold the agent in overload (pure). Enters when a count reaches its
- * limit; a latched overload ends only when every count is below clearPct % of its limit.
+ * limit; a latched overload ends only when every count is below COUNT_CLEAR_PCT % of its limit.
  * Returns the count that is over (or, latched, still above the clear level), or null.
  */
 export function judgeCounts(latched: CountedCause | null, c: CountedSignals, l: OverloadLimits): CountedCause | null {
@@ -134,7 +139,7 @@ export function judgeCounts(latched: CountedCause | null, c: CountedSignals, l: 
   ];
   for (const [cause, v, limit] of rows) if (limit > 0 && v >= limit) return cause;
   if (latched === null) return null;
-  return rows.some(([, v, limit]) => limit > 0 && v * 100 >= limit * l.clearPct) ? latched : null;
+  return rows.some(([, v, limit]) => limit > 0 && v * 100 >= limit * COUNT_CLEAR_PCT) ? latched : null;
 }
 
 /** Whether to refuse a new request now: counts latched, else a draw (random in [0, 1)) under the fraction. */

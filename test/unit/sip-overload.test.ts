@@ -58,18 +58,21 @@ describe("judgeCounts: exact counts latch with a hysteresis band", () => {
     assert.equal(judgeCounts(null, { callsSetup: 10, serverTransactions: 0 }, LIMITS), "callsSetup");
     assert.equal(judgeCounts(null, { callsSetup: 0, serverTransactions: 1000 }, LIMITS), "serverTransactions");
   });
-  test("once latched, stays until every count is below clearPct of its limit", () => {
-    let s = judgeCounts(null, { callsSetup: 10, serverTransactions: 0 }, LIMITS);
-    s = judgeCounts(s, { callsSetup: 9, serverTransactions: 0 }, LIMITS);
-    assert.equal(s, "callsSetup", "9 of 10 is above the 80 % clear level");
-    s = judgeCounts(s, { callsSetup: 8, serverTransactions: 0 }, LIMITS);
-    assert.equal(s, "callsSetup", "exactly 80 % still holds");
-    s = judgeCounts(s, { callsSetup: 7, serverTransactions: 850 }, LIMITS);
+  test("once latched, stays until every count is below 95 % of its limit (a narrow band: counts are exact)", () => {
+    const l = { ...LIMITS, maxCallsSetup: 100 };
+    let s = judgeCounts(null, { callsSetup: 100, serverTransactions: 0 }, l);
+    s = judgeCounts(s, { callsSetup: 96, serverTransactions: 0 }, l);
+    assert.equal(s, "callsSetup", "96 of 100 is above the clear level");
+    s = judgeCounts(s, { callsSetup: 95, serverTransactions: 0 }, l);
+    assert.equal(s, "callsSetup", "exactly 95 % still holds");
+    s = judgeCounts(s, { callsSetup: 94, serverTransactions: 990 }, l);
     assert.equal(s, "callsSetup", "another count above its clear level holds it too");
-    s = judgeCounts(s, { callsSetup: 7, serverTransactions: 10 }, LIMITS);
+    s = judgeCounts(s, { callsSetup: 94, serverTransactions: 10 }, l);
     assert.equal(s, null);
     // Not latched, the band alone does not enter.
-    assert.equal(judgeCounts(null, { callsSetup: 9, serverTransactions: 999 }, LIMITS), null);
+    assert.equal(judgeCounts(null, { callsSetup: 99, serverTransactions: 999 }, l), null);
+    // clearPct is the sampled signals' band: it does not widen the counts' one.
+    assert.equal(judgeCounts("callsSetup", { callsSetup: 94, serverTransactions: 0 }, { ...l, clearPct: 10 }), null);
   });
   test("a limit of 0 disables that count", () => {
     const l = { ...LIMITS, maxCallsSetup: 0 };
@@ -257,16 +260,16 @@ describe("OverloadControl behind the transaction layer", () => {
   test("hysteresis: once full, admission resumes only below the clear level; leaving is reported once", () => {
     calls = 3;
     assert.equal(control.admit("INVITE", false, false), false);
-    calls = 2; // 2 of 3 is below 80 %: clear
+    calls = 2; // 2 of 3 is below 95 %: clear
     assert.equal(control.admit("INVITE", false, false), true);
-    limits.maxCallsSetup = 10;
-    calls = 10;
+    limits.maxCallsSetup = 40;
+    calls = 40;
     assert.equal(control.admit("INVITE", false, false), false);
-    calls = 9;
+    calls = 39;
     assert.equal(control.admit("INVITE", false, false), false, "in the band: still shedding");
-    calls = 8;
-    assert.equal(control.admit("INVITE", false, false), false, "80 % is not below 80 %");
-    calls = 7;
+    calls = 38;
+    assert.equal(control.admit("INVITE", false, false), false, "95 % is not below 95 %");
+    calls = 37;
     assert.equal(control.admit("INVITE", false, false), true);
     assert.deepEqual(changes, [[true, "callsSetup"], [false, null], [true, "callsSetup"], [false, null]]);
     assert.equal(control.stats().episodes, 2);
