@@ -322,7 +322,6 @@ export class Agent {
     // Bindings survive restarts: restore what was stored, then keep-alives confirm them.
     this.location.restore(this.store.listBindings().map(fromRecord));
     await this.transport.start();
-    this.overload.start();
     this.location.startSweeping();
     this.presence.start();
     this.engine = new RoutingEngine({
@@ -413,6 +412,8 @@ export class Agent {
       if (st.held) this.log.info("holding CPU wake-up latency request", { us: st.requestedUs, device: st.device });
       else this.log.warn("CPU wake-up latency request not in force", { us: st.requestedUs, reason: st.reason });
     }
+    // Sampling starts once start-up's own work (site file, store, modules) is done (sip/overload.ts).
+    this.overload.start();
     this.log.info("ringedge started", { site: s.siteId, sip: addrs, data: s.dataDir, devices: this.devicesByUsername.size });
   }
 

@@ -612,12 +612,12 @@ const SPECS: Specs = {
   overloadLoopBusyPct: {
     codec: intCodec(0, 100),
     default: 90,
-    doc: "Overload when the signalling event loop was busy this share of a 100 ms sample, percent: a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS, REGISTER from an unregistered address) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
+    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS, REGISTER from an unregistered address) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
   },
   overloadLagMs: {
     codec: intCodec(0, 60_000),
     default: 100,
-    doc: "Overload when the event loop's timers ran this late on average over a 100 ms sample, ms (a long synchronous task); 0 disables.",
+    doc: "Overload when the event loop's timers ran this late on average, ms (100 ms samples, smoothed; long synchronous tasks); 0 disables.",
   },
   overloadUdpQueuePct: {
     codec: intCodec(0, 100),

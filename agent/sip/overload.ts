@@ -31,9 +31,12 @@
 //
 // Mechanism (OverloadControl): samples the event loop every sampleMs — how busy it was
 // (performance.eventLoopUtilization: the share of time spent running callbacks; 100 % means
-// datagrams are waiting in the kernel) and its timer delay (perf_hooks monitorEventLoopDelay) —
-// and, where /proc/net/udp exists, the fill of the SIP UDP sockets' receive queues. The counts
-// come from callbacks read per request (O(1)). A new request costs one classification and a few
+// datagrams are waiting in the kernel) and its timer delay (perf_hooks monitorEventLoopDelay),
+// both smoothed over samples (SMOOTHING: a single busy sample, such as a site file applied or a
+// module loaded, is a burst, not overload; four in a row are) — and, where /proc/net/udp exists,
+// the fill of the SIP UDP sockets' receive queues, unsmoothed (a filling queue is datagrams about
+// to be lost). The first sample after start() only sets the baseline. The counts come from
+// callbacks read per request (O(1)). A new request costs one classification and a few
 // comparisons; a shed one is answered without a transaction or call record (agent.ts).
 //
 // Retransmissions never reach this: the transaction layer absorbs every copy of a request it is
@@ -242,6 +245,8 @@ export interface OverloadControlOptions {
 const COUNTED_METHODS: ReadonlySet<string> = new Set(["INVITE", "REGISTER", "SUBSCRIBE", "OPTIONS", "MESSAGE", "NOTIFY", "REFER", "PUBLISH", "INFO", "UPDATE"]);
 /** monitorEventLoopDelay's timer period, ms: its histogram holds whole periods, the lag is what exceeds it. */
 const LAG_RESOLUTION_MS = 10;
+/** Weight of the newest sample in the smoothed loop figures (exponential moving average). */
+export const SMOOTHING = 0.5;
 
 export class OverloadControl {
   private readonly sig: SampledSignals & CountedSignals = { loopBusyPct: 0, lagMs: 0, udpQueuePct: undefined, callsSetup: 0, serverTransactions: 0 };
@@ -256,6 +261,8 @@ export class OverloadControl {
   private delay: IntervalHistogram | undefined;
   private elu: EventLoopUtilization | undefined;
   private reading = false;
+  /** Samples taken since start(); the first only sets the baseline. */
+  private samples = 0;
   private readonly now: () => number;
   private readonly random: () => number;
 
@@ -269,6 +276,7 @@ export class OverloadControl {
     this.delay = monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
     this.delay.enable();
     this.elu = performance.eventLoopUtilization();
+    this.samples = 0;
     this.timer = setInterval(() => this.sample(), Math.max(10, this.o.sampleMs ?? 100));
     this.timer.unref();
   }
@@ -355,17 +363,20 @@ export class OverloadControl {
 
   private sample(): void {
     const s = this.sig;
+    const first = this.samples++ === 0;
     if (this.delay !== undefined) {
       const mean = this.delay.mean;
-      s.lagMs = Number.isFinite(mean) ? Math.max(0, mean / 1e6 - LAG_RESOLUTION_MS) : 0;
+      const lag = Number.isFinite(mean) ? Math.max(0, mean / 1e6 - LAG_RESOLUTION_MS) : 0;
+      s.lagMs = first ? 0 : smooth(s.lagMs, lag);
       this.delay.reset();
     }
     if (this.elu !== undefined) {
       const now = performance.eventLoopUtilization();
-      s.loopBusyPct = performance.eventLoopUtilization(now, this.elu).utilization * 100;
+      const busy = performance.eventLoopUtilization(now, this.elu).utilization * 100;
+      s.loopBusyPct = first ? 0 : smooth(s.loopBusyPct, busy);
       this.elu = now;
     }
-    if (!validLimits(this.o.limits)) return;
+    if (first || !validLimits(this.o.limits)) return;
     const was = this.active;
     const next = nextShedFraction(this.fraction, s, this.o.limits);
     this.fraction = next.fraction;
@@ -398,4 +409,10 @@ export class OverloadControl {
         this.reading = false;
       });
   }
+}
+
+/** Exponential moving average step; a non-finite sample leaves the average as it was. */
+export function smooth(avg: number, sample: number, weight = SMOOTHING): number {
+  if (!Number.isFinite(sample)) return avg;
+  return Number.isFinite(avg) ? avg + weight * (sample - avg) : sample;
 }

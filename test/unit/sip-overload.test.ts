@@ -18,6 +18,7 @@ import {
   requestClass,
   retryAfterS,
   shedNow,
+  smooth,
   validLimits,
   type OverloadLimits,
 } from "../../agent/sip/overload.ts";
@@ -112,6 +113,16 @@ describe("nextShedFraction: sampled signals adapt the share refused (RFC 7339 lo
     assert.equal(nextShedFraction(7, calm, LIMITS).fraction, 1 - SHED_STEP_DOWN);
     assert.deepEqual(nextShedFraction(0, { loopBusyPct: Number.NaN, lagMs: Number.POSITIVE_INFINITY, udpQueuePct: -1 }, LIMITS), { fraction: 0, cause: null });
   });
+});
+
+test("smooth: one busy sample is a burst, a run of them is overload (exponential average, weight 0.5)", () => {
+  let busy = 5;
+  busy = smooth(busy, 100);
+  assert.ok(busy < LIMITS.loopBusyPct, `one full sample: ${busy}`);
+  for (let i = 0; i < 3; i++) busy = smooth(busy, 100);
+  assert.ok(busy >= LIMITS.loopBusyPct, `four in a row: ${busy}`);
+  assert.equal(smooth(40, Number.NaN), 40, "a non-finite sample changes nothing");
+  assert.equal(smooth(Number.NaN, 30), 30, "a non-finite average restarts from the sample");
 });
 
 test("shedNow: protected never; new when counts latch, else by the draw", () => {
