@@ -174,9 +174,9 @@ export class Agent {
    * 503 past capacity; in-dialog ones, ACK, CANCEL, BYE and a registered phone's REGISTER pass).
    */
   private readonly admitNew = (source: string, inFlight: number, req: SipRequest): boolean | "shed" =>
-    this.admitSource(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, false) || "shed");
+    this.admitSource(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, false, req) || "shed");
   private readonly admitNewFromDevice = (source: string, inFlight: number, req: SipRequest): boolean | "shed" =>
-    this.admitDeviceFlow(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, true) || "shed");
+    this.admitDeviceFlow(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, true, req) || "shed");
   /** Metrics endpoint and status page (agent/observe/). */
   observe: Observability | undefined;
   /** One info line per change, call, provisioning fetch and ban (agent/observe/audit.ts). */

@@ -41,10 +41,15 @@
 //
 // Retransmissions never reach this: the transaction layer absorbs every copy of a request it is
 // handling before admission runs (transaction/layer.ts receiveRequest), so a retransmission is
-// never counted as new load nor processed twice. A retransmission of a request that was shed
-// holds no state and is judged again (another stateless 503, RFC 3261 §16.11 style).
+// never counted as new load nor processed twice. A request that was shed holds no transaction;
+// its key is remembered for 64×T1 (a bounded LRU of strings) so that its retransmissions get the
+// same 503 again instead of being judged anew: admitting a later copy would start a call the
+// caller has already given up on (it took the first 503 as final and ACKed it).
 import fs from "node:fs";
 import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from "node:perf_hooks";
+import { LruMap } from "./guard.ts";
+import { rfc2543Key, serverKey } from "./transaction/keys.ts";
+import type { SipRequest } from "./types.ts";
 
 export interface OverloadLimits {
   /** Share of time the event loop ran callbacks in a sample, percent; 0 disables. */
@@ -217,6 +222,8 @@ export interface OverloadStats {
   /** New requests refused with 503 since start, in all and by method. */
   shed: number;
   shedByMethod: Record<string, number>;
+  /** Retransmissions of shed requests answered 503 again (not counted in shed). */
+  reshed: number;
   /** The last figures judged (sampled ones from the last sample). */
   signals: SampledSignals & CountedSignals;
   limits: OverloadLimits;
@@ -245,6 +252,9 @@ export interface OverloadControlOptions {
 const COUNTED_METHODS: ReadonlySet<string> = new Set(["INVITE", "REGISTER", "SUBSCRIBE", "OPTIONS", "MESSAGE", "NOTIFY", "REFER", "PUBLISH", "INFO", "UPDATE"]);
 /** monitorEventLoopDelay's timer period, ms: its histogram holds whole periods, the lag is what exceeds it. */
 const LAG_RESOLUTION_MS = 10;
+/** How long, and how many, shed transactions are remembered: 64×T1, as long as a UAC retransmits (RFC 3261 §17.1.1.2, §17.1.2.2). */
+const SHED_MEMORY_MS = 32_000;
+const SHED_MEMORY_MAX = 20_000;
 /** Weight of the newest sample in the smoothed loop figures (exponential moving average). */
 export const SMOOTHING = 0.5;
 
@@ -255,6 +265,9 @@ export class OverloadControl {
   private activeSince = 0;
   private activeCause: OverloadCause | null = null;
   private shedTotal = 0;
+  private reshed = 0;
+  /** Transaction key → when it was shed (see the header). */
+  private readonly recentlyShed = new LruMap<number>(SHED_MEMORY_MAX);
   private readonly shedByMethod = new Map<string, number>();
   private episodes = 0;
   private timer: NodeJS.Timeout | undefined;
@@ -293,14 +306,24 @@ export class OverloadControl {
    * Admission of one new request (never called for retransmissions: the transaction layer
    * absorbs those first). true: go on; false: answer 503 with retryAfter() and keep no state.
    */
-  admit(method: string, inDialog: boolean, registeredFlow: boolean): boolean {
+  admit(method: string, inDialog: boolean, registeredFlow: boolean, req?: SipRequest): boolean {
     const cls = requestClass(method, inDialog, registeredFlow);
     if (cls === "protected" || !validLimits(this.o.limits)) return true;
+    if (req !== undefined && this.recentlyShed.size > 0) {
+      const key = transactionKey(req);
+      const at = key === undefined ? undefined : this.recentlyShed.get(key);
+      if (at !== undefined && this.now() - at < SHED_MEMORY_MS) {
+        this.reshed++;
+        return false;
+      }
+    }
     this.judgeCounts();
     if (!shedNow(cls, this.counted, this.fraction, this.random())) return true;
     this.shedTotal++;
-    const key = COUNTED_METHODS.has(method) ? method : "other";
-    this.shedByMethod.set(key, (this.shedByMethod.get(key) ?? 0) + 1);
+    const m = COUNTED_METHODS.has(method) ? method : "other";
+    this.shedByMethod.set(m, (this.shedByMethod.get(m) ?? 0) + 1);
+    const key = req === undefined ? undefined : transactionKey(req);
+    if (key !== undefined) this.recentlyShed.set(key, this.now());
     return false;
   }
 
@@ -329,6 +352,7 @@ export class OverloadControl {
       episodes: this.episodes,
       shed: this.shedTotal,
       shedByMethod: Object.fromEntries(this.shedByMethod),
+      reshed: this.reshed,
       signals: { ...this.sig },
       limits: { ...this.o.limits },
     };
@@ -415,4 +439,9 @@ export class OverloadControl {
 export function smooth(avg: number, sample: number, weight = SMOOTHING): number {
   if (!Number.isFinite(sample)) return avg;
   return Number.isFinite(avg) ? avg + weight * (sample - avg) : sample;
+}
+
+/** The key a server transaction for this request would have (RFC 3261 §17.2.3, RFC 2543 fallback). */
+function transactionKey(req: SipRequest): string | undefined {
+  return serverKey(req) ?? rfc2543Key(req);
 }

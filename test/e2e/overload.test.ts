@@ -98,6 +98,10 @@ test("offered twice its capacity in calls, the agent completes what it admits an
   assert.equal(r.code, 0, `SIPp: every call completes or gets 503 with Retry-After\n${r.stdout.slice(-2000)}\n${r.stderr.slice(-800)}`);
   assert.equal(finals.size, calls, "every INVITE got a final response");
   assert.equal(answered + refused.length, calls, `finals other than 200/503: ${[...finals.values()].map((m) => m.status).join(",")}`);
+  // No call was both refused and answered: a retransmitted INVITE of a refused call gets the
+  // same 503, never a late admission the caller would not ACK.
+  const mixed = [...finals.keys()].filter((id) => new Set(trace.filter((x) => x.dir === "received" && x.msg.header("call-id") === id && (x.msg.status ?? 0) >= 200 && / INVITE$/.test(x.msg.header("cseq") ?? "")).map((x) => x.msg.status)).size > 1);
+  assert.deepEqual(mixed, [], "calls with both a 503 and a 200");
   assert.equal(byeOk, answered, "every admitted call was hung up cleanly");
   assert.equal(pe!.byes.length, answered, "the phone saw a BYE for every call it answered");
   assert.ok(refused.length >= 1, "past capacity, calls are refused");
@@ -149,7 +153,7 @@ test("during overload a registered phone re-registers and its ACK, BYE and CANCE
   const { agent, scene } = await startSite({ RINGEDGE_OVERLOAD_MAX_SERVER_TRANSACTIONS: String(maxServerTransactions) });
   const [pa, pb, pc] = await scene.register([...a.devices, ...b.devices, ...c.devices], RING);
   // Two calls admitted before the overload: A → B (to be answered), A → C (to be cancelled).
-  const dialled = pa!.dial(b.user.extension);
+  const dialled = pa!.dial(b.user.extension, { timeoutMs: 60_000 });
   const x = await pb!.waitInvites(1);
   const y = rawCall(pa!, agent.port, c.user.extension);
   await pc!.waitInvites(1);

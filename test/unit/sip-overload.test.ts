@@ -220,20 +220,22 @@ describe("OverloadControl behind the transaction layer", () => {
   let control: OverloadControl;
   let limits: OverloadLimits;
   let changes: Array<[boolean, string | null]>;
+  let now: number;
   beforeEach(() => {
     mock.timers.enable({ apis: ["setTimeout", "setInterval"] });
     layer = new TransactionLayer({ transport: new FakeTransport(), tryingDelay: false });
     calls = 0;
     changes = [];
     limits = { ...LIMITS, loopBusyPct: 0, lagMs: 0, udpQueuePct: 0, maxCallsSetup: 3 };
-    control = new OverloadControl({ limits, callsSetup: () => calls, serverTransactions: () => layer.counts().server, random: () => 0.5, onChange: (a, c) => changes.push([a, c]) });
+    now = 1_000_000;
+    control = new OverloadControl({ limits, callsSetup: () => calls, serverTransactions: () => layer.counts().server, random: () => 0.5, now: () => now, onChange: (a, c) => changes.push([a, c]) });
   });
   afterEach(() => {
     control.stop();
     layer.close();
     mock.timers.reset();
   });
-  const admit = (_s: string, _n: number, req: SipRequest): boolean | "shed" => control.admit(req.method, req.to.tag !== undefined, false) || "shed";
+  const admit = (_s: string, _n: number, req: SipRequest): boolean | "shed" => control.admit(req.method, req.to.tag !== undefined, false, req) || "shed";
 
   test("below capacity everything is admitted; at capacity new INVITEs are shed with no transaction, protected requests pass", () => {
     assert.equal(layer.receiveRequest(request("INVITE", "z9hG4bKa1"), flow, admit).kind, "new");
@@ -261,11 +263,24 @@ describe("OverloadControl behind the transaction layer", () => {
     calls = 3; // the agent fills up meanwhile
     for (let i = 0; i < 5; i++) assert.equal(layer.receiveRequest(inv, flow, admit).kind, "absorbed");
     assert.equal(control.stats().shed, 0);
-    // A copy of a request that was shed holds no state: it is judged (and shed) again.
+    // A request that was shed holds no transaction; its copies get the same 503 again, even once
+    // there is room: the caller took the first 503 as final and would never ACK a later 200.
     const late = request("INVITE", "z9hG4bKr2");
     assert.equal(layer.receiveRequest(late, flow, admit).kind, "shed");
+    calls = 0;
     assert.equal(layer.receiveRequest(late, flow, admit).kind, "shed");
-    assert.equal(control.stats().shed, 2);
+    assert.equal(layer.receiveRequest(late, flow, admit).kind, "shed");
+    let st = control.stats();
+    assert.equal(st.shed, 1, "one new request shed");
+    assert.equal(st.reshed, 2, "its retransmissions are not new load");
+    assert.equal(layer.counts().server, 1, "and hold no state");
+    // A new request (new branch) is judged on its own: there is room now.
+    assert.equal(layer.receiveRequest(request("INVITE", "z9hG4bKr3"), flow, admit).kind, "new");
+    // After 64×T1 the caller has stopped retransmitting: the key is forgotten.
+    now += 32_000;
+    assert.equal(layer.receiveRequest(late, flow, admit).kind, "new");
+    st = control.stats();
+    assert.equal(st.reshed, 2);
   });
 
   test("hysteresis: once full, admission resumes only below the clear level; leaving is reported once", () => {
