@@ -612,12 +612,12 @@ const SPECS: Specs = {
   overloadLoopBusyPct: {
     codec: intCodec(0, 100),
     default: 90,
-    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS, REGISTER from an unregistered address) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
+    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
   },
   overloadLagMs: {
     codec: intCodec(0, 60_000),
-    default: 100,
-    doc: "Overload when the event loop's timers ran this late on average, ms (100 ms samples, smoothed; long synchronous tasks); 0 disables.",
+    default: 500,
+    doc: "Overload when the event loop's timers ran this late on average, ms (100 ms samples, smoothed). A backstop: overloadLoopBusyPct already sees a loop blocked by long tasks, and lag also grows while the process merely waits for a CPU another process holds; 0 disables.",
   },
   overloadUdpQueuePct: {
     codec: intCodec(0, 100),
@@ -632,7 +632,7 @@ const SPECS: Specs = {
   overloadMaxServerTransactions: {
     codec: intCodec(0, 1_000_000),
     default: 50_000,
-    doc: "Live SIP server transactions (a UDP one lingers 32 s after its answer) at which new requests are refused with 503 (until fewer than 95 % remain), well before the table's hard limit of 100,000 where even BYEs and re-REGISTERs would be; 0 disables.",
+    doc: "Live SIP server transactions (a UDP one lingers 32 s after its answer) at which new requests are refused with 503 (until fewer than 95 % remain), well before the table's hard limit of 100,000 where even BYEs and REGISTERs would be; 0 disables.",
   },
   overloadClearPct: {
     codec: intCodec(1, 100),

@@ -6,11 +6,14 @@
 //
 // Policy (pure functions, unit-tested):
 //   - requestClass(): which requests may be shed. Never: ACK, CANCEL, BYE, PRACK, any request
-//     inside a dialog (To tag), and REGISTER or OPTIONS (keep-alive) from a live registered flow:
+//     inside a dialog (To tag), REGISTER, and OPTIONS (keep-alive) from a live registered flow:
 //     these end, confirm or keep alive work the agent already holds, and shedding them would
-//     turn overload into failed calls and lost phones. Sheddable ("new"): everything else, i.e.
-//     initial INVITE, SUBSCRIBE without To tag, out-of-dialog MESSAGE/OPTIONS/REFER/PUBLISH/
-//     NOTIFY/INFO/UPDATE, and REGISTER from an address:port that holds no binding.
+//     turn overload into failed calls and lost phones. REGISTER is never shed, not even from an
+//     address that holds no binding: it creates no dialog, costs a digest check (no fork, no
+//     timers beyond its transaction), and a phone refused after a reboot or a NAT rebinding is
+//     a phone without service for its Retry-After; a REGISTER flood from one address is the
+//     per-source quota's and the guard's (guard.ts). Sheddable ("new"): initial INVITE,
+//     SUBSCRIBE without To tag, and out-of-dialog MESSAGE/OPTIONS/REFER/PUBLISH/NOTIFY/INFO/UPDATE.
 //   - counts (calls being set up, server transactions): exact, re-read for every new request.
 //     judgeCounts() latches overload when one reaches its limit and releases it only when every
 //     count is below COUNT_CLEAR_PCT (95 %) of its limit. Counts need no wide band (each
@@ -158,7 +161,7 @@ export function shedNow(cls: RequestClass, counts: CountedCause | null, fraction
 
 export type RequestClass = "protected" | "new";
 
-/** Methods that end, confirm or acknowledge work already admitted: never shed (RFC 7339 §6's priority idea). */
+/** Methods that end, confirm or acknowledge work already admitted: never shed (RFC 7339's priority idea). */
 const ALWAYS: ReadonlySet<string> = new Set(["ACK", "CANCEL", "BYE", "PRACK"]);
 
 /**
@@ -166,10 +169,10 @@ const ALWAYS: ReadonlySet<string> = new Set(["ACK", "CANCEL", "BYE", "PRACK"]);
  * registeredFlow: it came over the transport, address and port of a live binding.
  */
 export function requestClass(method: string, inDialog: boolean, registeredFlow: boolean): RequestClass {
-  if (ALWAYS.has(method) || inDialog) return "protected";
-  // A registered phone's re-REGISTER and its OPTIONS keep-alive: refusing them would make the
-  // phone fail over or drop its line, turning the agent's overload into the site's outage.
-  if (registeredFlow && (method === "REGISTER" || method === "OPTIONS")) return "protected";
+  if (ALWAYS.has(method) || inDialog || method === "REGISTER") return "protected";
+  // A registered phone's OPTIONS keep-alive: refusing it would make the phone fail over or drop
+  // its line, turning the agent's overload into the site's outage.
+  if (registeredFlow && method === "OPTIONS") return "protected";
   return "new";
 }
 
@@ -249,7 +252,7 @@ export interface OverloadControlOptions {
 }
 
 /** Methods counted by name in shedByMethod; anything else counts under "other" (bounded labels). */
-const COUNTED_METHODS: ReadonlySet<string> = new Set(["INVITE", "REGISTER", "SUBSCRIBE", "OPTIONS", "MESSAGE", "NOTIFY", "REFER", "PUBLISH", "INFO", "UPDATE"]);
+const COUNTED_METHODS: ReadonlySet<string> = new Set(["INVITE", "SUBSCRIBE", "OPTIONS", "MESSAGE", "NOTIFY", "REFER", "PUBLISH", "INFO", "UPDATE"]);
 /** monitorEventLoopDelay's timer period, ms: its histogram holds whole periods, the lag is what exceeds it. */
 const LAG_RESOLUTION_MS = 10;
 /** How long, and how many, shed transactions are remembered: 64×T1, as long as a UAC retransmits (RFC 3261 §17.1.1.2, §17.1.2.2). */

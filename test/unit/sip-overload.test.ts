@@ -39,10 +39,10 @@ describe("requestClass: what may be shed", () => {
   test("any request inside a dialog (To tag) is protected: re-INVITE, UPDATE, INFO, NOTIFY, SUBSCRIBE refresh", () => {
     for (const m of ["INVITE", "UPDATE", "INFO", "NOTIFY", "SUBSCRIBE", "REFER", "MESSAGE", "OPTIONS"]) assert.equal(requestClass(m, true, false), "protected", m);
   });
-  test("a registered phone's REGISTER and OPTIONS keep-alive are protected; the same from an unknown flow are not", () => {
+  test("REGISTER is never shed, from a registered flow or not; OPTIONS only from a registered flow (keep-alive)", () => {
     assert.equal(requestClass("REGISTER", false, true), "protected");
+    assert.equal(requestClass("REGISTER", false, false), "protected");
     assert.equal(requestClass("OPTIONS", false, true), "protected");
-    assert.equal(requestClass("REGISTER", false, false), "new");
     assert.equal(requestClass("OPTIONS", false, false), "new");
   });
   test("dialog-creating and out-of-dialog requests are new work, even from a registered phone", () => {
@@ -50,6 +50,7 @@ describe("requestClass: what may be shed", () => {
       assert.equal(requestClass(m, false, false), "new", m);
       assert.equal(requestClass(m, false, true), "new", m);
     }
+    assert.equal(requestClass("OPTIONS", false, false), "new");
   });
 });
 
@@ -302,12 +303,14 @@ describe("OverloadControl behind the transaction layer", () => {
     assert.equal(control.stats().active, false);
   });
 
-  test("a registered phone's re-REGISTER passes a full agent; an unknown address's REGISTER is shed", () => {
+  test("REGISTERs and a registered phone's keep-alive pass a full agent; its new call does not", () => {
     calls = 3;
     assert.equal(control.admit("REGISTER", false, true), true);
+    assert.equal(control.admit("REGISTER", false, false), true);
     assert.equal(control.admit("OPTIONS", false, true), true);
-    assert.equal(control.admit("REGISTER", false, false), false);
+    assert.equal(control.admit("OPTIONS", false, false), false);
     assert.equal(control.admit("INVITE", false, true), false, "a new call from a registered phone is new work");
+    assert.deepEqual(control.stats().shedByMethod, { OPTIONS: 1, INVITE: 1 });
   });
 
   test("limits changed live to nonsense are ignored: everything is admitted", () => {
