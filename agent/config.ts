@@ -612,7 +612,7 @@ const SPECS: Specs = {
   overloadLoopBusyPct: {
     codec: intCodec(0, 100),
     default: 90,
-    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
+    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload) while requests wait in the UDP receive queue (or where it cannot be read): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
   },
   overloadLagMs: {
     codec: intCodec(0, 60_000),
@@ -621,8 +621,8 @@ const SPECS: Specs = {
   },
   overloadUdpQueuePct: {
     codec: intCodec(0, 100),
-    default: 50,
-    doc: "Overload when a SIP UDP socket's kernel receive queue is this full, percent of its buffer (read from /proc/net/udp every 100 ms; datagrams are lost when it is full); 0 disables.",
+    default: 10,
+    doc: "Overload when a SIP UDP socket's kernel receive queue is this full, percent of its buffer (read from /proc/net/udp every 100 ms): the backlog of requests the agent does not keep up with; datagrams are lost when it is full and callers retransmit after 500 ms. 0 disables.",
   },
   overloadMaxCallsSetup: {
     codec: intCodec(0, 1_000_000),

@@ -27,7 +27,8 @@ import type { Flow, SipRequest, Transport } from "../../agent/sip/types.ts";
 import { tempDir } from "../tmpdir.ts";
 
 const LIMITS: OverloadLimits = { loopBusyPct: 90, lagMs: 100, udpQueuePct: 50, maxCallsSetup: 10, maxServerTransactions: 1000, clearPct: 80, retryAfterS: 4 };
-const calm = { loopBusyPct: 10, lagMs: 1, udpQueuePct: 0 };
+// A little work waiting in the UDP queue (≥ QUEUE_WAITING_PCT), so the loop's busy share counts.
+const calm = { loopBusyPct: 10, lagMs: 1, udpQueuePct: 2 };
 
 describe("requestClass: what may be shed", () => {
   test("requests that end or confirm admitted work are never shed, whatever the source", () => {
@@ -101,6 +102,13 @@ describe("nextShedFraction: sampled signals adapt the share refused (RFC 7339 lo
     // 80 % of 90 is 72: a loop 75 % busy is in the band.
     assert.deepEqual(nextShedFraction(0.3, { ...calm, loopBusyPct: 75 }, LIMITS), { fraction: 0.3, cause: null });
     assert.deepEqual(nextShedFraction(0, { ...calm, loopBusyPct: 75 }, LIMITS), { fraction: 0, cause: null });
+  });
+  test("a busy loop counts only while work waits in the UDP queue, or where the queue is unknown", () => {
+    // 100 % busy, keeping up (empty queue): full use, not overload; the share falls.
+    assert.deepEqual(nextShedFraction(0.5, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 0.5 }, LIMITS), { fraction: 0.5 - SHED_STEP_DOWN, cause: null });
+    // The same with requests waiting, or with no queue to read (TCP only, not Linux): overload.
+    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 5 }, LIMITS).cause, "loopBusy");
+    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: undefined }, LIMITS).cause, "loopBusy");
   });
   test("the worst signal is named; an unknown UDP queue and disabled limits are ignored", () => {
     assert.equal(nextShedFraction(0, { loopBusyPct: 95, lagMs: 500, udpQueuePct: 60 }, LIMITS).cause, "lag");
