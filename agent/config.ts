@@ -612,7 +612,7 @@ const SPECS: Specs = {
   overloadLoopBusyPct: {
     codec: intCodec(0, 100),
     default: 90,
-    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload) while requests wait in the UDP receive queue (or where it cannot be read): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
+    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload), where the UDP receive queue cannot be read (TCP only, no /proc; otherwise overloadUdpQueuePct measures the backlog itself): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
   },
   overloadLagMs: {
     codec: intCodec(0, 60_000),

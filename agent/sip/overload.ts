@@ -28,11 +28,12 @@
 //     its limit (more the further over), down by a small step at every sample with all of them
 //     below clearPct % of their limits, unchanged in between (hysteresis band). The UDP receive
 //     queue is the primary one: it is the backlog itself, the requests waiting because the agent
-//     does not keep up. A busy loop is overload only while work is waiting: where the queue is
-//     known and holds under QUEUE_WAITING_PCT of its buffer, the busy share does not count. A
-//     loop 100 % busy that keeps up is the agent at full use, which is what it is for; counting
-//     it would also keep the agent refusing everything once refusing alone keeps the loop busy
-//     (measured on a loaded box: 137 of 6,000 calls completed at 600/s).
+//     does not keep up. Where it can be read, the loop's busy share does not count: a loop 100 %
+//     busy that keeps up is the agent at full use, which is what it is for, and counting it kept
+//     the agent refusing most calls while refusing them alone kept the loop busy (hot-path bench
+//     on a loaded box: 137 of 6,000 calls completed at 600/s; with the busy share counted only
+//     while 1 % of the queue was full, still 1,316 against 1,987 without overload control).
+//     Elsewhere (TCP only, no /proc) the busy share stands in for the queue.
 //   - shedNow(): a new request is refused while the counts are latched, else with the current
 //     fraction (a uniform draw).
 //   - retryAfterS(): the base Retry-After plus up to half of it again at random, so the refused
@@ -98,12 +99,10 @@ export type OverloadCause = SampledCause | CountedCause;
 /** A count latched at its limit is released below this percentage of it (see the header). */
 export const COUNT_CLEAR_PCT = 95;
 
-/** Below this fill (percent of the buffer) no work is waiting: the loop's busy share does not count. */
-export const QUEUE_WAITING_PCT = 1;
-
-/** Share of new requests refused on sampled signals: the step down per calm sample, the least step up. */
-export const SHED_STEP_DOWN = 0.05;
+/** Share of new requests refused on sampled signals: the step down per calm sample, the least step up, the most. */
+export const SHED_STEP_DOWN = 0.1;
 export const SHED_STEP_UP = 0.1;
+export const SHED_STEP_UP_MAX = 0.5;
 
 /** Whether limits are usable; a live change to nonsense is ignored by the mechanism (never sheds everything). */
 export function validLimits(l: OverloadLimits): boolean {
@@ -122,9 +121,9 @@ const SAMPLED: ReadonlyArray<{ cause: SampledCause; limit: "loopBusyPct" | "lagM
 
 /**
  * The share of new requests to refuse after one sample (pure, in [0, 1]). A signal at or over
- * its limit raises it by SHED_STEP_UP plus how far over the worst one is (v/limit − 1); all of
- * them below clearPct % of their limits lower it by SHED_STEP_DOWN; otherwise it stays. The
- * loop's busy share counts only while the UDP queue is unknown or holds work (QUEUE_WAITING_PCT).
+ * its limit raises it by SHED_STEP_UP plus how far over the worst one is (v/limit − 1), at most
+ * SHED_STEP_UP_MAX; all of them below clearPct % of their limits lower it by SHED_STEP_DOWN;
+ * otherwise it stays. The loop's busy share counts only where the UDP queue is not read.
  * cause: the worst signal at or over its limit, null when none is.
  */
 export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLimits): { fraction: number; cause: SampledCause | null } {
@@ -132,10 +131,10 @@ export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLim
   let worst = 0;
   let cause: SampledCause | null = null;
   let aboveClear = false;
-  const idleQueue = s.udpQueuePct !== undefined && s.udpQueuePct < QUEUE_WAITING_PCT;
+  const queueKnown = s.udpQueuePct !== undefined && l.udpQueuePct > 0;
   for (const sig of SAMPLED) {
     const limit = l[sig.limit];
-    const v = sig.cause === "loopBusy" && idleQueue ? 0 : sig.value(s);
+    const v = sig.cause === "loopBusy" && queueKnown ? undefined : sig.value(s);
     if (!(limit > 0) || v === undefined || !Number.isFinite(v)) continue;
     const ratio = v / limit;
     if (ratio >= 1 && ratio > worst) {
@@ -144,7 +143,7 @@ export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLim
     }
     if (ratio * 100 >= l.clearPct) aboveClear = true;
   }
-  if (cause !== null) return { fraction: Math.min(1, p + SHED_STEP_UP + (worst - 1)), cause };
+  if (cause !== null) return { fraction: Math.min(1, p + Math.min(SHED_STEP_UP_MAX, SHED_STEP_UP + (worst - 1))), cause };
   if (aboveClear) return { fraction: p, cause: null };
   return { fraction: Math.max(0, p - SHED_STEP_DOWN), cause: null };
 }

@@ -12,6 +12,7 @@ import {
   OverloadControl,
   SHED_STEP_DOWN,
   SHED_STEP_UP,
+  SHED_STEP_UP_MAX,
   judgeCounts,
   nextShedFraction,
   parseUdpQueues,
@@ -27,8 +28,8 @@ import type { Flow, SipRequest, Transport } from "../../agent/sip/types.ts";
 import { tempDir } from "../tmpdir.ts";
 
 const LIMITS: OverloadLimits = { loopBusyPct: 90, lagMs: 100, udpQueuePct: 50, maxCallsSetup: 10, maxServerTransactions: 1000, clearPct: 80, retryAfterS: 4 };
-// A little work waiting in the UDP queue (≥ QUEUE_WAITING_PCT), so the loop's busy share counts.
-const calm = { loopBusyPct: 10, lagMs: 1, udpQueuePct: 2 };
+// No UDP queue read, so the loop's busy share counts.
+const calm = { loopBusyPct: 10, lagMs: 1, udpQueuePct: undefined };
 
 describe("requestClass: what may be shed", () => {
   test("requests that end or confirm admitted work are never shed, whatever the source", () => {
@@ -89,9 +90,10 @@ describe("nextShedFraction: sampled signals adapt the share refused (RFC 7339 lo
     const up = nextShedFraction(0, { ...calm, loopBusyPct: 90 }, LIMITS);
     assert.equal(up.cause, "loopBusy");
     assert.ok(Math.abs(up.fraction - SHED_STEP_UP) < 1e-9, String(up.fraction));
-    const far = nextShedFraction(0, { ...calm, lagMs: 150 }, LIMITS);
+    const far = nextShedFraction(0, { ...calm, lagMs: 130 }, LIMITS);
     assert.equal(far.cause, "lag");
-    assert.ok(Math.abs(far.fraction - (SHED_STEP_UP + 0.5)) < 1e-9, String(far.fraction));
+    assert.ok(Math.abs(far.fraction - (SHED_STEP_UP + 0.3)) < 1e-9, String(far.fraction));
+    assert.equal(nextShedFraction(0, { ...calm, lagMs: 1000 }, LIMITS).fraction, SHED_STEP_UP_MAX, "one sample raises it by at most SHED_STEP_UP_MAX");
     assert.equal(nextShedFraction(0.95, { ...calm, lagMs: 1000 }, LIMITS).fraction, 1, "never above 1");
     const down = nextShedFraction(0.5, calm, LIMITS);
     assert.equal(down.cause, null);
@@ -103,12 +105,13 @@ describe("nextShedFraction: sampled signals adapt the share refused (RFC 7339 lo
     assert.deepEqual(nextShedFraction(0.3, { ...calm, loopBusyPct: 75 }, LIMITS), { fraction: 0.3, cause: null });
     assert.deepEqual(nextShedFraction(0, { ...calm, loopBusyPct: 75 }, LIMITS), { fraction: 0, cause: null });
   });
-  test("a busy loop counts only while work waits in the UDP queue, or where the queue is unknown", () => {
-    // 100 % busy, keeping up (empty queue): full use, not overload; the share falls.
+  test("the loop's busy share counts only where the UDP queue is not read (it is the backlog itself)", () => {
+    // 100 % busy and keeping up (the queue read, under its limit): full use, not overload.
     assert.deepEqual(nextShedFraction(0.5, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 0.5 }, LIMITS), { fraction: 0.5 - SHED_STEP_DOWN, cause: null });
-    // The same with requests waiting, or with no queue to read (TCP only, not Linux): overload.
-    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 5 }, LIMITS).cause, "loopBusy");
+    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 45 }, LIMITS).cause, null, "in the queue's band: holds");
+    // No queue to read (TCP only, not Linux), or its limit disabled: the busy share stands in.
     assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: undefined }, LIMITS).cause, "loopBusy");
+    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 90 }, { ...LIMITS, udpQueuePct: 0 }).cause, "loopBusy");
   });
   test("the worst signal is named; an unknown UDP queue and disabled limits are ignored", () => {
     assert.equal(nextShedFraction(0, { loopBusyPct: 95, lagMs: 500, udpQueuePct: 60 }, LIMITS).cause, "lag");
