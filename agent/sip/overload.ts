@@ -100,7 +100,7 @@ export type OverloadCause = SampledCause | CountedCause;
 export const COUNT_CLEAR_PCT = 95;
 
 /** Share of new requests refused on sampled signals: the step down per calm sample, the least step up, the most. */
-export const SHED_STEP_DOWN = 0.1;
+export const SHED_STEP_DOWN = 0.05;
 export const SHED_STEP_UP = 0.1;
 export const SHED_STEP_UP_MAX = 0.5;
 
