@@ -31,7 +31,7 @@ interface OverloadStatus {
   shed: number;
   episodes: number;
   shedByMethod: Record<string, number>;
-  signals: { callsSetup: number; serverTransactions: number };
+  signals: { callsSetup: number; serverTransactions: number; udpQueuePct?: number };
 }
 
 async function overloadOf(agent: RunningAgent): Promise<OverloadStatus> {
@@ -115,6 +115,8 @@ test("offered twice its capacity in calls, the agent completes what it admits an
   assert.ok(st.shed >= refused.length && (st.shedByMethod.INVITE ?? 0) >= refused.length, JSON.stringify(st));
   assert.ok(st.episodes >= 1);
   assert.equal(st.signals.callsSetup, 0, "nothing left ringing");
+  // The SIP socket's kernel receive queue is read from /proc/net/udp (the sampled signal).
+  assert.ok(typeof st.signals.udpQueuePct === "number" && st.signals.udpQueuePct >= 0 && st.signals.udpQueuePct < 100, JSON.stringify(st.signals));
   assert.match(agent.log(), /overloaded: refusing new calls.*cause=callsSetup/);
 });
 
