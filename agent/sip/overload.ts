@@ -154,13 +154,14 @@ export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLim
  * Returns the count that is over (or, latched, still above the clear level), or null.
  */
 export function judgeCounts(latched: CountedCause | null, c: CountedSignals, l: OverloadLimits): CountedCause | null {
-  const rows: Array<[CountedCause, number, number]> = [
-    ["callsSetup", c.callsSetup, l.maxCallsSetup],
-    ["serverTransactions", c.serverTransactions, l.maxServerTransactions],
-  ];
-  for (const [cause, v, limit] of rows) if (limit > 0 && v >= limit) return cause;
+  // Runs for every new request: plain comparisons, no allocation.
+  const callsOn = l.maxCallsSetup > 0;
+  const txsOn = l.maxServerTransactions > 0;
+  if (callsOn && c.callsSetup >= l.maxCallsSetup) return "callsSetup";
+  if (txsOn && c.serverTransactions >= l.maxServerTransactions) return "serverTransactions";
   if (latched === null) return null;
-  return rows.some(([, v, limit]) => limit > 0 && v * 100 >= limit * COUNT_CLEAR_PCT) ? latched : null;
+  const held = (callsOn && c.callsSetup * 100 >= l.maxCallsSetup * COUNT_CLEAR_PCT) || (txsOn && c.serverTransactions * 100 >= l.maxServerTransactions * COUNT_CLEAR_PCT);
+  return held ? latched : null;
 }
 
 /** Whether to refuse a new request now: counts latched, else a draw (random in [0, 1)) under the fraction. */
