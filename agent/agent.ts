@@ -171,7 +171,7 @@ export class Agent {
   /**
    * The transaction layer's admission of a new request: the source's quota (a flooder is dropped
    * silently), then overload control (new dialog-creating requests are shed with a stateless
-   * 503 past capacity; in-dialog ones, ACK, CANCEL, BYE and a registered phone's REGISTER pass).
+   * 503 past capacity; in-dialog ones, ACK, CANCEL, BYE and REGISTERs always pass).
    */
   private readonly admitNew = (source: string, inFlight: number, req: SipRequest): boolean | "shed" =>
     this.admitSource(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, false, req) || "shed");
@@ -282,7 +282,7 @@ export class Agent {
       serverTransactions: () => this.transactions.counts().server,
       udpSockets: () => this.transport.udpSockets(),
       onChange: (active, cause, signals) => {
-        if (active) this.log.warn("overloaded: refusing new calls and other new requests with 503", { cause: cause ?? undefined, ...signals, loopBusyPct: Math.round(signals.loopBusyPct), lagMs: Math.round(signals.lagMs) });
+        if (active) this.log.warn("overloaded: refusing new calls and other new requests with 503", { cause: cause ?? undefined, ...signals, loopBusyPct: Math.round(signals.loopBusyPct), lagMs: Math.round(signals.lagMs), udpQueuePct: signals.udpQueuePct === undefined ? undefined : Math.round(signals.udpQueuePct) });
         else this.log.info("overload over: admitting new requests", { shed: this.overload.shedCount });
         this.bus.emit("sip.overload", { active, cause, at: Date.now() });
       },
