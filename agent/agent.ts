@@ -11,6 +11,7 @@ import { Store } from "./store/store.ts";
 import type { BindingRecord, DeviceRecord } from "./store/schema.ts";
 import { DigestAuthenticator } from "./sip/digest.ts";
 import { AuthGuard } from "./sip/guard.ts";
+import { OverloadControl, type OverloadLimits, type OverloadStats } from "./sip/overload.ts";
 import { isTrunkSource, normalizeAddress } from "./routing/classify.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
@@ -74,6 +75,8 @@ export interface AgentStatus {
   guard: ReturnType<AuthGuard["stats"]>;
   /** The forking proxy: calls ringing, dialogs up, branches alive (agent/sip/proxy.ts). */
   proxy: ProxyStats;
+  /** Overload control: whether new requests are being refused with 503, why, and how many were (agent/sip/overload.ts). */
+  overload: OverloadStats;
   /** Routing engine: calls in hand, queued calls, INVITE → first-fork latency (issue 3). */
   routing: EngineStats;
   store: { file: string; pendingWrites: boolean };
@@ -114,6 +117,8 @@ export class Agent {
   onInvite: ((tx: InviteServerTransaction, req: SipRequest, flow: Flow) => void) | undefined;
   presence!: PresenceTracker;
   guard!: AuthGuard;
+  /** Refuses new dialog-creating requests with 503 past the agent's capacity (sip/overload.ts). */
+  overload!: OverloadControl;
   /** The applied site configuration (users, groups, settings) and its routing lookups. */
   site!: SiteService;
   /** Operators' own state (availability, logins) from their phones' feature codes and the site. */
@@ -151,6 +156,7 @@ export class Agent {
     quota: { ratePerS: 1, burst: 1, maxInFlight: 1, banMs: 0 } as SourceQuota,
     presence: { intervalMs: 0, misses: 0 },
     subscribe: { maxPerDevice: 0, rateMax: 0, rateWindowMs: 0, minExpires: 0, maxExpires: 0 } as SubscriptionLimits,
+    overload: { loopBusyPct: 0, lagMs: 0, udpQueuePct: 0, maxCallsSetup: 0, maxServerTransactions: 0, clearPct: 100, retryAfterS: 1 } as OverloadLimits,
   };
   /** Devices keyed by SIP username: the registrar's credential lookup, rebuilt on change. */
   private devicesByUsername = new Map<string, DeviceRecord>();
@@ -168,6 +174,15 @@ export class Agent {
   };
   /** The same for a live registered phone's flow: its rate counts, a ban of its address does not. */
   private readonly admitDeviceFlow = (source: string, inFlight: number): boolean => this.guard.admitRequest(source, inFlight, true) === "ok";
+  /**
+   * The transaction layer's admission of a new request: the source's quota (a flooder is dropped
+   * silently), then overload control (new dialog-creating requests are shed with a stateless
+   * 503 past capacity; in-dialog ones, ACK, CANCEL, BYE and REGISTERs always pass).
+   */
+  private readonly admitNew = (source: string, inFlight: number, req: SipRequest): boolean | "shed" =>
+    this.admitSource(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, false, req) || "shed");
+  private readonly admitNewFromDevice = (source: string, inFlight: number, req: SipRequest): boolean | "shed" =>
+    this.admitDeviceFlow(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, true, req) || "shed");
   /** Metrics endpoint and status page (agent/observe/). */
   observe: Observability | undefined;
   /** One info line per change, call, provisioning fetch and ban (agent/observe/audit.ts). */
@@ -270,6 +285,17 @@ export class Agent {
     );
     // RFC 3261 §17.1.1.1: T1 is configurable; T2/T4 keep their defaults.
     this.transactions = new TransactionLayer({ transport: this.transport, timers: { T1: s.sipT1Ms } });
+    this.overload = new OverloadControl({
+      limits: this.live.overload,
+      callsSetup: () => this.proxy.stats().calls,
+      serverTransactions: () => this.transactions.counts().server,
+      udpSockets: () => this.transport.udpSockets(),
+      onChange: (active, cause, signals) => {
+        if (active) this.log.warn("overloaded: refusing new calls and other new requests with 503", { cause: cause ?? undefined, ...signals, loopBusyPct: Math.round(signals.loopBusyPct), lagMs: Math.round(signals.lagMs), udpQueuePct: signals.udpQueuePct === undefined ? undefined : Math.round(signals.udpQueuePct) });
+        else this.log.info("overload over: admitting new requests", { shed: this.overload.shedCount });
+        this.bus.emit("sip.overload", { active, cause, at: Date.now() });
+      },
+    });
     this.proxy = new StatefulProxy({
       transactions: this.transactions,
       transport: this.transport,
@@ -406,6 +432,8 @@ export class Agent {
       if (st.held) this.log.info("holding CPU wake-up latency request", { us: st.requestedUs, device: st.device });
       else this.log.warn("CPU wake-up latency request not in force", { us: st.requestedUs, reason: st.reason });
     }
+    // Sampling starts once start-up's own work (site file, store, modules) is done (sip/overload.ts).
+    this.overload.start();
     this.log.info("ringedge started", { site: s.siteId, sip: addrs, data: s.dataDir, devices: this.devicesByUsername.size });
   }
 
@@ -425,6 +453,7 @@ export class Agent {
     this.location?.stopSweeping();
     await this.control?.stop();
     await this.provisioning?.stop();
+    this.overload?.stop();
     this.transactions?.close();
     await this.transport?.stop();
     await this.store?.close();
@@ -495,6 +524,7 @@ export class Agent {
     Object.assign(this.live.rate, { max: s.guardRequestRateMax, windowMs: s.guardRequestRateWindowS * 1000 });
     Object.assign(this.live.quota, { ratePerS: s.guardSourceRatePerS, burst: s.guardSourceBurst, maxInFlight: s.guardSourceMaxTransactions, banMs: s.guardFloodBanS * 1000 });
     Object.assign(this.live.presence, { intervalMs: s.keepaliveIntervalS * 1000, misses: s.keepaliveMisses });
+    Object.assign(this.live.overload, { loopBusyPct: s.overloadLoopBusyPct, lagMs: s.overloadLagMs, udpQueuePct: s.overloadUdpQueuePct, maxCallsSetup: s.overloadMaxCallsSetup, maxServerTransactions: s.overloadMaxServerTransactions, clearPct: s.overloadClearPct, retryAfterS: s.overloadRetryAfterS });
     Object.assign(this.live.subscribe, { maxPerDevice: s.subscribeMaxPerDevice, rateMax: s.subscribeRateMax, rateWindowMs: s.subscribeRateWindowS * 1000, minExpires: s.subscribeMinExpires, maxExpires: s.subscribeMaxExpires });
   }
 
@@ -551,6 +581,7 @@ export class Agent {
       transport: this.transport.stats(),
       guard: this.guard.stats(),
       proxy: this.proxy.stats(),
+      overload: this.overload.stats(),
       routing: this.engine.stats(),
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
@@ -603,7 +634,7 @@ export class Agent {
     // silently before a transaction exists for it; retransmissions are absorbed first, so
     // they never count (guard.ts admitRequest). A live registered flow is held to the rate but
     // never to a ban of its address (guard.ts: bans cannot be turned against phones).
-    const r = this.transactions.receiveRequest(req, flow, this.engine?.isDeviceFlow(flow) === true ? this.admitDeviceFlow : this.admitSource);
+    const r = this.transactions.receiveRequest(req, flow, this.engine?.isDeviceFlow(flow) === true ? this.admitNewFromDevice : this.admitNew);
     switch (r.kind) {
       case "refused":
         this.throttledRequests++;
@@ -626,6 +657,12 @@ export class Agent {
         return;
       case "overload":
         this.sendStateless(flow, createResponse(req, 503, "Service Unavailable", { headers: [{ name: "retry-after", value: "5" }] }));
+        return;
+      case "shed":
+        // Past capacity (sip/overload.ts): RFC 3261 §21.5.4 503 with Retry-After (§20.33), sent
+        // once and statelessly, before any transaction or call record exists; the caller or
+        // trunk retries later or elsewhere. A retransmission is judged again.
+        this.sendStateless(flow, createResponse(req, 503, "Service Unavailable", { toTag: "ovl", headers: [{ name: "retry-after", value: String(this.overload.retryAfter()) }] }));
         return;
       case "cancel": {
         if (this.proxy.handleCancel(r.tx, r.inviteTx, req)) return;

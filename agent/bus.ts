@@ -14,6 +14,8 @@ export interface AgentEvents {
   "auth.failure": { source: string; username: string | undefined; reason: string; at: number };
   /** A source address was silently banned after repeated failures. */
   "auth.ban": { source: string; until: number };
+  /** Overload control started (cause: the signal over its limit) or stopped refusing new requests with 503 (sip/overload.ts). */
+  "sip.overload": { active: boolean; cause: string | null; at: number };
   /** A site configuration snapshot (site file or console push) was applied and saved. */
   "site.applied": { version: number; source: "file" | "console" };
   /** A member's devices started ringing for a call (routing engine, after the forks went out). */

@@ -91,8 +91,9 @@ SIGINT or a second SIGTERM stops at once; SIGHUP reloads the settings that can c
   status: `usage: ringedge status [--json]
 
 Shows the running agent's version, SIP addresses, provisioning URL, whether it is draining (and
-for how long), the console (MQTT) link, devices online, bindings, transactions, bans, and the
-first-fork latency against its budget (a warning when over it).`,
+for how long), the console (MQTT) link, devices online, bindings, transactions, bans, overload
+(whether new requests are being refused with 503, why, how many were), and the first-fork
+latency against its budget (a warning when over it).`,
   device: `usage:
   ringedge device add <username> [--password <p>] [--kind physical|soft] [--name <display name>]
                       [--owner <user id>] [--show-password] [--json]
@@ -363,6 +364,7 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     `devices  ${d.total} (${d.physical} physical, ${d.soft} soft)  registered ${d.registered}  online ${d.online}  bindings ${status.bindings}`,
     `sip tx   server ${status.transactions.server}  client ${status.transactions.client}  in ${status.transport.received}  out ${status.transport.sent}  parse errors ${status.transport.parseErrors}  tcp ${status.transport.tcpConnections} open, ${status.transport.tcpRefused ?? 0} refused, ${status.transport.tcpMessageTimeouts ?? 0} timed out`,
     `guard    banned sources ${status.guard.bannedSources ?? status.guard.banned?.length ?? 0}`,
+    ...(status.overload ? [`overload ${status.overload.active ? `REFUSING new requests with 503 since ${status.overload.since} (${status.overload.cause}${status.overload.shedFraction > 0 ? `, ${Math.round(status.overload.shedFraction * 100)} % on load` : ""})` : "no"}  shed ${status.overload.shed}  loop busy ${Math.round(status.overload.signals.loopBusyPct)} %  calls setting up ${status.overload.signals.callsSetup}`] : []),
     `store    ${status.store.file}${status.store.pendingWrites ? " (write pending)" : ""}`,
     `site     ${status.site ? `version ${status.site.version} from ${status.site.source} (${status.site.users} users, ${status.site.groups} groups)` : "none applied"}`,
   ];

@@ -77,6 +77,13 @@ export interface Settings {
   guardSourceMaxTransactions: number;
   guardFloodBanS: number;
   guardAllowlist: string[];
+  overloadLoopBusyPct: number;
+  overloadLagMs: number;
+  overloadUdpQueuePct: number;
+  overloadMaxCallsSetup: number;
+  overloadMaxServerTransactions: number;
+  overloadClearPct: number;
+  overloadRetryAfterS: number;
   subscribeMaxPerDevice: number;
   subscribeRateMax: number;
   subscribeRateWindowS: number;
@@ -621,6 +628,42 @@ const SPECS: Specs = {
     codec: listCodec(ipCodec, { minItems: 0, unique: true }),
     default: [],
     doc: "Source addresses never banned or rate-limited (e.g. the SIP trunk, a local SBC).",
+  },
+  // Overload control (agent/sip/overload.ts): past any of these, new dialog-creating requests get 503 + Retry-After.
+  overloadLoopBusyPct: {
+    codec: intCodec(0, 100),
+    default: 90,
+    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload), where the UDP receive queue cannot be read (TCP only, no /proc; otherwise overloadUdpQueuePct measures the backlog itself): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
+  },
+  overloadLagMs: {
+    codec: intCodec(0, 60_000),
+    default: 500,
+    doc: "Overload when the event loop's timers ran this late on average, ms (100 ms samples, smoothed). A backstop: overloadLoopBusyPct already sees a loop blocked by long tasks, and lag also grows while the process merely waits for a CPU another process holds; 0 disables.",
+  },
+  overloadUdpQueuePct: {
+    codec: intCodec(0, 100),
+    default: 10,
+    doc: "Overload when a SIP UDP socket's kernel receive queue is this full, percent of its buffer (read from /proc/net/udp every 100 ms): the backlog of requests the agent does not keep up with; datagrams are lost when it is full and callers retransmit after 500 ms. 0 disables.",
+  },
+  overloadMaxCallsSetup: {
+    codec: intCodec(0, 1_000_000),
+    default: 500,
+    doc: "Calls being set up (forked and ringing, not yet answered) at which every new call and other new request is refused with 503, until fewer than 95 % of this remain; 0 disables.",
+  },
+  overloadMaxServerTransactions: {
+    codec: intCodec(0, 1_000_000),
+    default: 50_000,
+    doc: "Live SIP server transactions (a UDP one lingers 32 s after its answer) at which new requests are refused with 503 (until fewer than 95 % remain), well before the table's hard limit of 100,000 where even BYEs and REGISTERs would be; 0 disables.",
+  },
+  overloadClearPct: {
+    codec: intCodec(1, 100),
+    default: 80,
+    doc: "Hysteresis of overload control on the sampled signals (loop busy, lag, UDP queue): the share of new requests refused falls, step by step, only while each is below this percentage of its limit; it rises at every sample over a limit.",
+  },
+  overloadRetryAfterS: {
+    codec: intCodec(1, 3600),
+    default: 5,
+    doc: "Retry-After (RFC 3261 §20.33) of the overload 503, seconds; each 503 adds up to half of it again at random so refused callers do not return together.",
   },
   subscribeMaxPerDevice: {
     codec: intCodec(1, 10_000),

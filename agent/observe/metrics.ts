@@ -22,6 +22,8 @@ export interface MetricsSources {
   registrations(): number;
   /** Devices by kind, and how many of them are online. */
   devices(): Array<{ kind: string; total: number; online: number }>;
+  /** Overload control: refusing new requests now, and how many were refused with 503 since start. */
+  overload?: () => { active: boolean; shed: number };
   /** The console link; absent when no broker is configured (then its series are not exposed). */
   console?: () => { connected: boolean; outboxPending: number };
 }
@@ -77,6 +79,11 @@ export class AgentMetrics {
         }
       },
     });
+    const overload = sources.overload;
+    if (overload) {
+      new Gauge({ name: "ringedge_overload_active", help: "1 while overload control refuses new requests with 503 (agent/sip/overload.ts), else 0.", registers: r, collect() { this.set(overload().active ? 1 : 0); } });
+      new Counter({ name: "ringedge_requests_shed_total", help: "New requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS, REGISTER from unregistered addresses) refused with 503 by overload control.", registers: r, collect() { this.reset(); this.inc(overload().shed); } });
+    }
     const link = sources.console;
     if (link) {
       new Gauge({ name: "ringedge_console_connected", help: "1 when the MQTT link to the console is up, 0 when down.", registers: r, collect() { this.set(link().connected ? 1 : 0); } });

@@ -22,6 +22,7 @@ export function metricsSources(agent: Agent): MetricsSources {
       return { active: s.activeCalls, queued: s.queued };
     },
     registrations: () => agent.location.count(),
+    overload: () => ({ active: agent.overload.active, shed: agent.overload.shedCount }),
     devices: () => {
       const online = new Set(agent.presence.snapshot().filter((p) => p.online).map((p) => p.deviceId));
       const byKind = new Map<string, { kind: string; total: number; online: number }>();

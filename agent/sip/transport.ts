@@ -347,6 +347,23 @@ export class SipTransport implements Transport {
     return this.bound;
   }
 
+  /** The bound UDP sockets and their receive-buffer sizes (overload control watches their queues). */
+  udpSockets(): Array<{ port: number; family: 4 | 6; bufferBytes: number }> {
+    const out: Array<{ port: number; family: 4 | 6; bufferBytes: number }> = [];
+    for (const b of this.bound) {
+      if (b.transport !== "udp") continue;
+      const sock = this.udp.get(`${b.address}|${b.port}`);
+      let bufferBytes = 0;
+      try {
+        bufferBytes = sock?.getRecvBufferSize() ?? 0;
+      } catch {
+        // Closed meanwhile: nothing to watch.
+      }
+      if (bufferBytes > 0) out.push({ port: b.port, family: b.family, bufferBytes });
+    }
+    return out;
+  }
+
   stats(): TransportStats {
     let most = 0;
     for (const n of this.inboundByAddress.values()) if (n > most) most = n;

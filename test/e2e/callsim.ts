@@ -371,9 +371,10 @@ export class Phone {
    * the trunk over UDP, toll-fraud rule) is answered once with this phone's credentials
    * (RFC 3261 §22.3: same Call-ID and From tag, CSeq + 1, Proxy-Authorization) unless
    * `answer407` is false; `authUri` puts another digest uri in that answer (tests of the
-   * uri check). `challenges` counts the 407s the phone got.
+   * uri check). `challenges` counts the 407s the phone got. `timeoutMs` (default 5000): how long
+   * to wait for each final response (a call the test answers later rings longer).
    */
-  async dial(number: string, opts: { answer407?: boolean; authUri?: string } = {}): Promise<number> {
+  async dial(number: string, opts: { answer407?: boolean; authUri?: string; timeoutMs?: number } = {}): Promise<number> {
     const callId = `dial-${token()}@sim`;
     const fromTag = token();
     const ruri = `sip:${number}@127.0.0.1:${this.agentPort}`;
@@ -389,7 +390,7 @@ export class Phone {
     const sendInvite = async (seq: number, auth?: string): Promise<SimMessage> => {
       const branch = `z9hG4bK${token()}`;
       const invite = [...lines(branch, "INVITE", `<${ruri}>`, `${seq} INVITE`), ...(auth !== undefined ? [`Proxy-Authorization: ${auth}`] : []), `Contact: <sip:${this.username}@127.0.0.1:${this.port}>`, "Content-Length: 0", "", ""].join("\r\n");
-      const res = await this.transact(branch, invite);
+      const res = await this.transact(branch, invite, opts.timeoutMs);
       if (res.status !== undefined && res.status >= 300) {
         // §17.1.1.3: the ACK for a non-2xx final response reuses the INVITE's branch and CSeq number.
         this.send([...lines(branch, "ACK", res.header("to") ?? "", `${seq} ACK`), "Content-Length: 0", "", ""].join("\r\n"));

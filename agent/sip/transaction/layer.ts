@@ -46,6 +46,8 @@ export type ReceiveRequestResult =
   | { kind: "cancel"; tx: NonInviteServerTransaction; inviteTx: InviteServerTransaction | undefined }
   /** The TU's admission check refused a new transaction (a source over its quota): drop it silently. */
   | { kind: "refused" }
+  /** The TU's admission check shed it (the agent is overloaded): the TU answers 503 statelessly, no state kept. */
+  | { kind: "shed" }
   /** maxTransactions reached (or the layer is closed): the TU answers 503 statelessly. */
   | { kind: "overload" }
   /** Cannot take part in any transaction (no Via). Drop it. */
@@ -144,10 +146,10 @@ export class TransactionLayer {
   /**
    * Matches an incoming request to a server transaction (§17.2.3), so that retransmissions are
    * absorbed before the TU sees them, or creates a new one. admit, when given, is asked before
-   * a new transaction is created (never for retransmissions or ACKs): false refuses it, and no
-   * state is kept.
+   * a new transaction is created (never for retransmissions or ACKs): false refuses it, "shed"
+   * sheds it (overload), and either way no state is kept.
    */
-  receiveRequest(req: SipRequest, flow: Flow, admit?: (source: string, inFlight: number) => boolean): ReceiveRequestResult {
+  receiveRequest(req: SipRequest, flow: Flow, admit?: (source: string, inFlight: number, req: SipRequest) => boolean | "shed"): ReceiveRequestResult {
     if (req.via.length === 0) return { kind: "invalid", reason: "no Via header" };
     const key3261 = serverKey(req);
     const existing = key3261 !== undefined ? this.servers.get(key3261) : this.match2543(req);
@@ -161,7 +163,11 @@ export class TransactionLayer {
     // for a 2xx (new branch), or one that arrived after the transaction ended.
     if (req.method === "ACK") return { kind: "stray-ack" };
     const source = flow.remoteAddress;
-    if (admit !== undefined && !admit(source, this.inFlightFrom(source))) return { kind: "refused" };
+    if (admit !== undefined) {
+      const verdict = admit(source, this.inFlightFrom(source), req);
+      if (verdict === "shed") return { kind: "shed" };
+      if (!verdict) return { kind: "refused" };
+    }
     if (this.closed || this.total() >= this.maxTransactions) return { kind: "overload" };
 
     if (req.method === "INVITE") {
