@@ -642,13 +642,13 @@ const SPECS: Specs = {
   },
   overloadUdpQueuePct: {
     codec: intCodec(0, 100),
-    default: 10,
-    doc: "Overload when a SIP UDP socket's kernel receive queue is this full, percent of its buffer (read from /proc/net/udp every 100 ms): the backlog of requests the agent does not keep up with; datagrams are lost when it is full and callers retransmit after 500 ms. 0 disables.",
+    default: 50,
+    doc: "Overload when a SIP UDP socket's kernel receive queue is this full, percent of its buffer (read from /proc/net/udp every 100 ms; the agent asks for a 4 MB buffer): the backlog of requests the agent does not keep up with; datagrams are lost when it is full and callers retransmit after 500 ms. 0 disables.",
   },
   overloadMaxCallsSetup: {
     codec: intCodec(0, 1_000_000),
-    default: 500,
-    doc: "Calls being set up (forked and ringing, not yet answered) at which every new call and other new request is refused with 503, until fewer than 95 % of this remain; 0 disables.",
+    default: 150,
+    doc: "Calls being set up (forked and ringing, not yet answered) at which every new call and other new request is refused with 503, until fewer than 95 % of this remain; 0 disables. A site rings at most 10 phones a call: 150 calls ringing at once is far past any office's peak, and a growing number of them is the first sign of an agent falling behind.",
   },
   overloadMaxServerTransactions: {
     codec: intCodec(0, 1_000_000),

@@ -79,6 +79,8 @@ interface Proxy {
   /** The process whose tree's CPU is the proxy's. */
   pid: number;
   registered(): Promise<number>;
+  /** ringedge only: the overload section of its status (why it refused what it refused). */
+  overload?(): Promise<unknown>;
   output(): string;
   stop(): Promise<void>;
 }
@@ -125,6 +127,10 @@ async function startRingedge(dir: string, phones: Phone[], callerPort: number, b
       const r = await callAgent(sock, "status");
       if (!r.ok) throw new Error(`status: ${r.error}`);
       return (r.result as { devices: { registered: number } }).devices.registered;
+    },
+    overload: async () => {
+      const r = await callAgent(sock, "status");
+      return r.ok ? (r.result as { overload?: unknown }).overload : undefined;
     },
     output: () => agent.output(),
     stop: async () => void (await agent.stop("SIGTERM")),
@@ -173,6 +179,8 @@ interface RunSpec {
 }
 
 interface RunResult {
+  /** ringedge's overload section of its status after the run. */
+  overload?: unknown;
   spec: RunSpec;
   calls: number;
   completed: number;
@@ -227,6 +235,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       const s = summarize(packets.firstForkUs);
       return { p50Us: round(s.median, 1), p99Us: round(s.p99, 1), maxUs: round(s.max, 1), matched: packets.matched, invitesIn: packets.invitesIn };
     })();
+    const overload = proxy.overload === undefined ? undefined : await proxy.overload().catch(() => undefined);
     if (caller.failed > 0 || caller.exitCode !== 0) console.log(`[${spec.proxy}@${spec.rate}] SIPp exit ${caller.exitCode}, ${caller.failed} failed\n--- proxy log tail ---\n${proxy.output().slice(-1500)}`);
     return {
       spec,
@@ -242,6 +251,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       cpuUsPerCall: round((cpuMs * 1000) / Math.max(1, completed), 0),
       firstFork: ff,
       ringP50Ms: summarize(caller.ringMs).median,
+      ...(overload !== undefined ? { overload } : {}),
     };
   } finally {
     if (cap !== undefined && cap.child.proc.exitCode === null) await cap.child.stop("SIGINT");
@@ -340,6 +350,8 @@ async function main(): Promise<number> {
       `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call` +
         (r.firstFork ? `; first fork p50/p99 ${fmt(r.firstFork.p50Us)}/${fmt(r.firstFork.p99Us)} µs (${r.firstFork.matched}/${r.firstFork.invitesIn})` : ""),
     );
+    const o = r.overload as { shed?: number; episodes?: number; byCause?: unknown; signals?: unknown } | undefined;
+    if (o !== undefined && (o.shed ?? 0) > 0) console.log(`  ringedge overload: ${JSON.stringify(o).slice(0, 600)}`);
   }
   const runsOf = (proxy: ProxyName, kind: RunSpec["kind"], rate: number): RunResult[] => results.filter((r) => r.spec.proxy === proxy && r.spec.kind === kind && r.spec.rate === rate);
   // One run, or the median of the rounds (BENCH_KAM_REPEAT).
