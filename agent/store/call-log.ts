@@ -21,6 +21,7 @@ import { promises as fsp } from "node:fs";
 import * as path from "node:path";
 import { fsyncDir, writeFileAtomic } from "./atomic-file.ts";
 import { keepOwnerSync } from "./ownership.ts";
+import { WriteBehind } from "./write-behind.ts";
 import { checkCallRecord, toCallRecord, type CallRecord } from "./schema.ts";
 
 export const CALL_LOG_FILE = "calls.jsonl";
@@ -136,9 +137,9 @@ export class CallLog {
   private fd: number | null;
   private linesInCurrent: number;
   private queued: string[] = [];
-  private timer: NodeJS.Timeout | null = null;
   /** The background sync/rotation in progress. */
-  private syncing: Promise<void> | null = null;
+  /** When queued lines are written (one batch at a time, after writeDelayMs). */
+  private readonly writes: WriteBehind;
   private lastError: Error | null = null;
   /** calls.jsonl was (perhaps) just created: its directory entry must reach the disk too. */
   private dirSyncDue = false;
@@ -154,6 +155,7 @@ export class CallLog {
     this.linesInCurrent = linesInCurrent;
     this.notes = notes;
     this.opts = opts;
+    this.writes = new WriteBehind({ delayMs: opts.writeDelayMs, write: (rethrow) => this.writeNow(rethrow), pending: () => this.queued.length > 0, lastError: () => this.lastError, closed: () => this.closed });
   }
 
   /**
@@ -205,7 +207,7 @@ export class CallLog {
     this.records.push(rec);
     if (this.records.length >= 2 * this.opts.maxRecords) this.records = this.records.slice(this.records.length - this.opts.maxRecords);
     this.queued.push(JSON.stringify(rec) + "\n");
-    this.arm(this.opts.writeDelayMs);
+    this.writes.arm();
   }
 
   /** The most recent calls first, at most `limit`, optionally of one group. */
@@ -220,24 +222,12 @@ export class CallLog {
   }
 
   hasPendingWrites(): boolean {
-    return this.queued.length > 0 || this.syncing !== null || this.lastError !== null;
+    return this.queued.length > 0 || this.writes.busy || this.lastError !== null;
   }
 
   /** Writes what is queued and resolves when it is durable; rejects if the write fails. */
-  async flush(): Promise<void> {
-    this.disarm();
-    for (;;) {
-      if (this.syncing !== null) {
-        await this.syncing.catch(() => {});
-        continue;
-      }
-      if (this.queued.length > 0) {
-        await this.startWrite(true);
-        continue;
-      }
-      if (this.lastError !== null) throw this.lastError;
-      return;
-    }
+  flush(): Promise<void> {
+    return this.writes.flush();
   }
 
   async close(): Promise<void> {
@@ -245,7 +235,7 @@ export class CallLog {
     try {
       await this.flush();
     } finally {
-      this.disarm();
+      this.writes.disarm();
       this.closed = true;
       if (this.fd !== null) fs.closeSync(this.fd);
       this.fd = null;
@@ -255,7 +245,7 @@ export class CallLog {
   /** For a process "exit" handler: what is queued reaches the file, synchronously. */
   closeSync(): void {
     if (this.closed) return;
-    this.disarm();
+    this.writes.disarm();
     this.closed = true;
     try {
       if (this.queued.length > 0) {
@@ -268,29 +258,6 @@ export class CallLog {
       if (this.fd !== null) fs.closeSync(this.fd);
       this.fd = null;
     }
-  }
-
-  private arm(delayMs: number): void {
-    if (this.timer !== null || this.closed) return;
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      if (this.syncing !== null) this.arm(this.opts.writeDelayMs);
-      else void this.startWrite(false);
-    }, delayMs);
-    this.timer.unref();
-  }
-
-  private disarm(): void {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-  }
-
-  private startWrite(rethrow: boolean): Promise<void> {
-    const p: Promise<void> = this.writeNow(rethrow).finally(() => {
-      if (this.syncing === p) this.syncing = null;
-    });
-    this.syncing = p;
-    return p;
   }
 
   /**
@@ -334,7 +301,7 @@ export class CallLog {
       this.lastError = written ? null : err;
       if (rethrow && !written) throw err;
       this.opts.onError(err);
-      if (!this.closed && !written) this.arm(this.opts.retryDelayMs);
+      if (!written) this.writes.arm(this.opts.retryDelayMs);
     }
   }
 

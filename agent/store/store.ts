@@ -14,6 +14,7 @@ import { isDeepStrictEqual } from "node:util";
 import { Low } from "lowdb";
 import { keepOwnerSync } from "./ownership.ts";
 import { CALL_LOG_FILE, CallLog } from "./call-log.ts";
+import { WriteBehind } from "./write-behind.ts";
 import { AtomicJsonFile, backupPath, inspectBackup, readStoreFile, writeFileAtomic, fsyncDir, type WriteStep } from "./atomic-file.ts";
 import { StoreCorruptError, StoreError, StoreLockedError, StoreMigrationError, StoreVersionError, describeBackup, type BackupInfo } from "./errors.ts";
 import { MIGRATIONS, isLegacyV0, runMigrations, type Migration, type MigrationContext, type ModelCanonicaliser } from "./migrations.ts";
@@ -333,9 +334,9 @@ export class Store {
   private readonly bindingsByAor = new Map<string, BindingRecord[]>();
   private dirty = false;
   private bindingsChanged = false;
-  private timer: NodeJS.Timeout | null = null;
   /** The save in progress (at most one at a time). */
-  private saving: Promise<void> | null = null;
+  /** When the data file is written (one write at a time, after saveDelayMs). */
+  private readonly writes: WriteBehind;
   private readonly clock: () => Date;
   private lastSaveError: Error | null = null;
   private closed = false;
@@ -363,6 +364,7 @@ export class Store {
     this.callLog = args.callLog;
     this.clock = args.opts.now ?? (() => new Date());
     this.saveDelayMs = args.opts.saveDelayMs ?? 50;
+    this.writes = new WriteBehind({ delayMs: this.saveDelayMs, write: (rethrow) => this.saveNow(rethrow), pending: () => this.dirty, lastError: () => this.lastSaveError, closed: () => this.closed });
     this.retryDelayMs = args.opts.retryDelayMs ?? 1000;
     this.onError = args.opts.onError ?? ((e) => process.emitWarning(`ringedge store: background save failed: ${e.message}`));
     for (const d of this.db.data.devices) this.index(d);
@@ -939,32 +941,21 @@ export class Store {
 
   /** True while a change is not yet on disk (scheduled, being written, or a failed write). */
   hasPendingWrites(): boolean {
-    return this.dirty || this.saving !== null || this.lastSaveError !== null || this.callLog.hasPendingWrites();
+    return this.dirty || this.writes.busy || this.lastSaveError !== null || this.callLog.hasPendingWrites();
   }
 
   /** Marks the data changed; a write follows within saveDelayMs. Never waits, never throws. */
   scheduleSave(): void {
     if (this.closed) return;
     this.dirty = true;
-    this.arm(this.saveDelayMs);
+    this.writes.arm();
   }
 
   /** Writes pending changes now and resolves when they are durable; rejects if the write fails. */
   async flush(): Promise<void> {
-    this.disarm();
+    this.writes.disarm();
     await this.callLog.flush();
-    for (;;) {
-      if (this.saving !== null) {
-        await this.saving.catch(() => {});
-        continue;
-      }
-      if (this.dirty) {
-        await this.startSave(true);
-        continue;
-      }
-      if (this.lastSaveError) throw this.lastSaveError;
-      return;
-    }
+    await this.writes.flush();
   }
 
   /** Flushes and releases the store (and its lock). */
@@ -973,7 +964,7 @@ export class Store {
     try {
       await this.flush();
     } finally {
-      this.disarm();
+      this.writes.disarm();
       this.closed = true;
       await this.callLog.close().catch(() => {});
       this.releaseLock();
@@ -983,7 +974,7 @@ export class Store {
   /** Synchronous flush + release for a process "exit" handler, where no await can run. */
   closeSync(): void {
     if (this.closed) return;
-    this.disarm();
+    this.writes.disarm();
     try {
       try {
         this.callLog.closeSync();
@@ -999,31 +990,6 @@ export class Store {
       this.closed = true;
       this.releaseLock();
     }
-  }
-
-  private arm(delayMs: number): void {
-    if (this.timer !== null) return;
-    this.timer = setTimeout(() => {
-      this.timer = null;
-      // One save at a time: a change made during a save is written by the next one.
-      if (this.saving !== null) this.arm(this.saveDelayMs);
-      else void this.startSave(false);
-    }, delayMs);
-    // The agent's sockets keep it alive; a CLI must close() the store, which flushes.
-    this.timer.unref();
-  }
-
-  private disarm(): void {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
-  }
-
-  private startSave(rethrow: boolean): Promise<void> {
-    const p: Promise<void> = this.saveNow(rethrow).finally(() => {
-      if (this.saving === p) this.saving = null;
-    });
-    this.saving = p;
-    return p;
   }
 
   /** One write of the current data. Background (rethrow=false) failures go to onError and retry. */
@@ -1043,7 +1009,7 @@ export class Store {
       this.lastSaveError = err;
       if (rethrow) throw err;
       this.onError(err);
-      if (!this.closed) this.arm(this.retryDelayMs);
+      this.writes.arm(this.retryDelayMs);
     }
   }
 
