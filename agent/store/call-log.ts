@@ -222,7 +222,7 @@ export class CallLog {
   }
 
   hasPendingWrites(): boolean {
-    return this.queued.length > 0 || this.writes.busy || this.lastError !== null;
+    return this.writes.hasPendingWrites();
   }
 
   /** Writes what is queued and resolves when it is durable; rejects if the write fails. */

@@ -941,7 +941,7 @@ export class Store {
 
   /** True while a change is not yet on disk (scheduled, being written, or a failed write). */
   hasPendingWrites(): boolean {
-    return this.dirty || this.writes.busy || this.lastSaveError !== null || this.callLog.hasPendingWrites();
+    return this.writes.hasPendingWrites() || this.callLog.hasPendingWrites();
   }
 
   /** Marks the data changed; a write follows within saveDelayMs. Never waits, never throws. */

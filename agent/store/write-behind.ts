@@ -22,9 +22,9 @@ export class WriteBehind {
 
   constructor(private readonly o: WriteBehindOptions) {}
 
-  /** A write is running. */
-  get busy(): boolean {
-    return this.running !== null;
+  /** Something is not yet durable: waiting to be written, being written, or a failed write. */
+  hasPendingWrites(): boolean {
+    return this.o.pending() || this.running !== null || this.o.lastError() !== null;
   }
 
   /** A write within delayMs (default the configured delay), unless one is already armed. */
