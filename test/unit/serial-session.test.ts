@@ -7,6 +7,7 @@ import { ConsoleSession, LoginGuard } from "../../agent/console/serial.ts";
 import { verifyInstallerPassword, hashInstallerPassword } from "../../agent/appliance/password.ts";
 import { defaultSettings } from "../../agent/config.ts";
 import { createLogger } from "../../agent/log.ts";
+import type { CommandTable } from "../../agent/console/control.ts";
 
 const bytes = (s: string): Buffer => Buffer.from(s, "latin1");
 
@@ -18,9 +19,9 @@ async function until(fn: () => boolean, timeoutMs = 5000): Promise<void> {
   }
 }
 
-function session(settings: ReturnType<typeof defaultSettings>, savePassword?: (hash: string) => Promise<void>): { s: ConsoleSession; out: () => string; clear: () => void } {
+function session(settings: ReturnType<typeof defaultSettings>, savePassword?: (hash: string) => Promise<void>, table: CommandTable = {}): { s: ConsoleSession; out: () => string; clear: () => void } {
   let out = "";
-  const s = new ConsoleSession({ settings, guard: new LoginGuard(settings), table: {}, write: (t) => (out += t), log: createLogger("silent"), ...(savePassword ? { savePassword } : {}) });
+  const s = new ConsoleSession({ settings, guard: new LoginGuard(settings), table, write: (t) => (out += t), log: createLogger("silent"), ...(savePassword ? { savePassword } : {}) });
   s.begin();
   return { s, out: () => out, clear: () => (out = "") };
 }
@@ -139,6 +140,32 @@ describe("mistyped words at the console", () => {
     s.input(bytes("stauts\r"));
     await s.idle();
     assert.match(out(), /unknown command 'stauts' \(type 'help'\)/);
+    s.close();
+  });
+});
+
+describe("why at the console", () => {
+  test("why <user> asks for the user's last call, why <user> <call-id> for one call; other word counts get the usage and ask nothing", async () => {
+    const settings = { ...defaultSettings(), siteId: "lab-1", serialPassword: await hashInstallerPassword("install-3r") };
+    const asked: unknown[] = [];
+    const table: CommandTable = { "call.why": (args) => (asked.push(args), { lines: ["call c1: answered", "  anna: skipped: away"] }) };
+    const { s, out, clear } = session(settings, undefined, table);
+    s.input(bytes("install-3r\r"));
+    await s.idle();
+    for (const bad of ["why", "why anna c1 extra"]) {
+      clear();
+      s.input(bytes(`${bad}\r`));
+      await s.idle();
+      assert.match(out(), /usage: why <user id> \[call-id\]/, bad);
+    }
+    assert.deepEqual(asked, []);
+    clear();
+    s.input(bytes("why anna\r"));
+    await s.idle();
+    s.input(bytes("why anna c1\r"));
+    await s.idle();
+    assert.deepEqual(asked, [{ last: true, user: "anna" }, { callId: "c1", user: "anna" }]);
+    assert.match(out(), /anna: skipped: away/);
     s.close();
   });
 });
