@@ -3,6 +3,9 @@
 SHELL := /bin/bash
 NODE  ?= node
 TSX   := $(NODE) --import tsx
+# tsx's synchronous transforms otherwise wait on an esbuild worker thread (Atomics.wait) that
+# can hang a process for good on a loaded machine; "0" is esbuild's per-call synchronous path.
+export ESBUILD_WORKER_THREADS := 0
 # Debian packages the end-to-end tests drive as real peers.
 # openssl: test device certificates; chromium: the status page's browser test (driven by
 # playwright-core, which never downloads a browser); baresip: a real UA hearing music on hold.

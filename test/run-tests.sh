@@ -16,6 +16,10 @@ mapfile -t files < <(find "${dirs[@]}" -name '*.test.ts' 2>/dev/null | sort)
 [ ${#files[@]} -gt 0 ] || { echo "no test files under ${dirs[*]}" >&2; exit 1; }
 export RINGEDGE_TEST_FILES; RINGEDGE_TEST_FILES=$(printf '%s\n' "${files[@]}")
 FILE_TIMEOUT_MS=${RINGEDGE_TEST_FILE_TIMEOUT_MS:-1200000}
+# tsx's synchronous transforms wait on an esbuild worker thread with Atomics.wait, which can
+# hang a process for good on a loaded machine (a CLI child that never prints or exits);
+# "0" selects esbuild's per-call synchronous path. Inherited by every agent and CLI child.
+export ESBUILD_WORKER_THREADS=0
 cmd=(node --import tsx --test --test-concurrency=2 --test-timeout="$FILE_TIMEOUT_MS"
   --test-reporter=spec --test-reporter-destination=stdout
   --test-reporter=./test/every-file-reporter.mjs --test-reporter-destination=stderr
