@@ -2,6 +2,7 @@
 // typed events here and never call each other's internals (Zigbee2MQTT's extension lesson).
 import { EventEmitter } from "node:events";
 import type { WhyRecord } from "./routing/why.ts";
+import type { MailboxCounts, MailboxOwner } from "./voicemail/types.ts";
 
 export type PresenceReason = "registered" | "unregistered" | "expired" | "keepalive-timeout" | "keepalive-ok" | "restored";
 
@@ -46,6 +47,8 @@ export interface AgentEvents {
   "provisioning.request": { vendor: string | undefined; model: string | undefined; mac: string | undefined; result: string; status: number; source: string; at: number };
   /** The store wrote its file (ok false: the write failed and will be retried). */
   "store.saved": { ms: number; ok: boolean; at: number };
+  /** A mailbox's counts changed: a message left, heard, saved or deleted, or expired (voicemail/). */
+  "voicemail.changed": { mailbox: MailboxOwner; at: number } & MailboxCounts;
   /** An installer or console change: who (control socket, serial console, console over MQTT), what, on what. */
   "audit.change": { actor: string; action: string; target: string | undefined; at: number };
 }
