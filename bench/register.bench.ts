@@ -262,6 +262,25 @@ async function buildDist(): Promise<string> {
   return outfile;
 }
 
+const HEAP_SNAPSHOT_DIR = process.env.BENCH_HEAP_SNAPSHOT ? path.resolve(process.env.BENCH_HEAP_SNAPSHOT) : undefined;
+
+/** Asks the agent (started with --heapsnapshot-signal) for a heap snapshot and waits until it is written. */
+async function heapSnapshot(pid: number, dir: string): Promise<void> {
+  fs.mkdirSync(dir, { recursive: true });
+  const before = new Set(fs.readdirSync(dir));
+  process.kill(pid, "SIGUSR2");
+  const file = await waitFor("heap snapshot", async () => fs.readdirSync(dir).find((f) => f.endsWith(".heapsnapshot") && !before.has(f)), 60_000);
+  // Written when its size stops changing.
+  let size = -1;
+  for (;;) {
+    await sleep(500);
+    const now = fs.statSync(path.join(dir, file)).size;
+    if (now === size) break;
+    size = now;
+  }
+  console.log(`heap snapshot: ${path.join(dir, file)} (${(size / 1e6).toFixed(1)} MB)`);
+}
+
 async function benchAgent(runtime: string, entry: string, workDir: string): Promise<VariantResult> {
   const dir = path.join(workDir, runtime);
   const dataDir = path.join(dir, "data");
@@ -280,6 +299,9 @@ async function benchAgent(runtime: string, entry: string, workDir: string): Prom
     // SIPp is gone after each run, so keep-alive OPTIONS (every 30 s by default) would all time
     // out and fill the steady-state figure with 2,000 retransmitting probes to dead phones.
     RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
+    // BENCH_HEAP_SNAPSHOT=<dir>: a V8 heap snapshot of the agent at steady state goes there.
+    // BENCH_NODE_FLAGS: more node flags for the shipped agent (e.g. to try V8 heap settings).
+    RINGEDGE_NODE_FLAGS: [process.env.BENCH_NODE_FLAGS ?? "", HEAP_SNAPSHOT_DIR ? `--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${HEAP_SNAPSHOT_DIR}` : ""].join(" ").trim(),
   });
   // The shipped agent starts through bin/ringedge (its node flags); the tsx form as developers run it.
   const [cmd, args] = entry.endsWith(".mjs") ? [path.join(ROOT, "bin", "ringedge"), ["run"]] : [process.execPath, [entry, "run"]];
@@ -326,6 +348,7 @@ async function benchAgent(runtime: string, entry: string, workDir: string): Prom
     await waitFor("transactions drained (Timer J)", async () => ((await agentStatus(sock)).transactions.server === 0 ? true : undefined), STEADY_WAIT_MS);
     await sleep(1000);
     const steady = { ...(await memoryPoint(pid, sock)), waitedMs: Date.now() - tSteady };
+    if (HEAP_SNAPSHOT_DIR && entry.endsWith(".mjs")) await heapSnapshot(pid, HEAP_SNAPSHOT_DIR);
 
     // Stop cleanly (SIGTERM flushes the store), then check what reached the disk.
     agent.kill("SIGTERM");
