@@ -19,6 +19,12 @@
 // Latency runs: 10 and 50 phones registered × simultaneous and sequential, at 100 calls/s.
 // Throughput runs: the 10-phone simultaneous group at 500 calls/s (and any BENCH_CALLS_RATES),
 // no packet capture (it would compete for the two CPUs).
+// Media runs (issue 12: "the first-fork latency with and without 50 streams"): the headline run
+// twice more on a site that also has a queue group (702, wait-for-operator, its only member
+// online but away, which the queue skips): "q0" with nobody queued, "q50" with 50 callers queued first
+// (bench/sipp/caller-queued.xml), each hearing hold music from the agent's media worker while
+// the ring-all calls run. A UDP socket of the bench receives the 50 streams and times every
+// packet: pacing jitter (|gap − 20 ms|) p50/p99 per packet, as bench/media.bench.ts does.
 //
 // Knobs (env): BENCH_CALLS_SECONDS (10), BENCH_CALLS_LATENCY_RATE (100), BENCH_CALLS_RATES
 // ("500"), BENCH_CALLS_HOLD_MS (100), BENCH_CALLS_ONLY (run labels, comma-separated),
@@ -30,6 +36,8 @@ import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
+import dgram from "node:dgram";
+import { parseRtp } from "../agent/media/rtp.ts";
 import { fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
 import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, procSample, runCaller, start, startCapture, startPhones, waitFor, type CallerRun, type Capture, type Child, type PacketLatency, type Phone } from "./sipp-harness.ts";
 
@@ -48,6 +56,9 @@ const TARGETS = { firstForkP50UsMax: 200, firstForkP99UsMax: 2000, atRate: 100, 
 const REALTIME_PRIORITY = 10;
 const execFileP = promisify(execFile);
 const GROUP_NUMBER = { simultaneous: "700", sequential: "701" } as const;
+/** The queue group of the media runs: callers wait there hearing music on hold. */
+const QUEUE_NUMBER = "702";
+const HOLD_STREAMS = 50;
 /** The agent as shipped (bin/ringedge runs dist/ringedge.mjs; make bench builds it first). */
 const BIN = path.join(ROOT, "bin", "ringedge");
 
@@ -69,14 +80,20 @@ interface RunSpec {
    * unit does (CPUSchedulingPolicy=fifo): the tuned half of the headline pair.
    */
   realtimePriority?: number;
+  /** The site has the queue group, and this many callers wait in it (music on hold) during the run. */
+  holdStreams?: number;
 }
 
 // --- site file -----------------------------------------------------------------------------------
 
-function siteFile(phones: Phone[], callerPort: number): unknown {
+function siteFile(phones: Phone[], callerPort: number, queue: boolean): unknown {
   const members = phones.map((p) => p.user);
   const answerer = phones.find((p) => p.username === "answer-1")!.user;
-  return {
+  // The queue's only operator is online but away, and the queue skips away operators
+  // (checkAvailability): a caller finds nobody to ring and waits at once. (With every member
+  // offline the queue would be skipped for its `then`.) The ring-all groups ring away members.
+  const queueGroup = { id: "bench-queue", number: QUEUE_NUMBER, name: "Bench queue", strategy: "simultaneous", members: [members[0]], ringCount: 6, checkAvailability: true, noAnswer: { kind: "wait-for-operator", maxWaitS: 600, then: { kind: "hangup", status: 480 } } };
+  const site: { users: unknown[]; groups: unknown[]; [k: string]: unknown } = {
     schema: "ringedge.site/1",
     version: 1,
     settings: { pickupCode: "*8", trunk: { host: CALLER_IP, port: callerPort, transport: "udp", allowedSources: [CALLER_IP] } },
@@ -87,6 +104,56 @@ function siteFile(phones: Phone[], callerPort: number): unknown {
       // Sequential: the answering member first, so every call is one fork that is answered.
       { id: "bench-seq", number: GROUP_NUMBER.sequential, name: "Bench sequential", strategy: "sequential", members: [answerer, ...members.filter((m) => m !== answerer)], ringCount: 6, checkAvailability: false, noAnswer: { kind: "hangup", status: 480 } },
     ],
+  };
+  if (queue) {
+    (site.users[0] as { availability: string }).availability = "away";
+    site.groups.push(queueGroup);
+  }
+  return site;
+}
+
+// --- hold-music receiver (media runs) -----------------------------------------------------------
+
+interface HoldSink {
+  port: number;
+  /** Streams (SSRCs) heard so far. */
+  streams(): number;
+  /** Packets and pacing jitter (|arrival gap − 20 ms|, ms) from now until stop(). */
+  measure(): void;
+  stop(): Promise<{ streams: number; packets: number; packetsPerStreamPerS: number; jitterP50Ms: number; jitterP99Ms: number; jitterMaxMs: number }>;
+}
+
+async function holdSink(): Promise<HoldSink> {
+  const sock = dgram.createSocket("udp4");
+  await new Promise<void>((r) => sock.bind(0, "127.0.0.1", r));
+  const last = new Map<number, number>();
+  const gaps: number[] = [];
+  let packets = 0;
+  let measuring = false;
+  let t0 = 0;
+  sock.on("message", (b) => {
+    const p = parseRtp(b);
+    if (!p.ok) return;
+    const now = performance.now();
+    const prev = last.get(p.value.ssrc);
+    last.set(p.value.ssrc, now);
+    if (!measuring) return;
+    packets++;
+    if (prev !== undefined) gaps.push(Math.abs(now - prev - 20));
+  });
+  return {
+    port: (sock.address() as { port: number }).port,
+    streams: () => last.size,
+    measure() {
+      measuring = true;
+      t0 = performance.now();
+    },
+    async stop() {
+      const seconds = (performance.now() - t0) / 1000;
+      await new Promise<void>((r) => sock.close(() => r()));
+      const j = summarize(gaps);
+      return { streams: last.size, packets, packetsPerStreamPerS: round(packets / Math.max(1, last.size) / Math.max(0.001, seconds), 1), jitterP50Ms: round(j.median, 2), jitterP99Ms: round(j.p99, 2), jitterMaxMs: round(j.max, 2) };
+    },
   };
 }
 
@@ -124,6 +191,8 @@ interface RunResult {
   scheduling: { policy: string; priority: number; nice: number } | null;
   /** Why the real-time policy asked for could not be set (not root), if so. */
   realtimeError: string | undefined;
+  /** Media runs: the queued callers and the hold music they were sent during the measured run. */
+  hold?: Awaited<ReturnType<HoldSink["stop"]>> & { queuedOk: number; queuedFailed: number };
 }
 
 async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
@@ -133,7 +202,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
   const [agentPort, callerPort] = [await freePort(), await freePort()];
   const phones = phonesFor(spec.phones);
   const site = path.join(dir, "site.json");
-  fs.writeFileSync(site, JSON.stringify(siteFile(phones, callerPort), null, 2));
+  fs.writeFileSync(site, JSON.stringify(siteFile(phones, callerPort, spec.holdStreams !== undefined), null, 2));
 
   const env = agentEnv(dataDir, agentPort, {
     RINGEDGE_LOG_LEVEL: "warn",
@@ -148,6 +217,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
   const sock = path.join(dataDir, "control.sock");
   let phoneProcs: Child[] = [];
   let cap: Capture | undefined;
+  let sink: HoldSink | undefined;
   try {
     await Promise.race([
       waitFor("agent control socket", async () => ((await socketAnswers(sock, 200)) ? true : undefined), 30_000),
@@ -169,11 +239,31 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     const registerMs = Date.now() - tReg;
     await sleep(300);
 
+    // Media runs: the queued callers first, each hearing music on hold until after the run.
+    let queued: Promise<CallerRun> | undefined;
+    if (spec.holdStreams !== undefined && spec.holdStreams > 0) {
+      const streams = spec.holdStreams;
+      const s = (sink = await holdSink());
+      queued = runCaller(path.join(dir, "queued"), agentPort, await freePort(), QUEUE_NUMBER, 50, streams, {
+        scenario: "caller-queued.xml",
+        // Waits through the warm-up, the measured run and the idle check, then CANCELs.
+        holdMs: (WARMUP_CALLS / WARMUP_RATE + SECONDS + 15) * 1000,
+        tailS: SECONDS + 40,
+        extraArgs: ["-trace_err", "-key", "sink_ip", "127.0.0.1", "-key", "sink_port", String(s.port)],
+      });
+      await waitFor(`${streams} hold-music streams`, async () => (s.streams() >= streams ? true : undefined), 15_000).catch((err: unknown) => {
+        const qdir = path.join(dir, "queued");
+        const logs = fs.existsSync(qdir) ? fs.readdirSync(qdir).filter((f) => f.endsWith(".log")).map((f) => `--- ${f} ---\n${fs.readFileSync(path.join(qdir, f), "utf8").slice(-3000)}`) : [];
+        throw new Error(`${(err as Error).message} (heard ${s.streams()})\n${logs.join("\n")}\n--- agent ---\n${agent.output().slice(-3000)}`);
+      });
+    }
+
     // Warm-up: the agent's first calls run cold code (tsx-compiled modules, JIT); the packet
     // capture starts after it, the agent's histogram (cumulative since start) includes it.
     const warm = await runCaller(path.join(dir, "warmup"), agentPort, callerPort, GROUP_NUMBER[spec.strategy], WARMUP_RATE, WARMUP_CALLS, { holdMs: HOLD_MS });
     if (warm.failed > 0) console.log(`[${spec.label}] warm-up: ${warm.failed} failed calls\n${warm.tail}`);
     if (spec.capture) cap = await startCapture(dir, agentPort);
+    sink?.measure();
     const before = procSample(pid);
     const calls = Math.round(spec.rate * SECONDS);
     const caller = await runCaller(dir, agentPort, callerPort, GROUP_NUMBER[spec.strategy], spec.rate, calls, { holdMs: HOLD_MS });
@@ -184,6 +274,12 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       return s.proxy.calls === 0 && s.proxy.dialogs === 0 ? s : undefined;
     }, 5000).catch(async () => status(sock));
     const packets = cap === undefined ? undefined : await packetLatency(cap, agentPort, callerPort);
+    let hold: RunResult["hold"];
+    if (sink !== undefined && queued !== undefined) {
+      const figures = await sink.stop();
+      const q = await queued;
+      hold = { ...figures, queuedOk: q.successful, queuedFailed: q.failed };
+    }
     const st = idle;
     const agentLog = agent.output();
     return {
@@ -205,9 +301,11 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       phoneTail: "",
       scheduling: st.scheduling ?? null,
       realtimeError,
+      ...(hold !== undefined ? { hold } : {}),
     };
   } finally {
     if (cap !== undefined && cap.child.proc.exitCode === null) await cap.child.stop("SIGINT");
+    await sink?.stop().catch(() => undefined);
     for (const p of phoneProcs) await p.stop("SIGKILL");
     // SIGTERM: a clean stop writes the CPU profile when one was asked for.
     await agent.stop("SIGTERM");
@@ -228,6 +326,8 @@ function specs(): RunSpec[] {
       }
     }
   }
+  // The media pair: same site (with the queue group), without and with 50 callers hearing music.
+  for (const streams of [0, HOLD_STREAMS]) all.push({ label: `sim-10@${LATENCY_RATE} q${streams}`, phones: 10, strategy: "simultaneous", rate: LATENCY_RATE, capture: true, holdStreams: streams });
   for (const rate of THROUGHPUT_RATES) all.push({ label: `sim-10@${rate}`, phones: 10, strategy: "simultaneous", rate, capture: false });
   return ONLY === undefined ? all : all.filter((s) => ONLY.includes(s.label));
 }
@@ -258,6 +358,7 @@ function runJson(r: RunResult): Record<string, unknown> {
     leftover: r.leftover,
     agentWarnings: r.agentWarnings,
     scheduling: r.scheduling,
+    ...(r.spec.holdStreams !== undefined ? { holdStreams: r.spec.holdStreams, hold: r.hold ?? null } : {}),
     ...(r.realtimeError !== undefined ? { realtimeError: r.realtimeError } : {}),
   };
 }
@@ -283,6 +384,7 @@ async function main(): Promise<number> {
         (p ? `, packets p50/p99 ${fmt(p.p50Us)}/${fmt(p.p99Us)} µs (${p.matched}/${p.invitesIn} matched)` : "") +
         `; CPU ${fmt(r.cpuUsPerCall)} µs/call; RSS ${r.rssMB} MB`,
     );
+    if (r.hold !== undefined) console.log(`[${spec.label}] hold music: ${r.hold.streams} streams, ${r.hold.packetsPerStreamPerS} packets/s each, jitter p50/p99/max ${r.hold.jitterP50Ms}/${r.hold.jitterP99Ms}/${r.hold.jitterMaxMs} ms; queued callers ${r.hold.queuedOk} ok, ${r.hold.queuedFailed} failed`);
     if (r.caller.failed > 0 || r.caller.exitCode !== 0) console.log(`--- SIPp caller tail ---\n${r.caller.tail}\n--- agent log tail ---\n${r.agentLogTail}`);
   }
 
@@ -303,7 +405,14 @@ async function main(): Promise<number> {
   console.log("");
   console.log(table(["run", "ok", "failed", "calls/s", "first fork µs p50/p99 (agent)", "(packets)", "to 180 ms p50/p99", "CPU µs/call", "RSS MB"], rows));
 
-  const headline = results.find((r) => r.spec.phones === TARGETS.phones && r.spec.strategy === "simultaneous" && r.spec.rate === TARGETS.atRate && r.spec.realtimePriority === undefined);
+  const headline = results.find((r) => r.spec.phones === TARGETS.phones && r.spec.strategy === "simultaneous" && r.spec.rate === TARGETS.atRate && r.spec.realtimePriority === undefined && r.spec.holdStreams === undefined);
+  // The media pair: first fork without and with 50 hold-music streams (issue 12).
+  const q0 = results.find((r) => r.spec.holdStreams === 0);
+  const q50 = results.find((r) => r.spec.holdStreams === HOLD_STREAMS);
+  const fork = (r: RunResult | undefined): { p50Us: number; p99Us: number } | null => (r === undefined ? null : r.packets ? { p50Us: r.packets.p50Us, p99Us: r.packets.p99Us } : { p50Us: r.agentLatency.p50Us, p99Us: r.agentLatency.p99Us });
+  const media = q0 !== undefined || q50 !== undefined
+    ? { streams: HOLD_STREAMS, firstForkWithout: fork(q0), firstForkWith: fork(q50), p99Ratio: q0 && q50 ? round(fork(q50)!.p99Us / Math.max(1, fork(q0)!.p99Us), 2) : null, hold: q50?.hold ?? null, jitterP99MsMax: 2 }
+    : null;
   const tuned = results.find((r) => r.spec.phones === TARGETS.phones && r.spec.strategy === "simultaneous" && r.spec.rate === TARGETS.atRate && r.spec.realtimePriority !== undefined);
   const tunedApplied = tuned !== undefined && tuned.scheduling?.policy === "fifo";
   const p50Met = (r: RunResult): boolean => r.agentLatency.p50Us <= TARGETS.firstForkP50UsMax && (r.packets?.p50Us ?? 0) <= TARGETS.firstForkP50UsMax;
@@ -338,6 +447,7 @@ async function main(): Promise<number> {
         }
       : null,
     maxCleanCallRate: round(maxClean, 1),
+    media,
     targets: TARGETS,
     met,
     runs: results.map(runJson),
@@ -349,6 +459,7 @@ async function main(): Promise<number> {
   if (tuned !== undefined) {
     console.log(tunedApplied ? `under SCHED_FIFO ${REALTIME_PRIORITY} (${tuned.spec.label}): p50 ${v(met.firstForkP50Realtime)}, p99 ${v(met.firstForkP99Realtime)}` : `${tuned.spec.label}: SCHED_FIFO was not in force (${tuned.realtimeError ?? "policy " + String(tuned.scheduling?.policy)}); no verdict`);
   }
+  if (media !== null) console.log(`media: first fork p50/p99 ${media.firstForkWithout?.p50Us ?? "—"}/${media.firstForkWithout?.p99Us ?? "—"} µs without, ${media.firstForkWith?.p50Us ?? "—"}/${media.firstForkWith?.p99Us ?? "—"} µs with ${HOLD_STREAMS} hold-music streams (p99 ratio ${media.p99Ratio ?? "—"}); pacing jitter p99 ${media.hold?.jitterP99Ms ?? "—"} ms (target ≤ ${media.jitterP99MsMax})`);
   console.log(`wrote ${out}`);
   if (CPU_PROF || process.env.BENCH_KEEP) console.log(`kept ${workDir}`);
   else fs.rmSync(workDir, { recursive: true, force: true });
