@@ -35,10 +35,10 @@ import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
-import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
+import { agentEnv, freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import dgram from "node:dgram";
 import { parseRtp } from "../agent/media/rtp.ts";
-import { fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
+import { benchWorkDir, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
 import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, procSample, runCaller, start, startCapture, startPhones, waitFor, type CallerRun, type Capture, type Child, type PacketLatency, type Phone } from "./sipp-harness.ts";
 
 const SECONDS = envNum("BENCH_CALLS_SECONDS", 10);
@@ -372,7 +372,7 @@ async function main(): Promise<number> {
     }
   }
   const m = machine();
-  const workDir = tempDir("ringedge-bench-calls-");
+  const workDir = benchWorkDir("ringedge-bench-calls-", CPU_PROF || process.env.BENCH_KEEP !== undefined);
   const results: RunResult[] = [];
   for (const spec of specs()) {
     console.log(`[${spec.label}] ${spec.phones} phones registered, ${spec.strategy} group, ${spec.rate} calls/s for ${SECONDS} s${spec.capture ? ", tshark on lo" : ""}`);

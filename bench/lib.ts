@@ -1,10 +1,11 @@
 // Shared helpers for the benchmarks: order statistics, number formatting, the machine
 // description every result carries, and an atomic write of bench/results/<name>.json
 // (temp file + rename, so a run killed half-way never leaves a torn file behind).
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { tempDir } from "../test/tmpdir.ts";
 
 export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
 export const RESULTS_DIR = join(BENCH_DIR, "results");
@@ -311,4 +312,12 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
   writeFileSync(`${out}.tmp`, renderSummary(Number.isFinite(started) ? started : 0, statuses));
   renameSync(`${out}.tmp`, out);
   console.log(`wrote ${out}`);
+}
+
+/**
+ * A bench's work folder. Kept (printed, never removed) when asked to (BENCH_KEEP, a CPU
+ * profile); otherwise a tempDir, removed when the process ends however it ends.
+ */
+export function benchWorkDir(prefix: string, keep: boolean): string {
+  return keep ? mkdtempSync(join(os.tmpdir(), prefix)) : tempDir(prefix);
 }

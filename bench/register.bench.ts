@@ -25,8 +25,8 @@ import fs from "node:fs";
 import path from "node:path";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { Store } from "../agent/store/store.ts";
-import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
-import { BENCH_DIR, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
+import { agentEnv, freePort, ROOT, sleep } from "../test/e2e/harness.ts";
+import { BENCH_DIR, benchWorkDir, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
 
 const N = envInt("BENCH_REGISTRATIONS", 2000);
 const BURST_RATE = envInt("BENCH_BURST_RATE", 4000);
@@ -444,7 +444,7 @@ function printVariant(v: VariantResult): void {
 
 async function main(): Promise<number> {
   const m = machine();
-  const workDir = tempDir("ringedge-bench-");
+  const workDir = benchWorkDir("ringedge-bench-", process.env.BENCH_KEEP !== undefined);
   const variants: VariantResult[] = [];
   variants.push(await benchAgent("dist", await buildDist(), workDir));
   printVariant(variants[0]!);

@@ -28,12 +28,11 @@
 import { spawn } from "node:child_process";
 import { execFile } from "node:child_process";
 import fs from "node:fs";
-import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
-import { BENCH_DIR, RESULTS_DIR, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
+import { BENCH_DIR, RESULTS_DIR, benchWorkDir, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
 import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpuMs, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
@@ -339,9 +338,8 @@ async function main(): Promise<number> {
   }
   const m = machine();
   const kamailioVersion = PROXIES.includes("kamailio") ? /version: (\S+ \S+)/.exec((await execFileP(KAMAILIO, ["-v"])).stdout)?.[1] ?? "unknown" : null;
-  // BENCH_KEEP: a folder that outlives the process (tempDir's are removed at exit).
   const keep = process.env.BENCH_KEEP !== undefined || CPU_PROF;
-  const workDir = keep ? fs.mkdtempSync(path.join(os.tmpdir(), "ringedge-bench-kam-")) : tempDir("ringedge-bench-kam-");
+  const workDir = benchWorkDir("ringedge-bench-kam-", keep);
   const results: RunResult[] = [];
   for (const spec of specs()) {
     const r = await runOne(spec, workDir);
