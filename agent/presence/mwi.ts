@@ -29,6 +29,7 @@ import type { Logger } from "../log.ts";
 import type { SiteIndex } from "../routing/model.ts";
 import type { EventPackage, SubscribeRefusal, Subscriber } from "../sip/subscriptions.ts";
 import { parseUri, unescapeUser } from "../sip/uri.ts";
+import { mailboxesOfUser } from "../voicemail/access.ts";
 import type { MailboxCounts, MailboxOwner, VoicemailCounts } from "../voicemail/types.ts";
 import { uriUser } from "./blf.ts";
 
@@ -60,13 +61,6 @@ export function combineCounts(mailboxes: ReadonlyArray<MailboxCounts | undefined
     oldMessages = Math.min(MAX_COUNT, oldMessages + safeCount(m.oldMessages));
   }
   return { newMessages, oldMessages };
-}
-
-/** The mailboxes a user's lamp shows: their own, then each group they are a member of (site order). */
-export function mailboxesOfUser(userId: string, index: SiteIndex): MailboxOwner[] {
-  const out: MailboxOwner[] = [{ kind: "user", id: userId }];
-  for (const g of index.groupsById.values()) if (g.members.includes(userId)) out.push({ kind: "group", id: g.id });
-  return out;
 }
 
 /**
