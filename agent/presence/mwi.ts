@@ -18,8 +18,9 @@
 //   the owner's extension or user id, the SIP username of one of the owner's devices (phones
 //   subscribe to their own AOR), or the voicemail code (Yealink subscribe_mwi_to_vm, Snom's
 //   mailbox: phones that subscribe to the voicemail number). A member may also watch one of its
-//   groups' mailboxes alone (group number or id, e.g. a Cisco MWI line key). Any other user,
-//   device or group of the site: 403. Anything else: 404.
+//   groups' mailboxes alone (group number or id, e.g. a Cisco MWI line key); that watch ends
+//   (terminated;reason=rejected) when a site change takes the member out of the group. Any
+//   other user, device or group of the site: 403. Anything else: 404.
 // - A user is accepted even when no mailbox of theirs is enabled yet: the lamp says "no", and a
 //   mailbox enabled later by a console push lights it without the phone having to retry (phones
 //   back off for a long time after a 404).
@@ -78,9 +79,12 @@ export function renderMessageSummary(input: { account: string; counts: MailboxCo
 /** What a message-summary Request-URI names for a subscriber (pure; see the decisions above). */
 export type MailboxResolution = { ok: true; resource: string; account: string } | { ok: false; status: 403 | 404; reason: string };
 
-/** Resource keys: "u <user id>" (a user's lamp) or "g <group id>" (one group mailbox); ids have no spaces. */
+/**
+ * Resource keys (ids have no spaces): "u <user id>" (a user's lamp), "g <group id> <user id>"
+ * (one group mailbox as that member watches it: a member who leaves the group loses it).
+ */
 const userResource = (id: string): string => `u ${id}`;
-const groupResource = (id: string): string => `g ${id}`;
+const groupResource = (groupId: string, userId: string): string => `g ${groupId} ${userId}`;
 
 export function resolveMailbox(
   requestUri: string,
@@ -108,7 +112,7 @@ export function resolveMailbox(
   const group = index.groupsByNumber.get(name) ?? index.groupsById.get(name);
   if (group !== undefined) {
     if (own === undefined || !group.members.includes(own.id)) return forbidden("a group you are not a member of");
-    return { ok: true, resource: groupResource(group.id), account: group.number };
+    return { ok: true, resource: groupResource(group.id, own.id), account: group.number };
   }
   const owner = opts.deviceOwner?.(name);
   if (owner !== undefined) return own !== undefined && owner === own.id ? mine() : forbidden("another user's device");
@@ -122,7 +126,7 @@ export interface MwiDeps {
   /** The current site (users, groups and their members). */
   site: () => SiteIndex;
   /** The subscription mechanism: told which lamps changed. */
-  subscriptions: { addPackage(pkg: EventPackage): void; changed(event: string, resource: string): void };
+  subscriptions: { addPackage(pkg: EventPackage): void; changed(event: string, resource: string): void; endResource(event: string, resource: string): number };
   /** The mailbox store's counts; NO_MAILBOXES until one is wired. */
   counts: VoicemailCounts;
   /** The voicemail feature code (settings.voicemailCode), read at each SUBSCRIBE. */
@@ -137,6 +141,8 @@ export class MwiNotifier {
   private readonly pending = new Set<string>();
   private flushScheduled: NodeJS.Immediate | undefined;
   private readonly unsubscribe: Array<() => void> = [];
+  /** Group resources handed out (bounded by members × groups): re-checked when the site changes. */
+  private readonly groupWatches = new Set<string>();
 
   constructor(private readonly deps: MwiDeps) {}
 
@@ -145,12 +151,24 @@ export class MwiNotifier {
     const bus = this.deps.bus;
     this.unsubscribe.push(
       bus.on("voicemail.changed", (e) => this.mark(this.affected(e.mailbox))),
-      // Memberships may have changed: a lamp may now include or leave out a group mailbox.
-      bus.on("site.applied", () => {
-        const index = this.deps.site();
-        this.mark([...[...index.usersById.keys()].map(userResource), ...[...index.groupsById.keys()].map(groupResource)]);
-      }),
+      bus.on("site.applied", () => this.siteChanged()),
     );
+  }
+
+  /**
+   * Memberships may have changed: every lamp is sent again (it may now include or leave out a
+   * group mailbox); a watch on a group mailbox whose watcher is no longer a member (or whose
+   * group is gone) ends, `terminated;reason=rejected`.
+   */
+  private siteChanged(): void {
+    const index = this.deps.site();
+    for (const r of [...this.groupWatches]) {
+      const [, groupId, userId] = r.split(" ");
+      if (index.groupsById.get(groupId!)?.members.includes(userId!) === true) continue;
+      this.groupWatches.delete(r);
+      this.deps.subscriptions.endResource(MESSAGE_SUMMARY_EVENT, r);
+    }
+    this.mark([...[...index.usersById.keys()].map(userResource), ...this.groupWatches]);
   }
 
   stop(): void {
@@ -162,8 +180,11 @@ export class MwiNotifier {
 
   /** The counts a resource's NOTIFY carries now. */
   countsOf(resource: string): MailboxCounts {
-    const id = resource.slice(2);
-    const owners: MailboxOwner[] = resource.startsWith("g ") ? [{ kind: "group", id }] : mailboxesOfUser(id, this.deps.site());
+    const [kind, id, watcher] = resource.split(" ");
+    const index = this.deps.site();
+    let owners: MailboxOwner[];
+    if (kind === "g") owners = index.groupsById.get(id!)?.members.includes(watcher!) === true ? [{ kind: "group", id: id! }] : [];
+    else owners = mailboxesOfUser(id!, index);
     return combineCounts(owners.map((o) => this.ask(o)));
   }
 
@@ -177,19 +198,20 @@ export class MwiNotifier {
       resolve: (requestUri, host, subscriber): { resource: string; entity: string } | SubscribeRefusal | undefined => {
         const r = resolveMailbox(requestUri, subscriber, this.deps.site(), { voicemailCode: this.deps.voicemailCode(), deviceOwner: this.deps.deviceOwner });
         if (!r.ok) return r.status === 403 ? { refuse: 403, reason: r.reason } : undefined;
+        if (r.resource.startsWith("g ")) this.groupWatches.add(r.resource);
         return { resource: r.resource, entity: `sip:${uriUser(r.account)}@${host}` };
       },
       render: (resource, entity) => renderMessageSummary({ account: entity, counts: this.countsOf(resource) }),
     };
   }
 
-  /** The lamps a mailbox shows on: its user's, or the group's own and every member's. */
+  /** The lamps a mailbox shows on: its user's, or every member's (and members' watches of it alone). */
   private affected(mailbox: MailboxOwner): string[] {
     if (mailbox === null || typeof mailbox !== "object" || typeof mailbox.id !== "string") return [];
     if (mailbox.kind === "user") return [userResource(mailbox.id)];
     if (mailbox.kind !== "group") return [];
-    const group = this.deps.site().groupsById.get(mailbox.id);
-    return [groupResource(mailbox.id), ...(group?.members ?? []).map(userResource)];
+    const members = this.deps.site().groupsById.get(mailbox.id)?.members ?? [];
+    return members.flatMap((m) => [userResource(m), groupResource(mailbox.id, m)]);
   }
 
   private ask(owner: MailboxOwner): MailboxCounts | undefined {

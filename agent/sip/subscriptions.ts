@@ -310,6 +310,19 @@ export class SubscriptionManager {
     return ended.length;
   }
 
+  /**
+   * A subscriber's authorisation to a resource was withdrawn (e.g. no longer a member of the
+   * group whose mailbox it watched): its subscriptions end with a final NOTIFY,
+   * `terminated;reason=rejected` (RFC 6665 §4.1.3).
+   */
+  endResource(event: string, resource: string): number {
+    const set = this.byResource.get(resourceKey(event, resource));
+    if (set === undefined) return 0;
+    const ended = [...set];
+    for (const sub of ended) this.terminate(sub, "rejected");
+    return ended.length;
+  }
+
   /** Every subscription ends silently (agent stop): timers cleared, nothing sent. */
   stop(): void {
     for (const sub of [...this.byDialog.values()]) this.remove(sub);

@@ -115,8 +115,8 @@ describe("resolveMailbox: who may subscribe to which mailbox", () => {
     for (const uri of ["sip:1001@10.0.0.1", "sip:anna@10.0.0.1;transport=udp", "sip:anna-desk@10.0.0.1", "sip:anna-soft@10.0.0.1", "sip:*97@10.0.0.1", "sips:%2A97@10.0.0.1"]) assert.deepEqual(resolveMailbox(uri, anna, index, opts), own, uri);
   });
   it("a group mailbox alone, for its members only", () => {
-    assert.deepEqual(resolveMailbox("sip:601@h", anna, index, opts), { ok: true, resource: "g sales", account: "601" });
-    assert.deepEqual(resolveMailbox("sip:support@h", anna, index, opts), { ok: true, resource: "g support", account: "602" });
+    assert.deepEqual(resolveMailbox("sip:601@h", anna, index, opts), { ok: true, resource: "g sales anna", account: "601" });
+    assert.deepEqual(resolveMailbox("sip:support@h", anna, index, opts), { ok: true, resource: "g support anna", account: "602" });
     const r = resolveMailbox("sip:603@h", anna, index, opts);
     assert.equal(r.ok ? 0 : r.status, 403);
   });
@@ -211,10 +211,10 @@ function world(limits: Partial<SubscriptionLimits> = {}, store?: (bus: EventBus)
     clock,
   });
   const mailboxes = new Mailboxes(bus);
-  const index = site();
+  const current = { index: site() };
   const mwi = new MwiNotifier({
     bus,
-    site: () => index,
+    site: () => current.index,
     subscriptions: subs,
     counts: store ? store(bus) : mailboxes,
     voicemailCode: () => "*97",
@@ -255,7 +255,7 @@ function world(limits: Partial<SubscriptionLimits> = {}, store?: (bus: EventBus)
   };
   const notifiesOf = (callId: string) => sent.filter((s) => s.req.callId === callId).map((s) => ({ state: getHeader(s.req, "subscription-state"), event: getHeader(s.req, "event"), type: getHeader(s.req, "content-type"), ...parseSummary(s.req.body.toString()) }));
   const settle = () => new Promise((r) => setImmediate(r));
-  return { bus, clock, sent, subs, mwi, mailboxes, subscribe, notifiesOf, settle };
+  return { bus, clock, sent, subs, mwi, mailboxes, subscribe, notifiesOf, settle, current };
 }
 
 describe("MwiNotifier on the subscription mechanism", () => {
@@ -359,6 +359,33 @@ describe("MwiNotifier on the subscription mechanism", () => {
     w.bus.emit("voicemail.changed", { mailbox: { kind: "user", id: "anna" }, at: 0, newMessages: 1, oldMessages: 0 });
     await w.settle();
     assert.equal(w.notifiesOf("mwi1").length, 2);
+  });
+
+  it("a member taken out of a group: their watch of its mailbox ends (terminated;reason=rejected) and their lamp leaves the group's counts out", async () => {
+    const w = world();
+    for (const o of [{ kind: "user", id: "ben" }, { kind: "group", id: "sales" }] as const) w.mailboxes.enable(o);
+    w.mailboxes.set({ kind: "group", id: "sales" }, { newMessages: 2, oldMessages: 0 });
+    w.subscribe("ben", { uri: "sip:1002@10.0.0.1" }); // mwi1: ben's lamp
+    w.subscribe("ben", { uri: "sip:601@10.0.0.1" }); // mwi2: the sales mailbox alone
+    w.subscribe("anna", { uri: "sip:601@10.0.0.1" }); // mwi3: anna stays a member
+    assert.equal(w.notifiesOf("mwi1")[0]!.voice, "2/0 (0/0)");
+    const r = parseSite({
+      users: [
+        { id: "anna", extension: "1001", name: "A", availability: "available", callLimit: 0 },
+        { id: "ben", extension: "1002", name: "B", availability: "available", callLimit: 0 },
+      ],
+      devices: [],
+      groups: [{ id: "sales", number: "601", name: "Sales", strategy: "simultaneous", members: ["anna"], ringCount: 2, checkAvailability: false, noAnswer: { kind: "hangup" } }],
+    });
+    assert.ok(r.ok);
+    w.current.index = indexSite(r.site);
+    w.bus.emit("site.applied", { version: 2, source: "console" });
+    const ended = w.notifiesOf("mwi2").at(-1)!;
+    assert.deepEqual([ended.state, ended.waiting], ["terminated;reason=rejected", "no"], "authorisation withdrawn: no counts leak in the final NOTIFY");
+    await w.settle();
+    assert.equal(w.notifiesOf("mwi1").at(-1)!.voice, "0/0 (0/0)", "ben's lamp no longer shows the group");
+    assert.equal(w.notifiesOf("mwi3").at(-1)!.voice, "2/0 (0/0)", "anna still watches it");
+    assert.equal(w.subs.count(), 2);
   });
 
   it("a malformed voicemail.changed (no such group, nonsense owner) notifies nobody and throws nothing", async () => {
