@@ -97,6 +97,8 @@ const mwiChecks: Record<string, (body: string, modelId: string) => void> = {
     const root = xmlRoot(body);
     const line = one(root, "SIP_Line_List_Entry");
     assert.equal(text(line, "MWI_Num"), CODE, "the line's voicemail number");
+    assert.equal(text(line, "Subscribe"), "1", "subscribe for voice message");
+    assert.equal(text(line, "Sub_Expire"), "3600");
   },
 };
 
