@@ -5,7 +5,7 @@
 //
 // Decisions:
 // - Counts come from the mailbox store through VoicemailCounts (voicemail/types.ts), asked at
-//   every NOTIFY; changes arrive as voicemail.changed on the bus. Listeners only mark users;
+//   every NOTIFY; changes arrive as voicemail.changed on the bus. Listeners only mark lamps;
 //   NOTIFYs go out from a setImmediate flush (a burst of changes is one NOTIFY per watcher).
 // - A user's lamp shows the user's own mailbox PLUS the mailboxes of every group the user is a
 //   member of (a group mailbox lights every member's lamp): new and old counts are summed over
