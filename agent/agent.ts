@@ -12,7 +12,7 @@ import type { BindingRecord, DeviceRecord } from "./store/schema.ts";
 import { DigestAuthenticator } from "./sip/digest.ts";
 import { AuthGuard } from "./sip/guard.ts";
 import { OverloadControl, type OverloadLimits, type OverloadStats } from "./sip/overload.ts";
-import { isTrunkSource, normalizeAddress } from "./routing/classify.ts";
+import { deviceRef, isTrunkSource, normalizeAddress } from "./routing/classify.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
 import { StatefulProxy } from "./sip/proxy.ts";
@@ -50,6 +50,8 @@ import type { Settings as LiveSettings } from "./config.ts";
 import type { GuardLimits, SourceQuota } from "./sip/guard.ts";
 import { SubscriptionManager, type SubscriptionLimits } from "./sip/subscriptions.ts";
 import { BlfNotifier } from "./presence/blf.ts";
+import { MwiNotifier, NO_MAILBOXES } from "./presence/mwi.ts";
+import type { VoicemailCounts } from "./voicemail/types.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
@@ -131,6 +133,10 @@ export class Agent {
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
   blf!: BlfNotifier;
+  /** Message lamps: the message-summary event package (RFC 3842). */
+  mwi!: MwiNotifier;
+  /** Mailbox counts for the lamps; the mailbox store (voicemail/) replaces NO_MAILBOXES. */
+  voicemailCounts: VoicemailCounts = NO_MAILBOXES;
   private control: ControlServer | undefined;
   /** Console sync over MQTT; only when mqttUrl is set. */
   sync: MqttSync | undefined;
@@ -387,6 +393,19 @@ export class Agent {
       operators: { get: (id) => this.operators.get(id), featureCodes: () => this.site.current().record?.settings.featureCodes },
     });
     this.blf.start();
+    this.mwi = new MwiNotifier({
+      bus: this.bus,
+      site: () => this.site.current().index,
+      subscriptions: this.subscriptions,
+      counts: { counts: (owner) => this.voicemailCounts.counts(owner) },
+      voicemailCode: () => this.settings.voicemailCode,
+      deviceOwner: (username) => {
+        const d = this.devicesByUsername.get(username);
+        return d === undefined ? undefined : deviceRef(this.site.current().index, d.id)?.ownerId;
+      },
+      log: this.log.child("mwi"),
+    });
+    this.mwi.start();
 
     // Phone provisioning (HTTP/S, PnP, re-sync); configs name the SIP address phones register to.
     const sip0 = this.transport.addresses()[0];
@@ -444,6 +463,7 @@ export class Agent {
     await this.serial?.stop();
     this.callsNow.stop();
     this.blf?.stop();
+    this.mwi?.stop();
     this.subscriptions?.stop();
     this.latencyWatch?.stop();
     this.engine?.stop();

@@ -89,6 +89,7 @@ export interface Settings {
   subscribeRateWindowS: number;
   subscribeMinExpires: number;
   subscribeMaxExpires: number;
+  voicemailCode: string;
   drainTimeoutS: number;
   drainRetryAfterS: number;
   healthOverBudgetPct: number;
@@ -668,7 +669,7 @@ const SPECS: Specs = {
   subscribeMaxPerDevice: {
     codec: intCodec(1, 10_000),
     default: 64,
-    doc: "Event subscriptions (BLF: SUBSCRIBE Event: dialog) one device may hold at once; more get 503.",
+    doc: "Event subscriptions (BLF keys: Event: dialog; message lamps: Event: message-summary) one device may hold at once; more get 503.",
   },
   subscribeRateMax: {
     codec: intCodec(1, 1_000_000),
@@ -689,6 +690,12 @@ const SPECS: Specs = {
     codec: intCodec(1, 604_800),
     default: 3600,
     doc: "Longest subscription granted, seconds; longer requests are shortened (RFC 6665 §4.2.1.1).",
+  },
+  voicemailCode: {
+    // The contract's feature-code pattern (routing/operator-state.ts FEATURE_CODE_RE).
+    codec: stringCodec("feature code", (s) => (/^[*#][0-9*#]{1,7}$/.test(s) ? null : "must be * or # then 1-7 of digits, * and #")),
+    default: "*97",
+    doc: "Voicemail feature code: what a phone dials to listen to its user's messages. Phones are configured with it as their voicemail number / message key (device profiles), and a SUBSCRIBE for message-summary to it is the subscriber's own mailbox. Must not collide with the site's feature codes.",
   },
   // Appliance integration (firmware-hooks/README.md).
   drainTimeoutS: {

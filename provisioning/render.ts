@@ -12,6 +12,7 @@
 // Escaping is decided by the output format, never by the template author.
 
 import { DEFAULT_PICKUP_CODE } from "../agent/site/types.ts";
+import { DEFAULT_VOICEMAIL_CODE } from "../agent/presence/mwi.ts";
 import type { FileKind, LineKeyType, ModelProfile, Profile, ProfileFile, Transport } from "./profiles.ts";
 
 export type ConfigFormat = "yealink-kv" | "xml";
@@ -275,6 +276,12 @@ export interface SiteInput {
    * INVITE carrying Replaces (RFC 3891).
    */
   pickupCode?: string;
+  /**
+   * The voicemail feature code (the agent's voicemailCode setting, "*97" when absent): the
+   * phone's voicemail number / message key, and where phones that subscribe to the voicemail
+   * number send their message-summary SUBSCRIBE (RFC 3842).
+   */
+  voicemailCode?: string;
 }
 
 export interface LineKeyInput {
@@ -315,7 +322,7 @@ const SITE_NAMES = [
   "resyncIntervalMin", "resyncIntervalSec", "resyncIntervalHours",
   "firmwareBaseUrl", "firmwareHostPath", "firmwareScheme", "caCertificateUrl", "hasCaCertificate",
   "modelId", "modelLabel", "modelToken", "accounts", "lineKeyCount",
-  "firmwareUrl", "firmwareFile", "firmwareVersion", "hasFirmware", "pickupCode",
+  "firmwareUrl", "firmwareFile", "firmwareVersion", "hasFirmware", "pickupCode", "voicemailCode",
 ] as const;
 const SCHEME_CODE_NAMES = ["provisioningSchemeCode", "firmwareSchemeCode"] as const;
 const DEVICE_ID_NAMES = ["mac", "MAC"] as const;
@@ -373,7 +380,8 @@ const USER_RE = /^[A-Za-z0-9._~*#+-]{1,64}$/;
 // Provisioning credentials are generated per device; a narrow alphabet keeps them safe in
 // every context they land in (XML, key = value, Cisco's "[--uid u --pwd p]" rule, URLs).
 const PROV_CRED_RE = /^[A-Za-z0-9._~-]{1,128}$/;
-// The contract's siteSettings.pickupCode pattern: '*' or '#' then 1-7 of digits, '*' and '#'.
+// The contract's siteSettings.pickupCode pattern (the voicemailCode setting's too): '*' or '#'
+// then 1-7 of digits, '*' and '#'.
 // Nothing else reaches a phone's dial string (or a vendor mini-syntax such as Snom's "blf …|code").
 const PICKUP_CODE_RE = /^[*#][0-9*#]{1,7}$/;
 const URL_RE = /^(https?):\/\/((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?)((?:\/[A-Za-z0-9._~-]+)*)\/?$/;
@@ -478,6 +486,8 @@ function renderConfigUnsafe(input: RenderConfigInput): RenderConfigResult {
 
   const pickupCode: unknown = site.pickupCode === undefined ? DEFAULT_PICKUP_CODE : site.pickupCode;
   if (typeof pickupCode !== "string" || !PICKUP_CODE_RE.test(pickupCode)) return invalid("site.pickupCode", "must be * or # then 1-7 of digits, * and #");
+  const voicemailCode: unknown = site.voicemailCode === undefined ? DEFAULT_VOICEMAIL_CODE : site.voicemailCode;
+  if (typeof voicemailCode !== "string" || !PICKUP_CODE_RE.test(voicemailCode)) return invalid("site.voicemailCode", "must be * or # then 1-7 of digits, * and #");
 
   const codes = { ...profile.codes, ...model.codes };
   const ctx: Record<string, TemplateValue> = {
@@ -509,6 +519,7 @@ function renderConfigUnsafe(input: RenderConfigInput): RenderConfigResult {
     firmwareVersion: model.firmware?.version ?? "",
     hasFirmware: model.firmware !== undefined,
     pickupCode,
+    voicemailCode,
   };
   if (model.hw !== undefined) ctx.modelHw = model.hw;
   if (codes.scheme) {

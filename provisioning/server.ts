@@ -89,6 +89,8 @@ export interface SiteDefaults {
   ntpServer: string;
   timeZone: string;
   resyncIntervalMin: number;
+  /** The voicemail feature code (settings.voicemailCode); undefined: the renderer's default. */
+  voicemailCode?: string;
 }
 
 export interface ProvisioningServerOptions {
@@ -481,6 +483,8 @@ export class ProvisioningServer {
       firmwareBaseUrl: `${base}/firmware`,
       // The code the routing engine answers (settings.pickupCode), so a BLF key's pickup reaches it.
       ...(sp.pickupCode !== undefined ? { pickupCode: sp.pickupCode } : {}),
+      // The code the voicemail listens on: the phones' voicemail number / message key.
+      ...(d.voicemailCode !== undefined ? { voicemailCode: d.voicemailCode } : {}),
     };
   }
 

@@ -91,7 +91,8 @@ export class ProvisioningService {
       profiles: this.profiles,
       directory: this.directory,
       firmware: this.firmware,
-      site: () => ({ ...(sip.host !== undefined ? { sipHost: sip.host } : {}), sipPort: sip.port, transport: sip.transport, ntpServer: "pool.ntp.org", timeZone: "UTC", resyncIntervalMin: 1440 }),
+      // voicemailCode is read at each request: a SIGHUP that changes it reaches the next config fetch.
+      site: () => ({ ...(sip.host !== undefined ? { sipHost: sip.host } : {}), sipPort: sip.port, transport: sip.transport, ntpServer: "pool.ntp.org", timeZone: "UTC", resyncIntervalMin: 1440, voicemailCode: s.voicemailCode }),
       log: this.deps.log,
       bootstrapWindowMs: s.provisioningBootstrapWindowS * 1000,
       ...(deviceCas.size > 0 ? { deviceCas } : {}),

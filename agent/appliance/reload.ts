@@ -30,6 +30,7 @@ export const LIVE_SETTINGS: ReadonlySet<SettingName> = new Set<SettingName>([
   "subscribeRateWindowS",
   "subscribeMinExpires",
   "subscribeMaxExpires",
+  "voicemailCode",
   "siteFile",
   "drainTimeoutS",
   "drainRetryAfterS",

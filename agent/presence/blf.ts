@@ -65,7 +65,7 @@ export function escapeXml(text: string): string {
 }
 
 /** Percent-encodes what may not stand in a SIP URI user part (RFC 3261 §25.1 user). */
-function uriUser(text: string): string {
+export function uriUser(text: string): string {
   return text.replace(/[^A-Za-z0-9\-_.!~*'()&=+$,;?/]/g, (c) => encodeURIComponent(c));
 }
 

@@ -1,8 +1,9 @@
 // SIP-specific event notification, the notifier side (RFC 6665): SUBSCRIBE creates a
 // subscription (a SIP dialog), NOTIFY carries the state at once and on every change, refresh by
 // re-SUBSCRIBE inside the dialog, expiry or Expires: 0 ends it with a final NOTIFY.
-// MECHANISM only, event-package agnostic: a package (agent/presence/blf.ts for "dialog"; later
-// "message-summary" for voicemail lamps) says which resources exist and renders their state.
+// MECHANISM only, event-package agnostic: a package (agent/presence/blf.ts for "dialog",
+// agent/presence/mwi.ts for "message-summary") says which resources exist, which a subscriber
+// may watch, and renders their state.
 // Who the subscriber is (a registered, authenticated device of the site) is decided before:
 // handleSubscribe() is given the device.
 //
@@ -12,7 +13,8 @@
 //   with Allow-Events for a package we do not serve, RFC 6665 §8.2.1 / §7.2.2), Expires (400 when
 //   malformed, 423 + Min-Expires when too brief, shortened when too long, §4.2.1.1), body (415:
 //   no event filters are understood), Accept (406 when it rules out the package's type),
-//   Contact (400), the resource (404), the per-device cap (503).
+//   Contact (400), the resource (404, or 403 when the package refuses this subscriber), the
+//   per-device cap (503).
 // - 200 OK (RFC 6665 §4.2.1.1 drops 202), then a NOTIFY with the full state at once; one per
 //   change after that. At most one NOTIFY is in flight per subscription: a change meanwhile
 //   marks it dirty and one NOTIFY with the state at that moment follows the response (the
@@ -39,10 +41,28 @@ export interface EventPackage {
   readonly contentType: string;
   /** Default subscription length when SUBSCRIBE has no Expires, seconds (RFC 4235 §3.3: 3600). */
   readonly defaultExpires: number;
-  /** The resource a Request-URI names, or undefined (404). `host` is our address for the entity; `subscriber` the identified device. */
-  resolve(requestUri: string, host: string, subscriber: { deviceId: string; userId?: string | undefined }): { resource: string; entity: string } | undefined;
+  /**
+   * The resource a Request-URI names, undefined when none (404), or a refusal: a resource that
+   * exists but is not this subscriber's to watch (403, RFC 6665 §4.2.1.1 authorization; RFC 3842
+   * §3.7: only a mailbox's owner may subscribe to its summary). `host` is our address for the
+   * entity; `subscriber` the identified device.
+   */
+  resolve(requestUri: string, host: string, subscriber: Subscriber): { resource: string; entity: string } | SubscribeRefusal | undefined;
   /** The NOTIFY body for a resource now; `version` counts this subscription's NOTIFYs from 0. */
   render(resource: string, entity: string, version: number): string;
+}
+
+/** Who subscribes: a registered or digest-proven device of the site (its SIP username, its owner). */
+export interface Subscriber {
+  deviceId: string;
+  username?: string | undefined;
+  userId?: string | undefined;
+}
+
+/** A package's answer for a resource the subscriber may not watch. */
+export interface SubscribeRefusal {
+  refuse: 403;
+  reason: string;
 }
 
 export interface SubscriptionLimits {
@@ -152,7 +172,7 @@ export class SubscriptionManager {
   }
 
   /** A new SUBSCRIBE (no To tag) from an identified device. Always answers; never throws on input. */
-  handleSubscribe(tx: ServerTransaction, req: SipRequest, flow: Flow, device: { deviceId: string; userId?: string | undefined }): void {
+  handleSubscribe(tx: ServerTransaction, req: SipRequest, flow: Flow, device: Subscriber): void {
     if (!this.allowRate(device.deviceId)) {
       this.respond(tx, req, 503, "Service Unavailable (SUBSCRIBE rate limit)", [{ name: "retry-after", value: String(Math.ceil(this.deps.limits.rateWindowMs / 1000)) }]);
       return;
@@ -169,6 +189,10 @@ export class SubscriptionManager {
     const target = pkg.resolve(req.uri, host, device);
     if (target === undefined) {
       this.respond(tx, req, 404, "Not Found");
+      return;
+    }
+    if ("refuse" in target) {
+      this.respond(tx, req, target.refuse, `Forbidden (${target.reason})`);
       return;
     }
     if (req.from.tag === undefined || req.from.tag === "") {
@@ -282,6 +306,19 @@ export class SubscriptionManager {
   endDevice(deviceId: string): number {
     if (!this.perDevice.has(deviceId)) return 0;
     const ended = [...this.byDialog.values()].filter((s) => s.deviceId === deviceId);
+    for (const sub of ended) this.terminate(sub, "rejected");
+    return ended.length;
+  }
+
+  /**
+   * A subscriber's authorisation to a resource was withdrawn (e.g. no longer a member of the
+   * group whose mailbox it watched): its subscriptions end with a final NOTIFY,
+   * `terminated;reason=rejected` (RFC 6665 §4.1.3).
+   */
+  endResource(event: string, resource: string): number {
+    const set = this.byResource.get(resourceKey(event, resource));
+    if (set === undefined) return 0;
+    const ended = [...set];
     for (const sub of ended) this.terminate(sub, "rejected");
     return ended.length;
   }

@@ -211,7 +211,7 @@ describe("BLF: the dialog event package through the real agent", () => {
       const { res, sub } = await w.subscribe(...args);
       assert.equal(res.status, status, `${what}: ${res.firstLine}`);
       if (reason) assert.match(res.firstLine, reason, what);
-      if (status === 489) assert.equal(res.header("allow-events"), "dialog", "489 lists Allow-Events (RFC 6665 §8.2.1)");
+      if (status === 489) assert.equal(res.header("allow-events"), "dialog, message-summary", "489 lists Allow-Events (RFC 6665 §8.2.1)");
       await new Promise((r) => setTimeout(r, 50));
       assert.equal(w.notifiesOf(sub).length, 0, `${what}: no NOTIFY`);
     }
@@ -221,7 +221,7 @@ describe("BLF: the dialog event package through the real agent", () => {
     const c = await SipClient.open(agent.port);
     try {
       const r = await c.request(["OPTIONS sip:127.0.0.1 SIP/2.0", `Via: SIP/2.0/UDP ${c.localAddress}:${c.localPort};branch=z9hG4bK${token()};rport`, "Max-Forwards: 70", `From: <sip:x@${c.localAddress}>;tag=${token()}`, "To: <sip:127.0.0.1>", `Call-ID: ${token()}`, "CSeq: 1 OPTIONS", "Content-Length: 0", "", ""].join("\r\n"));
-      assert.equal(r.header("allow-events"), "dialog");
+      assert.equal(r.header("allow-events"), "dialog, message-summary");
       assert.match(r.header("allow") ?? "", /SUBSCRIBE/);
     } finally {
       c.close();

@@ -79,7 +79,12 @@ function setup(limits: Partial<SubscriptionLimits> = {}, state: { body: string }
     event: "dialog",
     contentType: "application/dialog-info+xml",
     defaultExpires: 3600,
-    resolve: (uri, host) => (/^sip:201@/.test(uri) ? { resource: "u1", entity: `sip:201@${host}` } : /^sip:202@/.test(uri) ? { resource: "u2", entity: `sip:202@${host}` } : undefined),
+    resolve: (uri, host, subscriber) =>
+      /^sip:201@/.test(uri) ? { resource: "u1", entity: `sip:201@${host}` }
+      : /^sip:202@/.test(uri) ? { resource: "u2", entity: `sip:202@${host}` }
+      // A resource that exists but is not this subscriber's to watch (the package decides).
+      : /^sip:203@/.test(uri) ? { refuse: 403, reason: `not ${subscriber.deviceId}'s` }
+      : undefined,
     render: (resource, entity, version) => {
       versions.push(version);
       if (state.body === "throw") throw new Error("render failed");
@@ -316,6 +321,7 @@ describe("refusals change nothing", () => {
     ["two Contacts", { omit: ["contact"], lines: ["Contact: <sip:a@10.0.1.5>, <sip:b@10.0.1.5>"] }, 400],
     ["a Contact that is not a SIP URI", { omit: ["contact"], lines: ["Contact: <mailto:a@b>"] }, 400],
     ["unknown resource", { uri: "sip:999@10.0.0.1" }, 404],
+    ["a resource the package refuses this subscriber", { uri: "sip:203@10.0.0.1" }, 403, /^Forbidden \(not p1's\)$/],
     ["no From tag", { fromTag: "" }, 400],
   ];
   for (const [what, o, status, reason] of cases) {
