@@ -7,6 +7,7 @@ import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
+import type { Flow } from "../sip/types.ts";
 import { hostPort } from "../sip/requests.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
 import { MediaService } from "./service.ts";
@@ -36,6 +37,14 @@ export function checkWav(file: string): string | undefined {
   return r.ok ? undefined : r.reason;
 }
 
+/** The address media is bound to and advertised at for a call, and the Contact of the appliance's 183. */
+export function mediaEndpoints(s: Settings): { mediaAddress: (flow: Flow) => string; contact: (flow: Flow) => string } {
+  return {
+    mediaAddress: (flow) => (s.mediaAddress !== "" ? s.mediaAddress : advertisedAddress(flow, s.sipAdvertise)),
+    contact: (flow) => `<sip:${hostPort(advertisedAddress(flow, s.sipAdvertise), flow.localPort)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`,
+  };
+}
+
 /**
  * The media worker and the queue's music on hold; undefined when queueMusic is off. The worker
  * starts (and loads its sounds) as soon as the site has a wait-for-operator group — at start,
@@ -63,8 +72,7 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   const queueMusic = new QueueMusic({
     proxy,
     media,
-    mediaAddress: (flow) => (s.mediaAddress !== "" ? s.mediaAddress : advertisedAddress(flow, s.sipAdvertise)),
-    contact: (flow) => `<sip:${hostPort(advertisedAddress(flow, s.sipAdvertise), flow.localPort)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`,
+    ...mediaEndpoints(s),
     log,
     announceFirst: s.queueAnnouncement,
     announceEveryMs: s.queueAnnouncementIntervalS * 1000,
