@@ -108,7 +108,8 @@ export class CallMenus {
     };
     const o = offerOf(pc);
     if (!o.ok) return silent(o.reason);
-    if (!this.deps.media.has(promptName({ kind: "greeting", ...(greeting.prompt !== undefined ? { file: greeting.prompt } : {}) }))) {
+    // The shipped prompts loaded = a worker is up (a site file that failed to load is skipped later).
+    if (!this.deps.media.has(GREETING_SOUND) || !this.deps.media.has(INVALID_SOUND)) {
       if (!this.deps.media.running()) this.deps.media.start();
       return silent("prompts not loaded yet");
     }

@@ -299,6 +299,22 @@ export class EarlyCaller {
     return final;
   }
 
+  private routeSet: string[] = [];
+  private target = "";
+  private to = "";
+
+  /** ACK of a 2xx along its route set (§13.2.2.4); bye() then ends that dialog. */
+  ack(ok: SimMessage): void {
+    this.routeSet = ok.all("record-route").flatMap((v) => v.split(/,(?=\s*<)/).map((r) => r.trim())).reverse();
+    this.target = /<([^>]+)>/.exec(ok.header("contact") ?? "")?.[1] ?? this.ruri(this.number);
+    this.to = ok.header("to") ?? "";
+    this.send([...this.head("ACK", "1 ACK", this.to, this.target, `z9hG4bK${randomBytes(6).toString("hex")}`), ...(this.routeSet.length > 0 ? [`Route: ${this.routeSet.join(", ")}`] : []), "Content-Length: 0", "", ""]);
+  }
+
+  bye(): void {
+    this.send([...this.head("BYE", `${++this.cseq} BYE`, this.to, this.target, `z9hG4bK${randomBytes(6).toString("hex")}`), ...(this.routeSet.length > 0 ? [`Route: ${this.routeSet.join(", ")}`] : []), "Content-Length: 0", "", ""]);
+  }
+
   close(): void {
     this.sip.close();
     this.media.close();

@@ -179,6 +179,30 @@ describe("greeting with extension dialling", () => {
     }
   });
 
+  test("the operator reached by extension dialling answers: their 2xx is its own dialog (not the greeting's), ACK and BYE go through", async () => {
+    const caller = await EarlyCaller.open(agent.port);
+    try {
+      caller.invite("4000");
+      const p = await caller.progress();
+      await until(() => caller.from(p.source).length >= 10 || undefined, 10_000, 5);
+      caller.sendRfc4733(6, p);
+      caller.sendRfc4733(1, p);
+      await reached(caller, phones[1]!);
+      phones[1]!.answerNow(caller.callId);
+      const ok = await until(() => caller.first(200), 5000, 2);
+      const tag = (m: typeof ok.msg): string | undefined => /tag=([^;>\s]+)/.exec(m.header("to") ?? "")?.[1];
+      assert.notEqual(tag(ok.msg), tag(p.got.msg), "RFC 3261 §13.2.2.4: the phone's dialog, not the greeting's early one");
+      assert.doesNotMatch(ok.msg.body, new RegExp(`m=audio ${p.port} `), "the phone's SDP, not the appliance's");
+      caller.ack(ok.msg);
+      await until(() => phones[1]!.acks.some((x) => x.callId === caller.callId) || undefined, 5000, 5);
+      caller.bye();
+      await until(() => phones[1]!.byes.some((x) => x.callId === caller.callId) || undefined, 5000, 5);
+      await mediaGone(caller, p.source, p.port);
+    } finally {
+      caller.close();
+    }
+  });
+
   test("no key: when the greeting ends the call goes to the default route's group (a number not listed, not local)", async () => {
     const caller = await EarlyCaller.open(agent.port);
     try {
