@@ -8,7 +8,8 @@ import { indexSite, parseSite, type ValidationError } from "../../agent/routing/
 import type { Greeting, Menu, MenuTarget } from "../../agent/routing/menu-model.ts";
 import { MAX_MENU_HOPS, PROMPT_WATCHDOG_MS, decide, enter, fallback, silentTarget, startGreeting, type IvrContext, type IvrState, type IvrStep } from "../../agent/routing/menu.ts";
 import { inboundRoute, resolveDestination } from "../../agent/routing/classify.ts";
-import { checkSiteConfig } from "../../agent/site/site.ts";
+import { SiteService, checkSiteConfig } from "../../agent/site/site.ts";
+import { Store } from "../../agent/store/store.ts";
 import { parseDtmfInfo } from "../../agent/media/call-menu.ts";
 import { validCommand } from "../../agent/media/protocol.ts";
 import { tempDir } from "../tmpdir.ts";
@@ -174,6 +175,37 @@ describe("site apply: the contract and prompt files", () => {
     assert.ok(errs.some((e) => e.code === "schema"), JSON.stringify(errs));
     assert.ok(errs.some((e) => e.code === "unknown-menu-target" && e.path === "inbound[0].greeting.then.groupId"), JSON.stringify(errs));
     assert.ok(errs.some((e) => e.code === "menu-loop" && e.path === "menus[0].afterLast"), JSON.stringify(errs));
+  });
+});
+
+describe("site apply: atomic, and kept across a restart", () => {
+  it("a site with greetings and menus is applied and read back after a restart; a bad push changes nothing", async () => {
+    const dir = tempDir("ringedge-menu-store-");
+    const base = { schema: "ringedge.site/1", settings: {}, users, devices: [], groups };
+    const good = { ...base, version: 1, inbound: [{ number: "4000", greeting: { then: { kind: "menu", menuId: "main" }, extensionDialling: { maxDigits: 3 } } }], menus: [menu("main")] };
+    let store = await Store.open(dir);
+    let svc = new SiteService({ store });
+    const r = await svc.apply(good, "console");
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.equal(svc.current().index.menus?.inboundByNumber.get("4000")?.greeting.extensionDialling?.interDigitS, 3);
+    // A push whose menus loop: refused as a whole, the applied site stays.
+    const bad = await svc.apply({ ...good, version: 2, groups: [...groups, { ...groups[0]!, id: "new", number: "700" }], menus: [menu("main", { afterLast: { kind: "menu", menuId: "main" } })] }, "console");
+    assert.equal(bad.ok, false);
+    assert.deepEqual((bad as { errors: Array<{ code: string; path: string }> }).errors.map((e) => [e.code, e.path]), [["menu-loop", "menus[0].afterLast"]]);
+    assert.equal(svc.current().record?.version, 1);
+    assert.equal(svc.current().index.groupsById.has("new"), false, "nothing of the bad push applied");
+    await store.close();
+    store = await Store.open(dir);
+    svc = new SiteService({ store });
+    svc.start();
+    const m = svc.current().index.menus;
+    assert.equal(m?.inboundByNumber.get("4000")?.greeting.then.kind, "menu");
+    assert.equal(m?.menusById.get("main")?.repeats, 2);
+    // A newer snapshot without them removes them.
+    const r3 = await svc.apply({ ...base, version: 3 }, "file");
+    assert.ok(r3.ok);
+    assert.equal(svc.current().index.menus, undefined);
+    await store.close();
   });
 });
 
