@@ -275,11 +275,11 @@ export class EarlyCaller {
    * INFO inside the early dialog of a 183 (RFC 6086 §4.2.1): its To (with the appliance's tag),
    * sent to its Contact; returns a promise of the INFO's final status.
    */
-  async sendInfo(early: SimMessage, contentType: string | undefined, body: string): Promise<number> {
+  async sendInfo(early: SimMessage, contentType: string | undefined, body: string, to = early.header("to") ?? ""): Promise<number> {
     const cseq = ++this.cseq;
     const target = /<([^>]+)>/.exec(early.header("contact") ?? "")?.[1] ?? this.ruri(this.number);
     const branch = `z9hG4bK${randomBytes(6).toString("hex")}`;
-    this.send([...this.head("INFO", `${cseq} INFO`, early.header("to") ?? "", target, branch), ...(contentType !== undefined ? [`Content-Type: ${contentType}`] : []), `Content-Length: ${Buffer.byteLength(body, "latin1")}`, "", body]);
+    this.send([...this.head("INFO", `${cseq} INFO`, to, target, branch), ...(contentType !== undefined ? [`Content-Type: ${contentType}`] : []), `Content-Length: ${Buffer.byteLength(body, "latin1")}`, "", body]);
     const r = await until(() => this.responses.find((x) => x.msg.header("cseq") === `${cseq} INFO` && x.msg.status! >= 200), 5000, 5);
     return r.msg.status!;
   }

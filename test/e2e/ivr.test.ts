@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CallScene, TRUNK_CALLER_IP, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimUser } from "./callsim.ts";
+import { CallScene, DEVICE_PASSWORD, TRUNK_CALLER_IP, simUser, sippPhones, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimUser } from "./callsim.ts";
 import { EarlyCaller, busyPorts, mediaRange, shippedSound, talkspurts, writeSweepWav } from "./earlymedia.ts";
 import { freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 import fs from "node:fs";
@@ -25,6 +25,8 @@ function add(id: string, ext: string): SimDevice {
 const op1 = add("op1", "3101");
 const op2 = add("op2", "3102");
 const op3 = add("op3", "3103");
+/** A desk phone played by SIPp (registers, answers with 180 then 200). */
+const op4 = add("op4", "3104");
 
 const greetingWav = shippedSound("ivr-greeting.wav");
 const invalidWav = shippedSound("ivr-invalid.wav");
@@ -47,6 +49,7 @@ before(async () => {
     groups: [
       { id: "sales", number: "600", strategy: "simultaneous", members: ["op1"], ringCount: 60, noAnswer: { kind: "hangup" } },
       { id: "support", number: "61", strategy: "simultaneous", members: ["op2"], ringCount: 60, noAnswer: { kind: "hangup" } },
+      { id: "field", number: "62", strategy: "simultaneous", members: ["op4"], ringCount: 60, noAnswer: { kind: "hangup" } },
     ],
   });
   const doc = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>;
@@ -203,6 +206,32 @@ describe("greeting with extension dialling", () => {
     }
   });
 
+  test("62 dialled during the greeting reaches the field group's SIPp desk phone, which answers: 200 with its SDP, ACK and BYE through the agent", async () => {
+    const sipp = await sippPhones(agent, [[op4.username, DEVICE_PASSWORD]], "ivr-phone-answer.xml", 30_000);
+    scene.peers.push(sipp);
+    const caller = await EarlyCaller.open(agent.port);
+    try {
+      caller.invite("4000");
+      const p = await caller.progress();
+      await until(() => caller.from(p.source).length >= 10 || undefined, 10_000, 5);
+      caller.sendRfc4733(6, p);
+      caller.sendRfc4733(2, p);
+      const ok = await until(() => caller.first(200), 10_000, 5);
+      assert.match(ok.msg.body, /m=audio \d+ RTP\/AVP 0/, "SIPp's SDP");
+      caller.ack(ok.msg);
+      caller.bye();
+      await until(() => caller.responses.find((r) => /BYE/.test(r.msg.header("cseq") ?? "")), 5000, 5);
+      sipp.run.proc.kill("SIGTERM");
+      await sipp.run;
+      const got = sipp.received().filter((e) => e.msg.header("call-id") === caller.callId).map((e) => e.msg.method);
+      assert.deepEqual(got, ["INVITE", "ACK", "BYE"], "the SIPp phone got the call, the ACK and the BYE");
+      for (const ph of phones) assert.equal(ph.invitesOf(caller.callId).length, 0);
+      await mediaGone(caller, p.source, p.port);
+    } finally {
+      caller.close();
+    }
+  });
+
   test("no key: when the greeting ends the call goes to the default route's group (a number not listed, not local)", async () => {
     const caller = await EarlyCaller.open(agent.port);
     try {
@@ -295,6 +324,9 @@ describe("hostile input during a greeting", () => {
         ["application/dtmf", "x".repeat(300), 400],
       ];
       for (const [ct, body, status] of garbage) assert.equal(await caller.sendInfo(p.got.msg, ct, body), status, `${ct} ${JSON.stringify(body.slice(0, 20))}`);
+      // A key for another early dialog (a To tag that is not the appliance's) is no key of this call.
+      const otherTag = (p.got.msg.header("to") ?? "").replace(/tag=[^;>\s]+/, "tag=not-ours");
+      assert.equal(await caller.sendInfo(p.got.msg, "application/dtmf-relay", "Signal=6\r\n", otherTag), 481);
       // Events beyond the DTMF keys (RFC 4733 §3.2: 16 and up are not keys), A-D, malformed RTP.
       for (const ev of [16, 99, 255, 12, 13]) caller.sendRfc4733(ev, p);
       for (const b of [Buffer.from("garbage"), Buffer.alloc(0), Buffer.from([0x80, 101, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 5]), Buffer.alloc(1400, 0xff)]) caller.sendRaw(b, p);
@@ -313,6 +345,9 @@ describe("hostile input during a greeting", () => {
       const spurts = talkspurts(caller.from(p.source), REFS);
       assert.deepEqual(spurts.map((s) => s.sound), ["greeting", "invalid"], JSON.stringify(spurts));
       await mediaGone(caller, p.source, p.port);
+      // The greeting is over: a late key in its early dialog is refused, and changes nothing.
+      assert.equal(await caller.sendInfo(p.got.msg, "application/dtmf-relay", "Signal=1\r\n"), 481);
+      assert.equal(phones[0]!.invitesOf(caller.callId).length, 0);
       assert.match(agent.log(), /greeting/, "the agent logged the greeting");
       assert.equal(agent.proc.exitCode, null, "the agent is alive");
     } finally {
