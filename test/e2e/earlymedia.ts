@@ -10,7 +10,7 @@ import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { decodeG711 } from "../../agent/media/g711.ts";
 import { parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
-import { decodeWav } from "../../agent/media/wav.ts";
+import { decodeWav, encodeWav } from "../../agent/media/wav.ts";
 import { TRUNK_CALLER_IP, parseSimMessage, type SimMessage } from "./callsim.ts";
 import { ROOT, until } from "./harness.ts";
 
@@ -39,21 +39,7 @@ export function writeSweepWav(file: string, f0: number, f1: number, seconds: num
     const t = i / 8000;
     samples[i] = Math.round(8000 * Math.sin(2 * Math.PI * (f0 * t + (k * t * t) / 2)));
   }
-  const data = Buffer.from(samples.buffer);
-  const h = Buffer.alloc(44);
-  h.write("RIFF", 0);
-  h.writeUInt32LE(36 + data.length, 4);
-  h.write("WAVEfmt ", 8);
-  h.writeUInt32LE(16, 16);
-  h.writeUInt16LE(1, 20);
-  h.writeUInt16LE(1, 22);
-  h.writeUInt32LE(8000, 24);
-  h.writeUInt32LE(16000, 28);
-  h.writeUInt16LE(2, 32);
-  h.writeUInt16LE(16, 34);
-  h.write("data", 36);
-  h.writeUInt32LE(data.length, 40);
-  fs.writeFileSync(file, Buffer.concat([h, data]));
+  fs.writeFileSync(file, encodeWav(samples));
   return samples;
 }
 
