@@ -25,10 +25,17 @@ export interface MediaPlaneHandle {
   stop(): Promise<void>;
 }
 
+/** Largest sound file read (10 minutes of 48 kHz 16-bit stereo is 110 MB; a prompt is far less). */
+export const MAX_WAV_BYTES = 64 * 1024 * 1024;
+
 /** Why a WAV file cannot be played, or undefined when it can. */
 export function checkWav(file: string): string | undefined {
   let bytes: Buffer;
   try {
+    // A device (/dev/zero) or a huge file would be read whole: refused before reading.
+    const st = fs.statSync(file);
+    if (!st.isFile()) return "not a regular file";
+    if (st.size > MAX_WAV_BYTES) return `larger than ${MAX_WAV_BYTES} bytes`;
     bytes = fs.readFileSync(file);
   } catch (err) {
     return `cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`;
