@@ -258,7 +258,7 @@ export class EarlyCaller {
   }
 
   /**
-   * INFO inside the early dialog of a 183 (RFC 6086 §4.2.1): its To (with the appliance's tag),
+   * INFO inside the early dialog of a 183 (RFC 6086, legacy INFO usage): its To (with the appliance's tag),
    * sent to its Contact; returns a promise of the INFO's final status.
    */
   async sendInfo(early: SimMessage, contentType: string | undefined, body: string, to = early.header("to") ?? ""): Promise<number> {
