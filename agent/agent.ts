@@ -55,6 +55,7 @@ import type { VoicemailCounts } from "./voicemail/types.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
+import { startCallMenus, type CallMenuHandle } from "./media/call-menu.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -129,6 +130,8 @@ export class Agent {
   engine!: RoutingEngine;
   /** Media plane (music on hold); undefined when queueMusic is off. */
   media: MediaPlaneHandle | undefined;
+  /** Greetings and menus for trunk calls (docs/menus.md). */
+  callMenus!: CallMenuHandle;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
@@ -343,6 +346,18 @@ export class Agent {
       bus: this.bus,
       hasQueue: () => [...this.site.current().index.groupsById.values()].some((g) => g.noAnswer.kind === "wait-for-operator"),
     });
+    this.callMenus = startCallMenus(s, this.proxy, this.log.child("menus"), {
+      bus: this.bus,
+      hasGreeting: () => {
+        const m = this.site.current().index.menus;
+        return m !== undefined && (m.inboundByNumber.size > 0 || m.defaultInbound !== undefined);
+      },
+      prompts: () => {
+        const r = this.site.current().record;
+        return [...(r?.inbound ?? []).map((i) => i.greeting.prompt), ...(r?.menus ?? []).flatMap((m) => [m.prompt, m.invalidPrompt])].filter((p): p is string => p !== undefined);
+      },
+    }, this.media?.media);
+    this.proxy.onOwnDialogRequest((pc, req, respond) => this.callMenus.callMenus.info(pc, req, respond));
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -369,6 +384,7 @@ export class Agent {
       latencyBudgetMs: s.latencyBudgetMs,
       operators: this.operators,
       ...(this.media !== undefined ? { queueMedia: this.media.queueMusic } : {}),
+      callMenus: this.callMenus.callMenus,
     });
     this.engine.start();
     this.latencyWatch = new LatencyWatch({
@@ -468,6 +484,7 @@ export class Agent {
     this.latencyWatch?.stop();
     this.engine?.stop();
     this.operators?.stop();
+    await this.callMenus?.stop();
     await this.media?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();

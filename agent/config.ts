@@ -747,7 +747,7 @@ const SPECS: Specs = {
   mediaPorts: {
     codec: portRangeCodec,
     default: "20000-20999",
-    doc: "UDP ports of the media plane (music on hold): one even RTP port and the next odd RTCP port per caller listening to the appliance; a pair is freed when the call leaves the queue, however it does. 500 pairs by default. Read at start only.",
+    doc: "UDP ports of the media plane (music on hold, greetings and menus): one even RTP port and the next odd RTCP port per caller listening to the appliance; a pair is freed when the call leaves the queue or the greeting, however it does. 500 pairs by default. Read at start only.",
   },
   mediaAddress: {
     codec: stringCodec('IP address or ""', (s) => (s === "" || net.isIP(s) ? null : "is not an IP address")),

@@ -126,6 +126,11 @@ export class MediaPlane {
       case "play":
         this.play(c.id, c.sound, c.loop);
         return;
+      case "stop": {
+        const s = this.sessions.get(c.id);
+        if (s !== undefined) s.sound = undefined;
+        return;
+      }
       case "close":
         if (this.opening.has(c.id)) this.closedWhileOpening.add(c.id);
         else this.close(c.id);

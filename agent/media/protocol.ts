@@ -20,6 +20,8 @@ export type MediaCommand =
   | { op: "open"; id: string; address: string; law: G711Law; payloadType: number; telephoneEvent: number | undefined; remoteAddress: string; remotePort: number; direction: Direction }
   /** Play a loaded sound from its start (replacing what plays now); `loop` repeats it seamlessly. */
   | { op: "play"; id: string; sound: string; loop: boolean }
+  /** Stop what plays now (a caller's key cut a prompt short); no play-ended follows. */
+  | { op: "stop"; id: string }
   /** End the stream: RTCP BYE, sockets closed, ports free. */
   | { op: "close"; id: string };
 
@@ -72,6 +74,7 @@ export function validCommand(m: unknown): m is MediaCommand {
     case "play":
       return isId(c.id) && isId(c.sound) && typeof c.loop === "boolean";
     case "close":
+    case "stop":
       return isId(c.id);
     default:
       return false;

@@ -61,6 +61,8 @@ export class MediaService {
   private readonly pending = new Map<string, Pending>();
   private readonly open = new Map<string, SessionEvents>();
   private readonly loaded = new Set<string>();
+  /** Sounds added after construction (load()): loaded by every worker start too. */
+  private readonly extraSounds = new Map<string, string>();
   private stopped = false;
 
   constructor(private readonly opts: MediaServiceOptions) {}
@@ -127,6 +129,21 @@ export class MediaService {
     if (this.open.has(id)) this.post({ op: "play", id, sound, loop });
   }
 
+  /** Stops what plays on a session (silence follows; no play-ended). */
+  stopPlaying(id: string): void {
+    if (this.open.has(id)) this.post({ op: "stop", id });
+  }
+
+  /**
+   * Loads (or reloads) a sound by name from a WAV file: now if the worker runs, and again
+   * whenever a worker starts. has(sound) is true once a worker reported it loaded (a reload
+   * replaces it in the worker when it has been read).
+   */
+  load(sound: string, path: string): void {
+    this.extraSounds.set(sound, path);
+    this.post({ op: "load", sound, path });
+  }
+
   /** Ends a session; its ports are free once the worker closed it. Idempotent. */
   close(id: string): void {
     const p = this.pending.get(id);
@@ -167,7 +184,7 @@ export class MediaService {
         ev.onClosed?.(undefined);
       }
     });
-    for (const [sound, path] of Object.entries(this.opts.sounds ?? {})) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
+    for (const [sound, path] of [...Object.entries(this.opts.sounds ?? {}), ...this.extraSounds]) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
     return w;
   }
 

@@ -7,6 +7,7 @@ import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
+import type { Flow } from "../sip/types.ts";
 import { hostPort } from "../sip/requests.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
 import { MediaService } from "./service.ts";
@@ -24,16 +25,31 @@ export interface MediaPlaneHandle {
   stop(): Promise<void>;
 }
 
+/** Largest sound file read (10 minutes of 48 kHz 16-bit stereo is 110 MB; a prompt is far less). */
+export const MAX_WAV_BYTES = 64 * 1024 * 1024;
+
 /** Why a WAV file cannot be played, or undefined when it can. */
 export function checkWav(file: string): string | undefined {
   let bytes: Buffer;
   try {
+    // A device (/dev/zero) or a huge file would be read whole: refused before reading.
+    const st = fs.statSync(file);
+    if (!st.isFile()) return "not a regular file";
+    if (st.size > MAX_WAV_BYTES) return `larger than ${MAX_WAV_BYTES} bytes`;
     bytes = fs.readFileSync(file);
   } catch (err) {
     return `cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`;
   }
   const r = decodeWav(bytes);
   return r.ok ? undefined : r.reason;
+}
+
+/** The address media is bound to and advertised at for a call, and the Contact of the appliance's 183. */
+export function mediaEndpoints(s: Settings): { mediaAddress: (flow: Flow) => string; contact: (flow: Flow) => string } {
+  return {
+    mediaAddress: (flow) => (s.mediaAddress !== "" ? s.mediaAddress : advertisedAddress(flow, s.sipAdvertise)),
+    contact: (flow) => `<sip:${hostPort(advertisedAddress(flow, s.sipAdvertise), flow.localPort)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`,
+  };
 }
 
 /**
@@ -63,8 +79,7 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   const queueMusic = new QueueMusic({
     proxy,
     media,
-    mediaAddress: (flow) => (s.mediaAddress !== "" ? s.mediaAddress : advertisedAddress(flow, s.sipAdvertise)),
-    contact: (flow) => `<sip:${hostPort(advertisedAddress(flow, s.sipAdvertise), flow.localPort)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`,
+    ...mediaEndpoints(s),
     log,
     announceFirst: s.queueAnnouncement,
     announceEveryMs: s.queueAnnouncementIntervalS * 1000,

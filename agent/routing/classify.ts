@@ -18,6 +18,7 @@
 import type { Flow } from "../sip/types.ts";
 import { parseUri, unescapeUser } from "../sip/uri.ts";
 import type { DeviceRef, Group, SiteIndex, User } from "./model.ts";
+import type { InboundRoute } from "./menu-model.ts";
 import { parsePickupCode, type PickupRequest } from "./plan.ts";
 import { parseOperatorCode, type FeatureCodes, type OperatorCode } from "./operator-state.ts";
 
@@ -99,19 +100,9 @@ export function isTrunkSource(trunk: TrunkSettings, address: string): boolean {
  * (the trunk's prefix, for calls from the trunk) is stripped when the rest is a local number.
  */
 export function resolveDestination(requestUri: string, index: SiteIndex, pickupCode: string, inboundPrefix?: string, featureCodes?: Partial<FeatureCodes>): Destination {
-  const uri = parseUri(requestUri);
-  if (uri === undefined) return { kind: "unroutable", reason: "unparsable Request-URI" };
-  if (uri.scheme !== "sip" && uri.scheme !== "sips" && uri.scheme !== "tel") return { kind: "unroutable", reason: `scheme ${uri.scheme}` };
-  if (uri.user === undefined || uri.user.length === 0) return { kind: "unroutable", reason: "no user part" };
-  let dialled: string;
-  try {
-    dialled = unescapeUser(uri.user);
-  } catch {
-    return { kind: "unroutable", reason: "bad escape in user part" };
-  }
-  // tel: visual separators (RFC 3966 §5.1.1) mean nothing to routing.
-  if (uri.scheme === "tel") dialled = dialled.replace(/[-.()]/g, "");
-  if (dialled.length > MAX_DIAL_LENGTH) return { kind: "unroutable", reason: "dial string too long" };
+  const ds = dialString(requestUri);
+  if (!ds.ok) return { kind: "unroutable", reason: ds.reason };
+  let dialled = ds.dialled;
   if (inboundPrefix !== undefined && inboundPrefix.length > 0 && dialled.length > inboundPrefix.length && dialled.startsWith(inboundPrefix)) {
     const rest = dialled.slice(inboundPrefix.length);
     if (index.groupsByNumber.has(rest) || index.usersByExtension.has(rest)) dialled = rest;
@@ -126,6 +117,42 @@ export function resolveDestination(requestUri: string, index: SiteIndex, pickupC
   if (code !== undefined) return { kind: "operator", code };
   if (DIALABLE_RE.test(dialled)) return { kind: "outbound", number: dialled };
   return { kind: "unroutable", reason: "not a number" };
+}
+
+/** The Request-URI's user part as dialled (unescaped, tel: separators removed, bounded), or why there is none. */
+export function dialString(requestUri: string): { ok: true; dialled: string } | { ok: false; reason: string } {
+  const uri = parseUri(requestUri);
+  if (uri === undefined) return { ok: false, reason: "unparsable Request-URI" };
+  if (uri.scheme !== "sip" && uri.scheme !== "sips" && uri.scheme !== "tel") return { ok: false, reason: `scheme ${uri.scheme}` };
+  if (uri.user === undefined || uri.user.length === 0) return { ok: false, reason: "no user part" };
+  let dialled: string;
+  try {
+    dialled = unescapeUser(uri.user);
+  } catch {
+    return { ok: false, reason: "bad escape in user part" };
+  }
+  // tel: visual separators (RFC 3966 §5.1.1) mean nothing to routing.
+  if (uri.scheme === "tel") dialled = dialled.replace(/[-.()]/g, "");
+  if (dialled.length > MAX_DIAL_LENGTH) return { ok: false, reason: "dial string too long" };
+  return { ok: true, dialled };
+}
+
+/**
+ * The greeting a trunk call gets (docs/menus.md): the inbound route of the number it calls (as
+ * sent, or after the trunk prefix); else, when that number is no local group or extension, the
+ * site's default route; else none (the call goes to the group or user as before).
+ */
+export function inboundRoute(requestUri: string, index: SiteIndex, inboundPrefix: string | undefined, dest: Destination): InboundRoute | undefined {
+  const m = index.menus;
+  if (m === undefined) return undefined;
+  const ds = dialString(requestUri);
+  if (ds.ok) {
+    const d = ds.dialled;
+    const hit = m.inboundByNumber.get(d) ?? (inboundPrefix !== undefined && inboundPrefix.length > 0 && d.length > inboundPrefix.length && d.startsWith(inboundPrefix) ? m.inboundByNumber.get(d.slice(inboundPrefix.length)) : undefined);
+    if (hit !== undefined) return hit;
+  }
+  if (dest.kind === "group" || dest.kind === "user") return undefined;
+  return m.defaultInbound;
 }
 
 export type Admission = { ok: true } | { ok: false; status: number; reason: string };

@@ -72,6 +72,7 @@ import {
   classifyCaller,
   deviceRef,
   flowKey,
+  inboundRoute,
   resolveDestination,
   trunkUri,
   voicemailRoute,
@@ -79,6 +80,8 @@ import {
   type TrunkSettings,
 } from "./classify.ts";
 import { LatencyHistogram, type LatencySummary } from "./latency.ts";
+import type { Greeting } from "./menu-model.ts";
+import type { FinalTarget, IvrContext } from "./menu.ts";
 import type { FeatureCodes, OperatorCode } from "./operator-state.ts";
 import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from "./callers.ts";
 import { isOpen, type OpenState } from "./hours.ts";
@@ -153,6 +156,14 @@ export interface EngineDeps {
    * address it claims. Absent: challenges go through the transaction.
    */
   respondStatelessly?: (tx: ServerTransaction, res: SipResponse) => void;
+  /**
+   * Greetings and menus for trunk calls (agent/media/call-menu.ts): plays the greeting as early
+   * media and calls `route` once with where the call goes. Absent: inbound routes are ignored.
+   */
+  callMenus?: {
+    start(pc: ProxyCall, greeting: Greeting, ctx: IvrContext, route: (target: FinalTarget) => void): void;
+    leave(pc: ProxyCall): void;
+  };
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
   queueMedia?: { enter(pc: ProxyCall): void; leave(pc: ProxyCall): void };
   /** One ring, ms (default 5000). */
@@ -220,7 +231,8 @@ export function bestFailure(statuses: readonly number[]): number {
 
 // --- per-call state -----------------------------------------------------------------------------
 
-type Phase = "ringing" | "queued" | "forwarded" | "answered" | "done";
+/** "menu": a trunk call hearing its greeting or a menu (nothing rings yet). */
+type Phase = "menu" | "ringing" | "queued" | "forwarded" | "answered" | "done";
 
 interface QueueState {
   /** Group whose wait-for-operator holds the call. */
@@ -234,7 +246,8 @@ interface QueueState {
 
 interface EngineCall {
   readonly pc: ProxyCall;
-  readonly kind: "group" | "direct" | "outbound";
+  /** Set at admission; a call leaving a greeting or menu becomes a group or direct call then. */
+  kind: "group" | "direct" | "outbound";
   readonly caller: Caller;
   /** Caller and dialled number for events and records: see labels(). */
   labelsValue: CallLabels | undefined;
@@ -245,12 +258,12 @@ interface EngineCall {
   phase: Phase;
   /** Group distributing the call now (group calls). */
   groupId: string | undefined;
-  readonly firstGroupId: string | undefined;
+  firstGroupId: string | undefined;
   readonly groups: string[];
   visited: ReadonlySet<string>;
   plan: CallState | undefined;
   /** Direct calls: the user dialled. */
-  readonly directUserId: string | undefined;
+  directUserId: string | undefined;
   stepTimer: unknown;
   queue: QueueState | undefined;
   queueTimer: unknown;
@@ -449,6 +462,13 @@ export class RoutingEngine {
       }
       caller = proven;
     }
+    if (caller.kind === "trunk" && this.deps.callMenus !== undefined) {
+      const route = inboundRoute(req.uri, site.index, trunk?.prefix, dest);
+      if (route !== undefined) {
+        this.startGreetingCall(tx, req, flow, caller, route.greeting);
+        return;
+      }
+    }
     const admission = admit(caller, dest);
     if (!admission.ok) {
       if (this.deps.log.enabled("debug")) this.deps.log.debug("INVITE refused", { status: admission.status, from: flow.remoteAddress, caller: caller.kind, dest: dest.kind });
@@ -602,6 +622,12 @@ export class RoutingEngine {
     const pc = this.proxy.startCall(tx, req, flow, this.events);
     if (pc === undefined) return; // the proxy answered itself (483, 482)
     const call = this.newCall(pc, "group", caller, req, group.id);
+    this.beginGroup(call, group, req);
+  }
+
+  /** The group's distribution of a call (admitted to it, or sent to it by a greeting or menu). */
+  private beginGroup(call: EngineCall, group: Group, req: SipRequest): void {
+    const caller = call.caller;
     const now = this.clock.now();
     call.plan = startCall(now);
     call.trace = this.why.open(req.callId, now);
@@ -915,13 +941,114 @@ export class RoutingEngine {
     q.offering = undefined;
   }
 
-  // --- direct and outbound calls -------------------------------------------------------------------
+  // --- greetings and menus (docs/menus.md) ------------------------------------------------------------
 
-  private startDirectCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, user: User, index: SiteIndex): void {
-    const devices = index.devicesByOwner.get(user.id) ?? [];
+  /** A trunk call to an inbound number with a greeting: it plays as early media; the keys decide. */
+  private startGreetingCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, greeting: Greeting): void {
+    const pc = this.proxy.startCall(tx, req, flow, this.events);
+    if (pc === undefined) return;
+    const call = this.newCall(pc, "group", caller, req);
+    call.phase = "menu";
+    const maxOf = greeting.extensionDialling?.maxDigits ?? 0;
+    const site = (): RoutingSite => this.deps.site();
+    const ctx: IvrContext = {
+      // Read at each step: a push applies to the next decision, as for groups.
+      get menus() {
+        return site().index.menus?.menusById ?? new Map();
+      },
+      dial: (digits) => {
+        const index = this.deps.site().index;
+        const group = index.groupsByNumber.get(digits);
+        const user = group === undefined ? index.usersByExtension.get(digits) : undefined;
+        const target: FinalTarget | undefined = group !== undefined ? { kind: "group", groupId: group.id } : user !== undefined ? { kind: "user", userId: user.id } : undefined;
+        let longer = false;
+        for (const keys of [index.groupsByNumber.keys(), index.usersByExtension.keys()]) {
+          for (const n of keys) {
+            if (n.length > digits.length && n.length <= maxOf && n.startsWith(digits)) {
+              longer = true;
+              break;
+            }
+          }
+          if (longer) break;
+        }
+        return { target, longer };
+      },
+    };
+    this.deps.callMenus!.start(pc, greeting, ctx, (target) => this.guarded(() => this.menuRoute(call, target)));
+  }
+
+  /** Where a greeting or menu sent the call: the engine's usual paths from here on. */
+  private menuRoute(call: EngineCall, t: FinalTarget): void {
+    if (call.phase !== "menu") return;
+    call.phase = "ringing";
+    const site = this.deps.site();
+    if (this.deps.log.enabled("debug")) this.deps.log.debug("greeting: routed", { callId: call.pc.request.callId, target: t.kind });
+    switch (t.kind) {
+      case "group": {
+        const group = site.index.groupsById.get(t.groupId);
+        if (group === undefined) return this.rejectCall(call, 480);
+        call.kind = "group";
+        call.groupId = group.id;
+        call.firstGroupId = group.id;
+        call.groups.push(group.id);
+        this.beginGroup(call, group, call.pc.request);
+        return;
+      }
+      case "user": {
+        const user = site.index.usersById.get(t.userId);
+        if (user === undefined) return this.rejectCall(call, 480);
+        this.ringUser(call, user, site.index);
+        return;
+      }
+      case "voicemail": {
+        // The owner's voicemail: a group's voicemail action (the URI it forwards to). A user's
+        // mailbox, and a group without one, need the appliance's own voicemail (agent/voicemail).
+        const group = t.owner.kind === "group" ? site.index.groupsById.get(t.owner.id) : undefined;
+        const uri = group === undefined ? undefined : voicemailUriOf(group);
+        if (group === undefined || uri === undefined) {
+          this.deps.log.warn("menu: no voicemail to send the call to", { callId: call.pc.request.callId, owner: `${t.owner.kind}:${t.owner.id}` });
+          return this.rejectCall(call, 480);
+        }
+        call.kind = "group";
+        call.groupId = group.id;
+        call.firstGroupId = group.id;
+        call.groups.push(group.id);
+        this.forwardTo(call, this.voicemailTarget(call, uri, site.settings.trunk), "voicemail");
+        return;
+      }
+      case "hangup":
+        this.rejectCall(call, 480);
+        return;
+    }
+  }
+
+  /** A call from a greeting or menu rings a user's phones, as a direct call would. */
+  private ringUser(call: EngineCall, user: User, index: SiteIndex): void {
+    call.kind = "direct";
+    call.directUserId = user.id;
+    const deviceIds = this.directDevices(user, call.caller, index);
+    if (deviceIds.length === 0) return this.rejectCall(call, 480);
+    if ((this.snapshot.availability?.get(user.id) ?? user.availability) === "dnd") {
+      this.proxy.reject(call.pc, 480, "Do Not Disturb");
+      this.finish(call, 480);
+      return;
+    }
+    if (user.callLimit > 0 && (this.activeCalls.get(user.id) ?? 0) >= user.callLimit) {
+      call.busyMembers.add(user.id);
+      this.deps.bus.emit("call.busy", { callId: call.pc.request.callId, groupId: undefined, memberIds: [user.id], caller: labels(call).caller, at: this.clock.now() });
+      return this.rejectCall(call, 486);
+    }
+    const forked = this.forkMember(call, user.id, deviceIds);
+    this.noteFirstFork(call);
+    if (forked === 0) return this.rejectCall(call, 480);
+    this.noteOffered(call, user.id, deviceIds);
+  }
+
+  /** A user's devices a direct call rings: online, not the caller's own, at most maxPhysical desk phones. */
+  private directDevices(user: User, caller: Caller, index: SiteIndex): string[] {
     const deviceIds: string[] = [];
     let physical = 0;
-    for (const d of devices) {
+    for (const d of index.devicesByOwner.get(user.id) ?? []) {
       if (!this.online.has(d.id) || (caller.kind === "device" && caller.deviceId === d.id)) continue;
       if (d.kind === "physical") {
         if (physical >= this.maxPhysical) continue;
@@ -929,6 +1056,13 @@ export class RoutingEngine {
       }
       deviceIds.push(d.id);
     }
+    return deviceIds;
+  }
+
+  // --- direct and outbound calls -------------------------------------------------------------------
+
+  private startDirectCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, user: User, index: SiteIndex): void {
+    const deviceIds = this.directDevices(user, caller, index);
     const refusedRecord = (outcome: CallRecord["outcome"]): CallRecord => ({ id: recordId(req.callId), at: this.clock.now(), caller: callerLabel(caller, req), target: dialledText(req.uri), outcome, offered: [] });
     if (deviceIds.length === 0) {
       respond(tx, req, 480, reasonPhrase(480));
@@ -1398,6 +1532,7 @@ export class RoutingEngine {
     call.phase = "done";
     this.clearTimers(call);
     this.leaveQueue(call);
+    this.deps.callMenus?.leave(call.pc);
     this.calls.delete(call.pc.id);
     for (const u of call.counted) {
       const n = (this.activeCalls.get(u) ?? 0) - 1;
@@ -1461,6 +1596,14 @@ function callerNumber(req: SipRequest, countryCode: string | undefined): string 
     const text = numberOfUri(uri);
     const n = text === undefined ? undefined : normalizeCallerNumber(text, countryCode);
     if (n !== undefined) return n;
+  }
+  return undefined;
+}
+
+/** The URI a group's voicemail action forwards to (no answer, after a wait, out of hours), if it has one. */
+function voicemailUriOf(group: Group): string | undefined {
+  for (const a of [group.noAnswer, group.noAnswer.kind === "wait-for-operator" ? group.noAnswer.then : undefined, group.outOfHours]) {
+    if (a?.kind === "voicemail") return a.uri;
   }
   return undefined;
 }

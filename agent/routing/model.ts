@@ -8,6 +8,7 @@
 
 import { DATE_RE, MAX_EXCEPTIONS, MAX_RANGES_PER_DAY, MAX_WEEKLY_RULES, TIME_RE, WEEKDAYS, isRealDate, minutesOf, timeZoneProblem } from "./hours.ts";
 import type { HoursException, Schedule, TimeRange, Weekday, WeeklyRule } from "./hours.ts";
+import { indexMenus, parseMenusAndInbound, type InboundRoute, type Menu, type MenuIndex, type MenuValidationCode } from "./menu-model.ts";
 
 /** One ring lasts 5 s; a ring step lasts ringCount × RING_UNIT_MS (product reference). */
 export const RING_UNIT_MS = 5000;
@@ -144,6 +145,9 @@ export interface Site {
   timeZone?: string;
   /** The console's directory of known callers (absent = empty). */
   knownCallers?: KnownCaller[];
+  /** Greetings for trunk calls and the menus they lead to (menu-model.ts; absent = none). */
+  inbound?: InboundRoute[];
+  menus?: Menu[];
 }
 
 export type ValidationCode =
@@ -192,7 +196,9 @@ export type ValidationCode =
   | "invalid-wrap-up"
   | "invalid-caller-number"
   | "duplicate-caller"
-  | "unknown-responsible";
+  | "unknown-responsible"
+  // Greetings and menus (menu-model.ts).
+  | MenuValidationCode;
 
 export interface ValidationError {
   code: ValidationCode;
@@ -215,6 +221,8 @@ export interface SiteIndex {
   responsibleByNumber: ReadonlyMap<string, string>;
   /** The site's time zone for working hours; undefined when no group has hours. */
   timeZone: string | undefined;
+  /** Greetings by inbound number and menus by id (absent: none configured). */
+  menus?: MenuIndex;
 }
 
 /** All problems in a pushed site, in document order then cross-reference order. */
@@ -310,6 +318,7 @@ export function parseSite(input: unknown): ParseSiteResult {
   }
 
   const knownCallers = input.knownCallers === undefined ? [] : parseKnownCallers(c, input.knownCallers, userIds);
+  const ivr = input.inbound === undefined && input.menus === undefined ? {} : parseMenusAndInbound(c, input.inbound, input.menus, { userIds, groupIds });
 
   if (c.errors.length > 0) return { ok: false, errors: c.errors };
   // No errors means every draft is complete.
@@ -320,6 +329,8 @@ export function parseSite(input: unknown): ParseSiteResult {
   };
   if (timeZone !== undefined) site.timeZone = timeZone;
   if (input.knownCallers !== undefined) site.knownCallers = knownCallers;
+  if (ivr.inbound !== undefined) site.inbound = ivr.inbound;
+  if (ivr.menus !== undefined) site.menus = ivr.menus;
   return { ok: true, site };
 }
 
@@ -339,6 +350,7 @@ export function indexSite(site: Site): SiteIndex {
     usersByExtension: new Map(site.users.map((u) => [u.extension, u])),
     responsibleByNumber: new Map((site.knownCallers ?? []).map((k) => [k.number, k.userId])),
     timeZone: site.timeZone,
+    ...(site.inbound !== undefined || site.menus !== undefined ? { menus: indexMenus(site.inbound, site.menus) } : {}),
   };
 }
 
@@ -351,7 +363,7 @@ export function overflowTarget(action: NoAnswerAction): string | undefined {
 
 // ---------------------------------------------------------------------------------------------
 
-class Checker {
+export class Checker {
   readonly errors: ValidationError[] = [];
   private full = false;
 
@@ -410,12 +422,12 @@ class Checker {
   }
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
+export function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 /** Records the first index of a key; reports later occurrences. */
-function firstSeen(
+export function firstSeen(
   c: Checker,
   seen: Map<string, number>,
   key: string,

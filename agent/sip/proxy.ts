@@ -154,6 +154,11 @@ class CallImpl implements ProxyCall {
     this.request = request;
   }
 
+  /** Whether `tag` is the To tag this element gave its own responses (its own early dialog). */
+  ownsTag(tag: string | undefined): boolean {
+    return tag !== undefined && tag === this.toTagValue;
+  }
+
   /** The To tag of responses this element generates itself (487, rejections, 182). */
   get toTag(): string {
     this.toTagValue ??= randomToken(6);
@@ -258,6 +263,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
   private readonly callsByTx = new Map<InviteServerTransaction, CallImpl>();
   /** Calls not yet finished. */
   private readonly ringing = new Set<CallImpl>();
+  /** Takes requests inside the element's own early dialog of a ringing call (onOwnDialogRequest). */
+  private ownDialogHandler: ((call: ProxyCall, req: SipRequest, respond: (status: number, reason: string) => void) => boolean) | undefined;
   private readonly dialogs = new DialogTable<DialogData>();
   private liveBranches = 0;
   private lateAnswers = 0;
@@ -364,6 +371,14 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const call = this.own(callApi);
     if (call === undefined || call.finished || !Number.isInteger(status) || status < 101 || status > 199) return;
     call.tx.respond(createResponse(call.request, status, reason, { toTag: call.toTag, ...(headers ? { headers } : {}), ...(body ? { contentType: body.contentType, body: body.body } : {}) }));
+  }
+
+  /**
+   * Who answers INFO sent inside the element's own early dialog of a ringing call (the To tag of
+   * its own 18x); the handler returns false to leave the request to the usual dialog routing.
+   */
+  onOwnDialogRequest(handler: (call: ProxyCall, req: SipRequest, respond: (status: number, reason: string) => void) => boolean): void {
+    this.ownDialogHandler = handler;
   }
 
   suppressRinging(callApi: ProxyCall, on: boolean): void {
@@ -476,6 +491,16 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
    * statefully (a new client transaction; responses relayed back). Unknown dialog: 481.
    */
   handleInDialog(tx: ServerTransaction, req: SipRequest, flow: Flow): void {
+    // An INFO inside the proxy's own early dialog (its 183 with the appliance's media: a
+    // greeting's keys, RFC 6086) is for the element itself, not for a callee.
+    if (req.method === "INFO" && this.ownDialogHandler !== undefined) {
+      for (const call of this.ringing) {
+        if (call.request.callId === req.callId && call.request.from.tag === req.from.tag && call.ownsTag(req.to.tag)) {
+          if (this.ownDialogHandler(call, req, (status, reason) => tx.respond(createResponse(req, status, reason)))) return;
+          break;
+        }
+      }
+    }
     const match = this.dialogs.lookup(req.callId, req.from.tag, req.to.tag);
     if (match === undefined) {
       tx.respond(createResponse(req, 481, "Call/Transaction Does Not Exist"));

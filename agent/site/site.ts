@@ -18,6 +18,7 @@ import { indexSite, parseSite, type DeviceRef, type Site, type SiteIndex, type V
 import { canonicalJson, sha256Hex } from "../store/atomic-file.ts";
 import { checkFeatureCodes, type FeatureCodes } from "../routing/operator-state.ts";
 import { normalizeMac } from "../store/schema.ts";
+import { checkWav } from "../media/setup.ts";
 import type { DeviceRecord, SiteDeviceChanges, SiteDeviceInput, Store } from "../store/store.ts";
 import { DEFAULT_PICKUP_CODE, type SiteConfig, type SiteDeviceConfig, type SiteError, type SiteRecord, type SiteSettings } from "./types.ts";
 
@@ -87,6 +88,11 @@ const CROSS_REFERENCE_CODES: ReadonlySet<ValidationCode> = new Set([
   "invalid-out-of-hours",
   "duplicate-caller",
   "unknown-responsible",
+  "duplicate-inbound-number",
+  "duplicate-default-route",
+  "duplicate-menu-digit",
+  "unknown-menu-target",
+  "menu-loop",
 ]);
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -128,6 +134,8 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
     groups: input.groups,
     settings: input.settings,
     knownCallers: input.knownCallers,
+    inbound: input.inbound,
+    menus: input.menus,
   };
   const meaning = parseSite(modelInput);
   if (!meaning.ok) {
@@ -150,6 +158,13 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
     }
   }
 
+  // Prompt files are read now, at apply time: a file that cannot be played is refused here,
+  // where the installer or the console sees it, not found out by a caller.
+  if (meaning.ok) for (const p of promptFiles(meaning.site)) {
+    const why = checkWav(p.file);
+    if (why !== undefined) errors.push({ code: "unplayable-prompt", path: p.path, message: `${p.file}: ${why}` });
+  }
+
   const devices = checkDevices(input, existing, errors, profiles);
   if (errors.length > 0 || !meaning.ok || devices === null) return { ok: false, errors };
   const config = input as unknown as SiteConfig;
@@ -158,6 +173,19 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
     ok: true,
     value: { version: config.version, hash: snapshotHash(input), settings, site: meaning.site, devices },
   };
+}
+
+/** Every prompt file a site names, with its JSON path. */
+function promptFiles(site: Site): Array<{ file: string; path: string }> {
+  const out: Array<{ file: string; path: string }> = [];
+  site.inbound?.forEach((r, i) => {
+    if (r.greeting.prompt !== undefined) out.push({ file: r.greeting.prompt, path: `inbound[${i}].greeting.prompt` });
+  });
+  site.menus?.forEach((m, i) => {
+    if (m.prompt !== undefined) out.push({ file: m.prompt, path: `menus[${i}].prompt` });
+    if (m.invalidPrompt !== undefined) out.push({ file: m.invalidPrompt, path: `menus[${i}].invalidPrompt` });
+  });
+  return out;
 }
 
 /** Store-level checks of the snapshot's devices; returns the devices for the store, or null when
@@ -351,6 +379,8 @@ export class SiteService {
 
     const record: SiteRecord = { version: c.version, hash: c.hash, appliedAt: this.now().toISOString(), source, settings: c.settings, users: c.site.users, groups: c.site.groups };
     if (c.site.knownCallers !== undefined) record.knownCallers = c.site.knownCallers;
+    if (c.site.inbound !== undefined) record.inbound = c.site.inbound;
+    if (c.site.menus !== undefined) record.menus = c.site.menus;
     // What to put back if the disk refuses the new snapshot.
     const prevRecord = this.store.site;
     const prevDevices = this.store.listDevices().filter((d) => d.origin === "site");
@@ -388,6 +418,8 @@ export class SiteService {
     const site: Site = { users: record.users, devices, groups: record.groups };
     if (record.settings.timeZone !== undefined) site.timeZone = record.settings.timeZone;
     if (record.knownCallers !== undefined) site.knownCallers = record.knownCallers;
+    if (record.inbound !== undefined) site.inbound = record.inbound;
+    if (record.menus !== undefined) site.menus = record.menus;
     return { record, index: indexSite(site) };
   }
 }

@@ -1,6 +1,7 @@
 // Types of the site configuration (contract $defs/siteConfig) as the agent holds it. The JSON
 // Schema in contract/ringedge.schema.json is the authority on shape; these mirror it.
 import type { DeviceKind, Group, KnownCaller, User, ValidationCode } from "../routing/model.ts";
+import type { InboundRoute, Menu } from "../routing/menu-model.ts";
 import type { FeatureCodes } from "../routing/operator-state.ts";
 
 export const SITE_SCHEMA_ID = "ringedge.site/1";
@@ -68,6 +69,9 @@ export interface SiteConfig {
   groups: Group[];
   /** The console's directory of known callers. */
   knownCallers?: KnownCaller[];
+  /** Greetings for trunk calls and their menus (docs/menus.md). */
+  inbound?: InboundRoute[];
+  menus?: Menu[];
 }
 
 /** The applied site as the store keeps it (devices live in the store's device table). */
@@ -82,6 +86,9 @@ export interface SiteRecord {
   groups: Group[];
   /** The console's directory of known callers (absent = none). */
   knownCallers?: KnownCaller[];
+  /** Greetings for trunk calls and their menus (absent = none). */
+  inbound?: InboundRoute[];
+  menus?: Menu[];
 }
 
 export type SiteErrorCode =
@@ -103,7 +110,9 @@ export type SiteErrorCode =
   /** Valid, but the store could not make it durable; nothing was applied. */
   | "persist-failed"
   /** A feature code equals or starts another one (or the pickup code), or a number. */
-  | "feature-code-clash";
+  | "feature-code-clash"
+  /** A greeting's or menu's prompt file cannot be read or is not a WAV the appliance plays. */
+  | "unplayable-prompt";
 
 /** One problem with a site snapshot, named by its JSON path (e.g. "groups[2].members[0]"). */
 export interface SiteError {

@@ -419,7 +419,7 @@ export function checkSiteRecord(v: unknown, at: string): { ok: true; value: Site
   const settings = validatePayload("settings", v.settings);
   if (!settings.ok) return no(`${at}.settings${settings.errors[0]?.path === "$" ? "" : `.${settings.errors[0]?.path ?? ""}`} ${settings.errors[0]?.message ?? "is invalid"}`);
   if (typeof (v.settings as Record<string, unknown>).pickupCode !== "string") return no(`${at}.settings.pickupCode is required`);
-  const parsed = parseSite({ users: v.users, devices: [], groups: v.groups, settings: v.settings, knownCallers: v.knownCallers });
+  const parsed = parseSite({ users: v.users, devices: [], groups: v.groups, settings: v.settings, knownCallers: v.knownCallers, inbound: v.inbound, menus: v.menus });
   if (!parsed.ok) {
     const e = parsed.errors[0];
     return no(`${at}.${e?.path ?? "users"} ${e?.message ?? "is invalid"}`);
@@ -435,6 +435,8 @@ export function checkSiteRecord(v: unknown, at: string): { ok: true; value: Site
       users: parsed.site.users as User[],
       groups: parsed.site.groups as Group[],
       ...(parsed.site.knownCallers !== undefined ? { knownCallers: parsed.site.knownCallers } : {}),
+      ...(parsed.site.inbound !== undefined ? { inbound: parsed.site.inbound } : {}),
+      ...(parsed.site.menus !== undefined ? { menus: parsed.site.menus } : {}),
     },
   };
 }

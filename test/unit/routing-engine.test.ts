@@ -217,11 +217,15 @@ function world(opts: {
   /** The site's time zone (groups with working hours need one) and its known callers. */
   timeZone?: string;
   knownCallers?: Array<{ number: string; userId: string }>;
+  /** Greetings and menus (menu-model.ts) and the call flow standing in for agent/media/call-menu.ts. */
+  inbound?: unknown[];
+  menus?: unknown[];
+  callMenus?: NonNullable<ConstructorParameters<typeof RoutingEngine>[0]["callMenus"]>;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
   devices.push(...(opts.extraDevices ?? []));
-  const parsed = parseSite({ users, devices, groups: opts.groups, settings: opts.timeZone === undefined ? {} : { timeZone: opts.timeZone }, knownCallers: opts.knownCallers });
+  const parsed = parseSite({ users, devices, groups: opts.groups, settings: opts.timeZone === undefined ? {} : { timeZone: opts.timeZone }, knownCallers: opts.knownCallers, inbound: opts.inbound, menus: opts.menus });
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
   const index = indexSite(parsed.site);
   const settings: RoutingSettings = { pickupCode: "*8", trunk: { host: TRUNK_IP, port: 5070, transport: "udp", allowedSources: [TRUNK_IP], prefix: "0" }, ...opts.settings };
@@ -266,6 +270,7 @@ function world(opts: {
     ringUnitMs: UNIT,
     clock,
     ...(opts.maxPhysical !== undefined ? { maxPhysical: opts.maxPhysical } : {}),
+    ...(opts.callMenus !== undefined ? { callMenus: opts.callMenus } : {}),
     ...(opts.stateless !== undefined ? { respondStatelessly: (tx: ServerTransaction, res: SipResponse) => opts.stateless!.push({ tx, res }) } : {}),
   });
   engine.start();
@@ -1165,5 +1170,103 @@ describe("working hours, wrap-up and the responsible operator in the engine", ()
     // A caller from a phone of the site has no responsible operator.
     const internal = d.call("100", "p2").pc!;
     assert.deepEqual(d.proxy.timeline("fork", internal), [`0 p1`]);
+  });
+});
+
+// --- greetings and menus (docs/menus.md) -------------------------------------------------------------
+
+describe("greetings and menus: admission and where the call goes", () => {
+  /** A call flow that records each greeting and lets the test decide where it goes. */
+  function menusFake(): { starts: Array<{ pc: ProxyCall; greeting: unknown; ctx: import("../../agent/routing/menu.ts").IvrContext; route: (t: import("../../agent/routing/menu.ts").FinalTarget) => void }>; left: string[]; dep: NonNullable<ConstructorParameters<typeof RoutingEngine>[0]["callMenus"]> } {
+    const starts: Array<{ pc: ProxyCall; greeting: unknown; ctx: import("../../agent/routing/menu.ts").IvrContext; route: (t: import("../../agent/routing/menu.ts").FinalTarget) => void }> = [];
+    const left: string[] = [];
+    return { starts, left, dep: { start: (pc, greeting, ctx, route) => starts.push({ pc, greeting, ctx, route }), leave: (pc) => left.push(pc.id) } };
+  }
+  const users = [user("u1", "201"), user("u2", "202"), user("u3", "2025")];
+  const groups = [
+    group({ id: "sales", number: "600", members: ["u1"], ringCount: 2 }),
+    group({ id: "support", number: "61", members: ["u2"], ringCount: 2, noAnswer: { kind: "voicemail", uri: "sip:vm-support@192.0.2.9" } }),
+  ];
+  const inbound = [
+    { number: "4000", greeting: { then: { kind: "group", groupId: "support" }, extensionDialling: { maxDigits: 4 } } },
+    { greeting: { then: { kind: "menu", menuId: "main" } } },
+  ];
+  const menus = [{ id: "main", options: [{ digit: "1", target: { kind: "group", groupId: "sales" } }], afterLast: { kind: "hangup" } }];
+  const setup = (extra: { offline?: string[] } = {}) => {
+    const m = menusFake();
+    const w = world({ users, groups, inbound, menus, callMenus: m.dep, ...extra });
+    return { w, m };
+  };
+
+  it("a trunk call to a listed number gets its greeting: nothing rings until the greeting routes it; then the group rings", () => {
+    const { w, m } = setup();
+    const { pc } = w.call("4000", trunkFlow);
+    assert.ok(pc !== undefined);
+    assert.equal(m.starts.length, 1);
+    assert.deepEqual((m.starts[0]!.greeting as { then: unknown }).then, { kind: "group", groupId: "support" });
+    assert.deepEqual(w.proxy.timeline("fork"), [], "nothing rings during the greeting");
+    // The engine's dial lookups for extension dialling: numbers and longer ones within maxDigits.
+    assert.deepEqual(m.starts[0]!.ctx.dial("600"), { target: { kind: "group", groupId: "sales" }, longer: false });
+    assert.deepEqual(m.starts[0]!.ctx.dial("202"), { target: { kind: "user", userId: "u2" }, longer: true }, "2025 starts with 202");
+    assert.deepEqual(m.starts[0]!.ctx.dial("9"), { target: undefined, longer: false });
+    assert.equal(m.starts[0]!.ctx.menus.get("main")?.id, "main");
+    m.starts[0]!.route({ kind: "group", groupId: "sales" });
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1"]);
+    w.proxy.answer(w.proxy.ringing(pc!, "p1")[0]!);
+    w.proxy.hangup(pc!);
+    assert.equal(w.records.at(-1)?.groupId, "sales");
+    assert.equal(w.records.at(-1)?.outcome, "answered");
+    assert.deepEqual(m.left, [pc!.id], "the call flow is told when the call ends");
+  });
+
+  it("to a user: their phones ring as a direct call; offline → 480; a second route is ignored", () => {
+    const { w, m } = setup({ offline: ["p3"] });
+    const a = w.call("+4930999", trunkFlow).pc!;
+    assert.equal(m.starts.length, 1, "the default route");
+    m.starts[0]!.route({ kind: "user", userId: "u2" });
+    m.starts[0]!.route({ kind: "hangup" });
+    assert.deepEqual(w.proxy.timeline("fork", a), ["0 p2"]);
+    assert.equal(a.rejected, undefined);
+    const b = w.call("+4930998", trunkFlow).pc!;
+    m.starts[1]!.route({ kind: "user", userId: "u3" });
+    assert.equal(b.rejected, 480);
+    assert.equal(w.records.at(-1)?.outcome, "missed");
+  });
+
+  it("voicemail of a group forwards to its voicemail action; a group without one, a user's mailbox and hang-up end with 480", () => {
+    const { w, m } = setup();
+    const a = w.call("4000", trunkFlow).pc!;
+    m.starts[0]!.route({ kind: "voicemail", owner: { kind: "group", id: "support" } });
+    assert.deepEqual(w.proxy.timeline("fork", a), ["0 sip:vm-support@192.0.2.9"]);
+    for (const t of [{ kind: "voicemail", owner: { kind: "group", id: "sales" } }, { kind: "voicemail", owner: { kind: "user", id: "u1" } }, { kind: "hangup" }] as const) {
+      const c = w.call("4000", trunkFlow).pc!;
+      m.starts.at(-1)!.route(t);
+      assert.equal(c.rejected, 480, JSON.stringify(t));
+      assert.deepEqual(w.proxy.timeline("fork", c), []);
+    }
+  });
+
+  it("the caller hanging up during the greeting: the flow is told, a late route rings nobody, the call is recorded once", () => {
+    const { w, m } = setup();
+    const pc = w.call("4000", trunkFlow).pc!;
+    w.proxy.callerCancel(pc);
+    assert.deepEqual(m.left, [pc.id]);
+    m.starts[0]!.route({ kind: "group", groupId: "sales" });
+    assert.deepEqual(w.proxy.timeline("fork"), []);
+    assert.equal(w.records.length, 1);
+    assert.equal(w.records[0]!.outcome, "missed");
+  });
+
+  it("a local number not listed rings as before; the site's own phones are never greeted; without the call flow, inbound routes are ignored", () => {
+    const { w, m } = setup();
+    w.call("600", trunkFlow);
+    w.call("0600", trunkFlow);
+    assert.equal(m.starts.length, 0);
+    assert.deepEqual(w.proxy.timeline("fork"), ["0 p1", "0 p1"]);
+    w.call("4000", "p1");
+    assert.equal(m.starts.length, 0, "a phone dialling 4000 goes to the trunk");
+    const plain = world({ users, groups, inbound, menus });
+    const r = plain.call("+4930999", trunkFlow);
+    assert.equal(r.tx.status, 403, "not relaying, as before");
   });
 });
