@@ -54,6 +54,8 @@ interface Session {
   /** Pacing from the first play on; undefined before. */
   pace: PaceState | undefined;
   sound: { name: string; data: Sound; frame: number; loop: boolean } | undefined;
+  /** Sounds to play after the current one (a sequence command), in order. */
+  next: Array<{ name: string; data: Sound; loop: boolean }>;
   readonly digits: DigitDetector;
   readonly stats: SessionStats;
   rtcpTimer: NodeJS.Timeout | undefined;
@@ -125,6 +127,9 @@ export class MediaPlane {
         return;
       case "play":
         this.play(c.id, c.sound, c.loop);
+        return;
+      case "sequence":
+        this.sequence(c.id, c.sounds, c.loopLast);
         return;
       case "close":
         if (this.opening.has(c.id)) this.closedWhileOpening.add(c.id);
@@ -215,6 +220,7 @@ export class MediaPlane {
       packetiser: new RtpPacketiser(c.payloadType, FRAME_SAMPLES),
       pace: undefined,
       sound: undefined,
+      next: [],
       digits: new DigitDetector(),
       stats: { packetsSent: 0, packetsReceived: 0, badPackets: 0, framesSkipped: 0 },
       rtcpTimer: undefined,
@@ -240,12 +246,31 @@ export class MediaPlane {
       return;
     }
     s.sound = { name, data, frame: 0, loop };
+    s.next = [];
     s.packetiser.markTalkspurt();
     if (s.pace === undefined) {
       s.pace = { startMs: this.now(), frames: 0 };
       this.scheduleRtcp(s);
     }
     this.tick();
+  }
+
+  /** Plays sounds back to back; refused as a whole (nothing changes) when one is not loaded. */
+  private sequence(id: string, names: readonly string[], loopLast: boolean): void {
+    const s = this.sessions.get(id);
+    if (s === undefined) return;
+    const list: Session["next"] = [];
+    for (const [i, name] of names.entries()) {
+      const data = this.sounds.get(name);
+      if (data === undefined) {
+        this.opts.post({ ev: "error", message: `sound ${name} is not loaded; sequence not played` });
+        return;
+      }
+      list.push({ name, data, loop: loopLast && i === names.length - 1 });
+    }
+    const first = list.shift()!;
+    this.play(id, first.name, first.loop);
+    s.next = list;
   }
 
   private close(id: string): void {
@@ -333,6 +358,12 @@ export class MediaPlane {
     const name = s.sound?.name;
     s.sound = undefined;
     if (name !== undefined) this.opts.post({ ev: "play-ended", id: s.id, sound: name });
+    // A sequence goes on with its next sound from the next frame, as a new talkspurt.
+    const next = s.next.shift();
+    if (next !== undefined && s.sound === undefined) {
+      s.sound = { name: next.name, data: next.data, frame: 0, loop: next.loop };
+      s.packetiser.markTalkspurt();
+    }
   }
 
   private sendFrame(s: Session): void {

@@ -20,6 +20,12 @@ export type MediaCommand =
   | { op: "open"; id: string; address: string; law: G711Law; payloadType: number; telephoneEvent: number | undefined; remoteAddress: string; remotePort: number; direction: Direction }
   /** Play a loaded sound from its start (replacing what plays now); `loop` repeats it seamlessly. */
   | { op: "play"; id: string; sound: string; loop: boolean }
+  /**
+   * Play loaded sounds one after another from the first (replacing what plays now), each from
+   * its start with the marker bit set; `loopLast` repeats the last one (e.g. prompts, then music).
+   * play-ended is reported for each sound that ends.
+   */
+  | { op: "sequence"; id: string; sounds: string[]; loopLast: boolean }
   /** End the stream: RTCP BYE, sockets closed, ports free. */
   | { op: "close"; id: string };
 
@@ -50,6 +56,8 @@ const DIRS = new Set(["sendrecv", "sendonly", "recvonly", "inactive"]);
 const isPort = (n: unknown): boolean => typeof n === "number" && Number.isInteger(n) && n > 0 && n < 65536;
 const isPt = (n: unknown): boolean => typeof n === "number" && Number.isInteger(n) && n >= 0 && n <= 127;
 const isId = (s: unknown): s is string => typeof s === "string" && s.length > 0 && s.length <= 128;
+/** Most sounds in one sequence command. */
+export const MAX_SEQUENCE = 32;
 
 /** Whether a message is a well-formed command (the worker ignores anything else). */
 export function validCommand(m: unknown): m is MediaCommand {
@@ -71,6 +79,8 @@ export function validCommand(m: unknown): m is MediaCommand {
       );
     case "play":
       return isId(c.id) && isId(c.sound) && typeof c.loop === "boolean";
+    case "sequence":
+      return isId(c.id) && Array.isArray(c.sounds) && c.sounds.length > 0 && c.sounds.length <= MAX_SEQUENCE && c.sounds.every(isId) && typeof c.loopLast === "boolean";
     case "close":
       return isId(c.id);
     default:

@@ -62,8 +62,12 @@ export class MediaService {
   private readonly open = new Map<string, SessionEvents>();
   private readonly loaded = new Set<string>();
   private stopped = false;
+  /** Sound name → WAV path, loaded by every worker that starts. */
+  private readonly sounds: Map<string, string>;
 
-  constructor(private readonly opts: MediaServiceOptions) {}
+  constructor(private readonly opts: MediaServiceOptions) {
+    this.sounds = new Map(Object.entries(opts.sounds ?? {}));
+  }
 
   /** Starts the worker and loads the sounds (so the first caller hears music at once). Idempotent. */
   start(): void {
@@ -98,6 +102,15 @@ export class MediaService {
     clearTimeout(t);
   }
 
+  /**
+   * Loads (or replaces) a sound under `sound` now if the worker runs, and again whenever a worker
+   * starts: a site's own sounds, named after the agent started.
+   */
+  load(sound: string, path: string): void {
+    this.sounds.set(sound, path);
+    this.post({ op: "load", sound, path });
+  }
+
   /** Sounds the worker has loaded (names). */
   has(sound: string): boolean {
     return this.loaded.has(sound);
@@ -125,6 +138,11 @@ export class MediaService {
 
   play(id: string, sound: string, loop: boolean): void {
     if (this.open.has(id)) this.post({ op: "play", id, sound, loop });
+  }
+
+  /** Plays sounds back to back (the last one looping when `loopLast`): prompts, then music. */
+  sequence(id: string, sounds: string[], loopLast: boolean): void {
+    if (this.open.has(id)) this.post({ op: "sequence", id, sounds, loopLast });
   }
 
   /** Ends a session; its ports are free once the worker closed it. Idempotent. */
@@ -167,7 +185,7 @@ export class MediaService {
         ev.onClosed?.(undefined);
       }
     });
-    for (const [sound, path] of Object.entries(this.opts.sounds ?? {})) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
+    for (const [sound, path] of this.sounds) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
     return w;
   }
 
