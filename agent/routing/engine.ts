@@ -83,6 +83,7 @@ import type { FeatureCodes, OperatorCode } from "./operator-state.ts";
 import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from "./callers.ts";
 import { isOpen, type OpenState } from "./hours.ts";
 import { WhyLog, whyRecord, MAX_WHY_ITEMS, type CallTrace, type WhyRecord } from "./why.ts";
+import { QueueStatistics, type QueueFigures, type QueueLeaveReason } from "./queue-stats.ts";
 import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type Availability, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
 import {
   findPickupTarget,
@@ -154,7 +155,7 @@ export interface EngineDeps {
    */
   respondStatelessly?: (tx: ServerTransaction, res: SipResponse) => void;
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
-  queueMedia?: { enter(pc: ProxyCall): void; leave(pc: ProxyCall): void };
+  queueMedia?: { enter(pc: ProxyCall, entry?: { groupId: string; position: () => number | undefined }): void; leave(pc: ProxyCall): void };
   /** One ring, ms (default 5000). */
   ringUnitMs?: number;
   /** First-fork latency budget, ms (default 2). */
@@ -178,6 +179,8 @@ export interface EngineStats {
   activeCalls: number;
   /** Calls waiting for a free operator. */
   queued: number;
+  /** Per group with a queue: its length now and its figures since start (queue-stats.ts). */
+  queues: QueueFigures[];
   latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number };
 }
 
@@ -317,6 +320,8 @@ export class RoutingEngine {
   private readonly calls = new Map<string, EngineCall>();
   /** Calls waiting for a free operator, oldest first. */
   private readonly queue: EngineCall[] = [];
+  /** Queue figures since start (ringedge status); the console sync counts its own per interval. */
+  private readonly queueStats = new QueueStatistics();
   /** Ids of devices online now (kept from "device.presence"). */
   private readonly online = new Set<string>();
   /** Keyed by user id: answered dialogs the user is in now. */
@@ -379,7 +384,28 @@ export class RoutingEngine {
 
   stats(): EngineStats {
     const s: LatencySummary = this.histogram.summary();
-    return { activeCalls: this.calls.size, queued: this.queue.length, latency: { p50Us: s.p50Us, p99Us: s.p99Us, maxUs: s.maxUs, count: s.count, overBudget: s.overBudget, budgetUs: s.budgetUs } };
+    return { activeCalls: this.calls.size, queued: this.queue.length, queues: this.queueStats.report(this.queueLengths()), latency: { p50Us: s.p50Us, p99Us: s.p99Us, maxUs: s.maxUs, count: s.count, overBudget: s.overBudget, budgetUs: s.budgetUs } };
+  }
+
+  /** Calls waiting now, by group id. */
+  queueLengths(): Map<string, number> {
+    const m = new Map<string, number>();
+    for (const c of this.queue) if (c.queue !== undefined) m.set(c.queue.groupId, (m.get(c.queue.groupId) ?? 0) + 1);
+    return m;
+  }
+
+  /**
+   * A waiting call's place in its group's queue (1 = the next its group's free operators get:
+   * offerQueued goes through the queue oldest first), or undefined when it is not waiting.
+   */
+  private positionOf(call: EngineCall): number | undefined {
+    if (call.phase !== "queued" || call.queue === undefined) return undefined;
+    let n = 1;
+    for (const c of this.queue) {
+      if (c === call) return n;
+      if (c.queue?.groupId === call.queue.groupId) n++;
+    }
+    return undefined;
   }
 
   /** Calls an operator is in now (for status and tests). */
@@ -830,9 +856,11 @@ export class RoutingEngine {
     call.phase = "queued";
     call.queue = { groupId, then, offering: undefined, offerTimer: undefined, queuedAt: now };
     this.queue.push(call);
+    this.queueStats.joined(groupId);
     // RFC 3261 §21.1.3: 182 Queued; the caller keeps its ringback.
     this.proxy.provisional(call.pc, 182, "Queued");
-    this.deps.queueMedia?.enter(call.pc);
+    this.deps.bus.emit("queue.joined", { callId: call.pc.request.callId, groupId, position: this.positionOf(call) ?? 0, at: now });
+    this.deps.queueMedia?.enter(call.pc, { groupId, position: () => this.positionOf(call) });
     call.queueTimer = this.clock.setTimeout(() => this.guarded(() => this.onQueueTimeout(call)), Math.max(0, until - now));
   }
 
@@ -844,16 +872,24 @@ export class RoutingEngine {
       return;
     }
     const then = call.queue.then;
-    this.leaveQueue(call);
+    this.leaveQueue(call, "max-wait");
     this.cancelAllMembers(call, "max wait");
     call.phase = "ringing";
     call.groupId = call.queue?.groupId ?? call.groupId;
     this.noAnswer(call, false, then);
   }
 
-  private leaveQueue(call: EngineCall): void {
+  private leaveQueue(call: EngineCall, reason: QueueLeaveReason): void {
     const i = this.queue.indexOf(call);
-    if (i >= 0) this.queue.splice(i, 1);
+    if (i >= 0) {
+      this.queue.splice(i, 1);
+      if (call.queue !== undefined) {
+        const now = this.clock.now();
+        const waitedMs = Math.max(0, now - call.queue.queuedAt);
+        this.queueStats.left(call.queue.groupId, reason, waitedMs);
+        this.deps.bus.emit("queue.left", { callId: call.pc.request.callId, groupId: call.queue.groupId, reason, waitedMs, at: now });
+      }
+    }
     this.deps.queueMedia?.leave(call.pc);
     if (call.queue !== undefined) {
       if (call.queue.offerTimer !== undefined) this.clock.clearTimeout(call.queue.offerTimer);
@@ -1161,7 +1197,7 @@ export class RoutingEngine {
     const wasQueued = call.phase === "queued";
     call.phase = "answered";
     this.clearTimers(call);
-    if (wasQueued) this.leaveQueue(call);
+    if (wasQueued) this.leaveQueue(call, "answered");
     const now = this.clock.now();
     call.answeredBy = branch.target.memberId;
     call.answeredDevice = branch.target.deviceId;
@@ -1397,7 +1433,8 @@ export class RoutingEngine {
     const answered = call.phase === "answered";
     call.phase = "done";
     this.clearTimers(call);
-    this.leaveQueue(call);
+    // A caller who hangs up while waiting (CANCEL, 487) abandoned the queue.
+    this.leaveQueue(call, status === 487 ? "abandoned" : "ended");
     this.calls.delete(call.pc.id);
     for (const u of call.counted) {
       const n = (this.activeCalls.get(u) ?? 0) - 1;
