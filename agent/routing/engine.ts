@@ -179,8 +179,6 @@ export interface EngineStats {
   activeCalls: number;
   /** Calls waiting for a free operator. */
   queued: number;
-  /** Per group with a queue: its length now and its figures since start (queue-stats.ts). */
-  queues: QueueFigures[];
   latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number };
 }
 
@@ -384,7 +382,12 @@ export class RoutingEngine {
 
   stats(): EngineStats {
     const s: LatencySummary = this.histogram.summary();
-    return { activeCalls: this.calls.size, queued: this.queue.length, queues: this.queueStats.report(this.queueLengths()), latency: { p50Us: s.p50Us, p99Us: s.p99Us, maxUs: s.maxUs, count: s.count, overBudget: s.overBudget, budgetUs: s.budgetUs } };
+    return { activeCalls: this.calls.size, queued: this.queue.length, latency: { p50Us: s.p50Us, p99Us: s.p99Us, maxUs: s.maxUs, count: s.count, overBudget: s.overBudget, budgetUs: s.budgetUs } };
+  }
+
+  /** Per group with a queue: its length now and its figures since start (queue-stats.ts; status). */
+  queueFigures(): QueueFigures[] {
+    return this.queueStats.report(this.queueLengths());
   }
 
   /** Calls waiting now, by group id. */

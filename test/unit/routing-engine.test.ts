@@ -1230,7 +1230,7 @@ describe("queue order, positions and statistics", () => {
 
     assert.deepEqual(leaving.map((e) => `${e.groupId}:${e.reason}:${e.waitedMs}`), ["g1:answered:5000", "g1:abandoned:4000", "g1:answered:9000", "g2:max-wait:20000"]);
     for (const x of [a, b, c, other]) assert.ok(left.includes(x.request.callId), `the music left with ${x.request.callId}`);
-    assert.deepEqual(w.engine.stats().queues, [
+    assert.deepEqual(w.engine.queueFigures(), [
       { groupId: "g1", waiting: 0, joined: 3, answered: 2, abandoned: 1, timedOut: 0, waitMedianMs: 7000, waitMaxMs: 9000 },
       { groupId: "g2", waiting: 0, joined: 1, answered: 0, abandoned: 0, timedOut: 1, waitMedianMs: null, waitMaxMs: null },
     ]);
