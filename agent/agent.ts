@@ -53,6 +53,8 @@ import { BlfNotifier } from "./presence/blf.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
+import { prepareSiteSounds } from "./media/site-sounds.ts";
+import type { QueueFigures } from "./routing/queue-stats.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -78,7 +80,7 @@ export interface AgentStatus {
   /** Overload control: whether new requests are being refused with 503, why, and how many were (agent/sip/overload.ts). */
   overload: OverloadStats;
   /** Routing engine: calls in hand, queued calls, INVITE → first-fork latency (issue 3). */
-  routing: EngineStats;
+  routing: EngineStats & { queues: QueueFigures[] };
   store: { file: string; pendingWrites: boolean };
   /** The applied site configuration; null before the first site file or console push. */
   site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
@@ -227,6 +229,8 @@ export class Agent {
         for (const id of voided) this.forgetDevice(id);
         this.refreshDevices();
       },
+      // The sounds a site names are checked, fetched and cached before it is applied.
+      prepare: (c) => prepareSiteSounds(c.site.groups, s.dataDir),
     });
     this.site.start();
     if (s.siteFile !== "") await this.applySiteFile(s.siteFile);
@@ -336,6 +340,7 @@ export class Agent {
     this.media = startMedia(s, this.proxy, this.log.child("media"), {
       bus: this.bus,
       hasQueue: () => [...this.site.current().index.groupsById.values()].some((g) => g.noAnswer.kind === "wait-for-operator"),
+      groups: () => [...this.site.current().index.groupsById.values()],
     });
     this.engine = new RoutingEngine({
       proxy: this.proxy,
@@ -418,6 +423,7 @@ export class Agent {
         siteId: s.siteId, url: s.mqttUrl, dataDir: s.dataDir, clientId: s.mqttClientId, username: s.mqttUsername, password: s.mqttPassword,
         ...readTlsFiles(s), statsIntervalS: s.statsIntervalS, outboxMax: s.outboxMax, bus: this.bus, site: siteApplier(this.site),
         status: () => this.status(), presence: () => this.presence.snapshot(), operators: () => this.operators.list(), log: this.log.child("sync"),
+        queueLengths: () => this.engine.queueLengths(),
       });
       // cmd/resync from the console re-syncs phones through provisioning (check-sync NOTIFY).
       const hooks = this.provisioning?.hooks();
@@ -582,7 +588,7 @@ export class Agent {
       guard: this.guard.stats(),
       proxy: this.proxy.stats(),
       overload: this.overload.stats(),
-      routing: this.engine.stats(),
+      routing: { ...this.engine.stats(), queues: this.engine.queueFigures() },
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),

@@ -5,11 +5,14 @@ import { fileURLToPath } from "node:url";
 import { parsePortRange, type Settings } from "../config.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
+import type { Group } from "../routing/model.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
 import { hostPort } from "../sip/requests.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
+import { positionSoundFiles } from "./queue-position.ts";
 import { MediaService } from "./service.ts";
+import { pruneSoundCache, siteSoundsOf, soundFile } from "./site-sounds.ts";
 import { decodeWav } from "./wav.ts";
 
 /** The audio shipped with the product (audio/ at the repository root; beside dist/ when bundled). */
@@ -42,7 +45,12 @@ export function checkWav(file: string): string | undefined {
  * or when a site with one is applied — so the first caller in a queue hears music at once, and
  * an agent without queues pays nothing for it.
  */
-export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean }): MediaPlaneHandle | undefined {
+/** The worker's name of a group's own music or prompt. */
+export function siteSoundName(groupId: string, which: "music" | "prompt"): string {
+  return `site-${which}-${groupId}`;
+}
+
+export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean; groups?: () => readonly Group[] }): MediaPlaneHandle | undefined {
   if (!s.queueMusic) return undefined;
   const range = parsePortRange(s.mediaPorts);
   if (!range.ok) throw new Error(`mediaPorts ${range.reason}`); // validated by loadSettings already
@@ -55,11 +63,30 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   }
   const sounds: Record<string, string> = { [HOLD_SOUND]: hold };
   if (s.queueAnnouncement || s.queueAnnouncementIntervalS > 0) sounds[ANNOUNCEMENT_SOUND] = shippedAudio("queue-welcome.wav");
+  // The position prompts are small (about 300 KB in all): always loaded, so a group may turn them on.
+  Object.assign(sounds, positionSoundFiles(shippedAudio));
   const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds });
+  /** Groups' own sounds (checked and cached when the site was applied, site-sounds.ts). */
+  const loadSiteSounds = (): void => {
+    for (const x of siteSoundsOf(site.groups?.() ?? [])) media.load(siteSoundName(x.groupId, x.which), soundFile(x.sound, s.dataDir));
+  };
+  loadSiteSounds();
   if (site.hasQueue()) media.start();
   const off = site.bus.on("site.applied", () => {
+    loadSiteSounds();
+    const pruned = pruneSoundCache(s.dataDir, site.groups?.() ?? []);
+    if (pruned > 0) log.info("site sounds no group names any more removed from the cache", { count: pruned });
     if (site.hasQueue()) media.start();
   });
+  const groupOptions = (groupId: string): { music?: string; prompt?: string; announcePosition?: boolean } | undefined => {
+    const a = site.groups?.().find((g) => g.id === groupId)?.noAnswer;
+    if (a?.kind !== "wait-for-operator") return undefined;
+    const o: { music?: string; prompt?: string; announcePosition?: boolean } = {};
+    if (a.music !== undefined) o.music = siteSoundName(groupId, "music");
+    if (a.prompt !== undefined) o.prompt = siteSoundName(groupId, "prompt");
+    if (a.announcePosition !== undefined) o.announcePosition = a.announcePosition;
+    return o;
+  };
   const queueMusic = new QueueMusic({
     proxy,
     media,
@@ -68,6 +95,8 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
     log,
     announceFirst: s.queueAnnouncement,
     announceEveryMs: s.queueAnnouncementIntervalS * 1000,
+    announcePosition: s.queueAnnouncePosition,
+    groupOptions,
   });
   return {
     media,
