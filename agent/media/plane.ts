@@ -343,14 +343,25 @@ export class MediaPlane {
     }
   }
 
-  /** Moves a sound's position on by `frames` without sending (frames skipped). */
+  /**
+   * Moves a sound's position on by `frames` without sending (frames skipped); frames beyond the
+   * end of a sound of a sequence are taken from the next one, so the sounds keep their times.
+   */
   private advance(s: Session, frames: number): void {
-    const snd = s.sound;
-    if (snd === undefined) return;
-    snd.frame += frames;
-    if (snd.frame >= snd.data.frames) {
-      if (snd.loop) snd.frame %= snd.data.frames;
-      else this.ended(s);
+    let left = frames;
+    while (left > 0 && s.sound !== undefined) {
+      const snd = s.sound;
+      const room = snd.data.frames - snd.frame;
+      if (left < room) {
+        snd.frame += left;
+        return;
+      }
+      if (snd.loop) {
+        snd.frame = (snd.frame + left) % snd.data.frames;
+        return;
+      }
+      left -= room;
+      this.ended(s);
     }
   }
 

@@ -83,6 +83,8 @@ interface Waiting {
   timer: NodeJS.Timeout | undefined;
   /** The 183 went out and the proxy holds back ringing for this call. */
   holdingRinging: boolean;
+  /** The last spoken sound of the announcement playing now (its end starts the music); undefined when the music plays. */
+  speaking: string | undefined;
 }
 
 /** The caller's SDP offer from its INVITE (application/sdp only). */
@@ -128,7 +130,7 @@ export class QueueMusic {
       log.warn("queue music: no hold music loaded yet; the caller gets 182 only", { callId: pc.request.callId });
       return;
     }
-    const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false };
+    const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false, speaking: undefined };
     this.waiting.set(pc.id, w);
     const { offer, choice } = o.value;
     const address = this.deps.mediaAddress(pc.flow);
@@ -142,6 +144,9 @@ export class QueueMusic {
           onClosed: () => {
             w.session = undefined;
             this.stopTimer(w);
+          },
+          onPlayEnded: (sound) => {
+            if (sound === w.speaking) w.speaking = undefined;
           },
         },
       )
@@ -163,14 +168,20 @@ export class QueueMusic {
         w.holdingRinging = true;
         this.deps.proxy.provisional(pc, 183, "Session Progress", [{ name: "contact", value: this.deps.contact(pc.flow) }], { contentType: "application/sdp", body: Buffer.from(sdp) });
         // A group that names its own prompt wants it heard: first, whatever queueAnnouncement says.
+        const announce = (list: string[]): void => {
+          w.speaking = list.at(-2);
+          media.sequence(r.id, list, true);
+        };
         const first = programme(this.deps.announceFirst === true || own?.prompt !== undefined);
         if (first.length === 1) media.play(r.id, music, true);
-        else media.sequence(r.id, first, true);
+        else announce(first);
         const every = this.deps.announceEveryMs ?? 0;
         if (every > 0 && programme(true).length > 1) {
           // The music restarts after each announcement (from its start: a tune, not a programme).
+          // An announcement still playing when the next is due (an interval shorter than it) is
+          // not cut: that round is left out, so the caller hears the music in between.
           w.timer = setInterval(() => {
-            if (w.session !== undefined) media.sequence(w.session, programme(true), true);
+            if (w.session !== undefined && w.speaking === undefined) announce(programme(true));
           }, every);
           w.timer.unref();
         }

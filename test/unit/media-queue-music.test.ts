@@ -117,8 +117,13 @@ describe("QueueMusic", () => {
     f.opens[0]!.resolve({ ok: true, id: "m3", port: 20004 });
     await flush();
     assert.deepEqual(f.plays, [["m3", `${ANNOUNCEMENT_SOUND}+${HOLD_SOUND}`, true]]);
+    // The prompt has not ended yet when the interval is up: that round is left out, not cut.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(f.plays.length, 1);
+    f.opens[0]!.events.onPlayEnded?.(ANNOUNCEMENT_SOUND);
     await new Promise((r) => setTimeout(r, 100));
     assert.deepEqual(f.plays.at(-1), ["m3", `${ANNOUNCEMENT_SOUND}+${HOLD_SOUND}`, true]);
+    assert.equal(f.plays.length, 2);
     qm.leave(pc);
     const n = f.plays.length;
     await new Promise((r) => setTimeout(r, 150));
@@ -136,6 +141,8 @@ describe("QueueMusic", () => {
     await flush();
     assert.deepEqual(f.plays, [["m4", [ANNOUNCEMENT_SOUND, POSITION_SOUND, numberSound(3), HOLD_SOUND].join("+"), true]]);
     position = 2;
+    f.opens[0]!.events.onPlayEnded?.(ANNOUNCEMENT_SOUND);
+    f.opens[0]!.events.onPlayEnded?.(numberSound(3)); // the last spoken sound: the music plays
     await new Promise((r) => setTimeout(r, 90));
     assert.deepEqual(f.plays.at(-1), ["m4", [ANNOUNCEMENT_SOUND, POSITION_SOUND, numberSound(2), HOLD_SOUND].join("+"), true]);
     qm.leave(call("p"));
