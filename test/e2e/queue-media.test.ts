@@ -25,6 +25,7 @@ import type { RtpPacket } from "../../agent/media/rtp.ts";
 import { busyPorts, freeMediaPorts } from "../media-ports.ts";
 import { CallScene, TRUNK_CALLER_IP, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimSite, type SimUser } from "./callsim.ts";
 import { ROOT, freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
+import { ConsoleClient, desiredFrom } from "../../agent/sync/console-cli.ts";
 import { startBroker, type Broker } from "./mosquitto.ts";
 import { Caller, correlationAtStart, decodeStream, makeBusy, mediaOf } from "./rtp-caller.ts";
 
@@ -62,6 +63,9 @@ SOUNDS.ownPrompt = ownPrompt;
 SOUNDS.ownMusic = ownMusic;
 const promptWav = encodeWav(ownPrompt);
 const promptSha = sha256Of(promptWav);
+/** Music a console push names by URL. */
+const pushedWav = encodeWav(Int16Array.from({ length: 6000 }, (_, i) => Math.round(4000 * Math.sin((2 * Math.PI * 440 * i) / 8000))));
+const pushedSha = sha256Of(pushedWav);
 
 let agent: RunningAgent;
 let broker: Broker;
@@ -92,7 +96,10 @@ const OWN = { prompt: () => ({ url: `${base}/prompt.wav`, sha256: promptSha }), 
 before(async () => {
   http_ = http.createServer((req, res) => {
     if (req.url === "/prompt.wav") res.writeHead(200, { "content-type": "audio/wav", "content-length": promptWav.length }).end(promptWav);
-    else res.writeHead(404).end();
+    else if (req.url === "/pushed.wav") {
+      // Slow on purpose: the push's ack must wait for it.
+      setTimeout(() => res.writeHead(200, { "content-type": "audio/wav", "content-length": pushedWav.length }).end(pushedWav), 400);
+    } else res.writeHead(404).end();
   });
   await new Promise<void>((r) => http_.listen(0, "127.0.0.1", r));
   base = `http://127.0.0.1:${(http_.address() as AddressInfo).port}`;
@@ -137,8 +144,10 @@ const busy = (opPhone: Phone, caller: Phone, ext: string): Promise<{ free(): Pro
 /**
  * Which source file starts at each marker bit of the received stream (best correlation over up
  * to 0.5 s from the file's start, at least 0.9), with the time in seconds from the first packet.
- * A marker that starts no file must follow a timestamp gap: frames the appliance skipped after a
- * stall of this shared machine (plane.ts); anything else is listed as unknown.
+ * A marker after a timestamp gap (frames the appliance skipped after a stall of this shared
+ * machine, plane.ts) may stand for a file that started inside the gap: every frame of the gap
+ * is tried as its start (the correlation counts received samples only); when none matches, the
+ * marker only marks the stall. Any other marker that starts no file is listed as unknown.
  */
 function fileStarts(pk: readonly RtpPacket[], candidates: readonly string[]): Array<{ sound: string; at: number; r: number }> {
   const { samples, got } = decodeStream(pk, "PCMA");
@@ -147,16 +156,19 @@ function fileStarts(pk: readonly RtpPacket[], candidates: readonly string[]): Ar
   pk.forEach((p, i) => {
     if (!p.marker) return;
     const at = (p.timestamp - start) >>> 0;
-    let best = { sound: "?", r: 0 };
-    for (const name of candidates) {
-      const ref = SOUNDS[name]!;
-      const n = Math.min(ref.length, 4000);
-      if (at + n > samples.length) continue;
-      const r = correlationAtStart(samples.subarray(at, at + n), got.subarray(at, at + n), ref.subarray(0, n));
-      if (r > best.r) best = { sound: name, r };
+    const prevEnd = i > 0 ? ((pk[i - 1]!.timestamp - start) >>> 0) + 160 : at;
+    const afterGap = at > prevEnd;
+    let best = { sound: "?", at, r: 0 };
+    for (let from = afterGap ? prevEnd : at; from <= at; from += 160) {
+      for (const name of candidates) {
+        const ref = SOUNDS[name]!;
+        const n = Math.min(ref.length, 4000);
+        if (from + n > samples.length) continue;
+        const r = correlationAtStart(samples.subarray(from, from + n), got.subarray(from, from + n), ref.subarray(0, n));
+        if (r > best.r) best = { sound: name, at: from, r };
+      }
     }
-    const afterGap = i > 0 && ((p.timestamp - pk[i - 1]!.timestamp) >>> 0) > 160;
-    if (best.r >= 0.9) out.push({ sound: best.sound, at: at / 8000, r: best.r });
+    if (best.r >= 0.9) out.push({ sound: best.sound, at: best.at / 8000, r: best.r });
     else if (!afterGap) out.push({ sound: `?${best.sound}:${best.r.toFixed(2)}`, at: at / 8000, r: best.r });
   });
   return out;
@@ -299,6 +311,43 @@ describe("a site's own queue sounds", () => {
       assert.ok(r.stderr.includes(at) || r.stdout.includes(at), `${at}: ${r.stdout}${r.stderr}`);
       assert.match(r.stdout + r.stderr, why);
       assert.equal(JSON.parse((await agent.cli(["status", "--json"])).stdout).site.version, before, "nothing applied");
+    }
+  });
+});
+
+describe("a console push naming a sound by URL", () => {
+  test("acked applied only once the sound is fetched, verified and cached; a wrong SHA-256 or an unreachable URL is rejected with the reason at its path", async () => {
+    const console_ = await ConsoleClient.connect({ url: broker.url, consoleId: "queue-test" });
+    try {
+      let version = JSON.parse((await agent.cli(["status", "--json"])).stdout).site.version as number;
+      const push = async (own: Record<string, unknown>): Promise<{ ack: Awaited<ReturnType<ConsoleClient["pushDesired"]>>; ms: number }> => {
+        version++;
+        const doc = JSON.parse(fs.readFileSync(writeSiteFile(tempDir("ringedge-queue-push-"), site(own), version), "utf8")) as unknown;
+        const d = desiredFrom(SITE_ID, doc);
+        assert.ok(d.ok, JSON.stringify(d));
+        const t0 = performance.now();
+        const ack = await console_.pushDesired(SITE_ID, d.desired, d.version, 20_000);
+        return { ack, ms: performance.now() - t0 };
+      };
+      const cached = path.join(agent.dataDir, "sounds", `${pushedSha}.wav`);
+      assert.equal(fs.existsSync(cached), false);
+      const good = await push({ music: { url: `${base}/pushed.wav`, sha256: pushedSha }, prompt: OWN.prompt() });
+      assert.equal(good.ack.status, "applied", JSON.stringify(good.ack));
+      assert.ok(good.ms >= 400, `the ack waited for the fetch (${good.ms.toFixed(0)} ms)`);
+      assert.deepEqual(fs.readFileSync(cached), pushedWav, "in place when acked");
+      await agent.waitForLog(/sound loaded sound=site-music-own frames=38/, 10_000);
+
+      const wrong = await push({ music: { url: `${base}/pushed.wav`, sha256: "a".repeat(64) } });
+      assert.equal(wrong.ack.status, "rejected");
+      assert.deepEqual(wrong.ack.errors.map((e) => e.path), ["config.groups[1].noAnswer.music.url"], "the path within the desired envelope");
+      assert.match(wrong.ack.errors[0]!.message, new RegExp(`has SHA-256 ${pushedSha}, not the a{64}`));
+      const gone = await push({ prompt: { url: `http://127.0.0.1:${await freePort()}/p.wav`, sha256: "b".repeat(64) } });
+      assert.equal(gone.ack.status, "rejected");
+      assert.match(gone.ack.errors[0]!.message, /cannot fetch .*ECONNREFUSED/);
+      assert.equal(JSON.parse((await agent.cli(["status", "--json"])).stdout).site.version, version - 2, "the rejected pushes changed nothing");
+      assert.ok(fs.existsSync(cached), "the applied site's sound stays cached");
+    } finally {
+      await console_.close();
     }
   });
 });
