@@ -2,6 +2,7 @@
 // which owns every RTP/RTCP socket. Small, structured-clone-able objects; the worker checks each
 // command it receives (validCommand) since a bad one must never take the media plane down.
 import type { G711Law } from "./g711.ts";
+import { validDtmf } from "./dtmf-send.ts";
 import type { Direction } from "./sdp.ts";
 
 export interface WorkerConfig {
@@ -26,6 +27,11 @@ export type MediaCommand =
    * play-ended is reported for each sound that ends.
    */
   | { op: "sequence"; id: string; sounds: string[]; loopLast: boolean }
+  /**
+   * Send DTMF digits as RFC 4733 telephone-events (dtmf-send.ts) on the negotiated payload type,
+   * one after another, in place of the audio while they last; queued behind digits still going out.
+   */
+  | { op: "dtmf"; id: string; digits: string; durationMs: number }
   /** End the stream: RTCP BYE, sockets closed, ports free. */
   | { op: "close"; id: string };
 
@@ -48,6 +54,8 @@ export type MediaEvent =
   | { ev: "latched"; id: string; address: string; port: number }
   | { ev: "digit"; id: string; digit: string }
   | { ev: "play-ended"; id: string; sound: string }
+  /** A digit's last end packet went out (RFC 4733 §2.5.1.4). */
+  | { ev: "dtmf-sent"; id: string; digit: string }
   | { ev: "closed"; id: string; stats: SessionStats }
   | { ev: "error"; message: string };
 
@@ -81,6 +89,8 @@ export function validCommand(m: unknown): m is MediaCommand {
       return isId(c.id) && isId(c.sound) && typeof c.loop === "boolean";
     case "sequence":
       return isId(c.id) && Array.isArray(c.sounds) && c.sounds.length > 0 && c.sounds.length <= MAX_SEQUENCE && c.sounds.every(isId) && typeof c.loopLast === "boolean";
+    case "dtmf":
+      return isId(c.id) && validDtmf(c.digits, c.durationMs);
     case "close":
       return isId(c.id);
     default:

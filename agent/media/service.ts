@@ -11,6 +11,8 @@ import type { Direction } from "./sdp.ts";
 export interface SessionEvents {
   onDigit?(digit: string): void;
   onPlayEnded?(sound: string): void;
+  /** A digit sent with dtmf() went out completely. */
+  onDtmfSent?(digit: string): void;
   onClosed?(stats: SessionStats | undefined): void;
 }
 
@@ -145,6 +147,11 @@ export class MediaService {
     if (this.open.has(id)) this.post({ op: "sequence", id, sounds, loopLast });
   }
 
+  /** Sends DTMF digits as RFC 4733 telephone-events (when the offer had telephone-event). */
+  dtmf(id: string, digits: string, durationMs: number): void {
+    if (this.open.has(id)) this.post({ op: "dtmf", id, digits, durationMs });
+  }
+
   /** Ends a session; its ports are free once the worker closed it. Idempotent. */
   close(id: string): void {
     const p = this.pending.get(id);
@@ -230,6 +237,9 @@ export class MediaService {
         return;
       case "play-ended":
         this.open.get(ev.id)?.onPlayEnded?.(ev.sound);
+        return;
+      case "dtmf-sent":
+        this.open.get(ev.id)?.onDtmfSent?.(ev.digit);
         return;
       case "closed": {
         const events = this.open.get(ev.id);
