@@ -113,6 +113,12 @@ export class MediaService {
     this.post({ op: "load", sound, path });
   }
 
+  /** A sound no longer played: has() is false for it and a new worker does not load it. */
+  forget(sound: string): void {
+    this.sounds.delete(sound);
+    this.loaded.delete(sound);
+  }
+
   /** Sounds the worker has loaded (names). */
   has(sound: string): boolean {
     return this.loaded.has(sound);

@@ -1,6 +1,5 @@
 // Wiring of the media plane into the agent (agent.ts): the media worker with the sounds it
 // plays, and music on hold for the routing engine's queue. Kept here so agent.ts only calls it.
-import fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parsePortRange, type Settings } from "../config.ts";
 import type { EventBus } from "../bus.ts";
@@ -12,8 +11,7 @@ import { hostPort } from "../sip/requests.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
 import { positionSoundFiles } from "./queue-position.ts";
 import { MediaService } from "./service.ts";
-import { pruneSoundCache, siteSoundsOf, soundFile } from "./site-sounds.ts";
-import { decodeWav } from "./wav.ts";
+import { checkSoundFile, pruneSoundCache, siteSoundsOf, soundFile } from "./site-sounds.ts";
 
 /** The audio shipped with the product (audio/ at the repository root; beside dist/ when bundled). */
 export function shippedAudio(name: string): string {
@@ -27,16 +25,14 @@ export interface MediaPlaneHandle {
   stop(): Promise<void>;
 }
 
-/** Why a WAV file cannot be played, or undefined when it can. */
+/** Why a WAV file cannot be played, or undefined when it can (site-sounds.ts: readable, at most 16 MiB, a WAV the plane plays). */
 export function checkWav(file: string): string | undefined {
-  let bytes: Buffer;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (err) {
-    return `cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`;
-  }
-  const r = decodeWav(bytes);
-  return r.ok ? undefined : r.reason;
+  return checkSoundFile(file);
+}
+
+/** The worker's name of a group's own music or prompt. */
+export function siteSoundName(groupId: string, which: "music" | "prompt"): string {
+  return `site-${which}-${groupId}`;
 }
 
 /**
@@ -45,11 +41,6 @@ export function checkWav(file: string): string | undefined {
  * or when a site with one is applied — so the first caller in a queue hears music at once, and
  * an agent without queues pays nothing for it.
  */
-/** The worker's name of a group's own music or prompt. */
-export function siteSoundName(groupId: string, which: "music" | "prompt"): string {
-  return `site-${which}-${groupId}`;
-}
-
 export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean; groups?: () => readonly Group[] }): MediaPlaneHandle | undefined {
   if (!s.queueMusic) return undefined;
   const range = parsePortRange(s.mediaPorts);
@@ -67,8 +58,17 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   Object.assign(sounds, positionSoundFiles(shippedAudio));
   const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds });
   /** Groups' own sounds (checked and cached when the site was applied, site-sounds.ts). */
+  let siteNames = new Set<string>();
   const loadSiteSounds = (): void => {
-    for (const x of siteSoundsOf(site.groups?.() ?? [])) media.load(siteSoundName(x.groupId, x.which), soundFile(x.sound, s.dataDir));
+    const now = new Set<string>();
+    for (const x of siteSoundsOf(site.groups?.() ?? [])) {
+      const name = siteSoundName(x.groupId, x.which);
+      now.add(name);
+      media.load(name, soundFile(x.sound, s.dataDir));
+    }
+    // Sounds no group names any more are not played, nor reloaded by a new worker.
+    for (const name of siteNames) if (!now.has(name)) media.forget(name);
+    siteNames = now;
   };
   loadSiteSounds();
   if (site.hasQueue()) media.start();
