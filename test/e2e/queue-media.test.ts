@@ -11,6 +11,9 @@
 //   loopback HTTP, fetched and cached at apply time) and its music by file path; the caller hears
 //   that prompt and then that music, and the maximum wait is counted. A site naming a broken WAV
 //   or a URL with the wrong SHA-256 is refused at its JSON path and nothing changes.
+// - a console push (MQTT) naming music by URL is acked only once the file is cached; bad ones
+//   are rejected with the reason; restarted with the sound server gone, the agent plays the
+//   sounds from its cache.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import http from "node:http";
@@ -66,6 +69,8 @@ const promptSha = sha256Of(promptWav);
 /** Music a console push names by URL. */
 const pushedWav = encodeWav(Int16Array.from({ length: 6000 }, (_, i) => Math.round(4000 * Math.sin((2 * Math.PI * 440 * i) / 8000))));
 const pushedSha = sha256Of(pushedWav);
+const pushedDecoded = decodeWav(pushedWav);
+if (pushedDecoded.ok) SOUNDS.pushed = pushedDecoded.samples;
 
 let agent: RunningAgent;
 let broker: Broker;
@@ -91,6 +96,14 @@ function site(ownSounds: Record<string, unknown>): SimSite {
     ],
   };
 }
+let siteFile = "";
+const agentSettings = (): Record<string, string> => ({
+  RINGEDGE_MEDIA_PORTS: `${mediaMin}-${mediaMin + 9}`,
+  RINGEDGE_QUEUE_ANNOUNCEMENT_INTERVAL_S: "10",
+  RINGEDGE_SITE_ID: SITE_ID,
+  RINGEDGE_MQTT_URL: broker.url,
+  RINGEDGE_STATS_INTERVAL_S: "1",
+});
 const OWN = { prompt: () => ({ url: `${base}/prompt.wav`, sha256: promptSha }), music: { path: musicFile } };
 
 before(async () => {
@@ -111,17 +124,8 @@ before(async () => {
   await rec.subscribeAsync(`ringedge/v1/${SITE_ID}/statistics`, { qos: 1 });
   mediaMin = (await freeMediaPorts(10)).min;
   trunkPort = await freePort();
-  const file = writeSiteFile(siteDir, site({ prompt: OWN.prompt(), music: OWN.music }));
-  agent = await startRoutingAgent(file, {
-    ringUnitMs: UNIT,
-    env: {
-      RINGEDGE_MEDIA_PORTS: `${mediaMin}-${mediaMin + 9}`,
-      RINGEDGE_QUEUE_ANNOUNCEMENT_INTERVAL_S: "10",
-      RINGEDGE_SITE_ID: SITE_ID,
-      RINGEDGE_MQTT_URL: broker.url,
-      RINGEDGE_STATS_INTERVAL_S: "1",
-    },
-  });
+  siteFile = writeSiteFile(siteDir, site({ prompt: OWN.prompt(), music: OWN.music }));
+  agent = await startRoutingAgent(siteFile, { ringUnitMs: UNIT, env: agentSettings() });
   await agent.waitForLog(/sound loaded sound=number-90/, 60_000);
   await agent.waitForLog(/sound loaded sound=site-music-own/, 60_000);
   await agent.waitForLog(/sound loaded sound=site-prompt-own/, 60_000);
@@ -132,7 +136,7 @@ after(async () => {
   await rec?.endAsync().catch(() => undefined);
   await broker?.stop();
   http_?.closeAllConnections();
-  await new Promise<void>((r) => (http_ ? http_.close(() => r()) : r()));
+  if (http_?.listening) await new Promise<void>((r) => http_.close(() => r()));
 });
 
 const held: Array<() => Promise<void>> = [];
@@ -348,6 +352,29 @@ describe("a console push naming a sound by URL", () => {
       assert.ok(fs.existsSync(cached), "the applied site's sound stays cached");
     } finally {
       await console_.close();
+    }
+  });
+
+  test("restarted while the server of its sounds is gone: the queue plays them from the cache", async () => {
+    http_.closeAllConnections();
+    await new Promise<void>((r) => http_.close(() => r()));
+    const dataDir = agent.dataDir;
+    await agent.stop();
+    agent = await startRoutingAgent(siteFile, { ringUnitMs: UNIT, dataDir, env: agentSettings() });
+    await agent.waitForLog(/sound loaded sound=site-music-own frames=38/, 60_000);
+    await agent.waitForLog(/sound loaded sound=site-prompt-own/, 60_000);
+    const [p2, px] = await scene.register([op2, other]);
+    await busy(p2!, px!, "3102");
+    const caller = await Caller.open(agent.port);
+    try {
+      caller.invite("792");
+      const progress = await until(() => caller.first(183), 10_000, 2);
+      const m = mediaOf(progress.msg);
+      const starts = fileStarts(await heard(caller, `${m.address}:${m.port}`, 1.8), ["hold", "ownPrompt", "ownMusic", "pushed"]);
+      assert.deepEqual(names(starts).slice(0, 2), ["ownPrompt", "pushed"], JSON.stringify(starts));
+      await caller.cancel();
+    } finally {
+      caller.close();
     }
   });
 });
