@@ -318,6 +318,8 @@ export class RoutingEngine {
   private readonly calls = new Map<string, EngineCall>();
   /** Calls waiting for a free operator, oldest first. */
   private readonly queue: EngineCall[] = [];
+  /** Offers waiting calls again after an unanswered offer (onOfferTimeout); one at a time. */
+  private queueRetryTimer: unknown;
   /** Queue figures since start (ringedge status); the console sync counts its own per interval. */
   private readonly queueStats = new QueueStatistics();
   /** Ids of devices online now (kept from "device.presence"). */
@@ -378,6 +380,8 @@ export class RoutingEngine {
   stop(): void {
     for (const u of this.unsubscribe.splice(0)) u();
     for (const call of this.calls.values()) this.clearTimers(call);
+    if (this.queueRetryTimer !== undefined) this.clock.clearTimeout(this.queueRetryTimer);
+    this.queueRetryTimer = undefined;
   }
 
   stats(): EngineStats {
@@ -637,6 +641,12 @@ export class RoutingEngine {
     if (group.outOfHours !== undefined && this.isClosed(group, now)) {
       call.trace.entries.push({ kind: "closed", at: now, group, until: this.openCache.get(group)?.state.until });
       this.noAnswer(call, true, group.outOfHours);
+    } else if (group.noAnswer.kind === "wait-for-operator" && this.queue.some((c) => c.queue?.groupId === group.id)) {
+      // Callers are served in arrival order: while older calls wait for this group's
+      // operators, a new one takes its place behind them instead of ringing a member who
+      // may be about to be offered to them; the oldest is then offered first.
+      this.noAnswer(call, false);
+      this.offerQueued(undefined);
     } else {
       if (group.responsibleFirst !== undefined && caller.kind === "trunk") this.findResponsible(call, req, now);
       this.runStep(call);
@@ -952,6 +962,14 @@ export class RoutingEngine {
     }
     if (q.offering !== undefined) this.stopMember(call, q.offering, "offer timed out");
     q.offering = undefined;
+    // Nobody else may free up to wake the queue: after one ring's pause the waiting calls are
+    // offered again, oldest first (to the next free operator, who may be the same one).
+    if (this.queueRetryTimer === undefined) {
+      this.queueRetryTimer = this.clock.setTimeout(() => {
+        this.queueRetryTimer = undefined;
+        this.guarded(() => this.offerQueued(undefined));
+      }, this.ringUnitMs);
+    }
   }
 
   // --- direct and outbound calls -------------------------------------------------------------------

@@ -1174,6 +1174,31 @@ describe("working hours, wrap-up and the responsible operator in the engine", ()
 // --- the queue: order, positions, figures ------------------------------------------------------------
 
 describe("queue order, positions and statistics", () => {
+  it("a new call queues behind older waiting ones instead of ringing a free operator; an unanswered offer is retried after a ring", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1"], noAnswer: { kind: "wait-for-operator", maxWaitS: 60, then: { kind: "hangup" } } }), group({ id: "g9", number: "900", members: ["u1"] })] });
+    const busy = w.call("900", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(busy, "p1")[0]!);
+    const a = w.call("100", trunkFlow).pc!;
+    w.clock.advance(1000);
+    w.proxy.hangup(busy); // u1 free at 1000: A is offered
+    w.clock.advance(1000); // one step: not answered, A waits again
+    assert.deepEqual(w.proxy.timeline("fork", a), ["1000 p1"]);
+    assert.deepEqual(w.proxy.timeline("cancel", a), ["2000 p1"]);
+    // C arrives while A waits and u1 is free: C queues (182), A is offered first.
+    w.clock.advance(500);
+    const c = w.call("100", trunkFlow).pc!;
+    assert.deepEqual(c.provisionals, [182]);
+    assert.deepEqual(w.proxy.timeline("fork", c), []);
+    assert.deepEqual(w.proxy.timeline("fork", a), ["1000 p1", "2500 p1"]);
+    // Not answered again: after a ring's pause (1000) A is offered again, still before C.
+    w.clock.advance(2000);
+    assert.deepEqual(w.proxy.timeline("fork", a), ["1000 p1", "2500 p1", "4500 p1"]);
+    assert.deepEqual(w.proxy.timeline("fork", c), []);
+    w.proxy.answer(w.proxy.ringing(a, "p1")[0]!);
+    w.proxy.hangup(a);
+    assert.deepEqual(w.proxy.timeline("fork", c), ["4500 p1"], "C next, when u1 is free again");
+  });
+
   it("callers are served in arrival order; each hears its place in its group's queue; joined/left events and figures follow", () => {
     const entries = new Map<string, { groupId: string; position: () => number | undefined }>();
     const left: string[] = [];
