@@ -13,7 +13,7 @@
 // so a console push is acknowledged only once every sound it names is in place. Hostile input:
 // sizes are checked while the body streams (not after), a slow server is cut off at the
 // deadline, a URL never carries credentials into logs (model.ts refuses them).
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import https from "node:https";
@@ -144,7 +144,7 @@ export async function ensureSound(sound: SiteSound, dataDir: string, limits: Fet
   if (why !== undefined) return `${sound.url}: ${why}`;
   try {
     fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o750 });
-    const tmp = `${file}.${process.pid}.tmp`;
+    const tmp = `${file}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
     fs.writeFileSync(tmp, got.bytes, { mode: 0o640 });
     fs.renameSync(tmp, file);
   } catch (err) {
@@ -167,15 +167,19 @@ export function siteSoundsOf(groups: readonly Group[]): Array<{ at: string; grou
 
 /**
  * Checks (and fetches) every sound a site names; the errors, by JSON path, that refuse its apply.
- * Each distinct file is looked at once.
+ * Each distinct file is looked at once, all at the same time (so the whole takes about as long
+ * as the slowest fetch, at most SITE_SOUND_FETCH_TIMEOUT_MS).
  */
 export async function prepareSiteSounds(groups: readonly Group[], dataDir: string, limits: FetchLimits = DEFAULT_LIMITS): Promise<SiteError[]> {
-  const errors: SiteError[] = [];
   const seen = new Map<string, Promise<string | undefined>>();
-  for (const s of siteSoundsOf(groups)) {
+  const checks = siteSoundsOf(groups).map((s) => {
     const key = "path" in s.sound ? `path:${s.sound.path}` : `url:${s.sound.sha256}:${s.sound.url}`;
     let p = seen.get(key);
     if (p === undefined) seen.set(key, (p = ensureSound(s.sound, dataDir, limits)));
+    return { s, p };
+  });
+  const errors: SiteError[] = [];
+  for (const { s, p } of checks) {
     const why = await p;
     if (why !== undefined) errors.push({ code: "invalid-sound", path: `${s.at}.${"path" in s.sound ? "path" : "url"}`, message: why });
   }
