@@ -18,7 +18,7 @@ import { hostPort } from "../sip/requests.ts";
 export interface MetricsSources {
   /** Calls the routing engine holds and calls waiting for a free operator. */
   calls(): { active: number; queued: number };
-  /** Calls waiting now per group (absent: the series is not exposed). */
+  /** Calls waiting now per wait-for-operator group, 0 included (absent: the series is not exposed). */
   queueLengths?: () => ReadonlyMap<string, number>;
   /** Registered contacts (bindings). */
   registrations(): number;
@@ -77,7 +77,7 @@ export class AgentMetrics {
     const queues = sources.queueLengths;
     if (queues) {
       new Gauge({
-        name: "ringedge_queue_waiting", help: "Calls waiting for a free operator now, by group.", labelNames: ["group"], registers: r,
+        name: "ringedge_queue_waiting", help: "Calls waiting for a free operator now, by group (every wait-for-operator group, 0 when none waits).", labelNames: ["group"], registers: r,
         collect() {
           this.reset();
           for (const [g, n] of queues()) this.set({ group: label(g) }, n);

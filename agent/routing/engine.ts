@@ -394,9 +394,10 @@ export class RoutingEngine {
     return this.queueStats.report(this.queueLengths());
   }
 
-  /** Calls waiting now, by group id. */
+  /** Calls waiting now, by group id: every wait-for-operator group of the site (0 when none waits), and any group a call still waits for. */
   queueLengths(): Map<string, number> {
     const m = new Map<string, number>();
+    for (const g of this.deps.site().index.groupsById.values()) if (g.noAnswer.kind === "wait-for-operator") m.set(g.id, 0);
     for (const c of this.queue) if (c.queue !== undefined) m.set(c.queue.groupId, (m.get(c.queue.groupId) ?? 0) + 1);
     return m;
   }

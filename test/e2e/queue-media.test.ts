@@ -6,7 +6,7 @@
 //   the third hangs up; the operator frees and gets the oldest caller (arrival order); at the
 //   next periodic announcement the remaining caller hears that it is number 1; it is served next.
 //   The figures (joined, answered with median/longest wait, abandoned, waiting) are then checked
-//   in `ringedge status`, in the MQTT statistics and in the metrics.
+//   in `ringedge status`, in the MQTT statistics and in the Prometheus metrics.
 // - a site's own sounds: a group names its prompt by URL + SHA-256 (served by the test over
 //   loopback HTTP, fetched and cached at apply time) and its music by file path; the caller hears
 //   that prompt and then that music, and the maximum wait is counted. A site naming a broken WAV
@@ -97,7 +97,10 @@ function site(ownSounds: Record<string, unknown>): SimSite {
   };
 }
 let siteFile = "";
+let metricsPort = 0;
 const agentSettings = (): Record<string, string> => ({
+  RINGEDGE_METRICS_ENABLED: "true",
+  RINGEDGE_METRICS_LISTEN: `127.0.0.1:${metricsPort}`,
   RINGEDGE_MEDIA_PORTS: `${mediaMin}-${mediaMin + 9}`,
   RINGEDGE_QUEUE_ANNOUNCEMENT_INTERVAL_S: "10",
   RINGEDGE_SITE_ID: SITE_ID,
@@ -124,6 +127,7 @@ before(async () => {
   await rec.subscribeAsync(`ringedge/v1/${SITE_ID}/statistics`, { qos: 1 });
   mediaMin = (await freeMediaPorts(10)).min;
   trunkPort = await freePort();
+  metricsPort = await freePort();
   siteFile = writeSiteFile(siteDir, site({ prompt: OWN.prompt(), music: OWN.music }));
   agent = await startRoutingAgent(siteFile, { ringUnitMs: UNIT, env: agentSettings() });
   await agent.waitForLog(/sound loaded sound=number-90/, 60_000);
@@ -266,6 +270,12 @@ describe("queue position announcements", () => {
         return (t.answered === 2 && t) || undefined;
       }, 10_000, 50);
       assert.deepEqual(sum, { joined: 3, answered: 2, abandoned: 1, timedOut: 0, waitMaxMs: q.waitMaxMs });
+      // Metrics: the same calls leaving, and the answered waits.
+      const metrics = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
+      assert.match(metrics, /^ringedge_queue_left_total\{group="hotline",reason="answered"\} 2$/m);
+      assert.match(metrics, /^ringedge_queue_left_total\{group="hotline",reason="abandoned"\} 1$/m);
+      assert.match(metrics, /^ringedge_queue_wait_seconds_count\{group="hotline"\} 2$/m);
+      assert.match(metrics, /^ringedge_queue_waiting\{group="hotline"\} 0$/m);
     } finally {
       for (const c of callers) c.close();
     }

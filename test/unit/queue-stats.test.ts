@@ -78,7 +78,8 @@ describe("queue figures in the MQTT statistics, the metrics and ringedge status"
 
   it("metrics: callers waiting per group, calls leaving by reason, answered waits", async () => {
     const bus = new EventBus();
-    const m = new AgentMetrics(bus, { calls: () => ({ active: 0, queued: 2 }), queueLengths: () => new Map([["g1", 2]]), registrations: () => 0, devices: () => [] });
+    let lengths = new Map([["g1", 2], ["g2", 0]]);
+    const m = new AgentMetrics(bus, { calls: () => ({ active: 0, queued: 2 }), queueLengths: () => lengths, registrations: () => 0, devices: () => [] });
     m.start();
     try {
       bus.emit("queue.left", { callId: "a", groupId: "g1", reason: "answered", waitedMs: 7000, at: 1 });
@@ -89,6 +90,10 @@ describe("queue figures in the MQTT statistics, the metrics and ringedge status"
       assert.match(text, /^ringedge_queue_left_total\{group="g1",reason="max-wait"\} 1$/m);
       assert.match(text, /^ringedge_queue_wait_seconds_sum\{group="g1"\} 7$/m);
       assert.match(text, /^ringedge_queue_wait_seconds_count\{group="g1"\} 1$/m);
+      assert.match(text, /^ringedge_queue_waiting\{group="g2"\} 0$/m);
+      // The queue empties: its series reads 0.
+      lengths = new Map([["g1", 0], ["g2", 0]]);
+      assert.match(await m.text(), /^ringedge_queue_waiting\{group="g1"\} 0$/m);
     } finally {
       m.stop();
     }

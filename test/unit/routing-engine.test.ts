@@ -1260,5 +1260,6 @@ describe("queue order, positions and statistics", () => {
       { groupId: "g2", waiting: 0, joined: 1, answered: 0, abandoned: 0, timedOut: 1, waitMedianMs: null, waitMaxMs: null },
     ]);
     assert.equal(w.engine.stats().queued, 0);
+    assert.deepEqual(w.engine.queueLengths(), new Map([["g1", 0], ["g2", 0]]), "every wait-for-operator group, empty ones too");
   });
 });
