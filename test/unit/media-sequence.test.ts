@@ -77,6 +77,47 @@ describe("play-sequence", () => {
     assert.deepEqual(events.filter((e) => e.ev === "play-ended").map((e) => (e as { sound: string }).sound), ["a", "b"]);
   });
 
+  it("after a stall, frames skipped past the end of a sound are taken from the next: each keeps its time", async () => {
+    // A plane on a clock the test moves: frame 0 at t=0, then a 400 ms stall.
+    let t = 0;
+    const evs: MediaEvent[] = [];
+    const rx2 = dgram.createSocket("udp4");
+    const pk: RtpPacket[] = [];
+    rx2.on("message", (buf) => {
+      const p = parseRtp(buf);
+      if (p.ok) pk.push({ ...p.value, payload: Uint8Array.from(p.value.payload) });
+    });
+    await new Promise<void>((r) => rx2.bind(0, "127.0.0.1", r));
+    const ports = await freeMediaPorts(6);
+    const p2 = new MediaPlane({ config: { portMin: ports.min, portMax: ports.max, cname: "t" }, post: (ev) => void evs.push(ev), now: () => t });
+    try {
+      for (const n of ["a", "b"]) p2.handle({ op: "load", sound: n, path: path.join(dir, `${n}.wav`) });
+      p2.handle({ op: "open", id: "s", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx2.address().port, direction: "sendrecv" });
+      await until(() => evs.some((e) => e.ev === "opened") || undefined, 5000, 5);
+      p2.handle({ op: "sequence", id: "s", sounds: ["a", "b"], loopLast: false });
+      await until(() => pk.length >= 1 || undefined, 5000, 5);
+      t = 400; // frames 1-20 due: 17 skipped (a's last 14 and b's first 3), 3 sent
+      await until(() => pk.length >= 4 || undefined, 5000, 5);
+      const after = pk.slice(1, 4);
+      assert.deepEqual(after.map((p) => ((p.timestamp - pk[0]!.timestamp) >>> 0) / 160), [18, 19, 20]);
+      assert.equal(after[0]!.marker, true, "a new talkspurt after the skipped frames");
+      const heard = new Int16Array(480);
+      after.forEach((p, i) => heard.set(decodeG711("PCMU", p.payload), i * 160));
+      const ref = b.subarray(3 * 160, 6 * 160);
+      let err = 0;
+      let pow = 0;
+      for (let i = 0; i < ref.length; i++) {
+        err += (heard[i]! - ref[i]!) ** 2;
+        pow += ref[i]! ** 2;
+      }
+      assert.ok(err / pow < 0.01, `frames 18-20 are b's frames 3-5 (relative error ${(err / pow).toFixed(4)})`);
+      assert.deepEqual(evs.filter((e) => e.ev === "play-ended").map((e) => (e as { sound: string }).sound), ["a"]);
+    } finally {
+      p2.shutdown();
+      rx2.close();
+    }
+  });
+
   it("refuses malformed sequences and one naming a sound not loaded; what plays goes on", async () => {
     for (const bad of [
       { op: "sequence", id: "s1", sounds: [], loopLast: true },
