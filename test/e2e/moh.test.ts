@@ -14,12 +14,11 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
-import { decodeG711 } from "../../agent/media/g711.ts";
 import { decodeWav } from "../../agent/media/wav.ts";
 import { busyPorts, freeMediaPorts } from "../media-ports.ts";
 import { CallScene, TRUNK_CALLER_IP, registerPhones, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimUser } from "./callsim.ts";
 import { ROOT, freePort, runProgram, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
-import { Caller, bestCorrelation, correlationAtStart, makeBusy, mediaOf } from "./rtp-caller.ts";
+import { Caller, bestCorrelation, correlationAtStart, decodeStream, makeBusy, mediaOf } from "./rtp-caller.ts";
 
 const UNIT = 200;
 const users: SimUser[] = [];
@@ -113,14 +112,7 @@ describe("music on hold while waiting for an operator", () => {
         assert.equal(pk[i]!.payloadType, 8);
       }
       // Audio: the decoded stream, laid out by timestamp, is hold.wav from its first sample.
-      const start = pk[0]!.timestamp;
-      const span = ((pk.at(-1)!.timestamp - start) >>> 0) + 160;
-      const decoded = new Int16Array(span);
-      const got = new Uint8Array(span);
-      for (const p of pk) {
-        decoded.set(decodeG711("PCMA", p.payload), (p.timestamp - start) >>> 0);
-        got.fill(1, (p.timestamp - start) >>> 0, ((p.timestamp - start) >>> 0) + 160);
-      }
+      const { samples: decoded, got } = decodeStream(pk, "PCMA");
       const { lag, r } = bestCorrelation(decoded.subarray(0, 8000), got.subarray(0, 8000), hold);
       assert.equal(lag, 0, "the music starts at the file's beginning");
       assert.ok(r > 0.99, `correlation with hold.wav ${r.toFixed(4)}`);
@@ -279,13 +271,7 @@ describe("queue announcements", () => {
       }, 20_000, 20);
       const pk = caller.from(source);
       const start = pk[0]!.timestamp;
-      const span = ((pk.at(-1)!.timestamp - start) >>> 0) + 160;
-      const decoded = new Int16Array(span);
-      const got = new Uint8Array(span);
-      for (const p of pk) {
-        decoded.set(decodeG711("PCMA", p.payload), (p.timestamp - start) >>> 0);
-        got.fill(1, (p.timestamp - start) >>> 0, ((p.timestamp - start) >>> 0) + 160);
-      }
+      const { samples: decoded, got } = decodeStream(pk, "PCMA");
       // Every talkspurt start (marker bit) is the start of a file: which one, by correlation.
       const starts: string[] = [];
       const markers: string[] = [];
