@@ -56,6 +56,8 @@ import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
 import { startCallMenus, type CallMenuHandle } from "./media/call-menu.ts";
+import { prepareSiteSounds } from "./media/site-sounds.ts";
+import type { QueueFigures } from "./routing/queue-stats.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -81,7 +83,7 @@ export interface AgentStatus {
   /** Overload control: whether new requests are being refused with 503, why, and how many were (agent/sip/overload.ts). */
   overload: OverloadStats;
   /** Routing engine: calls in hand, queued calls, INVITE → first-fork latency (issue 3). */
-  routing: EngineStats;
+  routing: EngineStats & { queues: QueueFigures[] };
   store: { file: string; pendingWrites: boolean };
   /** The applied site configuration; null before the first site file or console push. */
   site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
@@ -236,6 +238,8 @@ export class Agent {
         for (const id of voided) this.forgetDevice(id);
         this.refreshDevices();
       },
+      // The sounds a site names are checked, fetched and cached before it is applied.
+      prepare: (c) => prepareSiteSounds(c.site.groups, s.dataDir),
     });
     this.site.start();
     if (s.siteFile !== "") await this.applySiteFile(s.siteFile);
@@ -345,6 +349,7 @@ export class Agent {
     this.media = startMedia(s, this.proxy, this.log.child("media"), {
       bus: this.bus,
       hasQueue: () => [...this.site.current().index.groupsById.values()].some((g) => g.noAnswer.kind === "wait-for-operator"),
+      groups: () => [...this.site.current().index.groupsById.values()],
     });
     this.callMenus = startCallMenus(s, this.proxy, this.log.child("menus"), {
       bus: this.bus,
@@ -453,6 +458,7 @@ export class Agent {
         siteId: s.siteId, url: s.mqttUrl, dataDir: s.dataDir, clientId: s.mqttClientId, username: s.mqttUsername, password: s.mqttPassword,
         ...readTlsFiles(s), statsIntervalS: s.statsIntervalS, outboxMax: s.outboxMax, bus: this.bus, site: siteApplier(this.site),
         status: () => this.status(), presence: () => this.presence.snapshot(), operators: () => this.operators.list(), log: this.log.child("sync"),
+        queueLengths: () => this.engine.queueLengths(),
       });
       // cmd/resync from the console re-syncs phones through provisioning (check-sync NOTIFY).
       const hooks = this.provisioning?.hooks();
@@ -619,7 +625,7 @@ export class Agent {
       guard: this.guard.stats(),
       proxy: this.proxy.stats(),
       overload: this.overload.stats(),
-      routing: this.engine.stats(),
+      routing: { ...this.engine.stats(), queues: this.engine.queueFigures() },
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),

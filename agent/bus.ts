@@ -1,6 +1,7 @@
 // The agent's internal event bus: features (registrar, presence, routing, sync) publish
 // typed events here and never call each other's internals (Zigbee2MQTT's extension lesson).
 import { EventEmitter } from "node:events";
+import type { QueueLeaveReason } from "./routing/queue-stats.ts";
 import type { WhyRecord } from "./routing/why.ts";
 import type { MailboxCounts, MailboxOwner } from "./voicemail/types.ts";
 
@@ -35,6 +36,10 @@ export interface AgentEvents {
   "call.ended": { callId: string; at: number };
   /** Members passed over because they were at their call limit (or a direct call refused 486). */
   "call.busy": { callId: string; groupId: string | undefined; memberIds: string[]; caller: string; at: number };
+  /** A call entered a group's queue (wait-for-operator); position 1 = next to be served. */
+  "queue.joined": { callId: string; groupId: string; position: number; at: number };
+  /** A call left the queue: an operator answered, the caller hung up, the maximum wait sent it on, or it ended otherwise. */
+  "queue.left": { callId: string; groupId: string; reason: QueueLeaveReason; waitedMs: number; at: number };
   /** An operator's own state changed (phone feature code, console push, site file; presence/operators.ts). */
   "operator.state": { userId: string; availability: "available" | "away" | "dnd"; loggedOutOf: string[]; source: "phone" | "console" | "file"; deviceId?: string; at: number };
   /** A second client asked for a phone's bootstrap or config after another claimed it; its credentials were rotated. */

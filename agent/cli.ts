@@ -339,6 +339,12 @@ async function execute(settings: Settings, cmd: string, args: Record<string, unk
   }
 }
 
+/** One group's queue in `ringedge status` (figures since the agent started; routing/queue-stats.ts). */
+export function queueLine(g: { groupId: string; waiting: number; joined: number; answered: number; abandoned: number; timedOut: number; waitMedianMs: number | null; waitMaxMs: number | null }): string {
+  const s = (ms: number | null): string => (ms === null ? "-" : `${(ms / 1000).toFixed(1)}s`);
+  return `queue    ${g.groupId}  waiting ${g.waiting}  joined ${g.joined}  answered ${g.answered} (wait median ${s(g.waitMedianMs)} max ${s(g.waitMaxMs)})  abandoned ${g.abandoned}  max wait ${g.timedOut}`;
+}
+
 async function statusCommand(settings: Settings, json: boolean, out: (s: string) => void, err: (s: string) => void): Promise<number> {
   let status: Record<string, any>;
   try {
@@ -373,6 +379,7 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     // INVITE received → first fork (issue 3 latency budget), from the engine's histogram.
     const l = r.latency;
     lines.push(`routing  calls ${r.activeCalls}  queued ${r.queued}  first fork p50 ${l.p50Us}µs p99 ${l.p99Us}µs max ${l.maxUs}µs  over ${l.budgetUs / 1000}ms budget ${l.overBudget} of ${l.count}`);
+    for (const g of (r.queues ?? []) as Array<Parameters<typeof queueLine>[0]>) lines.push(queueLine(g));
   }
   const sch = status.scheduling;
   const q = status.cpuLatency;

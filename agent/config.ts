@@ -110,6 +110,7 @@ export interface Settings {
   queueMusicFile: string;
   queueAnnouncement: boolean;
   queueAnnouncementIntervalS: number;
+  queueAnnouncePosition: boolean;
 }
 
 export type SettingName = keyof Settings;
@@ -773,6 +774,11 @@ const SPECS: Specs = {
     codec: intCodec(0, 3600),
     default: 0,
     doc: "Repeat the queue prompt every this many seconds while the caller waits (the music resumes after it); 0 = never. Read at start only.",
+  },
+  queueAnnouncePosition: {
+    codec: boolCodec,
+    default: false,
+    doc: 'Tell a waiting caller their place in the queue ("you are caller number 3", audio/queue-position.wav and audio/numbers/) after the queue prompt and with each periodic one; without a prompt, alone at those moments. A group\'s wait-for-operator action may set announcePosition itself. Read at start only.',
   },
   // Observability (agent/observe/).
   metricsEnabled: {

@@ -25,6 +25,7 @@ import { validCommand, type MediaCommand, type MediaEvent, type SessionStats, ty
 import { buildBye, buildSenderReport, DigitDetector, parseRtcp, parseRtp, RtpPacketiser } from "./rtp.ts";
 import type { Direction } from "./sdp.ts";
 import { decodeWav, MEDIA_RATE } from "./wav.ts";
+import { dtmfEvent, eventPackets, INTER_DIGIT_FRAMES, type EventPacket } from "./dtmf-send.ts";
 
 export const FRAME_MS = 20;
 export const FRAME_SAMPLES = (MEDIA_RATE * FRAME_MS) / 1000;
@@ -54,6 +55,11 @@ interface Session {
   /** Pacing from the first play on; undefined before. */
   pace: PaceState | undefined;
   sound: { name: string; data: Sound; frame: number; loop: boolean } | undefined;
+  /** Sounds to play after the current one (a sequence command), in order. */
+  next: Array<{ name: string; data: Sound; loop: boolean }>;
+  /** RFC 4733 digits to send (dtmf-send.ts): the one going out, its start timestamp, and the rest. */
+  dtmf: { digit: string; packets: EventPacket[]; sent: number; timestamp: number | undefined; gap: number } | undefined;
+  dtmfQueue: Array<{ digit: string; durationMs: number }>;
   readonly digits: DigitDetector;
   readonly stats: SessionStats;
   rtcpTimer: NodeJS.Timeout | undefined;
@@ -131,6 +137,12 @@ export class MediaPlane {
         if (s !== undefined) s.sound = undefined;
         return;
       }
+      case "sequence":
+        this.sequence(c.id, c.sounds, c.loopLast);
+        return;
+      case "dtmf":
+        this.sendDigits(c.id, c.digits, c.durationMs);
+        return;
       case "close":
         if (this.opening.has(c.id)) this.closedWhileOpening.add(c.id);
         else this.close(c.id);
@@ -220,6 +232,9 @@ export class MediaPlane {
       packetiser: new RtpPacketiser(c.payloadType, FRAME_SAMPLES),
       pace: undefined,
       sound: undefined,
+      next: [],
+      dtmf: undefined,
+      dtmfQueue: [],
       digits: new DigitDetector(),
       stats: { packetsSent: 0, packetsReceived: 0, badPackets: 0, framesSkipped: 0 },
       rtcpTimer: undefined,
@@ -245,12 +260,84 @@ export class MediaPlane {
       return;
     }
     s.sound = { name, data, frame: 0, loop };
+    s.next = [];
     s.packetiser.markTalkspurt();
     if (s.pace === undefined) {
       s.pace = { startMs: this.now(), frames: 0 };
       this.scheduleRtcp(s);
     }
     this.tick();
+  }
+
+  /** Plays sounds back to back; refused as a whole (nothing changes) when one is not loaded. */
+  private sequence(id: string, names: readonly string[], loopLast: boolean): void {
+    const s = this.sessions.get(id);
+    if (s === undefined) return;
+    const list: Session["next"] = [];
+    for (const [i, name] of names.entries()) {
+      const data = this.sounds.get(name);
+      if (data === undefined) {
+        this.opts.post({ ev: "error", message: `sound ${name} is not loaded; sequence not played` });
+        return;
+      }
+      list.push({ name, data, loop: loopLast && i === names.length - 1 });
+    }
+    const first = list.shift()!;
+    this.play(id, first.name, first.loop);
+    s.next = list;
+  }
+
+  /** Queues digits to go out as RFC 4733 events on the pacing clock. */
+  private sendDigits(id: string, digits: string, durationMs: number): void {
+    const s = this.sessions.get(id);
+    if (s === undefined) return;
+    if (s.telephoneEvent === undefined) {
+      this.opts.post({ ev: "error", message: `session ${id}: telephone-event was not negotiated; digits not sent` });
+      return;
+    }
+    if (s.direction === "recvonly" || s.direction === "inactive") {
+      this.opts.post({ ev: "error", message: `session ${id} does not send (${s.direction}); digits not sent` });
+      return;
+    }
+    for (const digit of digits) s.dtmfQueue.push({ digit: digit.toUpperCase(), durationMs });
+    if (s.pace === undefined) {
+      s.pace = { startMs: this.now(), frames: 0 };
+      this.scheduleRtcp(s);
+    }
+    this.tick();
+  }
+
+  /**
+   * This frame's telephone-event packet, if digits are going out: true when the frame was
+   * taken by them (the audio is silent meanwhile, its timestamp moving on).
+   */
+  private sendEventFrame(s: Session): boolean {
+    if (s.dtmf === undefined) {
+      const q = s.dtmfQueue.shift();
+      if (q === undefined) return false;
+      s.dtmf = { digit: q.digit, packets: eventPackets(dtmfEvent(q.digit)!, q.durationMs, FRAME_SAMPLES, MEDIA_RATE), sent: 0, timestamp: undefined, gap: INTER_DIGIT_FRAMES };
+    }
+    const d = s.dtmf;
+    if (d.sent < d.packets.length) {
+      // RFC 4733 §2.5.1.2: every packet of the event carries its start time.
+      d.timestamp ??= s.packetiser.nextTimestamp;
+      const p = d.packets[d.sent++]!;
+      s.rtp.send(s.packetiser.other(s.telephoneEvent!, d.timestamp, p.marker, p.payload), s.remotePort, s.remoteAddress);
+      s.stats.packetsSent++;
+      if (d.sent === d.packets.length) this.opts.post({ ev: "dtmf-sent", id: s.id, digit: d.digit });
+    } else if (--d.gap <= 0 || s.dtmfQueue.length === 0) {
+      s.dtmf = undefined;
+      if (s.dtmfQueue.length > 0) {
+        s.packetiser.skip(1);
+        this.advance(s, 1);
+        return true;
+      }
+      return false;
+    }
+    // The audio's time moves on under the event (its next packet starts a talkspurt).
+    s.packetiser.skip(1);
+    this.advance(s, 1);
+    return true;
   }
 
   private close(id: string): void {
@@ -323,14 +410,25 @@ export class MediaPlane {
     }
   }
 
-  /** Moves a sound's position on by `frames` without sending (frames skipped). */
+  /**
+   * Moves a sound's position on by `frames` without sending (frames skipped); frames beyond the
+   * end of a sound of a sequence are taken from the next one, so the sounds keep their times.
+   */
   private advance(s: Session, frames: number): void {
-    const snd = s.sound;
-    if (snd === undefined) return;
-    snd.frame += frames;
-    if (snd.frame >= snd.data.frames) {
-      if (snd.loop) snd.frame %= snd.data.frames;
-      else this.ended(s);
+    let left = frames;
+    while (left > 0 && s.sound !== undefined) {
+      const snd = s.sound;
+      const room = snd.data.frames - snd.frame;
+      if (left < room) {
+        snd.frame += left;
+        return;
+      }
+      if (snd.loop) {
+        snd.frame = (snd.frame + left) % snd.data.frames;
+        return;
+      }
+      left -= room;
+      this.ended(s);
     }
   }
 
@@ -338,9 +436,16 @@ export class MediaPlane {
     const name = s.sound?.name;
     s.sound = undefined;
     if (name !== undefined) this.opts.post({ ev: "play-ended", id: s.id, sound: name });
+    // A sequence goes on with its next sound from the next frame, as a new talkspurt.
+    const next = s.next.shift();
+    if (next !== undefined && s.sound === undefined) {
+      s.sound = { name: next.name, data: next.data, frame: 0, loop: next.loop };
+      s.packetiser.markTalkspurt();
+    }
   }
 
   private sendFrame(s: Session): void {
+    if ((s.dtmf !== undefined || s.dtmfQueue.length > 0) && this.sendEventFrame(s)) return;
     const snd = s.sound;
     if (snd === undefined || s.direction === "recvonly" || s.direction === "inactive") {
       // Nothing to send this frame: time (and the timestamp) still moves on.

@@ -2,6 +2,7 @@
 // which owns every RTP/RTCP socket. Small, structured-clone-able objects; the worker checks each
 // command it receives (validCommand) since a bad one must never take the media plane down.
 import type { G711Law } from "./g711.ts";
+import { validDtmf } from "./dtmf-send.ts";
 import type { Direction } from "./sdp.ts";
 
 export interface WorkerConfig {
@@ -22,6 +23,17 @@ export type MediaCommand =
   | { op: "play"; id: string; sound: string; loop: boolean }
   /** Stop what plays now (a caller's key cut a prompt short); no play-ended follows. */
   | { op: "stop"; id: string }
+  /**
+   * Play loaded sounds one after another from the first (replacing what plays now), each from
+   * its start with the marker bit set; `loopLast` repeats the last one (e.g. prompts, then music).
+   * play-ended is reported for each sound that ends.
+   */
+  | { op: "sequence"; id: string; sounds: string[]; loopLast: boolean }
+  /**
+   * Send DTMF digits as RFC 4733 telephone-events (dtmf-send.ts) on the negotiated payload type,
+   * one after another, in place of the audio while they last; queued behind digits still going out.
+   */
+  | { op: "dtmf"; id: string; digits: string; durationMs: number }
   /** End the stream: RTCP BYE, sockets closed, ports free. */
   | { op: "close"; id: string };
 
@@ -44,6 +56,8 @@ export type MediaEvent =
   | { ev: "latched"; id: string; address: string; port: number }
   | { ev: "digit"; id: string; digit: string }
   | { ev: "play-ended"; id: string; sound: string }
+  /** A digit's last end packet went out (RFC 4733 §2.5.1.4). */
+  | { ev: "dtmf-sent"; id: string; digit: string }
   | { ev: "closed"; id: string; stats: SessionStats }
   | { ev: "error"; message: string };
 
@@ -52,6 +66,8 @@ const DIRS = new Set(["sendrecv", "sendonly", "recvonly", "inactive"]);
 const isPort = (n: unknown): boolean => typeof n === "number" && Number.isInteger(n) && n > 0 && n < 65536;
 const isPt = (n: unknown): boolean => typeof n === "number" && Number.isInteger(n) && n >= 0 && n <= 127;
 const isId = (s: unknown): s is string => typeof s === "string" && s.length > 0 && s.length <= 128;
+/** Most sounds in one sequence command. */
+export const MAX_SEQUENCE = 32;
 
 /** Whether a message is a well-formed command (the worker ignores anything else). */
 export function validCommand(m: unknown): m is MediaCommand {
@@ -73,6 +89,10 @@ export function validCommand(m: unknown): m is MediaCommand {
       );
     case "play":
       return isId(c.id) && isId(c.sound) && typeof c.loop === "boolean";
+    case "sequence":
+      return isId(c.id) && Array.isArray(c.sounds) && c.sounds.length > 0 && c.sounds.length <= MAX_SEQUENCE && c.sounds.every(isId) && typeof c.loopLast === "boolean";
+    case "dtmf":
+      return isId(c.id) && validDtmf(c.digits, c.durationMs);
     case "close":
     case "stop":
       return isId(c.id);

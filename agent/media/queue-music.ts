@@ -18,7 +18,9 @@
 // middle of the music. 182 Queued still goes first, without SDP, as before.
 //
 // Optionally a prompt first (queueAnnouncement) and again every queueAnnouncementIntervalS,
-// the music resuming after each.
+// the music resuming after each; optionally the caller's place in the queue after each prompt
+// ("you are caller number 3", queue-position.ts), as one play-sequence command to the worker.
+// A group may name its own music and prompt (site sounds, site-sounds.ts).
 //
 // Limits: an INVITE without SDP (offer in the 2xx/ACK) or offering neither PCMU nor PCMA gets
 // the 182 only (music needs an offer to answer without 100rel/PRACK); the caller's RTP is
@@ -28,6 +30,7 @@ import type { Logger } from "../log.ts";
 import type { ProxyCall, StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { Flow } from "../sip/types.ts";
 import { buildAnswer, chooseAudio, parseSdp, type AudioChoice, type SdpOffer, type SdpResult } from "./sdp.ts";
+import { positionSounds } from "./queue-position.ts";
 import type { MediaService } from "./service.ts";
 
 export const HOLD_SOUND = "hold";
@@ -45,6 +48,33 @@ export interface QueueMusicDeps {
   announceFirst?: boolean;
   /** Play ANNOUNCEMENT_SOUND again every this many ms, the music resuming after it (0/absent: never). */
   announceEveryMs?: number;
+  /** Say the caller's place in the queue after the prompt (setting queueAnnouncePosition); a group may override it. */
+  announcePosition?: boolean;
+  /**
+   * A group's own choices (site file / console push): its loaded music and prompt (worker sound
+   * names), and whether its callers hear their position. Absent parts: the settings above.
+   */
+  groupOptions?: (groupId: string) => { music?: string; prompt?: string; announcePosition?: boolean } | undefined;
+}
+
+/** What the routing engine tells about a queued call. */
+export interface QueueEntry {
+  groupId: string;
+  /** The call's place in its group's queue now (1 = next), or undefined once it left. */
+  position: () => number | undefined;
+}
+
+/**
+ * What a queued caller hears at a given moment, as worker sound names: the prompt (when it plays
+ * now and is loaded), the position (when announced, all its sounds loaded), then the music. Pure.
+ */
+export function queueProgramme(o: { prompt: string | undefined; position: number | undefined; music: string; has: (sound: string) => boolean }): string[] {
+  const out: string[] = [];
+  if (o.prompt !== undefined && o.has(o.prompt)) out.push(o.prompt);
+  const pos = positionSounds(o.position);
+  if (pos.length > 0 && pos.every(o.has)) out.push(...pos);
+  out.push(o.music);
+  return out;
 }
 
 interface Waiting {
@@ -53,6 +83,8 @@ interface Waiting {
   timer: NodeJS.Timeout | undefined;
   /** The 183 went out and the proxy holds back ringing for this call. */
   holdingRinging: boolean;
+  /** The last spoken sound of the announcement playing now (its end starts the music); undefined when the music plays. */
+  speaking: string | undefined;
 }
 
 /** The caller's SDP offer from its INVITE (application/sdp only). */
@@ -79,7 +111,7 @@ export class QueueMusic {
   }
 
   /** The call entered the queue (182 sent): answer its offer in a 183 and play the music. */
-  enter(pc: ProxyCall): void {
+  enter(pc: ProxyCall, entry?: QueueEntry): void {
     if (this.waiting.has(pc.id)) return;
     const log = this.deps.log;
     const o = offerOf(pc);
@@ -87,17 +119,25 @@ export class QueueMusic {
       if (log.enabled("debug")) log.debug("queue music: 182 only", { callId: pc.request.callId, reason: o.reason });
       return;
     }
-    if (!this.deps.media.has(HOLD_SOUND)) {
+    const media = this.deps.media;
+    const own = entry === undefined ? undefined : this.deps.groupOptions?.(entry.groupId);
+    const music = own?.music !== undefined && media.has(own.music) ? own.music : HOLD_SOUND;
+    const prompt = own?.prompt !== undefined && media.has(own.prompt) ? own.prompt : ANNOUNCEMENT_SOUND;
+    const sayPosition = entry !== undefined && (own?.announcePosition ?? this.deps.announcePosition === true);
+    if (!media.has(music)) {
       // Normally started when the site got a queue (setup.ts); start it now for the next caller.
-      if (!this.deps.media.running()) this.deps.media.start();
+      if (!media.running()) media.start();
       log.warn("queue music: no hold music loaded yet; the caller gets 182 only", { callId: pc.request.callId });
       return;
     }
-    const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false };
+    const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false, speaking: undefined };
     this.waiting.set(pc.id, w);
     const { offer, choice } = o.value;
     const address = this.deps.mediaAddress(pc.flow);
-    void this.deps.media
+    // The prompt (when it plays now), the position (when said), then the music, looping.
+    const programme = (withPrompt: boolean): string[] =>
+      queueProgramme({ prompt: withPrompt ? prompt : undefined, position: sayPosition ? entry.position() : undefined, music, has: (x) => media.has(x) });
+    void media
       .openSession(
         { address, law: choice.law, payloadType: choice.payloadType, telephoneEvent: choice.telephoneEvent, remoteAddress: choice.remoteAddress, remotePort: choice.remotePort, direction: choice.direction },
         {
@@ -105,16 +145,15 @@ export class QueueMusic {
             w.session = undefined;
             this.stopTimer(w);
           },
-          // After an announcement the music resumes (from its start: a tune, not a programme).
           onPlayEnded: (sound) => {
-            if (sound === ANNOUNCEMENT_SOUND && w.session !== undefined) this.deps.media.play(w.session, HOLD_SOUND, true);
+            if (sound === w.speaking) w.speaking = undefined;
           },
         },
       )
       .then((r) => {
         if (this.waiting.get(pc.id) !== w || pc.finished) {
           // The call left the queue while the port was being bound.
-          if (r.ok) this.deps.media.close(r.id);
+          if (r.ok) media.close(r.id);
           this.waiting.delete(pc.id);
           return;
         }
@@ -128,13 +167,21 @@ export class QueueMusic {
         this.deps.proxy.suppressRinging?.(pc, true);
         w.holdingRinging = true;
         this.deps.proxy.provisional(pc, 183, "Session Progress", [{ name: "contact", value: this.deps.contact(pc.flow) }], { contentType: "application/sdp", body: Buffer.from(sdp) });
-        const announce = this.deps.media.has(ANNOUNCEMENT_SOUND);
-        if (this.deps.announceFirst === true && announce) this.deps.media.play(r.id, ANNOUNCEMENT_SOUND, false);
-        else this.deps.media.play(r.id, HOLD_SOUND, true);
+        // A group that names its own prompt wants it heard: first, whatever queueAnnouncement says.
+        const announce = (list: string[]): void => {
+          w.speaking = list.at(-2);
+          media.sequence(r.id, list, true);
+        };
+        const first = programme(this.deps.announceFirst === true || own?.prompt !== undefined);
+        if (first.length === 1) media.play(r.id, music, true);
+        else announce(first);
         const every = this.deps.announceEveryMs ?? 0;
-        if (every > 0 && announce) {
+        if (every > 0 && programme(true).length > 1) {
+          // The music restarts after each announcement (from its start: a tune, not a programme).
+          // An announcement still playing when the next is due (an interval shorter than it) is
+          // not cut: that round is left out, so the caller hears the music in between.
           w.timer = setInterval(() => {
-            if (w.session !== undefined) this.deps.media.play(w.session, ANNOUNCEMENT_SOUND, false);
+            if (w.session !== undefined && w.speaking === undefined) announce(programme(true));
           }, every);
           w.timer.unref();
         }

@@ -118,6 +118,24 @@ export class RtpPacketiser {
     return pkt;
   }
 
+  /** The timestamp the next audio packet will carry. */
+  get nextTimestamp(): number {
+    return this.ts;
+  }
+
+  /**
+   * A packet of another payload type on this stream with its own timestamp (RFC 4733 events
+   * carry their start time): takes the next sequence number, leaves the audio timestamp alone.
+   */
+  other(payloadType: number, timestamp: number, marker: boolean, payload: Uint8Array): Buffer {
+    const pkt = buildRtp({ marker, payloadType, sequence: this.seq, timestamp: timestamp >>> 0, ssrc: this.ssrc }, payload);
+    this.seq = (this.seq + 1) & 0xffff;
+    this.lastTimestamp = timestamp >>> 0;
+    this.packets++;
+    this.octets += payload.length;
+    return pkt;
+  }
+
   /** Frames not sent (a stall, silence suppressed): the timestamp moves on, a new talkspurt starts. */
   skip(frames: number): void {
     if (frames <= 0) return;

@@ -11,6 +11,8 @@ import type { Direction } from "./sdp.ts";
 export interface SessionEvents {
   onDigit?(digit: string): void;
   onPlayEnded?(sound: string): void;
+  /** A digit sent with dtmf() went out completely. */
+  onDtmfSent?(digit: string): void;
   onClosed?(stats: SessionStats | undefined): void;
 }
 
@@ -61,11 +63,13 @@ export class MediaService {
   private readonly pending = new Map<string, Pending>();
   private readonly open = new Map<string, SessionEvents>();
   private readonly loaded = new Set<string>();
-  /** Sounds added after construction (load()): loaded by every worker start too. */
-  private readonly extraSounds = new Map<string, string>();
   private stopped = false;
+  /** Sound name → WAV path, loaded by every worker that starts. */
+  private readonly sounds: Map<string, string>;
 
-  constructor(private readonly opts: MediaServiceOptions) {}
+  constructor(private readonly opts: MediaServiceOptions) {
+    this.sounds = new Map(Object.entries(opts.sounds ?? {}));
+  }
 
   /** Starts the worker and loads the sounds (so the first caller hears music at once). Idempotent. */
   start(): void {
@@ -98,6 +102,21 @@ export class MediaService {
     const t = setTimeout(() => void w.terminate(), 1000);
     await exited;
     clearTimeout(t);
+  }
+
+  /**
+   * Loads (or replaces) a sound under `sound` now if the worker runs, and again whenever a worker
+   * starts: a site's own sounds, named after the agent started.
+   */
+  load(sound: string, path: string): void {
+    this.sounds.set(sound, path);
+    this.post({ op: "load", sound, path });
+  }
+
+  /** A sound no longer played: has() is false for it and a new worker does not load it. */
+  forget(sound: string): void {
+    this.sounds.delete(sound);
+    this.loaded.delete(sound);
   }
 
   /** Sounds the worker has loaded (names). */
@@ -134,14 +153,14 @@ export class MediaService {
     if (this.open.has(id)) this.post({ op: "stop", id });
   }
 
-  /**
-   * Loads (or reloads) a sound by name from a WAV file: now if the worker runs, and again
-   * whenever a worker starts. has(sound) is true once a worker reported it loaded (a reload
-   * replaces it in the worker when it has been read).
-   */
-  load(sound: string, path: string): void {
-    this.extraSounds.set(sound, path);
-    this.post({ op: "load", sound, path });
+  /** Plays sounds back to back (the last one looping when `loopLast`): prompts, then music. */
+  sequence(id: string, sounds: string[], loopLast: boolean): void {
+    if (this.open.has(id)) this.post({ op: "sequence", id, sounds, loopLast });
+  }
+
+  /** Sends DTMF digits as RFC 4733 telephone-events (when the offer had telephone-event). */
+  dtmf(id: string, digits: string, durationMs: number): void {
+    if (this.open.has(id)) this.post({ op: "dtmf", id, digits, durationMs });
   }
 
   /** Ends a session; its ports are free once the worker closed it. Idempotent. */
@@ -184,7 +203,7 @@ export class MediaService {
         ev.onClosed?.(undefined);
       }
     });
-    for (const [sound, path] of [...Object.entries(this.opts.sounds ?? {}), ...this.extraSounds]) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
+    for (const [sound, path] of this.sounds) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
     return w;
   }
 
@@ -229,6 +248,9 @@ export class MediaService {
         return;
       case "play-ended":
         this.open.get(ev.id)?.onPlayEnded?.(ev.sound);
+        return;
+      case "dtmf-sent":
+        this.open.get(ev.id)?.onDtmfSent?.(ev.digit);
         return;
       case "closed": {
         const events = this.open.get(ev.id);

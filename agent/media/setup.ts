@@ -1,17 +1,18 @@
 // Wiring of the media plane into the agent (agent.ts): the media worker with the sounds it
 // plays, and music on hold for the routing engine's queue. Kept here so agent.ts only calls it.
-import fs from "node:fs";
 import { fileURLToPath } from "node:url";
 import { parsePortRange, type Settings } from "../config.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
+import type { Group } from "../routing/model.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { Flow } from "../sip/types.ts";
 import { hostPort } from "../sip/requests.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
+import { positionSoundFiles } from "./queue-position.ts";
 import { MediaService } from "./service.ts";
-import { decodeWav } from "./wav.ts";
+import { checkSoundFile, pruneSoundCache, siteSoundsOf, soundFile } from "./site-sounds.ts";
 
 /** The audio shipped with the product (audio/ at the repository root; beside dist/ when bundled). */
 export function shippedAudio(name: string): string {
@@ -25,23 +26,14 @@ export interface MediaPlaneHandle {
   stop(): Promise<void>;
 }
 
-/** Largest sound file read (10 minutes of 48 kHz 16-bit stereo is 110 MB; a prompt is far less). */
-export const MAX_WAV_BYTES = 64 * 1024 * 1024;
-
-/** Why a WAV file cannot be played, or undefined when it can. */
+/** Why a WAV file cannot be played, or undefined when it can (site-sounds.ts: readable, at most 16 MiB, a WAV the plane plays). */
 export function checkWav(file: string): string | undefined {
-  let bytes: Buffer;
-  try {
-    // A device (/dev/zero) or a huge file would be read whole: refused before reading.
-    const st = fs.statSync(file);
-    if (!st.isFile()) return "not a regular file";
-    if (st.size > MAX_WAV_BYTES) return `larger than ${MAX_WAV_BYTES} bytes`;
-    bytes = fs.readFileSync(file);
-  } catch (err) {
-    return `cannot read it (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})`;
-  }
-  const r = decodeWav(bytes);
-  return r.ok ? undefined : r.reason;
+  return checkSoundFile(file);
+}
+
+/** The worker's name of a group's own music or prompt. */
+export function siteSoundName(groupId: string, which: "music" | "prompt"): string {
+  return `site-${which}-${groupId}`;
 }
 
 /** The address media is bound to and advertised at for a call, and the Contact of the appliance's 183. */
@@ -58,7 +50,7 @@ export function mediaEndpoints(s: Settings): { mediaAddress: (flow: Flow) => str
  * or when a site with one is applied — so the first caller in a queue hears music at once, and
  * an agent without queues pays nothing for it.
  */
-export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean }): MediaPlaneHandle | undefined {
+export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean; groups?: () => readonly Group[] }): MediaPlaneHandle | undefined {
   if (!s.queueMusic) return undefined;
   const range = parsePortRange(s.mediaPorts);
   if (!range.ok) throw new Error(`mediaPorts ${range.reason}`); // validated by loadSettings already
@@ -71,11 +63,39 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   }
   const sounds: Record<string, string> = { [HOLD_SOUND]: hold };
   if (s.queueAnnouncement || s.queueAnnouncementIntervalS > 0) sounds[ANNOUNCEMENT_SOUND] = shippedAudio("queue-welcome.wav");
+  // The position prompts are small (about 300 KB in all): always loaded, so a group may turn them on.
+  Object.assign(sounds, positionSoundFiles(shippedAudio));
   const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds });
+  /** Groups' own sounds (checked and cached when the site was applied, site-sounds.ts). */
+  let siteNames = new Set<string>();
+  const loadSiteSounds = (): void => {
+    const now = new Set<string>();
+    for (const x of siteSoundsOf(site.groups?.() ?? [])) {
+      const name = siteSoundName(x.groupId, x.which);
+      now.add(name);
+      media.load(name, soundFile(x.sound, s.dataDir));
+    }
+    // Sounds no group names any more are not played, nor reloaded by a new worker.
+    for (const name of siteNames) if (!now.has(name)) media.forget(name);
+    siteNames = now;
+  };
+  loadSiteSounds();
   if (site.hasQueue()) media.start();
   const off = site.bus.on("site.applied", () => {
+    loadSiteSounds();
+    const pruned = pruneSoundCache(s.dataDir, site.groups?.() ?? []);
+    if (pruned > 0) log.info("site sounds no group names any more removed from the cache", { count: pruned });
     if (site.hasQueue()) media.start();
   });
+  const groupOptions = (groupId: string): { music?: string; prompt?: string; announcePosition?: boolean } | undefined => {
+    const a = site.groups?.().find((g) => g.id === groupId)?.noAnswer;
+    if (a?.kind !== "wait-for-operator") return undefined;
+    const o: { music?: string; prompt?: string; announcePosition?: boolean } = {};
+    if (a.music !== undefined) o.music = siteSoundName(groupId, "music");
+    if (a.prompt !== undefined) o.prompt = siteSoundName(groupId, "prompt");
+    if (a.announcePosition !== undefined) o.announcePosition = a.announcePosition;
+    return o;
+  };
   const queueMusic = new QueueMusic({
     proxy,
     media,
@@ -83,6 +103,8 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
     log,
     announceFirst: s.queueAnnouncement,
     announceEveryMs: s.queueAnnouncementIntervalS * 1000,
+    announcePosition: s.queueAnnouncePosition,
+    groupOptions,
   });
   return {
     media,

@@ -18,6 +18,8 @@ import { hostPort } from "../sip/requests.ts";
 export interface MetricsSources {
   /** Calls the routing engine holds and calls waiting for a free operator. */
   calls(): { active: number; queued: number };
+  /** Calls waiting now per wait-for-operator group, 0 included (absent: the series is not exposed). */
+  queueLengths?: () => ReadonlyMap<string, number>;
   /** Registered contacts (bindings). */
   registrations(): number;
   /** Devices by kind, and how many of them are online. */
@@ -32,6 +34,8 @@ export interface MetricsSources {
 export const FIRST_FORK_BUCKETS = [0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1];
 /** Time to answer (includes time in the queue), seconds. */
 const ANSWER_BUCKETS = [1, 2, 5, 10, 15, 20, 30, 45, 60, 120, 300];
+/** Time waited in a queue before an operator answered, seconds. */
+const QUEUE_WAIT_BUCKETS = [1, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600];
 /** Store writes, seconds. */
 const SAVE_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
@@ -64,10 +68,22 @@ export class AgentMetrics {
     this.bans = new Counter({ name: "ringedge_bans_total", help: "Source addresses banned after repeated failures.", registers: r });
     this.storeSave = new Histogram({ name: "ringedge_store_save_seconds", help: "Duration of each store write.", buckets: SAVE_BUCKETS, registers: r });
     this.storeFailures = new Counter({ name: "ringedge_store_save_failures_total", help: "Store writes that failed (retried).", registers: r });
+    this.queueLeft = new Counter({ name: "ringedge_queue_left_total", help: "Calls that left a group's queue, by group and reason (answered, abandoned: the caller hung up while waiting, max-wait: sent to the group's then action, ended).", labelNames: ["group", "reason"], registers: r });
+    this.queueWait = new Histogram({ name: "ringedge_queue_wait_seconds", help: "Time answered calls waited in a group's queue.", labelNames: ["group"], buckets: QUEUE_WAIT_BUCKETS, registers: r });
     this.presence = new Counter({ name: "ringedge_presence_changes_total", help: "Device online/offline transitions.", labelNames: ["state"], registers: r });
 
     new Gauge({ name: "ringedge_calls_active", help: "Calls the routing engine holds (ringing, queued, forwarded or answered).", registers: r, collect() { this.set(sources.calls().active); } });
     new Gauge({ name: "ringedge_queue_length", help: "Calls waiting for a free operator.", registers: r, collect() { this.set(sources.calls().queued); } });
+    const queues = sources.queueLengths;
+    if (queues) {
+      new Gauge({
+        name: "ringedge_queue_waiting", help: "Calls waiting for a free operator now, by group (every wait-for-operator group, 0 when none waits).", labelNames: ["group"], registers: r,
+        collect() {
+          this.reset();
+          for (const [g, n] of queues()) this.set({ group: label(g) }, n);
+        },
+      });
+    }
     new Gauge({ name: "ringedge_registrations", help: "Registered contacts (bindings).", registers: r, collect() { this.set(sources.registrations()); } });
     new Gauge({
       name: "ringedge_devices", help: "Devices by kind and state (online or total).", labelNames: ["kind", "state"], registers: r,
@@ -104,6 +120,8 @@ export class AgentMetrics {
   private readonly storeSave: Histogram;
   private readonly storeFailures: Counter;
   private readonly presence: Counter<"state">;
+  private readonly queueLeft: Counter<"group" | "reason">;
+  private readonly queueWait: Histogram<"group">;
 
   start(): void {
     const b = this.bus;
@@ -125,6 +143,10 @@ export class AgentMetrics {
         if (e.abandoned) this.abandoned.inc({ group: label(e.groupId) });
       }),
       b.on("call.busy", (e) => this.busy.inc({ group: label(e.groupId) }, e.memberIds.length)),
+      b.on("queue.left", (e) => {
+        this.queueLeft.inc({ group: label(e.groupId), reason: e.reason });
+        if (e.reason === "answered") this.queueWait.observe({ group: label(e.groupId) }, Math.max(0, e.waitedMs) / 1000);
+      }),
       b.on("call.first-fork", (e) => this.firstFork.observe(Math.max(0, e.latencyUs) / 1e6)),
       b.on("provisioning.request", (e) => this.provisioning.inc({ vendor: label(e.vendor, "unknown"), result: label(e.result) })),
       b.on("auth.failure", (e) => this.authFailures.inc({ reason: label(e.reason) })),

@@ -21,6 +21,7 @@ export function metricsSources(agent: Agent): MetricsSources {
       const s = agent.engine.stats();
       return { active: s.activeCalls, queued: s.queued };
     },
+    queueLengths: () => agent.engine.queueLengths(),
     registrations: () => agent.location.count(),
     overload: () => ({ active: agent.overload.active, shed: agent.overload.shedCount }),
     devices: () => {

@@ -86,6 +86,7 @@ import type { FeatureCodes, OperatorCode } from "./operator-state.ts";
 import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from "./callers.ts";
 import { isOpen, type OpenState } from "./hours.ts";
 import { WhyLog, whyRecord, MAX_WHY_ITEMS, type CallTrace, type WhyRecord } from "./why.ts";
+import { QueueStatistics, type QueueFigures, type QueueLeaveReason } from "./queue-stats.ts";
 import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type Availability, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
 import {
   findPickupTarget,
@@ -165,7 +166,7 @@ export interface EngineDeps {
     leave(pc: ProxyCall): void;
   };
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
-  queueMedia?: { enter(pc: ProxyCall): void; leave(pc: ProxyCall): void };
+  queueMedia?: { enter(pc: ProxyCall, entry?: { groupId: string; position: () => number | undefined }): void; leave(pc: ProxyCall): void };
   /** One ring, ms (default 5000). */
   ringUnitMs?: number;
   /** First-fork latency budget, ms (default 2). */
@@ -330,6 +331,10 @@ export class RoutingEngine {
   private readonly calls = new Map<string, EngineCall>();
   /** Calls waiting for a free operator, oldest first. */
   private readonly queue: EngineCall[] = [];
+  /** Offers waiting calls again after an unanswered offer (onOfferTimeout); one at a time. */
+  private queueRetryTimer: unknown;
+  /** Queue figures since start (ringedge status); the console sync counts its own per interval. */
+  private readonly queueStats = new QueueStatistics();
   /** Ids of devices online now (kept from "device.presence"). */
   private readonly online = new Set<string>();
   /** Keyed by user id: answered dialogs the user is in now. */
@@ -388,11 +393,40 @@ export class RoutingEngine {
   stop(): void {
     for (const u of this.unsubscribe.splice(0)) u();
     for (const call of this.calls.values()) this.clearTimers(call);
+    if (this.queueRetryTimer !== undefined) this.clock.clearTimeout(this.queueRetryTimer);
+    this.queueRetryTimer = undefined;
   }
 
   stats(): EngineStats {
     const s: LatencySummary = this.histogram.summary();
     return { activeCalls: this.calls.size, queued: this.queue.length, latency: { p50Us: s.p50Us, p99Us: s.p99Us, maxUs: s.maxUs, count: s.count, overBudget: s.overBudget, budgetUs: s.budgetUs } };
+  }
+
+  /** Per group with a queue: its length now and its figures since start (queue-stats.ts; status). */
+  queueFigures(): QueueFigures[] {
+    return this.queueStats.report(this.queueLengths());
+  }
+
+  /** Calls waiting now, by group id: every wait-for-operator group of the site (0 when none waits), and any group a call still waits for. */
+  queueLengths(): Map<string, number> {
+    const m = new Map<string, number>();
+    for (const g of this.deps.site().index.groupsById.values()) if (g.noAnswer.kind === "wait-for-operator") m.set(g.id, 0);
+    for (const c of this.queue) if (c.queue !== undefined) m.set(c.queue.groupId, (m.get(c.queue.groupId) ?? 0) + 1);
+    return m;
+  }
+
+  /**
+   * A waiting call's place in its group's queue (1 = the next its group's free operators get:
+   * offerQueued goes through the queue oldest first), or undefined when it is not waiting.
+   */
+  private positionOf(call: EngineCall): number | undefined {
+    if (call.phase !== "queued" || call.queue === undefined) return undefined;
+    let n = 1;
+    for (const c of this.queue) {
+      if (c === call) return n;
+      if (c.queue?.groupId === call.queue.groupId) n++;
+    }
+    return undefined;
   }
 
   /** Calls an operator is in now (for status and tests). */
@@ -634,6 +668,12 @@ export class RoutingEngine {
     if (group.outOfHours !== undefined && this.isClosed(group, now)) {
       call.trace.entries.push({ kind: "closed", at: now, group, until: this.openCache.get(group)?.state.until });
       this.noAnswer(call, true, group.outOfHours);
+    } else if (group.noAnswer.kind === "wait-for-operator" && this.queue.some((c) => c.queue?.groupId === group.id)) {
+      // Callers are served in arrival order: while older calls wait for this group's
+      // operators, a new one takes its place behind them instead of ringing a member who
+      // may be about to be offered to them; the oldest is then offered first.
+      this.noAnswer(call, false);
+      this.offerQueued(undefined);
     } else {
       if (group.responsibleFirst !== undefined && caller.kind === "trunk") this.findResponsible(call, req, now);
       this.runStep(call);
@@ -856,9 +896,11 @@ export class RoutingEngine {
     call.phase = "queued";
     call.queue = { groupId, then, offering: undefined, offerTimer: undefined, queuedAt: now };
     this.queue.push(call);
+    this.queueStats.joined(groupId);
     // RFC 3261 §21.1.3: 182 Queued; the caller keeps its ringback.
     this.proxy.provisional(call.pc, 182, "Queued");
-    this.deps.queueMedia?.enter(call.pc);
+    this.deps.bus.emit("queue.joined", { callId: call.pc.request.callId, groupId, position: this.positionOf(call) ?? 0, at: now });
+    this.deps.queueMedia?.enter(call.pc, { groupId, position: () => this.positionOf(call) });
     call.queueTimer = this.clock.setTimeout(() => this.guarded(() => this.onQueueTimeout(call)), Math.max(0, until - now));
   }
 
@@ -870,16 +912,24 @@ export class RoutingEngine {
       return;
     }
     const then = call.queue.then;
-    this.leaveQueue(call);
+    this.leaveQueue(call, "max-wait");
     this.cancelAllMembers(call, "max wait");
     call.phase = "ringing";
     call.groupId = call.queue?.groupId ?? call.groupId;
     this.noAnswer(call, false, then);
   }
 
-  private leaveQueue(call: EngineCall): void {
+  private leaveQueue(call: EngineCall, reason: QueueLeaveReason): void {
     const i = this.queue.indexOf(call);
-    if (i >= 0) this.queue.splice(i, 1);
+    if (i >= 0) {
+      this.queue.splice(i, 1);
+      if (call.queue !== undefined) {
+        const now = this.clock.now();
+        const waitedMs = Math.max(0, now - call.queue.queuedAt);
+        this.queueStats.left(call.queue.groupId, reason, waitedMs);
+        this.deps.bus.emit("queue.left", { callId: call.pc.request.callId, groupId: call.queue.groupId, reason, waitedMs, at: now });
+      }
+    }
     this.deps.queueMedia?.leave(call.pc);
     if (call.queue !== undefined) {
       if (call.queue.offerTimer !== undefined) this.clock.clearTimeout(call.queue.offerTimer);
@@ -939,6 +989,14 @@ export class RoutingEngine {
     }
     if (q.offering !== undefined) this.stopMember(call, q.offering, "offer timed out");
     q.offering = undefined;
+    // Nobody else may free up to wake the queue: after one ring's pause the waiting calls are
+    // offered again, oldest first (to the next free operator, who may be the same one).
+    if (this.queueRetryTimer === undefined) {
+      this.queueRetryTimer = this.clock.setTimeout(() => {
+        this.queueRetryTimer = undefined;
+        this.guarded(() => this.offerQueued(undefined));
+      }, this.ringUnitMs);
+    }
   }
 
   // --- greetings and menus (docs/menus.md) ------------------------------------------------------------
@@ -1295,7 +1353,7 @@ export class RoutingEngine {
     const wasQueued = call.phase === "queued";
     call.phase = "answered";
     this.clearTimers(call);
-    if (wasQueued) this.leaveQueue(call);
+    if (wasQueued) this.leaveQueue(call, "answered");
     const now = this.clock.now();
     call.answeredBy = branch.target.memberId;
     call.answeredDevice = branch.target.deviceId;
@@ -1531,7 +1589,8 @@ export class RoutingEngine {
     const answered = call.phase === "answered";
     call.phase = "done";
     this.clearTimers(call);
-    this.leaveQueue(call);
+    // A caller who hangs up while waiting (CANCEL, 487) abandoned the queue.
+    this.leaveQueue(call, status === 487 ? "abandoned" : "ended");
     this.deps.callMenus?.leave(call.pc);
     this.calls.delete(call.pc.id);
     for (const u of call.counted) {

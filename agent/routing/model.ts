@@ -102,7 +102,15 @@ export type FinalNoAnswerAction =
 export type NoAnswerAction =
   | FinalNoAnswerAction
   /** Caller hears ringback/hold; the first free operator gets the call; after maxWaitS, `then`. */
-  | { kind: "wait-for-operator"; maxWaitS: number; then: FinalNoAnswerAction };
+  | { kind: "wait-for-operator"; maxWaitS: number; then: FinalNoAnswerAction; announcePosition?: boolean; music?: SiteSound; prompt?: SiteSound };
+
+/**
+ * A sound a site names (agent/media/site-sounds.ts checks and fetches it at apply time): a WAV
+ * file on the appliance, or a URL with the SHA-256 of its content, cached under the data directory.
+ */
+export type SiteSound = { path: string } | { url: string; sha256: string };
+export const SITE_SOUND_PATH_MAX = 1024;
+export const SITE_SOUND_URL_MAX = 2048;
 
 export interface Group {
   id: string;
@@ -172,6 +180,8 @@ export type ValidationCode =
   | "invalid-no-answer"
   | "nested-wait"
   | "invalid-wait-time"
+  /** A site sound: bad shape here; at apply time also unreadable, not a playable WAV, too large, wrong SHA-256, not fetched. */
+  | "invalid-sound"
   | "invalid-voicemail-uri"
   | "invalid-forward-number"
   | "invalid-hangup-status"
@@ -725,13 +735,58 @@ function parseAction(c: Checker, raw: unknown, path: string, waitAllowed: boolea
       }
       const maxWaitS = c.integer(raw, "maxWaitS", path, 1, WAIT_MAX_S, "invalid-wait-time");
       const then = parseAction(c, raw.then, `${path}.then`, false);
+      let announcePosition: boolean | undefined;
+      if (typeof raw.announcePosition === "boolean") announcePosition = raw.announcePosition;
+      else if (raw.announcePosition !== undefined) c.add("invalid-type", `${path}.announcePosition`, "must be a boolean");
+      const music = raw.music === undefined ? undefined : parseSiteSound(c, raw.music, `${path}.music`);
+      const prompt = raw.prompt === undefined ? undefined : parseSiteSound(c, raw.prompt, `${path}.prompt`);
       if (maxWaitS === undefined || then === undefined || then.kind === "wait-for-operator") return undefined;
-      return { kind: "wait-for-operator", maxWaitS, then };
+      if ((raw.announcePosition !== undefined && announcePosition === undefined) || (raw.music !== undefined && music === undefined) || (raw.prompt !== undefined && prompt === undefined)) return undefined;
+      const wait: NoAnswerAction = { kind: "wait-for-operator", maxWaitS, then };
+      if (announcePosition !== undefined) wait.announcePosition = announcePosition;
+      if (music !== undefined) wait.music = music;
+      if (prompt !== undefined) wait.prompt = prompt;
+      return wait;
     }
     default:
       c.add("invalid-no-answer", `${path}.kind`, "must be one of voicemail, forward-mobile, forward-number, wait-for-operator, overflow-group, hangup");
       return undefined;
   }
+}
+
+/** A site sound's shape (what the file at the path or URL holds is checked at apply time). */
+function parseSiteSound(c: Checker, raw: unknown, path: string): SiteSound | undefined {
+  if (!isRecord(raw)) {
+    c.add("invalid-sound", path, "must be { path } or { url, sha256 }");
+    return undefined;
+  }
+  const keys = Object.keys(raw).sort().join(",");
+  if (keys === "path") {
+    const p = raw.path;
+    if (typeof p !== "string" || !p.startsWith("/") || p.length > SITE_SOUND_PATH_MAX || /[\x00-\x1f]/.test(p)) {
+      c.add("invalid-sound", `${path}.path`, `must be an absolute file path (at most ${SITE_SOUND_PATH_MAX} characters)`);
+      return undefined;
+    }
+    return { path: p };
+  }
+  if (keys === "sha256,url") {
+    const { url, sha256 } = raw;
+    let ok = typeof url === "string" && url.length <= SITE_SOUND_URL_MAX;
+    if (ok) {
+      try {
+        const u = new URL(url as string);
+        ok = (u.protocol === "http:" || u.protocol === "https:") && u.hostname !== "" && u.username === "" && u.password === "";
+      } catch {
+        ok = false;
+      }
+    }
+    if (!ok) c.add("invalid-sound", `${path}.url`, `must be an http or https URL without credentials (at most ${SITE_SOUND_URL_MAX} characters)`);
+    const hashOk = typeof sha256 === "string" && /^[0-9a-f]{64}$/.test(sha256);
+    if (!hashOk) c.add("invalid-sound", `${path}.sha256`, "must be the file's SHA-256 as 64 lowercase hex digits");
+    return ok && hashOk ? { url: url as string, sha256: sha256 as string } : undefined;
+  }
+  c.add("invalid-sound", path, "must be { path } or { url, sha256 }");
+  return undefined;
 }
 
 function checkActionRefs(

@@ -162,7 +162,7 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
   // where the installer or the console sees it, not found out by a caller.
   if (meaning.ok) for (const p of promptFiles(meaning.site)) {
     const why = checkWav(p.file);
-    if (why !== undefined) errors.push({ code: "unplayable-prompt", path: p.path, message: `${p.file}: ${why}` });
+    if (why !== undefined) errors.push({ code: "unplayable-prompt", path: p.path, message: why });
   }
 
   const devices = checkDevices(input, existing, errors, profiles);
@@ -291,6 +291,11 @@ export interface SiteServiceOptions {
   /** Called after an apply removed devices or changed their SIP username (their registrations
    *  are void), and after any device change, so the registrar's lookups follow. */
   onDevicesChanged?: (voided: readonly string[]) => void;
+  /**
+   * Asynchronous checks of a snapshot that passed every other one, run before anything changes
+   * (e.g. fetching and verifying the sounds it names, media/site-sounds.ts): errors refuse it.
+   */
+  prepare?: (c: CheckedSite) => Promise<SiteError[]>;
 }
 
 /** What the call path reads: swapped as one reference after each apply. */
@@ -306,6 +311,7 @@ export class SiteService {
   private readonly now: () => Date;
   private readonly profiles: ReadonlyMap<string, Profile> | undefined;
   private readonly onDevicesChanged: ((voided: readonly string[]) => void) | undefined;
+  private readonly prepare: ((c: CheckedSite) => Promise<SiteError[]>) | undefined;
   private state: SiteState;
   /** Applies run one after another (a console push and a CLI apply may race). */
   private queue: Promise<unknown> = Promise.resolve();
@@ -317,6 +323,7 @@ export class SiteService {
     this.now = opts.now ?? (() => new Date());
     this.profiles = opts.profiles;
     this.onDevicesChanged = opts.onDevicesChanged;
+    this.prepare = opts.prepare;
     this.state = this.build();
   }
 
@@ -376,6 +383,8 @@ export class SiteService {
     const c = checked.value;
     const stale = this.staleness(c);
     if (stale) return stale;
+    const prepared = this.prepare === undefined ? [] : await this.prepare(c);
+    if (prepared.length > 0) return { ok: false, errors: prepared };
 
     const record: SiteRecord = { version: c.version, hash: c.hash, appliedAt: this.now().toISOString(), source, settings: c.settings, users: c.site.users, groups: c.site.groups };
     if (c.site.knownCallers !== undefined) record.knownCallers = c.site.knownCallers;

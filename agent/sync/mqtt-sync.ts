@@ -116,6 +116,8 @@ export interface MqttSyncOptions {
   presence: () => PresenceEntry[];
   /** Operators' own state now, carried in the retained presence snapshot (absent: not carried). */
   operators?: () => Array<{ userId: string; availability: string; loggedOutOf: readonly string[] }>;
+  /** Calls waiting now per group (routing engine), for the statistics' queue lengths. */
+  queueLengths?: () => ReadonlyMap<string, number>;
   log: Logger;
   bootId?: string;
   timers?: Partial<SyncTimers>;
@@ -350,6 +352,8 @@ export class MqttSync {
         this.stats.missed(e);
         this.event("call.missed", compact({ callId: e.callId, groupId: e.groupId, caller: e.caller, target: e.target, offered: e.offered, outcome: e.outcome, why: e.why }), e.at);
       }),
+      bus.on("queue.joined", (e) => this.stats.queueJoined(e)),
+      bus.on("queue.left", (e) => this.stats.queueLeft(e)),
       bus.on("call.busy", (e) => {
         this.stats.busy(e);
         this.event("call.busy", compact({ callId: e.callId, groupId: e.groupId, memberIds: e.memberIds, caller: e.caller }), e.at);
@@ -646,7 +650,7 @@ export class MqttSync {
   publishStatistics(): void {
     if (!this.client?.connected || this.stats.isEmpty()) return;
     const now = this.now();
-    const r = this.stats.report(now);
+    const r = this.stats.report(now, this.opts.queueLengths?.());
     this.stats.reset(now);
     void this.publish("statistics", siteTopic(this.opts.siteId, "statistics"), { bootId: this.bootId, intervalS: this.opts.statsIntervalS, ...r });
   }

@@ -8,7 +8,10 @@
 //   operator.busy      one per operator listed in a call.busy's `memberIds`
 //   group.offered      one per call (the first call.offered of a callId for that group)
 //   group.answered / missed / busy   one per call.answered / call.missed / call.busy of the group
+//   queues             per group: joined / answered / abandoned / timedOut from queue.joined and
+//                      queue.left, the answered calls' median and longest wait, the length now
 import type { AgentEvents } from "../bus.ts";
+import { QueueStatistics, type QueueFigures } from "../routing/queue-stats.ts";
 
 export interface CallCounters {
   offered: number;
@@ -32,6 +35,8 @@ export interface StatisticsReport {
   to: number;
   operators: Array<CountersReport & { userId: string }>;
   groups: Array<CountersReport & { groupId: string }>;
+  /** Groups whose queue saw a call in the interval or has callers waiting now. */
+  queues: QueueFigures[];
 }
 
 /** Calls remembered to count a group's offer once per call (bounded: oldest forgotten first). */
@@ -44,6 +49,7 @@ export class CallStatistics {
   private groups = new Map<string, CallCounters>();
   /** "<groupId>\0<callId>" of calls already counted as offered to a group. */
   private offeredCalls = new Set<string>();
+  private readonly queues = new QueueStatistics();
   private from: number;
 
   constructor(now: number) {
@@ -84,17 +90,26 @@ export class CallStatistics {
     if (e.groupId !== undefined) bump(this.groups, e.groupId).busy++;
   }
 
-  isEmpty(): boolean {
-    return this.operators.size === 0 && this.groups.size === 0;
+  queueJoined(e: AgentEvents["queue.joined"]): void {
+    this.queues.joined(e.groupId);
   }
 
-  /** The interval so far; the counters keep running until reset(). */
-  report(now: number): StatisticsReport {
+  queueLeft(e: AgentEvents["queue.left"]): void {
+    this.queues.left(e.groupId, e.reason, e.waitedMs);
+  }
+
+  isEmpty(): boolean {
+    return this.operators.size === 0 && this.groups.size === 0 && this.queues.isEmpty();
+  }
+
+  /** The interval so far (with the queue lengths now); the counters keep running until reset(). */
+  report(now: number, queueLengths: ReadonlyMap<string, number> = new Map()): StatisticsReport {
     return {
       from: this.from,
       to: now,
       operators: [...this.operators].sort(byKey).map(([userId, c]) => ({ userId, ...counters(c) })),
       groups: [...this.groups].sort(byKey).map(([groupId, c]) => ({ groupId, ...counters(c) })),
+      queues: this.queues.report(queueLengths),
     };
   }
 
@@ -102,6 +117,7 @@ export class CallStatistics {
   reset(now: number): void {
     this.operators.clear();
     this.groups.clear();
+    this.queues.reset();
     this.from = now;
   }
 }

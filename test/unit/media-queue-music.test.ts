@@ -5,7 +5,8 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createLogger } from "../../agent/log.ts";
-import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "../../agent/media/queue-music.ts";
+import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic, queueProgramme } from "../../agent/media/queue-music.ts";
+import { numberSound, POSITION_SOUND } from "../../agent/media/queue-position.ts";
 import type { MediaService, OpenRequest, SessionEvents } from "../../agent/media/service.ts";
 import type { ProxyCall, StatefulProxyApi } from "../../agent/sip/proxy-types.ts";
 import type { SipRequest } from "../../agent/sip/types.ts";
@@ -34,6 +35,8 @@ function fakes() {
     start: () => undefined,
     openSession: (req: OpenRequest, events: SessionEvents) => new Promise((resolve) => opens.push({ req, events, resolve })),
     play: (id: string, sound: string, loop: boolean) => void plays.push([id, sound, loop]),
+    // A sequence is recorded as its sounds joined by "+", the flag being loopLast.
+    sequence: (id: string, sounds: string[], loopLast: boolean) => void plays.push([id, sounds.join("+"), loopLast]),
     close: (id: string) => void closed.push(id),
   } as unknown as MediaService;
   return { sent, suppressed, proxy, media, opens, plays, closed, loaded };
@@ -106,21 +109,70 @@ describe("QueueMusic", () => {
     assert.equal(qm.activeCount(), 0);
   });
 
-  it("with announcements: the prompt first, the music after it ends, the prompt again on the interval", async () => {
+  it("with announcements: the prompt then the music in one sequence, again on the interval", async () => {
     const f = fakes();
     const qm = new QueueMusic({ proxy: f.proxy, media: f.media, mediaAddress: () => "127.0.0.1", contact: () => "<sip:x>", log, announceFirst: true, announceEveryMs: 60 });
     const pc = call("g");
     qm.enter(pc);
     f.opens[0]!.resolve({ ok: true, id: "m3", port: 20004 });
     await flush();
-    assert.deepEqual(f.plays, [["m3", ANNOUNCEMENT_SOUND, false]]);
-    f.opens[0]!.events.onPlayEnded?.(ANNOUNCEMENT_SOUND);
-    assert.deepEqual(f.plays.at(-1), ["m3", HOLD_SOUND, true]);
+    assert.deepEqual(f.plays, [["m3", `${ANNOUNCEMENT_SOUND}+${HOLD_SOUND}`, true]]);
+    // The prompt has not ended yet when the interval is up: that round is left out, not cut.
     await new Promise((r) => setTimeout(r, 100));
-    assert.deepEqual(f.plays.at(-1), ["m3", ANNOUNCEMENT_SOUND, false]);
+    assert.equal(f.plays.length, 1);
+    f.opens[0]!.events.onPlayEnded?.(ANNOUNCEMENT_SOUND);
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(f.plays.at(-1), ["m3", `${ANNOUNCEMENT_SOUND}+${HOLD_SOUND}`, true]);
+    assert.equal(f.plays.length, 2);
     qm.leave(pc);
     const n = f.plays.length;
     await new Promise((r) => setTimeout(r, 150));
     assert.equal(f.plays.length, n, "the interval timer stopped with the call");
+  });
+
+  it("the caller's position follows the prompt, as it is at each announcement", async () => {
+    const f = fakes();
+    for (const n of [2, 3, 20, 1]) f.loaded.add(numberSound(n));
+    f.loaded.add(POSITION_SOUND);
+    const qm = new QueueMusic({ proxy: f.proxy, media: f.media, mediaAddress: () => "127.0.0.1", contact: () => "<sip:x>", log, announceFirst: true, announceEveryMs: 60, announcePosition: true });
+    let position: number | undefined = 3;
+    qm.enter(call("p"), { groupId: "g1", position: () => position });
+    f.opens[0]!.resolve({ ok: true, id: "m4", port: 20006 });
+    await flush();
+    assert.deepEqual(f.plays, [["m4", [ANNOUNCEMENT_SOUND, POSITION_SOUND, numberSound(3), HOLD_SOUND].join("+"), true]]);
+    position = 2;
+    f.opens[0]!.events.onPlayEnded?.(ANNOUNCEMENT_SOUND);
+    f.opens[0]!.events.onPlayEnded?.(numberSound(3)); // the last spoken sound: the music plays
+    await new Promise((r) => setTimeout(r, 90));
+    assert.deepEqual(f.plays.at(-1), ["m4", [ANNOUNCEMENT_SOUND, POSITION_SOUND, numberSound(2), HOLD_SOUND].join("+"), true]);
+    qm.leave(call("p"));
+  });
+
+  it("a group's own music, prompt and position choice win over the settings; unloaded ones fall back", async () => {
+    const f = fakes();
+    f.loaded.add("site-music-g1").add("site-prompt-g1").add(POSITION_SOUND).add(numberSound(1));
+    const own: Record<string, { music?: string; prompt?: string; announcePosition?: boolean }> = {
+      g1: { music: "site-music-g1", prompt: "site-prompt-g1", announcePosition: true },
+      g2: { music: "site-music-g2" }, // not loaded: the shipped music
+      g3: { announcePosition: false },
+    };
+    const qm = new QueueMusic({ proxy: f.proxy, media: f.media, mediaAddress: () => "127.0.0.1", contact: () => "<sip:x>", log, announcePosition: true, groupOptions: (g) => own[g] });
+    for (const g of ["g1", "g2", "g3"]) qm.enter(call(`c-${g}`), { groupId: g, position: () => 1 });
+    f.opens.forEach((o, i) => o.resolve({ ok: true, id: `s${i}`, port: 20010 + 2 * i }));
+    await flush();
+    assert.deepEqual(f.plays, [
+      ["s0", ["site-prompt-g1", POSITION_SOUND, numberSound(1), "site-music-g1"].join("+"), true],
+      ["s1", [POSITION_SOUND, numberSound(1), HOLD_SOUND].join("+"), true],
+      ["s2", HOLD_SOUND, true],
+    ]);
+  });
+
+  it("queueProgramme: prompt, position and music; a position whose sounds are not all loaded is left out", () => {
+    const all = (_: string) => true;
+    assert.deepEqual(queueProgramme({ prompt: "p", position: 42, music: "m", has: all }), ["p", POSITION_SOUND, numberSound(40), numberSound(2), "m"]);
+    assert.deepEqual(queueProgramme({ prompt: undefined, position: undefined, music: "m", has: all }), ["m"]);
+    assert.deepEqual(queueProgramme({ prompt: "p", position: 5, music: "m", has: (x) => x !== numberSound(5) }), ["p", "m"]);
+    assert.deepEqual(queueProgramme({ prompt: "p", position: 5, music: "m", has: (x) => x !== "p" }), [POSITION_SOUND, numberSound(5), "m"]);
+    assert.deepEqual(queueProgramme({ prompt: undefined, position: 150, music: "m", has: all }), ["m"], "beyond 99 the position is not said");
   });
 });

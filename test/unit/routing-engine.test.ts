@@ -221,6 +221,8 @@ function world(opts: {
   inbound?: unknown[];
   menus?: unknown[];
   callMenus?: NonNullable<ConstructorParameters<typeof RoutingEngine>[0]["callMenus"]>;
+  /** Stands in for the music on hold (EngineDeps.queueMedia). */
+  queueMedia?: NonNullable<ConstructorParameters<typeof RoutingEngine>[0]["queueMedia"]>;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
@@ -271,6 +273,7 @@ function world(opts: {
     clock,
     ...(opts.maxPhysical !== undefined ? { maxPhysical: opts.maxPhysical } : {}),
     ...(opts.callMenus !== undefined ? { callMenus: opts.callMenus } : {}),
+    ...(opts.queueMedia !== undefined ? { queueMedia: opts.queueMedia } : {}),
     ...(opts.stateless !== undefined ? { respondStatelessly: (tx: ServerTransaction, res: SipResponse) => opts.stateless!.push({ tx, res }) } : {}),
   });
   engine.start();
@@ -1268,5 +1271,98 @@ describe("greetings and menus: admission and where the call goes", () => {
     const plain = world({ users, groups, inbound, menus });
     const r = plain.call("+4930999", trunkFlow);
     assert.equal(r.tx.status, 403, "not relaying, as before");
+  });
+});
+
+// --- the queue: order, positions, figures ------------------------------------------------------------
+
+describe("queue order, positions and statistics", () => {
+  it("a new call queues behind older waiting ones instead of ringing a free operator; an unanswered offer is retried after a ring", () => {
+    const w = world({ users: 2, groups: [group({ members: ["u1"], noAnswer: { kind: "wait-for-operator", maxWaitS: 60, then: { kind: "hangup" } } }), group({ id: "g9", number: "900", members: ["u1"] })] });
+    const busy = w.call("900", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(busy, "p1")[0]!);
+    const a = w.call("100", trunkFlow).pc!;
+    w.clock.advance(1000);
+    w.proxy.hangup(busy); // u1 free at 1000: A is offered
+    w.clock.advance(1000); // one step: not answered, A waits again
+    assert.deepEqual(w.proxy.timeline("fork", a), ["1000 p1"]);
+    assert.deepEqual(w.proxy.timeline("cancel", a), ["2000 p1"]);
+    // C arrives while A waits and u1 is free: C queues (182), A is offered first.
+    w.clock.advance(500);
+    const c = w.call("100", trunkFlow).pc!;
+    assert.deepEqual(c.provisionals, [182]);
+    assert.deepEqual(w.proxy.timeline("fork", c), []);
+    assert.deepEqual(w.proxy.timeline("fork", a), ["1000 p1", "2500 p1"]);
+    // Not answered again: after a ring's pause (1000) A is offered again, still before C.
+    w.clock.advance(2000);
+    assert.deepEqual(w.proxy.timeline("fork", a), ["1000 p1", "2500 p1", "4500 p1"]);
+    assert.deepEqual(w.proxy.timeline("fork", c), []);
+    w.proxy.answer(w.proxy.ringing(a, "p1")[0]!);
+    w.proxy.hangup(a);
+    assert.deepEqual(w.proxy.timeline("fork", c), ["4500 p1"], "C next, when u1 is free again");
+  });
+
+  it("callers are served in arrival order; each hears its place in its group's queue; joined/left events and figures follow", () => {
+    const entries = new Map<string, { groupId: string; position: () => number | undefined }>();
+    const left: string[] = [];
+    const w = world({
+      users: 3,
+      groups: [
+        group({ members: ["u1"], noAnswer: { kind: "wait-for-operator", maxWaitS: 30, then: { kind: "hangup" } } }),
+        group({ id: "g2", number: "110", members: ["u2"], noAnswer: { kind: "wait-for-operator", maxWaitS: 20, then: { kind: "hangup", status: 486 } } }),
+        group({ id: "g9", number: "900", strategy: "simultaneous", members: ["u1", "u2"] }),
+      ],
+      queueMedia: { enter: (pc, e) => void entries.set(pc.request.callId, e!), leave: (pc) => void left.push(pc.request.callId) },
+    });
+    const joined: Array<AgentEvents["queue.joined"]> = [];
+    const leaving: Array<AgentEvents["queue.left"]> = [];
+    w.bus.on("queue.joined", (e) => void joined.push(e));
+    w.bus.on("queue.left", (e) => void leaving.push(e));
+    // u1 and u2 busy.
+    const busy1 = w.call("900", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(busy1, "p1")[0]!);
+    const busy2 = w.call("900", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(busy2, "p2")[0]!);
+    const a = w.call("100", trunkFlow).pc!;
+    w.clock.advance(1000);
+    const other = w.call("110", trunkFlow).pc!;
+    const b = w.call("100", trunkFlow).pc!;
+    w.clock.advance(1000);
+    const c = w.call("100", trunkFlow).pc!;
+    const pos = (pc: FakeCall): number | undefined => entries.get(pc.request.callId)!.position();
+    assert.deepEqual([a, b, c, other].map(pos), [1, 2, 3, 1], "places in each group's own queue");
+    assert.deepEqual(joined.map((e) => `${e.groupId}:${e.position}`), ["g1:1", "g2:1", "g1:2", "g1:3"]);
+    assert.deepEqual(entries.get(a.request.callId)!.groupId, "g1");
+    assert.deepEqual(w.engine.queueLengths(), new Map([["g1", 3], ["g2", 1]]));
+
+    // u1 frees at 5000: the oldest caller, A, is offered first; B and C wait.
+    w.clock.advance(3000);
+    w.proxy.hangup(busy1);
+    assert.deepEqual(w.proxy.timeline("fork", a), ["5000 p1"]);
+    assert.equal(b.branches.length + c.branches.length, 0);
+    assert.deepEqual([a, b, c].map(pos), [1, 2, 3], "a caller being offered keeps its place until answered");
+    w.proxy.answer(a.branches[0]!);
+    assert.deepEqual([a, b, c].map(pos), [undefined, 1, 2]);
+    // C hangs up while waiting: abandoned.
+    w.clock.advance(1000);
+    w.proxy.callerCancel(c);
+    assert.deepEqual(pos(b), 1);
+    // u1 ends A's call at 10000: B is next.
+    w.clock.advance(4000);
+    w.proxy.hangup(a);
+    assert.deepEqual(w.proxy.timeline("fork", b), ["10000 p1"]);
+    w.proxy.answer(b.branches[0]!);
+    // The g2 caller runs out of time (20 s after it joined at 1000).
+    w.clock.advance(11_000);
+    assert.equal(other.rejected, 486);
+
+    assert.deepEqual(leaving.map((e) => `${e.groupId}:${e.reason}:${e.waitedMs}`), ["g1:answered:5000", "g1:abandoned:4000", "g1:answered:9000", "g2:max-wait:20000"]);
+    for (const x of [a, b, c, other]) assert.ok(left.includes(x.request.callId), `the music left with ${x.request.callId}`);
+    assert.deepEqual(w.engine.queueFigures(), [
+      { groupId: "g1", waiting: 0, joined: 3, answered: 2, abandoned: 1, timedOut: 0, waitMedianMs: 7000, waitMaxMs: 9000 },
+      { groupId: "g2", waiting: 0, joined: 1, answered: 0, abandoned: 0, timedOut: 1, waitMedianMs: null, waitMaxMs: null },
+    ]);
+    assert.equal(w.engine.stats().queued, 0);
+    assert.deepEqual(w.engine.queueLengths(), new Map([["g1", 0], ["g2", 0]]), "every wait-for-operator group, empty ones too");
   });
 });

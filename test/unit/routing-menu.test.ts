@@ -167,8 +167,8 @@ describe("site apply: the contract and prompt files", () => {
     // A device or a directory is never read (/dev/zero would never end).
     const dev = checkSiteConfig({ ...base, menus: [menu("m", { prompt: "/dev/zero", invalidPrompt: dir })] }, []);
     assert.deepEqual((dev as { errors: Array<{ code: string; path: string; message: string }> }).errors.map((e) => [e.code, e.path, e.message]), [
-      ["unplayable-prompt", "menus[0].prompt", "/dev/zero: not a regular file"],
-      ["unplayable-prompt", "menus[0].invalidPrompt", `${dir}: not a regular file`],
+      ["unplayable-prompt", "menus[0].prompt", "/dev/zero is not a regular file"],
+      ["unplayable-prompt", "menus[0].invalidPrompt", `${dir} is not a regular file`],
     ]);
     const ok = checkSiteConfig({ ...base, inbound: [{ greeting: { prompt: good, then: { kind: "menu", menuId: "m" } } }], menus: [menu("m", { prompt: good })] }, []);
     assert.ok(ok.ok, JSON.stringify(!ok.ok && ok.errors));
