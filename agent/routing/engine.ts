@@ -58,6 +58,7 @@
 import { SYSTEM_CLOCK, type TimerClock } from "../clock.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
+import type { MailboxOwner } from "../voicemail/types.ts";
 import { parseAuthorization, type DigestAuthenticator } from "../sip/digest.ts";
 import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
@@ -153,6 +154,16 @@ export interface EngineDeps {
    * address it claims. Absent: challenges go through the transaction.
    */
   respondStatelessly?: (tx: ServerTransaction, res: SipResponse) => void;
+  /**
+   * Mailboxes on the appliance (agent/voicemail/deposit.ts). take(): the call is theirs (they
+   * answer it or reject it, and call `ended` exactly once when it is over); leave(): the engine
+   * is done with the call (the caller cancelled before the answer), idempotent. Absent: a
+   * voicemail action naming a local mailbox gets 480.
+   */
+  mailboxes?: {
+    take(pc: ProxyCall, mailbox: MailboxOwner, events: { answered(): void; ended(status: number | undefined): void }): void;
+    leave(pc: ProxyCall): void;
+  };
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
   queueMedia?: { enter(pc: ProxyCall): void; leave(pc: ProxyCall): void };
   /** One ring, ms (default 5000). */
@@ -753,6 +764,10 @@ export class RoutingEngine {
     }
     switch (d.kind) {
       case "voicemail": {
+        if ("mailbox" in d) {
+          this.toMailbox(call, d.mailbox);
+          return;
+        }
         const t = this.voicemailTarget(call, d.uri, site.settings.trunk);
         this.forwardTo(call, t, "voicemail");
         return;
@@ -799,6 +814,35 @@ export class RoutingEngine {
     }
     call.otherBranches.push(b);
     this.noteFirstFork(call);
+  }
+
+  /**
+   * Ends member distribution and hands the call to a mailbox on the appliance (deps.mailboxes):
+   * it answers the call itself, so the call counts as answered by voicemail (no member).
+   */
+  private toMailbox(call: EngineCall, mailbox: MailboxOwner): void {
+    this.cancelAllMembers(call, "no answer");
+    const mailboxes = this.deps.mailboxes;
+    if (mailboxes === undefined) {
+      this.deps.log.warn("no-answer action is a mailbox on the appliance, but voicemail is not running", { callId: call.pc.request.callId, mailbox: `${mailbox.kind}/${mailbox.id}` });
+      this.rejectCall(call, 480);
+      return;
+    }
+    call.phase = "forwarded";
+    call.forwardedAs = "voicemail";
+    mailboxes.take(call.pc, mailbox, {
+      answered: () =>
+        this.guarded(() => {
+          if (call.phase !== "forwarded") return;
+          call.phase = "answered";
+          this.clearTimers(call);
+          const now = this.clock.now();
+          call.answerAfterMs = now - call.startedAt;
+          if (call.trace !== undefined) call.why = whyRecord(call.trace, MAX_WHY_ITEMS, this.devicesOf);
+          this.deps.bus.emit("call.answered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId: undefined, deviceId: undefined, caller: labels(call).caller, answerAfterMs: call.answerAfterMs, at: now, ...(call.why !== undefined ? { why: call.why } : {}) });
+        }),
+      ended: (status) => this.guarded(() => this.finish(call, status)),
+    });
   }
 
   private voicemailTarget(call: EngineCall, uri: string, trunk: TrunkSettings | undefined): BranchTarget | undefined {
@@ -1398,6 +1442,7 @@ export class RoutingEngine {
     call.phase = "done";
     this.clearTimers(call);
     this.leaveQueue(call);
+    if (call.forwardedAs === "voicemail") this.deps.mailboxes?.leave(call.pc);
     this.calls.delete(call.pc.id);
     for (const u of call.counted) {
       const n = (this.activeCalls.get(u) ?? 0) - 1;
