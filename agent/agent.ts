@@ -16,6 +16,7 @@ import { isTrunkSource, normalizeAddress } from "./routing/classify.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
 import { StatefulProxy } from "./sip/proxy.ts";
+import { UasDialogs } from "./sip/uas-session.ts";
 import type { ProxyStats } from "./sip/proxy-types.ts";
 import { buildRequest, hostPort } from "./sip/requests.ts";
 import { advertisedAddress, makeAdvertiser } from "./sip/advertise.ts";
@@ -110,6 +111,8 @@ export class Agent {
   location!: LocationService;
   registrar!: Registrar;
   proxy!: StatefulProxy;
+  /** Calls the appliance answered itself (voicemail): their dialogs (sip/uas-session.ts). */
+  uas!: UasDialogs;
   /**
    * New INVITEs (outside any dialog) go here once set; unset, they get 404. Set in-process only
    * (the routing engine, or a test fixture): no setting or message can turn it on.
@@ -306,6 +309,12 @@ export class Agent {
       // onRequest() checks every request before routing it (below).
       requestsChecked: true,
       log: this.log.child("proxy"),
+    });
+    this.uas = new UasDialogs({
+      sendRequest: (req, flow, callbacks) => this.transactions.sendRequest(req, flow, callbacks),
+      via: (flow) => this.proxy.viaFor(flow, this.transactions.createBranch()),
+      T1: s.sipT1Ms,
+      log: this.log.child("uas"),
     });
     this.registrar = new Registrar({
       realm: s.realm,
@@ -645,12 +654,14 @@ export class Agent {
       case "stray-ack":
         // No transaction state, but a stream of ACKs is a flood like any other: it counts
         // against the source's quota (one per call for a real phone), so a flooder is banned.
+        if (this.uas.handleAck(req)) return;
         if (this.admitSource(flow.remoteAddress, 0)) this.proxy.handleAck(req, flow);
         else this.throttledRequests++;
         return;
       case "ack-2xx":
-        // The ACK for a 2xx: forwarded statelessly inside its dialog, else dropped (§16.11, §17.1.1.3).
-        this.proxy.handleAck(req, flow);
+        // The ACK for a 2xx: ours when the appliance answered (uas-session.ts), else forwarded
+        // statelessly inside its dialog, else dropped (§16.11, §17.1.1.3).
+        if (!this.uas.handleAck(req)) this.proxy.handleAck(req, flow);
         return;
       case "invalid":
         this.log.debug("request refused by the transaction layer", { reason: r.reason, from: flow.remoteAddress });
@@ -692,6 +703,8 @@ export class Agent {
     if (req.method === "SUBSCRIBE" && req.to.tag !== undefined && this.subscriptions.handleInDialog(tx, req, flow)) return;
     // Requests inside a dialog (To tag) follow its route set through the proxy (§16.12).
     if (req.to.tag !== undefined && req.method !== "REGISTER") {
+      // Dialogs the appliance answered itself (voicemail) are its own, not proxied.
+      if (this.uas.handleRequest(tx, req, flow)) return;
       this.proxy.handleInDialog(tx, req, flow);
       return;
     }

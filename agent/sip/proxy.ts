@@ -366,6 +366,27 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     call.tx.respond(createResponse(call.request, status, reason, { toTag: call.toTag, ...(headers ? { headers } : {}), ...(body ? { contentType: body.contentType, body: body.body } : {}) }));
   }
 
+  answerLocally(callApi: ProxyCall, headers: SipHeader[], body: { contentType: string; body: Buffer }): { response: SipResponse; resend(): void } | undefined {
+    const call = this.own(callApi);
+    if (call === undefined || call.finished) return undefined;
+    this.cancelAll(call, undefined);
+    this.finish(call);
+    // §12.1.1: the UAS copies Record-Route into its 2xx (the route set of the caller's side).
+    const rr = getHeaders(call.request, "record-route").map((value) => ({ name: "record-route", value }));
+    const res = createResponse(call.request, 200, "OK", { toTag: call.toTag, headers: [...rr, ...headers], contentType: body.contentType, body: body.body });
+    const tx = call.tx;
+    const flow = call.flow;
+    tx.respond(res);
+    return {
+      response: res,
+      // RFC 6026 §8.7: through the transaction while it is "Accepted"; after Timer L straight
+      // to the transport, as relayAnswerRetransmission does.
+      resend: () => {
+        if (!tx.respond(res).ok) this.transport.send(flow, serialize(res));
+      },
+    };
+  }
+
   suppressRinging(callApi: ProxyCall, on: boolean): void {
     const call = this.own(callApi);
     if (call !== undefined) call.holdRinging = on;
@@ -1046,7 +1067,7 @@ function cancelWithReason(invite: SipRequest, reason: string | undefined): SipRe
 }
 
 /** Where requests inside a dialog go toward one of its sides (§12.2.1.1). */
-interface DialogLeg {
+export interface DialogLeg {
   /** Request-URI: that side's Contact (its remote target). */
   target: string;
   /** Route set toward it, nearest hop first. */
@@ -1077,7 +1098,7 @@ function legOf2xx(res: SipResponse, branch: BranchImpl, proxy: StatefulProxy): D
  * of a late-answering leg, a BYE on behalf of a dead phone. Built as text and parsed like
  * every other request the agent originates (cold path).
  */
-function buildInDialogRequest(
+export function buildInDialogRequest(
   leg: DialogLeg,
   from: string,
   callId: string,
