@@ -11,6 +11,9 @@ import type { Direction } from "./sdp.ts";
 export interface SessionEvents {
   onDigit?(digit: string): void;
   onPlayEnded?(sound: string): void;
+  /** A recording stopped and its file is complete (record()). */
+  onRecorded?(r: Extract<MediaEvent, { ev: "recorded" }>): void;
+  onRecordFailed?(reason: string): void;
   onClosed?(stats: SessionStats | undefined): void;
 }
 
@@ -61,6 +64,7 @@ export class MediaService {
   private readonly pending = new Map<string, Pending>();
   private readonly open = new Map<string, SessionEvents>();
   private readonly loaded = new Set<string>();
+  private readonly loadWaiters = new Map<string, Array<(r: { ok: true } | { ok: false; reason: string }) => void>>();
   private stopped = false;
 
   constructor(private readonly opts: MediaServiceOptions) {}
@@ -90,6 +94,7 @@ export class MediaService {
       this.open.delete(id);
       ev.onClosed?.(undefined);
     }
+    for (const sound of [...this.loadWaiters.keys()]) this.settleLoad(sound, { ok: false, reason: "media stopped" });
     if (w === undefined) return;
     const exited = new Promise<void>((resolve) => w.once("exit", () => resolve()));
     w.postMessage("shutdown");
@@ -123,6 +128,28 @@ export class MediaService {
     });
   }
 
+  /** Loads (or reloads) a sound now; resolves when the worker has it, or with why not. */
+  load(sound: string, path: string): Promise<{ ok: true } | { ok: false; reason: string }> {
+    const w = this.ensureWorker();
+    if (w === undefined) return Promise.resolve({ ok: false, reason: "media stopped" });
+    return new Promise((resolve) => {
+      const list = this.loadWaiters.get(sound) ?? [];
+      list.push(resolve);
+      this.loadWaiters.set(sound, list);
+      w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
+    });
+  }
+
+  /** Records what the far end sends (protocol.ts "record"); the outcome comes as onRecorded / onRecordFailed. */
+  record(id: string, r: { tmpPath: string; finalPath: string; maxMs: number; silenceMs: number; stopDigit: string | undefined }): void {
+    if (this.open.has(id)) this.post({ op: "record", id, ...r });
+    else this.open.get(id)?.onRecordFailed?.("no such session");
+  }
+
+  stopRecording(id: string): void {
+    if (this.open.has(id)) this.post({ op: "stop-record", id });
+  }
+
   play(id: string, sound: string, loop: boolean): void {
     if (this.open.has(id)) this.post({ op: "play", id, sound, loop });
   }
@@ -136,6 +163,12 @@ export class MediaService {
       p.resolve({ ok: false, reason: "closed before it opened" });
     }
     this.post({ op: "close", id });
+  }
+
+  private settleLoad(sound: string, r: { ok: true } | { ok: false; reason: string }): void {
+    const list = this.loadWaiters.get(sound);
+    this.loadWaiters.delete(sound);
+    for (const resolve of list ?? []) resolve(r);
   }
 
   private post(c: MediaCommand): void {
@@ -166,6 +199,7 @@ export class MediaService {
         this.open.delete(id);
         ev.onClosed?.(undefined);
       }
+      for (const sound of [...this.loadWaiters.keys()]) this.settleLoad(sound, { ok: false, reason: "media worker exited" });
     });
     for (const [sound, path] of Object.entries(this.opts.sounds ?? {})) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
     return w;
@@ -179,9 +213,18 @@ export class MediaService {
       case "loaded":
         this.loaded.add(ev.sound);
         this.opts.log.debug("sound loaded", { sound: ev.sound, frames: ev.frames });
+        this.settleLoad(ev.sound, { ok: true });
         return;
       case "load-failed":
         this.opts.log.error("sound not loaded", { sound: ev.sound, reason: ev.reason });
+        this.settleLoad(ev.sound, { ok: false, reason: ev.reason });
+        return;
+      case "recorded":
+        this.open.get(ev.id)?.onRecorded?.(ev);
+        return;
+      case "record-failed":
+        this.opts.log.warn("recording failed", { session: ev.id, reason: ev.reason });
+        this.open.get(ev.id)?.onRecordFailed?.(ev.reason);
         return;
       case "opened": {
         const p = this.pending.get(ev.id);
