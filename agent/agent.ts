@@ -54,6 +54,7 @@ import { BlfNotifier } from "./presence/blf.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
+import { startVoicemail, type VoicemailHandle } from "./voicemail/setup.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -130,6 +131,8 @@ export class Agent {
   engine!: RoutingEngine;
   /** Media plane (music on hold); undefined when queueMusic is off. */
   media: MediaPlaneHandle | undefined;
+  /** Mailboxes on the appliance: the store and deposits (voicemail/). */
+  voicemail: VoicemailHandle | undefined;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
@@ -346,6 +349,7 @@ export class Agent {
       bus: this.bus,
       hasQueue: () => [...this.site.current().index.groupsById.values()].some((g) => g.noAnswer.kind === "wait-for-operator"),
     });
+    this.voicemail = startVoicemail(s, { bus: this.bus, proxy: this.proxy, uas: this.uas, media: this.media.media, site: () => this.site.current().index, log: this.log.child("voicemail") });
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -371,7 +375,8 @@ export class Agent {
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
       operators: this.operators,
-      ...(this.media !== undefined ? { queueMedia: this.media.queueMusic } : {}),
+      ...(this.media?.queueMusic !== undefined ? { queueMedia: this.media.queueMusic } : {}),
+      mailboxes: { take: (pc, mailbox, caller, events) => this.voicemail?.deposits.take(pc, mailbox, caller, events), leave: (pc) => this.voicemail?.deposits.leave(pc) },
     });
     this.engine.start();
     this.latencyWatch = new LatencyWatch({
@@ -457,6 +462,8 @@ export class Agent {
     this.latencyWatch?.stop();
     this.engine?.stop();
     this.operators?.stop();
+    this.voicemail?.stop();
+    this.uas?.stopAll();
     await this.media?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();

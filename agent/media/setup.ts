@@ -8,6 +8,7 @@ import type { Logger } from "../log.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
 import { hostPort } from "../sip/requests.ts";
+import type { Flow } from "../sip/types.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
 import { MediaService } from "./service.ts";
 import { decodeWav } from "./wav.ts";
@@ -20,8 +21,19 @@ export function shippedAudio(name: string): string {
 
 export interface MediaPlaneHandle {
   media: MediaService;
-  queueMusic: QueueMusic;
+  /** Undefined when the queueMusic setting is off. */
+  queueMusic: QueueMusic | undefined;
   stop(): Promise<void>;
+}
+
+/** The local IP literal media binds and advertises for a call that came in on `flow`. */
+export function mediaAddressFor(s: Settings): (flow: Flow) => string {
+  return (flow) => (s.mediaAddress !== "" ? s.mediaAddress : advertisedAddress(flow, s.sipAdvertise));
+}
+
+/** Contact URI (with <>) of responses the appliance sends itself on `flow` (RFC 3261 §12.1.1). */
+export function contactFor(s: Settings): (flow: Flow) => string {
+  return (flow) => `<sip:${hostPort(advertisedAddress(flow, s.sipAdvertise), flow.localPort)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`;
 }
 
 /** Why a WAV file cannot be played, or undefined when it can. */
@@ -37,15 +49,19 @@ export function checkWav(file: string): string | undefined {
 }
 
 /**
- * The media worker and the queue's music on hold; undefined when queueMusic is off. The worker
+ * The media worker and the queue's music on hold (none when queueMusic is off: the worker is
+ * then started by the first call that needs it, e.g. a voicemail deposit). The worker
  * starts (and loads its sounds) as soon as the site has a wait-for-operator group — at start,
  * or when a site with one is applied — so the first caller in a queue hears music at once, and
  * an agent without queues pays nothing for it.
  */
-export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean }): MediaPlaneHandle | undefined {
-  if (!s.queueMusic) return undefined;
+export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean }): MediaPlaneHandle {
   const range = parsePortRange(s.mediaPorts);
   if (!range.ok) throw new Error(`mediaPorts ${range.reason}`); // validated by loadSettings already
+  if (!s.queueMusic) {
+    const media = new MediaService({ portMin: range.min, portMax: range.max, log });
+    return { media, queueMusic: undefined, stop: () => media.stop() };
+  }
   let hold = shippedAudio("hold.wav");
   if (s.queueMusicFile !== "") {
     // Checked once here, at start, so a bad file is reported where the operator looks.
@@ -63,8 +79,8 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   const queueMusic = new QueueMusic({
     proxy,
     media,
-    mediaAddress: (flow) => (s.mediaAddress !== "" ? s.mediaAddress : advertisedAddress(flow, s.sipAdvertise)),
-    contact: (flow) => `<sip:${hostPort(advertisedAddress(flow, s.sipAdvertise), flow.localPort)}${flow.transport === "tcp" ? ";transport=tcp" : ""}>`,
+    mediaAddress: mediaAddressFor(s),
+    contact: contactFor(s),
     log,
     announceFirst: s.queueAnnouncement,
     announceEveryMs: s.queueAnnouncementIntervalS * 1000,

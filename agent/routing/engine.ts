@@ -161,7 +161,7 @@ export interface EngineDeps {
    * voicemail action naming a local mailbox gets 480.
    */
   mailboxes?: {
-    take(pc: ProxyCall, mailbox: MailboxOwner, events: { answered(): void; ended(status: number | undefined): void }): void;
+    take(pc: ProxyCall, mailbox: MailboxOwner, caller: string, events: { answered(): void; ended(status: number | undefined): void }): void;
     leave(pc: ProxyCall): void;
   };
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
@@ -830,7 +830,7 @@ export class RoutingEngine {
     }
     call.phase = "forwarded";
     call.forwardedAs = "voicemail";
-    mailboxes.take(call.pc, mailbox, {
+    mailboxes.take(call.pc, mailbox, labels(call).caller, {
       answered: () =>
         this.guarded(() => {
           if (call.phase !== "forwarded") return;

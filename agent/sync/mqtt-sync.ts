@@ -354,6 +354,10 @@ export class MqttSync {
         this.stats.busy(e);
         this.event("call.busy", compact({ callId: e.callId, groupId: e.groupId, memberIds: e.memberIds, caller: e.caller }), e.at);
       }),
+      bus.on("voicemail.message", (e) => {
+        this.stats.voicemail(e);
+        this.event("voicemail.message", { id: e.id, mailbox: `${e.mailbox.kind}/${e.mailbox.id}`, caller: e.caller, callId: e.callId, receivedAt: e.receivedAt, durationMs: e.durationMs, bytes: e.bytes, sha256: e.sha256 }, e.at);
+      }),
       bus.on("operator.state", (e) => {
         this.event("operator.state", compact({ userId: e.userId, availability: e.availability, loggedOutOf: e.loggedOutOf, source: e.source, deviceId: e.deviceId }), e.at);
         // The retained snapshot carries it too: a console that lost events (a gap) reads it there.

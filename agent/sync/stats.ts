@@ -32,6 +32,8 @@ export interface StatisticsReport {
   to: number;
   operators: Array<CountersReport & { userId: string }>;
   groups: Array<CountersReport & { groupId: string }>;
+  /** Voicemail messages left per mailbox ("user/<id>" / "group/<id>") in the interval; absent when none. */
+  voicemail?: Array<{ mailbox: string; messages: number }>;
 }
 
 /** Calls remembered to count a group's offer once per call (bounded: oldest forgotten first). */
@@ -44,6 +46,8 @@ export class CallStatistics {
   private groups = new Map<string, CallCounters>();
   /** "<groupId>\0<callId>" of calls already counted as offered to a group. */
   private offeredCalls = new Set<string>();
+  /** Messages left, keyed by mailbox ref. */
+  private messages = new Map<string, number>();
   private from: number;
 
   constructor(now: number) {
@@ -84,8 +88,13 @@ export class CallStatistics {
     if (e.groupId !== undefined) bump(this.groups, e.groupId).busy++;
   }
 
+  voicemail(e: AgentEvents["voicemail.message"]): void {
+    const ref = `${e.mailbox.kind}/${e.mailbox.id}`;
+    this.messages.set(ref, (this.messages.get(ref) ?? 0) + 1);
+  }
+
   isEmpty(): boolean {
-    return this.operators.size === 0 && this.groups.size === 0;
+    return this.operators.size === 0 && this.groups.size === 0 && this.messages.size === 0;
   }
 
   /** The interval so far; the counters keep running until reset(). */
@@ -95,6 +104,7 @@ export class CallStatistics {
       to: now,
       operators: [...this.operators].sort(byKey).map(([userId, c]) => ({ userId, ...counters(c) })),
       groups: [...this.groups].sort(byKey).map(([groupId, c]) => ({ groupId, ...counters(c) })),
+      ...(this.messages.size > 0 ? { voicemail: [...this.messages].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)).map(([mailbox, messages]) => ({ mailbox, messages })) } : {}),
     };
   }
 
@@ -102,6 +112,7 @@ export class CallStatistics {
   reset(now: number): void {
     this.operators.clear();
     this.groups.clear();
+    this.messages.clear();
     this.from = now;
   }
 }
