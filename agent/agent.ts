@@ -55,6 +55,7 @@ import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
 import { startVoicemail, type VoicemailHandle } from "./voicemail/setup.ts";
+import { voicemailCommands } from "./console/voicemail-commands.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -413,7 +414,7 @@ export class Agent {
     await this.provisioning.start();
 
     this.callsNow.start(this.bus);
-    const installerCommands = { ...agentCommands(this.view()), ...callCommands(this.callsNow) };
+    const installerCommands = { ...agentCommands(this.view()), ...callCommands(this.callsNow), ...(this.voicemail !== undefined ? voicemailCommands(this.voicemail.store) : {}) };
     this.control = new ControlServer(path.join(s.dataDir, "control.sock"), auditedCommands({ ...installerCommands, ...applianceCommands(this) }, "installer (control socket)", this.bus), this.log.child("control"));
     await this.control.start();
     if (s.serialDevice !== "") {

@@ -137,6 +137,11 @@ export class VoicemailStore implements VoicemailCounts {
     return [...this.messages.values()].filter((m) => ref === undefined || m.mailbox === ref).sort((a, b) => a.receivedAt - b.receivedAt || a.id.localeCompare(b.id)).map((m) => ({ ...m }));
   }
 
+  /** Where a message's recording is. */
+  audioPath(m: VoicemailMessage): string {
+    return this.wavPath(m);
+  }
+
   get(id: string): VoicemailMessage | undefined {
     const m = MESSAGE_ID_RE.test(id) ? this.messages.get(id) : undefined;
     return m === undefined ? undefined : { ...m };
