@@ -33,7 +33,12 @@
 //   `then` applies.
 // - Direct calls (a user's extension): 480 when none of their devices is online, 486 at their
 //   call limit; otherwise every online device rings until someone answers, the caller gives
-//   up, or every branch fails (then the best failure: 6xx, else 486, else 480).
+//   up, or every branch fails (then the best failure: 6xx, else 486, else 480). A user with a
+//   mailbox on the appliance gets those calls in the mailbox instead (at once when offline,
+//   DND or busy; after its noAnswerS of ringing; when every phone failed).
+// - Mailboxes on the appliance (deps.mailboxes, agent/voicemail/deposit.ts): the voicemail
+//   action's local form hands the call over; it is answered by the appliance (call.answered
+//   with no member) and recorded as outcome "voicemail".
 // - Pickup (*8, *8<ext>): the picker's *8 INVITE gets a final "480" with a Warning at once,
 //   THEN the ringing call gets a new branch to the picker's dialling device with auto-answer
 //   headers (Call-Info answer-after=0, Alert-Info info=alert-autoanswer) that the device
@@ -84,7 +89,7 @@ import type { FeatureCodes, OperatorCode } from "./operator-state.ts";
 import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from "./callers.ts";
 import { isOpen, type OpenState } from "./hours.ts";
 import { WhyLog, whyRecord, MAX_WHY_ITEMS, type CallTrace, type WhyRecord } from "./why.ts";
-import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type Availability, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
+import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, mailboxOf, type Availability, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
 import {
   findPickupTarget,
   pickNoAnswer,
@@ -974,6 +979,18 @@ export class RoutingEngine {
       deviceIds.push(d.id);
     }
     const refusedRecord = (outcome: CallRecord["outcome"]): CallRecord => ({ id: recordId(req.callId), at: this.clock.now(), caller: callerLabel(caller, req), target: dialledText(req.uri), outcome, offered: [] });
+    // A user with a mailbox on the appliance (voicemail/): offline, do not disturb or at the
+    // call limit, the caller goes there at once; otherwise after the mailbox's noAnswerS.
+    const mailbox = this.deps.mailboxes !== undefined ? mailboxOf(index, { kind: "user", id: user.id }) : undefined;
+    const busyNow = user.callLimit > 0 && (this.activeCalls.get(user.id) ?? 0) >= user.callLimit;
+    if (mailbox !== undefined && (deviceIds.length === 0 || busyNow || (this.snapshot.availability?.get(user.id) ?? user.availability) === "dnd")) {
+      const pc = this.proxy.startCall(tx, req, flow, this.events);
+      if (pc === undefined) return;
+      const call = this.newCall(pc, "direct", caller, req, undefined, user.id);
+      if (busyNow) this.deps.bus.emit("call.busy", { callId: req.callId, groupId: undefined, memberIds: [user.id], caller: labels(call).caller, at: this.clock.now() });
+      this.toMailbox(call, { kind: "user", id: user.id });
+      return;
+    }
     if (deviceIds.length === 0) {
       respond(tx, req, 480, reasonPhrase(480));
       const r = refusedRecord("missed");
@@ -1002,11 +1019,18 @@ export class RoutingEngine {
     const forked = this.forkMember(call, user.id, deviceIds);
     this.noteFirstFork(call);
     if (forked === 0) {
-      this.rejectCall(call, 480);
+      if (mailbox !== undefined) this.toMailbox(call, { kind: "user", id: user.id });
+      else this.rejectCall(call, 480);
       return;
     }
     this.noteOffered(call, user.id, deviceIds);
     this.notePlaced(call);
+    if (mailbox !== undefined) {
+      call.stepTimer = this.clock.setTimeout(() => this.guarded(() => {
+        call.stepTimer = undefined;
+        if (call.phase === "ringing") this.toMailbox(call, { kind: "user", id: user.id });
+      }), mailbox.noAnswerS * 1000);
+    }
   }
 
   private startOutboundCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, number: string, trunk: TrunkSettings | undefined): void {
@@ -1196,7 +1220,12 @@ export class RoutingEngine {
   private afterBranchGone(call: EngineCall): void {
     if (call.phase !== "ringing" || this.hasLiveBranches(call)) return;
     if (call.kind === "group") this.runStep(call);
-    else if (call.kind === "direct") this.rejectCall(call, bestFailure(call.failStatuses));
+    else if (call.kind === "direct") {
+      // Every phone of the user declined or failed: their mailbox, if they have one.
+      const userId = call.directUserId;
+      if (userId !== undefined && this.deps.mailboxes !== undefined && mailboxOf(this.deps.site().index, { kind: "user", id: userId }) !== undefined) this.toMailbox(call, { kind: "user", id: userId });
+      else this.rejectCall(call, bestFailure(call.failStatuses));
+    }
   }
 
   private onAnswered(pc: ProxyCall, branch: Branch): void {

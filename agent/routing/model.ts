@@ -47,7 +47,7 @@ export const MAILBOX_MESSAGE_S_MAX = 600;
 export const MAILBOX_MESSAGES_MAX = 1000;
 export const MAILBOX_RETENTION_DAYS_MAX = 3650;
 /** Defaults filled by parseSite for a mailbox that names none. */
-export const MAILBOX_DEFAULTS = { maxMessageS: 120, maxMessages: 50, retentionDays: 30, silenceS: 10 } as const;
+export const MAILBOX_DEFAULTS = { maxMessageS: 120, maxMessages: 50, retentionDays: 30, silenceS: 10, noAnswerS: 20 } as const;
 /** A normalised caller number: "+", a country code not starting with 0, at most 15 digits (ITU-T E.164 §6). */
 export const E164_RE = /^\+[1-9][0-9]{1,14}$/;
 /** Known callers the console may list (the directory is replaced as a whole by each push). */
@@ -94,6 +94,8 @@ export interface MailboxConfig {
   retentionDays: number;
   /** The recording stops after this many seconds of silence; 0 = never. */
   silenceS: number;
+  /** A user's mailbox: direct calls ring this long before the mailbox takes them (also at once when offline, busy or DND). */
+  noAnswerS: number;
   /** The mailbox's own greeting: a file name under <dataDir>/voicemail/greetings/; absent = the shipped prompt. */
   greeting?: string;
 }
@@ -751,7 +753,7 @@ function parseKnownCallers(c: Checker, raw: unknown, userIds: ReadonlyMap<string
 /** A mailbox's settings (user or group voicemail); defaults filled. */
 function parseMailbox(c: Checker, raw: unknown, path: string): MailboxConfig | undefined {
   if (!isRecord(raw)) {
-    c.add("invalid-mailbox", path, "must be an object { enabled, maxMessageS?, maxMessages?, retentionDays?, silenceS?, greeting? }");
+    c.add("invalid-mailbox", path, "must be an object { enabled, maxMessageS?, maxMessages?, retentionDays?, silenceS?, noAnswerS?, greeting? }");
     return undefined;
   }
   const before = c.errors.length;
@@ -762,12 +764,13 @@ function parseMailbox(c: Checker, raw: unknown, path: string): MailboxConfig | u
   const maxMessages = num("maxMessages", 1, MAILBOX_MESSAGES_MAX);
   const retentionDays = num("retentionDays", 0, MAILBOX_RETENTION_DAYS_MAX);
   const silenceS = num("silenceS", 0, MAILBOX_MESSAGE_S_MAX);
+  const noAnswerS = num("noAnswerS", MAILBOX_MESSAGE_S_MIN, MAILBOX_MESSAGE_S_MAX);
   const greeting = raw.greeting === undefined ? undefined : c.matching(raw, "greeting", path, GREETING_FILE_RE, "invalid-mailbox", "a WAV file name (letters, digits, . _ -, ending .wav) under <dataDir>/voicemail/greetings/");
   for (const k of Object.keys(raw)) {
-    if (!["enabled", "maxMessageS", "maxMessages", "retentionDays", "silenceS", "greeting"].includes(k)) c.add("invalid-mailbox", `${path}.${k}`, "is not a mailbox setting");
+    if (!["enabled", "maxMessageS", "maxMessages", "retentionDays", "silenceS", "noAnswerS", "greeting"].includes(k)) c.add("invalid-mailbox", `${path}.${k}`, "is not a mailbox setting");
   }
-  if (c.errors.length > before || maxMessageS === undefined || maxMessages === undefined || retentionDays === undefined || silenceS === undefined) return undefined;
-  const out: MailboxConfig = { enabled: raw.enabled as boolean, maxMessageS, maxMessages, retentionDays, silenceS };
+  if (c.errors.length > before || maxMessageS === undefined || maxMessages === undefined || retentionDays === undefined || silenceS === undefined || noAnswerS === undefined) return undefined;
+  const out: MailboxConfig = { enabled: raw.enabled as boolean, maxMessageS, maxMessages, retentionDays, silenceS, noAnswerS };
   if (greeting !== undefined) out.greeting = greeting;
   return out;
 }

@@ -36,8 +36,8 @@ describe("mailboxes in the site", () => {
     assert.ok(r.ok);
     const parsed = r.value.site;
     const index = indexSite(parsed);
-    assert.deepEqual(mailboxOf(index, { kind: "group", id: "sales" }), { enabled: true, maxMessageS: MAILBOX_DEFAULTS.maxMessageS, maxMessages: 3, retentionDays: MAILBOX_DEFAULTS.retentionDays, silenceS: MAILBOX_DEFAULTS.silenceS });
-    assert.deepEqual(mailboxOf(index, { kind: "user", id: "anna" }), { enabled: true, maxMessageS: 60, maxMessages: MAILBOX_DEFAULTS.maxMessages, retentionDays: 0, silenceS: MAILBOX_DEFAULTS.silenceS, greeting: "anna.wav" });
+    assert.deepEqual(mailboxOf(index, { kind: "group", id: "sales" }), { enabled: true, maxMessageS: MAILBOX_DEFAULTS.maxMessageS, maxMessages: 3, retentionDays: MAILBOX_DEFAULTS.retentionDays, silenceS: MAILBOX_DEFAULTS.silenceS, noAnswerS: MAILBOX_DEFAULTS.noAnswerS });
+    assert.deepEqual(mailboxOf(index, { kind: "user", id: "anna" }), { enabled: true, maxMessageS: 60, maxMessages: MAILBOX_DEFAULTS.maxMessages, retentionDays: 0, silenceS: MAILBOX_DEFAULTS.silenceS, noAnswerS: MAILBOX_DEFAULTS.noAnswerS, greeting: "anna.wav" });
     assert.equal(mailboxOf(index, { kind: "user", id: "ben" }), undefined);
     // The decisions: the group's own mailbox, the named one, the URI.
     const decide = (id: string) => {
