@@ -56,6 +56,7 @@ import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
 import { startVoicemail, type VoicemailHandle } from "./voicemail/setup.ts";
 import { voicemailCommands } from "./console/voicemail-commands.ts";
+import { fetchRecording } from "./voicemail/fetch.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -437,6 +438,9 @@ export class Agent {
       // cmd/resync from the console re-syncs phones through provisioning (check-sync NOTIFY).
       const hooks = this.provisioning?.hooks();
       if (hooks) this.sync.setResyncHandler(consoleResyncHandler((ids, reboot) => hooks.resync(ids, reboot), () => this.store.listDevices()));
+      // cmd/voicemail-fetch: the console downloads a recording in checked chunks (voicemail/fetch.ts).
+      const vm = this.voicemail;
+      if (vm !== undefined) this.sync.setVoicemailFetchHandler((args) => fetchRecording(vm.store, args));
       this.sync.start();
     }
     this.observe = await startObservability(this);

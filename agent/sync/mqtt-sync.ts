@@ -286,6 +286,7 @@ export class MqttSync {
   private desiredChain: Promise<void> = Promise.resolve();
   private lastResult: ReportedPayload["lastResult"];
   private resync: ResyncHandler | undefined;
+  private voicemailFetch: ((args: Record<string, unknown>) => unknown) | undefined;
   private rejectedMessages = 0;
   private invalidOutgoing = 0;
   private stopping = false;
@@ -299,6 +300,11 @@ export class MqttSync {
     this.maxPayload = opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
     this.now = opts.now ?? Date.now;
     this.stats = new CallStatistics(this.now());
+  }
+
+  /** Installs the cmd/voicemail-fetch handler (voicemail/fetch.ts); without one it replies "not-available". */
+  setVoicemailFetchHandler(handler: ((args: Record<string, unknown>) => unknown) | undefined): void {
+    this.voicemailFetch = handler;
   }
 
   /** Installs the cmd/resync handler (provisioning); without one resync replies "not-available". */
@@ -802,8 +808,17 @@ export class MqttSync {
         }
         return;
       }
+      case "voicemail-fetch": {
+        if (!this.voicemailFetch) return void (await reply("not-available", undefined, [{ code: "not-available", path: "$", message: "this agent has no mailboxes" }]));
+        try {
+          await reply("ok", this.voicemailFetch(args));
+        } catch (err) {
+          await reply("error", undefined, [{ code: "voicemail-fetch-failed", path: "args", message: (err as Error).message }]);
+        }
+        return;
+      }
       default:
-        await reply("error", undefined, [{ code: "unknown-command", path: "$", message: `unknown command "${name.slice(0, 64)}" (resync, get-status, republish)` }]);
+        await reply("error", undefined, [{ code: "unknown-command", path: "$", message: `unknown command "${name.slice(0, 64)}" (resync, get-status, republish, voicemail-fetch)` }]);
     }
   }
 
