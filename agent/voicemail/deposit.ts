@@ -117,10 +117,16 @@ export class VoicemailDeposits {
     if (d.uas === undefined) this.finish(d);
   }
 
-  /** Agent stop: every deposit ends (recordings in progress are kept). */
+  /**
+   * Agent stop: every call ends with our BYE. A recording in progress is kept: the worker
+   * finalizes its WAV as the session closes (here, or at the worker's shutdown), and the next
+   * start completes the message from it (store.ts recovery); other reserved messages are released.
+   */
   stopAll(): void {
     for (const d of [...this.active.values()]) {
+      const recording = d.phase === "recording";
       d.uas?.stop();
+      if (recording) d.pending = undefined;
       this.finish(d);
     }
   }
@@ -297,6 +303,7 @@ export class VoicemailDeposits {
 
   /** Done once nothing is open: no media session, no dialog, no message being written. */
   private maybeDone(d: Deposit): void {
+    if (d.phase === "done") return; // finished already (the engine left, or the agent stops)
     if (d.session !== undefined || (d.uas !== undefined && d.uas.state !== "ended") || d.pending !== undefined) return;
     this.finish(d);
     this.report(d, undefined);
