@@ -151,8 +151,8 @@ export class UasSession {
       respond(481, "Call/Transaction Does Not Exist");
       return;
     }
-    // §12.2.2: a CSeq lower than (or equal to) the last one is out of order.
-    if (req.cseq.seq <= this.remoteSeq) {
+    // §12.2.2: "lower than the remote sequence number ... out of order and MUST be rejected with a 500".
+    if (req.cseq.seq < this.remoteSeq) {
       respond(500, "Server Internal Error", [{ name: "retry-after", value: "1" }]);
       return;
     }

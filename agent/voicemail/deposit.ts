@@ -41,7 +41,7 @@ const RECORD_GUARD_MS = 2000;
 export interface DepositDeps {
   proxy: Pick<StatefulProxyApi, "reject" | "answerLocally">;
   uas: Pick<UasDialogs, "open">;
-  media: Pick<MediaService, "openSession" | "play" | "close" | "record" | "stopRecording" | "has" | "load" | "running" | "start">;
+  media: Pick<MediaService, "openSession" | "play" | "close" | "record" | "stopRecording" | "has" | "load">;
   store: Pick<VoicemailStore, "begin" | "complete" | "abandon" | "greetingsDir">;
   mailbox: (owner: MailboxOwner) => MailboxConfig | undefined;
   /** The local IP literal to bind and advertise for a call that came in on `flow`. */
@@ -139,7 +139,6 @@ export class VoicemailDeposits {
   private async open(d: Deposit, o: OfferValue<ReturnType<typeof offerOf>>): Promise<void> {
     const { offer, choice } = o;
     const media = this.deps.media;
-    if (!media.running()) media.start();
     const greeting = d.pending === undefined ? FULL_SOUND : await this.greetingSound(d);
     const needed = [greeting, BEEP_SOUND];
     for (const s of needed) {
@@ -187,11 +186,13 @@ export class VoicemailDeposits {
     const sdp = buildAnswer(offer, choice, { address, port: r.port, sessionId: randomInt(1, 2 ** 31) });
     const answer = this.deps.proxy.answerLocally?.(d.pc, [{ name: "contact", value: this.deps.contact(d.pc.flow) }, { name: "allow", value: "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS" }], { contentType: "application/sdp", body: Buffer.from(sdp) });
     if (answer === undefined) {
-      // The call ended meanwhile (the caller cancelled): the engine has finished it.
-      d.phase = "closing";
+      // The call ended meanwhile (the caller cancelled: the engine has finished it), or this
+      // proxy cannot answer calls itself (then the caller is told so).
+      const unanswered = !d.pc.finished;
+      if (unanswered) this.deps.proxy.reject(d.pc, 480, "Temporarily Unavailable", undefined, { exact: true });
       media.close(r.id);
-      this.releasePending(d);
-      this.maybeDone(d);
+      this.finish(d);
+      if (unanswered) this.report(d, 480);
       return;
     }
     d.uas = this.deps.uas.open(d.pc.request, d.pc.flow, answer, {
