@@ -6,8 +6,9 @@
 // `ringedge voicemail list --json` shows the message, `play` copies it out verified, `delete`
 // removes it. Then hostile and broken cases: garbage SIP INFO bodies (refused, nothing
 // changes) and # by SIP INFO, a BYE before the ACK, a full mailbox (the caller hears so and
-// nothing is written), and an agent killed in the middle of a recording (the mailbox is
-// consistent after the restart). Media ports are free after every call.
+// nothing is written), and an agent stopped (the message is kept) or killed (the cut recording
+// is removed) in the middle of a recording: the mailbox is consistent after the restart.
+// Media ports are free after every call.
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import fs from "node:fs";
@@ -390,6 +391,32 @@ describe("voicemail", () => {
       assert.deepEqual((await listed("group/tiny")).map((m) => m.id), kept.map((m) => m.id));
       await portsFree();
       assert.equal((await agent.cli(["voicemail", "delete", kept[0]!.id])).code, 0);
+    } finally {
+      c.close();
+    }
+  });
+
+  test("the agent stopped (SIGTERM) in the middle of a recording: the caller gets BYE and the message is there after the restart", async () => {
+    const c = await Caller.open();
+    try {
+      assert.equal((await c.invite("700")).status, 200);
+      c.ack();
+      await until(() => c.rtp.length >= 5 || undefined, 10_000, 10);
+      await c.sendDigit("#");
+      await c.quiet(300);
+      await new Promise((r) => setTimeout(r, 200));
+      const sent = tone(2 * 8000);
+      await c.sendAudio(sent);
+      await agent.stop();
+      assert.ok(c.byeFromAgent(), "the appliance hung up on its way down");
+      agent = await start();
+      const l = await listed("group/sales");
+      assert.equal(l.length, 1, "the recording was kept");
+      assert.equal(l[0]!.callId, c.callId);
+      const wav = decodeWav(fs.readFileSync(l[0]!.file));
+      assert.ok(wav.ok);
+      assert.deepEqual(Array.from(wav.samples), Array.from(decodeG711("PCMU", encodeG711("PCMU", sent))));
+      assert.equal((await agent.cli(["voicemail", "delete", l[0]!.id])).code, 0);
     } finally {
       c.close();
     }
