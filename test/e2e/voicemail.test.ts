@@ -18,7 +18,7 @@ import { after, before, describe, test } from "node:test";
 import { decodeG711, encodeG711 } from "../../agent/media/g711.ts";
 import { buildRtp, parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
 import { decodeWav } from "../../agent/media/wav.ts";
-import { TRUNK_CALLER_IP, parseSimMessage, simUser, startRoutingAgent, writeSiteFile, type SimMessage } from "./callsim.ts";
+import { TRUNK_CALLER_IP, loggedCall, parseSimMessage, simUser, startRoutingAgent, writeSiteFile, type SimMessage } from "./callsim.ts";
 import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const MEDIA_PORTS = 20;
@@ -314,6 +314,7 @@ describe("voicemail", () => {
       assert.equal(again.code, 1);
       assert.match(again.stderr, /exists; not overwritten/);
       // The call log says voicemail.
+      assert.equal((await loggedCall(dataDir, c.callId)).outcome, "voicemail");
       await portsFree();
       const del = await agent.cli(["voicemail", "delete", m!.id]);
       assert.equal(del.code, 0, del.stderr);
