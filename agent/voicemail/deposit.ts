@@ -204,7 +204,7 @@ export class VoicemailDeposits {
     });
     d.events.answered();
     d.phase = d.pending === undefined ? "full" : "greeting";
-    media.play(r.id, greeting, false);
+    this.playOrSkip(d, greeting);
     if (this.deps.log.enabled("debug")) this.deps.log.debug("voicemail: answered", { callId: d.pc.request.callId, mailbox: ownerRef(d.owner), port: r.port });
   }
 
@@ -221,6 +221,13 @@ export class VoicemailDeposits {
     return GREETING_SOUND;
   }
 
+  /** Plays a prompt; one the worker could not load is skipped (never silence with no end). */
+  private playOrSkip(d: Deposit, sound: string): void {
+    if (d.session === undefined) return;
+    if (this.deps.media.has(sound)) this.deps.media.play(d.session, sound, false);
+    else this.playEnded(d, sound);
+  }
+
   private playEnded(d: Deposit, sound: string): void {
     if (d.session === undefined) return;
     if (d.phase === "full") {
@@ -229,7 +236,7 @@ export class VoicemailDeposits {
     }
     if (d.phase === "greeting" && sound !== BEEP_SOUND) {
       d.phase = "beep";
-      this.deps.media.play(d.session, BEEP_SOUND, false);
+      this.playOrSkip(d, BEEP_SOUND);
       return;
     }
     if (d.phase === "beep" && sound === BEEP_SOUND) this.startRecording(d);
@@ -253,7 +260,7 @@ export class VoicemailDeposits {
     if (d.phase === "greeting") {
       // # during the greeting skips it.
       d.phase = "beep";
-      this.deps.media.play(d.session, BEEP_SOUND, false);
+      this.playOrSkip(d, BEEP_SOUND);
     } else if (d.phase === "recording") {
       // RFC 4733 # stops the recording in the worker already; an INFO # does here.
       this.deps.media.stopRecording(d.session);

@@ -46,7 +46,7 @@ function call(body: string | null = SDP): ProxyCall & { finished: boolean } {
   return { id: `pc${n}`, request: r.message, flow: FLOW, receivedAt: 0, firstForkAt: undefined, branches: [], answered: undefined, finished: false };
 }
 
-function world(cfg: Partial<MailboxConfig> | null = {}, openResult: "ok" | "fail" | "manual" = "ok") {
+function world(cfg: Partial<MailboxConfig> | null = {}, openResult: "ok" | "fail" | "manual" = "ok", loadable: (sound: string) => boolean = () => true) {
   const dataDir = tempDir("ringedge-dep-");
   const bus = new EventBus();
   const mailbox = (o: { kind: string; id: string }) => (cfg === null || o.id !== "sales" ? undefined : { enabled: true, ...MAILBOX_DEFAULTS, ...cfg });
@@ -60,8 +60,8 @@ function world(cfg: Partial<MailboxConfig> | null = {}, openResult: "ok" | "fail
   const media = {
     running: () => true,
     start: () => undefined,
-    has: () => true,
-    load: async () => ({ ok: true as const }),
+    has: (sound: string) => loadable(sound),
+    load: async (sound: string) => (loadable(sound) ? { ok: true as const } : { ok: false as const, reason: "cannot read it" }),
     openSession: (_req: unknown, ev: SessionEvents) =>
       new Promise<{ ok: true; id: string; port: number } | { ok: false; reason: string }>((resolve) => {
         const id = `m${++seq}`;
@@ -265,5 +265,12 @@ describe("voicemail deposit", () => {
     assert.equal(w.uas.hangups, 1);
     assert.deepEqual(w.files(), before);
     assert.ok(!w.log.some((l) => l.startsWith("record")));
+  });
+
+  test("prompts the worker cannot load are skipped: straight to the recording, never endless silence", async () => {
+    const w = world({}, "ok", () => false);
+    w.take(call());
+    await until(() => w.answered() === 1 || undefined, 2000, 5);
+    assert.deepEqual(w.log, ["record m1 max=120000 silence=10000 stop=#"]);
   });
 });
