@@ -48,9 +48,9 @@ export function voicemailCommands(store: VoicemailStore): CommandTable {
       return store.list(owner).map(view);
     },
     "voicemail.get": (args) => view(message(args)),
-    "voicemail.delete": (args) => {
+    "voicemail.delete": async (args) => {
       const m = message(args);
-      if (!store.delete(m.id)) throw new Error(`no message ${m.id}`);
+      if (!(await store.delete(m.id))) throw new Error(`no message ${m.id}`);
       return { deleted: m.id, mailbox: m.mailbox };
     },
   };

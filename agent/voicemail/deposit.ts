@@ -1,7 +1,7 @@
 // Leaving a message: the routing engine hands a call to a mailbox on the appliance
 // (EngineDeps.mailboxes) and this answers it, plays the greeting and the tone, records, stores.
 //
-//   take ─► mailbox enabled? ─► caller's SDP offer (PCMU/PCMA) ─► quota (store.begin)
+//   take ─► mailbox enabled? ─► caller's SDP offer (PCMU/PCMA) ─► quota (store.begin, async)
 //        ─► media session opened ─► 200 OK + SDP answer (proxy.answerLocally) ─► UAS dialog
 //        ─► greeting (the mailbox's own WAV, else the shipped prompt; # skips it)
 //        ─► tone ─► recording (stops on # by RFC 4733 or SIP INFO, silence, maximum length,
@@ -69,6 +69,8 @@ interface Deposit {
   endedReported: boolean;
   /** The engine is done with the call (cancelled before the answer). */
   left: boolean;
+  /** The message's metadata is being written (store.complete). */
+  committing: boolean;
 }
 
 export class VoicemailDeposits {
@@ -96,16 +98,18 @@ export class VoicemailDeposits {
       this.refuse(pc, events, 488, "Not Acceptable Here");
       return;
     }
-    const begun = this.deps.store.begin(owner, { caller, callId: pc.request.callId });
-    if (!begun.ok && begun.reason !== "full") {
-      log.error("voicemail: the message cannot be stored", { callId: pc.request.callId, mailbox: ownerRef(owner), reason: begun.detail });
-      this.refuse(pc, events, 480, "Temporarily Unavailable");
-      return;
-    }
-    const d: Deposit = { pc, owner, cfg, events, phase: "opening", pending: begun.ok ? begun.pending : undefined, session: undefined, uas: undefined, guard: undefined, endedReported: false, left: false };
-    if (!begun.ok) log.info("voicemail: the mailbox is full; the caller is told", { callId: pc.request.callId, mailbox: ownerRef(owner) });
+    const d: Deposit = { pc, owner, cfg, events, phase: "opening", pending: undefined, session: undefined, uas: undefined, guard: undefined, endedReported: false, left: false, committing: false };
     this.active.set(pc.id, d);
-    void this.open(d, o.value);
+    void this.open(d, o.value, caller).catch((err: Error) => {
+      log.error("voicemail: deposit failed", { callId: pc.request.callId, err: err.message });
+      if (d.uas !== undefined || d.pc.finished) this.hangUp(d);
+      else {
+        // Not answered yet: the caller gets a final response, not silence.
+        this.deps.proxy.reject(d.pc, 480, "Temporarily Unavailable", undefined, { exact: true });
+        this.finish(d);
+        this.report(d, 480);
+      }
+    });
   }
 
   /** The engine is done with the call; a deposit not answered yet is dropped. Idempotent. */
@@ -136,9 +140,25 @@ export class VoicemailDeposits {
     events.ended(status);
   }
 
-  private async open(d: Deposit, o: OfferValue<ReturnType<typeof offerOf>>): Promise<void> {
+  private async open(d: Deposit, o: OfferValue<ReturnType<typeof offerOf>>, caller: string): Promise<void> {
     const { offer, choice } = o;
     const media = this.deps.media;
+    const log = this.deps.log;
+    // The quota first: a full mailbox is told so, nothing written.
+    const begun = await this.deps.store.begin(d.owner, { caller, callId: d.pc.request.callId });
+    if (begun.ok) d.pending = begun.pending;
+    if (d.left) {
+      this.finish(d);
+      return;
+    }
+    if (!begun.ok && begun.reason !== "full") {
+      log.error("voicemail: the message cannot be stored", { callId: d.pc.request.callId, mailbox: ownerRef(d.owner), reason: begun.detail });
+      this.deps.proxy.reject(d.pc, 480, "Temporarily Unavailable", undefined, { exact: true });
+      this.finish(d);
+      this.report(d, 480);
+      return;
+    }
+    if (!begun.ok) log.info("voicemail: the mailbox is full; the caller is told", { callId: d.pc.request.callId, mailbox: ownerRef(d.owner) });
     const greeting = d.pending === undefined ? FULL_SOUND : await this.greetingSound(d);
     const needed = [greeting, BEEP_SOUND];
     for (const s of needed) {
@@ -272,11 +292,20 @@ export class VoicemailDeposits {
     const p = d.pending;
     d.pending = undefined;
     if (p === undefined) return;
-    const m = this.deps.store.complete(p, rec);
-    if (m !== undefined) {
-      this.deps.log.info("voicemail: message left", { id: m.id, mailbox: m.mailbox, durationMs: m.durationMs, stop: rec.reason });
-      this.deps.bus.emit("voicemail.message", { id: m.id, mailbox: { ...d.owner }, caller: m.caller, callId: m.callId, receivedAt: m.receivedAt, durationMs: m.durationMs, bytes: m.bytes, sha256: m.sha256, at: Date.now() });
-    }
+    // The deposit is not over until the metadata is durable (maybeDone waits for it).
+    d.committing = true;
+    void this.deps.store
+      .complete(p, rec)
+      .then((m) => {
+        if (m === undefined) return;
+        this.deps.log.info("voicemail: message left", { id: m.id, mailbox: m.mailbox, durationMs: m.durationMs, stop: rec.reason });
+        this.deps.bus.emit("voicemail.message", { id: m.id, mailbox: { ...d.owner }, caller: m.caller, callId: m.callId, receivedAt: m.receivedAt, durationMs: m.durationMs, bytes: m.bytes, sha256: m.sha256, at: Date.now() });
+      })
+      .catch((err: Error) => this.deps.log.error("voicemail: message not stored", { callId: d.pc.request.callId, err: err.message }))
+      .finally(() => {
+        d.committing = false;
+        this.maybeDone(d);
+      });
     this.hangUp(d);
   }
 
@@ -312,6 +341,7 @@ export class VoicemailDeposits {
   /** Done once nothing is open: no media session, no dialog, no message being written. */
   private maybeDone(d: Deposit): void {
     if (d.phase === "done") return; // finished already (the engine left, or the agent stops)
+    if (d.committing) return;
     if (d.session !== undefined || (d.uas !== undefined && d.uas.state !== "ended") || d.pending !== undefined) return;
     this.finish(d);
     this.report(d, undefined);

@@ -18,13 +18,18 @@
 // (deposits in progress count). Retention: messages older than retentionDays are removed at
 // start, hourly, and when a site is applied. Every change of a mailbox's counts emits
 // voicemail.changed (the message-waiting notifier's input, voicemail/types.ts).
+//
+// Writes while the agent runs are asynchronous (temporary file, fsync, rename, folder fsync off
+// the event loop: an fsync on slow flash must not hold up other calls' signalling); the map the
+// listings come from changes only once the write is durable. Only the recovery at start, before
+// any call, works synchronously.
 import { createHash, randomBytes } from "node:crypto";
-import fs from "node:fs";
+import fs, { promises as fsp } from "node:fs";
 import path from "node:path";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import { decodeWav } from "../media/wav.ts";
-import { fsyncDirSync } from "../store/atomic-file.ts";
+import { fsyncDir, fsyncDirSync, writeFileAtomic } from "../store/atomic-file.ts";
 import type { MailboxConfig } from "../routing/model.ts";
 import { parseMailboxRef } from "../routing/model.ts";
 import type { MailboxCounts, MailboxOwner, VoicemailCounts } from "./types.ts";
@@ -111,10 +116,11 @@ export class VoicemailStore implements VoicemailCounts {
     fs.mkdirSync(this.boxes, { recursive: true, mode: 0o750 });
     fs.mkdirSync(this.greetingsDir, { recursive: true, mode: 0o750 });
     this.recover();
-    this.sweep();
-    this.timer = setInterval(() => this.sweep(), SWEEP_EVERY_MS);
+    const sweep = (): void => void this.sweep().catch((err: Error) => this.opts.log?.error("voicemail retention sweep failed", { err: err.message }));
+    sweep();
+    this.timer = setInterval(sweep, SWEEP_EVERY_MS);
     this.timer.unref();
-    this.offSite = this.opts.bus?.on("site.applied", () => this.sweep());
+    this.offSite = this.opts.bus?.on("site.applied", sweep);
   }
 
   stop(): void {
@@ -165,7 +171,7 @@ export class VoicemailStore implements VoicemailCounts {
   // --- deposits -------------------------------------------------------------------------------
 
   /** Reserves a message in a mailbox (quota checked, nothing written when refused). */
-  begin(owner: MailboxOwner, info: { caller: string; callId: string }): BeginResult {
+  async begin(owner: MailboxOwner, info: { caller: string; callId: string }): Promise<BeginResult> {
     const cfg = this.opts.mailbox(owner);
     const ref = ownerRef(owner);
     if (cfg === undefined) return { ok: false, reason: "disabled", detail: `${ref} has no enabled mailbox` };
@@ -184,13 +190,15 @@ export class VoicemailStore implements VoicemailCounts {
       tmpPath: path.join(dir, `${id}.wav.part`),
       finalPath: path.join(dir, `${id}.wav`),
     };
+    // Reserved before the write: deposits that begin meanwhile see it in the quota.
+    this.inProgress.set(ref, busy + 1);
     try {
-      fs.mkdirSync(dir, { recursive: true, mode: 0o750 });
-      writeJsonAtomic(path.join(dir, `${id}.pending.json`), { id, mailbox: ref, caller: pending.caller, callId: pending.callId, receivedAt: at });
+      await fsp.mkdir(dir, { recursive: true, mode: 0o750 });
+      await writeFileAtomic(path.join(dir, `${id}.pending.json`), JSON.stringify({ id, mailbox: ref, caller: pending.caller, callId: pending.callId, receivedAt: at }) + "\n");
     } catch (err) {
+      this.release(pending);
       return { ok: false, reason: "io", detail: (err as NodeJS.ErrnoException).code ?? (err as Error).message };
     }
-    this.inProgress.set(ref, busy + 1);
     return { ok: true, pending };
   }
 
@@ -198,23 +206,25 @@ export class VoicemailStore implements VoicemailCounts {
    * The worker finalized the recording at pending.finalPath: its metadata is written and the
    * message is listed. Too short a recording is dropped instead (undefined).
    */
-  complete(p: PendingMessage, rec: { samples: number; bytes: number; sha256: string }): VoicemailMessage | undefined {
-    this.release(p);
+  async complete(p: PendingMessage, rec: { samples: number; bytes: number; sha256: string }): Promise<VoicemailMessage | undefined> {
     const durationMs = Math.round(rec.samples / 8);
     if (durationMs < MIN_MESSAGE_MS) {
-      this.removeDeposit(p);
+      this.release(p);
+      await this.removeDeposit(p);
       return undefined;
     }
     const m: VoicemailMessage = { id: p.id, mailbox: ownerRef(p.owner), caller: p.caller, callId: p.callId, receivedAt: p.receivedAt, durationMs, bytes: rec.bytes, sha256: rec.sha256, status: "new" };
     try {
-      this.writeMeta(m);
-      rmQuiet(path.join(path.dirname(p.finalPath), `${p.id}.pending.json`));
+      await this.writeMeta(m);
+      await fsp.rm(path.join(path.dirname(p.finalPath), `${p.id}.pending.json`), { force: true });
     } catch (err) {
       // Left as a pending deposit with its WAV: the next start finishes it.
+      this.release(p);
       this.opts.log?.error("voicemail metadata not written; finished at the next start", { id: p.id, err: (err as Error).message });
       return undefined;
     }
     this.messages.set(m.id, m);
+    this.release(p);
     this.changed(p.owner);
     return { ...m };
   }
@@ -222,41 +232,42 @@ export class VoicemailStore implements VoicemailCounts {
   /** The deposit ended without a message (no recording, a failure): everything of it removed. */
   abandon(p: PendingMessage): void {
     this.release(p);
-    this.removeDeposit(p);
+    void this.removeDeposit(p);
   }
 
   // --- operations (the CLI now, listening later) ----------------------------------------------
 
-  markHeard(id: string): VoicemailMessage | undefined {
+  markHeard(id: string): Promise<VoicemailMessage | undefined> {
     return this.setStatus(id, "heard", (s) => s === "new");
   }
 
-  save(id: string): VoicemailMessage | undefined {
+  save(id: string): Promise<VoicemailMessage | undefined> {
     return this.setStatus(id, "saved", () => true);
   }
 
-  delete(id: string): boolean {
+  async delete(id: string): Promise<boolean> {
     const m = MESSAGE_ID_RE.test(id) ? this.messages.get(id) : undefined;
     if (m === undefined) return false;
-    // Metadata first: a crash between the two leaves an orphan WAV, removed at the next start.
-    rmQuiet(this.metaPath(m));
-    rmQuiet(this.wavPath(m));
-    fsyncDirQuiet(path.dirname(this.metaPath(m)));
+    // Unlisted at once; metadata removed first: a crash between the two leaves an orphan WAV,
+    // removed at the next start.
     this.messages.delete(id);
+    await fsp.rm(this.metaPath(m), { force: true });
+    await fsp.rm(this.wavPath(m), { force: true });
+    await fsyncDir(path.dirname(this.metaPath(m))).catch(() => undefined);
     const owner = parseOwnerRef(m.mailbox);
     if (owner !== undefined) this.changed(owner);
     return true;
   }
 
   /** Removes messages past their mailbox's retention; returns how many. */
-  sweep(): number {
+  async sweep(): Promise<number> {
     const now = this.now();
     let removed = 0;
     for (const m of [...this.messages.values()]) {
       const owner = parseOwnerRef(m.mailbox);
       const days = owner === undefined ? undefined : this.opts.mailbox(owner)?.retentionDays;
       if (days === undefined || days <= 0 || m.receivedAt > now - days * DAY_MS) continue;
-      if (this.delete(m.id)) removed++;
+      if (await this.delete(m.id)) removed++;
     }
     if (removed > 0) this.opts.log?.info("voicemail retention: old messages removed", { removed });
     return removed;
@@ -264,12 +275,13 @@ export class VoicemailStore implements VoicemailCounts {
 
   // --- internals ------------------------------------------------------------------------------
 
-  private setStatus(id: string, status: MessageStatus, when: (s: MessageStatus) => boolean): VoicemailMessage | undefined {
+  private async setStatus(id: string, status: MessageStatus, when: (s: MessageStatus) => boolean): Promise<VoicemailMessage | undefined> {
     const m = MESSAGE_ID_RE.test(id) ? this.messages.get(id) : undefined;
     if (m === undefined) return undefined;
     if (!when(m.status) || m.status === status) return { ...m };
     const next = { ...m, status };
-    this.writeMeta(next);
+    await this.writeMeta(next);
+    if (this.messages.get(id) !== m) return undefined; // deleted (or changed) meanwhile
     this.messages.set(id, next);
     const owner = parseOwnerRef(m.mailbox);
     if (owner !== undefined && m.status === "new") this.changed(owner);
@@ -299,10 +311,8 @@ export class VoicemailStore implements VoicemailCounts {
     else this.inProgress.delete(ref);
   }
 
-  private removeDeposit(p: PendingMessage): void {
-    rmQuiet(p.tmpPath);
-    rmQuiet(p.finalPath);
-    rmQuiet(path.join(path.dirname(p.finalPath), `${p.id}.pending.json`));
+  private async removeDeposit(p: PendingMessage): Promise<void> {
+    for (const f of [p.tmpPath, p.finalPath, path.join(path.dirname(p.finalPath), `${p.id}.pending.json`)]) await fsp.rm(f, { force: true }).catch(() => undefined);
   }
 
   private dirOf(owner: MailboxOwner): string {
@@ -319,8 +329,8 @@ export class VoicemailStore implements VoicemailCounts {
     return path.join(this.dirOf(owner), `${m.id}.wav`);
   }
 
-  private writeMeta(m: VoicemailMessage): void {
-    writeJsonAtomic(this.metaPath(m), m);
+  private writeMeta(m: VoicemailMessage): Promise<void> {
+    return writeFileAtomic(this.metaPath(m), JSON.stringify(m, null, 2) + "\n");
   }
 
   /** Reads every mailbox folder; finishes or removes interrupted deposits (header comment). */
@@ -341,7 +351,7 @@ export class VoicemailStore implements VoicemailCounts {
     const log = this.opts.log;
     for (const f of files) {
       // Leftovers of an atomic write that was cut: never the live file.
-      if (/\.tmp-[0-9]+$/.test(f)) rmQuiet(path.join(dir, f));
+      if (/\.tmp-[0-9]+(-w)?$/.test(f)) rmQuiet(path.join(dir, f));
     }
     for (const f of files) {
       const pm = /^(.+)\.pending\.json$/.exec(f);
@@ -362,7 +372,7 @@ export class VoicemailStore implements VoicemailCounts {
           ...finished,
           status: "new",
         };
-        this.writeMeta(m);
+        writeJsonAtomicSync(this.metaPath(m), m);
         files.add(`${id}.json`);
         log?.info("voicemail: a message whose commit a restart interrupted was kept", { id, mailbox: m.mailbox });
       } else if (!files.has(`${id}.json`)) {
@@ -421,8 +431,8 @@ function clean(s: string, max: number): string {
   return s.replace(/[\x00-\x1f\x7f]/g, "").slice(0, max);
 }
 
-/** tmp + fsync + rename + directory fsync (small files, cold path: synchronous). */
-function writeJsonAtomic(file: string, value: unknown): void {
+/** tmp + fsync + rename + directory fsync, synchronously: only for the recovery at start. */
+function writeJsonAtomicSync(file: string, value: unknown): void {
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, "w", 0o640);
   try {
@@ -467,13 +477,5 @@ function renameQuiet(from: string, to: string): void {
     fs.renameSync(from, to);
   } catch {
     // left where it is; it is not listed either way
-  }
-}
-
-function fsyncDirQuiet(dir: string): void {
-  try {
-    fsyncDirSync(dir);
-  } catch {
-    // the deletion happened; only its durability is in question
   }
 }

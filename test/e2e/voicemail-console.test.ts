@@ -80,12 +80,12 @@ async function command(args: Record<string, unknown>): Promise<Record<string, un
 
 describe("voicemail towards the console over MQTT", () => {
   test("a message left → voicemail.message event → the recording fetched in checked chunks equals the stored file", async () => {
-    const b = vm.begin({ kind: "group", id: "sales" }, { caller: "+4930555111", callId: "vm-1@trunk" });
+    const b = await vm.begin({ kind: "group", id: "sales" }, { caller: "+4930555111", callId: "vm-1@trunk" });
     assert.ok(b.ok);
     // 40 s of audio: 640 KB, three chunks.
     const wav = encodeWav(Int16Array.from({ length: 40 * 8000 }, (_, i) => Math.round(6000 * Math.sin(i / 5))));
     fs.writeFileSync(b.pending.finalPath, wav);
-    const m = vm.complete(b.pending, { samples: 40 * 8000, bytes: wav.length, sha256: createHash("sha256").update(wav).digest("hex") })!;
+    const m = (await vm.complete(b.pending, { samples: 40 * 8000, bytes: wav.length, sha256: createHash("sha256").update(wav).digest("hex") }))!;
     bus.emit("voicemail.message", { id: m.id, mailbox: { kind: "group", id: "sales" }, caller: m.caller, callId: m.callId, receivedAt: m.receivedAt, durationMs: m.durationMs, bytes: m.bytes, sha256: m.sha256, at: Date.now() });
     const event = await until(() => inbox.find((x) => x.topic.endsWith("/events") && x.payload.type === "voicemail.message"), 10_000, 10);
     const data = event.payload.data as Record<string, unknown>;

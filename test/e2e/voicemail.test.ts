@@ -410,6 +410,10 @@ describe("voicemail", () => {
       await c.sendAudio(sent);
       await agent.stop();
       assert.ok(c.byeFromAgent(), "the appliance hung up on its way down");
+      // With no agent running the CLI works on the mailbox folders (and finishes the commit).
+      const offline = await agent.cli(["voicemail", "list", "--json"]);
+      assert.equal(offline.code, 0, offline.stderr);
+      assert.deepEqual((JSON.parse(offline.stdout) as Listed[]).map((m) => m.callId), [c.callId]);
       agent = await start();
       const l = await listed("group/sales");
       assert.equal(l.length, 1, "the recording was kept");

@@ -148,14 +148,13 @@ function world(cfg: Partial<MailboxConfig> | null = {}, openResult: "ok" | "fail
   const take = (pc: ProxyCall) => deposits.take(pc, { kind: "group", id: "sales" }, "+4930", { answered: () => answered++, ended: (s) => ended.push(s) });
   const box = path.join(dataDir, "voicemail", "boxes", "group", "sales");
   const files = () => (fs.existsSync(box) ? fs.readdirSync(box).sort() : []);
-  return { deposits, store, log, sessions, rejected, uasEvents, uas, messages, ended, take, files, answered: () => answered, openNow: (r: { ok: true; id: string; port: number } | { ok: false; reason: string }) => pendingOpen!(r) };
+  return { deposits, store, log, sessions, rejected, uasEvents, uas, messages, ended, take, files, answered: () => answered, openNow: (r: { ok: true; id: string; port: number } | { ok: false; reason: string }) => pendingOpen!(r), opening: () => pendingOpen !== undefined };
 }
 
 function sha256(b: Buffer): string {
   return createHash("sha256").update(b).digest("hex");
 }
 
-const settle = () => new Promise((r) => setImmediate(r));
 
 describe("voicemail deposit", () => {
   test("refused before the answer: no mailbox 480, no offer 488, no media 480; nothing left behind", async () => {
@@ -172,7 +171,7 @@ describe("voicemail deposit", () => {
     await until(() => c.ended.length === 1 || undefined, 2000, 5);
     assert.deepEqual(c.rejected, [480]);
     assert.deepEqual(c.ended, [480]);
-    assert.deepEqual(c.files(), [], "the reserved message is released");
+    await until(() => c.files().length === 0 || undefined, 2000, 5); // the reserved message is released
     assert.equal(c.deposits.activeCount(), 0);
   });
 
@@ -218,7 +217,7 @@ describe("voicemail deposit", () => {
     w.uas.state = "ended";
     w.uasEvents[0]!.onEnded?.("bye");
     await until(() => w.ended.length === 1 || undefined, 2000, 5);
-    assert.deepEqual(w.files(), []);
+    await until(() => w.files().length === 0 || undefined, 2000, 5);
     assert.equal(w.store.list().length, 0);
     assert.ok(w.log.includes("close m1"));
   });
@@ -241,20 +240,32 @@ describe("voicemail deposit", () => {
     const w = world({}, "manual");
     const pc = call();
     w.take(pc);
-    await settle();
+    await until(() => w.opening() || undefined, 2000, 2);
     pc.finished = true; // the proxy answered the CANCEL with 487
     w.deposits.leave(pc);
     w.openNow({ ok: true, id: "", port: 30000 });
     await until(() => w.log.includes("close m1") || undefined, 2000, 5);
     assert.equal(w.answered(), 0);
     assert.deepEqual(w.ended, [], "the engine finished the call itself");
-    assert.deepEqual(w.files(), []);
+    await until(() => w.files().length === 0 || undefined, 2000, 5);
     assert.equal(w.deposits.activeCount(), 0);
+  });
+
+  test("the caller cancels while the message is being reserved: no media session is opened, nothing left", async () => {
+    const w = world({}, "manual");
+    const pc = call();
+    w.take(pc);
+    pc.finished = true;
+    w.deposits.leave(pc);
+    await until(() => w.deposits.activeCount() === 0 || undefined, 2000, 2);
+    await until(() => w.files().length === 0 || undefined, 2000, 5);
+    assert.equal(w.opening(), false);
+    assert.equal(w.answered(), 0);
   });
 
   test("a full mailbox: answered, the caller hears so, we hang up; nothing written", async () => {
     const w = world({ maxMessages: 1 });
-    const r = w.store.begin({ kind: "group", id: "sales" }, { caller: "x", callId: "y" });
+    const r = await w.store.begin({ kind: "group", id: "sales" }, { caller: "x", callId: "y" });
     assert.ok(r.ok);
     const before = w.files();
     w.take(call());

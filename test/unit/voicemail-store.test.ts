@@ -40,9 +40,9 @@ function record(p: PendingMessage, seconds: number): { samples: number; bytes: n
 }
 
 describe("voicemail store", () => {
-  test("a deposit is listed only once complete; counts, heard/save/delete, voicemail.changed", () => {
+  test("a deposit is listed only once complete; counts, heard/save/delete, voicemail.changed", async () => {
     const w = world();
-    const b = w.store.begin(SALES, { caller: "+4930123\x07", callId: "c1@x" });
+    const b = await w.store.begin(SALES, { caller: "+4930123\x07", callId: "c1@x" });
     assert.ok(b.ok);
     assert.ok(fs.existsSync(path.join(path.dirname(b.pending.finalPath), `${b.pending.id}.pending.json`)));
     // While recording (and after the worker's rename, before complete): not listed.
@@ -51,7 +51,7 @@ describe("voicemail store", () => {
     fs.rmSync(b.pending.tmpPath);
     const rec = record(b.pending, 2);
     assert.deepEqual(w.store.list(), []);
-    const m = w.store.complete(b.pending, rec);
+    const m = await w.store.complete(b.pending, rec);
     assert.ok(m);
     assert.equal(m.caller, "+4930123", "control characters removed");
     assert.equal(m.durationMs, 2000);
@@ -61,74 +61,74 @@ describe("voicemail store", () => {
     assert.equal(fs.readdirSync(path.dirname(b.pending.finalPath)).filter((f) => f.includes("pending")).length, 0);
     const audio = w.store.readAudio(m.id);
     assert.ok(audio.ok && audio.bytes.length === rec.bytes);
-    assert.equal(w.store.markHeard(m.id)?.status, "heard");
+    assert.equal((await w.store.markHeard(m.id))?.status, "heard");
     assert.deepEqual(w.store.counts(SALES), { newMessages: 0, oldMessages: 1 });
     assert.deepEqual(w.changes.at(-1), { mailbox: "group/sales", n: 0, o: 1 });
-    assert.equal(w.store.save(m.id)?.status, "saved");
-    assert.equal(w.store.delete(m.id), true);
-    assert.equal(w.store.delete(m.id), false);
+    assert.equal((await w.store.save(m.id))?.status, "saved");
+    assert.equal(await w.store.delete(m.id), true);
+    assert.equal(await w.store.delete(m.id), false);
     assert.deepEqual(w.store.counts(SALES), { newMessages: 0, oldMessages: 0 });
     assert.deepEqual(w.changes.at(-1), { mailbox: "group/sales", n: 0, o: 0 });
     assert.deepEqual(fs.readdirSync(path.dirname(b.pending.finalPath)), []);
   });
 
-  test("quota: a full mailbox refuses before anything is written; deposits in progress count", () => {
+  test("quota: a full mailbox refuses before anything is written; deposits in progress count", async () => {
     const w = world();
-    const a = w.store.begin(SALES, { caller: "a", callId: "1" });
-    const b = w.store.begin(SALES, { caller: "b", callId: "2" });
+    const a = await w.store.begin(SALES, { caller: "a", callId: "1" });
+    const b = await w.store.begin(SALES, { caller: "b", callId: "2" });
     assert.ok(a.ok && b.ok);
     const before = fs.readdirSync(path.dirname(a.pending.finalPath)).sort();
-    const c = w.store.begin(SALES, { caller: "c", callId: "3" });
+    const c = await w.store.begin(SALES, { caller: "c", callId: "3" });
     assert.deepEqual(c.ok ? "ok" : c.reason, "full");
     assert.deepEqual(fs.readdirSync(path.dirname(a.pending.finalPath)).sort(), before, "nothing written");
     w.store.abandon(a.pending);
-    const d = w.store.begin(SALES, { caller: "d", callId: "4" });
+    const d = await w.store.begin(SALES, { caller: "d", callId: "4" });
     assert.ok(d.ok, "the abandoned deposit freed its place");
-    assert.equal(w.store.begin({ kind: "user", id: "ben" }, { caller: "x", callId: "5" }).ok, false, "no mailbox");
+    assert.equal((await w.store.begin({ kind: "user", id: "ben" }, { caller: "x", callId: "5" })).ok, false, "no mailbox");
     assert.equal(w.store.counts({ kind: "user", id: "ben" }), undefined);
   });
 
-  test("a recording shorter than half a second is not kept", () => {
+  test("a recording shorter than half a second is not kept", async () => {
     const w = world();
-    const b = w.store.begin(ANNA, { caller: "a", callId: "1" });
+    const b = await w.store.begin(ANNA, { caller: "a", callId: "1" });
     assert.ok(b.ok);
     const rec = record(b.pending, 0);
-    assert.equal(w.store.complete(b.pending, rec), undefined);
+    assert.equal(await w.store.complete(b.pending, rec), undefined);
     assert.deepEqual(fs.readdirSync(path.dirname(b.pending.finalPath)), []);
   });
 
-  test("retention: messages older than retentionDays go; 0 keeps them", () => {
+  test("retention: messages older than retentionDays go; 0 keeps them", async () => {
     const w = world({ "group/sales": { retentionDays: 1 }, "user/anna": { retentionDays: 0 } });
     for (const owner of [SALES, ANNA]) {
-      const b = w.store.begin(owner, { caller: "a", callId: "1" });
+      const b = await w.store.begin(owner, { caller: "a", callId: "1" });
       assert.ok(b.ok);
-      w.store.complete(b.pending, record(b.pending, 1));
+      await w.store.complete(b.pending, record(b.pending, 1));
     }
     w.advance(86_400_000 - 1000);
-    assert.equal(w.store.sweep(), 0);
+    assert.equal(await w.store.sweep(), 0);
     w.advance(2000);
-    assert.equal(w.store.sweep(), 1);
+    assert.equal(await w.store.sweep(), 1);
     assert.deepEqual(w.store.list().map((m) => m.mailbox), ["user/anna"]);
     assert.deepEqual(w.changes.at(-1), { mailbox: "group/sales", n: 0, o: 0 });
   });
 
-  test("restart: a cut recording is removed, a cut commit is finished from the WAV, corrupt metadata is set aside", () => {
+  test("restart: a cut recording is removed, a cut commit is finished from the WAV, corrupt metadata is set aside", async () => {
     const w = world();
     // 1. Recording cut: pending + .wav.part.
-    const cut = w.store.begin(ANNA, { caller: "cut", callId: "1" });
+    const cut = await w.store.begin(ANNA, { caller: "cut", callId: "1" });
     assert.ok(cut.ok);
     fs.writeFileSync(cut.pending.tmpPath, Buffer.alloc(1000));
     // 2. Commit cut: pending + complete .wav, no .json.
-    const done = w.store.begin(ANNA, { caller: "+49301", callId: "2" });
+    const done = await w.store.begin(ANNA, { caller: "+49301", callId: "2" });
     assert.ok(done.ok);
     const rec = record(done.pending, 1);
     // 3. A good message, and one whose metadata was damaged.
-    const good = w.store.begin(SALES, { caller: "good", callId: "3" });
+    const good = await w.store.begin(SALES, { caller: "good", callId: "3" });
     assert.ok(good.ok);
-    const gm = w.store.complete(good.pending, record(good.pending, 1))!;
-    const bad = w.store.begin(SALES, { caller: "bad", callId: "4" });
+    const gm = (await w.store.complete(good.pending, record(good.pending, 1)))!;
+    const bad = await w.store.begin(SALES, { caller: "bad", callId: "4" });
     assert.ok(bad.ok);
-    const bm = w.store.complete(bad.pending, record(bad.pending, 1))!;
+    const bm = (await w.store.complete(bad.pending, record(bad.pending, 1)))!;
     const badMeta = path.join(path.dirname(bad.pending.finalPath), `${bm.id}.json`);
     fs.writeFileSync(badMeta, "{ not json");
     // 4. A stale temporary of an atomic write, and a WAV nobody describes.
@@ -149,16 +149,16 @@ describe("voicemail store", () => {
     r.store.stop();
   });
 
-  test("hostile ids and a damaged recording", () => {
+  test("hostile ids and a damaged recording", async () => {
     const w = world();
     for (const id of ["../../etc/passwd", "", "x".repeat(5000), "20261203T120000Z-zzzzzzzz"]) {
       assert.equal(w.store.get(id), undefined);
-      assert.equal(w.store.delete(id), false);
+      assert.equal(await w.store.delete(id), false);
       assert.equal(w.store.readAudio(id).ok, false);
     }
-    const b = w.store.begin(SALES, { caller: "a", callId: "1" });
+    const b = await w.store.begin(SALES, { caller: "a", callId: "1" });
     assert.ok(b.ok);
-    const m = w.store.complete(b.pending, record(b.pending, 1))!;
+    const m = (await w.store.complete(b.pending, record(b.pending, 1)))!;
     const wav = fs.readFileSync(b.pending.finalPath);
     wav[100] = (wav[100] ?? 0) ^ 0xff;
     fs.writeFileSync(b.pending.finalPath, wav);
@@ -168,11 +168,11 @@ describe("voicemail store", () => {
 });
 
 describe("console fetch of a recording (cmd/voicemail-fetch)", () => {
-  test("chunks reassemble to the file; each chunk and the whole carry their SHA-256; bad arguments and a damaged file are refused", () => {
+  test("chunks reassemble to the file; each chunk and the whole carry their SHA-256; bad arguments and a damaged file are refused", async () => {
     const w = world();
-    const b = w.store.begin(SALES, { caller: "a", callId: "1" });
+    const b = await w.store.begin(SALES, { caller: "a", callId: "1" });
     assert.ok(b.ok);
-    const m = w.store.complete(b.pending, record(b.pending, 3))!;
+    const m = (await w.store.complete(b.pending, record(b.pending, 3)))!;
     const parts: Buffer[] = [];
     let offset = 0;
     for (let i = 0; i < 100; i++) {
