@@ -811,7 +811,7 @@ export class MqttSync {
       case "voicemail-fetch": {
         if (!this.voicemailFetch) return void (await reply("not-available", undefined, [{ code: "not-available", path: "$", message: "this agent has no mailboxes" }]));
         try {
-          await reply("ok", this.voicemailFetch(args));
+          await reply("ok", await this.voicemailFetch(args));
         } catch (err) {
           await reply("error", undefined, [{ code: "voicemail-fetch-failed", path: "args", message: (err as Error).message }]);
         }

@@ -25,24 +25,33 @@ export interface FetchChunk {
   done: boolean;
 }
 
-/** One chunk of a recording; throws Error with the reason on bad arguments or a damaged file. */
-export function fetchRecording(store: Pick<VoicemailStore, "readAudio">, args: Record<string, unknown>, chunkBytes = FETCH_CHUNK_BYTES): FetchChunk {
+/**
+ * One chunk of a recording; rejects with the reason on bad arguments or a damaged file. The
+ * whole file is checked against its stored SHA-256 when the console starts (offset 0); the
+ * console checks every chunk and, at the end, the whole file against the same SHA-256.
+ */
+export async function fetchRecording(store: Pick<VoicemailStore, "get" | "verifyAudio" | "readAudioRange">, args: Record<string, unknown>, chunkBytes = FETCH_CHUNK_BYTES): Promise<FetchChunk> {
   const id = args.id;
   if (typeof id !== "string" || !MESSAGE_ID_RE.test(id)) throw new Error("args.id must be a message id (voicemail.message events carry it)");
   const offset = args.offset ?? 0;
   if (typeof offset !== "number" || !Number.isInteger(offset) || offset < 0) throw new Error("args.offset must be a non-negative integer");
-  const r = store.readAudio(id);
-  if (!r.ok) throw new Error(r.error);
-  if (offset > r.bytes.length) throw new Error(`args.offset ${offset} is past the end (${r.bytes.length} bytes)`);
-  const chunk = r.bytes.subarray(offset, offset + chunkBytes);
+  let m = store.get(id);
+  if (m === undefined) throw new Error(`no message ${id}`);
+  if (offset === 0) {
+    const v = await store.verifyAudio(id);
+    if (!v.ok) throw new Error(v.error);
+    m = v.message;
+  }
+  if (offset > m.bytes) throw new Error(`args.offset ${offset} is past the end (${m.bytes} bytes)`);
+  const chunk = await store.readAudioRange(m, offset, chunkBytes);
   return {
     id,
-    mailbox: r.message.mailbox,
-    bytes: r.bytes.length,
-    sha256: r.message.sha256,
+    mailbox: m.mailbox,
+    bytes: m.bytes,
+    sha256: m.sha256,
     offset,
     data: chunk.toString("base64"),
     chunkSha256: createHash("sha256").update(chunk).digest("hex"),
-    done: offset + chunk.length >= r.bytes.length,
+    done: offset + chunk.length >= m.bytes,
   };
 }

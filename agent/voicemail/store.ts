@@ -153,19 +153,34 @@ export class VoicemailStore implements VoicemailCounts {
     return m === undefined ? undefined : { ...m };
   }
 
-  /** The WAV of a message, checked against its SHA-256; an error says why it cannot be given. */
-  readAudio(id: string): { ok: true; bytes: Buffer; message: VoicemailMessage } | { ok: false; error: string } {
+  /**
+   * A message's recording checked against its SHA-256 (streamed: a ten-minute file never holds
+   * the event loop), or why it cannot be given.
+   */
+  async verifyAudio(id: string): Promise<{ ok: true; message: VoicemailMessage } | { ok: false; error: string }> {
     const m = this.get(id);
-    if (m === undefined) return { ok: false, error: MESSAGE_ID_RE.test(id) ? `no message ${id}` : `"${id.slice(0, 40)}" is not a message id` };
-    let bytes: Buffer;
+    if (m === undefined) return { ok: false, error: MESSAGE_ID_RE.test(id) ? `no message ${id}` : `"${id.slice(0, 40).replace(/[^\x20-\x7e]/g, "?")}" is not a message id` };
+    const hash = createHash("sha256");
     try {
-      bytes = fs.readFileSync(this.wavPath(m));
+      for await (const chunk of fs.createReadStream(this.wavPath(m))) hash.update(chunk as Buffer);
     } catch (err) {
       return { ok: false, error: `cannot read the recording: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` };
     }
-    const sha = createHash("sha256").update(bytes).digest("hex");
+    const sha = hash.digest("hex");
     if (sha !== m.sha256) return { ok: false, error: `the recording of ${id} is damaged (SHA-256 ${sha} is not ${m.sha256})` };
-    return { ok: true, bytes, message: m };
+    return { ok: true, message: m };
+  }
+
+  /** Up to `length` bytes of a message's recording from `offset` (no check: see verifyAudio). */
+  async readAudioRange(m: VoicemailMessage, offset: number, length: number): Promise<Buffer> {
+    const fh = await fsp.open(this.wavPath(m), "r");
+    try {
+      const buf = Buffer.alloc(Math.max(0, Math.min(length, m.bytes - offset)));
+      const { bytesRead } = await fh.read(buf, 0, buf.length, offset);
+      return buf.subarray(0, bytesRead);
+    } finally {
+      await fh.close();
+    }
   }
 
   // --- deposits -------------------------------------------------------------------------------

@@ -59,8 +59,9 @@ describe("voicemail store", () => {
     assert.deepEqual(w.store.counts(SALES), { newMessages: 1, oldMessages: 0 });
     assert.deepEqual(w.changes.at(-1), { mailbox: "group/sales", n: 1, o: 0 });
     assert.equal(fs.readdirSync(path.dirname(b.pending.finalPath)).filter((f) => f.includes("pending")).length, 0);
-    const audio = w.store.readAudio(m.id);
-    assert.ok(audio.ok && audio.bytes.length === rec.bytes);
+    const audio = await w.store.verifyAudio(m.id);
+    assert.ok(audio.ok && audio.message.bytes === rec.bytes);
+    assert.equal((await w.store.readAudioRange(m, 0, 1 << 20)).length, rec.bytes);
     assert.equal((await w.store.markHeard(m.id))?.status, "heard");
     assert.deepEqual(w.store.counts(SALES), { newMessages: 0, oldMessages: 1 });
     assert.deepEqual(w.changes.at(-1), { mailbox: "group/sales", n: 0, o: 1 });
@@ -154,7 +155,7 @@ describe("voicemail store", () => {
     for (const id of ["../../etc/passwd", "", "x".repeat(5000), "20261203T120000Z-zzzzzzzz"]) {
       assert.equal(w.store.get(id), undefined);
       assert.equal(await w.store.delete(id), false);
-      assert.equal(w.store.readAudio(id).ok, false);
+      assert.equal((await w.store.verifyAudio(id)).ok, false);
     }
     const b = await w.store.begin(SALES, { caller: "a", callId: "1" });
     assert.ok(b.ok);
@@ -162,7 +163,7 @@ describe("voicemail store", () => {
     const wav = fs.readFileSync(b.pending.finalPath);
     wav[100] = (wav[100] ?? 0) ^ 0xff;
     fs.writeFileSync(b.pending.finalPath, wav);
-    const r = w.store.readAudio(m.id);
+    const r = await w.store.verifyAudio(m.id);
     assert.ok(!r.ok && r.error.includes("damaged"));
   });
 });
@@ -176,7 +177,7 @@ describe("console fetch of a recording (cmd/voicemail-fetch)", () => {
     const parts: Buffer[] = [];
     let offset = 0;
     for (let i = 0; i < 100; i++) {
-      const c = fetchRecording(w.store, { id: m.id, offset }, 10_000);
+      const c = await fetchRecording(w.store, { id: m.id, offset }, 10_000);
       const data = Buffer.from(c.data, "base64");
       assert.equal(createHash("sha256").update(data).digest("hex"), c.chunkSha256);
       assert.equal(c.sha256, m.sha256);
@@ -187,14 +188,14 @@ describe("console fetch of a recording (cmd/voicemail-fetch)", () => {
     const whole = Buffer.concat(parts);
     assert.equal(whole.length, m.bytes);
     assert.equal(createHash("sha256").update(whole).digest("hex"), m.sha256);
-    assert.throws(() => fetchRecording(w.store, { id: "../x" }), /message id/);
-    assert.throws(() => fetchRecording(w.store, { id: m.id, offset: -1 }), /offset/);
-    assert.throws(() => fetchRecording(w.store, { id: m.id, offset: 1.5 }), /offset/);
-    assert.throws(() => fetchRecording(w.store, { id: m.id, offset: m.bytes + 1 }), /past the end/);
-    assert.throws(() => fetchRecording(w.store, { id: "20261203T120000Z-00000000" }), /no message/);
+    await assert.rejects(fetchRecording(w.store, { id: "../x" }), /message id/);
+    await assert.rejects(fetchRecording(w.store, { id: m.id, offset: -1 }), /offset/);
+    await assert.rejects(fetchRecording(w.store, { id: m.id, offset: 1.5 }), /offset/);
+    await assert.rejects(fetchRecording(w.store, { id: m.id, offset: m.bytes + 1 }), /past the end/);
+    await assert.rejects(fetchRecording(w.store, { id: "20261203T120000Z-00000000" }), /no message/);
     const wav = fs.readFileSync(b.pending.finalPath);
     wav[50] = (wav[50] ?? 0) ^ 1;
     fs.writeFileSync(b.pending.finalPath, wav);
-    assert.throws(() => fetchRecording(w.store, { id: m.id }), /damaged/);
+    await assert.rejects(fetchRecording(w.store, { id: m.id }), /damaged/);
   });
 });
