@@ -143,7 +143,6 @@ export class MediaService {
   /** Records what the far end sends (protocol.ts "record"); the outcome comes as onRecorded / onRecordFailed. */
   record(id: string, r: { tmpPath: string; finalPath: string; maxMs: number; silenceMs: number; stopDigit: string | undefined }): void {
     if (this.open.has(id)) this.post({ op: "record", id, ...r });
-    else this.open.get(id)?.onRecordFailed?.("no such session");
   }
 
   stopRecording(id: string): void {
