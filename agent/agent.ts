@@ -131,7 +131,7 @@ export class Agent {
   operators!: OperatorStates;
   /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
   engine!: RoutingEngine;
-  /** Media plane (music on hold); undefined when queueMusic is off. */
+  /** Media plane (music on hold, voicemail); its worker starts only when a call needs it. */
   media: MediaPlaneHandle | undefined;
   /** Mailboxes on the appliance: the store and deposits (voicemail/). */
   voicemail: VoicemailHandle | undefined;
