@@ -140,7 +140,7 @@ const SUBCOMMANDS: Readonly<Record<string, readonly string[]>> = {
   user: ["list"],
   phone: ["add", "adopt", "remove", "list", "show", "seen", "import", "resync", "export", "firmware", "rebootstrap"],
   provision: ["dhcp-hints"],
-  console: ["push", "watch", "status", "resync", "republish"],
+  console: ["push", "watch", "status", "resync", "republish", "voicemail-fetch"],
   settings: ["unset"],
   voicemail: ["list", "play", "delete"],
 };

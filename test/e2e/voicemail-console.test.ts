@@ -1,12 +1,13 @@
 // The console's side of voicemail over a real broker (mosquitto): a message left in a mailbox
 // reaches the console as a `voicemail.message` event, and the console downloads the recording
 // with cmd/voicemail-fetch in chunks — each chunk's SHA-256 and the whole file's checked, the
-// reassembled WAV byte for byte the stored one. A damaged recording and bad arguments get an
-// error reply and no audio.
+// reassembled WAV byte for byte the stored one (also with `ringedge console voicemail-fetch`).
+// A damaged recording and bad arguments get an error reply and no audio.
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import fs from "node:fs";
+import path from "node:path";
 import { connect, type MqttClient } from "mqtt";
 import { EventBus } from "../../agent/bus.ts";
 import { createLogger } from "../../agent/log.ts";
@@ -19,7 +20,7 @@ import { siteTopic } from "../../agent/sync/topics.ts";
 import { fetchRecording } from "../../agent/voicemail/fetch.ts";
 import { VoicemailStore } from "../../agent/voicemail/store.ts";
 import { startBroker, type Broker } from "./mosquitto.ts";
-import { tempDir, until } from "./harness.ts";
+import { agentEnv, runCli, tempDir, until } from "./harness.ts";
 
 const SITE = "site-vm";
 let broker: Broker;
@@ -109,6 +110,16 @@ describe("voicemail towards the console over MQTT", () => {
     const whole = Buffer.concat(parts);
     assert.equal(createHash("sha256").update(whole).digest("hex"), data.sha256);
     assert.ok(whole.equals(wav));
+
+    // The reference console CLI does the same and writes the file only once it is verified.
+    const out = path.join(tempDir("ringedge-vm-fetch-"), "m.wav");
+    const env = agentEnv(tempDir("ringedge-vm-cli-"), 5060);
+    const r = await runCli(["console", "voicemail-fetch", SITE, String(data.id), "--out", out, "--url", broker.url], env);
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(fs.readFileSync(out).equals(wav));
+    const again = await runCli(["console", "voicemail-fetch", SITE, String(data.id), "--out", out, "--url", broker.url], env);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /not overwritten/);
   });
 
   test("bad arguments and a damaged recording get an error reply and no audio", async () => {
