@@ -843,6 +843,8 @@ export class RoutingEngine {
           this.clearTimers(call);
           const now = this.clock.now();
           call.answerAfterMs = now - call.startedAt;
+          // A site phone leaving a message is on a call, as with any answer (busy tracking).
+          if (call.caller.kind === "device" && call.caller.userId !== undefined) this.countCall(call, call.caller.userId);
           if (call.trace !== undefined) call.why = whyRecord(call.trace, MAX_WHY_ITEMS, this.devicesOf);
           this.deps.bus.emit("call.answered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId: undefined, deviceId: undefined, caller: labels(call).caller, answerAfterMs: call.answerAfterMs, at: now, ...(call.why !== undefined ? { why: call.why } : {}) });
         }),
