@@ -4,8 +4,8 @@
 // correlated with audio/vm-greeting.wav), sends a known tone as RTP and # as RFC 4733, and the
 // stored WAV must hold exactly what it sent (within G.711 quantisation: the same decode).
 // `ringedge voicemail list --json` shows the message, `play` copies it out verified, `delete`
-// removes it. Then hostile and broken cases: garbage SIP INFO bodies (refused, nothing
-// changes) and # by SIP INFO, a BYE before the ACK, a full mailbox (the caller hears so and
+// removes it. Then hostile and broken cases: offers that cannot be answered (488), garbage SIP
+// INFO bodies (refused, nothing changes) and # by SIP INFO, a BYE before the ACK, a full mailbox (the caller hears so and
 // nothing is written), and an agent stopped (the message is kept) or killed (the cut recording
 // is removed) in the middle of a recording: the mailbox is consistent after the restart.
 // Media ports are free after every call.
@@ -151,9 +151,9 @@ class Caller {
   }
 
   /** INVITE offering PCMU and telephone-event; resolves with the final response. */
-  async invite(number: string): Promise<SimMessage> {
+  async invite(number: string, body?: string): Promise<SimMessage> {
     const uri = `sip:${number}@127.0.0.1:${agentPort}`;
-    const sdp = ["v=0", `o=- 9 9 IN IP4 ${TRUNK_CALLER_IP}`, "s=-", `c=IN IP4 ${TRUNK_CALLER_IP}`, "t=0 0", `m=audio ${this.rtpSock.address().port} RTP/AVP 0 101`, "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15", "a=sendrecv", ""].join("\r\n");
+    const sdp = body ?? ["v=0", `o=- 9 9 IN IP4 ${TRUNK_CALLER_IP}`, "s=-", `c=IN IP4 ${TRUNK_CALLER_IP}`, "t=0 0", `m=audio ${this.rtpSock.address().port} RTP/AVP 0 101`, "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15", "a=sendrecv", ""].join("\r\n");
     this.send([...this.head("INVITE", uri, `<${uri}>`, this.cseq), `Contact: <sip:trunk@${TRUNK_CALLER_IP}:${this.sip.address().port}>`, "Content-Type: application/sdp", `Content-Length: ${Buffer.byteLength(sdp)}`, "", sdp]);
     const final = await until(() => this.responses.find((r) => r.status! >= 200 && /INVITE/.test(r.header("cseq") ?? "")), 20_000, 5);
     this.to = final.header("to") ?? "";
@@ -216,6 +216,12 @@ class Caller {
   byeFromAgent(): SimMessage | undefined {
     return this.requests.find((r) => r.method === "BYE");
   }
+}
+
+/** The files in a group's mailbox folder (none when it was never made). */
+function boxFiles(groupId: string): string[] {
+  const dir = path.join(dataDir, "voicemail", "boxes", "group", groupId);
+  return fs.existsSync(dir) ? fs.readdirSync(dir).sort() : [];
 }
 
 /** Normalised correlation of x with the start of ref. */
@@ -359,6 +365,29 @@ describe("voicemail", () => {
     }
   });
 
+  test("a malformed recording request: offers the appliance cannot answer get 488, nothing is stored", async () => {
+    const offers = [
+      // G.729 only.
+      ["v=0", `o=- 1 1 IN IP4 ${TRUNK_CALLER_IP}`, "s=-", `c=IN IP4 ${TRUNK_CALLER_IP}`, "t=0 0", "m=audio 4000 RTP/AVP 18", "a=rtpmap:18 G729/8000", ""].join("\r\n"),
+      // A host name instead of an address (never resolved), and garbage lines.
+      ["v=0", "o=- 1 1 IN IP4 x", "s=-", "c=IN IP4 attacker.example", "t=0 0", "m=audio 4000 RTP/AVP 0", "\x00\xff garbage", ""].join("\r\n"),
+      // Not SDP at all.
+      "<script>alert(1)</script>",
+    ];
+    for (const body of offers) {
+      const c = await Caller.open();
+      try {
+        const final = await c.invite("700", body);
+        assert.equal(final.status, 488, `offer ${JSON.stringify(body.slice(0, 40))}`);
+      } finally {
+        c.close();
+      }
+    }
+    assert.deepEqual(await listed(), []);
+    assert.deepEqual(boxFiles("sales"), []);
+    await portsFree();
+  });
+
   test("a BYE before the ACK: 200, the session ends, nothing is stored, ports are freed", async () => {
     const c = await Caller.open();
     try {
@@ -366,8 +395,7 @@ describe("voicemail", () => {
       assert.equal(await c.request("BYE"), 200);
       await portsFree();
       assert.deepEqual(await listed(), []);
-      const box = path.join(dataDir, "voicemail", "boxes", "group", "sales");
-      assert.deepEqual(fs.readdirSync(box), [], "no file of the deposit is left");
+      assert.deepEqual(boxFiles("sales"), [], "no file of the deposit is left");
     } finally {
       c.close();
     }
