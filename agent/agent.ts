@@ -16,6 +16,7 @@ import { deviceRef, isTrunkSource, normalizeAddress } from "./routing/classify.t
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
 import { StatefulProxy } from "./sip/proxy.ts";
+import { UasDialogs } from "./sip/uas-session.ts";
 import type { ProxyStats } from "./sip/proxy-types.ts";
 import { buildRequest, hostPort } from "./sip/requests.ts";
 import { advertisedAddress, makeAdvertiser } from "./sip/advertise.ts";
@@ -58,6 +59,9 @@ import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
 import { startCallMenus, type CallMenuHandle } from "./media/call-menu.ts";
 import { prepareSiteSounds } from "./media/site-sounds.ts";
 import type { QueueFigures } from "./routing/queue-stats.ts";
+import { startVoicemail, type VoicemailHandle } from "./voicemail/setup.ts";
+import { voicemailCommands } from "./console/voicemail-commands.ts";
+import { fetchRecording } from "./voicemail/fetch.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -115,6 +119,8 @@ export class Agent {
   location!: LocationService;
   registrar!: Registrar;
   proxy!: StatefulProxy;
+  /** Calls the appliance answered itself (voicemail): their dialogs (sip/uas-session.ts). */
+  uas!: UasDialogs;
   /**
    * New INVITEs (outside any dialog) go here once set; unset, they get 404. Set in-process only
    * (the routing engine, or a test fixture): no setting or message can turn it on.
@@ -130,17 +136,19 @@ export class Agent {
   operators!: OperatorStates;
   /** Call-distribution policy: admits new INVITEs and drives the proxy's branches. */
   engine!: RoutingEngine;
-  /** Media plane (music on hold); undefined when queueMusic is off. */
+  /** Media plane (music on hold, voicemail); its worker starts only when a call needs it. */
   media: MediaPlaneHandle | undefined;
   /** Greetings and menus for trunk calls (docs/menus.md). */
   callMenus!: CallMenuHandle;
+  /** Mailboxes on the appliance: the store and deposits (voicemail/). */
+  voicemail: VoicemailHandle | undefined;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
   blf!: BlfNotifier;
   /** Message lamps: the message-summary event package (RFC 3842). */
   mwi!: MwiNotifier;
-  /** Mailbox counts for the lamps; the mailbox store (voicemail/) replaces NO_MAILBOXES. */
+  /** Mailbox counts for the lamps: the mailbox store (voicemail/) once started. */
   voicemailCounts: VoicemailCounts = NO_MAILBOXES;
   private control: ControlServer | undefined;
   /** Console sync over MQTT; only when mqttUrl is set. */
@@ -320,6 +328,12 @@ export class Agent {
       requestsChecked: true,
       log: this.log.child("proxy"),
     });
+    this.uas = new UasDialogs({
+      sendRequest: (req, flow, callbacks) => this.transactions.sendRequest(req, flow, callbacks),
+      via: (flow) => this.proxy.viaFor(flow, this.transactions.createBranch()),
+      T1: s.sipT1Ms,
+      log: this.log.child("uas"),
+    });
     this.registrar = new Registrar({
       realm: s.realm,
       minExpires: s.minExpires,
@@ -361,8 +375,11 @@ export class Agent {
         const r = this.site.current().record;
         return [...(r?.inbound ?? []).map((i) => i.greeting.prompt), ...(r?.menus ?? []).flatMap((m) => [m.prompt, m.invalidPrompt])].filter((p): p is string => p !== undefined);
       },
-    }, this.media?.media);
+    }, this.media.media);
     this.proxy.onOwnDialogRequest((pc, req, respond) => this.callMenus.callMenus.info(pc, req, respond));
+    this.voicemail = startVoicemail(s, { bus: this.bus, proxy: this.proxy, uas: this.uas, media: this.media.media, site: () => this.site.current().index, log: this.log.child("voicemail") });
+    // The message lamps (presence/mwi.ts) count what the mailbox store holds.
+    this.voicemailCounts = this.voicemail.store;
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -388,8 +405,9 @@ export class Agent {
       ringUnitMs: s.ringUnitMs,
       latencyBudgetMs: s.latencyBudgetMs,
       operators: this.operators,
-      ...(this.media !== undefined ? { queueMedia: this.media.queueMusic } : {}),
+      ...(this.media?.queueMusic !== undefined ? { queueMedia: this.media.queueMusic } : {}),
       callMenus: this.callMenus.callMenus,
+      mailboxes: { take: (pc, mailbox, caller, events) => this.voicemail?.deposits.take(pc, mailbox, caller, events), leave: (pc) => this.voicemail?.deposits.leave(pc) },
     });
     this.engine.start();
     this.latencyWatch = new LatencyWatch({
@@ -439,7 +457,7 @@ export class Agent {
     await this.provisioning.start();
 
     this.callsNow.start(this.bus);
-    const installerCommands = { ...agentCommands(this.view()), ...callCommands(this.callsNow) };
+    const installerCommands = { ...agentCommands(this.view()), ...callCommands(this.callsNow), ...(this.voicemail !== undefined ? voicemailCommands(this.voicemail.store) : {}) };
     this.control = new ControlServer(path.join(s.dataDir, "control.sock"), auditedCommands({ ...installerCommands, ...applianceCommands(this) }, "installer (control socket)", this.bus), this.log.child("control"));
     await this.control.start();
     if (s.serialDevice !== "") {
@@ -463,6 +481,9 @@ export class Agent {
       // cmd/resync from the console re-syncs phones through provisioning (check-sync NOTIFY).
       const hooks = this.provisioning?.hooks();
       if (hooks) this.sync.setResyncHandler(consoleResyncHandler((ids, reboot) => hooks.resync(ids, reboot), () => this.store.listDevices()));
+      // cmd/voicemail-fetch: the console downloads a recording in checked chunks (voicemail/fetch.ts).
+      const vm = this.voicemail;
+      if (vm !== undefined) this.sync.setVoicemailFetchHandler((args) => fetchRecording(vm.store, args));
       this.sync.start();
     }
     this.observe = await startObservability(this);
@@ -491,6 +512,8 @@ export class Agent {
     this.engine?.stop();
     this.operators?.stop();
     await this.callMenus?.stop();
+    this.voicemail?.stop();
+    this.uas?.stopAll();
     await this.media?.stop();
     this.presence?.stop();
     this.location?.stopSweeping();
@@ -688,12 +711,14 @@ export class Agent {
       case "stray-ack":
         // No transaction state, but a stream of ACKs is a flood like any other: it counts
         // against the source's quota (one per call for a real phone), so a flooder is banned.
+        if (this.uas.handleAck(req)) return;
         if (this.admitSource(flow.remoteAddress, 0)) this.proxy.handleAck(req, flow);
         else this.throttledRequests++;
         return;
       case "ack-2xx":
-        // The ACK for a 2xx: forwarded statelessly inside its dialog, else dropped (§16.11, §17.1.1.3).
-        this.proxy.handleAck(req, flow);
+        // The ACK for a 2xx: ours when the appliance answered (uas-session.ts), else forwarded
+        // statelessly inside its dialog, else dropped (§16.11, §17.1.1.3).
+        if (!this.uas.handleAck(req)) this.proxy.handleAck(req, flow);
         return;
       case "invalid":
         this.log.debug("request refused by the transaction layer", { reason: r.reason, from: flow.remoteAddress });
@@ -735,6 +760,8 @@ export class Agent {
     if (req.method === "SUBSCRIBE" && req.to.tag !== undefined && this.subscriptions.handleInDialog(tx, req, flow)) return;
     // Requests inside a dialog (To tag) follow its route set through the proxy (§16.12).
     if (req.to.tag !== undefined && req.method !== "REGISTER") {
+      // Dialogs the appliance answered itself (voicemail) are its own, not proxied.
+      if (this.uas.handleRequest(tx, req, flow)) return;
       this.proxy.handleInDialog(tx, req, flow);
       return;
     }

@@ -54,6 +54,8 @@ export interface AgentEvents {
   "store.saved": { ms: number; ok: boolean; at: number };
   /** A mailbox's counts changed: a message left, heard, saved or deleted, or expired (voicemail/). */
   "voicemail.changed": { mailbox: MailboxOwner; at: number } & MailboxCounts;
+  /** A caller left a message in a mailbox on the appliance (voicemail/deposit.ts); its WAV is stored and complete. */
+  "voicemail.message": { id: string; mailbox: MailboxOwner; caller: string; callId: string; receivedAt: number; durationMs: number; bytes: number; sha256: string; at: number };
   /** An installer or console change: who (control socket, serial console, console over MQTT), what, on what. */
   "audit.change": { actor: string; action: string; target: string | undefined; at: number };
 }

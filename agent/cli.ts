@@ -6,6 +6,10 @@ import path from "node:path";
 import { loadSettings, SettingsError, renderSettingsDoc, SETTING_NAMES, SETTINGS_DOC, type Settings } from "./config.ts";
 import { Store } from "./store/store.ts";
 import { callAgent, runCommand, socketAnswers } from "./console/control.ts";
+import { VOICEMAIL_HELP, copyRecording, formatMessages, voicemailCommands, type VoicemailView } from "./console/voicemail-commands.ts";
+import { VoicemailStore } from "./voicemail/store.ts";
+import { createHash } from "node:crypto";
+import { mailboxOf } from "./routing/model.ts";
 import { agentCommands, type DeviceView } from "./console/commands.ts";
 import { SITE_HELP, siteCli } from "./console/site-cli.ts";
 import { WHY_HELP, type WhyView } from "./console/why-commands.ts";
@@ -74,6 +78,7 @@ commands:
   user list                operators of the applied site and their state now
   calls [--limit N] [--group <id>] [--json]   the call log: answered and missed calls
   why <call-id> | --last --user <id>   why each operator was or was not offered a call
+  voicemail list|play|delete   messages left in mailboxes on the appliance
 
 common options:
   --config <file>          settings file (JSON; default /etc/ringedge/ringedge.conf.json if present,
@@ -109,6 +114,7 @@ only with --show-password.`,
   ringedge store recover    keep the corrupt file aside and promote the last good copy (.bak)`,
   ...SITE_HELP,
   ...WHY_HELP,
+  ...VOICEMAIL_HELP,
   phone: PHONE_HELP,
   provision: PROVISION_HELP,
   console: CONSOLE_HELP,
@@ -134,8 +140,9 @@ const SUBCOMMANDS: Readonly<Record<string, readonly string[]>> = {
   user: ["list"],
   phone: ["add", "adopt", "remove", "list", "show", "seen", "import", "resync", "export", "firmware", "rebootstrap"],
   provision: ["dhcp-hints"],
-  console: ["push", "watch", "status", "resync", "republish"],
+  console: ["push", "watch", "status", "resync", "republish", "voicemail-fetch"],
   settings: ["unset"],
+  voicemail: ["list", "play", "delete"],
 };
 /** Commands whose first word after the command is a free argument (no sub-commands). */
 const FREE_ARGUMENT: ReadonlySet<string> = new Set(["why"]);
@@ -206,7 +213,7 @@ function usageProblem(parsed: Parsed, valueFlags: ReadonlySet<string>): string |
   return null;
 }
 
-const VALUE_FLAGS = new Set(["config", "limit", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", "user", ...CONSOLE_VALUE_FLAGS]);
+const VALUE_FLAGS = new Set(["config", "limit", "timeout", "password", "kind", "name", "owner", "model", "extension", "group", "host", "user", "mailbox", "out", ...CONSOLE_VALUE_FLAGS]);
 
 export async function main(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s), err: (s: string) => void = (s) => process.stderr.write(s)): Promise<number> {
   let parsed: Parsed;
@@ -291,6 +298,8 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
         return 0;
       case "calls":
         return await callsCommand(settings, flags, json, out);
+      case "voicemail":
+        return await voicemailCli(settings, sub, rest, flags, json, out);
       case "why": {
         const user = flags.get("user");
         const args: Record<string, unknown> = { last: flags.has("last") };
@@ -343,6 +352,59 @@ async function execute(settings: Settings, cmd: string, args: Record<string, unk
 export function queueLine(g: { groupId: string; waiting: number; joined: number; answered: number; abandoned: number; timedOut: number; waitMedianMs: number | null; waitMaxMs: number | null }): string {
   const s = (ms: number | null): string => (ms === null ? "-" : `${(ms / 1000).toFixed(1)}s`);
   return `queue    ${g.groupId}  waiting ${g.waiting}  joined ${g.joined}  answered ${g.answered} (wait median ${s(g.waitMedianMs)} max ${s(g.waitMaxMs)})  abandoned ${g.abandoned}  max wait ${g.timedOut}`;
+}
+
+/** voicemail list|play|delete (console/voicemail-commands.ts), on the live agent or the mailbox folders. */
+async function voicemailCli(settings: Settings, sub: string | undefined, rest: string[], flags: Map<string, string | true>, json: boolean, out: (s: string) => void): Promise<number> {
+  const flag = (name: string): string | undefined => {
+    const v = flags.get(name);
+    if (v === true) throw new UsageError(`--${name} needs a value`);
+    return v;
+  };
+  const run = async (cmd: string, args: Record<string, unknown>): Promise<unknown> => {
+    const sock = controlPath(settings);
+    if (await socketAnswers(sock)) {
+      const reply = await callAgent(sock, cmd, args);
+      if (!reply.ok) throw new Error(reply.error);
+      return reply.result;
+    }
+    // No agent: the mailbox folders directly, under the store's lock (the site says retention).
+    const store = await Store.open(settings.dataDir, { siteId: settings.siteId });
+    const site = store.site;
+    const index = { usersById: new Map((site?.users ?? []).map((u) => [u.id, u])), groupsById: new Map((site?.groups ?? []).map((g) => [g.id, g])) };
+    const vm = new VoicemailStore({ dataDir: settings.dataDir, mailbox: (o) => mailboxOf(index, o) });
+    try {
+      vm.start();
+      const reply = await runCommand(voicemailCommands(vm), JSON.stringify({ cmd, args }));
+      if (!reply.ok) throw new Error(reply.error);
+      return reply.result;
+    } finally {
+      vm.stop();
+      await store.close();
+    }
+  };
+  if (sub === undefined) throw new UsageError("voicemail needs list, play or delete (see ringedge voicemail --help)");
+  if (sub === "list") {
+    if (rest.length > 0) throw new UsageError("voicemail list takes no argument (use --mailbox user/<id>|group/<id>)");
+    const mailbox = flag("mailbox");
+    const list = (await run("voicemail.list", mailbox !== undefined ? { mailbox } : {})) as VoicemailView[];
+    out(json ? JSON.stringify(list, null, 2) + "\n" : formatMessages(list) + "\n");
+    return 0;
+  }
+  const id = rest[0];
+  if (id === undefined || rest.length > 1) throw new UsageError(`voicemail ${sub} takes one message id (see ringedge voicemail list)`);
+  if (sub === "delete") {
+    const r = await run("voicemail.delete", { id });
+    out(json ? JSON.stringify(r, null, 2) + "\n" : `deleted ${id}\n`);
+    return 0;
+  }
+  const file = flag("out");
+  if (file === undefined) throw new UsageError("voicemail play needs --out <file.wav>");
+  const m = (await run("voicemail.get", { id })) as VoicemailView;
+  const copied = copyRecording(m, file, (b) => createHash("sha256").update(b).digest("hex"));
+  if (!copied.ok) throw new Error(copied.error);
+  out(`${file}: ${copied.bytes} bytes, ${(m.durationMs / 1000).toFixed(1)} s from ${m.caller}, SHA-256 ${m.sha256} verified\n`);
+  return 0;
 }
 
 async function statusCommand(settings: Settings, json: boolean, out: (s: string) => void, err: (s: string) => void): Promise<number> {

@@ -29,3 +29,8 @@ export async function busyPorts(min: number, max: number): Promise<number[]> {
   for (let p = min; p <= max; p++) if (!(await udpPortFree(p))) busy.push(p);
   return busy;
 }
+
+/** Six ports from an even one, all free now (one RTP/RTCP pair and room to spare). */
+export function freeMediaRange(): Promise<{ min: number; max: number }> {
+  return freeMediaPorts(6);
+}

@@ -272,11 +272,11 @@ export function startCallMenus(s: Settings, proxy: StatefulProxyApi, log: Logger
     media = new MediaService({ portMin: range.min, portMax: range.max, log });
   }
   const m = media;
-  m.load(GREETING_SOUND, shippedAudio("ivr-greeting.wav"));
-  m.load(MENU_SOUND, shippedAudio("ivr-menu.wav"));
-  m.load(INVALID_SOUND, shippedAudio("ivr-invalid.wav"));
+  m.preload(GREETING_SOUND, shippedAudio("ivr-greeting.wav"));
+  m.preload(MENU_SOUND, shippedAudio("ivr-menu.wav"));
+  m.preload(INVALID_SOUND, shippedAudio("ivr-invalid.wav"));
   const refresh = (): void => {
-    for (const file of site.prompts()) m.load(promptSound(file), file);
+    for (const file of site.prompts()) m.preload(promptSound(file), file);
     if (site.hasGreeting()) m.start();
   };
   refresh();

@@ -26,6 +26,8 @@ import { buildBye, buildSenderReport, DigitDetector, parseRtcp, parseRtp, RtpPac
 import type { Direction } from "./sdp.ts";
 import { decodeWav, MEDIA_RATE } from "./wav.ts";
 import { dtmfEvent, eventPackets, INTER_DIGIT_FRAMES, type EventPacket } from "./dtmf-send.ts";
+import { WavRecorder } from "./recorder.ts";
+import type { RecordReason } from "./protocol.ts";
 
 export const FRAME_MS = 20;
 export const FRAME_SAMPLES = (MEDIA_RATE * FRAME_MS) / 1000;
@@ -65,6 +67,8 @@ interface Session {
   rtcpTimer: NodeJS.Timeout | undefined;
   readonly frameBuf: Int16Array;
   readonly payloadBuf: Uint8Array;
+  /** A recording in progress (record command) and the RFC 4733 digit that stops it. */
+  recorder?: { rec: WavRecorder; stopDigit: string | undefined };
 }
 
 export interface PlaneOptions {
@@ -147,6 +151,14 @@ export class MediaPlane {
         if (this.opening.has(c.id)) this.closedWhileOpening.add(c.id);
         else this.close(c.id);
         return;
+      case "record":
+        this.record(c);
+        return;
+      case "stop-record": {
+        const s = this.sessions.get(c.id);
+        if (s !== undefined) this.stopRecording(s, "stopped");
+        return;
+      }
     }
   }
 
@@ -340,9 +352,38 @@ export class MediaPlane {
     return true;
   }
 
+  private record(c: Extract<MediaCommand, { op: "record" }>): void {
+    const s = this.sessions.get(c.id);
+    if (s === undefined) {
+      this.opts.post({ ev: "record-failed", id: c.id, reason: "no such session" });
+      return;
+    }
+    if (s.recorder !== undefined) {
+      this.opts.post({ ev: "record-failed", id: c.id, reason: "already recording" });
+      return;
+    }
+    const rec = WavRecorder.open(c.tmpPath, c.finalPath, { law: s.law, maxMs: c.maxMs, silenceMs: c.silenceMs });
+    if ("error" in rec) {
+      this.opts.post({ ev: "record-failed", id: c.id, reason: rec.error });
+      return;
+    }
+    s.recorder = { rec, stopDigit: c.stopDigit };
+  }
+
+  /** Ends a recording: the file finalized (recorder.ts) and reported. */
+  private stopRecording(s: Session, reason: RecordReason): void {
+    const r = s.recorder;
+    if (r === undefined) return;
+    s.recorder = undefined;
+    const done = r.rec.finish();
+    if (done.ok) this.opts.post({ ev: "recorded", id: s.id, path: done.path, samples: done.samples, bytes: done.bytes, sha256: done.sha256, reason });
+    else this.opts.post({ ev: "record-failed", id: s.id, reason: done.reason });
+  }
+
   private close(id: string): void {
     const s = this.sessions.get(id);
     if (s === undefined) return;
+    this.stopRecording(s, "closed");
     this.sessions.delete(id);
     if (s.rtcpTimer !== undefined) clearTimeout(s.rtcpTimer);
     let byeSent = false;
@@ -499,6 +540,10 @@ export class MediaPlane {
     if (p.value.payloadType === s.telephoneEvent) {
       const digit = s.digits.push(p.value);
       if (digit !== undefined) this.opts.post({ ev: "digit", id: s.id, digit });
+      if (digit !== undefined && digit === s.recorder?.stopDigit) this.stopRecording(s, "digit");
+    } else if (s.recorder !== undefined) {
+      const stop = s.recorder.rec.push(p.value);
+      if (stop !== undefined) this.stopRecording(s, stop);
     }
   }
 

@@ -35,7 +35,18 @@ export type MediaCommand =
    */
   | { op: "dtmf"; id: string; digits: string; durationMs: number }
   /** End the stream: RTCP BYE, sockets closed, ports free. */
-  | { op: "close"; id: string };
+  | { op: "close"; id: string }
+  /**
+   * Record what the far end sends (recorder.ts) into `tmpPath`, renamed to `finalPath` when it
+   * stops: at maxMs, after silenceMs of silence (0 = never), on the RFC 4733 digit `stopDigit`,
+   * on stop-record, or when the session closes.
+   */
+  | { op: "record"; id: string; tmpPath: string; finalPath: string; maxMs: number; silenceMs: number; stopDigit: string | undefined }
+  /** Stop a recording now (the file is kept). */
+  | { op: "stop-record"; id: string };
+
+/** Why a recording stopped. */
+export type RecordReason = "max-length" | "silence" | "digit" | "stopped" | "closed";
 
 export interface SessionStats {
   packetsSent: number;
@@ -58,6 +69,8 @@ export type MediaEvent =
   | { ev: "play-ended"; id: string; sound: string }
   /** A digit's last end packet went out (RFC 4733 §2.5.1.4). */
   | { ev: "dtmf-sent"; id: string; digit: string }
+  | { ev: "recorded"; id: string; path: string; samples: number; bytes: number; sha256: string; reason: RecordReason }
+  | { ev: "record-failed"; id: string; reason: string }
   | { ev: "closed"; id: string; stats: SessionStats }
   | { ev: "error"; message: string };
 
@@ -68,6 +81,7 @@ const isPt = (n: unknown): boolean => typeof n === "number" && Number.isInteger(
 const isId = (s: unknown): s is string => typeof s === "string" && s.length > 0 && s.length <= 128;
 /** Most sounds in one sequence command. */
 export const MAX_SEQUENCE = 32;
+const isPath = (s: unknown): s is string => typeof s === "string" && s.startsWith("/") && s.length <= 4096 && !s.includes("\0");
 
 /** Whether a message is a well-formed command (the worker ignores anything else). */
 export function validCommand(m: unknown): m is MediaCommand {
@@ -95,7 +109,18 @@ export function validCommand(m: unknown): m is MediaCommand {
       return isId(c.id) && validDtmf(c.digits, c.durationMs);
     case "close":
     case "stop":
+    case "stop-record":
       return isId(c.id);
+    case "record":
+      return (
+        isId(c.id) &&
+        isPath(c.tmpPath) &&
+        isPath(c.finalPath) &&
+        c.tmpPath !== c.finalPath &&
+        typeof c.maxMs === "number" && Number.isInteger(c.maxMs) && c.maxMs > 0 && c.maxMs <= 3_600_000 &&
+        typeof c.silenceMs === "number" && Number.isInteger(c.silenceMs) && c.silenceMs >= 0 && c.silenceMs <= 3_600_000 &&
+        (c.stopDigit === undefined || (typeof c.stopDigit === "string" && /^[0-9*#A-D]$/.test(c.stopDigit)))
+      );
     default:
       return false;
   }

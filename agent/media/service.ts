@@ -13,6 +13,9 @@ export interface SessionEvents {
   onPlayEnded?(sound: string): void;
   /** A digit sent with dtmf() went out completely. */
   onDtmfSent?(digit: string): void;
+  /** A recording stopped and its file is complete (record()). */
+  onRecorded?(r: Extract<MediaEvent, { ev: "recorded" }>): void;
+  onRecordFailed?(reason: string): void;
   onClosed?(stats: SessionStats | undefined): void;
 }
 
@@ -63,6 +66,7 @@ export class MediaService {
   private readonly pending = new Map<string, Pending>();
   private readonly open = new Map<string, SessionEvents>();
   private readonly loaded = new Set<string>();
+  private readonly loadWaiters = new Map<string, Array<(r: { ok: true } | { ok: false; reason: string }) => void>>();
   private stopped = false;
   /** Sound name → WAV path, loaded by every worker that starts. */
   private readonly sounds: Map<string, string>;
@@ -96,21 +100,13 @@ export class MediaService {
       this.open.delete(id);
       ev.onClosed?.(undefined);
     }
+    for (const sound of [...this.loadWaiters.keys()]) this.settleLoad(sound, { ok: false, reason: "media stopped" });
     if (w === undefined) return;
     const exited = new Promise<void>((resolve) => w.once("exit", () => resolve()));
     w.postMessage("shutdown");
     const t = setTimeout(() => void w.terminate(), 1000);
     await exited;
     clearTimeout(t);
-  }
-
-  /**
-   * Loads (or replaces) a sound under `sound` now if the worker runs, and again whenever a worker
-   * starts: a site's own sounds, named after the agent started.
-   */
-  load(sound: string, path: string): void {
-    this.sounds.set(sound, path);
-    this.post({ op: "load", sound, path });
   }
 
   /** A sound no longer played: has() is false for it and a new worker does not load it. */
@@ -144,6 +140,41 @@ export class MediaService {
     });
   }
 
+  /**
+   * Registers a sound (or replaces it) under `sound`: loaded now if a worker runs, and by every
+   * worker that starts. Never starts one (an agent whose site needs no media runs no worker).
+   */
+  preload(sound: string, path: string): void {
+    this.sounds.set(sound, path);
+    this.post({ op: "load", sound, path });
+  }
+
+  /**
+   * Loads (or replaces) a sound under `sound` now, starting the worker if needed, and again
+   * whenever a new worker starts (prompts loaded on first use). Resolves when the worker has
+   * it, or with why not.
+   */
+  load(sound: string, path: string): Promise<{ ok: true } | { ok: false; reason: string }> {
+    this.sounds.set(sound, path);
+    const w = this.ensureWorker();
+    if (w === undefined) return Promise.resolve({ ok: false, reason: "media stopped" });
+    return new Promise((resolve) => {
+      const list = this.loadWaiters.get(sound) ?? [];
+      list.push(resolve);
+      this.loadWaiters.set(sound, list);
+      w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
+    });
+  }
+
+  /** Records what the far end sends (protocol.ts "record"); the outcome comes as onRecorded / onRecordFailed. */
+  record(id: string, r: { tmpPath: string; finalPath: string; maxMs: number; silenceMs: number; stopDigit: string | undefined }): void {
+    if (this.open.has(id)) this.post({ op: "record", id, ...r });
+  }
+
+  stopRecording(id: string): void {
+    if (this.open.has(id)) this.post({ op: "stop-record", id });
+  }
+
   play(id: string, sound: string, loop: boolean): void {
     if (this.open.has(id)) this.post({ op: "play", id, sound, loop });
   }
@@ -174,6 +205,12 @@ export class MediaService {
     this.post({ op: "close", id });
   }
 
+  private settleLoad(sound: string, r: { ok: true } | { ok: false; reason: string }): void {
+    const list = this.loadWaiters.get(sound);
+    this.loadWaiters.delete(sound);
+    for (const resolve of list ?? []) resolve(r);
+  }
+
   private post(c: MediaCommand): void {
     this.worker?.postMessage(c);
   }
@@ -202,6 +239,7 @@ export class MediaService {
         this.open.delete(id);
         ev.onClosed?.(undefined);
       }
+      for (const sound of [...this.loadWaiters.keys()]) this.settleLoad(sound, { ok: false, reason: "media worker exited" });
     });
     for (const [sound, path] of this.sounds) w.postMessage({ op: "load", sound, path } satisfies MediaCommand);
     return w;
@@ -215,9 +253,18 @@ export class MediaService {
       case "loaded":
         this.loaded.add(ev.sound);
         this.opts.log.debug("sound loaded", { sound: ev.sound, frames: ev.frames });
+        this.settleLoad(ev.sound, { ok: true });
         return;
       case "load-failed":
         this.opts.log.error("sound not loaded", { sound: ev.sound, reason: ev.reason });
+        this.settleLoad(ev.sound, { ok: false, reason: ev.reason });
+        return;
+      case "recorded":
+        this.open.get(ev.id)?.onRecorded?.(ev);
+        return;
+      case "record-failed":
+        this.opts.log.warn("recording failed", { session: ev.id, reason: ev.reason });
+        this.open.get(ev.id)?.onRecordFailed?.(ev.reason);
         return;
       case "opened": {
         const p = this.pending.get(ev.id);

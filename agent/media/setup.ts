@@ -7,8 +7,8 @@ import type { Logger } from "../log.ts";
 import type { Group } from "../routing/model.ts";
 import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
-import type { Flow } from "../sip/types.ts";
 import { hostPort } from "../sip/requests.ts";
+import type { Flow } from "../sip/types.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
 import { positionSoundFiles } from "./queue-position.ts";
 import { MediaService } from "./service.ts";
@@ -22,7 +22,8 @@ export function shippedAudio(name: string): string {
 
 export interface MediaPlaneHandle {
   media: MediaService;
-  queueMusic: QueueMusic;
+  /** Undefined when the queueMusic setting is off. */
+  queueMusic: QueueMusic | undefined;
   stop(): Promise<void>;
 }
 
@@ -45,15 +46,19 @@ export function mediaEndpoints(s: Settings): { mediaAddress: (flow: Flow) => str
 }
 
 /**
- * The media worker and the queue's music on hold; undefined when queueMusic is off. The worker
+ * The media worker and the queue's music on hold (none when queueMusic is off: the worker is
+ * then started by the first call that needs it, e.g. a voicemail deposit). The worker
  * starts (and loads its sounds) as soon as the site has a wait-for-operator group — at start,
  * or when a site with one is applied — so the first caller in a queue hears music at once, and
  * an agent without queues pays nothing for it.
  */
-export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean; groups?: () => readonly Group[] }): MediaPlaneHandle | undefined {
-  if (!s.queueMusic) return undefined;
+export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, site: { bus: EventBus; hasQueue: () => boolean; groups?: () => readonly Group[] }): MediaPlaneHandle {
   const range = parsePortRange(s.mediaPorts);
   if (!range.ok) throw new Error(`mediaPorts ${range.reason}`); // validated by loadSettings already
+  if (!s.queueMusic) {
+    const media = new MediaService({ portMin: range.min, portMax: range.max, log });
+    return { media, queueMusic: undefined, stop: () => media.stop() };
+  }
   let hold = shippedAudio("hold.wav");
   if (s.queueMusicFile !== "") {
     // Checked once here, at start, so a bad file is reported where the operator looks.
@@ -73,7 +78,7 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
     for (const x of siteSoundsOf(site.groups?.() ?? [])) {
       const name = siteSoundName(x.groupId, x.which);
       now.add(name);
-      media.load(name, soundFile(x.sound, s.dataDir));
+      media.preload(name, soundFile(x.sound, s.dataDir));
     }
     // Sounds no group names any more are not played, nor reloaded by a new worker.
     for (const name of siteNames) if (!now.has(name)) media.forget(name);

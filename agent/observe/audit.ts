@@ -12,7 +12,7 @@ import type { CommandHandler, CommandTable } from "../console/control.ts";
 import type { Logger } from "../log.ts";
 
 /** Commands that change something (everything else in the installer table only reads). */
-const CHANGES = /^(device|phone|user|group|site)\.(add|remove|adopt|import|rebootstrap|resync|apply|set|update|edit|rename)$|^(drain|resume|reload)$/;
+const CHANGES = /^(device|phone|user|group|site)\.(add|remove|adopt|import|rebootstrap|resync|apply|set|update|edit|rename)$|^(drain|resume|reload)$|^voicemail\.delete$/;
 
 /** Argument names tried, in order, for the object a change was made to. */
 const TARGET_KEYS = ["id", "deviceId", "username", "mac", "extension", "user", "group", "name"] as const;

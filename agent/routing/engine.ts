@@ -33,7 +33,12 @@
 //   `then` applies.
 // - Direct calls (a user's extension): 480 when none of their devices is online, 486 at their
 //   call limit; otherwise every online device rings until someone answers, the caller gives
-//   up, or every branch fails (then the best failure: 6xx, else 486, else 480).
+//   up, or every branch fails (then the best failure: 6xx, else 486, else 480). A user with a
+//   mailbox on the appliance gets those calls in the mailbox instead (at once when offline,
+//   DND or busy; after its noAnswerS of ringing; when every phone failed).
+// - Mailboxes on the appliance (deps.mailboxes, agent/voicemail/deposit.ts): the voicemail
+//   action's local form hands the call over; it is answered by the appliance (call.answered
+//   with no member) and recorded as outcome "voicemail".
 // - Pickup (*8, *8<ext>): the picker's *8 INVITE gets a final "480" with a Warning at once,
 //   THEN the ringing call gets a new branch to the picker's dialling device with auto-answer
 //   headers (Call-Info answer-after=0, Alert-Info info=alert-autoanswer) that the device
@@ -58,6 +63,7 @@
 import { SYSTEM_CLOCK, type TimerClock } from "../clock.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
+import type { MailboxOwner } from "../voicemail/types.ts";
 import { parseAuthorization, type DigestAuthenticator } from "../sip/digest.ts";
 import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
@@ -87,7 +93,7 @@ import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from
 import { isOpen, type OpenState } from "./hours.ts";
 import { WhyLog, whyRecord, MAX_WHY_ITEMS, type CallTrace, type WhyRecord } from "./why.ts";
 import { QueueStatistics, type QueueFigures, type QueueLeaveReason } from "./queue-stats.ts";
-import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, type Availability, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
+import { MAX_PHYSICAL_RINGING, RING_UNIT_MS, mailboxOf, type Availability, type DeviceRef, type FinalNoAnswerAction, type Group, type NoAnswerAction, type SiteIndex, type User } from "./model.ts";
 import {
   findPickupTarget,
   pickNoAnswer,
@@ -163,6 +169,16 @@ export interface EngineDeps {
    */
   callMenus?: {
     start(pc: ProxyCall, greeting: Greeting, ctx: IvrContext, route: (target: FinalTarget) => void): void;
+    leave(pc: ProxyCall): void;
+  };
+  /**
+   * Mailboxes on the appliance (agent/voicemail/deposit.ts). take(): the call is theirs (they
+   * answer it or reject it, and call `ended` exactly once when it is over); leave(): the engine
+   * is done with the call (the caller cancelled before the answer), idempotent. Absent: a
+   * voicemail action naming a local mailbox gets 480.
+   */
+  mailboxes?: {
+    take(pc: ProxyCall, mailbox: MailboxOwner, caller: string, events: { answered(): void; ended(status: number | undefined): void }): void;
     leave(pc: ProxyCall): void;
   };
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
@@ -819,6 +835,10 @@ export class RoutingEngine {
     }
     switch (d.kind) {
       case "voicemail": {
+        if ("mailbox" in d) {
+          this.toMailbox(call, d.mailbox);
+          return;
+        }
         const t = this.voicemailTarget(call, d.uri, site.settings.trunk);
         this.forwardTo(call, t, "voicemail");
         return;
@@ -865,6 +885,37 @@ export class RoutingEngine {
     }
     call.otherBranches.push(b);
     this.noteFirstFork(call);
+  }
+
+  /**
+   * Ends member distribution and hands the call to a mailbox on the appliance (deps.mailboxes):
+   * it answers the call itself, so the call counts as answered by voicemail (no member).
+   */
+  private toMailbox(call: EngineCall, mailbox: MailboxOwner): void {
+    this.cancelAllMembers(call, "no answer");
+    const mailboxes = this.deps.mailboxes;
+    if (mailboxes === undefined) {
+      this.deps.log.warn("no-answer action is a mailbox on the appliance, but voicemail is not running", { callId: call.pc.request.callId, mailbox: `${mailbox.kind}/${mailbox.id}` });
+      this.rejectCall(call, 480);
+      return;
+    }
+    call.phase = "forwarded";
+    call.forwardedAs = "voicemail";
+    mailboxes.take(call.pc, mailbox, labels(call).caller, {
+      answered: () =>
+        this.guarded(() => {
+          if (call.phase !== "forwarded") return;
+          call.phase = "answered";
+          this.clearTimers(call);
+          const now = this.clock.now();
+          call.answerAfterMs = now - call.startedAt;
+          // A site phone leaving a message is on a call, as with any answer (busy tracking).
+          if (call.caller.kind === "device" && call.caller.userId !== undefined) this.countCall(call, call.caller.userId);
+          if (call.trace !== undefined) call.why = whyRecord(call.trace, MAX_WHY_ITEMS, this.devicesOf);
+          this.deps.bus.emit("call.answered", { callId: call.pc.request.callId, groupId: call.kind === "group" ? call.groupId : undefined, memberId: undefined, deviceId: undefined, caller: labels(call).caller, answerAfterMs: call.answerAfterMs, at: now, ...(call.why !== undefined ? { why: call.why } : {}) });
+        }),
+      ended: (status) => this.guarded(() => this.finish(call, status)),
+    });
   }
 
   private voicemailTarget(call: EngineCall, uri: string, trunk: TrunkSettings | undefined): BranchTarget | undefined {
@@ -1122,6 +1173,18 @@ export class RoutingEngine {
   private startDirectCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, user: User, index: SiteIndex): void {
     const deviceIds = this.directDevices(user, caller, index);
     const refusedRecord = (outcome: CallRecord["outcome"]): CallRecord => ({ id: recordId(req.callId), at: this.clock.now(), caller: callerLabel(caller, req), target: dialledText(req.uri), outcome, offered: [] });
+    // A user with a mailbox on the appliance (voicemail/): offline, do not disturb or at the
+    // call limit, the caller goes there at once; otherwise after the mailbox's noAnswerS.
+    const mailbox = this.deps.mailboxes !== undefined ? mailboxOf(index, { kind: "user", id: user.id }) : undefined;
+    const busyNow = user.callLimit > 0 && (this.activeCalls.get(user.id) ?? 0) >= user.callLimit;
+    if (mailbox !== undefined && (deviceIds.length === 0 || busyNow || (this.snapshot.availability?.get(user.id) ?? user.availability) === "dnd")) {
+      const pc = this.proxy.startCall(tx, req, flow, this.events);
+      if (pc === undefined) return;
+      const call = this.newCall(pc, "direct", caller, req, undefined, user.id);
+      if (busyNow) this.deps.bus.emit("call.busy", { callId: req.callId, groupId: undefined, memberIds: [user.id], caller: labels(call).caller, at: this.clock.now() });
+      this.toMailbox(call, { kind: "user", id: user.id });
+      return;
+    }
     if (deviceIds.length === 0) {
       respond(tx, req, 480, reasonPhrase(480));
       const r = refusedRecord("missed");
@@ -1150,11 +1213,18 @@ export class RoutingEngine {
     const forked = this.forkMember(call, user.id, deviceIds);
     this.noteFirstFork(call);
     if (forked === 0) {
-      this.rejectCall(call, 480);
+      if (mailbox !== undefined) this.toMailbox(call, { kind: "user", id: user.id });
+      else this.rejectCall(call, 480);
       return;
     }
     this.noteOffered(call, user.id, deviceIds);
     this.notePlaced(call);
+    if (mailbox !== undefined) {
+      call.stepTimer = this.clock.setTimeout(() => this.guarded(() => {
+        call.stepTimer = undefined;
+        if (call.phase === "ringing") this.toMailbox(call, { kind: "user", id: user.id });
+      }), mailbox.noAnswerS * 1000);
+    }
   }
 
   private startOutboundCall(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, number: string, trunk: TrunkSettings | undefined): void {
@@ -1344,7 +1414,12 @@ export class RoutingEngine {
   private afterBranchGone(call: EngineCall): void {
     if (call.phase !== "ringing" || this.hasLiveBranches(call)) return;
     if (call.kind === "group") this.runStep(call);
-    else if (call.kind === "direct") this.rejectCall(call, bestFailure(call.failStatuses));
+    else if (call.kind === "direct") {
+      // Every phone of the user declined or failed: their mailbox, if they have one.
+      const userId = call.directUserId;
+      if (userId !== undefined && this.deps.mailboxes !== undefined && mailboxOf(this.deps.site().index, { kind: "user", id: userId }) !== undefined) this.toMailbox(call, { kind: "user", id: userId });
+      else this.rejectCall(call, bestFailure(call.failStatuses));
+    }
   }
 
   private onAnswered(pc: ProxyCall, branch: Branch): void {
@@ -1592,6 +1667,7 @@ export class RoutingEngine {
     // A caller who hangs up while waiting (CANCEL, 487) abandoned the queue.
     this.leaveQueue(call, status === 487 ? "abandoned" : "ended");
     this.deps.callMenus?.leave(call.pc);
+    if (call.forwardedAs === "voicemail") this.deps.mailboxes?.leave(call.pc);
     this.calls.delete(call.pc.id);
     for (const u of call.counted) {
       const n = (this.activeCalls.get(u) ?? 0) - 1;

@@ -38,6 +38,17 @@ export const MOBILE_RE = /^\+?[0-9]{3,15}$/;
 export const DIAL_NUMBER_RE = /^\+?[0-9*#]{1,32}$/;
 /** Voicemail target: a sip:, sips: or tel: URI without whitespace or control characters. */
 export const VOICEMAIL_URI_RE = /^(?:sips?|tel):[\x21-\x7e]+$/i;
+/** A mailbox reference in a no-answer action and on the CLI: "user/<id>" or "group/<id>". */
+export const MAILBOX_REF_RE = /^(user|group)\/([A-Za-z0-9][A-Za-z0-9._:@-]{0,63})$/;
+/** A mailbox's own greeting: a WAV file name under <dataDir>/voicemail/greetings/ (no directories). */
+export const GREETING_FILE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,59}\.wav$/;
+/** Mailbox bounds (voicemail, issue 13). */
+export const MAILBOX_MESSAGE_S_MIN = 5;
+export const MAILBOX_MESSAGE_S_MAX = 600;
+export const MAILBOX_MESSAGES_MAX = 1000;
+export const MAILBOX_RETENTION_DAYS_MAX = 3650;
+/** Defaults filled by parseSite for a mailbox that names none. */
+export const MAILBOX_DEFAULTS = { maxMessageS: 120, maxMessages: 50, retentionDays: 30, silenceS: 10, noAnswerS: 20 } as const;
 /** A normalised caller number: "+", a country code not starting with 0, at most 15 digits (ITU-T E.164 §6). */
 export const E164_RE = /^\+[1-9][0-9]{1,14}$/;
 /** Known callers the console may list (the directory is replaced as a whole by each push). */
@@ -65,6 +76,29 @@ export interface User {
   stateChangedAt?: number;
   /** Concurrent calls this operator takes; 0 = unlimited. parseSite fills DEFAULT_CALL_LIMIT. */
   callLimit: number;
+  /** The user's own mailbox on the appliance (voicemail/); absent = none. */
+  voicemail?: MailboxConfig;
+}
+
+/**
+ * A mailbox on the appliance (a user's or a group's). parseSite fills the defaults
+ * (MAILBOX_DEFAULTS); retentionDays 0 keeps messages until deleted, silenceS 0 never stops on
+ * silence.
+ */
+export interface MailboxConfig {
+  enabled: boolean;
+  /** Longest message, seconds. */
+  maxMessageS: number;
+  /** Messages the mailbox holds (its quota); a full mailbox takes no new message. */
+  maxMessages: number;
+  /** Messages older than this many days are removed; 0 = never. */
+  retentionDays: number;
+  /** The recording stops after this many seconds of silence; 0 = never. */
+  silenceS: number;
+  /** A user's mailbox: direct calls ring this long before the mailbox takes them (also at once when offline, busy or DND). */
+  noAnswerS: number;
+  /** The mailbox's own greeting: a file name under <dataDir>/voicemail/greetings/; absent = the shipped prompt. */
+  greeting?: string;
 }
 
 export type DeviceKind = "physical" | "soft";
@@ -86,7 +120,13 @@ export const HANGUP_STATUSES: readonly HangupStatus[] = [480, 486, 603];
 
 /** A no-answer action that ends the group's own handling (everything except waiting). */
 export type FinalNoAnswerAction =
+  /** A voicemail server elsewhere (the call is forked to the URI). */
   | { kind: "voicemail"; uri: string }
+  /**
+   * The appliance's own mailbox: `mailbox` ("user/<id>" or "group/<id>"), or absent = the
+   * mailbox of the group whose action it is. The mailbox must be enabled.
+   */
+  | { kind: "voicemail"; uri?: undefined; mailbox?: string }
   /**
    * Forward to a member's mobile. Which member: `memberId` when set (must be a group member);
    * otherwise the member offered last in this call; otherwise (nobody was offered, e.g. all
@@ -133,6 +173,8 @@ export interface Group {
   outOfHours?: FinalNoAnswerAction;
   /** Seconds after an operator's answered call through this group ends before the group offers them another; 0 = none. */
   wrapUpS?: number;
+  /** The group's mailbox on the appliance; absent = none. */
+  voicemail?: MailboxConfig;
   /** A known caller's responsible operator rings alone for this many rings before the group's strategy. */
   responsibleFirst?: { ringCount: number };
 }
@@ -208,7 +250,11 @@ export type ValidationCode =
   | "duplicate-caller"
   | "unknown-responsible"
   // Greetings and menus (menu-model.ts).
-  | MenuValidationCode;
+  | MenuValidationCode
+  // Mailboxes on the appliance (issue 13).
+  | "invalid-mailbox"
+  | "unknown-mailbox"
+  | "mailbox-disabled";
 
 export interface ValidationError {
   code: ValidationCode;
@@ -304,6 +350,30 @@ export function parseSite(input: unknown): ParseSiteResult {
   });
   groups.forEach((g, i) => {
     if (g.outOfHours !== undefined) checkActionRefs(c, g, g.outOfHours, `groups[${i}].outOfHours`, mobiles, groupIds);
+  });
+  // Voicemail actions that name a mailbox on the appliance: it exists and is enabled.
+  const mailboxEnabled = (kind: string, id: string): boolean | undefined => {
+    const k = kind === "user" ? userIds.get(id) : groupIds.get(id);
+    if (k === undefined) return undefined;
+    return (kind === "user" ? users[k]?.mailboxEnabled : groups[k]?.mailboxEnabled) === true;
+  };
+  groups.forEach((g, i) => {
+    const actions: Array<[NoAnswerAction | undefined, string]> = [
+      [g.noAnswer, `groups[${i}].noAnswer`],
+      [g.noAnswer?.kind === "wait-for-operator" ? g.noAnswer.then : undefined, `groups[${i}].noAnswer.then`],
+      [g.outOfHours, `groups[${i}].outOfHours`],
+    ];
+    for (const [a, p] of actions) {
+      if (a?.kind !== "voicemail" || a.uri !== undefined) continue;
+      if (a.mailbox === undefined) {
+        if (g.id !== undefined && g.mailboxEnabled !== true) c.add("mailbox-disabled", p, `group "${g.id}" has no enabled mailbox (set its voicemail: { "enabled": true }, or name a mailbox or uri)`);
+        continue;
+      }
+      const [kind, id] = a.mailbox.split("/") as [string, string];
+      const on = mailboxEnabled(kind, id);
+      if (on === undefined) c.add("unknown-mailbox", `${p}.mailbox`, `no ${kind} with id "${id}"`);
+      else if (!on) c.add("mailbox-disabled", `${p}.mailbox`, `the mailbox of ${kind} "${id}" is not enabled`);
+    }
   });
   checkOverflowLoops(c, groups, groupIds);
   // An operator logs out of groups they are a member of (operator-state.ts).
@@ -452,9 +522,9 @@ export function firstSeen(
 }
 
 /** A record as far as it could be read: valid fields set, `value` only when all are valid. */
-interface UserDraft { id?: string; extension?: string; hasMobile?: boolean; loggedOutOf?: string[]; value?: User }
+interface UserDraft { id?: string; extension?: string; hasMobile?: boolean; loggedOutOf?: string[]; mailboxEnabled?: boolean; value?: User }
 interface DeviceDraft { id?: string; ownerId?: string; value?: DeviceRef }
-interface GroupDraft { id?: string; number?: string; members?: string[]; noAnswer?: NoAnswerAction; outOfHours?: FinalNoAnswerAction; hasHours?: boolean; value?: Group }
+interface GroupDraft { id?: string; number?: string; members?: string[]; noAnswer?: NoAnswerAction; outOfHours?: FinalNoAnswerAction; hasHours?: boolean; mailboxEnabled?: boolean; value?: Group }
 
 function parseUser(c: Checker, raw: unknown, path: string): UserDraft {
   if (!isRecord(raw)) {
@@ -474,7 +544,9 @@ function parseUser(c: Checker, raw: unknown, path: string): UserDraft {
     else c.add("invalid-type", `${path}.loggedOutOf`, "must be an array of group ids");
   }
   const stateChangedAt = raw.stateChangedAt === undefined ? undefined : c.integer(raw, "stateChangedAt", path, 0, Number.MAX_SAFE_INTEGER, "invalid-type");
-  const draft: UserDraft = { id, extension, hasMobile: raw.mobile !== undefined, loggedOutOf };
+  const voicemail = raw.voicemail === undefined ? undefined : parseMailbox(c, raw.voicemail, `${path}.voicemail`);
+  const draft: UserDraft = { id, extension, hasMobile: raw.mobile !== undefined, loggedOutOf, mailboxEnabled: voicemail?.enabled === true };
+  if (raw.voicemail !== undefined && voicemail === undefined) return draft;
   if (id === undefined || extension === undefined || name === undefined || availability === undefined || callLimit === undefined) return draft;
   if (raw.mobile !== undefined && mobile === undefined) return draft;
   if ((raw.loggedOutOf !== undefined && loggedOutOf === undefined) || (raw.stateChangedAt !== undefined && stateChangedAt === undefined)) return draft;
@@ -482,6 +554,7 @@ function parseUser(c: Checker, raw: unknown, path: string): UserDraft {
   if (mobile !== undefined) draft.value.mobile = mobile;
   if (loggedOutOf !== undefined) draft.value.loggedOutOf = [...loggedOutOf];
   if (stateChangedAt !== undefined) draft.value.stateChangedAt = stateChangedAt;
+  if (voicemail !== undefined) draft.value.voicemail = voicemail;
   return draft;
 }
 
@@ -550,7 +623,9 @@ function parseGroup(c: Checker, raw: unknown, path: string): GroupDraft {
     } else c.add("invalid-type", `${path}.responsibleFirst`, "must be { ringCount: integer }");
   }
 
-  const draft: GroupDraft = { id, number, members, noAnswer, outOfHours, hasHours: raw.hours !== undefined };
+  const voicemail = raw.voicemail === undefined ? undefined : parseMailbox(c, raw.voicemail, `${path}.voicemail`);
+  const draft: GroupDraft = { id, number, members, noAnswer, outOfHours, hasHours: raw.hours !== undefined, mailboxEnabled: voicemail?.enabled === true };
+  if (raw.voicemail !== undefined && voicemail === undefined) return draft;
   if (
     id === undefined || number === undefined || name === undefined || strategy === undefined || ringCount === undefined ||
     checkAvailability === undefined || members === undefined || noAnswer === undefined || (raw.pickup !== undefined && pickup === undefined) ||
@@ -563,6 +638,7 @@ function parseGroup(c: Checker, raw: unknown, path: string): GroupDraft {
     draft.value.outOfHours = outOfHours;
   }
   if (wrapUpS > 0) draft.value.wrapUpS = wrapUpS;
+  if (voicemail !== undefined) draft.value.voicemail = voicemail;
   if (responsibleFirst !== undefined) draft.value.responsibleFirst = responsibleFirst;
   return draft;
 }
@@ -696,6 +772,43 @@ function parseKnownCallers(c: Checker, raw: unknown, userIds: ReadonlyMap<string
   return out;
 }
 
+/** A mailbox's settings (user or group voicemail); defaults filled. */
+function parseMailbox(c: Checker, raw: unknown, path: string): MailboxConfig | undefined {
+  if (!isRecord(raw)) {
+    c.add("invalid-mailbox", path, "must be an object { enabled, maxMessageS?, maxMessages?, retentionDays?, silenceS?, noAnswerS?, greeting? }");
+    return undefined;
+  }
+  const before = c.errors.length;
+  if (typeof raw.enabled !== "boolean") c.add("invalid-mailbox", `${path}.enabled`, "must be a boolean");
+  const num = (key: keyof typeof MAILBOX_DEFAULTS, min: number, max: number): number | undefined =>
+    raw[key] === undefined ? MAILBOX_DEFAULTS[key] : c.integer(raw, key, path, min, max, "invalid-mailbox");
+  const maxMessageS = num("maxMessageS", MAILBOX_MESSAGE_S_MIN, MAILBOX_MESSAGE_S_MAX);
+  const maxMessages = num("maxMessages", 1, MAILBOX_MESSAGES_MAX);
+  const retentionDays = num("retentionDays", 0, MAILBOX_RETENTION_DAYS_MAX);
+  const silenceS = num("silenceS", 0, MAILBOX_MESSAGE_S_MAX);
+  const noAnswerS = num("noAnswerS", MAILBOX_MESSAGE_S_MIN, MAILBOX_MESSAGE_S_MAX);
+  const greeting = raw.greeting === undefined ? undefined : c.matching(raw, "greeting", path, GREETING_FILE_RE, "invalid-mailbox", "a WAV file name (letters, digits, . _ -, ending .wav) under <dataDir>/voicemail/greetings/");
+  for (const k of Object.keys(raw)) {
+    if (!["enabled", "maxMessageS", "maxMessages", "retentionDays", "silenceS", "noAnswerS", "greeting"].includes(k)) c.add("invalid-mailbox", `${path}.${k}`, "is not a mailbox setting");
+  }
+  if (c.errors.length > before || maxMessageS === undefined || maxMessages === undefined || retentionDays === undefined || silenceS === undefined || noAnswerS === undefined) return undefined;
+  const out: MailboxConfig = { enabled: raw.enabled as boolean, maxMessageS, maxMessages, retentionDays, silenceS, noAnswerS };
+  if (greeting !== undefined) out.greeting = greeting;
+  return out;
+}
+
+/** "user/<id>" / "group/<id>" → the owner; undefined when malformed. */
+export function parseMailboxRef(ref: string): { kind: "user" | "group"; id: string } | undefined {
+  const m = MAILBOX_REF_RE.exec(ref);
+  return m === null ? undefined : { kind: m[1] as "user" | "group", id: m[2]! };
+}
+
+/** The mailbox settings of an owner in the applied site; undefined when it has none enabled. */
+export function mailboxOf(index: Pick<SiteIndex, "usersById" | "groupsById">, owner: { kind: "user" | "group"; id: string }): MailboxConfig | undefined {
+  const cfg = owner.kind === "user" ? index.usersById.get(owner.id)?.voicemail : index.groupsById.get(owner.id)?.voicemail;
+  return cfg?.enabled === true ? cfg : undefined;
+}
+
 function parseAction(c: Checker, raw: unknown, path: string, waitAllowed: boolean): NoAnswerAction | undefined {
   if (!isRecord(raw)) {
     c.add("invalid-no-answer", path, "must be an object with a kind");
@@ -703,6 +816,16 @@ function parseAction(c: Checker, raw: unknown, path: string, waitAllowed: boolea
   }
   switch (raw.kind) {
     case "voicemail": {
+      if (raw.uri === undefined) {
+        // The appliance's own mailbox: the group's (absent), or the one named.
+        if (raw.mailbox === undefined) return { kind: "voicemail" };
+        const mailbox = c.matching(raw, "mailbox", path, MAILBOX_REF_RE, "invalid-mailbox", 'a mailbox "user/<id>" or "group/<id>"');
+        return mailbox === undefined ? undefined : { kind: "voicemail", mailbox };
+      }
+      if (raw.mailbox !== undefined) {
+        c.add("invalid-mailbox", `${path}.mailbox`, "cannot be given with uri: a voicemail action goes to a URI or to a mailbox on the appliance");
+        return undefined;
+      }
       const uri = c.matching(raw, "uri", path, VOICEMAIL_URI_RE, "invalid-voicemail-uri", "a sip:, sips: or tel: URI");
       if (uri !== undefined && uri.length > URI_MAX_LENGTH) {
         c.add("too-long", `${path}.uri`, `must be at most ${URI_MAX_LENGTH} characters`);

@@ -44,7 +44,7 @@
 //   nothing here allocates for reasons unless there is one.
 
 import type { Availability, DeviceRef, FinalNoAnswerAction, Group, HangupStatus, NoAnswerAction, User } from "./model.ts";
-import { EXTENSION_RE, MAX_PHYSICAL_RINGING, RING_COUNT_MAX, RING_COUNT_MIN, RING_UNIT_MS } from "./model.ts";
+import { EXTENSION_RE, MAX_PHYSICAL_RINGING, RING_COUNT_MAX, RING_COUNT_MIN, RING_UNIT_MS, parseMailboxRef } from "./model.ts";
 
 /** What presence knows now. Both collections are kept incrementally by their owners; read only here. */
 export interface PresenceSnapshot {
@@ -435,6 +435,8 @@ function physicalCap(maxPhysical: number | undefined): number {
 
 export type NoAnswerDecision =
   | { kind: "voicemail"; uri: string; fromGroupId: string }
+  /** The appliance's own mailbox (agent/voicemail/): the group's, or the one the action names. */
+  | { kind: "voicemail"; mailbox: { kind: "user" | "group"; id: string }; fromGroupId: string }
   | { kind: "forward"; number: string; source: "mobile"; memberId: string; fromGroupId: string }
   | { kind: "forward"; number: string; source: "number"; fromGroupId: string }
   /** Hold the caller; offer the call to selectFreeOperator's pick; at `until` resolve `then`. */
@@ -505,7 +507,8 @@ export function pickNoAnswer(input: NoAnswerInput): NoAnswerDecision {
     const fromGroupId = group.id;
     switch (action.kind) {
       case "voicemail":
-        return { kind: "voicemail", uri: action.uri, fromGroupId };
+        if (action.uri !== undefined) return { kind: "voicemail", uri: action.uri, fromGroupId };
+        return { kind: "voicemail", mailbox: action.mailbox === undefined ? { kind: "group", id: group.id } : (parseMailboxRef(action.mailbox) ?? { kind: "group", id: group.id }), fromGroupId };
       case "forward-number":
         return { kind: "forward", number: action.number, source: "number", fromGroupId };
       case "hangup":

@@ -157,7 +157,7 @@ export function whyRecord(trace: CallTrace, maxItems: number = MAX_WHY_ITEMS, de
 export function describeDecision(d: NoAnswerDecision): string {
   switch (d.kind) {
     case "voicemail":
-      return `voicemail ${d.uri}`;
+      return "uri" in d ? `voicemail ${d.uri}` : `voicemail ${d.mailbox.kind}/${d.mailbox.id}`;
     case "forward":
       return d.source === "mobile" ? `forwarded to ${d.memberId}'s mobile` : `forwarded to ${d.number}`;
     case "wait-for-operator":

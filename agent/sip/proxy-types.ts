@@ -108,6 +108,14 @@ export interface StatefulProxyApi {
    * caller on its own early dialog: another dialog's 180 would make the caller's side ring).
    */
   suppressRinging?(call: ProxyCall, on: boolean): void;
+  /**
+   * The appliance answers the call itself (voicemail, a greeting): a 2xx on the proxy's own To
+   * tag with the INVITE's Record-Route copied (RFC 3261 §12.1.1), every branch still alive
+   * cancelled. The proxy forgets the call (no dialog of its own; the in-dialog requests are the
+   * UAS's, sip/uas-session.ts) and reports nothing more about it. Returns the 2xx and how to
+   * send it again (the UAS core retransmits it, §13.3.1.4); undefined when the call is finished.
+   */
+  answerLocally?(call: ProxyCall, headers: SipHeader[], body: { contentType: string; body: Buffer }): { response: SipResponse; resend(): void } | undefined;
   /** Final failure upstream; every branch still alive is cancelled first. */
   reject(call: ProxyCall, status: number, reason: string, headers?: SipHeader[], options?: RejectOptions): void;
   /** Branches not yet in a final state. */

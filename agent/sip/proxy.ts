@@ -381,6 +381,27 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     this.ownDialogHandler = handler;
   }
 
+  answerLocally(callApi: ProxyCall, headers: SipHeader[], body: { contentType: string; body: Buffer }): { response: SipResponse; resend(): void } | undefined {
+    const call = this.own(callApi);
+    if (call === undefined || call.finished) return undefined;
+    this.cancelAll(call, undefined);
+    this.finish(call);
+    // §12.1.1: the UAS copies Record-Route into its 2xx (the route set of the caller's side).
+    const rr = getHeaders(call.request, "record-route").map((value) => ({ name: "record-route", value }));
+    const res = createResponse(call.request, 200, "OK", { toTag: call.toTag, headers: [...rr, ...headers], contentType: body.contentType, body: body.body });
+    const tx = call.tx;
+    const flow = call.flow;
+    tx.respond(res);
+    return {
+      response: res,
+      // RFC 6026 §8.7: through the transaction while it is "Accepted"; after Timer L straight
+      // to the transport, as relayAnswerRetransmission does.
+      resend: () => {
+        if (!tx.respond(res).ok) this.transport.send(flow, serialize(res));
+      },
+    };
+  }
+
   suppressRinging(callApi: ProxyCall, on: boolean): void {
     const call = this.own(callApi);
     if (call !== undefined) call.holdRinging = on;
@@ -1071,7 +1092,7 @@ function cancelWithReason(invite: SipRequest, reason: string | undefined): SipRe
 }
 
 /** Where requests inside a dialog go toward one of its sides (§12.2.1.1). */
-interface DialogLeg {
+export interface DialogLeg {
   /** Request-URI: that side's Contact (its remote target). */
   target: string;
   /** Route set toward it, nearest hop first. */
@@ -1102,7 +1123,7 @@ function legOf2xx(res: SipResponse, branch: BranchImpl, proxy: StatefulProxy): D
  * of a late-answering leg, a BYE on behalf of a dead phone. Built as text and parsed like
  * every other request the agent originates (cold path).
  */
-function buildInDialogRequest(
+export function buildInDialogRequest(
   leg: DialogLeg,
   from: string,
   callId: string,

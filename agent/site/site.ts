@@ -76,6 +76,9 @@ const CROSS_REFERENCE_CODES: ReadonlySet<ValidationCode> = new Set([
   "overflow-loop",
   "logged-out-not-member",
   "too-many-errors",
+  // Mailboxes named by voicemail actions (voicemail/).
+  "unknown-mailbox",
+  "mailbox-disabled",
   // Meaning the schema cannot see: overlaps, real dates, the zone, the directory's references.
   "empty-range",
   "overlapping-hours",

@@ -1,7 +1,7 @@
 // Reference console: what the central console does, small enough to read, so an operator can
 // drive a site without writing code and tests can too. `ringedge console push|watch|status|resync`.
 // It speaks the same contract as the agent (docs/mqtt.md) and validates what it sends.
-import { randomBytes } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import * as fs from "node:fs";
 import type { IClientOptions, MqttClient } from "mqtt";
 import type { Settings } from "../config.ts";
@@ -235,12 +235,15 @@ export const CONSOLE_HELP = `usage:
   ringedge console status <site> [--url ...]
   ringedge console resync <site> [<device id>...] [--url ...]
   ringedge console republish <site> [--url ...]
+  ringedge console voicemail-fetch <site> <message id> --out <file.wav> [--url ...]
 
 A reference central console. push publishes the snapshot (a site file, or a full desired
 envelope) as the site's retained desired config, waits for the agent's ack and prints it
 (exit 1 when rejected, or no ack within --timeout, default 10000 ms). A push larger than the
 site's limit (maxDesiredBytes in its retained reported state; --max-bytes, default ${DEFAULT_MAX_PAYLOAD_BYTES},
 for a site that has not reported one) is refused before it is sent. watch prints one line per presence snapshot, event, ack and status.
+voicemail-fetch downloads a recording (cmd/voicemail-fetch, docs/voicemail.md) chunk by chunk,
+checks every chunk's SHA-256 and the whole file's, and writes it only then (never over a file).
 --url defaults to the mqttUrl setting; --username/--password/--ca/--cert/--key as the mqtt*
 settings.`;
 
@@ -251,6 +254,33 @@ export type ConsoleCliSettings = Pick<Settings, "mqttUrl" | "mqttUsername" | "mq
 
 export const CONSOLE_VALUE_FLAGS = ["url", "timeout", "count", "username", "password", "ca", "cert", "key", "max-bytes"] as const;
 
+/**
+ * A recording over cmd/voicemail-fetch: chunks in order, each checked against its SHA-256, the
+ * whole against the message's; at most 4,096 chunks (a gigabyte: far past any recording).
+ */
+export async function fetchVoicemail(c: Pick<ConsoleClient, "command">, site: string, id: string, timeoutMs: number): Promise<{ ok: true; bytes: Buffer; sha256: string; mailbox: string } | { ok: false; error: string }> {
+  const parts: Buffer[] = [];
+  let offset = 0;
+  for (let i = 0; i < 4096; i++) {
+    const reply = await c.command(site, "voicemail-fetch", { id, offset }, timeoutMs);
+    if (reply.status !== "ok") return { ok: false, error: `${reply.status}: ${(reply.errors ?? []).map((e) => e.message).join("; ")}` };
+    const r = reply.result as { data?: unknown; chunkSha256?: unknown; sha256?: unknown; mailbox?: unknown; offset?: unknown; done?: unknown };
+    if (typeof r?.data !== "string" || typeof r.sha256 !== "string" || r.offset !== offset) return { ok: false, error: "the site's reply is not a voicemail-fetch chunk" };
+    const chunk = Buffer.from(r.data, "base64");
+    if (createHash("sha256").update(chunk).digest("hex") !== r.chunkSha256) return { ok: false, error: `chunk at ${offset} does not match its SHA-256; nothing written` };
+    parts.push(chunk);
+    offset += chunk.length;
+    if (r.done === true) {
+      const bytes = Buffer.concat(parts);
+      const sha = createHash("sha256").update(bytes).digest("hex");
+      if (sha !== r.sha256) return { ok: false, error: `the recording's SHA-256 ${sha} is not ${r.sha256}; nothing written` };
+      return { ok: true, bytes, sha256: sha, mailbox: String(r.mailbox) };
+    }
+    if (chunk.length === 0) return { ok: false, error: "the site sent an empty chunk before the end" };
+  }
+  return { ok: false, error: "too many chunks" };
+}
+
 /** `ringedge console <sub> ...`: returns the exit code. */
 export async function consoleCommand(sub: string | undefined, rest: string[], flags: Map<string, string | true>, settings: ConsoleCliSettings, out: Out, err: Out): Promise<number> {
   const flag = (name: string, fallback = ""): string => {
@@ -258,7 +288,7 @@ export async function consoleCommand(sub: string | undefined, rest: string[], fl
     return typeof v === "string" ? v : fallback;
   };
   const site = rest[0];
-  if (!sub || !["push", "watch", "status", "resync", "republish"].includes(sub) || !site) {
+  if (!sub || !["push", "watch", "status", "resync", "republish", "voicemail-fetch"].includes(sub) || !site) {
     err(CONSOLE_HELP + "\n");
     return 2;
   }
@@ -343,6 +373,27 @@ export async function consoleCommand(sub: string | undefined, rest: string[], fl
         const reply = await c.command(site, name, args, timeoutMs);
         out(JSON.stringify(reply, null, 2) + "\n");
         return reply.status === "ok" ? 0 : 1;
+      }
+      case "voicemail-fetch": {
+        const id = rest[1];
+        const file = flag("out");
+        if (id === undefined || file === "") {
+          err("ringedge: console voicemail-fetch needs <site> <message id> --out <file.wav>\n");
+          return 2;
+        }
+        const got = await fetchVoicemail(c, site, id, timeoutMs);
+        if (!got.ok) {
+          err(`ringedge: ${got.error}\n`);
+          return 1;
+        }
+        try {
+          fs.writeFileSync(file, got.bytes, { flag: "wx", mode: 0o640 });
+        } catch (e) {
+          err(`ringedge: ${file}: ${(e as NodeJS.ErrnoException).code === "EEXIST" ? "exists; not overwritten" : (e as Error).message}\n`);
+          return 1;
+        }
+        out(`${file}: ${got.bytes.length} bytes from ${got.mailbox}, SHA-256 ${got.sha256} verified\n`);
+        return 0;
       }
       case "watch": {
         const max = Number(flag("count", "0"));

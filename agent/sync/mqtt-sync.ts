@@ -288,6 +288,7 @@ export class MqttSync {
   private desiredChain: Promise<void> = Promise.resolve();
   private lastResult: ReportedPayload["lastResult"];
   private resync: ResyncHandler | undefined;
+  private voicemailFetch: ((args: Record<string, unknown>) => unknown) | undefined;
   private rejectedMessages = 0;
   private invalidOutgoing = 0;
   private stopping = false;
@@ -301,6 +302,11 @@ export class MqttSync {
     this.maxPayload = opts.maxPayloadBytes ?? DEFAULT_MAX_PAYLOAD_BYTES;
     this.now = opts.now ?? Date.now;
     this.stats = new CallStatistics(this.now());
+  }
+
+  /** Installs the cmd/voicemail-fetch handler (voicemail/fetch.ts); without one it replies "not-available". */
+  setVoicemailFetchHandler(handler: ((args: Record<string, unknown>) => unknown) | undefined): void {
+    this.voicemailFetch = handler;
   }
 
   /** Installs the cmd/resync handler (provisioning); without one resync replies "not-available". */
@@ -357,6 +363,10 @@ export class MqttSync {
       bus.on("call.busy", (e) => {
         this.stats.busy(e);
         this.event("call.busy", compact({ callId: e.callId, groupId: e.groupId, memberIds: e.memberIds, caller: e.caller }), e.at);
+      }),
+      bus.on("voicemail.message", (e) => {
+        this.stats.voicemail(e);
+        this.event("voicemail.message", { id: e.id, mailbox: `${e.mailbox.kind}/${e.mailbox.id}`, caller: e.caller, callId: e.callId, receivedAt: e.receivedAt, durationMs: e.durationMs, bytes: e.bytes, sha256: e.sha256 }, e.at);
       }),
       bus.on("operator.state", (e) => {
         this.event("operator.state", compact({ userId: e.userId, availability: e.availability, loggedOutOf: e.loggedOutOf, source: e.source, deviceId: e.deviceId }), e.at);
@@ -802,8 +812,17 @@ export class MqttSync {
         }
         return;
       }
+      case "voicemail-fetch": {
+        if (!this.voicemailFetch) return void (await reply("not-available", undefined, [{ code: "not-available", path: "$", message: "this agent has no mailboxes" }]));
+        try {
+          await reply("ok", await this.voicemailFetch(args));
+        } catch (err) {
+          await reply("error", undefined, [{ code: "voicemail-fetch-failed", path: "args", message: (err as Error).message }]);
+        }
+        return;
+      }
       default:
-        await reply("error", undefined, [{ code: "unknown-command", path: "$", message: `unknown command "${name.slice(0, 64)}" (resync, get-status, republish)` }]);
+        await reply("error", undefined, [{ code: "unknown-command", path: "$", message: `unknown command "${name.slice(0, 64)}" (resync, get-status, republish, voicemail-fetch)` }]);
     }
   }
 

@@ -37,6 +37,8 @@ export interface StatisticsReport {
   groups: Array<CountersReport & { groupId: string }>;
   /** Groups whose queue saw a call in the interval or has callers waiting now. */
   queues: QueueFigures[];
+  /** Voicemail messages left per mailbox ("user/<id>" / "group/<id>") in the interval; absent when none. */
+  voicemail?: Array<{ mailbox: string; messages: number }>;
 }
 
 /** Calls remembered to count a group's offer once per call (bounded: oldest forgotten first). */
@@ -50,6 +52,8 @@ export class CallStatistics {
   /** "<groupId>\0<callId>" of calls already counted as offered to a group. */
   private offeredCalls = new Set<string>();
   private readonly queues = new QueueStatistics();
+  /** Messages left, keyed by mailbox ref. */
+  private messages = new Map<string, number>();
   private from: number;
 
   constructor(now: number) {
@@ -94,12 +98,17 @@ export class CallStatistics {
     this.queues.joined(e.groupId);
   }
 
+  voicemail(e: AgentEvents["voicemail.message"]): void {
+    const ref = `${e.mailbox.kind}/${e.mailbox.id}`;
+    this.messages.set(ref, (this.messages.get(ref) ?? 0) + 1);
+  }
+
   queueLeft(e: AgentEvents["queue.left"]): void {
     this.queues.left(e.groupId, e.reason, e.waitedMs);
   }
 
   isEmpty(): boolean {
-    return this.operators.size === 0 && this.groups.size === 0 && this.queues.isEmpty();
+    return this.operators.size === 0 && this.groups.size === 0 && this.queues.isEmpty() && this.messages.size === 0;
   }
 
   /** The interval so far (with the queue lengths now); the counters keep running until reset(). */
@@ -110,6 +119,7 @@ export class CallStatistics {
       operators: [...this.operators].sort(byKey).map(([userId, c]) => ({ userId, ...counters(c) })),
       groups: [...this.groups].sort(byKey).map(([groupId, c]) => ({ groupId, ...counters(c) })),
       queues: this.queues.report(queueLengths),
+      ...(this.messages.size > 0 ? { voicemail: [...this.messages].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0)).map(([mailbox, messages]) => ({ mailbox, messages })) } : {}),
     };
   }
 
@@ -118,6 +128,7 @@ export class CallStatistics {
     this.operators.clear();
     this.groups.clear();
     this.queues.reset();
+    this.messages.clear();
     this.from = now;
   }
 }

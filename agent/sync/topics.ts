@@ -7,7 +7,7 @@ export const TOPIC_ROOT = "ringedge/v1";
 /** Site ids and console ids: the characters an ACL pattern and a topic level can carry safely. */
 export const SITE_ID_RE = /^[a-z0-9-]{1,64}$/;
 export const CONSOLE_ID_RE = /^[A-Za-z0-9_-]{1,64}$/;
-export const COMMAND_NAMES = ["resync", "get-status", "republish"] as const;
+export const COMMAND_NAMES = ["resync", "get-status", "republish", "voicemail-fetch"] as const;
 export type CommandName = (typeof COMMAND_NAMES)[number];
 
 export type SiteTopic = "desired" | "reported" | "ack" | "status" | "presence" | "events" | "statistics";

@@ -53,6 +53,7 @@ export interface SimGroup {
   outOfHours?: Record<string, unknown>;
   wrapUpS?: number;
   responsibleFirst?: { ringCount: number };
+  voicemail?: Record<string, unknown>;
 }
 
 export interface SimSite {

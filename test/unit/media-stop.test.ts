@@ -32,8 +32,8 @@ describe("media worker: load after start, and stop", () => {
     const min = await mediaRange(6);
     svc = new MediaService({ portMin: min, portMax: min + 5, log: createLogger("silent"), openTimeoutMs: 30_000 });
     svc.start();
-    svc.load("later", wav);
-    svc.load("missing", path.join(dir, "nope.wav"));
+    svc.preload("later", wav);
+    svc.preload("missing", path.join(dir, "nope.wav"));
     await until(() => svc!.has("later") || undefined, 60_000, 20);
     assert.equal(svc.has("missing"), false);
     const rx = dgram.createSocket("udp4");

@@ -762,3 +762,33 @@ describe("helpers", () => {
 
 // Branch is part of the public API the engine reads; keep the type import honest.
 export type { Branch };
+
+describe("answerLocally (the appliance as UAS, voicemail)", () => {
+  test("2xx on the proxy's own tag with Record-Route copied and the body; live branches cancelled; resend goes out again; the call is finished and reports nothing more", async () => {
+    w.caller.send(invite(["Record-Route: <sip:edge.test;lr>"]));
+    await settle();
+    w.a.respond(w.a.lastRequest("INVITE"), 180, "Ringing", "a1");
+    w.b.respond(w.b.lastRequest("INVITE"), 180, "Ringing", "b1");
+    const call = w.calls[0]!;
+    const r = w.proxy.answerLocally(call, [{ name: "contact", value: "<sip:192.0.2.1:5060>" }], { contentType: "application/sdp", body: Buffer.from("v=0\r\n") });
+    assert.ok(r);
+    const ok = w.caller.responses(200);
+    assert.equal(ok.length, 1);
+    assert.ok(ok[0]!.to.tag !== undefined && ok[0]!.to.tag !== "a1" && ok[0]!.to.tag !== "b1", "the proxy's own tag");
+    assert.deepEqual(getHeaders(ok[0]!, "record-route"), ["<sip:edge.test;lr>"]);
+    assert.equal(getHeader(ok[0]!, "contact"), "<sip:192.0.2.1:5060>");
+    assert.equal(ok[0]!.body.toString(), "v=0\r\n");
+    assert.equal(w.a.requests("CANCEL").length, 1);
+    assert.equal(w.b.requests("CANCEL").length, 1);
+    assert.equal(call.finished, true);
+    r.resend();
+    assert.equal(w.caller.responses(200).length, 2, "resend: the same 2xx again (RFC 6026 §8.7)");
+    assert.equal(w.proxy.answerLocally(call, [], { contentType: "application/sdp", body: Buffer.from("v=0\r\n") }), undefined, "only once");
+    // A late 2xx of a cancelled branch is ACKed and BYEd, never relayed.
+    w.a.respond(w.a.lastRequest("INVITE"), 200, "OK", "a1");
+    assert.equal(w.caller.responses(200).length, 2);
+    assert.equal(w.a.requests("BYE").length, 1);
+    assert.deepEqual(w.events.ended, []);
+    assert.deepEqual(w.events.answered, []);
+  });
+});

@@ -223,6 +223,8 @@ function world(opts: {
   callMenus?: NonNullable<ConstructorParameters<typeof RoutingEngine>[0]["callMenus"]>;
   /** Stands in for the music on hold (EngineDeps.queueMedia). */
   queueMedia?: NonNullable<ConstructorParameters<typeof RoutingEngine>[0]["queueMedia"]>;
+  /** Mailboxes on the appliance (EngineDeps.mailboxes): what they were handed, in order. */
+  mailboxes?: Array<{ pc: ProxyCall; mailbox: string; caller: string; events: { answered(): void; ended(status: number | undefined): void }; left: boolean }>;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
@@ -274,6 +276,14 @@ function world(opts: {
     ...(opts.maxPhysical !== undefined ? { maxPhysical: opts.maxPhysical } : {}),
     ...(opts.callMenus !== undefined ? { callMenus: opts.callMenus } : {}),
     ...(opts.queueMedia !== undefined ? { queueMedia: opts.queueMedia } : {}),
+    ...(opts.mailboxes !== undefined
+      ? {
+          mailboxes: {
+            take: (pc: ProxyCall, mailbox: { kind: string; id: string }, caller: string, events: { answered(): void; ended(status: number | undefined): void }) => void opts.mailboxes!.push({ pc, mailbox: `${mailbox.kind}/${mailbox.id}`, caller, events, left: false }),
+            leave: (pc: ProxyCall) => opts.mailboxes!.filter((m) => m.pc === pc).forEach((m) => (m.left = true)),
+          },
+        }
+      : {}),
     ...(opts.stateless !== undefined ? { respondStatelessly: (tx: ServerTransaction, res: SipResponse) => opts.stateless!.push({ tx, res }) } : {}),
   });
   engine.start();
@@ -1364,5 +1374,68 @@ describe("queue order, positions and statistics", () => {
     ]);
     assert.equal(w.engine.stats().queued, 0);
     assert.deepEqual(w.engine.queueLengths(), new Map([["g1", 0], ["g2", 0]]), "every wait-for-operator group, empty ones too");
+  });
+});
+
+describe("mailboxes on the appliance (voicemail)", () => {
+  type Taken = NonNullable<Parameters<typeof world>[0]["mailboxes"]>;
+  const withBox = (over: Partial<Group> = {}) => group({ members: ["u1"], noAnswer: { kind: "voicemail" }, voicemail: { enabled: true, maxMessageS: 60, maxMessages: 5, retentionDays: 30, silenceS: 5, noAnswerS: 10 }, ...over });
+
+  it("the group's own mailbox takes the call after the last step; answered by no member, recorded as voicemail", () => {
+    const taken: Taken = [];
+    const w = world({ users: 1, groups: [withBox()], mailboxes: taken });
+    const { pc } = w.call("100", trunkFlow);
+    assert.equal(taken.length, 0);
+    w.clock.advance(1000);
+    assert.equal(taken.length, 1);
+    assert.equal(taken[0]!.mailbox, "group/g1");
+    assert.equal(taken[0]!.caller, "555");
+    assert.ok(pc!.branches.every((b) => b.state !== "calling" && b.state !== "ringing"), "the member's phone was cancelled");
+    taken[0]!.events.answered();
+    const answered = events(w, "call.answered");
+    assert.equal(answered.length, 1);
+    assert.equal(answered[0]!.memberId, undefined);
+    taken[0]!.events.ended(undefined);
+    assert.equal(w.records[0]!.outcome, "voicemail");
+  });
+
+  it("a named user mailbox; the caller cancelling before the answer makes the engine leave it", () => {
+    const taken: Taken = [];
+    const anna = user("u1", "201", { voicemail: { enabled: true, maxMessageS: 60, maxMessages: 5, retentionDays: 30, silenceS: 5, noAnswerS: 10 } });
+    const w = world({ users: [anna], groups: [group({ members: ["u1"], noAnswer: { kind: "voicemail", mailbox: "user/u1" } })], mailboxes: taken });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(1000);
+    assert.equal(taken[0]!.mailbox, "user/u1");
+    pc!.events.onCallerCancelled?.(pc!);
+    assert.equal(taken[0]!.left, true);
+    assert.equal(w.records[0]!.outcome, "missed");
+  });
+
+  it("without voicemail running, a mailbox action gets 480", () => {
+    const w = world({ users: 1, groups: [withBox()] });
+    const { pc } = w.call("100", trunkFlow);
+    w.clock.advance(1000);
+    assert.equal(pc!.rejected, 480);
+  });
+
+  it("direct calls to a user with a mailbox: at once when offline, after noAnswerS of ringing otherwise", () => {
+    const taken: Taken = [];
+    const box = { enabled: true, maxMessageS: 60, maxMessages: 5, retentionDays: 30, silenceS: 5, noAnswerS: 10 };
+    const w = world({ users: [user("u1", "201", { voicemail: box }), user("u2", "202")], groups: [], offline: ["p1"], mailboxes: taken });
+    w.call("201", trunkFlow);
+    assert.deepEqual(taken.map((t) => t.mailbox), ["user/u1"], "offline: straight to the mailbox");
+    w.setOnline("p1", true);
+    const { pc } = w.call("201", trunkFlow);
+    assert.equal(pc!.branches.length, 1, "the phone rings first");
+    w.clock.advance(9_999);
+    assert.equal(taken.length, 1);
+    w.clock.advance(1);
+    assert.equal(taken.length, 2);
+    assert.ok(pc!.branches.every((b) => b.state !== "calling" && b.state !== "ringing"));
+    // A user without a mailbox is unchanged: 480 when offline.
+    w.setOnline("p2", false);
+    const r = w.call("202", trunkFlow);
+    assert.equal(r.pc, undefined);
+    assert.equal(taken.length, 2);
   });
 });

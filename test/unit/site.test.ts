@@ -53,7 +53,7 @@ describe("contract", () => {
     const bad = site(1);
     bad.groups[1].members[0] = 42;
     bad.groups[2].noAnswer = { kind: "wait-for-operator", maxWaitS: 30, then: { kind: "wait-for-operator", maxWaitS: 5, then: { kind: "hangup" } } };
-    bad.groups[3].noAnswer = { kind: "voicemail" };
+    bad.groups[3].noAnswer = { kind: "voicemail", uri: 7 };
     bad.users[0].colour = "red";
     delete bad.devices[0].kind;
     bad.settings.trunk.allowedSources = ["127.0.0.1", "127.0.0.1"];
@@ -63,7 +63,7 @@ describe("contract", () => {
     for (const want of [
       "groups[1].members[0]: must be a string",
       'groups[2].noAnswer.then.kind: must be one of "voicemail", "forward-mobile", "forward-number", "overflow-group", "hangup"',
-      "groups[3].noAnswer.uri: is required",
+      "groups[3].noAnswer.uri: must be a string",
       "users[0].colour: is not a known property",
       "devices[0].kind: is required",
       "settings.trunk.allowedSources: must not repeat an item (items 0 and 1 are equal)",
