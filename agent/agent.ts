@@ -53,6 +53,7 @@ import { BlfNotifier } from "./presence/blf.ts";
 import { startObservability, type Observability } from "./observe/observe.ts";
 import { AuditLog, auditedCommands } from "./observe/audit.ts";
 import { startMedia, type MediaPlaneHandle } from "./media/setup.ts";
+import { wireCallbacks, type CallbackWiring } from "./routing/callback-setup.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -79,6 +80,8 @@ export interface AgentStatus {
   overload: OverloadStats;
   /** Routing engine: calls in hand, queued calls, INVITE → first-fork latency (issue 3). */
   routing: EngineStats;
+  /** Pending callbacks in queue order (routing/callback.ts); `calling`: the operator being called for it now. */
+  callbacks: Array<{ id: string; groupId: string; number: string; place: string; attempts: number; calling: string | null; notBefore: string | null }>;
   store: { file: string; pendingWrites: boolean };
   /** The applied site configuration; null before the first site file or console push. */
   site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
@@ -127,6 +130,8 @@ export class Agent {
   engine!: RoutingEngine;
   /** Media plane (music on hold); undefined when queueMusic is off. */
   media: MediaPlaneHandle | undefined;
+  /** Callbacks for impatient callers (routing/callback-service.ts) and the calls the agent places (sip/originate.ts). */
+  callbacks: CallbackWiring | undefined;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
@@ -337,6 +342,18 @@ export class Agent {
       bus: this.bus,
       hasQueue: () => [...this.site.current().index.groupsById.values()].some((g) => g.noAnswer.kind === "wait-for-operator"),
     });
+    this.callbacks = wireCallbacks({
+      settings: s,
+      media: this.media,
+      transactions: this.transactions,
+      send: (flow, bytes) => this.transport.send(flow, bytes),
+      site: () => {
+        const cur = this.site.current();
+        return { index: cur.index, settings: cur.record?.settings ?? { pickupCode: DEFAULT_PICKUP_CODE } };
+      },
+      bus: this.bus,
+      log: this.log.child("callback"),
+    });
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -363,8 +380,10 @@ export class Agent {
       latencyBudgetMs: s.latencyBudgetMs,
       operators: this.operators,
       ...(this.media !== undefined ? { queueMedia: this.media.queueMusic } : {}),
+      ...(this.callbacks !== undefined ? { queueMedia: this.callbacks.queueMedia, callbacks: this.callbacks.service } : {}),
     });
     this.engine.start();
+    this.callbacks?.service.start(this.engine);
     this.latencyWatch = new LatencyWatch({
       bus: this.bus,
       counters: () => this.engine.stats().latency,
@@ -446,6 +465,7 @@ export class Agent {
     this.blf?.stop();
     this.subscriptions?.stop();
     this.latencyWatch?.stop();
+    await this.callbacks?.stop();
     this.engine?.stop();
     this.operators?.stop();
     await this.media?.stop();
@@ -583,6 +603,7 @@ export class Agent {
       proxy: this.proxy.stats(),
       overload: this.overload.stats(),
       routing: this.engine.stats(),
+      callbacks: this.callbacks?.service.list().map((c) => ({ id: c.id, groupId: c.groupId, number: c.number, place: new Date(c.place).toISOString(), attempts: c.attempts, calling: c.operator ?? null, notBefore: c.notBefore > 0 ? new Date(c.notBefore).toISOString() : null })) ?? [],
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
@@ -692,6 +713,8 @@ export class Agent {
     if (req.method === "SUBSCRIBE" && req.to.tag !== undefined && this.subscriptions.handleInDialog(tx, req, flow)) return;
     // Requests inside a dialog (To tag) follow its route set through the proxy (§16.12).
     if (req.to.tag !== undefined && req.method !== "REGISTER") {
+      // Dialogs of calls the agent placed itself (callbacks, sip/originate.ts) are answered here.
+      if (this.callbacks?.originator.handleInDialog(tx, req) === true) return;
       this.proxy.handleInDialog(tx, req, flow);
       return;
     }

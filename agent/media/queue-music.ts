@@ -68,8 +68,26 @@ export function offerOf(pc: Pick<ProxyCall, "request">): SdpResult<{ offer: SdpO
   return { ok: true, value: { offer: offer.value, choice: choice.value } };
 }
 
+/** Features playing their own prompts on a waiting caller's stream (callback offer, media/callback-offer.ts). */
+export interface QueueMusicListener {
+  onDigit?(pc: ProxyCall, digit: string): void;
+  /** A sound ended; true: the listener handled it (the music does not resume here). */
+  onPlayEnded?(pc: ProxyCall, sound: string): boolean;
+}
+
 export class QueueMusic {
   private readonly waiting = new Map<string, Waiting>();
+  private listener: QueueMusicListener | undefined;
+
+  /** Sets the one listener for digits and ended prompts of waiting callers. */
+  listen(listener: QueueMusicListener | undefined): void {
+    this.listener = listener;
+  }
+
+  /** The media session playing to a waiting call, once its port is bound. */
+  sessionOf(pcId: string): string | undefined {
+    return this.waiting.get(pcId)?.session;
+  }
 
   constructor(private readonly deps: QueueMusicDeps) {}
 
@@ -105,8 +123,10 @@ export class QueueMusic {
             w.session = undefined;
             this.stopTimer(w);
           },
+          onDigit: (digit) => this.listener?.onDigit?.(pc, digit),
           // After an announcement the music resumes (from its start: a tune, not a programme).
           onPlayEnded: (sound) => {
+            if (this.listener?.onPlayEnded?.(pc, sound) === true) return;
             if (sound === ANNOUNCEMENT_SOUND && w.session !== undefined) this.deps.media.play(w.session, HOLD_SOUND, true);
           },
         },

@@ -9,6 +9,7 @@ import { advertisedAddress } from "../sip/advertise.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
 import { hostPort } from "../sip/requests.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
+import { CONFIRM_SOUND, OFFER_SOUND } from "./callback-offer.ts";
 import { MediaService } from "./service.ts";
 import { decodeWav } from "./wav.ts";
 
@@ -55,6 +56,9 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   }
   const sounds: Record<string, string> = { [HOLD_SOUND]: hold };
   if (s.queueAnnouncement || s.queueAnnouncementIntervalS > 0) sounds[ANNOUNCEMENT_SOUND] = shippedAudio("queue-welcome.wav");
+  // The callback offer's prompts (media/callback-offer.ts): small, loaded whether or not a group offers callbacks yet.
+  sounds[OFFER_SOUND] = shippedAudio("callback-offer.wav");
+  sounds[CONFIRM_SOUND] = shippedAudio("callback-confirm.wav");
   const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds });
   if (site.hasQueue()) media.start();
   const off = site.bus.on("site.applied", () => {
