@@ -259,7 +259,9 @@ export class Leg {
       to: getHeader(res, "to") ?? this.to,
       callId: this.callId,
     };
-    this.owner.deps.send(this.req.flow, serialize(buildInDialogRequest({ ...base, method: "ACK", branch: this.owner.deps.createBranch(), cseq: seq })));
+    const offer = res.body.length > 0 ? res.body.toString("utf8") : undefined;
+    const answer = offer !== undefined ? { body: { contentType: "application/sdp", data: rejectingAnswer(offer) } } : {};
+    this.owner.deps.send(this.req.flow, serialize(buildInDialogRequest({ ...base, method: "ACK", branch: this.owner.deps.createBranch(), cseq: seq, ...answer })));
     const bye = buildInDialogRequest({ ...base, method: "BYE", branch: this.owner.deps.createBranch(), cseq: seq + 1 });
     this.owner.deps.sendRequest(bye, this.req.flow, { onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
   }
