@@ -218,3 +218,15 @@ describe("group callback setting", () => {
     assert.equal(validatePayload("group", { ...g, callback: { offerAfterS: 20 } }).ok, false);
   });
 });
+
+describe("callback events in the console contract", () => {
+  const ev = (type: string, data: unknown) => validatePayload("event", { bootId: "Xq3b9_k1", seq: 1, type, at: 1, data });
+  it("requested, connected and missed are events with their fields; anything else in them is refused", () => {
+    assert.equal(ev("callback.requested", { id: "cb-1", groupId: "sales", number: "+4930555123", place: 5 }).ok, true);
+    assert.equal(ev("callback.connected", { id: "cb-1", groupId: "sales", number: "+4930555123", memberId: "anna", attempts: 1 }).ok, true);
+    assert.equal(ev("callback.missed", { id: "cb-1", groupId: "sales", number: "+4930555123", attempts: 3 }).ok, true);
+    assert.equal(ev("callback.missed", { id: "cb-1", groupId: "sales", number: "+4930555123", attempts: 3, password: "x" }).ok, false);
+    assert.equal(ev("callback.requested", { groupId: "sales", number: "+4930555123" }).ok, false);
+    assert.equal(ev("callback.lost", { id: "cb-1", groupId: "sales", number: "1" }).ok, false);
+  });
+});
