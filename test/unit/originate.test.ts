@@ -1,7 +1,8 @@
 // sip/originate.ts: the agent's own UAC legs against a fake transaction layer — what goes on
 // the wire (INVITE, the held ACK, CANCEL, BYE), the dialog it keeps (remote target, route set,
 // tags), and what the TU hears, including the hostile or odd cases (retransmitted and forked
-// 2xx, a 2xx after we gave up, in-dialog requests from the peer).
+// 2xx, a 2xx after we gave up, in-dialog requests from the peer). Then the callback service
+// (routing/callback-service.ts) driving real legs: RFC 3725 flow I, failures, retries, missed.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createLogger } from "../../agent/log.ts";
@@ -9,6 +10,13 @@ import { parseDatagram } from "../../agent/sip/message.ts";
 import { Originator, rejectingAnswer, type Leg, type LegEvents } from "../../agent/sip/originate.ts";
 import type { ClientTransactionCallbacks, ServerTransaction } from "../../agent/sip/transaction.ts";
 import type { Flow, SipMessage, SipRequest, SipResponse } from "../../agent/sip/types.ts";
+import { EventBus } from "../../agent/bus.ts";
+import { CallbackService, type CallbackEngine } from "../../agent/routing/callback-service.ts";
+import { indexSite, parseSite } from "../../agent/routing/model.ts";
+import type { Binding } from "../../agent/sip/location.ts";
+import type { ProxyCall } from "../../agent/sip/proxy-types.ts";
+import { tempDir } from "../tmpdir.ts";
+
 
 const FLOW: Flow = { transport: "udp", remoteAddress: "192.0.2.20", remotePort: 5062, localAddress: "192.0.2.1", localPort: 5060 };
 const PHONE_SDP = ["v=0", "o=- 1 1 IN IP4 192.0.2.20", "s=-", "c=IN IP4 192.0.2.20", "t=0 0", "m=audio 40000 RTP/AVP 0 101", ""].join("\r\n");
@@ -198,5 +206,102 @@ describe("originate: a UAC leg", () => {
     });
     assert.deepEqual(statuses, [488, 200, 405]);
     assert.equal(leg.state, "confirmed");
+  });
+});
+
+// --- the callback service over real legs (routing/callback-service.ts) -------------------------------
+
+describe("callback service: the callback call over originate legs", () => {
+  function setup(retries = 1) {
+    const f = fakes();
+    const parsed = parseSite({
+      settings: {},
+      users: [{ id: "anna", extension: "201", name: "Anna", availability: "available" }],
+      devices: [{ id: "p-anna", ownerId: "anna", kind: "physical" }],
+      groups: [{ id: "sales", number: "600", name: "Sales", strategy: "sequential", members: ["anna"], ringCount: 2, checkAvailability: false, noAnswer: { kind: "wait-for-operator", maxWaitS: 120, then: { kind: "hangup" } }, callback: { enabled: true, retries, retryDelayS: 30 } }],
+    });
+    if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
+    const site = { index: indexSite(parsed.site), settings: { pickupCode: "*8", trunk: { host: "192.0.2.50", port: 5080, transport: "udp" as const, allowedSources: ["192.0.2.50"], prefix: "0" } } };
+    const binding = { deviceId: "p-anna", aor: "anna", contact: "sip:anna@192.0.2.20:5062", flow: FLOW } as Binding;
+    const journal: string[] = [];
+    const engine: CallbackEngine = {
+      serveQueue: () => void journal.push("serve"),
+      holdOperator: (u) => void journal.push(`hold ${u}`),
+      releaseOperator: (u, serve = true) => void journal.push(`release ${u}${serve ? "" : " quietly"}`),
+      takeForCallback: () => ({ groupId: "sales", place: 1000, number: "+4930555123" }),
+      bindingsOf: (d) => (d === "p-anna" ? [binding] : []),
+    };
+    const bus = new EventBus();
+    const events: string[] = [];
+    for (const n of ["callback.requested", "callback.connected", "callback.missed"] as const) bus.on(n, (e) => void events.push(`${n} ${e.number}`));
+    let now = 10_000;
+    const svc = new CallbackService({ dataDir: tempDir(), site: () => site, originator: f.orig, bus, log: createLogger("silent"), sipAdvertise: "", ringUnitMs: 1000, now: () => now });
+    svc.start(engine);
+    const pc = { id: "pc1", request: parse(["INVITE sip:600@192.0.2.1 SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.50:5080;branch=z9hG4bKin", "From: <sip:+4930555123@192.0.2.50>;tag=t", "To: <sip:600@192.0.2.1>", "Call-ID: in1", "CSeq: 1 INVITE", "Content-Length: 0", "", ""].join("\r\n")) } as unknown as ProxyCall;
+    return { f, svc, journal, events, pc, advance: (ms: number) => (now += ms) };
+  }
+
+  it("requested → operator called first (no SDP, 'Callback <number>') → their offer to the caller through the trunk → joined; a BYE from the operator ends the caller's leg", async () => {
+    const { f, svc, journal, events, pc } = setup();
+    svc.accepted(pc);
+    assert.deepEqual(events, ["callback.requested +4930555123"]);
+    const id = svc.list()[0]!.id;
+    assert.equal(svc.dispatch(id, "anna", ["p-anna"]), true);
+    assert.equal(svc.dispatch(id, "anna", ["p-anna"]), false, "already in progress");
+    const toOp = f.sent[0]!;
+    assert.equal(toOp.req.uri, "sip:anna@192.0.2.20:5062");
+    assert.match(header(toOp.req, "from")!, /^"Callback \+4930555123"/);
+    assert.equal(toOp.req.body.length, 0);
+    toOp.cb.onFinal(response(toOp.req, 200, "op", { contact: "sip:anna@192.0.2.20:5062", sdp: PHONE_SDP }), {} as never);
+    const toCaller = f.sent[1]!;
+    assert.equal(toCaller.req.uri, "sip:0+4930555123@192.0.2.50:5080", "through the trunk, with its prefix");
+    assert.equal(toCaller.req.body.toString(), PHONE_SDP, "the operator's offer");
+    const answer = PHONE_SDP.replace("40000", "41000");
+    toCaller.cb.onFinal(response(toCaller.req, 200, "cl", { contact: "sip:gw@192.0.2.50:5080", sdp: answer }), {} as never);
+    const acks = f.raw.map((r) => parse(r) as SipRequest);
+    assert.deepEqual(acks.map((a) => [a.method, a.uri, a.body.toString()]), [["ACK", "sip:gw@192.0.2.50:5080", ""], ["ACK", "sip:anna@192.0.2.20:5062", answer]]);
+    assert.deepEqual(events.at(-1), "callback.connected +4930555123");
+    assert.deepEqual(svc.list(), []);
+    // The operator hangs up: BYE to the caller, the operator freed.
+    const opLeg = { localTag: /tag=([^;>\s]+)/.exec(header(toOp.req, "from")!)![1]!, callId: toOp.req.callId } as Leg;
+    const t = fakeTx();
+    assert.equal(f.orig.handleInDialog(t.tx, peerRequest(opLeg, "BYE", "op")), true);
+    assert.equal(f.sent[2]!.req.method, "BYE");
+    assert.equal(f.sent[2]!.req.uri, "sip:gw@192.0.2.50:5080");
+    assert.deepEqual(journal.filter((j) => j !== "serve"), ["hold anna", "release anna"]);
+    await svc.stop();
+  });
+
+  it("operator does not answer: the callback keeps its place, attempts 0, the operator released without serving them again", async () => {
+    const { f, svc, journal, pc } = setup();
+    svc.accepted(pc);
+    const id = svc.list()[0]!.id;
+    svc.dispatch(id, "anna", ["p-anna"]);
+    f.sent[0]!.cb.onFinal(response(f.sent[0]!.req, 480, "op"), {} as never);
+    assert.deepEqual(svc.list().map((c) => [c.id, c.attempts, c.operator]), [[id, 0, undefined]]);
+    assert.deepEqual(journal.filter((j) => j !== "serve"), ["hold anna", "release anna quietly"]);
+    await svc.stop();
+  });
+
+  it("caller busy: the operator's leg is ended (ACK refusing its offer, BYE), retried after the delay, then missed", async () => {
+    const { f, svc, events, pc, advance } = setup(1);
+    svc.accepted(pc);
+    const id = svc.list()[0]!.id;
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      const n = f.sent.length;
+      assert.equal(svc.dispatch(id, "anna", ["p-anna"]), attempt === 1 || svc.list().length === 1);
+      const toOp = f.sent[n]!;
+      toOp.cb.onFinal(response(toOp.req, 200, `op${attempt}`, { contact: "sip:anna@192.0.2.20:5062", sdp: PHONE_SDP }), {} as never);
+      const toCaller = f.sent[n + 1]!;
+      toCaller.cb.onFinal(response(toCaller.req, 486, "cl"), {} as never);
+      assert.equal(f.sent[n + 2]!.req.method, "BYE", "the operator's leg ended");
+      if (attempt === 1) {
+        assert.deepEqual(svc.list().map((c) => [c.attempts, c.notBefore]), [[1, 10_000 + 30_000]]);
+        advance(30_000);
+      }
+    }
+    assert.deepEqual(svc.list(), []);
+    assert.deepEqual(events, ["callback.requested +4930555123", "callback.missed +4930555123"]);
+    await svc.stop();
   });
 });
