@@ -21,6 +21,25 @@ export const OFFER_SOUND = "callback-offer";
 export const CONFIRM_SOUND = "callback-confirm";
 /** The digit that accepts the offer. */
 export const ACCEPT_DIGIT = "1";
+/**
+ * The confirmation is over by then whatever happens to it (the shipped prompt is 5.5 s): a
+ * periodic queue announcement replacing it reports no end of the confirmation.
+ */
+export const CONFIRM_MAX_MS = 15_000;
+
+interface Timers {
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(handle: unknown): void;
+}
+
+const REAL_TIMERS: Timers = {
+  setTimeout: (fn, ms) => {
+    const t = setTimeout(fn, ms);
+    t.unref();
+    return t;
+  },
+  clearTimeout: (h) => clearTimeout(h as NodeJS.Timeout),
+};
 
 export interface CallbackOfferDeps {
   music: QueueMusic;
@@ -32,6 +51,7 @@ export interface CallbackOfferDeps {
   /** The caller accepted and heard the confirmation. */
   onAccepted: (pc: ProxyCall, groupId: string) => void;
   log: Logger;
+  timers?: Timers;
 }
 
 type Stage = "waiting" | "offered" | "confirming";
@@ -39,13 +59,15 @@ type Stage = "waiting" | "offered" | "confirming";
 interface Offer {
   groupId: string;
   stage: Stage;
-  timer: NodeJS.Timeout | undefined;
+  timer: unknown;
 }
 
 export class CallbackOffer {
   private readonly offers = new Map<string, Offer>();
+  private readonly timers: Timers;
 
   constructor(private readonly deps: CallbackOfferDeps) {
+    this.timers = deps.timers ?? REAL_TIMERS;
     deps.music.listen({ onDigit: (pc, d) => this.onDigit(pc, d), onPlayEnded: (pc, s) => this.onPlayEnded(pc, s) });
   }
 
@@ -67,8 +89,7 @@ export class CallbackOffer {
       return;
     }
     const offer: Offer = { groupId, stage: "waiting", timer: undefined };
-    offer.timer = setTimeout(() => this.offer(pc, offer), s.offerAfterS * 1000);
-    offer.timer.unref();
+    offer.timer = this.timers.setTimeout(() => this.offer(pc, offer), s.offerAfterS * 1000);
     this.offers.set(pc.id, offer);
   }
 
@@ -76,7 +97,7 @@ export class CallbackOffer {
   leave(pc: ProxyCall): void {
     const o = this.offers.get(pc.id);
     if (o !== undefined) {
-      if (o.timer !== undefined) clearTimeout(o.timer);
+      if (o.timer !== undefined) this.timers.clearTimeout(o.timer);
       this.offers.delete(pc.id);
     }
     this.deps.music.leave(pc);
@@ -101,8 +122,10 @@ export class CallbackOffer {
     if (o === undefined || o.stage !== "offered" || digit !== ACCEPT_DIGIT) return;
     o.stage = "confirming";
     const session = this.deps.music.sessionOf(pc.id);
-    if (session !== undefined && this.deps.media.has(CONFIRM_SOUND)) this.deps.media.play(session, CONFIRM_SOUND, false);
-    else this.accept(pc, o);
+    if (session !== undefined && this.deps.media.has(CONFIRM_SOUND)) {
+      this.deps.media.play(session, CONFIRM_SOUND, false);
+      o.timer = this.timers.setTimeout(() => this.offers.get(pc.id) === o && this.accept(pc, o), CONFIRM_MAX_MS);
+    } else this.accept(pc, o);
   }
 
   private onPlayEnded(pc: ProxyCall, sound: string): boolean {
@@ -122,6 +145,8 @@ export class CallbackOffer {
   }
 
   private accept(pc: ProxyCall, o: Offer): void {
+    if (o.timer !== undefined) this.timers.clearTimeout(o.timer);
+    o.timer = undefined;
     this.offers.delete(pc.id);
     this.deps.onAccepted(pc, o.groupId);
   }
