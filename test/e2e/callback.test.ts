@@ -118,13 +118,13 @@ class Caller {
   readonly responses: SimMessage[] = [];
   readonly rtp: Array<{ pkt: RtpPacket; from: string }> = [];
   readonly callId = `cb-${randomBytes(6).toString("hex")}@trunk`;
-  readonly number = "+4930555123";
   private readonly fromTag = randomBytes(4).toString("hex");
   private readonly branch = `z9hG4bK${randomBytes(6).toString("hex")}`;
   private constructor(
     private readonly sip: dgram.Socket,
     readonly media: dgram.Socket,
     private readonly agentPort: number,
+    readonly number: string,
   ) {
     sip.on("message", (b) => {
       const m = parseSimMessage(b.toString("utf8"));
@@ -136,13 +136,35 @@ class Caller {
     });
   }
 
-  static async open(agentPort: number): Promise<Caller> {
+  static async open(agentPort: number, number = "+4930555123"): Promise<Caller> {
     const bind = async (): Promise<dgram.Socket> => {
       const s = dgram.createSocket("udp4");
       await new Promise<void>((r) => s.bind(0, TRUNK_CALLER_IP, () => r()));
       return s;
     };
-    return new Caller(await bind(), await bind(), agentPort);
+    return new Caller(await bind(), await bind(), agentPort, number);
+  }
+
+  /** ACK of the operator's 2xx (§13.2.2.4, new branch, to its Contact), then BYE on the same dialog. */
+  ackAndBye(ok: SimMessage): void {
+    const target = /<([^>]+)>/.exec(ok.header("contact") ?? "")?.[1] ?? this.uri;
+    const routes = ok.all("record-route").flatMap((v) => v.split(/,(?=\s*<)/).map((r) => r.trim())).reverse();
+    const to = ok.header("to") ?? "";
+    const hop = (method: string, cseq: string): string[] => [
+      `${method} ${target} SIP/2.0`,
+      `Via: SIP/2.0/UDP ${TRUNK_CALLER_IP}:${this.sip.address().port};branch=z9hG4bK${randomBytes(6).toString("hex")};rport`,
+      "Max-Forwards: 70",
+      `From: <sip:${this.number}@${TRUNK_CALLER_IP}>;tag=${this.fromTag}`,
+      `To: ${to}`,
+      `Call-ID: ${this.callId}`,
+      `CSeq: ${cseq}`,
+      ...(routes.length > 0 ? [`Route: ${routes.join(", ")}`] : []),
+      "Content-Length: 0",
+      "",
+      "",
+    ];
+    this.send(hop("ACK", "1 ACK"));
+    this.send(hop("BYE", "2 BYE"));
   }
 
   private send(lines: string[]): void {
@@ -325,8 +347,8 @@ async function pendingCallbacks(a: RunningAgent): Promise<StatusCallback[]> {
 }
 
 /** Queues a caller, hears the offer, presses 1, hears the confirmation, and sees the call end; returns what it heard. */
-async function acceptCallback(group: string): Promise<{ caller: Caller; offerR: number; confirmR: number }> {
-  const caller = await Caller.open(agent.port);
+async function acceptCallback(group: string, number?: string): Promise<{ caller: Caller; offerR: number; confirmR: number }> {
+  const caller = await Caller.open(agent.port, number);
   caller.invite(group);
   const progress = await until(() => caller.responses.find((r) => r.status === 183), 5000, 2).catch((e: Error) => {
     throw new Error(`${e.message}: responses ${caller.responses.map((r) => r.firstLine).join(" | ")}\n${agent.log().split("\n").slice(-15).join("\n")}`);
@@ -396,6 +418,47 @@ describe("callback for impatient callers", () => {
       await until(() => p1!.byes.find((b) => b.callId === inv.callId), 5000, 10);
       await until(() => trunk.requests.length > 0 && agent.log().includes("callback connected") || undefined, 2000, 20);
     } finally {
+      trunk.close();
+    }
+  });
+
+  test("ordering: a callback waits behind a caller who came earlier and goes before one who came later", async () => {
+    const trunk = await Trunk.open(trunkPort);
+    const [p1, px] = await scene.register([op1, other]);
+    const op = await busy(p1!, px!, "3201");
+    const early = await Caller.open(agent.port, "+4930555001");
+    let late: Caller | undefined;
+    try {
+      early.invite("795");
+      await until(() => early.responses.find((r) => r.status === 183), 5000, 5);
+      // A second caller accepts a callback; it keeps its place behind the early caller.
+      const { caller: cb } = await acceptCallback("795", "+4930555002");
+      cb.close();
+      late = await Caller.open(agent.port, "+4930555003");
+      late.invite("795");
+      await until(() => late!.responses.find((r) => r.status === 183), 5000, 5);
+      const seen = p1!.invites.length;
+      // op1 frees: the early caller's own INVITE rings them, not the callback.
+      assert.equal(await op.free(), 200);
+      const first = await until(() => p1!.invites[seen], 5000, 10);
+      assert.equal(first.callId, early.callId, "the earlier waiting caller first");
+      p1!.answerNow(first.callId);
+      const ok = await until(() => early.responses.find((r) => r.status === 200), 5000, 5);
+      early.ackAndBye(ok);
+      // op1 frees again: now the callback, ahead of the later caller.
+      const second = await until(() => p1!.invites[seen + 1], 5000, 10);
+      assert.match(second.msg.header("from") ?? "", /^"Callback \+4930555002"/, "the callback before the later caller");
+      assert.equal(p1!.invitesOf(late.callId).length, 0);
+      p1!.answerNow(second.callId);
+      const out = await until(() => trunk.of("INVITE").find((i) => /\+4930555002/.test(i.uri ?? "")), 5000, 10);
+      await until(() => p1!.acks.find((a) => a.callId === second.callId), 5000, 10);
+      trunk.bye(out, agent.port);
+      // The callback call over, op1 gets the later caller.
+      const third = await until(() => p1!.invites[seen + 2], 5000, 10);
+      assert.equal(third.callId, late.callId);
+    } finally {
+      early.close();
+      late?.close();
       trunk.close();
     }
   });
