@@ -395,6 +395,8 @@ describe("callback for impatient callers", () => {
       assert.equal(pending[0]!.calling, null);
       assert.equal(trunk.of("INVITE").length, 0);
       assert.ok(fs.existsSync(path.join(agent.dataDir, "callbacks.json")), "persisted");
+      const text = await agent.cli(["status"]);
+      assert.match(text.stdout, /\ncallbacks 1 pending\n  \+4930555123 +group cbq  in queue since \d{4}-\d\d-\d\dT[\d:.]+Z  attempts 0\n/);
 
       // The operator frees: their phone gets the callback INVITE first, without SDP.
       const before = p1!.invites.length;
