@@ -6,6 +6,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { CallbackBook, callbacksToJson, parseCallbacks, queueOrder, type PendingCallback, type WaitingCaller } from "../../agent/routing/callback.ts";
 import { CallbacksFile, loadCallbacks } from "../../agent/routing/callback-file.ts";
+import { rawCallerNumber } from "../../agent/routing/callback-service.ts";
+import { parseDatagram } from "../../agent/sip/message.ts";
+import type { SipRequest } from "../../agent/sip/types.ts";
 import { parseSite, type ValidationError } from "../../agent/routing/model.ts";
 import { validatePayload } from "../../agent/contract.ts";
 import { createLogger } from "../../agent/log.ts";
@@ -228,5 +231,23 @@ describe("callback events in the console contract", () => {
     assert.equal(ev("callback.missed", { id: "cb-1", groupId: "sales", number: "+4930555123", attempts: 3, password: "x" }).ok, false);
     assert.equal(ev("callback.requested", { groupId: "sales", number: "+4930555123" }).ok, false);
     assert.equal(ev("callback.lost", { id: "cb-1", groupId: "sales", number: "1" }).ok, false);
+  });
+});
+
+describe("the number a caller is called back on", () => {
+  const req = (from: string, pai?: string): SipRequest => {
+    const r = parseDatagram(Buffer.from(["INVITE sip:600@192.0.2.1 SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.50:5080;branch=z9hG4bKx", `From: ${from};tag=t`, "To: <sip:600@192.0.2.1>", "Call-ID: c", "CSeq: 1 INVITE", ...(pai !== undefined ? [`P-Asserted-Identity: ${pai}`] : []), "Content-Length: 0", "", ""].join("\r\n")));
+    if (!r.ok || r.message.kind !== "request") throw new Error("test request");
+    return r.message;
+  };
+  it("P-Asserted-Identity first (RFC 3325 §9.1), else the From user part; separators dropped; anything that is not a number refused", () => {
+    assert.equal(rawCallerNumber(req("<sip:anonymous@192.0.2.50>", "<sip:+4930555123@192.0.2.50>")), "+4930555123");
+    assert.equal(rawCallerNumber(req("<sip:030-555.123@192.0.2.50>")), "030555123");
+    assert.equal(rawCallerNumber(req("<tel:+49(30)555123>")), "+4930555123");
+    assert.equal(rawCallerNumber(req("<sip:anonymous@192.0.2.50>")), undefined);
+    assert.equal(rawCallerNumber(req("<sip:%2B49%3B1@192.0.2.50>")), undefined, "escaped characters that are not digits");
+    assert.equal(rawCallerNumber(req("<sip:1@192.0.2.50>")), undefined, "too short to call back");
+    assert.equal(rawCallerNumber(req("<sip:123456789012345678901@192.0.2.50>")), undefined, "too long");
+    assert.equal(rawCallerNumber(req("<sip:anonymous@192.0.2.50>", "garbage")), undefined);
   });
 });
