@@ -62,6 +62,7 @@ import type { QueueFigures } from "./routing/queue-stats.ts";
 import { startVoicemail, type VoicemailHandle } from "./voicemail/setup.ts";
 import { voicemailCommands } from "./console/voicemail-commands.ts";
 import { fetchRecording } from "./voicemail/fetch.ts";
+import { wireCallbacks, type CallbackWiring } from "./routing/callback-setup.ts";
 
 /** Methods this element understands; anything else is answered 501 (RFC 3261 §21.5.2). */
 const SUPPORTED_METHODS: ReadonlySet<string> = new Set(["REGISTER", "OPTIONS", "INVITE", "ACK", "CANCEL", "BYE", "INFO", "UPDATE", "PRACK", "NOTIFY", "SUBSCRIBE", "MESSAGE", "REFER", "PUBLISH"]);
@@ -88,6 +89,8 @@ export interface AgentStatus {
   overload: OverloadStats;
   /** Routing engine: calls in hand, queued calls, INVITE → first-fork latency (issue 3). */
   routing: EngineStats & { queues: QueueFigures[] };
+  /** Pending callbacks in queue order (routing/callback.ts); `calling`: the operator being called for it now. */
+  callbacks: Array<{ id: string; groupId: string; number: string; place: string; attempts: number; calling: string | null; notBefore: string | null }>;
   store: { file: string; pendingWrites: boolean };
   /** The applied site configuration; null before the first site file or console push. */
   site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
@@ -142,6 +145,8 @@ export class Agent {
   callMenus!: CallMenuHandle;
   /** Mailboxes on the appliance: the store and deposits (voicemail/). */
   voicemail: VoicemailHandle | undefined;
+  /** Callbacks for impatient callers (routing/callback-service.ts) and the calls the agent places (sip/originate.ts). */
+  callbacks: CallbackWiring | undefined;
   /** SUBSCRIBE/NOTIFY (RFC 6665) for the event packages below. */
   subscriptions!: SubscriptionManager;
   /** BLF: the dialog event package (RFC 4235). */
@@ -380,6 +385,18 @@ export class Agent {
     this.voicemail = startVoicemail(s, { bus: this.bus, proxy: this.proxy, uas: this.uas, media: this.media.media, site: () => this.site.current().index, log: this.log.child("voicemail") });
     // The message lamps (presence/mwi.ts) count what the mailbox store holds.
     this.voicemailCounts = this.voicemail.store;
+    this.callbacks = wireCallbacks({
+      settings: s,
+      media: this.media,
+      transactions: this.transactions,
+      send: (flow, bytes) => this.transport.send(flow, bytes),
+      site: () => {
+        const cur = this.site.current();
+        return { index: cur.index, settings: cur.record?.settings ?? { pickupCode: DEFAULT_PICKUP_CODE } };
+      },
+      bus: this.bus,
+      log: this.log.child("callback"),
+    });
     this.engine = new RoutingEngine({
       proxy: this.proxy,
       site: () => {
@@ -408,8 +425,12 @@ export class Agent {
       ...(this.media?.queueMusic !== undefined ? { queueMedia: this.media.queueMusic } : {}),
       callMenus: this.callMenus.callMenus,
       mailboxes: { take: (pc, mailbox, caller, events) => this.voicemail?.deposits.take(pc, mailbox, caller, events), leave: (pc) => this.voicemail?.deposits.leave(pc) },
+      // The callback offer wraps the music on hold when both are on (media/callback-offer.ts).
+      ...(this.callbacks?.queueMedia !== undefined ? { queueMedia: this.callbacks.queueMedia } : {}),
+      ...(this.callbacks !== undefined ? { callbacks: this.callbacks.service } : {}),
     });
     this.engine.start();
+    this.callbacks?.service.start(this.engine);
     this.latencyWatch = new LatencyWatch({
       bus: this.bus,
       counters: () => this.engine.stats().latency,
@@ -509,6 +530,7 @@ export class Agent {
     this.mwi?.stop();
     this.subscriptions?.stop();
     this.latencyWatch?.stop();
+    await this.callbacks?.stop();
     this.engine?.stop();
     this.operators?.stop();
     await this.callMenus?.stop();
@@ -649,6 +671,7 @@ export class Agent {
       proxy: this.proxy.stats(),
       overload: this.overload.stats(),
       routing: { ...this.engine.stats(), queues: this.engine.queueFigures() },
+      callbacks: this.callbacks?.service.list().map((c) => ({ id: c.id, groupId: c.groupId, number: c.number, place: new Date(c.place).toISOString(), attempts: c.attempts, calling: c.operator ?? null, notBefore: c.notBefore > 0 ? new Date(c.notBefore).toISOString() : null })) ?? [],
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
@@ -762,6 +785,8 @@ export class Agent {
     if (req.to.tag !== undefined && req.method !== "REGISTER") {
       // Dialogs the appliance answered itself (voicemail) are its own, not proxied.
       if (this.uas.handleRequest(tx, req, flow)) return;
+      // Dialogs of calls the agent placed itself (callbacks, sip/originate.ts) are answered here.
+      if (this.callbacks?.originator.handleInDialog(tx, req) === true) return;
       this.proxy.handleInDialog(tx, req, flow);
       return;
     }

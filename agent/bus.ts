@@ -56,6 +56,12 @@ export interface AgentEvents {
   "voicemail.changed": { mailbox: MailboxOwner; at: number } & MailboxCounts;
   /** A caller left a message in a mailbox on the appliance (voicemail/deposit.ts); its WAV is stored and complete. */
   "voicemail.message": { id: string; mailbox: MailboxOwner; caller: string; callId: string; receivedAt: number; durationMs: number; bytes: number; sha256: string; at: number };
+  /** A waiting caller accepted the callback offer: the callback keeps the caller's place (epoch ms it entered the queue). */
+  "callback.requested": { id: string; groupId: string; number: string; place: number; at: number };
+  /** A callback joined an operator and the caller (attempts: calls to the caller, this one included). */
+  "callback.connected": { id: string; groupId: string; number: string; memberId: string; attempts: number; at: number };
+  /** A callback's caller was not reached after every retry. */
+  "callback.missed": { id: string; groupId: string; number: string; attempts: number; at: number };
   /** An installer or console change: who (control socket, serial console, console over MQTT), what, on what. */
   "audit.change": { actor: string; action: string; target: string | undefined; at: number };
 }

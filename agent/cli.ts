@@ -443,6 +443,11 @@ async function statusCommand(settings: Settings, json: boolean, out: (s: string)
     lines.push(`routing  calls ${r.activeCalls}  queued ${r.queued}  first fork p50 ${l.p50Us}µs p99 ${l.p99Us}µs max ${l.maxUs}µs  over ${l.budgetUs / 1000}ms budget ${l.overBudget} of ${l.count}`);
     for (const g of (r.queues ?? []) as Array<Parameters<typeof queueLine>[0]>) lines.push(queueLine(g));
   }
+  // Pending callbacks in queue order (routing/callback.ts).
+  const cbs = (status.callbacks ?? []) as Array<{ id: string; groupId: string; number: string; place: string; attempts: number; calling: string | null; notBefore: string | null }>;
+  lines.push(`callbacks ${cbs.length === 0 ? "none pending" : `${cbs.length} pending`}`);
+  for (const c of cbs.slice(0, 20)) lines.push(`  ${c.number.padEnd(16)} group ${c.groupId}  in queue since ${c.place}  attempts ${c.attempts}${c.calling !== null ? `  calling operator ${c.calling}` : ""}${c.notBefore !== null ? `  not before ${c.notBefore}` : ""}`);
+  if (cbs.length > 20) lines.push(`  … and ${cbs.length - 20} more (ringedge status --json)`);
   const sch = status.scheduling;
   const q = status.cpuLatency;
   const cpu = [

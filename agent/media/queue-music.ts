@@ -85,6 +85,8 @@ interface Waiting {
   holdingRinging: boolean;
   /** The last spoken sound of the announcement playing now (its end starts the music); undefined when the music plays. */
   speaking: string | undefined;
+  /** The music this caller hears (the group's own, or the shipped tune). */
+  music: string;
 }
 
 /** The caller's SDP offer from its INVITE (application/sdp only). */
@@ -100,8 +102,31 @@ export function offerOf(pc: Pick<ProxyCall, "request">): SdpResult<{ offer: SdpO
   return { ok: true, value: { offer: offer.value, choice: choice.value } };
 }
 
+/** Features playing their own prompts on a waiting caller's stream (callback offer, media/callback-offer.ts). */
+export interface QueueMusicListener {
+  onDigit?(pc: ProxyCall, digit: string): void;
+  /** A sound ended; true: the listener handled it (the music does not resume here). */
+  onPlayEnded?(pc: ProxyCall, sound: string): boolean;
+}
+
 export class QueueMusic {
   private readonly waiting = new Map<string, Waiting>();
+  private listener: QueueMusicListener | undefined;
+
+  /** Sets the one listener for digits and ended prompts of waiting callers. */
+  listen(listener: QueueMusicListener | undefined): void {
+    this.listener = listener;
+  }
+
+  /** The media session playing to a waiting call, once its port is bound. */
+  sessionOf(pcId: string): string | undefined {
+    return this.waiting.get(pcId)?.session;
+  }
+
+  /** The music a waiting call hears (to resume it after another prompt). */
+  musicOf(pcId: string): string | undefined {
+    return this.waiting.get(pcId)?.music;
+  }
 
   constructor(private readonly deps: QueueMusicDeps) {}
 
@@ -130,7 +155,7 @@ export class QueueMusic {
       log.warn("queue music: no hold music loaded yet; the caller gets 182 only", { callId: pc.request.callId });
       return;
     }
-    const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false, speaking: undefined };
+    const w: Waiting = { session: undefined, timer: undefined, holdingRinging: false, speaking: undefined, music };
     this.waiting.set(pc.id, w);
     const { offer, choice } = o.value;
     const address = this.deps.mediaAddress(pc.flow);
@@ -145,7 +170,10 @@ export class QueueMusic {
             w.session = undefined;
             this.stopTimer(w);
           },
+          onDigit: (digit) => this.listener?.onDigit?.(pc, digit),
           onPlayEnded: (sound) => {
+            // The callback offer's own prompts first (media/callback-offer.ts).
+            if (this.listener?.onPlayEnded?.(pc, sound) === true) return;
             if (sound === w.speaking) w.speaking = undefined;
           },
         },

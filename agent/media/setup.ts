@@ -11,6 +11,7 @@ import { hostPort } from "../sip/requests.ts";
 import type { Flow } from "../sip/types.ts";
 import { ANNOUNCEMENT_SOUND, HOLD_SOUND, QueueMusic } from "./queue-music.ts";
 import { positionSoundFiles } from "./queue-position.ts";
+import { CONFIRM_SOUND, OFFER_SOUND } from "./callback-offer.ts";
 import { MediaService } from "./service.ts";
 import { checkSoundFile, pruneSoundCache, siteSoundsOf, soundFile } from "./site-sounds.ts";
 
@@ -70,6 +71,9 @@ export function startMedia(s: Settings, proxy: StatefulProxyApi, log: Logger, si
   if (s.queueAnnouncement || s.queueAnnouncementIntervalS > 0) sounds[ANNOUNCEMENT_SOUND] = shippedAudio("queue-welcome.wav");
   // The position prompts are small (about 300 KB in all): always loaded, so a group may turn them on.
   Object.assign(sounds, positionSoundFiles(shippedAudio));
+  // The callback offer's prompts (media/callback-offer.ts): small, loaded whether or not a group offers callbacks yet.
+  sounds[OFFER_SOUND] = shippedAudio("callback-offer.wav");
+  sounds[CONFIRM_SOUND] = shippedAudio("callback-confirm.wav");
   const media = new MediaService({ portMin: range.min, portMax: range.max, log, sounds });
   /** Groups' own sounds (checked and cached when the site was applied, site-sounds.ts). */
   let siteNames = new Set<string>();

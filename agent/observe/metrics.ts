@@ -68,7 +68,7 @@ export class AgentMetrics {
     this.bans = new Counter({ name: "ringedge_bans_total", help: "Source addresses banned after repeated failures.", registers: r });
     this.storeSave = new Histogram({ name: "ringedge_store_save_seconds", help: "Duration of each store write.", buckets: SAVE_BUCKETS, registers: r });
     this.storeFailures = new Counter({ name: "ringedge_store_save_failures_total", help: "Store writes that failed (retried).", registers: r });
-    this.queueLeft = new Counter({ name: "ringedge_queue_left_total", help: "Calls that left a group's queue, by group and reason (answered, abandoned: the caller hung up while waiting, max-wait: sent to the group's then action, ended).", labelNames: ["group", "reason"], registers: r });
+    this.queueLeft = new Counter({ name: "ringedge_queue_left_total", help: "Calls that left a group's queue, by group and reason (answered, abandoned: the caller hung up while waiting, max-wait: sent to the group's then action, callback: the caller asked to be called back, ended).", labelNames: ["group", "reason"], registers: r });
     this.queueWait = new Histogram({ name: "ringedge_queue_wait_seconds", help: "Time answered calls waited in a group's queue.", labelNames: ["group"], buckets: QUEUE_WAIT_BUCKETS, registers: r });
     this.presence = new Counter({ name: "ringedge_presence_changes_total", help: "Device online/offline transitions.", labelNames: ["state"], registers: r });
 

@@ -88,6 +88,7 @@ import {
 import { LatencyHistogram, type LatencySummary } from "./latency.ts";
 import type { Greeting } from "./menu-model.ts";
 import type { FinalTarget, IvrContext } from "./menu.ts";
+import { queueOrder, type PendingCallback } from "./callback.ts";
 import type { FeatureCodes, OperatorCode } from "./operator-state.ts";
 import { LastAnswered, normalizeCallerNumber, numberOfUri, responsibleFor } from "./callers.ts";
 import { isOpen, type OpenState } from "./hours.ts";
@@ -183,6 +184,8 @@ export interface EngineDeps {
   };
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
   queueMedia?: { enter(pc: ProxyCall, entry?: { groupId: string; position: () => number | undefined }): void; leave(pc: ProxyCall): void };
+  /** Pending callbacks served from the queue at their callers' places (callback-service.ts); absent: none. */
+  callbacks?: QueueCallbacks;
   /** One ring, ms (default 5000). */
   ringUnitMs?: number;
   /** First-fork latency budget, ms (default 2). */
@@ -199,6 +202,16 @@ export interface EngineDeps {
     readonly loggedOut: ReadonlyMap<string, ReadonlySet<string>>;
     onCode(code: OperatorCode, caller: { deviceId: string; userId: string }): { status: number; text: string };
   };
+}
+
+/** What the queue needs from pending callbacks (routing/callback.ts decides the order). */
+export interface QueueCallbacks {
+  /** Pending callbacks (the queue serves those due and not in progress). */
+  pending(): readonly PendingCallback[];
+  /** Operators reserved by callbacks being set up or connected. */
+  busy(): ReadonlySet<string>;
+  /** Start callback `id` with this free operator of its group; false when it could not start. */
+  dispatch(id: string, memberId: string, deviceIds: readonly string[]): boolean;
 }
 
 export interface EngineStats {
@@ -995,15 +1008,20 @@ export class RoutingEngine {
    * pick. `userId` narrows it to the groups that user is in.
    */
   private offerQueued(userId: string | undefined): void {
-    if (this.queue.length === 0) return;
+    const cbs = this.deps.callbacks;
+    const pendingCallbacks = cbs?.pending() ?? [];
+    if (this.queue.length === 0 && pendingCallbacks.length === 0) return;
     const site = this.deps.site();
-    // Members already ringing for a waiting call are not offered a second one.
-    const busyWithOffer = new Set<string>();
+    // Members already ringing for a waiting call, or reserved by a callback, are not offered another.
+    const busyWithOffer = new Set<string>(cbs?.busy() ?? []);
     for (const c of this.queue) if (c.queue?.offering !== undefined) busyWithOffer.add(c.queue.offering);
-    for (const call of [...this.queue]) {
-      const q = call.queue;
-      if (q === undefined || q.offering !== undefined) continue;
-      const group = site.index.groupsById.get(q.groupId);
+    // Waiting callers and due callbacks in one arrival order (callback.ts): a callback keeps its place.
+    const waiting = this.queue.map((c) => ({ groupId: c.queue?.groupId ?? "", place: c.queue?.queuedAt ?? 0, offering: c.queue?.offering !== undefined, ref: c }));
+    for (const item of queueOrder(waiting, pendingCallbacks, this.clock.now())) {
+      const call = item.kind === "caller" ? item.ref : undefined;
+      const q = call?.queue;
+      if (call !== undefined && (q === undefined || q.offering !== undefined)) continue;
+      const group = site.index.groupsById.get(item.groupId);
       if (group === undefined) continue;
       if (userId !== undefined && !group.members.includes(userId)) continue;
       const pick = selectFreeOperator({
@@ -1018,16 +1036,61 @@ export class RoutingEngine {
         now: this.clock.now(),
       });
       if (pick === undefined) continue;
-      if (this.forkMember(call, pick.memberId, pick.deviceIds) === 0) continue;
+      const now = this.clock.now();
+      if (item.kind === "callback") {
+        if (!cbs!.dispatch(item.callback.id, pick.memberId, pick.deviceIds)) continue;
+        busyWithOffer.add(pick.memberId);
+        if (group.strategy === "evenly") this.recordEvenly(group.id, pick.memberId, now);
+        continue;
+      }
+      if (call === undefined || q === undefined || this.forkMember(call, pick.memberId, pick.deviceIds) === 0) continue;
       q.offering = pick.memberId;
       busyWithOffer.add(pick.memberId);
-      const now = this.clock.now();
       if (group.strategy === "evenly") this.recordEvenly(group.id, pick.memberId, now);
       call.trace?.entries.push({ kind: "offer", at: now, group, memberId: pick.memberId, deviceIds: pick.deviceIds });
       this.noteOffered(call, pick.memberId, pick.deviceIds);
       // One offer rings for one step; then the call waits again for the next free member.
       q.offerTimer = this.clock.setTimeout(() => this.guarded(() => this.onOfferTimeout(call)), stepLengthMs(group, this.ringUnitMs));
     }
+  }
+
+  /** A pending callback may be served now (added, due again, put back): offer to whoever is free. */
+  serveQueue(): void {
+    this.guarded(() => this.offerQueued(undefined));
+  }
+
+  /**
+   * A callback call the agent placed itself (callback-service.ts) keeps `userId` busy like an
+   * answered dialog: counted until releaseOperator, then waiting calls may go to them.
+   */
+  holdOperator(userId: string): void {
+    this.activeCalls.set(userId, (this.activeCalls.get(userId) ?? 0) + 1);
+  }
+
+  /** `serve` false: the operator did not answer; nothing is offered to them until something else frees someone. */
+  releaseOperator(userId: string, serve = true): void {
+    const n = (this.activeCalls.get(userId) ?? 0) - 1;
+    if (n > 0) this.activeCalls.set(userId, n);
+    else this.activeCalls.delete(userId);
+    if (serve) this.guarded(() => this.offerQueued(userId));
+  }
+
+  /**
+   * The waiting caller accepted a callback (media/callback-offer.ts): the call leaves the queue
+   * and gets its final response — RFC 3261 §21.4.18 480 Temporarily Unavailable, whose reason
+   * phrase "SHOULD indicate a more precise cause": "Callback Requested". A 4xx, not a 6xx: it
+   * ends this request only; the caller's equipment may call again. Returns the caller's place
+   * and number, or undefined when the call is not waiting any more.
+   */
+  takeForCallback(pcId: string): { groupId: string; place: number; number: string | undefined } | undefined {
+    const call = this.calls.get(pcId);
+    if (call === undefined || call.phase !== "queued" || call.queue === undefined) return undefined;
+    const taken = { groupId: call.queue.groupId, place: call.queue.queuedAt, number: callerNumber(call.pc.request, this.deps.site().settings.knownCallers?.countryCode) };
+    this.leaveQueue(call, "callback");
+    this.cancelAllMembers(call, "callback");
+    this.proxy.reject(call.pc, 480, "Callback Requested");
+    this.finish(call, 480);
+    return taken;
   }
 
   private onOfferTimeout(call: EngineCall): void {
@@ -1542,7 +1605,8 @@ export class RoutingEngine {
 
   // --- helpers ----------------------------------------------------------------------------------------
 
-  private bindingsOf(deviceId: string): Binding[] {
+  /** A device's live bindings (forks; callback calls to an operator's phones). */
+  bindingsOf(deviceId: string): Binding[] {
     const aor = this.deps.devices.username(deviceId);
     if (aor === undefined) return [];
     return this.deps.location.lookup(aor).filter((b) => b.deviceId === deviceId);
@@ -1724,7 +1788,7 @@ function outcomeOf(call: EngineCall, answered: boolean, status: number | undefin
  * A trunk caller's number as E.164: P-Asserted-Identity first (RFC 3325 §9.1, the trunk is the
  * site's trusted peer), else From; undefined when neither is a number (callers.ts).
  */
-function callerNumber(req: SipRequest, countryCode: string | undefined): string | undefined {
+export function callerNumber(req: SipRequest, countryCode: string | undefined): string | undefined {
   const pai = req.headers.find((h) => h.name === "p-asserted-identity")?.value;
   for (const uri of [pai === undefined ? undefined : /<([^>]*)>/.exec(pai)?.[1] ?? pai.trim(), req.from.uri]) {
     if (uri === undefined) continue;

@@ -177,7 +177,26 @@ export interface Group {
   voicemail?: MailboxConfig;
   /** A known caller's responsible operator rings alone for this many rings before the group's strategy. */
   responsibleFirst?: { ringCount: number };
+  /** Callback offer to waiting callers (routing/callback.ts); needs noAnswer wait-for-operator. Absent = no offer. */
+  callback?: CallbackSettings;
 }
+
+/** A group's callback offer ("press 1 to be called back; you keep your place"). */
+export interface CallbackSettings {
+  enabled: boolean;
+  /** Seconds in the queue before the offer plays (default CALLBACK_OFFER_AFTER_S). */
+  offerAfterS: number;
+  /** Further attempts after the first when the caller is not reached (default CALLBACK_RETRIES). */
+  retries: number;
+  /** Seconds between attempts to reach the caller (default CALLBACK_RETRY_DELAY_S). */
+  retryDelayS: number;
+}
+
+export const CALLBACK_OFFER_AFTER_S = 20;
+export const CALLBACK_RETRIES = 2;
+export const CALLBACK_RETRY_DELAY_S = 120;
+export const CALLBACK_RETRIES_MAX = 10;
+export const CALLBACK_RETRY_DELAY_MAX_S = 86_400;
 
 /** One entry of the console's directory of known callers: a normalised number and the operator responsible for it. */
 export interface KnownCaller {
@@ -246,6 +265,7 @@ export type ValidationCode =
   | "out-of-hours-without-hours"
   | "invalid-out-of-hours"
   | "invalid-wrap-up"
+  | "invalid-callback"
   | "invalid-caller-number"
   | "duplicate-caller"
   | "unknown-responsible"
@@ -625,12 +645,13 @@ function parseGroup(c: Checker, raw: unknown, path: string): GroupDraft {
 
   const voicemail = raw.voicemail === undefined ? undefined : parseMailbox(c, raw.voicemail, `${path}.voicemail`);
   const draft: GroupDraft = { id, number, members, noAnswer, outOfHours, hasHours: raw.hours !== undefined, mailboxEnabled: voicemail?.enabled === true };
+  const callback = raw.callback === undefined ? undefined : parseCallback(c, raw.callback, `${path}.callback`, noAnswer);
   if (raw.voicemail !== undefined && voicemail === undefined) return draft;
   if (
     id === undefined || number === undefined || name === undefined || strategy === undefined || ringCount === undefined ||
     checkAvailability === undefined || members === undefined || noAnswer === undefined || (raw.pickup !== undefined && pickup === undefined) ||
     (raw.hours !== undefined && (hours === undefined || outOfHours === undefined)) || (raw.outOfHours !== undefined && raw.hours === undefined) ||
-    wrapUpS === undefined || (raw.responsibleFirst !== undefined && responsibleFirst === undefined)
+    wrapUpS === undefined || (raw.responsibleFirst !== undefined && responsibleFirst === undefined) || (raw.callback !== undefined && callback === undefined)
   ) return draft;
   draft.value = { id, number, name, strategy, members, ringCount, checkAvailability, noAnswer, pickup: pickup ?? { enabled: false } };
   if (hours !== undefined && outOfHours !== undefined) {
@@ -640,7 +661,34 @@ function parseGroup(c: Checker, raw: unknown, path: string): GroupDraft {
   if (wrapUpS > 0) draft.value.wrapUpS = wrapUpS;
   if (voicemail !== undefined) draft.value.voicemail = voicemail;
   if (responsibleFirst !== undefined) draft.value.responsibleFirst = responsibleFirst;
+  if (callback !== undefined) draft.value.callback = callback;
   return draft;
+}
+
+/** A group's callback settings; every problem by path. Only meaningful when callers wait in the queue. */
+function parseCallback(c: Checker, raw: unknown, path: string, noAnswer: NoAnswerAction | undefined): CallbackSettings | undefined {
+  if (!isRecord(raw)) {
+    c.add("invalid-type", path, "must be { enabled, offerAfterS?, retries?, retryDelayS? }");
+    return undefined;
+  }
+  let enabled: boolean | undefined;
+  if (typeof raw.enabled === "boolean") enabled = raw.enabled;
+  else c.add("invalid-type", `${path}.enabled`, "must be a boolean");
+  const offerAfterS = raw.offerAfterS === undefined ? CALLBACK_OFFER_AFTER_S : c.integer(raw, "offerAfterS", path, 1, WAIT_MAX_S, "invalid-callback");
+  const retries = raw.retries === undefined ? CALLBACK_RETRIES : c.integer(raw, "retries", path, 0, CALLBACK_RETRIES_MAX, "invalid-callback");
+  const retryDelayS = raw.retryDelayS === undefined ? CALLBACK_RETRY_DELAY_S : c.integer(raw, "retryDelayS", path, 1, CALLBACK_RETRY_DELAY_MAX_S, "invalid-callback");
+  if (enabled === undefined || offerAfterS === undefined || retries === undefined || retryDelayS === undefined) return undefined;
+  if (enabled && noAnswer !== undefined) {
+    if (noAnswer.kind !== "wait-for-operator") {
+      c.add("invalid-callback", `${path}.enabled`, "a callback is offered to callers waiting in the queue: needs noAnswer wait-for-operator");
+      return undefined;
+    }
+    if (offerAfterS >= noAnswer.maxWaitS) {
+      c.add("invalid-callback", `${path}.offerAfterS`, `must be less than noAnswer.maxWaitS (${noAnswer.maxWaitS}): the caller would leave the queue before the offer`);
+      return undefined;
+    }
+  }
+  return { enabled, offerAfterS, retries, retryDelayS };
 }
 
 /** A weekly schedule with exceptions (hours.ts); every problem by path. */

@@ -8,8 +8,8 @@
 // waits), so a long interval on a busy queue costs bounded memory; the median is of that sample.
 
 /** Why a call left the queue (bus event queue.left). */
-export type QueueLeaveReason = "answered" | "abandoned" | "max-wait" | "ended";
-export const QUEUE_LEAVE_REASONS: readonly QueueLeaveReason[] = ["answered", "abandoned", "max-wait", "ended"];
+export type QueueLeaveReason = "answered" | "abandoned" | "max-wait" | "callback" | "ended";
+export const QUEUE_LEAVE_REASONS: readonly QueueLeaveReason[] = ["answered", "abandoned", "max-wait", "callback", "ended"];
 
 export const MAX_WAIT_SAMPLES = 4096;
 

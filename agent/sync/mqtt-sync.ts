@@ -368,6 +368,9 @@ export class MqttSync {
         this.stats.voicemail(e);
         this.event("voicemail.message", { id: e.id, mailbox: `${e.mailbox.kind}/${e.mailbox.id}`, caller: e.caller, callId: e.callId, receivedAt: e.receivedAt, durationMs: e.durationMs, bytes: e.bytes, sha256: e.sha256 }, e.at);
       }),
+      bus.on("callback.requested", (e) => void this.event("callback.requested", { id: e.id, groupId: e.groupId, number: e.number, place: e.place }, e.at)),
+      bus.on("callback.connected", (e) => void this.event("callback.connected", { id: e.id, groupId: e.groupId, number: e.number, memberId: e.memberId, attempts: e.attempts }, e.at)),
+      bus.on("callback.missed", (e) => void this.event("callback.missed", { id: e.id, groupId: e.groupId, number: e.number, attempts: e.attempts }, e.at)),
       bus.on("operator.state", (e) => {
         this.event("operator.state", compact({ userId: e.userId, availability: e.availability, loggedOutOf: e.loggedOutOf, source: e.source, deviceId: e.deviceId }), e.at);
         // The retained snapshot carries it too: a console that lost events (a gap) reads it there.

@@ -6,7 +6,8 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { EventBus, type AgentEvents } from "../../agent/bus.ts";
 import { createLogger } from "../../agent/log.ts";
-import { RoutingEngine, bestFailure, type EngineClock, type CallRecord, type RoutingSettings } from "../../agent/routing/engine.ts";
+import { RoutingEngine, bestFailure, type EngineClock, type CallRecord, type QueueCallbacks, type RoutingSettings } from "../../agent/routing/engine.ts";
+import { CallbackBook } from "../../agent/routing/callback.ts";
 import { admit, classifyCaller, flowKey, resolveDestination, trunkUri, voicemailRoute, type Caller } from "../../agent/routing/classify.ts";
 import { indexSite, parseSite, type DeviceRef, type Group, type SiteIndex, type User } from "../../agent/routing/model.ts";
 import { computeAuthorization, DigestAuthenticator } from "../../agent/sip/digest.ts";
@@ -225,6 +226,8 @@ function world(opts: {
   queueMedia?: NonNullable<ConstructorParameters<typeof RoutingEngine>[0]["queueMedia"]>;
   /** Mailboxes on the appliance (EngineDeps.mailboxes): what they were handed, in order. */
   mailboxes?: Array<{ pc: ProxyCall; mailbox: string; caller: string; events: { answered(): void; ended(status: number | undefined): void }; left: boolean }>;
+  /** Pending callbacks served from the queue (callback-service.ts's side of EngineDeps.callbacks). */
+  callbacks?: QueueCallbacks;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
@@ -284,6 +287,7 @@ function world(opts: {
           },
         }
       : {}),
+    ...(opts.callbacks !== undefined ? { callbacks: opts.callbacks } : {}),
     ...(opts.stateless !== undefined ? { respondStatelessly: (tx: ServerTransaction, res: SipResponse) => opts.stateless!.push({ tx, res }) } : {}),
   });
   engine.start();
@@ -1437,5 +1441,93 @@ describe("mailboxes on the appliance (voicemail)", () => {
     const r = w.call("202", trunkFlow);
     assert.equal(r.pc, undefined);
     assert.equal(taken.length, 2);
+  });
+});
+
+describe("routing engine: callbacks in the queue (routing/callback.ts order)", () => {
+  /** QueueCallbacks over a CallbackBook, recording what was dispatched to whom; like the service, a dispatched operator is held busy. */
+  function callbacks(): QueueCallbacks & { book: CallbackBook; dispatched: string[]; engine?: RoutingEngine } {
+    const book = new CallbackBook();
+    const dispatched: string[] = [];
+    const self: QueueCallbacks & { book: CallbackBook; dispatched: string[]; engine?: RoutingEngine } = {
+      book,
+      dispatched,
+      pending: () => book.all(),
+      busy: () => book.operatorsBusy(),
+      dispatch: (id, memberId) => {
+        if (!book.begin(id, memberId)) return false;
+        dispatched.push(`${id}→${memberId}`);
+        self.engine?.holdOperator(memberId);
+        return true;
+      },
+    };
+    return self;
+  }
+  const wait = { kind: "wait-for-operator", maxWaitS: 600, then: { kind: "hangup" } } as const;
+
+  it("a callback waits behind an earlier caller and goes before a later one; one free operator serves one head", () => {
+    const cbs = callbacks();
+    const w = world({ users: 2, groups: [group({ members: ["u1"], noAnswer: wait })], callbacks: cbs });
+    cbs.engine = w.engine;
+    // u1 busy with a first call.
+    const first = w.call("100", trunkFlow).pc!;
+    w.proxy.answer(w.proxy.ringing(first, "p1")[0]!);
+    w.clock.advance(1000);
+    const a = w.call("100", trunkFlow).pc!; // waiting since T0+1000
+    assert.deepEqual(a.provisionals, [182]);
+    w.clock.advance(500);
+    cbs.book.add({ id: "cb", groupId: "g1", number: "+4930111", place: w.clock.now(), requestedAt: w.clock.now() }); // place T0+1500
+    w.engine.serveQueue();
+    assert.deepEqual(cbs.dispatched, [], "u1 is busy: nothing served");
+    w.clock.advance(500);
+    const c = w.call("100", trunkFlow).pc!; // waiting since T0+2000
+    // u1 frees: the head is caller a, not the callback.
+    w.proxy.hangup(first);
+    assert.equal(w.proxy.ringing(a, "p1").length, 1, "the earlier caller is offered");
+    assert.deepEqual(cbs.dispatched, [], "the callback does not jump ahead of a caller still waiting");
+    assert.equal(w.proxy.ringing(c, "p1").length, 0);
+    // u1 answers a and hangs up: now the callback is the head, before c.
+    w.proxy.answer(w.proxy.ringing(a, "p1")[0]!);
+    w.proxy.hangup(a);
+    assert.deepEqual(cbs.dispatched, ["cb→u1"]);
+    assert.equal(w.proxy.ringing(c, "p1").length, 0, "the later caller waits behind the callback");
+    // The callback holds u1 (its call is up) until it releases them: then c.
+    cbs.book.connected("cb");
+    w.engine.releaseOperator("u1");
+    assert.equal(w.proxy.ringing(c, "p1").length, 1);
+  });
+
+  it("release rate: two callbacks and one free operator start one; the operator reserved by a callback is offered nothing else; a second operator takes the next", () => {
+    const cbs = callbacks();
+    const w = world({ users: 2, groups: [group({ members: ["u1", "u2"], noAnswer: wait })], offline: ["p2"], callbacks: cbs });
+    cbs.engine = w.engine;
+    cbs.book.add({ id: "x", groupId: "g1", number: "+4930111", place: T0 - 2000, requestedAt: T0 });
+    cbs.book.add({ id: "y", groupId: "g1", number: "+4930222", place: T0 - 1000, requestedAt: T0 });
+    w.engine.serveQueue();
+    assert.deepEqual(cbs.dispatched, ["x→u1"]);
+    // A caller arriving now is offered to nobody: u1 is reserved, u2 offline.
+    const late = w.call("100", trunkFlow).pc!;
+    assert.equal(w.proxy.ringing(late, "p1").length, 0);
+    w.engine.serveQueue();
+    assert.deepEqual(cbs.dispatched, ["x→u1"], "never faster than operators free up");
+    // u2 comes online: the next head (callback y, earlier than the caller) goes to them.
+    w.setOnline("p2", true);
+    assert.deepEqual(cbs.dispatched, ["x→u1", "y→u2"]);
+    assert.equal(w.proxy.ringing(late, "p2").length, 0);
+  });
+
+  it("a callback of a group that no longer exists, or not yet due, is not served", () => {
+    const cbs = callbacks();
+    const w = world({ users: 1, groups: [group({ members: ["u1"], noAnswer: wait })], callbacks: cbs });
+    cbs.engine = w.engine;
+    cbs.book.add({ id: "gone", groupId: "nowhere", number: "+4930111", place: T0 - 2000, requestedAt: T0 });
+    cbs.book.add({ id: "later", groupId: "g1", number: "+4930222", place: T0 - 1000, requestedAt: T0 });
+    cbs.book.begin("later", "u1");
+    cbs.book.callerFailed("later", w.clock.now(), { retries: 1, retryDelayS: 60 });
+    w.engine.serveQueue();
+    assert.deepEqual(cbs.dispatched, []);
+    w.clock.advance(60_000);
+    w.engine.serveQueue();
+    assert.deepEqual(cbs.dispatched, ["later→u1"]);
   });
 });
