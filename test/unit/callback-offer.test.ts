@@ -34,6 +34,8 @@ function setup(opts: { settings?: CallbackSettings | undefined; callable?: boole
       sessions.delete(pc.id);
     },
     sessionOf: (id: string) => sessions.get(id),
+    // The music this caller hears: the shipped tune here (a group's own music would be named).
+    musicOf: (id: string) => (sessions.has(id) ? HOLD_SOUND : undefined),
   } as unknown as QueueMusic;
   const media = { has: () => true, play: (id: string, sound: string, loop: boolean) => void journal.push(`play ${id} ${sound}${loop ? " loop" : ""}`) };
   const timers: Array<{ fn: () => void; at: number; live: boolean }> = [];
