@@ -1,6 +1,6 @@
 // Greetings with extension dialling, and menus, end to end (docs/menus.md): the real agent with
 // a site whose trunk numbers have greetings, registered operator phones (callsim.ts Phone), and
-// a trunk caller (earlymedia.ts) with its own RTP receiver. What the caller hears is decoded
+// a trunk caller (rtp-caller.ts) with its own RTP receiver. What the caller hears is decoded
 // and matched by correlation against the prompt files (talkspurts: each marker bit starts a
 // file); keys go as RFC 4733 telephone-events and as SIP INFO in the 183's early dialog; where
 // the call went is seen at the phones. Then hostile input: garbage INFO bodies, keys out of
@@ -9,8 +9,9 @@ import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import { CallScene, DEVICE_PASSWORD, TRUNK_CALLER_IP, simUser, sippPhones, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimUser } from "./callsim.ts";
-import { EarlyCaller, busyPorts, mediaRange, shippedSound, talkspurts, writeSweepWav } from "./earlymedia.ts";
+import { Caller, shippedSound, talkspurts, writeSweepWav } from "./rtp-caller.ts";
 import { freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
+import { busyPorts, freeMediaPorts } from "../media-ports.ts";
 import fs from "node:fs";
 
 const UNIT = 200;
@@ -41,7 +42,7 @@ let phones: Phone[];
 const scene = new CallScene(() => agent);
 
 before(async () => {
-  mediaMin = await mediaRange();
+  mediaMin = (await freeMediaPorts(10)).min;
   const file = writeSiteFile(dir, {
     settings: { pickupCode: "*8", trunk: { host: "127.0.0.1", port: await freePort(), transport: "udp", allowedSources: [TRUNK_CALLER_IP] } },
     users,
@@ -87,7 +88,7 @@ after(async () => {
 });
 
 /** The phone that got the call's INVITE (waited for), and that no other phone got one. */
-async function reached(caller: EarlyCaller, phone: Phone, timeoutMs = 5000): Promise<number> {
+async function reached(caller: Caller, phone: Phone, timeoutMs = 5000): Promise<number> {
   await until(() => phone.invitesOf(caller.callId).length > 0 || undefined, timeoutMs, 5);
   const at = performance.now();
   await sleep(200);
@@ -96,8 +97,8 @@ async function reached(caller: EarlyCaller, phone: Phone, timeoutMs = 5000): Pro
 }
 
 /** The RTP source of the call's prompts stops sending and its ports are freed. */
-async function mediaGone(caller: EarlyCaller, source: string, port: number): Promise<void> {
-  await until(async () => !(await busyPorts(mediaMin)).includes(port) || undefined, 5000, 20);
+async function mediaGone(caller: Caller, source: string, port: number): Promise<void> {
+  await until(async () => !(await busyPorts(mediaMin, mediaMin + 9)).includes(port) || undefined, 5000, 20);
   const n = caller.from(source).length;
   await sleep(200);
   assert.equal(caller.from(source).length, n, "nothing plays once the call went on");
@@ -107,7 +108,7 @@ const digitEvent = (d: string): number => (d === "*" ? 10 : d === "#" ? 11 : Num
 
 describe("greeting with extension dialling", () => {
   test("the greeting is heard (decoded, matched to ivr-greeting.wav); 600 dialled as RFC 4733 events cuts it short and reaches the sales group; ports freed", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("4000");
       const p = await caller.progress();
@@ -138,7 +139,7 @@ describe("greeting with extension dialling", () => {
   });
 
   test("keys by SIP INFO (application/dtmf-relay and application/dtmf) in the early dialog: the first one stops the prompt at once; 3102 reaches that operator", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("4000");
       const p = await caller.progress();
@@ -162,7 +163,7 @@ describe("greeting with extension dialling", () => {
   });
 
   test("a number that is no group and no extension plays the invalid-choice prompt (decoded), then the greeting's default group", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("4000");
       const p = await caller.progress();
@@ -183,7 +184,7 @@ describe("greeting with extension dialling", () => {
   });
 
   test("the operator reached by extension dialling answers: their 2xx is its own dialog (not the greeting's), ACK and BYE go through", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("4000");
       const p = await caller.progress();
@@ -209,7 +210,7 @@ describe("greeting with extension dialling", () => {
   test("62 dialled during the greeting reaches the field group's SIPp desk phone, which answers: 200 with its SDP, ACK and BYE through the agent", async () => {
     const sipp = await sippPhones(agent, [[op4.username, DEVICE_PASSWORD]], "ivr-phone-answer.xml", 30_000);
     scene.peers.push(sipp);
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("4000");
       const p = await caller.progress();
@@ -233,7 +234,7 @@ describe("greeting with extension dialling", () => {
   });
 
   test("no key: when the greeting ends the call goes to the default route's group (a number not listed, not local)", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("+4977123456");
       const p = await caller.progress();
@@ -252,7 +253,7 @@ describe("greeting with extension dialling", () => {
 
 describe("menus", () => {
   test("greeting, then the menu; key 1 reaches the sales group", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("5000");
       const p = await caller.progress();
@@ -268,7 +269,7 @@ describe("menus", () => {
   });
 
   test("a wrong key plays the invalid-choice prompt and the menu again; then key 2 (by INFO) reaches the user", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("5000");
       const p = await caller.progress();
@@ -286,7 +287,7 @@ describe("menus", () => {
   });
 
   test("no key: the menu plays again after timeoutS, then afterLast (the support group)", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("5000");
       const p = await caller.progress();
@@ -308,7 +309,7 @@ describe("menus", () => {
 
 describe("hostile input during a greeting", () => {
   test("garbage INFO bodies get 400/415 and change nothing; keys out of range and malformed RTP are ignored; a flood of keys routes once", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("4000");
       const p = await caller.progress();
@@ -357,7 +358,7 @@ describe("hostile input during a greeting", () => {
   });
 
   test("the caller hanging up during the greeting (CANCEL) frees the ports and rings nobody", async () => {
-    const caller = await EarlyCaller.open(agent.port);
+    const caller = await Caller.open(agent.port);
     try {
       caller.invite("4000");
       const p = await caller.progress();
@@ -367,7 +368,7 @@ describe("hostile input during a greeting", () => {
       await mediaGone(caller, p.source, p.port);
       await sleep(300);
       for (const ph of phones) assert.equal(ph.invitesOf(caller.callId).length, 0);
-      assert.deepEqual(await busyPorts(mediaMin), [], "no media port held");
+      assert.deepEqual(await busyPorts(mediaMin, mediaMin + 9), [], "no media port held");
     } finally {
       caller.close();
     }
