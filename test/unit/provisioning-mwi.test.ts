@@ -37,7 +37,6 @@ const device = { mac: "0c383e000001", extension: "1001", displayName: "Anna", si
 
 const render = (vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string => renderMacConfig(profiles, vendor, modelId, { device, site, lineKeys: [], ...over });
 
-
 /** Where each vendor's phones read the MWI subscription switch and the voicemail number (device-profiles/README.md). */
 const mwiChecks: Record<string, (body: string, modelId: string) => void> = {
   yealink(body) {

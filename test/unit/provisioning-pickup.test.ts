@@ -45,7 +45,6 @@ const found = (vendor: string, modelId: string): { profile: Profile; model: Mode
 const device = { mac: "0c383e000001", extension: "1001", displayName: "Anna", sipUsername: "1001", sipPassword: "s3cret-pw", provisioningUser: "p0c383e000001", provisioningPassword: "provpw-0001" };
 const render = (vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string => renderMacConfig(profiles, vendor, modelId, { device, site, lineKeys, ...over });
 
-
 /** Where each vendor's phones read the pickup code and the BLF-pickup switches (device-profiles/README.md). */
 const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
   yealink(body) {
