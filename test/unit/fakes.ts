@@ -1,7 +1,9 @@
 // Fakes shared by unit tests: a clock whose time moves only when the test says (the agent's
-// TimerClock, agent/clock.ts), and a server transaction that records what it was answered.
+// TimerClock, agent/clock.ts), a server transaction that records what it was answered, and a
+// phone's SUBSCRIBE as the transport would hand it over.
 import type { TimerClock } from "../../agent/clock.ts";
-import type { SipResponse } from "../../agent/sip/types.ts";
+import { parseDatagram } from "../../agent/sip/message.ts";
+import type { SipRequest, SipResponse } from "../../agent/sip/types.ts";
 
 /** A TimerClock driven by advance(): due timers run in time order, each at its own instant. */
 export class FakeClock implements TimerClock {
@@ -48,4 +50,29 @@ export class RecordingTx {
   get last(): SipResponse {
     return this.responses.at(-1)!;
   }
+}
+
+/**
+ * A SUBSCRIBE (RFC 6665 §3.1) from a phone at 10.0.1.5:6000, parsed: `n` makes its Via branch
+ * unique, `from` is the whole From value, `toTag` makes it in-dialog (a refresh), `headers`
+ * (Event, Expires, Contact, Accept, …) follow the CSeq in order.
+ */
+export function subscribeRequest(o: { uri: string; n: number; from: string; toTag?: string; callId: string; cseq?: number; headers: readonly string[]; body?: string }): SipRequest {
+  const body = o.body ?? "";
+  const text = [
+    `SUBSCRIBE ${o.uri} SIP/2.0`,
+    `Via: SIP/2.0/UDP 10.0.1.5:6000;branch=z9hG4bK-s${o.n}`,
+    "Max-Forwards: 70",
+    `From: ${o.from}`,
+    `To: <${o.uri}>${o.toTag !== undefined ? `;tag=${o.toTag}` : ""}`,
+    `Call-ID: ${o.callId}`,
+    `CSeq: ${o.cseq ?? 1} SUBSCRIBE`,
+    ...o.headers,
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    "",
+    body,
+  ].join("\r\n");
+  const p = parseDatagram(Buffer.from(text));
+  if (!p.ok || p.message.kind !== "request") throw new Error("bad test SUBSCRIBE");
+  return p.message;
 }

@@ -11,10 +11,10 @@ import { createLogger } from "../../agent/log.ts";
 import { combineCounts, MwiNotifier, NO_MAILBOXES, renderMessageSummary, resolveMailbox } from "../../agent/presence/mwi.ts";
 import { indexSite, parseSite, type SiteIndex } from "../../agent/routing/model.ts";
 import { mailboxesOfUser } from "../../agent/voicemail/access.ts";
-import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
+import { getHeader } from "../../agent/sip/message.ts";
 import { SubscriptionManager, type SubscriptionLimits } from "../../agent/sip/subscriptions.ts";
 import type { ClientTransactionCallbacks, ServerTransaction } from "../../agent/sip/transaction.ts";
-import { FakeClock, RecordingTx } from "./fakes.ts";
+import { FakeClock, RecordingTx, subscribeRequest } from "./fakes.ts";
 import type { Flow, SipRequest, SipResponse } from "../../agent/sip/types.ts";
 import type { MailboxCounts, MailboxOwner, VoicemailCounts } from "../../agent/voicemail/types.ts";
 
@@ -193,26 +193,20 @@ function world(limits: Partial<SubscriptionLimits> = {}, store?: (bus: EventBus)
       accept: "Accept: application/simple-message-summary",
     };
     for (const k of o.omit ?? []) delete defaults[k];
-    const body = o.body ?? "";
-    const text = [
-      `SUBSCRIBE ${uri} SIP/2.0`,
-      `Via: SIP/2.0/UDP 10.0.1.5:6000;branch=z9hG4bK-s${++n}`,
-      "Max-Forwards: 70",
-      `From: <sip:${DEVICES[who]!.username}@10.0.0.1>;tag=${o.fromTag ?? `ft${n}`}`,
-      `To: <${uri}>${o.toTag !== undefined ? `;tag=${o.toTag}` : ""}`,
-      `Call-ID: ${o.callId ?? `mwi${n}`}`,
-      `CSeq: ${o.cseq ?? 1} SUBSCRIBE`,
-      ...Object.values(defaults),
-      ...(o.lines ?? []),
-      `Content-Length: ${Buffer.byteLength(body)}`,
-      "",
-      body,
-    ].join("\r\n");
-    const p = parseDatagram(Buffer.from(text));
-    if (!p.ok || p.message.kind !== "request") throw new Error("bad test SUBSCRIBE");
+    const k = ++n;
+    const req = subscribeRequest({
+      uri,
+      n: k,
+      from: `<sip:${DEVICES[who]!.username}@10.0.0.1>;tag=${o.fromTag ?? `ft${k}`}`,
+      toTag: o.toTag,
+      callId: o.callId ?? `mwi${k}`,
+      cseq: o.cseq,
+      headers: [...Object.values(defaults), ...(o.lines ?? [])],
+      body: o.body,
+    });
     const tx = new RecordingTx();
-    if (o.toTag !== undefined) subs.handleInDialog(tx as unknown as ServerTransaction, p.message, FLOW);
-    else subs.handleSubscribe(tx as unknown as ServerTransaction, p.message, FLOW, DEVICES[who]!);
+    if (o.toTag !== undefined) subs.handleInDialog(tx as unknown as ServerTransaction, req, FLOW);
+    else subs.handleSubscribe(tx as unknown as ServerTransaction, req, FLOW, DEVICES[who]!);
     return tx;
   };
   const notifiesOf = (callId: string) => sent.filter((s) => s.req.callId === callId).map((s) => ({ state: getHeader(s.req, "subscription-state"), event: getHeader(s.req, "event"), type: getHeader(s.req, "content-type"), ...parseSummary(s.req.body.toString()) }));

@@ -6,10 +6,10 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createLogger } from "../../agent/log.ts";
-import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
+import { getHeader } from "../../agent/sip/message.ts";
 import { SubscriptionManager, type EventPackage, type SubscriptionLimits } from "../../agent/sip/subscriptions.ts";
 import type { ClientTransactionCallbacks, ServerTransaction } from "../../agent/sip/transaction.ts";
-import { FakeClock, RecordingTx } from "./fakes.ts";
+import { FakeClock, RecordingTx, subscribeRequest } from "./fakes.ts";
 import type { Flow, SipRequest, SipResponse } from "../../agent/sip/types.ts";
 
 const FLOW: Flow = { transport: "udp", remoteAddress: "10.0.1.5", remotePort: 6000, localAddress: "10.0.0.1", localPort: 5060 };
@@ -64,25 +64,17 @@ function setup(limits: Partial<SubscriptionLimits> = {}, state: { body: string }
       accept: "Accept: application/dialog-info+xml",
     };
     for (const k of o.omit ?? []) delete defaults[k];
-    const body = o.body ?? "";
-    const text = [
-      `SUBSCRIBE ${uri} SIP/2.0`,
-      `Via: SIP/2.0/UDP 10.0.1.5:6000;branch=z9hG4bK-s${++n}`,
-      "Max-Forwards: 70",
-      `From: <sip:phone@10.0.0.1>${o.fromTag === "" ? "" : `;tag=${o.fromTag ?? "ft"}`}`,
-      `To: <${uri}>${o.toTag !== undefined ? `;tag=${o.toTag}` : ""}`,
-      `Call-ID: ${o.callId ?? `sub${n}`}`,
-      `CSeq: ${o.cseq ?? 1} SUBSCRIBE`,
-      "Record-Route: <sip:10.0.0.9;lr>",
-      ...Object.values(defaults),
-      ...(o.lines ?? []),
-      `Content-Length: ${Buffer.byteLength(body)}`,
-      "",
-      body,
-    ].join("\r\n");
-    const p = parseDatagram(Buffer.from(text));
-    if (!p.ok || p.message.kind !== "request") throw new Error("bad test SUBSCRIBE");
-    const req = p.message;
+    const k = ++n;
+    const req = subscribeRequest({
+      uri,
+      n: k,
+      from: `<sip:phone@10.0.0.1>${o.fromTag === "" ? "" : `;tag=${o.fromTag ?? "ft"}`}`,
+      toTag: o.toTag,
+      callId: o.callId ?? `sub${k}`,
+      cseq: o.cseq,
+      headers: ["Record-Route: <sip:10.0.0.9;lr>", ...Object.values(defaults), ...(o.lines ?? [])],
+      body: o.body,
+    });
     const tx = new RecordingTx();
     if (o.toTag !== undefined) {
       const handled = m.handleInDialog(tx as unknown as ServerTransaction, req, o.flow ?? FLOW);
