@@ -180,3 +180,6 @@ export function parsesAs(vendor: string, body: string): void {
   if (vendor === "yealink") yealinkKv(body);
   else xmlRoot(body);
 }
+
+/** The models every per-vendor config test covers: each vendor's boot-sequence model (VENDORS) and three of other families. */
+export const MODEL_CASES: ReadonlyArray<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];

@@ -12,7 +12,7 @@ import { loadProfiles, type ModelProfile, type Profile } from "../../provisionin
 import { renderConfig, type RenderConfigInput, type SiteInput } from "../../provisioning/render.ts";
 import { ProvisioningServer } from "../../provisioning/server.ts";
 import { findAll } from "../../provisioning/xmlcheck.ts";
-import { VENDORS, foundModel, one, parsesAs, renderMacConfig, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { MODEL_CASES, VENDORS, foundModel, one, parsesAs, renderMacConfig, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*97": a template that hard-coded the code would not produce it. */
@@ -86,9 +86,7 @@ const mwiChecks: Record<string, (body: string, modelId: string) => void> = {
   },
 };
 
-const cases: Array<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];
-
-for (const [vendor, modelId] of cases) {
+for (const [vendor, modelId] of MODEL_CASES) {
   test(`${vendor}/${modelId}: the line subscribes for message-summary and the voicemail key dials the voicemail code`, () => {
     const body = render(vendor, modelId);
     parsesAs(vendor, body);

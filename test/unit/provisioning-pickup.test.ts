@@ -17,7 +17,7 @@ import { renderConfig, type LineKeyInput, type RenderConfigInput, type SiteInput
 import { ProvisioningServer } from "../../provisioning/server.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
 import { findAll, ownText } from "../../provisioning/xmlcheck.ts";
-import { VENDORS, foundModel, one, parsesAs, renderMacConfig, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { MODEL_CASES, VENDORS, foundModel, one, parsesAs, renderMacConfig, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*8": a template that hard-coded the code would not produce it. */
@@ -106,9 +106,7 @@ const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
   },
 };
 
-const cases: Array<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];
-
-for (const [vendor, modelId] of cases) {
+for (const [vendor, modelId] of MODEL_CASES) {
   test(`${vendor}/${modelId}: a BLF key picks up with the site's pickup code and the vendor's BLF-pickup settings`, () => {
     const body = render(vendor, modelId);
     parsesAs(vendor, body);
