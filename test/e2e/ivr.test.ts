@@ -8,26 +8,20 @@
 import assert from "node:assert/strict";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CallScene, DEVICE_PASSWORD, TRUNK_CALLER_IP, simUser, sippPhones, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimUser } from "./callsim.ts";
+import { CallScene, DEVICE_PASSWORD, TRUNK_CALLER_IP, sippPhones, startRoutingAgent, writeSiteFile, type Phone, SimRoster } from "./callsim.ts";
 import { Caller, shippedSound, talkspurts, writeSweepWav } from "./rtp-caller.ts";
 import { freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 import { busyPorts, freeMediaPorts } from "../media-ports.ts";
 import fs from "node:fs";
 
 const UNIT = 200;
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string): SimDevice {
-  const u = simUser(id, ext, ["physical"]);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const op1 = add("op1", "3101");
-const op2 = add("op2", "3102");
-const op3 = add("op3", "3103");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const op1 = roster.add("op1", "3101");
+const op2 = roster.add("op2", "3102");
+const op3 = roster.add("op3", "3103");
 /** A desk phone played by SIPp (registers, answers with 180 then 200). */
-const op4 = add("op4", "3104");
+const op4 = roster.add("op4", "3104");
 
 const greetingWav = shippedSound("ivr-greeting.wav");
 const invalidWav = shippedSound("ivr-invalid.wav");

@@ -106,11 +106,11 @@ export class Caller {
     return this.responses.map((r) => r.msg.status!);
   }
 
-  /** The 183 with the appliance's SDP, waited for. */
-  async progress(timeoutMs = 10_000): Promise<{ got: Got; source: string; address: string; port: number }> {
+  /** The 183 with the appliance's SDP, waited for; its media address (`source`: address:port) and payload type. */
+  async progress(timeoutMs = 10_000): Promise<{ got: Got; source: string; address: string; port: number; codec: string }> {
     const got = await until(() => this.first(183), timeoutMs, 2);
     const m = mediaOf(got.msg);
-    return { got, source: `${m.address}:${m.port}`, address: m.address, port: m.port };
+    return { got, source: `${m.address}:${m.port}`, ...m };
   }
 
   /** RTP packets from one source (the appliance's prompts or music, or the operator), in arrival order. */
