@@ -269,15 +269,25 @@ describe("queue position announcements", () => {
   });
 });
 
+/** Operator 2 busy (3102), then a trunk call to the "own" queue (792): the caller, and the source of its early media. */
+async function callOwnQueue(): Promise<{ caller: Caller; source: string }> {
+  const [p2, px] = await scene.register([op2, other]);
+  await busy(p2!, px!, "3102");
+  const caller = await Caller.open(agent.port);
+  try {
+    caller.invite("792");
+    return { caller, source: (await caller.progress(10_000)).source };
+  } catch (e) {
+    caller.close();
+    throw e;
+  }
+}
+
 describe("a site's own queue sounds", () => {
   test("the prompt fetched by URL (SHA-256 checked, cached) and the music from the site's file are what the caller hears; the maximum wait is counted", async () => {
     assert.deepEqual(fs.readFileSync(path.join(agent.dataDir, "sounds", `${promptSha}.wav`)), promptWav, "cached under the data directory");
-    const [p2, px] = await scene.register([op2, other]);
-    await busy(p2!, px!, "3102");
-    const caller = await Caller.open(agent.port);
+    const { caller, source } = await callOwnQueue();
     try {
-      caller.invite("792");
-      const { source } = await caller.progress(10_000);
       const pk = await heard(caller, source, 2.6);
       const starts = fileStarts(pk, ["hold", POSITION_SOUND, "ownPrompt", "ownMusic"]);
       assert.deepEqual(names(starts).slice(0, 2), ["ownPrompt", "ownMusic"], JSON.stringify(starts));
@@ -358,12 +368,8 @@ describe("a console push naming a sound by URL", () => {
     agent = await startRoutingAgent(siteFile, { ringUnitMs: UNIT, dataDir, env: agentSettings() });
     await agent.waitForLog(/sound loaded sound=site-music-own frames=38/, 60_000);
     await agent.waitForLog(/sound loaded sound=site-prompt-own/, 60_000);
-    const [p2, px] = await scene.register([op2, other]);
-    await busy(p2!, px!, "3102");
-    const caller = await Caller.open(agent.port);
+    const { caller, source } = await callOwnQueue();
     try {
-      caller.invite("792");
-      const { source } = await caller.progress(10_000);
       const starts = fileStarts(await heard(caller, source, 1.8), ["hold", "ownPrompt", "ownMusic", "pushed"]);
       assert.deepEqual(names(starts).slice(0, 2), ["ownPrompt", "pushed"], JSON.stringify(starts));
       await caller.cancel();
