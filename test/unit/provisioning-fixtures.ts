@@ -2,6 +2,7 @@
 // phones request it, with real User-Agent strings (as the vendors document them), and
 // readers that parse a config in the vendor's own format and pull out the values that matter.
 import assert from "node:assert/strict";
+import { test } from "node:test";
 import { findModel, type ModelProfile, type Profile } from "../../provisioning/profiles.ts";
 import { renderConfig, type RenderConfigInput } from "../../provisioning/render.ts";
 import { checkXml, findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
@@ -182,4 +183,31 @@ export function parsesAs(vendor: string, body: string): void {
 }
 
 /** The models every per-vendor config test covers: each vendor's boot-sequence model (VENDORS) and three of other families. */
-export const MODEL_CASES: ReadonlyArray<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];
+const MODEL_CASES: ReadonlyArray<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];
+
+/**
+ * A test per model of MODEL_CASES, named `vendor/model: does`: its per-device config (render)
+ * parses in the vendor's format, passes that vendor's check, and holds no `defaultCode` (the code
+ * comes from `codeFrom`); and a test that every loaded vendor has a check (`checkName`).
+ */
+export function testEachModel(o: {
+  does: string;
+  checkName: string;
+  profiles: ReadonlyMap<string, Profile>;
+  render: (vendor: string, modelId: string) => string;
+  checks: Record<string, (body: string, modelId: string) => void>;
+  defaultCode: string;
+  codeFrom: string;
+}): void {
+  for (const [vendor, modelId] of MODEL_CASES) {
+    test(`${vendor}/${modelId}: ${o.does}`, () => {
+      const body = o.render(vendor, modelId);
+      parsesAs(vendor, body);
+      o.checks[vendor]!(body, modelId);
+      assert.ok(!body.includes(o.defaultCode), `no default code left in the file: it comes from the ${o.codeFrom}`);
+    });
+  }
+  test(`every vendor has ${o.checkName} (a new profile needs one)`, () => {
+    assert.deepEqual([...o.profiles.keys()].sort(), Object.keys(o.checks).sort());
+  });
+}

@@ -12,7 +12,7 @@ import { loadProfiles, type ModelProfile, type Profile } from "../../provisionin
 import { renderConfig, type RenderConfigInput, type SiteInput } from "../../provisioning/render.ts";
 import { ProvisioningServer } from "../../provisioning/server.ts";
 import { findAll } from "../../provisioning/xmlcheck.ts";
-import { MODEL_CASES, VENDORS, foundModel, one, parsesAs, renderMacConfig, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*97": a template that hard-coded the code would not produce it. */
@@ -86,17 +86,14 @@ const mwiChecks: Record<string, (body: string, modelId: string) => void> = {
   },
 };
 
-for (const [vendor, modelId] of MODEL_CASES) {
-  test(`${vendor}/${modelId}: the line subscribes for message-summary and the voicemail key dials the voicemail code`, () => {
-    const body = render(vendor, modelId);
-    parsesAs(vendor, body);
-    mwiChecks[vendor]!(body, modelId);
-    assert.ok(!body.includes(DEFAULT_VOICEMAIL_CODE), "no default code left in the file: it comes from the setting");
-  });
-}
-
-test("every vendor has an MWI check (a new profile needs one)", () => {
-  assert.deepEqual([...profiles.keys()].sort(), Object.keys(mwiChecks).sort());
+testEachModel({
+  does: "the line subscribes for message-summary and the voicemail key dials the voicemail code",
+  checkName: "an MWI check",
+  profiles,
+  render,
+  checks: mwiChecks,
+  defaultCode: DEFAULT_VOICEMAIL_CODE,
+  codeFrom: "setting",
 });
 
 test("without a voicemail code the phones get the default *97", () => {

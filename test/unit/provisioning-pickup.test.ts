@@ -17,7 +17,7 @@ import { renderConfig, type LineKeyInput, type RenderConfigInput, type SiteInput
 import { ProvisioningServer } from "../../provisioning/server.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
 import { findAll, ownText } from "../../provisioning/xmlcheck.ts";
-import { MODEL_CASES, VENDORS, foundModel, one, parsesAs, renderMacConfig, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*8": a template that hard-coded the code would not produce it. */
@@ -106,17 +106,14 @@ const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
   },
 };
 
-for (const [vendor, modelId] of MODEL_CASES) {
-  test(`${vendor}/${modelId}: a BLF key picks up with the site's pickup code and the vendor's BLF-pickup settings`, () => {
-    const body = render(vendor, modelId);
-    parsesAs(vendor, body);
-    pickupChecks[vendor]!(body, modelId);
-    assert.ok(!body.includes(DEFAULT_PICKUP_CODE), "no default code left in the file: it comes from the site");
-  });
-}
-
-test("every vendor has a pickup check (a new profile needs one)", () => {
-  assert.deepEqual([...profiles.keys()].sort(), Object.keys(pickupChecks).sort());
+testEachModel({
+  does: "a BLF key picks up with the site's pickup code and the vendor's BLF-pickup settings",
+  checkName: "a pickup check",
+  profiles,
+  render,
+  checks: pickupChecks,
+  defaultCode: DEFAULT_PICKUP_CODE,
+  codeFrom: "site",
 });
 
 test("without a site pickup code the phones get the default *8", () => {
