@@ -9,28 +9,22 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { computeAuthorization } from "../../agent/sip/digest.ts";
-import { CallScene, DEVICE_PASSWORD, parseSimMessage, RING, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, simUser, sippCall, startRoutingAgent, writeSiteFile, type SimDevice, type SimUser } from "./callsim.ts";
+import { CallScene, DEVICE_PASSWORD, parseSimMessage, RING, TRUNK_CALLER_IP, answerAfter, assertSippOk, callIdOf, loggedCall, sippCall, startRoutingAgent, writeSiteFile, type SimDevice, SimRoster } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 import { SipClient } from "./sipclient.ts";
 import { Subscriber, parseDialogInfo, type HeldSubscription } from "./subscriber.ts";
 
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string): SimDevice {
-  const u = simUser(id, ext, ["physical"]);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const mon = add("mon", "5001");
-const watch = add("watch", "5002");
-const mon2 = add("mon2", "5003");
-const picker = add("picker", "5004");
-const bad = add("bad", "5005");
-const capped = add("capped", "5006");
-const rated = add("rated", "5007");
-const outgoing = add("outgoing", "5008");
-const callee = add("callee", "5009");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const mon = roster.add("mon", "5001");
+const watch = roster.add("watch", "5002");
+const mon2 = roster.add("mon2", "5003");
+const picker = roster.add("picker", "5004");
+const bad = roster.add("bad", "5005");
+const capped = roster.add("capped", "5006");
+const rated = roster.add("rated", "5007");
+const outgoing = roster.add("outgoing", "5008");
+const callee = roster.add("callee", "5009");
 
 const MAX_PER_DEVICE = 3;
 const RATE_MAX = 10;

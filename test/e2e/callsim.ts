@@ -77,6 +77,27 @@ export function simUser(id: string, extension: string, kinds: Array<"physical" |
   return { user: { id, extension, name: `User ${id}`, availability: "available", callLimit: 0, ...extra }, devices };
 }
 
+/**
+ * A site's users and devices, built one user at a time (simUser; `extra` goes to every user,
+ * e.g. a call limit): add() gives a user one desk phone and returns it.
+ */
+export class SimRoster {
+  readonly users: SimUser[] = [];
+  readonly devices: SimDevice[] = [];
+  constructor(private readonly extra: Partial<SimUser> = {}) {}
+  /** A user with one desk phone; that phone. */
+  add(id: string, extension: string): SimDevice {
+    return this.addUser(id, extension, ["physical"])[0]!;
+  }
+  /** A user with these devices; its devices. */
+  addUser(id: string, extension: string, kinds: Array<"physical" | "soft">): SimDevice[] {
+    const u = simUser(id, extension, kinds, this.extra);
+    this.users.push(u.user);
+    this.devices.push(...u.devices);
+    return u.devices;
+  }
+}
+
 /** Writes a complete site file (schema ringedge.site/1) and returns its path. */
 export function writeSiteFile(dir: string, site: SimSite, version = 1): string {
   const file = path.join(dir, `site-${version}.json`);

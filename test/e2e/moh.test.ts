@@ -18,7 +18,7 @@ import { decodeWav } from "../../agent/media/wav.ts";
 import { busyPorts, freeMediaPorts } from "../media-ports.ts";
 import { CallScene, TRUNK_CALLER_IP, registerPhones, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimUser } from "./callsim.ts";
 import { ROOT, freePort, runProgram, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
-import { Caller, bestCorrelation, correlationAtStart, decodeStream, makeBusy, mediaOf } from "./rtp-caller.ts";
+import { Caller, bestCorrelation, correlationAtStart, decodeStream, makeBusy, shippedSound } from "./rtp-caller.ts";
 
 const UNIT = 200;
 const users: SimUser[] = [];
@@ -38,13 +38,8 @@ let agent: RunningAgent;
 let announcing: RunningAgent | undefined;
 let mediaMin: number;
 const scene = new CallScene(() => agent);
-function sound(file: string): Int16Array {
-  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio", file)));
-  if (!r.ok) throw new Error(r.reason);
-  return r.samples;
-}
-const hold = sound("hold.wav");
-const welcome = sound("queue-welcome.wav");
+const hold = shippedSound("hold.wav");
+const welcome = shippedSound("queue-welcome.wav");
 
 /** An even port with the next nine free, for the agent's media range. */
 const mediaRange = async (): Promise<number> => (await freeMediaPorts(10)).min;
@@ -88,13 +83,12 @@ describe("music on hold while waiting for an operator", () => {
     const caller = await Caller.open(agent.port);
     try {
       caller.invite("790");
-      const progress = await until(() => caller.first(183), 5000, 2);
-      const media = mediaOf(progress.msg);
+      const { got: progress, ...media } = await caller.progress(5000);
       assert.equal(media.codec, "8", "the caller's first choice, PCMA, is answered");
       assert.ok(media.port >= mediaMin && media.port < mediaMin + 10, `media port ${media.port} in the range`);
       assert.equal(progress.msg.header("content-type"), "application/sdp");
       assert.ok(caller.first(182)!.at <= progress.at, "182 Queued first");
-      const source = `${media.address}:${media.port}`;
+      const { source } = media;
       // Three seconds of music.
       await until(() => caller.from(source).length >= 150 || undefined, 10_000, 10);
       const firstRtp = caller.rtp.find((r) => r.from === source)!;
@@ -167,9 +161,8 @@ describe("music on hold while waiting for an operator", () => {
     const caller = await Caller.open(agent.port);
     try {
       caller.invite("790");
-      const progress = await until(() => caller.first(183), 5000, 2);
-      const media = mediaOf(progress.msg);
-      const source = `${media.address}:${media.port}`;
+      const media = await caller.progress(5000);
+      const { source } = media;
       await until(() => caller.from(source).length >= 10 || undefined, 5000, 5);
       await caller.cancel();
       assert.ok(caller.statuses().includes(487));
@@ -227,8 +220,7 @@ describe("music on hold while waiting for an operator", () => {
     const caller = await Caller.open(agent.port);
     try {
       caller.invite("791");
-      const progress = await until(() => caller.first(183), 5000, 2);
-      const media = mediaOf(progress.msg);
+      const { got: progress, ...media } = await caller.progress(5000);
       const final = await until(() => caller.responses.find((r) => r.msg.status! >= 300), 10_000, 10);
       assert.equal(final.msg.status, 480);
       const waited = final.at - progress.at;
@@ -261,9 +253,8 @@ describe("queue announcements", () => {
     const caller = await Caller.open(announcing.port);
     try {
       caller.invite("790");
-      const progress = await until(() => caller.first(183), 10_000, 2);
-      const media = mediaOf(progress.msg);
-      const source = `${media.address}:${media.port}`;
+      const media = await caller.progress(10_000);
+      const { source } = media;
       // 7 s of prompt and music, then 1 s of the prompt again.
       await until(() => {
         const pk = caller.from(source);

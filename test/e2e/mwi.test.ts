@@ -10,21 +10,15 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { after, before, describe, test } from "node:test";
-import { CallScene, assertSippOk, simUser, startRoutingAgent, writeSiteFile, type SimDevice, type SimUser } from "./callsim.ts";
+import { CallScene, assertSippOk, startRoutingAgent, writeSiteFile, SimRoster } from "./callsim.ts";
 import { freePort, runSipp, tempDir, type RunningAgent } from "./harness.ts";
 import { Subscriber, type SeenNotify } from "./subscriber.ts";
 
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string): SimDevice[] {
-  const u = simUser(id, ext, ["physical", "soft"]);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices;
-}
-const [annaDesk, annaSoft] = add("anna", "5101");
-const [benDesk] = add("ben", "5102");
-const [carlaDesk] = add("carla", "5103");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const [annaDesk, annaSoft] = roster.addUser("anna", "5101", ["physical", "soft"]);
+const [benDesk] = roster.addUser("ben", "5102", ["physical", "soft"]);
+const [carlaDesk] = roster.addUser("carla", "5103", ["physical", "soft"]);
 
 const ACCEPT = "Accept: application/simple-message-summary";
 let agent: RunningAgent;

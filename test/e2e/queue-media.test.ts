@@ -26,38 +26,27 @@ import { sha256Of } from "../../agent/media/site-sounds.ts";
 import { decodeWav, encodeWav } from "../../agent/media/wav.ts";
 import type { RtpPacket } from "../../agent/media/rtp.ts";
 import { busyPorts, freeMediaPorts } from "../media-ports.ts";
-import { CallScene, TRUNK_CALLER_IP, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimSite, type SimUser } from "./callsim.ts";
-import { ROOT, freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
+import { CallScene, TRUNK_CALLER_IP, startRoutingAgent, writeSiteFile, type Phone, type SimSite, SimRoster } from "./callsim.ts";
+import { freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 import { ConsoleClient, desiredFrom } from "../../agent/sync/console-cli.ts";
 import { startBroker, type Broker } from "./mosquitto.ts";
-import { Caller, correlationAtStart, decodeStream, makeBusy, mediaOf } from "./rtp-caller.ts";
+import { Caller, correlationAtStart, decodeStream, makeBusy, shippedSound } from "./rtp-caller.ts";
 
 const UNIT = 200;
 const SITE_ID = "queue-e2e";
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string): SimDevice {
-  const u = simUser(id, ext, ["physical"], { callLimit: 1 });
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const op1 = add("op1", "3101");
-const op2 = add("op2", "3102");
-const other = add("x1", "3199");
+const roster = new SimRoster({ callLimit: 1 });
+const { users, devices } = roster;
+const op1 = roster.add("op1", "3101");
+const op2 = roster.add("op2", "3102");
+const other = roster.add("x1", "3199");
 
-function shipped(file: string): Int16Array {
-  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio", file)));
-  if (!r.ok) throw new Error(r.reason);
-  return r.samples;
-}
 const SOUNDS: Record<string, Int16Array> = {
-  hold: shipped("hold.wav"),
-  "queue-welcome": shipped("queue-welcome.wav"),
-  [POSITION_SOUND]: shipped("queue-position.wav"),
-  [numberSound(1)]: shipped("numbers/1.wav"),
-  [numberSound(2)]: shipped("numbers/2.wav"),
-  [numberSound(3)]: shipped("numbers/3.wav"),
+  hold: shippedSound("hold.wav"),
+  "queue-welcome": shippedSound("queue-welcome.wav"),
+  [POSITION_SOUND]: shippedSound("queue-position.wav"),
+  [numberSound(1)]: shippedSound("numbers/1.wav"),
+  [numberSound(2)]: shippedSound("numbers/2.wav"),
+  [numberSound(3)]: shippedSound("numbers/3.wav"),
 };
 // The site's own sounds: a prompt (a falling chirp) served over HTTP, music (a two-tone pattern) on disk.
 const ownPrompt = Int16Array.from({ length: 8000 }, (_, i) => Math.round(7000 * Math.sin(2 * Math.PI * (900 - (500 * i) / 8000) * (i / 8000))));
@@ -204,9 +193,7 @@ describe("queue position announcements", () => {
         const c = await Caller.open(agent.port);
         callers.push(c);
         c.invite("790");
-        const progress = await until(() => c.first(183), 10_000, 2);
-        const m = mediaOf(progress.msg);
-        sources.push(`${m.address}:${m.port}`);
+        sources.push((await c.progress(10_000)).source);
         // Each caller is queued (and hears its number) before the next one calls.
         await heard(c, sources[i]!, 2.8);
       }
@@ -282,17 +269,25 @@ describe("queue position announcements", () => {
   });
 });
 
+/** Operator 2 busy (3102), then a trunk call to the "own" queue (792): the caller, and the source of its early media. */
+async function callOwnQueue(): Promise<{ caller: Caller; source: string }> {
+  const [p2, px] = await scene.register([op2, other]);
+  await busy(p2!, px!, "3102");
+  const caller = await Caller.open(agent.port);
+  try {
+    caller.invite("792");
+    return { caller, source: (await caller.progress(10_000)).source };
+  } catch (e) {
+    caller.close();
+    throw e;
+  }
+}
+
 describe("a site's own queue sounds", () => {
   test("the prompt fetched by URL (SHA-256 checked, cached) and the music from the site's file are what the caller hears; the maximum wait is counted", async () => {
     assert.deepEqual(fs.readFileSync(path.join(agent.dataDir, "sounds", `${promptSha}.wav`)), promptWav, "cached under the data directory");
-    const [p2, px] = await scene.register([op2, other]);
-    await busy(p2!, px!, "3102");
-    const caller = await Caller.open(agent.port);
+    const { caller, source } = await callOwnQueue();
     try {
-      caller.invite("792");
-      const progress = await until(() => caller.first(183), 10_000, 2);
-      const m = mediaOf(progress.msg);
-      const source = `${m.address}:${m.port}`;
       const pk = await heard(caller, source, 2.6);
       const starts = fileStarts(pk, ["hold", POSITION_SOUND, "ownPrompt", "ownMusic"]);
       assert.deepEqual(names(starts).slice(0, 2), ["ownPrompt", "ownMusic"], JSON.stringify(starts));
@@ -373,14 +368,9 @@ describe("a console push naming a sound by URL", () => {
     agent = await startRoutingAgent(siteFile, { ringUnitMs: UNIT, dataDir, env: agentSettings() });
     await agent.waitForLog(/sound loaded sound=site-music-own frames=38/, 60_000);
     await agent.waitForLog(/sound loaded sound=site-prompt-own/, 60_000);
-    const [p2, px] = await scene.register([op2, other]);
-    await busy(p2!, px!, "3102");
-    const caller = await Caller.open(agent.port);
+    const { caller, source } = await callOwnQueue();
     try {
-      caller.invite("792");
-      const progress = await until(() => caller.first(183), 10_000, 2);
-      const m = mediaOf(progress.msg);
-      const starts = fileStarts(await heard(caller, `${m.address}:${m.port}`, 1.8), ["hold", "ownPrompt", "ownMusic", "pushed"]);
+      const starts = fileStarts(await heard(caller, source, 1.8), ["hold", "ownPrompt", "ownMusic", "pushed"]);
       assert.deepEqual(names(starts).slice(0, 2), ["ownPrompt", "pushed"], JSON.stringify(starts));
       await caller.cancel();
     } finally {

@@ -15,15 +15,13 @@ import {
   CallScene,
   loggedCall,
   RING,
-  simUser,
   sippCall,
   sippServer,
   startRoutingAgent,
   TRUNK_CALLER_IP,
   writeSiteFile,
-  type SimDevice,
   type SimGroup,
-  type SimUser,
+  SimRoster,
 } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
@@ -34,20 +32,14 @@ const CALLER = "+4930111222";
 /** A date three days ahead (in Berlin it is the same date or the next one; either is days away). */
 const HOLIDAY = new Date(Date.now() + 3 * 86_400_000).toISOString().slice(0, 10);
 
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string): SimDevice {
-  const u = simUser(id, ext, ["physical"]);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const c1 = add("c1", "3101");
-const r1 = add("r1", "3111");
-const r2 = add("r2", "3112");
-const r3 = add("r3", "3113");
-const wu1 = add("wu1", "3121");
-const wu2 = add("wu2", "3122");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const c1 = roster.add("c1", "3101");
+const r1 = roster.add("r1", "3111");
+const r2 = roster.add("r2", "3112");
+const r3 = roster.add("r3", "3113");
+const wu1 = roster.add("wu1", "3121");
+const wu2 = roster.add("wu2", "3122");
 
 let vmPort: number;
 let agent: RunningAgent;

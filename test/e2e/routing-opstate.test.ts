@@ -21,15 +21,14 @@ import {
   assertSippOk,
   callIdOf,
   loggedCall,
-  simUser,
   sippCall,
   startRoutingAgent,
   statusesOf,
   writeSiteFile,
   type Phone,
-  type SimDevice,
   type SimSite,
   type SimUser,
+  SimRoster,
 } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 import { startBroker, type Broker } from "./mosquitto.ts";
@@ -39,17 +38,11 @@ import { Subscriber, parseDialogInfo, type HeldSubscription } from "./subscriber
 const UNIT = 200;
 const SITE_ID = "site-opstate";
 
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string): SimDevice {
-  const u = simUser(id, ext);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const op1 = add("op1", "5001");
-const op2 = add("op2", "5002");
-const op3 = add("op3", "5003");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const op1 = roster.add("op1", "5001");
+const op2 = roster.add("op2", "5002");
+const op3 = roster.add("op3", "5003");
 
 let trunkPort: number;
 const site = (): SimSite => ({

@@ -1,14 +1,21 @@
-// Test helpers for the media plane end to end (test/e2e/moh.test.ts, queue-media.test.ts): a
-// trunk caller written over raw UDP with its own RTP receiver bound to the address its SDP
-// offers, decoding of what it received, correlation against a source WAV, and making an
-// operator busy (another phone calls them and they answer).
+// Test helpers for the media plane end to end (test/e2e/ivr.test.ts, moh.test.ts,
+// queue-media.test.ts): a trunk caller written over raw UDP whose INVITE offers G.711 and
+// telephone-events at its own RTP socket; it records every response, every request and every
+// RTP packet it receives, and it can send keys as RFC 4733 telephone-events (to the address of
+// the appliance's 183 SDP) and as SIP INFO inside the 183's early dialog (RFC 6086). Also:
+// decoding of what it received (agent/media/g711.ts), correlation against a reference sound,
+// the sounds a stream played in order, test prompts, and making an operator busy (another phone
+// calls them and they answer).
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
+import fs from "node:fs";
+import path from "node:path";
 import { randomBytes } from "node:crypto";
 import { decodeG711, type G711Law } from "../../agent/media/g711.ts";
 import { parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
+import { decodeWav, encodeWav } from "../../agent/media/wav.ts";
 import { TRUNK_CALLER_IP, answerAfter, RING, parseSimMessage, type Phone, type SimMessage } from "./callsim.ts";
-import { until } from "./harness.ts";
+import { ROOT, until } from "./harness.ts";
 
 export interface Got {
   at: number;
@@ -17,19 +24,28 @@ export interface Got {
 
 export class Caller {
   readonly responses: Got[] = [];
+  /** Requests the agent sent us (BYE, …). */
+  readonly requests: Got[] = [];
   readonly rtp: Array<{ at: number; pkt: RtpPacket; from: string }> = [];
-  readonly callId = `moh-${randomBytes(6).toString("hex")}@trunk`;
+  readonly callId = `trunk-${randomBytes(6).toString("hex")}@trunk`;
   private readonly fromTag = randomBytes(4).toString("hex");
   private readonly branch = `z9hG4bK${randomBytes(6).toString("hex")}`;
+  private readonly ssrc = randomBytes(4).readUInt32BE(0);
+  private seq = randomBytes(2).readUInt16BE(0);
+  private ts = randomBytes(4).readUInt32BE(0);
+  private cseq = 1;
+  private number = "";
   sentAt = 0;
+
   private constructor(
     private readonly sip: dgram.Socket,
     private readonly media: dgram.Socket,
     private readonly agentPort: number,
   ) {
     sip.on("message", (b) => {
-      const m = parseSimMessage(b.toString("utf8"));
+      const m = parseSimMessage(b.toString("latin1"));
       if (m?.status !== undefined) this.responses.push({ at: performance.now(), msg: m });
+      else if (m !== undefined) this.requests.push({ at: performance.now(), msg: m });
     });
     media.on("message", (b, r) => {
       const p = parseRtp(b);
@@ -54,8 +70,8 @@ export class Caller {
     return this.media.address().port;
   }
 
-  private send(lines: string[]): void {
-    this.sip.send(Buffer.from(lines.join("\r\n")), this.agentPort, "127.0.0.1");
+  send(lines: string[]): void {
+    this.sip.send(Buffer.from(lines.join("\r\n"), "latin1"), this.agentPort, "127.0.0.1");
   }
 
   private head(method: string, cseq: string, to: string, uri: string, branch = this.branch): string[] {
@@ -74,7 +90,7 @@ export class Caller {
     return `sip:${number}@127.0.0.1:${this.agentPort}`;
   }
 
-  /** INVITE offering PCMA, then PCMU, and telephone-event, at this caller's RTP socket. */
+  /** INVITE offering PCMA, then PCMU, and telephone-event 101, at this caller's RTP socket (or `body` as the offer). */
   invite(number: string, body?: string): void {
     const sdp = body ?? ["v=0", `o=- 7 7 IN IP4 ${TRUNK_CALLER_IP}`, "s=-", `c=IN IP4 ${TRUNK_CALLER_IP}`, "t=0 0", `m=audio ${this.rtpPort} RTP/AVP 8 0 101`, "a=rtpmap:101 telephone-event/8000", "a=fmtp:101 0-15", "a=sendrecv", ""].join("\r\n");
     this.number = number;
@@ -82,24 +98,90 @@ export class Caller {
     this.send([...this.head("INVITE", "1 INVITE", `<${this.ruri(number)}>`, this.ruri(number)), `Contact: <sip:trunk@${TRUNK_CALLER_IP}:${this.sipPort}>`, "Content-Type: application/sdp", `Content-Length: ${Buffer.byteLength(sdp)}`, "", sdp]);
   }
 
-  private number = "";
+  first(status: number): Got | undefined {
+    return this.responses.find((r) => r.msg.status === status && /INVITE/.test(r.msg.header("cseq") ?? ""));
+  }
 
   statuses(): number[] {
     return this.responses.map((r) => r.msg.status!);
   }
 
-  first(status: number): Got | undefined {
-    return this.responses.find((r) => r.msg.status === status && /INVITE/.test(r.msg.header("cseq") ?? ""));
+  /** The 183 with the appliance's SDP, waited for; its media address (`source`: address:port) and payload type. */
+  async progress(timeoutMs = 10_000): Promise<{ got: Got; source: string; address: string; port: number; codec: string }> {
+    const got = await until(() => this.first(183), timeoutMs, 2);
+    const m = mediaOf(got.msg);
+    return { got, source: `${m.address}:${m.port}`, ...m };
   }
 
-  /** CANCEL (RFC 3261 §9.1: same branch, CSeq number and To as the INVITE) and the ACK of the 487. */
+  /** RTP packets from one source (the appliance's prompts or music, or the operator), in arrival order. */
+  from(source: string): RtpPacket[] {
+    return this.rtp.filter((r) => r.from === source).map((r) => r.pkt);
+  }
+
+  /**
+   * A key as an RFC 4733 telephone-event (§2.3, §2.5.1): three packets of one event with one
+   * timestamp and growing duration, the last three with the E bit (end retransmitted).
+   */
+  sendRfc4733(event: number, to: { address: string; port: number }): void {
+    this.ts = (this.ts + 1600) >>> 0;
+    for (let i = 0; i < 6; i++) {
+      const end = i >= 3;
+      const duration = Math.min(i + 1, 4) * 160;
+      const b = Buffer.alloc(16);
+      b[0] = 0x80;
+      b[1] = (i === 0 ? 0x80 : 0) | 101;
+      b.writeUInt16BE(this.seq, 2);
+      this.seq = (this.seq + 1) & 0xffff;
+      b.writeUInt32BE(this.ts, 4);
+      b.writeUInt32BE(this.ssrc, 8);
+      b[12] = event & 0xff;
+      b[13] = (end ? 0x80 : 0) | 10;
+      b.writeUInt16BE(duration, 14);
+      this.media.send(b, to.port, to.address);
+    }
+  }
+
+  /** A raw datagram to the appliance's media port (hostile RTP). */
+  sendRaw(b: Buffer, to: { address: string; port: number }): void {
+    this.media.send(b, to.port, to.address);
+  }
+
+  /**
+   * INFO inside the early dialog of a 183 (RFC 6086, legacy INFO usage): its To (with the appliance's tag),
+   * sent to its Contact; returns a promise of the INFO's final status.
+   */
+  async sendInfo(early: SimMessage, contentType: string | undefined, body: string, to = early.header("to") ?? ""): Promise<number> {
+    const cseq = ++this.cseq;
+    const target = /<([^>]+)>/.exec(early.header("contact") ?? "")?.[1] ?? this.ruri(this.number);
+    const branch = `z9hG4bK${randomBytes(6).toString("hex")}`;
+    this.send([...this.head("INFO", `${cseq} INFO`, to, target, branch), ...(contentType !== undefined ? [`Content-Type: ${contentType}`] : []), `Content-Length: ${Buffer.byteLength(body, "latin1")}`, "", body]);
+    const r = await until(() => this.responses.find((x) => x.msg.header("cseq") === `${cseq} INFO` && x.msg.status! >= 200), 5000, 5);
+    return r.msg.status!;
+  }
+
+  /**
+   * CANCEL (RFC 3261 §9.1: same branch, CSeq number and To as the INVITE; not sent once a final
+   * response came) and the ACK of the final response (the 487).
+   */
   async cancel(): Promise<void> {
-    this.send([...this.head("CANCEL", "1 CANCEL", `<${this.ruri(this.number)}>`, this.ruri(this.number)), "Content-Length: 0", "", ""]);
+    if (!this.responses.some((r) => r.msg.status! >= 300 && /INVITE/.test(r.msg.header("cseq") ?? ""))) {
+      this.send([...this.head("CANCEL", "1 CANCEL", `<${this.ruri(this.number)}>`, this.ruri(this.number)), "Content-Length: 0", "", ""]);
+    }
+    await this.ackFinal();
+  }
+
+  /** ACK of the INVITE's non-2xx final response (§17.1.1.3). */
+  async ackFinal(): Promise<Got> {
     const final = await until(() => this.responses.find((r) => r.msg.status! >= 300 && /INVITE/.test(r.msg.header("cseq") ?? "")), 5000, 5);
     this.send([...this.head("ACK", "1 ACK", final.msg.header("to") ?? "", this.ruri(this.number)), "Content-Length: 0", "", ""]);
+    return final;
   }
 
-  /** ACK of a 2xx along its route set (§13.2.2.4), then later BYE. */
+  private routeSet: string[] = [];
+  private target = "";
+  private to = "";
+
+  /** ACK of a 2xx along its route set (§13.2.2.4); bye() then ends that dialog. */
   ack(ok: SimMessage): void {
     this.routeSet = ok.all("record-route").flatMap((v) => v.split(/,(?=\s*<)/).map((r) => r.trim())).reverse();
     this.target = /<([^>]+)>/.exec(ok.header("contact") ?? "")?.[1] ?? this.ruri(this.number);
@@ -107,17 +189,8 @@ export class Caller {
     this.send([...this.head("ACK", "1 ACK", this.to, this.target, `z9hG4bK${randomBytes(6).toString("hex")}`), ...(this.routeSet.length > 0 ? [`Route: ${this.routeSet.join(", ")}`] : []), "Content-Length: 0", "", ""]);
   }
 
-  private routeSet: string[] = [];
-  private target = "";
-  private to = "";
-
   bye(): void {
-    this.send([...this.head("BYE", "2 BYE", this.to, this.target, `z9hG4bK${randomBytes(6).toString("hex")}`), ...(this.routeSet.length > 0 ? [`Route: ${this.routeSet.join(", ")}`] : []), "Content-Length: 0", "", ""]);
-  }
-
-  /** RTP packets from one source (the appliance's music or the operator), in arrival order. */
-  from(source: string): RtpPacket[] {
-    return this.rtp.filter((r) => r.from === source).map((r) => r.pkt);
+    this.send([...this.head("BYE", `${++this.cseq} BYE`, this.to, this.target, `z9hG4bK${randomBytes(6).toString("hex")}`), ...(this.routeSet.length > 0 ? [`Route: ${this.routeSet.join(", ")}`] : []), "Content-Length: 0", "", ""]);
   }
 
   close(): void {
@@ -126,12 +199,36 @@ export class Caller {
   }
 }
 
-/** The appliance's media address in the 183's SDP. */
+/** The appliance's media address in a 183's SDP. */
 export function mediaOf(msg: SimMessage): { address: string; port: number; codec: string } {
   const c = /^c=IN IP4 (\S+)/m.exec(msg.body);
   const m = /^m=audio (\d+) RTP\/AVP (\d+)/m.exec(msg.body);
   assert.ok(c && m, `SDP in the 183: ${msg.body}`);
   return { address: c[1]!, port: Number(m[1]), codec: m[2]! };
+}
+
+/** A shipped sound's samples (audio/). */
+export function shippedSound(file: string): Int16Array {
+  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio", file)));
+  if (!r.ok) throw new Error(r.reason);
+  return r.samples;
+}
+
+/**
+ * A 16-bit mono 8 kHz WAV file of a linear sweep from f0 to f1 Hz (a short site prompt for a
+ * test). A sweep, not a steady tone: a tone is periodic, so its continuation after a stall
+ * would correlate with its own start.
+ */
+export function writeSweepWav(file: string, f0: number, f1: number, seconds: number): Int16Array {
+  const n = Math.round(8000 * seconds);
+  const samples = new Int16Array(n);
+  const k = (f1 - f0) / seconds;
+  for (let i = 0; i < n; i++) {
+    const t = i / 8000;
+    samples[i] = Math.round(8000 * Math.sin(2 * Math.PI * (f0 * t + (k * t * t) / 2)));
+  }
+  fs.writeFileSync(file, encodeWav(samples));
+  return samples;
 }
 
 /**
@@ -173,6 +270,51 @@ export function correlationAtStart(x: Int16Array, got: Uint8Array, ref: Int16Arr
 }
 
 /**
+ * The received packets laid out by timestamp from the first one (`start`): decoded samples, and
+ * which samples arrived (frames skipped on a stall stay unset).
+ */
+export function decodeStream(pk: readonly RtpPacket[], law: G711Law): { start: number; samples: Int16Array; got: Uint8Array } {
+  const start = pk[0]!.timestamp;
+  const span = ((pk.at(-1)!.timestamp - start) >>> 0) + 160;
+  const samples = new Int16Array(span);
+  const got = new Uint8Array(span);
+  for (const p of pk) {
+    const at = (p.timestamp - start) >>> 0;
+    samples.set(decodeG711(law, p.payload), at);
+    got.fill(1, at, at + 160);
+  }
+  return { start, samples, got };
+}
+
+/**
+ * The sounds a PCMA stream played, in order: each talkspurt (marker bit) that starts like one of
+ * the references (correlation over its first 0.2 s, or what there is of it, > 0.95) starts a
+ * sound; a talkspurt that does not is the same sound going on after frames the sender skipped on
+ * a stall (RFC 3550: the marker is set after a gap). `samples`: how many of its samples arrived.
+ */
+export function talkspurts(pk: readonly RtpPacket[], refs: Record<string, Int16Array>): Array<{ at: number; sound: string | undefined; samples: number }> {
+  if (pk.length === 0) return [];
+  const { start, samples: decoded, got } = decodeStream(pk, "PCMA");
+  const marks = pk.filter((p) => p.marker).map((p) => (p.timestamp - start) >>> 0);
+  const out: Array<{ at: number; sound: string | undefined; samples: number }> = [];
+  marks.forEach((at, i) => {
+    const end = i + 1 < marks.length ? marks[i + 1]! : decoded.length;
+    let sound: string | undefined;
+    for (const [name, ref] of Object.entries(refs)) {
+      const n = Math.min(1600, ref.length, end - at);
+      if (n < 160) continue;
+      if (correlationAtStart(decoded.subarray(at, at + n), got.subarray(at, at + n), ref) > 0.95) sound = name;
+    }
+    let samples = 0;
+    for (let k = at; k < end; k++) if (got[k]) samples++;
+    const prev = out.at(-1);
+    if (sound === undefined && prev !== undefined) prev.samples += samples;
+    else out.push({ at, sound, samples });
+  });
+  return out;
+}
+
+/**
  * Makes an operator busy: another phone calls them and they answer (callLimit 1). free() hangs
  * the operator up (once; the BYE's status); afterEach frees whatever a test left up.
  */
@@ -190,21 +332,4 @@ export async function makeBusy(opPhone: Phone, caller: Phone, ext: string, held:
   };
   held.push(async () => void (await free().catch(() => 0)));
   return { free };
-}
-
-/**
- * The received packets laid out by timestamp from the first one: decoded samples, and which
- * samples arrived (frames skipped on a stall stay unset).
- */
-export function decodeStream(pk: readonly RtpPacket[], law: G711Law): { samples: Int16Array; got: Uint8Array } {
-  const start = pk[0]!.timestamp;
-  const span = ((pk.at(-1)!.timestamp - start) >>> 0) + 160;
-  const samples = new Int16Array(span);
-  const got = new Uint8Array(span);
-  for (const p of pk) {
-    const at = (p.timestamp - start) >>> 0;
-    samples.set(decodeG711(law, p.payload), at);
-    got.fill(1, at, at + 160);
-  }
-  return { samples, got };
 }

@@ -5,16 +5,16 @@
 // with a marker; digits read back once each by the receiving side's detector; bad commands refused.
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import dgram from "node:dgram";
 import fs from "node:fs";
 import path from "node:path";
 import { DTMF_VOLUME, dtmfEvent, encodeTelephoneEvent, eventPackets, validDtmf } from "../../agent/media/dtmf-send.ts";
 import { MediaPlane } from "../../agent/media/plane.ts";
 import { validCommand, type MediaEvent } from "../../agent/media/protocol.ts";
-import { DigitDetector, parseRtp, parseTelephoneEvent, type RtpPacket } from "../../agent/media/rtp.ts";
+import { DigitDetector, parseTelephoneEvent, type RtpPacket } from "../../agent/media/rtp.ts";
 import { encodeWav } from "../../agent/media/wav.ts";
 import { until } from "../e2e/harness.ts";
 import { freeMediaPorts } from "../media-ports.ts";
+import { RtpSink } from "./rtp-sink.ts";
 import { tempDir } from "../tmpdir.ts";
 
 describe("RFC 4733 event packets", () => {
@@ -53,12 +53,8 @@ describe("the media plane sends digits", () => {
   const dir = tempDir("ringedge-dtmf-");
   fs.writeFileSync(path.join(dir, "tone.wav"), encodeWav(Int16Array.from({ length: 8000 }, (_, i) => Math.round(4000 * Math.sin((2 * Math.PI * 500 * i) / 8000)))));
   const events: MediaEvent[] = [];
-  const rx = dgram.createSocket("udp4");
-  const got: RtpPacket[] = [];
-  rx.on("message", (buf) => {
-    const p = parseRtp(buf);
-    if (p.ok) got.push({ ...p.value, payload: Uint8Array.from(p.value.payload) });
-  });
+  const rx = new RtpSink();
+  const got = rx.packets;
   let plane: MediaPlane | undefined;
   after(() => {
     plane?.shutdown();
@@ -66,12 +62,12 @@ describe("the media plane sends digits", () => {
   });
 
   it("in place of the music: one timestamp per digit, marker first, E on the last three, sequence numbers on; the music resumes with a marker", async () => {
-    await new Promise<void>((r) => rx.bind(0, "127.0.0.1", r));
+    await rx.bind();
     const ports = await freeMediaPorts(6);
     plane = new MediaPlane({ config: { portMin: ports.min, portMax: ports.max, cname: "t" }, post: (ev) => void events.push(ev) });
     plane.handle({ op: "load", sound: "tone", path: path.join(dir, "tone.wav") });
     const open = (id: string, te: number | undefined): void =>
-      plane!.handle({ op: "open", id, address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: te, remoteAddress: "127.0.0.1", remotePort: rx.address().port, direction: "sendrecv" });
+      plane!.handle({ op: "open", id, address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: te, remoteAddress: "127.0.0.1", remotePort: rx.port, direction: "sendrecv" });
     open("s1", 101);
     await until(() => events.some((e) => e.ev === "opened") || undefined, 5000, 5);
     plane.handle({ op: "play", id: "s1", sound: "tone", loop: true });
@@ -107,8 +103,8 @@ describe("the media plane sends digits", () => {
   it("no telephone-event negotiated, a receive-only stream, or a malformed command: refused, nothing sent", async () => {
     const p = plane!;
     const before = got.length;
-    p.handle({ op: "open", id: "s2", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx.address().port, direction: "sendrecv" });
-    p.handle({ op: "open", id: "s3", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: 101, remoteAddress: "127.0.0.1", remotePort: rx.address().port, direction: "recvonly" });
+    p.handle({ op: "open", id: "s2", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx.port, direction: "sendrecv" });
+    p.handle({ op: "open", id: "s3", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: 101, remoteAddress: "127.0.0.1", remotePort: rx.port, direction: "recvonly" });
     await until(() => events.filter((e) => e.ev === "opened").length === 3 || undefined, 5000, 5);
     p.handle({ op: "close", id: "s1" });
     const n = events.length;

@@ -4,17 +4,17 @@
 // and hostile sequence commands refused without changing what plays.
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import dgram from "node:dgram";
 import fs from "node:fs";
 import path from "node:path";
 import { decodeG711 } from "../../agent/media/g711.ts";
 import { MediaPlane } from "../../agent/media/plane.ts";
 import { validCommand, type MediaEvent } from "../../agent/media/protocol.ts";
-import { parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
+import type { RtpPacket } from "../../agent/media/rtp.ts";
 import { encodeWav } from "../../agent/media/wav.ts";
 import { until } from "../e2e/harness.ts";
 import { tempDir } from "../tmpdir.ts";
 import { freeMediaPorts } from "../media-ports.ts";
+import { RtpSink } from "./rtp-sink.ts";
 
 const dir = tempDir("ringedge-seq-");
 /** Distinct sounds: a, 0.3 s at 300 Hz; b, 0.25 s at 900 Hz (not a whole number of frames); c, 0.2 s noise-like. */
@@ -27,24 +27,20 @@ for (const [n, s] of [["a", a], ["b", b], ["c", c]] as const) fs.writeFileSync(p
 describe("play-sequence", () => {
   const events: MediaEvent[] = [];
   let plane: MediaPlane;
-  const rx = dgram.createSocket("udp4");
-  const got: RtpPacket[] = [];
-  rx.on("message", (buf) => {
-    const p = parseRtp(buf);
-    if (p.ok) got.push({ ...p.value, payload: Uint8Array.from(p.value.payload) });
-  });
+  const rx = new RtpSink();
+  const got = rx.packets;
   after(() => {
     plane?.shutdown();
     rx.close();
   });
 
   it("plays the sounds back to back, each from a marker, the last one looping; play-ended per sound", async () => {
-    await new Promise<void>((r) => rx.bind(0, "127.0.0.1", r));
+    await rx.bind();
     const ports = await freeMediaPorts(6);
     plane = new MediaPlane({ config: { portMin: ports.min, portMax: ports.max, cname: "t" }, post: (ev) => void events.push(ev) });
     for (const n of ["a", "b", "c"]) plane.handle({ op: "load", sound: n, path: path.join(dir, `${n}.wav`) });
     assert.equal(events.filter((e) => e.ev === "loaded").length, 3);
-    plane.handle({ op: "open", id: "s1", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx.address().port, direction: "sendrecv" });
+    plane.handle({ op: "open", id: "s1", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx.port, direction: "sendrecv" });
     await until(() => events.some((e) => e.ev === "opened") || undefined, 5000, 5);
     plane.handle({ op: "sequence", id: "s1", sounds: ["a", "b", "c"], loopLast: true });
     // a (15 frames) + b (13 frames, the last padded) + c (10 frames) twice.
@@ -81,18 +77,14 @@ describe("play-sequence", () => {
     // A plane on a clock the test moves: frame 0 at t=0, then a 400 ms stall.
     let t = 0;
     const evs: MediaEvent[] = [];
-    const rx2 = dgram.createSocket("udp4");
-    const pk: RtpPacket[] = [];
-    rx2.on("message", (buf) => {
-      const p = parseRtp(buf);
-      if (p.ok) pk.push({ ...p.value, payload: Uint8Array.from(p.value.payload) });
-    });
-    await new Promise<void>((r) => rx2.bind(0, "127.0.0.1", r));
+    const rx2 = new RtpSink();
+    const pk = rx2.packets;
+    await rx2.bind();
     const ports = await freeMediaPorts(6);
     const p2 = new MediaPlane({ config: { portMin: ports.min, portMax: ports.max, cname: "t" }, post: (ev) => void evs.push(ev), now: () => t });
     try {
       for (const n of ["a", "b"]) p2.handle({ op: "load", sound: n, path: path.join(dir, `${n}.wav`) });
-      p2.handle({ op: "open", id: "s", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx2.address().port, direction: "sendrecv" });
+      p2.handle({ op: "open", id: "s", address: "127.0.0.1", law: "PCMU", payloadType: 0, telephoneEvent: undefined, remoteAddress: "127.0.0.1", remotePort: rx2.port, direction: "sendrecv" });
       await until(() => evs.some((e) => e.ev === "opened") || undefined, 5000, 5);
       p2.handle({ op: "sequence", id: "s", sounds: ["a", "b"], loopLast: false });
       await until(() => pk.length >= 1 || undefined, 5000, 5);

@@ -11,8 +11,8 @@ import { parseRtp } from "../../agent/media/rtp.ts";
 import { MediaService } from "../../agent/media/service.ts";
 import { encodeWav } from "../../agent/media/wav.ts";
 import { createLogger } from "../../agent/log.ts";
-import { mediaRange } from "../e2e/earlymedia.ts";
 import { sleep, until } from "../e2e/harness.ts";
+import { freeMediaPorts } from "../media-ports.ts";
 import { tempDir } from "../tmpdir.ts";
 
 const dir = tempDir("ringedge-media-stop-");
@@ -29,8 +29,8 @@ describe("media worker: load after start, and stop", () => {
   });
 
   it("a sound loaded later plays; stop silences the session at once with no play-ended; the session plays again after", async () => {
-    const min = await mediaRange(6);
-    svc = new MediaService({ portMin: min, portMax: min + 5, log: createLogger("silent"), openTimeoutMs: 30_000 });
+    const ports = await freeMediaPorts(6);
+    svc = new MediaService({ portMin: ports.min, portMax: ports.max, log: createLogger("silent"), openTimeoutMs: 30_000 });
     svc.start();
     svc.preload("later", wav);
     svc.preload("missing", path.join(dir, "nope.wav"));

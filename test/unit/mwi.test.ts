@@ -11,9 +11,10 @@ import { createLogger } from "../../agent/log.ts";
 import { combineCounts, MwiNotifier, NO_MAILBOXES, renderMessageSummary, resolveMailbox } from "../../agent/presence/mwi.ts";
 import { indexSite, parseSite, type SiteIndex } from "../../agent/routing/model.ts";
 import { mailboxesOfUser } from "../../agent/voicemail/access.ts";
-import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
-import { SubscriptionManager, type SubscriptionClock, type SubscriptionLimits } from "../../agent/sip/subscriptions.ts";
+import { getHeader } from "../../agent/sip/message.ts";
+import { SubscriptionManager, type SubscriptionLimits } from "../../agent/sip/subscriptions.ts";
 import type { ClientTransactionCallbacks, ServerTransaction } from "../../agent/sip/transaction.ts";
+import { FakeClock, RecordingTx, subscribeRequest } from "./fakes.ts";
 import type { Flow, SipRequest, SipResponse } from "../../agent/sip/types.ts";
 import type { MailboxCounts, MailboxOwner, VoicemailCounts } from "../../agent/voicemail/types.ts";
 
@@ -143,45 +144,6 @@ describe("resolveMailbox: who may subscribe to which mailbox", () => {
 
 // --- the package on the real subscription mechanism ---------------------------------------------
 
-class Clock implements SubscriptionClock {
-  t = 1_000_000;
-  private timers: Array<{ id: number; at: number; fn: () => void }> = [];
-  private seq = 0;
-  now(): number {
-    return this.t;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    this.timers.push({ id: ++this.seq, at: this.t + ms, fn });
-    return this.seq;
-  }
-  clearTimeout(h: unknown): void {
-    this.timers = this.timers.filter((x) => x.id !== h);
-  }
-  advance(ms: number): void {
-    const end = this.t + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at);
-      const next = this.timers[0];
-      if (next === undefined || next.at > end) break;
-      this.timers.shift();
-      this.t = next.at;
-      next.fn();
-    }
-    this.t = end;
-  }
-}
-
-class Tx {
-  readonly responses: SipResponse[] = [];
-  respond(res: SipResponse): { ok: true } {
-    this.responses.push(res);
-    return { ok: true };
-  }
-  get last(): SipResponse {
-    return this.responses.at(-1)!;
-  }
-}
-
 interface Sent {
   req: SipRequest;
   cb: ClientTransactionCallbacks;
@@ -194,7 +156,7 @@ const DEVICES: Record<string, { deviceId: string; username: string; userId: stri
 
 function world(limits: Partial<SubscriptionLimits> = {}, store?: (bus: EventBus) => VoicemailCounts) {
   const bus = new EventBus();
-  const clock = new Clock();
+  const clock = new FakeClock();
   const sent: Sent[] = [];
   let branch = 0;
   const subs = new SubscriptionManager({
@@ -231,26 +193,20 @@ function world(limits: Partial<SubscriptionLimits> = {}, store?: (bus: EventBus)
       accept: "Accept: application/simple-message-summary",
     };
     for (const k of o.omit ?? []) delete defaults[k];
-    const body = o.body ?? "";
-    const text = [
-      `SUBSCRIBE ${uri} SIP/2.0`,
-      `Via: SIP/2.0/UDP 10.0.1.5:6000;branch=z9hG4bK-s${++n}`,
-      "Max-Forwards: 70",
-      `From: <sip:${DEVICES[who]!.username}@10.0.0.1>;tag=${o.fromTag ?? `ft${n}`}`,
-      `To: <${uri}>${o.toTag !== undefined ? `;tag=${o.toTag}` : ""}`,
-      `Call-ID: ${o.callId ?? `mwi${n}`}`,
-      `CSeq: ${o.cseq ?? 1} SUBSCRIBE`,
-      ...Object.values(defaults),
-      ...(o.lines ?? []),
-      `Content-Length: ${Buffer.byteLength(body)}`,
-      "",
-      body,
-    ].join("\r\n");
-    const p = parseDatagram(Buffer.from(text));
-    if (!p.ok || p.message.kind !== "request") throw new Error("bad test SUBSCRIBE");
-    const tx = new Tx();
-    if (o.toTag !== undefined) subs.handleInDialog(tx as unknown as ServerTransaction, p.message, FLOW);
-    else subs.handleSubscribe(tx as unknown as ServerTransaction, p.message, FLOW, DEVICES[who]!);
+    const k = ++n;
+    const req = subscribeRequest({
+      uri,
+      n: k,
+      from: `<sip:${DEVICES[who]!.username}@10.0.0.1>;tag=${o.fromTag ?? `ft${k}`}`,
+      toTag: o.toTag,
+      callId: o.callId ?? `mwi${k}`,
+      cseq: o.cseq,
+      headers: [...Object.values(defaults), ...(o.lines ?? [])],
+      body: o.body,
+    });
+    const tx = new RecordingTx();
+    if (o.toTag !== undefined) subs.handleInDialog(tx as unknown as ServerTransaction, req, FLOW);
+    else subs.handleSubscribe(tx as unknown as ServerTransaction, req, FLOW, DEVICES[who]!);
     return tx;
   };
   const notifiesOf = (callId: string) => sent.filter((s) => s.req.callId === callId).map((s) => ({ state: getHeader(s.req, "subscription-state"), event: getHeader(s.req, "event"), type: getHeader(s.req, "content-type"), ...parseSummary(s.req.body.toString()) }));
@@ -398,7 +354,7 @@ describe("MwiNotifier on the subscription mechanism", () => {
 });
 
 describe("hostile SUBSCRIBEs for message-summary: refused, nothing created", () => {
-  const refused = (w: ReturnType<typeof world>, tx: Tx, status: number): void => {
+  const refused = (w: ReturnType<typeof world>, tx: RecordingTx, status: number): void => {
     assert.equal(tx.last.status, status);
     assert.equal(w.subs.count(), 0);
     assert.equal(w.sent.length, 0, "no NOTIFY");

@@ -2,6 +2,9 @@
 // phones request it, with real User-Agent strings (as the vendors document them), and
 // readers that parse a config in the vendor's own format and pull out the values that matter.
 import assert from "node:assert/strict";
+import { test } from "node:test";
+import { findModel, type ModelProfile, type Profile } from "../../provisioning/profiles.ts";
+import { renderConfig, type RenderConfigInput } from "../../provisioning/render.ts";
 import { checkXml, findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
 
 export interface ConfigValues {
@@ -45,6 +48,33 @@ export function xmlRoot(body: string): XmlElement {
   const r = checkXml(body);
   assert.ok(r.ok, `well-formed XML: ${r.ok ? "" : `${r.error} at ${r.offset}`}`);
   return r.root;
+}
+
+/** A vendor's model among the loaded profiles (the test fails when it is not there). */
+export function foundModel(profiles: ReadonlyMap<string, Profile>, vendor: string, modelId: string): { profile: Profile; model: ModelProfile } {
+  const f = findModel(profiles, modelId, vendor);
+  assert.ok(f, `${vendor}/${modelId} loaded`);
+  return f;
+}
+
+/** A device's full per-device config (mac-config, not the bootstrap variant) for that model; the test fails when it does not render. */
+export function renderMacConfig(profiles: ReadonlyMap<string, Profile>, vendor: string, modelId: string, input: Omit<RenderConfigInput, "profile" | "model" | "fileKind" | "bootstrap"> & Partial<RenderConfigInput>): string {
+  const { profile, model } = foundModel(profiles, vendor, modelId);
+  const r = renderConfig({ profile, model, fileKind: "mac-config", bootstrap: false, ...input });
+  assert.ok(r.ok, `${vendor}/${modelId}: ${r.ok ? "" : r.error.message}`);
+  return r.body;
+}
+
+/** The one element `name` (with attribute `attr`) under root; none or several fail the test. */
+export function one(root: XmlElement, name: string, attr?: [string, string]): XmlElement {
+  const all = findAll(root, name, attr);
+  assert.equal(all.length, 1, `exactly one <${name}${attr ? ` ${attr[0]}="${attr[1]}"` : ""}>`);
+  return all[0]!;
+}
+
+/** The text of the one element `name` (with attribute `attr`) under root. */
+export function textOf(root: XmlElement, name: string, attr?: [string, string]): string {
+  return ownText(one(root, name, attr));
 }
 
 function text(root: XmlElement, name: string, attr?: [string, string]): string | undefined {
@@ -150,4 +180,34 @@ export const VENDORS: VendorCase[] = [
 export function parsesAs(vendor: string, body: string): void {
   if (vendor === "yealink") yealinkKv(body);
   else xmlRoot(body);
+}
+
+/** The models every per-vendor config test covers: each vendor's boot-sequence model (VENDORS) and three of other families. */
+const MODEL_CASES: ReadonlyArray<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];
+
+/**
+ * A test per model of MODEL_CASES, named `vendor/model: does`: its per-device config (render)
+ * parses in the vendor's format, passes that vendor's check, and holds no `defaultCode` (the code
+ * comes from `codeFrom`); and a test that every loaded vendor has a check (`checkName`).
+ */
+export function testEachModel(o: {
+  does: string;
+  checkName: string;
+  profiles: ReadonlyMap<string, Profile>;
+  render: (vendor: string, modelId: string) => string;
+  checks: Record<string, (body: string, modelId: string) => void>;
+  defaultCode: string;
+  codeFrom: string;
+}): void {
+  for (const [vendor, modelId] of MODEL_CASES) {
+    test(`${vendor}/${modelId}: ${o.does}`, () => {
+      const body = o.render(vendor, modelId);
+      parsesAs(vendor, body);
+      o.checks[vendor]!(body, modelId);
+      assert.ok(!body.includes(o.defaultCode), `no default code left in the file: it comes from the ${o.codeFrom}`);
+    });
+  }
+  test(`every vendor has ${o.checkName} (a new profile needs one)`, () => {
+    assert.deepEqual([...o.profiles.keys()].sort(), Object.keys(o.checks).sort());
+  });
 }

@@ -8,11 +8,11 @@ import { createLogger } from "../../agent/log.ts";
 import { DEFAULT_VOICEMAIL_CODE } from "../../agent/presence/mwi.ts";
 import { MemoryDirectory } from "../../provisioning/directory.ts";
 import { FirmwareStore } from "../../provisioning/firmware.ts";
-import { loadProfiles, findModel, type ModelProfile, type Profile } from "../../provisioning/profiles.ts";
+import { loadProfiles, type ModelProfile, type Profile } from "../../provisioning/profiles.ts";
 import { renderConfig, type RenderConfigInput, type SiteInput } from "../../provisioning/render.ts";
 import { ProvisioningServer } from "../../provisioning/server.ts";
-import { findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
-import { VENDORS, parsesAs, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { findAll } from "../../provisioning/xmlcheck.ts";
+import { VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*97": a template that hard-coded the code would not produce it. */
@@ -31,27 +31,11 @@ const site: SiteInput = {
   voicemailCode: CODE,
 };
 
-function found(vendor: string, modelId: string): { profile: Profile; model: ModelProfile } {
-  const f = findModel(profiles, modelId, vendor);
-  assert.ok(f, `${vendor}/${modelId} loaded`);
-  return f;
-}
+const found = (vendor: string, modelId: string): { profile: Profile; model: ModelProfile } => foundModel(profiles, vendor, modelId);
 
 const device = { mac: "0c383e000001", extension: "1001", displayName: "Anna", sipUsername: SIP_USER, sipPassword: "s3cret-pw", provisioningUser: "p0c383e000001", provisioningPassword: "provpw-0001" };
 
-function render(vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string {
-  const { profile, model } = found(vendor, modelId);
-  const r = renderConfig({ profile, model, fileKind: "mac-config", device, site, lineKeys: [], bootstrap: false, ...over });
-  assert.ok(r.ok, `${vendor}/${modelId}: ${r.ok ? "" : r.error.message}`);
-  return r.body;
-}
-
-function one(root: XmlElement, name: string, attr?: [string, string]): XmlElement {
-  const all = findAll(root, name, attr);
-  assert.equal(all.length, 1, `exactly one <${name}${attr ? ` ${attr[0]}="${attr[1]}"` : ""}>`);
-  return all[0]!;
-}
-const text = (root: XmlElement, name: string, attr?: [string, string]): string => ownText(one(root, name, attr));
+const render = (vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string => renderMacConfig(profiles, vendor, modelId, { device, site, lineKeys: [], ...over });
 
 /** Where each vendor's phones read the MWI subscription switch and the voicemail number (device-profiles/README.md). */
 const mwiChecks: Record<string, (body: string, modelId: string) => void> = {
@@ -65,16 +49,16 @@ const mwiChecks: Record<string, (body: string, modelId: string) => void> = {
   },
   snom(body) {
     const root = xmlRoot(body);
-    assert.equal(text(root, "user_mailbox", ["idx", "1"]), CODE, "mailbox: dialled by the retrieve key, subscribed for message-summary");
+    assert.equal(textOf(root, "user_mailbox", ["idx", "1"]), CODE, "mailbox: dialled by the retrieve key, subscribed for message-summary");
   },
   grandstream(body, modelId) {
     const root = xmlRoot(body);
     if (modelId.startsWith("GXP")) {
-      assert.equal(text(root, "P99"), "1", "SUBSCRIBE for MWI");
-      assert.equal(text(root, "P33"), CODE, "voice mail user ID");
+      assert.equal(textOf(root, "P99"), "1", "SUBSCRIBE for MWI");
+      assert.equal(textOf(root, "P33"), CODE, "voice mail user ID");
     } else {
-      assert.equal(text(root, "item", ["name", "account.1.sip.subscribe.forMwi"]), "Yes");
-      assert.equal(text(root, "item", ["name", "account.1.sip.voicemail.number"]), CODE);
+      assert.equal(textOf(root, "item", ["name", "account.1.sip.subscribe.forMwi"]), "Yes");
+      assert.equal(textOf(root, "item", ["name", "account.1.sip.voicemail.number"]), CODE);
     }
   },
   poly(body) {
@@ -87,41 +71,36 @@ const mwiChecks: Record<string, (body: string, modelId: string) => void> = {
   },
   cisco(body) {
     const root = xmlRoot(body);
-    assert.equal(text(root, "Voice_Mail_Server_1_"), "10.0.0.5:5062", "line 1 subscribes for message-summary at the agent");
-    assert.equal(text(root, "Voice_Mail_Enable_1_"), "Yes");
-    assert.equal(text(root, "Voice_Mail_Subscribe_Interval_1_"), "3600");
-    assert.equal(text(root, "Voice_Mail_Number"), CODE);
+    assert.equal(textOf(root, "Voice_Mail_Server_1_"), "10.0.0.5:5062", "line 1 subscribes for message-summary at the agent");
+    assert.equal(textOf(root, "Voice_Mail_Enable_1_"), "Yes");
+    assert.equal(textOf(root, "Voice_Mail_Subscribe_Interval_1_"), "3600");
+    assert.equal(textOf(root, "Voice_Mail_Number"), CODE);
     assert.equal(findAll(root, "Message_Waiting_1_").length, 0, "the lamp's state is the phone's, not configured");
   },
   fanvil(body) {
     const root = xmlRoot(body);
     const line = one(root, "SIP_Line_List_Entry");
-    assert.equal(text(line, "MWI_Num"), CODE, "the line's voicemail number");
-    assert.equal(text(line, "Subscribe"), "1", "subscribe for voice message");
-    assert.equal(text(line, "Sub_Expire"), "3600");
+    assert.equal(textOf(line, "MWI_Num"), CODE, "the line's voicemail number");
+    assert.equal(textOf(line, "Subscribe"), "1", "subscribe for voice message");
+    assert.equal(textOf(line, "Sub_Expire"), "3600");
   },
 };
 
-const cases: Array<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];
-
-for (const [vendor, modelId] of cases) {
-  test(`${vendor}/${modelId}: the line subscribes for message-summary and the voicemail key dials the voicemail code`, () => {
-    const body = render(vendor, modelId);
-    parsesAs(vendor, body);
-    mwiChecks[vendor]!(body, modelId);
-    assert.ok(!body.includes(DEFAULT_VOICEMAIL_CODE), "no default code left in the file: it comes from the setting");
-  });
-}
-
-test("every vendor has an MWI check (a new profile needs one)", () => {
-  assert.deepEqual([...profiles.keys()].sort(), Object.keys(mwiChecks).sort());
+testEachModel({
+  does: "the line subscribes for message-summary and the voicemail key dials the voicemail code",
+  checkName: "an MWI check",
+  profiles,
+  render,
+  checks: mwiChecks,
+  defaultCode: DEFAULT_VOICEMAIL_CODE,
+  codeFrom: "setting",
 });
 
 test("without a voicemail code the phones get the default *97", () => {
   const { voicemailCode: _omit, ...noCode } = site;
   assert.equal(DEFAULT_VOICEMAIL_CODE, "*97");
   assert.equal(yealinkKv(render("yealink", "T46U", { site: noCode })).get("voice_mail.number.1"), "*97");
-  assert.equal(text(xmlRoot(render("snom", "D785", { site: noCode })), "user_mailbox", ["idx", "1"]), "*97");
+  assert.equal(textOf(xmlRoot(render("snom", "D785", { site: noCode })), "user_mailbox", ["idx", "1"]), "*97");
 });
 
 test("a bad voicemail code is refused with a typed error naming site.voicemailCode (no file)", () => {
@@ -154,8 +133,8 @@ test("the server renders the configured voicemail code (SiteDefaults.voicemailCo
   const get = () => server.handle({ method: "GET", url: "/p/tok0123456789abcdef0123456789ab/snomD785-000413AABB03.htm", hasBody: false, source: "10.0.0.20", local: { address: "10.0.0.5", port: 8080, scheme: "http" }, userAgent: ua });
   let r = get();
   assert.equal(r.status, 200, r.body);
-  assert.equal(text(xmlRoot(r.body!), "user_mailbox", ["idx", "1"]), "*55");
+  assert.equal(textOf(xmlRoot(r.body!), "user_mailbox", ["idx", "1"]), "*55");
   code = "*56"; // a SIGHUP changed the setting: the next fetch carries it
   r = get();
-  assert.equal(text(xmlRoot(r.body!), "user_mailbox", ["idx", "1"]), "*56");
+  assert.equal(textOf(xmlRoot(r.body!), "user_mailbox", ["idx", "1"]), "*56");
 });

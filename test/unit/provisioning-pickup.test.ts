@@ -12,12 +12,12 @@ import { DEFAULT_PICKUP_CODE } from "../../agent/site/types.ts";
 import { Store } from "../../agent/store/store.ts";
 import { MemoryDirectory } from "../../provisioning/directory.ts";
 import { FirmwareStore } from "../../provisioning/firmware.ts";
-import { loadProfiles, findModel, type ModelProfile, type Profile } from "../../provisioning/profiles.ts";
+import { loadProfiles, type ModelProfile, type Profile } from "../../provisioning/profiles.ts";
 import { renderConfig, type LineKeyInput, type RenderConfigInput, type SiteInput } from "../../provisioning/render.ts";
 import { ProvisioningServer } from "../../provisioning/server.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
-import { findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
-import { VENDORS, parsesAs, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { findAll, ownText } from "../../provisioning/xmlcheck.ts";
+import { VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*8": a template that hard-coded the code would not produce it. */
@@ -40,34 +40,10 @@ const lineKeys: LineKeyInput[] = [
   { type: "speeddial", label: "Desk", extension: "0301234" },
 ];
 
-function found(vendor: string, modelId: string): { profile: Profile; model: ModelProfile } {
-  const f = findModel(profiles, modelId, vendor);
-  assert.ok(f, `${vendor}/${modelId} loaded`);
-  return f;
-}
+const found = (vendor: string, modelId: string): { profile: Profile; model: ModelProfile } => foundModel(profiles, vendor, modelId);
 
-function render(vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string {
-  const { profile, model } = found(vendor, modelId);
-  const r = renderConfig({
-    profile,
-    model,
-    fileKind: "mac-config",
-    device: { mac: "0c383e000001", extension: "1001", displayName: "Anna", sipUsername: "1001", sipPassword: "s3cret-pw", provisioningUser: "p0c383e000001", provisioningPassword: "provpw-0001" },
-    site,
-    lineKeys,
-    bootstrap: false,
-    ...over,
-  });
-  assert.ok(r.ok, `${vendor}/${modelId}: ${r.ok ? "" : r.error.message}`);
-  return r.body;
-}
-
-function one(root: XmlElement, name: string, attr?: [string, string]): XmlElement {
-  const all = findAll(root, name, attr);
-  assert.equal(all.length, 1, `exactly one <${name}${attr ? ` ${attr[0]}="${attr[1]}"` : ""}>`);
-  return all[0]!;
-}
-const text = (root: XmlElement, name: string, attr?: [string, string]): string => ownText(one(root, name, attr));
+const device = { mac: "0c383e000001", extension: "1001", displayName: "Anna", sipUsername: "1001", sipPassword: "s3cret-pw", provisioningUser: "p0c383e000001", provisioningPassword: "provpw-0001" };
+const render = (vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string => renderMacConfig(profiles, vendor, modelId, { device, site, lineKeys, ...over });
 
 /** Where each vendor's phones read the pickup code and the BLF-pickup switches (device-profiles/README.md). */
 const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
@@ -98,30 +74,30 @@ const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
   },
   snom(body) {
     const root = xmlRoot(body);
-    assert.equal(text(root, "callpickup_dialoginfo"), "on", "pickup by INVITE with Replaces from the dialog-info");
-    assert.equal(text(root, "pickup_indication"), "on");
-    assert.equal(text(root, "fkey", ["idx", "0"]), `blf sip:1002@10.0.0.5|${CODE}`);
-    assert.equal(text(root, "fkey", ["idx", "1"]), "speed 0301234");
+    assert.equal(textOf(root, "callpickup_dialoginfo"), "on", "pickup by INVITE with Replaces from the dialog-info");
+    assert.equal(textOf(root, "pickup_indication"), "on");
+    assert.equal(textOf(root, "fkey", ["idx", "0"]), `blf sip:1002@10.0.0.5|${CODE}`);
+    assert.equal(textOf(root, "fkey", ["idx", "1"]), "speed 0301234");
   },
   grandstream(body, modelId) {
     const root = xmlRoot(body);
     if (modelId.startsWith("GXP")) {
-      assert.equal(text(root, "P1347"), CODE, "BLF call-pickup prefix");
-      assert.equal(text(root, "P6752"), "0", "BLF call-pickup not forced to the prefix");
-      assert.equal(text(root, "P23000"), "1", "key 1 is a BLF MPK");
-      assert.equal(text(root, "P23003"), "1002");
+      assert.equal(textOf(root, "P1347"), CODE, "BLF call-pickup prefix");
+      assert.equal(textOf(root, "P6752"), "0", "BLF call-pickup not forced to the prefix");
+      assert.equal(textOf(root, "P23000"), "1", "key 1 is a BLF MPK");
+      assert.equal(textOf(root, "P23003"), "1002");
     } else {
-      assert.equal(text(root, "item", ["name", "account.1.sip.blf.callPickup.prefix"]), CODE);
-      assert.equal(text(root, "item", ["name", "account.1.sip.blf.callPickup.forcePrefix"]), "Auto", "BLF call-pickup on, not forced to the prefix");
-      assert.equal(text(root, "item", ["name", "pks.vpk.1.keyMode"]), "BLF");
-      assert.equal(text(root, "item", ["name", "pks.vpk.1.value"]), "1002");
+      assert.equal(textOf(root, "item", ["name", "account.1.sip.blf.callPickup.prefix"]), CODE);
+      assert.equal(textOf(root, "item", ["name", "account.1.sip.blf.callPickup.forcePrefix"]), "Auto", "BLF call-pickup on, not forced to the prefix");
+      assert.equal(textOf(root, "item", ["name", "pks.vpk.1.keyMode"]), "BLF");
+      assert.equal(textOf(root, "item", ["name", "pks.vpk.1.value"]), "1002");
     }
   },
   cisco(body) {
     const root = xmlRoot(body);
-    assert.equal(text(root, "Call_Pickup_Code"), CODE);
-    assert.equal(text(root, "Attendant_Console_Call_Pickup_Code"), `${CODE}#`, "the code a BLF key with cp dials; # stands for the monitored user");
-    assert.equal(text(root, "Extended_Function_1_"), "fnc=blf+sd+cp;sub=1002@10.0.0.5;ext=1002@10.0.0.5");
+    assert.equal(textOf(root, "Call_Pickup_Code"), CODE);
+    assert.equal(textOf(root, "Attendant_Console_Call_Pickup_Code"), `${CODE}#`, "the code a BLF key with cp dials; # stands for the monitored user");
+    assert.equal(textOf(root, "Extended_Function_1_"), "fnc=blf+sd+cp;sub=1002@10.0.0.5;ext=1002@10.0.0.5");
   },
   fanvil(body) {
     const root = xmlRoot(body);
@@ -130,26 +106,21 @@ const pickupChecks: Record<string, (body: string, modelId: string) => void> = {
   },
 };
 
-const cases: Array<[string, string]> = [...VENDORS.map((v): [string, string] => [v.vendor, v.model]), ["grandstream", "GRP2614"], ["yealink", "T57W"], ["cisco", "CP-8841-3PCC"]];
-
-for (const [vendor, modelId] of cases) {
-  test(`${vendor}/${modelId}: a BLF key picks up with the site's pickup code and the vendor's BLF-pickup settings`, () => {
-    const body = render(vendor, modelId);
-    parsesAs(vendor, body);
-    pickupChecks[vendor]!(body, modelId);
-    assert.ok(!body.includes(DEFAULT_PICKUP_CODE), "no default code left in the file: it comes from the site");
-  });
-}
-
-test("every vendor has a pickup check (a new profile needs one)", () => {
-  assert.deepEqual([...profiles.keys()].sort(), Object.keys(pickupChecks).sort());
+testEachModel({
+  does: "a BLF key picks up with the site's pickup code and the vendor's BLF-pickup settings",
+  checkName: "a pickup check",
+  profiles,
+  render,
+  checks: pickupChecks,
+  defaultCode: DEFAULT_PICKUP_CODE,
+  codeFrom: "site",
 });
 
 test("without a site pickup code the phones get the default *8", () => {
   const { pickupCode: _omit, ...noCode } = site;
   const body = render("snom", "D785", { site: noCode });
   assert.equal(DEFAULT_PICKUP_CODE, "*8");
-  assert.equal(text(xmlRoot(body), "fkey", ["idx", "0"]), "blf sip:1002@10.0.0.5|*8");
+  assert.equal(textOf(xmlRoot(body), "fkey", ["idx", "0"]), "blf sip:1002@10.0.0.5|*8");
   assert.equal(yealinkKv(render("yealink", "T46U", { site: noCode })).get("features.pickup.direct_pickup_code"), "*8");
 });
 
@@ -185,7 +156,7 @@ test("the server renders the site's pickup code (directory siteProvisioning) int
   const ua = VENDORS.find((v) => v.vendor === "snom")!.userAgent;
   const r = server.handle({ method: "GET", url: "/p/tok0123456789abcdef0123456789ab/snomD785-000413AABB03.htm", hasBody: false, source: "10.0.0.20", local: { address: "10.0.0.5", port: 8080, scheme: "http" }, userAgent: ua });
   assert.equal(r.status, 200, r.body);
-  assert.equal(text(xmlRoot(r.body!), "fkey", ["idx", "0"]), "blf sip:202@10.0.0.5|#55");
+  assert.equal(textOf(xmlRoot(r.body!), "fkey", ["idx", "0"]), "blf sip:202@10.0.0.5|#55");
 });
 
 test("an applied site's settings.pickupCode reaches the phones through the store directory", async () => {

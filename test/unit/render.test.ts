@@ -15,6 +15,7 @@ import {
   type SiteInput,
 } from "../../provisioning/render.ts";
 import { checkXml, findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
+import { one, textOf } from "./provisioning-fixtures.ts";
 
 const { profiles, errors } = loadProfiles("device-profiles");
 
@@ -64,14 +65,6 @@ function xml(body: string): XmlElement {
   const r = checkXml(body);
   assert.ok(r.ok, `well-formed XML: ${r.ok ? "" : `${r.error} at ${r.offset}: ${JSON.stringify(body.slice(Math.max(0, r.offset - 40), r.offset + 40))}`}`);
   return r.root;
-}
-function one(root: XmlElement, name: string, attr?: [string, string]): XmlElement {
-  const all = findAll(root, name, attr);
-  assert.equal(all.length, 1, `exactly one <${name}${attr ? ` ${attr[0]}="${attr[1]}"` : ""}>`);
-  return all[0]!;
-}
-function textOf(root: XmlElement, name: string, attr?: [string, string]): string {
-  return ownText(one(root, name, attr));
 }
 /** Yealink `key = value` lines (comments and the version header skipped); duplicate keys fail. */
 function kv(body: string): Map<string, string> {

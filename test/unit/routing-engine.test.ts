@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { EventBus, type AgentEvents } from "../../agent/bus.ts";
 import { createLogger } from "../../agent/log.ts";
-import { RoutingEngine, bestFailure, type EngineClock, type CallRecord, type QueueCallbacks, type RoutingSettings } from "../../agent/routing/engine.ts";
+import { RoutingEngine, bestFailure, type CallRecord, type QueueCallbacks, type RoutingSettings } from "../../agent/routing/engine.ts";
 import { CallbackBook } from "../../agent/routing/callback.ts";
 import { admit, classifyCaller, flowKey, resolveDestination, trunkUri, voicemailRoute, type Caller } from "../../agent/routing/classify.ts";
 import { indexSite, parseSite, type DeviceRef, type Group, type SiteIndex, type User } from "../../agent/routing/model.ts";
@@ -16,45 +16,13 @@ import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
 import type { Branch, BranchState, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../../agent/sip/proxy-types.ts";
 import type { ServerTransaction } from "../../agent/sip/transaction.ts";
 import { checkCallRecord } from "../../agent/store/schema.ts";
+import { FakeClock } from "./fakes.ts";
 import type { Flow, SipHeader, SipRequest, SipResponse } from "../../agent/sip/types.ts";
 
 // --- fakes -----------------------------------------------------------------------------------------
 
 const T0 = 1_700_000_000_000;
 const UNIT = 1000; // one ring in these tests
-
-class FakeClock implements EngineClock {
-  t = T0;
-  private seq = 0;
-  private timers: Array<{ id: number; at: number; fn: () => void }> = [];
-  now(): number {
-    return this.t;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    const id = ++this.seq;
-    this.timers.push({ id, at: this.t + ms, fn });
-    return id;
-  }
-  clearTimeout(h: unknown): void {
-    this.timers = this.timers.filter((x) => x.id !== h);
-  }
-  /** Moves time forward, running due timers in time order (each at its own instant). */
-  advance(ms: number): void {
-    const end = this.t + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at || a.id - b.id);
-      const next = this.timers[0];
-      if (next === undefined || next.at > end) break;
-      this.timers.shift();
-      this.t = next.at;
-      next.fn();
-    }
-    this.t = end;
-  }
-  pending(): number {
-    return this.timers.length;
-  }
-}
 
 interface FakeBranch extends Branch {
   state: BranchState;
@@ -236,7 +204,7 @@ function world(opts: {
   if (!parsed.ok) throw new Error(JSON.stringify(parsed.errors));
   const index = indexSite(parsed.site);
   const settings: RoutingSettings = { pickupCode: "*8", trunk: { host: TRUNK_IP, port: 5070, transport: "udp", allowedSources: [TRUNK_IP], prefix: "0" }, ...opts.settings };
-  const clock = new FakeClock();
+  const clock = new FakeClock(T0);
   const journal: string[] = [];
   const proxy = new FakeProxy(clock, journal, opts.forkLatencyMs);
   const bus = new EventBus();

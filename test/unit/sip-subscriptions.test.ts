@@ -6,51 +6,13 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { createLogger } from "../../agent/log.ts";
-import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
-import { SubscriptionManager, type EventPackage, type SubscriptionClock, type SubscriptionLimits } from "../../agent/sip/subscriptions.ts";
+import { getHeader } from "../../agent/sip/message.ts";
+import { SubscriptionManager, type EventPackage, type SubscriptionLimits } from "../../agent/sip/subscriptions.ts";
 import type { ClientTransactionCallbacks, ServerTransaction } from "../../agent/sip/transaction.ts";
+import { FakeClock, RecordingTx, subscribeRequest } from "./fakes.ts";
 import type { Flow, SipRequest, SipResponse } from "../../agent/sip/types.ts";
 
 const FLOW: Flow = { transport: "udp", remoteAddress: "10.0.1.5", remotePort: 6000, localAddress: "10.0.0.1", localPort: 5060 };
-
-class Clock implements SubscriptionClock {
-  t = 1_000_000;
-  private timers: Array<{ id: number; at: number; fn: () => void }> = [];
-  private seq = 0;
-  now(): number {
-    return this.t;
-  }
-  setTimeout(fn: () => void, ms: number): unknown {
-    this.timers.push({ id: ++this.seq, at: this.t + ms, fn });
-    return this.seq;
-  }
-  clearTimeout(h: unknown): void {
-    this.timers = this.timers.filter((x) => x.id !== h);
-  }
-  advance(ms: number): void {
-    const end = this.t + ms;
-    for (;;) {
-      this.timers.sort((a, b) => a.at - b.at);
-      const next = this.timers[0];
-      if (next === undefined || next.at > end) break;
-      this.timers.shift();
-      this.t = next.at;
-      next.fn();
-    }
-    this.t = end;
-  }
-}
-
-class Tx {
-  readonly responses: SipResponse[] = [];
-  respond(res: SipResponse): { ok: true } {
-    this.responses.push(res);
-    return { ok: true };
-  }
-  get last(): SipResponse {
-    return this.responses.at(-1)!;
-  }
-}
 
 interface Sent {
   req: SipRequest;
@@ -59,7 +21,7 @@ interface Sent {
 }
 
 function setup(limits: Partial<SubscriptionLimits> = {}, state: { body: string } = { body: "<x/>" }) {
-  const clock = new Clock();
+  const clock = new FakeClock();
   const sent: Sent[] = [];
   let branch = 0;
   const lim: SubscriptionLimits = { maxPerDevice: 3, rateMax: 100, rateWindowMs: 10_000, minExpires: 30, maxExpires: 3600, ...limits };
@@ -102,26 +64,18 @@ function setup(limits: Partial<SubscriptionLimits> = {}, state: { body: string }
       accept: "Accept: application/dialog-info+xml",
     };
     for (const k of o.omit ?? []) delete defaults[k];
-    const body = o.body ?? "";
-    const text = [
-      `SUBSCRIBE ${uri} SIP/2.0`,
-      `Via: SIP/2.0/UDP 10.0.1.5:6000;branch=z9hG4bK-s${++n}`,
-      "Max-Forwards: 70",
-      `From: <sip:phone@10.0.0.1>${o.fromTag === "" ? "" : `;tag=${o.fromTag ?? "ft"}`}`,
-      `To: <${uri}>${o.toTag !== undefined ? `;tag=${o.toTag}` : ""}`,
-      `Call-ID: ${o.callId ?? `sub${n}`}`,
-      `CSeq: ${o.cseq ?? 1} SUBSCRIBE`,
-      "Record-Route: <sip:10.0.0.9;lr>",
-      ...Object.values(defaults),
-      ...(o.lines ?? []),
-      `Content-Length: ${Buffer.byteLength(body)}`,
-      "",
-      body,
-    ].join("\r\n");
-    const p = parseDatagram(Buffer.from(text));
-    if (!p.ok || p.message.kind !== "request") throw new Error("bad test SUBSCRIBE");
-    const req = p.message;
-    const tx = new Tx();
+    const k = ++n;
+    const req = subscribeRequest({
+      uri,
+      n: k,
+      from: `<sip:phone@10.0.0.1>${o.fromTag === "" ? "" : `;tag=${o.fromTag ?? "ft"}`}`,
+      toTag: o.toTag,
+      callId: o.callId ?? `sub${k}`,
+      cseq: o.cseq,
+      headers: ["Record-Route: <sip:10.0.0.9;lr>", ...Object.values(defaults), ...(o.lines ?? [])],
+      body: o.body,
+    });
+    const tx = new RecordingTx();
     if (o.toTag !== undefined) {
       const handled = m.handleInDialog(tx as unknown as ServerTransaction, req, o.flow ?? FLOW);
       return { tx, req, handled };
