@@ -394,7 +394,15 @@ async function voicemailCli(settings: Settings, sub: string | undefined, rest: s
   const id = rest[0];
   if (id === undefined || rest.length > 1) throw new UsageError(`voicemail ${sub} takes one message id (see ringedge voicemail list)`);
   if (sub === "delete") {
-    const r = await run("voicemail.delete", { id });
+    let r: unknown;
+    try {
+      r = await run("voicemail.delete", { id });
+    } catch (e) {
+      // --json: the refusal as JSON too (a script reads one format), exit 1 as without.
+      if (!json) throw e;
+      out(JSON.stringify({ deleted: false, id, error: (e as Error).message }, null, 2) + "\n");
+      return 1;
+    }
     out(json ? JSON.stringify(r, null, 2) + "\n" : `deleted ${id}\n`);
     return 0;
   }

@@ -4,7 +4,7 @@
 // meanwhile). `play` copies a recording out after checking its SHA-256 against the metadata.
 import fs from "node:fs";
 import path from "node:path";
-import type { CommandTable } from "./control.ts";
+import { CommandError, type CommandTable } from "./control.ts";
 import { MESSAGE_ID_RE, parseOwnerRef, type VoicemailMessage, type VoicemailStore } from "../voicemail/store.ts";
 
 export const VOICEMAIL_HELP = {
@@ -34,9 +34,9 @@ export function voicemailCommands(store: VoicemailStore): CommandTable {
   const view = (m: VoicemailMessage): VoicemailView => ({ ...m, file: store.audioPath(m) });
   const message = (args: Record<string, unknown>): VoicemailMessage => {
     const id = argString(args, "id") ?? "";
-    if (!MESSAGE_ID_RE.test(id)) throw new Error(`"${id.slice(0, 40).replace(/[^\x20-\x7e]/g, "?")}" is not a message id (they look like 20261203T154233Z-1a2b3c4d; see ringedge voicemail list)`);
+    if (!MESSAGE_ID_RE.test(id)) throw new CommandError(`"${id.slice(0, 40).replace(/[^\x20-\x7e]/g, "?")}" is not a message id (they look like 20261203T154233Z-1a2b3c4d; see ringedge voicemail list)`);
     const m = store.get(id);
-    if (m === undefined) throw new Error(`no message ${id}`);
+    if (m === undefined) throw new CommandError(`no message ${id}`);
     return m;
   };
   return {
@@ -44,13 +44,13 @@ export function voicemailCommands(store: VoicemailStore): CommandTable {
       const ref = argString(args, "mailbox");
       if (ref === undefined) return store.list().map(view);
       const owner = parseOwnerRef(ref);
-      if (owner === undefined) throw new Error(`--mailbox must be user/<id> or group/<id>, not "${ref.slice(0, 70).replace(/[^\x20-\x7e]/g, "?")}"`);
+      if (owner === undefined) throw new CommandError(`--mailbox must be user/<id> or group/<id>, not "${ref.slice(0, 70).replace(/[^\x20-\x7e]/g, "?")}"`);
       return store.list(owner).map(view);
     },
     "voicemail.get": (args) => view(message(args)),
     "voicemail.delete": async (args) => {
       const m = message(args);
-      if (!(await store.delete(m.id))) throw new Error(`no message ${m.id}`);
+      if (!(await store.delete(m.id))) throw new CommandError(`no message ${m.id}`);
       return { deleted: m.id, mailbox: m.mailbox };
     },
   };

@@ -174,6 +174,9 @@ describe("version, status and every --json the help lists", () => {
       // Not registered: the re-sync fails (exit 1), still reported as JSON.
       ["phone resync", ["phone", "resync", "301"], 1],
       ["phone firmware", ["phone", "firmware"]],
+      ["voicemail list", ["voicemail", "list"]],
+      // No message with that id: refused (exit 1), still reported as JSON.
+      ["voicemail delete", ["voicemail", "delete", "20261203T154233Z-1a2b3c4d"], 1],
       ["drain", ["drain", "--timeout", "0"]],
     ];
     // why needs a recorded group call: routing-hours.test.ts runs both of its --json forms.
