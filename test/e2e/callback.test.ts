@@ -18,21 +18,15 @@ import { after, afterEach, before, describe, test } from "node:test";
 import { decodeG711 } from "../../agent/media/g711.ts";
 import { buildRtp, parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
 import { decodeWav } from "../../agent/media/wav.ts";
-import { CallScene, RING, TRUNK_CALLER_IP, answerAfter, parseSimMessage, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimMessage, type SimUser } from "./callsim.ts";
+import { CallScene, RING, TRUNK_CALLER_IP, answerAfter, parseSimMessage, startRoutingAgent, writeSiteFile, type Phone, type SimMessage, SimRoster } from "./callsim.ts";
 import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const UNIT = 200;
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string, extra: Partial<SimUser> = {}): SimDevice {
-  const u = simUser(id, ext, ["physical"], extra);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const op1 = add("op1", "3201", { callLimit: 1 });
-const op2 = add("op2", "3202", { callLimit: 1 });
-const other = add("x1", "3299");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const op1 = roster.add("op1", "3201", { callLimit: 1 });
+const op2 = roster.add("op2", "3202", { callLimit: 1 });
+const other = roster.add("x1", "3299");
 
 let agent: RunningAgent;
 let siteFile: string;
