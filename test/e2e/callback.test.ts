@@ -18,8 +18,9 @@ import { after, afterEach, before, describe, test } from "node:test";
 import { decodeG711 } from "../../agent/media/g711.ts";
 import { buildRtp, parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
 import { decodeWav } from "../../agent/media/wav.ts";
-import { CallScene, RING, TRUNK_CALLER_IP, answerAfter, parseSimMessage, startRoutingAgent, writeSiteFile, type Phone, type SimMessage, SimRoster } from "./callsim.ts";
+import { CallScene, TRUNK_CALLER_IP, parseSimMessage, startRoutingAgent, writeSiteFile, type SimMessage, SimRoster } from "./callsim.ts";
 import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
+import { makeBusy } from "./rtp-caller.ts";
 
 const UNIT = 200;
 const roster = new SimRoster();
@@ -84,27 +85,12 @@ after(async () => {
   await scene.close();
 });
 
+/** What makeBusy() left up; afterEach frees it. */
 const held: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const release of held.splice(0)) await release();
 });
 
-/** Makes an operator busy: another phone calls them and they answer (callLimit 1). */
-async function busy(opPhone: Phone, caller: Phone, ext: string): Promise<{ free(): Promise<number> }> {
-  opPhone.answering = answerAfter(0);
-  assert.equal(await caller.dial(ext), 200);
-  opPhone.answering = RING;
-  const id = caller.dialled.at(-1)!;
-  await until(() => opPhone.acks.some((a) => a.callId === id) || undefined, 5000, 5);
-  let freed = false;
-  const free = async (): Promise<number> => {
-    if (freed) return 0;
-    freed = true;
-    return opPhone.hangup(id);
-  };
-  held.push(async () => void (await free().catch(() => 0)));
-  return { free };
-}
 
 // --- a trunk caller with its own RTP socket ---------------------------------------------------------
 
@@ -372,7 +358,7 @@ describe("callback for impatient callers", () => {
   test("offer heard → digit 1 → confirmation → call ends → operator frees → operator rung first → caller rung through the trunk with the operator's offer → joined → BYE relayed", async () => {
     const trunk = await Trunk.open(trunkPort);
     const [p1, px] = await scene.register([op1, other]);
-    const op = await busy(p1!, px!, "3201");
+    const op = await makeBusy(p1!, px!, "3201", held);
     try {
       const { caller, offerR, confirmR } = await acceptCallback("795");
       caller.close();
@@ -421,7 +407,7 @@ describe("callback for impatient callers", () => {
   test("ordering: a callback waits behind a caller who came earlier and goes before one who came later", async () => {
     const trunk = await Trunk.open(trunkPort);
     const [p1, px] = await scene.register([op1, other]);
-    const op = await busy(p1!, px!, "3201");
+    const op = await makeBusy(p1!, px!, "3201", held);
     const early = await Caller.open(agent.port, "+4930555001");
     let late: Caller | undefined;
     try {
@@ -462,7 +448,7 @@ describe("callback for impatient callers", () => {
   test("a pending callback survives a restart with its place, and is served after it", async () => {
     // op2 busy: the caller waits, accepts the callback, and it stays pending.
     const [p2, px] = await scene.register([op2, other]);
-    await busy(p2!, px!, "3202");
+    await makeBusy(p2!, px!, "3202", held);
     const { caller } = await acceptCallback("796");
     caller.close();
     const before = await until(async () => {
