@@ -17,10 +17,9 @@ import { randomBytes } from "node:crypto";
 import { after, afterEach, before, describe, test } from "node:test";
 import { decodeG711 } from "../../agent/media/g711.ts";
 import { buildRtp, parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
-import { decodeWav } from "../../agent/media/wav.ts";
 import { CallScene, TRUNK_CALLER_IP, parseSimMessage, startRoutingAgent, writeSiteFile, type SimMessage, SimRoster } from "./callsim.ts";
-import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
-import { makeBusy } from "./rtp-caller.ts";
+import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
+import { makeBusy, mediaOf, shippedSound } from "./rtp-caller.ts";
 
 const UNIT = 200;
 const roster = new SimRoster();
@@ -35,13 +34,8 @@ let trunkPort: number;
 let mediaMin: number;
 const scene = new CallScene(() => agent);
 
-function sound(file: string): Int16Array {
-  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio", file)));
-  if (!r.ok) throw new Error(r.reason);
-  return r.samples;
-}
-const offerPrompt = sound("callback-offer.wav");
-const confirmPrompt = sound("callback-confirm.wav");
+const offerPrompt = shippedSound("callback-offer.wav");
+const confirmPrompt = shippedSound("callback-confirm.wav");
 
 async function mediaRange(): Promise<number> {
   const free = (p: number): Promise<boolean> =>
@@ -229,13 +223,6 @@ function findPrompt(s: { x: Int16Array; got: Uint8Array }, ref: Int16Array, from
     if (r > best.r) best = { at, r };
   }
   return best;
-}
-
-function mediaOf(msg: SimMessage): { address: string; port: number } {
-  const c = /^c=IN IP4 (\S+)/m.exec(msg.body);
-  const m = /^m=audio (\d+) /m.exec(msg.body);
-  assert.ok(c && m, `SDP in the 183: ${msg.body}`);
-  return { address: c[1]!, port: Number(m[1]) };
 }
 
 /** The test as the trunk: gets the agent's INVITEs, answers them, sends BYE. */
