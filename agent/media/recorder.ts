@@ -16,11 +16,10 @@ import fs from "node:fs";
 import path from "node:path";
 import { decodeG711, type G711Law } from "./g711.ts";
 import type { RtpPacket } from "./rtp.ts";
-import { MEDIA_RATE } from "./wav.ts";
+import { MEDIA_RATE, WAV_HEADER_BYTES, wavHeader } from "./wav.ts";
 
 /** Mean absolute sample value under which audio counts as silence (≈ -40 dBFS). */
 export const SILENCE_LEVEL = 330;
-const HEADER_BYTES = 44;
 /** Samples buffered before a write (one second). */
 const CHUNK_SAMPLES = MEDIA_RATE;
 /** A gap in timestamps larger than this (a far end that restarted its clock) is not filled. */
@@ -36,25 +35,6 @@ export interface RecorderOptions {
 }
 
 export type FinishResult = { ok: true; path: string; samples: number; bytes: number; sha256: string } | { ok: false; reason: string };
-
-/** The 44-byte header of a 16-bit mono PCM WAV file holding `samples` samples. */
-export function wavHeader(samples: number, rate = MEDIA_RATE): Buffer {
-  const h = Buffer.alloc(HEADER_BYTES);
-  h.write("RIFF", 0, "latin1");
-  h.writeUInt32LE(36 + samples * 2, 4);
-  h.write("WAVE", 8, "latin1");
-  h.write("fmt ", 12, "latin1");
-  h.writeUInt32LE(16, 16);
-  h.writeUInt16LE(1, 20);
-  h.writeUInt16LE(1, 22);
-  h.writeUInt32LE(rate, 24);
-  h.writeUInt32LE(rate * 2, 28);
-  h.writeUInt16LE(2, 32);
-  h.writeUInt16LE(16, 34);
-  h.write("data", 36, "latin1");
-  h.writeUInt32LE(samples * 2, 40);
-  return h;
-}
 
 export class WavRecorder {
   private fd: number | undefined;
@@ -133,7 +113,7 @@ export class WavRecorder {
     this.fd = undefined;
     try {
       this.flush(fd);
-      fs.writeSync(fd, wavHeader(this.samples), 0, HEADER_BYTES, 0);
+      fs.writeSync(fd, wavHeader(this.samples), 0, WAV_HEADER_BYTES, 0);
       fs.fsyncSync(fd);
       fs.closeSync(fd);
       fs.renameSync(this.tmpPath, this.finalPath);

@@ -92,22 +92,32 @@ function clamp16(v: number): number {
   return v > 32767 ? 32767 : v < -32768 ? -32768 : Math.round(v);
 }
 
+/** Bytes before the samples in the files wavHeader() describes. */
+export const WAV_HEADER_BYTES = 44;
+
+/** The header of a 16-bit mono PCM WAV file holding `samples` samples at `rate` Hz (RIFF, fmt and data chunk heads). */
+export function wavHeader(samples: number, rate = MEDIA_RATE): Buffer {
+  const h = Buffer.alloc(WAV_HEADER_BYTES);
+  h.write("RIFF", 0, "latin1");
+  h.writeUInt32LE(36 + samples * 2, 4);
+  h.write("WAVE", 8, "latin1");
+  h.write("fmt ", 12, "latin1");
+  h.writeUInt32LE(16, 16);
+  h.writeUInt16LE(WAVE_FORMAT_PCM, 20);
+  h.writeUInt16LE(1, 22);
+  h.writeUInt32LE(rate, 24);
+  h.writeUInt32LE(rate * 2, 28);
+  h.writeUInt16LE(2, 32);
+  h.writeUInt16LE(16, 34);
+  h.write("data", 36, "latin1");
+  h.writeUInt32LE(samples * 2, 40);
+  return h;
+}
+
 /** A WAV file (8 kHz mono 16-bit) from samples: for tests and generated audio. */
 export function encodeWav(samples: Int16Array, rate = MEDIA_RATE): Buffer {
-  const out = Buffer.alloc(44 + samples.length * 2);
-  out.write("RIFF", 0, "latin1");
-  out.writeUInt32LE(36 + samples.length * 2, 4);
-  out.write("WAVE", 8, "latin1");
-  out.write("fmt ", 12, "latin1");
-  out.writeUInt32LE(16, 16);
-  out.writeUInt16LE(WAVE_FORMAT_PCM, 20);
-  out.writeUInt16LE(1, 22);
-  out.writeUInt32LE(rate, 24);
-  out.writeUInt32LE(rate * 2, 28);
-  out.writeUInt16LE(2, 32);
-  out.writeUInt16LE(16, 34);
-  out.write("data", 36, "latin1");
-  out.writeUInt32LE(samples.length * 2, 40);
-  for (let i = 0; i < samples.length; i++) out.writeInt16LE(samples[i]!, 44 + i * 2);
+  const out = Buffer.alloc(WAV_HEADER_BYTES + samples.length * 2);
+  wavHeader(samples.length, rate).copy(out, 0);
+  for (let i = 0; i < samples.length; i++) out.writeInt16LE(samples[i]!, WAV_HEADER_BYTES + i * 2);
   return out;
 }

@@ -17,22 +17,16 @@ import { randomBytes } from "node:crypto";
 import { after, afterEach, before, describe, test } from "node:test";
 import { decodeG711 } from "../../agent/media/g711.ts";
 import { buildRtp, parseRtp, type RtpPacket } from "../../agent/media/rtp.ts";
-import { decodeWav } from "../../agent/media/wav.ts";
-import { CallScene, RING, TRUNK_CALLER_IP, answerAfter, parseSimMessage, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimMessage, type SimUser } from "./callsim.ts";
-import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
+import { CallScene, TRUNK_CALLER_IP, parseSimMessage, startRoutingAgent, writeSiteFile, type SimMessage, SimRoster } from "./callsim.ts";
+import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
+import { makeBusy, mediaOf, shippedSound } from "./rtp-caller.ts";
 
 const UNIT = 200;
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string, extra: Partial<SimUser> = {}): SimDevice {
-  const u = simUser(id, ext, ["physical"], extra);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const op1 = add("op1", "3201", { callLimit: 1 });
-const op2 = add("op2", "3202", { callLimit: 1 });
-const other = add("x1", "3299");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const op1 = roster.add("op1", "3201", { callLimit: 1 });
+const op2 = roster.add("op2", "3202", { callLimit: 1 });
+const other = roster.add("x1", "3299");
 
 let agent: RunningAgent;
 let siteFile: string;
@@ -40,13 +34,8 @@ let trunkPort: number;
 let mediaMin: number;
 const scene = new CallScene(() => agent);
 
-function sound(file: string): Int16Array {
-  const r = decodeWav(fs.readFileSync(path.join(ROOT, "audio", file)));
-  if (!r.ok) throw new Error(r.reason);
-  return r.samples;
-}
-const offerPrompt = sound("callback-offer.wav");
-const confirmPrompt = sound("callback-confirm.wav");
+const offerPrompt = shippedSound("callback-offer.wav");
+const confirmPrompt = shippedSound("callback-confirm.wav");
 
 async function mediaRange(): Promise<number> {
   const free = (p: number): Promise<boolean> =>
@@ -90,27 +79,12 @@ after(async () => {
   await scene.close();
 });
 
+/** What makeBusy() left up; afterEach frees it. */
 const held: Array<() => Promise<void>> = [];
 afterEach(async () => {
   for (const release of held.splice(0)) await release();
 });
 
-/** Makes an operator busy: another phone calls them and they answer (callLimit 1). */
-async function busy(opPhone: Phone, caller: Phone, ext: string): Promise<{ free(): Promise<number> }> {
-  opPhone.answering = answerAfter(0);
-  assert.equal(await caller.dial(ext), 200);
-  opPhone.answering = RING;
-  const id = caller.dialled.at(-1)!;
-  await until(() => opPhone.acks.some((a) => a.callId === id) || undefined, 5000, 5);
-  let freed = false;
-  const free = async (): Promise<number> => {
-    if (freed) return 0;
-    freed = true;
-    return opPhone.hangup(id);
-  };
-  held.push(async () => void (await free().catch(() => 0)));
-  return { free };
-}
 
 // --- a trunk caller with its own RTP socket ---------------------------------------------------------
 
@@ -251,13 +225,6 @@ function findPrompt(s: { x: Int16Array; got: Uint8Array }, ref: Int16Array, from
   return best;
 }
 
-function mediaOf(msg: SimMessage): { address: string; port: number } {
-  const c = /^c=IN IP4 (\S+)/m.exec(msg.body);
-  const m = /^m=audio (\d+) /m.exec(msg.body);
-  assert.ok(c && m, `SDP in the 183: ${msg.body}`);
-  return { address: c[1]!, port: Number(m[1]) };
-}
-
 /** The test as the trunk: gets the agent's INVITEs, answers them, sends BYE. */
 class Trunk {
   readonly requests: Array<{ msg: SimMessage; from: dgram.RemoteInfo }> = [];
@@ -378,7 +345,7 @@ describe("callback for impatient callers", () => {
   test("offer heard → digit 1 → confirmation → call ends → operator frees → operator rung first → caller rung through the trunk with the operator's offer → joined → BYE relayed", async () => {
     const trunk = await Trunk.open(trunkPort);
     const [p1, px] = await scene.register([op1, other]);
-    const op = await busy(p1!, px!, "3201");
+    const op = await makeBusy(p1!, px!, "3201", held);
     try {
       const { caller, offerR, confirmR } = await acceptCallback("795");
       caller.close();
@@ -427,7 +394,7 @@ describe("callback for impatient callers", () => {
   test("ordering: a callback waits behind a caller who came earlier and goes before one who came later", async () => {
     const trunk = await Trunk.open(trunkPort);
     const [p1, px] = await scene.register([op1, other]);
-    const op = await busy(p1!, px!, "3201");
+    const op = await makeBusy(p1!, px!, "3201", held);
     const early = await Caller.open(agent.port, "+4930555001");
     let late: Caller | undefined;
     try {
@@ -468,7 +435,7 @@ describe("callback for impatient callers", () => {
   test("a pending callback survives a restart with its place, and is served after it", async () => {
     // op2 busy: the caller waits, accepts the callback, and it stays pending.
     const [p2, px] = await scene.register([op2, other]);
-    await busy(p2!, px!, "3202");
+    await makeBusy(p2!, px!, "3202", held);
     const { caller } = await acceptCallback("796");
     caller.close();
     const before = await until(async () => {

@@ -85,13 +85,13 @@ export class SimRoster {
   readonly users: SimUser[] = [];
   readonly devices: SimDevice[] = [];
   constructor(private readonly extra: Partial<SimUser> = {}) {}
-  /** A user with one desk phone; that phone. */
-  add(id: string, extension: string): SimDevice {
-    return this.addUser(id, extension, ["physical"])[0]!;
+  /** A user with one desk phone (`extra` for this user only, over the roster's); that phone. */
+  add(id: string, extension: string, extra: Partial<SimUser> = {}): SimDevice {
+    return this.addUser(id, extension, ["physical"], extra)[0]!;
   }
   /** A user with these devices; its devices. */
-  addUser(id: string, extension: string, kinds: Array<"physical" | "soft">): SimDevice[] {
-    const u = simUser(id, extension, kinds, this.extra);
+  addUser(id: string, extension: string, kinds: Array<"physical" | "soft">, extra: Partial<SimUser> = {}): SimDevice[] {
+    const u = simUser(id, extension, kinds, { ...this.extra, ...extra });
     this.users.push(u.user);
     this.devices.push(...u.devices);
     return u.devices;

@@ -16,22 +16,16 @@ import path from "node:path";
 import { after, afterEach, before, describe, test } from "node:test";
 import { decodeWav } from "../../agent/media/wav.ts";
 import { busyPorts, freeMediaPorts } from "../media-ports.ts";
-import { CallScene, TRUNK_CALLER_IP, registerPhones, simUser, startRoutingAgent, writeSiteFile, type Phone, type SimDevice, type SimUser } from "./callsim.ts";
+import { CallScene, TRUNK_CALLER_IP, registerPhones, startRoutingAgent, writeSiteFile, type Phone, SimRoster } from "./callsim.ts";
 import { ROOT, freePort, runProgram, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 import { Caller, bestCorrelation, correlationAtStart, decodeStream, makeBusy, shippedSound } from "./rtp-caller.ts";
 
 const UNIT = 200;
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string, extra: Partial<SimUser> = {}): SimDevice {
-  const u = simUser(id, ext, ["physical"], extra);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
-const op1 = add("op1", "3101", { callLimit: 1 });
-const op2 = add("op2", "3102", { callLimit: 1 });
-const other = add("x1", "3199");
+const roster = new SimRoster();
+const { users, devices } = roster;
+const op1 = roster.add("op1", "3101", { callLimit: 1 });
+const op2 = roster.add("op2", "3102", { callLimit: 1 });
+const other = roster.add("x1", "3199");
 
 let agent: RunningAgent;
 /** A second agent with the queue prompt first and every 7 s. */

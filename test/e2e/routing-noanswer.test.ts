@@ -15,7 +15,6 @@ import {
   callIdOf,
   loggedCall,
   registerPhones,
-  simUser,
   sippCall,
   sippServer,
   startRoutingAgent,
@@ -23,36 +22,30 @@ import {
   writeSiteFile,
   type SimDevice,
   type SimGroup,
-  type SimUser,
   type SippPeer,
   assertSippOk,
   assertAfter,
   CallScene,
+  SimRoster,
 } from "./callsim.ts";
 import { freePort, sleep, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const UNIT = 200;
 
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string, extra: Partial<SimUser> = {}): SimDevice {
-  const u = simUser(id, ext, ["physical"], extra);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
+const roster = new SimRoster();
+const { users, devices } = roster;
 
-const vm1 = add("vm1", "3001");
-const fm1 = add("fm1", "3011", { mobile: "+491701000011" });
-const fn1 = add("fn1", "3021");
-const h1 = add("h1", "3031");
-const h2 = add("h2", "3032");
-const ov1 = add("ov1", "3041");
-const ov2 = add("ov2", "3042");
-add("off1", "3051");
-const off2 = add("off2", "3052");
-const w1 = add("w1", "3061", { callLimit: 1 });
-const w2 = add("w2", "3062", { callLimit: 1 });
+const vm1 = roster.add("vm1", "3001");
+const fm1 = roster.add("fm1", "3011", { mobile: "+491701000011" });
+const fn1 = roster.add("fn1", "3021");
+const h1 = roster.add("h1", "3031");
+const h2 = roster.add("h2", "3032");
+const ov1 = roster.add("ov1", "3041");
+const ov2 = roster.add("ov2", "3042");
+roster.add("off1", "3051");
+const off2 = roster.add("off2", "3052");
+const w1 = roster.add("w1", "3061", { callLimit: 1 });
+const w2 = roster.add("w2", "3062", { callLimit: 1 });
 
 let vmPort: number;
 let trunkPort: number;

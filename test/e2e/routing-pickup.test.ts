@@ -14,39 +14,32 @@ import {
   callIdOf,
   loggedCall,
   registerPhones,
-  simUser,
   sippCall,
   startRoutingAgent,
   writeSiteFile,
   type SimDevice,
-  type SimUser,
   type SippPeer,
   assertSippOk,
   CallScene,
+  SimRoster,
 } from "./callsim.ts";
 import { freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 
 const UNIT = 200;
 const ANSWERED_ELSEWHERE = 'SIP;cause=200;text="Call completed elsewhere"';
 
-const users: SimUser[] = [];
-const devices: SimDevice[] = [];
-function add(id: string, ext: string, extra: Partial<SimUser> = {}): SimDevice {
-  const u = simUser(id, ext, ["physical"], extra);
-  users.push(u.user);
-  devices.push(...u.devices);
-  return u.devices[0]!;
-}
+const roster = new SimRoster();
+const { users, devices } = roster;
 
-const b1 = add("b1", "4001", { callLimit: 1 });
-const b2 = add("b2", "4002", { callLimit: 1 });
-const b3 = add("b3", "4003", { callLimit: 1 });
-const pk1 = add("pk1", "4011");
-const pk2 = add("pk2", "4012");
-const pk3 = add("pk3", "4013");
-const dp1 = add("dp1", "4021");
-const dp2 = add("dp2", "4022");
-const dx = add("dx", "4029");
+const b1 = roster.add("b1", "4001", { callLimit: 1 });
+const b2 = roster.add("b2", "4002", { callLimit: 1 });
+const b3 = roster.add("b3", "4003", { callLimit: 1 });
+const pk1 = roster.add("pk1", "4011");
+const pk2 = roster.add("pk2", "4012");
+const pk3 = roster.add("pk3", "4013");
+const dp1 = roster.add("dp1", "4021");
+const dp2 = roster.add("dp2", "4022");
+const dx = roster.add("dx", "4029");
 
 let agent: RunningAgent;
 let dataDir: string;

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { decodeG711, encodeG711, G711_SILENCE } from "../../agent/media/g711.ts";
 import { framesDue, nextDueMs, type PaceState } from "../../agent/media/pacer.ts";
 import { buildBye, buildRtp, buildSenderReport, DigitDetector, dtmfDigit, parseRtcp, parseRtp, parseTelephoneEvent, RtpPacketiser } from "../../agent/media/rtp.ts";
-import { decodeWav, encodeWav, resample } from "../../agent/media/wav.ts";
+import { WAV_HEADER_BYTES, decodeWav, encodeWav, resample, wavHeader } from "../../agent/media/wav.ts";
 
 describe("G.711", () => {
   it("decodes µ-law code words to the G.711 table values", () => {
@@ -227,6 +227,21 @@ describe("WAV", () => {
       }
       assert.ok(dot / Math.sqrt(a * b) > 0.95, `correlation at ${rate} Hz`);
     }
+  });
+
+  it("writes the 44-byte header of 16-bit mono PCM (the recorder's and encodeWav's)", () => {
+    const h = wavHeader(960, 16000);
+    assert.equal(h.length, WAV_HEADER_BYTES);
+    assert.equal(h.toString("latin1", 0, 4), "RIFF");
+    assert.equal(h.readUInt32LE(4), 36 + 1920);
+    assert.equal(h.toString("latin1", 8, 16), "WAVEfmt ");
+    assert.deepEqual([h.readUInt32LE(16), h.readUInt16LE(20), h.readUInt16LE(22), h.readUInt32LE(24), h.readUInt32LE(28), h.readUInt16LE(32), h.readUInt16LE(34)], [16, 1, 1, 16000, 32000, 2, 16]);
+    assert.equal(h.toString("latin1", 36, 40), "data");
+    assert.equal(h.readUInt32LE(40), 1920);
+    assert.equal(wavHeader(0).readUInt32LE(24), 8000, "8 kHz by default");
+    const file = encodeWav(Int16Array.of(1, -2, 3), 16000);
+    assert.deepEqual(file.subarray(0, WAV_HEADER_BYTES), wavHeader(3, 16000));
+    assert.deepEqual([file.readInt16LE(44), file.readInt16LE(46), file.readInt16LE(48)], [1, -2, 3]);
   });
 
   it("downmixes stereo", () => {
