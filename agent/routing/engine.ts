@@ -1147,9 +1147,22 @@ export class RoutingEngine {
         return;
       }
       case "voicemail": {
-        // The owner's voicemail: a group's voicemail action (the URI it forwards to). A user's
-        // mailbox, and a group without one, need the appliance's own voicemail (agent/voicemail).
+        // The owner's voicemail: their mailbox on the appliance when it is enabled (and voicemail
+        // runs); else a group's voicemail action (the URI it forwards to); else 480.
         const group = t.owner.kind === "group" ? site.index.groupsById.get(t.owner.id) : undefined;
+        if (this.deps.mailboxes !== undefined && mailboxOf(site.index, t.owner) !== undefined) {
+          if (group !== undefined) {
+            call.kind = "group";
+            call.groupId = group.id;
+            call.firstGroupId = group.id;
+            call.groups.push(group.id);
+          } else {
+            call.kind = "direct";
+            call.directUserId = t.owner.id;
+          }
+          this.toMailbox(call, { kind: t.owner.kind, id: t.owner.id });
+          return;
+        }
         const uri = group === undefined ? undefined : voicemailUriOf(group);
         if (group === undefined || uri === undefined) {
           this.deps.log.warn("menu: no voicemail to send the call to", { callId: call.pc.request.callId, owner: `${t.owner.kind}:${t.owner.id}` });
