@@ -92,6 +92,8 @@ export function validCommand(m: unknown): m is MediaCommand {
   switch (c.op) {
     case "load":
       return isId(c.sound) && typeof c.path === "string" && c.path.length > 0;
+    case "unload":
+      return isId(c.sound);
     case "open":
       return (
         isId(c.id) &&

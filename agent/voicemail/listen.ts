@@ -11,7 +11,9 @@
 //        ─► goodbye ─► our BYE (after *, the last message, or the options unanswered)
 //
 // - Refused before the answer: no usable offer (488, RFC 3261 §21.4.26), no media (480).
-// - A digit cuts short what plays (the worker stops it; a play-ended of what was cut is ignored).
+// - A digit cuts short what plays (the worker stops it; a play-ended of what was cut is ignored);
+//   a digit that means nothing at that point (listen-menu.ts changes nothing) leaves it playing,
+//   so the goodbye is always heard to its end before our BYE.
 // - A message whose recording cannot be loaded (deleted meanwhile by a fellow group member) is
 //   passed over as if played.
 // - The caller hanging up ends everything; a message being played stays as it was (new stays new).
@@ -26,7 +28,7 @@ import type { MediaService } from "../media/service.ts";
 import type { ProxyCall, StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { Flow } from "../sip/types.ts";
 import type { UasDialogs, UasSession } from "../sip/uas-session.ts";
-import { initialState, listenQueue, listenStep, type ListenAction, type ListenInput, type ListenMessage, type ListenState, type StoreOp } from "./listen-menu.ts";
+import { initialState, listenQueue, listenStep, type ListenAction, type ListenInput, type ListenMessage, type ListenState, type ListenStep, type StoreOp } from "./listen-menu.ts";
 import { ownerRef, type VoicemailStore } from "./store.ts";
 import type { MailboxOwner } from "./types.ts";
 
@@ -201,10 +203,11 @@ export class VoicemailListening {
   }
 
   /** One input to the menu; its store operations applied, its actions started. */
-  private input(l: Listening, input: ListenInput): void {
+  private input(l: Listening, input: ListenInput, computed?: ListenStep): void {
     if (l.done) return;
-    const step = listenStep(l.state, input);
+    const step = computed ?? listenStep(l.state, input);
     l.state = step.state;
+    if (this.deps.log.enabled("debug")) this.deps.log.debug("voicemail listening: menu", { callId: l.pc.request.callId, input: input.kind === "digit" ? `digit ${input.digit}` : input.kind, phase: l.state.phase, actions: step.actions.map((a) => a.kind), store: step.store.map((o) => `${o.op} ${o.id}`) });
     for (const op of step.store) this.apply(op);
     if (step.actions.length === 0) return;
     l.gen++;
@@ -278,12 +281,18 @@ export class VoicemailListening {
   }
 
   private played(l: Listening, sound: string): void {
+    if (this.deps.log.enabled("debug")) this.deps.log.debug("voicemail listening: played", { callId: l.pc.request.callId, sound, waitFor: l.waitFor ?? null });
     if (l.done || sound !== l.waitFor) return;
     this.next(l);
   }
 
   private digit(l: Listening, digit: string): void {
     if (l.done || l.session === undefined) return;
+    const input: ListenInput = { kind: "digit", digit };
+    const step = listenStep(l.state, input);
+    // A digit that means nothing now (any digit once the menu is saying goodbye, a 5 during the
+    // summary) changes nothing: what plays goes on.
+    if (step.state === l.state && step.actions.length === 0 && step.store.length === 0) return;
     if (l.timer !== undefined) clearTimeout(l.timer);
     l.timer = undefined;
     // Whatever plays is cut short (issue 13: digits arriving before the prompt ends).
@@ -291,7 +300,7 @@ export class VoicemailListening {
     l.waitFor = undefined;
     l.todo = [];
     this.deps.media.stopPlaying(l.session);
-    this.input(l, { kind: "digit", digit });
+    this.input(l, input, step);
   }
 
   /** Our side ends the call: BYE (after the ACK, uas-session.ts), media closed. */

@@ -7,7 +7,8 @@
 // the RTP and correlates it with what was recorded —, presses 3 (RFC 4733) to delete it, hears
 // the appliance hang up, and the lamp goes off (NOTIFY 0/0). Another user's phone dialling the
 // code with the owner's extension is refused 403 before anything is answered, and dialling the
-// code alone hears only its own (empty) mailboxes. A group mailbox lights every member's lamp.
+// code alone hears only its own (empty) mailboxes. A group mailbox lights every member's lamp; a
+// member saves its message with a digit sent as SIP INFO and both lamps follow.
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import fs from "node:fs";
@@ -278,5 +279,23 @@ describe("listening to voicemail from the owner's phone", () => {
     await lamp(bw, b.sub, "1/0");
     const l = await listed();
     assert.deepEqual(l.map((m) => m.mailbox), ["group/front"]);
+    // Ben (a member) opens the group's mailbox by its number and saves the message with 2 sent
+    // as SIP INFO: both lamps show it heard and kept (0/1), and * (INFO) ends the call.
+    const rtp = await RtpEnd.open("127.0.0.1");
+    try {
+      assert.equal(await benPhone!.dial("*97701", { sdp: rtp.offer("127.0.0.1") }), 200, benPhone!.lastFinal?.firstLine);
+      rtp.answer(benPhone!.lastFinal!.body);
+      const callId = benPhone!.dialled.at(-1)!;
+      await until(() => rtp.heard().samples.length >= 8000 || undefined, 10_000, 20).catch(() => assert.fail(`no summary heard: ${rtp.packets.length} packets`));
+      assert.equal(await benPhone!.infoPlaced(callId, "1", 10), 200, "1 during the summary starts the message");
+      assert.equal(await benPhone!.infoPlaced(callId, "2", 11), 200);
+      await lamp(aw, a.sub, "0/1");
+      await lamp(bw, b.sub, "0/1");
+      assert.deepEqual((await listed()).map((m) => m.status), ["saved"]);
+      assert.equal(await benPhone!.infoPlaced(callId, "*", 12), 200);
+      await until(() => benPhone!.byes.find((x) => x.callId === callId), 10_000, 20).catch(() => assert.fail(`no BYE after *: ${rtp.packets.length} packets\n${agent.log().split("\n").filter((l) => /listening|INFO|play|session/i.test(l)).slice(-30).join("\n")}`));
+    } finally {
+      rtp.close();
+    }
   });
 });
