@@ -49,6 +49,10 @@
 //   phone with an operator are answered at once with a final response and nothing rings:
 //   480 with the new state as reason phrase and Warning on success, 403/404 with the reason on
 //   refusal (presence/operators.ts). An operator in DND gets no direct calls either (480).
+// - The voicemail code (deps.listen, voicemail/access.ts decideListen): from a site phone that
+//   proved who it is (a UDP flow alone is challenged, as for the trunk), alone or with a
+//   mailbox's number; refused at once with 403/404 and the reason, or handed to listening
+//   (voicemail/listen.ts), which answers it. Not in the call log (a feature code, like pickup).
 // - Pickup from a BLF key (RFC 3891): an INVITE with Replaces from a device that names a ringing
 //   call (its Call-ID and the caller's From tag, as the BLF NOTIFY gives them) is a directed
 //   pickup of that call; one naming nothing gets 481; one naming an answered call is routed.
