@@ -17,6 +17,8 @@
 // - A message whose recording cannot be loaded (deleted meanwhile by a fellow group member) is
 //   passed over as if played.
 // - The caller hanging up ends everything; a message being played stays as it was (new stays new).
+// - A listening call lasts at most MAX_LISTEN_MS (a prompt whose end the worker never reports
+//   must not hold a dialog and a port pair for ever).
 // - Each message is loaded into the worker under this call's own sound name and dropped from the
 //   worker when the call ends (media unload): recordings do not pile up in its memory.
 import { randomInt } from "node:crypto";
@@ -52,6 +54,8 @@ export const LISTEN_PROMPTS: Readonly<Record<string, string>> = Object.freeze({
 
 /** Wait for a digit after the options prompt, ms. */
 export const OPTIONS_WAIT_MS = 6000;
+/** A listening call ends after this long whatever happens (a prompt whose end never comes). */
+export const MAX_LISTEN_MS = 30 * 60_000;
 
 /**
  * "You have 2 new messages and 1 saved message": the sounds, in order. A count the numbers in
@@ -99,6 +103,8 @@ export interface ListenDeps {
   log: Logger;
   /** Wait for a digit after the options prompt, ms (default OPTIONS_WAIT_MS). */
   optionsWaitMs?: number;
+  /** Longest listening call, ms (default MAX_LISTEN_MS). */
+  maxListenMs?: number;
 }
 
 interface Listening {
@@ -114,6 +120,8 @@ interface Listening {
   /** Bumped whenever what plays is replaced: a late load or play-ended of the old one is ignored. */
   gen: number;
   timer: NodeJS.Timeout | undefined;
+  /** Ends the call after maxListenMs. */
+  limit: NodeJS.Timeout | undefined;
   done: boolean;
 }
 
@@ -140,7 +148,7 @@ export class VoicemailListening {
     for (const owner of mailboxes) {
       for (const m of this.deps.store.list(owner)) messages.push({ mailbox: owner, id: m.id, status: m.status === "new" ? "new" : "saved", receivedAt: m.receivedAt });
     }
-    const l: Listening = { pc, msgSound: `vm-listen-${++seq}`, state: initialState(listenQueue(mailboxes, messages)), session: undefined, uas: undefined, todo: [], waitFor: undefined, gen: 0, timer: undefined, done: false };
+    const l: Listening = { pc, msgSound: `vm-listen-${++seq}`, state: initialState(listenQueue(mailboxes, messages)), session: undefined, uas: undefined, todo: [], waitFor: undefined, gen: 0, timer: undefined, limit: undefined, done: false };
     this.active.set(pc.id, l);
     this.deps.log.info("voicemail listening", { callId: pc.request.callId, mailboxes: mailboxes.map(ownerRef), messages: l.state.queue.length });
     void this.open(l, o.value).catch((err: Error) => {
@@ -199,6 +207,11 @@ export class VoicemailListening {
         this.end(l);
       },
     });
+    l.limit = setTimeout(() => {
+      this.deps.log.info("voicemail listening: the call reached its maximum length", { callId: l.pc.request.callId });
+      this.hangUp(l);
+    }, this.deps.maxListenMs ?? MAX_LISTEN_MS);
+    l.limit.unref();
     this.input(l, { kind: "start" });
   }
 
@@ -314,6 +327,7 @@ export class VoicemailListening {
     l.done = true;
     l.gen++;
     if (l.timer !== undefined) clearTimeout(l.timer);
+    if (l.limit !== undefined) clearTimeout(l.limit);
     if (l.session !== undefined) this.deps.media.close(l.session);
     l.session = undefined;
     this.deps.media.unload(l.msgSound);

@@ -16,6 +16,7 @@ import type { ProxyCall } from "../../agent/sip/proxy-types.ts";
 import type { SessionEvents } from "../../agent/media/service.ts";
 import type { UasEvents } from "../../agent/sip/uas-session.ts";
 import { encodeWav } from "../../agent/media/wav.ts";
+import { validCommand } from "../../agent/media/protocol.ts";
 import { VoicemailListening } from "../../agent/voicemail/listen.ts";
 import { VoicemailStore } from "../../agent/voicemail/store.ts";
 import { until } from "../e2e/harness.ts";
@@ -34,7 +35,7 @@ function call(body: string | null = SDP): ProxyCall & { finished: boolean } {
   return { id: `pc${n}`, request: r.message, flow: FLOW, receivedAt: 0, firstForkAt: undefined, branches: [], answered: undefined, finished: false };
 }
 
-async function world(opts: { messages?: number; optionsWaitMs?: number } = {}) {
+async function world(opts: { messages?: number; optionsWaitMs?: number; maxListenMs?: number } = {}) {
   const dataDir = tempDir("ringedge-listen-");
   const bus = new EventBus();
   const changed: Array<AgentEvents["voicemail.changed"]> = [];
@@ -101,6 +102,7 @@ async function world(opts: { messages?: number; optionsWaitMs?: number } = {}) {
     shippedAudio: (f) => f,
     log: createLogger("silent"),
     ...(opts.optionsWaitMs !== undefined ? { optionsWaitMs: opts.optionsWaitMs } : {}),
+    ...(opts.maxListenMs !== undefined ? { maxListenMs: opts.maxListenMs } : {}),
   });
   const ev = () => sessions.get("m1") ?? [...sessions.values()][0]!;
   /** The worker reports the end of the last sound of what it was last told to play. */
@@ -215,5 +217,20 @@ describe("listening flow", () => {
     assert.equal(w.listening.activeCount(), 0);
     assert.equal(w.changed.length, 0);
     w.cleanup();
+  });
+
+  test("a prompt whose end never comes: the call ends at its maximum length with our BYE", async () => {
+    const w = await world({ maxListenMs: 30 });
+    w.listening.take(call(), [ANNA]);
+    await until(() => w.uas.hangups === 1 || undefined, 2000, 2);
+    assert.deepEqual(w.log.slice(-2), ["close m1", "unload message"]);
+    assert.equal(w.listening.activeCount(), 0);
+    w.cleanup();
+  });
+
+  test("the media worker's command check takes unload with a sound name only", () => {
+    assert.equal(validCommand({ op: "unload", sound: "vm-listen-1" }), true);
+    assert.equal(validCommand({ op: "unload" }), false);
+    assert.equal(validCommand({ op: "unload", sound: 7 }), false);
   });
 });
