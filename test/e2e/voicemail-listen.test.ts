@@ -9,6 +9,7 @@
 // code with the owner's extension is refused 403 before anything is answered, and dialling the
 // code alone hears only its own (empty) mailboxes. A group mailbox lights every member's lamp; a
 // member saves its message with a digit sent as SIP INFO and both lamps follow.
+// A trunk number's menu whose key is a user's voicemail takes the caller to that mailbox.
 import assert from "node:assert/strict";
 import dgram from "node:dgram";
 import fs from "node:fs";
@@ -21,6 +22,7 @@ import { decodeWav } from "../../agent/media/wav.ts";
 import { CallScene, TRUNK_CALLER_IP, simUser, startRoutingAgent, writeSiteFile, type Phone } from "./callsim.ts";
 import { ROOT, freePort, tempDir, until, type RunningAgent } from "./harness.ts";
 import { Caller, correlationAtStart, decodeStream } from "./rtp-caller.ts";
+import { writeSweepWav } from "./earlymedia.ts";
 import { Subscriber, type HeldSubscription, type SeenNotify } from "./subscriber.ts";
 
 const ACCEPT = "Accept: application/simple-message-summary";
@@ -49,6 +51,14 @@ before(async () => {
       { id: "front", number: "701", strategy: "sequential", members: ["anna", "ben"], ringCount: 1, noAnswer: { kind: "voicemail" }, voicemail: box },
     ],
   });
+  // A trunk number with a short greeting and a menu whose 9 is anna's mailbox (docs/menus.md).
+  const doc = JSON.parse(fs.readFileSync(file, "utf8")) as Record<string, unknown>;
+  const promptDir = tempDir("ringedge-vm-listen-prompts-");
+  writeSweepWav(path.join(promptDir, "greet.wav"), 300, 1200, 0.3);
+  writeSweepWav(path.join(promptDir, "menu.wav"), 1500, 500, 3);
+  doc.inbound = [{ number: "4900", greeting: { prompt: path.join(promptDir, "greet.wav"), then: { kind: "menu", menuId: "vm" } } }];
+  doc.menus = [{ id: "vm", prompt: path.join(promptDir, "menu.wav"), options: [{ digit: "9", target: { kind: "voicemail", owner: { kind: "user", id: "anna" } } }], timeoutS: 5, repeats: 1, afterLast: { kind: "hangup" } }];
+  fs.writeFileSync(file, JSON.stringify(doc));
   agent = await startRoutingAgent(file, { ringUnitMs: 200, dataDir, env: { RINGEDGE_MEDIA_PORTS: `${media}-${media + 39}`, RINGEDGE_QUEUE_MUSIC: "false", RINGEDGE_SUBSCRIBE_MIN_EXPIRES: "1" } });
 });
 
@@ -95,8 +105,8 @@ class RtpEnd {
     }
   }
   /** An RFC 4733 digit: start, then three end packets, one timestamp. */
-  async sendDigit(digit: "#" | "3"): Promise<void> {
-    const event = digit === "#" ? 11 : 3;
+  async sendDigit(digit: "#" | "3" | "9"): Promise<void> {
+    const event = digit === "#" ? 11 : Number(digit);
     for (let i = 0; i < 4; i++) await this.send(buildRtp({ marker: i === 0, payloadType: 101, sequence: this.seq++ & 0xffff, timestamp: this.ts, ssrc: 0x5eed }, Uint8Array.from([event, (i > 0 ? 0x80 : 0) | 10, 0x03, 0x20])));
     this.ts = (this.ts + 800) >>> 0;
   }
@@ -295,6 +305,42 @@ describe("listening to voicemail from the owner's phone", () => {
       assert.equal(await benPhone!.infoPlaced(callId, "*", 12), 200);
       await until(() => benPhone!.byes.find((x) => x.callId === callId), 10_000, 20).catch(() => assert.fail(`no BYE after *: ${rtp.packets.length} packets\n${agent.log().split("\n").filter((l) => /listening|INFO|play|session/i.test(l)).slice(-30).join("\n")}`));
     } finally {
+      rtp.close();
+    }
+  });
+
+  test("a menu's voicemail target takes the trunk caller to the user's mailbox on the appliance", async () => {
+    const before = (await listed()).length;
+    const c = await Caller.open(agent.port);
+    const rtp = await RtpEnd.open(TRUNK_CALLER_IP);
+    try {
+      c.invite("4900", rtp.offer(TRUNK_CALLER_IP));
+      const early = await until(() => c.first(183), 10_000, 5);
+      rtp.answer(early.msg.body);
+      // The greeting (0.3 s), then the menu prompt: 9 picks anna's mailbox.
+      await until(() => rtp.packets.length >= 30 || undefined, 10_000, 10);
+      await rtp.sendDigit("9");
+      const ok = await until(() => c.first(200), 10_000, 5);
+      c.ack(ok.msg);
+      const answeredAt = rtp.packets.length;
+      rtp.answer(ok.msg.body);
+      await until(() => rtp.packets.length >= answeredAt + 25 || undefined, 10_000, 10);
+      // The mailbox's own stream (its SSRC), not the tail of the menu's.
+      const ssrc = rtp.packets.at(-1)!.pkt.ssrc;
+      const greeting = decodeStream(rtp.packets.map((p) => p.pkt).filter((p) => p.payloadType === 0 && p.ssrc === ssrc), "PCMU");
+      const r = correlationAtStart(greeting.samples, greeting.got, sound("vm-greeting.wav"));
+      assert.ok(r > 0.9, `the mailbox's greeting (correlation ${r.toFixed(3)})`);
+      await rtp.sendDigit("#");
+      await rtp.quiet(300);
+      await rtp.sendAudio(tone(8000));
+      await rtp.sendDigit("#");
+      const l = await until(async () => {
+        const x = await listed();
+        return x.length > before ? x : undefined;
+      }, 10_000, 100);
+      assert.deepEqual(l.filter((m) => m.mailbox === "user/anna").length, 1);
+    } finally {
+      c.close();
       rtp.close();
     }
   });
