@@ -13,6 +13,7 @@ import { DigestAuthenticator } from "./sip/digest.ts";
 import { AuthGuard } from "./sip/guard.ts";
 import { OverloadControl, type OverloadLimits, type OverloadStats } from "./sip/overload.ts";
 import { deviceRef, isTrunkSource, normalizeAddress } from "./routing/classify.ts";
+import { mailboxOf } from "./routing/model.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
 import { Registrar } from "./sip/registrar.ts";
 import { StatefulProxy } from "./sip/proxy.ts";
@@ -253,6 +254,8 @@ export class Agent {
       },
       // The sounds a site names are checked, fetched and cached before it is applied.
       prepare: (c) => prepareSiteSounds(c.site.groups, s.dataDir),
+      // The voicemail code (an agent setting) must not clash with the site's feature codes.
+      agentCodes: () => [{ label: "the voicemail code (setting voicemailCode)", code: this.settings.voicemailCode }],
     });
     this.site.start();
     if (s.siteFile !== "") await this.applySiteFile(s.siteFile);
@@ -428,6 +431,14 @@ export class Agent {
       // The callback offer wraps the music on hold when both are on (media/callback-offer.ts).
       ...(this.callbacks?.queueMedia !== undefined ? { queueMedia: this.callbacks.queueMedia } : {}),
       ...(this.callbacks !== undefined ? { callbacks: this.callbacks.service } : {}),
+      listen: {
+        code: () => this.settings.voicemailCode,
+        enabled: (owner) => mailboxOf(this.site.current().index, owner) !== undefined,
+        take: (pc, mailboxes) => {
+          if (this.voicemail !== undefined) this.voicemail.listening.take(pc, mailboxes);
+          else this.proxy.reject(pc, 480, "Temporarily Unavailable", undefined, { exact: true });
+        },
+      },
     });
     this.engine.start();
     this.callbacks?.service.start(this.engine);

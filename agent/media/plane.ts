@@ -130,6 +130,9 @@ export class MediaPlane {
       case "load":
         this.load(c.sound, c.path);
         return;
+      case "unload":
+        this.sounds.delete(c.sound);
+        return;
       case "open":
         void this.open(c);
         return;

@@ -17,6 +17,8 @@ export interface WorkerConfig {
 export type MediaCommand =
   /** Read a WAV file into the worker's sound table under `sound`. */
   | { op: "load"; sound: string; path: string }
+  /** Drop a sound from the worker's sound table (a voicemail message played to its listener). */
+  | { op: "unload"; sound: string }
   /** Bind a port pair on `address` and prepare a stream toward the offer's address. */
   | { op: "open"; id: string; address: string; law: G711Law; payloadType: number; telephoneEvent: number | undefined; remoteAddress: string; remotePort: number; direction: Direction }
   /** Play a loaded sound from its start (replacing what plays now); `loop` repeats it seamlessly. */
@@ -90,6 +92,8 @@ export function validCommand(m: unknown): m is MediaCommand {
   switch (c.op) {
     case "load":
       return isId(c.sound) && typeof c.path === "string" && c.path.length > 0;
+    case "unload":
+      return isId(c.sound);
     case "open":
       return (
         isId(c.id) &&

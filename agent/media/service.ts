@@ -115,6 +115,12 @@ export class MediaService {
     this.loaded.delete(sound);
   }
 
+  /** forget(), and the worker drops the sound's samples too (one not played by any session now). */
+  unload(sound: string): void {
+    this.forget(sound);
+    this.post({ op: "unload", sound });
+  }
+
   /** Sounds the worker has loaded (names). */
   has(sound: string): boolean {
     return this.loaded.has(sound);

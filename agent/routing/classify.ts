@@ -10,7 +10,8 @@
 //   where a request goes). A group number rings the group, a user's extension rings the user,
 //   the pickup code (alone or followed by an extension) is a pickup, an operator-state code
 //   (operator-state.ts) changes the caller's own state, any other dial string goes
-//   to the trunk. Only digits, "*", "#" and a leading "+" are dialable.
+//   to the trunk; the voicemail code (alone or with a mailbox's number) is listening to voicemail.
+//   Only digits, "*", "#" and a leading "+" are dialable.
 // - Authorization: trunk callers reach local numbers only (groups and users); only local
 //   devices reach the trunk or use pickup and state codes (a device with an operator); a request where neither side is local is refused
 //   with 403 "Not relaying" (open-relay / toll-fraud rule). A device known only by its UDP
@@ -51,6 +52,8 @@ export type Destination =
   | { kind: "pickup"; request: PickupRequest }
   /** An operator-state feature code (away, DND, log in / out; operator-state.ts), possibly malformed. */
   | { kind: "operator"; code: OperatorCode }
+  /** The voicemail code (settings voicemailCode), alone or followed by a mailbox's number (voicemail/access.ts). */
+  | { kind: "voicemail"; selector: string }
   /** Anything else dialable: goes to the trunk. */
   | { kind: "outbound"; number: string }
   /** Not a number we route (no user part, letters, an unknown scheme). */
@@ -99,7 +102,7 @@ export function isTrunkSource(trunk: TrunkSettings, address: string): boolean {
  * Reads the Request-URI into a destination. Never throws on hostile input. `inboundPrefix`
  * (the trunk's prefix, for calls from the trunk) is stripped when the rest is a local number.
  */
-export function resolveDestination(requestUri: string, index: SiteIndex, pickupCode: string, inboundPrefix?: string, featureCodes?: Partial<FeatureCodes>): Destination {
+export function resolveDestination(requestUri: string, index: SiteIndex, pickupCode: string, inboundPrefix?: string, featureCodes?: Partial<FeatureCodes>, voicemailCode?: string): Destination {
   const ds = dialString(requestUri);
   if (!ds.ok) return { kind: "unroutable", reason: ds.reason };
   let dialled = ds.dialled;
@@ -111,6 +114,7 @@ export function resolveDestination(requestUri: string, index: SiteIndex, pickupC
   if (group !== undefined) return { kind: "group", group };
   const user = index.usersByExtension.get(dialled);
   if (user !== undefined) return { kind: "user", user };
+  if (voicemailCode !== undefined && voicemailCode.length > 0 && dialled.startsWith(voicemailCode)) return { kind: "voicemail", selector: dialled.slice(voicemailCode.length) };
   const pickup = parsePickupCode(dialled, pickupCode);
   if (pickup !== undefined) return { kind: "pickup", request: pickup };
   const code = parseOperatorCode(dialled, featureCodes);
@@ -169,7 +173,7 @@ export function admit(caller: Caller, dest: Destination): Admission {
     // From outside, only what is ours: neither side local is an open relay.
     return local ? { ok: true } : { ok: false, status: 403, reason: "Not relaying" };
   }
-  if ((dest.kind === "pickup" || dest.kind === "operator") && caller.userId === undefined) {
+  if ((dest.kind === "pickup" || dest.kind === "operator" || dest.kind === "voicemail") && caller.userId === undefined) {
     // Pickup hands a call to a person, a state code changes one; a device without an owner is nobody's.
     return { ok: false, status: 403, reason: "Forbidden (device has no operator)" };
   }

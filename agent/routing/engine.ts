@@ -49,6 +49,10 @@
 //   phone with an operator are answered at once with a final response and nothing rings:
 //   480 with the new state as reason phrase and Warning on success, 403/404 with the reason on
 //   refusal (presence/operators.ts). An operator in DND gets no direct calls either (480).
+// - The voicemail code (deps.listen, voicemail/access.ts decideListen): from a site phone that
+//   proved who it is (a UDP flow alone is challenged, as for the trunk), alone or with a
+//   mailbox's number; refused at once with 403/404 and the reason, or handed to listening
+//   (voicemail/listen.ts), which answers it. Not in the call log (a feature code, like pickup).
 // - Pickup from a BLF key (RFC 3891): an INVITE with Replaces from a device that names a ringing
 //   call (its Call-ID and the caller's From tag, as the BLF NOTIFY gives them) is a directed
 //   pickup of that call; one naming nothing gets 481; one naming an answered call is routed.
@@ -64,6 +68,7 @@ import { SYSTEM_CLOCK, type TimerClock } from "../clock.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import type { MailboxOwner } from "../voicemail/types.ts";
+import { decideListen } from "../voicemail/access.ts";
 import { parseAuthorization, type DigestAuthenticator } from "../sip/digest.ts";
 import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
@@ -181,6 +186,17 @@ export interface EngineDeps {
   mailboxes?: {
     take(pc: ProxyCall, mailbox: MailboxOwner, caller: string, events: { answered(): void; ended(status: number | undefined): void }): void;
     leave(pc: ProxyCall): void;
+  };
+  /**
+   * Listening to voicemail (agent/voicemail/listen.ts): code() is the voicemail code read per
+   * call (settings voicemailCode); take() answers the call and plays the mailboxes, which
+   * voicemail/access.ts decideListen chose here first (a refusal is answered here, before any
+   * answer). Absent: the code is not recognised (it dials out like any other string).
+   */
+  listen?: {
+    code(): string;
+    enabled(mailbox: MailboxOwner): boolean;
+    take(pc: ProxyCall, mailboxes: MailboxOwner[]): void;
   };
   /** Music on hold while queued (agent/media/queue-music.ts); absent: 182 Queued only. */
   queueMedia?: { enter(pc: ProxyCall, entry?: { groupId: string; position: () => number | undefined }): void; leave(pc: ProxyCall): void };
@@ -512,10 +528,12 @@ export class RoutingEngine {
     }
     // RFC 3891 Replaces from a phone of the site: a BLF key picking up a ringing call.
     if (caller.kind === "device" && req.headers.some((h) => h.name === "replaces") && this.replacesPickup(tx, req, caller, site.index)) return;
-    const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined, site.settings.featureCodes);
-    if (caller.kind === "device" && caller.proof === "flow" && dest.kind === "outbound" && !this.connectionProven(flow)) {
+    const dest = resolveDestination(req.uri, site.index, site.settings.pickupCode || PICKUP_CODE, caller.kind === "trunk" ? trunk?.prefix : undefined, site.settings.featureCodes, this.deps.listen?.code());
+    if (caller.kind === "device" && caller.proof === "flow" && (dest.kind === "outbound" || dest.kind === "voicemail") && !this.connectionProven(flow)) {
       // Toll fraud: a UDP source address can be forged on the LAN, so a call that costs money
       // needs the device's own credentials (407, RFC 3261 §22.3). Local calls are not challenged.
+      // Listening to voicemail neither: a forged source could have someone's messages played
+      // to any address its SDP names.
       const proven = this.authenticate(tx, req, flow, site.index);
       if (proven === undefined) return; // answered: 407, 403 or 400
       if (proven.kind !== "device" || proven.deviceId !== caller.deviceId) {
@@ -559,10 +577,33 @@ export class RoutingEngine {
         respond(tx, req, a.status, a.text, [{ name: "warning", value: `399 ringedge "${a.text}"` }]);
         return;
       }
+      case "voicemail":
+        this.listen(tx, req, flow, caller, dest.selector, site.index);
+        return;
       case "unroutable":
         respond(tx, req, 404, "Not Found");
         return;
     }
+  }
+
+  /** The voicemail code: refused here with a reason (nothing answered), or handed to listening. */
+  private listen(tx: ServerTransaction, req: SipRequest, flow: Flow, caller: Caller, selector: string, index: SiteIndex): void {
+    const listen = this.deps.listen;
+    if (listen === undefined) {
+      respond(tx, req, 404, "Not Found");
+      return;
+    }
+    // classifyCaller and authenticate: a device is known by its binding's flow or by digest.
+    const who = caller.kind === "device" ? { kind: "device" as const, authenticated: true, userId: caller.userId } : { kind: caller.kind, authenticated: false };
+    const d = decideListen(who, selector, index, (o) => listen.enabled(o));
+    if (!d.ok) {
+      if (this.deps.log.enabled("debug")) this.deps.log.debug("voicemail code refused", { callId: req.callId, status: d.status, reason: d.reason });
+      respond(tx, req, d.status, d.reason, [{ name: "warning", value: `399 ringedge "${d.reason}"` }]);
+      return;
+    }
+    const pc = this.proxy.startCall(tx, req, flow, this.events);
+    if (pc === undefined) return;
+    listen.take(pc, d.mailboxes);
   }
 
   /**
@@ -1173,9 +1214,22 @@ export class RoutingEngine {
         return;
       }
       case "voicemail": {
-        // The owner's voicemail: a group's voicemail action (the URI it forwards to). A user's
-        // mailbox, and a group without one, need the appliance's own voicemail (agent/voicemail).
+        // The owner's voicemail: their mailbox on the appliance when it is enabled (and voicemail
+        // runs); else a group's voicemail action (the URI it forwards to); else 480.
         const group = t.owner.kind === "group" ? site.index.groupsById.get(t.owner.id) : undefined;
+        if (this.deps.mailboxes !== undefined && mailboxOf(site.index, t.owner) !== undefined) {
+          if (group !== undefined) {
+            call.kind = "group";
+            call.groupId = group.id;
+            call.firstGroupId = group.id;
+            call.groups.push(group.id);
+          } else {
+            call.kind = "direct";
+            call.directUserId = t.owner.id;
+          }
+          this.toMailbox(call, { kind: t.owner.kind, id: t.owner.id });
+          return;
+        }
         const uri = group === undefined ? undefined : voicemailUriOf(group);
         if (group === undefined || uri === undefined) {
           this.deps.log.warn("menu: no voicemail to send the call to", { callId: call.pc.request.callId, owner: `${t.owner.kind}:${t.owner.id}` });

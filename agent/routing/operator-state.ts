@@ -83,12 +83,16 @@ export interface CodeProblem {
 
 /**
  * Checks the site's codes: each well formed, none the prefix of another or of the pickup code
- * (or equal), none equal to an extension or a group number. Every problem once, at the code
+ * (or equal) or of one of `agentCodes` (the agent's settings), none equal to an extension or a
+ * group number. Every problem once, at the code
  * named later in FEATURE_CODE_NAMES order (the pickup code comes first).
  */
-export function checkFeatureCodes(codes: Partial<FeatureCodes> | undefined, pickupCode: string, numbers: { extensions: Iterable<string>; groupNumbers: Iterable<string> }): CodeProblem[] {
+export function checkFeatureCodes(codes: Partial<FeatureCodes> | undefined, pickupCode: string, numbers: { extensions: Iterable<string>; groupNumbers: Iterable<string> }, agentCodes: ReadonlyArray<{ label: string; code: string }> = []): CodeProblem[] {
   const problems: CodeProblem[] = [];
-  const named: Array<{ path: string; label: string; code: string }> = [{ path: "settings.pickupCode", label: "the pickup code", code: pickupCode }];
+  // The agent's own codes (its settings, e.g. voicemailCode) come first: a clash with one is
+  // the site's to fix, so it is reported at the site's code.
+  const named: Array<{ path: string; label: string; code: string }> = [...agentCodes.map((a) => ({ path: "", label: a.label, code: a.code })), { path: "settings.pickupCode", label: "the pickup code", code: pickupCode }];
+  const siteFrom = agentCodes.length;
   for (const name of FEATURE_CODE_NAMES) {
     const code = featureCode(codes, name);
     const path = `settings.featureCodes.${name}`;
@@ -99,7 +103,7 @@ export function checkFeatureCodes(codes: Partial<FeatureCodes> | undefined, pick
     }
     named.push({ path, label: `${explicit ? "" : "the default "}${name} code ${code}`, code });
   }
-  for (let i = 1; i < named.length; i++) {
+  for (let i = Math.max(1, siteFrom); i < named.length; i++) {
     const b = named[i]!;
     for (let j = 0; j < i; j++) {
       const a = named[j]!;
@@ -112,7 +116,7 @@ export function checkFeatureCodes(codes: Partial<FeatureCodes> | undefined, pick
   }
   const ext = new Set(numbers.extensions);
   const grp = new Set(numbers.groupNumbers);
-  for (const n of named.slice(1)) {
+  for (const n of named.slice(siteFrom + 1)) {
     if (ext.has(n.code)) problems.push({ path: n.path, message: `${n.code} is a user's extension` });
     else if (grp.has(n.code)) problems.push({ path: n.path, message: `${n.code} is a group number` });
   }

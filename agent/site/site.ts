@@ -123,7 +123,7 @@ export function snapshotHash(input: object): string {
  * the store (`existing`; site-origin ones are the snapshot's own previous devices and may be
  * replaced). Pure; never throws; lists every problem found.
  */
-export function checkSiteConfig(input: unknown, existing: readonly Readonly<DeviceRecord>[], profiles: ReadonlyMap<string, Profile> = defaultProfiles()): CheckResult {
+export function checkSiteConfig(input: unknown, existing: readonly Readonly<DeviceRecord>[], profiles: ReadonlyMap<string, Profile> = defaultProfiles(), agentCodes: ReadonlyArray<{ label: string; code: string }> = []): CheckResult {
   const errors: SiteError[] = [];
   const shape = validatePayload("siteConfig", input);
   if (!shape.ok) errors.push(...shape.errors);
@@ -156,7 +156,7 @@ export function checkSiteConfig(input: unknown, existing: readonly Readonly<Devi
     const pickup = typeof input.settings.pickupCode === "string" ? input.settings.pickupCode : DEFAULT_PICKUP_CODE;
     const fc = isRecord(input.settings.featureCodes) ? (input.settings.featureCodes as Partial<FeatureCodes>) : undefined;
     const numbers = (list: unknown, key: string): string[] => (Array.isArray(list) ? list.flatMap((x: unknown) => (isRecord(x) && typeof x[key] === "string" ? [x[key] as string] : [])) : []);
-    for (const p of checkFeatureCodes(fc, pickup, { extensions: numbers(input.users, "extension"), groupNumbers: numbers(input.groups, "number") })) {
+    for (const p of checkFeatureCodes(fc, pickup, { extensions: numbers(input.users, "extension"), groupNumbers: numbers(input.groups, "number") }, agentCodes)) {
       if (!errors.some((x) => x.path === p.path)) errors.push({ code: "feature-code-clash", path: p.path, message: p.message });
     }
   }
@@ -299,6 +299,8 @@ export interface SiteServiceOptions {
    * (e.g. fetching and verifying the sounds it names, media/site-sounds.ts): errors refuse it.
    */
   prepare?: (c: CheckedSite) => Promise<SiteError[]>;
+  /** The agent's own feature codes (its settings: the voicemail code), read at each check: a site's code must not clash with them. */
+  agentCodes?: () => ReadonlyArray<{ label: string; code: string }>;
 }
 
 /** What the call path reads: swapped as one reference after each apply. */
@@ -315,6 +317,7 @@ export class SiteService {
   private readonly profiles: ReadonlyMap<string, Profile> | undefined;
   private readonly onDevicesChanged: ((voided: readonly string[]) => void) | undefined;
   private readonly prepare: ((c: CheckedSite) => Promise<SiteError[]>) | undefined;
+  private readonly agentCodes: () => ReadonlyArray<{ label: string; code: string }>;
   private state: SiteState;
   /** Applies run one after another (a console push and a CLI apply may race). */
   private queue: Promise<unknown> = Promise.resolve();
@@ -327,6 +330,7 @@ export class SiteService {
     this.profiles = opts.profiles;
     this.onDevicesChanged = opts.onDevicesChanged;
     this.prepare = opts.prepare;
+    this.agentCodes = opts.agentCodes ?? (() => []);
     this.state = this.build();
   }
 
@@ -351,7 +355,7 @@ export class SiteService {
 
   /** Checks a snapshot against everything apply() would, without changing anything. */
   check(input: unknown): ApplyResult {
-    const r = checkSiteConfig(input, this.store.listDevices(), this.profiles);
+    const r = checkSiteConfig(input, this.store.listDevices(), this.profiles, this.agentCodes());
     if (!r.ok) return r;
     return this.staleness(r.value) ?? { ok: true, version: r.value.version, changed: true };
   }
@@ -381,7 +385,7 @@ export class SiteService {
   }
 
   private async applyNow(input: unknown, source: SiteSource): Promise<ApplyResult> {
-    const checked = checkSiteConfig(input, this.store.listDevices(), this.profiles);
+    const checked = checkSiteConfig(input, this.store.listDevices(), this.profiles, this.agentCodes());
     if (!checked.ok) return checked;
     const c = checked.value;
     const stale = this.staleness(c);

@@ -49,3 +49,34 @@ export function listenableMailboxes(caller: ListenCaller, index: SiteIndex): Mai
   const userId = listener(caller, index);
   return userId === undefined ? [] : mailboxesOfUser(userId, index);
 }
+
+/** What the voicemail code decides before anything is answered (the routing engine answers a refusal). */
+export type ListenDecision = { ok: true; mailboxes: MailboxOwner[] } | { ok: false; status: 403 | 404; reason: string };
+
+/**
+ * The voicemail code dialled (`selector`: what followed it; "" for the code alone, else an
+ * extension or a group number naming one mailbox). Refused before any answer:
+ * - 403 not a device of the site, not authenticated, no owner (or an owner the site does not
+ *   know), or a mailbox that is not the caller's (another user's, a group they are not in);
+ * - 404 a selector that names no user or group, a mailbox not enabled, or a caller none of
+ *   whose mailboxes is enabled.
+ * Otherwise the mailboxes that play, in order: the code alone opens every enabled one of the
+ * caller's (listenableMailboxes), the code and a number that one.
+ */
+export function decideListen(caller: ListenCaller, selector: string, index: SiteIndex, enabled: (o: MailboxOwner) => boolean): ListenDecision {
+  if (caller === null || typeof caller !== "object" || caller.kind !== "device") return { ok: false, status: 403, reason: "Voicemail only from a phone of the site" };
+  if (caller.authenticated !== true) return { ok: false, status: 403, reason: "Phone not authenticated" };
+  if (typeof caller.userId !== "string" || !index.usersById.has(caller.userId)) return { ok: false, status: 403, reason: "Phone has no owner" };
+  if (typeof selector !== "string") return { ok: false, status: 404, reason: "No such mailbox" };
+  if (selector === "") {
+    const mine = listenableMailboxes(caller, index).filter((o) => enabled(o));
+    return mine.length > 0 ? { ok: true, mailboxes: mine } : { ok: false, status: 404, reason: "No mailbox" };
+  }
+  const user = index.usersByExtension.get(selector);
+  const group = user === undefined ? index.groupsByNumber.get(selector) : undefined;
+  const owner: MailboxOwner | undefined = user !== undefined ? { kind: "user", id: user.id } : group !== undefined ? { kind: "group", id: group.id } : undefined;
+  if (owner === undefined) return { ok: false, status: 404, reason: "No such mailbox" };
+  if (!mayListen(caller, owner, index)) return { ok: false, status: 403, reason: "Not your mailbox" };
+  if (!enabled(owner)) return { ok: false, status: 404, reason: "Mailbox not enabled" };
+  return { ok: true, mailboxes: [owner] };
+}

@@ -10,11 +10,14 @@ import { mailboxOf, type SiteIndex } from "../routing/model.ts";
 import type { StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { UasDialogs } from "../sip/uas-session.ts";
 import { VoicemailDeposits } from "./deposit.ts";
+import { VoicemailListening } from "./listen.ts";
 import { VoicemailStore } from "./store.ts";
 
 export interface VoicemailHandle {
   store: VoicemailStore;
   deposits: VoicemailDeposits;
+  /** Listening from the owner's phone (the voicemail code). */
+  listening: VoicemailListening;
   stop(): void;
 }
 
@@ -33,11 +36,14 @@ export function startVoicemail(s: Settings, deps: { bus: EventBus; proxy: Statef
     bus: deps.bus,
     log: deps.log,
   });
+  const listening = new VoicemailListening({ proxy: deps.proxy, uas: deps.uas, media: deps.media, store, ...mediaEndpoints(s), shippedAudio, log: deps.log });
   return {
     store,
     deposits,
+    listening,
     stop: () => {
       deposits.stopAll();
+      listening.stopAll();
       store.stop();
     },
   };

@@ -30,6 +30,7 @@ export interface SimUser {
   mobile?: string;
   availability?: "available" | "away" | "dnd";
   callLimit?: number;
+  voicemail?: Record<string, unknown>;
 }
 
 export interface SimDevice {
@@ -396,7 +397,7 @@ export class Phone {
    * uri check). `challenges` counts the 407s the phone got. `timeoutMs` (default 5000): how long
    * to wait for each final response (a call the test answers later rings longer).
    */
-  async dial(number: string, opts: { answer407?: boolean; authUri?: string; timeoutMs?: number } = {}): Promise<number> {
+  async dial(number: string, opts: { answer407?: boolean; authUri?: string; timeoutMs?: number; /** An SDP offer to send (application/sdp); default none. */ sdp?: string } = {}): Promise<number> {
     const callId = `dial-${token()}@sim`;
     const fromTag = token();
     const ruri = `sip:${number}@127.0.0.1:${this.agentPort}`;
@@ -411,7 +412,7 @@ export class Phone {
     ];
     const sendInvite = async (seq: number, auth?: string): Promise<SimMessage> => {
       const branch = `z9hG4bK${token()}`;
-      const invite = [...lines(branch, "INVITE", `<${ruri}>`, `${seq} INVITE`), ...(auth !== undefined ? [`Proxy-Authorization: ${auth}`] : []), `Contact: <sip:${this.username}@127.0.0.1:${this.port}>`, "Content-Length: 0", "", ""].join("\r\n");
+      const invite = [...lines(branch, "INVITE", `<${ruri}>`, `${seq} INVITE`), ...(auth !== undefined ? [`Proxy-Authorization: ${auth}`] : []), `Contact: <sip:${this.username}@127.0.0.1:${this.port}>`, ...(opts.sdp !== undefined ? ["Content-Type: application/sdp", `Content-Length: ${Buffer.byteLength(opts.sdp)}`, "", opts.sdp] : ["Content-Length: 0", "", ""])].join("\r\n");
       const res = await this.transact(branch, invite, opts.timeoutMs);
       if (res.status !== undefined && res.status >= 300) {
         // §17.1.1.3: the ACK for a non-2xx final response reuses the INVITE's branch and CSeq number.
@@ -481,6 +482,30 @@ export class Phone {
       "Content-Length: 0",
       "",
       "",
+    ].join("\r\n");
+    const res = await this.transact(branch, text);
+    return res.status ?? 0;
+  }
+
+  /** A DTMF digit as SIP INFO (application/dtmf-relay) inside a call this phone placed with dial(); the INFO's final status. */
+  async infoPlaced(callId: string, digit: string, cseq: number): Promise<number> {
+    const call = this.placed.get(callId);
+    if (call === undefined) throw new Error(`${this.username}: placed no answered call ${callId}`);
+    const body = `Signal=${digit}\r\nDuration=160\r\n`;
+    const branch = `z9hG4bK${token()}`;
+    const text = [
+      `INFO ${call.target} SIP/2.0`,
+      `Via: SIP/2.0/UDP 127.0.0.1:${this.port};branch=${branch};rport`,
+      "Max-Forwards: 70",
+      ...(call.routes.length > 0 ? [`Route: ${call.routes.join(", ")}`] : []),
+      `From: ${call.from}`,
+      `To: ${call.to}`,
+      `Call-ID: ${callId}`,
+      `CSeq: ${cseq} INFO`,
+      "Content-Type: application/dtmf-relay",
+      `Content-Length: ${Buffer.byteLength(body)}`,
+      "",
+      body,
     ].join("\r\n");
     const res = await this.transact(branch, text);
     return res.status ?? 0;

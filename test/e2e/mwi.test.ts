@@ -3,9 +3,9 @@
 // (initial NOTIFY with application/simple-message-summary, refresh, someone else's mailbox
 // refused 403, unsubscribe with a terminated NOTIFY). Phones registered from the test's own
 // sockets (subscriber.ts) check what else a phone may and may not watch (the voicemail code,
-// its group's mailbox, other users and groups), Accept, and expiry. No mailbox store is wired
-// in this agent yet, so every lamp is off; the count-change path is covered with a real
-// subscription manager in test/unit/mwi.test.ts.
+// its group's mailbox, other users and groups), Accept, and expiry. The mailboxes here hold no
+// message, so every lamp is off; lamps lit and put out by real messages are in
+// test/e2e/voicemail-listen.test.ts, the count-change path in test/unit/mwi.test.ts.
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";

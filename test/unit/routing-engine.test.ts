@@ -9,7 +9,7 @@ import { createLogger } from "../../agent/log.ts";
 import { RoutingEngine, bestFailure, type CallRecord, type QueueCallbacks, type RoutingSettings } from "../../agent/routing/engine.ts";
 import { CallbackBook } from "../../agent/routing/callback.ts";
 import { admit, classifyCaller, flowKey, resolveDestination, trunkUri, voicemailRoute, type Caller } from "../../agent/routing/classify.ts";
-import { indexSite, parseSite, type DeviceRef, type Group, type SiteIndex, type User } from "../../agent/routing/model.ts";
+import { indexSite, mailboxOf, parseSite, type DeviceRef, type Group, type SiteIndex, type User } from "../../agent/routing/model.ts";
 import { computeAuthorization, DigestAuthenticator } from "../../agent/sip/digest.ts";
 import type { Binding } from "../../agent/sip/location.ts";
 import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
@@ -196,6 +196,8 @@ function world(opts: {
   mailboxes?: Array<{ pc: ProxyCall; mailbox: string; caller: string; events: { answered(): void; ended(status: number | undefined): void }; left: boolean }>;
   /** Pending callbacks served from the queue (callback-service.ts's side of EngineDeps.callbacks). */
   callbacks?: QueueCallbacks;
+  /** Listening to voicemail (EngineDeps.listen, code *97): the calls handed over and their mailboxes. */
+  listen?: Array<{ pc: ProxyCall; mailboxes: string[] }>;
 }): World {
   const users = typeof opts.users === "number" ? Array.from({ length: opts.users }, (_, i) => user(`u${i + 1}`, String(201 + i))) : opts.users;
   const devices: DeviceRef[] = users.map((u, i) => ({ id: `p${i + 1}`, ownerId: u.id, kind: "physical" as const }));
@@ -256,6 +258,15 @@ function world(opts: {
         }
       : {}),
     ...(opts.callbacks !== undefined ? { callbacks: opts.callbacks } : {}),
+    ...(opts.listen !== undefined
+      ? {
+          listen: {
+            code: () => "*97",
+            enabled: (o: { kind: "user" | "group"; id: string }) => mailboxOf(index, o) !== undefined,
+            take: (pc: ProxyCall, mailboxes: Array<{ kind: string; id: string }>) => void opts.listen!.push({ pc, mailboxes: mailboxes.map((m) => `${m.kind}/${m.id}`) }),
+          },
+        }
+      : {}),
     ...(opts.stateless !== undefined ? { respondStatelessly: (tx: ServerTransaction, res: SipResponse) => opts.stateless!.push({ tx, res }) } : {}),
   });
   engine.start();
@@ -1497,5 +1508,113 @@ describe("routing engine: callbacks in the queue (routing/callback.ts order)", (
     w.clock.advance(60_000);
     w.engine.serveQueue();
     assert.deepEqual(cbs.dispatched, ["later→u1"]);
+  });
+});
+
+describe("listening to voicemail: the voicemail code and menu targets (EngineDeps.listen)", () => {
+  const box = { enabled: true, maxMessageS: 60, maxMessages: 5, retentionDays: 30, silenceS: 5, noAnswerS: 10 };
+  const users = [user("u1", "201", { voicemail: box }), user("u2", "202", { voicemail: box }), user("u3", "203")];
+  const groups = [group({ id: "g1", number: "100", members: ["u1", "u3"], voicemail: box }), group({ id: "g2", number: "101", members: ["u2"], voicemail: box })];
+  const setup = (o: { tcp?: boolean } = {}) => {
+    const heard: Array<{ pc: ProxyCall; mailboxes: string[] }> = [];
+    const w = world({ users, groups, listen: heard, tcp: o.tcp ?? true });
+    return { w, heard };
+  };
+  const reason = (tx: FakeTx): string | undefined => tx.responses.at(-1)?.reason;
+
+  it("the owner's phone: the code alone opens their own mailbox then their groups' (enabled ones); the code and a number that mailbox", () => {
+    const { w, heard } = setup();
+    const a = w.call("*97", "p1");
+    assert.ok(a.pc, "handed over as a call");
+    assert.deepEqual(heard.map((h) => h.mailboxes), [["user/u1", "group/g1"]]);
+    assert.equal(a.tx.responses.length, 0, "nothing answered by the engine");
+    w.call("*97100", "p1");
+    w.call("*97201", "p1");
+    assert.deepEqual(heard.slice(1).map((h) => h.mailboxes), [["group/g1"], ["user/u1"]]);
+    // u3 has no mailbox of their own: their group's only.
+    w.call("*97", "p3");
+    assert.deepEqual(heard.at(-1)!.mailboxes, ["group/g1"]);
+    assert.equal(w.records.length, 0, "feature-code calls are not in the call log");
+  });
+
+  it("refused before any answer, with the reason: another user's mailbox, a group not theirs, no such number, not enabled, no owner, the trunk", () => {
+    const { w, heard } = setup();
+    const cases: Array<[string, string, number, string]> = [
+      ["*97202", "p1", 403, "Not your mailbox"],
+      ["*97101", "p1", 403, "Not your mailbox"],
+      ["*979999", "p1", 404, "No such mailbox"],
+      ["*97abc", "p1", 404, "No such mailbox"],
+      ["*97203", "p3", 404, "Mailbox not enabled"],
+    ];
+    for (const [to, from, status, why] of cases) {
+      const r = w.call(to, from);
+      assert.equal(r.pc, undefined, to);
+      assert.equal(r.tx.status, status, `${to} from ${from}`);
+      assert.equal(reason(r.tx), why, `${to} from ${from}`);
+    }
+    const t = w.call("*97", trunkFlow);
+    assert.equal(t.tx.status, 403);
+    assert.equal(reason(t.tx), "Not relaying");
+    assert.equal(heard.length, 0);
+    // A phone of the site whose device has no owner (not in the site's devices): admission says no.
+    const ownerless: Caller = { kind: "device", deviceId: "lobby", username: "sip-lobby", userId: undefined, proof: "digest" };
+    assert.deepEqual(admit(ownerless, { kind: "voicemail", selector: "" }), { ok: false, status: 403, reason: "Forbidden (device has no operator)" });
+  });
+
+  it("a user with no enabled mailbox at all: 404 No mailbox", () => {
+    const heard: Array<{ pc: ProxyCall; mailboxes: string[] }> = [];
+    const w = world({ users: [user("u1", "201")], groups: [], listen: heard, tcp: true });
+    const r = w.call("*97", "p1");
+    assert.equal(r.tx.status, 404);
+    assert.equal(reason(r.tx), "No mailbox");
+    assert.equal(heard.length, 0);
+  });
+
+  it("a phone known only by its UDP source must prove its password (407) before anything plays; a stranger too", () => {
+    const { w, heard } = setup({ tcp: false });
+    const r = w.call("*97", "p1");
+    assert.equal(r.tx.status, 407);
+    assert.equal(heard.length, 0);
+    const s = w.call("*97", strangerFlow);
+    assert.equal(s.tx.status, 407);
+    assert.equal(heard.length, 0);
+  });
+
+  it("without listening wired the code is not recognised (it dials out as before)", () => {
+    const w = world({ users, groups, tcp: true });
+    const r = w.call("*97", "p1");
+    assert.ok(r.pc, "an outbound call to the trunk");
+    assert.deepEqual(w.proxy.timeline("fork", r.pc), [`0 sip:0*97@${TRUNK_IP}:5070`]);
+  });
+});
+
+describe("menus: voicemail to a mailbox on the appliance", () => {
+  const box = { enabled: true, maxMessageS: 60, maxMessages: 5, retentionDays: 30, silenceS: 5, noAnswerS: 10 };
+  it("a user's or group's enabled mailbox takes the call; one not enabled still gets 480", () => {
+    const starts: Array<(t: import("../../agent/routing/menu.ts").FinalTarget) => void> = [];
+    const taken: NonNullable<Parameters<typeof world>[0]["mailboxes"]> = [];
+    const w = world({
+      users: [user("u1", "201", { voicemail: box }), user("u2", "202")],
+      groups: [group({ id: "sales", number: "600", members: ["u1"], voicemail: box })],
+      inbound: [{ greeting: { then: { kind: "group", groupId: "sales" } } }],
+      callMenus: { start: (_pc, _g, _ctx, route) => void starts.push(route), leave: () => undefined },
+      mailboxes: taken,
+    });
+    const a = w.call("+4930111", trunkFlow).pc!;
+    starts[0]!({ kind: "voicemail", owner: { kind: "user", id: "u1" } });
+    const b = w.call("+4930112", trunkFlow).pc!;
+    starts[1]!({ kind: "voicemail", owner: { kind: "group", id: "sales" } });
+    assert.deepEqual(taken.map((t) => t.mailbox), ["user/u1", "group/sales"]);
+    assert.equal(taken[0]!.pc, a);
+    assert.equal(taken[1]!.pc, b);
+    assert.deepEqual(w.proxy.timeline("fork"), [], "no phone rings");
+    taken[1]!.events.answered();
+    taken[1]!.events.ended(undefined);
+    assert.equal(w.records.at(-1)?.outcome, "voicemail");
+    assert.equal(w.records.at(-1)?.groupId, "sales");
+    const c = w.call("+4930113", trunkFlow).pc!;
+    starts[2]!({ kind: "voicemail", owner: { kind: "user", id: "u2" } });
+    assert.equal(c.rejected, 480);
+    assert.equal(taken.length, 2);
   });
 });
