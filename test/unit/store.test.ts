@@ -14,6 +14,7 @@ import {
   StoreError,
   AUTH_SOURCE_REFRESH_MS,
   MAX_AUTH_SOURCES_PER_DEVICE,
+  keepsSiteDevice,
   type BindingRecord,
 } from "../../agent/store/store.ts";
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
@@ -804,6 +805,89 @@ describe("Store: schema version 2", () => {
     assert.equal(badRecord.ok, false);
     assert.equal(JSON.stringify({ d: s.listDevices(), site: s.site }), before);
     await s.close();
+  });
+
+  test("applySite: a device repeated as stored is kept as it is (not rebuilt); a changed one is rebuilt; the result equals a full rebuild", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir, { now: () => FIXED });
+    const v1 = [
+      { id: "desk", username: "1001", kind: "physical" as const, owner: "anna", mac: "805ec0000001", model: "yealink/t46u", displayName: "Desk" },
+      { id: "soft", username: "anna-soft", password: "given-pw-1", kind: "soft" as const, owner: "anna" },
+      { id: "colon-mac", username: "1003", kind: "physical" as const, owner: "anna", mac: "80:5E:C0:00:00:03" },
+      { id: "renamed", username: "1004", kind: "soft" as const, owner: "anna", displayName: "Old name" },
+      { id: "gone", username: "1005", kind: "soft" as const },
+    ];
+    assert.ok(s.applySite(site(1), v1).ok);
+    const before = new Map(s.listDevices().map((d) => [d.id, d]));
+    const v2 = [
+      v1[0]!, // as stored
+      { ...v1[1]!, password: undefined }, // no password: keeps the stored one
+      v1[2]!, // MAC in another notation: the slow path, which finds it unchanged
+      { ...v1[3]!, displayName: "New name" },
+      { id: "new", username: "1006", kind: "soft" as const },
+    ];
+    const r = s.applySite(site(2), v2);
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual(r.value, { added: ["new"], updated: ["renamed"], removed: ["gone"], unchanged: ["desk", "soft", "colon-mac"] });
+    assert.equal(s.getDevice("desk"), before.get("desk"), "kept, not rebuilt");
+    assert.equal(s.getDevice("soft"), before.get("soft"), "kept, not rebuilt");
+    assert.notEqual(s.getDevice("colon-mac"), before.get("colon-mac"), "rebuilt (another MAC notation)");
+    assert.deepEqual(s.getDevice("colon-mac"), before.get("colon-mac"));
+    assert.notEqual(s.getDevice("renamed"), before.get("renamed"), "rebuilt");
+    assert.equal(s.getDevice("renamed")?.displayName, "New name");
+    assert.equal(s.findDeviceByUsername("1001"), s.getDevice("desk"), "indexed");
+    assert.equal(s.findDeviceByMac("805ec0000001"), s.getDevice("desk"), "indexed");
+    // The same end state built from scratch (every device through buildDevice, with the
+    // credentials the first store generated): the stored text is byte for byte the same.
+    const dir2 = tmpDir();
+    const t = await Store.open(dir2, { now: () => FIXED });
+    const full = s.listDevices().map((d) => ({ id: d.id, username: d.username, password: d.password, kind: d.kind, ...(d.owner ? { owner: d.owner } : {}), ...(d.mac ? { mac: d.mac } : {}), ...(d.model ? { model: d.model } : {}), ...(d.displayName ? { displayName: d.displayName } : {}), ...(d.provisioning ? { provisioning: d.provisioning } : {}) }));
+    assert.ok(t.applySite(site(2), full).ok);
+    await s.close();
+    await t.close();
+    const data = (d: string): unknown => JSON.parse(fs.readFileSync(storeFilePath(d), "utf8")).data;
+    assert.equal(JSON.stringify(data(dir)), JSON.stringify(data(dir2)));
+  });
+
+  test("applySite: a kept device still takes part in the duplicate checks, and a refused apply changes nothing", async () => {
+    const s = await Store.open(tmpDir(), { now: () => FIXED });
+    const desk = { id: "desk", username: "1001", kind: "physical" as const, owner: "anna", mac: "805ec0000001" };
+    assert.ok(s.applySite(site(1), [desk]).ok);
+    const snapshot = JSON.stringify({ d: s.listDevices(), site: s.site });
+    const dupUser = s.applySite(site(2), [{ id: "other", username: "1001", kind: "soft" }, desk]);
+    assert.equal(dupUser.ok, false);
+    assert.match((dupUser as { error: { message: string } }).error.message, /devices\[1\]\.username "1001" is already used by devices\[0\]/);
+    const dupMac = s.applySite(site(2), [{ id: "other", username: "1002", kind: "physical", mac: "80-5E-C0-00-00-01" }, desk]);
+    assert.equal(dupMac.ok, false);
+    assert.match((dupMac as { error: { message: string } }).error.message, /devices\[1\]\.mac 805ec0000001 is already used by devices\[0\]/);
+    assert.equal(JSON.stringify({ d: s.listDevices(), site: s.site }), snapshot, "nothing changed");
+    await s.close();
+  });
+
+  test("keepsSiteDevice: only an input that would rebuild the stored record exactly", () => {
+    const stored = { id: "d", username: "1001", password: "pw-1001-abc", kind: "physical" as const, owner: "anna", mac: "805ec0000001", model: "yealink/t46u", displayName: "Desk", createdAt: FIXED.toISOString(), origin: "site" as const, provisioning: { user: "pabc", password: "ppw", token: "tok" } };
+    const same = { id: "d", username: "1001", kind: "physical" as const, owner: "anna", mac: "805ec0000001", model: "yealink/t46u", displayName: "Desk" };
+    assert.equal(keepsSiteDevice(stored, same), true);
+    assert.equal(keepsSiteDevice(stored, { ...same, password: "pw-1001-abc" }), true);
+    const differs: Array<[string, Record<string, unknown>]> = [
+      ["password", { password: "other-pw-1" }],
+      ["username", { username: "1002" }],
+      ["kind", { kind: "soft" }],
+      ["owner", { owner: "bob" }],
+      ["no owner", { owner: undefined }],
+      ["model", { model: "yealink/t48u" }],
+      ["displayName", { displayName: "Other" }],
+      ["MAC notation", { mac: "80:5e:c0:00:00:01" }],
+      ["no MAC", { mac: undefined }],
+      ["credentials given", { provisioning: stored.provisioning }],
+    ];
+    for (const [name, over] of differs) assert.equal(keepsSiteDevice(stored, { ...same, ...over } as never), false, name);
+    assert.equal(keepsSiteDevice({ ...stored, origin: "local" }, same), false, "a local device");
+    assert.equal(keepsSiteDevice({ ...stored, provisioning: undefined }, same), false, "a MAC without credentials gets new ones");
+    const { mac: _m, provisioning: _p, ...noMac } = stored;
+    const { mac: _m2, ...sameNoMac } = same;
+    assert.equal(keepsSiteDevice(noMac, sameNoMac), true);
+    assert.equal(keepsSiteDevice({ ...noMac, provisioning: stored.provisioning }, sameNoMac), false, "credentials the slow path would drop");
   });
 
   test("the applied site survives reopening; a damaged site record is refused as corrupt", async () => {
