@@ -334,9 +334,10 @@ export class MqttSync {
         this.event("presence", { deviceId: e.deviceId, username: e.username, online: e.online, reason: e.reason }, e.at);
         this.presenceChanged();
       }),
-      // A site file applied locally changes what runs: the console must see it.
-      bus.on("site.applied", () => {
-        void this.publishReported();
+      // A site file applied locally changes what runs: the console must see it. (A console
+      // push is answered by finishDesired, which publishes reported with the ack.)
+      bus.on("site.applied", (e) => {
+        if (e.source !== "console") void this.publishReported();
         // Operators may have come or gone with the snapshot.
         if (this.opts.operators !== undefined) this.presenceChanged();
       }),

@@ -19,7 +19,9 @@ import {
 } from "../../agent/store/store.ts";
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
 import { MIGRATIONS, MigrationError, runMigrations, isLegacyV0, type Migration, type ModelCanonicaliser } from "../../agent/store/migrations.ts";
-import { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES, validateStoreData } from "../../agent/store/schema.ts";
+import { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES, checkSiteRecord, validateStoreData } from "../../agent/store/schema.ts";
+import { parseSite, parsedSiteOf } from "../../agent/routing/model.ts";
+import { siteSnapshot } from "../e2e/mqtt-fixtures.ts";
 import { tempDir } from "../tmpdir.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
@@ -862,6 +864,26 @@ describe("Store: schema version 2", () => {
     assert.match((dupMac as { error: { message: string } }).error.message, /devices\[1\]\.mac 805ec0000001 is already used by devices\[0\]/);
     assert.equal(JSON.stringify({ d: s.listDevices(), site: s.site }), snapshot, "nothing changed");
     await s.close();
+  });
+
+  test("checkSiteRecord: a record made of parseSite's own output is not parsed again, and equals the full check; any other part is parsed", () => {
+    const snap = siteSnapshot(7, { users: 20, devices: 0, groups: 5 });
+    const parsed = parseSite({ users: snap.users, devices: [], groups: snap.groups, settings: { timeZone: "Europe/Berlin" }, knownCallers: [{ number: "+4930123456", userId: "u-3" }] });
+    assert.ok(parsed.ok, JSON.stringify(parsed));
+    const record = { version: 7, hash: "b".repeat(64), appliedAt: FIXED.toISOString(), source: "console" as const, settings: { pickupCode: "*8", timeZone: "Europe/Berlin" }, users: parsed.site.users, groups: parsed.site.groups, knownCallers: parsed.site.knownCallers };
+    const fast = checkSiteRecord(record, "site");
+    const full = checkSiteRecord(structuredClone(record), "site");
+    assert.ok(fast.ok && full.ok);
+    assert.equal(fast.value.users, parsed.site.users, "reused, not copied");
+    assert.notEqual(full.value.users, parsed.site.users);
+    assert.equal(JSON.stringify(fast.value), JSON.stringify(full.value), "the same record either way");
+    // Parts that are not all of one parsed site are checked in full.
+    const ghost = { ...parsed.site.groups[0]!, members: ["ghost"] };
+    const mixed = checkSiteRecord({ ...record, groups: [ghost, ...parsed.site.groups.slice(1)] }, "site");
+    assert.equal(mixed.ok, false);
+    assert.match((mixed as { error: string }).error, /groups\[0\]\.members\[0\]/);
+    assert.ok(!checkSiteRecord({ ...record, settings: { pickupCode: "*8", timeZone: "Mars/Olympus" } }, "site").ok, "another time zone: parsed, and refused");
+    assert.equal(parsedSiteOf({ users: parsed.site.users, groups: parsed.site.groups }), undefined, "knownCallers left out: not the parsed site");
   });
 
   test("keepsSiteDevice: only an input that would rebuild the stored record exactly", () => {
