@@ -287,6 +287,25 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
 }
 
 /**
+ * Whether two lists of operator states hold the same values in the same order (what the store
+ * would save): the check after every site apply, without serialising 500 states twice.
+ */
+export function sameOperatorStates(a: readonly OperatorState[], b: readonly OperatorState[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (x === y) continue;
+    if (x.userId !== y.userId || x.availability !== y.availability || x.changedAt !== y.changedAt || x.source !== y.source || x.deviceId !== y.deviceId) return false;
+    if (!sameList(x.loggedOutOf, y.loggedOutOf)) return false;
+    const p = x.pushed;
+    const q = y.pushed;
+    if (p.availability !== q.availability || p.stateChangedAt !== q.stateChangedAt || !sameList(p.loggedOutOf, q.loggedOutOf)) return false;
+  }
+  return true;
+}
+
+/**
  * Whether the state a code sets is in effect for an operator: what a BLF key on that code shows
  * (presence/blf.ts). away: away; back: available; DND on: dnd; DND off: not dnd; log in to a
  * group: a member, logged in there (bare: a member of some group, logged in to all of them);

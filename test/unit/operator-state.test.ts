@@ -14,6 +14,7 @@ import {
   codeInEffect,
   mergeSnapshot,
   parseOperatorCode,
+  sameOperatorStates,
   type OperatorCode,
   type OperatorState,
   type SnapshotUser,
@@ -209,6 +210,35 @@ describe("the later change wins: site snapshots and phones", () => {
     const r = merge([], [{ id: "a", availability: "away", loggedOutOf: ["support"] }]);
     assert.deepEqual(r.changed, []);
     assert.deepEqual(r.states[0], { userId: "a", availability: "away", loggedOutOf: ["support"], changedAt: T0 + 5000, source: "console", pushed: { availability: "away", loggedOutOf: ["support"] } });
+  });
+
+  test("sameOperatorStates: equal exactly when the saved JSON would be", () => {
+    const a = state("a", { availability: "dnd", loggedOutOf: ["sales"], source: "phone", deviceId: "desk-a", changedAt: T0 + 100, pushed: { availability: "available", loggedOutOf: [], stateChangedAt: 50 } });
+    const b = state("b");
+    const list = [a, b];
+    const copy = structuredClone(list);
+    assert.equal(sameOperatorStates(list, copy), true);
+    assert.equal(JSON.stringify(list), JSON.stringify(copy));
+    // A merge that changes nothing gives equal states; any differing field makes them unequal.
+    assert.equal(sameOperatorStates(merge(list, [{ id: "a", availability: "available", stateChangedAt: 50 }, { id: "b", availability: "available" }]).states, list.map((s) => (s.userId === "b" ? { ...s, pushed: { availability: "available", loggedOutOf: [] } } : s))), true);
+    const variants: OperatorState[] = [
+      { ...a, userId: "c" },
+      { ...a, availability: "away" },
+      { ...a, loggedOutOf: [] },
+      { ...a, loggedOutOf: ["support"] },
+      { ...a, changedAt: a.changedAt + 1 },
+      { ...a, source: "console" },
+      { ...a, deviceId: undefined },
+      { ...a, pushed: { ...a.pushed, availability: "dnd" } },
+      { ...a, pushed: { ...a.pushed, loggedOutOf: ["sales"] } },
+      { ...a, pushed: { availability: "available", loggedOutOf: [] } },
+    ];
+    for (const v of variants) {
+      assert.notEqual(JSON.stringify([v, b]), JSON.stringify(list));
+      assert.equal(sameOperatorStates([v, b], list), false, JSON.stringify(v));
+    }
+    assert.equal(sameOperatorStates([b, a], list), false, "order counts");
+    assert.equal(sameOperatorStates([a], list), false);
   });
 
   test("a snapshot repeating its values leaves a phone's change alone", () => {
