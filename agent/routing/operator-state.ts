@@ -247,9 +247,10 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
   }
   const out: OperatorState[] = [];
   const changed: string[] = [];
+  const none: ReadonlySet<string> = new Set<string>();
   for (const u of input.users) {
-    const groups = memberOf.get(u.id) ?? new Set<string>();
-    const pushed: PushedState = { availability: u.availability, loggedOutOf: [...new Set(u.loggedOutOf ?? [])].filter((g) => groups.has(g)).sort() };
+    const groups = memberOf.get(u.id) ?? none;
+    const pushed: PushedState = { availability: u.availability, loggedOutOf: u.loggedOutOf === undefined || u.loggedOutOf.length === 0 ? [] : [...new Set(u.loggedOutOf)].filter((g) => groups.has(g)).sort() };
     if (u.stateChangedAt !== undefined) pushed.stateChangedAt = u.stateChangedAt;
     const prev = input.states.get(u.id);
     if (prev === undefined) {
@@ -262,7 +263,10 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
     if (reassert || pushed.availability !== prev.pushed.availability) availability = pushed.availability;
     let loggedOut: string[];
     if (reassert) loggedOut = pushed.loggedOutOf;
-    else {
+    else if (prev.loggedOutOf.length === 0 && prev.pushed.loggedOutOf.length === 0 && pushed.loggedOutOf.length === 0) {
+      // Logged out nowhere, before or now (most operators): nothing to merge per group.
+      loggedOut = [];
+    } else {
       // Per group: the snapshot decides where it changed; elsewhere the current state stands.
       const now = new Set(prev.loggedOutOf.filter((g) => groups.has(g)));
       const before = new Set(prev.pushed.loggedOutOf);
@@ -276,10 +280,14 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
     }
     // A group pruned from the list (gone, or no longer the operator's) is not a change of
     // what routing does: it keeps the time and origin of the last real change.
-    const real = availability !== prev.availability || !sameList(loggedOut, prev.loggedOutOf.filter((g) => groups.has(g)));
+    const real = availability !== prev.availability || !sameList(loggedOut, prev.loggedOutOf.length === 0 ? prev.loggedOutOf : prev.loggedOutOf.filter((g) => groups.has(g)));
+    // Nothing at all changed (a snapshot repeating this operator): the state stays the same object.
+    const same = !real && sameList(loggedOut, prev.loggedOutOf) && samePushed(pushed, prev.pushed);
     const next: OperatorState = real
       ? { userId: u.id, availability, loggedOutOf: loggedOut, changedAt: input.now, source: input.source, pushed }
-      : { ...prev, loggedOutOf: loggedOut, pushed };
+      : same
+        ? prev
+        : { ...prev, loggedOutOf: loggedOut, pushed };
     if (real) changed.push(u.id);
     out.push(next);
   }
@@ -331,6 +339,10 @@ export function codeInEffect(state: Pick<OperatorState, "availability" | "logged
       return groupsOf.length > 0 && groupsOf.every((g) => state.loggedOutOf.includes(g.id) === out);
     }
   }
+}
+
+function samePushed(a: PushedState, b: PushedState): boolean {
+  return a.availability === b.availability && a.stateChangedAt === b.stateChangedAt && sameList(a.loggedOutOf, b.loggedOutOf);
 }
 
 function sameList(a: readonly string[], b: readonly string[]): boolean {

@@ -212,6 +212,25 @@ describe("the later change wins: site snapshots and phones", () => {
     assert.deepEqual(r.states[0], { userId: "a", availability: "away", loggedOutOf: ["support"], changedAt: T0 + 5000, source: "console", pushed: { availability: "away", loggedOutOf: ["support"] } });
   });
 
+  test("a snapshot repeating an operator's values keeps that state object; any difference makes a new one", () => {
+    const first = merge([], [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 7 }]);
+    const again = merge(first.states, [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 7 }], T0 + 9000);
+    assert.deepEqual(again.changed, []);
+    assert.equal(again.states[0], first.states[0]);
+    assert.equal(again.states[1], first.states[1]);
+    // Only the pushed values moved (an older stateChangedAt re-asserts nothing): the same
+    // routing state in a new object that records them.
+    const older = merge(first.states, [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 5 }], T0 + 9000);
+    assert.deepEqual(older.changed, []);
+    assert.equal(older.states[0], first.states[0]);
+    assert.notEqual(older.states[1], first.states[1]);
+    assert.deepEqual(older.states[1], { ...first.states[1]!, pushed: { availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 5 } });
+    // A snapshot taking the operator out of a group's logged-out list logs them back in: a change.
+    const back = merge(first.states, [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", stateChangedAt: 7 }], T0 + 9000);
+    assert.deepEqual(back.changed, ["b"]);
+    assert.deepEqual(back.states[1]!.loggedOutOf, []);
+  });
+
   test("sameOperatorStates: equal exactly when the saved JSON would be", () => {
     const a = state("a", { availability: "dnd", loggedOutOf: ["sales"], source: "phone", deviceId: "desk-a", changedAt: T0 + 100, pushed: { availability: "available", loggedOutOf: [], stateChangedAt: 50 } });
     const b = state("b");
