@@ -390,7 +390,7 @@ export class Store {
     const releaseLock = acquireLock(file);
     try {
       await removeStaleTemps(file);
-      const adapter = new AtomicJsonFile<StoreData>(file, { schemaVersion: CURRENT_SCHEMA_VERSION, now, ...(opts.onWriteStep ? { onStep: opts.onWriteStep } : {}) });
+      const adapter = new AtomicJsonFile<StoreData>(file, { schemaVersion: CURRENT_SCHEMA_VERSION, now, stringify: storeDataStringifier(), ...(opts.onWriteStep ? { onStep: opts.onWriteStep } : {}) });
       const migrationNotes: string[] = [];
       const loaded = await loadFile(file, dir, now(), opts.migrations ?? MIGRATIONS, { canonicalModel: opts.canonicalModel ?? profileModels, report: (m) => migrationNotes.push(m) });
       let data: StoreData;
@@ -1099,6 +1099,29 @@ export class Store {
     }
     return null;
   }
+}
+
+/**
+ * JSON.stringify for the store's data that keeps the text of the operators' states from one
+ * write to the next while it is the same array: setOperatorStates replaces the array as a whole
+ * and nothing changes it in place, and a console push that changes no operator's state leaves
+ * it as it is (500 states are ~80 KB, ~0.7 ms of every write). The text is exactly
+ * JSON.stringify(data)'s.
+ */
+export function storeDataStringifier(): (data: unknown) => string {
+  let cached: { of: object; text: string } | undefined;
+  return (data) => {
+    const ops = typeof data === "object" && data !== null && !Array.isArray(data) ? (data as { operators?: unknown }).operators : undefined;
+    if (!Array.isArray(ops)) return JSON.stringify(data);
+    if (cached?.of !== ops) cached = { of: ops, text: JSON.stringify(ops) };
+    let out = "{";
+    for (const key of Object.keys(data as object)) {
+      const text: string | undefined = key === "operators" ? cached.text : JSON.stringify((data as Record<string, unknown>)[key]);
+      if (text === undefined) continue; // undefined and functions are left out, as JSON.stringify does
+      out += (out.length > 1 ? "," : "") + JSON.stringify(key) + ":" + text;
+    }
+    return out + "}";
+  };
 }
 
 /** 144-bit random SIP password, URL-safe (same strength as the CLI's generated passwords). */

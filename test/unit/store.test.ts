@@ -15,6 +15,7 @@ import {
   AUTH_SOURCE_REFRESH_MS,
   MAX_AUTH_SOURCES_PER_DEVICE,
   keepsSiteDevice,
+  storeDataStringifier,
   type BindingRecord,
 } from "../../agent/store/store.ts";
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
@@ -884,6 +885,35 @@ describe("Store: schema version 2", () => {
     assert.match((mixed as { error: string }).error, /groups\[0\]\.members\[0\]/);
     assert.ok(!checkSiteRecord({ ...record, settings: { pickupCode: "*8", timeZone: "Mars/Olympus" } }, "site").ok, "another time zone: parsed, and refused");
     assert.equal(parsedSiteOf({ users: parsed.site.users, groups: parsed.site.groups }), undefined, "knownCallers left out: not the parsed site");
+  });
+
+  test("storeDataStringifier: the text JSON.stringify gives, with the operators' part kept while the array is the same", async () => {
+    const stringify = storeDataStringifier();
+    const ops = [{ userId: "anna", availability: "dnd", loggedOutOf: ["sales"], changedAt: 5, source: "phone", deviceId: "desk", pushed: { availability: "available", loggedOutOf: [] } }];
+    const data: Record<string, unknown> = { devices: [{ id: "d", name: "é \u2028 \"q\"" }], gone: undefined, operators: ops, site: null, meta: { n: 1 } };
+    assert.equal(stringify(data), JSON.stringify(data));
+    assert.equal(stringify({ ...data, devices: [] }), JSON.stringify({ ...data, devices: [] }), "other parts are serialised afresh");
+    const ops2 = [{ ...ops[0]!, availability: "away" }];
+    assert.equal(stringify({ ...data, operators: ops2 }), JSON.stringify({ ...data, operators: ops2 }), "a new array: new text");
+    assert.equal(stringify({ devices: [] }), JSON.stringify({ devices: [] }));
+    assert.equal(stringify({ operators: [] }), JSON.stringify({ operators: [] }));
+    // Through a store: operator states set, saved and read back, then replaced and saved again.
+    const dir = tmpDir();
+    const s = await Store.open(dir, { now: () => FIXED });
+    assert.ok(s.applySite(site(1), []).ok);
+    const st = { userId: "anna", availability: "away" as const, loggedOutOf: [], changedAt: 1, source: "console" as const, pushed: { availability: "available" as const, loggedOutOf: [] } };
+    assert.ok(s.setOperatorStates([st]).ok);
+    await s.flush();
+    assert.ok(s.addDevice({ id: "x", username: "9001", password: "local-pw-1", kind: "soft" }).ok);
+    await s.flush();
+    assert.ok(s.setOperatorStates([{ ...st, availability: "dnd" }]).ok);
+    await s.flush();
+    const text = fs.readFileSync(storeFilePath(dir), "utf8");
+    assert.equal(decodeEnvelope(text).kind, "envelope");
+    const saved = JSON.parse(text).data;
+    assert.equal(saved.operators[0].availability, "dnd");
+    assert.equal(saved.devices.length, 1);
+    await s.close();
   });
 
   test("keepsSiteDevice: only an input that would rebuild the stored record exactly", () => {
