@@ -360,6 +360,23 @@ describe("the service: store, bus, site", () => {
     return { store, bus, svc, ops, events, cfg, tick: (ms: number) => (now += ms) };
   }
 
+  test("list: every state, as a copy the caller may change", async () => {
+    const { store, ops } = await setup();
+    assert.ok(ops.onCode(ok(parseOperatorCode("*46600")), { deviceId: "desk-anna", userId: "anna" }));
+    const list = ops.list();
+    assert.deepEqual(list, [...store.listOperatorStates()].map((s) => structuredClone(s)));
+    assert.deepEqual(list.map((s) => s.userId), store.listOperatorStates().map((s) => s.userId));
+    const anna = list.find((s) => s.userId === "anna")!;
+    assert.deepEqual(anna.loggedOutOf, ["reception"]);
+    anna.loggedOutOf.push("x");
+    anna.pushed.loggedOutOf.push("y");
+    anna.availability = "away";
+    assert.deepEqual(ops.get("anna")?.loggedOutOf, ["reception"]);
+    assert.deepEqual(ops.get("anna")?.pushed.loggedOutOf, []);
+    assert.equal(ops.get("anna")?.availability, "available");
+    await store.close();
+  });
+
   test("a code changes the maps routing reads at once, is stored and reported; refusals change nothing", async () => {
     const { store, ops, events, tick } = await setup();
     assert.equal(ops.availability.get("anna"), "available");
