@@ -90,7 +90,7 @@ async function main(): Promise<void> {
     await consoleC.close();
     const result = {
       machine: machine(),
-      agentBin: bin,
+      agentBin: path.relative(ROOT, bin),
       site: { ...BIG, configBytes: sizeBytes },
       firstPush: { ms: round(firstMs, 1), agentCpuMs: round(firstCpuMs, 1) },
       pushToAck: { pushes: s.n, p50Ms: round(s.median, 2), p99Ms: round(s.p99, 2), maxMs: round(s.max, 2), targetP50Ms: 20, met: s.median <= 20 },
