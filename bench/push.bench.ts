@@ -42,7 +42,10 @@ async function main(): Promise<void> {
   // BENCH_CPU_PROF=<dir>: the agent runs with --cpu-prof (the profile is written at its clean exit).
   const prof = process.env.BENCH_CPU_PROF;
   if (prof) env.RINGEDGE_NODE_FLAGS = `--cpu-prof --cpu-prof-dir=${prof}`;
-  const agent = spawn(path.join(ROOT, "bin", "ringedge"), ["run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
+  // BENCH_RINGEDGE=<bin/ringedge of another tree>: run that build instead (a baseline for a
+  // before/after comparison interleaved in one session).
+  const bin = process.env.BENCH_RINGEDGE ?? path.join(ROOT, "bin", "ringedge");
+  const agent = spawn(bin, ["run"], { env, cwd: ROOT, stdio: ["ignore", "ignore", "pipe"] });
   let agentLog = "";
   agent.stderr.setEncoding("utf8").on("data", (d: string) => (agentLog = (agentLog + d).slice(-20_000)));
   const killAgent = (): void => {
@@ -87,6 +90,7 @@ async function main(): Promise<void> {
     await consoleC.close();
     const result = {
       machine: machine(),
+      agentBin: path.relative(ROOT, bin),
       site: { ...BIG, configBytes: sizeBytes },
       firstPush: { ms: round(firstMs, 1), agentCpuMs: round(firstCpuMs, 1) },
       pushToAck: { pushes: s.n, p50Ms: round(s.median, 2), p99Ms: round(s.p99, 2), maxMs: round(s.max, 2), targetP50Ms: 20, met: s.median <= 20 },

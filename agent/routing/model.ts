@@ -431,7 +431,24 @@ export function parseSite(input: unknown): ParseSiteResult {
   if (input.knownCallers !== undefined) site.knownCallers = knownCallers;
   if (ivr.inbound !== undefined) site.inbound = ivr.inbound;
   if (ivr.menus !== undefined) site.menus = ivr.menus;
+  parsedByUsers.set(site.users, site);
   return { ok: true, site };
+}
+
+/** Keyed by the users array of a site parseSite returned: that site. */
+const parsedByUsers = new WeakMap<object, Site>();
+
+/**
+ * The site parseSite returned whose parts these are (the very arrays, not copies: a site record
+ * made from a checked snapshot), or undefined. Parsing such parts again would only copy them —
+ * parseSite's output is its own normal form — so the store need not (a console push used to
+ * parse its 500 users and 100 groups twice). Same terms as the site's snapshot hash: a parsed
+ * site is never modified (the store and the routing lookups only read it).
+ */
+export function parsedSiteOf(parts: { users: unknown; groups: unknown; knownCallers?: unknown; inbound?: unknown; menus?: unknown; timeZone?: unknown }): Site | undefined {
+  const site = typeof parts.users === "object" && parts.users !== null ? parsedByUsers.get(parts.users) : undefined;
+  if (site === undefined || site.groups !== parts.groups || site.knownCallers !== parts.knownCallers || site.inbound !== parts.inbound || site.menus !== parts.menus || site.timeZone !== parts.timeZone) return undefined;
+  return site;
 }
 
 /** Builds the lookups planStep and the engine need. The site must have passed parseSite. */

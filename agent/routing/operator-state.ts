@@ -251,9 +251,10 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
   }
   const out: OperatorState[] = [];
   const changed: string[] = [];
+  const none: ReadonlySet<string> = new Set<string>();
   for (const u of input.users) {
-    const groups = memberOf.get(u.id) ?? new Set<string>();
-    const pushed: PushedState = { availability: u.availability, loggedOutOf: [...new Set(u.loggedOutOf ?? [])].filter((g) => groups.has(g)).sort() };
+    const groups = memberOf.get(u.id) ?? none;
+    const pushed: PushedState = { availability: u.availability, loggedOutOf: u.loggedOutOf === undefined || u.loggedOutOf.length === 0 ? [] : [...new Set(u.loggedOutOf)].filter((g) => groups.has(g)).sort() };
     if (u.stateChangedAt !== undefined) pushed.stateChangedAt = u.stateChangedAt;
     const prev = input.states.get(u.id);
     if (prev === undefined) {
@@ -266,7 +267,10 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
     if (reassert || pushed.availability !== prev.pushed.availability) availability = pushed.availability;
     let loggedOut: string[];
     if (reassert) loggedOut = pushed.loggedOutOf;
-    else {
+    else if (prev.loggedOutOf.length === 0 && prev.pushed.loggedOutOf.length === 0 && pushed.loggedOutOf.length === 0) {
+      // Logged out nowhere, before or now (most operators): nothing to merge per group.
+      loggedOut = [];
+    } else {
       // Per group: the snapshot decides where it changed; elsewhere the current state stands.
       const now = new Set(prev.loggedOutOf.filter((g) => groups.has(g)));
       const before = new Set(prev.pushed.loggedOutOf);
@@ -280,14 +284,37 @@ export function mergeSnapshot(input: MergeInput): MergeResult {
     }
     // A group pruned from the list (gone, or no longer the operator's) is not a change of
     // what routing does: it keeps the time and origin of the last real change.
-    const real = availability !== prev.availability || !sameList(loggedOut, prev.loggedOutOf.filter((g) => groups.has(g)));
+    const real = availability !== prev.availability || !sameList(loggedOut, prev.loggedOutOf.length === 0 ? prev.loggedOutOf : prev.loggedOutOf.filter((g) => groups.has(g)));
+    // Nothing at all changed (a snapshot repeating this operator): the state stays the same object.
+    const same = !real && sameList(loggedOut, prev.loggedOutOf) && samePushed(pushed, prev.pushed);
     const next: OperatorState = real
       ? { userId: u.id, availability, loggedOutOf: loggedOut, changedAt: input.now, source: input.source, pushed }
-      : { ...prev, loggedOutOf: loggedOut, pushed };
+      : same
+        ? prev
+        : { ...prev, loggedOutOf: loggedOut, pushed };
     if (real) changed.push(u.id);
     out.push(next);
   }
   return { states: out, changed };
+}
+
+/**
+ * Whether two lists of operator states hold the same values in the same order (what the store
+ * would save): the check after every site apply, without serialising 500 states twice.
+ */
+export function sameOperatorStates(a: readonly OperatorState[], b: readonly OperatorState[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i]!;
+    const y = b[i]!;
+    if (x === y) continue;
+    if (x.userId !== y.userId || x.availability !== y.availability || x.changedAt !== y.changedAt || x.source !== y.source || x.deviceId !== y.deviceId) return false;
+    if (!sameList(x.loggedOutOf, y.loggedOutOf)) return false;
+    const p = x.pushed;
+    const q = y.pushed;
+    if (p.availability !== q.availability || p.stateChangedAt !== q.stateChangedAt || !sameList(p.loggedOutOf, q.loggedOutOf)) return false;
+  }
+  return true;
 }
 
 /**
@@ -316,6 +343,10 @@ export function codeInEffect(state: Pick<OperatorState, "availability" | "logged
       return groupsOf.length > 0 && groupsOf.every((g) => state.loggedOutOf.includes(g.id) === out);
     }
   }
+}
+
+function samePushed(a: PushedState, b: PushedState): boolean {
+  return a.availability === b.availability && a.stateChangedAt === b.stateChangedAt && sameList(a.loggedOutOf, b.loggedOutOf);
 }
 
 function sameList(a: readonly string[], b: readonly string[]): boolean {

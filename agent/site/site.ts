@@ -11,7 +11,7 @@
 //      (stored canonical, `<vendor>/<model id>`).
 import * as fs from "node:fs";
 import type { EventBus } from "../bus.ts";
-import { validatePayload } from "../contract.ts";
+import { validatePayload, type PayloadResult } from "../contract.ts";
 import type { Logger } from "../log.ts";
 import { defaultProfiles, resolveModel, type Profile } from "../../provisioning/profiles.ts";
 import { indexSite, parseSite, type DeviceRef, type Site, type SiteIndex, type ValidationCode } from "../routing/model.ts";
@@ -118,6 +118,17 @@ export function snapshotHash(input: object): string {
   return h;
 }
 
+const shapeChecked = new WeakSet<object>();
+/**
+ * Notes that `config` passed the contract's `$defs/siteConfig` as part of a larger payload (the
+ * console's `desired` envelope, whose `config` is that definition): checkSiteConfig then does
+ * not validate the same ~160 KB again. Same terms as snapshotHash: the parsed snapshot is
+ * never modified after that validation.
+ */
+export function noteSiteConfigValid(config: object): void {
+  shapeChecked.add(config);
+}
+
 /**
  * Checks a snapshot as a whole against the contract, the routing model and the devices already in
  * the store (`existing`; site-origin ones are the snapshot's own previous devices and may be
@@ -125,7 +136,7 @@ export function snapshotHash(input: object): string {
  */
 export function checkSiteConfig(input: unknown, existing: readonly Readonly<DeviceRecord>[], profiles: ReadonlyMap<string, Profile> = defaultProfiles(), agentCodes: ReadonlyArray<{ label: string; code: string }> = []): CheckResult {
   const errors: SiteError[] = [];
-  const shape = validatePayload("siteConfig", input);
+  const shape: PayloadResult = isRecord(input) && shapeChecked.has(input) ? { ok: true } : validatePayload("siteConfig", input);
   if (!shape.ok) errors.push(...shape.errors);
   if (!isRecord(input)) return { ok: false, errors };
 

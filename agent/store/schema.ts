@@ -8,7 +8,7 @@
 // provisioning server; the call log. Version 3: phone models in the canonical form
 // `<vendor>/<model id>` (same layout).
 import { isIP } from "node:net";
-import { AVAILABILITIES, parseSite, type Availability, type Group, type User } from "../routing/model.ts";
+import { AVAILABILITIES, parseSite, parsedSiteOf, type Availability, type Group, type ParseSiteResult, type User } from "../routing/model.ts";
 import type { OperatorState } from "../routing/operator-state.ts";
 import type { SiteRecord, SiteSettings } from "../site/types.ts";
 import { validatePayload } from "../contract.ts";
@@ -419,7 +419,9 @@ export function checkSiteRecord(v: unknown, at: string): { ok: true; value: Site
   const settings = validatePayload("settings", v.settings);
   if (!settings.ok) return no(`${at}.settings${settings.errors[0]?.path === "$" ? "" : `.${settings.errors[0]?.path ?? ""}`} ${settings.errors[0]?.message ?? "is invalid"}`);
   if (typeof (v.settings as Record<string, unknown>).pickupCode !== "string") return no(`${at}.settings.pickupCode is required`);
-  const parsed = parseSite({ users: v.users, devices: [], groups: v.groups, settings: v.settings, knownCallers: v.knownCallers, inbound: v.inbound, menus: v.menus });
+  // A record made of a snapshot the site service checked holds parseSite's own output: reused.
+  const done = parsedSiteOf({ users: v.users, groups: v.groups, knownCallers: v.knownCallers, inbound: v.inbound, menus: v.menus, timeZone: (v.settings as Record<string, unknown>).timeZone });
+  const parsed: ParseSiteResult = done !== undefined ? { ok: true, site: done } : parseSite({ users: v.users, devices: [], groups: v.groups, settings: v.settings, knownCallers: v.knownCallers, inbound: v.inbound, menus: v.menus });
   if (!parsed.ok) {
     const e = parsed.errors[0];
     return no(`${at}.${e?.path ?? "users"} ${e?.message ?? "is invalid"}`);

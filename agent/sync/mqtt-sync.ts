@@ -18,7 +18,7 @@ import type { IClientOptions, IClientPublishOptions, IPublishPacket, MqttClient 
 import type { EventBus } from "../bus.ts";
 import { validatePayload, type PayloadResult } from "../contract.ts";
 import type { Logger } from "../log.ts";
-import { snapshotHash, versionStanding } from "../site/site.ts";
+import { noteSiteConfigValid, snapshotHash, versionStanding } from "../site/site.ts";
 import { canonicalJson } from "../store/atomic-file.ts";
 import { Outbox, type OutboxEvent } from "./outbox.ts";
 import { CallStatistics } from "./stats.ts";
@@ -237,6 +237,8 @@ export function judgeDesired(
   if (errors.length > 0 || !obj) return { kind: "reject", version: claimed, errors };
   const version = obj.version as number;
   const config = obj.config as Record<string, unknown>;
+  // `desired` holds `config` as $defs/siteConfig: the site check need not validate it again.
+  if (validate === validatePayload) noteSiteConfigValid(config);
   if (config.version !== version) errors.push({ code: "version-mismatch", path: "config.version", message: `config.version ${String(config.version)} differs from version ${version}` });
   const hash = configHash(config);
   if (typeof obj.hash === "string" && obj.hash !== hash) errors.push({ code: "hash-mismatch", path: "hash", message: `config hashes to ${hash}` });
@@ -340,9 +342,10 @@ export class MqttSync {
         this.event("presence", { deviceId: e.deviceId, username: e.username, online: e.online, reason: e.reason }, e.at);
         this.presenceChanged();
       }),
-      // A site file applied locally changes what runs: the console must see it.
-      bus.on("site.applied", () => {
-        void this.publishReported();
+      // A site file applied locally changes what runs: the console must see it. (A console
+      // push is answered by finishDesired, which publishes reported with the ack.)
+      bus.on("site.applied", (e) => {
+        if (e.source !== "console") void this.publishReported();
         // Operators may have come or gone with the snapshot.
         if (this.opts.operators !== undefined) this.presenceChanged();
       }),

@@ -14,6 +14,7 @@ import {
   codeInEffect,
   mergeSnapshot,
   parseOperatorCode,
+  sameOperatorStates,
   type OperatorCode,
   type OperatorState,
   type SnapshotUser,
@@ -211,6 +212,54 @@ describe("the later change wins: site snapshots and phones", () => {
     assert.deepEqual(r.states[0], { userId: "a", availability: "away", loggedOutOf: ["support"], changedAt: T0 + 5000, source: "console", pushed: { availability: "away", loggedOutOf: ["support"] } });
   });
 
+  test("a snapshot repeating an operator's values keeps that state object; any difference makes a new one", () => {
+    const first = merge([], [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 7 }]);
+    const again = merge(first.states, [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 7 }], T0 + 9000);
+    assert.deepEqual(again.changed, []);
+    assert.equal(again.states[0], first.states[0]);
+    assert.equal(again.states[1], first.states[1]);
+    // Only the pushed values moved (an older stateChangedAt re-asserts nothing): the same
+    // routing state in a new object that records them.
+    const older = merge(first.states, [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 5 }], T0 + 9000);
+    assert.deepEqual(older.changed, []);
+    assert.equal(older.states[0], first.states[0]);
+    assert.notEqual(older.states[1], first.states[1]);
+    assert.deepEqual(older.states[1], { ...first.states[1]!, pushed: { availability: "dnd", loggedOutOf: ["sales"], stateChangedAt: 5 } });
+    // A snapshot taking the operator out of a group's logged-out list logs them back in: a change.
+    const back = merge(first.states, [{ id: "a", availability: "available" }, { id: "b", availability: "dnd", stateChangedAt: 7 }], T0 + 9000);
+    assert.deepEqual(back.changed, ["b"]);
+    assert.deepEqual(back.states[1]!.loggedOutOf, []);
+  });
+
+  test("sameOperatorStates: equal exactly when the saved JSON would be", () => {
+    const a = state("a", { availability: "dnd", loggedOutOf: ["sales"], source: "phone", deviceId: "desk-a", changedAt: T0 + 100, pushed: { availability: "available", loggedOutOf: [], stateChangedAt: 50 } });
+    const b = state("b");
+    const list = [a, b];
+    const copy = structuredClone(list);
+    assert.equal(sameOperatorStates(list, copy), true);
+    assert.equal(JSON.stringify(list), JSON.stringify(copy));
+    // A merge that changes nothing gives equal states; any differing field makes them unequal.
+    assert.equal(sameOperatorStates(merge(list, [{ id: "a", availability: "available", stateChangedAt: 50 }, { id: "b", availability: "available" }]).states, list.map((s) => (s.userId === "b" ? { ...s, pushed: { availability: "available", loggedOutOf: [] } } : s))), true);
+    const variants: OperatorState[] = [
+      { ...a, userId: "c" },
+      { ...a, availability: "away" },
+      { ...a, loggedOutOf: [] },
+      { ...a, loggedOutOf: ["support"] },
+      { ...a, changedAt: a.changedAt + 1 },
+      { ...a, source: "console" },
+      { ...a, deviceId: undefined },
+      { ...a, pushed: { ...a.pushed, availability: "dnd" } },
+      { ...a, pushed: { ...a.pushed, loggedOutOf: ["sales"] } },
+      { ...a, pushed: { availability: "available", loggedOutOf: [] } },
+    ];
+    for (const v of variants) {
+      assert.notEqual(JSON.stringify([v, b]), JSON.stringify(list));
+      assert.equal(sameOperatorStates([v, b], list), false, JSON.stringify(v));
+    }
+    assert.equal(sameOperatorStates([b, a], list), false, "order counts");
+    assert.equal(sameOperatorStates([a], list), false);
+  });
+
   test("a snapshot repeating its values leaves a phone's change alone", () => {
     const phoneSet = state("a", { availability: "dnd", loggedOutOf: ["sales"], source: "phone", deviceId: "desk-a", changedAt: T0 + 100 });
     const r = merge([phoneSet], [{ id: "a", availability: "available" }]);
@@ -310,6 +359,23 @@ describe("the service: store, bus, site", () => {
     ops.start();
     return { store, bus, svc, ops, events, cfg, tick: (ms: number) => (now += ms) };
   }
+
+  test("list: every state, as a copy the caller may change", async () => {
+    const { store, ops } = await setup();
+    assert.ok(ops.onCode(ok(parseOperatorCode("*46600")), { deviceId: "desk-anna", userId: "anna" }));
+    const list = ops.list();
+    assert.deepEqual(list, [...store.listOperatorStates()].map((s) => structuredClone(s)));
+    assert.deepEqual(list.map((s) => s.userId), store.listOperatorStates().map((s) => s.userId));
+    const anna = list.find((s) => s.userId === "anna")!;
+    assert.deepEqual(anna.loggedOutOf, ["reception"]);
+    anna.loggedOutOf.push("x");
+    anna.pushed.loggedOutOf.push("y");
+    anna.availability = "away";
+    assert.deepEqual(ops.get("anna")?.loggedOutOf, ["reception"]);
+    assert.deepEqual(ops.get("anna")?.pushed.loggedOutOf, []);
+    assert.equal(ops.get("anna")?.availability, "available");
+    await store.close();
+  });
 
   test("a code changes the maps routing reads at once, is stored and reported; refusals change nothing", async () => {
     const { store, ops, events, tick } = await setup();

@@ -14,11 +14,15 @@ import {
   StoreError,
   AUTH_SOURCE_REFRESH_MS,
   MAX_AUTH_SOURCES_PER_DEVICE,
+  keepsSiteDevice,
+  storeDataStringifier,
   type BindingRecord,
 } from "../../agent/store/store.ts";
 import { AtomicJsonFile, canonicalJson, decodeEnvelope, encodeEnvelope, readStoreFile, sha256Hex, type WriteStep } from "../../agent/store/atomic-file.ts";
 import { MIGRATIONS, MigrationError, runMigrations, isLegacyV0, type Migration, type ModelCanonicaliser } from "../../agent/store/migrations.ts";
-import { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES, validateStoreData } from "../../agent/store/schema.ts";
+import { CURRENT_SCHEMA_VERSION, MAX_CALL_LOG, MAX_SEEN_PHONES, checkSiteRecord, validateStoreData } from "../../agent/store/schema.ts";
+import { parseSite, parsedSiteOf } from "../../agent/routing/model.ts";
+import { siteSnapshot } from "../e2e/mqtt-fixtures.ts";
 import { tempDir } from "../tmpdir.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
@@ -804,6 +808,138 @@ describe("Store: schema version 2", () => {
     assert.equal(badRecord.ok, false);
     assert.equal(JSON.stringify({ d: s.listDevices(), site: s.site }), before);
     await s.close();
+  });
+
+  test("applySite: a device repeated as stored is kept as it is (not rebuilt); a changed one is rebuilt; the result equals a full rebuild", async () => {
+    const dir = tmpDir();
+    const s = await Store.open(dir, { now: () => FIXED });
+    const v1 = [
+      { id: "desk", username: "1001", kind: "physical" as const, owner: "anna", mac: "805ec0000001", model: "yealink/t46u", displayName: "Desk" },
+      { id: "soft", username: "anna-soft", password: "given-pw-1", kind: "soft" as const, owner: "anna" },
+      { id: "colon-mac", username: "1003", kind: "physical" as const, owner: "anna", mac: "80:5E:C0:00:00:03" },
+      { id: "renamed", username: "1004", kind: "soft" as const, owner: "anna", displayName: "Old name" },
+      { id: "gone", username: "1005", kind: "soft" as const },
+    ];
+    assert.ok(s.applySite(site(1), v1).ok);
+    const before = new Map(s.listDevices().map((d) => [d.id, d]));
+    const v2 = [
+      v1[0]!, // as stored
+      { ...v1[1]!, password: undefined }, // no password: keeps the stored one
+      v1[2]!, // MAC in another notation: the slow path, which finds it unchanged
+      { ...v1[3]!, displayName: "New name" },
+      { id: "new", username: "1006", kind: "soft" as const },
+    ];
+    const r = s.applySite(site(2), v2);
+    assert.ok(r.ok, JSON.stringify(r));
+    assert.deepEqual(r.value, { added: ["new"], updated: ["renamed"], removed: ["gone"], unchanged: ["desk", "soft", "colon-mac"] });
+    assert.equal(s.getDevice("desk"), before.get("desk"), "kept, not rebuilt");
+    assert.equal(s.getDevice("soft"), before.get("soft"), "kept, not rebuilt");
+    assert.notEqual(s.getDevice("colon-mac"), before.get("colon-mac"), "rebuilt (another MAC notation)");
+    assert.deepEqual(s.getDevice("colon-mac"), before.get("colon-mac"));
+    assert.notEqual(s.getDevice("renamed"), before.get("renamed"), "rebuilt");
+    assert.equal(s.getDevice("renamed")?.displayName, "New name");
+    assert.equal(s.findDeviceByUsername("1001"), s.getDevice("desk"), "indexed");
+    assert.equal(s.findDeviceByMac("805ec0000001"), s.getDevice("desk"), "indexed");
+    // The same end state built from scratch (every device through buildDevice, with the
+    // credentials the first store generated): the stored text is byte for byte the same.
+    const dir2 = tmpDir();
+    const t = await Store.open(dir2, { now: () => FIXED });
+    const full = s.listDevices().map((d) => ({ id: d.id, username: d.username, password: d.password, kind: d.kind, ...(d.owner ? { owner: d.owner } : {}), ...(d.mac ? { mac: d.mac } : {}), ...(d.model ? { model: d.model } : {}), ...(d.displayName ? { displayName: d.displayName } : {}), ...(d.provisioning ? { provisioning: d.provisioning } : {}) }));
+    assert.ok(t.applySite(site(2), full).ok);
+    await s.close();
+    await t.close();
+    const data = (d: string): unknown => JSON.parse(fs.readFileSync(storeFilePath(d), "utf8")).data;
+    assert.equal(JSON.stringify(data(dir)), JSON.stringify(data(dir2)));
+  });
+
+  test("applySite: a kept device still takes part in the duplicate checks, and a refused apply changes nothing", async () => {
+    const s = await Store.open(tmpDir(), { now: () => FIXED });
+    const desk = { id: "desk", username: "1001", kind: "physical" as const, owner: "anna", mac: "805ec0000001" };
+    assert.ok(s.applySite(site(1), [desk]).ok);
+    const snapshot = JSON.stringify({ d: s.listDevices(), site: s.site });
+    const dupUser = s.applySite(site(2), [{ id: "other", username: "1001", kind: "soft" }, desk]);
+    assert.equal(dupUser.ok, false);
+    assert.match((dupUser as { error: { message: string } }).error.message, /devices\[1\]\.username "1001" is already used by devices\[0\]/);
+    const dupMac = s.applySite(site(2), [{ id: "other", username: "1002", kind: "physical", mac: "80-5E-C0-00-00-01" }, desk]);
+    assert.equal(dupMac.ok, false);
+    assert.match((dupMac as { error: { message: string } }).error.message, /devices\[1\]\.mac 805ec0000001 is already used by devices\[0\]/);
+    assert.equal(JSON.stringify({ d: s.listDevices(), site: s.site }), snapshot, "nothing changed");
+    await s.close();
+  });
+
+  test("checkSiteRecord: a record made of parseSite's own output is not parsed again, and equals the full check; any other part is parsed", () => {
+    const snap = siteSnapshot(7, { users: 20, devices: 0, groups: 5 });
+    const parsed = parseSite({ users: snap.users, devices: [], groups: snap.groups, settings: { timeZone: "Europe/Berlin" }, knownCallers: [{ number: "+4930123456", userId: "u-3" }] });
+    assert.ok(parsed.ok, JSON.stringify(parsed));
+    const record = { version: 7, hash: "b".repeat(64), appliedAt: FIXED.toISOString(), source: "console" as const, settings: { pickupCode: "*8", timeZone: "Europe/Berlin" }, users: parsed.site.users, groups: parsed.site.groups, knownCallers: parsed.site.knownCallers };
+    const fast = checkSiteRecord(record, "site");
+    const full = checkSiteRecord(structuredClone(record), "site");
+    assert.ok(fast.ok && full.ok);
+    assert.equal(fast.value.users, parsed.site.users, "reused, not copied");
+    assert.notEqual(full.value.users, parsed.site.users);
+    assert.equal(JSON.stringify(fast.value), JSON.stringify(full.value), "the same record either way");
+    // Parts that are not all of one parsed site are checked in full.
+    const ghost = { ...parsed.site.groups[0]!, members: ["ghost"] };
+    const mixed = checkSiteRecord({ ...record, groups: [ghost, ...parsed.site.groups.slice(1)] }, "site");
+    assert.equal(mixed.ok, false);
+    assert.match((mixed as { error: string }).error, /groups\[0\]\.members\[0\]/);
+    assert.ok(!checkSiteRecord({ ...record, settings: { pickupCode: "*8", timeZone: "Mars/Olympus" } }, "site").ok, "another time zone: parsed, and refused");
+    assert.equal(parsedSiteOf({ users: parsed.site.users, groups: parsed.site.groups }), undefined, "knownCallers left out: not the parsed site");
+  });
+
+  test("storeDataStringifier: the text JSON.stringify gives, with the operators' part kept while the array is the same", async () => {
+    const stringify = storeDataStringifier();
+    const ops = [{ userId: "anna", availability: "dnd", loggedOutOf: ["sales"], changedAt: 5, source: "phone", deviceId: "desk", pushed: { availability: "available", loggedOutOf: [] } }];
+    const data: Record<string, unknown> = { devices: [{ id: "d", name: "é \u2028 \"q\"" }], gone: undefined, operators: ops, site: null, meta: { n: 1 } };
+    assert.equal(stringify(data), JSON.stringify(data));
+    assert.equal(stringify({ ...data, devices: [] }), JSON.stringify({ ...data, devices: [] }), "other parts are serialised afresh");
+    const ops2 = [{ ...ops[0]!, availability: "away" }];
+    assert.equal(stringify({ ...data, operators: ops2 }), JSON.stringify({ ...data, operators: ops2 }), "a new array: new text");
+    assert.equal(stringify({ devices: [] }), JSON.stringify({ devices: [] }));
+    assert.equal(stringify({ operators: [] }), JSON.stringify({ operators: [] }));
+    // Through a store: operator states set, saved and read back, then replaced and saved again.
+    const dir = tmpDir();
+    const s = await Store.open(dir, { now: () => FIXED });
+    assert.ok(s.applySite(site(1), []).ok);
+    const st = { userId: "anna", availability: "away" as const, loggedOutOf: [], changedAt: 1, source: "console" as const, pushed: { availability: "available" as const, loggedOutOf: [] } };
+    assert.ok(s.setOperatorStates([st]).ok);
+    await s.flush();
+    assert.ok(s.addDevice({ id: "x", username: "9001", password: "local-pw-1", kind: "soft" }).ok);
+    await s.flush();
+    assert.ok(s.setOperatorStates([{ ...st, availability: "dnd" }]).ok);
+    await s.flush();
+    const text = fs.readFileSync(storeFilePath(dir), "utf8");
+    assert.equal(decodeEnvelope(text).kind, "envelope");
+    const saved = JSON.parse(text).data;
+    assert.equal(saved.operators[0].availability, "dnd");
+    assert.equal(saved.devices.length, 1);
+    await s.close();
+  });
+
+  test("keepsSiteDevice: only an input that would rebuild the stored record exactly", () => {
+    const stored = { id: "d", username: "1001", password: "pw-1001-abc", kind: "physical" as const, owner: "anna", mac: "805ec0000001", model: "yealink/t46u", displayName: "Desk", createdAt: FIXED.toISOString(), origin: "site" as const, provisioning: { user: "pabc", password: "ppw", token: "tok" } };
+    const same = { id: "d", username: "1001", kind: "physical" as const, owner: "anna", mac: "805ec0000001", model: "yealink/t46u", displayName: "Desk" };
+    assert.equal(keepsSiteDevice(stored, same), true);
+    assert.equal(keepsSiteDevice(stored, { ...same, password: "pw-1001-abc" }), true);
+    const differs: Array<[string, Record<string, unknown>]> = [
+      ["password", { password: "other-pw-1" }],
+      ["username", { username: "1002" }],
+      ["kind", { kind: "soft" }],
+      ["owner", { owner: "bob" }],
+      ["no owner", { owner: undefined }],
+      ["model", { model: "yealink/t48u" }],
+      ["displayName", { displayName: "Other" }],
+      ["MAC notation", { mac: "80:5e:c0:00:00:01" }],
+      ["no MAC", { mac: undefined }],
+      ["credentials given", { provisioning: stored.provisioning }],
+    ];
+    for (const [name, over] of differs) assert.equal(keepsSiteDevice(stored, { ...same, ...over } as never), false, name);
+    assert.equal(keepsSiteDevice({ ...stored, origin: "local" }, same), false, "a local device");
+    assert.equal(keepsSiteDevice({ ...stored, provisioning: undefined }, same), false, "a MAC without credentials gets new ones");
+    const { mac: _m, provisioning: _p, ...noMac } = stored;
+    const { mac: _m2, ...sameNoMac } = same;
+    assert.equal(keepsSiteDevice(noMac, sameNoMac), true);
+    assert.equal(keepsSiteDevice({ ...noMac, provisioning: stored.provisioning }, sameNoMac), false, "credentials the slow path would drop");
   });
 
   test("the applied site survives reopening; a damaged site record is refused as corrupt", async () => {

@@ -2,6 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { validatePayload } from "../../agent/contract.ts";
+import { checkSiteConfig } from "../../agent/site/site.ts";
 import { backoffMs, configHash, CONTROL_SLOTS, eventWindowFor, judgeDesired } from "../../agent/sync/mqtt-sync.ts";
 import { desiredFrom, pushTooLarge, reportedLimit } from "../../agent/sync/console-cli.ts";
 import { CallStatistics } from "../../agent/sync/stats.ts";
@@ -49,6 +50,22 @@ test("judgeDesired: apply newer, unchanged for older or the same content, confli
   // The claimed version is echoed when it can be read.
   const r = judgeDesired(desired(bad), ctx);
   assert.equal(r.kind === "reject" && r.version, 5);
+});
+
+test("judgeDesired: a config it validated as part of the envelope is not validated again by the site check; one it did not validate is", () => {
+  const judged = judgeDesired(desired(siteSnapshot(4)), ctx);
+  assert.equal(judged.kind, "apply");
+  if (judged.kind !== "apply") return;
+  assert.deepEqual(checkSiteConfig(judged.config, []), checkSiteConfig(structuredClone(judged.config), []), "same verdict as a full check");
+  // A validator that accepts anything (a test double) proves nothing: the site check still validates.
+  const bad = siteSnapshot(5);
+  (bad.groups as Array<Record<string, unknown>>)[0]!.number = "12345";
+  const lax = judgeDesired(desired(bad), ctx, () => ({ ok: true }));
+  assert.equal(lax.kind, "apply");
+  if (lax.kind !== "apply") return;
+  const checked = checkSiteConfig(lax.config, []);
+  assert.equal(checked.ok, false);
+  assert.ok(!checked.ok && checked.errors.some((e) => e.code === "schema" && e.path === "groups[0].number"), JSON.stringify(checked));
 });
 
 test("every outgoing payload shape is checked against the contract", () => {
