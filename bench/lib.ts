@@ -186,7 +186,31 @@ function callsSection(r: Json): string[] {
       : [`The same targets on the \`+rt\` run (the agent under SCHED_FIFO priority 10, as the example systemd unit runs it; run right after the plain one): p50 ${yes(met.firstForkP50Realtime)}; p99 ${yes(met.firstForkP99Realtime)}.`]),
     "The agent's figure runs from the INVITE's datagram being read to the first fork leaving (parse, transaction, admission and routing included; warm-up calls too); the packet figure from the INVITE on the wire to the first fork on the wire (as tshark saw them on lo).",
   );
+  const media = obj(r.media);
+  if (r.media !== undefined && r.media !== null) {
+    const without = obj(media.firstForkWithout);
+    const withStreams = obj(media.firstForkWith);
+    const hold = obj(media.hold);
+    out.push(
+      "",
+      `Media pair (\`q0\` / \`q${fmt(num(media.streams))}\`): first fork on the wire p50 / p99 ${fmt(num(without.p50Us))} / ${fmt(num(without.p99Us))} µs without, ${fmt(num(withStreams.p50Us))} / ${fmt(num(withStreams.p99Us))} µs with ${fmt(num(media.streams))} callers hearing hold music from the agent; their pacing jitter p50 / p99 ${fmt(num(hold.jitterP50Ms), 2)} / ${fmt(num(hold.jitterP99Ms), 2)} ms (target p99 ≤ ${fmt(num(media.jitterP99MsMax))} ms), ${fmt(num(hold.packetsPerStreamPerS), 1)} packets/s per stream.`,
+    );
+  }
   return out;
+}
+
+function mediaSection(r: Json): string[] {
+  const j = obj(r.jitterMs);
+  const rt = obj(r.realtime);
+  const row = (label: string, x: Json, jj: Json): string => `| ${label} | ${fmt(num(x.streams))} | ${fmt(num(jj.p50), 3)} / ${fmt(num(jj.p99), 3)} / ${fmt(num(jj.max), 2)} | ${fmt(num(x.skippedFrames))} | ${fmt(num(x.cpuPctPerStream), 3)} |`;
+  return [
+    "| scheduling | streams | jitter ms p50 / p99 / max | frames skipped | CPU % per stream |",
+    "|---|---:|---:|---:|---:|",
+    row("as is", r, j),
+    ...(r.realtime ? [row("SCHED_FIFO 10", rt, obj(rt.jitterMs))] : []),
+    "",
+    `Target: jitter p99 ≤ ${fmt(num(obj(r.target).jitterP99Ms))} ms. Load when measured: ${fmt(num(r.loadAvg1m), 2)}.`,
+  ];
 }
 
 function provisionSection(r: Json): string[] {
@@ -265,6 +289,7 @@ const SECTIONS: ReadonlyArray<{ name: string; title: string; render: (r: Json) =
   { name: "provision", title: "Phone provisioning: configs served, CSV import (bench/provision.bench.ts)", render: provisionSection },
   { name: "mqtt", title: "Console sync over MQTT with a real Mosquitto (bench/mqtt.bench.ts)", render: mqttSection },
   { name: "push", title: "Console push through the whole running agent (bench/push.bench.ts)", render: pushSection },
+  { name: "media", title: "Hold-music streams from the media worker (bench/media.bench.ts)", render: mediaSection },
 ];
 
 /** Builds summary.md from the result files; a result older than this run is marked stale. */
