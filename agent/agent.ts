@@ -384,7 +384,8 @@ export class Agent {
         return [...(r?.inbound ?? []).map((i) => i.greeting.prompt), ...(r?.menus ?? []).flatMap((m) => [m.prompt, m.invalidPrompt])].filter((p): p is string => p !== undefined);
       },
     }, this.media.media);
-    this.proxy.onOwnDialogRequest((pc, req, respond) => this.callMenus.callMenus.info(pc, req, respond));
+    // INFO in the proxy's own early dialogs: a greeting's keys, or a queued caller's answer to the callback offer.
+    this.proxy.onOwnDialogRequest((pc, req, respond) => this.callMenus.callMenus.info(pc, req, respond) || (this.callbacks?.queueMedia?.info(pc, req, respond) ?? false));
     this.voicemail = startVoicemail(s, { bus: this.bus, proxy: this.proxy, uas: this.uas, media: this.media.media, site: () => this.site.current().index, log: this.log.child("voicemail") });
     // The message lamps (presence/mwi.ts) count what the mailbox store holds.
     this.voicemailCounts = this.voicemail.store;

@@ -19,6 +19,7 @@ import { parsePortRange, type Settings } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { decide, fallback, startGreeting, type FinalTarget, type IvrContext, type IvrEvent, type IvrState, type IvrStep, type PromptRef } from "../routing/menu.ts";
 import type { Greeting } from "../routing/menu-model.ts";
+import { parseDtmfInfo } from "../sip/dtmf-info.ts";
 import type { ProxyCall, StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { Flow, SipRequest } from "../sip/types.ts";
 import { offerOf } from "./queue-music.ts";
@@ -54,35 +55,6 @@ interface Active {
   timer: NodeJS.Timeout | undefined;
   /** The sound whose end moves the call on (a stale play-ended of another one is ignored). */
   expecting: string | undefined;
-}
-
-/** A DTMF key from a SIP INFO body, or why it carries none. */
-export function parseDtmfInfo(contentType: string | undefined, body: Buffer): { ok: true; digit: string } | { ok: false; status: 400 | 415; reason: string } {
-  const ct = contentType?.split(";")[0]?.trim().toLowerCase();
-  if (ct !== "application/dtmf-relay" && ct !== "application/dtmf") return { ok: false, status: 415, reason: `${ct ?? "no body type"} is not application/dtmf-relay or application/dtmf` };
-  if (body.length === 0 || body.length > 256) return { ok: false, status: 400, reason: "DTMF body must be 1 to 256 bytes" };
-  const text = body.toString("latin1");
-  let signal: string | undefined;
-  if (ct === "application/dtmf") signal = text.trim();
-  else {
-    for (const line of text.split(/\r?\n/)) {
-      const m = /^\s*([A-Za-z-]+)\s*=\s*(.*?)\s*$/.exec(line);
-      if (m === null) {
-        if (line.trim().length > 0) return { ok: false, status: 400, reason: "dtmf-relay lines must be Name=value" };
-        continue;
-      }
-      const name = m[1]!.toLowerCase();
-      if (name === "signal") {
-        if (signal !== undefined) return { ok: false, status: 400, reason: "more than one Signal" };
-        signal = m[2]!;
-      } else if (name === "duration" && !/^[0-9]{1,5}$/.test(m[2]!)) return { ok: false, status: 400, reason: "Duration must be milliseconds" };
-    }
-  }
-  if (signal === undefined) return { ok: false, status: 400, reason: "no Signal" };
-  // Events 10 and 11 are * and # (RFC 4733 §3.2 numbering), as some gateways write them.
-  const digit = signal === "10" ? "*" : signal === "11" ? "#" : signal.toUpperCase();
-  if (!/^[0-9*#A-D]$/.test(digit)) return { ok: false, status: 400, reason: "Signal must be one of 0-9, *, #, A-D" };
-  return { ok: true, digit };
 }
 
 export class CallMenus {
@@ -170,7 +142,7 @@ export class CallMenus {
       return true;
     }
     respond(200, "OK");
-    this.event(a, { kind: "digit", digit: d.digit }, "info");
+    if (d.digit !== undefined) this.event(a, { kind: "digit", digit: d.digit }, "info");
     return true;
   }
 

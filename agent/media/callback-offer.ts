@@ -14,7 +14,9 @@
 // (RFC 4733) cannot answer it, so it is not offered (SIP INFO DTMF is not read here).
 import type { Logger } from "../log.ts";
 import type { CallbackSettings } from "../routing/model.ts";
+import { parseDtmfInfo } from "../sip/dtmf-info.ts";
 import type { ProxyCall } from "../sip/proxy-types.ts";
+import type { SipRequest } from "../sip/types.ts";
 import { HOLD_SOUND, offerOf, type QueueEntry, type QueueMusic } from "./queue-music.ts";
 
 export const OFFER_SOUND = "callback-offer";
@@ -116,6 +118,23 @@ export class CallbackOffer {
     }
     o.stage = "offered";
     this.deps.media.play(session, OFFER_SOUND, false);
+  }
+
+  /**
+   * A SIP INFO the waiting caller sent in the queue's early dialog (the proxy's own To tag):
+   * a DTMF key counts as the same key by RFC 4733. False when the call holds no offer (the
+   * request is left to the usual routing).
+   */
+  info(pc: ProxyCall, req: SipRequest, respond: (status: number, reason: string) => void): boolean {
+    if (req.method !== "INFO" || !this.offers.has(pc.id)) return false;
+    const d = parseDtmfInfo(req.headers.find((h) => h.name === "content-type")?.value, req.body);
+    if (!d.ok) {
+      respond(d.status, d.status === 415 ? "Unsupported Media Type" : `Bad Request (${d.reason})`);
+      return true;
+    }
+    respond(200, "OK");
+    if (d.digit !== undefined) this.onDigit(pc, d.digit);
+    return true;
   }
 
   private onDigit(pc: ProxyCall, digit: string): void {

@@ -1,14 +1,12 @@
 // Wiring of callbacks for impatient callers into the agent (agent.ts only calls this): the
 // originator of the agent's own calls (sip/originate.ts), the callback service, and the offer
 // on the queue's music (media/callback-offer.ts, only with the media plane).
-import type { QueueEntry } from "../media/queue-music.ts";
 import type { EventBus } from "../bus.ts";
 import type { Settings } from "../config.ts";
 import type { Logger } from "../log.ts";
 import { CallbackOffer } from "../media/callback-offer.ts";
 import type { MediaPlaneHandle } from "../media/setup.ts";
 import { Originator } from "../sip/originate.ts";
-import type { ProxyCall } from "../sip/proxy-types.ts";
 import type { ClientTransactionCallbacks, SendRequestOptions, SendRequestResult } from "../sip/transaction.ts";
 import type { Flow, SipRequest } from "../sip/types.ts";
 import { CallbackService } from "./callback-service.ts";
@@ -17,8 +15,8 @@ import type { RoutingSite } from "./engine.ts";
 export interface CallbackWiring {
   service: CallbackService;
   originator: Originator;
-  /** The engine's queueMedia: music plus the offer; undefined without the media plane. */
-  queueMedia: { enter(pc: ProxyCall, entry?: QueueEntry): void; leave(pc: ProxyCall): void } | undefined;
+  /** The engine's queueMedia: music plus the offer (keys by RFC 4733 and SIP INFO); undefined without music on hold. */
+  queueMedia: CallbackOffer | undefined;
   stop(): Promise<void>;
 }
 

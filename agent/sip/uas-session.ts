@@ -18,6 +18,7 @@
 //   callee "MUST NOT send a BYE on a confirmed dialog until it has received an ACK for its 2xx
 //   response or until the server transaction times out": a hang-up before the ACK waits for it.
 // - CANCEL before the answer is the proxy's (487); after the answer it changes nothing (§9.2).
+import { parseDtmfInfo } from "./dtmf-info.ts";
 import type { Logger } from "../log.ts";
 import { getHeader, getHeaders, parseNameAddr } from "./message.ts";
 import { buildInDialogRequest } from "./proxy.ts";
@@ -49,37 +50,6 @@ export interface UasDeps {
 
 const ALLOW = "INVITE, ACK, BYE, CANCEL, INFO, OPTIONS";
 const IGNORE: ClientTransactionCallbacks = Object.freeze({ onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
-/** DTMF INFO bodies are a line or two; anything larger is not one. */
-const INFO_MAX_BYTES = 1024;
-
-export type DtmfInfo = { ok: true; digit: string | undefined } | { ok: false; status: 400 | 415; reason: string };
-
-/**
- * A SIP INFO's DTMF digit. application/dtmf-relay: "Signal=<d>" (and "Duration=<ms>") lines;
- * application/dtmf: the digit alone. Digits 0-9 * # A-D; the 10 and 11 some gateways send for
- * * and # are read as those. No body: no digit (an INFO used as a keep-alive).
- */
-export function parseDtmfInfo(contentType: string | undefined, body: Uint8Array): DtmfInfo {
-  if (body.length === 0) return { ok: true, digit: undefined };
-  const type = contentType?.split(";")[0]?.trim().toLowerCase();
-  if (type !== "application/dtmf-relay" && type !== "application/dtmf") return { ok: false, status: 415, reason: "Unsupported Media Type" };
-  if (body.length > INFO_MAX_BYTES) return { ok: false, status: 400, reason: "DTMF body too large" };
-  const text = Buffer.from(body).toString("latin1");
-  let signal: string | undefined;
-  if (type === "application/dtmf") signal = text.trim();
-  else {
-    for (const line of text.split(/\r?\n/)) {
-      const m = /^\s*signal\s*=\s*(\S+)\s*$/i.exec(line);
-      if (m === null) continue;
-      if (signal !== undefined) return { ok: false, status: 400, reason: "Two Signal lines" };
-      signal = m[1];
-    }
-  }
-  const digit = signal === "10" ? "*" : signal === "11" ? "#" : signal?.toUpperCase();
-  if (digit === undefined || !/^[0-9*#A-D]$/.test(digit)) return { ok: false, status: 400, reason: "No DTMF digit in the body" };
-  return { ok: true, digit };
-}
-
 /** One answered call's dialog, the appliance being the UAS. */
 export class UasSession {
   stateValue: UasState = "answered";

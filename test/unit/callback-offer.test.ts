@@ -94,6 +94,29 @@ describe("callback offer", () => {
     assert.equal(s.ended(pc, "queue-welcome"), false);
   });
 
+  it("the answer by SIP INFO in the queue's early dialog: garbage refused and ignored, 1 accepted; a call with no offer is not its business", () => {
+    const s = setup();
+    const pc = call("c5");
+    const info = (ct: string | undefined, body: string): { handled: boolean; status: number | undefined } => {
+      let status: number | undefined;
+      const req = { method: "INFO", headers: ct === undefined ? [] : [{ name: "content-type", value: ct }], body: Buffer.from(body) } as unknown as SipRequest;
+      const handled = s.offer.info(pc, req, (st) => void (status = st));
+      return { handled, status };
+    };
+    assert.deepEqual(info("application/dtmf-relay", "Signal=1\r\n"), { handled: false, status: undefined }, "not queued with an offer yet");
+    s.offer.enter(pc, SALES);
+    s.advance(20_000);
+    assert.deepEqual(s.journal.at(-1), `play m-c5 ${OFFER_SOUND}`);
+    assert.deepEqual(info("text/plain", "1"), { handled: true, status: 415 });
+    assert.deepEqual(info("application/dtmf-relay", "Signal=E"), { handled: true, status: 400 });
+    assert.deepEqual(info("application/dtmf-relay", "Signal=2"), { handled: true, status: 200 });
+    assert.equal(s.journal.length, 2, "garbage and other keys change nothing");
+    assert.deepEqual(info("application/dtmf-relay", "Signal=1\r\nDuration=160\r\n"), { handled: true, status: 200 });
+    assert.deepEqual(s.journal.at(-1), `play m-c5 ${CONFIRM_SOUND}`);
+    assert.equal(s.ended(pc, CONFIRM_SOUND), true);
+    assert.deepEqual(s.accepted, ["c5 sales"]);
+  });
+
   it("a confirmation that never reports its end (replaced by the periodic announcement) accepts after CONFIRM_MAX_MS", () => {
     const s = setup();
     const pc = call("c2");

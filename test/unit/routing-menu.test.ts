@@ -10,7 +10,6 @@ import { MAX_MENU_HOPS, PROMPT_WATCHDOG_MS, decide, enter, fallback, silentTarge
 import { inboundRoute, resolveDestination } from "../../agent/routing/classify.ts";
 import { SiteService, checkSiteConfig } from "../../agent/site/site.ts";
 import { Store } from "../../agent/store/store.ts";
-import { parseDtmfInfo } from "../../agent/media/call-menu.ts";
 import { validCommand } from "../../agent/media/protocol.ts";
 import { tempDir } from "../tmpdir.ts";
 
@@ -410,38 +409,6 @@ describe("decision core: menus", () => {
     // A loop that validation would refuse still ends (hang-up).
     const loop = ctxWith([{ ...main, id: "x", afterLast: { kind: "menu", menuId: "x" } }]);
     assert.deepEqual(silentTarget({ kind: "menu", menuId: "x" }, loop.menus), { kind: "hangup" });
-  });
-});
-
-describe("SIP INFO DTMF bodies", () => {
-  const b = (s: string): Buffer => Buffer.from(s, "latin1");
-  it("application/dtmf-relay Signal=/Duration= and application/dtmf", () => {
-    assert.deepEqual(parseDtmfInfo("application/dtmf-relay", b("Signal=5\r\nDuration=160\r\n")), { ok: true, digit: "5" });
-    assert.deepEqual(parseDtmfInfo("Application/DTMF-Relay; charset=x", b("signal= #\nduration=250")), { ok: true, digit: "#" });
-    assert.deepEqual(parseDtmfInfo("application/dtmf-relay", b("Signal=11\r\n")), { ok: true, digit: "#" });
-    assert.deepEqual(parseDtmfInfo("application/dtmf-relay", b("Signal=10")), { ok: true, digit: "*" });
-    assert.deepEqual(parseDtmfInfo("application/dtmf", b("7")), { ok: true, digit: "7" });
-    assert.deepEqual(parseDtmfInfo("application/dtmf", b("a\r\n")), { ok: true, digit: "A" });
-  });
-  it("garbage is refused with 400, other body types with 415", () => {
-    const bad: Array<[string | undefined, string, number]> = [
-      [undefined, "Signal=5", 415],
-      ["text/plain", "Signal=5", 415],
-      ["application/dtmf-relay", "", 400],
-      ["application/dtmf-relay", "Duration=100", 400],
-      ["application/dtmf-relay", "Signal=55", 400],
-      ["application/dtmf-relay", "Signal=E", 400],
-      ["application/dtmf-relay", "Signal=5\nSignal=6", 400],
-      ["application/dtmf-relay", "Signal=5\nDuration=-1", 400],
-      ["application/dtmf-relay", "\u0000\u0001\u00ff", 400],
-      ["application/dtmf-relay", "Signal=" + "5".repeat(300), 400],
-      ["application/dtmf", "12", 400],
-    ];
-    for (const [ct, body, status] of bad) {
-      const r = parseDtmfInfo(ct, b(body));
-      assert.equal(r.ok, false, `${ct} ${JSON.stringify(body)}`);
-      assert.equal((r as { status: number }).status, status, `${ct} ${JSON.stringify(body)}`);
-    }
   });
 });
 

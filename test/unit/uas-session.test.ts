@@ -7,7 +7,7 @@ import { getHeader, parseDatagram } from "../../agent/sip/message.ts";
 import { createResponse } from "../../agent/sip/serialize.ts";
 import type { ServerTransaction } from "../../agent/sip/transaction.ts";
 import type { Flow, SipRequest, SipResponse } from "../../agent/sip/types.ts";
-import { UasDialogs, parseDtmfInfo, type UasEndReason } from "../../agent/sip/uas-session.ts";
+import { UasDialogs, type UasEndReason } from "../../agent/sip/uas-session.ts";
 
 const FLOW: Flow = { transport: "udp", remoteAddress: "192.0.2.7", remotePort: 5062, localAddress: "192.0.2.1", localPort: 5060 };
 
@@ -212,17 +212,3 @@ Content-Length: 0
 
 `;
 }
-
-describe("parseDtmfInfo", () => {
-  test("digits, aliases and refusals", () => {
-    const b = (s: string) => Buffer.from(s);
-    assert.deepEqual(parseDtmfInfo("application/dtmf-relay", b("Signal= 7\r\nDuration= 250\r\n")), { ok: true, digit: "7" });
-    assert.deepEqual(parseDtmfInfo("Application/DTMF-Relay; charset=x", b("signal=10")), { ok: true, digit: "*" });
-    assert.deepEqual(parseDtmfInfo("application/dtmf-relay", b("Signal=11")), { ok: true, digit: "#" });
-    assert.deepEqual(parseDtmfInfo("application/dtmf", b("d\r\n")), { ok: true, digit: "D" });
-    assert.equal(parseDtmfInfo("application/dtmf-relay", b("Signal=1\r\nSignal=2")).ok, false);
-    assert.equal(parseDtmfInfo("application/dtmf-relay", b("Signal=12")).ok, false);
-    assert.equal(parseDtmfInfo("application/dtmf-relay", Buffer.alloc(5000, 0x41)).ok, false);
-    assert.deepEqual(parseDtmfInfo(undefined, b("5")), { ok: false, status: 415, reason: "Unsupported Media Type" });
-  });
-});
