@@ -466,46 +466,34 @@ export class Phone {
 
   /** Hangs up a call this phone placed with dial() (§15.1.1, along the route set); the BYE's final status. */
   async hangupPlaced(callId: string): Promise<number> {
-    const call = this.placed.get(callId);
-    if (call === undefined) throw new Error(`${this.username}: placed no answered call ${callId}`);
+    const status = await this.inPlaced(callId, "BYE", 50);
     this.placed.delete(callId);
-    const branch = `z9hG4bK${token()}`;
-    const text = [
-      `BYE ${call.target} SIP/2.0`,
-      `Via: SIP/2.0/UDP 127.0.0.1:${this.port};branch=${branch};rport`,
-      "Max-Forwards: 70",
-      ...(call.routes.length > 0 ? [`Route: ${call.routes.join(", ")}`] : []),
-      `From: ${call.from}`,
-      `To: ${call.to}`,
-      `Call-ID: ${callId}`,
-      `CSeq: 50 BYE`,
-      "Content-Length: 0",
-      "",
-      "",
-    ].join("\r\n");
-    const res = await this.transact(branch, text);
-    return res.status ?? 0;
+    return status;
   }
 
   /** A DTMF digit as SIP INFO (application/dtmf-relay) inside a call this phone placed with dial(); the INFO's final status. */
-  async infoPlaced(callId: string, digit: string, cseq: number): Promise<number> {
+  infoPlaced(callId: string, digit: string, cseq: number): Promise<number> {
+    return this.inPlaced(callId, "INFO", cseq, { type: "application/dtmf-relay", text: `Signal=${digit}\r\nDuration=160\r\n` });
+  }
+
+  /** A request inside a call this phone placed with dial() (its route set and remote target); the final status. */
+  private async inPlaced(callId: string, method: string, cseq: number, body?: { type: string; text: string }): Promise<number> {
     const call = this.placed.get(callId);
     if (call === undefined) throw new Error(`${this.username}: placed no answered call ${callId}`);
-    const body = `Signal=${digit}\r\nDuration=160\r\n`;
     const branch = `z9hG4bK${token()}`;
     const text = [
-      `INFO ${call.target} SIP/2.0`,
+      `${method} ${call.target} SIP/2.0`,
       `Via: SIP/2.0/UDP 127.0.0.1:${this.port};branch=${branch};rport`,
       "Max-Forwards: 70",
       ...(call.routes.length > 0 ? [`Route: ${call.routes.join(", ")}`] : []),
       `From: ${call.from}`,
       `To: ${call.to}`,
       `Call-ID: ${callId}`,
-      `CSeq: ${cseq} INFO`,
-      "Content-Type: application/dtmf-relay",
-      `Content-Length: ${Buffer.byteLength(body)}`,
+      `CSeq: ${cseq} ${method}`,
+      ...(body !== undefined ? [`Content-Type: ${body.type}`] : []),
+      `Content-Length: ${body === undefined ? 0 : Buffer.byteLength(body.text)}`,
       "",
-      body,
+      body?.text ?? "",
     ].join("\r\n");
     const res = await this.transact(branch, text);
     return res.status ?? 0;

@@ -259,16 +259,20 @@ async function listed(mailbox?: string): Promise<Listed[]> {
   return JSON.parse(r.stdout) as Listed[];
 }
 
-/** A quick message: # skips the greeting, the tone plays, then `seconds` of audio and #. */
-async function leaveQuickMessage(number: string, seconds: number): Promise<Caller> {
-  const c = await Caller.open();
-  const final = await c.invite(number);
-  assert.equal(final.status, 200);
+/** Answered by the mailbox of `number`; # skips the greeting; the tone has played: recording from here. */
+async function toRecording(c: Caller, number: string): Promise<void> {
+  assert.equal((await c.invite(number)).status, 200);
   c.ack();
   await until(() => c.rtp.length >= 5 || undefined, 10_000, 10);
   await c.sendDigit("#");
   await c.quiet(300);
   await new Promise((r) => setTimeout(r, 200));
+}
+
+/** A quick message: # skips the greeting, the tone plays, then `seconds` of audio and #. */
+async function leaveQuickMessage(number: string, seconds: number): Promise<Caller> {
+  const c = await Caller.open();
+  await toRecording(c, number);
   await c.sendAudio(tone(seconds * 8000));
   await c.sendDigit("#");
   await until(() => c.byeFromAgent(), 10_000, 10);
@@ -428,12 +432,7 @@ describe("voicemail", () => {
   test("the agent stopped (SIGTERM) in the middle of a recording: the caller gets BYE and the message is there after the restart", async () => {
     const c = await Caller.open();
     try {
-      assert.equal((await c.invite("700")).status, 200);
-      c.ack();
-      await until(() => c.rtp.length >= 5 || undefined, 10_000, 10);
-      await c.sendDigit("#");
-      await c.quiet(300);
-      await new Promise((r) => setTimeout(r, 200));
+      await toRecording(c, "700");
       const sent = tone(2 * 8000);
       await c.sendAudio(sent);
       await agent.stop();
@@ -458,12 +457,7 @@ describe("voicemail", () => {
   test("the agent killed in the middle of a recording: after the restart the mailbox is consistent", async () => {
     const c = await Caller.open();
     try {
-      assert.equal((await c.invite("700")).status, 200);
-      c.ack();
-      await until(() => c.rtp.length >= 5 || undefined, 10_000, 10);
-      await c.sendDigit("#");
-      await c.quiet(300);
-      await new Promise((r) => setTimeout(r, 200));
+      await toRecording(c, "700");
       await c.sendAudio(tone(8000));
       const box = path.join(dataDir, "voicemail", "boxes", "group", "sales");
       await until(() => fs.readdirSync(box).some((f) => f.endsWith(".wav.part")) || undefined, 5000, 20);
