@@ -24,7 +24,7 @@ import type { ProxyCall, StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { Flow, SipRequest } from "../sip/types.ts";
 import { offerOf } from "./queue-music.ts";
 import { buildAnswer } from "./sdp.ts";
-import { MediaService } from "./service.ts";
+import { MediaService, openRequestFor } from "./service.ts";
 import { mediaEndpoints, shippedAudio } from "./setup.ts";
 
 /** Shipped prompts (audio/README.md), by the sound names the worker knows them under. */
@@ -91,7 +91,7 @@ export class CallMenus {
     const address = this.deps.mediaAddress(pc.flow);
     void this.deps.media
       .openSession(
-        { address, law: choice.law, payloadType: choice.payloadType, telephoneEvent: choice.telephoneEvent, remoteAddress: choice.remoteAddress, remotePort: choice.remotePort, direction: choice.direction },
+        openRequestFor(address, choice),
         {
           onDigit: (digit) => this.event(a, { kind: "digit", digit }, "rtp"),
           onPlayEnded: (sound) => {

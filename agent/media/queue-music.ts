@@ -31,7 +31,7 @@ import type { ProxyCall, StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { Flow } from "../sip/types.ts";
 import { buildAnswer, chooseAudio, parseSdp, type AudioChoice, type SdpOffer, type SdpResult } from "./sdp.ts";
 import { positionSounds } from "./queue-position.ts";
-import type { MediaService } from "./service.ts";
+import { type MediaService, openRequestFor } from "./service.ts";
 
 export const HOLD_SOUND = "hold";
 export const ANNOUNCEMENT_SOUND = "queue-welcome";
@@ -164,7 +164,7 @@ export class QueueMusic {
       queueProgramme({ prompt: withPrompt ? prompt : undefined, position: sayPosition ? entry.position() : undefined, music, has: (x) => media.has(x) });
     void media
       .openSession(
-        { address, law: choice.law, payloadType: choice.payloadType, telephoneEvent: choice.telephoneEvent, remoteAddress: choice.remoteAddress, remotePort: choice.remotePort, direction: choice.direction },
+        openRequestFor(address, choice),
         {
           onClosed: () => {
             w.session = undefined;

@@ -4,9 +4,8 @@
 // restarted on the next open(); the sessions it held are reported closed.
 import { Worker } from "node:worker_threads";
 import type { Logger } from "../log.ts";
-import type { G711Law } from "./g711.ts";
 import type { MediaCommand, MediaEvent, SessionStats, WorkerConfig } from "./protocol.ts";
-import type { Direction } from "./sdp.ts";
+import type { AudioChoice } from "./sdp.ts";
 
 export interface SessionEvents {
   onDigit?(digit: string): void;
@@ -19,15 +18,15 @@ export interface SessionEvents {
   onClosed?(stats: SessionStats | undefined): void;
 }
 
-export interface OpenRequest {
+/** What the worker needs to open a stream: the local address and the codec and peer the SDP offer/answer chose. */
+export type OpenRequest = Omit<AudioChoice, "index"> & {
   /** Local address to bind and advertise (an IP literal). */
   address: string;
-  law: G711Law;
-  payloadType: number;
-  telephoneEvent: number | undefined;
-  remoteAddress: string;
-  remotePort: number;
-  direction: Direction;
+};
+
+/** The stream for an offer's chosen audio (sdp.ts chooseAudio), bound on `address`. */
+export function openRequestFor(address: string, choice: AudioChoice): OpenRequest {
+  return { address, law: choice.law, payloadType: choice.payloadType, telephoneEvent: choice.telephoneEvent, remoteAddress: choice.remoteAddress, remotePort: choice.remotePort, direction: choice.direction };
 }
 
 export interface MediaServiceOptions {

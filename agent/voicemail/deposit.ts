@@ -24,7 +24,7 @@ import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import { offerOf } from "../media/queue-music.ts";
 import { buildAnswer } from "../media/sdp.ts";
-import type { MediaService } from "../media/service.ts";
+import { type MediaService, openRequestFor } from "../media/service.ts";
 import type { MailboxConfig } from "../routing/model.ts";
 import type { ProxyCall, StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { UasDialogs, UasSession } from "../sip/uas-session.ts";
@@ -169,7 +169,7 @@ export class VoicemailDeposits {
     }
     const address = this.deps.mediaAddress(d.pc.flow);
     const r = await media.openSession(
-      { address, law: choice.law, payloadType: choice.payloadType, telephoneEvent: choice.telephoneEvent, remoteAddress: choice.remoteAddress, remotePort: choice.remotePort, direction: choice.direction },
+      openRequestFor(address, choice),
       {
         onPlayEnded: (sound) => this.playEnded(d, sound),
         onDigit: (digit) => this.digit(d, digit),

@@ -26,7 +26,7 @@ import type { Logger } from "../log.ts";
 import { offerOf } from "../media/queue-music.ts";
 import { numberSound, numberSounds, NUMBER_WORDS } from "../media/queue-position.ts";
 import { buildAnswer } from "../media/sdp.ts";
-import type { MediaService } from "../media/service.ts";
+import { type MediaService, openRequestFor } from "../media/service.ts";
 import type { ProxyCall, StatefulProxyApi } from "../sip/proxy-types.ts";
 import type { Flow } from "../sip/types.ts";
 import type { UasDialogs, UasSession } from "../sip/uas-session.ts";
@@ -178,7 +178,7 @@ export class VoicemailListening {
     if (l.pc.finished) return this.end(l); // the caller cancelled meanwhile (the proxy answered 487)
     const address = this.deps.mediaAddress(l.pc.flow);
     const r = await media.openSession(
-      { address, law: choice.law, payloadType: choice.payloadType, telephoneEvent: choice.telephoneEvent, remoteAddress: choice.remoteAddress, remotePort: choice.remotePort, direction: choice.direction },
+      openRequestFor(address, choice),
       {
         onPlayEnded: (sound) => this.played(l, sound),
         onDigit: (digit) => this.digit(l, digit),
