@@ -35,11 +35,11 @@ import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
-import { agentEnv, freePort, ROOT, sleep } from "../test/e2e/harness.ts";
+import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import dgram from "node:dgram";
 import { parseRtp } from "../agent/media/rtp.ts";
 import { benchWorkDir, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
-import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, procSample, runCaller, start, startCapture, startPhones, waitFor, type CallerRun, type Capture, type Child, type PacketLatency, type Phone } from "./sipp-harness.ts";
+import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, procSample, runCaller, start, startCapture, startPhones, waitFor, type CallerRun, type Capture, type Child, type PacketLatency, type Phone } from "./sipp-harness.ts";
 
 const SECONDS = envNum("BENCH_CALLS_SECONDS", 10);
 const LATENCY_RATE = envNum("BENCH_CALLS_LATENCY_RATE", 100);
@@ -204,14 +204,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
   const site = path.join(dir, "site.json");
   fs.writeFileSync(site, JSON.stringify(siteFile(phones, callerPort, spec.holdStreams !== undefined), null, 2));
 
-  const env = agentEnv(dataDir, agentPort, {
-    RINGEDGE_LOG_LEVEL: "warn",
-    RINGEDGE_SIP_TRANSPORTS: "udp",
-    RINGEDGE_AUTH_ALGORITHMS: "MD5,SHA-256",
-    RINGEDGE_GUARD_ALLOWLIST: `${PHONE_IP},${CALLER_IP}`,
-    RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
-    RINGEDGE_SITE_FILE: site,
-  });
+  const env = benchAgentEnv(dataDir, agentPort, site);
   const nodeArgs = CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.join(dir, "prof")}`] : [];
   const agent = start(BIN, ["run"], { cwd: ROOT, env: { ...env, RINGEDGE_NODE_FLAGS: nodeArgs.join(" ") } });
   const sock = path.join(dataDir, "control.sock");

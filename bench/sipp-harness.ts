@@ -5,13 +5,30 @@ import { execFile, spawn, type ChildProcess } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
-import { freePort, sleep } from "../test/e2e/harness.ts";
+import { agentEnv, freePort, sleep } from "../test/e2e/harness.ts";
 import { BENCH_DIR } from "./lib.ts";
 
 /** The caller's source address: the site's trunk (ringedge) or the allowed caller (Kamailio). */
 export const CALLER_IP = "127.0.0.60";
 /** The phones' address. */
 export const PHONE_IP = "127.0.0.1";
+
+/**
+ * The environment of the agent under a SIPp call bench: the site file, UDP only, MD5 offered for
+ * SIPp, the callers' and phones' addresses exempt from per-source quotas (one address places
+ * every call, one registers every phone), and keep-alives rare (SIPp phones leave when a run ends).
+ */
+export function benchAgentEnv(dataDir: string, port: number, siteFile: string, extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  return agentEnv(dataDir, port, {
+    RINGEDGE_LOG_LEVEL: "warn",
+    RINGEDGE_SIP_TRANSPORTS: "udp",
+    RINGEDGE_AUTH_ALGORITHMS: "MD5,SHA-256",
+    RINGEDGE_GUARD_ALLOWLIST: `${PHONE_IP},${CALLER_IP}`,
+    RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
+    RINGEDGE_SITE_FILE: siteFile,
+    ...extra,
+  });
+}
 export const SIPP = path.join(BENCH_DIR, "sipp");
 /** USER_HZ of /proc/<pid>/stat. */
 const CLK_TCK = 100;

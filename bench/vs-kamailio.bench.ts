@@ -31,9 +31,9 @@ import fs from "node:fs";
 import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
-import { agentEnv, freePort, ROOT, sleep, tempDir } from "../test/e2e/harness.ts";
+import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import { BENCH_DIR, RESULTS_DIR, benchWorkDir, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
-import { CALLER_IP, PHONE_IP, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpuMs, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
+import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpuMs, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
 const SHORT = process.env.BENCH_KAM_SHORT === "1";
@@ -101,16 +101,7 @@ async function startRingedge(dir: string, phones: Phone[], callerPort: number, b
   const port = await freePort();
   const site = path.join(dir, "site.json");
   fs.writeFileSync(site, JSON.stringify(ringedgeSite(phones, callerPort)));
-  const env = agentEnv(dataDir, port, {
-    RINGEDGE_LOG_LEVEL: "warn",
-    RINGEDGE_SIP_TRANSPORTS: "udp",
-    RINGEDGE_AUTH_ALGORITHMS: "MD5,SHA-256",
-    // One address places every call, one registers every phone: exempt from per-source quotas.
-    RINGEDGE_GUARD_ALLOWLIST: `${PHONE_IP},${CALLER_IP}`,
-    RINGEDGE_KEEPALIVE_INTERVAL_S: "600",
-    RINGEDGE_SITE_FILE: site,
-    ...(CPU_PROF ? { RINGEDGE_NODE_FLAGS: `--cpu-prof --cpu-prof-dir=${path.join(dir, "prof")}` } : {}),
-  });
+  const env = benchAgentEnv(dataDir, port, site, CPU_PROF ? { RINGEDGE_NODE_FLAGS: `--cpu-prof --cpu-prof-dir=${path.join(dir, "prof")}` } : {});
   // A baseline bundle runs with the flags bin/ringedge gives the shipped one.
   const agent = bundle === undefined ? start(BIN, ["run"], { cwd: ROOT, env }) : start(process.execPath, ["--max-semi-space-size=4", ...(env.RINGEDGE_NODE_FLAGS ?? "").split(" ").filter((a) => a !== ""), bundle, "run"], { cwd: ROOT, env });
   const sock = path.join(dataDir, "control.sock");
