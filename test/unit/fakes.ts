@@ -1,8 +1,11 @@
 // Fakes shared by unit tests: a clock whose time moves only when the test says (the agent's
-// TimerClock, agent/clock.ts), a server transaction that records what it was answered, and a
-// phone's SUBSCRIBE as the transport would hand it over.
+// TimerClock, agent/clock.ts), a server transaction that records what it was answered, a
+// phone's SUBSCRIBE as the transport would hand it over, and the proxy and UAS dialogs a call
+// the appliance answers itself goes through.
 import type { TimerClock } from "../../agent/clock.ts";
 import { parseDatagram } from "../../agent/sip/message.ts";
+import type { ProxyCall } from "../../agent/sip/proxy-types.ts";
+import type { UasEvents } from "../../agent/sip/uas-session.ts";
 import type { SipRequest, SipResponse } from "../../agent/sip/types.ts";
 
 /** A TimerClock driven by advance(): due timers run in time order, each at its own instant. */
@@ -75,4 +78,49 @@ export function subscribeRequest(o: { uri: string; n: number; from: string; toTa
   const p = parseDatagram(Buffer.from(text));
   if (!p.ok || p.message.kind !== "request") throw new Error("bad test SUBSCRIBE");
   return p.message;
+}
+
+/**
+ * The proxy and UAS sides of a call the appliance answers itself (voicemail deposit, listening):
+ * answerLocally answers once, reject records the status; each opened dialog's events are kept,
+ * and hangup (our BYE) / stop end the one dialog state the test reads and sets.
+ */
+export function fakeAnswering(): {
+  proxy: { reject(pc: ProxyCall, status: number): void; answerLocally(pc: ProxyCall): { response: never; resend(): void } | undefined };
+  uas: { open(inv: unknown, flow: unknown, ans: unknown, ev: UasEvents): never };
+  rejected: number[];
+  events: UasEvents[];
+  call: { state: string; hangups: number };
+} {
+  const rejected: number[] = [];
+  const events: UasEvents[] = [];
+  const call = { state: "confirmed", hangups: 0 };
+  return {
+    rejected,
+    events,
+    call,
+    proxy: {
+      reject: (_pc, status) => void rejected.push(status),
+      answerLocally: (pc) => ((pc as { finished: boolean }).finished ? undefined : (((pc as { finished: boolean }).finished = true), { response: {} as never, resend: () => undefined })),
+    },
+    uas: {
+      open: (_inv, _flow, _ans, ev) => {
+        events.push(ev);
+        return {
+          get state() {
+            return call.state;
+          },
+          hangup: () => {
+            call.hangups++;
+            call.state = "ended";
+            ev.onEnded?.("local");
+          },
+          stop: () => {
+            call.state = "ended";
+            ev.onEnded?.("stopped");
+          },
+        } as never;
+      },
+    },
+  };
 }

@@ -14,7 +14,7 @@ import { MAILBOX_DEFAULTS, type MailboxConfig } from "../../agent/routing/model.
 import { parseDatagram } from "../../agent/sip/message.ts";
 import type { ProxyCall } from "../../agent/sip/proxy-types.ts";
 import type { SessionEvents } from "../../agent/media/service.ts";
-import type { UasEvents } from "../../agent/sip/uas-session.ts";
+import { fakeAnswering } from "./fakes.ts";
 import { BEEP_SOUND, FULL_SOUND, GREETING_SOUND, VoicemailDeposits } from "../../agent/voicemail/deposit.ts";
 import { VoicemailStore } from "../../agent/voicemail/store.ts";
 import { encodeWav } from "../../agent/media/wav.ts";
@@ -104,34 +104,11 @@ function world(cfg: Partial<MailboxConfig> | null = {}, openResult: "ok" | "fail
     fs.writeFileSync(r.finalPath, wav);
     ev?.onRecorded?.({ ev: "recorded", id, path: r.finalPath, samples: 12000, bytes: wav.length, sha256: sha256(wav), reason: reason as never });
   };
-  const rejected: number[] = [];
-  const uasEvents: UasEvents[] = [];
-  const uas = { state: "confirmed" as string, hangups: 0 };
-  const proxy = {
-    reject: (_pc: ProxyCall, status: number) => void rejected.push(status),
-    answerLocally: (pc: ProxyCall) => ((pc as { finished: boolean }).finished ? undefined : (((pc as { finished: boolean }).finished = true), { response: {} as never, resend: () => undefined })),
-  };
+  const answering = fakeAnswering();
+  const { rejected, events: uasEvents, call: uas } = answering;
   const deposits = new VoicemailDeposits({
-    proxy,
-    uas: {
-      open: (_inv, _flow, _ans, ev) => {
-        uasEvents.push(ev);
-        return {
-          get state() {
-            return uas.state;
-          },
-          hangup: () => {
-            uas.hangups++;
-            uas.state = "ended";
-            ev.onEnded?.("local");
-          },
-          stop: () => {
-            uas.state = "ended";
-            ev.onEnded?.("stopped");
-          },
-        } as never;
-      },
-    },
+    proxy: answering.proxy,
+    uas: answering.uas,
     media: media as never,
     store,
     mailbox,

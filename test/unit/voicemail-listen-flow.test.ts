@@ -14,7 +14,7 @@ import { MAILBOX_DEFAULTS } from "../../agent/routing/model.ts";
 import { parseDatagram } from "../../agent/sip/message.ts";
 import type { ProxyCall } from "../../agent/sip/proxy-types.ts";
 import type { SessionEvents } from "../../agent/media/service.ts";
-import type { UasEvents } from "../../agent/sip/uas-session.ts";
+import { fakeAnswering } from "./fakes.ts";
 import { encodeWav } from "../../agent/media/wav.ts";
 import { validCommand } from "../../agent/media/protocol.ts";
 import { VoicemailListening } from "../../agent/voicemail/listen.ts";
@@ -71,30 +71,11 @@ async function world(opts: { messages?: number; optionsWaitMs?: number; maxListe
     },
     unload: (sound: string) => log.push(`unload ${sound.startsWith("vm-listen-") ? "message" : sound}`),
   };
-  const rejected: number[] = [];
-  let uasEvents: UasEvents | undefined;
-  const uas = { state: "confirmed", hangups: 0 };
+  const answering = fakeAnswering();
+  const { rejected, call: uas } = answering;
   const listening = new VoicemailListening({
-    proxy: {
-      reject: (_pc, status) => void rejected.push(status),
-      answerLocally: (pc) => ((pc as { finished: boolean }).finished ? undefined : (((pc as { finished: boolean }).finished = true), { response: {} as never, resend: () => undefined })),
-    },
-    uas: {
-      open: (_inv, _flow, _ans, ev) => {
-        uasEvents = ev;
-        return {
-          get state() {
-            return uas.state;
-          },
-          hangup: () => {
-            uas.hangups++;
-            uas.state = "ended";
-            ev.onEnded?.("local");
-          },
-          stop: () => undefined,
-        } as never;
-      },
-    },
+    proxy: answering.proxy,
+    uas: answering.uas,
     media: media as never,
     store,
     mediaAddress: () => "127.0.0.1",
@@ -114,7 +95,7 @@ async function world(opts: { messages?: number; optionsWaitMs?: number; maxListe
     store.stop();
     removeTempDir(dataDir);
   };
-  return { store, changed, log, listening, rejected, uas, uasEvents: () => uasEvents!, ev, ended, cleanup };
+  return { store, changed, log, listening, rejected, uas, uasEvents: () => answering.events.at(-1)!, ev, ended, cleanup };
 }
 
 const settle = () => new Promise((r) => setImmediate(r));
