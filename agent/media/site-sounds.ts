@@ -13,13 +13,16 @@
 // so a console push is acknowledged only once every sound it names is in place. Hostile input:
 // sizes are checked while the body streams (not after), a slow server is cut off at the
 // deadline, a URL never carries credentials into logs (model.ts refuses them).
-import { createHash, randomBytes } from "node:crypto";
+import { createHash } from "node:crypto";
 import fs from "node:fs";
+import fsp from "node:fs/promises";
 import http from "node:http";
 import https from "node:https";
 import path from "node:path";
 import type { Group, SiteSound } from "../routing/model.ts";
 import type { SiteError } from "../site/types.ts";
+import { writeFileAtomic } from "../store/atomic-file.ts";
+import { mkdirOwned } from "../store/ownership.ts";
 import { decodeWav } from "./wav.ts";
 
 /** Largest site sound accepted (about 17 minutes of 8 kHz 16-bit mono). */
@@ -131,7 +134,7 @@ export async function ensureSound(sound: SiteSound, dataDir: string, limits: Fet
   if ("path" in sound) return checkSoundFile(sound.path, limits.maxBytes);
   const file = cachedSoundPath(dataDir, sound.sha256);
   try {
-    const cached = fs.readFileSync(file);
+    const cached = await fsp.readFile(file);
     if (sha256Of(cached) === sound.sha256 && checkSoundBytes(cached, limits.maxBytes) === undefined) return undefined;
   } catch {
     // not cached yet
@@ -143,10 +146,9 @@ export async function ensureSound(sound: SiteSound, dataDir: string, limits: Fet
   const why = checkSoundBytes(got.bytes, limits.maxBytes);
   if (why !== undefined) return `${sound.url}: ${why}`;
   try {
-    fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o750 });
-    const tmp = `${file}.${process.pid}.${randomBytes(4).toString("hex")}.tmp`;
-    fs.writeFileSync(tmp, got.bytes, { mode: 0o640 });
-    fs.renameSync(tmp, file);
+    // Off the event loop, durable, and the data directory owner's even when a root tool applies.
+    await mkdirOwned(path.dirname(file), dataDir);
+    await writeFileAtomic(file, got.bytes);
   } catch (err) {
     return `cannot cache ${sound.url} under ${path.dirname(file)}: ${(err as Error).message}`;
   }

@@ -29,7 +29,7 @@
 import * as fs from "node:fs";
 import { promises as fsp } from "node:fs";
 import * as path from "node:path";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import type { Adapter } from "lowdb";
 import { StoreCorruptError, type BackupInfo } from "./errors.ts";
 import { keepOwner, keepOwnerSync } from "./ownership.ts";
@@ -492,9 +492,13 @@ export function copyDurablySync(src: string, dst: string): void {
   }
 }
 
-/** Writes `bytes` to `file` via tmp + fsync + rename + directory fsync. */
+/**
+ * Writes `bytes` to `file` via tmp + fsync + rename + directory fsync. The temporary name is
+ * unique per write, so two writes of one file at once (two groups naming one sound) each rename
+ * a whole file into place.
+ */
 export async function writeFileAtomic(file: string, bytes: Buffer | string): Promise<void> {
-  const tmp = `${file}.tmp-${process.pid}-w`;
+  const tmp = `${file}.tmp-${process.pid}-${randomBytes(4).toString("hex")}-w`;
   try {
     const fh = await fsp.open(tmp, "w", FILE_MODE);
     try {

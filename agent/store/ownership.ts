@@ -7,7 +7,8 @@
 // owner for files in the data directory, the old file's owner (and mode) for the settings file.
 // A process that is not root creates files it owns and cannot give them away: nothing to do.
 import fs from "node:fs";
-import type { FileHandle } from "node:fs/promises";
+import fsp, { type FileHandle } from "node:fs/promises";
+import path from "node:path";
 
 export interface Owner {
   uid: number;
@@ -48,4 +49,26 @@ export async function keepOwner(fh: FileHandle, ref: string): Promise<void> {
 export function keepOwnerOfPathSync(target: string, ref: string): void {
   const o = ownerToKeep(ref);
   if (o) fs.lchownSync(target, o.uid, o.gid);
+}
+
+/** The directories mkdir -p made: from `dir` up to and including `first` (what mkdir reported). */
+function madeChain(dir: string, first: string): string[] {
+  const chain: string[] = [];
+  for (let p = path.resolve(dir); ; p = path.dirname(p)) {
+    chain.push(p);
+    if (p === path.resolve(first) || path.dirname(p) === p) return chain;
+  }
+}
+
+/** mkdir -p, and every directory it made goes to ref's owner (see ownerToKeep). */
+export function mkdirOwnedSync(dir: string, ref: string, mode = 0o750): void {
+  const first = fs.mkdirSync(dir, { recursive: true, mode });
+  const o = first === undefined ? null : ownerToKeep(ref);
+  if (o && first !== undefined) for (const d of madeChain(dir, first)) fs.lchownSync(d, o.uid, o.gid);
+}
+
+export async function mkdirOwned(dir: string, ref: string, mode = 0o750): Promise<void> {
+  const first = await fsp.mkdir(dir, { recursive: true, mode });
+  const o = first === undefined ? null : ownerToKeep(ref);
+  if (o && first !== undefined) for (const d of madeChain(dir, first)) await fsp.lchown(d, o.uid, o.gid);
 }

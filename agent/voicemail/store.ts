@@ -30,6 +30,7 @@ import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import { decodeWav } from "../media/wav.ts";
 import { fsyncDir, fsyncDirSync, writeFileAtomic } from "../store/atomic-file.ts";
+import { keepOwnerSync, mkdirOwned, mkdirOwnedSync } from "../store/ownership.ts";
 import type { MailboxConfig } from "../routing/model.ts";
 import { parseMailboxRef } from "../routing/model.ts";
 import type { MailboxCounts, MailboxOwner, VoicemailCounts } from "./types.ts";
@@ -113,8 +114,9 @@ export class VoicemailStore implements VoicemailCounts {
 
   /** Loads every mailbox, finishing or removing what a restart interrupted; sweeps; starts the hourly sweep. */
   start(): void {
-    fs.mkdirSync(this.boxes, { recursive: true, mode: 0o750 });
-    fs.mkdirSync(this.greetingsDir, { recursive: true, mode: 0o750 });
+    // A root tool (the offline CLI, a trial run) leaves what it makes to the data directory's owner.
+    mkdirOwnedSync(this.boxes, this.opts.dataDir);
+    mkdirOwnedSync(this.greetingsDir, this.opts.dataDir);
     this.recover();
     const sweep = (): void => void this.sweep().catch((err: Error) => this.opts.log?.error("voicemail retention sweep failed", { err: err.message }));
     sweep();
@@ -208,7 +210,7 @@ export class VoicemailStore implements VoicemailCounts {
     // Reserved before the write: deposits that begin meanwhile see it in the quota.
     this.inProgress.set(ref, busy + 1);
     try {
-      await fsp.mkdir(dir, { recursive: true, mode: 0o750 });
+      await mkdirOwned(dir, this.opts.dataDir);
       await writeFileAtomic(path.join(dir, `${id}.pending.json`), JSON.stringify({ id, mailbox: ref, caller: pending.caller, callId: pending.callId, receivedAt: at }) + "\n");
     } catch (err) {
       this.release(pending);
@@ -451,6 +453,7 @@ function writeJsonAtomicSync(file: string, value: unknown): void {
   const tmp = `${file}.tmp-${process.pid}`;
   const fd = fs.openSync(tmp, "w", 0o640);
   try {
+    keepOwnerSync(fd, path.dirname(file));
     fs.writeSync(fd, JSON.stringify(value, null, 2) + "\n");
     fs.fsyncSync(fd);
   } finally {

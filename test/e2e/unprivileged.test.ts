@@ -116,4 +116,13 @@ test("an unprivileged agent starts and reloads after every tool run as root", { 
   assert.deepEqual(JSON.parse(fs.readFileSync(conf, "utf8")), { siteId: "lab-u" });
   agent = await unprivilegedAgentWorks("factory-reset");
   assert.equal(await agent.stop(), 0);
+
+  // 6. The offline voicemail CLI as root on a data directory with no mailbox folders yet: the
+  // folders it makes (voicemail/boxes, voicemail/greetings) are the agent user's.
+  fs.rmSync(path.join(dataDir, "voicemail"), { recursive: true, force: true });
+  const listed = await cli(["voicemail", "list", "--json"]);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.ok(fs.existsSync(path.join(dataDir, "voicemail", "boxes")), "the CLI made the mailbox folders");
+  agent = await unprivilegedAgentWorks("voicemail list (offline)");
+  assert.equal(await agent.stop(), 0);
 });
