@@ -181,7 +181,7 @@ export class Agent {
     quota: { ratePerS: 1, burst: 1, maxInFlight: 1, banMs: 0 } as SourceQuota,
     presence: { intervalMs: 0, misses: 0 },
     subscribe: { maxPerDevice: 0, rateMax: 0, rateWindowMs: 0, minExpires: 0, maxExpires: 0 } as SubscriptionLimits,
-    overload: { loopBusyPct: 0, lagMs: 0, udpQueuePct: 0, maxCallsSetup: 0, maxServerTransactions: 0, clearPct: 100, retryAfterS: 1 } as OverloadLimits,
+    overload: { loopBusyPct: 0, lagMs: 0, queueDelayMs: 0, maxCallsSetup: 0, maxServerTransactions: 0, clearPct: 100, retryAfterS: 1 } as OverloadLimits,
   };
   /** Devices keyed by SIP username: the registrar's credential lookup, rebuilt on change. */
   private devicesByUsername = new Map<string, DeviceRecord>();
@@ -318,9 +318,9 @@ export class Agent {
       limits: this.live.overload,
       callsSetup: () => this.proxy.stats().calls,
       serverTransactions: () => this.transactions.counts().server,
-      udpSockets: () => this.transport.udpSockets(),
+      queueProbe: { delayMs: () => this.transport.queueDelayMs(), probe: () => this.transport.probeQueues() },
       onChange: (active, cause, signals) => {
-        if (active) this.log.warn("overloaded: refusing new calls and other new requests with 503", { cause: cause ?? undefined, ...signals, loopBusyPct: Math.round(signals.loopBusyPct), lagMs: Math.round(signals.lagMs), udpQueuePct: signals.udpQueuePct === undefined ? undefined : Math.round(signals.udpQueuePct) });
+        if (active) this.log.warn("overloaded: refusing new calls and other new requests with 503", { cause: cause ?? undefined, ...signals, loopBusyPct: Math.round(signals.loopBusyPct), lagMs: Math.round(signals.lagMs), queueDelayMs: signals.queueDelayMs === undefined ? undefined : Math.round(signals.queueDelayMs) });
         else this.log.info("overload over: admitting new requests", { shed: this.overload.shedCount });
         this.bus.emit("sip.overload", { active, cause, at: Date.now() });
       },
@@ -624,7 +624,7 @@ export class Agent {
     Object.assign(this.live.rate, { max: s.guardRequestRateMax, windowMs: s.guardRequestRateWindowS * 1000 });
     Object.assign(this.live.quota, { ratePerS: s.guardSourceRatePerS, burst: s.guardSourceBurst, maxInFlight: s.guardSourceMaxTransactions, banMs: s.guardFloodBanS * 1000 });
     Object.assign(this.live.presence, { intervalMs: s.keepaliveIntervalS * 1000, misses: s.keepaliveMisses });
-    Object.assign(this.live.overload, { loopBusyPct: s.overloadLoopBusyPct, lagMs: s.overloadLagMs, udpQueuePct: s.overloadUdpQueuePct, maxCallsSetup: s.overloadMaxCallsSetup, maxServerTransactions: s.overloadMaxServerTransactions, clearPct: s.overloadClearPct, retryAfterS: s.overloadRetryAfterS });
+    Object.assign(this.live.overload, { loopBusyPct: s.overloadLoopBusyPct, lagMs: s.overloadLagMs, queueDelayMs: s.overloadQueueDelayMs, maxCallsSetup: s.overloadMaxCallsSetup, maxServerTransactions: s.overloadMaxServerTransactions, clearPct: s.overloadClearPct, retryAfterS: s.overloadRetryAfterS });
     Object.assign(this.live.subscribe, { maxPerDevice: s.subscribeMaxPerDevice, rateMax: s.subscribeRateMax, rateWindowMs: s.subscribeRateWindowS * 1000, minExpires: s.subscribeMinExpires, maxExpires: s.subscribeMaxExpires });
   }
 

@@ -79,7 +79,7 @@ export interface Settings {
   guardAllowlist: string[];
   overloadLoopBusyPct: number;
   overloadLagMs: number;
-  overloadUdpQueuePct: number;
+  overloadQueueDelayMs: number;
   overloadMaxCallsSetup: number;
   overloadMaxServerTransactions: number;
   overloadClearPct: number;
@@ -635,17 +635,17 @@ const SPECS: Specs = {
   overloadLoopBusyPct: {
     codec: intCodec(0, 100),
     default: 90,
-    doc: "Overload when the signalling event loop was busy this share of the time, percent (100 ms samples, smoothed: a single busy sample is not overload), where the UDP receive queue cannot be read (TCP only, no /proc; otherwise overloadUdpQueuePct measures the backlog itself): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
+    doc: "Overload when the signalling event loop was busy this share of the time, percent (50 ms samples, smoothed: a single busy sample is not overload), where no UDP queue delay is measured (TCP only; otherwise overloadQueueDelayMs steers by the backlog itself): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
   },
   overloadLagMs: {
     codec: intCodec(0, 60_000),
     default: 500,
-    doc: "Overload when the event loop's timers ran this late on average, ms (100 ms samples, smoothed). A backstop: overloadLoopBusyPct already sees a loop blocked by long tasks, and lag also grows while the process merely waits for a CPU another process holds; 0 disables.",
+    doc: "Overload when the event loop's timers ran this late on average, ms (50 ms samples, smoothed). A backstop: overloadLoopBusyPct already sees a loop blocked by long tasks, and lag also grows while the process merely waits for a CPU another process holds; 0 disables.",
   },
-  overloadUdpQueuePct: {
-    codec: intCodec(0, 100),
+  overloadQueueDelayMs: {
+    codec: intCodec(0, 10_000),
     default: 50,
-    doc: "Overload when a SIP UDP socket's kernel receive queue is this full, percent of its buffer (read from /proc/net/udp every 100 ms; the agent asks for a 4 MB buffer): the backlog of requests the agent does not keep up with; datagrams are lost when it is full and callers retransmit after 500 ms. 0 disables.",
+    doc: "Target wait of a datagram in the SIP UDP sockets' kernel receive queues, ms, measured every 50 ms by a probe the agent sends itself through each queue. Past it a share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, adjusted at every sample by how far the wait is from this and how fast it grows, so the agent carries what it can with a short queue (callers retransmit after 500 ms); 0 disables.",
   },
   overloadMaxCallsSetup: {
     codec: intCodec(0, 1_000_000),
@@ -660,7 +660,7 @@ const SPECS: Specs = {
   overloadClearPct: {
     codec: intCodec(1, 100),
     default: 80,
-    doc: "Hysteresis of overload control on the sampled signals (loop busy, lag, UDP queue): the share of new requests refused falls, step by step, only while each is below this percentage of its limit; it rises at every sample over a limit.",
+    doc: "Hysteresis of overload control on the event loop's figures (loop busy, lag; used where no UDP queue delay is measured): the share of new requests refused falls, step by step, only while each is below this percentage of its limit; it rises at every sample over a limit.",
   },
   overloadRetryAfterS: {
     codec: intCodec(1, 3600),

@@ -56,6 +56,17 @@ const KAMAILIO_CFG = path.join(BENCH_DIR, "kamailio", "kamailio.cfg");
 /** Another build of the agent (a bundle .mjs, e.g. of the commit before a change) run as a third
  *  proxy, interleaved with the others: before/after figures from the same run. */
 const BASELINE = process.env.BENCH_KAM_BASELINE;
+/** RINGEDGE_* settings ("RINGEDGE_A=1,RINGEDGE_B=2") for the ringedge run and for the baseline run: e.g. this build against itself with overload control off. */
+const settingsFrom = (list: string | undefined): Record<string, string> =>
+  Object.fromEntries(
+    (list ?? "")
+      .split(",")
+      .map((kv) => kv.trim())
+      .filter((kv) => /^RINGEDGE_[A-Z0-9_]+=/.test(kv))
+      .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]),
+  );
+const RINGEDGE_SETTINGS = settingsFrom(process.env.BENCH_KAM_SETTINGS);
+const BASELINE_SETTINGS = settingsFrom(process.env.BENCH_KAM_BASELINE_SETTINGS);
 /** Agent under node --cpu-prof; the profiles stay in the kept temp dir (read with bench/cpuprofile.ts). */
 const CPU_PROF = process.env.BENCH_CPU_PROF === "1";
 
@@ -101,7 +112,7 @@ async function startRingedge(dir: string, phones: Phone[], callerPort: number, b
   const port = await freePort();
   const site = path.join(dir, "site.json");
   fs.writeFileSync(site, JSON.stringify(ringedgeSite(phones, callerPort)));
-  const env = benchAgentEnv(dataDir, port, site, CPU_PROF ? { RINGEDGE_NODE_FLAGS: `--cpu-prof --cpu-prof-dir=${path.join(dir, "prof")}` } : {});
+  const env = benchAgentEnv(dataDir, port, site, { ...(CPU_PROF ? { RINGEDGE_NODE_FLAGS: `--cpu-prof --cpu-prof-dir=${path.join(dir, "prof")}` } : {}), ...(bundle === undefined ? RINGEDGE_SETTINGS : BASELINE_SETTINGS) });
   // A baseline bundle runs with the flags bin/ringedge gives the shipped one.
   const agent = bundle === undefined ? start(BIN, ["run"], { cwd: ROOT, env }) : start(process.execPath, ["--max-semi-space-size=4", ...(env.RINGEDGE_NODE_FLAGS ?? "").split(" ").filter((a) => a !== ""), bundle, "run"], { cwd: ROOT, env });
   const sock = path.join(dataDir, "control.sock");

@@ -20,7 +20,7 @@ export const LIVE_SETTINGS: ReadonlySet<SettingName> = new Set<SettingName>([
   "guardFloodBanS",
   "overloadLoopBusyPct",
   "overloadLagMs",
-  "overloadUdpQueuePct",
+  "overloadQueueDelayMs",
   "overloadMaxCallsSetup",
   "overloadMaxServerTransactions",
   "overloadClearPct",

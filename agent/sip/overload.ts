@@ -20,32 +20,38 @@
 //     admission below the limit is exactly "there is room", and a wide band would refuse calls
 //     the agent could carry); the narrow one keeps a full agent from entering and leaving
 //     overload (logs, events) with every call at the edge.
-//   - sampled signals (the UDP receive queues, how busy the event loop was, its timer delay):
-//     noisy and late, so they do not switch admission on and off (an on/off switch on a CPU
-//     signal swings between saturation and idleness and completes fewer calls than the agent
-//     can carry). nextShedFraction() instead adapts the share of new requests refused, as
-//     RFC 7339's loss-based algorithm does (§5.10): up at every sample with a signal at or over
-//     its limit (more the further over), down by a small step at every sample with all of them
-//     below clearPct % of their limits, unchanged in between (hysteresis band). The UDP receive
-//     queue is the primary one: it is the backlog itself, the requests waiting because the agent
-//     does not keep up. Where it can be read, the loop's busy share does not count: a loop 100 %
-//     busy that keeps up is the agent at full use, which is what it is for, and counting it kept
-//     the agent refusing most calls while refusing them alone kept the loop busy (hot-path bench
-//     on a loaded box: 137 of 6,000 calls completed at 600/s; with the busy share counted only
-//     while 1 % of the queue was full, still 1,316 against 1,987 without overload control).
-//     Elsewhere (TCP only, no /proc) the busy share stands in for the queue.
+//   - sampled signals, read every sampleMs: noisy and late, so they do not switch admission on
+//     and off (an on/off switch on a CPU signal swings between saturation and idleness and
+//     completes fewer calls than the agent can carry); they adapt the share of new requests
+//     refused (a uniform draw per request), as RFC 7339's loss-based algorithm does (§5.10).
+//     The primary one is the queue delay: how long a datagram waits in a SIP UDP socket's
+//     receive queue before the agent reads it, measured by a probe the agent sends itself through
+//     that queue (sip/queue-probe.ts). It is the backlog itself, in the unit the harm is in (a
+//     caller retransmits after 500 ms), and it includes the event loop's own stalls. The share
+//     follows it with a proportional-integral law around a target wait (queueDelayShed(), the
+//     law RFC 8033's PIE applies to a router's queue): up or down in proportion to how far the
+//     wait is from the target, plus, while the wait stays over the target, in proportion to how
+//     much it grew since the last sample. So the agent settles where it carries what it can with
+//     a short queue (the share a 2× overload needs is found within a few samples), and lets the
+//     share go as soon as the queue is short, instead of holding it through a band (the earlier
+//     law, driven by the queue's fill in bytes with a hysteresis band, refused most calls for
+//     seconds after each crossing and completed under half of what the agent carries). A loop
+//     100 % busy that keeps the queue short is the agent at full use, which is what it is for,
+//     so the loop's busy share does not count where the queue delay is measured. Where it is not
+//     (TCP only), the older step law runs on the loop's busy share and timer lag (smoothed): up
+//     at every sample over a limit (more the further over), down by a small step at every sample
+//     with both below clearPct % of their limits, unchanged in between.
 //   - shedNow(): a new request is refused while the counts are latched, else with the current
 //     fraction (a uniform draw).
 //   - retryAfterS(): the base Retry-After plus up to half of it again at random, so the refused
 //     callers do not all come back in the same second.
 //
-// Mechanism (OverloadControl): samples the event loop every sampleMs — how busy it was
-// (performance.eventLoopUtilization: the share of time spent running callbacks; 100 % means
-// datagrams are waiting in the kernel) and its timer delay (perf_hooks monitorEventLoopDelay),
-// both smoothed over samples (SMOOTHING: a single busy sample, such as a site file applied or a
-// module loaded, is a burst, not overload; four in a row are) — and, where /proc/net/udp exists,
-// the fill of the SIP UDP sockets' receive queues, unsmoothed (a filling queue is datagrams about
-// to be lost). The first sample after start() only sets the baseline. The counts come from
+// Mechanism (OverloadControl): every sampleMs it reads the queue delay from the transport's probes
+// and sends the next probe, and samples the event loop — how busy it was
+// (performance.eventLoopUtilization: the share of time spent running callbacks) and its timer
+// delay (perf_hooks monitorEventLoopDelay), both smoothed over samples (SMOOTHING: a single busy
+// sample, such as a site file applied or a module loaded, is a burst, not overload; four in a
+// row are). The first sample after start() only sets the baseline. The counts come from
 // callbacks read per request (O(1)). A new request costs one classification and a few
 // comparisons; a shed one is answered without a transaction or call record (agent.ts).
 //
@@ -55,7 +61,6 @@
 // its key is remembered for 64×T1 (a bounded LRU of strings) so that its retransmissions get the
 // same 503 again instead of being judged anew: admitting a later copy would start a call the
 // caller has already given up on (it took the first 503 as final and ACKed it).
-import fs from "node:fs";
 import { monitorEventLoopDelay, performance, type EventLoopUtilization, type IntervalHistogram } from "node:perf_hooks";
 import { LruMap } from "./guard.ts";
 import { rfc2543Key, serverKey } from "./transaction/keys.ts";
@@ -66,8 +71,8 @@ export interface OverloadLimits {
   loopBusyPct: number;
   /** Mean event-loop timer delay in a sample, ms; 0 disables. */
   lagMs: number;
-  /** Fill of a SIP UDP socket's receive queue, percent of its buffer; 0 disables. */
-  udpQueuePct: number;
+  /** Target wait in the SIP UDP receive queues, ms: past it a growing share of new requests is refused; 0 disables. */
+  queueDelayMs: number;
   /** Calls being set up (forked, ringing, no final answer yet); 0 disables. */
   maxCallsSetup: number;
   /** Live server transactions (all sources); 0 disables. */
@@ -82,8 +87,8 @@ export interface OverloadLimits {
 export interface SampledSignals {
   loopBusyPct: number;
   lagMs: number;
-  /** undefined where the queues cannot be read (not Linux, no UDP socket). */
-  udpQueuePct: number | undefined;
+  /** The wait in the SIP UDP receive queues, ms (sip/queue-probe.ts); undefined where not measured (no UDP socket). */
+  queueDelayMs: number | undefined;
 }
 
 /** Signals counted exactly, re-read per new request. */
@@ -92,14 +97,30 @@ export interface CountedSignals {
   serverTransactions: number;
 }
 
-export type SampledCause = "loopBusy" | "lag" | "udpQueue";
+export type SampledCause = "loopBusy" | "lag" | "queueDelay";
 export type CountedCause = "callsSetup" | "serverTransactions";
 export type OverloadCause = SampledCause | CountedCause;
 
 /** A count latched at its limit is released below this percentage of it (see the header). */
 export const COUNT_CLEAR_PCT = 95;
 
-/** Share of new requests refused on sampled signals: the step down per calm sample, the least step up, the most. */
+/** Default sampling period, ms: a queue filling at twice the agent's pace gains 50 ms a sample, well inside a caller's 500 ms retransmission. */
+export const SAMPLE_MS = 50;
+/**
+ * The queue-delay law (queueDelayShed): share per ms of wait over (or under) the target, per
+ * sample; share per ms the wait grew since the last sample while that one was over the target;
+ * the most wait over the target one sample counts (a single stall, such as a long garbage
+ * collection, moves the share by at most QUEUE_GAIN_PER_MS × QUEUE_ERROR_CAP_MS = 0.05, and the
+ * next sample takes it back). Tuned for SAMPLE_MS samples: on a fluid model of the ring-all call
+ * first, then with the vs-kamailio bench (bench/README.md). Twice these gains made the share
+ * swing (0.4 to 0.9 and back every ~0.7 s at 800 calls/s, the loop idle at the low end): a call
+ * admitted now brings most of its work 50-150 ms later, a dead time a stronger law overshoots.
+ */
+export const QUEUE_GAIN_PER_MS = 0.001;
+export const QUEUE_TREND_GAIN_PER_MS = 0.002;
+export const QUEUE_ERROR_CAP_MS = 50;
+
+/** Share of new requests refused on the loop's figures (no queue delay): the step down per calm sample, the least step up, the most. */
 export const SHED_STEP_DOWN = 0.05;
 export const SHED_STEP_UP = 0.1;
 export const SHED_STEP_UP_MAX = 0.5;
@@ -108,34 +129,38 @@ export const SHED_STEP_UP_MAX = 0.5;
 export function validLimits(l: OverloadLimits): boolean {
   const nonNeg = (n: number): boolean => Number.isFinite(n) && n >= 0;
   return (
-    nonNeg(l.loopBusyPct) && nonNeg(l.lagMs) && nonNeg(l.maxCallsSetup) && nonNeg(l.maxServerTransactions) && nonNeg(l.udpQueuePct) &&
+    nonNeg(l.loopBusyPct) && nonNeg(l.lagMs) && nonNeg(l.maxCallsSetup) && nonNeg(l.maxServerTransactions) && nonNeg(l.queueDelayMs) &&
     Number.isFinite(l.clearPct) && l.clearPct >= 1 && l.clearPct <= 100 && Number.isFinite(l.retryAfterS) && l.retryAfterS >= 1
   );
 }
 
-const SAMPLED: ReadonlyArray<{ cause: SampledCause; limit: "loopBusyPct" | "lagMs" | "udpQueuePct"; value: (s: SampledSignals) => number | undefined }> = [
-  { cause: "udpQueue", limit: "udpQueuePct", value: (s) => s.udpQueuePct },
+const LOOP_SIGNALS: ReadonlyArray<{ cause: SampledCause; limit: "loopBusyPct" | "lagMs"; value: (s: SampledSignals) => number }> = [
   { cause: "loopBusy", limit: "loopBusyPct", value: (s) => s.loopBusyPct },
   { cause: "lag", limit: "lagMs", value: (s) => s.lagMs },
 ];
 
+function clamp01(n: number): number {
+  return Number.isFinite(n) ? Math.min(Math.max(n, 0), 1) : 0;
+}
+
 /**
- * The share of new requests to refuse after one sample (pure, in [0, 1]). A signal at or over
- * its limit raises it by SHED_STEP_UP plus how far over the worst one is (v/limit − 1), at most
- * SHED_STEP_UP_MAX; all of them below clearPct % of their limits lower it by SHED_STEP_DOWN;
- * otherwise it stays. The loop's busy share counts only where the UDP queue is not read.
- * cause: the worst signal at or over its limit, null when none is.
+ * The share of new requests to refuse after one sample (pure, in [0, 1]). With the queue delay
+ * measured and its target set: queueDelayShed(). Otherwise the loop's figures: one at or over
+ * its limit raises the share by SHED_STEP_UP plus how far over the worst one is (v/limit − 1),
+ * at most SHED_STEP_UP_MAX; all of them below clearPct % of their limits lower it by
+ * SHED_STEP_DOWN; otherwise it stays. prevDelayMs: the queue delay of the previous sample.
+ * cause: what raised the share, null when nothing did.
  */
-export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLimits): { fraction: number; cause: SampledCause | null } {
-  const p = Number.isFinite(prev) ? Math.min(Math.max(prev, 0), 1) : 0;
+export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLimits, prevDelayMs?: number): { fraction: number; cause: SampledCause | null } {
+  const p = clamp01(prev);
+  if (l.queueDelayMs > 0 && s.queueDelayMs !== undefined && Number.isFinite(s.queueDelayMs)) return queueDelayShed(p, s.queueDelayMs, prevDelayMs, l.queueDelayMs);
   let worst = 0;
   let cause: SampledCause | null = null;
   let aboveClear = false;
-  const queueKnown = s.udpQueuePct !== undefined && l.udpQueuePct > 0;
-  for (const sig of SAMPLED) {
+  for (const sig of LOOP_SIGNALS) {
     const limit = l[sig.limit];
-    const v = sig.cause === "loopBusy" && queueKnown ? undefined : sig.value(s);
-    if (!(limit > 0) || v === undefined || !Number.isFinite(v)) continue;
+    const v = sig.value(s);
+    if (!(limit > 0) || !Number.isFinite(v)) continue;
     const ratio = v / limit;
     if (ratio >= 1 && ratio > worst) {
       worst = ratio;
@@ -146,6 +171,24 @@ export function nextShedFraction(prev: number, s: SampledSignals, l: OverloadLim
   if (cause !== null) return { fraction: Math.min(1, p + Math.min(SHED_STEP_UP_MAX, SHED_STEP_UP + (worst - 1))), cause };
   if (aboveClear) return { fraction: p, cause: null };
   return { fraction: Math.max(0, p - SHED_STEP_DOWN), cause: null };
+}
+
+/**
+ * The proportional-integral law on the queue delay (pure): the share moves by
+ * QUEUE_GAIN_PER_MS per ms the wait is over the target (under it: down; the excess counted up to
+ * QUEUE_ERROR_CAP_MS), plus QUEUE_TREND_GAIN_PER_MS per ms the wait changed since the previous
+ * sample when the previous one was over the target (a queue still growing needs more, one
+ * draining past its peak less). So one stall alone raises the share by the capped first term
+ * only, and the next sample, back under the target, takes that back.
+ */
+export function queueDelayShed(prev: number, delayMs: number, prevDelayMs: number | undefined, targetMs: number): { fraction: number; cause: SampledCause | null } {
+  const p = clamp01(prev);
+  if (!Number.isFinite(delayMs) || !(targetMs > 0)) return { fraction: p, cause: null };
+  const d = Math.max(0, delayMs);
+  let step = QUEUE_GAIN_PER_MS * Math.min(d - targetMs, QUEUE_ERROR_CAP_MS);
+  if (prevDelayMs !== undefined && Number.isFinite(prevDelayMs) && prevDelayMs > targetMs) step += QUEUE_TREND_GAIN_PER_MS * (d - Math.max(0, prevDelayMs));
+  const fraction = clamp01(p + step);
+  return { fraction, cause: d > targetMs && fraction > p ? "queueDelay" : null };
 }
 
 /**
@@ -194,32 +237,6 @@ export function retryAfterS(base: number, random: number): number {
   return b + Math.floor(r * (Math.floor(b / 2) + 1));
 }
 
-// --- /proc/net/udp -------------------------------------------------------------------------------
-
-/**
- * Receive-queue bytes of the sockets bound to the given local ports, from the text of
- * /proc/net/udp or /proc/net/udp6 (columns: sl local_address rem_address st tx_queue:rx_queue
- * ...; addresses and queues in hex). Lines that do not parse are skipped; the largest queue per
- * port is kept.
- */
-export function parseUdpQueues(text: string, ports: ReadonlySet<number>): Map<number, number> {
-  const out = new Map<number, number>();
-  for (const line of text.split("\n")) {
-    const cols = line.trim().split(/\s+/);
-    if (cols.length < 5) continue;
-    const local = cols[1] ?? "";
-    const colon = local.lastIndexOf(":");
-    if (colon < 0) continue;
-    const port = Number.parseInt(local.slice(colon + 1), 16);
-    if (!ports.has(port)) continue;
-    const queues = (cols[4] ?? "").split(":");
-    if (queues.length !== 2 || !/^[0-9A-Fa-f]+$/.test(queues[1] ?? "")) continue;
-    const rx = Number.parseInt(queues[1]!, 16);
-    if (Number.isFinite(rx)) out.set(port, Math.max(out.get(port) ?? 0, rx));
-  }
-  return out;
-}
-
 // --- mechanism -----------------------------------------------------------------------------------
 
 export interface OverloadStats {
@@ -250,16 +267,14 @@ export interface OverloadControlOptions {
   callsSetup: () => number;
   /** Live server transactions now (O(1)). */
   serverTransactions: () => number;
-  /** Local UDP sockets to watch: port, family and receive-buffer size in bytes. */
-  udpSockets?: () => ReadonlyArray<{ port: number; family: 4 | 6; bufferBytes: number }>;
-  /** Sampling period of the loop and queue signals, ms (default 100). */
+  /** The queue-delay probes (the transport): read the wait, send the next probe (sip/queue-probe.ts). */
+  queueProbe?: { delayMs(): number | undefined; probe(): void };
+  /** Sampling period of the loop and queue signals, ms (default SAMPLE_MS). */
   sampleMs?: number;
   /** Entered (cause set) or left (cause null) overload: logs, bus. */
   onChange?: (active: boolean, cause: OverloadCause | null, signals: Readonly<SampledSignals & CountedSignals>) => void;
   now?: () => number;
   random?: () => number;
-  /** Where the UDP tables are (tests point it elsewhere); default /proc/net. */
-  procNetDir?: string;
 }
 
 /** Methods counted by name in shedByMethod; anything else counts under "other" (bounded labels). */
@@ -273,7 +288,7 @@ const SHED_MEMORY_MAX = 20_000;
 export const SMOOTHING = 0.5;
 
 export class OverloadControl {
-  private readonly sig: SampledSignals & CountedSignals = { loopBusyPct: 0, lagMs: 0, udpQueuePct: undefined, callsSetup: 0, serverTransactions: 0 };
+  private readonly sig: SampledSignals & CountedSignals = { loopBusyPct: 0, lagMs: 0, queueDelayMs: undefined, callsSetup: 0, serverTransactions: 0 };
   private counted: CountedCause | null = null;
   private fraction = 0;
   private activeSince = 0;
@@ -287,7 +302,8 @@ export class OverloadControl {
   private timer: NodeJS.Timeout | undefined;
   private delay: IntervalHistogram | undefined;
   private elu: EventLoopUtilization | undefined;
-  private reading = false;
+  /** The queue delay of the previous sample (the law's trend term). */
+  private prevDelayMs: number | undefined;
   /** Samples taken since start(); the first only sets the baseline. */
   private samples = 0;
   private readonly now: () => number;
@@ -304,7 +320,9 @@ export class OverloadControl {
     this.delay.enable();
     this.elu = performance.eventLoopUtilization();
     this.samples = 0;
-    this.timer = setInterval(() => this.sample(), Math.max(10, this.o.sampleMs ?? 100));
+    this.prevDelayMs = undefined;
+    this.o.queueProbe?.probe(); // opens the probe sockets; the first sample sends the first probe
+    this.timer = setInterval(() => this.sample(), Math.max(10, this.o.sampleMs ?? SAMPLE_MS));
     this.timer.unref();
   }
 
@@ -414,38 +432,16 @@ export class OverloadControl {
       s.loopBusyPct = first ? 0 : smooth(s.loopBusyPct, busy);
       this.elu = now;
     }
+    const delay = this.o.queueProbe?.delayMs();
+    s.queueDelayMs = delay === undefined ? undefined : Math.round(delay * 10) / 10;
+    this.o.queueProbe?.probe();
     if (first || !validLimits(this.o.limits)) return;
     const was = this.active;
-    const next = nextShedFraction(this.fraction, s, this.o.limits);
+    const next = nextShedFraction(this.fraction, s, this.o.limits, this.prevDelayMs);
+    this.prevDelayMs = s.queueDelayMs;
     this.fraction = next.fraction;
     this.noteChange(was, next.cause);
     this.judgeCounts();
-    if (this.o.limits.udpQueuePct > 0) this.readUdpQueues();
-  }
-
-  /** Reads the UDP tables asynchronously (a few hundred bytes on an appliance); no-op where absent. */
-  private readUdpQueues(): void {
-    const socks = this.o.udpSockets?.() ?? [];
-    if (socks.length === 0 || this.reading) return;
-    this.reading = true;
-    const dir = this.o.procNetDir ?? "/proc/net";
-    const files = [...new Set(socks.map((x) => (x.family === 6 ? "udp6" : "udp")))];
-    const ports = new Set(socks.map((x) => x.port));
-    void Promise.all(files.map((f) => fs.promises.readFile(`${dir}/${f}`, "latin1").catch(() => "")))
-      .then((texts) => {
-        let pct: number | undefined;
-        for (const text of texts) {
-          for (const [port, rx] of parseUdpQueues(text, ports)) {
-            const sock = socks.find((x) => x.port === port);
-            if (sock === undefined || !(sock.bufferBytes > 0)) continue;
-            pct = Math.max(pct ?? 0, (rx * 100) / sock.bufferBytes);
-          }
-        }
-        this.sig.udpQueuePct = pct;
-      })
-      .finally(() => {
-        this.reading = false;
-      });
   }
 }
 

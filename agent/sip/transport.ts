@@ -7,6 +7,7 @@ import dgram from "node:dgram";
 import dns from "node:dns";
 import net from "node:net";
 import { DEFAULT_LIMITS, parseDatagram, parseStreamMessage, streamContentLength, type ParseError, type ParseLimits } from "./message.ts";
+import { PROBE_BYTES, ProbeClock, probeNonce, probePayload, readProbe } from "./queue-probe.ts";
 import { setViaReceived } from "./serialize.ts";
 import type { Flow, SipRequest, SipResponse, Transport } from "./types.ts";
 import type { Logger } from "../log.ts";
@@ -39,6 +40,17 @@ export interface TransportOptions {
   /** Early drop for silently banned sources: return false to ignore every byte from it. */
   acceptSource?: (address: string, flow?: Flow) => boolean;
   log: Logger;
+}
+
+/** One SIP UDP socket's queue-delay probe: the socket it is sent from, where to, its clock. */
+interface UdpProbe {
+  socket?: dgram.Socket;
+  clock: ProbeClock;
+  targetAddress: string;
+  targetPort: number;
+  localAddress: string;
+  localPort: number;
+  onError: (err: Error | null) => void;
 }
 
 export interface InboundHandler {
@@ -323,6 +335,10 @@ export class SipTransport implements Transport {
   private nextConnectionId = 1;
   private readonly counters: TransportStats = { received: 0, sent: 0, parseErrors: 0, dropped: 0, tcpConnections: 0, tcpMostFromOneAddress: 0, tcpRefused: 0, tcpMessageTimeouts: 0, tcpIdleClosed: 0 };
   private bound: Array<{ transport: "udp" | "tcp"; address: string; port: number; family: 4 | 6 }> = [];
+  /** Queue-delay probes, one per SIP UDP socket by its key (sip/queue-probe.ts); made on the first probeQueues(). */
+  private readonly probes = new Map<string, UdpProbe>();
+  private readonly probeNonce = probeNonce();
+  private stopped = false;
 
   constructor(private readonly opts: TransportOptions, private readonly handler: InboundHandler) {
     this.limits = opts.limits ?? DEFAULT_LIMITS;
@@ -334,6 +350,7 @@ export class SipTransport implements Transport {
   }
 
   async start(): Promise<void> {
+    this.stopped = false;
     for (const addr of this.opts.listen) {
       // UDP and TCP share a port number; with port 0 the UDP port chosen is reused for TCP.
       let port = addr.port;
@@ -347,21 +364,79 @@ export class SipTransport implements Transport {
     return this.bound;
   }
 
-  /** The bound UDP sockets and their receive-buffer sizes (overload control watches their queues). */
-  udpSockets(): Array<{ port: number; family: 4 | 6; bufferBytes: number }> {
-    const out: Array<{ port: number; family: 4 | 6; bufferBytes: number }> = [];
-    for (const b of this.bound) {
-      if (b.transport !== "udp") continue;
-      const sock = this.udp.get(`${b.address}|${b.port}`);
-      let bufferBytes = 0;
-      try {
-        bufferBytes = sock?.getRecvBufferSize() ?? 0;
-      } catch {
-        // Closed meanwhile: nothing to watch.
+  /**
+   * Sends one queue-delay probe to each SIP UDP socket from a socket of the agent's own (made on
+   * the first call, bound to loopback or to the SIP socket's own address). Overload control
+   * calls this once per sample and reads queueDelayMs() before the next.
+   */
+  probeQueues(): void {
+    if (this.stopped) return;
+    for (const [key, sock] of this.udp) {
+      const probe = this.probes.get(key);
+      if (probe === undefined) {
+        this.openProbe(key, sock);
+        continue;
       }
-      if (bufferBytes > 0) out.push({ port: b.port, family: b.family, bufferBytes });
+      if (probe.socket === undefined) continue; // still binding, or failed
+      const seq = probe.clock.sent(performance.now());
+      probe.socket.send(probePayload(this.probeNonce, seq), probe.targetPort, probe.targetAddress, probe.onError);
     }
-    return out;
+  }
+
+  /** The longest wait in a SIP UDP socket's receive queue, ms, from the probes; undefined before any. */
+  queueDelayMs(): number | undefined {
+    const now = performance.now();
+    let worst: number | undefined;
+    for (const p of this.probes.values()) {
+      const d = p.clock.delayMs(now);
+      if (d !== undefined && (worst === undefined || d > worst)) worst = d;
+    }
+    return worst;
+  }
+
+  private openProbe(key: string, sipSock: dgram.Socket): void {
+    let a: net.AddressInfo;
+    try {
+      a = sipSock.address();
+    } catch {
+      return; // closed meanwhile
+    }
+    const v6 = a.family === "IPv6" || net.isIPv6(a.address);
+    const any = a.address === "0.0.0.0" || a.address === "::";
+    const targetAddress = any ? (v6 ? "::1" : "127.0.0.1") : a.address;
+    const probe: UdpProbe = { clock: new ProbeClock(), targetAddress, targetPort: a.port, localAddress: "", localPort: -1, onError: () => undefined };
+    this.probes.set(key, probe);
+    const sock = dgram.createSocket({ type: v6 ? "udp6" : "udp4", ipv6Only: v6, lookup: literalLookup });
+    let failed = false;
+    const fail = (err: Error): void => {
+      if (failed) return;
+      failed = true;
+      probe.socket = undefined;
+      this.log.warn("queue-delay probe unavailable for a SIP UDP socket: overload control falls back to the event loop's figures", { local: `${a.address}:${a.port}`, err: err.message });
+      sock.close();
+    };
+    probe.onError = (err) => {
+      if (err) fail(err);
+    };
+    sock.once("error", fail);
+    sock.bind(0, targetAddress, () => {
+      if (this.stopped || failed) return void sock.close();
+      const local = sock.address();
+      probe.localAddress = local.address;
+      probe.localPort = local.port;
+      probe.socket = sock;
+      sock.unref();
+    });
+  }
+
+  /** A datagram of PROBE_BYTES on a SIP socket: ours if it comes from that socket's probe with our nonce. */
+  private isProbe(key: string, data: Buffer, rinfo: dgram.RemoteInfo, at: number): boolean {
+    const probe = this.probes.get(key);
+    if (probe === undefined || rinfo.port !== probe.localPort || rinfo.address !== probe.localAddress) return false;
+    const seq = readProbe(data, this.probeNonce);
+    if (seq === undefined) return false;
+    probe.clock.received(seq, at);
+    return true;
   }
 
   stats(): TransportStats {
@@ -380,8 +455,10 @@ export class SipTransport implements Transport {
         this.udp.set(`${a.address}|${a.port}`, sock);
         this.bound.push({ transport: "udp", address: a.address, port: a.port, family });
         sock.on("error", (err) => this.log.warn("udp socket error", { local: `${a.address}:${a.port}`, err }));
+        const key = `${a.address}|${a.port}`;
         sock.on("message", (data, rinfo) => {
           const receivedAt = performance.now();
+          if (data.length === PROBE_BYTES && this.isProbe(key, data, rinfo, receivedAt)) return;
           const flow: Flow = { transport: "udp", remoteAddress: rinfo.address, remotePort: rinfo.port, localAddress: a.address, localPort: a.port };
           this.onDatagram(data, flow, receivedAt);
         });
@@ -662,6 +739,9 @@ export class SipTransport implements Transport {
   }
 
   async stop(): Promise<void> {
+    this.stopped = true;
+    for (const p of this.probes.values()) p.socket?.close();
+    this.probes.clear();
     for (const conn of this.connections.values()) conn.socket.destroy();
     this.connections.clear();
     this.connectionByPeer.clear();

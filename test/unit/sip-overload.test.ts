@@ -1,21 +1,22 @@
 // Overload control (agent/sip/overload.ts): the pure policy (which requests may be shed, the
 // count latch with its hysteresis band, the shed fraction driven by sampled signals, the
-// Retry-After), the /proc/net/udp parser, and the mechanism behind the transaction layer's
+// Retry-After), the queue-delay law, and the mechanism behind the transaction layer's
 // admission hook: a shed request keeps no state, a retransmission of an admitted one is absorbed
 // and never judged or counted again, protected requests pass a full agent.
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import path from "node:path";
 import { afterEach, beforeEach, describe, mock, test } from "node:test";
 import { parseDatagram } from "../../agent/sip/message.ts";
 import {
   OverloadControl,
+  QUEUE_ERROR_CAP_MS,
+  QUEUE_GAIN_PER_MS,
+  QUEUE_TREND_GAIN_PER_MS,
   SHED_STEP_DOWN,
   SHED_STEP_UP,
   SHED_STEP_UP_MAX,
   judgeCounts,
   nextShedFraction,
-  parseUdpQueues,
+  queueDelayShed,
   requestClass,
   retryAfterS,
   shedNow,
@@ -25,11 +26,10 @@ import {
 } from "../../agent/sip/overload.ts";
 import { TransactionLayer } from "../../agent/sip/transaction.ts";
 import type { Flow, SipRequest, Transport } from "../../agent/sip/types.ts";
-import { tempDir } from "../tmpdir.ts";
 
-const LIMITS: OverloadLimits = { loopBusyPct: 90, lagMs: 100, udpQueuePct: 50, maxCallsSetup: 10, maxServerTransactions: 1000, clearPct: 80, retryAfterS: 4 };
-// No UDP queue read, so the loop's busy share counts.
-const calm = { loopBusyPct: 10, lagMs: 1, udpQueuePct: undefined };
+const LIMITS: OverloadLimits = { loopBusyPct: 90, lagMs: 100, queueDelayMs: 50, maxCallsSetup: 10, maxServerTransactions: 1000, clearPct: 80, retryAfterS: 4 };
+// No queue delay measured, so the loop's figures count.
+const calm = { loopBusyPct: 10, lagMs: 1, queueDelayMs: undefined };
 
 describe("requestClass: what may be shed", () => {
   test("requests that end or confirm admitted work are never shed, whatever the source", () => {
@@ -85,7 +85,7 @@ describe("judgeCounts: exact counts latch with a hysteresis band", () => {
   });
 });
 
-describe("nextShedFraction: sampled signals adapt the share refused (RFC 7339 loss-based idea)", () => {
+describe("nextShedFraction without a queue delay: the loop's figures adapt the share refused step by step", () => {
   test("a signal over its limit raises the share, more the further over; calm samples lower it step by step", () => {
     const up = nextShedFraction(0, { ...calm, loopBusyPct: 90 }, LIMITS);
     assert.equal(up.cause, "loopBusy");
@@ -105,25 +105,72 @@ describe("nextShedFraction: sampled signals adapt the share refused (RFC 7339 lo
     assert.deepEqual(nextShedFraction(0.3, { ...calm, loopBusyPct: 75 }, LIMITS), { fraction: 0.3, cause: null });
     assert.deepEqual(nextShedFraction(0, { ...calm, loopBusyPct: 75 }, LIMITS), { fraction: 0, cause: null });
   });
-  test("the loop's busy share counts only where the UDP queue is not read (it is the backlog itself)", () => {
-    // 100 % busy and keeping up (the queue read, under its limit): full use, not overload.
-    assert.deepEqual(nextShedFraction(0.5, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 0.5 }, LIMITS), { fraction: 0.5 - SHED_STEP_DOWN, cause: null });
-    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 45 }, LIMITS).cause, null, "in the queue's band: holds");
-    // No queue to read (TCP only, not Linux), or its limit disabled: the busy share stands in.
-    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: undefined }, LIMITS).cause, "loopBusy");
-    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, udpQueuePct: 90 }, { ...LIMITS, udpQueuePct: 0 }).cause, "loopBusy");
+  test("where the queue delay is measured it alone decides: a loop 100 % busy that keeps the queue short is full use", () => {
+    assert.deepEqual(nextShedFraction(0.5, { loopBusyPct: 100, lagMs: 900, queueDelayMs: 0 }, LIMITS, 0), queueDelayShed(0.5, 0, 0, 50));
+    assert.ok(nextShedFraction(0.5, { loopBusyPct: 100, lagMs: 900, queueDelayMs: 0 }, LIMITS, 0).fraction < 0.5);
+    // No queue delay (TCP only), or its target disabled: the loop's figures stand in.
+    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, queueDelayMs: undefined }, LIMITS).cause, "loopBusy");
+    assert.equal(nextShedFraction(0, { loopBusyPct: 100, lagMs: 0, queueDelayMs: 900 }, { ...LIMITS, queueDelayMs: 0 }).cause, "loopBusy");
   });
-  test("the worst signal is named; an unknown UDP queue and disabled limits are ignored", () => {
-    assert.equal(nextShedFraction(0, { loopBusyPct: 95, lagMs: 500, udpQueuePct: 60 }, LIMITS).cause, "lag");
-    assert.equal(nextShedFraction(0, { loopBusyPct: 10, lagMs: 1, udpQueuePct: 75 }, LIMITS).cause, "udpQueue");
-    assert.deepEqual(nextShedFraction(0.2, { loopBusyPct: 10, lagMs: 1, udpQueuePct: undefined }, LIMITS).cause, null);
-    const off = { ...LIMITS, loopBusyPct: 0, lagMs: 0, udpQueuePct: 0 };
-    assert.deepEqual(nextShedFraction(0.2, { loopBusyPct: 100, lagMs: 9999, udpQueuePct: 100 }, off), { fraction: 0.2 - SHED_STEP_DOWN, cause: null });
+  test("the worst loop figure is named; disabled limits are ignored", () => {
+    assert.equal(nextShedFraction(0, { loopBusyPct: 95, lagMs: 500, queueDelayMs: undefined }, LIMITS).cause, "lag");
+    assert.equal(nextShedFraction(0, { loopBusyPct: 99, lagMs: 1, queueDelayMs: undefined }, LIMITS).cause, "loopBusy");
+    const off = { ...LIMITS, loopBusyPct: 0, lagMs: 0, queueDelayMs: 0 };
+    assert.deepEqual(nextShedFraction(0.2, { loopBusyPct: 100, lagMs: 9999, queueDelayMs: 9999 }, off), { fraction: 0.2 - SHED_STEP_DOWN, cause: null });
   });
   test("hostile figures (NaN, Infinity, a previous share out of range) never stick it at 1 or throw", () => {
     assert.equal(nextShedFraction(Number.NaN, calm, LIMITS).fraction, 0);
     assert.equal(nextShedFraction(7, calm, LIMITS).fraction, 1 - SHED_STEP_DOWN);
-    assert.deepEqual(nextShedFraction(0, { loopBusyPct: Number.NaN, lagMs: Number.POSITIVE_INFINITY, udpQueuePct: -1 }, LIMITS), { fraction: 0, cause: null });
+    assert.deepEqual(nextShedFraction(0, { loopBusyPct: Number.NaN, lagMs: Number.POSITIVE_INFINITY, queueDelayMs: undefined }, LIMITS), { fraction: 0, cause: null });
+    assert.deepEqual(nextShedFraction(0.3, { loopBusyPct: 0, lagMs: 0, queueDelayMs: Number.NaN }, LIMITS), { fraction: 0.3 - SHED_STEP_DOWN, cause: null }, "a NaN delay is no delay");
+  });
+});
+
+describe("queueDelayShed: the share follows the queue's wait around its target (proportional-integral)", () => {
+  const close = (a: number, b: number): boolean => Math.abs(a - b) < 1e-9;
+  test("over the target it rises by the excess (capped); under it, it falls by the shortfall", () => {
+    const up = queueDelayShed(0, 70, 10, 50);
+    assert.equal(up.cause, "queueDelay");
+    assert.ok(close(up.fraction, 20 * QUEUE_GAIN_PER_MS), String(up.fraction));
+    assert.ok(close(queueDelayShed(0, 5000, 10, 50).fraction, QUEUE_ERROR_CAP_MS * QUEUE_GAIN_PER_MS), "one sample counts at most the cap");
+    const down = queueDelayShed(0.5, 10, 10, 50);
+    assert.equal(down.cause, null);
+    assert.ok(close(down.fraction, 0.5 - 40 * QUEUE_GAIN_PER_MS));
+    assert.equal(queueDelayShed(0.01, 0, 0, 50).fraction, 0, "never below 0");
+    assert.equal(queueDelayShed(0.99, 400, 300, 50).fraction, 1, "never above 1");
+  });
+  test("a queue still growing over the target raises it by the growth too; one draining from over the target lowers it", () => {
+    const growing = queueDelayShed(0.2, 200, 120, 50);
+    assert.ok(close(growing.fraction, 0.2 + QUEUE_ERROR_CAP_MS * QUEUE_GAIN_PER_MS + 80 * QUEUE_TREND_GAIN_PER_MS), String(growing.fraction));
+    const draining = queueDelayShed(0.6, 90, 150, 50);
+    assert.ok(close(draining.fraction, 0.6 + 40 * QUEUE_GAIN_PER_MS - 60 * QUEUE_TREND_GAIN_PER_MS), String(draining.fraction));
+  });
+  test("one stall (a long garbage collection) moves the share a little and the next calm sample takes it back", () => {
+    const spike = queueDelayShed(0, 300, 2, 50);
+    assert.ok(spike.fraction > 0 && spike.fraction <= QUEUE_ERROR_CAP_MS * QUEUE_GAIN_PER_MS + 1e-9, String(spike.fraction));
+    assert.equal(queueDelayShed(spike.fraction, 2, 300, 50).fraction, 0);
+  });
+  test("sustained overload: from nothing to most new calls refused within a few samples, and back once the queue is short", () => {
+    // A queue growing by 50 ms a sample (twice the agent's pace at 50 ms samples).
+    let f = 0;
+    let prev = 0;
+    for (const d of [70, 120, 170, 220, 270]) {
+      f = queueDelayShed(f, d, prev, 50).fraction;
+      prev = d;
+    }
+    assert.ok(f >= 0.5, `after five samples: ${f}`);
+    for (let i = 0; i < 40 && f > 0; i++) {
+      f = queueDelayShed(f, 1, prev, 50).fraction;
+      prev = 1;
+    }
+    assert.equal(f, 0, "an empty queue lets the share go");
+  });
+  test("hostile figures never throw or stick it", () => {
+    assert.deepEqual(queueDelayShed(Number.NaN, 10, undefined, 50), { fraction: 0, cause: null });
+    assert.deepEqual(queueDelayShed(0.4, Number.POSITIVE_INFINITY, 10, 50), { fraction: 0.4, cause: null });
+    assert.deepEqual(queueDelayShed(0.4, 100, Number.NaN, 50).fraction, 0.4 + QUEUE_ERROR_CAP_MS * QUEUE_GAIN_PER_MS);
+    assert.deepEqual(queueDelayShed(0.4, -30, 10, 50).fraction, 0.4 - 50 * QUEUE_GAIN_PER_MS, "a negative wait is none");
+    assert.deepEqual(queueDelayShed(0.4, 100, 10, 0), { fraction: 0.4, cause: null }, "no target: no change");
   });
 });
 
@@ -165,32 +212,6 @@ test("validLimits refuses nonsense (a live change to it is ignored, never sheds 
   for (const bad of [{ clearPct: 0 }, { clearPct: 101 }, { retryAfterS: 0 }, { maxCallsSetup: -1 }, { lagMs: Number.NaN }, { loopBusyPct: Number.POSITIVE_INFINITY }]) {
     assert.equal(validLimits({ ...LIMITS, ...bad }), false, JSON.stringify(bad));
   }
-});
-
-describe("parseUdpQueues (/proc/net/udp, udp6)", () => {
-  const udp = [
-    "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops",
-    "  123: 0100007F:13C4 00000000:0000 07 00000000:00012C00 00:00000000 00000000  1000        0 5551 2 0000000000000000 0",
-    "  124: 0100007F:13C5 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000        0 5552 2 0000000000000000 17",
-    "  125: 0200007F:13C4 00000000:0000 07 00000000:00000100 00:00000000 00000000  1000        0 5553 2 0000000000000000 0",
-    "garbage line",
-    "  126: 0100007F:ZZZZ 00000000:0000 07 00000000:00000100",
-    "  127: 0100007F:13C6 00000000:0000 07 00000000:XYZ",
-    "",
-  ].join("\n");
-  test("takes the rx_queue of the watched ports (hex), the largest when several sockets share one", () => {
-    const q = parseUdpQueues(udp, new Set([5060, 5061]));
-    assert.equal(q.get(5060), 0x12c00);
-    assert.equal(q.get(5061), 0);
-    assert.equal(q.size, 2);
-  });
-  test("IPv6 local addresses, and nothing from text that is not the table", () => {
-    const v6 = "  0: 00000000000000000000000001000000:13C4 00000000000000000000000000000000:0000 07 00000000:00000400 00:00000000 00000000 0 0 1 2 0 0";
-    assert.equal(parseUdpQueues(v6, new Set([5060])).get(5060), 0x400);
-    assert.equal(parseUdpQueues("", new Set([5060])).size, 0);
-    assert.equal(parseUdpQueues("\u0000\u0001 : : :", new Set([5060])).size, 0);
-    assert.equal(parseUdpQueues(udp, new Set([6000])).size, 0);
-  });
 });
 
 // --- mechanism, behind the transaction layer ---------------------------------------------------------
@@ -238,7 +259,7 @@ describe("OverloadControl behind the transaction layer", () => {
     layer = new TransactionLayer({ transport: new FakeTransport(), tryingDelay: false });
     calls = 0;
     changes = [];
-    limits = { ...LIMITS, loopBusyPct: 0, lagMs: 0, udpQueuePct: 0, maxCallsSetup: 3 };
+    limits = { ...LIMITS, loopBusyPct: 0, lagMs: 0, queueDelayMs: 0, maxCallsSetup: 3 };
     now = 1_000_000;
     control = new OverloadControl({ limits, callsSetup: () => calls, serverTransactions: () => layer.counts().server, random: () => 0.5, now: () => now, onChange: (a, c) => changes.push([a, c]) });
   });
@@ -339,30 +360,30 @@ describe("OverloadControl behind the transaction layer", () => {
   });
 });
 
-test("the sampler reads the UDP receive queues and sheds once one is over its limit, then recovers", async () => {
-  const dir = tempDir("ringedge-overload-proc-");
+test("the sampler steers by the probes' queue delay: sheds while the queue is long, recovers once it is short", async () => {
+  let delay: number | undefined = 300;
+  let probes = 0;
+  const limits: OverloadLimits = { ...LIMITS, loopBusyPct: 0, lagMs: 0, queueDelayMs: 50 };
+  const control = new OverloadControl({ limits, callsSetup: () => 0, serverTransactions: () => 0, queueProbe: { delayMs: () => delay, probe: () => void probes++ }, sampleMs: 10, random: () => 0 });
+  control.start();
   try {
-    const table = (rx: number): string => `  sl  local_address rem_address   st tx_queue rx_queue\n  1: 0100007F:13C4 00000000:0000 07 00000000:${rx.toString(16).padStart(8, "0")} 00:00000000 00000000 0 0 1 2 0 0\n`;
-    fs.writeFileSync(path.join(dir, "udp"), table(60_000));
-    const limits: OverloadLimits = { ...LIMITS, loopBusyPct: 0, lagMs: 0, udpQueuePct: 50 };
-    const control = new OverloadControl({ limits, callsSetup: () => 0, serverTransactions: () => 0, udpSockets: () => [{ port: 5060, family: 4, bufferBytes: 100_000 }], sampleMs: 10, procNetDir: dir, random: () => 0 });
-    control.start();
-    try {
-      const deadline = Date.now() + 5000;
-      while (!control.active && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
-      const st = control.stats();
-      assert.equal(st.active, true, JSON.stringify(st));
-      assert.equal(st.cause, "udpQueue");
-      assert.equal(st.signals.udpQueuePct, 60);
-      assert.equal(control.admit("INVITE", false, false), false);
-      fs.writeFileSync(path.join(dir, "udp"), table(0));
-      while (control.active && Date.now() < deadline + 5000) await new Promise((r) => setTimeout(r, 10));
-      assert.equal(control.active, false, "calm samples bring the share back to 0");
-      assert.equal(control.admit("INVITE", false, false), true);
-    } finally {
-      control.stop();
-    }
+    const deadline = Date.now() + 5000;
+    while (!control.active && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    const st = control.stats();
+    assert.equal(st.active, true, JSON.stringify(st));
+    assert.equal(st.cause, "queueDelay");
+    assert.equal(st.signals.queueDelayMs, 300);
+    assert.ok(probes >= 2, "a probe per sample (and one at start)");
+    assert.equal(control.admit("INVITE", false, false), false);
+    delay = 1;
+    while (control.active && Date.now() < deadline + 5000) await new Promise((r) => setTimeout(r, 10));
+    assert.equal(control.active, false, "short-queue samples bring the share back to 0");
+    assert.equal(control.admit("INVITE", false, false), true);
+    delay = undefined; // the probe socket gone: nothing measured, nothing refused
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(control.stats().signals.queueDelayMs, undefined);
+    assert.equal(control.active, false);
   } finally {
-    fs.rmSync(dir, { recursive: true, force: true });
+    control.stop();
   }
 });
