@@ -12,6 +12,7 @@ import type { BindingRecord, DeviceRecord } from "./store/schema.ts";
 import { DigestAuthenticator } from "./sip/digest.ts";
 import { AuthGuard } from "./sip/guard.ts";
 import { OverloadControl, type OverloadLimits, type OverloadStats } from "./sip/overload.ts";
+import { IdleCollector, exposedGc } from "./appliance/idle-gc.ts";
 import { deviceRef, isTrunkSource, normalizeAddress } from "./routing/classify.ts";
 import { mailboxOf } from "./routing/model.ts";
 import { LocationService, type Binding, type BindingChange } from "./sip/location.ts";
@@ -97,6 +98,8 @@ export interface AgentStatus {
   site: { version: number; source: "file" | "console"; appliedAt: string; hash: string; users: number; groups: number } | null;
   /** Bytes, from process.memoryUsage() (rss, heapTotal, heapUsed, external, arrayBuffers). */
   memory: NodeJS.MemoryUsage;
+  /** Full collections run in a quiet spell after a burst (appliance/idle-gc.ts); null where gc() is not exposed (the sources through tsx). */
+  idleCollections: number | null;
   /** The PM QoS CPU wake-up latency request (setting cpuWakeLatencyUs); null when not asked for. */
   cpuLatency: CpuLatencyStatus | null;
   /** How the kernel schedules the agent (policy, real-time priority, nice); null where unknown. */
@@ -208,6 +211,8 @@ export class Agent {
     this.admitSource(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, false, req) || "shed");
   private readonly admitNewFromDevice = (source: string, inFlight: number, req: SipRequest): boolean | "shed" =>
     this.admitDeviceFlow(source, inFlight) && (this.overload.admit(req.method, req.to.tag !== undefined, true, req) || "shed");
+  /** A full garbage collection when the signalling is quiet after a burst (appliance/idle-gc.ts). */
+  private idleGc: IdleCollector | undefined;
   /** Metrics endpoint and status page (agent/observe/). */
   observe: Observability | undefined;
   /** One info line per change, call, provisioning fetch and ban (agent/observe/audit.ts). */
@@ -529,6 +534,13 @@ export class Agent {
     }
     // Sampling starts once start-up's own work (site file, store, modules) is done (sip/overload.ts).
     this.overload.start();
+    // The heap a burst left behind goes back once the signalling is quiet (appliance/idle-gc.ts).
+    this.idleGc = new IdleCollector({
+      messages: () => this.transport.stats().received,
+      gc: exposedGc(),
+      onCollect: (before, after, ms) => this.log.debug("idle collection", { heapUsedMB: Math.round(before / 1e5) / 10, afterMB: Math.round(after / 1e5) / 10, ms: Math.round(ms) }),
+    });
+    this.idleGc.start();
     this.log.info("ringedge started", { site: s.siteId, sip: addrs, data: s.dataDir, devices: this.devicesByUsername.size });
   }
 
@@ -554,6 +566,7 @@ export class Agent {
     await this.control?.stop();
     await this.provisioning?.stop();
     this.overload?.stop();
+    this.idleGc?.stop();
     this.transactions?.close();
     await this.transport?.stop();
     await this.store?.close();
@@ -687,6 +700,7 @@ export class Agent {
       store: { file: this.store.file, pendingWrites: this.store.hasPendingWrites() },
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
+      idleCollections: this.idleGc?.available === true ? this.idleGc.count : null,
       cpuLatency: this.cpuLatency === undefined ? null : this.cpuLatency.status,
       scheduling: currentScheduling() ?? null,
       version: VERSION,

@@ -13,11 +13,14 @@
 // 4. "paced": SIPp refreshes all N at a fixed rate on the now warm agent; SIPp's per-REGISTER
 //    response times (rtd) and the agent's CPU time per registration come from this run.
 // 5. "steady": memory once Timer J has let go of the completed transactions (~32 s).
+// 6. "after idle collection" (the shipped agent only, where gc() is exposed): memory once the
+//    agent's idle collections (agent/appliance/idle-gc.ts) have run.
 // The whole sequence runs twice: on dist/ringedge.mjs as `make run` ships it (plain node; the
 // headline figures) and on bin/ringedge.js through tsx's loader (the development form), so
 // the loader's share of RSS is measured, not guessed.
 //
-// Knobs (env): BENCH_REGISTRATIONS (2000), BENCH_BURST_RATE (per s, 4000), BENCH_BURST_LIMIT
+// Knobs (env): BENCH_SMAPS=<path> (the agent's /proc smaps at steady state and after the idle
+// collections, to <path>.steady and <path>.idle), BENCH_REGISTRATIONS (2000), BENCH_BURST_RATE (per s, 4000), BENCH_BURST_LIMIT
 // (concurrent, 1000), BENCH_PACED_RATE (per s, 1000), BENCH_SKIP_TSX=1, BENCH_KEEP=1 (keep
 // the temp dir with SIPp's stat/rtt files).
 import { spawn } from "node:child_process";
@@ -165,6 +168,8 @@ interface StatusView {
   transactions: { server: number; client: number };
   store: { pendingWrites: boolean };
   memory?: { heapUsed: number; heapTotal: number; rss: number; external: number };
+  /** Absent in older builds; null where gc() is not exposed. */
+  idleCollections?: number | null;
 }
 
 async function agentStatus(sock: string): Promise<StatusView> {
@@ -197,7 +202,7 @@ interface VariantResult {
   readyMs: number;
   burst: SippRun;
   paced: SippRun;
-  memory: { idle: MemoryPoint; afterBurst: MemoryPoint; afterPaced: MemoryPoint; steady: MemoryPoint & { waitedMs: number } };
+  memory: { idle: MemoryPoint; afterBurst: MemoryPoint; afterPaced: MemoryPoint; steady: MemoryPoint & { waitedMs: number }; idleCollected: (MemoryPoint & { waitedMs: number }) | null };
   storeWriteBehindMs: number;
   persistedBindings: number;
   agentExitCode: number | null;
@@ -348,7 +353,27 @@ async function benchAgent(runtime: string, entry: string, workDir: string): Prom
     await waitFor("transactions drained (Timer J)", async () => ((await agentStatus(sock)).transactions.server === 0 ? true : undefined), STEADY_WAIT_MS);
     await sleep(1000);
     const steady = { ...(await memoryPoint(pid, sock)), waitedMs: Date.now() - tSteady };
+    if (process.env.BENCH_SMAPS) fs.writeFileSync(`${process.env.BENCH_SMAPS}.steady`, fs.readFileSync(`/proc/${pid}/smaps`, "utf8"));
     if (HEAP_SNAPSHOT_DIR && entry.endsWith(".mjs")) await heapSnapshot(pid, HEAP_SNAPSHOT_DIR);
+    // The shipped agent runs full collections once the signalling has been quiet for 35 s
+    // (agent/appliance/idle-gc.ts): the memory after them, where gc() is exposed.
+    let idleCollected: (MemoryPoint & { waitedMs: number }) | null = null;
+    if (typeof (await agentStatus(sock)).idleCollections === "number") {
+      await waitFor("idle collection", async () => (((await agentStatus(sock)).idleCollections ?? 0) > 0 ? true : undefined), 30_000).catch(() => undefined);
+      // One look every 5 s collects again while the last one gave pages back: wait until a
+      // look has passed without one (bounded), then 2 s for V8's helper threads to unmap.
+      let count = (await agentStatus(sock)).idleCollections ?? 0;
+      let stableSince = Date.now();
+      const until = Date.now() + 45_000;
+      while (Date.now() - stableSince < 7_000 && Date.now() < until) {
+        await sleep(1000);
+        const n = (await agentStatus(sock)).idleCollections ?? 0;
+        if (n !== count) (count = n), (stableSince = Date.now());
+      }
+      await sleep(2000);
+      idleCollected = { ...(await memoryPoint(pid, sock)), waitedMs: Date.now() - tSteady };
+      if (process.env.BENCH_SMAPS) fs.writeFileSync(`${process.env.BENCH_SMAPS}.idle`, fs.readFileSync(`/proc/${pid}/smaps`, "utf8"));
+    }
 
     // Stop cleanly (SIGTERM flushes the store), then check what reached the disk.
     agent.kill("SIGTERM");
@@ -363,7 +388,7 @@ async function benchAgent(runtime: string, entry: string, workDir: string): Prom
       readyMs,
       burst,
       paced,
-      memory: { idle, afterBurst, afterPaced, steady },
+      memory: { idle, afterBurst, afterPaced, steady, idleCollected },
       storeWriteBehindMs,
       persistedBindings,
       agentExitCode,
@@ -436,6 +461,7 @@ function printVariant(v: VariantResult): void {
         memRow("after burst + 1 s", v.memory.afterBurst),
         memRow("after paced refresh + 1 s", v.memory.afterPaced),
         memRow(`steady (tx drained, +${fmt(v.memory.steady.waitedMs / 1000)} s)`, v.memory.steady),
+        ...(v.memory.idleCollected ? [memRow(`after idle collection (+${fmt(v.memory.idleCollected.waitedMs / 1000)} s)`, v.memory.idleCollected)] : []),
       ],
     ),
   );
@@ -474,6 +500,7 @@ async function main(): Promise<number> {
     hwmMB: settled.hwmMB,
     heapUsedMB: settled.heapUsedMB,
     steadyRssMB: shipped.memory.steady.rssMB,
+    idleCollectedRssMB: shipped.memory.idleCollected?.rssMB ?? null,
     cpuUsPerRegistration: round(cpuUsPerReg(paced), 0),
     targets: TARGETS,
     met,
