@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { findModel, type ModelProfile, type Profile } from "../../provisioning/profiles.ts";
-import { renderConfig, type RenderConfigInput } from "../../provisioning/render.ts";
+import { renderConfig, type DeviceInput, type RenderConfigInput, type SiteInput } from "../../provisioning/render.ts";
 import { checkXml, findAll, ownText, type XmlElement } from "../../provisioning/xmlcheck.ts";
 
 export interface ConfigValues {
@@ -51,6 +51,21 @@ export function xmlRoot(body: string): XmlElement {
 }
 
 /** A vendor's model among the loaded profiles (the test fails when it is not there). */
+/** A site for feature-by-feature config tests; each test sets what it checks (a code, a port) on top. */
+export const FEATURE_SITE: SiteInput = {
+  sipServer: "10.0.0.5",
+  sipPort: 5060,
+  transport: "udp",
+  ntpServer: "10.0.0.1",
+  timeZone: "Europe/Berlin",
+  provisioningUrl: "http://10.0.0.5/prov",
+  resyncIntervalMin: 1440,
+  firmwareBaseUrl: "http://10.0.0.5/firmware",
+};
+
+/** The device of those tests: extension 1001, Anna (sipUsername 1001 unless a test sets another). */
+export const FEATURE_DEVICE: DeviceInput = { mac: "0c383e000001", extension: "1001", displayName: "Anna", sipUsername: "1001", sipPassword: "s3cret-pw", provisioningUser: "p0c383e000001", provisioningPassword: "provpw-0001" };
+
 export function foundModel(profiles: ReadonlyMap<string, Profile>, vendor: string, modelId: string): { profile: Profile; model: ModelProfile } {
   const f = findModel(profiles, modelId, vendor);
   assert.ok(f, `${vendor}/${modelId} loaded`);

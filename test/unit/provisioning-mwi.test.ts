@@ -12,28 +12,18 @@ import { loadProfiles, type ModelProfile, type Profile } from "../../provisionin
 import { renderConfig, type RenderConfigInput, type SiteInput } from "../../provisioning/render.ts";
 import { ProvisioningServer } from "../../provisioning/server.ts";
 import { findAll } from "../../provisioning/xmlcheck.ts";
-import { VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { FEATURE_DEVICE, FEATURE_SITE, VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*97": a template that hard-coded the code would not produce it. */
 const CODE = "#86";
 const SIP_USER = "anna-desk";
 
-const site: SiteInput = {
-  sipServer: "10.0.0.5",
-  sipPort: 5062,
-  transport: "udp",
-  ntpServer: "10.0.0.1",
-  timeZone: "Europe/Berlin",
-  provisioningUrl: "http://10.0.0.5/prov",
-  resyncIntervalMin: 1440,
-  firmwareBaseUrl: "http://10.0.0.5/firmware",
-  voicemailCode: CODE,
-};
+const site: SiteInput = { ...FEATURE_SITE, sipPort: 5062, voicemailCode: CODE };
 
 const found = (vendor: string, modelId: string): { profile: Profile; model: ModelProfile } => foundModel(profiles, vendor, modelId);
 
-const device = { mac: "0c383e000001", extension: "1001", displayName: "Anna", sipUsername: SIP_USER, sipPassword: "s3cret-pw", provisioningUser: "p0c383e000001", provisioningPassword: "provpw-0001" };
+const device = { ...FEATURE_DEVICE, sipUsername: SIP_USER };
 
 const render = (vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string => renderMacConfig(profiles, vendor, modelId, { device, site, lineKeys: [], ...over });
 

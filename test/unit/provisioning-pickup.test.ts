@@ -17,23 +17,13 @@ import { renderConfig, type LineKeyInput, type RenderConfigInput, type SiteInput
 import { ProvisioningServer } from "../../provisioning/server.ts";
 import { StoreDirectory } from "../../provisioning/store-directory.ts";
 import { findAll, ownText } from "../../provisioning/xmlcheck.ts";
-import { VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
+import { FEATURE_DEVICE, FEATURE_SITE, VENDORS, foundModel, one, renderMacConfig, testEachModel, textOf, xmlRoot, yealinkKv } from "./provisioning-fixtures.ts";
 
 const { profiles } = loadProfiles("device-profiles");
 /** Not the default "*8": a template that hard-coded the code would not produce it. */
 const CODE = "**7";
 
-const site: SiteInput = {
-  sipServer: "10.0.0.5",
-  sipPort: 5060,
-  transport: "udp",
-  ntpServer: "10.0.0.1",
-  timeZone: "Europe/Berlin",
-  provisioningUrl: "http://10.0.0.5/prov",
-  resyncIntervalMin: 1440,
-  firmwareBaseUrl: "http://10.0.0.5/firmware",
-  pickupCode: CODE,
-};
+const site: SiteInput = { ...FEATURE_SITE, pickupCode: CODE };
 // Key 1 watches Ben (BLF), key 2 is a speed dial: only the BLF key picks up.
 const lineKeys: LineKeyInput[] = [
   { type: "blf", label: "Ben", extension: "1002" },
@@ -42,7 +32,7 @@ const lineKeys: LineKeyInput[] = [
 
 const found = (vendor: string, modelId: string): { profile: Profile; model: ModelProfile } => foundModel(profiles, vendor, modelId);
 
-const device = { mac: "0c383e000001", extension: "1001", displayName: "Anna", sipUsername: "1001", sipPassword: "s3cret-pw", provisioningUser: "p0c383e000001", provisioningPassword: "provpw-0001" };
+const device = FEATURE_DEVICE;
 const render = (vendor: string, modelId: string, over: Partial<RenderConfigInput> = {}): string => renderMacConfig(profiles, vendor, modelId, { device, site, lineKeys, ...over });
 
 /** Where each vendor's phones read the pickup code and the BLF-pickup switches (device-profiles/README.md). */
