@@ -26,6 +26,7 @@
 //   operator (operator-state.ts codeInEffect): one "confirmed" dialog (steady lamp) when it is,
 //   none (off) when not; pressing the key dials the code. Updated on every operator.state and
 //   site change. A code that is malformed, or a device without an operator, gets 404.
+import { ChangeBatch } from "./change-batch.ts";
 import type { EventBus } from "../bus.ts";
 import type { Group, SiteIndex } from "../routing/model.ts";
 import { codeInEffect, parseOperatorCode, type FeatureCodes, type OperatorCode, type OperatorState } from "../routing/operator-state.ts";
@@ -263,38 +264,41 @@ interface StateKey {
 /** The dialog event package: registered on the subscription manager, fed by the bus. */
 export class BlfNotifier {
   readonly states = new DialogStates();
-  private readonly pending = new Set<string>();
-  private flushScheduled: NodeJS.Immediate | undefined;
+  /** Lamps changed in this turn of the event loop, notified once each at the next. */
+  private readonly changes: ChangeBatch;
   private readonly unsubscribe: Array<() => void> = [];
   /** Keyed by resource ("<user id> <code>", a space no id has): the state keys subscribed to. */
   private readonly stateKeys = new Map<string, StateKey>();
   /** Keyed by user id: the resources of their state keys. */
   private readonly stateKeysByUser = new Map<string, Set<string>>();
 
-  constructor(private readonly deps: BlfDeps) {}
+  constructor(private readonly deps: BlfDeps) {
+    this.changes = new ChangeBatch((user) => {
+      deps.subscriptions.changed(DIALOG_EVENT, user);
+      this.states.sweep(user);
+    });
+  }
 
   start(): void {
     this.deps.subscriptions.addPackage(this.eventPackage());
     const bus = this.deps.bus;
     const s = this.states;
     this.unsubscribe.push(
-      bus.on("call.placed", (e) => this.mark(s.placed(e))),
-      bus.on("call.offered", (e) => this.mark(s.offered(e))),
-      bus.on("call.ringing", (e) => this.mark(s.ringing(e))),
-      bus.on("call.offer-ended", (e) => this.mark(s.offerEnded(e))),
-      bus.on("call.answered", (e) => this.mark(s.answered(e))),
-      bus.on("call.ended", (e) => this.mark(s.ended(e))),
-      bus.on("operator.state", (e) => this.mark([...(this.stateKeysByUser.get(e.userId) ?? [])])),
+      bus.on("call.placed", (e) => this.changes.mark(s.placed(e))),
+      bus.on("call.offered", (e) => this.changes.mark(s.offered(e))),
+      bus.on("call.ringing", (e) => this.changes.mark(s.ringing(e))),
+      bus.on("call.offer-ended", (e) => this.changes.mark(s.offerEnded(e))),
+      bus.on("call.answered", (e) => this.changes.mark(s.answered(e))),
+      bus.on("call.ended", (e) => this.changes.mark(s.ended(e))),
+      bus.on("operator.state", (e) => this.changes.mark([...(this.stateKeysByUser.get(e.userId) ?? [])])),
       // Group numbers and memberships may have changed under a key.
-      bus.on("site.applied", () => this.mark([...this.stateKeys.keys()])),
+      bus.on("site.applied", () => this.changes.mark([...this.stateKeys.keys()])),
     );
   }
 
   stop(): void {
     for (const u of this.unsubscribe.splice(0)) u();
-    if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
-    this.flushScheduled = undefined;
-    this.pending.clear();
+    this.changes.clear();
   }
 
   /** The package the subscription manager serves for Event: dialog. */
@@ -346,22 +350,6 @@ export class BlfNotifier {
     for (const g of index.groupsById.values()) if (g.members.includes(key.userId)) groupsOf.push(g);
     if (!codeInEffect(state, key.code, index.groupsByNumber, groupsOf)) return [];
     return [{ id: "state", callId: `state-${key.dialled}`, direction: "initiator", state: "confirmed" }];
-  }
-
-  private mark(users: string[]): void {
-    if (users.length === 0) return;
-    for (const u of users) this.pending.add(u);
-    this.flushScheduled ??= setImmediate(() => this.flush());
-  }
-
-  private flush(): void {
-    this.flushScheduled = undefined;
-    const users = [...this.pending];
-    this.pending.clear();
-    for (const u of users) {
-      this.deps.subscriptions.changed(DIALOG_EVENT, u);
-      this.states.sweep(u);
-    }
   }
 }
 

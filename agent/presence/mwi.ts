@@ -25,6 +25,7 @@
 //   mailbox enabled later by a console push lights it without the phone having to retry (phones
 //   back off for a long time after a 404).
 // - Only solicited NOTIFYs (in the subscription's dialog); unsolicited ones are not sent.
+import { ChangeBatch } from "./change-batch.ts";
 import type { EventBus } from "../bus.ts";
 import type { Logger } from "../log.ts";
 import type { SiteIndex } from "../routing/model.ts";
@@ -138,19 +139,21 @@ export interface MwiDeps {
 
 /** The message-summary event package: registered on the subscription manager, fed by the bus. */
 export class MwiNotifier {
-  private readonly pending = new Set<string>();
-  private flushScheduled: NodeJS.Immediate | undefined;
+  /** Lamps changed in this turn of the event loop, notified once each at the next. */
+  private readonly changes: ChangeBatch;
   private readonly unsubscribe: Array<() => void> = [];
   /** Group resources handed out (bounded by members × groups): re-checked when the site changes. */
   private readonly groupWatches = new Set<string>();
 
-  constructor(private readonly deps: MwiDeps) {}
+  constructor(private readonly deps: MwiDeps) {
+    this.changes = new ChangeBatch((r) => deps.subscriptions.changed(MESSAGE_SUMMARY_EVENT, r));
+  }
 
   start(): void {
     this.deps.subscriptions.addPackage(this.eventPackage());
     const bus = this.deps.bus;
     this.unsubscribe.push(
-      bus.on("voicemail.changed", (e) => this.mark(this.affected(e.mailbox))),
+      bus.on("voicemail.changed", (e) => this.changes.mark(this.affected(e.mailbox))),
       bus.on("site.applied", () => this.siteChanged()),
     );
   }
@@ -168,14 +171,12 @@ export class MwiNotifier {
       this.groupWatches.delete(r);
       this.deps.subscriptions.endResource(MESSAGE_SUMMARY_EVENT, r);
     }
-    this.mark([...[...index.usersById.keys()].map(userResource), ...this.groupWatches]);
+    this.changes.mark([...[...index.usersById.keys()].map(userResource), ...this.groupWatches]);
   }
 
   stop(): void {
     for (const u of this.unsubscribe.splice(0)) u();
-    if (this.flushScheduled !== undefined) clearImmediate(this.flushScheduled);
-    this.flushScheduled = undefined;
-    this.pending.clear();
+    this.changes.clear();
   }
 
   /** The counts a resource's NOTIFY carries now. */
@@ -222,18 +223,5 @@ export class MwiNotifier {
       this.deps.log?.warn("voicemail counts unavailable", { kind: owner.kind, id: owner.id, err: (err as Error).message });
       return undefined;
     }
-  }
-
-  private mark(resources: string[]): void {
-    if (resources.length === 0) return;
-    for (const r of resources) this.pending.add(r);
-    this.flushScheduled ??= setImmediate(() => this.flush());
-  }
-
-  private flush(): void {
-    this.flushScheduled = undefined;
-    const resources = [...this.pending];
-    this.pending.clear();
-    for (const r of resources) this.deps.subscriptions.changed(MESSAGE_SUMMARY_EVENT, r);
   }
 }
