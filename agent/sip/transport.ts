@@ -412,15 +412,23 @@ export class SipTransport implements Transport {
       if (failed) return;
       failed = true;
       probe.socket = undefined;
+      // Forget the probes in flight: unread for ever, their age would read as a queue that never
+      // moves and refuse every new call. No probe, no measurement: the loop's figures stand in.
+      probe.clock = new ProbeClock();
       this.log.warn("queue-delay probe unavailable for a SIP UDP socket: overload control falls back to the event loop's figures", { local: `${a.address}:${a.port}`, err: err.message });
-      sock.close();
+      try {
+        sock.close();
+      } catch {
+        // not bound yet, or closed already
+      }
     };
     probe.onError = (err) => {
       if (err) fail(err);
     };
-    sock.once("error", fail);
+    sock.on("error", fail);
     sock.bind(0, targetAddress, () => {
-      if (this.stopped || failed) return void sock.close();
+      if (failed) return;
+      if (this.stopped) return void sock.close();
       const local = sock.address();
       probe.localAddress = local.address;
       probe.localPort = local.port;
