@@ -3,7 +3,7 @@
 // agent from starting meanwhile).
 import fs from "node:fs";
 import path from "node:path";
-import { loadSettings, SettingsError, renderSettingsDoc, SETTING_NAMES, SETTINGS_DOC, type Settings } from "./config.ts";
+import { loadSettingsDetailed, SettingsError, renderSettingsDoc, SETTING_NAMES, SETTINGS_DOC, type Settings } from "./config.ts";
 import { Store } from "./store/store.ts";
 import { callAgent, runCommand, socketAnswers } from "./console/control.ts";
 import { VOICEMAIL_HELP, copyRecording, formatMessages, voicemailCommands, type VoicemailView } from "./console/voicemail-commands.ts";
@@ -250,7 +250,10 @@ export async function main(argv: string[], out: (s: string) => void = (s) => pro
   let settings: Settings;
   try {
     const configFlag = flags.get("config");
-    settings = loadSettings({ env: process.env, ...(typeof configFlag === "string" ? { configPath: configFlag } : {}) });
+    const loaded = loadSettingsDetailed({ env: process.env, ...(typeof configFlag === "string" ? { configPath: configFlag } : {}) });
+    settings = loaded.settings;
+    // Ignored keys (a retired setting in the file, a misspelt RINGEDGE_ variable) are said, not fatal.
+    for (const w of loaded.warnings) err(`ringedge: warning: ${w}\n`);
   } catch (e) {
     if (e instanceof SettingsError) {
       err(`ringedge: invalid setting: ${e.message}\n`);

@@ -834,7 +834,7 @@ export function renderSettingsDoc(): string {
   const rows = SETTINGS_DOC.map((d) => `| \`${d.name}\` | \`${d.env}\` | ${cell(d.type)} | \`${cell(d.default === "" ? '""' : d.default)}\` | ${cell(d.meaning)} |`);
   return [
     "Precedence: built-in default < settings file (JSON, `--config <path>` or `RINGEDGE_CONFIG`; default `" + DEFAULT_CONFIG_PATH + "` if present) < environment < command-line flags.",
-    "Lists are JSON arrays in the file and comma-separated in the environment. Unknown keys in the file are errors.",
+    "Lists are JSON arrays in the file and comma-separated in the environment. Unknown keys in the file are errors; a setting an earlier version had (`overloadUdpQueuePct`) is ignored with a warning.",
     "",
     "| Setting | Environment | Type | Default | Meaning |",
     "|---|---|---|---|---|",
@@ -887,6 +887,15 @@ function levenshtein(a: string, b: string): number {
   return row[b.length]!;
 }
 
+/**
+ * Settings an earlier version had, and what took their place. A settings file that still names
+ * one loads (an appliance's file must survive a firmware upgrade); the key is ignored, with a
+ * warning that names its successor.
+ */
+export const RETIRED_SETTINGS: Readonly<Record<string, string>> = {
+  overloadUdpQueuePct: "overloadQueueDelayMs (a target wait in ms, measured by a probe, instead of the UDP receive queue's fill in %)",
+};
+
 function suggest(word: string, candidates: readonly string[]): string {
   let best: string | undefined;
   let bestD = Infinity;
@@ -929,7 +938,7 @@ function readConfigFile(file: string): Record<string, unknown> {
   const obj = parsed as Record<string, unknown>;
   if (obj.format === "ringedge-store") throw fileErr("this is a ringedge data store, not a settings file (settings files are usually named ringedge.conf.json)");
   for (const key of Object.keys(obj)) {
-    if (key === "$schema") continue;
+    if (key === "$schema" || Object.prototype.hasOwnProperty.call(RETIRED_SETTINGS, key)) continue;
     if (!Object.prototype.hasOwnProperty.call(SPECS, key)) throw fileErr(`unknown setting "${key}"${suggest(key, SETTING_NAMES)}`, key);
   }
   return obj;
@@ -960,8 +969,12 @@ export function loadSettingsDetailed(opts: LoadOptions = {}): LoadedSettings {
     const dflt = opts.defaultConfigPath === undefined ? DEFAULT_CONFIG_PATH : opts.defaultConfigPath;
     if (dflt !== null && fs.existsSync(dflt)) configFile = dflt;
   }
+  const warnings: string[] = [];
   if (configFile !== null) {
     const obj = readConfigFile(configFile);
+    for (const [key, successor] of Object.entries(RETIRED_SETTINGS)) {
+      if (Object.prototype.hasOwnProperty.call(obj, key)) warnings.push(`${configFile}: ${key} is no longer a setting (replaced by ${successor}); ignored`);
+    }
     for (const name of SETTING_NAMES) {
       if (!Object.prototype.hasOwnProperty.call(obj, name)) continue;
       const r = (SPECS[name].codec as Codec<unknown>).fromJson(obj[name]);
@@ -976,7 +989,6 @@ export function loadSettingsDetailed(opts: LoadOptions = {}): LoadedSettings {
   }
 
   // 2. environment
-  const warnings: string[] = [];
   const envNames = new Map(SETTING_NAMES.map((n) => [envName(n), n]));
   for (const [key, raw] of Object.entries(env)) {
     if (!key.startsWith(ENV_PREFIX) || raw === undefined) continue;

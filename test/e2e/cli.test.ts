@@ -274,6 +274,13 @@ describe("usage errors, help and settings", () => {
     assert.match(unknown.stderr, /sipListen/, "suggests the setting meant");
     assert.ok(!fs.existsSync(dataDir));
 
+    // A setting an earlier version had: the agent starts, and says it ignored it.
+    const retired = path.join(dir, "retired.conf.json");
+    fs.writeFileSync(retired, JSON.stringify({ siteId: "site-9", overloadUdpQueuePct: 50 }));
+    const upgraded = await runCli(["settings", "--json", "--config", retired], agentEnv(dataDir, await freePort()), 10_000);
+    assert.equal(upgraded.code, 0, upgraded.stderr);
+    assert.match(upgraded.stderr, /warning: .*overloadUdpQueuePct is no longer a setting \(replaced by overloadQueueDelayMs/);
+
     const wrongType = await runCli(["device", "list"], { ...agentEnv(dataDir, await freePort()), RINGEDGE_MIN_EXPIRES: "soon" }, 10_000);
     assert.notEqual(wrongType.code, 0, "every command validates the settings, not only run");
     assert.match(wrongType.stderr, /RINGEDGE_MIN_EXPIRES/);

@@ -250,6 +250,17 @@ describe("settings file problems", () => {
     assert.equal(loadSettings({ ...NO_FILE, configPath: writeConfig({ $schema: "./ringedge.schema.json" }) }).siteId, "site-1");
   });
 
+  test("a retired setting in the file (an upgraded appliance's) is ignored with a warning naming its successor; a misspelt one still stops", () => {
+    const file = writeConfig({ siteId: "up-1", overloadUdpQueuePct: 50 });
+    const r = loadSettingsDetailed({ ...NO_FILE, configPath: file });
+    assert.equal(r.settings.siteId, "up-1");
+    assert.equal(r.settings.overloadQueueDelayMs, defaultSettings().overloadQueueDelayMs);
+    assert.equal(r.warnings.length, 1);
+    assert.match(r.warnings[0]!, /overloadUdpQueuePct is no longer a setting \(replaced by overloadQueueDelayMs/);
+    assert.ok(r.warnings[0]!.startsWith(file));
+    rejects({ configPath: writeConfig({ overloadUdpQueuePcts: 50 }) }, 'unknown setting "overloadUdpQueuePcts"');
+  });
+
   test("invalid JSON, not an object, missing, unreadable, a store file", () => {
     const bad = writeConfig('{"siteId": "x",}');
     rejects({ configPath: bad }, `${bad}: not valid JSON`);
