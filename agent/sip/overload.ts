@@ -35,10 +35,10 @@
 //     a short queue (the share a 2× overload needs is found within a few samples), and lets the
 //     share go as soon as the queue is short, instead of holding it through a band (the earlier
 //     law, driven by the queue's fill in bytes with a hysteresis band, refused most calls for
-//     seconds after each crossing and completed under half of what the agent carries). A loop
+//     seconds after each crossing and completed a third to three quarters of what the agent carries). A loop
 //     100 % busy that keeps the queue short is the agent at full use, which is what it is for,
 //     so the loop's busy share does not count where the queue delay is measured. Where it is not
-//     (TCP only), the older step law runs on the loop's busy share and timer lag (smoothed): up
+//     (TCP only, a probe socket that failed, or overloadQueueDelayMs 0), the older step law runs on the loop's busy share and timer lag (smoothed): up
 //     at every sample over a limit (more the further over), down by a small step at every sample
 //     with both below clearPct % of their limits, unchanged in between.
 //   - shedNow(): a new request is refused while the counts are latched, else with the current
