@@ -620,6 +620,17 @@ export class Store {
     const ids = new Set<string>();
     const usernames = new Map<string, string>(local.map((d) => [d.username, `local device "${d.id}"`]));
     const macs = new Map<string, string>(local.flatMap((d) => (d.mac ? [[d.mac, `local device "${d.id}"`] as [string, string]] : [])));
+    /** Takes the device's username and MAC for the entry at `at`; the failure when another holds one. */
+    const claim = (dev: DeviceRecord, at: string): StoreResult<SiteDeviceChanges> | undefined => {
+      const userHolder = usernames.get(dev.username);
+      if (userHolder) return fail("duplicate", `${at}.username "${dev.username}" is already used by ${userHolder}`, "username");
+      usernames.set(dev.username, at);
+      if (dev.mac === undefined) return undefined;
+      const macHolder = macs.get(dev.mac);
+      if (macHolder) return fail("duplicate", `${at}.mac ${dev.mac} is already used by ${macHolder}`, "mac");
+      macs.set(dev.mac, at);
+      return undefined;
+    };
     const changes: SiteDeviceChanges = { added: [], updated: [], removed: [], unchanged: [] };
     for (const [i, input] of devices.entries()) {
       const at = `devices[${i}]`;
@@ -632,14 +643,8 @@ export class Store {
       // it is: rebuilding and re-checking it would give an equal record (see keepsSiteDevice).
       const kept = old !== undefined && keepsSiteDevice(old, input) ? old : undefined;
       if (kept !== undefined) {
-        const userHolder = usernames.get(kept.username);
-        if (userHolder) return fail("duplicate", `${at}.username "${kept.username}" is already used by ${userHolder}`, "username");
-        usernames.set(kept.username, at);
-        if (kept.mac !== undefined) {
-          const macHolder = macs.get(kept.mac);
-          if (macHolder) return fail("duplicate", `${at}.mac ${kept.mac} is already used by ${macHolder}`, "mac");
-          macs.set(kept.mac, at);
-        }
+        const taken = claim(kept, at);
+        if (taken) return taken;
         next.push(kept);
         changes.unchanged.push(kept.id);
         continue;
@@ -662,14 +667,8 @@ export class Store {
       const built = this.buildDevice(candidate, old?.createdAt ?? now);
       if (!built.ok) return fail(built.error.code, `${at}: ${built.error.message}`, built.error.field);
       const dev = built.value;
-      const userHolder = usernames.get(dev.username);
-      if (userHolder) return fail("duplicate", `${at}.username "${dev.username}" is already used by ${userHolder}`, "username");
-      usernames.set(dev.username, at);
-      if (dev.mac !== undefined) {
-        const macHolder = macs.get(dev.mac);
-        if (macHolder) return fail("duplicate", `${at}.mac ${dev.mac} is already used by ${macHolder}`, "mac");
-        macs.set(dev.mac, at);
-      }
+      const taken = claim(dev, at);
+      if (taken) return taken;
       next.push(dev);
       if (!old) changes.added.push(dev.id);
       else if (sameDevice(old, dev)) changes.unchanged.push(dev.id);
