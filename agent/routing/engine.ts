@@ -70,6 +70,7 @@ import type { Logger } from "../log.ts";
 import type { MailboxOwner } from "../voicemail/types.ts";
 import { decideListen } from "../voicemail/access.ts";
 import { parseAuthorization, type DigestAuthenticator } from "../sip/digest.ts";
+import { detached } from "../sip/message.ts";
 import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
 import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../sip/proxy-types.ts";
@@ -1474,7 +1475,8 @@ export class RoutingEngine {
   private onRinging(pc: ProxyCall, branch: Branch, calleeTag: string | undefined): void {
     const call = this.calls.get(pc.id);
     if (call === undefined || calleeTag === undefined) return;
-    (call.calleeTags ??= new Set()).add(calleeTag);
+    // Kept for the call's life: a copy, not a slice pinning the whole 180 (sip/message.ts detached).
+    (call.calleeTags ??= new Set()).add(detached(calleeTag));
     this.deps.bus.emit("call.ringing", { callId: pc.request.callId, memberId: branch.target.memberId, deviceId: branch.target.deviceId, calleeTag, at: this.clock.now() });
   }
 

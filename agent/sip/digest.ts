@@ -10,6 +10,7 @@
 // per-nonce state is the highest nonce-count seen, kept in a bounded LRU map.
 
 import { createHash, createHmac, getHashes, randomBytes, timingSafeEqual } from "node:crypto";
+import { detached } from "./message.ts";
 import type { SipHeader } from "./types.ts";
 
 // ---------------------------------------------------------------------------------------
@@ -565,8 +566,10 @@ export class DigestAuthenticator {
   }
 
   private rememberNc(nonce: string, nc: number): void {
-    this.highestNc.delete(nonce); // re-insert: most recently used goes last
-    this.highestNc.set(nonce, nc);
+    // Re-insert: most recently used goes last. The key is a copy: the nonce is a slice of the
+    // request's Authorization header and would keep the whole REGISTER alive (message.ts detached).
+    this.highestNc.delete(nonce);
+    this.highestNc.set(detached(nonce), nc);
     while (this.highestNc.size > this.maxTrackedNonces) {
       // A persistent cursor: a fresh keys().next() would rescan the deleted entries at the
       // front of V8's table on every eviction.

@@ -22,7 +22,7 @@
 //   that comes back through another hop always has a different top Via, which would make
 //   every loop look like a spiral.
 import { hash } from "node:crypto";
-import { getHeader, getHeaders, parseDatagram, parseNameAddr, parseVia, splitList } from "./message.ts";
+import { detached, getHeader, getHeaders, parseDatagram, parseNameAddr, parseVia, splitList } from "./message.ts";
 import type {
   Branch,
   BranchState,
@@ -615,7 +615,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     if (call.finished) return;
     const tag = res.to.tag;
     if (tag !== undefined && !branch.earlyTags.has(tag)) {
-      branch.earlyTags.add(tag);
+      // Kept for the call's life: a copy, not a slice pinning the whole response (message.ts detached).
+      branch.earlyTags.add(detached(tag));
       this.dialogs.add(call.request.callId, call.request.from.tag ?? "", tag, call.tx.flow, branch.target.flow, "early", { call, branch }, performance.now());
     }
     // §16.7 step 5: "Any provisional response other than a 100 (Trying) MUST be forwarded

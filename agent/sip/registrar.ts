@@ -5,7 +5,7 @@
 import { parseAuthorization, type DigestAuthenticator } from "./digest.ts";
 import type { AuthGuard } from "./guard.ts";
 import type { Binding, LocationService } from "./location.ts";
-import { getHeader, getHeaders, parseNameAddr } from "./message.ts";
+import { detached, getHeader, getHeaders, parseNameAddr } from "./message.ts";
 import { createResponse } from "./serialize.ts";
 import { parseUri } from "./uri.ts";
 import type { Flow, SipHeader, SipRequest, SipResponse } from "./types.ts";
@@ -61,7 +61,7 @@ const MAX_USER_AGENT_CHARS = 512;
 
 /** User-Agent is informational: tabs (legal inside a value) and overlong text are evened out. */
 function storableUserAgent(v: string | undefined): string | undefined {
-  return v === undefined ? undefined : v.replace(/[\x00-\x1f\x7f]/g, " ").slice(0, MAX_USER_AGENT_CHARS);
+  return v === undefined ? undefined : detached(v.replace(/[\x00-\x1f\x7f]/g, " ").slice(0, MAX_USER_AGENT_CHARS));
 }
 
 function parseDelta(v: string | null | undefined): number | undefined {
@@ -203,14 +203,15 @@ export class Registrar {
       next.set(key, {
         deviceId: device.deviceId,
         aor,
-        contact: na.uri,
+        // A binding outlives the REGISTER it came from: its strings are copies (message.ts detached).
+        contact: detached(na.uri),
         expiresAt: now + expires * 1000,
-        callId: req.callId,
+        callId: detached(req.callId),
         cseq: req.cseq.seq,
         q: q ? Number(q) : undefined,
         flow: { ...flow },
         userAgent: storableUserAgent(getHeader(req, "user-agent")),
-        instance,
+        instance: instance === undefined ? undefined : detached(instance),
       });
     }
     const bindings = [...next.values()];
