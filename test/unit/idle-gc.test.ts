@@ -8,12 +8,18 @@ import { DEFAULT_IDLE_GC, IdleCollector, exposedGc, shouldCollect } from "../../
 
 const MB = 1 << 20;
 
-test("shouldCollect: quiet long enough, slack enough, the spell not over", () => {
+test("shouldCollect: quiet long enough, a large heap or slack enough, the spell not over", () => {
   const p = DEFAULT_IDLE_GC;
   const ok = { quietForMs: 40_000, spellDone: false, collectionsThisSpell: 0, heapTotal: 60 * MB, heapUsed: 45 * MB };
   assert.equal(shouldCollect(ok, p), true);
   assert.equal(shouldCollect({ ...ok, quietForMs: 20_000 }, p), false, "the burst's transactions still linger (Timer J)");
-  assert.equal(shouldCollect({ ...ok, heapUsed: 56 * MB }, p), false, "4 MB of slack is not worth it");
+  // The first collection of a spell: "in use" still counts garbage, so a large heap is reason enough.
+  assert.equal(shouldCollect({ ...ok, heapTotal: 55.4 * MB, heapUsed: 47.6 * MB }, p), true, "55 MB held, 7.8 MB slack: the spell's first");
+  assert.equal(shouldCollect({ ...ok, heapTotal: 24 * MB, heapUsed: 20 * MB }, p), false, "a small heap with 4 MB of slack is not worth it");
+  assert.equal(shouldCollect({ ...ok, heapTotal: 24 * MB, heapUsed: 14 * MB }, p), true, "a small heap, 10 MB of slack");
+  // Later ones: a collection has run, "in use" is live, the slack decides.
+  assert.equal(shouldCollect({ ...ok, collectionsThisSpell: 1, heapUsed: 56 * MB }, p), false, "4 MB of slack after a collection is not worth another");
+  assert.equal(shouldCollect({ ...ok, collectionsThisSpell: 1 }, p), true);
   assert.equal(shouldCollect({ ...ok, spellDone: true }, p), false, "the last one gave little back");
   assert.equal(shouldCollect({ ...ok, collectionsThisSpell: p.maxPerSpell }, p), false, "bounded per spell");
   assert.equal(shouldCollect({ ...ok, quietForMs: Number.NaN }, p), false);
