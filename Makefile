@@ -40,11 +40,11 @@ sysdeps:
 
 # The agent as shipped: one ESM bundle of agent/ (npm packages stay external), run by plain
 # node. tsx's loader thread alone costs ~30 MB of RSS, which an appliance should not pay.
-SOURCES := $(shell find agent provisioning -name '*.ts' 2>/dev/null)
 # The media worker thread (agent/media/worker.ts) is its own entry: dist/media-worker.mjs.
-dist/ringedge.mjs: node_modules/.installed $(SOURCES)
-	npx esbuild agent/main.ts --bundle --platform=node --format=esm --packages=external --target=node20 --outfile=$@ --log-level=warning
-	npx esbuild agent/media/worker.ts --bundle --platform=node --format=esm --packages=external --target=node20 --outfile=dist/media-worker.mjs --log-level=warning
+# How they are built (options, why minified) is bin/build.mjs.
+SOURCES := $(shell find agent provisioning -name '*.ts' 2>/dev/null)
+dist/ringedge.mjs: node_modules/.installed bin/build.mjs $(SOURCES)
+	node bin/build.mjs
 
 build: dist/ringedge.mjs
 

@@ -245,26 +245,11 @@ async function seed(workDir: string, dataDir: string): Promise<string> {
   return csv;
 }
 
-/**
- * The agent as shipped: dist/ringedge.mjs, built exactly as `make build` builds it (one ESM
- * bundle of agent/, npm packages external) and run by plain node, as `make run` does.
- */
+/** The agent as shipped: dist/ringedge.mjs, built by bin/build.mjs as `make build` builds it. */
 async function buildDist(): Promise<string> {
-  const esbuild = (await import("esbuild")) as unknown as {
-    build(o: Record<string, unknown>): Promise<unknown>;
-  };
-  const outfile = path.join(ROOT, "dist", "ringedge.mjs");
-  await esbuild.build({
-    entryPoints: [path.join(ROOT, "agent", "main.ts")],
-    bundle: true,
-    platform: "node",
-    format: "esm",
-    target: "node20",
-    packages: "external",
-    outfile,
-    logLevel: "warning",
-  });
-  return outfile;
+  // @ts-expect-error: a plain .mjs script without declarations (the Makefile's build).
+  const { buildBundles } = (await import("../bin/build.mjs")) as { buildBundles: () => Promise<string> };
+  return buildBundles();
 }
 
 const HEAP_SNAPSHOT_DIR = process.env.BENCH_HEAP_SNAPSHOT ? path.resolve(process.env.BENCH_HEAP_SNAPSHOT) : undefined;

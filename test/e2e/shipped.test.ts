@@ -1,6 +1,6 @@
 // The agent as shipped (bin/ringedge running the esbuild bundle on plain node, as `make run`, the
 // systemd unit and the firmware hooks start it), which every other test replaces with the
-// sources through tsx: the bundle is built here the way the Makefile builds it, into a temporary
+// sources through tsx: the bundle is built here by the Makefile's bin/build.mjs, into a temporary
 // tree next to a copy of bin/ringedge, and run. The launcher's settings reach the process
 // (--expose-gc for the idle collections, agent/appliance/idle-gc.ts; MALLOC_ARENA_MAX), a phone
 // registers, and SIGTERM stops it cleanly.
@@ -9,16 +9,15 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import { test } from "node:test";
-import { build } from "esbuild";
 import { ROOT, agentEnv, freePort, removeTempDir, runCli, seedDevices, tempDir, until } from "./harness.ts";
 import { SipClient, registerWithAuth } from "./sipclient.ts";
 
 test("the shipped bundle under bin/ringedge: gc exposed for the idle collections, malloc arenas capped, a phone registers, SIGTERM stops it", async (t) => {
   const tree = tempDir("ringedge-shipped-");
   t.after(() => removeTempDir(tree));
-  const options = { bundle: true, platform: "node", format: "esm", packages: "external", target: "node20", logLevel: "warning" } as const;
-  await build({ ...options, entryPoints: [path.join(ROOT, "agent/main.ts")], outfile: path.join(tree, "dist/ringedge.mjs") });
-  await build({ ...options, entryPoints: [path.join(ROOT, "agent/media/worker.ts")], outfile: path.join(tree, "dist/media-worker.mjs") });
+  // @ts-expect-error: a plain .mjs script without declarations (the Makefile's build).
+  const { buildBundles } = (await import("../../bin/build.mjs")) as { buildBundles: (outDir: string) => Promise<string> };
+  await buildBundles(path.join(tree, "dist"));
   fs.mkdirSync(path.join(tree, "bin"));
   fs.copyFileSync(path.join(ROOT, "bin/ringedge"), path.join(tree, "bin/ringedge"));
   fs.chmodSync(path.join(tree, "bin/ringedge"), 0o755);
