@@ -23,6 +23,8 @@ import { fsyncDir, writeFileAtomic } from "./atomic-file.ts";
 import { keepOwnerSync } from "./ownership.ts";
 import { WriteBehind } from "./write-behind.ts";
 import { checkCallRecord, toCallRecord, type CallRecord } from "./schema.ts";
+import type { WhyRecord } from "../routing/why.ts";
+import { freezeWhys, freezeWhysSync, WhyThaw, type ColdWhy } from "./why-archive.ts";
 
 export const CALL_LOG_FILE = "calls.jsonl";
 export const CALL_LOG_PREVIOUS_FILE = "calls.1.jsonl";
@@ -40,7 +42,14 @@ export interface CallLogOptions {
   retryDelayMs: number;
   /** Background write failures (the lines stay queued and are retried). */
   onError: (err: Error) => void;
+  /** The newest calls whose whys stay objects; older ones are deflated (why-archive.ts). Default 256. */
+  warmWhys?: number;
+  /** Calls whose whys are deflated together. Default 64. */
+  freezeBatch?: number;
 }
+
+const WARM_WHYS = 256;
+const FREEZE_BATCH = 64;
 
 export interface ParsedLog {
   records: CallRecord[];
@@ -53,8 +62,12 @@ export interface ParsedLog {
   tornBytes: number;
 }
 
-/** Parses JSON-lines text of call records: pure, never throws. */
-export function parseCallLog(text: string): ParsedLog {
+/**
+ * Parses JSON-lines text of call records; never throws. `each` (default: keep as is) may hand
+ * back another form of each valid record, while the next lines are read: CallLog.open deflates
+ * the whys there, so a full log's 5,000 whys never stand in the heap together.
+ */
+export function parseCallLog(text: string, each?: (rec: CallRecord) => CallRecord): ParsedLog {
   const end = text.lastIndexOf("\n") + 1;
   const records: CallRecord[] = [];
   let lines = 0;
@@ -80,7 +93,8 @@ export function parseCallLog(text: string): ParsedLog {
       skipped++;
       continue;
     }
-    records.push(toCallRecord(v as CallRecord));
+    const rec = toCallRecord(v as CallRecord);
+    records.push(each === undefined ? rec : each(rec));
   }
   return { records, lines, skipped, completeBytes: Buffer.byteLength(text.slice(0, end)), tornBytes: Buffer.byteLength(text.slice(end)) };
 }
@@ -125,6 +139,36 @@ function openAppend(file: string): number {
   return fd;
 }
 
+/**
+ * Deflates the whys of records as parseCallLog hands them over, a batch at a time: a record is
+ * replaced by a lean copy at once, and its why joins the batch's reference when the batch is
+ * full (or at finish()).
+ */
+class SyncFreezer {
+  readonly cold = new WeakMap<CallRecord, ColdWhy>();
+  private leans: CallRecord[] = [];
+  private whys: WhyRecord[] = [];
+
+  constructor(private readonly size: number) {}
+
+  readonly each = (rec: CallRecord): CallRecord => {
+    if (rec.why === undefined) return rec;
+    const { why, ...lean } = rec;
+    this.leans.push(lean);
+    this.whys.push(why);
+    if (this.whys.length >= this.size) this.finish();
+    return lean;
+  };
+
+  finish(): void {
+    if (this.whys.length === 0) return;
+    const refs = freezeWhysSync(this.whys);
+    this.leans.forEach((lean, k) => this.cold.set(lean, refs[k]!));
+    this.leans = [];
+    this.whys = [];
+  }
+}
+
 export class CallLog {
   readonly file: string;
   readonly previousFile: string;
@@ -133,6 +177,15 @@ export class CallLog {
   private readonly opts: CallLogOptions;
   /** Newest last; trimmed to maxRecords in batches (amortised, no splice per call). */
   private records: CallRecord[];
+  /** Records trimmed off the front so far: records[i] is call number trimmed + i. */
+  private trimmed = 0;
+  /** Calls (by number) before this one have had their whys handed to the archive. */
+  private frozenUpTo = 0;
+  /** A lean record (why taken out) → where its why is deflated. */
+  private readonly cold: WeakMap<CallRecord, ColdWhy>;
+  private coldWhys = 0;
+  /** The batch being deflated (one at a time); undefined when none. */
+  private freezing: Promise<void> | undefined;
   /** The O_APPEND descriptor of calls.jsonl, opened at the first write. */
   private fd: number | null;
   private linesInCurrent: number;
@@ -147,8 +200,12 @@ export class CallLog {
   private brokenLine = false;
   private closed = false;
 
-  private constructor(file: string, records: CallRecord[], fd: number | null, linesInCurrent: number, notes: string[], opts: CallLogOptions) {
+  private constructor(file: string, records: CallRecord[], fd: number | null, linesInCurrent: number, notes: string[], opts: CallLogOptions, opened: SyncFreezer) {
     this.file = file;
+    this.cold = opened.cold;
+    // Counted among what is held (records past maxRecords were dropped at open).
+    for (const r of records) if (this.cold.has(r)) this.coldWhys++;
+    this.frozenUpTo = records.length;
     this.previousFile = path.join(path.dirname(file), CALL_LOG_PREVIOUS_FILE);
     this.records = records;
     this.fd = fd;
@@ -156,6 +213,7 @@ export class CallLog {
     this.notes = notes;
     this.opts = opts;
     this.writes = new WriteBehind({ delayMs: opts.writeDelayMs, write: (rethrow) => this.writeNow(rethrow), pending: () => this.queued.length > 0, lastError: () => this.lastError, closed: () => this.closed });
+    this.freezeOld();
   }
 
   /**
@@ -172,8 +230,11 @@ export class CallLog {
     }
     const prev = await readGeneration(prevFile);
     const cur = await readGeneration(file);
-    const p = parseCallLog(prev.text);
-    const c = parseCallLog(cur.text);
+    // The whys of the calls read are deflated as they are parsed (why-archive.ts).
+    const freezer = new SyncFreezer(opts.freezeBatch ?? FREEZE_BATCH);
+    const p = parseCallLog(prev.text, freezer.each);
+    const c = parseCallLog(cur.text, freezer.each);
+    freezer.finish();
     if (p.skipped + c.skipped > 0) notes.push(`call log: skipped ${p.skipped + c.skipped} line(s) that are not call records`);
     if (prev.cutHead || cur.cutHead) notes.push(`call log: a file was larger than ${MAX_READ_BYTES} bytes; only its end was read`);
     if (c.tornBytes > 0) {
@@ -198,27 +259,88 @@ export class CallLog {
       }
     }
     if (records.length > opts.maxRecords) records = records.slice(records.length - opts.maxRecords);
-    return new CallLog(file, records, null, linesInCurrent, notes, opts);
+    return new CallLog(file, records, null, linesInCurrent, notes, opts, freezer);
   }
 
   /** Queues a record (checked by the caller); written within writeDelayMs. Never throws. */
   append(rec: CallRecord): void {
     if (this.closed) return;
     this.records.push(rec);
-    if (this.records.length >= 2 * this.opts.maxRecords) this.records = this.records.slice(this.records.length - this.opts.maxRecords);
+    if (this.records.length >= 2 * this.opts.maxRecords) {
+      const drop = this.records.length - this.opts.maxRecords;
+      for (let i = 0; i < drop; i++) if (this.cold.has(this.records[i]!)) this.coldWhys--;
+      this.records = this.records.slice(drop);
+      this.trimmed += drop;
+    }
     this.queued.push(JSON.stringify(rec) + "\n");
     this.writes.arm();
+    this.freezeOld();
   }
 
   /** The most recent calls first, at most `limit`, optionally of one group. */
   list(limit: number, groupId?: string): CallRecord[] {
     const out: CallRecord[] = [];
     const oldest = Math.max(0, this.records.length - this.opts.maxRecords);
+    const thaw = new WhyThaw();
     for (let i = this.records.length - 1; i >= oldest && out.length < limit; i--) {
       const c = this.records[i]!;
-      if (groupId === undefined || c.groupId === groupId) out.push(c);
+      if (groupId !== undefined && c.groupId !== groupId) continue;
+      const ref = this.cold.get(c);
+      const why = ref === undefined ? undefined : thaw.thaw(ref);
+      out.push(why === undefined ? c : { ...c, why });
     }
     return out;
+  }
+
+  /** Calls in memory, and how many of their whys are deflated. */
+  stats(): { records: number; coldWhys: number } {
+    const held = Math.min(this.records.length, this.opts.maxRecords);
+    return { records: held, coldWhys: this.coldWhys };
+  }
+
+  /** Resolves once no batch is left to deflate (tests). */
+  async whenFrozen(): Promise<void> {
+    while (this.freezing !== undefined) await this.freezing;
+  }
+
+  /**
+   * Hands the whys of all but the newest `warmWhys` calls to the archive, one batch at a time
+   * (each deflate stream holds ~0.4 MB of zlib state while it runs: a full log read at start-up
+   * is 79 batches). Each record is replaced by a lean copy once its batch is deflated (a record
+   * list() has already handed out is never changed under its holder).
+   */
+  private freezeOld(): void {
+    if (this.freezing !== undefined || this.closed) return;
+    const warm = this.opts.warmWhys ?? WARM_WHYS;
+    const size = this.opts.freezeBatch ?? FREEZE_BATCH;
+    let start: number;
+    let batch: CallRecord[];
+    do {
+      start = Math.max(this.frozenUpTo, this.trimmed);
+      const end = this.trimmed + this.records.length - warm;
+      if (end - start < size) return;
+      batch = this.records.slice(start - this.trimmed, start - this.trimmed + size);
+      this.frozenUpTo = start + size;
+    } while (batch.every((r) => r.why === undefined));
+    this.freezing = freezeWhys(batch.map((r) => r.why)).then(
+      (refs) => {
+        refs.forEach((ref, k) => {
+          const i = start + k - this.trimmed;
+          const rec = batch[k]!;
+          // Trimmed meanwhile, or no why: nothing to replace.
+          if (ref === undefined || i < 0 || this.records[i] !== rec) return;
+          const { why: _, ...lean } = rec;
+          this.cold.set(lean, ref);
+          this.records[i] = lean;
+          this.coldWhys++;
+        });
+      },
+      // The batch stays as it was (objects): memory, not correctness.
+      (err: unknown) => this.opts.onError(err instanceof Error ? err : new Error(String(err))),
+    ).then(() => {
+      this.freezing = undefined;
+      this.freezeOld();
+    });
   }
 
   hasPendingWrites(): boolean {

@@ -131,6 +131,44 @@ describe("CallLog", () => {
     await again.close();
   });
 
+  test("older calls' whys are deflated in batches and read back as they were; the newest stay objects; a reopened log freezes too", async () => {
+    const dir = tempDir("ringedge-calllog-");
+    const o = { ...opts(50), warmWhys: 8, freezeBatch: 4 };
+    // A 30-member group ringing 3: 3 offered, the rest skipped for the cap; every fourth call has no why.
+    const withWhy = (i: number): CallRecord => {
+      const c = call(i, "sales");
+      if (i % 4 === 3) return c;
+      const items = Array.from({ length: 30 }, (_, m) => (m < 3 ? { userId: `u${(i + m) % 30}`, devices: [`d${(i + m) % 30}`] } : { userId: `u${(i + m) % 30}`, reason: "cap" as const }));
+      return { ...c, why: { steps: [{ at: c.at, groupId: "sales", kind: "step", items }] } };
+    };
+    const log = await CallLog.open(dir, o);
+    const want: CallRecord[] = [];
+    for (let i = 0; i < 40; i++) {
+      want.push(withWhy(i));
+      log.append(withWhy(i));
+    }
+    const handedOut = log.list(40);
+    await log.whenFrozen();
+    // 40 calls, 8 warm: 32 handed to the archive in batches of 4, a quarter of them without a why.
+    assert.equal(log.stats().coldWhys, 24);
+    assert.deepEqual(log.list(40), [...want].reverse(), "every record, why included, as appended");
+    assert.deepEqual(handedOut, [...want].reverse(), "records handed out before the freeze are not changed under their holders");
+    assert.deepEqual(log.list(3, "sales").map((r) => r.id), ["c39", "c38", "c37"]);
+    // Past 2×maxRecords the oldest are trimmed, cold ones with them.
+    for (let i = 40; i < 100; i++) log.append(withWhy(i));
+    await log.whenFrozen();
+    assert.equal(log.stats().records, 50);
+    assert.ok(log.stats().coldWhys <= 50 && log.stats().coldWhys >= 30, `cold whys of the held records only (${log.stats().coldWhys})`);
+    assert.deepEqual(log.list(50), Array.from({ length: 50 }, (_, k) => withWhy(99 - k)));
+    await log.close();
+    // Reopened: the calls read from the file are frozen the same way.
+    const again = await CallLog.open(dir, o);
+    await again.whenFrozen();
+    assert.ok(again.stats().coldWhys >= 30, `whys from the file deflated (${again.stats().coldWhys})`);
+    assert.deepEqual(again.list(50), Array.from({ length: 50 }, (_, k) => withWhy(99 - k)));
+    await again.close();
+  });
+
   test("a failed write keeps the lines queued, reports the error and succeeds later", async () => {
     const dir = tempDir("ringedge-calllog-");
     const sub = path.join(dir, "data");
