@@ -25,11 +25,19 @@
 // (bench/sipp/caller-queued.xml), each hearing hold music from the agent's media worker while
 // the ring-all calls run. A UDP socket of the bench receives the 50 streams and times every
 // packet: pacing jitter (|gap − 20 ms|) p50/p99 per packet, as bench/media.bench.ts does.
+// The memory run (issue 11: "RSS ≤ 100 MB with 2,000 registered phones and 200 calls up"): a
+// site of 2,000 operators with one phone each, all registered (the first 10 ring as above, the
+// rest register from one SIPp process), then 200 calls placed at 40/s into the simultaneous
+// group and held up together for 70 s. RSS is read once they are all up, then again after the
+// agent's idle collections (agent/appliance/idle-gc.ts), which a site with calls up and little
+// signalling gets, with every call still up.
 //
 // Knobs (env): BENCH_CALLS_SECONDS (10), BENCH_CALLS_LATENCY_RATE (100), BENCH_CALLS_RATES
 // ("500"), BENCH_CALLS_HOLD_MS (100), BENCH_CALLS_ONLY (run labels, comma-separated),
 // BENCH_CPU_PROF=1 (agent runs with node --cpu-prof; profiles kept under the temp dir),
-// BENCH_KEEP=1 (keep the temp dir: site file, SIPp stat/rtt files, pcaps, agent logs).
+// BENCH_KEEP=1 (keep the temp dir: site file, SIPp stat/rtt files, pcaps, agent logs);
+// BENCH_SMAPS=<file>, BENCH_HEAP_SNAPSHOT=<dir> (the memory run: the agent's smaps and a V8 heap
+// snapshot at its last reading).
 import { execFile, spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -39,6 +47,8 @@ import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import dgram from "node:dgram";
 import { parseRtp } from "../agent/media/rtp.ts";
 import { benchWorkDir, fmt, machine, round, summarize, table, writeResult } from "./lib.ts";
+import { CALL_LOG_FILE } from "../agent/store/call-log.ts";
+import { MAX_CALL_LOG, type CallRecord } from "../agent/store/schema.ts";
 import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, procSample, runCaller, start, startCapture, startPhones, waitFor, type CallerRun, type Capture, type Child, type PacketLatency, type Phone } from "./sipp-harness.ts";
 
 const SECONDS = envNum("BENCH_CALLS_SECONDS", 10);
@@ -59,6 +69,15 @@ const GROUP_NUMBER = { simultaneous: "700", sequential: "701" } as const;
 /** The queue group of the media runs: callers wait there hearing music on hold. */
 const QUEUE_NUMBER = "702";
 const HOLD_STREAMS = 50;
+/** The memory run: phones registered, calls held up together, the rate they are placed at, how long each is held. */
+const MEMORY_PHONES = 2000;
+const HELD_CALLS = 200;
+const HELD_RATE = 40;
+const HELD_S = 70;
+const MEMORY_TARGET_MB = 100;
+/** The memory run's call log at start: a full one (the log keeps 5,000 calls), as on a site that has been taking calls for a day. */
+const PRELOADED_CALLS = envNum("BENCH_CALL_LOG", MAX_CALL_LOG);
+const HEAP_SNAPSHOT_DIR = process.env.BENCH_HEAP_SNAPSHOT ? path.resolve(process.env.BENCH_HEAP_SNAPSHOT) : undefined;
 /** The agent as shipped (bin/ringedge runs dist/ringedge.mjs; make bench builds it first). */
 const BIN = path.join(ROOT, "bin", "ringedge");
 
@@ -82,12 +101,19 @@ interface RunSpec {
   realtimePriority?: number;
   /** The site has the queue group, and this many callers wait in it (music on hold) during the run. */
   holdStreams?: number;
+  /**
+   * The memory run: this many answered calls placed at `rate` and held up together for `holdS`
+   * seconds (long enough for the agent's idle collections), the agent's memory read with them up.
+   */
+  held?: { calls: number; holdS: number };
 }
 
 // --- site file -----------------------------------------------------------------------------------
 
 function siteFile(phones: Phone[], callerPort: number, queue: boolean): unknown {
-  const members = phones.map((p) => p.user);
+  // The groups take the first 100 operators (a group holds at most 1,000 members); the memory
+  // run's other phones only register.
+  const members = phones.slice(0, 100).map((p) => p.user);
   const answerer = phones.find((p) => p.username === "answer-1")!.user;
   // The queue's only operator is online but away, and the queue skips away operators
   // (checkAvailability): a caller finds nobody to ring and waits at once. (With every member
@@ -110,6 +136,24 @@ function siteFile(phones: Phone[], callerPort: number, queue: boolean): unknown 
     site.groups.push(queueGroup);
   }
   return site;
+}
+
+/**
+ * A call log of `n` calls through the simultaneous group as the agent records them: the first 10
+ * operators offered (one answers), the others skipped for the ring cap, each with its why.
+ */
+function preloadCallLog(dataDir: string, phones: Phone[], n: number): void {
+  const members = phones.slice(0, 100).map((p) => p.user);
+  const now = Date.now() - n * 1000;
+  const lines: string[] = [];
+  for (let c = 0; c < n; c++) {
+    const at = now + c * 1000;
+    const offered = members.slice(0, 10);
+    const items = members.map((m, k) => (k < 10 ? { userId: m, devices: [`desk-${m}`] } : { userId: m, reason: "cap" }));
+    const rec: CallRecord = { id: `preload-${c}-${at.toString(36)}@${CALLER_IP}`, at, caller: `sip:+4930${String(1_000_000 + c)}@${CALLER_IP}`, target: GROUP_NUMBER.simultaneous, groupId: "bench-sim", outcome: "answered", offered, answeredBy: members[9]!, answerAfterMs: 2000, durationMs: 60_000, why: { steps: [{ at, groupId: "bench-sim", kind: "step", items: items as NonNullable<CallRecord["why"]>["steps"][number]["items"] }] } };
+    lines.push(JSON.stringify(rec));
+  }
+  fs.writeFileSync(path.join(dataDir, CALL_LOG_FILE), lines.join("\n") + "\n", { mode: 0o600 });
 }
 
 // --- hold-music receiver (media runs) -----------------------------------------------------------
@@ -163,8 +207,9 @@ interface StatusView {
   devices: { registered: number };
   proxy: { calls: number; dialogs: number; branches: number };
   routing: { activeCalls: number; latency: { p50Us: number; p99Us: number; maxUs: number; count: number; overBudget: number; budgetUs: number } };
-  memory?: { heapUsed: number };
+  memory?: { heapUsed: number; heapTotal: number };
   scheduling?: { policy: string; priority: number; nice: number } | null;
+  idleCollections?: number | null;
 }
 
 async function status(sock: string): Promise<StatusView> {
@@ -193,6 +238,78 @@ interface RunResult {
   realtimeError: string | undefined;
   /** Media runs: the queued callers and the hold music they were sent during the measured run. */
   hold?: Awaited<ReturnType<HoldSink["stop"]>> & { queuedOk: number; queuedFailed: number };
+  /** The memory run: the agent's memory with the calls up. */
+  heldMemory?: HeldMemory;
+}
+
+interface HeldPoint {
+  rssMB: number;
+  heapUsedMB: number;
+  heapTotalMB: number;
+  registered: number;
+  dialogs: number;
+  /** Seconds since every call was up. */
+  atS: number;
+}
+
+interface HeldMemory {
+  calls: number;
+  /** Once every call is up (1 s settle). */
+  up: HeldPoint;
+  /** Still up, after the agent's idle collections (null: none ran while the calls were up). */
+  afterIdleCollection: (HeldPoint & { collections: number }) | null;
+}
+
+/**
+ * The memory run's readings: waits until every held call is a confirmed dialog, reads RSS, then
+ * waits (while they stay up) for the agent's idle collections to have run and settled, as they
+ * do on a site with calls up and little signalling, and reads again.
+ */
+async function heldMemory(pid: number, sock: string, held: { calls: number; holdS: number }, rate: number): Promise<HeldMemory> {
+  const point = async (t0: number): Promise<HeldPoint> => {
+    const st = await status(sock);
+    return { rssMB: round(procSample(pid).rssMB, 1), heapUsedMB: round((st.memory?.heapUsed ?? NaN) / 1048576, 1), heapTotalMB: round((st.memory?.heapTotal ?? NaN) / 1048576, 1), registered: st.devices.registered, dialogs: st.proxy.dialogs, atS: round((Date.now() - t0) / 1000, 1) };
+  };
+  await waitFor(`${held.calls} calls up`, async () => ((await status(sock)).proxy.dialogs >= held.calls ? true : undefined), (held.calls / rate + 15) * 1000);
+  const tUp = Date.now();
+  await sleep(1000);
+  const up = await point(tUp);
+  // Leave the calls' last 8 s alone: the reading must be taken with all of them still up.
+  const until = tUp + (held.holdS - 8) * 1000;
+  let collections = 0;
+  let stableSince = Date.now();
+  while (Date.now() < until) {
+    await sleep(1000);
+    const n = (await status(sock)).idleCollections ?? 0;
+    if (n !== collections) (collections = n), (stableSince = Date.now());
+    // A look every 5 s collects again while the last one gave pages back: settled once one passed without.
+    if (collections > 0 && Date.now() - stableSince >= 7000) break;
+  }
+  if (collections === 0) {
+    await heldDumps(pid);
+    return { calls: held.calls, up, afterIdleCollection: null };
+  }
+  await sleep(Math.min(2000, Math.max(0, until - Date.now())));
+  const afterIdleCollection = { ...(await point(tUp)), collections };
+  await heldDumps(pid);
+  return { calls: held.calls, up, afterIdleCollection };
+}
+
+/** BENCH_SMAPS=<file>: the agent's /proc smaps; BENCH_HEAP_SNAPSHOT=<dir>: a V8 heap snapshot (the memory run, last reading). */
+async function heldDumps(pid: number): Promise<void> {
+  if (process.env.BENCH_SMAPS) fs.writeFileSync(process.env.BENCH_SMAPS, fs.readFileSync(`/proc/${pid}/smaps`, "utf8"));
+  if (!HEAP_SNAPSHOT_DIR) return;
+  const before = new Set(fs.readdirSync(HEAP_SNAPSHOT_DIR));
+  process.kill(pid, "SIGUSR2");
+  const file = await waitFor("heap snapshot", () => fs.readdirSync(HEAP_SNAPSHOT_DIR).find((f) => f.endsWith(".heapsnapshot") && !before.has(f)), 30_000);
+  // Written once its size stops changing.
+  for (let size = -1; ; ) {
+    await sleep(500);
+    const now = fs.statSync(path.join(HEAP_SNAPSHOT_DIR, file)).size;
+    if (now === size) break;
+    size = now;
+  }
+  console.log(`heap snapshot: ${path.join(HEAP_SNAPSHOT_DIR, file)}`);
 }
 
 async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
@@ -204,8 +321,10 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
   const site = path.join(dir, "site.json");
   fs.writeFileSync(site, JSON.stringify(siteFile(phones, callerPort, spec.holdStreams !== undefined), null, 2));
 
+  if (spec.held !== undefined && PRELOADED_CALLS > 0) preloadCallLog(dataDir, phones, PRELOADED_CALLS);
   const env = benchAgentEnv(dataDir, agentPort, site);
   const nodeArgs = CPU_PROF ? ["--cpu-prof", `--cpu-prof-dir=${path.join(dir, "prof")}`] : [];
+  if (spec.held !== undefined && HEAP_SNAPSHOT_DIR) nodeArgs.push("--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${HEAP_SNAPSHOT_DIR}`);
   const agent = start(BIN, ["run"], { cwd: ROOT, env: { ...env, RINGEDGE_NODE_FLAGS: nodeArgs.join(" ") } });
   const sock = path.join(dataDir, "control.sock");
   let phoneProcs: Child[] = [];
@@ -258,8 +377,10 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     if (spec.capture) cap = await startCapture(dir, agentPort);
     sink?.measure();
     const before = procSample(pid);
-    const calls = Math.round(spec.rate * SECONDS);
-    const caller = await runCaller(dir, agentPort, callerPort, GROUP_NUMBER[spec.strategy], spec.rate, calls, { holdMs: HOLD_MS });
+    const calls = spec.held?.calls ?? Math.round(spec.rate * SECONDS);
+    const callerRun = runCaller(dir, agentPort, callerPort, GROUP_NUMBER[spec.strategy], spec.rate, calls, spec.held ? { holdMs: spec.held.holdS * 1000, tailS: spec.held.holdS + 25 } : { holdMs: HOLD_MS });
+    const heldMem = spec.held === undefined ? undefined : await heldMemory(pid, sock, spec.held, spec.rate);
+    const caller = await callerRun;
     const after = procSample(pid);
     // Every call through the proxy should be over; a bounded wait tells leftovers apart.
     const idle = await waitFor("agent idle", async () => {
@@ -295,6 +416,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       scheduling: st.scheduling ?? null,
       realtimeError,
       ...(hold !== undefined ? { hold } : {}),
+      ...(heldMem !== undefined ? { heldMemory: heldMem } : {}),
     };
   } finally {
     if (cap !== undefined && cap.child.proc.exitCode === null) await cap.child.stop("SIGINT");
@@ -322,6 +444,8 @@ function specs(): RunSpec[] {
   // The media pair: same site (with the queue group), without and with 50 callers hearing music.
   for (const streams of [0, HOLD_STREAMS]) all.push({ label: `sim-10@${LATENCY_RATE} q${streams}`, phones: 10, strategy: "simultaneous", rate: LATENCY_RATE, capture: true, holdStreams: streams });
   for (const rate of THROUGHPUT_RATES) all.push({ label: `sim-10@${rate}`, phones: 10, strategy: "simultaneous", rate, capture: false });
+  // The memory run (issue 11): a site of 2,000 registered phones with 200 answered calls up.
+  all.push({ label: `held-${HELD_CALLS}-of-${MEMORY_PHONES}`, phones: MEMORY_PHONES, strategy: "simultaneous", rate: HELD_RATE, capture: false, held: { calls: HELD_CALLS, holdS: HELD_S } });
   return ONLY === undefined ? all : all.filter((s) => ONLY.includes(s.label));
 }
 
@@ -353,6 +477,7 @@ function runJson(r: RunResult): Record<string, unknown> {
     scheduling: r.scheduling,
     ...(r.spec.holdStreams !== undefined ? { holdStreams: r.spec.holdStreams, hold: r.hold ?? null } : {}),
     ...(r.realtimeError !== undefined ? { realtimeError: r.realtimeError } : {}),
+    ...(r.heldMemory !== undefined ? { heldMemory: r.heldMemory } : {}),
   };
 }
 
@@ -378,6 +503,11 @@ async function main(): Promise<number> {
         `; CPU ${fmt(r.cpuUsPerCall)} µs/call; RSS ${r.rssMB} MB`,
     );
     if (r.hold !== undefined) console.log(`[${spec.label}] hold music: ${r.hold.streams} streams, ${r.hold.packetsPerStreamPerS} packets/s each, jitter p50/p99/max ${r.hold.jitterP50Ms}/${r.hold.jitterP99Ms}/${r.hold.jitterMaxMs} ms; queued callers ${r.hold.queuedOk} ok, ${r.hold.queuedFailed} failed`);
+    const hm = r.heldMemory;
+    if (hm !== undefined) {
+      const idle = hm.afterIdleCollection;
+      console.log(`[${spec.label}] ${hm.up.dialogs} calls up, ${hm.up.registered} phones registered: RSS ${hm.up.rssMB} MB (heap used ${hm.up.heapUsedMB} of ${hm.up.heapTotalMB} MB)` + (idle ? `; after ${idle.collections} idle collection(s), ${idle.dialogs} still up: RSS ${idle.rssMB} MB (heap used ${idle.heapUsedMB} of ${idle.heapTotalMB} MB) at +${idle.atS} s` : "; no idle collection while they were up"));
+    }
     if (r.caller.failed > 0 || r.caller.exitCode !== 0) console.log(`--- SIPp caller tail ---\n${r.caller.tail}\n--- agent log tail ---\n${r.agentLogTail}`);
   }
 
@@ -421,6 +551,16 @@ async function main(): Promise<number> {
     firstForkP99Realtime: tunedApplied ? p99Met(tuned) : null,
     sustained500: sustained.length > 0 ? sustained.some((r) => r.caller.failed === 0 && r.caller.exitCode === 0 && r.caller.successful === r.caller.calls && r.caller.callRate >= TARGETS.sustainedRate * 0.95) : null,
   };
+  const heldRun = results.find((r) => r.heldMemory !== undefined);
+  const memory = heldRun?.heldMemory === undefined
+    ? null
+    : (() => {
+        const h = heldRun.heldMemory;
+        // The figure read against the target: the settled one (after the idle collections) when they ran with every call up.
+        const settled = h.afterIdleCollection !== null && h.afterIdleCollection.dialogs >= h.calls ? h.afterIdleCollection : null;
+        const rssMB = settled?.rssMB ?? h.up.rssMB;
+        return { run: heldRun.spec.label, phones: heldRun.spec.phones, registered: h.up.registered, calls: h.calls, callLogAtStart: PRELOADED_CALLS, up: h.up, afterIdleCollection: h.afterIdleCollection, rssMB, targetRssMB: MEMORY_TARGET_MB, met: h.up.registered >= heldRun.spec.phones && h.up.dialogs >= h.calls && rssMB <= MEMORY_TARGET_MB, callsOk: heldRun.caller.successful, callsFailed: heldRun.caller.failed };
+      })();
   const result = {
     bench: "calls",
     ...m,
@@ -441,6 +581,7 @@ async function main(): Promise<number> {
       : null,
     maxCleanCallRate: round(maxClean, 1),
     media,
+    memory,
     targets: TARGETS,
     met,
     runs: results.map(runJson),
@@ -453,6 +594,7 @@ async function main(): Promise<number> {
     console.log(tunedApplied ? `under SCHED_FIFO ${REALTIME_PRIORITY} (${tuned.spec.label}): p50 ${v(met.firstForkP50Realtime)}, p99 ${v(met.firstForkP99Realtime)}` : `${tuned.spec.label}: SCHED_FIFO was not in force (${tuned.realtimeError ?? "policy " + String(tuned.scheduling?.policy)}); no verdict`);
   }
   if (media !== null) console.log(`media: first fork p50/p99 ${media.firstForkWithout?.p50Us ?? "—"}/${media.firstForkWithout?.p99Us ?? "—"} µs without, ${media.firstForkWith?.p50Us ?? "—"}/${media.firstForkWith?.p99Us ?? "—"} µs with ${HOLD_STREAMS} hold-music streams (p99 ratio ${media.p99Ratio ?? "—"}); pacing jitter p99 ${media.hold?.jitterP99Ms ?? "—"} ms (target ≤ ${media.jitterP99MsMax})`);
+  if (memory !== null) console.log(`memory: ${memory.registered} phones registered, ${memory.calls} calls up, ${memory.callLogAtStart} calls in the log at start: RSS ${memory.rssMB} MB${memory.afterIdleCollection ? " after the idle collections" : ""} (${memory.up.rssMB} MB as they came up); target ≤ ${MEMORY_TARGET_MB} MB ${v(memory.met)}`);
   console.log(`wrote ${out}`);
   if (CPU_PROF || process.env.BENCH_KEEP) console.log(`kept ${workDir}`);
   else fs.rmSync(workDir, { recursive: true, force: true });

@@ -186,6 +186,17 @@ function callsSection(r: Json): string[] {
       : [`The same targets on the \`+rt\` run (the agent under SCHED_FIFO priority 10, as the example systemd unit runs it; run right after the plain one): p50 ${yes(met.firstForkP50Realtime)}; p99 ${yes(met.firstForkP99Realtime)}.`]),
     "The agent's figure runs from the INVITE's datagram being read to the first fork leaving (parse, transaction, admission and routing included; warm-up calls too); the packet figure from the INVITE on the wire to the first fork on the wire (as tshark saw them on lo).",
   );
+  if (r.memory !== undefined && r.memory !== null) {
+    const mem = obj(r.memory);
+    const up = obj(mem.up);
+    const idle = mem.afterIdleCollection === null ? undefined : obj(mem.afterIdleCollection);
+    out.push(
+      "",
+      `Memory (\`${String(mem.run)}\`): ${fmt(num(mem.registered))} phones registered, ${fmt(num(mem.calls))} answered calls up and ${fmt(num(mem.callLogAtStart))} calls in the call log (read at start): RSS ${fmt(num(up.rssMB), 1)} MB as they came up` +
+        (idle ? `, ${fmt(num(idle.rssMB), 1)} MB after the agent's idle collections with ${fmt(num(idle.dialogs))} still up` : ", no idle collection while they were up") +
+        `; target ≤ ${fmt(num(mem.targetRssMB))} MB ${yes(mem.met)}. Calls ${fmt(num(mem.callsOk))} ok, ${fmt(num(mem.callsFailed))} failed.`,
+    );
+  }
   const media = obj(r.media);
   if (r.media !== undefined && r.media !== null) {
     const without = obj(media.firstForkWithout);
