@@ -100,6 +100,8 @@ export interface AgentStatus {
   memory: NodeJS.MemoryUsage;
   /** Full collections run in a quiet spell after a burst (appliance/idle-gc.ts); null where gc() is not exposed (the sources through tsx). */
   idleCollections: number | null;
+  /** How long the last idle collection held the event loop, ms; null before the first. */
+  idleCollectionPauseMs: number | null;
   /** The PM QoS CPU wake-up latency request (setting cpuWakeLatencyUs); null when not asked for. */
   cpuLatency: CpuLatencyStatus | null;
   /** How the kernel schedules the agent (policy, real-time priority, nice); null where unknown. */
@@ -701,6 +703,7 @@ export class Agent {
       site: siteStatus(this.site.current().record),
       memory: process.memoryUsage(),
       idleCollections: this.idleGc?.available === true ? this.idleGc.count : null,
+      idleCollectionPauseMs: this.idleGc?.lastPauseMs === undefined ? null : Math.round(this.idleGc.lastPauseMs * 10) / 10,
       cpuLatency: this.cpuLatency === undefined ? null : this.cpuLatency.status,
       scheduling: currentScheduling() ?? null,
       version: VERSION,

@@ -210,6 +210,7 @@ interface StatusView {
   memory?: { heapUsed: number; heapTotal: number };
   scheduling?: { policy: string; priority: number; nice: number } | null;
   idleCollections?: number | null;
+  idleCollectionPauseMs?: number | null;
 }
 
 async function status(sock: string): Promise<StatusView> {
@@ -250,6 +251,8 @@ interface HeldPoint {
   dialogs: number;
   /** Seconds since every call was up. */
   atS: number;
+  /** How long the agent's last idle collection held its event loop, ms (null: none yet). */
+  idlePauseMs: number | null;
 }
 
 interface HeldMemory {
@@ -268,7 +271,7 @@ interface HeldMemory {
 async function heldMemory(pid: number, sock: string, held: { calls: number; holdS: number }, rate: number): Promise<HeldMemory> {
   const point = async (t0: number): Promise<HeldPoint> => {
     const st = await status(sock);
-    return { rssMB: round(procSample(pid).rssMB, 1), heapUsedMB: round((st.memory?.heapUsed ?? NaN) / 1048576, 1), heapTotalMB: round((st.memory?.heapTotal ?? NaN) / 1048576, 1), registered: st.devices.registered, dialogs: st.proxy.dialogs, atS: round((Date.now() - t0) / 1000, 1) };
+    return { rssMB: round(procSample(pid).rssMB, 1), heapUsedMB: round((st.memory?.heapUsed ?? NaN) / 1048576, 1), heapTotalMB: round((st.memory?.heapTotal ?? NaN) / 1048576, 1), registered: st.devices.registered, dialogs: st.proxy.dialogs, atS: round((Date.now() - t0) / 1000, 1), idlePauseMs: st.idleCollectionPauseMs ?? null };
   };
   await waitFor(`${held.calls} calls up`, async () => ((await status(sock)).proxy.dialogs >= held.calls ? true : undefined), (held.calls / rate + 15) * 1000);
   const tUp = Date.now();
@@ -506,7 +509,7 @@ async function main(): Promise<number> {
     const hm = r.heldMemory;
     if (hm !== undefined) {
       const idle = hm.afterIdleCollection;
-      console.log(`[${spec.label}] ${hm.up.dialogs} calls up, ${hm.up.registered} phones registered: RSS ${hm.up.rssMB} MB (heap used ${hm.up.heapUsedMB} of ${hm.up.heapTotalMB} MB)` + (idle ? `; after ${idle.collections} idle collection(s), ${idle.dialogs} still up: RSS ${idle.rssMB} MB (heap used ${idle.heapUsedMB} of ${idle.heapTotalMB} MB) at +${idle.atS} s` : "; no idle collection while they were up"));
+      console.log(`[${spec.label}] ${hm.up.dialogs} calls up, ${hm.up.registered} phones registered: RSS ${hm.up.rssMB} MB (heap used ${hm.up.heapUsedMB} of ${hm.up.heapTotalMB} MB)` + (idle ? `; after ${idle.collections} idle collection(s), ${idle.dialogs} still up: RSS ${idle.rssMB} MB (heap used ${idle.heapUsedMB} of ${idle.heapTotalMB} MB) at +${idle.atS} s, the last collection held the loop ${idle.idlePauseMs ?? "—"} ms` : "; no idle collection while they were up"));
     }
     if (r.caller.failed > 0 || r.caller.exitCode !== 0) console.log(`--- SIPp caller tail ---\n${r.caller.tail}\n--- agent log tail ---\n${r.agentLogTail}`);
   }
