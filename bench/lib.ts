@@ -154,11 +154,12 @@ function registerSection(r: Json): string[] {
       );
     }
   }
-  out.push("", "| runtime | RSS MB idle | after burst | after paced | steady (Timer J drained) | HWM MB | heap used MB steady |", "|---|---:|---:|---:|---:|---:|---:|");
+  out.push("", "| runtime | RSS MB idle | after burst | after paced | steady (Timer J drained) | HWM MB | heap used MB steady | after idle collection (heap used) |", "|---|---:|---:|---:|---:|---:|---:|---:|");
   for (const v of variants) {
     const m = obj(v.memory);
     const [idle, burst, paced, steady] = [obj(m.idle), obj(m.afterBurst), obj(m.afterPaced), obj(m.steady)];
-    out.push(`| ${String(v.runtime)} | ${fmt(num(idle.rssMB), 1)} | ${fmt(num(burst.rssMB), 1)} | ${fmt(num(paced.rssMB), 1)} | ${fmt(num(steady.rssMB), 1)} | ${fmt(num(steady.hwmMB), 1)} | ${fmt(num(steady.heapUsedMB), 1)} |`);
+    const collected = m.idleCollected === null || m.idleCollected === undefined ? "—" : `${fmt(num(obj(m.idleCollected).rssMB), 1)} (${fmt(num(obj(m.idleCollected).heapUsedMB), 1)})`;
+    out.push(`| ${String(v.runtime)} | ${fmt(num(idle.rssMB), 1)} | ${fmt(num(burst.rssMB), 1)} | ${fmt(num(paced.rssMB), 1)} | ${fmt(num(steady.rssMB), 1)} | ${fmt(num(steady.hwmMB), 1)} | ${fmt(num(steady.heapUsedMB), 1)} | ${collected} |`);
   }
   return out;
 }
