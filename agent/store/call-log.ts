@@ -183,7 +183,6 @@ export class CallLog {
   private frozenUpTo = 0;
   /** A lean record (why taken out) → where its why is deflated. */
   private readonly cold: WeakMap<CallRecord, ColdWhy>;
-  private coldWhys = 0;
   /** The batch being deflated (one at a time); undefined when none. */
   private freezing: Promise<void> | undefined;
   /** The O_APPEND descriptor of calls.jsonl, opened at the first write. */
@@ -203,8 +202,6 @@ export class CallLog {
   private constructor(file: string, records: CallRecord[], fd: number | null, linesInCurrent: number, notes: string[], opts: CallLogOptions, opened: SyncFreezer) {
     this.file = file;
     this.cold = opened.cold;
-    // Counted among what is held (records past maxRecords were dropped at open).
-    for (const r of records) if (this.cold.has(r)) this.coldWhys++;
     this.frozenUpTo = records.length;
     this.previousFile = path.join(path.dirname(file), CALL_LOG_PREVIOUS_FILE);
     this.records = records;
@@ -268,7 +265,6 @@ export class CallLog {
     this.records.push(rec);
     if (this.records.length >= 2 * this.opts.maxRecords) {
       const drop = this.records.length - this.opts.maxRecords;
-      for (let i = 0; i < drop; i++) if (this.cold.has(this.records[i]!)) this.coldWhys--;
       this.records = this.records.slice(drop);
       this.trimmed += drop;
     }
@@ -292,10 +288,12 @@ export class CallLog {
     return out;
   }
 
-  /** Calls in memory, and how many of their whys are deflated. */
+  /** Calls listed from memory, and how many of their whys are deflated. */
   stats(): { records: number; coldWhys: number } {
-    const held = Math.min(this.records.length, this.opts.maxRecords);
-    return { records: held, coldWhys: this.coldWhys };
+    const oldest = Math.max(0, this.records.length - this.opts.maxRecords);
+    let coldWhys = 0;
+    for (let i = oldest; i < this.records.length; i++) if (this.cold.has(this.records[i]!)) coldWhys++;
+    return { records: this.records.length - oldest, coldWhys };
   }
 
   /** Resolves once no batch is left to deflate (tests). */
@@ -332,7 +330,6 @@ export class CallLog {
           const { why: _, ...lean } = rec;
           this.cold.set(lean, ref);
           this.records[i] = lean;
-          this.coldWhys++;
         });
       },
       // The batch stays as it was (objects): memory, not correctness.
