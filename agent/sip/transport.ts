@@ -460,10 +460,10 @@ export class SipTransport implements Transport {
       sock.bind(port, host, () => {
         sock.off("error", reject);
         const a = sock.address();
-        this.udp.set(`${a.address}|${a.port}`, sock);
+        const key = `${a.address}|${a.port}`;
+        this.udp.set(key, sock);
         this.bound.push({ transport: "udp", address: a.address, port: a.port, family });
         sock.on("error", (err) => this.log.warn("udp socket error", { local: `${a.address}:${a.port}`, err }));
-        const key = `${a.address}|${a.port}`;
         sock.on("message", (data, rinfo) => {
           const receivedAt = performance.now();
           if (data.length === PROBE_BYTES && this.isProbe(key, data, rinfo, receivedAt)) return;
