@@ -49,9 +49,9 @@ export interface CallerOptions {
   extraArgs?: string[];
 }
 
-/** utime+stime (ms) of a process and every process below it (Kamailio forks its workers). */
-export function treeCpuMs(pid: number): number {
-  const stats = new Map<number, { ppid: number; cpuMs: number }>();
+/** utime and stime (ms), apart, of a process and every process below it (Kamailio forks its workers). */
+export function treeCpu(pid: number): { userMs: number; sysMs: number } {
+  const stats = new Map<number, { ppid: number; userMs: number; sysMs: number }>();
   for (const name of fs.readdirSync("/proc")) {
     if (!/^\d+$/.test(name)) continue;
     let stat: string;
@@ -61,7 +61,7 @@ export function treeCpuMs(pid: number): number {
       continue; // gone meanwhile
     }
     const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    stats.set(Number(name), { ppid: Number(rest[1]), cpuMs: ((Number(rest[11]) + Number(rest[12])) * 1000) / CLK_TCK });
+    stats.set(Number(name), { ppid: Number(rest[1]), userMs: (Number(rest[11]) * 1000) / CLK_TCK, sysMs: (Number(rest[12]) * 1000) / CLK_TCK });
   }
   const inTree = new Set([pid]);
   let grew = true;
@@ -69,9 +69,13 @@ export function treeCpuMs(pid: number): number {
     grew = false;
     for (const [p, s] of stats) if (!inTree.has(p) && inTree.has(s.ppid)) (inTree.add(p), (grew = true));
   }
-  let ms = 0;
-  for (const p of inTree) ms += stats.get(p)?.cpuMs ?? 0;
-  return ms;
+  let userMs = 0;
+  let sysMs = 0;
+  for (const p of inTree) {
+    userMs += stats.get(p)?.userMs ?? 0;
+    sysMs += stats.get(p)?.sysMs ?? 0;
+  }
+  return { userMs, sysMs };
 }
 
 export function procSample(pid: number): { rssMB: number; hwmMB: number; cpuMs: number } {

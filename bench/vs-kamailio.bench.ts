@@ -33,7 +33,7 @@ import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import { BENCH_DIR, RESULTS_DIR, benchWorkDir, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
-import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpuMs, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
+import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
 const SHORT = process.env.BENCH_KAM_SHORT === "1";
@@ -193,6 +193,8 @@ interface RunResult {
   goodput: number;
   cpuMs: number;
   cpuUsPerCall: number;
+  /** The share of that CPU spent in the kernel (stime), %. */
+  cpuKernelPct: number;
   firstFork: { p50Us: number; p99Us: number; maxUs: number; matched: number; invitesIn: number } | null;
   ringP50Ms: number;
 }
@@ -226,9 +228,11 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     if (warm.failed > 0) console.log(`[${spec.proxy}@${spec.rate}] warm-up: ${warm.failed} failed calls`);
     if (spec.capture) cap = await startCapture(dir, proxy.port);
     const calls = Math.round(spec.rate * SECONDS);
-    const cpu0 = treeCpuMs(proxy.pid);
+    const cpu0 = treeCpu(proxy.pid);
     const caller: CallerRun = await runCaller(dir, proxy.port, callerPort, GROUP, spec.rate, calls, callerOpts);
-    const cpuMs = treeCpuMs(proxy.pid) - cpu0;
+    const cpu1 = treeCpu(proxy.pid);
+    const cpuMs = cpu1.userMs + cpu1.sysMs - cpu0.userMs - cpu0.sysMs;
+    const sysMs = cpu1.sysMs - cpu0.sysMs;
     const refused503 = refusedCount(dir);
     const completed = Math.max(0, caller.successful - refused503);
     const packets = cap === undefined ? undefined : await packetLatency(cap, proxy.port, callerPort);
@@ -250,6 +254,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       goodput: round(completed / (calls / spec.rate), 1),
       cpuMs,
       cpuUsPerCall: round((cpuMs * 1000) / Math.max(1, completed), 0),
+      cpuKernelPct: cpuMs > 0 ? round((sysMs / cpuMs) * 100, 0) : 0,
       firstFork: ff,
       ringP50Ms: summarize(caller.ringMs).median,
       ...(overload !== undefined ? { overload } : {}),
@@ -347,7 +352,7 @@ async function main(): Promise<number> {
     const r = await runOne(spec, workDir);
     results.push(r);
     console.log(
-      `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call` +
+      `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call (${r.cpuKernelPct} % kernel)` +
         (r.firstFork ? `; first fork p50/p99 ${fmt(r.firstFork.p50Us)}/${fmt(r.firstFork.p99Us)} µs (${r.firstFork.matched}/${r.firstFork.invitesIn})` : ""),
     );
     const o = r.overload as { shed?: number; episodes?: number; byCause?: unknown; signals?: unknown } | undefined;
@@ -368,6 +373,7 @@ async function main(): Promise<number> {
       goodput: med((r) => r.goodput),
       cpuMs: med((r) => r.cpuMs),
       cpuUsPerCall: med((r) => r.cpuUsPerCall),
+      cpuKernelPct: med((r) => r.cpuKernelPct),
       achievedCallRate: med((r) => r.achievedCallRate),
       sippExitCode: rs.every((r) => r.sippExitCode === 0) ? 0 : rs.find((r) => r.sippExitCode !== 0)!.sippExitCode,
     };
@@ -388,7 +394,7 @@ async function main(): Promise<number> {
     const row: Record<string, unknown> = { offered: rate };
     for (const p of PROXIES) {
       const r = find(p, "load", rate);
-      row[p] = r === undefined ? null : { completed: r.completed, calls: r.calls, goodput: r.goodput, refused503: r.refused503, failed: r.failed, retransmissions: r.retransmissions, cpuUsPerCall: r.cpuUsPerCall };
+      row[p] = r === undefined ? null : { completed: r.completed, calls: r.calls, goodput: r.goodput, refused503: r.refused503, failed: r.failed, retransmissions: r.retransmissions, cpuUsPerCall: r.cpuUsPerCall, cpuKernelPct: r.cpuKernelPct };
     }
     return row;
   });
