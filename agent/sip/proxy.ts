@@ -108,7 +108,7 @@ class BranchImpl implements Branch {
    */
   request: SipRequest | undefined;
   /** What a late 2xx needs to ACK and BYE this leg (§13.2.2.4, §15.1.1), from the INVITE. */
-  readonly origin: { uri: string; fromRaw: string; callId: string; seq: number };
+  origin: { uri: string; fromRaw: string; callId: string; seq: number };
 
   constructor(
     readonly id: string,
@@ -129,6 +129,8 @@ class CallImpl implements ProxyCall {
   answered: BranchImpl | undefined = undefined;
   finished = false;
   dialog: Dialog<DialogData> | undefined = undefined;
+  /** The answering leg's To tag (a copy), for its 2xx retransmissions after the dialog is gone. */
+  calleeTag: string | undefined = undefined;
   /** An ended dialog or upstream failure has been reported through onEnded. */
   ended = false;
   /** To tags of 2xx legs the proxy ACKed and sent BYE to (key: branch id + To tag). */
@@ -145,7 +147,8 @@ class CallImpl implements ProxyCall {
     readonly flow: Flow,
     readonly receivedAt: number,
     readonly tx: InviteServerTransaction,
-    readonly events: ProxyCallEvents,
+    /** Who hears about the call; nobody once it has ended (NO_EVENTS). */
+    public events: ProxyCallEvents,
     /** §16.6 step 8 / §16.3 step 4 loop-detection hash of the request as received. */
     readonly loopHash: string,
     /** Leading Route values that named this element (§16.4: removed before forwarding). */
@@ -235,6 +238,9 @@ const IGNORE_OUTCOME: ClientTransactionCallbacks = Object.freeze({
 });
 
 const NO_OPTIONS = Object.freeze({});
+
+/** An ended call's events: nothing more is told. */
+const NO_EVENTS: ProxyCallEvents = Object.freeze({});
 
 let callCounter = 0;
 
@@ -633,7 +639,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     const call = branch.call;
     const status = res.status;
     if (status >= 200 && status < 300) {
-      if (call.answered === branch && res.to.tag === call.dialog?.calleeTag) {
+      if (call.answered === branch && res.to.tag === call.calleeTag) {
         // RFC 6026 §8.4 / §8.7: a retransmission of the answer goes upstream again.
         this.relayAnswerRetransmission(call, res);
         return;
@@ -692,6 +698,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     call.answered = branch;
     this.finish(call);
     const calleeTag = res.to.tag ?? "";
+    call.calleeTag = detached(calleeTag);
     for (const b of call.branches) for (const tag of b.earlyTags) if (b !== branch || tag !== calleeTag) this.dropEarly(call, tag);
     call.dialog = this.dialogs.add(call.request.callId, call.request.from.tag ?? "", calleeTag, call.tx.flow, branch.target.flow, "confirmed", { call, branch }, performance.now());
     call.callee = legOf2xx(res, branch, this);
@@ -781,9 +788,24 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     if (call.ended) return;
     call.ended = true;
     this.emit(call, "onEnded", (e) => e.onEnded?.(call, info));
-    // The call lingers (server transaction Timer L, branches' Timers D and M) only to absorb
-    // retransmissions and close late legs: Call-ID and tags are all it still needs.
-    if (call.finished) call.request = requestHusk(call.request);
+    // The call lingers (server transaction Timer L, the answering branch's Timer M) only to
+    // absorb retransmissions and close late legs: Call-ID, tags and the answering branch are all
+    // it still needs. What it held of the engine, the other branches and the messages goes now,
+    // not 32 s later: at a few hundred calls a second, lingering calls were most of the heap.
+    call.events = NO_EVENTS;
+    if (!call.finished) return;
+    call.request = requestHusk(call.request);
+    const kept = call.answered;
+    // A branch still waiting for its 487 reaches its own state through its transaction.
+    call.branches.length = 0;
+    if (kept !== undefined) {
+      call.branches.push(kept);
+      const o = kept.origin;
+      kept.origin = { uri: detached(o.uri), fromRaw: detached(o.fromRaw), callId: detached(o.callId), seq: o.seq };
+    }
+    // Ended by a BYE: the dialog has left the table; the leg that released it is not needed.
+    call.dialog = undefined;
+    call.callee = undefined;
   }
 
   /** The caller's flow failed before any final answer: stop ringing everyone. */
@@ -945,8 +967,9 @@ function statelessBranch(req: SipRequest): string {
  */
 function requestHusk(req: SipRequest): SipRequest {
   if (req.headers.length === 0) return req;
-  const tagOnly = (n: SipRequest["from"]): SipRequest["from"] => ({ displayName: undefined, uri: "", params: new Map(), tag: n.tag, raw: "" });
-  return { kind: "request", method: req.method, uri: "", maxForwards: req.maxForwards, headers: [], body: EMPTY_BODY, via: [], callId: req.callId, cseq: { seq: req.cseq.seq, method: req.cseq.method }, from: tagOnly(req.from), to: tagOnly(req.to) };
+  // Copies, not slices: a slice would keep the whole INVITE's text for as long as the husk lives.
+  const tagOnly = (n: SipRequest["from"]): SipRequest["from"] => ({ displayName: undefined, uri: "", params: new Map(), tag: n.tag === undefined ? undefined : detached(n.tag), raw: "" });
+  return { kind: "request", method: req.method, uri: "", maxForwards: req.maxForwards, headers: [], body: EMPTY_BODY, via: [], callId: detached(req.callId), cseq: { seq: req.cseq.seq, method: req.cseq.method }, from: tagOnly(req.from), to: tagOnly(req.to) };
 }
 
 const EMPTY_BODY = Buffer.alloc(0);

@@ -1052,6 +1052,60 @@ describe("TransactionLayer", () => {
     assert.deepEqual(layer.sendRequest(request({ branch: "z9hG4bKafter" }), udp, rec.callbacks), { ok: false, error: "closed" });
   });
 
+  test("a client transaction lingering in Completed tells the TU it is done, still re-ACKs, and no longer counts against maxTransactions", () => {
+    const layer = makeLayer({ maxTransactions: 2, tryingDelay: false, timers: { T1: 10, T2: 40, T4: 50, D: 1000 } });
+    const rec = recorder();
+    const inv = request({ branch: "z9hG4bKl1" });
+    const tx = sendOk(layer, inv, udp, rec);
+    const opt = request({ method: "OPTIONS", branch: "z9hG4bKl2" });
+    const optTx = sendOk(layer, opt, udp, rec);
+    // The table is full of transactions at work: a third is refused.
+    assert.deepEqual(layer.sendRequest(request({ branch: "z9hG4bKl3" }), udp, rec.callbacks), { ok: false, error: "overload" });
+    const sentBefore = transport.sent.length;
+    layer.receiveResponse(responseTo(inv, 487, "Request Terminated", "t"), udp);
+    layer.receiveResponse(responseTo(opt, 200, "OK", "t"), udp);
+    // Completed: the TU heard the final response and that it is done (its callbacks are let go) ...
+    assert.deepEqual(rec.finals, [487, 200]);
+    assert.equal(rec.terminated, 2);
+    assert.equal(tx.state, TransactionState.Completed);
+    assert.equal(optTx.state, TransactionState.Completed);
+    assert.equal(tx.lingering, true);
+    assert.deepEqual(layer.counts(), { server: 0, client: 2 });
+    // ... the 487 retransmission is still absorbed and re-ACKed (§17.1.1.2), unseen by the TU ...
+    assert.equal(layer.receiveResponse(responseTo(inv, 487, "Request Terminated", "t"), udp).kind, "absorbed");
+    assert.equal(transport.sent.length, sentBefore + 2);
+    assert.ok(transport.startLines().slice(-2).every((l) => l.startsWith("ACK ")));
+    assert.deepEqual(rec.finals, [487, 200]);
+    // ... and new work is accepted while both linger: forks of the next call, a request from outside.
+    sendOk(layer, request({ branch: "z9hG4bKl3" }), udp, recorder());
+    assert.equal(layer.receiveRequest(request({ method: "OPTIONS", branch: "z9hG4bKs9" }), udp).kind, "new");
+    assert.deepEqual(layer.receiveRequest(request({ method: "OPTIONS", branch: "z9hG4bKs10" }), udp), { kind: "overload" });
+    // Timers K and D end them; nothing more reaches the TU.
+    advance(1000);
+    assert.equal(tx.state, TransactionState.Terminated);
+    assert.equal(optTx.state, TransactionState.Terminated);
+    assert.equal(rec.terminated, 2);
+    assert.equal(layer.receiveResponse(responseTo(inv, 487, "Request Terminated", "t"), udp).kind, "stray");
+  });
+
+  test("a non-INVITE server transaction in Completed lets go of its listener and still answers retransmissions (§17.2.2)", () => {
+    const layer = makeLayer({ timers: { T1: 10, T2: 40, T4: 50 } });
+    const opt = request({ method: "OPTIONS", branch: "z9hG4bKsc" });
+    const r = layer.receiveRequest(opt, udp);
+    assert.equal(r.kind, "new");
+    if (r.kind !== "new") return;
+    let terminated = 0;
+    r.tx.listener = { onTerminated: () => terminated++ };
+    assert.deepEqual(r.tx.respond(createResponse(opt, 200, "OK", { toTag: "u" })), { ok: true });
+    assert.equal(terminated, 1);
+    assert.equal(r.tx.state, TransactionState.Completed);
+    assert.equal(layer.receiveRequest(opt, udp).kind, "absorbed");
+    assert.deepEqual(transport.startLines().slice(-2), ["SIP/2.0 200 OK", "SIP/2.0 200 OK"]);
+    advance(640);
+    assert.equal(r.tx.state, TransactionState.Terminated);
+    assert.equal(terminated, 1);
+  });
+
   test("every transaction kind leaves the maps once its absorbing timer has run", () => {
     const layer = makeLayer({ timers: { T1: 10, T2: 40, T4: 50, D: 100 } });
     const rec = recorder();

@@ -38,7 +38,12 @@ export interface ClientTransactionCallbacks {
    * with a 408, as when no provisional response arrived.
    */
   onTimerC?(tx: InviteClientTransaction): void;
-  /** The transaction reached Terminated and left the layer's maps. */
+  /**
+   * The TU hears nothing more from this transaction: it reached Terminated, or it lingers in
+   * Completed only to absorb response retransmissions (and resend its ACK), which the TU never
+   * sees (Timer D or K, §17.1.1.2, §17.1.2.2). Called once; the callbacks, and whatever they
+   * hold of the TU's state, are let go after it.
+   */
   onTerminated?(tx: ClientTransaction): void;
 }
 
@@ -64,6 +69,8 @@ abstract class ClientTransactionBase {
    */
   protected wire: Buffer | undefined;
   private requestValue: SipRequest | undefined;
+  /** Lingering in Completed to absorb retransmissions, the TU told it is done (ctx.lingering). */
+  private lingeringValue = false;
 
   constructor(
     protected readonly ctx: TransactionContext,
@@ -83,6 +90,11 @@ abstract class ClientTransactionBase {
 
   get state(): TransactionState {
     return this.stateValue;
+  }
+
+  /** Whether it only lingers in Completed to absorb retransmissions (the TU has been told it is done). */
+  get lingering(): boolean {
+    return this.lingeringValue;
   }
 
   /** The request sent; undefined once the transaction has its final response or ended. */
@@ -110,11 +122,20 @@ abstract class ClientTransactionBase {
     this.wire = undefined;
   }
 
-  /** Terminated: tell the TU once, then let go of its callbacks (and what they hold). */
+  /**
+   * Terminated, or lingering in Completed: tell the TU once, then let go of its callbacks (and
+   * what they hold: a call's whole state would otherwise live on for Timer D's 32 s).
+   */
   protected notifyTerminated(tx: ClientTransaction): void {
     this.release();
-    this.tu("onTerminated", (cb) => cb.onTerminated?.(tx));
+    const callbacks = this.callbacks;
+    if (callbacks === NO_CALLBACKS) return;
     this.callbacks = NO_CALLBACKS;
+    if (this.stateValue !== TransactionState.Terminated) {
+      this.lingeringValue = true;
+      this.ctx.lingering(tx);
+    }
+    invokeTu(this.ctx, "onTerminated", () => callbacks.onTerminated?.(tx));
   }
 }
 
@@ -225,6 +246,8 @@ export class InviteClientTransaction extends ClientTransactionBase {
         this.tu("onFinal", (cb) => cb.onFinal(res, this));
         if (acked) this.enterCompletedTimers();
         else this.transportError();
+        // Completed only re-ACKs retransmissions: the TU is done with it.
+        if (this.state === TransactionState.Completed) this.notifyTerminated(this);
         return "delivered";
       case TransactionState.Completed:
         // §17.1.1.2: "Any retransmissions of the final response that are received while in
@@ -435,6 +458,8 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
     this.stateTransition(TransactionState.Completed);
     this.tu("onFinal", (cb) => cb.onFinal(res, this));
     this.enterCompletedTimers();
+    // Completed only absorbs retransmissions: the TU is done with it.
+    if (this.state === TransactionState.Completed) this.notifyTerminated(this);
     return "delivered";
   }
 

@@ -27,6 +27,11 @@ export interface TransactionContext {
   readonly tryingDelay: number | false;
   /** Called once when a transaction reaches Terminated, so the layer drops it from its maps. */
   terminated(tx: object): void;
+  /**
+   * A client transaction now only lingers to absorb retransmissions (Completed, Timer D or K):
+   * it stays matched in the layer's maps but no longer counts against maxTransactions.
+   */
+  lingering(tx: object): void;
   /** A TU callback threw; the transaction carried on. */
   callbackError(error: unknown, where: string): void;
 }

@@ -19,7 +19,13 @@ export interface TransactionLayerOptions {
   transport: Transport;
   /** T1/T2/T4 and any timer override (tests shorten them to milliseconds). */
   timers?: Partial<TimerSettings>;
-  /** Client + server transactions alive at most; beyond it new requests get "overload". Default 100 000. */
+  /**
+   * Server transactions and client transactions still at work, alive at most; beyond it new
+   * requests get "overload". Default 100 000. Client transactions that only linger in Completed
+   * (Timer D, 32 s after each 487 on UDP; Timer K) are not counted: they are the element's own,
+   * bounded by the calls it admitted, and hold a few hundred bytes each. Counted, at 300 calls a
+   * second to ten phones they filled the table and new forks failed mid-call.
+   */
   maxTransactions?: number;
   /**
    * INVITE server transactions send 100 (Trying) themselves if the TU has not answered within
@@ -91,13 +97,19 @@ export class TransactionLayer {
   private readonly acks2543 = new Map<string, InviteServerTransaction>();
   /** Client transactions keyed by top-Via branch + CSeq method (§17.1.3). */
   private readonly clients = new Map<string, ClientTransaction>();
-  /** Where each live transaction is indexed, so termination removes exactly its own entries. */
-  private readonly indexKeys = new Map<object, { map: Map<string, object>; key: string }[]>();
+  /**
+   * Where each live transaction is indexed, so termination removes exactly its own entries: its
+   * one key in clients or servers (a bare string, the common case: no entry objects for the tens
+   * of thousands that linger under load), or RFC 2543 server transactions' entries.
+   */
+  private readonly indexKeys = new Map<object, string | { map: Map<string, object>; key: string }[]>();
   /** Live server transactions per source address (entries removed at zero), for per-source quotas. */
   private readonly perSource = new Map<string, number>();
   /** The source address each live server transaction is counted under. */
   private readonly sourceOf = new Map<object, string>();
 
+  /** Client transactions in clients that only linger (not counted against maxTransactions). */
+  private lingeringClients = 0;
   private readonly transport: Transport;
   private readonly maxTransactions: number;
   private readonly context: TransactionContext;
@@ -118,6 +130,9 @@ export class TransactionLayer {
       timers: (isReliable: boolean): TimerValues => (isReliable ? reliable : unreliable),
       tryingDelay: delay === false ? false : delay !== undefined && Number.isFinite(delay) && delay >= 0 ? delay : 200,
       terminated: (tx: object) => this.forget(tx),
+      lingering: (tx: object) => {
+        if (this.indexKeys.has(tx)) this.lingeringClients++;
+      },
       callbackError: (error, where) => {
         try {
           onCallbackError?.(error, where);
@@ -254,12 +269,14 @@ export class TransactionLayer {
     this.acks2543.clear();
     this.clients.clear();
     this.indexKeys.clear();
+    this.lingeringClients = 0;
     this.perSource.clear();
     this.sourceOf.clear();
   }
 
+  /** What counts against maxTransactions: every server transaction, client transactions at work. */
   private total(): number {
-    return this.servers.size + this.servers2543.size + this.clients.size;
+    return this.servers.size + this.servers2543.size + this.clients.size - this.lingeringClients;
   }
 
   /** RFC 2543 matching (§17.2.3), for requests whose top Via has no usable magic-cookie branch. */
@@ -302,9 +319,20 @@ export class TransactionLayer {
 
   private index<T extends object>(tx: T, map: Map<string, T>, key: string): void {
     map.set(key, tx);
-    const entries = this.indexKeys.get(tx) ?? [];
+    const prev = this.indexKeys.get(tx);
+    const plain = (map as Map<string, object>) === this.clients || (map as Map<string, object>) === this.servers;
+    if (prev === undefined && plain) {
+      this.indexKeys.set(tx, key);
+      return;
+    }
+    const entries = prev === undefined ? [] : typeof prev === "string" ? [{ map: this.holderOf(tx, prev), key: prev }] : prev;
     entries.push({ map: map as Map<string, object>, key });
     this.indexKeys.set(tx, entries);
+  }
+
+  /** Which of clients and servers holds tx under key. */
+  private holderOf(tx: object, key: string): Map<string, object> {
+    return this.clients.get(key) === tx ? this.clients : this.servers;
   }
 
   private countSource(tx: ServerTransaction, source: string): void {
@@ -323,9 +351,15 @@ export class TransactionLayer {
     }
     const entries = this.indexKeys.get(tx);
     if (entries === undefined) return;
+    this.indexKeys.delete(tx);
+    if ((tx instanceof InviteClientTransaction || tx instanceof NonInviteClientTransaction) && tx.lingering) this.lingeringClients--;
+    if (typeof entries === "string") {
+      const map = this.holderOf(tx, entries);
+      if (map.get(entries) === tx) map.delete(entries);
+      return;
+    }
     for (const { map, key } of entries) {
       if (map.get(key) === tx) map.delete(key);
     }
-    this.indexKeys.delete(tx);
   }
 }

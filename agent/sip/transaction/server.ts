@@ -1,6 +1,7 @@
 // Server transactions: INVITE (RFC 3261 §17.2.1 as amended by RFC 6026 §7.1/§8.5-8.8) and
 // non-INVITE (RFC 3261 §17.2.2). The layer (layer.ts) routes matching requests here; the TU
 // answers through respond().
+import { detached } from "../message.ts";
 import type { Flow, SipRequest, SipResponse } from "../types.ts";
 import { buildTrying } from "./build.ts";
 import {
@@ -23,7 +24,11 @@ export interface ServerTransactionListener {
   onTimeout?(tx: ServerTransaction): void;
   /** A response could not be sent (§17.2.4). */
   onTransportError?(tx: ServerTransaction): void;
-  /** The transaction reached Terminated and left the layer's maps. */
+  /**
+   * The TU hears nothing more from this transaction: it reached Terminated, or it lingers only
+   * to absorb retransmissions (non-INVITE Completed under Timer J, INVITE Confirmed under Timer
+   * I). Called once; the listener, and whatever it holds, is let go after it.
+   */
   onTerminated?(tx: ServerTransaction): void;
 }
 
@@ -57,6 +62,8 @@ abstract class ServerTransactionBase {
   protected lastFinal: Buffer | undefined;
   /** To tags of every final response sent, for RFC 2543 ACK matching (§17.2.3); usually one. */
   private finalToTags: string | Set<string> | undefined;
+  /** onTerminated has been called (Terminated, or lingering only to absorb). */
+  private listenerReleased = false;
 
   constructor(
     protected readonly ctx: TransactionContext,
@@ -121,7 +128,8 @@ abstract class ServerTransactionBase {
   }
 
   protected noteFinalTag(res: SipResponse): void {
-    const tag = res.to.tag ?? "";
+    // A copy: a slice would keep the whole response's text while the transaction lingers.
+    const tag = detached(res.to.tag ?? "");
     const tags = this.finalToTags;
     if (tags === undefined) this.finalToTags = tag;
     else if (typeof tags === "string") {
@@ -131,6 +139,8 @@ abstract class ServerTransactionBase {
 
   /** Tells the TU once, then lets go of its listener (and whatever the listener holds). */
   protected notifyTerminated(): void {
+    if (this.listenerReleased) return;
+    this.listenerReleased = true;
     const listener = this.listener;
     this.listener = {};
     invokeTu(this.ctx, "server onTerminated", () => listener.onTerminated?.(this as unknown as ServerTransaction));
@@ -353,6 +363,8 @@ export class InviteServerTransaction extends ServerTransactionBase {
           this.timers.start("I", this.timerValues.I, () => {
             if (this.stateValue === TransactionState.Confirmed) this.stateTransition(TransactionState.Terminated);
           });
+          // Confirmed only absorbs ACKs: the TU is done with it.
+          this.notifyTerminated();
         }
         break;
       case TransactionState.Terminated:
@@ -409,8 +421,10 @@ export class NonInviteServerTransaction extends ServerTransactionBase {
     }
     if (this.send(data)) {
       // Timer J of zero (reliable) terminates right after the final response went out.
-      if (this.stateValue === TransactionState.Completed && this.timerValues.J === 0) {
-        this.stateTransition(TransactionState.Terminated);
+      if (this.stateValue === TransactionState.Completed) {
+        if (this.timerValues.J === 0) this.stateTransition(TransactionState.Terminated);
+        // Completed only resends the final response: the TU is done with it.
+        else this.notifyTerminated();
       }
       return { ok: true };
     }

@@ -102,38 +102,63 @@ export function resolveTimers(settings: Partial<TimerSettings> | undefined, reli
   };
 }
 
-/** Named one-shot timers of one transaction; a fired or stopped timer leaves no handle behind. */
+/**
+ * Named one-shot timers of one transaction; a fired or stopped timer leaves no handle behind.
+ * Held as one flat array of name, handle pairs (a transaction runs one to three timers at a time),
+ * not a Map: tens of thousands of transactions linger under Timers D, J, L and M at a few hundred
+ * calls a second, and a Map's table cost each of them about 150 bytes more.
+ */
 export class TimerSet<Name extends string> {
-  /** Pending timeout handles keyed by RFC timer letter. */
-  private readonly handles = new Map<Name, ReturnType<typeof setTimeout>>();
+  /** name, handle, name, handle, ... */
+  private pending: Array<Name | ReturnType<typeof setTimeout>> | undefined;
 
   start(name: Name, ms: number, fire: () => void): void {
     this.stop(name);
     const handle = setTimeout(() => {
-      this.handles.delete(name);
+      this.remove(name);
       fire();
     }, ms);
-    this.handles.set(name, handle);
+    (this.pending ??= []).push(name, handle);
   }
 
   stop(name: Name): void {
-    const handle = this.handles.get(name);
-    if (handle !== undefined) {
-      clearTimeout(handle);
-      this.handles.delete(name);
-    }
+    const handle = this.remove(name);
+    if (handle !== undefined) clearTimeout(handle);
   }
 
   stopAll(): void {
-    for (const handle of this.handles.values()) clearTimeout(handle);
-    this.handles.clear();
+    const p = this.pending;
+    if (p === undefined) return;
+    this.pending = undefined;
+    for (let i = 1; i < p.length; i += 2) clearTimeout(p[i] as ReturnType<typeof setTimeout>);
   }
 
   has(name: Name): boolean {
-    return this.handles.has(name);
+    return this.indexOf(name) >= 0;
   }
 
   get size(): number {
-    return this.handles.size;
+    return (this.pending?.length ?? 0) / 2;
+  }
+
+  private indexOf(name: Name): number {
+    const p = this.pending;
+    if (p !== undefined) for (let i = 0; i < p.length; i += 2) if (p[i] === name) return i;
+    return -1;
+  }
+
+  /** Forgets name's handle (without clearing it) and returns it. */
+  private remove(name: Name): ReturnType<typeof setTimeout> | undefined {
+    const i = this.indexOf(name);
+    if (i < 0) return undefined;
+    const p = this.pending!;
+    const handle = p[i + 1] as ReturnType<typeof setTimeout>;
+    // Order does not matter: the last pair takes the freed place.
+    const last = p.length - 2;
+    p[i] = p[last]!;
+    p[i + 1] = p[last + 1]!;
+    p.length = last;
+    if (last === 0) this.pending = undefined;
+    return handle;
   }
 }
