@@ -1,6 +1,7 @@
 // The transaction layer, RFC 3261 §17: owns every client and server transaction, matches
 // incoming messages to them (§17.1.3, §17.2.3), and bounds how many exist. Mechanism only:
 // what a request means (register, route, fork) is the TU's business.
+import { detached } from "../message.ts";
 import { serialize } from "../serialize.ts";
 import type { Flow, SipMessage, SipRequest, SipResponse, Transport } from "../types.ts";
 import {
@@ -318,6 +319,9 @@ export class TransactionLayer {
   }
 
   private index<T extends object>(tx: T, map: Map<string, T>, key: string): void {
+    // A copy: a key built from the received message's branch would keep the whole message's
+    // text for as long as the transaction lingers (32 s).
+    key = detached(key);
     map.set(key, tx);
     const prev = this.indexKeys.get(tx);
     const plain = (map as Map<string, object>) === this.clients || (map as Map<string, object>) === this.servers;

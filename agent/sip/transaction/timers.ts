@@ -118,7 +118,9 @@ export class TimerSet<Name extends string> {
       this.remove(name);
       fire();
     }, ms);
-    (this.pending ??= []).push(name, handle);
+    // A literal holds exactly the pair; a push onto [] would reserve 17 slots.
+    if (this.pending === undefined) this.pending = [name, handle];
+    else this.pending.push(name, handle);
   }
 
   stop(name: Name): void {
