@@ -281,6 +281,11 @@ function vsKamailioSection(r: Json): string[] {
     const [a, b] = [obj(g.ringedge), obj(g.kamailio)];
     out.push(`| ${fmt(num(g.offered))} | ${fmt(num(a.goodput), 1)} | ${fmt(num(a.refused503))} | ${fmt(num(a.failed))} | ${fmt(num(b.goodput), 1)} | ${fmt(num(b.refused503))} | ${fmt(num(b.failed))} |`);
   }
+  const su = obj(r.sustained);
+  if (typeof su.rate === "number") {
+    const line = (name: string, x: Json): string => (typeof x.calls === "number" ? `${name} ${fmt(num(x.completed))} / ${fmt(num(x.calls))} completed, ${fmt(num(x.refused503))} × 503, ${fmt(num(x.failed))} failed, ${fmt(num(x.cpuUsPerCall))} µs/call${typeof x.rssEndMB === "number" ? `, RSS ${fmt(x.rssEndMB, 1)} MB at the end` : ""}` : `${name} not run`);
+    out.push("", `Sustained ${fmt(su.rate)} calls/s for ${fmt(num(su.seconds))} s (past the transactions' 32 s timers): ${line("ringedge", obj(su.ringedge))}; ${line("Kamailio", obj(su.kamailio))}.`);
+  }
   const ba = obj(r.beforeAfter);
   if (Array.isArray(ba.cpuPerCall)) {
     out.push("", `Before/after (baseline bundle \`${String(ba.baseline)}\`, same run): ${arr(ba.cpuPerCall).map((c) => `${fmt(num(c.rate))}/s ${fmt(num(c.baselineUsPerCall))} → ${fmt(num(c.ringedgeUsPerCall))} µs/call (${ratioCell(c.ratio)})`).join("; ")}.`);

@@ -20,10 +20,12 @@
 // against the first INVITE out, by Call-ID) in the latency runs only (tshark costs CPU).
 // Runs: latency at 100 calls/s with capture (both), then goodput against offered load at each
 // rate of BENCH_KAM_RATES (both, order alternating per rate); CPU per call is read at 100 and
-// 400 calls/s from the goodput runs.
+// 400 calls/s from the goodput runs; then one sustained run per proxy (300 calls/s for 45 s),
+// past the 32 s transaction timers where lingering state peaks (ringedge's RSS at its end).
 //
 // Knobs (env): BENCH_KAM_SHORT=1 (a quick check: 3 s per point, rates 100,400,800),
-// BENCH_KAM_SECONDS (10), BENCH_KAM_REPEAT (1: rounds of the load runs, medians reported), BENCH_KAM_RATES ("100,200,400,600,800,1000"), BENCH_KAM_ONLY
+// BENCH_KAM_SECONDS (10), BENCH_KAM_REPEAT (1: rounds of the load runs, medians reported), BENCH_KAM_RATES ("100,200,400,600,800,1000"),
+// BENCH_KAM_SUSTAIN_SECONDS (45; 0 skips the sustained run), BENCH_KAM_SUSTAIN_RATE (300), BENCH_KAM_ONLY
 // ("ringedge" or "kamailio"), BENCH_KEEP=1 (keep the temp dir: logs, SIPp files, pcaps).
 import { spawn } from "node:child_process";
 import { execFile } from "node:child_process";
@@ -33,7 +35,7 @@ import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import { BENCH_DIR, RESULTS_DIR, benchWorkDir, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
-import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, runCaller, start, startCapture, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
+import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, runCaller, start, startCapture, procSample, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
 const SHORT = process.env.BENCH_KAM_SHORT === "1";
@@ -41,6 +43,10 @@ const SECONDS = envNum("BENCH_KAM_SECONDS", SHORT ? 3 : 10);
 const RATES = [...new Set((process.env.BENCH_KAM_RATES ?? (SHORT ? "100,400,800" : "100,200,400,600,800,1000")).split(",").map(Number).filter((n) => Number.isFinite(n) && n > 0))];
 /** Rounds of the load runs (the box is noisy: figures are the median of the rounds). */
 const REPEAT = envNum("BENCH_KAM_REPEAT", 1);
+// The sustained run: long enough for the first calls' 32 s transaction timers to fire while new
+// calls keep coming (0 skips it; a short run skips it).
+const SUSTAIN_SECONDS = SHORT ? 0 : envNum("BENCH_KAM_SUSTAIN_SECONDS", 45);
+const SUSTAIN_RATE = envNum("BENCH_KAM_SUSTAIN_RATE", 300);
 const LATENCY_RATE = 100;
 const CPU_RATES = [100, 400] as const;
 const HOLD_MS = 100;
@@ -176,7 +182,8 @@ interface RunSpec {
   proxy: ProxyName;
   rate: number;
   capture: boolean;
-  kind: "latency" | "load";
+  /** sustained: one long run past the transactions' 32 s timers (D, J, L, M), where lingering state peaks. */
+  kind: "latency" | "load" | "sustained";
 }
 
 interface RunResult {
@@ -195,6 +202,8 @@ interface RunResult {
   cpuUsPerCall: number;
   /** The share of that CPU spent in the kernel (stime), %. */
   cpuKernelPct: number;
+  /** ringedge's RSS when the caller finished (Kamailio's shared memory is fixed at start). */
+  rssEndMB?: number;
   firstFork: { p50Us: number; p99Us: number; maxUs: number; matched: number; invitesIn: number } | null;
   ringP50Ms: number;
 }
@@ -227,12 +236,13 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     const warm = await runCaller(path.join(dir, "warmup"), proxy.port, callerPort, GROUP, WARMUP.rate, WARMUP.calls, callerOpts);
     if (warm.failed > 0) console.log(`[${spec.proxy}@${spec.rate}] warm-up: ${warm.failed} failed calls`);
     if (spec.capture) cap = await startCapture(dir, proxy.port);
-    const calls = Math.round(spec.rate * SECONDS);
+    const calls = Math.round(spec.rate * (spec.kind === "sustained" ? SUSTAIN_SECONDS : SECONDS));
     const cpu0 = treeCpu(proxy.pid);
     const caller: CallerRun = await runCaller(dir, proxy.port, callerPort, GROUP, spec.rate, calls, callerOpts);
     const cpu1 = treeCpu(proxy.pid);
     const cpuMs = cpu1.userMs + cpu1.sysMs - cpu0.userMs - cpu0.sysMs;
     const sysMs = cpu1.sysMs - cpu0.sysMs;
+    const rssEndMB = spec.proxy === "kamailio" ? undefined : procSample(proxy.pid).rssMB;
     const refused503 = refusedCount(dir);
     const completed = Math.max(0, caller.successful - refused503);
     const packets = cap === undefined ? undefined : await packetLatency(cap, proxy.port, callerPort);
@@ -252,6 +262,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       sippExitCode: caller.exitCode,
       achievedCallRate: round(caller.callRate, 1),
       goodput: round(completed / (calls / spec.rate), 1),
+      ...(rssEndMB !== undefined ? { rssEndMB: round(rssEndMB, 1) } : {}),
       cpuMs,
       cpuUsPerCall: round((cpuMs * 1000) / Math.max(1, completed), 0),
       cpuKernelPct: cpuMs > 0 ? round((sysMs / cpuMs) * 100, 0) : 0,
@@ -330,6 +341,7 @@ function specs(): RunSpec[] {
       for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "load" });
     });
   }
+  if (SUSTAIN_SECONDS > 0) for (const proxy of PROXIES) out.push({ proxy, rate: SUSTAIN_RATE, capture: false, kind: "sustained" });
   return out;
 }
 
@@ -433,6 +445,18 @@ async function main(): Promise<number> {
   for (const c of cpu) console.log(`CPU per call at ${c.rate}/s: ringedge ${fmt(c.ringedgeUsPerCall ?? NaN)} µs, Kamailio ${fmt(c.kamailioUsPerCall ?? NaN)} µs, ratio ${c.ratio ?? "n/a"} (target ≤ ${TARGETS.cpuRatioMax})`);
   console.log(`first fork on the wire at ${LATENCY_RATE}/s p50/p99: ringedge ${fmt(firstFork.ringedge?.p50Us ?? NaN)}/${fmt(firstFork.ringedge?.p99Us ?? NaN)} µs, Kamailio ${fmt(firstFork.kamailio?.p50Us ?? NaN)}/${fmt(firstFork.kamailio?.p99Us ?? NaN)} µs, ratios ${firstFork.ratioP50 ?? "n/a"}/${firstFork.ratioP99 ?? "n/a"}`);
   for (const b of beforeAfter?.cpuPerCall ?? []) console.log(`before/after at ${b.rate}/s: baseline ${fmt(b.baselineUsPerCall ?? NaN)} µs/call, this build ${fmt(b.ringedgeUsPerCall ?? NaN)} µs/call, ratio ${b.ratio ?? "n/a"}`);
+  const sustained = SUSTAIN_SECONDS > 0 ? {
+    rate: SUSTAIN_RATE,
+    seconds: SUSTAIN_SECONDS,
+    ...Object.fromEntries(PROXIES.map((p) => {
+      const r = find(p, "sustained", SUSTAIN_RATE);
+      return [p, r === undefined ? null : { completed: r.completed, calls: r.calls, refused503: r.refused503, failed: r.failed, cpuUsPerCall: r.cpuUsPerCall, ...(r.rssEndMB !== undefined ? { rssEndMB: r.rssEndMB } : {}) }];
+    })),
+  } : null;
+  for (const p of PROXIES) {
+    const r = find(p, "sustained", SUSTAIN_RATE);
+    if (r !== undefined) console.log(`sustained ${SUSTAIN_RATE}/s for ${SUSTAIN_SECONDS} s: ${p} ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed, CPU ${fmt(r.cpuUsPerCall)} µs/call${r.rssEndMB !== undefined ? `, RSS ${fmt(r.rssEndMB, 1)} MB at the end` : ""}`);
+  }
   console.log(`clean ${TARGETS.cleanRate}/s: ringedge ${met.clean800Ringedge ?? "not run"}, Kamailio ${met.clean800Kamailio ?? "not run"}`);
 
   const colors: Record<ProxyName, string> = { ringedge: "#d62728", kamailio: "#1f77b4", baseline: "#ff9896" };
@@ -466,6 +490,7 @@ async function main(): Promise<number> {
     cpuPerCall: cpu,
     firstFork,
     goodput,
+    sustained,
     beforeAfter,
     maxCleanRate: Object.fromEntries(PROXIES.map((p) => [p, maxClean(p)])),
     plot: "bench/results/vs-kamailio.svg",
