@@ -265,8 +265,14 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
       if (cancel !== undefined) this.transactions.sendRequest(cancel, out, IGNORE_OUTCOME);
     },
   };
-  /** Calls keyed by their INVITE server transaction (CANCEL matching, §9.2); removed when it terminates. */
+  /** Calls keyed by their INVITE server transaction (CANCEL matching, §9.2); removed when it terminates or only lingers. */
   private readonly callsByTx = new Map<InviteServerTransaction, CallImpl>();
+  /**
+   * The To tag of calls whose INVITE server transaction only lingers now (Confirmed, Timer I):
+   * a CANCEL crossing the final response still matches it and gets 200, not 481 (§9.2).
+   * Weak: gone with the transaction.
+   */
+  private readonly lingeringCalls = new WeakMap<InviteServerTransaction, string>();
   /** Calls not yet finished. */
   private readonly ringing = new Set<CallImpl>();
   /** Takes requests inside the element's own early dialog of a ringing call (onOwnDialogRequest). */
@@ -492,6 +498,12 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
    */
   handleCancel(cancelTx: NonInviteServerTransaction, inviteTx: InviteServerTransaction | undefined, req: SipRequest): boolean {
     const call = inviteTx === undefined ? undefined : this.callsByTx.get(inviteTx);
+    const lingering = inviteTx === undefined ? undefined : this.lingeringCalls.get(inviteTx);
+    if (call === undefined && lingering !== undefined) {
+      // A call already over whose transaction still lingers: the CANCEL changes nothing (§16.10).
+      cancelTx.respond(createResponse(req, 200, "OK", { toTag: lingering }));
+      return true;
+    }
     if (call === undefined) {
       // §16.10 for a re-INVITE being relayed inside a dialog: 200 to the CANCEL, CANCEL onward.
       const relay = inviteTx === undefined ? undefined : this.reinvites.get(inviteTx);
@@ -599,7 +611,10 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
 
   /** What the caller's INVITE server transaction reports (one object for all calls). */
   private readonly callHandlers: CallHandlers = {
-    terminated: (call) => this.callsByTx.delete(call.tx),
+    terminated: (call) => {
+      this.callsByTx.delete(call.tx);
+      if (call.tx.state !== TransactionState.Terminated) this.lingeringCalls.set(call.tx, call.tx.finalToTag ?? detached(call.toTag));
+    },
     // The caller is unreachable: nobody will ever hear an answer (§17.2.4).
     transportError: (call) => this.abandon(call),
   };

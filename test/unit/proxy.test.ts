@@ -446,6 +446,15 @@ describe("responses (§16.7)", () => {
     // The caller's ACK for the failure is absorbed by the server transaction.
     w.caller.send(["ACK sip:1000@192.0.2.1 SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcaller1;rport", "Max-Forwards: 70", 'From: "Alice" <sip:200@192.0.2.1>;tag=alice', "To: <sip:1000@192.0.2.1>;tag=b1", "Call-ID: call-1@192.0.2.10", "CSeq: 1 ACK", "Content-Length: 0", "", ""].join("\r\n"));
     assert.equal(w.a.requests("ACK").length + w.b.requests("ACK").length, 2, "only the transactions' own ACKs");
+    // A CANCEL that crossed the final response still matches the lingering transaction: 200
+    // with the call's To tag, nothing else (§9.2, §16.10).
+    const before = w.a.requests("CANCEL").length + w.b.requests("CANCEL").length;
+    w.caller.send(["CANCEL sip:1000@192.0.2.1 SIP/2.0", "Via: SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKcaller1;rport", "Max-Forwards: 70", 'From: "Alice" <sip:200@192.0.2.1>;tag=alice', "To: <sip:1000@192.0.2.1>", "Call-ID: call-1@192.0.2.10", "CSeq: 1 CANCEL", "Content-Length: 0", "", ""].join("\r\n"));
+    const cancelled = w.caller.responses().at(-1)!;
+    assert.equal(`${cancelled.status} ${cancelled.cseq.method}`, "200 CANCEL");
+    assert.equal(cancelled.to.tag, "b1");
+    assert.equal(w.a.requests("CANCEL").length + w.b.requests("CANCEL").length, before);
+    assert.equal(w.events.cancelled, 0);
   });
 
   test("reject(): the engine's status within the same class, a fresh To tag; exact option; live branches cancelled", async () => {

@@ -102,6 +102,12 @@ abstract class ServerTransactionBase {
     if (flow.transport === this.flowValue.transport) this.flowValue = flow;
   }
 
+  /** The To tag of the (first) final response sent; undefined before any. */
+  get finalToTag(): string | undefined {
+    const tags = this.finalToTags;
+    return tags === undefined || typeof tags === "string" ? tags : tags.values().next().value;
+  }
+
   /** RFC 2543 ACK matching: whether a final response with this To tag went out. */
   sentFinalWithToTag(tag: string | undefined): boolean {
     const t = tag ?? "";
