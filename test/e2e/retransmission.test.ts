@@ -209,6 +209,8 @@ describe("phones' packets lost: 50 SIPp phones register through 20% loss", () =>
 
   test("every phone ends registered with exactly one binding; retransmissions are absorbed, never processed twice", async (t) => {
     const csv = writeUsersCsv(dir, users);
+    // SIPp's unexpected messages and aborted calls, kept for a failure message.
+    const errors = path.join(dir, "sipp-register-errors.log");
     // SIPp retransmits each REGISTER after 500 ms, then every second (-T2 1000), up to 14
     // times: with 20% loss each way a transaction fails only if all 15 round trips do
     // (0.36^15, about 2e-7), so the run is deterministic in practice.
@@ -216,12 +218,14 @@ describe("phones' packets lost: 50 SIPp phones register through 20% loss", () =>
       [
         "-sf", "register-auth.xml", "-inf", csv, "-m", String(PHONES), "-r", "25", "-l", String(PHONES),
         "-lost", "20", "-max_non_invite_retrans", "14", "-T2", "1000",
-        "-p", String(await freePort()), "-timeout", "30", "-timeout_error", "-nd", `127.0.0.1:${agent.port}`,
+        "-p", String(await freePort()), "-timeout", "30", "-timeout_error", "-nd", "-trace_err", "-error_file", errors,
+        `127.0.0.1:${agent.port}`,
       ],
       35_000,
     );
-    assert.equal(r.code, 0, sippFailure(r));
-    assert.equal(r.successful, PHONES, sippFailure(r));
+    const why = (): string => `${sippFailure(r)}\n--- SIPp errors ---\n${fs.existsSync(errors) ? fs.readFileSync(errors, "utf8").slice(-3000) : "(none)"}`;
+    assert.equal(r.code, 0, why());
+    assert.equal(r.successful, PHONES, why());
 
     const list = await devices(agent);
     assert.equal(list.length, PHONES);
