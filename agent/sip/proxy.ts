@@ -498,13 +498,13 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
    */
   handleCancel(cancelTx: NonInviteServerTransaction, inviteTx: InviteServerTransaction | undefined, req: SipRequest): boolean {
     const call = inviteTx === undefined ? undefined : this.callsByTx.get(inviteTx);
-    const lingering = inviteTx === undefined ? undefined : this.lingeringCalls.get(inviteTx);
-    if (call === undefined && lingering !== undefined) {
-      // A call already over whose transaction still lingers: the CANCEL changes nothing (§16.10).
-      cancelTx.respond(createResponse(req, 200, "OK", { toTag: lingering }));
-      return true;
-    }
     if (call === undefined) {
+      // A call already over whose transaction still lingers: the CANCEL changes nothing (§16.10).
+      const lingering = inviteTx === undefined ? undefined : this.lingeringCalls.get(inviteTx);
+      if (lingering !== undefined) {
+        cancelTx.respond(createResponse(req, 200, "OK", { toTag: lingering }));
+        return true;
+      }
       // §16.10 for a re-INVITE being relayed inside a dialog: 200 to the CANCEL, CANCEL onward.
       const relay = inviteTx === undefined ? undefined : this.reinvites.get(inviteTx);
       if (relay === undefined) return false;
@@ -818,7 +818,8 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
       const o = kept.origin;
       kept.origin = { uri: detached(o.uri), fromRaw: detached(o.fromRaw), callId: detached(o.callId), seq: o.seq };
     }
-    // Ended by a BYE: the dialog has left the table; the leg that released it is not needed.
+    // A finished call ends by a BYE, which has taken the dialog out of the table already (the
+    // other ways to end one come before any answer): the leg that could release it is not needed.
     call.dialog = undefined;
     call.callee = undefined;
   }
