@@ -39,7 +39,7 @@ export function advertisedHost(address: string, configured: string, interfaces =
 /** Local address (no port) to advertise for a flow. */
 export function advertisedAddress(flow: Flow, configured: string): string {
   if (!isWildcard(flow.localAddress)) return flow.localAddress;
-  const family: 4 | 6 = flow.localAddress === "::" || net.isIPv6(flow.remoteAddress) ? 6 : 4;
+  const family: 4 | 6 = flow.localAddress === "::" || (flow.remoteAddress.indexOf(":") >= 0 && net.isIPv6(flow.remoteAddress)) ? 6 : 4;
   if (configured !== "" && (net.isIPv6(configured) ? 6 : 4) === family) return configured;
   // A loopback peer is answered on loopback: the address it can surely reach.
   if (flow.remoteAddress.startsWith("127.")) return "127.0.0.1";

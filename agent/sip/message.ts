@@ -122,6 +122,74 @@ export function canonicalHeaderName(name: string): string {
   return name.toLowerCase();
 }
 
+// --- interned names ----------------------------------------------------------------------
+// The names every message carries are matched in place, without slicing or lower-casing: the
+// scanner then hands out the same constant string for "Via" or "via", with its hash already
+// computed for the Map and switch lookups that follow, and allocates nothing for it.
+
+/** Candidates by length, lower case. */
+function byLength(names: readonly string[]): string[][] {
+  const out: string[][] = [];
+  for (const name of names) (out[name.length] ??= []).push(name);
+  return out;
+}
+
+/** Header names seen on every call, in canonical long form. */
+const KNOWN_HEADERS = byLength([
+  "via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-length", "content-type",
+  "user-agent", "allow", "supported", "record-route", "route", "expires", "server", "require",
+  "authorization", "www-authenticate", "proxy-authorization", "proxy-authenticate", "allow-events", "event",
+  "subscription-state", "accept", "session-expires", "min-se", "timestamp", "reason", "p-asserted-identity",
+]);
+
+/** Parameter names of Via, From, To and Contact values seen on every call. */
+const KNOWN_PARAMS = byLength(["branch", "tag", "rport", "received", "lr", "transport", "expires", "maddr", "ttl", "q", "user", "ob"]);
+
+/** Compact header names by lower-case char code (RFC 3261 §7.3.3). */
+const COMPACT_BY_CODE: Array<string | undefined> = [];
+for (const [short, long] of Object.entries(COMPACT)) COMPACT_BY_CODE[short.charCodeAt(0)] = long;
+
+/**
+ * The interned name equal, ignoring ASCII case, to s[from, to), or undefined. Only ASCII
+ * letters fold: a candidate's other characters ("-") must match exactly.
+ */
+function knownName(table: string[][], s: string, from: number, to: number): string | undefined {
+  const candidates = table[to - from];
+  if (candidates === undefined) return undefined;
+  outer: for (let k = 0; k < candidates.length; k++) {
+    const name = candidates[k]!;
+    for (let i = from, j = 0; i < to; i++, j++) {
+      let c = s.charCodeAt(i);
+      if (c >= 65 && c <= 90) c += 32;
+      if (c !== name.charCodeAt(j)) continue outer;
+    }
+    return name;
+  }
+  return undefined;
+}
+
+/** Canonical header name of s[from, to) when it is a compact or well-known one (no allocation). */
+function knownHeaderName(s: string, from: number, to: number): string | undefined {
+  if (to - from === 1) {
+    let c = s.charCodeAt(from);
+    if (c >= 65 && c <= 90) c += 32;
+    return COMPACT_BY_CODE[c];
+  }
+  return knownName(KNOWN_HEADERS, s, from, to);
+}
+
+/** ECMAScript WhiteSpace and LineTerminator (what String.prototype.trim removes). */
+function isTrimmed(c: number): boolean {
+  return c === 32 || (c >= 9 && c <= 13) || (c >= 0x80 && (c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff));
+}
+
+/** s.slice(from, to).trim() with one slice instead of two. */
+function trimmedSlice(s: string, from: number, to: number): string {
+  while (from < to && isTrimmed(s.charCodeAt(from))) from++;
+  while (to > from && isTrimmed(s.charCodeAt(to - 1))) to--;
+  return s.slice(from, to);
+}
+
 // --- quoted strings and parameters ------------------------------------------------------
 
 /** Index just past the closing quote of the quoted-string opening at i, or -1 if unterminated.
@@ -164,7 +232,7 @@ function parseParams(s: string, i: number, params: Map<string, string | null>): 
     const nameStart = i;
     while (i < s.length && isToken(s.charCodeAt(i))) i++;
     if (i === nameStart) return -1; // ";;" or ";," (RFC 4475 badinv01.dat)
-    const name = s.slice(nameStart, i).toLowerCase();
+    const name = knownName(KNOWN_PARAMS, s, nameStart, i) ?? s.slice(nameStart, i).toLowerCase();
     i = skipLws(s, i);
     if (i < s.length && s.charCodeAt(i) === 61 /* = */) {
       i = skipLws(s, i + 1);
@@ -559,30 +627,39 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
     // header-name = token, then optional LWS before the colon (HCOLON, RFC 3261 §25.1).
     let nameEnd = colon;
     while (nameEnd > pos && isLws(head.charCodeAt(nameEnd - 1))) nameEnd--;
-    const rawName = head.slice(pos, nameEnd);
-    let value = head.slice(colon + 1, e);
+    const nameStart = pos;
+    let value: string;
     pos = e + 2;
-    // Folding: a line starting with SP/HT continues the previous one (RFC 3261 §7.3.1).
-    while (pos < len && isLws(head.charCodeAt(pos))) {
-      let e2 = head.indexOf("\r\n", pos);
-      if (e2 < 0) e2 = len;
-      value += head.slice(pos, e2);
-      pos = e2 + 2;
+    if (pos < len && isLws(head.charCodeAt(pos))) {
+      value = head.slice(colon + 1, e);
+      // Folding: a line starting with SP/HT continues the previous one (RFC 3261 §7.3.1).
+      while (pos < len && isLws(head.charCodeAt(pos))) {
+        let e2 = head.indexOf("\r\n", pos);
+        if (e2 < 0) e2 = len;
+        value += head.slice(pos, e2);
+        pos = e2 + 2;
+      }
+      value = value.trim();
+    } else {
+      value = trimmedSlice(head, colon + 1, e);
     }
-    value = value.trim();
     if (headers.length >= limits.maxHeaders) {
       fail(513, "Too many header fields");
       break;
     }
-    if (rawName.length + value.length + 1 > maxLine) {
+    if (nameEnd - nameStart + value.length + 1 > maxLine) {
       fail(513, "Header field too long");
       break;
     }
-    if (!isAllToken(rawName)) {
-      fail(400, "Malformed header name");
-      continue;
+    let name = knownHeaderName(head, nameStart, nameEnd);
+    if (name === undefined) {
+      const rawName = head.slice(nameStart, nameEnd);
+      if (!isAllToken(rawName)) {
+        fail(400, "Malformed header name");
+        continue;
+      }
+      name = canonicalHeaderName(rawName);
     }
-    const name = canonicalHeaderName(rawName);
     headers.push({ name, value });
     switch (name) {
       case "via":

@@ -13,7 +13,8 @@ export function randomToken(bytes = 8): string {
 
 /** host:port as it goes into a Via or URI (IPv6 in brackets). */
 export function hostPort(address: string, port: number): string {
-  return `${net.isIPv6(address) ? `[${address}]` : address}:${port}`;
+  // Only an address with a colon can be IPv6 (the check runs for every Via and Record-Route).
+  return `${address.indexOf(":") >= 0 && net.isIPv6(address) ? `[${address}]` : address}:${port}`;
 }
 
 export interface OutOfDialogRequest {

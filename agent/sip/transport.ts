@@ -308,8 +308,37 @@ function refuse(socket: net.Socket): void {
  * once instead of through dns.lookup's process.nextTick, so a datagram leaves inside send() —
  * the first fork of a call goes out before the others are built. Names still go to dns.lookup.
  */
+/**
+ * Whether s is a dotted-quad IPv4 address as net.isIPv4 reads it (no leading zeros), checked
+ * without its regular expressions: every datagram sent asks this of its destination.
+ */
+export function isDottedQuad(s: string): boolean {
+  const n = s.length;
+  if (n < 7 || n > 15) return false;
+  let parts = 0;
+  let i = 0;
+  while (i < n) {
+    const start = i;
+    let v = 0;
+    while (i < n) {
+      const c = s.charCodeAt(i);
+      if (c < 48 || c > 57) break;
+      v = v * 10 + (c - 48);
+      i++;
+    }
+    const digits = i - start;
+    if (digits === 0 || digits > 3 || v > 255 || (digits > 1 && s.charCodeAt(start) === 48)) return false;
+    parts++;
+    if (i === n) break;
+    if (s.charCodeAt(i) !== 46 || parts === 4) return false;
+    i++;
+    if (i === n) return false;
+  }
+  return parts === 4;
+}
+
 function literalLookup(hostname: string, options: dns.LookupOneOptions, callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
-  const family = net.isIP(hostname);
+  const family = isDottedQuad(hostname) ? 4 : net.isIP(hostname);
   if (family !== 0) callback(null, hostname, family);
   else dns.lookup(hostname, options, callback);
 }

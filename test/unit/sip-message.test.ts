@@ -217,6 +217,35 @@ test("compact header forms map to canonical long names", () => {
   assert.ok(m.headers.every((h) => h.name.length > 1 && h.name === h.name.toLowerCase()));
 });
 
+test("header and parameter names in any case read as the canonical names; values trimmed as String.prototype.trim does", () => {
+  const m = req(parseDatagram(message([
+    "OPTIONS sip:x@example.com SIP/2.0",
+    "VIA: SIP/2.0/UDP 192.0.2.1;BRANCH=z9hG4bK1;RPort \t",
+    "fROM:<sip:a@example.com>;TAG=Ab1",
+    "To:\t<sip:x@example.com>;Tag=x2\u00a0",
+    "cALL-id: abc",
+    "Cseq: 1 OPTIONS",
+    "Max-Forwards : 70",
+    "Content-Type\t: text/plain",
+    "X-Custom-Header: \u3000kept\u3000",
+    "Via-Extra: not a via",
+  ], "hi", null)));
+  assert.deepEqual(m.headers.map((h) => h.name), ["via", "from", "to", "call-id", "cseq", "max-forwards", "content-type", "x-custom-header", "via-extra"]);
+  assert.equal(m.via.length, 1);
+  assert.equal(m.via[0]!.branch, "z9hG4bK1");
+  assert.deepEqual([...m.via[0]!.params.keys()], ["branch", "rport"]);
+  assert.equal(m.from.tag, "Ab1");
+  assert.equal(m.to.tag, "x2");
+  assert.equal(m.callId, "abc");
+  assert.equal(m.maxForwards, 70);
+  assert.equal(getHeader(m, "x-custom-header"), "kept");
+  assert.equal(getHeader(m, "via-extra"), "not a via");
+  assert.equal(m.headers[0]!.value, "SIP/2.0/UDP 192.0.2.1;BRANCH=z9hG4bK1;RPort");
+  // A name that only looks like a known one (a non-token character in it) is still refused.
+  const bad = err(parseDatagram(message(["OPTIONS sip:x@example.com SIP/2.0", "V\u00eda: x", "v: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", "f: <sip:a@example.com>;tag=1", "t: <sip:x@example.com>", "i: abc", "CSeq: 1 OPTIONS"], "", null)));
+  assert.equal(bad.reason, "Malformed header name");
+});
+
 test("folding: continuation lines join with their whitespace, in any header", () => {
   const m = req(parseDatagram(message([
     "OPTIONS sip:x@example.com SIP/2.0",

@@ -5,7 +5,7 @@ import { describe, test } from "node:test";
 import assert from "node:assert/strict";
 import net from "node:net";
 import { DEFAULT_LIMITS, frameStream, type ParseLimits } from "../../agent/sip/message.ts";
-import { SipTransport, StreamFramer, type StreamEvent } from "../../agent/sip/transport.ts";
+import { SipTransport, StreamFramer, isDottedQuad, type StreamEvent } from "../../agent/sip/transport.ts";
 import { createLogger } from "../../agent/log.ts";
 import type { SipRequest } from "../../agent/sip/types.ts";
 import { loadRfc4475 as load, rfc4475Files } from "../fixtures/rfc4475.ts";
@@ -289,4 +289,34 @@ describe("SipTransport TCP admission and timers", () => {
       }
     });
   });
+});
+
+test("isDottedQuad reads exactly what net.isIPv4 accepts", () => {
+  const cases = [
+    "127.0.0.1", "0.0.0.0", "255.255.255.255", "10.0.0.01", "256.1.1.1", "1.2.3", "1.2.3.4.5", "1..2.3", ".1.2.3", "1.2.3.",
+    "01.2.3.4", "1.2.3.4 ", " 1.2.3.4", "1.2.3.-4", "1.2.3.1000", "::1", "::ffff:1.2.3.4", "a.b.c.d", "", "1.2.3.4\n", "192.168.100.200", "1e1.2.3.4",
+  ];
+  for (const s of cases) assert.equal(isDottedQuad(s), net.isIPv4(s), JSON.stringify(s));
+  // Random strings over the characters that matter, with a seeded generator.
+  let seed = 42;
+  const rnd = (n: number): number => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) % n);
+  const alphabet = "0123456789.:a";
+  for (let k = 0; k < 20_000; k++) {
+    let s = "";
+    const len = 1 + rnd(16);
+    for (let i = 0; i < len; i++) s += alphabet[rnd(alphabet.length)];
+    assert.equal(isDottedQuad(s), net.isIPv4(s), JSON.stringify(s));
+  }
+  // Four parts of zero to four digits each: the near misses.
+  for (let k = 0; k < 20_000; k++) {
+    const parts: string[] = [];
+    for (let p = 0; p < 4; p++) {
+      let d = "";
+      const len = rnd(5);
+      for (let i = 0; i < len; i++) d += String(rnd(10));
+      parts.push(d);
+    }
+    const s = parts.join(".");
+    assert.equal(isDottedQuad(s), net.isIPv4(s), JSON.stringify(s));
+  }
 });
