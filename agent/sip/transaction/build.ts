@@ -3,7 +3,7 @@
 // server transaction (§17.2.1) and the 408 a client transaction reports on timeout
 // (§17.1.1.2, §17.1.2.2). Pure functions over plain data; responses via createResponse().
 import { createResponse } from "../serialize.ts";
-import type { NameAddr, SipHeader, SipRequest, SipResponse, Via } from "../types.ts";
+import type { NameAddr, SipHeader, SipRequest, SipResponse } from "../types.ts";
 
 function h(name: string, value: string): SipHeader {
   return { name, value };
@@ -12,48 +12,37 @@ function h(name: string, value: string): SipHeader {
 /** RFC 3261 §8.1.1.6: a UAC MUST insert Max-Forwards; 70 is the recommended value. */
 const MAX_FORWARDS = 70;
 
-function headerLines(msg: SipRequest | SipResponse, name: string): SipHeader[] {
-  return msg.headers.filter((x) => x.name === name).map((x) => h(x.name, x.value));
-}
-
-function copyNameAddr(n: NameAddr): NameAddr {
-  return { displayName: n.displayName, uri: n.uri, params: new Map(n.params), tag: n.tag, raw: n.raw };
-}
-
-function copyVia(v: Via): Via {
-  return { transport: v.transport, host: v.host, port: v.port, params: new Map(v.params), branch: v.branch, raw: v.raw };
-}
+const NO_BODY = Buffer.alloc(0);
+const MAX_FORWARDS_LINE = h("max-forwards", String(MAX_FORWARDS));
+const NO_LENGTH_LINE = h("content-length", "0");
 
 /**
  * A request carrying exactly one Via (the original's top one), used by ACK and CANCEL.
  * Returns undefined when the original has no Via, which a request we sent never lacks.
+ * The parsed Via, From and To are shared with the original and the response, not copied:
+ * messages are values nobody mutates (serialize.ts), and ACK and CANCEL are built once per
+ * branch of every call that is not answered there.
  */
 function hopRequest(original: SipRequest, method: string, to: NameAddr): SipRequest | undefined {
   const top = original.via[0];
   if (top === undefined) return undefined;
-  const headers: SipHeader[] = [
-    h("via", top.raw),
-    // §17.1.1.3 / §9.1: Route header fields of the original request MUST appear again.
-    ...headerLines(original, "route"),
-    h("max-forwards", String(MAX_FORWARDS)),
-    h("from", original.from.raw),
-    h("to", to.raw),
-    h("call-id", original.callId),
-    h("cseq", `${original.cseq.seq} ${method}`),
-    h("content-length", "0"),
-  ];
+  const headers: SipHeader[] = [h("via", top.raw)];
+  // §17.1.1.3 / §9.1: Route header fields of the original request MUST appear again.
+  const lines = original.headers;
+  for (let i = 0; i < lines.length; i++) if (lines[i]!.name === "route") headers.push(lines[i]!);
+  headers.push(MAX_FORWARDS_LINE, h("from", original.from.raw), h("to", to.raw), h("call-id", original.callId), h("cseq", `${original.cseq.seq} ${method}`), NO_LENGTH_LINE);
   return {
     kind: "request",
     method,
     uri: original.uri,
     maxForwards: MAX_FORWARDS,
     headers,
-    body: Buffer.alloc(0),
-    via: [copyVia(top)],
+    body: NO_BODY,
+    via: [top],
     callId: original.callId,
     cseq: { seq: original.cseq.seq, method },
-    from: copyNameAddr(original.from),
-    to: copyNameAddr(to),
+    from: original.from,
+    to,
   };
 }
 
