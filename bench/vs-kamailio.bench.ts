@@ -184,6 +184,8 @@ interface RunSpec {
   capture: boolean;
   /** sustained: one long run past the transactions' 32 s timers (D, J, L, M), where lingering state peaks. */
   kind: "latency" | "load" | "sustained";
+  /** Which round of the load runs (BENCH_KAM_REPEAT), from 0: each has a directory of its own. */
+  round?: number;
 }
 
 interface RunResult {
@@ -220,7 +222,9 @@ function refusedCount(dir: string): number {
 }
 
 async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
-  const dir = path.join(workDir, `${spec.kind}-${spec.rate}-${spec.proxy}`);
+  // A round's own directory: SIPp names its counts file after its pid, and a second round's
+  // file beside the first one's would be read as the first's (the 503s counted for every round).
+  const dir = path.join(workDir, `${spec.kind}-${spec.rate}-${spec.proxy}${spec.round ? `-round${spec.round + 1}` : ""}`);
   fs.mkdirSync(dir, { recursive: true });
   const phones = phonesFor(PHONES);
   const callerPort = await freePort();
@@ -338,7 +342,7 @@ function specs(): RunSpec[] {
   for (let round = 0; round < REPEAT; round++) {
     RATES.forEach((rate, i) => {
       const order = PROXIES.map((_, k) => PROXIES[(k + i + round) % PROXIES.length]!);
-      for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "load" });
+      for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "load", round });
     });
   }
   if (SUSTAIN_SECONDS > 0) for (const proxy of PROXIES) out.push({ proxy, rate: SUSTAIN_RATE, capture: false, kind: "sustained" });

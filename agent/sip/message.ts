@@ -607,6 +607,11 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
   let maxForwards: number | undefined;
   let contentLength = -1;
   let viaOk = true;
+  // The first Via header line, as offsets into head, and how many values it held (a response
+  // relayed with its top Via cut out can reuse the received bytes: stripTopVia).
+  let viaLineStart = -1;
+  let viaLineEnd = -1;
+  let viaLineValues = 0;
   const maxLine = limits.maxHeaderLineBytes ?? Infinity;
   let seen = 0; // bitmask of single-valued headers already seen: 1 call-id, 2 cseq, 4 from, 8 to, 16 max-forwards
 
@@ -666,6 +671,11 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
         if (viaOk && !parseViaInto(value, via)) {
           viaOk = false;
           fail(400, "Malformed Via");
+        }
+        if (viaLineStart < 0) {
+          viaLineStart = nameStart;
+          viaLineEnd = pos;
+          viaLineValues = via.length;
         }
         break;
       case "call-id":
@@ -772,7 +782,15 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
       cseq: cseq!,
       from: from!,
       to: to!,
+      source: undefined,
     };
+    // A datagram whose header block decoded one character per byte (ASCII; an invalid byte
+    // becomes one U+FFFD), with its Content-Length given and the top Via alone on its line:
+    // string offsets are byte offsets, so stripTopVia can relay these bytes without the line.
+    // Only for a datagram: a stream's buffer may be reused by its reader.
+    if (!stream && contentLength >= 0 && viaLineValues === 1 && len === headEnd - start) {
+      res.source = { of: res, bytes: buf, topViaStart: start + viaLineStart, topViaEnd: start + viaLineEnd, start, end: bodyStart + contentLength };
+    }
     return { ok: true, message: res };
   }
   return { ok: false, error: { status: 400, reason: "Malformed start-line", isRequest, partial: {} } };

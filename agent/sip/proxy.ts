@@ -36,7 +36,7 @@ import type {
 } from "./proxy-types.ts";
 import { DialogTable, type Dialog, type ProxyDialogInfo } from "./dialogs.ts";
 import { hostPort, randomToken } from "./requests.ts";
-import { createResponse, forwardRequest, serialize } from "./serialize.ts";
+import { createResponse, forwardRequest, serialize, withBytes } from "./serialize.ts";
 import {
   MAGIC_COOKIE,
   TransactionState,
@@ -1014,18 +1014,29 @@ export function removeLeadingRoutes(req: SipRequest, n: number): SipRequest {
   return { ...req, headers };
 }
 
-/** §16.7 step 3: "The proxy removes the topmost Via header field value from the response." */
+/**
+ * §16.7 step 3: "The proxy removes the topmost Via header field value from the response."
+ * A response parsed from a datagram with its top Via alone on a line goes out as received less
+ * that line (as a proxy relays bytes it does not change); any other is re-serialised.
+ */
 export function stripTopVia(res: SipResponse): SipResponse {
+  const src = res.source !== undefined && res.source.of === res ? res.source : undefined;
   const headers = res.headers.slice();
   for (let i = 0; i < headers.length; i++) {
     const h = headers[i]!;
     if (h.name !== "via") continue;
-    const values = splitList(h.value);
-    if (values.length > 1) headers[i] = { name: "via", value: values.slice(1).join(", ") };
+    // A source's top Via line holds one value (message.ts).
+    const values = src === undefined ? splitList(h.value) : undefined;
+    if (values !== undefined && values.length > 1) headers[i] = { name: "via", value: values.slice(1).join(", ") };
     else headers.splice(i, 1);
     break;
   }
-  return { ...res, headers, via: res.via.slice(1) };
+  const out: SipResponse = { ...res, headers, via: res.via.slice(1), source: undefined };
+  if (src === undefined) return out;
+  const bytes = Buffer.allocUnsafe(src.end - src.start - (src.topViaEnd - src.topViaStart));
+  const head = src.bytes.copy(bytes, 0, src.start, src.topViaStart);
+  src.bytes.copy(bytes, head, src.topViaEnd, src.end);
+  return withBytes(out, bytes);
 }
 
 /**

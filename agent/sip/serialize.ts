@@ -37,10 +37,26 @@ function clean(text: string): string {
 }
 
 /**
+ * Messages whose bytes are already known (a relayed response: the bytes received less its top
+ * Via line). Keyed by the object, so a copy made with other fields ({ ...res, status }) has no
+ * entry and is serialised from its fields.
+ */
+const knownBytes = new WeakMap<SipMessage, Buffer>();
+
+/** Says that `bytes` are `msg` on the wire: serialize returns them as they are. */
+export function withBytes<M extends SipMessage>(msg: M, bytes: Buffer): M {
+  knownBytes.set(msg, bytes);
+  return msg;
+}
+
+/**
  * Bytes of a message: start-line, headers in order with long names, and Content-Length
- * recomputed from the body in bytes (kept where the first one was, else appended).
+ * recomputed from the body in bytes (kept where the first one was, else appended); or the
+ * bytes given with withBytes.
  */
 export function serialize(msg: SipMessage): Buffer {
+  const known = knownBytes.get(msg);
+  if (known !== undefined) return known;
   let s = msg.kind === "request" ? `${msg.method} ${clean(msg.uri)} SIP/2.0\r\n` : `SIP/2.0 ${msg.status} ${clean(msg.reason)}\r\n`;
   let lengthWritten = false;
   const headers = msg.headers;

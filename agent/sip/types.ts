@@ -67,6 +67,26 @@ export interface SipResponse extends SipMessageBase {
   kind: "response";
   status: number;
   reason: string;
+  /**
+   * The datagram this response was parsed from, when a proxy can relay it as received less
+   * its top Via line (RFC 3261 §16.7 step 3) instead of re-serialising it. Valid only for the
+   * parsed object itself (`source.of === res`): a copy with other fields is serialised.
+   */
+  source?: ResponseSource | undefined;
+}
+
+/** Where a received response's bytes are (offsets into `bytes`). */
+export interface ResponseSource {
+  /** The parsed response these offsets describe. */
+  readonly of: SipResponse;
+  readonly bytes: Buffer;
+  /** The start-line's first byte (after any leading CRLFs). */
+  readonly start: number;
+  /** The top Via header line, its CRLF (and folded continuation lines) included. */
+  readonly topViaStart: number;
+  readonly topViaEnd: number;
+  /** Just past the body (Content-Length bytes after the header block). */
+  readonly end: number;
 }
 
 export type SipMessage = SipRequest | SipResponse;

@@ -752,6 +752,35 @@ describe("helpers", () => {
     assert.deepEqual(out.via.map((v) => v.branch), ["z9hG4bKb"]);
   });
 
+  test("stripTopVia relays a datagram's bytes less its top Via line; anything it cannot cut exactly is re-serialised", () => {
+    const lines = (via: string[], extra: string[] = [], cl: string | null = "l: 4") =>
+      ["SIP/2.0 180 Ringing", ...via, "f: <sip:a@x>;tag=1", "t: <sip:b@x>;tag=9", "i: x", "CSeq: 1 INVITE", ...extra, ...(cl === null ? [] : [cl])].join("\r\n") + "\r\n\r\nbodyTRAILING";
+    const ours = "v: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKours";
+    const theirs = "Via: SIP/2.0/UDP 192.0.2.10;branch=z9hG4bKb;received=127.0.0.1";
+    // Our Via first, on its own line: the bytes as received, that line cut, nothing past Content-Length.
+    const text = lines([ours, theirs], ["X-Odd:  kept  as  is"]);
+    const res = parse(text) as SipResponse;
+    const out = serialize(stripTopVia(res));
+    assert.equal(out.toString(), text.replace(ours + "\r\n", "").replace("TRAILING", ""));
+    assert.deepEqual((parse(out) as SipResponse).via.map((v) => v.branch), ["z9hG4bKb"]);
+    // Leading CRLFs are left out; a top Via that is the last header line, and one folded over two lines.
+    const last = ["SIP/2.0 200 OK", "From: <sip:a@x>;tag=1", "To: <sip:b@x>;tag=9", "Call-ID: x", "CSeq: 1 INVITE", "Content-Length: 0", ours, theirs.replace("Via", "v")].join("\r\n") + "\r\n\r\n";
+    assert.equal(serialize(stripTopVia(parse("\r\n\r\n" + last) as SipResponse)).toString(), last.replace(ours + "\r\n", ""));
+    const folded = lines([ours.replace(";branch", "\r\n ;branch"), theirs]);
+    assert.equal(serialize(stripTopVia(parse(folded) as SipResponse)).toString(), folded.replace(ours.replace(";branch", "\r\n ;branch") + "\r\n", "").replace("TRAILING", ""));
+    // Re-serialised: both Vias on one line; no Content-Length; a non-ASCII header block; a copy with another status.
+    const reserialised = (r: SipResponse): void => {
+      const bytes = serialize(stripTopVia(r)).toString();
+      assert.match(bytes, /^SIP\/2\.0 \d+ .*\r\nVia: SIP\/2\.0\/UDP 192\.0\.2\.10;branch=z9hG4bKb;received=127\.0\.0\.1\r\nFrom: /);
+      assert.ok(!bytes.includes("z9hG4bKours"));
+    };
+    reserialised(parse(lines([`${ours}, ${theirs.slice(5)}`])) as SipResponse);
+    reserialised(parse(lines([ours, theirs], [], null)) as SipResponse);
+    reserialised(parse(lines([ours, theirs], ["Subject: caf\u00e9"])) as SipResponse);
+    const copy = { ...(parse(text) as SipResponse), status: 500, reason: "Server Internal Error" };
+    assert.match(serialize(stripTopVia(copy)).toString(), /^SIP\/2\.0 500 Server Internal Error\r\nVia: SIP\/2\.0\/UDP 192\.0\.2\.10/);
+  });
+
   test("textHash64: 14 base-36 characters, the same for the same text, different for a one-character change", () => {
     const a = textHash64("sip:700@127.0.0.1\ncall-1\nalice\n\n1");
     assert.match(a, /^[0-9a-z]{14}$/);
