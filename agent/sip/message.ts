@@ -183,12 +183,6 @@ function isTrimmed(c: number): boolean {
   return c === 32 || (c >= 9 && c <= 13) || (c >= 0x80 && (c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff));
 }
 
-/** s.slice(from, to).trim() with one slice instead of two. */
-function trimmedSlice(s: string, from: number, to: number): string {
-  while (from < to && isTrimmed(s.charCodeAt(from))) from++;
-  while (to > from && isTrimmed(s.charCodeAt(to - 1))) to--;
-  return s.slice(from, to);
-}
 
 // --- quoted strings and parameters ------------------------------------------------------
 
@@ -607,11 +601,12 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
   let maxForwards: number | undefined;
   let contentLength = -1;
   let viaOk = true;
-  // The first Via header line, as offsets into head, and how many values it held (a response
-  // relayed with its top Via cut out can reuse the received bytes: stripTopVia).
-  let viaLineStart = -1;
-  let viaLineEnd = -1;
-  let viaLineValues = 0;
+  // What to cut from head to take the top Via value out (a response relayed without it can
+  // reuse the received bytes: stripTopVia): its whole line when alone on it, else the value and
+  // the comma after it. -1: not known (no Via yet, or a folded first Via line).
+  let topViaCutStart = -1;
+  let topViaCutEnd = -1;
+  let viaSeen = false;
   const maxLine = limits.maxHeaderLineBytes ?? Infinity;
   let seen = 0; // bitmask of single-valued headers already seen: 1 call-id, 2 cseq, 4 from, 8 to, 16 max-forwards
 
@@ -634,6 +629,8 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
     while (nameEnd > pos && isLws(head.charCodeAt(nameEnd - 1))) nameEnd--;
     const nameStart = pos;
     let value: string;
+    /** Where value starts in head (-1 when folded lines were joined into it). */
+    let valueAt = -1;
     pos = e + 2;
     if (pos < len && isLws(head.charCodeAt(pos))) {
       value = head.slice(colon + 1, e);
@@ -646,7 +643,13 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
       }
       value = value.trim();
     } else {
-      value = trimmedSlice(head, colon + 1, e);
+      // s.slice().trim() with one slice instead of two.
+      let from = colon + 1;
+      let to = e;
+      while (from < to && isTrimmed(head.charCodeAt(from))) from++;
+      while (to > from && isTrimmed(head.charCodeAt(to - 1))) to--;
+      value = head.slice(from, to);
+      valueAt = from;
     }
     if (headers.length >= limits.maxHeaders) {
       fail(513, "Too many header fields");
@@ -672,10 +675,22 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
           viaOk = false;
           fail(400, "Malformed Via");
         }
-        if (viaLineStart < 0) {
-          viaLineStart = nameStart;
-          viaLineEnd = pos;
-          viaLineValues = via.length;
+        if (!viaSeen) {
+          viaSeen = true;
+          if (viaOk && valueAt >= 0) {
+            if (via.length === 1) {
+              topViaCutStart = nameStart;
+              topViaCutEnd = pos;
+            } else {
+              // "Via: a , b": cut from a to b (the first value's raw text starts the value).
+              let next = skipLws(value, via[0]!.raw.length);
+              if (value.charCodeAt(next) === 44 /* , */) {
+                next = skipLws(value, next + 1);
+                topViaCutStart = valueAt;
+                topViaCutEnd = valueAt + next;
+              }
+            }
+          }
         }
         break;
       case "call-id":
@@ -785,11 +800,11 @@ function parseUnsafe(buf: Buffer, limits: ParseLimits, stream: boolean): ParseRe
       source: undefined,
     };
     // A datagram whose header block decoded one character per byte (ASCII; an invalid byte
-    // becomes one U+FFFD), with its Content-Length given and the top Via alone on its line:
-    // string offsets are byte offsets, so stripTopVia can relay these bytes without the line.
-    // Only for a datagram: a stream's buffer may be reused by its reader.
-    if (!stream && contentLength >= 0 && viaLineValues === 1 && len === headEnd - start) {
-      res.source = { of: res, bytes: buf, topViaStart: start + viaLineStart, topViaEnd: start + viaLineEnd, start, end: bodyStart + contentLength };
+    // becomes one U+FFFD), with its Content-Length given and an unfolded first Via line:
+    // string offsets are byte offsets, so stripTopVia can relay these bytes without the top
+    // Via value. Only for a datagram: a stream's buffer may be reused by its reader.
+    if (!stream && contentLength >= 0 && topViaCutStart >= 0 && len === headEnd - start) {
+      res.source = { of: res, bytes: buf, topViaStart: start + topViaCutStart, topViaEnd: start + topViaCutEnd, start, end: bodyStart + contentLength };
     }
     return { ok: true, message: res };
   }

@@ -1016,8 +1016,10 @@ export function removeLeadingRoutes(req: SipRequest, n: number): SipRequest {
 
 /**
  * §16.7 step 3: "The proxy removes the topmost Via header field value from the response."
- * A response parsed from a datagram with its top Via alone on a line goes out as received less
- * that line (as a proxy relays bytes it does not change); any other is re-serialised.
+ * A response parsed from a datagram goes out as the bytes received less the top Via value (its
+ * line, or the value and its comma on a shared line), as a proxy relays what it does not change;
+ * one whose bytes cannot be cut exactly (folded Via, non-ASCII header block, no Content-Length,
+ * or a copy) is re-serialised.
  */
 export function stripTopVia(res: SipResponse): SipResponse {
   const src = res.source !== undefined && res.source.of === res ? res.source : undefined;
@@ -1025,9 +1027,8 @@ export function stripTopVia(res: SipResponse): SipResponse {
   for (let i = 0; i < headers.length; i++) {
     const h = headers[i]!;
     if (h.name !== "via") continue;
-    // A source's top Via line holds one value (message.ts).
-    const values = src === undefined ? splitList(h.value) : undefined;
-    if (values !== undefined && values.length > 1) headers[i] = { name: "via", value: values.slice(1).join(", ") };
+    const values = splitList(h.value);
+    if (values.length > 1) headers[i] = { name: "via", value: values.slice(1).join(", ") };
     else headers.splice(i, 1);
     break;
   }

@@ -82,7 +82,8 @@ export interface ResponseSource {
   readonly bytes: Buffer;
   /** The start-line's first byte (after any leading CRLFs). */
   readonly start: number;
-  /** The top Via header line, its CRLF (and folded continuation lines) included. */
+  /** What takes the top Via value out: its whole header line with the CRLF when it is alone
+   *  on it, else the value and the comma (and whitespace) after it. */
   readonly topViaStart: number;
   readonly topViaEnd: number;
   /** Just past the body (Content-Length bytes after the header block). */
