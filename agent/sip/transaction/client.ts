@@ -11,6 +11,8 @@ import {
   invokeTu,
   isReliable,
   sendOn,
+  type IndexEntry,
+  type LayerIndexed,
   type TransactionContext,
 } from "./common.ts";
 import { TimerSet, type TimerValues } from "./timers.ts";
@@ -58,7 +60,10 @@ export type ClientReceiveOutcome = "delivered" | "absorbed";
 /** What a terminated transaction calls: nothing (the TU's callbacks are let go). */
 const NO_CALLBACKS: ClientTransactionCallbacks = Object.freeze({ onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
 
-abstract class ClientTransactionBase {
+abstract class ClientTransactionBase implements LayerIndexed {
+  /** The layer's bookkeeping (LayerIndexed). */
+  layerKeys: string | IndexEntry[] | undefined = undefined;
+  layerSource: string | undefined = undefined;
   protected stateValue: TransactionState;
   protected readonly reliable: boolean;
   protected readonly timerValues: TimerValues;

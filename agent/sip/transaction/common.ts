@@ -18,6 +18,24 @@ export enum TransactionState {
   Terminated = "Terminated",
 }
 
+/** One index entry of a transaction in a map of the layer's (RFC 2543 transactions have several). */
+export interface IndexEntry {
+  map: Map<string, object>;
+  key: string;
+}
+
+/**
+ * The layer's bookkeeping, kept on each transaction (layer.ts reads and writes it, nothing
+ * else): fields, not side maps keyed by the transaction, which cost a hash lookup, insert and
+ * delete per transaction on the call path.
+ */
+export interface LayerIndexed {
+  /** Where it is indexed: its one key in clients or servers (the common case), or its entries. */
+  layerKeys: string | IndexEntry[] | undefined;
+  /** The source address a server transaction is counted under, for per-source quotas. */
+  layerSource: string | undefined;
+}
+
 /** What a transaction needs from its layer. */
 export interface TransactionContext {
   readonly transport: Transport;

@@ -11,7 +11,7 @@ import {
   type ClientTransactionCallbacks,
   type SendRequestOptions,
 } from "./client.ts";
-import { TransactionState, encodeSafely, type TransactionContext } from "./common.ts";
+import { TransactionState, encodeSafely, type IndexEntry, type LayerIndexed, type TransactionContext } from "./common.ts";
 import { clientKey, createBranch, isRfc3261Branch, responseClientKey, rfc2543AckKey, rfc2543Key, serverKey } from "./keys.ts";
 import { InviteServerTransaction, NonInviteServerTransaction, type ServerTransaction } from "./server.ts";
 import { resolveTimers, type TimerSettings, type TimerValues } from "./timers.ts";
@@ -98,16 +98,12 @@ export class TransactionLayer {
   private readonly acks2543 = new Map<string, InviteServerTransaction>();
   /** Client transactions keyed by top-Via branch + CSeq method (§17.1.3). */
   private readonly clients = new Map<string, ClientTransaction>();
-  /**
-   * Where each live transaction is indexed, so termination removes exactly its own entries: its
-   * one key in clients or servers (a bare string, the common case: no entry objects for the tens
-   * of thousands that linger under load), or RFC 2543 server transactions' entries.
-   */
-  private readonly indexKeys = new Map<object, string | { map: Map<string, object>; key: string }[]>();
+  // Where each live transaction is indexed, so termination removes exactly its own entries, is
+  // kept on the transaction (LayerIndexed.layerKeys): its one key in clients or servers (a bare
+  // string, the common case: no entry objects for the tens of thousands that linger under
+  // load), or RFC 2543 server transactions' entries. Likewise the source it is counted under.
   /** Live server transactions per source address (entries removed at zero), for per-source quotas. */
   private readonly perSource = new Map<string, number>();
-  /** The source address each live server transaction is counted under. */
-  private readonly sourceOf = new Map<object, string>();
 
   /** Client transactions in clients that only linger (not counted against maxTransactions). */
   private lingeringClients = 0;
@@ -132,7 +128,7 @@ export class TransactionLayer {
       tryingDelay: delay === false ? false : delay !== undefined && Number.isFinite(delay) && delay >= 0 ? delay : 200,
       terminated: (tx: object) => this.forget(tx),
       lingering: (tx: object) => {
-        if (this.indexKeys.has(tx)) this.lingeringClients++;
+        if ((tx as LayerIndexed).layerKeys !== undefined) this.lingeringClients++;
       },
       callbackError: (error, where) => {
         try {
@@ -269,10 +265,12 @@ export class TransactionLayer {
     this.servers2543.clear();
     this.acks2543.clear();
     this.clients.clear();
-    this.indexKeys.clear();
+    for (const tx of all) {
+      tx.layerKeys = undefined;
+      tx.layerSource = undefined;
+    }
     this.lingeringClients = 0;
     this.perSource.clear();
-    this.sourceOf.clear();
   }
 
   /** What counts against maxTransactions: every server transaction, client transactions at work. */
@@ -318,20 +316,20 @@ export class TransactionLayer {
     }
   }
 
-  private index<T extends object>(tx: T, map: Map<string, T>, key: string): void {
+  private index<T extends LayerIndexed>(tx: T, map: Map<string, T>, key: string): void {
     // A copy: a key built from the received message's branch would keep the whole message's
     // text for as long as the transaction lingers (32 s).
     key = detached(key);
     map.set(key, tx);
-    const prev = this.indexKeys.get(tx);
+    const prev = tx.layerKeys;
     const plain = (map as Map<string, object>) === this.clients || (map as Map<string, object>) === this.servers;
     if (prev === undefined && plain) {
-      this.indexKeys.set(tx, key);
+      tx.layerKeys = key;
       return;
     }
-    const entries = prev === undefined ? [] : typeof prev === "string" ? [{ map: this.holderOf(tx, prev), key: prev }] : prev;
+    const entries: IndexEntry[] = prev === undefined ? [] : typeof prev === "string" ? [{ map: this.holderOf(tx, prev), key: prev }] : prev;
     entries.push({ map: map as Map<string, object>, key });
-    this.indexKeys.set(tx, entries);
+    tx.layerKeys = entries;
   }
 
   /** Which of clients and servers holds tx under key. */
@@ -340,22 +338,23 @@ export class TransactionLayer {
   }
 
   private countSource(tx: ServerTransaction, source: string): void {
-    this.sourceOf.set(tx, source);
+    tx.layerSource = source;
     this.perSource.set(source, (this.perSource.get(source) ?? 0) + 1);
   }
 
   /** A transaction terminated: drop exactly the entries that still point at it. */
-  private forget(tx: object): void {
-    const source = this.sourceOf.get(tx);
+  private forget(txObject: object): void {
+    const tx = txObject as LayerIndexed;
+    const source = tx.layerSource;
     if (source !== undefined) {
-      this.sourceOf.delete(tx);
+      tx.layerSource = undefined;
       const n = (this.perSource.get(source) ?? 1) - 1;
       if (n > 0) this.perSource.set(source, n);
       else this.perSource.delete(source);
     }
-    const entries = this.indexKeys.get(tx);
+    const entries = tx.layerKeys;
     if (entries === undefined) return;
-    this.indexKeys.delete(tx);
+    tx.layerKeys = undefined;
     if ((tx instanceof InviteClientTransaction || tx instanceof NonInviteClientTransaction) && tx.lingering) this.lingeringClients--;
     if (typeof entries === "string") {
       const map = this.holderOf(tx, entries);

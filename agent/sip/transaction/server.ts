@@ -12,6 +12,8 @@ import {
   invokeTu,
   isReliable,
   sendOn,
+  type IndexEntry,
+  type LayerIndexed,
   type TransactionContext,
 } from "./common.ts";
 import { TimerSet, type TimerValues } from "./timers.ts";
@@ -42,7 +44,10 @@ function validStatus(status: number): boolean {
   return Number.isInteger(status) && status >= 100 && status <= 699;
 }
 
-abstract class ServerTransactionBase {
+abstract class ServerTransactionBase implements LayerIndexed {
+  /** The layer's bookkeeping (LayerIndexed). */
+  layerKeys: string | IndexEntry[] | undefined = undefined;
+  layerSource: string | undefined = undefined;
   listener: ServerTransactionListener = {};
   protected stateValue: TransactionState;
   /** Where responses go: the flow of the latest copy of the request. */
