@@ -36,7 +36,7 @@ import type {
 } from "./proxy-types.ts";
 import { DialogTable, type Dialog, type ProxyDialogInfo } from "./dialogs.ts";
 import { hostPort, randomToken } from "./requests.ts";
-import { createResponse, forwardRequest, serialize, withBytes } from "./serialize.ts";
+import { createResponse, forkBytes, forkParts, forwardRequest, serialize, withBytes, type ForkParts } from "./serialize.ts";
 import {
   MAGIC_COOKIE,
   TransactionState,
@@ -139,6 +139,8 @@ class CallImpl implements ProxyCall {
   callee: DialogLeg | undefined = undefined;
   /** 180/183 from branches are not relayed upstream (the appliance plays early media: suppressRinging). */
   holdRinging = false;
+  /** The header text every fork of this call shares (serialised once, forkParts), for the Record-Route it was made with. */
+  forkTemplate: { recordRoute: string; parts: ForkParts } | undefined = undefined;
   private toTagValue: string | undefined;
 
   constructor(
@@ -353,6 +355,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     // §16.6 steps 2, 3: Request-URI of the target, Max-Forwards decremented (forwardRequest).
     const request = forwardRequest(base, { via, requestUri: target.uri, recordRoute });
     if (target.headers !== undefined) for (const h of target.headers) request.headers.push({ name: h.name.toLowerCase(), value: h.value });
+    else this.useForkTemplate(call, request, recordRoute);
     const branch = new BranchImpl(id, target, call, request);
     call.branches.push(branch);
     const timerC = target.timerC ?? this.timerC;
@@ -369,6 +372,23 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     branch.tx = sent.tx as InviteClientTransaction;
     this.liveBranches++;
     return branch;
+  }
+
+  /**
+   * The forks of one call differ only in Request-URI and Via (and Record-Route, with the
+   * target's transport): the rest of the header text is serialised once per call and the
+   * request's bytes attached to it (withBytes), byte for byte what serialize would write.
+   */
+  private useForkTemplate(call: CallImpl, request: SipRequest, recordRoute: string): void {
+    const viaLine = request.headers.find((h) => h.name === "via");
+    if (viaLine === undefined) return;
+    let t = call.forkTemplate;
+    if (t === undefined || t.recordRoute !== recordRoute) {
+      const parts = forkParts(request, viaLine);
+      if (parts === undefined) return;
+      t = call.forkTemplate = { recordRoute, parts };
+    }
+    withBytes(request, forkBytes(request, t.parts, viaLine));
   }
 
   cancelBranch(callApi: ProxyCall, branchApi: Branch, reason?: string): void {
@@ -808,6 +828,7 @@ export class StatefulProxy implements StatefulProxyApi, ProxyStatusApi {
     // it still needs. What it held of the engine, the other branches and the messages goes now,
     // not 32 s later: at a few hundred calls a second, lingering calls were most of the heap.
     call.events = NO_EVENTS;
+    call.forkTemplate = undefined;
     if (!call.finished) return;
     call.request = requestHusk(call.request);
     const kept = call.answered;

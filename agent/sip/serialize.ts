@@ -79,6 +79,55 @@ export function serialize(msg: SipMessage): Buffer {
   return out;
 }
 
+/**
+ * A request's header text split around one of its header lines, as serialize writes it (start-
+ * line and that line left out; Content-Length and the blank line at the end of `after`): a
+ * proxy serialises the headers its forks share once and puts each fork's Request-URI and Via
+ * in with forkBytes. Undefined when the line is not one of the request's.
+ */
+export interface ForkParts {
+  before: string;
+  after: string;
+}
+
+export function forkParts(req: SipRequest, line: SipHeader): ForkParts | undefined {
+  let before = "";
+  let after = "";
+  let found = false;
+  let lengthWritten = false;
+  const headers = req.headers;
+  for (let i = 0; i < headers.length; i++) {
+    const h = headers[i]!;
+    if (h === line) {
+      if (found) return undefined;
+      found = true;
+      continue;
+    }
+    let text: string;
+    if (h.name === "content-length") {
+      if (lengthWritten) continue;
+      lengthWritten = true;
+      text = `Content-Length: ${req.body.length}\r\n`;
+    } else text = `${wireName(h.name)}: ${clean(h.value)}\r\n`;
+    if (found) after += text;
+    else before += text;
+  }
+  if (!found) return undefined;
+  if (!lengthWritten) after += `Content-Length: ${req.body.length}\r\n`;
+  return { before, after: after + "\r\n" };
+}
+
+/** The bytes serialize would give a request whose headers are `parts` around `line`. */
+export function forkBytes(req: SipRequest, parts: ForkParts, line: SipHeader): Buffer {
+  const s = `${req.method} ${clean(req.uri)} SIP/2.0\r\n${parts.before}${wireName(line.name)}: ${clean(line.value)}\r\n${parts.after}`;
+  if (req.body.length === 0) return Buffer.from(s, "utf8");
+  const headLength = Buffer.byteLength(s, "utf8");
+  const out = Buffer.allocUnsafe(headLength + req.body.length);
+  out.write(s, 0, "utf8");
+  req.body.copy(out, headLength);
+  return out;
+}
+
 export interface ResponseOptions {
   /** Added to To when the request's To has no tag; never on 100 (RFC 3261 §8.2.6.2). */
   toTag?: string;

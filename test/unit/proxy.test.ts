@@ -22,6 +22,8 @@ function parse(data: Buffer | string): SipMessage {
 /** A fake UA: what the proxy sent it, and a way to send to the proxy. */
 class Ua {
   readonly inbox: SipMessage[] = [];
+  /** The bytes of each message in inbox. */
+  readonly wire: Buffer[] = [];
   /** The flow as the proxy sees it. */
   readonly flow: Flow;
   constructor(
@@ -76,6 +78,7 @@ class Net implements Transport {
     const ua = this.uas.get(`${flow.remoteAddress}:${flow.remotePort}`);
     if (ua === undefined) return false;
     ua.inbox.push(parse(data));
+    ua.wire.push(Buffer.from(data));
     return true;
   }
   isReliable(flow: Flow): boolean {
@@ -222,6 +225,26 @@ async function ringBoth(): Promise<{ invA: SipRequest; invB: SipRequest }> {
 }
 
 describe("forking (RFC 3261 §16.2, §16.6)", () => {
+  test("forks share their serialised header text: each INVITE's bytes are what serialize writes for its request", async () => {
+    w.onInvite = (call) => {
+      w.proxy.fork(call, targetOf(w.a));
+      w.proxy.fork(call, targetOf(w.b, { headers: [{ name: "Alert-Info", value: "<http://x/ring>" }] }));
+      w.proxy.fork(call, targetOf(w.b, { uri: "sip:other@192.0.2.22:5062" }));
+    };
+    w.caller.send(invite());
+    await settle();
+    const branches = w.calls[0]!.branches;
+    assert.equal(branches.length, 3);
+    const sent = [...w.a.wire, ...w.b.wire].filter((b) => b.toString().startsWith("INVITE "));
+    assert.equal(sent.length, 3);
+    for (const [i, branch] of branches.entries()) {
+      // A spread copy has no bytes attached: serialize writes it from its fields.
+      const expected = serialize({ ...(branch as unknown as { request: SipRequest }).request });
+      assert.ok(sent.some((b) => b.equals(expected)), `fork ${i}: ${expected.toString()}`);
+    }
+    assert.match(sent.map((b) => b.toString()).join("\n"), /INVITE sip:other@192\.0\.2\.22:5062 SIP\/2\.0/);
+  });
+
   test("100 Trying upstream, one INVITE per target with our Via, Record-Route ;lr, Max-Forwards - 1, target URI, branch headers", async () => {
     w.onInvite = (call) => {
       w.proxy.fork(call, targetOf(w.a, { headers: [{ name: "Call-Info", value: "<sip:x>;answer-after=0" }] }));
