@@ -37,6 +37,7 @@ interface Sent {
   at: number;
   flow: Flow;
   text: string;
+  bytes: Buffer;
 }
 
 class FakeTransport implements Transport {
@@ -44,7 +45,7 @@ class FakeTransport implements Transport {
   failing = false;
   send(flow: Flow, data: Buffer): boolean {
     if (this.failing) return false;
-    this.sent.push({ at: now, flow, text: data.toString("utf8") });
+    this.sent.push({ at: now, flow, text: data.toString("utf8"), bytes: Buffer.from(data) });
     return true;
   }
   isReliable(flow: Flow): boolean {
@@ -307,10 +308,10 @@ describe("INVITE client transaction", () => {
       );
       assert.equal(transport.sent[0]!.flow, udp, "ACK goes where the INVITE went");
 
-      // Response retransmission: ACK again, TU not bothered.
+      // Response retransmission: the same ACK again, byte for byte, TU not bothered.
       assert.equal(layer.receiveResponse(busy, udp).kind, "absorbed");
       assert.equal(transport.sent.length, 2);
-      assert.equal(transport.startLines()[1], transport.startLines()[0]);
+      assert.ok(transport.sent[1]!.bytes.equals(transport.sent[0]!.bytes));
       assert.deepEqual(rec.finals, [486]);
       // A late provisional or 2xx in Completed is absorbed too.
       assert.equal(layer.receiveResponse(responseTo(req, 200, "OK", "x"), udp).kind, "absorbed");
@@ -768,6 +769,24 @@ describe("INVITE server transaction", () => {
 // --- non-INVITE server transaction ------------------------------------------------------------
 
 describe("non-INVITE server transaction", () => {
+  test("a lingering transaction resends its final response byte for byte, a binary body included", () => {
+    const layer = makeLayer();
+    const msg = request({ method: "MESSAGE", uri: "sip:192.0.2.1" });
+    const r = layer.receiveRequest(msg, udp);
+    assert.equal(r.kind, "new");
+    if (r.kind !== "new") return;
+    const body = Buffer.from(Array.from({ length: 256 }, (_, i) => i));
+    assert.deepEqual(r.tx.respond(createResponse(msg, 200, "OK", { toTag: "r", body, contentType: "application/octet-stream" })), { ok: true });
+    assert.equal(r.tx.state, TransactionState.Completed);
+    assert.equal(layer.receiveRequest(msg, udp).kind, "absorbed");
+    advance(20_000);
+    assert.equal(layer.receiveRequest(msg, udp).kind, "absorbed");
+    assert.equal(transport.sent.length, 3);
+    assert.ok(transport.sent[0]!.bytes.subarray(-256).equals(body));
+    assert.ok(transport.sent[1]!.bytes.equals(transport.sent[0]!.bytes));
+    assert.ok(transport.sent[2]!.bytes.equals(transport.sent[0]!.bytes));
+  });
+
   test("Trying discards retransmissions; Proceeding resends the provisional; Completed resends the final; Timer J", () => {
     const layer = makeLayer();
     const reg = request({ method: "REGISTER", uri: "sip:192.0.2.1" });

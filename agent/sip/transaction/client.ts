@@ -6,12 +6,14 @@ import { buildAck, buildTimeout } from "./build.ts";
 import {
   IllegalTransition,
   TransactionState,
-  compact,
+  bytesOf,
+  keepBytes,
   encodeSafely,
   invokeTu,
   isReliable,
   sendOn,
   type IndexEntry,
+  type KeptBytes,
   type LayerIndexed,
   type TransactionContext,
 } from "./common.ts";
@@ -164,7 +166,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
   /** Timer C duration, or false when disabled. */
   private readonly durationC: number | false;
   /** The ACK for the non-2xx final response, resent for each retransmission of it. */
-  private ack: Buffer | undefined;
+  private ack: KeptBytes | undefined;
   private provisionalSeen = false;
 
   constructor(
@@ -244,10 +246,11 @@ export class InviteClientTransaction extends ClientTransactionBase {
         // request, even if the transport is reliable ... The ACK MUST be sent to the same
         // address, port, and transport to which the original request was sent."
         this.stateTransition(TransactionState.Completed);
-        this.ack = compact(this.buildAckBytes(res));
+        const ack = this.buildAckBytes(res);
+        this.ack = keepBytes(ack);
         // Completed only resends this ACK (§17.1.1.2): the request is not needed any more.
         this.release();
-        const acked = this.ack === undefined || this.send(this.ack);
+        const acked = ack === undefined || this.send(ack);
         this.tu("onFinal", (cb) => cb.onFinal(res, this));
         if (acked) this.enterCompletedTimers();
         else this.transportError();
@@ -258,7 +261,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
         // §17.1.1.2: "Any retransmissions of the final response that are received while in
         // the "Completed" state MUST cause the ACK to be re-passed to the transport layer for
         // retransmission, but the newly received response MUST NOT be passed up to the TU."
-        if (status >= 300 && this.ack !== undefined && !this.send(this.ack)) this.transportError();
+        if (status >= 300 && this.ack !== undefined && !this.send(bytesOf(this.ack))) this.transportError();
         return "absorbed";
       case TransactionState.Accepted:
         // RFC 6026 §8.4: "Any 2xx responses that match this client transaction and that are

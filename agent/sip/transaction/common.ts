@@ -82,17 +82,24 @@ export function encodeSafely(ctx: TransactionContext, msg: SipMessage): Buffer |
 }
 
 /**
- * Bytes a lingering transaction keeps (its last final response, its ACK) in a buffer of their
- * own: a small Buffer from Buffer.from() is a slice of an 8 KB shared pool, and keeping the
- * slice for Timer D/J (32 s) would keep the whole pool alive.
+ * Bytes a lingering transaction keeps to resend (its ACK, its last final response), as a
+ * latin1 string: one character per byte, so any bytes round-trip exactly. Not the Buffer: a
+ * small Buffer is a slice of an 8 KB shared pool, which the slice would keep alive for Timer
+ * D/J (32 s), and a Buffer of its own costs an ArrayBuffer, a backing store and their
+ * bookkeeping (outside V8's heap, swept apart) for each of the tens of thousands that linger
+ * at a few hundred calls a second. They are resent only when a retransmission arrives.
  */
-export function compact(data: Buffer): Buffer;
-export function compact(data: Buffer | undefined): Buffer | undefined;
-export function compact(data: Buffer | undefined): Buffer | undefined {
-  if (data === undefined || data.byteLength === data.buffer.byteLength) return data;
-  const own = Buffer.allocUnsafeSlow(data.byteLength);
-  data.copy(own);
-  return own;
+export type KeptBytes = string;
+
+export function keepBytes(data: Buffer): KeptBytes;
+export function keepBytes(data: Buffer | undefined): KeptBytes | undefined;
+export function keepBytes(data: Buffer | undefined): KeptBytes | undefined {
+  return data === undefined ? undefined : data.toString("latin1");
+}
+
+/** Bytes to send: as they are, or made again from what a lingering transaction kept. */
+export function bytesOf(data: Buffer | KeptBytes): Buffer {
+  return typeof data === "string" ? Buffer.from(data, "latin1") : data;
 }
 
 export function invokeTu(ctx: TransactionContext, where: string, fn: () => void): void {

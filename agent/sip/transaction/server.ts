@@ -7,12 +7,14 @@ import { buildTrying } from "./build.ts";
 import {
   IllegalTransition,
   TransactionState,
-  compact,
+  bytesOf,
+  keepBytes,
   encodeSafely,
   invokeTu,
   isReliable,
   sendOn,
   type IndexEntry,
+  type KeptBytes,
   type LayerIndexed,
   type TransactionContext,
 } from "./common.ts";
@@ -63,8 +65,9 @@ abstract class ServerTransactionBase implements LayerIndexed {
   private requestValue: SipRequest | undefined;
   /** Wire bytes of the most recent provisional response, resent on request retransmission. */
   protected lastProvisional: Buffer | undefined;
-  /** Wire bytes of the final response, resent on request retransmission (and Timer G). */
-  protected lastFinal: Buffer | undefined;
+  /** Wire bytes of the final response, resent on request retransmission (and Timer G); kept as
+   *  a string once the transaction only absorbs (keepBytes). */
+  protected lastFinal: Buffer | KeptBytes | undefined;
   /** To tags of every final response sent, for RFC 2543 ACK matching (§17.2.3); usually one. */
   private finalToTags: string | Set<string> | undefined;
   /** onTerminated has been called (Terminated, or lingering only to absorb). */
@@ -164,7 +167,8 @@ abstract class ServerTransactionBase implements LayerIndexed {
   protected release(keepFinal: boolean): void {
     this.requestValue = undefined;
     this.lastProvisional = undefined;
-    this.lastFinal = keepFinal ? compact(this.lastFinal) : undefined;
+    const last = this.lastFinal;
+    this.lastFinal = keepFinal && last !== undefined ? (typeof last === "string" ? last : keepBytes(last)) : undefined;
   }
 }
 
@@ -266,7 +270,7 @@ export class InviteServerTransaction extends ServerTransactionBase {
         }
         // §17.2.1: "while in the "Completed" state, if a request retransmission is received,
         // the server SHOULD pass the response to the transport for retransmission."
-        if (this.lastFinal !== undefined && !this.send(this.lastFinal)) this.transportError();
+        if (this.lastFinal !== undefined && !this.send(bytesOf(this.lastFinal))) this.transportError();
         return "absorbed";
       case TransactionState.Confirmed:
         // §17.2.1: "The purpose of the "Confirmed" state is to absorb any additional ACK
@@ -313,7 +317,7 @@ export class InviteServerTransaction extends ServerTransactionBase {
     // "If timer G fires, the response is passed to the transport layer once more for
     // retransmission, and timer G is set to fire in MIN(2*T1, T2) seconds. From then on, when
     // timer G fires, the timer is reset to double the value, capped at T2."
-    if (!this.send(this.lastFinal)) {
+    if (!this.send(bytesOf(this.lastFinal))) {
       this.transportError();
       return;
     }
@@ -458,7 +462,7 @@ export class NonInviteServerTransaction extends ServerTransactionBase {
         // §17.2.2: "While in the "Completed" state, the server transaction MUST pass the final
         // response to the transport layer for retransmission whenever a retransmission of the
         // request is received."
-        if (this.lastFinal !== undefined && !this.send(this.lastFinal)) this.transportError();
+        if (this.lastFinal !== undefined && !this.send(bytesOf(this.lastFinal))) this.transportError();
         return "absorbed";
       default:
         return "absorbed";
