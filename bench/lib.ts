@@ -259,7 +259,7 @@ function pushSection(r: Json): string[] {
   ];
 }
 
-function vsKamailioSection(r: Json): string[] {
+export function vsKamailioSection(r: Json): string[] {
   const t = obj(r.targets);
   const met = obj(r.met);
   const ff = obj(r.firstFork);
@@ -271,6 +271,7 @@ function vsKamailioSection(r: Json): string[] {
     "| calls/s | ringedge CPU µs/call | Kamailio CPU µs/call | ringedge / Kamailio |",
     "|---:|---:|---:|---:|",
     ...arr(r.cpuPerCall).map((c) => `| ${fmt(num(c.rate))} | ${fmt(num(c.ringedgeUsPerCall))} | ${fmt(num(c.kamailioUsPerCall))} | ${ratioCell(c.ratio)} |`),
+    ...arr(r.cpuPerCallSplit).map((c) => `| ${fmt(num(c.rate))}, proxy and SIPp on separate CPUs | ${fmt(num(c.ringedgeUsPerCall))} | ${fmt(num(c.kamailioUsPerCall))} | ${ratioCell(c.ratio)} |`),
     "",
     `First fork on the wire at ${fmt(num(ff.rate))} calls/s, p50 / p99 µs: ringedge ${fmt(num(re.p50Us))} / ${fmt(num(re.p99Us))}, Kamailio ${fmt(num(ka.p50Us))} / ${fmt(num(ka.p99Us))} (ratios ${ratioCell(ff.ratioP50)} / ${ratioCell(ff.ratioP99)}).`,
     "",
@@ -292,7 +293,7 @@ function vsKamailioSection(r: Json): string[] {
   }
   out.push(
     "",
-    `Targets (reported, not asserted): CPU per call ≤ ${fmt(num(t.cpuRatioMax), 1)}× Kamailio ${yes(met.cpuRatio)}; a clean ${fmt(num(t.cleanRate))} calls/s: ringedge ${yes(met.clean800Ringedge)}, Kamailio ${yes(met.clean800Kamailio)}.`,
+    `Targets (reported, not asserted): CPU per call ≤ ${fmt(num(t.cpuRatioMax), 1)}× Kamailio ${yes(met.cpuRatio)}${met.cpuRatioSplit === undefined || met.cpuRatioSplit === null ? "" : ` (proxy and SIPp on separate CPUs ${yes(met.cpuRatioSplit)})`}; a clean ${fmt(num(t.cleanRate))} calls/s: ringedge ${yes(met.clean800Ringedge)}, Kamailio ${yes(met.clean800Kamailio)}.`,
   );
   return out;
 }

@@ -50,6 +50,39 @@ export interface CallerOptions {
 }
 
 /** utime and stime (ms), apart, of a process and every process below it (Kamailio forks its workers). */
+/** pid and every process below it (Kamailio's workers, a shell's children). */
+export function processTree(pid: number): number[] {
+  const parent = new Map<number, number>();
+  for (const name of fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${name}/stat`, "utf8");
+      parent.set(Number(name), Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const tree = new Set([pid]);
+  let grew = true;
+  while (grew) {
+    grew = false;
+    for (const [p, pp] of parent) if (!tree.has(p) && tree.has(pp)) (tree.add(p), (grew = true));
+  }
+  return [...tree];
+}
+
+/**
+ * Sets the CPU affinity of pid (every thread: -a) or of pid's whole process tree, with
+ * util-linux taskset. Processes spawned afterwards inherit their parent's affinity.
+ */
+export async function pinCpus(pid: number, cpus: string, tree = false): Promise<void> {
+  for (const p of tree ? processTree(pid) : [pid]) {
+    await new Promise<void>((resolve, reject) =>
+      execFile("taskset", ["-a", "-p", "-c", cpus, String(p)], (err) => (err === null ? resolve() : reject(new Error(`taskset ${cpus} ${p}: ${err.message}`)))),
+    );
+  }
+}
+
 export function treeCpu(pid: number): { userMs: number; sysMs: number } {
   const stats = new Map<number, { ppid: number; userMs: number; sysMs: number }>();
   for (const name of fs.readdirSync("/proc")) {

@@ -20,22 +20,25 @@
 // against the first INVITE out, by Call-ID) in the latency runs only (tshark costs CPU).
 // Runs: latency at 100 calls/s with capture (both), then goodput against offered load at each
 // rate of BENCH_KAM_RATES (both, order alternating per rate); CPU per call is read at 100 and
-// 400 calls/s from the goodput runs; then one sustained run per proxy (300 calls/s for 45 s),
-// past the 32 s transaction timers where lingering state peaks (ringedge's RSS at its end).
+// 400 calls/s from the goodput runs; then the runs at those two rates again with the proxy on
+// CPU 0 and every SIPp process on CPU 1 (split); then one sustained run per proxy (300 calls/s
+// for 45 s), past the 32 s transaction timers where lingering state peaks (ringedge's RSS at its end).
 //
 // Knobs (env): BENCH_KAM_SHORT=1 (a quick check: 3 s per point, rates 100,400,800),
 // BENCH_KAM_SECONDS (10), BENCH_KAM_REPEAT (1: rounds of the load runs, medians reported), BENCH_KAM_RATES ("100,200,400,600,800,1000"),
-// BENCH_KAM_SUSTAIN_SECONDS (45; 0 skips the sustained run), BENCH_KAM_SUSTAIN_RATE (300), BENCH_KAM_ONLY
+// BENCH_KAM_SUSTAIN_SECONDS (45; 0 skips the sustained run), BENCH_KAM_SUSTAIN_RATE (300), BENCH_KAM_SPLIT=0
+// (no split-CPU runs), BENCH_KAM_ONLY
 // ("ringedge" or "kamailio"), BENCH_KEEP=1 (keep the temp dir: logs, SIPp files, pcaps).
 import { spawn } from "node:child_process";
 import { execFile } from "node:child_process";
 import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import { BENCH_DIR, RESULTS_DIR, benchWorkDir, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
-import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, runCaller, start, startCapture, procSample, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
+import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, pinCpus, runCaller, start, startCapture, procSample, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
 const SHORT = process.env.BENCH_KAM_SHORT === "1";
@@ -49,6 +52,15 @@ const SUSTAIN_SECONDS = SHORT ? 0 : envNum("BENCH_KAM_SUSTAIN_SECONDS", 45);
 const SUSTAIN_RATE = envNum("BENCH_KAM_SUSTAIN_RATE", 300);
 const LATENCY_RATE = 100;
 const CPU_RATES = [100, 400] as const;
+/**
+ * The CPU-per-call runs again with the proxy alone on CPU 0 and the eleven SIPp processes on
+ * CPU 1 (util-linux taskset; skipped with BENCH_KAM_SPLIT=0, on one CPU or without taskset).
+ * On the appliance no load generator shares the proxy's CPU; here, sharing it, each message
+ * reaches a proxy whose caches the SIPp processes have just used, which costs ringedge's larger
+ * working set more than Kamailio's (bench/README.md).
+ */
+let SPLIT = process.env.BENCH_KAM_SPLIT !== "0" && os.cpus().length >= 2;
+const SPLIT_CPUS = { proxy: "0", loadgen: "1", all: `0-${os.cpus().length - 1}` } as const;
 const HOLD_MS = 100;
 const WARMUP = { calls: SHORT ? 50 : 100, rate: 50 };
 const PHONES = 10;
@@ -182,8 +194,12 @@ interface RunSpec {
   proxy: ProxyName;
   rate: number;
   capture: boolean;
-  /** sustained: one long run past the transactions' 32 s timers (D, J, L, M), where lingering state peaks. */
-  kind: "latency" | "load" | "sustained";
+  /**
+   * sustained: one long run past the transactions' 32 s timers (D, J, L, M), where lingering
+   * state peaks. split: a load run at a CPU rate with the proxy on one CPU and every SIPp
+   * process on the other.
+   */
+  kind: "latency" | "load" | "sustained" | "split";
   /** Which round of the load runs (BENCH_KAM_REPEAT), from 0: each has a directory of its own. */
   round?: number;
 }
@@ -228,7 +244,17 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
   fs.mkdirSync(dir, { recursive: true });
   const phones = phonesFor(PHONES);
   const callerPort = await freePort();
-  const proxy = spec.proxy === "kamailio" ? await startKamailio(dir, phones) : await startRingedge(dir, phones, callerPort, spec.proxy === "baseline" ? BASELINE : undefined);
+  // Split: this process on the load generators' CPU, so the proxy and the SIPp processes it
+  // spawns start there; then the proxy's whole tree moves to the other CPU.
+  if (spec.kind === "split") await pinCpus(process.pid, SPLIT_CPUS.loadgen);
+  let proxy: Proxy;
+  try {
+    proxy = spec.proxy === "kamailio" ? await startKamailio(dir, phones) : await startRingedge(dir, phones, callerPort, spec.proxy === "baseline" ? BASELINE : undefined);
+    if (spec.kind === "split") await pinCpus(proxy.pid, SPLIT_CPUS.proxy, true);
+  } catch (err) {
+    if (spec.kind === "split") await pinCpus(process.pid, SPLIT_CPUS.all);
+    throw err;
+  }
   let phoneProcs: Child[] = [];
   let cap: Capture | undefined;
   try {
@@ -278,6 +304,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     if (cap !== undefined && cap.child.proc.exitCode === null) await cap.child.stop("SIGINT");
     for (const p of phoneProcs) await p.stop("SIGKILL");
     await proxy.stop();
+    if (spec.kind === "split") await pinCpus(process.pid, SPLIT_CPUS.all);
   }
 }
 
@@ -345,6 +372,14 @@ function specs(): RunSpec[] {
       for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "load", round });
     });
   }
+  if (SPLIT) {
+    for (let round = 0; round < REPEAT; round++) {
+      CPU_RATES.forEach((rate, i) => {
+        const order = PROXIES.map((_, k) => PROXIES[(k + i + round) % PROXIES.length]!);
+        for (const proxy of order) out.push({ proxy, rate, capture: false, kind: "split", round });
+      });
+    }
+  }
   if (SUSTAIN_SECONDS > 0) for (const proxy of PROXIES) out.push({ proxy, rate: SUSTAIN_RATE, capture: false, kind: "sustained" });
   return out;
 }
@@ -358,6 +393,10 @@ async function main(): Promise<number> {
       console.error(`${tool} is not installed (make benchdeps)`);
       return 2;
     }
+  }
+  if (SPLIT) {
+    // Affinity may be refused (a container's CPU set): then the split runs are skipped, said once.
+    SPLIT = await pinCpus(process.pid, SPLIT_CPUS.all).then(() => true, (err: Error) => (console.log(`split-CPU runs skipped: ${err.message}`), false));
   }
   const m = machine();
   const kamailioVersion = PROXIES.includes("kamailio") ? /version: (\S+ \S+)/.exec((await execFileP(KAMAILIO, ["-v"])).stdout)?.[1] ?? "unknown" : null;
@@ -398,6 +437,10 @@ async function main(): Promise<number> {
     const [re, ka] = [find("ringedge", "load", rate), find("kamailio", "load", rate)];
     return { rate, ringedgeUsPerCall: re?.cpuUsPerCall ?? null, kamailioUsPerCall: ka?.cpuUsPerCall ?? null, ratio: ratio(re?.cpuUsPerCall, ka?.cpuUsPerCall) };
   });
+  const cpuSplit = !SPLIT ? null : CPU_RATES.map((rate) => {
+    const [re, ka] = [find("ringedge", "split", rate), find("kamailio", "split", rate)];
+    return { rate, ringedgeUsPerCall: re?.cpuUsPerCall ?? null, kamailioUsPerCall: ka?.cpuUsPerCall ?? null, ratio: ratio(re?.cpuUsPerCall, ka?.cpuUsPerCall), ...(BASELINE !== undefined ? { baselineUsPerCall: find("baseline", "split", rate)?.cpuUsPerCall ?? null } : {}) };
+  });
   const [reLat, kaLat] = [find("ringedge", "latency", LATENCY_RATE), find("kamailio", "latency", LATENCY_RATE)];
   const firstFork = {
     rate: LATENCY_RATE,
@@ -430,8 +473,10 @@ async function main(): Promise<number> {
     return rs.length === 0 ? null : rs.every(cleanRun);
   };
   const cpuMet = cpu.filter((c) => c.ratio !== null);
+  const splitMet = (cpuSplit ?? []).filter((c) => c.ratio !== null);
   const met = {
     cpuRatio: cpuMet.length === 0 ? null : cpuMet.every((c) => (c.ratio as number) <= TARGETS.cpuRatioMax),
+    cpuRatioSplit: splitMet.length === 0 ? null : splitMet.every((c) => (c.ratio as number) <= TARGETS.cpuRatioMax),
     clean800Ringedge: clean("ringedge", TARGETS.cleanRate),
     clean800Kamailio: clean("kamailio", TARGETS.cleanRate),
   };
@@ -447,6 +492,7 @@ async function main(): Promise<number> {
   ));
   console.log("");
   for (const c of cpu) console.log(`CPU per call at ${c.rate}/s: ringedge ${fmt(c.ringedgeUsPerCall ?? NaN)} µs, Kamailio ${fmt(c.kamailioUsPerCall ?? NaN)} µs, ratio ${c.ratio ?? "n/a"} (target ≤ ${TARGETS.cpuRatioMax})`);
+  for (const c of cpuSplit ?? []) console.log(`CPU per call at ${c.rate}/s, proxy and SIPp on separate CPUs: ringedge ${fmt(c.ringedgeUsPerCall ?? NaN)} µs, Kamailio ${fmt(c.kamailioUsPerCall ?? NaN)} µs, ratio ${c.ratio ?? "n/a"}${"baselineUsPerCall" in c ? `; baseline ${fmt(c.baselineUsPerCall ?? NaN)} µs` : ""}`);
   console.log(`first fork on the wire at ${LATENCY_RATE}/s p50/p99: ringedge ${fmt(firstFork.ringedge?.p50Us ?? NaN)}/${fmt(firstFork.ringedge?.p99Us ?? NaN)} µs, Kamailio ${fmt(firstFork.kamailio?.p50Us ?? NaN)}/${fmt(firstFork.kamailio?.p99Us ?? NaN)} µs, ratios ${firstFork.ratioP50 ?? "n/a"}/${firstFork.ratioP99 ?? "n/a"}`);
   for (const b of beforeAfter?.cpuPerCall ?? []) console.log(`before/after at ${b.rate}/s: baseline ${fmt(b.baselineUsPerCall ?? NaN)} µs/call, this build ${fmt(b.ringedgeUsPerCall ?? NaN)} µs/call, ratio ${b.ratio ?? "n/a"}`);
   const sustained = SUSTAIN_SECONDS > 0 ? {
@@ -492,6 +538,7 @@ async function main(): Promise<number> {
     targets: TARGETS,
     met,
     cpuPerCall: cpu,
+    cpuPerCallSplit: cpuSplit,
     firstFork,
     goodput,
     sustained,
