@@ -70,12 +70,16 @@ export function serialize(msg: SipMessage): Buffer {
     s += `${wireName(h.name)}: ${clean(h.value)}\r\n`;
   }
   if (!lengthWritten) s += `Content-Length: ${msg.body.length}\r\n`;
-  s += "\r\n";
-  if (msg.body.length === 0) return Buffer.from(s, "utf8");
-  const headLength = Buffer.byteLength(s, "utf8");
-  const out = Buffer.allocUnsafe(headLength + msg.body.length);
-  out.write(s, 0, "utf8");
-  msg.body.copy(out, headLength);
+  return withBody(s + "\r\n", msg.body);
+}
+
+/** The header block's text, then the body. */
+function withBody(head: string, body: Buffer): Buffer {
+  if (body.length === 0) return Buffer.from(head, "utf8");
+  const headLength = Buffer.byteLength(head, "utf8");
+  const out = Buffer.allocUnsafe(headLength + body.length);
+  out.write(head, 0, "utf8");
+  body.copy(out, headLength);
   return out;
 }
 
@@ -119,13 +123,7 @@ export function forkParts(req: SipRequest, line: SipHeader): ForkParts | undefin
 
 /** The bytes serialize would give a request whose headers are `parts` around `line`. */
 export function forkBytes(req: SipRequest, parts: ForkParts, line: SipHeader): Buffer {
-  const s = `${req.method} ${clean(req.uri)} SIP/2.0\r\n${parts.before}${wireName(line.name)}: ${clean(line.value)}\r\n${parts.after}`;
-  if (req.body.length === 0) return Buffer.from(s, "utf8");
-  const headLength = Buffer.byteLength(s, "utf8");
-  const out = Buffer.allocUnsafe(headLength + req.body.length);
-  out.write(s, 0, "utf8");
-  req.body.copy(out, headLength);
-  return out;
+  return withBody(`${req.method} ${clean(req.uri)} SIP/2.0\r\n${parts.before}${wireName(line.name)}: ${clean(line.value)}\r\n${parts.after}`, req.body);
 }
 
 export interface ResponseOptions {

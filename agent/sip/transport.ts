@@ -316,23 +316,21 @@ export function isDottedQuad(s: string): boolean {
   const n = s.length;
   if (n < 7 || n > 15) return false;
   let parts = 0;
-  let i = 0;
-  while (i < n) {
-    const start = i;
-    let v = 0;
-    while (i < n) {
-      const c = s.charCodeAt(i);
-      if (c < 48 || c > 57) break;
-      v = v * 10 + (c - 48);
-      i++;
-    }
-    const digits = i - start;
-    if (digits === 0 || digits > 3 || v > 255 || (digits > 1 && s.charCodeAt(start) === 48)) return false;
-    parts++;
-    if (i === n) break;
-    if (s.charCodeAt(i) !== 46 || parts === 4) return false;
-    i++;
-    if (i === n) return false;
+  let digits = 0;
+  let value = 0;
+  let lead = 0;
+  // One pass; the end of the string closes the last part as a dot would.
+  for (let i = 0; i <= n; i++) {
+    const c = i < n ? s.charCodeAt(i) : 46;
+    if (c === 46 /* . */) {
+      if (digits === 0 || value > 255 || (digits > 1 && lead === 48) || ++parts > 4) return false;
+      digits = 0;
+      value = 0;
+    } else if (c >= 48 && c <= 57) {
+      if (digits === 0) lead = c;
+      if (++digits > 3) return false;
+      value = value * 10 + (c - 48);
+    } else return false;
   }
   return parts === 4;
 }
