@@ -241,7 +241,9 @@ describe("INVITE client transaction", () => {
     const rec = recorder();
     const tx = sendOk(layer, request(), udp, rec);
     assert.equal(tx.state, TransactionState.Calling);
-    advance(32000);
+    advance(31999);
+    assert.deepEqual(rec.timeouts, [], "Timer B is 64*T1 from the first send, not from the last retransmission");
+    advance(1);
     // §17.1.1.2: sends at 0, then after T1, 2T1, 4T1, 8T1, 16T1, 32T1 (cumulative).
     assert.deepEqual(transport.times(), [0, 500, 1500, 3500, 7500, 15500, 31500]);
     assert.ok(transport.startLines().every((l) => l.startsWith("INVITE ")));
@@ -488,7 +490,9 @@ describe("non-INVITE client transaction", () => {
     const rec = recorder();
     const tx = sendOk(layer, request({ method: "OPTIONS" }), udp, rec);
     assert.equal(tx.state, TransactionState.Trying);
-    advance(32000);
+    advance(31999);
+    assert.deepEqual(rec.timeouts, [], "Timer F is 64*T1 from the first send");
+    advance(1);
     // Intervals 500, 1000, 2000, 4000, then capped at 4000.
     assert.deepEqual(transport.times(), [0, 500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]);
     assert.deepEqual(rec.timeouts, [{ status: 408, timer: "F" }]);

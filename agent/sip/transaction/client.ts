@@ -163,6 +163,8 @@ export class InviteClientTransaction extends ClientTransactionBase {
   private readonly timers = new TimerSet<InviteClientTimer>();
   /** Current Timer A interval. */
   private intervalA: number;
+  /** Timer A's intervals run so far: when Timer B is due, counted from the first send. */
+  private elapsedA = 0;
   /** Timer C duration, or false when disabled. */
   private readonly durationC: number | false;
   /** The ACK for the non-2xx final response, resent for each retransmission of it. */
@@ -190,8 +192,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
     // §17.1.1.2: "If an unreliable transport is being used, the client transaction MUST start
     // timer A with a value of T1. ... For any transport, the client transaction MUST start
     // timer B with a value of 64*T1 seconds."
-    if (!this.reliable) this.timers.start("A", this.intervalA, () => this.timerA());
-    this.timers.start("B", this.timerValues.B, () => this.timerB());
+    this.armAorB();
     // §16.6 step 11: "If the request is an INVITE, the proxy MUST ... set Timer C".
     this.startTimerC();
     return true;
@@ -293,6 +294,20 @@ export class InviteClientTransaction extends ClientTransactionBase {
     this.timers.start("C", this.durationC, () => this.timerC());
   }
 
+  /**
+   * Timers A and B as one Node timer: they start together and stop together (Proceeding, a
+   * final response, an error), so the transaction runs whichever comes next: A while its next
+   * retransmission falls before B's 64*T1 from the first send, then B for the rest. (On a tie
+   * B goes first, as two timers set in that order would.) Half the timer objects per fork.
+   */
+  private armAorB(): void {
+    if (!this.reliable && this.elapsedA + this.intervalA < this.timerValues.B) {
+      this.timers.start("A", this.intervalA, () => this.timerA());
+    } else {
+      this.timers.start("B", this.timerValues.B - this.elapsedA, () => this.timerB());
+    }
+  }
+
   /** §17.1.1.2: Timer A retransmits the INVITE in "Calling", doubling each time. */
   private timerA(): void {
     if (this.stateValue !== TransactionState.Calling || this.wire === undefined) return;
@@ -303,8 +318,9 @@ export class InviteClientTransaction extends ClientTransactionBase {
       this.transportError();
       return;
     }
+    this.elapsedA += this.intervalA;
     this.intervalA *= 2;
-    this.timers.start("A", this.intervalA, () => this.timerA());
+    this.armAorB();
   }
 
   /**
@@ -426,6 +442,8 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
   private readonly timers = new TimerSet<NonInviteClientTimer>();
   /** Current Timer E interval. */
   private intervalE: number;
+  /** Timer E's intervals run so far: when Timer F is due, counted from the first send. */
+  private elapsedE = 0;
 
   constructor(ctx: TransactionContext, request: SipRequest, flow: Flow, wire: Buffer, callbacks: ClientTransactionCallbacks) {
     // §17.1.2.2: "The "Trying" state is entered when the TU initiates a new client transaction
@@ -439,8 +457,7 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
     // §17.1.2.2: "When entering this state, the client transaction SHOULD set timer F to fire
     // in 64*T1 seconds. ... If an unreliable transport is in use, the client transaction MUST
     // set timer E to fire in T1 seconds."
-    if (!this.reliable) this.timers.start("E", this.intervalE, () => this.timerE());
-    this.timers.start("F", this.timerValues.F, () => this.timerF());
+    this.armEorF();
     return true;
   }
 
@@ -504,8 +521,22 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
     // value of MIN(2*T1, T2). When the timer fires again, it is reset to a MIN(4*T1, T2)."
     // "If Timer E fires while in the "Proceeding" state, the request MUST be passed to the
     // transport layer for retransmission, and Timer E MUST be reset with a value of T2 seconds."
+    this.elapsedE += this.intervalE;
     this.intervalE = state === TransactionState.Trying ? Math.min(2 * this.intervalE, this.timerValues.T2) : this.timerValues.T2;
-    this.timers.start("E", this.intervalE, () => this.timerE());
+    this.armEorF();
+  }
+
+  /**
+   * Timers E and F as one Node timer, as A and B are for INVITE (armAorB): they start together
+   * and stop together (a final response, an error), so E runs while its next retransmission
+   * falls before F's 64*T1 from the first send, then F for the rest.
+   */
+  private armEorF(): void {
+    if (!this.reliable && this.elapsedE + this.intervalE < this.timerValues.F) {
+      this.timers.start("E", this.intervalE, () => this.timerE());
+    } else {
+      this.timers.start("F", this.timerValues.F - this.elapsedE, () => this.timerF());
+    }
   }
 
   /**
