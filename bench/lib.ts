@@ -259,7 +259,7 @@ function pushSection(r: Json): string[] {
   ];
 }
 
-export function vsKamailioSection(r: Json): string[] {
+function vsKamailioSection(r: Json): string[] {
   const t = obj(r.targets);
   const met = obj(r.met);
   const ff = obj(r.firstFork);

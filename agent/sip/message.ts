@@ -183,7 +183,6 @@ function isTrimmed(c: number): boolean {
   return c === 32 || (c >= 9 && c <= 13) || (c >= 0x80 && (c === 0xa0 || c === 0x1680 || (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000 || c === 0xfeff));
 }
 
-
 // --- quoted strings and parameters ------------------------------------------------------
 
 /** Index just past the closing quote of the quoted-string opening at i, or -1 if unterminated.

@@ -38,7 +38,8 @@ function clean(text: string): string {
 
 /**
  * Messages whose bytes are already known (a relayed response: the bytes received less its top
- * Via line). Keyed by the object, so a copy made with other fields ({ ...res, status }) has no
+ * Via value; a fork: its call's shared header text with its own Request-URI and Via). Keyed by
+ * the object, so a copy made with other fields ({ ...res, status }) has no
  * entry and is serialised from its fields.
  */
 const knownBytes = new WeakMap<SipMessage, Buffer>();
@@ -83,17 +84,18 @@ function withBody(head: string, body: Buffer): Buffer {
   return out;
 }
 
-/**
- * A request's header text split around one of its header lines, as serialize writes it (start-
- * line and that line left out; Content-Length and the blank line at the end of `after`): a
- * proxy serialises the headers its forks share once and puts each fork's Request-URI and Via
- * in with forkBytes. Undefined when the line is not one of the request's.
- */
+/** A request's header text before and after one of its header lines, as serialize writes it. */
 export interface ForkParts {
   before: string;
+  /** Ends with Content-Length and the blank line. */
   after: string;
 }
 
+/**
+ * A request's header text split around one of its header lines (start-line and that line left
+ * out): a proxy serialises the headers its forks share once and puts each fork's Request-URI
+ * and Via in with forkBytes. Undefined when the line is not one of the request's, or is there twice.
+ */
 export function forkParts(req: SipRequest, line: SipHeader): ForkParts | undefined {
   let before = "";
   let after = "";

@@ -304,11 +304,6 @@ function refuse(socket: net.Socket): void {
 }
 
 /**
- * dgram's lookup for a send: an IP literal (every flow and binding address) is answered at
- * once instead of through dns.lookup's process.nextTick, so a datagram leaves inside send() —
- * the first fork of a call goes out before the others are built. Names still go to dns.lookup.
- */
-/**
  * Whether s is a dotted-quad IPv4 address as net.isIPv4 reads it (no leading zeros), checked
  * without its regular expressions: every datagram sent asks this of its destination.
  */
@@ -335,6 +330,11 @@ export function isDottedQuad(s: string): boolean {
   return parts === 4;
 }
 
+/**
+ * dgram's lookup for a send: an IP literal (every flow and binding address) is answered at
+ * once instead of through dns.lookup's process.nextTick, so a datagram leaves inside send() —
+ * the first fork of a call goes out before the others are built. Names still go to dns.lookup.
+ */
 function literalLookup(hostname: string, options: dns.LookupOneOptions, callback: (err: NodeJS.ErrnoException | null, address: string, family: number) => void): void {
   const family = isDottedQuad(hostname) ? 4 : net.isIP(hostname);
   if (family !== 0) callback(null, hostname, family);
