@@ -49,7 +49,6 @@ export interface CallerOptions {
   extraArgs?: string[];
 }
 
-/** utime and stime (ms), apart, of a process and every process below it (Kamailio forks its workers). */
 /** pid and every process below it (Kamailio's workers, a shell's children). */
 export function processTree(pid: number): number[] {
   const parent = new Map<number, number>();
@@ -83,6 +82,7 @@ export async function pinCpus(pid: number, cpus: string, tree = false): Promise<
   }
 }
 
+/** utime and stime (ms), apart, of a process and every process below it (Kamailio forks its workers). */
 export function treeCpu(pid: number): { userMs: number; sysMs: number } {
   const stats = new Map<number, { ppid: number; userMs: number; sysMs: number }>();
   for (const name of fs.readdirSync("/proc")) {
@@ -109,6 +109,17 @@ export function treeCpu(pid: number): { userMs: number; sysMs: number } {
     sysMs += stats.get(p)?.sysMs ?? 0;
   }
   return { userMs, sysMs };
+}
+
+/**
+ * CPU (utime + stime, ms) of this process's children that have exited and been waited for
+ * (/proc/self/stat cutime and cstime): read before and after runCaller, the caller's own CPU,
+ * which can no longer be read from its /proc entry once it is gone.
+ */
+export function exitedChildrenCpuMs(): number {
+  const stat = fs.readFileSync("/proc/self/stat", "utf8");
+  const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return ((Number(rest[13]) + Number(rest[14])) * 1000) / CLK_TCK;
 }
 
 export function procSample(pid: number): { rssMB: number; hwmMB: number; cpuMs: number } {

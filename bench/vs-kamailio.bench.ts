@@ -38,7 +38,7 @@ import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import { BENCH_DIR, RESULTS_DIR, benchWorkDir, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
-import { CALLER_IP, benchAgentEnv, packetLatency, phonesFor, pinCpus, runCaller, start, startCapture, procSample, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
+import { CALLER_IP, benchAgentEnv, exitedChildrenCpuMs, packetLatency, phonesFor, pinCpus, runCaller, start, startCapture, procSample, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
 const SHORT = process.env.BENCH_KAM_SHORT === "1";
@@ -220,6 +220,11 @@ interface RunResult {
   cpuUsPerCall: number;
   /** The share of that CPU spent in the kernel (stime), %. */
   cpuKernelPct: number;
+  /**
+   * CPU of the load generators (the SIPp caller and the ten SIPp phones) during the run, % of one
+   * CPU: on this 2-core box what they take the proxy cannot have (bench/README.md).
+   */
+  loadgenCpuPct: number;
   /** ringedge's RSS when the caller finished (Kamailio's shared memory is fixed at start). */
   rssEndMB?: number;
   firstFork: { p50Us: number; p99Us: number; maxUs: number; matched: number; invitesIn: number } | null;
@@ -267,9 +272,10 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     if (warm.failed > 0) console.log(`[${spec.proxy}@${spec.rate}] warm-up: ${warm.failed} failed calls`);
     if (spec.capture) cap = await startCapture(dir, proxy.port);
     const calls = Math.round(spec.rate * (spec.kind === "sustained" ? SUSTAIN_SECONDS : SECONDS));
-    const cpu0 = treeCpu(proxy.pid);
+    const phonesCpuMs = (): number => phoneProcs.reduce((sum, p) => sum + (p.proc.pid === undefined ? 0 : procSample(p.proc.pid).cpuMs), 0);
+    const [cpu0, gen0, t0] = [treeCpu(proxy.pid), exitedChildrenCpuMs() + phonesCpuMs(), performance.now()];
     const caller: CallerRun = await runCaller(dir, proxy.port, callerPort, GROUP, spec.rate, calls, callerOpts);
-    const cpu1 = treeCpu(proxy.pid);
+    const [cpu1, gen1, t1] = [treeCpu(proxy.pid), exitedChildrenCpuMs() + phonesCpuMs(), performance.now()];
     const cpuMs = cpu1.userMs + cpu1.sysMs - cpu0.userMs - cpu0.sysMs;
     const sysMs = cpu1.sysMs - cpu0.sysMs;
     const rssEndMB = spec.proxy === "kamailio" ? undefined : procSample(proxy.pid).rssMB;
@@ -296,6 +302,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       cpuMs,
       cpuUsPerCall: round((cpuMs * 1000) / Math.max(1, completed), 0),
       cpuKernelPct: cpuMs > 0 ? round((sysMs / cpuMs) * 100, 0) : 0,
+      loadgenCpuPct: round(((gen1 - gen0) / Math.max(1, t1 - t0)) * 100, 0),
       firstFork: ff,
       ringP50Ms: summarize(caller.ringMs).median,
       ...(overload !== undefined ? { overload } : {}),
@@ -304,6 +311,8 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     if (cap !== undefined && cap.child.proc.exitCode === null) await cap.child.stop("SIGINT");
     for (const p of phoneProcs) await p.stop("SIGKILL");
     await proxy.stop();
+    // The proxy's log tail beside SIPp's files (kept with BENCH_KEEP=1): e.g. the agent's overload episodes and their causes.
+    fs.writeFileSync(path.join(dir, "proxy.log"), proxy.output());
     if (spec.kind === "split") await pinCpus(process.pid, SPLIT_CPUS.all);
   }
 }
@@ -407,7 +416,7 @@ async function main(): Promise<number> {
     const r = await runOne(spec, workDir);
     results.push(r);
     console.log(
-      `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call (${r.cpuKernelPct} % kernel)` +
+      `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call (${r.cpuKernelPct} % kernel); SIPp sent ${r.achievedCallRate} calls/s on ${r.loadgenCpuPct} % of a CPU` +
         (r.firstFork ? `; first fork p50/p99 ${fmt(r.firstFork.p50Us)}/${fmt(r.firstFork.p99Us)} µs (${r.firstFork.matched}/${r.firstFork.invitesIn})` : ""),
     );
     const o = r.overload as { shed?: number; episodes?: number; byCause?: unknown; signals?: unknown } | undefined;
@@ -430,6 +439,7 @@ async function main(): Promise<number> {
       cpuUsPerCall: med((r) => r.cpuUsPerCall),
       cpuKernelPct: med((r) => r.cpuKernelPct),
       achievedCallRate: med((r) => r.achievedCallRate),
+      loadgenCpuPct: med((r) => r.loadgenCpuPct),
       sippExitCode: rs.every((r) => r.sippExitCode === 0) ? 0 : rs.find((r) => r.sippExitCode !== 0)!.sippExitCode,
     };
   };
@@ -453,7 +463,7 @@ async function main(): Promise<number> {
     const row: Record<string, unknown> = { offered: rate };
     for (const p of PROXIES) {
       const r = find(p, "load", rate);
-      row[p] = r === undefined ? null : { completed: r.completed, calls: r.calls, goodput: r.goodput, refused503: r.refused503, failed: r.failed, retransmissions: r.retransmissions, cpuUsPerCall: r.cpuUsPerCall, cpuKernelPct: r.cpuKernelPct };
+      row[p] = r === undefined ? null : { completed: r.completed, calls: r.calls, goodput: r.goodput, refused503: r.refused503, failed: r.failed, retransmissions: r.retransmissions, cpuUsPerCall: r.cpuUsPerCall, cpuKernelPct: r.cpuKernelPct, callsSentPerS: r.achievedCallRate, loadgenCpuPct: r.loadgenCpuPct };
     }
     return row;
   });
@@ -484,10 +494,10 @@ async function main(): Promise<number> {
 
   console.log("");
   console.log(table(
-    ["offered/s", ...PROXIES.flatMap((p) => [`${p} completed/s`, "503", "failed", "CPU µs/call"])],
+    ["offered/s", ...PROXIES.flatMap((p) => [`${p} completed/s`, "503", "failed", "CPU µs/call", "sent/s", "SIPp CPU %"])],
     RATES.map((rate) => [String(rate), ...PROXIES.flatMap((p) => {
       const r = find(p, "load", rate);
-      return r === undefined ? ["—", "—", "—", "—"] : [fmt(r.goodput, 1), fmt(r.refused503), fmt(r.failed), fmt(r.cpuUsPerCall)];
+      return r === undefined ? ["—", "—", "—", "—", "—", "—"] : [fmt(r.goodput, 1), fmt(r.refused503), fmt(r.failed), fmt(r.cpuUsPerCall), fmt(r.achievedCallRate, 1), fmt(r.loadgenCpuPct)];
     })]),
   ));
   console.log("");
