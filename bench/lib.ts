@@ -288,7 +288,7 @@ function vsKamailioSection(r: Json): string[] {
   }
   const su = obj(r.sustained);
   if (typeof su.rate === "number") {
-    const line = (name: string, x: Json): string => (typeof x.calls === "number" ? `${name} ${fmt(num(x.completed))} / ${fmt(num(x.calls))} completed, ${fmt(num(x.refused503))} × 503, ${fmt(num(x.failed))} failed, ${fmt(num(x.cpuUsPerCall))} µs/call${typeof x.rssEndMB === "number" ? `, RSS ${fmt(x.rssEndMB, 1)} MB at the end` : ""}` : `${name} not run`);
+    const line = (name: string, x: Json): string => (typeof x.calls === "number" ? `${name} ${fmt(num(x.completed))} / ${fmt(num(x.calls))} completed, ${fmt(num(x.refused503))} × 503, ${fmt(num(x.failed))} failed, ${fmt(num(x.cpuUsPerCall))} µs/call${typeof x.rssEndMB === "number" ? `, RSS ${fmt(x.rssEndMB, 1)} MB at the end` : ""}${typeof x.heapUsedMB === "number" && typeof x.heapTotalMB === "number" ? ` (JS heap ${fmt(x.heapUsedMB, 1)} MB in use of ${fmt(x.heapTotalMB, 1)} MB held)` : ""}` : `${name} not run`);
     out.push("", `Sustained ${fmt(su.rate)} calls/s for ${fmt(num(su.seconds))} s (past the transactions' 32 s timers): ${line("ringedge", obj(su.ringedge))}; ${line("Kamailio", obj(su.kamailio))}.`);
   }
   const ba = obj(r.beforeAfter);

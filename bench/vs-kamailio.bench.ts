@@ -107,8 +107,8 @@ interface Proxy {
   /** The process whose tree's CPU is the proxy's. */
   pid: number;
   registered(): Promise<number>;
-  /** ringedge only: the overload section of its status (why it refused what it refused). */
-  overload?(): Promise<unknown>;
+  /** ringedge only: the overload and memory sections of its status (why it refused what it refused; the JS heap against RSS). */
+  status?(): Promise<{ overload?: unknown; memory?: { heapUsed?: number; heapTotal?: number } } | undefined>;
   output(): string;
   stop(): Promise<void>;
 }
@@ -147,9 +147,9 @@ async function startRingedge(dir: string, phones: Phone[], callerPort: number, b
       if (!r.ok) throw new Error(`status: ${r.error}`);
       return (r.result as { devices: { registered: number } }).devices.registered;
     },
-    overload: async () => {
+    status: async () => {
       const r = await callAgent(sock, "status");
-      return r.ok ? (r.result as { overload?: unknown }).overload : undefined;
+      return r.ok ? (r.result as { overload?: unknown; memory?: { heapUsed?: number; heapTotal?: number } }) : undefined;
     },
     output: () => agent.output(),
     stop: async () => void (await agent.stop("SIGTERM")),
@@ -227,6 +227,9 @@ interface RunResult {
   loadgenCpuPct: number;
   /** ringedge's RSS when the caller finished (Kamailio's shared memory is fixed at start). */
   rssEndMB?: number;
+  /** ringedge's JS heap in use and held by V8 at the same moment, MB (status memory). */
+  heapUsedMB?: number;
+  heapTotalMB?: number;
   firstFork: { p50Us: number; p99Us: number; maxUs: number; matched: number; invitesIn: number } | null;
   ringP50Ms: number;
 }
@@ -286,7 +289,10 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       const s = summarize(packets.firstForkUs);
       return { p50Us: round(s.median, 1), p99Us: round(s.p99, 1), maxUs: round(s.max, 1), matched: packets.matched, invitesIn: packets.invitesIn };
     })();
-    const overload = proxy.overload === undefined ? undefined : await proxy.overload().catch(() => undefined);
+    const status = proxy.status === undefined ? undefined : await proxy.status().catch(() => undefined);
+    const overload = status?.overload;
+    const mb = (bytes: number | undefined): number | undefined => (typeof bytes === "number" ? round(bytes / 1048576, 1) : undefined);
+    const [heapUsedMB, heapTotalMB] = [mb(status?.memory?.heapUsed), mb(status?.memory?.heapTotal)];
     if (caller.failed > 0 || caller.exitCode !== 0) console.log(`[${spec.proxy}@${spec.rate}] SIPp exit ${caller.exitCode}, ${caller.failed} failed\n--- proxy log tail ---\n${proxy.output().slice(-1500)}`);
     return {
       spec,
@@ -299,6 +305,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
       achievedCallRate: round(caller.callRate, 1),
       goodput: round(completed / (calls / spec.rate), 1),
       ...(rssEndMB !== undefined ? { rssEndMB: round(rssEndMB, 1) } : {}),
+      ...(heapUsedMB !== undefined && heapTotalMB !== undefined ? { heapUsedMB, heapTotalMB } : {}),
       cpuMs,
       cpuUsPerCall: round((cpuMs * 1000) / Math.max(1, completed), 0),
       cpuKernelPct: cpuMs > 0 ? round((sysMs / cpuMs) * 100, 0) : 0,
@@ -510,12 +517,12 @@ async function main(): Promise<number> {
     seconds: SUSTAIN_SECONDS,
     ...Object.fromEntries(PROXIES.map((p) => {
       const r = find(p, "sustained", SUSTAIN_RATE);
-      return [p, r === undefined ? null : { completed: r.completed, calls: r.calls, refused503: r.refused503, failed: r.failed, cpuUsPerCall: r.cpuUsPerCall, ...(r.rssEndMB !== undefined ? { rssEndMB: r.rssEndMB } : {}) }];
+      return [p, r === undefined ? null : { completed: r.completed, calls: r.calls, refused503: r.refused503, failed: r.failed, cpuUsPerCall: r.cpuUsPerCall, ...(r.rssEndMB !== undefined ? { rssEndMB: r.rssEndMB } : {}), ...(r.heapUsedMB !== undefined ? { heapUsedMB: r.heapUsedMB, heapTotalMB: r.heapTotalMB } : {}) }];
     })),
   } : null;
   for (const p of PROXIES) {
     const r = find(p, "sustained", SUSTAIN_RATE);
-    if (r !== undefined) console.log(`sustained ${SUSTAIN_RATE}/s for ${SUSTAIN_SECONDS} s: ${p} ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed, CPU ${fmt(r.cpuUsPerCall)} µs/call${r.rssEndMB !== undefined ? `, RSS ${fmt(r.rssEndMB, 1)} MB at the end` : ""}`);
+    if (r !== undefined) console.log(`sustained ${SUSTAIN_RATE}/s for ${SUSTAIN_SECONDS} s: ${p} ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed, CPU ${fmt(r.cpuUsPerCall)} µs/call${r.rssEndMB !== undefined ? `, RSS ${fmt(r.rssEndMB, 1)} MB at the end` : ""}${r.heapUsedMB !== undefined ? ` (JS heap ${fmt(r.heapUsedMB, 1)} MB in use of ${fmt(r.heapTotalMB ?? NaN, 1)} MB held)` : ""}`);
   }
   console.log(`clean ${TARGETS.cleanRate}/s: ringedge ${met.clean800Ringedge ?? "not run"}, Kamailio ${met.clean800Kamailio ?? "not run"}`);
 
