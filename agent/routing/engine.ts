@@ -70,7 +70,7 @@ import type { Logger } from "../log.ts";
 import type { MailboxOwner } from "../voicemail/types.ts";
 import { decideListen } from "../voicemail/access.ts";
 import { parseAuthorization, type DigestAuthenticator } from "../sip/digest.ts";
-import { detached } from "../sip/message.ts";
+import { detached } from "../strings.ts";
 import type { CallOutcome, CallRecord } from "../store/schema.ts";
 import type { Binding } from "../sip/location.ts";
 import type { Branch, BranchTarget, ProxyCall, ProxyCallEvents, StatefulProxyApi } from "../sip/proxy-types.ts";

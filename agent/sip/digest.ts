@@ -10,7 +10,7 @@
 // per-nonce state is the highest nonce-count seen, kept in a bounded LRU map.
 
 import { createHash, createHmac, getHashes, randomBytes, timingSafeEqual } from "node:crypto";
-import { detached } from "./message.ts";
+import { detached } from "../strings.ts";
 import type { SipHeader } from "./types.ts";
 
 // ---------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@
 //   that comes back through another hop always has a different top Via, which would make
 //   every loop look like a spiral.
 import { hash } from "node:crypto";
-import { detached, getHeader, getHeaders, parseDatagram, parseNameAddr, parseVia, splitList } from "./message.ts";
+import { getHeader, getHeaders, parseDatagram, parseNameAddr, parseVia, splitList } from "./message.ts";
+import { detached } from "../strings.ts";
 import type {
   Branch,
   BranchState,

@@ -5,7 +5,8 @@
 import { parseAuthorization, type DigestAuthenticator } from "./digest.ts";
 import type { AuthGuard } from "./guard.ts";
 import type { Binding, LocationService } from "./location.ts";
-import { detached, getHeader, getHeaders, parseNameAddr } from "./message.ts";
+import { getHeader, getHeaders, parseNameAddr } from "./message.ts";
+import { detached } from "../strings.ts";
 import { createResponse } from "./serialize.ts";
 import { parseUri } from "./uri.ts";
 import type { Flow, SipHeader, SipRequest, SipResponse } from "./types.ts";

@@ -13,6 +13,7 @@ import type { OperatorState } from "../routing/operator-state.ts";
 import type { SiteRecord, SiteSettings } from "../site/types.ts";
 import { validatePayload } from "../contract.ts";
 import { MAX_WHY_MEMORY_ITEMS, MAX_WHY_STEPS, type WhyRecord } from "../routing/why.ts";
+import { detached } from "../strings.ts";
 
 export type { SiteRecord, SiteSettings } from "../site/types.ts";
 
@@ -508,9 +509,12 @@ export function toSeenPhone(p: SeenPhone): SeenPhone {
 }
 
 export function toCallRecord(r: CallRecord): CallRecord {
-  const out: CallRecord = { id: r.id, at: r.at, caller: r.caller, target: r.target, outcome: r.outcome, offered: [...r.offered] };
-  if (r.groupId !== undefined) out.groupId = r.groupId;
-  if (r.answeredBy !== undefined) out.answeredBy = r.answeredBy;
+  // Copies of the strings: the call log keeps up to twice MAX_CALL_LOG records, and a Call-ID,
+  // caller or dialled number cut from an INVITE would keep the whole INVITE (SDP and all) alive
+  // for as long as its record (agent/strings.ts).
+  const out: CallRecord = { id: detached(r.id), at: r.at, caller: detached(r.caller), target: detached(r.target), outcome: r.outcome, offered: r.offered.map(detached) };
+  if (r.groupId !== undefined) out.groupId = detached(r.groupId);
+  if (r.answeredBy !== undefined) out.answeredBy = detached(r.answeredBy);
   if (r.answerAfterMs !== undefined) out.answerAfterMs = r.answerAfterMs;
   if (r.durationMs !== undefined) out.durationMs = r.durationMs;
   if (r.why !== undefined) out.why = r.why;

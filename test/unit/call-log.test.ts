@@ -3,12 +3,13 @@
 // bad lines skipped, bounded by rotation, and the old in-store call log moved out once.
 import { test, describe } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import * as fs from "node:fs";
 import * as path from "node:path";
 import { CALL_LOG_FILE, CALL_LOG_PREVIOUS_FILE, CallLog, parseCallLog } from "../../agent/store/call-log.ts";
 import { Store, StoreError, storeFilePath, type CallRecord } from "../../agent/store/store.ts";
 import { encodeEnvelope } from "../../agent/store/atomic-file.ts";
-import { CURRENT_SCHEMA_VERSION, emptyStoreData } from "../../agent/store/schema.ts";
+import { CURRENT_SCHEMA_VERSION, emptyStoreData, toCallRecord } from "../../agent/store/schema.ts";
 import { tempDir } from "../tmpdir.ts";
 
 const FIXED = new Date("2024-05-01T10:00:00.000Z");
@@ -253,4 +254,30 @@ describe("Store with the call log file", () => {
     assert.equal(lines(path.join(dir, CALL_LOG_FILE)).length, 3);
     await s.close();
   });
+});
+
+test("a kept call record does not hold the INVITE its Call-ID, caller and dialled number were cut from", () => {
+  // Measured in a child with gc exposed: 500 records whose strings are slices of 20 KB INVITEs,
+  // kept as Store.appendCall keeps them (toCallRecord), against the same slices kept as they are.
+  const script = `
+    const { toCallRecord } = await import(${JSON.stringify(new URL("../../agent/store/schema.ts", import.meta.url).href)});
+    const keep = (f) => {
+      const out = [];
+      for (let i = 0; i < 500; i++) {
+        const invite = ("INVITE sip:700-group-number@127.0.0.1 SIP/2.0\\r\\nCall-ID: call-id-of-this-invite-" + i + "@host\\r\\n" + "v=0 ".repeat(5000)).slice(0);
+        const cut = (a, b) => invite.slice(invite.indexOf(a) + a.length, invite.indexOf(b, invite.indexOf(a) + a.length));
+        out.push(f({ id: cut("Call-ID: ", "\\r\\n"), at: i, caller: cut("INVITE ", " SIP"), target: cut("sip:", "@"), outcome: "answered", offered: [cut("sip:", " ")], answeredBy: cut("sip:", " ") }));
+      }
+      return out;
+    };
+    const grown = (f) => { gc(); const base = process.memoryUsage().heapUsed; const kept = keep(f); gc(); const d = process.memoryUsage().heapUsed - base; return kept.length > 0 ? d : 0; };
+    console.log(JSON.stringify({ sliced: grown((r) => ({ ...r })), kept: grown(toCallRecord) }));
+  `;
+  const out = execFileSync(process.execPath, ["--expose-gc", "--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8", timeout: 30_000 });
+  const { sliced, kept } = JSON.parse(out) as { sliced: number; kept: number };
+  assert.ok(sliced > 5_000_000, `the slices hold their INVITEs (${sliced} B)`);
+  assert.ok(kept < 1_000_000, `the kept records do not (${kept} B)`);
+  // And the copies are the same text.
+  const r = toCallRecord({ id: "x".repeat(40), at: 1, caller: "+49301234567890", target: "700", outcome: "missed", offered: ["a-long-user-id-0001"], groupId: "sales-group-of-the-site", answeredBy: "a-long-user-id-0001" });
+  assert.deepEqual(r, { id: "x".repeat(40), at: 1, caller: "+49301234567890", target: "700", outcome: "missed", offered: ["a-long-user-id-0001"], groupId: "sales-group-of-the-site", answeredBy: "a-long-user-id-0001" });
 });

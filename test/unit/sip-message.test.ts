@@ -3,7 +3,6 @@ import { execFileSync } from "node:child_process";
 import assert from "node:assert/strict";
 import {
   DEFAULT_LIMITS,
-  detached,
   frameStream,
   getHeader,
   getHeaders,
@@ -17,6 +16,7 @@ import {
   type FrameResult,
   type ParseResult,
 } from "../../agent/sip/message.ts";
+import { detached } from "../../agent/strings.ts";
 import { createResponse, encodeResponse, forwardRequest, serialize, setViaReceived, withHeaders } from "../../agent/sip/serialize.ts";
 import type { SipMessage, SipRequest, SipResponse } from "../../agent/sip/types.ts";
 import { loadRfc4475 as load, rfc4475Files } from "../fixtures/rfc4475.ts";
@@ -676,7 +676,7 @@ test("detached: the same text, and a kept value no longer holds the message it w
   for (const s of [tag, "short", "", "unicode → §", "x".repeat(5000)]) assert.equal(detached(s), s);
   // Retention, measured in a child with gc exposed: 500 tags kept from 20 KB messages.
   const script = `
-    const { detached } = await import(${JSON.stringify(new URL("../../agent/sip/message.ts", import.meta.url).href)});
+    const { detached } = await import(${JSON.stringify(new URL("../../agent/strings.ts", import.meta.url).href)});
     const keep = (f) => {
       const out = [];
       for (let i = 0; i < 500; i++) {

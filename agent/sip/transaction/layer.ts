@@ -1,7 +1,7 @@
 // The transaction layer, RFC 3261 §17: owns every client and server transaction, matches
 // incoming messages to them (§17.1.3, §17.2.3), and bounds how many exist. Mechanism only:
 // what a request means (register, route, fork) is the TU's business.
-import { detached } from "../message.ts";
+import { detached } from "../../strings.ts";
 import { serialize } from "../serialize.ts";
 import type { Flow, SipMessage, SipRequest, SipResponse, Transport } from "../types.ts";
 import {

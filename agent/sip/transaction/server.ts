@@ -1,7 +1,7 @@
 // Server transactions: INVITE (RFC 3261 §17.2.1 as amended by RFC 6026 §7.1/§8.5-8.8) and
 // non-INVITE (RFC 3261 §17.2.2). The layer (layer.ts) routes matching requests here; the TU
 // answers through respond().
-import { detached } from "../message.ts";
+import { detached } from "../../strings.ts";
 import type { Flow, SipRequest, SipResponse } from "../types.ts";
 import { buildTrying } from "./build.ts";
 import {
