@@ -160,7 +160,7 @@ type InviteClientTimer = "A" | "B" | "C" | "D" | "M";
  */
 export class InviteClientTransaction extends ClientTransactionBase {
   readonly kind = "invite" as const;
-  private readonly timers = new TimerSet<InviteClientTimer>();
+  private readonly timers: TimerSet<InviteClientTimer> = new TimerSet<InviteClientTimer>(this);
   /** Current Timer A interval. */
   private intervalA: number;
   /** Timer A's intervals run so far: when Timer B is due, counted from the first send. */
@@ -203,7 +203,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
     if (this.stateValue !== TransactionState.Calling && this.stateValue !== TransactionState.Proceeding) return false;
     const duration = ms !== undefined && Number.isFinite(ms) && ms >= 0 ? ms : this.durationC;
     if (duration === false) return false;
-    this.timers.start("C", duration, () => this.timerC());
+    this.timers.start("C", duration);
     return true;
   }
 
@@ -289,9 +289,32 @@ export class InviteClientTransaction extends ClientTransactionBase {
     return ack === undefined ? undefined : encodeSafely(this.ctx, ack);
   }
 
+  /** Timer C from now (the first fork, and every provisional response but 100: §16.7 step 2). */
   private startTimerC(): void {
     if (this.durationC === false) return;
-    this.timers.start("C", this.durationC, () => this.timerC());
+    this.timers.restart("C", this.durationC);
+  }
+
+  /** The transaction's timers fire here (TimerSet). */
+  onTimer(name: InviteClientTimer): void {
+    switch (name) {
+      case "A":
+        return this.timerA();
+      case "B":
+        return this.timerB();
+      case "C":
+        return this.timerC();
+      case "D":
+        // §17.1.1.2: "If timer D fires while the client transaction is in the "Completed"
+        // state, the client transaction MUST move to the terminated state."
+        if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
+        return;
+      case "M":
+        // RFC 6026 §8.4: "If timer M fires and the state machine is in the "Accepted" state,
+        // the machine MUST transition to the "Terminated" state."
+        if (this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
+        return;
+    }
   }
 
   /**
@@ -302,9 +325,9 @@ export class InviteClientTransaction extends ClientTransactionBase {
    */
   private armAorB(): void {
     if (!this.reliable && this.elapsedA + this.intervalA < this.timerValues.B) {
-      this.timers.start("A", this.intervalA, () => this.timerA());
+      this.timers.start("A", this.intervalA);
     } else {
-      this.timers.start("B", this.timerValues.B - this.elapsedA, () => this.timerB());
+      this.timers.start("B", this.timerValues.B - this.elapsedA);
     }
   }
 
@@ -379,9 +402,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
       this.stateTransition(TransactionState.Terminated);
       return;
     }
-    this.timers.start("D", this.timerValues.D, () => {
-      if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
-    });
+    this.timers.start("D", this.timerValues.D);
   }
 
   private stateTransition(next: TransactionState): void {
@@ -408,9 +429,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
         this.release();
         // RFC 6026 §8.4: Timer M "with a value of 64*T1" lets further 2xx from other forks
         // reach the TU.
-        this.timers.start("M", this.timerValues.M, () => {
-          if (this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
-        });
+        this.timers.start("M", this.timerValues.M);
         break;
       case TransactionState.Completed:
         this.timers.stopAll();
@@ -439,7 +458,7 @@ type NonInviteClientTimer = "E" | "F" | "K";
  */
 export class NonInviteClientTransaction extends ClientTransactionBase {
   readonly kind = "non-invite" as const;
-  private readonly timers = new TimerSet<NonInviteClientTimer>();
+  private readonly timers: TimerSet<NonInviteClientTimer> = new TimerSet<NonInviteClientTimer>(this);
   /** Current Timer E interval. */
   private intervalE: number;
   /** Timer E's intervals run so far: when Timer F is due, counted from the first send. */
@@ -491,7 +510,6 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
   /**
    * §17.1.2.2: "Once the client transaction enters the "Completed" state, it MUST set Timer K
    * to fire in T4 seconds for unreliable transports, and zero seconds for reliable transports."
-   * (A method of its own so the timer's closure does not share a scope holding the response.)
    */
   private enterCompletedTimers(): void {
     if (this.stateValue !== TransactionState.Completed) return;
@@ -499,9 +517,22 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
       this.stateTransition(TransactionState.Terminated);
       return;
     }
-    this.timers.start("K", this.timerValues.K, () => {
-      if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
-    });
+    this.timers.start("K", this.timerValues.K);
+  }
+
+  /** The transaction's timers fire here (TimerSet). */
+  onTimer(name: NonInviteClientTimer): void {
+    switch (name) {
+      case "E":
+        return this.timerE();
+      case "F":
+        return this.timerF();
+      case "K":
+        // §17.1.2.2: "If Timer K fires while in this state, the client transaction MUST
+        // transition to the "Terminated" state."
+        if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
+        return;
+    }
   }
 
   dispose(): void {
@@ -533,9 +564,9 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
    */
   private armEorF(): void {
     if (!this.reliable && this.elapsedE + this.intervalE < this.timerValues.F) {
-      this.timers.start("E", this.intervalE, () => this.timerE());
+      this.timers.start("E", this.intervalE);
     } else {
-      this.timers.start("F", this.timerValues.F - this.elapsedE, () => this.timerF());
+      this.timers.start("F", this.timerValues.F - this.elapsedE);
     }
   }
 

@@ -186,7 +186,7 @@ type InviteServerTimer = "G" | "H" | "I" | "L" | "Trying";
  */
 export class InviteServerTransaction extends ServerTransactionBase {
   readonly kind = "invite" as const;
-  private readonly timers = new TimerSet<InviteServerTimer>();
+  private readonly timers: TimerSet<InviteServerTimer> = new TimerSet<InviteServerTimer>(this);
   /** Current Timer G interval. */
   private intervalG: number;
 
@@ -199,7 +199,28 @@ export class InviteServerTransaction extends ServerTransactionBase {
     super(ctx, request, flow, TransactionState.Proceeding);
     this.intervalG = this.timerValues.G;
     if (ctx.tryingDelay !== false) {
-      this.timers.start("Trying", ctx.tryingDelay, () => this.sendTrying());
+      this.timers.start("Trying", ctx.tryingDelay);
+    }
+  }
+
+  /** The transaction's timers fire here (TimerSet). */
+  onTimer(name: InviteServerTimer): void {
+    switch (name) {
+      case "Trying":
+        return this.sendTrying();
+      case "G":
+        return this.timerG();
+      case "H":
+        return this.timerH();
+      case "I":
+        // §17.2.1: "Once timer I fires, the server MUST transition to the "Terminated" state."
+        if (this.stateValue === TransactionState.Confirmed) this.stateTransition(TransactionState.Terminated);
+        return;
+      case "L":
+        // RFC 6026 §8.7: "If Timer L fires while the state machine is in the "Accepted"
+        // state, the machine MUST transition to the "Terminated" state."
+        if (this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
+        return;
     }
   }
 
@@ -322,7 +343,7 @@ export class InviteServerTransaction extends ServerTransactionBase {
       return;
     }
     this.intervalG = Math.min(2 * this.intervalG, this.timerValues.T2);
-    this.timers.start("G", this.intervalG, () => this.timerG());
+    this.timers.start("G", this.intervalG);
   }
 
   /**
@@ -353,9 +374,7 @@ export class InviteServerTransaction extends ServerTransactionBase {
         // further 2xx come encoded from the TU: nothing of the request is needed any more.
         this.release(false);
         // RFC 6026 §8.7: "the server transaction MUST ... start timer L with a value of 64*T1".
-        this.timers.start("L", this.timerValues.L, () => {
-          if (this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
-        });
+        this.timers.start("L", this.timerValues.L);
         break;
       case TransactionState.Completed:
         // Only the final response's bytes are resent from here on (request retransmissions, G).
@@ -363,8 +382,8 @@ export class InviteServerTransaction extends ServerTransactionBase {
         // §17.2.1: "When the "Completed" state is entered, timer H MUST be set to fire in
         // 64*T1 seconds for all transports. ... For unreliable transports, timer G is set to
         // fire in T1 seconds, and is not set to fire for reliable transports."
-        if (!this.reliable) this.timers.start("G", this.intervalG, () => this.timerG());
-        this.timers.start("H", this.timerValues.H, () => this.timerH());
+        if (!this.reliable) this.timers.start("G", this.intervalG);
+        this.timers.start("H", this.timerValues.H);
         break;
       case TransactionState.Confirmed:
         // §17.2.1: "timer G is ignored ... timer I is set to fire in T4 seconds for unreliable
@@ -375,9 +394,7 @@ export class InviteServerTransaction extends ServerTransactionBase {
         if (this.timerValues.I === 0) {
           this.stateTransition(TransactionState.Terminated);
         } else {
-          this.timers.start("I", this.timerValues.I, () => {
-            if (this.stateValue === TransactionState.Confirmed) this.stateTransition(TransactionState.Terminated);
-          });
+          this.timers.start("I", this.timerValues.I);
           // Confirmed only absorbs ACKs: the TU is done with it.
           this.notifyTerminated();
         }
@@ -406,11 +423,18 @@ type NonInviteServerTimer = "J";
  */
 export class NonInviteServerTransaction extends ServerTransactionBase {
   readonly kind = "non-invite" as const;
-  private readonly timers = new TimerSet<NonInviteServerTimer>();
+  private readonly timers: TimerSet<NonInviteServerTimer> = new TimerSet<NonInviteServerTimer>(this);
 
   /** §17.2.2: "The state machine is initialized in the "Trying" state". */
   constructor(ctx: TransactionContext, request: SipRequest, flow: Flow) {
     super(ctx, request, flow, TransactionState.Trying);
+  }
+
+  /** Timer J fires here (TimerSet). */
+  onTimer(name: NonInviteServerTimer): void {
+    // §17.2.2: "The server transaction remains in this state until Timer J fires, at which
+    // point it MUST transition to the "Terminated" state." (J is its only timer.)
+    if (name === "J" && this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
   }
 
   respond(res: SipResponse): RespondResult {
@@ -496,9 +520,7 @@ export class NonInviteServerTransaction extends ServerTransactionBase {
         // §17.2.2: "When the server transaction enters the "Completed" state, it MUST set Timer
         // J to fire in 64*T1 seconds for unreliable transports, and zero seconds for reliable
         // transports." (Zero is handled by the caller once the response is on the wire.)
-        this.timers.start("J", this.timerValues.J, () => {
-          if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
-        });
+        this.timers.start("J", this.timerValues.J);
       }
     } else if (next === TransactionState.Terminated) {
       this.timers.stopAll();
