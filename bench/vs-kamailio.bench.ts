@@ -245,10 +245,17 @@ function refusedCount(dir: string): number {
   return col < 0 ? 0 : Number(last[col] ?? 0) || 0;
 }
 
-async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
-  // A round's own directory: SIPp names its counts file after its pid, and a second round's
-  // file beside the first one's would be read as the first's (the 503s counted for every round).
-  const dir = path.join(workDir, `${spec.kind}-${spec.rate}-${spec.proxy}${spec.round ? `-round${spec.round + 1}` : ""}`);
+/** The first lines of the SIPp caller's error log (-trace_err): why calls failed. */
+function sippErrors(dir: string): string {
+  const f = fs.readdirSync(dir).find((n) => n.startsWith("caller-overload_") && n.endsWith("_errors.log"));
+  if (f === undefined) return "(none logged)";
+  return fs.readFileSync(path.join(dir, f), "utf8").split("\n").slice(0, 12).map((l) => l.slice(0, 300)).join("\n");
+}
+
+async function runOne(spec: RunSpec, workDir: string, attempt = 1): Promise<RunResult> {
+  // A round's own directory (and a retry's): SIPp names its counts file after its pid, and a second
+  // round's file beside the first one's would be read as the first's (the 503s counted for every round).
+  const dir = path.join(workDir, `${spec.kind}-${spec.rate}-${spec.proxy}${spec.round ? `-round${spec.round + 1}` : ""}${attempt > 1 ? `-attempt${attempt}` : ""}`);
   fs.mkdirSync(dir, { recursive: true });
   const phones = phonesFor(PHONES);
   const callerPort = await freePort();
@@ -270,7 +277,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     await waitFor(`${spec.proxy}: phones registered`, async () => ((await proxy.registered()) >= PHONES ? true : undefined), 20_000);
     await sleep(300);
     // A call not done 5 s after its last message fails; SIPp stops 8 s after the last call starts.
-    const callerOpts = { holdMs: HOLD_MS, scenario: "caller-overload.xml", tailS: 8, extraArgs: ["-recv_timeout", "5000", "-trace_counts"] };
+    const callerOpts = { holdMs: HOLD_MS, scenario: "caller-overload.xml", tailS: 8, extraArgs: ["-recv_timeout", "5000", "-trace_counts", "-trace_err"] };
     const warm = await runCaller(path.join(dir, "warmup"), proxy.port, callerPort, GROUP, WARMUP.rate, WARMUP.calls, callerOpts);
     if (warm.failed > 0) console.log(`[${spec.proxy}@${spec.rate}] warm-up: ${warm.failed} failed calls`);
     if (spec.capture) cap = await startCapture(dir, proxy.port);
@@ -293,7 +300,7 @@ async function runOne(spec: RunSpec, workDir: string): Promise<RunResult> {
     const overload = status?.overload;
     const mb = (bytes: number | undefined): number | undefined => (typeof bytes === "number" ? round(bytes / 1048576, 1) : undefined);
     const [heapUsedMB, heapTotalMB] = [mb(status?.memory?.heapUsed), mb(status?.memory?.heapTotal)];
-    if (caller.failed > 0 || caller.exitCode !== 0) console.log(`[${spec.proxy}@${spec.rate}] SIPp exit ${caller.exitCode}, ${caller.failed} failed\n--- proxy log tail ---\n${proxy.output().slice(-1500)}`);
+    if (caller.failed > 0 || caller.exitCode !== 0) console.log(`[${spec.proxy}@${spec.rate}] SIPp exit ${caller.exitCode}, ${caller.failed} failed\n--- SIPp's errors (first lines) ---\n${sippErrors(dir)}\n--- proxy log tail ---\n${proxy.output().slice(-1500)}`);
     return {
       spec,
       calls,
@@ -419,8 +426,21 @@ async function main(): Promise<number> {
   const keep = process.env.BENCH_KEEP !== undefined || CPU_PROF;
   const workDir = benchWorkDir("ringedge-bench-kam-", keep);
   const results: RunResult[] = [];
+  // A run whose proxy or phones did not come up (e.g. registrations not seen within 20 s) is tried
+  // once more with fresh ones, then left out and listed: one bad start does not lose the others.
+  const lost: Array<{ kind: RunSpec["kind"]; proxy: ProxyName; rate: number; round: number; error: string }> = [];
   for (const spec of specs()) {
-    const r = await runOne(spec, workDir);
+    let r: RunResult | undefined;
+    for (let attempt = 1; attempt <= 2 && r === undefined; attempt++) {
+      try {
+        r = await runOne(spec, workDir, attempt);
+      } catch (err) {
+        const error = err instanceof Error ? err.message : String(err);
+        console.log(`[${spec.kind} ${spec.proxy}@${spec.rate}] run ${attempt === 1 ? "could not start; once more" : "could not start again; left out"}: ${error.slice(0, 300)}`);
+        if (attempt === 2) lost.push({ kind: spec.kind, proxy: spec.proxy, rate: spec.rate, round: spec.round ?? 0, error: error.slice(0, 300) });
+      }
+    }
+    if (r === undefined) continue;
     results.push(r);
     console.log(
       `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call (${r.cpuKernelPct} % kernel); SIPp sent ${r.achievedCallRate} calls/s on ${r.loadgenCpuPct} % of a CPU` +
@@ -524,6 +544,7 @@ async function main(): Promise<number> {
     const r = find(p, "sustained", SUSTAIN_RATE);
     if (r !== undefined) console.log(`sustained ${SUSTAIN_RATE}/s for ${SUSTAIN_SECONDS} s: ${p} ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed, CPU ${fmt(r.cpuUsPerCall)} µs/call${r.rssEndMB !== undefined ? `, RSS ${fmt(r.rssEndMB, 1)} MB at the end` : ""}${r.heapUsedMB !== undefined ? ` (JS heap ${fmt(r.heapUsedMB, 1)} MB in use of ${fmt(r.heapTotalMB ?? NaN, 1)} MB held)` : ""}`);
   }
+  for (const l of lost) console.log(`left out (could not start twice): ${l.kind} ${l.proxy}@${l.rate} round ${l.round + 1}: ${l.error}`);
   console.log(`clean ${TARGETS.cleanRate}/s: ringedge ${met.clean800Ringedge ?? "not run"}, Kamailio ${met.clean800Kamailio ?? "not run"}`);
 
   const colors: Record<ProxyName, string> = { ringedge: "#d62728", kamailio: "#1f77b4", baseline: "#ff9896" };
@@ -562,6 +583,7 @@ async function main(): Promise<number> {
     beforeAfter,
     maxCleanRate: Object.fromEntries(PROXIES.map((p) => [p, maxClean(p)])),
     plot: "bench/results/vs-kamailio.svg",
+    lostRuns: lost,
     runs: results.map((r) => ({ ...r.spec, ...r, spec: undefined })),
   });
   console.log(`wrote ${out} and ${svgPath}`);
