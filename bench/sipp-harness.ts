@@ -35,6 +35,13 @@ export function benchAgentEnv(dataDir: string, port: number, siteFile: string, e
   return { ...env, ...extra };
 }
 export const SIPP = path.join(BENCH_DIR, "sipp");
+/**
+ * Send and receive buffer of every SIPp socket (-buff_size), bytes: with the default 208 KB a
+ * starved caller dropped the 180s of a burst of calls (UDP drops at its socket, sampled by the
+ * vs-kamailio bench), and those calls counted as the proxy's failures. The kernel caps it at
+ * net.core.rmem_max / wmem_max.
+ */
+export const SIPP_SOCKET_BUFFER = 4 * 1024 * 1024;
 /** USER_HZ of /proc/<pid>/stat. */
 const CLK_TCK = 100;
 const execFileP = promisify(execFile);
@@ -120,6 +127,31 @@ export function exitedChildrenCpuMs(): number {
   const stat = fs.readFileSync("/proc/self/stat", "utf8");
   const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return ((Number(rest[13]) + Number(rest[14])) * 1000) / CLK_TCK;
+}
+
+/**
+ * Datagrams the kernel dropped at each local UDP port since its socket opened (the `drops` column
+ * of /proc/net/udp and udp6, summed over the sockets on a port): a full receive buffer, which
+ * neither the proxy's nor SIPp's own counters see. Read while the sockets are open.
+ */
+export function udpDropsByPort(): Map<number, number> {
+  const out = new Map<number, number>();
+  for (const file of ["/proc/net/udp", "/proc/net/udp6"]) {
+    let text: string;
+    try {
+      text = fs.readFileSync(file, "utf8");
+    } catch {
+      continue;
+    }
+    for (const line of text.split("\n").slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 13) continue;
+      const port = parseInt(f[1]!.slice(f[1]!.lastIndexOf(":") + 1), 16);
+      const drops = Number(f[f.length - 1]);
+      if (Number.isFinite(port) && Number.isFinite(drops)) out.set(port, (out.get(port) ?? 0) + drops);
+    }
+  }
+  return out;
 }
 
 export function procSample(pid: number): { rssMB: number; hwmMB: number; cpuMs: number } {
@@ -221,6 +253,7 @@ export async function startPhones(dir: string, phones: Phone[], agentPort: numbe
         "-sf", path.join(SIPP, "phone-register.xml"), "-oocsf", path.join(SIPP, ooc),
         "-inf", csv, "-i", PHONE_IP, "-p", String(port),
         "-m", String(group.length), "-r", "200", "-d", "3600000", "-aa", "-nd",
+        "-buff_size", String(SIPP_SOCKET_BUFFER),
         `127.0.0.1:${agentPort}`,
       ], { cwd: dir }),
     );
@@ -307,6 +340,7 @@ export async function runCaller(dir: string, agentPort: number, callerPort: numb
     "-s", service,
     "-i", CALLER_IP, "-p", String(callerPort),
     "-r", String(rate), "-rp", "1000", "-m", String(calls), "-l", String(Math.max(200, rate * 4)),
+    "-buff_size", String(SIPP_SOCKET_BUFFER),
     "-d", String(opts.holdMs),
     ...(opts.extraArgs ?? []),
     "-timeout", String(timeoutS), "-nd",

@@ -38,7 +38,7 @@ import { promisify } from "node:util";
 import { callAgent, socketAnswers } from "../agent/console/control.ts";
 import { freePort, ROOT, sleep } from "../test/e2e/harness.ts";
 import { BENCH_DIR, RESULTS_DIR, benchWorkDir, fmt, machine, median, round, summarize, table, writeResult } from "./lib.ts";
-import { CALLER_IP, benchAgentEnv, exitedChildrenCpuMs, packetLatency, phonesFor, pinCpus, runCaller, start, startCapture, procSample, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
+import { CALLER_IP, benchAgentEnv, exitedChildrenCpuMs, udpDropsByPort, packetLatency, phonesFor, pinCpus, runCaller, start, startCapture, procSample, startPhones, treeCpu, waitFor, type CallerRun, type Capture, type Child, type Phone } from "./sipp-harness.ts";
 
 const execFileP = promisify(execFile);
 const SHORT = process.env.BENCH_KAM_SHORT === "1";
@@ -225,6 +225,8 @@ interface RunResult {
    * CPU: on this 2-core box what they take the proxy cannot have (bench/README.md).
    */
   loadgenCpuPct: number;
+  /** Datagrams the kernel dropped at full receive buffers during the run: at the proxy's socket, the caller's, the phones' (all ten). */
+  udpDrops: { proxy: number; caller: number; phones: number };
   /** ringedge's RSS when the caller finished (Kamailio's shared memory is fixed at start). */
   rssEndMB?: number;
   /** ringedge's JS heap in use and held by V8 at the same moment, MB (status memory). */
@@ -284,7 +286,22 @@ async function runOne(spec: RunSpec, workDir: string, attempt = 1): Promise<RunR
     const calls = Math.round(spec.rate * (spec.kind === "sustained" ? SUSTAIN_SECONDS : SECONDS));
     const phonesCpuMs = (): number => phoneProcs.reduce((sum, p) => sum + (p.proc.pid === undefined ? 0 : procSample(p.proc.pid).cpuMs), 0);
     const [cpu0, gen0, t0] = [treeCpu(proxy.pid), exitedChildrenCpuMs() + phonesCpuMs(), performance.now()];
-    const caller: CallerRun = await runCaller(dir, proxy.port, callerPort, GROUP, spec.rate, calls, callerOpts);
+    // Drops per socket, sampled while the run goes (the caller's socket is gone once it exits).
+    const phonePorts = phoneProcs.map((p) => Number(p.proc.spawnargs[p.proc.spawnargs.indexOf("-p") + 1]));
+    const drops = { proxy: 0, caller: 0, phones: 0 };
+    const sampleDrops = (): void => {
+      const d = udpDropsByPort();
+      drops.proxy = Math.max(drops.proxy, d.get(proxy.port) ?? 0);
+      drops.caller = Math.max(drops.caller, d.get(callerPort) ?? 0);
+      drops.phones = Math.max(drops.phones, phonePorts.reduce((sum, p) => sum + (d.get(p) ?? 0), 0));
+    };
+    const dropsBefore = udpDropsByPort();
+    const dropSampler = setInterval(sampleDrops, 250);
+    const caller: CallerRun = await runCaller(dir, proxy.port, callerPort, GROUP, spec.rate, calls, callerOpts).finally(() => clearInterval(dropSampler));
+    sampleDrops();
+    // The proxy's and phones' sockets were open before the measured calls (warm-up): count only what is new.
+    drops.proxy = Math.max(0, drops.proxy - (dropsBefore.get(proxy.port) ?? 0));
+    drops.phones = Math.max(0, drops.phones - phonePorts.reduce((sum, p) => sum + (dropsBefore.get(p) ?? 0), 0));
     const [cpu1, gen1, t1] = [treeCpu(proxy.pid), exitedChildrenCpuMs() + phonesCpuMs(), performance.now()];
     const cpuMs = cpu1.userMs + cpu1.sysMs - cpu0.userMs - cpu0.sysMs;
     const sysMs = cpu1.sysMs - cpu0.sysMs;
@@ -317,6 +334,7 @@ async function runOne(spec: RunSpec, workDir: string, attempt = 1): Promise<RunR
       cpuUsPerCall: round((cpuMs * 1000) / Math.max(1, completed), 0),
       cpuKernelPct: cpuMs > 0 ? round((sysMs / cpuMs) * 100, 0) : 0,
       loadgenCpuPct: round(((gen1 - gen0) / Math.max(1, t1 - t0)) * 100, 0),
+      udpDrops: drops,
       firstFork: ff,
       ringP50Ms: summarize(caller.ringMs).median,
       ...(overload !== undefined ? { overload } : {}),
@@ -443,7 +461,7 @@ async function main(): Promise<number> {
     if (r === undefined) continue;
     results.push(r);
     console.log(
-      `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call (${r.cpuKernelPct} % kernel); SIPp sent ${r.achievedCallRate} calls/s on ${r.loadgenCpuPct} % of a CPU` +
+      `[${spec.kind} ${spec.proxy}@${spec.rate}] ${r.completed}/${r.calls} completed, ${r.refused503} × 503, ${r.failed} failed; goodput ${r.goodput}/s; CPU ${fmt(r.cpuUsPerCall)} µs/call (${r.cpuKernelPct} % kernel); SIPp sent ${r.achievedCallRate} calls/s on ${r.loadgenCpuPct} % of a CPU; UDP drops proxy/caller/phones ${r.udpDrops.proxy}/${r.udpDrops.caller}/${r.udpDrops.phones}` +
         (r.firstFork ? `; first fork p50/p99 ${fmt(r.firstFork.p50Us)}/${fmt(r.firstFork.p99Us)} µs (${r.firstFork.matched}/${r.firstFork.invitesIn})` : ""),
     );
     const o = r.overload as { shed?: number; episodes?: number; byCause?: unknown; signals?: unknown } | undefined;
