@@ -291,6 +291,8 @@ function vsKamailioSection(r: Json): string[] {
     const line = (name: string, x: Json): string => (typeof x.calls === "number" ? `${name} ${fmt(num(x.completed))} / ${fmt(num(x.calls))} completed, ${fmt(num(x.refused503))} × 503, ${fmt(num(x.failed))} failed, ${fmt(num(x.cpuUsPerCall))} µs/call${typeof x.rssEndMB === "number" ? `, RSS ${fmt(x.rssEndMB, 1)} MB at the end` : ""}${typeof x.heapUsedMB === "number" && typeof x.heapTotalMB === "number" ? ` (JS heap ${fmt(x.heapUsedMB, 1)} MB in use of ${fmt(x.heapTotalMB, 1)} MB held)` : ""}` : `${name} not run`);
     out.push("", `Sustained ${fmt(su.rate)} calls/s for ${fmt(num(su.seconds))} s (past the transactions' 32 s timers): ${line("ringedge", obj(su.ringedge))}; ${line("Kamailio", obj(su.kamailio))}.`);
   }
+  const lost = arr(r.lostRuns);
+  if (lost.length > 0) out.push("", `Left out (proxy or phones did not come up twice): ${lost.map((l) => `${String(l.kind)} ${String(l.proxy)}@${fmt(num(l.rate))} round ${fmt(num(l.round) + 1)}`).join(", ")}.`);
   const ba = obj(r.beforeAfter);
   if (Array.isArray(ba.cpuPerCall)) {
     out.push("", `Before/after (baseline bundle \`${String(ba.baseline)}\`, same run): ${arr(ba.cpuPerCall).map((c) => `${fmt(num(c.rate))}/s ${fmt(num(c.baselineUsPerCall))} → ${fmt(num(c.ringedgeUsPerCall))} µs/call (${ratioCell(c.ratio)})`).join("; ")}.`);
