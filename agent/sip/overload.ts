@@ -46,7 +46,8 @@
 //   - retryAfterS(): the base Retry-After plus up to half of it again at random, so the refused
 //     callers do not all come back in the same second.
 //
-// Mechanism (OverloadControl): every sampleMs it reads the queue delay from the transport's probes
+// Mechanism (OverloadControl): every sampleMs (QUIET_SAMPLE_FACTOR times that while nothing is
+// refused and the loop and the queue are quiet) it reads the queue delay from the transport's probes
 // and sends the next probe, and samples the event loop — how busy it was
 // (performance.eventLoopUtilization: the share of time spent running callbacks) and its timer
 // delay (perf_hooks monitorEventLoopDelay), both smoothed over samples (SMOOTHING: a single busy
@@ -119,6 +120,13 @@ export const SAMPLE_MS = 50;
 export const QUEUE_GAIN_PER_MS = 0.001;
 export const QUEUE_TREND_GAIN_PER_MS = 0.002;
 export const QUEUE_ERROR_CAP_MS = 50;
+
+/** A quiet agent (OverloadControl.quiet) samples this many times less often: every 200 ms at the default period. */
+export const QUIET_SAMPLE_FACTOR = 4;
+/** Quiet: the loop busy less than this share of the last sample, percent … */
+export const QUIET_BUSY_PCT = 20;
+/** … and the queue's wait under this, ms. */
+export const QUIET_QUEUE_MS = 5;
 
 /** Share of new requests refused on the loop's figures (no queue delay): the step down per calm sample, the least step up, the most. */
 export const SHED_STEP_DOWN = 0.05;
@@ -300,6 +308,10 @@ export class OverloadControl {
   private readonly shedByMethod = new Map<string, number>();
   private episodes = 0;
   private timer: NodeJS.Timeout | undefined;
+  /** The loop's busy share in the last sample alone (unsmoothed), percent: quiet() reads it. */
+  private lastBusyPct = 100;
+  /** The timer-delay histogram is off while the agent is quiet (schedule()). */
+  private lagPaused = false;
   private delay: IntervalHistogram | undefined;
   private elu: EventLoopUtilization | undefined;
   /** The queue delay of the previous sample (the law's trend term). */
@@ -318,16 +330,16 @@ export class OverloadControl {
     if (this.timer !== undefined) return;
     this.delay = monitorEventLoopDelay({ resolution: LAG_RESOLUTION_MS });
     this.delay.enable();
+    this.lagPaused = false;
     this.elu = performance.eventLoopUtilization();
     this.samples = 0;
     this.prevDelayMs = undefined;
     this.o.queueProbe?.probe(); // opens the probe sockets; the first sample sends the first probe
-    this.timer = setInterval(() => this.sample(), Math.max(10, this.o.sampleMs ?? SAMPLE_MS));
-    this.timer.unref();
+    this.schedule();
   }
 
   stop(): void {
-    if (this.timer !== undefined) clearInterval(this.timer);
+    if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     this.delay?.disable();
     this.delay = undefined;
@@ -417,6 +429,40 @@ export class OverloadControl {
     }
   }
 
+  /** The next sample: sampleMs away, QUIET_SAMPLE_FACTOR times that while the agent is quiet(). */
+  private schedule(): void {
+    const period = Math.max(10, this.o.sampleMs ?? SAMPLE_MS);
+    const quiet = this.quiet();
+    // The timer-delay histogram wakes the loop every LAG_RESOLUTION_MS: off while quiet (a quiet
+    // loop has no lag to measure; the sample after it reads none), on again with the first busy sample.
+    if (quiet !== this.lagPaused) {
+      if (quiet) this.delay?.disable();
+      else this.delay?.enable();
+      this.lagPaused = quiet;
+    }
+    this.timer = setTimeout(this.tick, quiet ? period * QUIET_SAMPLE_FACTOR : period);
+    this.timer.unref();
+  }
+
+  private readonly tick = (): void => {
+    if (this.timer === undefined) return; // stopped
+    this.sample();
+    if (this.timer !== undefined) this.schedule();
+  };
+
+  /**
+   * Nothing to steer: no share refused, no count latched, the loop busy less than QUIET_BUSY_PCT %
+   * of the last sample and the queue's wait under QUIET_QUEUE_MS. A sample costs a probe datagram
+   * sent and read, the loop's figures and the law (some 0.2-0.5 ms at 20 a second, in code too
+   * rarely run to be optimised: most of an idle agent's CPU), so a quiet agent samples less often.
+   * The first busy sample brings the period back, and the calls-in-setup count (per request)
+   * guards the moments between.
+   */
+  private quiet(): boolean {
+    const delay = this.sig.queueDelayMs;
+    return this.samples > 0 && this.fraction === 0 && this.counted === null && this.lastBusyPct < QUIET_BUSY_PCT && (delay === undefined || delay < QUIET_QUEUE_MS);
+  }
+
   private sample(): void {
     const s = this.sig;
     const first = this.samples++ === 0;
@@ -429,6 +475,7 @@ export class OverloadControl {
     if (this.elu !== undefined) {
       const now = performance.eventLoopUtilization();
       const busy = performance.eventLoopUtilization(now, this.elu).utilization * 100;
+      this.lastBusyPct = Number.isFinite(busy) ? busy : 100;
       s.loopBusyPct = first ? 0 : smooth(s.loopBusyPct, busy);
       this.elu = now;
     }

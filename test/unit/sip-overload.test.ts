@@ -10,6 +10,8 @@ import {
   OverloadControl,
   QUEUE_ERROR_CAP_MS,
   QUEUE_GAIN_PER_MS,
+  QUIET_QUEUE_MS,
+  QUIET_SAMPLE_FACTOR,
   QUEUE_TREND_GAIN_PER_MS,
   SHED_STEP_DOWN,
   SHED_STEP_UP,
@@ -380,10 +382,34 @@ test("the sampler steers by the probes' queue delay: sheds while the queue is lo
     assert.equal(control.active, false, "short-queue samples bring the share back to 0");
     assert.equal(control.admit("INVITE", false, false), true);
     delay = undefined; // the probe socket gone: nothing measured, nothing refused
-    await new Promise((r) => setTimeout(r, 50));
+    const until = Date.now() + 2000; // a quiet sampler samples every 4 × sampleMs
+    while (control.stats().signals.queueDelayMs !== undefined && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
     assert.equal(control.stats().signals.queueDelayMs, undefined);
     assert.equal(control.active, false);
   } finally {
     control.stop();
   }
+});
+
+test("a quiet agent samples QUIET_SAMPLE_FACTOR times less often; a queue that is not quiet brings the period back", async () => {
+  const limits: OverloadLimits = { ...LIMITS, loopBusyPct: 0, lagMs: 0, queueDelayMs: 50 };
+  const probesOver = async (delay: number): Promise<number> => {
+    let probes = 0;
+    const control = new OverloadControl({ limits, callsSetup: () => 0, serverTransactions: () => 0, queueProbe: { delayMs: () => delay, probe: () => void probes++ }, sampleMs: 10, random: () => 0 });
+    control.start();
+    try {
+      await new Promise((r) => setTimeout(r, 800));
+      assert.equal(control.active, false, "below the target: nothing refused");
+      return probes;
+    } finally {
+      control.stop();
+    }
+  };
+  // This test's loop is idle: busy under QUIET_BUSY_PCT. A wait under QUIET_QUEUE_MS is quiet; 20 ms
+  // (under the 50 ms target, so nothing is refused) is not.
+  const quiet = await probesOver(QUIET_QUEUE_MS / 5);
+  const watched = await probesOver(20);
+  // Ideally 80 against 20; a loaded box delays every timer, which narrows the gap but keeps it.
+  assert.ok(watched >= 15, `about one probe per 10 ms sample while the queue is not quiet (${watched} in 800 ms)`);
+  assert.ok(quiet * 1.5 < watched, `quiet: about one per ${QUIET_SAMPLE_FACTOR * 10} ms (${quiet} against ${watched})`);
 });
