@@ -124,7 +124,7 @@ export const QUEUE_ERROR_CAP_MS = 50;
 /** A quiet agent (OverloadControl.quiet) samples this many times less often: every 200 ms at the default period. */
 export const QUIET_SAMPLE_FACTOR = 4;
 /** Quiet: the loop busy less than this share of the last sample, percent … */
-export const QUIET_BUSY_PCT = 20;
+export const QUIET_BUSY_PCT = 50;
 /** … and the queue's wait under this, ms. */
 export const QUIET_QUEUE_MS = 5;
 
