@@ -635,17 +635,17 @@ const SPECS: Specs = {
   overloadLoopBusyPct: {
     codec: intCodec(0, 100),
     default: 90,
-    doc: "Overload when the signalling event loop was busy this share of the time, percent (50 ms samples, smoothed: a single busy sample is not overload), where no UDP queue delay is measured or overloadQueueDelayMs is 0 (TCP only; otherwise overloadQueueDelayMs steers by the backlog itself): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
+    doc: "Overload when the signalling event loop was busy this share of the time, percent (50 ms samples, 200 ms while the agent is quiet; smoothed: a single busy sample is not overload), where no UDP queue delay is measured or overloadQueueDelayMs is 0 (TCP only; otherwise overloadQueueDelayMs steers by the backlog itself): a growing share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, until the loop is back below overloadClearPct of this; 0 disables.",
   },
   overloadLagMs: {
     codec: intCodec(0, 60_000),
     default: 500,
-    doc: "Overload when the event loop's timers ran this late on average, ms (50 ms samples, smoothed). A backstop: overloadLoopBusyPct already sees a loop blocked by long tasks, and lag also grows while the process merely waits for a CPU another process holds; 0 disables.",
+    doc: "Overload when the event loop's timers ran this late on average, ms (50 ms samples, smoothed; not measured while the agent is quiet). A backstop: overloadLoopBusyPct already sees a loop blocked by long tasks, and lag also grows while the process merely waits for a CPU another process holds; 0 disables.",
   },
   overloadQueueDelayMs: {
     codec: intCodec(0, 10_000),
     default: 100,
-    doc: "Target wait of a datagram in the SIP UDP sockets' kernel receive queues, ms, measured every 50 ms by a probe the agent sends itself through each queue. Past it a share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, adjusted at every sample by how far the wait is from this and how fast it grows, so the agent carries what it can with a short queue (callers retransmit after 500 ms); 0 disables.",
+    doc: "Target wait of a datagram in the SIP UDP sockets' kernel receive queues, ms, measured every 50 ms (every 200 ms while nothing is refused, the event loop is under half busy and the wait under 5 ms) by a probe the agent sends itself through each queue. Past it a share of new requests (initial INVITE, SUBSCRIBE, out-of-dialog MESSAGE/OPTIONS; never REGISTER or anything inside a dialog) is refused with 503 + Retry-After, adjusted at every sample by how far the wait is from this and how fast it grows, so the agent carries what it can with a short queue (callers retransmit after 500 ms); 0 disables.",
   },
   overloadMaxCallsSetup: {
     codec: intCodec(0, 1_000_000),
