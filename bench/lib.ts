@@ -275,16 +275,16 @@ function vsKamailioSection(r: Json): string[] {
     "",
     `First fork on the wire at ${fmt(num(ff.rate))} calls/s, p50 / p99 µs: ringedge ${fmt(num(re.p50Us))} / ${fmt(num(re.p99Us))}, Kamailio ${fmt(num(ka.p50Us))} / ${fmt(num(ka.p99Us))} (ratios ${ratioCell(ff.ratioP50)} / ${ratioCell(ff.ratioP99)}).`,
     "",
-    "Sent/s is the rate the SIPp caller reached, SIPp CPU the load generators' CPU (caller and phones, % of one CPU): on this 2-core box, CPU the proxy could not have.",
+    "Sent/s is the rate the SIPp caller reached, SIPp CPU the load generators' CPU (caller and phones, % of one CPU): on this 2-core box, CPU the proxy could not have. Proxy CPU is the proxy's own over the same time; the two together cannot pass 200 %.",
     "",
-    "| offered calls/s | ringedge completed/s | 503 | failed | sent/s | SIPp CPU % | Kamailio completed/s | 503 | failed | sent/s | SIPp CPU % |",
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| offered calls/s | ringedge completed/s | 503 | failed | sent/s | SIPp CPU % | proxy CPU % | Kamailio completed/s | 503 | failed | sent/s | SIPp CPU % | proxy CPU % |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   // Results written before the load generators' CPU was recorded show "—" there.
   const opt = (x: Json, key: string, digits?: number): string => (typeof x[key] === "number" ? fmt(x[key], digits) : "—");
   for (const g of arr(r.goodput)) {
     const [a, b] = [obj(g.ringedge), obj(g.kamailio)];
-    out.push(`| ${fmt(num(g.offered))} | ${fmt(num(a.goodput), 1)} | ${fmt(num(a.refused503))} | ${fmt(num(a.failed))} | ${opt(a, "callsSentPerS", 1)} | ${opt(a, "loadgenCpuPct")} | ${fmt(num(b.goodput), 1)} | ${fmt(num(b.refused503))} | ${fmt(num(b.failed))} | ${opt(b, "callsSentPerS", 1)} | ${opt(b, "loadgenCpuPct")} |`);
+    out.push(`| ${fmt(num(g.offered))} | ${fmt(num(a.goodput), 1)} | ${fmt(num(a.refused503))} | ${fmt(num(a.failed))} | ${opt(a, "callsSentPerS", 1)} | ${opt(a, "loadgenCpuPct")} | ${opt(a, "proxyCpuPct")} | ${fmt(num(b.goodput), 1)} | ${fmt(num(b.refused503))} | ${fmt(num(b.failed))} | ${opt(b, "callsSentPerS", 1)} | ${opt(b, "loadgenCpuPct")} | ${opt(b, "proxyCpuPct")} |`);
   }
   const su = obj(r.sustained);
   if (typeof su.rate === "number") {
