@@ -155,8 +155,10 @@ function recorder(extra: Partial<ClientTransactionCallbacks> = {}): Recorder {
 let transport: FakeTransport;
 let layers: TransactionLayer[] = [];
 
+// Exact lingering timers (lingerLateMs 0): these tests pin the RFC's values to the millisecond.
+// The batches the agent runs them in, up to 100 ms late and never early, are tested on their own.
 function makeLayer(options: Partial<TransactionLayerOptions> = {}): TransactionLayer {
-  const layer = new TransactionLayer({ transport, ...options });
+  const layer = new TransactionLayer({ transport, lingerLateMs: 0, ...options });
   layers.push(layer);
   return layer;
 }

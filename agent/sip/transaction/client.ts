@@ -146,7 +146,8 @@ abstract class ClientTransactionBase implements LayerIndexed {
   }
 }
 
-type InviteClientTimer = "A" | "B" | "C" | "D" | "M";
+/** The INVITE client transaction's own timers; D and M, which end its lingering, run in batches (ctx.linger). */
+type InviteClientTimer = "A" | "B" | "C";
 
 /**
  * INVITE client transaction.
@@ -304,17 +305,16 @@ export class InviteClientTransaction extends ClientTransactionBase {
         return this.timerB();
       case "C":
         return this.timerC();
-      case "D":
-        // §17.1.1.2: "If timer D fires while the client transaction is in the "Completed"
-        // state, the client transaction MUST move to the terminated state."
-        if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
-        return;
-      case "M":
-        // RFC 6026 §8.4: "If timer M fires and the state machine is in the "Accepted" state,
-        // the machine MUST transition to the "Terminated" state."
-        if (this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
-        return;
     }
+  }
+
+  /** Timer D (Completed) or M (Accepted) ran out (ctx.linger). */
+  lingerExpired(): void {
+    // §17.1.1.2: "If timer D fires while the client transaction is in the "Completed" state,
+    // the client transaction MUST move to the terminated state." RFC 6026 §8.4: "If timer M
+    // fires and the state machine is in the "Accepted" state, the machine MUST transition to
+    // the "Terminated" state."
+    if (this.stateValue === TransactionState.Completed || this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
   }
 
   /**
@@ -402,7 +402,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
       this.stateTransition(TransactionState.Terminated);
       return;
     }
-    this.timers.start("D", this.timerValues.D);
+    this.ctx.linger(this, this.timerValues.D);
   }
 
   private stateTransition(next: TransactionState): void {
@@ -429,7 +429,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
         this.release();
         // RFC 6026 §8.4: Timer M "with a value of 64*T1" lets further 2xx from other forks
         // reach the TU.
-        this.timers.start("M", this.timerValues.M);
+        this.ctx.linger(this, this.timerValues.M);
         break;
       case TransactionState.Completed:
         this.timers.stopAll();
@@ -445,7 +445,8 @@ export class InviteClientTransaction extends ClientTransactionBase {
   }
 }
 
-type NonInviteClientTimer = "E" | "F" | "K";
+/** The non-INVITE client transaction's own timers; K, which ends its lingering, runs in batches (ctx.linger). */
+type NonInviteClientTimer = "E" | "F";
 
 /**
  * Non-INVITE client transaction, RFC 3261 §17.1.2.
@@ -517,7 +518,7 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
       this.stateTransition(TransactionState.Terminated);
       return;
     }
-    this.timers.start("K", this.timerValues.K);
+    this.ctx.linger(this, this.timerValues.K);
   }
 
   /** The transaction's timers fire here (TimerSet). */
@@ -527,12 +528,14 @@ export class NonInviteClientTransaction extends ClientTransactionBase {
         return this.timerE();
       case "F":
         return this.timerF();
-      case "K":
-        // §17.1.2.2: "If Timer K fires while in this state, the client transaction MUST
-        // transition to the "Terminated" state."
-        if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
-        return;
     }
+  }
+
+  /** Timer K ran out (ctx.linger). */
+  lingerExpired(): void {
+    // §17.1.2.2: "If Timer K fires while in this state, the client transaction MUST transition
+    // to the "Terminated" state."
+    if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
   }
 
   dispose(): void {

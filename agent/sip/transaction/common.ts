@@ -2,6 +2,7 @@
 // guarded call into TU code (a throwing callback must not corrupt a state machine or escape
 // from a timer and crash the process).
 import type { Flow, SipMessage, Transport } from "../types.ts";
+import type { LingerOwner } from "./linger.ts";
 import type { TimerValues } from "./timers.ts";
 
 /**
@@ -50,6 +51,11 @@ export interface TransactionContext {
    * it stays matched in the layer's maps but no longer counts against maxTransactions.
    */
   lingering(tx: object): void;
+  /**
+   * Ends owner's lingering (Timers D, I, J, K, L, M) at least ms from now, batched with the
+   * other transactions that start lingering for ms at about the same time (linger.ts).
+   */
+  linger(owner: LingerOwner, ms: number): void;
   /** A TU callback threw; the transaction carried on. */
   callbackError(error: unknown, where: string): void;
 }

@@ -12,6 +12,7 @@ import {
   type SendRequestOptions,
 } from "./client.ts";
 import { TransactionState, encodeSafely, type IndexEntry, type LayerIndexed, type TransactionContext } from "./common.ts";
+import { DEFAULT_LINGER_LATE_MS, LingerTimers } from "./linger.ts";
 import { clientKey, createBranch, isRfc3261Branch, responseClientKey, rfc2543AckKey, rfc2543Key, serverKey } from "./keys.ts";
 import { InviteServerTransaction, NonInviteServerTransaction, type ServerTransaction } from "./server.ts";
 import { resolveTimers, type TimerSettings, type TimerValues } from "./timers.ts";
@@ -34,6 +35,12 @@ export interface TransactionLayerOptions {
    * false: never. Default 200.
    */
   tryingDelay?: number | false;
+  /**
+   * How late, at most, the timers that end lingering transactions (D, I, J, K, L, M) may fire,
+   * in ms: they run in batches (linger.ts), never early. Default 100 (a 256th of the duration
+   * below 25.6 s); 0 for exact timers.
+   */
+  lingerLateMs?: number;
   /** Message → wire bytes. Default: serialize() of serialize.ts. */
   encode?: (msg: SipMessage) => Buffer;
   /** A TU callback threw (the transaction carried on); default: ignored. */
@@ -110,6 +117,7 @@ export class TransactionLayer {
   private readonly transport: Transport;
   private readonly maxTransactions: number;
   private readonly context: TransactionContext;
+  private readonly linger: LingerTimers;
   private closed = false;
 
   constructor(options: TransactionLayerOptions) {
@@ -121,6 +129,9 @@ export class TransactionLayer {
     const encode = options.encode ?? serialize;
     const onCallbackError = options.onCallbackError;
     const delay = options.tryingDelay;
+    const late = options.lingerLateMs;
+    const linger = new LingerTimers(late !== undefined && Number.isFinite(late) && late >= 0 ? late : DEFAULT_LINGER_LATE_MS, (error) => this.context.callbackError(error, "lingerExpired"));
+    this.linger = linger;
     this.context = {
       transport: this.transport,
       encode,
@@ -130,6 +141,7 @@ export class TransactionLayer {
       lingering: (tx: object) => {
         if ((tx as LayerIndexed).layerKeys !== undefined) this.lingeringClients++;
       },
+      linger: (owner, ms) => linger.add(owner, ms),
       callbackError: (error, where) => {
         try {
           onCallbackError?.(error, where);
@@ -261,6 +273,7 @@ export class TransactionLayer {
       ...this.clients.values(),
     ]);
     for (const tx of all) tx.dispose();
+    this.linger.close();
     this.servers.clear();
     this.servers2543.clear();
     this.acks2543.clear();

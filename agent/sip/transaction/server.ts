@@ -172,7 +172,8 @@ abstract class ServerTransactionBase implements LayerIndexed {
   }
 }
 
-type InviteServerTimer = "G" | "H" | "I" | "L" | "Trying";
+/** The INVITE server transaction's own timers; I and L, which end its lingering, run in batches (ctx.linger). */
+type InviteServerTimer = "G" | "H" | "Trying";
 
 /**
  * INVITE server transaction.
@@ -212,16 +213,15 @@ export class InviteServerTransaction extends ServerTransactionBase {
         return this.timerG();
       case "H":
         return this.timerH();
-      case "I":
-        // §17.2.1: "Once timer I fires, the server MUST transition to the "Terminated" state."
-        if (this.stateValue === TransactionState.Confirmed) this.stateTransition(TransactionState.Terminated);
-        return;
-      case "L":
-        // RFC 6026 §8.7: "If Timer L fires while the state machine is in the "Accepted"
-        // state, the machine MUST transition to the "Terminated" state."
-        if (this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
-        return;
     }
+  }
+
+  /** Timer I (Confirmed) or L (Accepted) ran out (ctx.linger). */
+  lingerExpired(): void {
+    // §17.2.1: "Once timer I fires, the server MUST transition to the "Terminated" state."
+    // RFC 6026 §8.7: "If Timer L fires while the state machine is in the "Accepted" state, the
+    // machine MUST transition to the "Terminated" state."
+    if (this.stateValue === TransactionState.Confirmed || this.stateValue === TransactionState.Accepted) this.stateTransition(TransactionState.Terminated);
   }
 
   private sendTrying(): void {
@@ -374,7 +374,7 @@ export class InviteServerTransaction extends ServerTransactionBase {
         // further 2xx come encoded from the TU: nothing of the request is needed any more.
         this.release(false);
         // RFC 6026 §8.7: "the server transaction MUST ... start timer L with a value of 64*T1".
-        this.timers.start("L", this.timerValues.L);
+        this.ctx.linger(this, this.timerValues.L);
         break;
       case TransactionState.Completed:
         // Only the final response's bytes are resent from here on (request retransmissions, G).
@@ -394,7 +394,7 @@ export class InviteServerTransaction extends ServerTransactionBase {
         if (this.timerValues.I === 0) {
           this.stateTransition(TransactionState.Terminated);
         } else {
-          this.timers.start("I", this.timerValues.I);
+          this.ctx.linger(this, this.timerValues.I);
           // Confirmed only absorbs ACKs: the TU is done with it.
           this.notifyTerminated();
         }
@@ -411,8 +411,6 @@ export class InviteServerTransaction extends ServerTransactionBase {
   }
 }
 
-type NonInviteServerTimer = "J";
-
 /**
  * Non-INVITE server transaction, RFC 3261 §17.2.2.
  *
@@ -423,18 +421,17 @@ type NonInviteServerTimer = "J";
  */
 export class NonInviteServerTransaction extends ServerTransactionBase {
   readonly kind = "non-invite" as const;
-  private readonly timers: TimerSet<NonInviteServerTimer> = new TimerSet<NonInviteServerTimer>(this);
 
   /** §17.2.2: "The state machine is initialized in the "Trying" state". */
   constructor(ctx: TransactionContext, request: SipRequest, flow: Flow) {
     super(ctx, request, flow, TransactionState.Trying);
   }
 
-  /** Timer J fires here (TimerSet). */
-  onTimer(name: NonInviteServerTimer): void {
+  /** Timer J, its only timer, ran out (ctx.linger). */
+  lingerExpired(): void {
     // §17.2.2: "The server transaction remains in this state until Timer J fires, at which
-    // point it MUST transition to the "Terminated" state." (J is its only timer.)
-    if (name === "J" && this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
+    // point it MUST transition to the "Terminated" state."
+    if (this.stateValue === TransactionState.Completed) this.stateTransition(TransactionState.Terminated);
   }
 
   respond(res: SipResponse): RespondResult {
@@ -494,7 +491,7 @@ export class NonInviteServerTransaction extends ServerTransactionBase {
   }
 
   dispose(): void {
-    this.timers.stopAll();
+    // Timer J's batch still holds it until the batch ends; lingerExpired then finds it Terminated.
     this.stateValue = TransactionState.Terminated;
   }
 
@@ -520,10 +517,9 @@ export class NonInviteServerTransaction extends ServerTransactionBase {
         // §17.2.2: "When the server transaction enters the "Completed" state, it MUST set Timer
         // J to fire in 64*T1 seconds for unreliable transports, and zero seconds for reliable
         // transports." (Zero is handled by the caller once the response is on the wire.)
-        this.timers.start("J", this.timerValues.J);
+        this.ctx.linger(this, this.timerValues.J);
       }
     } else if (next === TransactionState.Terminated) {
-      this.timers.stopAll();
       this.release(false);
       this.ctx.terminated(this);
       this.notifyTerminated();
