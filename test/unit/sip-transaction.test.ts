@@ -329,6 +329,30 @@ describe("INVITE client transaction", () => {
     });
   }
 
+  test("Completed keeps no ACK bytes: each re-ACK is made from the INVITE's Request-URI and Routes and the retransmitted response (its To, §17.1.1.3)", () => {
+    const layer = makeLayer();
+    const rec = recorder();
+    const req = request({ extra: ["Route: <sip:proxy.example.com;lr>"] });
+    const tx = sendOk(layer, req, udp, rec);
+    transport.clear();
+    const busy = responseTo(req, 486, "Busy Here", "callee");
+    layer.receiveResponse(busy, udp);
+    const kept = Object.values(tx).filter((v): v is string => typeof v === "string");
+    assert.ok(kept.every((v) => !v.includes("ACK")), `the transaction keeps no ACK text: ${JSON.stringify(kept)}`);
+    // A retransmission: the same ACK, byte for byte.
+    layer.receiveResponse(busy, udp);
+    assert.ok(transport.sent[1]!.bytes.equals(transport.sent[0]!.bytes));
+    // A 486 of the same transaction with another To tag is acknowledged with its own To.
+    layer.receiveResponse(responseTo(req, 486, "Busy Here", "other"), udp);
+    const again = parseRequest(transport.sent[2]!.text);
+    assert.equal(again.method, "ACK");
+    assert.equal(again.uri, req.uri);
+    assert.equal(again.to.tag, "other");
+    assert.equal(again.via[0]!.branch, req.via[0]!.branch);
+    assert.deepEqual(again.headers.filter((h) => h.name === "route").map((h) => h.value), ["<sip:proxy.example.com;lr>"]);
+    assert.deepEqual(rec.finals, [486], "the TU saw the first 486 only");
+  });
+
   test("300-699 over TCP: ACK sent, Timer D is zero", () => {
     const layer = makeLayer();
     const rec = recorder();

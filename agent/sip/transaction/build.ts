@@ -3,7 +3,7 @@
 // server transaction (§17.2.1) and the 408 a client transaction reports on timeout
 // (§17.1.1.2, §17.1.2.2). Pure functions over plain data; responses via createResponse().
 import { createResponse } from "../serialize.ts";
-import type { NameAddr, SipHeader, SipRequest, SipResponse } from "../types.ts";
+import type { NameAddr, SipHeader, SipRequest, SipResponse, Via } from "../types.ts";
 
 function h(name: string, value: string): SipHeader {
   return { name, value };
@@ -26,22 +26,29 @@ const NO_LENGTH_LINE = h("content-length", "0");
 function hopRequest(original: SipRequest, method: string, to: NameAddr): SipRequest | undefined {
   const top = original.via[0];
   if (top === undefined) return undefined;
+  return hop(original.uri, top, original.headers, original.from, original.callId, original.cseq.seq, method, to);
+}
+
+/**
+ * A request of one hop: a single Via, the Route header fields among `lines` (§17.1.1.3 / §9.1:
+ * those of the original request MUST appear again; the original's headers, or those kept of them),
+ * Max-Forwards, From, To, Call-ID, CSeq and no body.
+ */
+function hop(uri: string, top: Via, lines: readonly SipHeader[], from: NameAddr, callId: string, seq: number, method: string, to: NameAddr): SipRequest {
   const headers: SipHeader[] = [h("via", top.raw)];
-  // §17.1.1.3 / §9.1: Route header fields of the original request MUST appear again.
-  const lines = original.headers;
   for (let i = 0; i < lines.length; i++) if (lines[i]!.name === "route") headers.push(lines[i]!);
-  headers.push(MAX_FORWARDS_LINE, h("from", original.from.raw), h("to", to.raw), h("call-id", original.callId), h("cseq", `${original.cseq.seq} ${method}`), NO_LENGTH_LINE);
+  headers.push(MAX_FORWARDS_LINE, h("from", from.raw), h("to", to.raw), h("call-id", callId), h("cseq", `${seq} ${method}`), NO_LENGTH_LINE);
   return {
     kind: "request",
     method,
-    uri: original.uri,
+    uri,
     maxForwards: MAX_FORWARDS,
     headers,
     body: NO_BODY,
     via: [top],
-    callId: original.callId,
-    cseq: { seq: original.cseq.seq, method },
-    from: original.from,
+    callId,
+    cseq: { seq, method },
+    from,
     to,
   };
 }
@@ -58,6 +65,20 @@ function hopRequest(original: SipRequest, method: string, to: NameAddr): SipRequ
  */
 export function buildAck(invite: SipRequest, response: SipResponse): SipRequest | undefined {
   return hopRequest(invite, "ACK", response.to);
+}
+
+/**
+ * The same ACK again for a retransmission of the response, made from the INVITE's Request-URI
+ * and Route header fields and the retransmitted response itself, so a transaction lingering
+ * under Timer D keeps neither the INVITE nor the ACK's bytes (nine of them per ring-all-10 call,
+ * for 32 s). The response's top Via, From, Call-ID and CSeq number are the INVITE's: the UAS
+ * "MUST" copy them (§8.2.6.2); its To is the one the ACK carries anyway.
+ */
+export function rebuildAck(uri: string, routes: readonly SipHeader[], response: SipResponse): SipRequest | undefined {
+  // routes: the INVITE's Route header fields (only those are taken from it).
+  const top = response.via[0];
+  if (top === undefined) return undefined;
+  return hop(uri, top, routes, response.from, response.callId, response.cseq.seq, "ACK", response.to);
 }
 
 /**

@@ -1,19 +1,17 @@
 // Client transactions: INVITE (RFC 3261 §17.1.1 as amended by RFC 6026 §7.2/§8.4, plus the
 // proxy's Timer C of §16.6 step 11 / §16.7 step 2 / §16.8) and non-INVITE (§17.1.2).
 // The layer (layer.ts) creates them in sendRequest() and routes matching responses here.
-import type { Flow, SipRequest, SipResponse } from "../types.ts";
-import { buildAck, buildTimeout } from "./build.ts";
+import type { Flow, SipHeader, SipRequest, SipResponse } from "../types.ts";
+import { detached } from "../../strings.ts";
+import { buildAck, buildTimeout, rebuildAck } from "./build.ts";
 import {
   IllegalTransition,
   TransactionState,
-  bytesOf,
-  keepBytes,
   encodeSafely,
   invokeTu,
   isReliable,
   sendOn,
   type IndexEntry,
-  type KeptBytes,
   type LayerIndexed,
   type TransactionContext,
 } from "./common.ts";
@@ -58,6 +56,9 @@ export interface SendRequestOptions {
 
 /** What a matching response did. */
 export type ClientReceiveOutcome = "delivered" | "absorbed";
+
+/** An INVITE without Route header fields: what its lingering transaction keeps of them. */
+const NO_ROUTES: readonly SipHeader[] = Object.freeze([]);
 
 /** What a terminated transaction calls: nothing (the TU's callbacks are let go). */
 const NO_CALLBACKS: ClientTransactionCallbacks = Object.freeze({ onFinal: () => undefined, onTimeout: () => undefined, onTransportError: () => undefined });
@@ -168,8 +169,15 @@ export class InviteClientTransaction extends ClientTransactionBase {
   private elapsedA = 0;
   /** Timer C duration, or false when disabled. */
   private readonly durationC: number | false;
-  /** The ACK for the non-2xx final response, resent for each retransmission of it. */
-  private ack: KeptBytes | undefined;
+  /**
+   * What the ACK for the non-2xx final response is made again from for each retransmission of
+   * it (rebuildAck): the INVITE's Request-URI and Route header fields. The URI is kept as it is:
+   * a fork's is its binding's contact, which lives on anyway (a copy of each cost 93 bytes a
+   * branch); only when a forwarded request is refused may it pin that request's text for Timer
+   * D. Routes (rare) are copies. No Route fields: an empty list, shared.
+   */
+  private ackUri: string | undefined;
+  private ackRoutes: readonly SipHeader[] = NO_ROUTES;
   private provisionalSeen = false;
 
   constructor(
@@ -249,7 +257,7 @@ export class InviteClientTransaction extends ClientTransactionBase {
         // address, port, and transport to which the original request was sent."
         this.stateTransition(TransactionState.Completed);
         const ack = this.buildAckBytes(res);
-        this.ack = keepBytes(ack);
+        this.keepAckTarget();
         // Completed only resends this ACK (§17.1.1.2): the request is not needed any more.
         this.release();
         const acked = ack === undefined || this.send(ack);
@@ -263,7 +271,11 @@ export class InviteClientTransaction extends ClientTransactionBase {
         // §17.1.1.2: "Any retransmissions of the final response that are received while in
         // the "Completed" state MUST cause the ACK to be re-passed to the transport layer for
         // retransmission, but the newly received response MUST NOT be passed up to the TU."
-        if (status >= 300 && this.ack !== undefined && !this.send(bytesOf(this.ack))) this.transportError();
+        if (status >= 300 && this.ackUri !== undefined) {
+          const again = rebuildAck(this.ackUri, this.ackRoutes, res);
+          const bytes = again === undefined ? undefined : encodeSafely(this.ctx, again);
+          if (bytes !== undefined && !this.send(bytes)) this.transportError();
+        }
         return "absorbed";
       case TransactionState.Accepted:
         // RFC 6026 §8.4: "Any 2xx responses that match this client transaction and that are
@@ -282,6 +294,16 @@ export class InviteClientTransaction extends ClientTransactionBase {
   dispose(): void {
     this.timers.stopAll();
     this.stateValue = TransactionState.Terminated;
+  }
+
+  /** Keeps what rebuildAck needs of the INVITE, which release() lets go of next. */
+  private keepAckTarget(): void {
+    const req = this.request;
+    if (req === undefined) return;
+    this.ackUri = req.uri;
+    let routes: SipHeader[] | undefined;
+    for (const line of req.headers) if (line.name === "route") (routes ??= []).push({ name: "route", value: detached(line.value) });
+    if (routes !== undefined) this.ackRoutes = routes;
   }
 
   private buildAckBytes(res: SipResponse): Buffer | undefined {
