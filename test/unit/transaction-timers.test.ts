@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { LingerTimers } from "../../agent/sip/transaction/linger.ts";
 import { TimerSet } from "../../agent/sip/transaction/timers.ts";
 
 type Name = "A" | "B" | "C";
@@ -70,4 +71,32 @@ test("restart with another duration, or of a timer not running, starts a new one
   assert.equal(set.size, 2);
   await sleep(250);
   assert.deepEqual(fired.map((f) => f.name).sort(), ["B", "C"], "the 200 ms one was stopped, not left to fire");
+});
+
+// LingerTimers (agent/sip/transaction/linger.ts) on real timers: a transaction that joins a batch
+// while the event loop is too busy to run the batch's closing on time still lingers its whole
+// duration (the batch's duration starts when it closes). The mocked-timer tests of the batches
+// are in transaction-linger.test.ts.
+test("a linger batch whose closing the loop runs late still ends nobody early", async () => {
+  const ms = 1_280; // lateness 5 ms
+  const timers = new LingerTimers(100);
+  const ended: Record<string, number> = {};
+  const joined: Record<string, number> = {};
+  const join = (name: string): void => {
+    joined[name] = performance.now();
+    timers.add({ lingerExpired: () => (ended[name] = performance.now()) }, ms);
+  };
+  join("first");
+  const spinUntil = performance.now() + 40; // the loop busy well past the 5 ms closing
+  while (performance.now() < spinUntil) {
+    // busy
+  }
+  join("late joiner");
+  assert.equal(timers.batches, 1, "the closing has not run: it joined the open batch");
+  await sleep(ms + 300);
+  for (const name of ["first", "late joiner"]) {
+    assert.ok(ended[name] !== undefined, `${name} ended`);
+    assert.ok(ended[name]! - joined[name]! >= ms - 1, `${name} lingered ${ended[name]! - joined[name]!} ms of ${ms}`);
+  }
+  timers.close();
 });

@@ -72,10 +72,10 @@ export function buildAck(invite: SipRequest, response: SipResponse): SipRequest 
  * and Route header fields and the retransmitted response itself, so a transaction lingering
  * under Timer D keeps neither the INVITE nor the ACK's bytes (nine of them per ring-all-10 call,
  * for 32 s). The response's top Via, From, Call-ID and CSeq number are the INVITE's: the UAS
- * "MUST" copy them (§8.2.6.2); its To is the one the ACK carries anyway.
+ * "MUST" copy them (§8.2.6.2); its To is the one the ACK carries anyway. `routes`: the INVITE's
+ * Route header fields.
  */
 export function rebuildAck(uri: string, routes: readonly SipHeader[], response: SipResponse): SipRequest | undefined {
-  // routes: the INVITE's Route header fields (only those are taken from it).
   const top = response.via[0];
   if (top === undefined) return undefined;
   return hop(uri, top, routes, response.from, response.callId, response.cseq.seq, "ACK", response.to);

@@ -3,10 +3,10 @@
 // these states only absorbs retransmissions until its timer ends it; under load they are most of
 // the transactions alive (ten or more per call for 32 s at a few hundred calls a second).
 //
-// They expire in batches: one batch a duration is open at a time, every transaction that starts
-// lingering while it is open joins it, and the batch ends them all with one Node timer, `late`
-// ms after the duration has run for the first of them. So a transaction lingers at least its
-// full duration (RFC 3261 §17.1.1.2: Timer D "at least 32 seconds") and at most `late` ms more,
+// They expire in batches: one batch a duration is open at a time (for `late` ms), every
+// transaction that starts lingering while it is open joins it, and once it has closed one Node
+// timer ends them all the duration later. So a transaction lingers at least its full duration
+// (RFC 3261 §17.1.1.2: Timer D "at least 32 seconds") and at most `late` ms more,
 // and the agent keeps a few batch timers a second instead of a Node timer (with its arguments,
 // its place in the runtime's timer list, a firing and a wake-up of the loop) per transaction.
 //
@@ -33,7 +33,7 @@ export function lingerLateness(ms: number, maxLateMs: number): number {
 export class LingerTimers {
   /** The open batch of each duration (ms → the transactions that joined it). */
   private readonly open = new Map<number, LingerOwner[]>();
-  /** Every batch not yet ended, with its timers (closing, ending), so close() can clear them. */
+  /** Every batch not yet ended, with its pending timer (closing, then ending), so close() can clear it. */
   private readonly pending = new Map<LingerOwner[], ReturnType<typeof setTimeout>[]>();
   private closed = false;
 
@@ -46,9 +46,19 @@ export class LingerTimers {
     private readonly onError: (error: unknown) => void = () => undefined,
   ) {}
 
-  /** owner lingers for ms: lingerExpired() at least ms from now, and at most the lateness more. */
+  /**
+   * owner lingers for ms: lingerExpired() at least ms from now, and at most the lateness more
+   * (plus whatever the event loop adds to any timer).
+   */
   add(owner: LingerOwner, ms: number): void {
     if (this.closed) return;
+    const late = lingerLateness(ms, this.maxLateMs);
+    if (late === 0) {
+      // Exact: a batch of its own, ended ms from now.
+      const alone = [owner];
+      this.pending.set(alone, [setTimeout(() => this.end(ms, alone), ms)]);
+      return;
+    }
     const batch = this.open.get(ms);
     if (batch !== undefined) {
       batch.push(owner);
@@ -56,14 +66,13 @@ export class LingerTimers {
     }
     const fresh = [owner];
     this.open.set(ms, fresh);
-    const late = lingerLateness(ms, this.maxLateMs);
-    // Closed after `late` ms: whoever joined by then waits ms + late from the batch's start, at
-    // least ms from joining. A closure a batch, not a transaction: a few a second.
+    // Open for `late` ms; its ms start when it closes, so everyone who joined lingers at least
+    // ms, however late the loop runs the closing. A closure a batch, not a transaction.
     const closing = setTimeout(() => {
       if (this.open.get(ms) === fresh) this.open.delete(ms);
+      this.pending.set(fresh, [setTimeout(() => this.end(ms, fresh), ms)]);
     }, late);
-    const ending = setTimeout(() => this.end(ms, fresh), ms + late);
-    this.pending.set(fresh, [closing, ending]);
+    this.pending.set(fresh, [closing]);
   }
 
   /** Transactions waiting in batches (ended ones too, until their batch fires). */
