@@ -643,8 +643,9 @@ export class RoutingEngine {
       },
     });
     const refuse = (username: string | undefined, reason: string): undefined => {
-      guard?.noteFailure(source, username);
+      // Reported before it is counted, so a ban it triggers comes after it (as the registrar does).
       this.deps.bus.emit("auth.failure", { source, username, reason, at: this.clock.now() });
+      guard?.noteFailure(source, username);
       respond(tx, req, 403, "Forbidden");
       return undefined;
     };

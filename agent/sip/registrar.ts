@@ -86,9 +86,10 @@ export class Registrar {
 
   /** The one 403 every failure gets: wrong password, unknown user, locked account. */
   private refuse(req: SipRequest, source: string, username: string | undefined, reason: string): SipResponse {
-    this.o.guard.noteFailure(source, username);
-    this.o.bus.emit("auth.failure", { source, username, reason, at: this.now() });
+    // Told before it is counted, so a ban this failure triggers is logged after it.
     this.o.log.info("registration refused", { source, username, reason });
+    this.o.bus.emit("auth.failure", { source, username, reason, at: this.now() });
+    this.o.guard.noteFailure(source, username);
     return this.reply(req, 403, "Forbidden");
   }
 

@@ -88,7 +88,10 @@ describe("forking proxy with SIPp", () => {
     await idle();
     assert.deepEqual(rec.ended.slice(before), [{ answered: true, by: "caller" }]);
     const call = rec.calls.at(-1)!;
-    assert.ok(call.firstForkAt !== undefined && call.firstForkAt - call.receivedAt < 50, "first fork within 50 ms of arrival");
+    // Forked at once, not after some timer: the latency itself is a figure of bench/calls.bench.ts
+    // (arrival to first fork, median and p99), not a timed assertion on a shared box.
+    assert.ok(call.firstForkAt !== undefined && call.firstForkAt >= call.receivedAt, "the call was forked after it arrived");
+    assert.ok(call.firstForkAt - call.receivedAt < 1000, `first fork ${call.firstForkAt - call.receivedAt} ms after arrival: no timer may delay it`);
   });
 
   test("the caller's CANCEL cancels every branch, the caller gets 200 and 487", async () => {
