@@ -34,7 +34,7 @@ export class LingerTimers {
   /** The open batch of each duration (ms → the transactions that joined it). */
   private readonly open = new Map<number, LingerOwner[]>();
   /** Every batch not yet ended, with its pending timer (closing, then ending), so close() can clear it. */
-  private readonly pending = new Map<LingerOwner[], ReturnType<typeof setTimeout>[]>();
+  private readonly pending = new Map<LingerOwner[], ReturnType<typeof setTimeout>>();
   private closed = false;
 
   /**
@@ -56,7 +56,7 @@ export class LingerTimers {
     if (late === 0) {
       // Exact: a batch of its own, ended ms from now.
       const alone = [owner];
-      this.pending.set(alone, [setTimeout(() => this.end(ms, alone), ms)]);
+      this.pending.set(alone, setTimeout(() => this.end(ms, alone), ms));
       return;
     }
     const batch = this.open.get(ms);
@@ -70,9 +70,9 @@ export class LingerTimers {
     // ms, however late the loop runs the closing. A closure a batch, not a transaction.
     const closing = setTimeout(() => {
       if (this.open.get(ms) === fresh) this.open.delete(ms);
-      this.pending.set(fresh, [setTimeout(() => this.end(ms, fresh), ms)]);
+      this.pending.set(fresh, setTimeout(() => this.end(ms, fresh), ms));
     }, late);
-    this.pending.set(fresh, [closing]);
+    this.pending.set(fresh, closing);
   }
 
   /** Transactions waiting in batches (ended ones too, until their batch fires). */
@@ -90,7 +90,7 @@ export class LingerTimers {
   /** Clears every batch timer; nobody is told anything. */
   close(): void {
     this.closed = true;
-    for (const timers of this.pending.values()) for (const t of timers) clearTimeout(t);
+    for (const timer of this.pending.values()) clearTimeout(timer);
     this.pending.clear();
     this.open.clear();
   }
